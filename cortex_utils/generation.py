@@ -1,0 +1,171 @@
+"""Dataset generation, as in the paper: a class-conditional taming ``Net2NetTransformer`` (Labelator
+condition, minGPT) samples token grids per class; the VQ decoder turns them into images.
+
+The transformer is trained on the token grids of real training images. The condition token is the
+class id itself (taming's Labelator), sharing the vocabulary with the codebook ids, as in taming's
+ImageNet ``cin_transformer``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import vq as vqlib
+from .artifacts import load_state_dict
+
+
+def transformer_config(vq_config: dict, n_classes: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
+                       dropout: float = 0.1) -> dict:
+    """A taming ``Net2NetTransformer`` config over ``vq_config``'s tokens, conditioned on ``n_classes``."""
+    p = vqlib.read_config(vq_config)["params"]
+    h = p["ddconfig"]["resolution"] // 2 ** (len(p["ddconfig"]["ch_mult"]) - 1)
+    if n_classes > p["n_embed"]:
+        raise ValueError(f"{n_classes} condition tokens do not fit a vocabulary of {p['n_embed']} codes")
+    return {
+        "target": "taming.models.cond_transformer.Net2NetTransformer",
+        "params": {
+            "cond_stage_key": "class_label",
+            "transformer_config": {
+                "target": "taming.modules.transformer.mingpt.GPT",
+                "params": {"vocab_size": p["n_embed"], "block_size": h * h, "n_layer": n_layer,
+                           "n_head": n_head, "n_embd": n_embd, "embd_pdrop": dropout,
+                           "resid_pdrop": dropout, "attn_pdrop": dropout},
+            },
+            "first_stage_config": vqlib.read_config(vq_config),
+            "cond_stage_config": {"target": "taming.modules.util.Labelator", "params": {"n_classes": n_classes}},
+        },
+    }
+
+
+def build_transformer(config, vq=None, seed: int | None = None):
+    """A taming Net2NetTransformer from a config (dict or YAML path, e.g. taming's cin_transformer).
+
+    With ``vq`` given, it becomes the first stage (no second copy of the tokenizer is kept).
+    """
+    from taming.main import instantiate_from_config
+
+    config = vqlib.read_config(config)
+    cfg = copy.deepcopy(config)
+    params = cfg["params"]
+    params.pop("ckpt_path", None)
+    params["first_stage_config"] = vqlib._inference_config(vqlib.read_config(params["first_stage_config"]))
+    if vq is not None:  # build a throw-away tokenizer only as small as needed
+        params["first_stage_config"] = {"target": "torch.nn.Identity"}
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = instantiate_from_config(cfg)
+    if vq is not None:
+        model.first_stage_model = vq
+    else:
+        model.first_stage_model.cortex_config = vqlib.read_config(config["params"]["first_stage_config"])
+    model.cortex_config = config
+    return model.eval()
+
+
+def load_transformer(config, checkpoint, vq=None, trust_pickle: bool = False):
+    """Load a Net2NetTransformer from a Lightning ``.ckpt`` (taming's cin_transformer layout) or our
+    safetensors (transformer weights only). With ``vq`` given, that tokenizer is used as first stage and
+    the checkpoint's first-stage weights, if any, must describe the same codebook."""
+    state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
+    model = build_transformer(config, vq=vq)
+    gpt_state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
+    vqlib.check_state_dict(model.transformer, gpt_state, ignore_prefixes=(), what=f"transformer checkpoint {checkpoint}")
+    model.transformer.load_state_dict(gpt_state)
+    first = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
+    if first:
+        if vq is None:
+            model.first_stage_model.load_state_dict(vqlib.check_state_dict(model.first_stage_model, first,
+                                                                           what=f"first stage of {checkpoint}"))
+        elif not torch.equal(first["quantize.embedding.weight"], vqlib.codebook(vq)):
+            raise ValueError(f"{checkpoint} was trained on another codebook than the VQ model given")
+    return model.eval()
+
+
+def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int = 2000, batch_size: int = 64,
+                      lr: float = 6e-4, seed: int = 0, log_every: int = 50, val=None) -> pd.DataFrame:
+    """Next-token cross-entropy on ``[class, z_1 .. z_{hw}]`` sequences, as Net2NetTransformer's own
+    ``forward``, but on precomputed token grids (no re-encoding each step). ``val``: optional
+    ``(tokens, labels)`` for a validation loss in the log."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    z = torch.as_tensor(tokens).long().flatten(1)
+    c = torch.as_tensor(labels).long()[:, None]
+    gpt = model.transformer
+    opt = torch.optim.AdamW(gpt.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+    log = []
+    gpt.train()
+    bar = tqdm(range(steps), desc="train transformer")
+    for step in bar:
+        i = torch.as_tensor(rng.integers(0, len(z), batch_size))
+        loss = sequence_loss(gpt, c[i], z[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps - 1:
+            row = {"step": step, "loss": loss.item()}
+            if val is not None:
+                gpt.eval()
+                with torch.no_grad():
+                    row["val_loss"] = sequence_loss(gpt, torch.as_tensor(val[1]).long()[:, None],
+                                                    torch.as_tensor(val[0]).long().flatten(1)).item()
+                gpt.train()
+            log.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+    gpt.eval()
+    return pd.DataFrame(log)
+
+
+def sequence_loss(gpt, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    logits, _ = gpt(torch.cat([c, z], 1)[:, :-1])
+    logits = logits[:, c.shape[1] - 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), z.reshape(-1))
+
+
+@torch.no_grad()
+def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 100, batch_size: int = 500,
+                  seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """Sample one token grid per entry of ``labels`` -> ``(N, h, w)`` int64.
+
+    Uses taming's minGPT key/value cache (``forward_with_past``): one new position per step instead of
+    re-running the whole prefix, identical logits, ~``h*w/2`` times less work.
+    """
+    gpt = model.transformer
+    gpt.eval()
+    h, w = vqlib.grid_shape(model.first_stage_model)
+    labels = torch.as_tensor(labels).long()
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    bar = tqdm(total=len(labels), desc="sample", disable=not progress)
+    for i in range(0, len(labels), batch_size):
+        x = labels[i:i + batch_size, None]
+        past, seq = None, []
+        for n in range(h * w):
+            logits, _, present = gpt.forward_with_past(x, past=past, past_length=n)
+            past = [present] if past is None else past + [present]
+            logits = logits[:, -1, :] / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, -float("inf"))
+            x = torch.multinomial(F.softmax(logits, -1), 1, generator=gen)
+            seq.append(x)
+        out.append(torch.cat(seq, 1).reshape(-1, h, w))
+        bar.update(len(x))
+    bar.close()
+    return torch.cat(out)
+
+
+def balanced_labels(n_classes: int, per_class: int) -> np.ndarray:
+    return np.repeat(np.arange(n_classes), per_class)
+
+
+def transformer_state_for_saving(model) -> dict:
+    return {f"transformer.{k}": v for k, v in model.transformer.state_dict().items()}

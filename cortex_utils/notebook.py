@@ -1,0 +1,73 @@
+"""Checks for every notebook's validation cell (the cell right after ``parameters``).
+
+Papermill injects parameters as plain assignments, so a misspelt name would silently do nothing;
+``check_parameters`` turns it into an error, and checks each value against its default's type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import REPO_ROOT
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+_PARAMETER_TYPES = (bool, int, float, str, list, dict, tuple, type(None))
+
+
+def declared_parameters(notebook: str) -> dict:
+    import papermill as pm
+
+    path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
+    return {k: v for k, v in pm.inspect_notebook(str(path)).items()}
+
+
+def check_parameters(namespace: dict, notebook: str) -> dict:
+    """Raise ValueError for an unknown parameter name or a value of the wrong type; return the parameters.
+
+    ``namespace`` is the notebook's ``globals()`` right after the parameters (and papermill's injected)
+    cells; only plain values (what papermill can inject) count, so imported modules, functions and
+    constants such as paths are not mistaken for parameters.
+    """
+    declared = declared_parameters(notebook)
+    values = {k: v for k, v in namespace.items()
+              if not k.startswith("_") and k not in _IPYTHON_NAMES and isinstance(v, _PARAMETER_TYPES)}
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) for {notebook}: {unknown}. Known: {sorted(declared)}")
+    for name, info in declared.items():
+        default = _literal(info["default"])
+        v = values.get(name)
+        if default is None or v is None:
+            continue
+        ok = isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int))
+        if isinstance(default, bool) != isinstance(v, bool):
+            ok = False
+        if not ok:
+            raise ValueError(f"parameter {name} of {notebook} must be {type(default).__name__} "
+                             f"(default {info['default']}), got {v!r}")
+    return {k: values[k] for k in declared if k in values}
+
+
+def _literal(src: str):
+    import ast
+
+    try:
+        return ast.literal_eval(src)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def require(condition: bool, message: str) -> None:
+    """A parameter check with a message that says what is wrong and what is allowed."""
+    if not condition:
+        raise ValueError(message)
+
+
+def choice(name: str, value, allowed) -> None:
+    require(value in allowed, f"parameter {name} = {value!r}; choose one of {list(allowed)}")
+
+
+def repo_path(p: str | Path) -> Path:
+    """A path parameter: absolute, or relative to the repository root."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()

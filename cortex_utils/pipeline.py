@@ -1,0 +1,150 @@
+"""Run the numbered notebooks in order through papermill, with a named preset plus overrides.
+
+    python -m cortex_utils.pipeline --preset default
+    python -m cortex_utils.pipeline --preset smoke -p seed 1 -p 01_vq_model.train_steps 20
+    python -m cortex_utils.pipeline --preset default --config my_overrides.yaml --only 02_dataset_generation
+
+A preset (``cortex_utils/presets/<name>.yaml``) lists the notebooks and their parameters. ``-p NAME VALUE``
+sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one); values are YAML
+(``true``, ``3``, ``[1, 5]``). A name no notebook declares is an error. Executed notebooks, artifacts and
+``metrics.json`` go to one run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from . import REPO_ROOT
+from .artifacts import record_metrics
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PRESET_DIR = Path(__file__).parent / "presets"
+RUNNER_PARAMETERS = {"run_dir"}  # set by the runner itself
+
+
+def load_preset(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise SystemExit(f"error: unknown preset {name_or_path!r} (known: {', '.join(known)})")
+    preset = yaml.safe_load(path.read_text()) or {}
+    preset.setdefault("parameters", {})
+    return preset
+
+
+def declared_parameters(notebook: str) -> dict:
+    """The names and defaults in a notebook's ``parameters`` cell."""
+    import papermill as pm
+
+    path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    if not path.exists():
+        raise SystemExit(f"error: notebook {path} does not exist")
+    return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
+
+
+def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: dict | None = None) -> dict:
+    """Per-notebook parameters: preset, then the YAML file's values, then ``-p`` overrides.
+
+    Raises SystemExit naming any parameter that the notebooks it is meant for do not declare.
+    """
+    notebooks = preset["notebooks"]
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    params = {nb: dict(preset["parameters"].get(nb) or {}) for nb in notebooks}
+    unknown_nb = set(preset["parameters"]) - set(notebooks)
+    if unknown_nb:
+        raise SystemExit(f"error: preset sets parameters for notebooks it does not run: {sorted(unknown_nb)}")
+
+    def apply(name: str, value, origin: str):
+        nb, _, key = name.rpartition(".")
+        targets = [nb] if nb else [n for n in notebooks if key in declared[n]]
+        if nb and nb not in declared:
+            raise SystemExit(f"error: {origin}: no notebook {nb!r} in this run ({', '.join(notebooks)})")
+        if not targets or (nb and key not in declared[nb]):
+            where = nb or "any notebook of this run"
+            raise SystemExit(f"error: {origin}: unknown parameter {key!r} for {where}. "
+                             f"Known: {', '.join(sorted(set().union(*[declared[t] for t in ([nb] if nb else notebooks)])))}")
+        for t in targets:
+            params[t][key] = value
+
+    for nb in notebooks:
+        for key in params[nb]:
+            if key not in declared[nb]:
+                raise SystemExit(f"error: preset: unknown parameter {key!r} for {nb}")
+    for name, value in (extra or {}).items():
+        if isinstance(value, dict) and name in declared:
+            for k, v in value.items():
+                apply(f"{name}.{k}", v, "config file")
+        else:
+            apply(name, value, "config file")
+    for name, raw in overrides:
+        apply(name, yaml.safe_load(raw), f"-p {name}")
+    return params
+
+
+def run(preset_name: str = "default", overrides=(), config: str | None = None, run_dir: str | None = None,
+        only: list[str] | None = None) -> Path:
+    import papermill as pm
+
+    preset = load_preset(preset_name)
+    if only:
+        missing = [n for n in only if n not in preset["notebooks"]]
+        if missing:
+            raise SystemExit(f"error: --only names notebooks not in the preset: {missing}")
+        preset["notebooks"] = [n for n in preset["notebooks"] if n in only]
+        preset["parameters"] = {k: v for k, v in preset["parameters"].items() if k in only}
+    extra = yaml.safe_load(Path(config).read_text()) if config else None
+    params = resolve_parameters(preset, list(overrides), extra)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(run_dir or REPO_ROOT / "runs" / f"{stamp}-{Path(preset_name).stem}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "parameters.yaml").write_text(yaml.safe_dump({"preset": preset_name, "parameters": params}))
+    print(f"run directory: {run_dir}")
+    t_all = time.perf_counter()
+    for nb in preset["notebooks"]:
+        out = run_dir / f"{nb}.ipynb"
+        p = {**params[nb], "run_dir": str(run_dir)}
+        print(f"[{nb}] running ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb"), str(out), parameters=p,
+                                cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False,
+                                log_output=False)
+        except pm.PapermillExecutionError as err:
+            failed = out.with_suffix(".failed.ipynb")
+            if out.exists():
+                out.replace(failed)
+            raise SystemExit(f"error: notebook {nb} failed in cell {err.cell_index} (execution count "
+                             f"{err.exec_count}): {err.ename}: {err.evalue}\n  executed copy: {failed}") from None
+        seconds = time.perf_counter() - t0
+        record_metrics(run_dir, **{f"{nb}_seconds": round(seconds, 2)})
+        print(f"[{nb}] done in {seconds:.1f} s -> {out}", flush=True)
+    total = time.perf_counter() - t_all
+    record_metrics(run_dir, pipeline_seconds=round(total, 2))
+    print(f"pipeline finished in {total:.1f} s; results in {run_dir} (metrics.json, executed notebooks)")
+    return run_dir
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cortex_utils.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default", help="preset name (default, smoke) or a YAML path")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a parameter (NAME or NOTEBOOK.NAME; VALUE is YAML)")
+    ap.add_argument("--config", help="YAML file of parameter overrides ({name: value} or {notebook: {name: value}})")
+    ap.add_argument("--run-dir", help="where to write the run (default: runs/<time>-<preset>)")
+    ap.add_argument("--only", help="comma-separated notebook names to run (they read earlier results from --run-dir)")
+    a = ap.parse_args(argv)
+    run(a.preset, [tuple(p) for p in a.parameter], a.config, a.run_dir, a.only.split(",") if a.only else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Figures shared by the notebooks (matplotlib / seaborn)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+
+def _hwc(img) -> np.ndarray:
+    a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if a.dtype != np.uint8:
+        a = np.clip((a + 1) * 127.5, 0, 255).astype(np.uint8)
+    return a.transpose(1, 2, 0) if a.ndim == 3 and a.shape[0] in (1, 3) else a
+
+
+def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, suptitle: str | None = None):
+    """Show images (uint8 or [-1, 1] floats, ``(N, C, H, W)``) in a grid."""
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        ax.imshow(_hwc(images[i]).squeeze(), cmap="gray", interpolation="nearest")
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1):
+    """One labelled row per entry of ``rows`` (name -> images), e.g. originals over reconstructions."""
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * size, len(rows) * size * 1.15), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(imgs):
+                ax.imshow(_hwc(imgs[c]).squeeze(), cmap="gray", interpolation="nearest")
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(log: pd.DataFrame, columns, title: str = ""):
+    cols = [c for c in columns if c in log]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3), squeeze=False)
+    for ax, c in zip(axes.flat, cols, strict=True):
+        sns.lineplot(data=log.dropna(subset=[c]), x="step", y=c, ax=ax, marker="o" if log[c].isna().any() else None)
+        ax.set_title(c)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def codebook_usage(counts: np.ndarray, title: str = "codebook usage"):
+    """Sorted code frequencies (log scale) with the share of used entries."""
+    counts = np.asarray(counts)
+    used = (counts > 0).mean()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0, color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_xlabel("codebook entries, most used first")
+    ax.set_ylabel("occurrences")
+    ax.set_title(f"{title}: {used:.0%} of {len(counts)} entries used")
+    fig.tight_layout()
+    return fig
+
+
+def confusion(true, pred, class_names, title: str = "confusion", normalize: bool = True):
+    n = len(class_names)
+    m = np.zeros((n, n))
+    np.add.at(m, (np.asarray(true), np.asarray(pred)), 1)
+    if normalize:
+        m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(0.5 * n + 2, 0.45 * n + 1.5))
+    sns.heatmap(m, annot=n <= 12, fmt=".2f" if normalize else "g", cmap="Blues", ax=ax, cbar=False,
+                xticklabels=class_names, yticklabels=class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true / conditioning class")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def bar_table(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", ylim=None):
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * df[x].nunique() + 2), 3))
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,370 @@
+"""The VQ seam: build, load, train and use a taming-transformers ``VQModel``.
+
+Every later stage talks to the tokenizer through these functions:
+``encode`` (images -> token grids), ``embed`` (token grids -> ``(N, D, h, w)`` embeddings),
+``decode`` (tokens or embeddings -> images), ``codebook`` and ``fingerprint``.
+Images are float tensors in [-1, 1], shape ``(N, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from . import digits
+from .artifacts import load_state_dict
+
+
+def _import_taming():
+    """Import taming with two small compatibility shims (nothing of taming is copied):
+
+    * Lightning 2 removed ``pytorch_lightning.utilities.distributed``; taming imports ``rank_zero_only``
+      from it, which now lives in ``pytorch_lightning.utilities``.
+    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (removed there, and the
+      package is not needed otherwise); a stand-in is offered only while taming is imported.
+    """
+    import pytorch_lightning.utilities as plu
+
+    name = "pytorch_lightning.utilities.distributed"
+    if name not in sys.modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            shim = types.ModuleType(name)
+            shim.rank_zero_only = plu.rank_zero_only
+            sys.modules[name] = shim
+    fake = None
+    try:
+        from transformers import top_k_top_p_filtering  # noqa: F401
+    except ImportError:
+        if "transformers" not in sys.modules:
+            fake = types.ModuleType("transformers")
+            fake.top_k_top_p_filtering = _top_k_filter
+            sys.modules["transformers"] = fake
+    try:
+        import taming.models.cond_transformer  # noqa: F401
+        import taming.models.vqgan  # noqa: F401
+        import taming.modules.transformer.mingpt  # noqa: F401
+    finally:
+        if fake is not None and sys.modules.get("transformers") is fake:
+            del sys.modules["transformers"]
+
+
+def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
+    if top_k and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][..., -1, None]
+        logits = logits.masked_fill(logits < kth, filter_value)
+    return logits
+
+
+_import_taming()
+from taming.models.vqgan import VQModel  # noqa: E402
+
+DUMMY_LOSS = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
+
+# The embedded default: 3x32x32 digits -> 8x8 grid of 1024 codes of dimension 32.
+DEFAULT_VQ_CONFIG = {
+    "target": "taming.models.vqgan.VQModel",
+    "params": {
+        "embed_dim": 32,
+        "n_embed": 1024,
+        "ddconfig": {
+            "double_z": False,
+            "z_channels": 64,
+            "resolution": 32,
+            "in_channels": 3,
+            "out_ch": 3,
+            "ch": 32,
+            "ch_mult": [1, 2, 2],
+            "num_res_blocks": 1,
+            "attn_resolutions": [],
+            "dropout": 0.0,
+        },
+        "lossconfig": DUMMY_LOSS,
+    },
+}
+
+# The published ImageNet VQGAN f16-16384 (taming's vqgan_imagenet_f16_16384 model.yaml).
+IMAGENET_F16_16384_CONFIG = {
+    "target": "taming.models.vqgan.VQModel",
+    "params": {
+        "embed_dim": 256,
+        "n_embed": 16384,
+        "ddconfig": {
+            "double_z": False,
+            "z_channels": 256,
+            "resolution": 256,
+            "in_channels": 3,
+            "out_ch": 3,
+            "ch": 128,
+            "ch_mult": [1, 1, 2, 2, 4],
+            "num_res_blocks": 2,
+            "attn_resolutions": [16],
+            "dropout": 0.0,
+        },
+        "lossconfig": {
+            "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+            "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0,
+                       "disc_weight": 0.75, "codebook_weight": 1.0},
+        },
+    },
+}
+
+
+def read_config(config: str | Path | dict) -> dict:
+    """A taming model config as a plain dict ``{"target": ..., "params": ...}``.
+
+    Accepts a dict or a YAML path; taming's YAML files wrap it in a top-level ``model:`` key.
+    """
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.exists():
+            raise FileNotFoundError(f"config not found: {path}")
+        config = yaml.safe_load(path.read_text())
+    config = copy.deepcopy(dict(config))
+    if "model" in config and "target" not in config:
+        config = config["model"]
+    if "target" not in config or "params" not in config:
+        raise ValueError("a taming config needs 'target' and 'params' (optionally under 'model:')")
+    return config
+
+
+def _inference_config(config: dict) -> dict:
+    """Drop what inference must not touch: the training loss (LPIPS would fetch VGG weights) and any
+    ``ckpt_path`` (taming would unpickle it without ``weights_only``)."""
+    config = copy.deepcopy(config)
+    config["params"]["lossconfig"] = DUMMY_LOSS
+    config["params"].pop("ckpt_path", None)
+    return config
+
+
+def build_vq(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> VQModel:
+    """A randomly initialised taming VQModel (eval mode) from a taming config."""
+    from taming.main import instantiate_from_config
+
+    config = read_config(config)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = instantiate_from_config(_inference_config(config))
+    if not isinstance(model, VQModel):
+        raise ValueError(f"config target {config['target']} is not a taming VQModel")
+    model.cortex_config = config
+    return model.eval()
+
+
+def check_state_dict(model: torch.nn.Module, state: dict, ignore_prefixes=("loss.",), what="checkpoint"):
+    """Raise a ValueError naming the first keys that are missing, unexpected or of another shape."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"the {what} does not match the config:"]
+        for label, items in (("shape mismatches", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+            if items:
+                lines.append(f"  {len(items)} {label}, first: " + "; ".join(items[:5]))
+        raise ValueError("\n".join(lines))
+    return state
+
+
+def load_vq(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool = False) -> VQModel:
+    """Build a VQModel from ``config`` and load weights from a Lightning ``.ckpt`` (its ``state_dict``)
+    or from our safetensors. The loss's weights (discriminator, LPIPS) are not needed and skipped."""
+    state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
+    model = build_vq(config)
+    model.load_state_dict(check_state_dict(model, state, what=f"checkpoint {checkpoint}"))
+    return model.eval()
+
+
+# --- using the model ---------------------------------------------------------------------------
+
+def resolution(vq: VQModel) -> int:
+    return int(vq.cortex_config["params"]["ddconfig"]["resolution"])
+
+
+def grid_shape(vq: VQModel) -> tuple[int, int]:
+    dd = vq.cortex_config["params"]["ddconfig"]
+    side = dd["resolution"] // 2 ** (len(dd["ch_mult"]) - 1)
+    return side, side
+
+
+def codebook(vq: VQModel) -> torch.Tensor:
+    """The codebook ``(n_embed, embed_dim)``: a token's embedding is its row."""
+    return vq.quantize.embedding.weight.detach()
+
+
+def fingerprint(vq: VQModel) -> str:
+    """Identity of the codebook that token ids refer to (sha256 of its float32 bytes)."""
+    cb = codebook(vq).float().cpu().contiguous().numpy()
+    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
+
+
+def check_images(vq: VQModel, images: torch.Tensor) -> None:
+    dd = vq.cortex_config["params"]["ddconfig"]
+    want = (dd["in_channels"], dd["resolution"], dd["resolution"])
+    if images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(f"the VQ model expects images of shape (N, {want[0]}, {want[1]}, {want[2]}), "
+                         f"got {tuple(images.shape)}")
+    if not torch.is_floating_point(images):
+        raise TypeError(f"images must be float in [-1, 1] (see digits.to_model_input), got {images.dtype}")
+
+
+@torch.no_grad()
+def encode(vq: VQModel, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Images in [-1, 1] ``(N, C, H, W)`` -> token grids ``(N, h, w)`` (int64 codebook ids)."""
+    check_images(vq, images)
+    h, w = grid_shape(vq)
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc="encode", disable=not progress):
+        z = vq.quant_conv(vq.encoder(images[i:i + batch_size]))
+        _, _, (_, _, idx) = vq.quantize(z)
+        out.append(idx.reshape(-1, h, w))
+    return torch.cat(out) if out else torch.empty(0, h, w, dtype=torch.long)
+
+
+def embed(vq_or_codebook, tokens: torch.Tensor) -> torch.Tensor:
+    """Token grids ``(N, h, w)`` -> embeddings ``(N, embed_dim, h, w)`` = ``codebook[tokens]``."""
+    cb = vq_or_codebook if isinstance(vq_or_codebook, torch.Tensor) else codebook(vq_or_codebook)
+    tokens = torch.as_tensor(tokens).long()
+    if tokens.ndim != 3:
+        raise ValueError(f"token grids must have shape (N, h, w), got {tuple(tokens.shape)}")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= len(cb)):
+        raise ValueError(f"token ids must lie in [0, {len(cb)}), got [{int(tokens.min())}, {int(tokens.max())}]")
+    return cb[tokens].permute(0, 3, 1, 2).contiguous()
+
+
+def decode(vq: VQModel, tokens_or_embeddings: torch.Tensor, batch_size: int = 256, grad: bool = False,
+           progress: bool = False) -> torch.Tensor:
+    """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` -> images in [-1, 1].
+
+    Embeddings need not be codebook rows (codebook optimization decodes free embeddings);
+    ``grad=True`` keeps the graph.
+    """
+    x = tokens_or_embeddings
+    if not torch.is_floating_point(x):
+        x = embed(vq, x)
+    D = vq.quantize.e_dim
+    if x.ndim != 4 or x.shape[1] != D or tuple(x.shape[2:]) != grid_shape(vq):
+        raise ValueError(f"expected embeddings (N, {D}, {grid_shape(vq)[0]}, {grid_shape(vq)[1]}), got {tuple(x.shape)}")
+    with torch.set_grad_enabled(grad):
+        parts = [vq.decode(x[i:i + batch_size]).clamp(-1, 1)
+                 for i in tqdm(range(0, len(x), batch_size), desc="decode", disable=not progress)]
+    return torch.cat(parts)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB between images in [-1, 1] (peak = full range)."""
+    mse = ((a - b) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def codebook_usage(tokens: torch.Tensor, n_embed: int) -> np.ndarray:
+    """How often each codebook entry occurs in ``tokens`` (array of length n_embed)."""
+    return np.bincount(np.asarray(tokens).ravel(), minlength=n_embed)
+
+
+@torch.no_grad()
+def reconstruction_report(vq: VQModel, images: torch.Tensor) -> dict:
+    """Test-set figures: mean PSNR (dB) and the fraction of codebook entries used."""
+    tokens = encode(vq, images)
+    rec = decode(vq, tokens)
+    counts = codebook_usage(tokens, vq.quantize.n_e)
+    return {"psnr_db": float(psnr(rec, images).mean()), "codebook_usage": float((counts > 0).mean()),
+            "tokens": tokens, "reconstructions": rec, "counts": counts}
+
+
+# --- training the embedded default -------------------------------------------------------------
+
+def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 1500,
+             batch_size: int = 64, lr: float = 1e-3, seed: int = 0, revive_every: int = 50,
+             l2_weight: float = 1.0, log_every: int = 50, discriminator_weight: float = 0.0,
+             discriminator_start: int = 0) -> pd.DataFrame:
+    """Train a taming VQModel on digits with fresh colours each batch (no perceptual loss: the LPIPS
+    VGG weights cannot be fetched here).
+
+    Loss: L1 + ``l2_weight`` * L2 reconstruction + taming's codebook/commitment loss; optionally taming's
+    patch discriminator (hinge loss) from ``discriminator_start``. Dead codes: every ``revive_every``
+    steps, codebook entries unused since the last check are moved onto randomly chosen encoder outputs
+    of the current batch, so the whole codebook gets used. Returns the training log.
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    params = [p for n, p in vq.named_parameters() if not n.startswith("loss.")]
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+    disc = disc_opt = None
+    if discriminator_weight > 0:
+        from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
+        from taming.modules.losses.vqperceptual import hinge_d_loss
+
+        disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=32).apply(weights_init)
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
+    n_e = vq.quantize.n_e
+    used = torch.zeros(n_e, dtype=torch.bool)
+    log, revived = [], 0
+    vq.train()
+    bar = tqdm(range(steps), desc="train VQ")
+    for step in bar:
+        x = digits.augment_batch(train_gray[rng.integers(0, len(train_gray), batch_size)], rng)
+        z = vq.quant_conv(vq.encoder(x))
+        zq, qloss, (_, _, idx) = vq.quantize(z)
+        rec = vq.decode(zq)
+        l1 = (rec - x).abs().mean()
+        l2 = (rec - x).pow(2).mean()
+        loss = l1 + l2_weight * l2 + qloss
+        if disc is not None and step >= discriminator_start:
+            loss = loss - discriminator_weight * disc(rec).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if disc is not None and step >= discriminator_start:
+            d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+        used[idx.flatten()] = True
+        if revive_every and (step + 1) % revive_every == 0 and step + 1 < 0.9 * steps:
+            dead = (~used).nonzero().flatten()
+            if len(dead):
+                flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                pick = torch.as_tensor(rng.integers(0, len(flat), len(dead)))
+                with torch.no_grad():
+                    vq.quantize.embedding.weight[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
+                revived += len(dead)
+            used.zero_()
+        if step % log_every == 0 or step == steps - 1:
+            row = {"step": step, "loss": loss.item(), "l1": l1.item(), "qloss": qloss.item(),
+                   "train_psnr_db": psnr(rec.detach(), x).mean().item(), "revived_total": revived}
+            if step % (log_every * 4) == 0 or step == steps - 1:
+                vq.eval()
+                row["val_psnr_db"] = reconstruction_report(vq, val_images)["psnr_db"]
+                vq.train()
+            log.append(row)
+            bar.set_postfix(psnr=f"{row['train_psnr_db']:.1f}")
+    vq.eval()
+    return pd.DataFrame(log)
+
+
+def vq_meta(vq: VQModel) -> dict:
+    """What a token dataset records about the tokenizer its ids refer to."""
+    return {"vq_fingerprint": fingerprint(vq), "n_embed": int(vq.quantize.n_e),
+            "embed_dim": int(vq.quantize.e_dim), "grid": list(grid_shape(vq)),
+            "image_size": resolution(vq), "image_channels": int(vq.cortex_config["params"]["ddconfig"]["in_channels"])}
+
+
+def state_dict_for_saving(vq: VQModel) -> dict:
+    return {k: v for k, v in vq.state_dict().items() if not k.startswith("loss.")}
+

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from cortex_utils import generation as gen
+from cortex_utils import vq as vqlib
+from cortex_utils.artifacts import save_weights
+
+
+@pytest.fixture
+def tiny_tf(tiny_config, tiny_vq):
+    cfg = gen.transformer_config(tiny_config, n_classes=3, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    return gen.build_transformer(cfg, vq=tiny_vq, seed=0), cfg
+
+
+def _greedy_reference(tf, labels, steps):
+    """Plain greedy decoding that re-runs the whole prefix every step (no cache)."""
+    x = torch.as_tensor(labels)[:, None]
+    for _ in range(steps):
+        logits, _ = tf.transformer(x)
+        x = torch.cat([x, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return x[:, 1:]
+
+
+def test_cached_sampling_equals_full_recomputation(tiny_tf):
+    tf, _ = tiny_tf
+    with torch.no_grad():  # make the untrained model's predictions depend on the prefix
+        for p in tf.transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    labels = np.array([0, 1, 2, 1])
+    greedy = gen.sample_tokens(tf, labels, top_k=1, progress=False)
+    assert greedy.shape == (4, 8, 8)
+    assert torch.equal(greedy.flatten(1), _greedy_reference(tf, labels, 64))
+    assert greedy.flatten(1).unique(dim=0).shape[0] > 1  # the condition changes the sample
+
+
+def test_sampling_is_seeded_and_in_range(tiny_tf):
+    tf, _ = tiny_tf
+    a = gen.sample_tokens(tf, [0, 1, 2], top_k=5, seed=3, progress=False)
+    b = gen.sample_tokens(tf, [0, 1, 2], top_k=5, seed=3, progress=False, batch_size=2)
+    assert torch.equal(a[:2], b[:2]) and a.min() >= 0 and a.max() < 32
+
+
+def test_training_lowers_the_loss_and_checkpoint_round_trip(tiny_tf, tiny_vq, tmp_path):
+    tf, cfg = tiny_tf
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    tokens = (labels[:, None, None] * 10 + rng.integers(0, 2, (60, 8, 8)))  # class-dependent tokens
+    log = gen.train_transformer(tf, tokens, labels, steps=60, batch_size=16, lr=3e-3, log_every=10,
+                                val=(tokens[:12], labels[:12]))
+    assert log["val_loss"].iloc[-1] < log["val_loss"].iloc[0] - 1.0
+    path = save_weights(gen.transformer_state_for_saving(tf), tmp_path / "tf.safetensors", card={})
+    again = gen.load_transformer(cfg, path, vq=tiny_vq)
+    s1 = gen.sample_tokens(tf, labels[:6], seed=1, progress=False)
+    assert torch.equal(s1, gen.sample_tokens(again, labels[:6], seed=1, progress=False))
+    # class 2's samples use class 2's tokens
+    assert (s1[labels[:6] == 2] >= 20).float().mean() > 0.9
+    shallower = gen.transformer_config(cfg["params"]["first_stage_config"], n_classes=3, n_layer=1, n_head=2, n_embd=32)
+    with pytest.raises(ValueError, match="unexpected keys"):
+        gen.load_transformer(shallower, path, vq=tiny_vq)
+
+
+def test_too_many_classes_for_the_vocabulary(tiny_config):
+    with pytest.raises(ValueError, match="do not fit"):
+        gen.transformer_config(tiny_config, n_classes=33)
+
+
+def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
+    """taming's ImageNet cin_transformer layout (VQGAN f16-16384 first stage, Labelator over 1000 classes,
+    vocabulary 16384, 256 positions), with a 1-layer GPT so the test stays small. Random weights:
+    the real checkpoint was not available here."""
+    cfg = gen.transformer_config(vqlib.IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32)
+    cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = "logs/vqgan_imagenet_f16_16384/checkpoints/last.ckpt"
+    model = gen.build_transformer(cfg, seed=0)
+    torch.save({"state_dict": model.state_dict(), "epoch": 1}, tmp_path / "last.ckpt")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": cfg}))
+    del model
+    tf = gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt")
+    assert vqlib.grid_shape(tf.first_stage_model) == (16, 16)
+    tokens = gen.sample_tokens(tf, [0, 999], top_k=100, progress=False)
+    assert tokens.shape == (2, 16, 16) and int(tokens.max()) < 16384
+    # the same checkpoint with the tokenizer given separately: its codebook must match
+    vq = tf.first_stage_model
+    again = gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=vq)
+    assert again.first_stage_model is vq
+    other = vqlib.build_vq(vqlib.IMAGENET_F16_16384_CONFIG, seed=1)
+    with pytest.raises(ValueError, match="another codebook"):
+        gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=other)
+
+
+def test_sequence_loss_matches_net2net_forward(tiny_tf):
+    """Our training loss on precomputed tokens is Net2NetTransformer's own objective."""
+    tf, _ = tiny_tf
+    tf.eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    c = torch.tensor([1, 2])
+    logits, target = tf(x, c)
+    ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+    z = vqlib.encode(tf.first_stage_model, x).flatten(1)
+    torch.testing.assert_close(gen.sequence_loss(tf.transformer, c[:, None], z), ref)

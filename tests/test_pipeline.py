@@ -1,0 +1,107 @@
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from cortex_utils import REPO_ROOT, pipeline
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_every_preset_notebook_exists():
+    for preset in ("default", "smoke"):
+        p = pipeline.load_preset(preset)
+        assert [nb.stem for nb in NOTEBOOKS] == p["notebooks"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_shape(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    after = nb.cells[tagged[0] + 1]
+    assert after.cell_type == "code" and f'check_parameters(globals(), "{path.stem}")' in after.source
+    assert nb.cells[0].cell_type == "markdown"
+
+
+def test_unknown_parameter_is_an_error():
+    preset = pipeline.load_preset("smoke")
+    with pytest.raises(SystemExit, match="unknown parameter 'trian_steps'"):
+        pipeline.resolve_parameters(preset, [("trian_steps", "5")])
+    with pytest.raises(SystemExit, match="unknown parameter 'source' for 01_vq_model"):
+        pipeline.resolve_parameters(preset, [("01_vq_model.source", "encoded")])
+    with pytest.raises(SystemExit, match="no notebook '99_x'"):
+        pipeline.resolve_parameters(preset, [("99_x.seed", "1")])
+    with pytest.raises(SystemExit, match="unknown preset"):
+        pipeline.load_preset("nope")
+
+
+def test_overrides_apply_where_declared():
+    preset = pipeline.load_preset("smoke")
+    p = pipeline.resolve_parameters(preset, [("seed", "3"), ("01_vq_model.train_steps", "7"),
+                                             ("02_dataset_generation.source", "encoded")],
+                                    extra={"n_show": 5, "02_dataset_generation": {"top_k": 9}})
+    assert p["01_vq_model"]["seed"] == 3 and p["02_dataset_generation"]["seed"] == 3
+    assert p["01_vq_model"]["train_steps"] == 7 and p["02_dataset_generation"]["source"] == "encoded"
+    assert p["01_vq_model"]["n_show"] == 5 and p["02_dataset_generation"]["top_k"] == 9
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "cortex_utils.pipeline", *args, "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
+
+
+def test_smoke_preset_runs_every_notebook(tmp_path):
+    r = _run(["--preset", "smoke"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "run"
+    for nb in NOTEBOOKS:
+        assert (run / nb.name).exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ["vq_test_psnr_db", "vq_codebook_usage", "generated_evaluator_accuracy", "dataset_bytes_per_image",
+                "dataset_load_seconds", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
+        assert key in metrics, key
+    assert metrics["dataset_bytes_per_image"] <= 4 * 8 * 8
+    assert "results in" in r.stdout
+    # the other two dataset sources, on the same run's tokenizer
+    r = _run(["--preset", "smoke", "--only", "02_dataset_generation", "-p", "source", "encoded"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from cortex_utils import datasets as tokds
+
+    enc = tokds.load_token_dataset(run / "datasets" / "encoded")
+    assert enc.manifest["splits"] == {"train": 3500, "val": 750, "test": 750}
+    csv = run / "exports" / "encoded_test_embeddings.csv"
+    r = _run(["--preset", "smoke", "--only", "02_dataset_generation", "-p", "source", "imported",
+              "-p", "csv_train", str(csv), "-p", "dataset_name", "reimported"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    imp = tokds.load_token_dataset(run / "datasets" / "reimported")
+    assert (imp.tokens["train"] == enc.tokens["test"]).all()
+
+
+def test_failing_notebook_is_named_with_its_cell(tmp_path):
+    r = _run(["--preset", "smoke", "--only", "01_vq_model", "-p", "learning_rate", "-1"], tmp_path)
+    assert r.returncode != 0
+    assert "notebook 01_vq_model failed in cell" in r.stderr and "learning_rate must be > 0" in r.stderr
+    assert (tmp_path / "run" / "01_vq_model.failed.ipynb").exists()
+    assert not (tmp_path / "run" / "01_vq_model.ipynb").exists()
+
+
+def test_unknown_parameter_on_the_command_line(tmp_path):
+    r = _run(["--preset", "smoke", "-p", "trian_steps", "5"], tmp_path)
+    assert r.returncode != 0 and "unknown parameter 'trian_steps'" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_parameter_injected_by_papermill_directly(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError, match="unknown parameter"):
+        pm.execute_notebook(str(REPO_ROOT / "notebooks" / "01_vq_model.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"run_dir": str(tmp_path), "trian_steps": 5}, kernel_name="python3",
+                            cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
