@@ -37,6 +37,8 @@ def atomic_path(path: str | os.PathLike):
         if path.is_dir() and not path.is_symlink():
             old = tmp / ".old"
             os.replace(path, old)
+        if target.is_file():
+            os.chmod(target, 0o644)
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

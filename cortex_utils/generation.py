@@ -87,18 +87,23 @@ def load_transformer(config, checkpoint, vq=None, trust_pickle: bool = False):
     return model.eval()
 
 
-def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int = 2000, batch_size: int = 64,
-                      lr: float = 6e-4, seed: int = 0, log_every: int = 50, val=None) -> pd.DataFrame:
+def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int = 5000, batch_size: int = 64,
+                      lr: float = 1.5e-3, seed: int = 0, log_every: int = 50, val=None, warmup: int = 100) -> pd.DataFrame:
     """Next-token cross-entropy on ``[class, z_1 .. z_{hw}]`` sequences, as Net2NetTransformer's own
     ``forward``, but on precomputed token grids (no re-encoding each step). ``val``: optional
-    ``(tokens, labels)`` for a validation loss in the log."""
+    ``(tokens, labels)`` for a validation loss in the log. AdamW with a linear warm-up over ``warmup`` steps,
+    then cosine decay to 5 % of ``lr``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     z = torch.as_tensor(tokens).long().flatten(1)
     c = torch.as_tensor(labels).long()[:, None]
     gpt = model.transformer
     opt = torch.optim.AdamW(gpt.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+    def factor(s):
+        cosine = 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, steps) / max(steps, 1)))
+        return min(1.0, (s + 1) / max(warmup, 1)) * cosine
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     log = []
     gpt.train()
     bar = tqdm(range(steps), desc="train transformer")
@@ -161,6 +166,19 @@ def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 1
         bar.update(len(x))
     bar.close()
     return torch.cat(out)
+
+
+def colour_augmented_tokens(vq, gray: np.ndarray, labels: np.ndarray, colourings: int = 4, seed: int = 0,
+                            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Training data for the transformer: each real training digit drawn in ``colourings`` random palette
+    colours and tokenized -> ``(len(gray) * colourings, h, w)`` token grids and their labels."""
+    from . import digits
+
+    rng = np.random.default_rng(seed)
+    tokens = []
+    for _ in tqdm(range(colourings), desc="tokenize colourings", disable=not progress):
+        tokens.append(vqlib.encode(vq, digits.augment_batch(gray, rng)).numpy())
+    return np.concatenate(tokens), np.tile(np.asarray(labels), colourings)
 
 
 def balanced_labels(n_classes: int, per_class: int) -> np.ndarray:

@@ -13,6 +13,7 @@ sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import datetime
@@ -107,6 +108,8 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "parameters.yaml").write_text(yaml.safe_dump({"preset": preset_name, "parameters": params}))
     print(f"run directory: {run_dir}")
+    # kernels inherit the environment: a headless MPLBACKEND=Agg would keep figures out of the notebooks
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     t_all = time.perf_counter()
     for nb in preset["notebooks"]:
         out = run_dir / f"{nb}.ipynb"

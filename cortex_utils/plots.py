@@ -9,7 +9,7 @@ import seaborn as sns
 import torch
 
 
-def _hwc(img) -> np.ndarray:
+def to_hwc(img) -> np.ndarray:
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     if a.dtype != np.uint8:
         a = np.clip((a + 1) * 127.5, 0, 255).astype(np.uint8)
@@ -25,7 +25,7 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, suptitle:
         ax.axis("off")
     for i in range(n):
         ax = axes.flat[i]
-        ax.imshow(_hwc(images[i]).squeeze(), cmap="gray", interpolation="nearest")
+        ax.imshow(to_hwc(images[i]).squeeze(), cmap="gray", interpolation="nearest")
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
     if suptitle:
@@ -43,7 +43,7 @@ def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1):
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(imgs):
-                ax.imshow(_hwc(imgs[c]).squeeze(), cmap="gray", interpolation="nearest")
+                ax.imshow(to_hwc(imgs[c]).squeeze(), cmap="gray", interpolation="nearest")
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
     return fig
@@ -96,5 +96,61 @@ def bar_table(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: s
     if ylim:
         ax.set_ylim(*ylim)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np.ndarray | None = None):
+    """An image with its per-position scores laid over it (upsampled to the image), optional top-n boxes."""
+    img = to_hwc(image)
+    h, w = np.asarray(scores).shape
+    H, W = img.shape[:2]
+    ax.imshow(img.squeeze(), cmap="gray", interpolation="nearest")
+    ax.imshow(np.asarray(scores), cmap="inferno", alpha=alpha, extent=(-0.5, W - 0.5, H - 0.5, -0.5),
+              interpolation="nearest")
+    if top is not None:
+        ph, pw = H / h, W / w
+        for p in np.asarray(top).ravel():
+            r, c = divmod(int(p), w)
+            ax.add_patch(plt.Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, ec="cyan", lw=1.2))
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: int = 0):
+    """Several images with their TIS maps; ``top_n`` > 0 outlines each image's top-n positions."""
+    from .concepts import top_positions
+
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
+    tops = top_positions(scores, top_n) if top_n else [None] * n
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        tis_overlay(axes.flat[i], images[i], scores[i], str(titles[i]), top=tops[i])
+    fig.tight_layout()
+    return fig
+
+
+def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
+    """One image three ways: the decoded image, its token grid (ids), its TIS map with the top-n boxed."""
+    from .concepts import top_positions
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.5))
+    axes[0].imshow(to_hwc(image).squeeze(), cmap="gray")
+    axes[0].set_title(title or "image")
+    axes[0].axis("off")
+    grid = np.asarray(tokens)
+    axes[1].imshow(np.asarray(scores), cmap="Greys", alpha=0.35)
+    top = set(top_positions(np.asarray(scores)[None], top_n)[0].tolist())
+    for (r, c), t in np.ndenumerate(grid):
+        p = r * grid.shape[1] + c
+        axes[1].text(c, r, str(t), ha="center", va="center", fontsize=7,
+                     color="crimson" if p in top else "black", weight="bold" if p in top else "normal")
+    axes[1].set_title(f"token ids (top-{top_n} TIS in red)")
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    tis_overlay(axes[2], image, scores, f"TIS, top-{top_n} boxed", top=sorted(top))
     fig.tight_layout()
     return fig

@@ -72,12 +72,12 @@ from taming.models.vqgan import VQModel  # noqa: E402
 
 DUMMY_LOSS = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
 
-# The embedded default: 3x32x32 digits -> 8x8 grid of 1024 codes of dimension 32.
+# The embedded default: 3x32x32 digits -> 8x8 grid of 256 codes of dimension 32.
 DEFAULT_VQ_CONFIG = {
     "target": "taming.models.vqgan.VQModel",
     "params": {
         "embed_dim": 32,
-        "n_embed": 1024,
+        "n_embed": 256,
         "ddconfig": {
             "double_z": False,
             "z_channels": 64,
@@ -287,7 +287,7 @@ def reconstruction_report(vq: VQModel, images: torch.Tensor) -> dict:
 
 # --- training the embedded default -------------------------------------------------------------
 
-def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 1500,
+def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 1000,
              batch_size: int = 64, lr: float = 1e-3, seed: int = 0, revive_every: int = 50,
              l2_weight: float = 1.0, log_every: int = 50, discriminator_weight: float = 0.0,
              discriminator_start: int = 0) -> pd.DataFrame:
@@ -296,11 +296,13 @@ def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, step
 
     Loss: L1 + ``l2_weight`` * L2 reconstruction + taming's codebook/commitment loss; optionally taming's
     patch discriminator (hinge loss) from ``discriminator_start``. Dead codes: every ``revive_every``
-    steps, codebook entries unused since the last check are moved onto randomly chosen encoder outputs
-    of the current batch, so the whole codebook gets used. Returns the training log.
+    steps (until 80 % of training), codebook entries unused since the last check are moved onto encoder
+    outputs of the current batch, drawn with probability proportional to their squared distance from the
+    codebook, so the whole codebook gets used where it is needed. Returns the training log.
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     params = [p for n, p in vq.named_parameters() if not n.startswith("loss.")]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
@@ -336,11 +338,14 @@ def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, step
             d_loss.backward()
             disc_opt.step()
         used[idx.flatten()] = True
-        if revive_every and (step + 1) % revive_every == 0 and step + 1 < 0.9 * steps:
+        if revive_every and (step + 1) % revive_every == 0 and step + 1 < 0.8 * steps:
             dead = (~used).nonzero().flatten()
             if len(dead):
                 flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                pick = torch.as_tensor(rng.integers(0, len(flat), len(dead)))
+                # move dead codes where the codebook fits worst (k-means++-like), not onto the background
+                # that most positions show and that live codes already represent well
+                err = torch.cdist(flat, vq.quantize.embedding.weight.detach()).min(1).values.pow(2)
+                pick = torch.multinomial(err + 1e-12, len(dead), replacement=len(dead) > len(flat), generator=gen)
                 with torch.no_grad():
                     vq.quantize.embedding.weight[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
                 revived += len(dead)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 
 from cortex_utils import REPO_ROOT, pipeline
@@ -26,6 +28,12 @@ def test_notebook_shape(path):
     assert len(tagged) == 1
     after = nb.cells[tagged[0] + 1]
     assert after.cell_type == "code" and f'check_parameters(globals(), "{path.stem}")' in after.source
+    import re
+
+    import papermill as pm
+
+    assigned = re.findall(r"^(\w+) = ", nb.cells[tagged[0]].source, flags=re.M)
+    assert sorted(assigned) == sorted(pm.inspect_notebook(str(path))), "papermill must parse every parameter line"
     assert nb.cells[0].cell_type == "markdown"
 
 
@@ -65,9 +73,14 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
         assert (run / nb.name).exists()
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ["vq_test_psnr_db", "vq_codebook_usage", "generated_evaluator_accuracy", "dataset_bytes_per_image",
-                "dataset_load_seconds", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
+                "dataset_load_seconds", "iem1_test_top1", "iem2_test_top1", "iem3_test_top1", "iem4_test_top1",
+                "tis_seconds_per_image", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
         assert key in metrics, key
     assert metrics["dataset_bytes_per_image"] <= 4 * 8 * 8
+    tis = np.load(run / "tis" / "iem1_max" / "train.npy")
+    assert tis.shape == (30, 8, 8) and np.isfinite(tis).all()
+    table = pd.read_parquet(run / "concepts" / "concept_tokens.parquet")
+    assert set(table["top_n"]) == {1, 5} and (table.groupby(["top_n", "label"])["count"].sum() > 0).all()
     assert "results in" in r.stdout
     # the other two dataset sources, on the same run's tokenizer
     r = _run(["--preset", "smoke", "--only", "02_dataset_generation", "-p", "source", "encoded"], tmp_path)

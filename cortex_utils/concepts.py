@@ -1,0 +1,136 @@
+"""Concept analysis: which codebook ids sit at each image's most important positions, counted per class.
+
+Also the baselines CORTEX is compared with: the most frequent ids per class, and a class-contrastive
+variant (ids frequent in the class relative to all classes). All counting is vectorized with bincount.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def top_positions(tis: np.ndarray, n: int) -> np.ndarray:
+    """Flat grid positions of the ``n`` highest scores per image: ``(N, n)``, highest first."""
+    flat = np.asarray(tis).reshape(len(tis), -1)
+    if not 1 <= n <= flat.shape[1]:
+        raise ValueError(f"top-n must lie in [1, {flat.shape[1]}] (the grid has {flat.shape[1]} positions), got {n}")
+    part = np.argpartition(-flat, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(flat, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
+def top_tokens(tokens: np.ndarray, tis: np.ndarray, n: int) -> np.ndarray:
+    """Codebook ids at each image's top-``n`` TIS positions: ``(N, n)``."""
+    tokens = np.asarray(tokens)
+    if tokens.shape != np.asarray(tis).shape:
+        raise ValueError(f"tokens {tokens.shape} and TIS {np.asarray(tis).shape} must be aligned (same shape)")
+    return np.take_along_axis(tokens.reshape(len(tokens), -1), top_positions(tis, n), 1)
+
+
+def _ranked(counts: np.ndarray, class_names, top: int, value_name: str, extra: dict | None = None) -> pd.DataFrame:
+    """``counts`` (C, K) -> tidy table of each class's ``top`` ids by count (ties: smaller id first)."""
+    C, K = counts.shape
+    order = np.argsort(-counts, axis=1, kind="stable")[:, :top]
+    vals = np.take_along_axis(counts, order, 1)
+    df = pd.DataFrame({"label": np.repeat(np.arange(C), order.shape[1]), "rank": np.tile(np.arange(1, order.shape[1] + 1), C),
+                       "token": order.ravel(), value_name: vals.ravel()})
+    df.insert(1, "class_name", np.asarray(class_names, dtype=object)[df["label"]])
+    for k, v in (extra or {}).items():
+        df[k] = v[df["label"], df["token"]]
+    return df[df[value_name] > 0].reset_index(drop=True) if value_name == "count" else df
+
+
+def concept_tokens(tokens, labels, tis, class_names, n_embed: int, top_ns=(1, 5, 10, 20), top: int = 100) -> pd.DataFrame:
+    """For each top-n and class: the ids found at the images' top-n TIS positions, ranked by count.
+
+    Columns: top_n, label, class_name, rank, token, count, images (how many of the class's images hold the
+    id among their top-n), share (count / all top-n slots of the class). A ``label`` of -1 is the global
+    ranking over all classes.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    C = len(class_names)
+    present = np.bincount(labels, minlength=C)
+    if (present == 0).any():
+        raise ValueError(f"class(es) with no images: {[class_names[i] for i in np.flatnonzero(present == 0)][:10]}")
+    frames = []
+    for n in top_ns:
+        ids = top_tokens(tokens, tis, n)
+        counts = np.bincount((labels[:, None] * n_embed + ids).ravel(), minlength=C * n_embed).reshape(C, n_embed)
+        # images holding the id at least once among their top-n (dedupe within an image)
+        srt = np.sort(ids, 1)
+        first = np.ones_like(srt, dtype=bool)
+        first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        images = np.bincount((labels[:, None] * n_embed + srt)[first], minlength=C * n_embed).reshape(C, n_embed)
+        share = counts / (present[:, None] * n)
+        df = _ranked(counts, class_names, top, "count", {"images": images, "share": share})
+        glob = _ranked(counts.sum(0, keepdims=True), ["all"], top, "count",
+                       {"images": images.sum(0, keepdims=True), "share": counts.sum(0, keepdims=True) / (len(labels) * n)})
+        glob["label"] = -1
+        frames += [df.assign(top_n=n), glob.assign(top_n=n)]
+    out = pd.concat(frames, ignore_index=True)
+    return out[["top_n", "label", "class_name", "rank", "token", "count", "images", "share"]]
+
+
+def images_with_token(tokens, labels, tis, n: int, label: int, token: int) -> np.ndarray:
+    """Rows of class ``label`` whose top-``n`` TIS positions hold ``token`` (the images a concept token came from)."""
+    ids = top_tokens(tokens, tis, n)
+    return np.flatnonzero((np.asarray(labels) == label) & (ids == token).any(1))
+
+
+def token_frequencies(tokens, labels, n_classes: int, n_embed: int) -> np.ndarray:
+    """``(C, K)`` occurrences of every id in every class's token grids."""
+    labels = np.asarray(labels).astype(np.int64)
+    flat = np.asarray(tokens).reshape(len(labels), -1).astype(np.int64)
+    return np.bincount((labels[:, None] * n_embed + flat).ravel(), minlength=n_classes * n_embed).reshape(n_classes, n_embed)
+
+
+def frequency_tokens(tokens, labels, class_names, n_embed: int, top: int = 100, contrastive: bool = False,
+                     smoothing: float = 1.0) -> pd.DataFrame:
+    """The baseline: per class, the ``top`` most frequent ids; with ``contrastive``, ids ranked by how much
+    more frequent they are in the class than overall (log ratio of smoothed rates)."""
+    freq = token_frequencies(tokens, labels, len(class_names), n_embed)
+    if not contrastive:
+        return _ranked(freq, class_names, top, "count")
+    rate_c = (freq + smoothing) / (freq.sum(1, keepdims=True) + smoothing * n_embed)
+    total = freq.sum(0, keepdims=True)
+    rate_all = (total + smoothing) / (total.sum() + smoothing * n_embed)
+    score = np.log(rate_c / rate_all)
+    score[freq == 0] = -np.inf  # never pick an id the class does not contain
+    df = _ranked(score, class_names, top, "score", {"count": freq})
+    return df[np.isfinite(df["score"])].reset_index(drop=True)
+
+
+def token_sets(table: pd.DataFrame, k: int, top_n: int | None = None) -> dict[int, np.ndarray]:
+    """Each class's first ``k`` ids of a ranked table (concept or frequency) -> {label: ids}."""
+    t = table if top_n is None else table[table["top_n"] == top_n]
+    t = t[(t["label"] >= 0) & (t["rank"] <= k)]
+    return {int(c): g.sort_values("rank")["token"].to_numpy() for c, g in t.groupby("label")}
+
+
+def overlap(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> pd.Series:
+    """Per class, the fraction of ``a``'s ids that are also in ``b``."""
+    return pd.Series({c: float(np.isin(a[c], b.get(c, [])).mean()) if len(a[c]) else np.nan for c in a})
+
+
+def token_tiles(vq, ids) -> torch.Tensor:
+    """What a token looks like on its own: decode a grid filled with that id, for each id -> images."""
+    from .vq import decode, grid_shape
+
+    h, w = grid_shape(vq)
+    grids = torch.tensor(np.array(ids, dtype=np.int64))[:, None, None].expand(-1, h, w)
+    return decode(vq, grids.contiguous())
+
+
+def token_crops(images, tokens, token: int, rows=None, max_crops: int = 6) -> np.ndarray:
+    """Image patches (``(n, C, ph, pw)``) where ``token`` occurs, from ``rows`` (default: all images)."""
+    images = np.asarray(images)
+    tokens = np.asarray(tokens)
+    rows = np.arange(len(tokens)) if rows is None else np.asarray(rows)
+    h, w = tokens.shape[1:]
+    ph, pw = images.shape[2] // h, images.shape[3] // w
+    r, y, x = np.nonzero(tokens[rows] == token)
+    crops = [images[rows[i], :, yy * ph:(yy + 1) * ph, xx * pw:(xx + 1) * pw]
+             for i, yy, xx in list(zip(r, y, x, strict=True))[:max_crops]]
+    return np.stack(crops) if crops else np.zeros((0, images.shape[1], ph, pw), images.dtype)

@@ -1,0 +1,116 @@
+"""Token importance scores (TIS): SmoothGrad saliency of the IEM's target logit w.r.t. its input embeddings.
+
+As the paper's code: sigma = ``spread`` * (max - min) of the batch tensor; ``nsamples`` noisy copies; for
+each copy the gradient of every sample's own target-class logit w.r.t. the input; the mean over copies;
+then the *signed* mean gradient reduced over the embedding channels by ``max`` (default) or ``mean``
+-> one score per grid position.
+
+The original calls ``autograd.grad`` once per sample per noise draw. In eval mode a sample's logits depend
+on that sample's input only, so the gradient of the *sum* of the target logits w.r.t. the batch holds every
+sample's own gradient: one backward pass per draw for the whole batch gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .iem import check_input
+
+REDUCTIONS = ("max", "mean")
+
+
+def smoothgrad_noise(embeddings: torch.Tensor, nsamples: int = 20, spread: float = 0.2,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The ``(nsamples, *embeddings.shape)`` Gaussian noise SmoothGrad adds (sigma from the batch's range)."""
+    sigma = spread * (embeddings.max() - embeddings.min())
+    return torch.randn((nsamples, *embeddings.shape), generator=generator, dtype=embeddings.dtype) * sigma
+
+
+def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.Tensor, nsamples: int = 20,
+               spread: float = 0.2, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               where: str = "batch") -> torch.Tensor:
+    """Mean gradient of each sample's ``target`` logit over noisy copies -> same shape as ``embeddings``."""
+    check_input(model, embeddings, where)
+    if model.training:
+        raise RuntimeError("TIS needs the IEM in eval mode (call model.eval()): in training mode BatchNorm "
+                           "mixes the samples of a batch")
+    if noise is None:
+        noise = smoothgrad_noise(embeddings, nsamples, spread, generator)
+    target = torch.as_tensor(target).long().view(-1, 1)
+    total = torch.zeros_like(embeddings)
+    for eps in noise:
+        x = (embeddings + eps).requires_grad_(True)
+        logit = model(x).gather(1, target).sum()
+        (grad,) = torch.autograd.grad(logit, x)
+        total += grad
+    grad = total / len(noise)
+    if not torch.isfinite(grad).all():
+        raise FloatingPointError(f"NaN or Inf in the gradients of {where}")
+    return grad
+
+
+def reduce_channels(grad: torch.Tensor, reduction: str = "max") -> torch.Tensor:
+    """``(N, D, h, w)`` signed gradients -> ``(N, h, w)`` scores."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    return grad.amax(1) if reduction == "max" else grad.mean(1)
+
+
+def token_importance(model, embeddings, target, nsamples=20, spread=0.2, reduction="max", noise=None,
+                     generator=None, where="batch") -> torch.Tensor:
+    """TIS of one batch: ``(N, h, w)``."""
+    return reduce_channels(smoothgrad(model, embeddings, target, nsamples, spread, noise, generator, where),
+                           reduction)
+
+
+def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float = 0.2, reduction: str = "max",
+                seed: int = 0, out: str | Path | None = None, desc: str = "TIS") -> np.ndarray:
+    """TIS for every image of a (non-shuffled) embedding loader -> float32 ``(N, h, w)`` aligned with the
+    dataset's rows; the target is each image's label.
+
+    With ``out`` (a ``.npy`` path) the scores are written into a memory-mapped array in place, chunk by
+    chunk, with a sidecar ``<out>.done.npy`` marking finished rows: an interrupted run resumes where it
+    stopped. Each batch's noise comes from ``seed`` and the batch's first row, so a resumed or re-chunked
+    run gives the same numbers.
+    """
+    model.eval()
+    grid = model.cortex_spec["grid"]
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        done_path = out.with_suffix(".done.npy")
+        if out.exists() and done_path.exists():
+            scores = np.load(out, mmap_mode="r+")
+            done = np.load(done_path)
+            if scores.shape != (n_images, *grid):
+                raise ValueError(f"{out} holds TIS of shape {scores.shape}, expected {(n_images, *grid)}; delete it")
+        else:
+            scores = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n_images, *grid))
+            done = np.zeros(n_images, dtype=bool)
+            np.save(done_path, done)
+    else:
+        scores, done = np.zeros((n_images, *grid), dtype=np.float32), np.zeros(n_images, dtype=bool)
+    with tqdm(total=n_images, initial=int(done.sum()), desc=desc) as bar:
+        for b, (x, y, rows) in enumerate(loader):
+            rows = rows.numpy()
+            if done[rows].all():
+                continue
+            g = torch.Generator().manual_seed(seed * 1_000_003 + int(rows[0]))
+            scores[rows] = token_importance(model, x, y, nsamples, spread, reduction, generator=g,
+                                            where=f"batch {b} (rows {rows[0]}-{rows[-1]})").numpy()
+            done[rows] = True
+            if out is not None:
+                scores.flush()
+                np.save(done_path, done)
+            bar.update(len(rows))
+    if not done.all():
+        raise RuntimeError(f"TIS missing for {int((~done).sum())} images: the loader did not cover every row")
+    if out is not None:
+        done_path.unlink()
+        return np.load(out)
+    return scores
+

@@ -1,0 +1,59 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cortex_utils import concepts
+
+
+def _slow_concepts(tokens, labels, tis, n, n_classes):
+    out = {}
+    for t, y, s in zip(tokens.reshape(len(tokens), -1), labels, tis.reshape(len(tis), -1), strict=True):
+        for pos in np.argsort(-s, kind="stable")[:n]:
+            out[(y, t[pos])] = out.get((y, t[pos]), 0) + 1
+    return out
+
+
+def test_concept_counts_match_a_plain_loop():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 12, (40, 4, 4))
+    labels = np.arange(40) % 3
+    tis = rng.random((40, 4, 4))
+    table = concepts.concept_tokens(tokens, labels, tis, ["a", "b", "c"], 12, top_ns=(1, 5), top=100)
+    for n in (1, 5):
+        slow = _slow_concepts(tokens, labels, tis, n, 3)
+        got = table[(table.top_n == n) & (table.label >= 0)]
+        assert {(r.label, r.token): r.count for r in got.itertuples()} == slow
+        glob = table[(table.top_n == n) & (table.label == -1)]
+        assert glob["count"].sum() == 40 * n
+    assert set(table.columns) >= {"top_n", "label", "class_name", "rank", "token", "count", "images", "share"}
+
+
+def test_top_positions_are_sorted_and_bounded():
+    tis = np.array([[[0.1, 0.9], [0.5, 0.3]]])
+    assert concepts.top_positions(tis, 3).tolist() == [[1, 2, 3]]
+    with pytest.raises(ValueError, match=r"top-n must lie in \[1, 4\]"):
+        concepts.top_positions(tis, 5)
+
+
+def test_empty_class_is_refused():
+    with pytest.raises(ValueError, match=r"no images: \['c'\]"):
+        concepts.concept_tokens(np.zeros((2, 2, 2), int), [0, 1], np.zeros((2, 2, 2)), ["a", "b", "c"], 4)
+
+
+def test_frequency_and_contrastive_baselines():
+    tokens = np.array([[[0, 0], [1, 2]], [[0, 0], [0, 3]], [[3, 3], [3, 0]]])
+    labels = np.array([0, 0, 1])
+    freq = concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=2)
+    assert freq[freq.label == 0]["token"].tolist() == [0, 1]
+    con = concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=4, contrastive=True)
+    # token 0 is frequent everywhere; 1 and 2 occur only in class a
+    a = con[con.label == 0]["token"].tolist()
+    assert a.index(1) < a.index(0) and a.index(2) < a.index(0) and 3 in a
+    assert set(con[con.label == 1]["token"]) == {0, 3}
+
+
+def test_token_sets_and_overlap():
+    t = pd.DataFrame({"top_n": 5, "label": [0, 0, 0, 1], "rank": [1, 2, 3, 1], "token": [4, 5, 6, 7]})
+    sets = concepts.token_sets(t, 2, top_n=5)
+    assert sets[0].tolist() == [4, 5] and sets[1].tolist() == [7]
+    assert concepts.overlap(sets, {0: np.array([5]), 1: np.array([1])}).tolist() == [0.5, 0.0]
