@@ -182,8 +182,8 @@ def check_state_dict(model: torch.nn.Module, state: dict, ignore_prefixes=("loss
 def load_vq(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool = False) -> VQModel:
     """Build a VQModel from ``config`` and load weights from a Lightning ``.ckpt`` (its ``state_dict``)
     or from our safetensors. The loss's weights (discriminator, LPIPS) are not needed and skipped."""
-    state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model = build_vq(config)
+    state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model.load_state_dict(check_state_dict(model, state, what=f"checkpoint {checkpoint}"))
     return model.eval()
 
