@@ -36,10 +36,12 @@ benchmarks: install
 lab: install
 	cd notebooks && ../$(BIN)/jupyter lab
 
-# Rebuild the shipped default checkpoints (VQ model, transformer, evaluators) and copy them to checkpoints/.
+# Rebuild the shipped default checkpoints (VQ model, transformer, evaluators, IEMs) and copy them to checkpoints/.
 checkpoints: install
+	rm -rf runs/rebuild-checkpoints
 	$(BIN)/python -m cortex_utils.pipeline --preset default -p retrain true --run-dir runs/rebuild-checkpoints $(ARGS)
 	cp runs/rebuild-checkpoints/checkpoints/*.safetensors runs/rebuild-checkpoints/checkpoints/*.json checkpoints/
+	cp runs/rebuild-checkpoints/iem/iem?.safetensors runs/rebuild-checkpoints/iem/iem?.json checkpoints/
 
 clean-runs:
 	rm -rf runs/

@@ -1,6 +1,6 @@
 """TIS speed: batched SmoothGrad (one backward per noise draw) vs the original's per-sample loop (one
 autograd.grad per image per draw), and vs the floor of 20 plain forward+backward passes, on the same IEM
-(architecture 1 at the default width, embed_dim 32, 8x8 grid, 10 classes) and the same batch of 25.
+(architecture 1 at the notebooks' default width 32, embed_dim 32, 8x8 grid, 10 classes) and the same batch of 25.
 
 Last line: tis_speedup=<x> tis_floor_ratio=<y> tis_max_abs_diff=<z>
 """
@@ -29,7 +29,7 @@ def best_of(fn, repeats):
 
 def main(batch=25, nsamples=20, repeats=3):
     torch.manual_seed(0)
-    model = iemlib.build_iem(1, 32, (8, 8), 10, width=64)
+    model = iemlib.build_iem(1, 32, (8, 8), 10, width=32)  # the notebooks' default width
     model(torch.randn(64, 32, 8, 8))
     model.eval()
     x = torch.randn(batch, 32, 8, 8)

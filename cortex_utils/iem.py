@@ -91,7 +91,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, dim, heads, dropout):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)  # no attention dropout: slow on CPU, little gain
         self.bn1, self.bn2 = _TokenBN(dim), _TokenBN(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
         self.drop = nn.Dropout(dropout)
@@ -103,10 +103,9 @@ class EncoderLayer(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, in_ch, grid, n_classes, width, depth=4, heads=4, dropout=0.2):
+    def __init__(self, in_ch, grid, n_classes, width, depth=4, heads=4, dropout=0.0):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(in_ch, width), nn.LayerNorm(width), nn.GELU())
-        self.scale = math.sqrt(width)
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         self.pos = nn.Parameter(torch.randn(1, grid[0] * grid[1] + 1, width) * 0.02)
         self.layers = nn.Sequential(*[EncoderLayer(width, heads, dropout) for _ in range(depth)])
@@ -114,7 +113,7 @@ class ViT(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, n_classes))
 
     def forward(self, x):
-        tokens = self.proj(x.flatten(2).transpose(1, 2)) * self.scale
+        tokens = self.proj(x.flatten(2).transpose(1, 2))
         tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
         return self.head(self.norm(self.layers(tokens))[:, 0])
 
@@ -229,6 +228,24 @@ def load_iem(path: str | Path, expect: dict | None = None) -> nn.Module:
 
     model.load_state_dict(check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"IEM {path}"))
     return model.eval()
+
+
+def shipped_iem(path: str | Path, train_fingerprint: str, training: dict) -> tuple[Path | None, str]:
+    """``(path, why)`` if the IEM at ``path`` is exactly what training here would produce: trained on the
+    split with ``train_fingerprint`` (``datasets.split_fingerprint``) with the same ``training`` settings
+    (and spec); else ``(None, why not)``."""
+    path = Path(path)
+    if not path.exists():
+        return None, f"no shipped IEM at {path.name}"
+    card = read_card(path)
+    if card.get("train_fingerprint") != train_fingerprint:
+        return None, f"{path.name} was trained on another dataset (train split {card.get('train_fingerprint')})"
+    theirs = card.get("training", {})
+    diff = sorted(k for k in training if theirs.get(k) != training[k])
+    if diff:
+        return None, f"{path.name} was trained with other settings: " + ", ".join(
+            f"{k} {theirs.get(k)!r} (here {training[k]!r})" for k in diff)
+    return path, f"{path.name} was trained on this exact train split with these settings"
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -43,12 +43,12 @@ def load_preset(name_or_path: str) -> dict:
 
 def declared_parameters(notebook: str) -> dict:
     """The names and defaults in a notebook's ``parameters`` cell."""
-    import papermill as pm
+    from .notebook import declared_parameters as declared
 
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
     if not path.exists():
         raise SystemExit(f"error: notebook {path} does not exist")
-    return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
+    return {k: v["default"] for k, v in declared(notebook).items()}
 
 
 def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: dict | None = None) -> dict:

@@ -188,6 +188,14 @@ def load_vq(config: str | Path | dict, checkpoint: str | Path, trust_pickle: boo
     return model.eval()
 
 
+def load_run_vq(run_dir: str | Path) -> VQModel:
+    """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's taming checkpoint)."""
+    from .artifacts import registered
+
+    entry = registered(run_dir, "vq")
+    return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
+
+
 # --- using the model ---------------------------------------------------------------------------
 
 def resolution(vq: VQModel) -> int:

@@ -34,6 +34,10 @@ def test_notebook_shape(path):
 
     assigned = re.findall(r"^(\w+) = ", nb.cells[tagged[0]].source, flags=re.M)
     assert sorted(assigned) == sorted(pm.inspect_notebook(str(path))), "papermill must parse every parameter line"
+    from cortex_utils.notebook import declared_parameters
+
+    ours = {k: v["default"] for k, v in declared_parameters(path.stem).items()}
+    assert ours == {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
     assert nb.cells[0].cell_type == "markdown"
 
 
@@ -74,8 +78,15 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ["vq_test_psnr_db", "vq_codebook_usage", "generated_evaluator_accuracy", "dataset_bytes_per_image",
                 "dataset_load_seconds", "iem1_test_top1", "iem2_test_top1", "iem3_test_top1", "iem4_test_top1",
-                "tis_seconds_per_image", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
+                "tis_seconds_per_image", "image_level_tis_beats_random", "image_level_tis_beats_random_token_space",
+                "concept_level_tis_drop", "concept_level_frequency_drop", "codebook_target_prob_before",
+                "codebook_target_prob_after", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
         assert key in metrics, key
+    assert metrics["codebook_tokens_changed_outside_region"] == 0
+    image_level = pd.read_csv(run / "evaluation" / "image_level.csv")
+    assert set(image_level["n"]) == {0, 1, 2} and set(image_level["space"]) == {"pixel", "token"}
+    assert set(pd.read_csv(run / "evaluation" / "concept_level.csv")["method"]) == {"CORTEX concept", "frequency", "contrastive"}
+    assert len(pd.read_csv(run / "evaluation" / "codebook_level.csv")) == 2 * 2  # 1 image x 2 methods x 2 evaluators
     assert metrics["dataset_bytes_per_image"] <= 4 * 8 * 8
     tis = np.load(run / "tis" / "iem1_max" / "train.npy")
     assert tis.shape == (30, 8, 8) and np.isfinite(tis).all()
