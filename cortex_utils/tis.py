@@ -7,7 +7,7 @@ then the *signed* mean gradient reduced over the embedding channels by ``max`` (
 
 The original calls ``autograd.grad`` once per sample per noise draw. In eval mode a sample's logits depend
 on that sample's input only, so the gradient of the *sum* of the target logits w.r.t. the batch holds every
-sample's own gradient: one backward pass per draw for the whole batch gives the same numbers.
+sample's own gradient: one backward pass over all noisy copies of the whole batch gives the same numbers.
 """
 
 from __future__ import annotations
@@ -32,22 +32,27 @@ def smoothgrad_noise(embeddings: torch.Tensor, nsamples: int = 20, spread: float
 
 def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.Tensor, nsamples: int = 20,
                spread: float = 0.2, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               where: str = "batch") -> torch.Tensor:
-    """Mean gradient of each sample's ``target`` logit over noisy copies -> same shape as ``embeddings``."""
+               where: str = "batch", max_batch: int = 4096) -> torch.Tensor:
+    """Mean gradient of each sample's ``target`` logit over noisy copies -> same shape as ``embeddings``.
+
+    In eval mode every sample's logit depends on that sample only, so the noisy copies of all draws are
+    stacked into batches of up to ``max_batch`` and one backward pass gives all their gradients.
+    """
     check_input(model, embeddings, where)
     if model.training:
         raise RuntimeError("TIS needs the IEM in eval mode (call model.eval()): in training mode BatchNorm "
                            "mixes the samples of a batch")
     if noise is None:
         noise = smoothgrad_noise(embeddings, nsamples, spread, generator)
-    target = torch.as_tensor(target).long().view(-1, 1)
-    total = torch.zeros_like(embeddings)
-    for eps in noise:
-        x = (embeddings + eps).requires_grad_(True)
-        logit = model(x).gather(1, target).sum()
-        (grad,) = torch.autograd.grad(logit, x)
-        total += grad
-    grad = total / len(noise)
+    n = len(embeddings)
+    target = torch.as_tensor(target).long().view(1, n).expand(len(noise), n).reshape(-1, 1)
+    noisy = (embeddings.unsqueeze(0) + noise).reshape(-1, *embeddings.shape[1:])  # draw-major: (S * N, D, h, w)
+    grads = []
+    for i in range(0, len(noisy), max(max_batch, 1)):
+        x = noisy[i:i + max_batch].requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x).gather(1, target[i:i + max_batch]).sum(), x)
+        grads.append(g)
+    grad = torch.cat(grads).reshape(len(noise), *embeddings.shape).mean(0)
     if not torch.isfinite(grad).all():
         raise FloatingPointError(f"NaN or Inf in the gradients of {where}")
     return grad
