@@ -252,7 +252,7 @@ def _check_spaces(spaces) -> tuple:
 def _decoded(vq, tokens_t: torch.Tensor, batch_size: int) -> torch.Tensor:
     from .vq import decode
 
-    return decode(vq, tokens_t, batch_size=batch_size)
+    return decode(vq, tokens_t, batch_size=min(batch_size, 64))  # the decoder is fastest on small batches (CPU cache)
 
 
 # --- image level -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def smoothgrad_noise(embeddings: torch.Tensor, nsamples: int = 20, spread: float
 
 def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.Tensor, nsamples: int = 20,
                spread: float = 0.2, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               where: str = "batch", max_batch: int = 4096) -> torch.Tensor:
+               where: str = "batch", max_batch: int = 1024) -> torch.Tensor:
     """Mean gradient of each sample's ``target`` logit over noisy copies -> same shape as ``embeddings``.
 
     In eval mode every sample's logit depends on that sample only, so the noisy copies of all draws are

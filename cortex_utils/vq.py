@@ -253,7 +253,7 @@ def embed(vq_or_codebook, tokens: torch.Tensor) -> torch.Tensor:
     return cb[tokens].permute(0, 3, 1, 2).contiguous()
 
 
-def decode(vq: VQModel, tokens_or_embeddings: torch.Tensor, batch_size: int = 256, grad: bool = False,
+def decode(vq: VQModel, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False,
            progress: bool = False) -> torch.Tensor:
     """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` -> images in [-1, 1].
 
