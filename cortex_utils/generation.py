@@ -92,11 +92,13 @@ def load_transformer(config, checkpoint, vq=None, trust_pickle: bool = False):
 
 
 def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int = 2000, batch_size: int = 64,
-                      lr: float = 3e-3, seed: int = 0, log_every: int = 50, val=None, warmup: int = 100) -> pd.DataFrame:
+                      lr: float = 3e-3, seed: int = 0, log_every: int = 50, val=None, warmup: int = 100,
+                      bf16: bool = False) -> pd.DataFrame:
     """Next-token cross-entropy on ``[class, z_1 .. z_{hw}]`` sequences, as Net2NetTransformer's own
     ``forward``, but on precomputed token grids (no re-encoding each step). ``val``: optional
     ``(tokens, labels)`` for a validation loss in the log. AdamW with a linear warm-up over ``warmup`` steps,
-    then cosine decay to 5 % of ``lr``."""
+    then cosine decay to 5 % of ``lr``. ``bf16``: the GPT runs in bfloat16 autocast (weights and optimizer
+    stay float32; see ``vq.use_bf16``)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     z = torch.as_tensor(tokens).long().flatten(1)
@@ -113,7 +115,8 @@ def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int 
     bar = tqdm(range(steps), desc="train transformer")
     for step in bar:
         i = torch.as_tensor(rng.integers(0, len(z), batch_size))
-        loss = sequence_loss(gpt, c[i], z[i])
+        with vqlib._autocast(bf16):
+            loss = sequence_loss(gpt, c[i], z[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)

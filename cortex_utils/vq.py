@@ -295,10 +295,24 @@ def reconstruction_report(vq: VQModel, images: torch.Tensor) -> dict:
 
 # --- training the embedded default -------------------------------------------------------------
 
-def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 1000,
+def use_bf16(setting: str = "auto") -> bool:
+    """Train in bfloat16 autocast? ``"on"``, ``"off"``, or ``"auto"``: on when the CPU has AMX tiles (as the
+    reference machine: ~1.7x faster training steps), off elsewhere (emulated bfloat16 is slower)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting == "auto":
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return setting == "on"
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 500,
              batch_size: int = 64, lr: float = 1e-3, seed: int = 0, revive_every: int = 50,
              l2_weight: float = 1.0, log_every: int = 50, discriminator_weight: float = 0.0,
-             discriminator_start: int = 0) -> pd.DataFrame:
+             discriminator_start: int = 0, bf16: bool = False) -> pd.DataFrame:
     """Train a taming VQModel on digits with fresh colours each batch (no perceptual loss: the LPIPS
     VGG weights cannot be fetched here).
 
@@ -306,7 +320,9 @@ def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, step
     patch discriminator (hinge loss) from ``discriminator_start``. Dead codes: every ``revive_every``
     steps (until 80 % of training), codebook entries unused since the last check are moved onto encoder
     outputs of the current batch, drawn with probability proportional to their squared distance from the
-    codebook, so the whole codebook gets used where it is needed. Returns the training log.
+    codebook, so the whole codebook gets used where it is needed. ``bf16``: encoder and decoder run in
+    bfloat16 autocast; the quantizer (nearest-code search, codebook loss) and the losses stay in float32.
+    Returns the training log.
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -328,9 +344,11 @@ def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, step
     bar = tqdm(range(steps), desc="train VQ")
     for step in bar:
         x = digits.augment_batch(train_gray[rng.integers(0, len(train_gray), batch_size)], rng)
-        z = vq.quant_conv(vq.encoder(x))
+        with _autocast(bf16):
+            z = vq.quant_conv(vq.encoder(x)).float()
         zq, qloss, (_, _, idx) = vq.quantize(z)
-        rec = vq.decode(zq)
+        with _autocast(bf16):
+            rec = vq.decode(zq).float()
         l1 = (rec - x).abs().mean()
         l2 = (rec - x).pow(2).mean()
         loss = l1 + l2_weight * l2 + qloss

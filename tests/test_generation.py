@@ -101,3 +101,12 @@ def test_sequence_loss_matches_net2net_forward(tiny_tf):
     ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
     z = vqlib.encode(tf.first_stage_model, x).flatten(1)
     torch.testing.assert_close(gen.sequence_loss(tf.transformer, c[:, None], z), ref)
+
+
+def test_bf16_training_lowers_the_loss(tiny_tf):
+    tf, _ = tiny_tf
+    labels = np.arange(48) % 3
+    tokens = labels[:, None, None] * 10 + np.random.default_rng(1).integers(0, 2, (48, 8, 8))
+    log = gen.train_transformer(tf, tokens, labels, steps=40, batch_size=16, lr=3e-3, log_every=10, warmup=5,
+                                val=(tokens[:12], labels[:12]), bf16=True)
+    assert np.isfinite(log["val_loss"]).all() and log["val_loss"].iloc[-1] < log["val_loss"].iloc[0] - 1.0

@@ -152,7 +152,8 @@ def test_psnr_and_usage():
     assert list(vqlib.codebook_usage(np.array([[0, 2, 2]]), 4)) == [1, 0, 2, 0]
 
 
-def test_short_training_improves_reconstruction(tiny_config):
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_short_training_improves_reconstruction(tiny_config, bf16):
     from cortex_utils import digits
 
     torch.manual_seed(0)
@@ -160,7 +161,14 @@ def test_short_training_improves_reconstruction(tiny_config):
     gray = digits.load_gray_digits()[0][:200, ::2, ::2]  # 16x16 digits
     val = digits.augment_batch(gray[:32], np.random.default_rng(1))
     before = vqlib.reconstruction_report(vq, val)["psnr_db"]
-    log = vqlib.train_vq(vq, gray, val, steps=40, batch_size=16, lr=2e-3, revive_every=10, log_every=10)
+    log = vqlib.train_vq(vq, gray, val, steps=40, batch_size=16, lr=2e-3, revive_every=10, log_every=10, bf16=bf16)
     after = vqlib.reconstruction_report(vq, val)["psnr_db"]
     assert after > before + 3, (before, after)
     assert log["revived_total"].iloc[-1] > 0
+
+
+def test_bf16_setting():
+    assert vqlib.use_bf16("on") and not vqlib.use_bf16("off")
+    assert isinstance(vqlib.use_bf16("auto"), bool)
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        vqlib.use_bf16("yes")
