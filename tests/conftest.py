@@ -27,3 +27,12 @@ def tiny_config():
 @pytest.fixture
 def tiny_vq(tiny_config):
     return vqlib.build_vq(tiny_config, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,14 +9,7 @@ from cortex_utils import vq as vqlib
 from cortex_utils.concepts import top_tokens
 from cortex_utils.evaluators import load_torchvision
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _evaluators(size=16, n_classes=3):
