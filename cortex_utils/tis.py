@@ -27,7 +27,9 @@ def smoothgrad_noise(embeddings: torch.Tensor, nsamples: int = 20, spread: float
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """The ``(nsamples, *embeddings.shape)`` Gaussian noise SmoothGrad adds (sigma from the batch's range)."""
     sigma = spread * (embeddings.max() - embeddings.min())
-    return torch.randn((nsamples, *embeddings.shape), generator=generator, dtype=embeddings.dtype) * sigma
+    # drawn on the CPU generator and moved: the same numbers whatever device the embeddings are on
+    return torch.randn((nsamples, *embeddings.shape), generator=generator, dtype=embeddings.dtype).to(
+        embeddings.device) * sigma
 
 
 def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.Tensor, nsamples: int = 20,
@@ -73,7 +75,8 @@ def token_importance(model, embeddings, target, nsamples=20, spread=0.2, reducti
 
 
 def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float = 0.2, reduction: str = "max",
-                seed: int = 0, out: str | Path | None = None, desc: str = "TIS") -> np.ndarray:
+                seed: int = 0, out: str | Path | None = None, desc: str = "TIS",
+                rows: tuple[int, int] | None = None) -> np.ndarray:
     """TIS for every image of a (non-shuffled) embedding loader -> float32 ``(N, h, w)`` aligned with the
     dataset's rows; the target is each image's label.
 
@@ -81,9 +84,17 @@ def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float 
     chunk, with a sidecar ``<out>.done.npy`` marking finished rows: an interrupted run resumes where it
     stopped. Each batch's noise comes from ``seed`` and the batch's first row, so a resumed or re-chunked
     run gives the same numbers.
+
+    ``rows=(start, stop)``: only those rows of the ``n_images`` (a shard, ``cortex_utils.distributed``); the
+    loader must yield exactly them, and the result (and ``out``) holds ``stop - start`` rows. With ``start``
+    a multiple of the loader's batch size the batches, and so the scores, are those of the full run.
     """
     model.eval()
     grid = model.cortex_spec["grid"]
+    start, stop = (0, n_images) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= start < stop <= n_images:
+        raise ValueError(f"rows {rows} must satisfy 0 <= start < stop <= n_images ({n_images})")
+    n_rows = stop - start
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,27 +102,30 @@ def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float 
         if out.exists() and done_path.exists():
             scores = np.load(out, mmap_mode="r+")
             done = np.load(done_path)
-            if scores.shape != (n_images, *grid):
-                raise ValueError(f"{out} holds TIS of shape {scores.shape}, expected {(n_images, *grid)}; delete it")
+            if scores.shape != (n_rows, *grid):
+                raise ValueError(f"{out} holds TIS of shape {scores.shape}, expected {(n_rows, *grid)}; delete it")
         else:
-            scores = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n_images, *grid))
-            done = np.zeros(n_images, dtype=bool)
+            scores = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n_rows, *grid))
+            done = np.zeros(n_rows, dtype=bool)
             np.save(done_path, done)
     else:
-        scores, done = np.zeros((n_images, *grid), dtype=np.float32), np.zeros(n_images, dtype=bool)
-    with tqdm(total=n_images, initial=int(done.sum()), desc=desc) as bar:
+        scores, done = np.zeros((n_rows, *grid), dtype=np.float32), np.zeros(n_rows, dtype=bool)
+    with tqdm(total=n_rows, initial=int(done.sum()), desc=desc) as bar:
         for b, (x, y, rows) in enumerate(loader):
             rows = rows.numpy()
-            if done[rows].all():
+            if rows.min() < start or rows.max() >= stop:
+                raise ValueError(f"the loader yields rows {rows.min()}-{rows.max()} outside rows {start}-{stop - 1}")
+            local = rows - start
+            if done[local].all():
                 continue
             g = torch.Generator().manual_seed(seed * 1_000_003 + int(rows[0]))
-            scores[rows] = token_importance(model, x, y, nsamples, spread, reduction, generator=g,
-                                            where=f"batch {b} (rows {rows[0]}-{rows[-1]})").numpy()
-            done[rows] = True
+            scores[local] = token_importance(model, x, y, nsamples, spread, reduction, generator=g,
+                                             where=f"batch {b} (rows {rows[0]}-{rows[-1]})").cpu().numpy()
+            done[local] = True
             if out is not None:
                 scores.flush()
                 np.save(done_path, done)
-            bar.update(len(rows))
+            bar.update(len(local))
     if not done.all():
         raise RuntimeError(f"TIS missing for {int((~done).sum())} images: the loader did not cover every row")
     if out is not None:

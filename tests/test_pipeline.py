@@ -80,7 +80,10 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
                 "dataset_load_seconds", "iem1_test_top1", "iem2_test_top1", "iem3_test_top1", "iem4_test_top1",
                 "tis_seconds_per_image", "image_level_tis_beats_random", "image_level_tis_beats_random_token_space",
                 "concept_level_tis_drop", "concept_level_frequency_drop", "codebook_target_prob_before",
-                "codebook_target_prob_after", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
+                "codebook_target_prob_after", "bias_colour_delta_biased", "bias_colour_delta_control",
+                "bias_thickness_delta_biased", "bias_thickness_delta_control", "bias_colour_truth_share",
+                "bias_thickness_truth_share", "sanity_rank_corr_smoothgrad", "deletion_auc_smoothgrad_pixel",
+                "deletion_auc_occlusion_token", "recommended_method", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
         assert key in metrics, key
     assert metrics["codebook_tokens_changed_outside_region"] == 0
     image_level = pd.read_csv(run / "evaluation" / "image_level.csv")

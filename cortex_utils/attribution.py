@@ -1,0 +1,409 @@
+"""Attribution methods for the IEM, sanity checks and faithfulness curves (can we trust the TIS?).
+
+**Methods.** Every method maps an IEM, embeddings ``(N, D, h, w)`` and each sample's target class to one
+score per grid position ``(N, h, w)``. The standard ones come from Captum; the channel reduction is the
+TIS's (``tis.reduce_channels``, ``max`` by default):
+
+* ``smoothgrad`` (the paper's TIS): ``NoiseTunnel(Saliency)``, signed gradients averaged over ``nsamples``
+  noisy copies, sigma = ``spread`` * (max - min) of the batch. ``tis.smoothgrad`` is the batched reference
+  implementation; given the same noise the two agree (``tests/test_attribution.py``);
+* ``gradient``: ``Saliency`` (signed gradient, no noise);
+* ``grad_x_input``: ``InputXGradient``;
+* ``integrated_gradients``: ``IntegratedGradients`` from ``baseline`` (default zeros; the notebook uses the
+  neutral token's embedding everywhere, i.e. an all-background grid) in ``steps`` steps;
+* ``occlusion``: ``FeatureAblation`` with one feature per grid position (or per ``group`` x ``group`` block):
+  the drop of the target logit when that position's embedding is replaced by ``baseline`` (the neutral
+  token's embedding = putting the neutral token there).
+
+**Sanity checks** (Adebayo et al., 2018): re-initialise the IEM's layers from the head down
+(``randomize_cascade``) or all at once (``randomize_full``), or train it on shuffled labels
+(``shuffled_label_iem``), and compare the maps with the trained model's by Spearman rank correlation per
+image (``spearman``). An explanation that survives randomization does not explain the model.
+
+**Faithfulness** (deletion / insertion): remove grid positions in attribution order (or reveal them, for
+insertion) and follow the evaluators' target probability; ``removal_curve`` is the generic loop,
+``faithfulness_curves`` runs it in pixel space (black patches) and token space (neutral token, then decode)
+with the masking helpers of ``evaluation``; ``curve_auc`` integrates the curves.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import evaluation
+from .iem import check_input
+from .tis import REDUCTIONS, reduce_channels
+
+CURVES = ("deletion", "insertion")
+_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+# --- attribution methods ---------------------------------------------------------------------------
+
+def _sigma(x: torch.Tensor, spread: float) -> float:
+    return float(spread * (x.detach().max() - x.detach().min()))
+
+
+def _smoothgrad(model, x, target, nsamples=20, spread=0.2, max_batch=1024, **_):
+    from captum.attr import NoiseTunnel, Saliency
+
+    per_pass = max(1, min(nsamples, max_batch // max(len(x), 1)))  # noisy copies per forward/backward pass
+    return NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=nsamples, stdevs=_sigma(x, spread),
+                                                  nt_samples_batch_size=per_pass, target=target, abs=False)
+
+
+def _gradient(model, x, target, **_):
+    from captum.attr import Saliency
+
+    return Saliency(model).attribute(x, target=target, abs=False)
+
+
+def _grad_x_input(model, x, target, **_):
+    from captum.attr import InputXGradient
+
+    return InputXGradient(model).attribute(x, target=target)
+
+
+def _integrated_gradients(model, x, target, baseline=None, steps=16, max_batch=1024, **_):
+    from captum.attr import IntegratedGradients
+
+    return IntegratedGradients(model).attribute(x, baselines=baseline, target=target, n_steps=steps,
+                                                internal_batch_size=max(max_batch, len(x)))
+
+
+def position_groups(grid, group: int = 1) -> torch.Tensor:
+    """``(h, w)`` feature ids: one per grid position (``group`` 1) or per ``group`` x ``group`` block."""
+    h, w = grid
+    if group < 1:
+        raise ValueError(f"the occlusion group size must be >= 1, got {group}")
+    r = torch.arange(h)[:, None] // group
+    c = torch.arange(w)[None, :] // group
+    return r * ((w + group - 1) // group) + c
+
+
+def _occlusion(model, x, target, baseline=None, group=1, max_batch=1024, **_):
+    from captum.attr import FeatureAblation
+
+    mask = position_groups(x.shape[2:], group)[None, None].expand(1, x.shape[1], -1, -1)
+    per_eval = max(1, min(int(mask.max()) + 1, max_batch // max(len(x), 1)))
+    return FeatureAblation(model).attribute(x, baselines=baseline, target=target, feature_mask=mask,
+                                            perturbations_per_eval=per_eval)
+
+
+METHODS = {"smoothgrad": _smoothgrad, "gradient": _gradient, "grad_x_input": _grad_x_input,
+           "integrated_gradients": _integrated_gradients, "occlusion": _occlusion}
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)}")
+
+
+def expand_baseline(baseline, embeddings: torch.Tensor) -> torch.Tensor | None:
+    """A baseline for IG / occlusion broadcast to ``embeddings`` ``(N, D, h, w)``.
+
+    Accepts ``None`` (zeros), one embedding ``(D,)`` put at every position (e.g. the neutral token's
+    codebook row), one grid ``(D, h, w)`` or ``(1, D, h, w)``, or one per sample ``(N, D, h, w)``.
+    """
+    if baseline is None:
+        return None
+    b = torch.as_tensor(baseline, dtype=embeddings.dtype)
+    N, D, h, w = embeddings.shape
+    if b.shape == (D,):
+        b = b[:, None, None].expand(D, h, w)
+    if b.shape == (D, h, w):
+        b = b[None]
+    if b.ndim != 4 or b.shape[1:] != (D, h, w) or len(b) not in (1, N):
+        raise ValueError(f"the baseline must have shape ({D},), ({D}, {h}, {w}), (1, {D}, {h}, {w}) or "
+                         f"({N}, {D}, {h}, {w}) for embeddings {tuple(embeddings.shape)}; got {tuple(b.shape)}")
+    if not torch.isfinite(b).all():
+        raise ValueError("NaN or Inf in the baseline")
+    return b.expand(N, D, h, w).contiguous()
+
+
+def attribute(model: torch.nn.Module, embeddings: torch.Tensor, target, method: str = "smoothgrad",
+              reduction: str = "max", nsamples: int = 20, spread: float = 0.2, steps: int = 16, baseline=None,
+              group: int = 1, seed: int | None = 0, max_batch: int = 1024, where: str = "batch") -> torch.Tensor:
+    """Scores ``(N, h, w)`` of one batch by ``method`` (see ``METHODS``), reduced over channels by ``reduction``.
+
+    ``nsamples``, ``spread``: SmoothGrad; ``steps``: IG; ``baseline``: IG and occlusion (``expand_baseline``);
+    ``group``: occlusion block size. ``seed`` fixes SmoothGrad's noise without touching the global RNG
+    (``None``: draw from it). ``max_batch`` bounds the rows of one forward pass (roughly).
+    """
+    check_method(method)
+    check_input(model, embeddings, where)
+    if model.training:
+        raise RuntimeError("attributions need the IEM in eval mode (call model.eval()): in training mode "
+                           "BatchNorm mixes the samples of a batch")
+    if nsamples < 1 or steps < 1:
+        raise ValueError(f"nsamples and steps must be >= 1, got {nsamples} and {steps}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    target = torch.as_tensor(target).long().reshape(-1)
+    if len(target) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} samples but {len(target)} targets ({where})")
+    n_classes = model.cortex_spec["n_classes"]
+    if len(target) and (target.min() < 0 or target.max() >= n_classes):
+        raise ValueError(f"targets must lie in [0, {n_classes}) ({where})")
+    base = expand_baseline(baseline, embeddings)
+    x = embeddings.detach().clone().requires_grad_(method != "occlusion")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        attr = METHODS[method](model, x, target, nsamples=nsamples, spread=spread, steps=steps, baseline=base,
+                               group=group, max_batch=max_batch)
+    if not torch.isfinite(attr).all():
+        raise FloatingPointError(f"NaN or Inf in the {method} attributions of {where}")
+    return reduce_channels(attr.detach(), reduction)
+
+
+def attribute_tokens(model, codebook: torch.Tensor, tokens, targets, method: str = "smoothgrad",
+                     batch_size: int = 100, progress: bool = False, **options) -> np.ndarray:
+    """``attribute`` over token grids ``(N, h, w)`` in batches of ``batch_size`` -> float32 ``(N, h, w)``.
+
+    Batch ``b``'s SmoothGrad noise comes from ``seed + b`` (``options["seed"]``, default 0).
+    """
+    t = torch.as_tensor(np.asarray(tokens)).long()
+    targets = np.asarray(targets, dtype=np.int64)
+    if t.ndim != 3 or len(targets) != len(t):
+        raise ValueError(f"need token grids (N, h, w) and one target each, got {tuple(t.shape)} and {len(targets)}")
+    seed = options.pop("seed", 0)
+    out = []
+    for b, i in enumerate(tqdm(range(0, len(t), batch_size), desc=method, disable=not progress, leave=False)):
+        x = codebook[t[i:i + batch_size]].permute(0, 3, 1, 2).contiguous()
+        out.append(attribute(model, x, targets[i:i + batch_size], method,
+                             seed=None if seed is None else seed + b, where=f"rows {i}-{i + len(x) - 1}", **options))
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, *t.shape[1:]), np.float32)
+
+
+# --- sanity checks: randomized models ----------------------------------------------------------------
+
+def cascade_steps(model: torch.nn.Module) -> list[list[str]]:
+    """The IEM's parameterized modules grouped into randomization steps, **head first**.
+
+    Modules are taken in definition order (the forward order of these IEMs); each step is one weight layer
+    (conv, linear, attention, or a module's own parameters such as the ViT's position table) together with
+    the normalization layers that follow it.
+    """
+    owners = [name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    steps, pending = [], []
+    for name in reversed(owners):
+        pending.append(name)
+        if not isinstance(model.get_submodule(name), _NORMS):
+            steps.append(pending)
+            pending = []
+    if pending:  # normalization layers before the first weight layer
+        steps.append(pending)
+    return steps
+
+
+def _reinit(module: torch.nn.Module) -> None:
+    reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+    if reset is not None:  # the layer's own initializer (attention layers call it _reset_parameters)
+        reset()
+    else:  # own parameters without an initializer (ViT class token and positions): small Gaussian, as built
+        with torch.no_grad():
+            for p in module.parameters(recurse=False):
+                p.normal_(0.0, 0.02)
+
+
+def randomize(model: torch.nn.Module, modules, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` (eval mode) with ``modules`` (names) re-initialised by their own initializers.
+
+    BatchNorm layers get their initial affine parameters and running statistics (mean 0, variance 1).
+    """
+    out = copy.deepcopy(model)
+    known = dict(out.named_modules())
+    missing = [m for m in modules if m not in known]
+    if missing:
+        raise ValueError(f"no module(s) {missing} in the model")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in modules:
+            _reinit(known[name])
+    return out.eval()
+
+
+def randomize_cascade(model: torch.nn.Module, seed: int = 0) -> list[tuple[str, torch.nn.Module]]:
+    """Cascading randomization: ``[(step name, model)]`` where model ``k`` has the first ``k + 1`` steps of
+    ``cascade_steps`` (from the head down) re-initialised; the last one is fully randomized. A step is
+    named after its weight layer."""
+    steps, done, out = cascade_steps(model), [], []
+    for i, step in enumerate(steps):
+        done += step
+        out.append((step[-1] or "(root)", randomize(model, done, seed + i)))
+    return out
+
+
+def randomize_full(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every layer re-initialised at once."""
+    return randomize(model, [m for step in cascade_steps(model) for m in step], seed)
+
+
+def shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, epochs: int = 3, lr: float = 2e-3,
+                       batch_size: int = 64, max_images: int = 0, select_images: int = 500, seed: int = 0,
+                       desc: str = "IEM on shuffled labels"):
+    """Data randomization: an IEM of ``model``'s architecture trained on the train split with its labels
+    permuted (``max_images`` > 0: on that many random rows of the split, drawn with ``seed``).
+
+    The test asks for a model that *fits* the random labels, so the weights kept (``iem.train_iem`` keeps
+    the best "validation" loss) are those with the lowest loss on ``select_images`` of the shuffled
+    training rows themselves. Returns ``(model in eval mode, training log)``.
+    """
+    from .datasets import embedding_loader
+    from .iem import build_iem, train_iem
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    rng = np.random.default_rng(seed)
+    n = len(ds.labels["train"])
+    sub = np.arange(n) if max_images <= 0 else np.sort(rng.permutation(n)[:max_images])  # splits are ordered by class
+    tokens, labels = ds.tokens["train"][sub], rng.permutation(ds.labels["train"][sub])
+    pick = slice(0, select_images if select_images > 0 else len(labels))
+    shuffled = dataclasses.replace(ds, tokens={"train": tokens, "select": tokens[pick]},
+                                   labels={"train": labels, "select": labels[pick]}, names={})
+    spec = model.cortex_spec
+    torch.manual_seed(seed)
+    out = build_iem(spec["arch"], spec["in_channels"], spec["grid"], spec["n_classes"], spec["width"])
+    log, _ = train_iem(out, embedding_loader(shuffled, "train", codebook, batch_size, shuffle=True, seed=seed),
+                       embedding_loader(shuffled, "select", codebook, 256), epochs=epochs, lr=lr, step_size=epochs,
+                       desc=desc)  # constant learning rate: memorizing needs every epoch
+    return out.eval(), log.rename(columns={"val_loss": "select_loss", "val_acc": "select_acc"})
+
+
+def spearman(a, b) -> np.ndarray:
+    """Spearman rank correlation of each image's two maps: ``(N, h, w)`` x 2 -> ``(N,)`` (ties: mean ranks;
+    NaN where a map is constant)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"need two aligned stacks of maps (N, ...), got {a.shape} and {b.shape}")
+    ra = pd.DataFrame(a.reshape(len(a), -1)).rank(axis=1).to_numpy()
+    rb = pd.DataFrame(b.reshape(len(b), -1)).rank(axis=1).to_numpy()
+    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), np.nan)
+
+
+# --- faithfulness: deletion and insertion curves --------------------------------------------------------
+
+def ranking(scores) -> np.ndarray:
+    """``(N, h*w)`` flat positions of each map, highest score first (ties: smaller position first)."""
+    flat = np.asarray(scores).reshape(len(scores), -1)
+    return np.argsort(-flat, axis=1, kind="stable")
+
+
+def curve_steps(n_positions: int, steps: int) -> np.ndarray:
+    """How many positions are removed at each point of a curve: ``steps`` + 1 counts from 0 to all."""
+    if not 1 <= steps <= n_positions:
+        raise ValueError(f"steps must lie in [1, {n_positions}] (the grid's positions), got {steps}")
+    return np.unique(np.round(np.linspace(0, n_positions, steps + 1)).astype(int))
+
+
+def removal_curve(order, grid, score, steps: int = 8, curve: str = "deletion"):
+    """Follow ``score(mask)`` as positions go in ``order`` (``(N, h*w)``, first = most important).
+
+    ``deletion``: the first k positions of each order are masked; ``insertion``: all but the first k are.
+    ``score(mask)`` takes a bool ``(N, h, w)`` mask (True = masked) and returns an array ``(..., N)``.
+    Returns ``(fractions (K,), scores (K, ..., N))`` with fractions k / (h*w) from 0 to 1.
+    """
+    if curve not in CURVES:
+        raise ValueError(f"unknown curve {curve!r}; choose one of {CURVES}")
+    order = np.asarray(order, dtype=np.int64)
+    hw = int(grid[0]) * int(grid[1])
+    if order.ndim != 2 or order.shape[1] != hw:
+        raise ValueError(f"order must rank all {hw} positions of each image: (N, {hw}), got {order.shape}")
+    ks = curve_steps(hw, steps)
+    values = []
+    for k in ks:
+        mask = evaluation.positions_mask(order[:, :k], grid)
+        values.append(np.asarray(score(mask if curve == "deletion" else ~mask)))
+    return ks / hw, np.stack(values)
+
+
+def auc(fractions, values) -> np.ndarray:
+    """Trapezoidal area under ``values`` (``(K, ...)``) over ``fractions`` in [0, 1]."""
+    f = np.asarray(fractions, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    return ((v[1:] + v[:-1]) / 2 * np.diff(f).reshape(-1, *([1] * (v.ndim - 1)))).sum(0)
+
+
+def faithfulness_curves(vq, tokens, labels, scores: dict, evaluators: dict, spaces=evaluation.SPACES,
+                        curves=CURVES, steps: int = 8, neutral: int = 0, seed: int = 0, batch_size: int = 256,
+                        images: torch.Tensor | None = None, progress: bool = True) -> pd.DataFrame:
+    """Deletion / insertion curves of every attribution in ``scores`` (name -> ``(N, h, w)``) plus a
+    ``random`` order (``evaluation.random_positions``, ``seed``), in pixel and/or token space.
+
+    Returns one row per (space, curve, method, evaluator, fraction) with ``k`` (positions removed or kept)
+    and ``mean_prob`` (mean target probability over the images); the target is each image's label.
+    ``images``: the decoded ``tokens``, if already at hand.
+    """
+    t = evaluation._tokens_np(tokens)
+    labels = np.asarray(labels, dtype=np.int64)
+    grid, hw = t.shape[1:], t.shape[1] * t.shape[2]
+    if len(labels) != len(t) or not len(t):
+        raise ValueError(f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels")
+    bad = [m for m, s in scores.items() if np.shape(s) != t.shape]
+    if not scores or bad:
+        raise ValueError(f"every attribution must be aligned with the token grids {t.shape}; misaligned: {bad}")
+    if "random" in scores:
+        raise ValueError("'random' is the reference order; give the attributions other names")
+    spaces = evaluation._check_spaces(spaces)
+    curves = (curves,) if isinstance(curves, str) else tuple(curves)
+    bad_curves = [c for c in curves if c not in CURVES]
+    if bad_curves or not curves:
+        raise ValueError(f"unknown curve(s) {bad_curves}; choose from {CURVES}")
+    evaluation._check_evaluators(evaluators)
+    orders = {m: ranking(s) for m, s in scores.items()}
+    orders["random"] = evaluation.random_positions(len(t), grid, hw, seed)
+    originals = evaluation._decoded(vq, torch.from_numpy(t), batch_size) if images is None else images
+    if len(originals) != len(t):
+        raise ValueError(f"{len(originals)} decoded images for {len(t)} token grids")
+
+    def judge(imgs):
+        res = evaluation.target_scores(evaluators, imgs, labels, batch_size)
+        return np.stack([res[name][1] for name in evaluators])  # (E, N) target probabilities
+
+    cache = {}  # nothing masked / everything masked: the same for every order
+
+    def score_in(space):
+        def score(mask):
+            key = (space, "none" if not mask.any() else "all" if mask.all() else None)
+            if key[1] is not None and key in cache:
+                return cache[key]
+            if space == "pixel":
+                out = judge(evaluation.mask_pixels(originals, mask))
+            else:
+                masked = torch.from_numpy(evaluation.mask_tokens(t, mask, neutral))
+                out = judge(originals if not mask.any() else evaluation._decoded(vq, masked, batch_size))
+            if key[1] is not None:
+                cache[key] = out
+            return out
+        return score
+
+    frames = []
+    jobs = [(s, c, m) for s in spaces for c in curves for m in orders]
+    for space, curve, method in tqdm(jobs, desc="deletion / insertion curves", disable=not progress):
+        fractions, values = removal_curve(orders[method], grid, score_in(space), steps, curve)
+        for e, name in enumerate(evaluators):
+            frames.append(pd.DataFrame({"space": space, "curve": curve, "method": method, "evaluator": name,
+                                        "fraction": fractions, "k": np.round(fractions * hw).astype(int),
+                                        "mean_prob": values[:, e].mean(1)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def curve_auc(table: pd.DataFrame) -> pd.DataFrame:
+    """AUC of every (space, curve, method, evaluator) curve of ``faithfulness_curves``, plus the mean over
+    evaluators (``evaluator`` = ``mean``). Deletion: lower is better; insertion: higher is better."""
+    keys = ["space", "curve", "method", "evaluator"]
+    rows = [dict(zip(keys, k, strict=True), auc=float(auc(g["fraction"], g["mean_prob"])))
+            for k, g in table.sort_values("fraction").groupby(keys, sort=False)]
+    out = pd.DataFrame(rows)
+    mean = out.groupby(keys[:3], sort=False)["auc"].mean().reset_index().assign(evaluator="mean")
+    return pd.concat([out, mean[out.columns]], ignore_index=True)

@@ -1,0 +1,265 @@
+import numpy as np
+import pytest
+import torch
+
+from cortex_utils import attribution as A
+from cortex_utils import iem as iemlib
+from cortex_utils import tis as tislib
+from cortex_utils.datasets import TokenDataset
+
+D, GRID, C = 4, (4, 4), 3
+
+
+@pytest.fixture
+def tiny_iem(one_thread):
+    torch.manual_seed(0)
+    model = iemlib.build_iem("vgg", D, GRID, C, width=4).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so randomization visibly changes them
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.2, 0.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+def close(a, b, rel=1e-4):
+    """Equal up to ``rel`` of the larger map's scale (an untrained deep IEM has tiny gradients)."""
+    return bool((a - b).abs().max() <= rel * max(a.abs().max(), b.abs().max()))
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(5, D, *GRID, generator=g), torch.tensor([0, 1, 2, 1, 0])
+
+
+def test_every_method_gives_one_finite_score_per_position(tiny_iem, batch):
+    x, y = batch
+    for method in A.METHODS:
+        s = A.attribute(tiny_iem, x, y, method, nsamples=3, steps=4)
+        assert s.shape == (5, *GRID), method
+        assert torch.isfinite(s).all(), method
+        assert s.abs().sum() > 0, method
+
+
+def test_unknown_method_and_bad_input_are_refused(tiny_iem, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match="choose one of.*smoothgrad.*occlusion"):
+        A.attribute(tiny_iem, x, y, "lime")
+    with pytest.raises(ValueError, match="reduction"):
+        A.attribute(tiny_iem, x, y, "gradient", reduction="median")
+    with pytest.raises(ValueError, match="targets"):
+        A.attribute(tiny_iem, x, y[:3], "gradient")
+    with pytest.raises(ValueError, match="expects embeddings"):
+        A.attribute(tiny_iem, x[:, :2], y, "gradient")
+    tiny_iem.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        A.attribute(tiny_iem, x, y, "gradient")
+
+
+def test_ig_baseline_of_the_wrong_shape_is_refused(tiny_iem, batch):
+    x, y = batch
+    for bad in (torch.zeros(D + 1), torch.zeros(D, 3, 4), torch.zeros(2, D, *GRID), torch.zeros(5, D)):
+        with pytest.raises(ValueError, match="baseline must have shape"):
+            A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=bad, steps=4)
+    # one embedding at every position == the full grid of it
+    e = torch.randn(D)
+    a = A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=e, steps=4)
+    b = A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=e[:, None, None].expand(D, *GRID), steps=4)
+    assert close(a, b)
+
+
+def test_captum_smoothgrad_equals_the_batched_tis_given_the_same_noise(tiny_iem, batch):
+    """Captum's NoiseTunnel draws the noise of sample i's S copies as rows i*S .. i*S+S-1 of one
+    torch.normal call; seeding the same way and reordering gives tis.smoothgrad the very same noise."""
+    x, y = batch
+    S, seed = 7, 11
+    ours = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=S, spread=0.2, seed=seed, reduction="mean")
+    sigma = float(0.2 * (x.max() - x.min()))
+    torch.manual_seed(seed)
+    noise = (torch.randn(len(x) * S, *x.shape[1:]) * sigma).reshape(len(x), S, *x.shape[1:]).transpose(0, 1)
+    ref = tislib.token_importance(tiny_iem, x, y, noise=noise, reduction="mean")
+    assert close(ours, ref), (ours - ref).abs().max()
+    # and not by accident: other noise gives other scores; the seed reproduces them
+    other = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=S, seed=seed + 1, reduction="mean")
+    assert not close(ours, other, rel=1e-2)
+    again = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=S, seed=seed, reduction="mean")
+    assert torch.equal(ours, again)
+
+
+def test_smoothgrad_without_noise_is_the_gradient(tiny_iem, batch):
+    x, y = batch
+    a = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=3, spread=0.0)
+    assert close(a, A.attribute(tiny_iem, x, y, "gradient"))
+
+
+def test_integrated_gradients_is_complete(tiny_iem, batch):
+    """IG's attributions sum to f(x) - f(baseline) (mean over channels * D * positions = the full sum)."""
+    x, y = batch
+    base = torch.randn(D)
+    s = A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=base, steps=64, reduction="mean")
+    with torch.no_grad():
+        fx = tiny_iem(x).gather(1, y[:, None])[:, 0]
+        fb = tiny_iem(base[None, :, None, None].expand_as(x).contiguous()).gather(1, y[:, None])[:, 0]
+    assert close(s.sum((1, 2)) * D, fx - fb, rel=5e-2)  # the path integral, discretized in 64 steps
+
+
+def test_occlusion_is_the_logit_drop_of_replacing_a_position(tiny_iem, batch):
+    x, y = batch
+    base = torch.randn(D)
+    s = A.attribute(tiny_iem, x, y, "occlusion", baseline=base)
+    with torch.no_grad():
+        fx = tiny_iem(x).gather(1, y[:, None])[:, 0]
+        for r, c in [(0, 0), (2, 3)]:
+            xm = x.clone()
+            xm[:, :, r, c] = base[None, :]
+            drop = fx - tiny_iem(xm).gather(1, y[:, None])[:, 0]
+            assert close(s[:, r, c], drop)
+    blocks = A.attribute(tiny_iem, x, y, "occlusion", baseline=base, group=2)
+    assert torch.equal(blocks[:, 0, 0], blocks[:, 1, 1]) and torch.equal(blocks[:, 2, 2], blocks[:, 3, 3])
+    assert not close(blocks[:, 0, 0], blocks[:, 2, 2], rel=1e-2)
+    assert A.position_groups(GRID, 2).unique().numel() == 4
+    with pytest.raises(ValueError, match="group size"):
+        A.position_groups(GRID, 0)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def test_cascade_randomizes_from_the_head_down(tiny_iem):
+    before = _weights(tiny_iem)
+    steps = A.cascade_steps(tiny_iem)
+    head = [n for n, m in tiny_iem.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    first_conv = [n for n, m in tiny_iem.named_modules() if isinstance(m, torch.nn.Conv2d)][0]
+    assert steps[0] == [head]
+    assert steps[-1][-1] == first_conv
+    cascade = A.randomize_cascade(tiny_iem, seed=0)
+    assert len(cascade) == len(steps)
+    changed = []
+    for _, model in cascade:
+        w = _weights(model)
+        changed.append({k for k in w if not torch.equal(w[k], before[k])})
+        assert not model.training
+    assert f"{head}.weight" in changed[0] and f"{first_conv}.weight" not in changed[0]
+    assert all(a < b for a, b in zip(changed, changed[1:], strict=False))  # strictly growing
+    assert f"{first_conv}.weight" in changed[-1]
+    assert all(torch.equal(v, before[k]) for k, v in _weights(tiny_iem).items())  # the original is untouched
+
+
+def test_full_randomization_changes_every_layer(tiny_iem):
+    before = _weights(tiny_iem)
+    rand = _weights(A.randomize_full(tiny_iem, seed=3))
+    weights = [k for k in before if k.endswith("weight")]
+    assert all(not torch.equal(rand[k], before[k]) for k in weights)
+    assert all(torch.equal(v, before[k]) for k, v in _weights(tiny_iem).items())
+    with pytest.raises(ValueError, match="no module"):
+        A.randomize(tiny_iem, ["nope"])
+
+
+def test_cascade_of_a_vit_covers_its_own_parameters(one_thread):
+    model = iemlib.build_iem("vit", D, GRID, C, width=8).eval()
+    names = [n for step in A.cascade_steps(model) for n in step]
+    assert "" in names  # the class token and position table live on the root module
+    pos = model.pos.detach().clone()
+    assert not torch.equal(A.randomize_full(model).pos, pos)
+
+
+def test_spearman():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 4, 4))
+    assert np.allclose(A.spearman(a, a), 1.0)
+    assert np.allclose(A.spearman(a, np.exp(3 * a)), 1.0)  # ranks only
+    assert np.allclose(A.spearman(a, -a), -1.0)
+    b = rng.normal(size=(6, 4, 4))
+    r = A.spearman(a, b)
+    assert np.all(np.abs(r) < 1)
+    const = A.spearman(a[:1], np.zeros((1, 4, 4)))
+    assert np.isnan(const).all()
+    with pytest.raises(ValueError, match="aligned"):
+        A.spearman(a, b[:3])
+
+
+def test_deletion_auc_is_lower_for_the_model_aligned_order():
+    """A toy 'model' whose score is the share of position weight left unmasked: deleting the heaviest
+    positions first must fall faster (lower AUC) than deleting them last; insertion the other way round."""
+    rng = np.random.default_rng(0)
+    weight = rng.random((8, *GRID)) ** 3
+
+    def score(mask):
+        return (weight * ~mask).reshape(8, -1).sum(1) / weight.reshape(8, -1).sum(1)
+
+    aligned, reverse = A.ranking(weight), A.ranking(-weight)
+    f, dele = A.removal_curve(aligned, GRID, score, steps=16, curve="deletion")
+    _, dele_rev = A.removal_curve(reverse, GRID, score, steps=16, curve="deletion")
+    assert f[0] == 0 and f[-1] == 1 and len(f) == 17
+    assert np.allclose(dele[0], 1) and np.allclose(dele[-1], 0)
+    assert (A.auc(f, dele) < A.auc(f, dele_rev)).all()
+    _, ins = A.removal_curve(aligned, GRID, score, steps=16, curve="insertion")
+    _, ins_rev = A.removal_curve(reverse, GRID, score, steps=16, curve="insertion")
+    assert np.allclose(ins[0], 0) and np.allclose(ins[-1], 1)
+    assert (A.auc(f, ins) > A.auc(f, ins_rev)).all()
+    assert np.isclose(A.auc([0, 0.5, 1], [1, 1, 0]), 0.75)
+    with pytest.raises(ValueError, match="curve"):
+        A.removal_curve(aligned, GRID, score, curve="both")
+    with pytest.raises(ValueError, match="steps"):
+        A.removal_curve(aligned, GRID, score, steps=17)
+    with pytest.raises(ValueError, match="rank all"):
+        A.removal_curve(aligned[:, :5], GRID, score)
+
+
+class _Judge(torch.nn.Module):
+    """Images -> logits: class 0 likes bright pixels."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        return torch.stack([4 * m, torch.zeros_like(m), -4 * m], 1)
+
+
+def test_faithfulness_curves_in_both_spaces(tiny_vq, one_thread):
+    from cortex_utils import vq as vqlib
+
+    h, w = vqlib.grid_shape(tiny_vq)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 32, (3, h, w))
+    labels = np.zeros(3, dtype=np.int64)
+    scores = {"a": rng.normal(size=tokens.shape), "b": rng.normal(size=tokens.shape)}
+    table = A.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, steps=4, neutral=0,
+                                  progress=False)
+    assert set(table.method) == {"a", "b", "random"} and set(table.space) == {"pixel", "token"}
+    assert set(table.curve) == set(A.CURVES)
+    assert table.mean_prob.between(0, 1).all()
+    # nothing masked (deletion k = 0, insertion k = all) is the same image whatever the order
+    start = table[(table.curve == "deletion") & (table.k == 0)].groupby("space").mean_prob.nunique()
+    assert (start == 1).all()
+    auc = A.curve_auc(table)
+    assert len(auc) == 2 * 2 * 3 * 2  # spaces x curves x methods x (judge + mean)
+    with pytest.raises(ValueError, match="reference order"):
+        A.faithfulness_curves(tiny_vq, tokens, labels, {"random": scores["a"]}, {"judge": _Judge()}, progress=False)
+    with pytest.raises(ValueError, match="aligned"):
+        A.faithfulness_curves(tiny_vq, tokens, labels, {"a": scores["a"][:2]}, {"judge": _Judge()}, progress=False)
+    with pytest.raises(ValueError, match="curve"):
+        A.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, curves=["sideways"], progress=False)
+
+
+def test_attribute_tokens_batches_like_one_call(tiny_iem):
+    rng = np.random.default_rng(0)
+    codebook = torch.randn(10, D)
+    tokens = rng.integers(0, 10, (7, *GRID))
+    y = rng.integers(0, C, 7)
+    whole = A.attribute_tokens(tiny_iem, codebook, tokens, y, "gradient", batch_size=100)
+    parts = A.attribute_tokens(tiny_iem, codebook, tokens, y, "gradient", batch_size=3)
+    assert whole.shape == (7, *GRID) and whole.dtype == np.float32
+    assert close(torch.from_numpy(whole), torch.from_numpy(parts))
+
+
+def test_shuffled_label_iem_trains_on_permuted_labels(tiny_iem):
+    rng = np.random.default_rng(0)
+    n = {"train": 24, "val": 6}
+    ds = TokenDataset(manifest={"n_embed": 10, "embed_dim": D, "grid": list(GRID), "class_names": ["a", "b", "c"]},
+                      tokens={s: rng.integers(0, 10, (k, *GRID)).astype(np.uint8) for s, k in n.items()},
+                      labels={s: np.arange(k) % C for s, k in n.items()})
+    model, log = A.shuffled_label_iem(tiny_iem, ds, torch.randn(10, D), epochs=1, batch_size=8, select_images=6)
+    assert model.cortex_spec == tiny_iem.cortex_spec and not model.training
+    assert len(log) == 1 and "select_acc" in log
+    assert np.array_equal(ds.labels["train"], np.arange(24) % C)  # the dataset itself is untouched
