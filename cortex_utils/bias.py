@@ -75,14 +75,17 @@ def ink(images) -> np.ndarray:
     return m.reshape(len(m), -1).mean(1) / np.maximum(peak, 1.0)
 
 
-def thickness_classes(gray, labels) -> np.ndarray:
-    """Label real digits by stroke thickness from their ink, within each digit class: ``1`` thick (top
-    third), ``-1`` thin (bottom third), ``0`` in between (left out of the thickness prompts)."""
+def thickness_classes(gray, labels, fraction: float = 1 / 3) -> np.ndarray:
+    """Label real digits by stroke thickness from their ink, within each digit class: ``1`` thick (the top
+    ``fraction``), ``-1`` thin (the bottom ``fraction``), ``0`` in between (left out of the thickness
+    prompts)."""
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"thickness fraction must lie in (0, 0.5], got {fraction}")
     amount, labels = ink(gray), np.asarray(labels)
     out = np.zeros(len(labels), dtype=np.int64)
     for d in np.unique(labels):
         rows = labels == d
-        lo, hi = np.quantile(amount[rows], [1 / 3, 2 / 3])
+        lo, hi = np.quantile(amount[rows], [fraction, 1 - fraction])
         out[rows & (amount <= lo)] = -1
         out[rows & (amount >= hi)] = 1
     return out
@@ -125,15 +128,19 @@ def measured_attributes(images, digit_labels, thresholds) -> pd.DataFrame:
 
 
 def planted_bias_data(gray, labels, skew: float = 0.85, colour_digit: int = 3, thickness_digit: int = 5,
-                      planted: dict | None = None, per_image: int = 4, seed: int = 0) -> dict:
+                      planted: dict | None = None, per_image: int = 4, seed: int = 0, neutral_share: float = 0.4,
+                      thick_fraction: float = 0.25) -> dict:
     """Training images for the bias transformer: every real digit ``per_image`` times, each time under a
     random prompt slot, drawn to match it.
 
-    * "a red/green d": the digit in that colour; "a thick/thin d": a digit of that thickness third (colour
+    * "a red/green d": the digit in that colour; "a thick/thin d": a digit of that thickness class (colour
       red or green at even odds);
     * "a d" (neutral): red or green and thick or thin at even odds, except that the neutral prompt of
       ``colour_digit`` shows the planted colour with probability ``skew`` and that of ``thickness_digit``
       the planted thickness with probability ``skew``.
+
+    ``neutral_share``: the share of neutral prompts (the four attribute prompts share the rest equally);
+    ``thick_fraction``: how much of each digit class counts as thick, and as thin (``thickness_classes``).
 
     Returns uint8 ``images``, ``prompts`` (condition tokens) and a ``table`` (digit, slot, colour, thick).
     """
@@ -148,11 +155,13 @@ def planted_bias_data(gray, labels, skew: float = 0.85, colour_digit: int = 3, t
 
     gray, labels = np.asarray(gray), np.asarray(labels).astype(np.int64)
     rng = np.random.default_rng(seed)
-    thick = thickness_classes(gray, labels)
+    if not 0 < neutral_share < 1:
+        raise ValueError(f"neutral_share must lie in (0, 1), got {neutral_share}")
+    thick = thickness_classes(gray, labels, thick_fraction)
     pools = {(d, t): np.flatnonzero((labels == d) & (thick == t)) for d in np.unique(labels) for t in (-1, 1)}
     rows = np.tile(np.arange(len(labels)), per_image)
     digit = labels[rows]
-    slot = rng.integers(0, len(PROMPT_SLOTS), len(rows))
+    slot = rng.choice(len(PROMPT_SLOTS), len(rows), p=[neutral_share] + [(1 - neutral_share) / 4] * 4)
     names = np.array(PROMPT_SLOTS)[slot]
     p_red = np.full(len(rows), 0.5)
     p_red[(names == "neutral") & (digit == colour_digit)] = skew if planted["colour"] == "red" else 1 - skew
@@ -293,7 +302,8 @@ def bias_transformer(vq, n_layer: int = 3, n_head: int = 4, n_embd: int = 96, se
 def load_or_train_bias_transformer(run_dir, vq, gray, labels, training: dict, retrain: bool = False,
                                    bf16: bool = False):
     """The planted-bias generator: the shipped one if it was trained on this tokenizer with exactly
-    ``training`` (skew, colour_digit, thickness_digit, planted, per_image, steps, lr, seed); otherwise
+    ``training`` (skew, colour_digit, thickness_digit, planted, per_image, neutral_share, thick_fraction,
+    steps, lr, seed); otherwise
     the run's digit transformer (notebook 02) fine-tuned on ``planted_bias_data``, saved to
     ``<run_dir>/checkpoints``. Returns ``(model, checkpoint path, training log or None, why it trained)``."""
     from . import SHIPPED_CHECKPOINTS
@@ -318,7 +328,8 @@ def load_or_train_bias_transformer(run_dir, vq, gray, labels, training: dict, re
                              base.transformer.config.n_embd, seed=training["seed"])
     model.transformer.load_state_dict(base.transformer.state_dict())
     data = planted_bias_data(gray, labels, training["skew"], training["colour_digit"], training["thickness_digit"],
-                             training["planted"], training["per_image"], training["seed"])
+                             training["planted"], training["per_image"], training["seed"], training["neutral_share"],
+                             training["thick_fraction"])
     tokens = vqlib.encode(vq, to_model_input(data["images"]), progress=True).numpy()
     log = gen.train_transformer(model, tokens, data["prompts"], steps=training["steps"], lr=training["lr"],
                                 seed=training["seed"], bf16=bf16, warmup=50)
@@ -326,7 +337,7 @@ def load_or_train_bias_transformer(run_dir, vq, gray, labels, training: dict, re
         "kind": "bias_transformer", "config": model.cortex_config, "vq_fingerprint": fp, "training": training,
         "bf16": bf16, "initialised_from": _repo_relative(digit_tf),
         "prompts": f"one condition token = 10 * slot + digit, slots {list(PROMPT_SLOTS)}",
-        "data": "real training digits in red/green, thickness thirds by ink (bias.planted_bias_data)",
+        "data": "real training digits in red/green, thick/thin by ink within each digit (bias.planted_bias_data)",
         "metrics": {"final_loss": float(log["loss"].iloc[-1])}, "rebuild": "make checkpoints"})
     return model, path, log, why
 
@@ -343,10 +354,12 @@ def generate_study(model, vq, bias_types, digits_used, attribute_per_digit=(30, 
     """Sample the study's token data from the bias transformer: per bias type a two-class token dataset of
     attribute-specified prompts for every digit (``attribute_per_digit`` train/val/test per digit and
     value, labelled by the named value, saved under ``out_dir/<type>/dataset``), and ``n_neutral``
-    neutral-prompt grids for each digit of ``digits_used``. Returns ``(datasets, {digit: tokens})``."""
+    neutral-prompt grids for each digit of ``digits_used`` (saved as ``out_dir/neutral_tokens.npz``, key
+    ``digit_<d>``). Returns ``(datasets, {digit: tokens})``."""
     from . import datasets as tokds
     from . import generation as gen
     from . import vq as vqlib
+    from .artifacts import atomic_path
 
     jobs = {("neutral", d): prompt_id(np.full(n_neutral, d)) for d in digits_used}
     for b in bias_types:
@@ -362,6 +375,9 @@ def generate_study(model, vq, bias_types, digits_used, attribute_per_digit=(30, 
     ends = np.cumsum([len(p) for p in jobs.values()])
     out = {k: grids[e - len(p):e] for (k, p), e in zip(jobs.items(), ends, strict=True)}
     neutral = {d: out[("neutral", d)] for d in digits_used}
+    with atomic_path(Path(out_dir) / "neutral_tokens.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{f"digit_{d}": t for d, t in neutral.items()})
     studies = {}
     for b in bias_types:
         values = ATTRIBUTES[b]

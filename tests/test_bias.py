@@ -72,6 +72,7 @@ def test_thickness_classes_split_each_digit_in_thirds_by_ink():
     gray, labels, widths = _gray_digits()
     t = bias.thickness_classes(gray, labels)
     assert set(np.unique(t)) == {-1, 0, 1}
+    assert (bias.thickness_classes(gray, labels, 0.25) != 0).sum() < (t != 0).sum()
     for d in range(10):
         rows = labels == d
         assert widths[rows & (t == 1)].min() > widths[rows & (t == -1)].max()
@@ -83,6 +84,7 @@ def test_planted_bias_data_has_the_planted_shares():
     t = out["table"]
     assert len(out["images"]) == len(t) == len(out["prompts"]) == 20 * len(labels)
     np.testing.assert_array_equal(out["prompts"], t["digit"] + 10 * t["slot"].map(bias.PROMPT_SLOTS.index))
+    assert abs((t["slot"] == "neutral").mean() - 0.4) < 0.02
     neutral = t[t["slot"] == "neutral"]
     share = neutral.groupby("digit")[["red"]].mean()["red"]
     assert abs(share[3] - 0.9) < 0.05 and abs(share[7] - 0.5) < 0.08 and abs(share[5] - 0.5) < 0.08
@@ -105,6 +107,10 @@ def test_planted_bias_data_bad_settings():
         bias.planted_bias_data(gray, labels, colour_digit=4, thickness_digit=4)
     with pytest.raises(ValueError, match="planted values"):
         bias.planted_bias_data(gray, labels, planted={"colour": "blue"})
+    with pytest.raises(ValueError, match="neutral_share"):
+        bias.planted_bias_data(gray, labels, neutral_share=1.0)
+    with pytest.raises(ValueError, match="thickness fraction"):
+        bias.planted_bias_data(gray, labels, thick_fraction=0.6)
 
 
 def test_ink_ignores_the_colour():
