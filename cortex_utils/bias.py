@@ -349,26 +349,29 @@ def _repo_relative(path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def generate_study(model, vq, bias_types, digits_used, attribute_per_digit=(30, 5, 5), n_neutral: int = 300,
+def generate_study(model, vq, subjects: dict, attribute_per_value=(150, 25, 25), n_neutral: int = 300,
                    temperature: float = 1.0, top_k: int | None = None, seed: int = 0, out_dir=None):
-    """Sample the study's token data from the bias transformer: per bias type a two-class token dataset of
-    attribute-specified prompts for every digit (``attribute_per_digit`` train/val/test per digit and
-    value, labelled by the named value, saved under ``out_dir/<type>/dataset``), and ``n_neutral``
-    neutral-prompt grids for each digit of ``digits_used`` (saved as ``out_dir/neutral_tokens.npz``, key
-    ``digit_<d>``). Returns ``(datasets, {digit: tokens})``."""
+    """Sample the study's token data from the bias transformer. ``subjects``: ``{bias type: [digits]}``.
+
+    Per bias type and digit ``d`` a two-class token dataset of the prompts "a <value> d" for the
+    attribute's two values (``attribute_per_value`` train/val/test grids per value, labelled by the named
+    value, saved under ``out_dir/<type>/digit_<d>/dataset``): the attribute IEM learns the attribute on
+    the same subject as the neutral prompt, as the paper's were all "doctor" images. And ``n_neutral``
+    neutral-prompt grids "a d" for every digit (saved as ``out_dir/neutral_tokens.npz``, key
+    ``digit_<d>``). Returns ``({(type, digit): dataset}, {digit: neutral tokens})``."""
     from . import datasets as tokds
     from . import generation as gen
     from . import vq as vqlib
     from .artifacts import atomic_path
 
+    digits_used = sorted({d for ds in subjects.values() for d in ds})
     jobs = {("neutral", d): prompt_id(np.full(n_neutral, d)) for d in digits_used}
-    for b in bias_types:
+    for b, ds in subjects.items():
         values = ATTRIBUTES[b]
-        for split, n in zip(("train", "val", "test"), attribute_per_digit, strict=True):
-            if n:
-                digit = np.tile(np.repeat(np.arange(10), n), 2)
-                label = np.repeat([0, 1], 10 * n)
-                jobs[(b, split)] = np.where(label == 0, prompt_id(digit, values[0]), prompt_id(digit, values[1]))
+        for d in ds:
+            for split, n in zip(("train", "val", "test"), attribute_per_value, strict=True):
+                if n:
+                    jobs[(b, d, split)] = np.repeat([prompt_id(d, values[0]), prompt_id(d, values[1])], n)
     # one sampling call for everything: the transformer's cost is per step, so large batches are cheap
     grids = gen.sample_tokens(model, np.concatenate(list(jobs.values())), temperature=temperature, top_k=top_k,
                               seed=seed).numpy()
@@ -379,19 +382,20 @@ def generate_study(model, vq, bias_types, digits_used, attribute_per_digit=(30, 
         with open(tmp, "wb") as fh:
             np.savez(fh, **{f"digit_{d}": t for d, t in neutral.items()})
     studies = {}
-    for b in bias_types:
+    for b, ds in subjects.items():
         values = ATTRIBUTES[b]
-        splits, names = {}, {}
-        for split, n in zip(("train", "val", "test"), attribute_per_digit, strict=True):
-            if n:
-                label = np.repeat([0, 1], 10 * n)
-                digit = np.tile(np.repeat(np.arange(10), n), 2)
-                splits[split] = (out[(b, split)], label)
-                names[split] = np.array([f"{split}_{i:05d}_{values[y]}_{d}" for i, (y, d) in enumerate(zip(label, digit, strict=True))])
-        details = {"prompts": f"a <{'|'.join(values)}> <digit>", "per_digit": list(attribute_per_digit),
-                   "temperature": temperature, "top_k": top_k}
-        studies[b] = tokds.save_token_dataset(Path(out_dir) / b / "dataset", splits, list(values), vqlib.vq_meta(vq),
-                                              source="generated", details=details, names=names)
+        for d in ds:
+            splits, names = {}, {}
+            for split, n in zip(("train", "val", "test"), attribute_per_value, strict=True):
+                if n:
+                    label = np.repeat([0, 1], n)
+                    splits[split] = (out[(b, d, split)], label)
+                    names[split] = np.array([f"{split}_{i:05d}_{values[y]}_{d}" for i, y in enumerate(label)])
+            details = {"prompts": f"a <{'|'.join(values)}> {d}", "per_value": list(attribute_per_value),
+                       "temperature": temperature, "top_k": top_k}
+            studies[(b, d)] = tokds.save_token_dataset(Path(out_dir) / b / f"digit_{d}" / "dataset", splits,
+                                                       list(values), vqlib.vq_meta(vq), source="generated",
+                                                       details=details, names=names)
     return studies, neutral
 
 
