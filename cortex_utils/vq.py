@@ -215,12 +215,7 @@ def codebook(vq: VQModel) -> torch.Tensor:
 
 def fingerprint(vq: VQModel) -> str:
     """Identity of the codebook that token ids refer to (sha256 of its float32 bytes)."""
-    return codebook_fingerprint(codebook(vq))
-
-
-def codebook_fingerprint(cb: torch.Tensor) -> str:
-    """``fingerprint`` from the codebook tensor alone (no model needed)."""
-    cb = cb.float().cpu().contiguous().numpy()
+    cb = codebook(vq).float().cpu().contiguous().numpy()
     return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
 
 
