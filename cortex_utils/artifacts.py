@@ -9,15 +9,18 @@ a half-written file where a later notebook would read it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pickle
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
+
 
 
 @contextlib.contextmanager
@@ -63,6 +66,8 @@ def card_path(weights_path: str | os.PathLike) -> Path:
 
 def save_weights(state_dict: dict, path: str | os.PathLike, card: dict) -> Path:
     """Save a state dict as safetensors plus a JSON card (config, data, seed, metrics, rebuild command)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
@@ -85,6 +90,9 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     ``weights_only=True``; a checkpoint that needs arbitrary unpickling is refused unless
     ``trust_pickle=True`` (only for files whose origin you trust: unpickling can run code).
     """
+    import torch
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -106,6 +114,19 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     return obj
 
 
+@contextlib.contextmanager
+def _run_lock(run_dir: str | os.PathLike):
+    """Hold ``<run_dir>/.lock`` while a run-wide file is read, changed and written back: notebooks that
+    run side by side (``pipeline --jobs``) share ``metrics.json`` and ``registry.json``."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def read_metrics(run_dir: str | os.PathLike) -> dict:
     p = Path(run_dir) / "metrics.json"
     return json.loads(p.read_text()) if p.exists() else {}
@@ -116,9 +137,10 @@ def record_metrics(run_dir: str | os.PathLike, **values) -> dict:
     for k, v in values.items():
         if isinstance(v, (dict, list, tuple)):
             raise TypeError(f"metric {k} must be a scalar, got {type(v).__name__}")
-    metrics = read_metrics(run_dir)
-    metrics.update({k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()})
-    write_json(Path(run_dir) / "metrics.json", metrics)
+    with _run_lock(run_dir):
+        metrics = read_metrics(run_dir)
+        metrics.update({k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()})
+        write_json(Path(run_dir) / "metrics.json", metrics)
     return metrics
 
 
@@ -126,9 +148,10 @@ def register(run_dir: str | os.PathLike, role: str, **entry) -> None:
     """Note in ``<run_dir>/registry.json`` which model plays ``role`` (vq, transformer, evaluator_cnn, ...)
     in this run, so later notebooks load the same one."""
     p = Path(run_dir) / "registry.json"
-    models = json.loads(p.read_text()) if p.exists() else {}
-    models[role] = {k: (str(v) if isinstance(v, Path) else v) for k, v in entry.items()}
-    write_json(p, models)
+    with _run_lock(run_dir):
+        models = json.loads(p.read_text()) if p.exists() else {}
+        models[role] = {k: (str(v) if isinstance(v, Path) else v) for k, v in entry.items()}
+        write_json(p, models)
 
 
 def registered(run_dir: str | os.PathLike, role: str) -> dict:

@@ -213,21 +213,42 @@ def attribute_tokens(concepts: pd.DataFrame, top_n: int, token_num: int, tokens=
     return {c: np.asarray(v[:token_num], dtype=np.int64) for c, v in ranked.items()}
 
 
-def bias_delta(neutral_tokens, tokens_a, tokens_b, scale=(1.0, 1.0), n_boot: int = 1000, seed: int = 0) -> dict:
+def balanced_rank(counts, reference_counts, reference_labels) -> np.ndarray:
+    """Where each of ``counts`` sits among a reference's counts, with the reference's values weighted
+    equally: the mean over its values of the mid-rank share (the share of that value's counts below, plus
+    half the share equal). A set that mixes the values half and half maps to a mean of ½."""
+    counts = np.asarray(counts, dtype=np.float64)
+    reference_counts, reference_labels = np.asarray(reference_counts, dtype=np.float64), np.asarray(reference_labels)
+    values = np.unique(reference_labels)
+    out = np.zeros(len(counts))
+    for v in values:
+        ref = np.sort(reference_counts[reference_labels == v])
+        out += (np.searchsorted(ref, counts, "left") + np.searchsorted(ref, counts, "right")) / (2 * len(ref))
+    return out / len(values)
+
+
+def bias_delta(neutral_tokens, tokens_a, tokens_b, reference=None, n_boot: int = 1000, seed: int = 0) -> dict:
     """The paper's measurement on neutral generations: per image, the count of value A's tokens and of
     value B's; Cliff's δ of the A counts against the B counts (positive: the neutral prompt leans to A),
-    with a bootstrap interval. ``scale``: divide each value's counts by it first (see ``attribute_study``)."""
+    with a bootstrap interval. ``reference``: ``(token grids, labels)`` of attribute-labelled images; each
+    value's counts are then replaced by their ``balanced_rank`` among that reference's counts of the same
+    tokens (see ``attribute_study``)."""
     if len(neutral_tokens) == 0:
         raise ValueError("no neutral generations to measure")
     a, b = token_counts(neutral_tokens, tokens_a), token_counts(neutral_tokens, tokens_b)
-    delta, lo, hi = bootstrap_delta(a / max(scale[0], 1e-12), b / max(scale[1], 1e-12), n_boot=n_boot, seed=seed)
+    xa, xb = a, b
+    if reference is not None:
+        ref_tokens, ref_labels = reference
+        xa = balanced_rank(a, token_counts(ref_tokens, tokens_a), ref_labels)
+        xb = balanced_rank(b, token_counts(ref_tokens, tokens_b), ref_labels)
+    delta, lo, hi = bootstrap_delta(xa, xb, n_boot=n_boot, seed=seed)
     return {"delta": delta, "low": lo, "high": hi, "mean_count_a": float(a.mean()), "mean_count_b": float(b.mean()),
             "counts_a": a, "counts_b": b}
 
 
 def attribute_study(ds, codebook, neutral: dict, planted: int, arch: int = 1, width: int = 32, epochs: int = 12,
                     lr: float = 2e-3, batch_size: int = 64, nsamples: int = 20, top_n: int = 5, token_num: int = 5,
-                    specificity: float = 2.0, normalize: bool = True, n_boot: int = 1000, seed: int = 0,
+                    specificity: float = 2.0, calibrate: bool = True, n_boot: int = 1000, seed: int = 0,
                     out_dir=None) -> dict:
     """The paper's bias measurement on one attribute, with the IEM, TIS and concept code of notebooks 03-06
     unchanged.
@@ -239,10 +260,13 @@ def attribute_study(ds, codebook, neutral: dict, planted: int, arch: int = 1, wi
     neutral set. A value can end up with no tokens (no top id specific to it, e.g. when the IEM learned
     nothing); its counts are then 0 and ``tokens_a``/``tokens_b`` in the table say so.
 
-    With ``normalize`` (default) each value's counts are divided by their mean over the value's own
-    training generations before δ: two token sets need not be equally common (a red stroke may span more
-    positions than a green one's tokens do), and raw counts would then report a bias in a balanced neutral
-    set. ``delta_raw_counts`` in the table is the paper's δ on raw counts, for comparison.
+    With ``calibrate`` (default) each value's counts are ranked against a balanced reference before δ:
+    the same tokens' counts in the attribute-labelled generations (every split), both values weighted
+    equally (``balanced_rank``). Two token sets need not be equally common, nor their counts equally
+    spread (a value recognised by many tokens against one recognised by few), and δ on raw counts then
+    reports a bias in a neutral set that mixes the values half and half; after ranking such a set gives
+    δ ≈ 0, and one leaning to A ranks A's counts high and B's low. ``delta_raw_counts`` in the table is the
+    paper's δ on raw counts, for comparison.
     """
     from . import concepts as conceptlib
     from . import datasets as tokds
@@ -274,12 +298,14 @@ def attribute_study(ds, codebook, neutral: dict, planted: int, arch: int = 1, wi
                                       top_ns=(top_n,))
     ids = attribute_tokens(table, top_n, token_num, ds.tokens["train"], train_y, specificity)
     other = 1 - planted
-    # a value's tokens per image of that value: the scale of its counts (how much of A a typical A image holds)
-    reference = {c: float(token_counts(ds.tokens["train"][train_y == c], ids[c]).mean()) for c in (0, 1)}
-    scale = (reference[planted], reference[other]) if normalize else (1.0, 1.0)
+    ref_tokens = np.concatenate([ds.tokens[s] for s in ds.splits])
+    ref_labels = np.concatenate([ds.labels[s] for s in ds.splits]).astype(np.int64)
+    # a value's tokens per image of that value (how much of A a typical A image holds)
+    reference = {c: float(token_counts(ref_tokens[ref_labels == c], ids[c]).mean()) for c in (0, 1)}
     rows, counts = [], {}
     for name, tokens in neutral.items():
-        r = bias_delta(tokens, ids[planted], ids[other], scale=scale, n_boot=n_boot, seed=seed)
+        r = bias_delta(tokens, ids[planted], ids[other], reference=(ref_tokens, ref_labels) if calibrate else None,
+                       n_boot=n_boot, seed=seed)
         raw = cliffs_delta(r["counts_a"], r["counts_b"])
         counts[name] = {ds.class_names[planted]: r.pop("counts_a"), ds.class_names[other]: r.pop("counts_b")}
         rows.append({"neutral set": name, "images": len(tokens), **r, "delta_raw_counts": raw,

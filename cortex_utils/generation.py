@@ -143,6 +143,17 @@ def sequence_loss(gpt, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of ``probs`` ``(N, K)`` by inverse CDF: ``(N, 1)`` int64.
+
+    The uniforms come from ``torch.rand``, whose stream is the same on every CPU; ``torch.multinomial``'s
+    draws were seen to differ between two machines (same weights, same seed, another generated dataset),
+    which made the shipped IEMs, trained on the generated dataset, look foreign."""
+    u = torch.rand(len(probs), 1, generator=generator, dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1)
+
+
 def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 100, batch_size: int = 500,
                   seed: int = 0, progress: bool = True) -> torch.Tensor:
     """Sample one token grid per entry of ``labels`` -> ``(N, h, w)`` int64.
@@ -167,7 +178,7 @@ def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 1
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, -float("inf"))
-            x = torch.multinomial(F.softmax(logits, -1), 1, generator=gen)
+            x = draw(F.softmax(logits.double(), -1), gen)
             seq.append(x)
         out.append(torch.cat(seq, 1).reshape(-1, h, w))
         bar.update(len(x))

@@ -163,7 +163,8 @@ def optimize_tokens(iem, codebook: torch.Tensor, tokens, region_mask, target: in
     bar = tqdm(range(steps), desc="optimize tokens", disable=not progress)
     for step in bar:
         z = logits[ridx]
-        gumbel = -torch.empty_like(z).exponential_(generator=g).clamp_min(1e-30).log()
+        # Gumbel noise -log(-log U) from torch.rand (its stream is the same on every CPU; exponential_'s is not)
+        gumbel = -(-torch.rand(z.shape, generator=g).clamp(1e-30, 1 - 1e-7).log()).log()
         soft = ((z + gumbel) / tau).softmax(-1)
         choice = soft.argmax(-1)
         hard = F.one_hot(choice, K).to(soft.dtype)

@@ -3,11 +3,17 @@
     python -m cortex_utils.pipeline --preset default
     python -m cortex_utils.pipeline --preset smoke -p seed 1 -p 01_vq_model.train_steps 20
     python -m cortex_utils.pipeline --preset default --config my_overrides.yaml --only 02_dataset_generation
+    python -m cortex_utils.pipeline --preset default --jobs 1     # strictly one notebook after another
 
 A preset (``cortex_utils/presets/<name>.yaml``) lists the notebooks and their parameters. ``-p NAME VALUE``
 sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one); values are YAML
 (``true``, ``3``, ``[1, 5]``). A name no notebook declares is an error. Executed notebooks, artifacts and
 ``metrics.json`` go to one run directory.
+
+The preset's ``needs`` says which notebooks read which others' results; with ``--jobs 2`` (the default on
+two or more cores) a notebook starts as soon as those are done, beside another one, each kernel with half
+the cores. Sampling draws the same tokens whatever the thread count; a model trained with fewer threads
+can differ in the last digits (float sums in another order).
 """
 
 from __future__ import annotations
@@ -90,17 +96,55 @@ def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: di
     return params
 
 
-def run(preset_name: str = "default", overrides=(), config: str | None = None, run_dir: str | None = None,
-        only: list[str] | None = None) -> Path:
+def dependencies(preset: dict) -> dict[str, list[str]]:
+    """Which notebooks each notebook reads results of: the preset's ``needs`` (``{notebook: [notebooks]}``);
+    a notebook it does not list waits for the one before it."""
+    notebooks, needs = preset["notebooks"], preset.get("needs") or {}
+    unknown = sorted({n for k, v in needs.items() for n in [k, *v]} - set(notebooks))
+    if unknown:
+        raise SystemExit(f"error: preset 'needs' names notebooks it does not run: {unknown}")
+    return {nb: list(needs[nb]) if nb in needs else notebooks[i - 1:i] for i, nb in enumerate(notebooks)}
+
+
+def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_timeout: float | None) -> dict:
+    """Run one notebook through papermill (in a worker process); report its time or where it failed."""
     import papermill as pm
 
+    if threads:  # the kernel inherits it; torch sizes its thread pool from it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb"), out, parameters=parameters, cwd=str(NOTEBOOK_DIR),
+                            kernel_name="python3", progress_bar=False, log_output=False,
+                            execution_timeout=cell_timeout or None)
+    except pm.PapermillExecutionError as err:
+        return {"error": f"notebook {nb} failed in cell {err.cell_index} (execution count {err.exec_count}): "
+                         f"{err.ename}: {err.evalue}"}
+    except Exception as err:  # a cell timed out, the kernel died or did not start, ...
+        return {"error": f"notebook {nb} did not finish: {type(err).__name__}: {err}"}
+    return {"seconds": time.perf_counter() - t0}
+
+
+def run(preset_name: str = "default", overrides=(), config: str | None = None, run_dir: str | None = None,
+        only: list[str] | None = None, jobs: int = 1, cell_timeout: float = 3600) -> Path:
+    """Execute the preset's notebooks into one run directory. With ``jobs`` > 1, notebooks whose inputs are
+    ready (see ``dependencies``) run side by side, each kernel with ``cores // jobs`` threads (all cores for
+    a notebook that runs alone: thread count changes float rounding, and so which tokens a sampler draws)."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
     preset = load_preset(preset_name)
+    if jobs < 1:
+        raise SystemExit(f"error: --jobs must be >= 1, got {jobs}")
+    needs = dependencies(preset)
     if only:
         missing = [n for n in only if n not in preset["notebooks"]]
         if missing:
             raise SystemExit(f"error: --only names notebooks not in the preset: {missing}")
         preset["notebooks"] = [n for n in preset["notebooks"] if n in only]
         preset["parameters"] = {k: v for k, v in preset["parameters"].items() if k in only}
+        # the others' results are read from --run-dir as they are
+        needs = {nb: [n for n in needs[nb] if n in only] for nb in preset["notebooks"]}
     extra = yaml.safe_load(Path(config).read_text()) if config else None
     params = resolve_parameters(preset, list(overrides), extra)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -110,25 +154,48 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
     print(f"run directory: {run_dir}")
     # kernels inherit the environment: a headless MPLBACKEND=Agg would keep figures out of the notebooks
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    cores = os.cpu_count() or 1
     t_all = time.perf_counter()
-    for nb in preset["notebooks"]:
-        out = run_dir / f"{nb}.ipynb"
-        p = {**params[nb], "run_dir": str(run_dir)}
-        print(f"[{nb}] running ...", flush=True)
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb"), str(out), parameters=p,
-                                cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False,
-                                log_output=False)
-        except pm.PapermillExecutionError as err:
-            failed = out.with_suffix(".failed.ipynb")
-            if out.exists():
-                out.replace(failed)
-            raise SystemExit(f"error: notebook {nb} failed in cell {err.cell_index} (execution count "
-                             f"{err.exec_count}): {err.ename}: {err.evalue}\n  executed copy: {failed}") from None
-        seconds = time.perf_counter() - t0
-        record_metrics(run_dir, **{f"{nb}_seconds": round(seconds, 2)})
-        print(f"[{nb}] done in {seconds:.1f} s -> {out}", flush=True)
+    waiting, running, done, errors = list(preset["notebooks"]), {}, set(), []
+    # a fresh process per notebook (spawned, not forked: a kernel client shares nothing with another)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        while waiting or running:
+            while not errors and len(running) < jobs:
+                ready = [nb for nb in waiting if set(needs[nb]) <= done]
+                if not ready:
+                    break
+                nb = ready[0]
+                waiting.remove(nb)
+                # alone (nothing else ready or running, so nothing can start beside it): every core
+                threads = None if jobs == 1 else cores if not running and len(ready) == 1 else max(1, cores // jobs)
+                print(f"[{nb}] running ...", flush=True)
+                running[pool.submit(_execute, nb, str(run_dir / f"{nb}.ipynb"),
+                                    {**params[nb], "run_dir": str(run_dir)}, threads, cell_timeout)] = nb
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                nb = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as err:  # the worker process itself failed (not the notebook)
+                    result = {"error": f"notebook {nb}: its worker process failed: {type(err).__name__}: {err}"}
+                out = run_dir / f"{nb}.ipynb"
+                if "error" in result:
+                    failed = out.with_suffix(".failed.ipynb")
+                    if out.exists():
+                        out.replace(failed)
+                    errors.append(f"{result['error']}\n  executed copy: {failed}")
+                    print(f"[{nb}] FAILED", flush=True)
+                    continue
+                done.add(nb)
+                record_metrics(run_dir, **{f"{nb}_seconds": round(result["seconds"], 2)})
+                print(f"[{nb}] done in {result['seconds']:.1f} s -> {out}", flush=True)
+    if errors:
+        skipped = f"\n  not run (they need its results): {', '.join(waiting)}" if waiting else ""
+        raise SystemExit("error: " + "\nerror: ".join(errors) + skipped)
+    if waiting:
+        raise SystemExit(f"error: preset 'needs' has a cycle: {', '.join(waiting)} never became ready")
     total = time.perf_counter() - t_all
     record_metrics(run_dir, pipeline_seconds=round(total, 2))
     print(f"pipeline finished in {total:.1f} s; results in {run_dir} (metrics.json, executed notebooks)")
@@ -144,8 +211,14 @@ def main(argv=None) -> int:
     ap.add_argument("--config", help="YAML file of parameter overrides ({name: value} or {notebook: {name: value}})")
     ap.add_argument("--run-dir", help="where to write the run (default: runs/<time>-<preset>)")
     ap.add_argument("--only", help="comma-separated notebook names to run (they read earlier results from --run-dir)")
+    ap.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="notebooks to run side by side when their inputs are ready (default: 2 on a machine "
+                         "with 2 or more cores; 1 runs them one after another)")
+    ap.add_argument("--cell-timeout", type=float, default=3600,
+                    help="seconds one cell may run before its notebook fails (default 3600; 0: no limit)")
     a = ap.parse_args(argv)
-    run(a.preset, [tuple(p) for p in a.parameter], a.config, a.run_dir, a.only.split(",") if a.only else None)
+    run(a.preset, [tuple(p) for p in a.parameter], a.config, a.run_dir, a.only.split(",") if a.only else None, a.jobs,
+        a.cell_timeout)
     return 0
 
 

@@ -134,6 +134,36 @@ def test_token_counts_and_delta_sign():
         bias.bias_delta(np.zeros((0, 4, 4), int), [1], [2])
 
 
+def test_balanced_rank_centres_a_half_and_half_mix():
+    rng = np.random.default_rng(1)
+    ref = np.concatenate([rng.poisson(6, 300), rng.poisson(1, 100)])  # unequal value sizes: weighted equally
+    labels = np.repeat([0, 1], [300, 100])
+    mix = np.concatenate([rng.poisson(6, 500), rng.poisson(1, 500)])
+    assert abs(bias.balanced_rank(mix, ref, labels).mean() - 0.5) < 0.03
+    assert bias.balanced_rank(rng.poisson(6, 500), ref, labels).mean() > 0.7
+
+
+def test_calibrated_delta_ignores_unequal_token_sets():
+    """Value A is marked by six copies of id 1, value B by one copy of id 2: on raw counts a half-and-half
+    neutral set already leans to A (δ = 0.25); ranked against the balanced reference it does not."""
+    def grids(labels):
+        g = np.zeros((len(labels), 4, 4), int)
+        g.reshape(len(labels), -1)[labels == 0, :6] = 1
+        g.reshape(len(labels), -1)[labels == 1, :1] = 2
+        return g
+
+    ref_labels = np.repeat([0, 1], 50)
+    half = grids(np.repeat([0, 1], 100))
+    raw = bias.bias_delta(half, [1], [2], n_boot=20)
+    assert raw["delta"] == pytest.approx(0.25)
+    calibrated = bias.bias_delta(half, [1], [2], reference=(grids(ref_labels), ref_labels), n_boot=20)
+    assert calibrated["delta"] == pytest.approx(0.0)
+    leaning = grids(np.repeat([0, 1], [170, 30]))  # 85 % A: δ = 0.85² - 0.15²
+    r = bias.bias_delta(leaning, [1], [2], reference=(grids(ref_labels), ref_labels), n_boot=20)
+    assert r["delta"] == pytest.approx(0.85 ** 2 - 0.15 ** 2)
+    np.testing.assert_array_equal(r["counts_a"][:2], [6, 6])  # the raw counts are kept for the plots
+
+
 def test_attribute_tokens_keep_only_ids_specific_to_their_value():
     import pandas as pd
 

@@ -43,6 +43,30 @@ def test_sampling_is_seeded_and_in_range(tiny_tf):
     assert torch.equal(a, b) and a.min() >= 0 and a.max() < 32
 
 
+def test_inverse_cdf_draws_follow_the_probabilities():
+    probs = torch.tensor([[0.0, 0.5, 0.2, 0.0, 0.3]]).repeat(20000, 1)
+    x = gen.draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(x.ravel(), minlength=5).double() / len(x)
+    assert freq[0] == 0 and freq[3] == 0  # a token of probability 0 is never drawn
+    assert torch.allclose(freq, probs[0].double(), atol=0.015)
+    # unnormalised rows (top-k masks) and the seed: same generator state, same draws
+    again = gen.draw(probs * 7, torch.Generator().manual_seed(0))
+    assert torch.equal(x, again)
+
+
+def test_samples_do_not_depend_on_the_thread_count(tiny_tf):
+    tf, _ = tiny_tf
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gen.sample_tokens(tf, [0, 1, 2, 0], seed=5, top_k=None, progress=False)
+        torch.set_num_threads(2)
+        two = gen.sample_tokens(tf, [0, 1, 2, 0], seed=5, top_k=None, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
 def test_training_lowers_the_loss_and_checkpoint_round_trip(tiny_tf, tiny_vq, tmp_path):
     tf, cfg = tiny_tf
     rng = np.random.default_rng(0)

@@ -63,6 +63,41 @@ def test_overrides_apply_where_declared():
     assert p["01_vq_model"]["n_show"] == 5 and p["02_dataset_generation"]["top_k"] == 9
 
 
+def test_needs_order_the_notebooks():
+    preset = pipeline.load_preset("default")
+    needs = pipeline.dependencies(preset)
+    assert needs["01_vq_model"] == [] and needs["10_bias_detection"] == ["02_dataset_generation"]
+    order = preset["notebooks"]
+    assert all(order.index(n) < order.index(nb) for nb, ns in needs.items() for n in ns)
+    # without 'needs' each notebook waits for the one before it
+    chain = pipeline.dependencies({"notebooks": ["a", "b", "c"]})
+    assert chain == {"a": [], "b": ["a"], "c": ["b"]}
+    with pytest.raises(SystemExit, match="does not run"):
+        pipeline.dependencies({"notebooks": ["a"], "needs": {"a": ["z"]}})
+
+
+def _count_up(run_dir, i):
+    from cortex_utils.artifacts import record_metrics, register
+
+    for k in range(20):
+        record_metrics(run_dir, **{f"p{i}_{k}": k})
+        register(run_dir, f"m{i}_{k}", checkpoint=str(k))
+
+
+def test_side_by_side_writers_lose_no_metric(tmp_path):
+    from multiprocessing import get_context
+
+    from cortex_utils.artifacts import read_metrics
+
+    procs = [get_context("fork").Process(target=_count_up, args=(tmp_path, i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert len(read_metrics(tmp_path)) == 60
+    assert len(json.loads((tmp_path / "registry.json").read_text())) == 60
+
+
 def _run(args, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     return subprocess.run([sys.executable, "-m", "cortex_utils.pipeline", *args, "--run-dir", str(tmp_path / "run")],
@@ -70,7 +105,7 @@ def _run(args, tmp_path):
 
 
 def test_smoke_preset_runs_every_notebook(tmp_path):
-    r = _run(["--preset", "smoke"], tmp_path)
+    r = _run(["--preset", "smoke", "--jobs", "2"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "run"
     for nb in NOTEBOOKS:
@@ -132,3 +167,10 @@ def test_unknown_parameter_injected_by_papermill_directly(tmp_path):
         pm.execute_notebook(str(REPO_ROOT / "notebooks" / "01_vq_model.ipynb"), str(tmp_path / "out.ipynb"),
                             parameters={"run_dir": str(tmp_path), "trian_steps": 5}, kernel_name="python3",
                             cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+
+
+def test_a_cell_over_the_time_limit_stops_its_notebook(tmp_path):
+    r = _run(["--preset", "smoke", "--only", "01_vq_model", "--cell-timeout", "1"], tmp_path)
+    assert r.returncode != 0
+    assert "notebook 01_vq_model did not finish" in r.stderr and "timed out" in r.stderr
+    assert not (tmp_path / "run" / "01_vq_model.ipynb").exists()
