@@ -1,4 +1,4 @@
-"""Run the numbered notebooks in order through papermill, with a named preset plus overrides.
+"""Run the numbered notebooks through papermill, each after those whose results it reads, with a named preset plus overrides.
 
     python -m cortex_utils.pipeline --preset default
     python -m cortex_utils.pipeline --preset smoke -p seed 1 -p 01_vq_model.train_steps 20
