@@ -707,9 +707,10 @@ def launch(command: str, nproc: int = 2, nnodes: int = 1, threads: int | None = 
     if rc != 0:
         text = "\n".join(tail)
         root = re.findall(r"Root Cause.*?rank\s*:\s*(\d+)", text, flags=re.S)
-        # torchrun's root cause (first observed failure) names the rank; the others usually fail after it
-        # (a collective with a dead peer), so they are listed but not blamed
-        ranks = sorted({int(x) for x in root}) or sorted(failed)
+        # the first rank to report its error is blamed: the others usually fail after it (a collective with a
+        # dead peer), so they are listed but not blamed. torchrun's own "Root Cause" only when no rank
+        # reported: it orders by error-file timestamps in whole seconds, and a tie can name the wrong rank
+        ranks = [next(iter(failed))] if failed else sorted({int(x) for x in root})
         others = sorted(set(failed) - set(ranks))
         first = next((failed[r] for r in ranks if r in failed), next(iter(failed.values()), "see the output below"))
         named = ", ".join(map(str, ranks)) if ranks else "unknown (no rank reported an error)"
