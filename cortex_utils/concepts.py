@@ -49,24 +49,44 @@ def concept_tokens(tokens, labels, tis, class_names, n_embed: int, top_ns=(1, 5,
     id among their top-n), share (count / all top-n slots of the class). A ``label`` of -1 is the global
     ranking over all classes.
     """
-    labels = np.asarray(labels).astype(np.int64)
-    C = len(class_names)
-    present = np.bincount(labels, minlength=C)
+    _check_present(np.bincount(np.asarray(labels).astype(np.int64), minlength=len(class_names)), class_names)
+    counts = concept_counts(tokens, labels, tis, len(class_names), n_embed, top_ns)
+    return concept_table(counts, class_names, top_ns, top)
+
+
+def _check_present(present: np.ndarray, class_names) -> None:
     if (present == 0).any():
         raise ValueError(f"class(es) with no images: {[class_names[i] for i in np.flatnonzero(present == 0)][:10]}")
-    frames = []
+
+
+def concept_counts(tokens, labels, tis, n_classes: int, n_embed: int, top_ns=(1, 5, 10, 20)) -> dict:
+    """The counts behind ``concept_tokens``: per top-n the ``(C, K)`` id counts (``counts<n>``) and image
+    counts (``images<n>``), plus the images per class (``present``). Counts of disjoint row blocks add up."""
+    labels = np.asarray(labels).astype(np.int64)
+    out = {"present": np.bincount(labels, minlength=n_classes)}
     for n in top_ns:
         ids = top_tokens(tokens, tis, n)
-        counts = np.bincount((labels[:, None] * n_embed + ids).ravel(), minlength=C * n_embed).reshape(C, n_embed)
+        out[f"counts{n}"] = np.bincount((labels[:, None] * n_embed + ids).ravel(),
+                                        minlength=n_classes * n_embed).reshape(n_classes, n_embed)
         # images holding the id at least once among their top-n (dedupe within an image)
         srt = np.sort(ids, 1)
         first = np.ones_like(srt, dtype=bool)
         first[:, 1:] = srt[:, 1:] != srt[:, :-1]
-        images = np.bincount((labels[:, None] * n_embed + srt)[first], minlength=C * n_embed).reshape(C, n_embed)
-        share = counts / (present[:, None] * n)
-        df = _ranked(counts, class_names, top, "count", {"images": images, "share": share})
-        glob = _ranked(counts.sum(0, keepdims=True), ["all"], top, "count",
-                       {"images": images.sum(0, keepdims=True), "share": counts.sum(0, keepdims=True) / (len(labels) * n)})
+        out[f"images{n}"] = np.bincount((labels[:, None] * n_embed + srt)[first],
+                                        minlength=n_classes * n_embed).reshape(n_classes, n_embed)
+    return out
+
+
+def concept_table(counts: dict, class_names, top_ns=(1, 5, 10, 20), top: int = 100) -> pd.DataFrame:
+    """``concept_tokens``'s table from ``concept_counts`` (possibly summed over row blocks)."""
+    present = counts["present"]
+    _check_present(present, class_names)
+    frames = []
+    for n in top_ns:
+        c, images = counts[f"counts{n}"], counts[f"images{n}"]
+        df = _ranked(c, class_names, top, "count", {"images": images, "share": c / (present[:, None] * n)})
+        glob = _ranked(c.sum(0, keepdims=True), ["all"], top, "count",
+                       {"images": images.sum(0, keepdims=True), "share": c.sum(0, keepdims=True) / (present.sum() * n)})
         glob["label"] = -1
         frames += [df.assign(top_n=n), glob.assign(top_n=n)]
     out = pd.concat(frames, ignore_index=True)

@@ -145,6 +145,15 @@ def split_fingerprint(ds: TokenDataset, split: str) -> str:
     return h.hexdigest()[:16]
 
 
+def codebook_fingerprint(codebook: torch.Tensor) -> str:
+    """Identity of the codebook that token ids refer to: sha256 of its float32 bytes and shape (the
+    ``vq_fingerprint`` of a manifest; ``vq.fingerprint`` for a model)."""
+    import hashlib
+
+    cb = codebook.float().cpu().contiguous().numpy()
+    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
+
+
 def check_matches(ds: TokenDataset, vq) -> None:
     """Raise unless the dataset's token ids were made with ``vq``'s codebook."""
     from .vq import fingerprint

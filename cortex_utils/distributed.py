@@ -47,6 +47,8 @@ from tqdm.auto import tqdm
 
 from . import REPO_ROOT
 from .artifacts import atomic_path
+from .concepts import concept_counts, concept_table
+from .datasets import codebook_fingerprint
 
 COMMANDS = ("train-iem", "tis", "concepts", "generate")
 PROGRESS, INFO, FAILED = "CORTEX_PROGRESS ", "CORTEX_INFO ", "CORTEX_FAILED "
@@ -196,12 +198,6 @@ def row_loader(ds, split: str, codebook: torch.Tensor, rows: tuple[int, int], ba
     loader when ``start`` is a multiple of ``batch_size``)."""
     return torch.utils.data.DataLoader(range(*rows), batch_size=batch_size,
                                        collate_fn=_collate(ds, split, codebook, device))
-
-
-def codebook_fingerprint(codebook: torch.Tensor) -> str:
-    """``vq.fingerprint`` from the codebook tensor alone (no taming import)."""
-    cb = codebook.float().cpu().contiguous().numpy()
-    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
 
 
 def load_codebook(path: str | Path, trust_pickle: bool = False) -> torch.Tensor:
@@ -393,48 +389,8 @@ def cmd_train_iem(a) -> None:
     barrier()
 
 
-def concept_counts(tokens, labels, tis, n_classes: int, n_embed: int, top_ns=(1, 5, 10, 20)) -> dict:
-    """One shard's share of ``concepts.concept_tokens``: per top-n the ``(C, K)`` counts and image counts,
-    plus the images per class. Shards' results add up (``merge_counts``)."""
-    from .concepts import top_tokens
-
-    labels = np.asarray(labels).astype(np.int64)
-    out = {"present": np.bincount(labels, minlength=n_classes)}
-    for n in top_ns:
-        ids = top_tokens(tokens, tis, n)
-        out[f"counts{n}"] = np.bincount((labels[:, None] * n_embed + ids).ravel(),
-                                        minlength=n_classes * n_embed).reshape(n_classes, n_embed)
-        srt = np.sort(ids, 1)
-        first = np.ones_like(srt, dtype=bool)
-        first[:, 1:] = srt[:, 1:] != srt[:, :-1]
-        out[f"images{n}"] = np.bincount((labels[:, None] * n_embed + srt)[first],
-                                        minlength=n_classes * n_embed).reshape(n_classes, n_embed)
-    return out
-
-
 def merge_counts(parts: list[dict]) -> dict:
     return {k: sum(p[k] for p in parts) for k in parts[0]}
-
-
-def concept_table(counts: dict, class_names, top_ns=(1, 5, 10, 20), top: int = 100):
-    """``concepts.concept_tokens``'s table from merged ``concept_counts`` (the same rows and values)."""
-    import pandas as pd
-
-    from .concepts import _ranked
-
-    present = counts["present"]
-    if (present == 0).any():
-        raise ValueError(f"class(es) with no images: {[class_names[i] for i in np.flatnonzero(present == 0)][:10]}")
-    frames = []
-    for n in top_ns:
-        c, images = counts[f"counts{n}"], counts[f"images{n}"]
-        df = _ranked(c, class_names, top, "count", {"images": images, "share": c / (present[:, None] * n)})
-        glob = _ranked(c.sum(0, keepdims=True), ["all"], top, "count",
-                       {"images": images.sum(0, keepdims=True), "share": c.sum(0, keepdims=True) / (present.sum() * n)})
-        glob["label"] = -1
-        frames += [df.assign(top_n=n), glob.assign(top_n=n)]
-    out = pd.concat(frames, ignore_index=True)
-    return out[["top_n", "label", "class_name", "rank", "token", "count", "images", "share"]]
 
 
 def cmd_concepts(a) -> None:

@@ -9,7 +9,6 @@ Images are float tensors in [-1, 1], shape ``(N, C, H, W)``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import sys
 import types
@@ -215,8 +214,9 @@ def codebook(vq: VQModel) -> torch.Tensor:
 
 def fingerprint(vq: VQModel) -> str:
     """Identity of the codebook that token ids refer to (sha256 of its float32 bytes)."""
-    cb = codebook(vq).float().cpu().contiguous().numpy()
-    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
+    from .datasets import codebook_fingerprint
+
+    return codebook_fingerprint(codebook(vq))
 
 
 def check_images(vq: VQModel, images: torch.Tensor) -> None:
