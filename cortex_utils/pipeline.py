@@ -10,7 +10,7 @@ sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one)
 (``true``, ``3``, ``[1, 5]``). A name no notebook declares is an error. Executed notebooks, artifacts and
 ``metrics.json`` go to one run directory.
 
-The preset's ``needs`` says which notebooks read which others' results; with ``--jobs 2`` (the default on
+``NEEDS`` (or a preset's ``needs``) says which notebooks read which others' results; with ``--jobs 2`` (the default on
 two or more cores) a notebook starts as soon as those are done, beside another one, each kernel with half
 the cores. Sampling draws the same tokens whatever the thread count; a model trained with fewer threads
 can differ in the last digits (float sums in another order).
@@ -33,6 +33,20 @@ from .artifacts import record_metrics
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PRESET_DIR = Path(__file__).parent / "presets"
 RUNNER_PARAMETERS = {"run_dir"}  # set by the runner itself
+# which notebooks each numbered notebook reads results of (from the run directory)
+NEEDS = {
+    "01_vq_model": [],
+    "02_dataset_generation": ["01_vq_model"],
+    "03_train_iem": ["02_dataset_generation"],
+    "04_test_iem": ["03_train_iem"],
+    "05_compute_tis": ["03_train_iem"],
+    "06_concept_analysis": ["05_compute_tis"],
+    "07_image_level_explanation": ["05_compute_tis"],
+    "08_concept_level_explanation": ["06_concept_analysis"],
+    "09_codebook_optimization": ["03_train_iem"],
+    "10_bias_detection": ["02_dataset_generation"],
+    "11_trust_the_explanations": ["06_concept_analysis"],
+}
 
 
 def load_preset(name_or_path: str) -> dict:
@@ -97,12 +111,17 @@ def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: di
 
 
 def dependencies(preset: dict) -> dict[str, list[str]]:
-    """Which notebooks each notebook reads results of: the preset's ``needs`` (``{notebook: [notebooks]}``);
-    a notebook it does not list waits for the one before it."""
-    notebooks, needs = preset["notebooks"], preset.get("needs") or {}
-    unknown = sorted({n for k, v in needs.items() for n in [k, *v]} - set(notebooks))
-    if unknown:
-        raise SystemExit(f"error: preset 'needs' names notebooks it does not run: {unknown}")
+    """Which notebooks each notebook waits for: ``NEEDS`` (those of them the preset runs; the others'
+    results are read from the run directory as they are), or a preset's own ``needs``
+    (``{notebook: [notebooks]}``); a notebook in neither waits for the one before it."""
+    notebooks = preset["notebooks"]
+    needs = preset.get("needs")
+    if needs:
+        unknown = sorted({n for k, v in needs.items() for n in [k, *v]} - set(notebooks))
+        if unknown:
+            raise SystemExit(f"error: preset 'needs' names notebooks it does not run: {unknown}")
+    else:
+        needs = {nb: [n for n in NEEDS[nb] if n in notebooks] for nb in notebooks if nb in NEEDS}
     return {nb: list(needs[nb]) if nb in needs else notebooks[i - 1:i] for i, nb in enumerate(notebooks)}
 
 
@@ -129,7 +148,7 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
         only: list[str] | None = None, jobs: int = 1, cell_timeout: float = 3600) -> Path:
     """Execute the preset's notebooks into one run directory. With ``jobs`` > 1, notebooks whose inputs are
     ready (see ``dependencies``) run side by side, each kernel with ``cores // jobs`` threads (all cores for
-    a notebook that runs alone: thread count changes float rounding, and so which tokens a sampler draws)."""
+    a notebook that runs alone)."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
