@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PRESET ?= default
 ARGS ?=
 
-.PHONY: install pipeline smoke test lint benchmarks lab checkpoints clean-runs
+.PHONY: install pipeline smoke test lint benchmarks lab checkpoints clean-runs verify verify-isa
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,12 +36,39 @@ benchmarks: install
 lab: install
 	cd notebooks && ../$(BIN)/jupyter lab
 
-# Rebuild the shipped default checkpoints (VQ model, transformer, evaluators, IEMs) and copy them to checkpoints/.
+# Rebuild every shipped file from scratch: the models (VQ model, transformers, evaluators, IEMs, attribute and
+# shuffled-label IEMs) into checkpoints/, the token datasets they were trained on into data/default/.
+REBUILD := runs/rebuild-checkpoints
 checkpoints: install
-	rm -rf runs/rebuild-checkpoints
-	$(BIN)/python -m cortex_utils.pipeline --preset default -p retrain true --run-dir runs/rebuild-checkpoints $(ARGS)
-	cp runs/rebuild-checkpoints/checkpoints/*.safetensors runs/rebuild-checkpoints/checkpoints/*.json checkpoints/
-	cp runs/rebuild-checkpoints/iem/iem?.safetensors runs/rebuild-checkpoints/iem/iem?.json checkpoints/
+	rm -rf $(REBUILD)
+	$(BIN)/python -m cortex_utils.pipeline --preset default -p retrain true --run-dir $(REBUILD) $(ARGS)
+	cp $(REBUILD)/checkpoints/*.safetensors $(REBUILD)/checkpoints/*.json checkpoints/
+	cp $(REBUILD)/iem/iem*.safetensors $(REBUILD)/iem/iem*.json checkpoints/
+	cp $(REBUILD)/bias/attribute_iem_*.safetensors $(REBUILD)/bias/attribute_iem_*.json checkpoints/
+	rm -rf data/default && mkdir -p data/default
+	cp -r $(REBUILD)/datasets/generated $(REBUILD)/datasets/generated.json data/default/
+	cp -r $(REBUILD)/bias/data data/default/bias
+
+# The default run into runs/verify, checked against docs/expected_metrics.json (benchmarks/verify_expected.py:
+# every key within its tolerance; docs/expected_metrics.md). EXPECTED=<file> checks against another file.
+EXPECTED ?= docs/expected_metrics.json
+verify: install
+	rm -rf runs/verify
+	$(BIN)/python -m cortex_utils.pipeline --preset default --run-dir runs/verify $(ARGS)
+	$(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify/isa.txt
+	$(BIN)/python benchmarks/verify_expected.py runs/verify --expected $(EXPECTED)
+
+# The same with every CPU kernel library (ATen, oneDNN, MKL) restricted to the instruction set one level below
+# this machine's: AVX-512 -> AVX2, AVX2 -> none (benchmarks/isa_kernels.py measures that each of them changes the
+# outputs here). ISA_ENV="ATEN_CPU_CAPABILITY=default ..." sets the restriction by hand.
+ISA_ENV ?=
+verify-isa: install
+	rm -rf runs/verify-isa
+	isa="$(or $(ISA_ENV),$$($(BIN)/python benchmarks/isa_kernels.py --print-verify-setting))" && \
+	echo "verify-isa: $$isa" && \
+	env $$isa $(BIN)/python -m cortex_utils.pipeline --preset default --run-dir runs/verify-isa $(ARGS) && \
+	env $$isa $(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify-isa/isa.txt
+	$(BIN)/python benchmarks/verify_expected.py runs/verify-isa --expected $(EXPECTED)
 
 clean-runs:
 	rm -rf runs/

@@ -22,3 +22,4 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINTS = REPO_ROOT / "checkpoints"
+SHIPPED_DATA = REPO_ROOT / "data" / "default"  # the token datasets the default run reads (cards beside them)

@@ -60,6 +60,15 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def repo_relative(path: str | os.PathLike) -> str:
+    """A path as recorded on a card or manifest: relative to the repository root when inside it, so the
+    shipped files are the same on every checkout."""
+    from . import REPO_ROOT
+
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def card_path(weights_path: str | os.PathLike) -> Path:
     return Path(weights_path).with_suffix(".json")
 
@@ -142,6 +151,17 @@ def record_metrics(run_dir: str | os.PathLike, **values) -> dict:
         metrics.update({k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()})
         write_json(Path(run_dir) / "metrics.json", metrics)
     return metrics
+
+
+def note_trained(run_dir: str | os.PathLike, what: str, n: int = 1) -> int:
+    """Add ``n`` to ``models_trained_in_run`` in ``metrics.json`` (the default run loads every model it uses,
+    so there it stays 0) and say what was trained. Returns the new count."""
+    with _run_lock(run_dir):
+        metrics = read_metrics(run_dir)
+        metrics["models_trained_in_run"] = int(metrics.get("models_trained_in_run", 0)) + n
+        write_json(Path(run_dir) / "metrics.json", metrics)
+    print(f"trained in this run: {what} (models trained so far: {metrics['models_trained_in_run']})")
+    return metrics["models_trained_in_run"]
 
 
 def register(run_dir: str | os.PathLike, role: str, **entry) -> None:

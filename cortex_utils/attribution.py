@@ -17,8 +17,14 @@ TIS's (``tis.reduce_channels``, ``max`` by default):
 
 **Sanity checks** (Adebayo et al., 2018): re-initialise the IEM's layers from the head down
 (``randomize_cascade``) or all at once (``randomize_full``), or train it on shuffled labels
-(``shuffled_label_iem``), and compare the maps with the trained model's by Spearman rank correlation per
-image (``spearman``). An explanation that survives randomization does not explain the model.
+(``shuffled_label_iem``), and compare the maps with the trained model's per image, as Adebayo et al.
+report it: Spearman rank correlation of the signed maps (``spearman``) and of their absolute values
+(``abs_spearman``: a map whose sign turns random while its magnitudes stay put has a signed correlation
+near 0 but still marks the same positions), and the share of shared top-k positions
+(``top_k_intersection``); ``map_similarity`` gives all three. An explanation that survives randomization
+does not explain the model. Passing is necessary, not sufficient: ``random_attribution`` (uniform noise,
+a method that knows nothing) passes trivially, so ``recommend`` also asks for a deletion AUC clearly below
+the random order's.
 
 **Faithfulness** (deletion / insertion): remove grid positions in attribution order (or reveal them, for
 insertion) and follow the evaluators' target probability; ``removal_curve`` is the generic loop,
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,6 +48,7 @@ from .iem import check_input
 from .tis import REDUCTIONS, reduce_channels
 
 CURVES = ("deletion", "insertion")
+RANDOM_CONTROL = "random_control"  # the name of the uniform-noise control row (``random_attribution``)
 _NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
 
 
@@ -277,6 +285,34 @@ def shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, epoch
     return out.eval(), log.rename(columns={"val_loss": "select_loss", "val_acc": "select_acc"})
 
 
+def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, name: str, epochs: int = 3,
+                                  max_images: int = 0, seed: int = 0, retrain: bool = False, out_dir=None):
+    """The shuffled-label IEM of ``shuffled_label_iem``: the shipped ``checkpoints/<name>.safetensors`` when
+    it was trained on exactly this train split with exactly these settings, else trained here and saved to
+    ``out_dir``. Returns ``(model, log, trained)``."""
+    from . import SHIPPED_CHECKPOINTS
+    from .artifacts import read_card
+    from .datasets import split_fingerprint
+    from .iem import load_iem, save_iem, shipped_iem
+
+    spec = dict(model.cortex_spec)
+    training = {"labels": "shuffled", "arch": spec["arch"], "width": spec["width"], "epochs": epochs,
+                "max_images": max_images, "select_images": 500, "lr": 2e-3, "batch_size": 64, "seed": seed}
+    fp = split_fingerprint(ds, "train")
+    shipped, _ = (None, "") if retrain else shipped_iem(SHIPPED_CHECKPOINTS / f"{name}.safetensors", fp, training)
+    if shipped:
+        log = pd.DataFrame(read_card(shipped)["log"])
+        return load_iem(shipped, expect={k: spec[k] for k in ("arch", "in_channels", "grid", "n_classes")}), log, False
+    out, log = shuffled_label_iem(model, ds, codebook, epochs=epochs, lr=training["lr"],
+                                  batch_size=training["batch_size"], max_images=max_images,
+                                  select_images=training["select_images"], seed=seed)
+    if out_dir is not None:
+        save_iem(out, Path(out_dir) / f"{name}.safetensors", card={
+            "kind": "shuffled_label_iem", "vq_fingerprint": ds.manifest["vq_fingerprint"], "train_fingerprint": fp,
+            "training": training, "log": log.to_dict("records"), "rebuild": "make checkpoints"})
+    return out, log, True
+
+
 def spearman(a, b) -> np.ndarray:
     """Spearman rank correlation of each image's two maps: ``(N, h, w)`` x 2 -> ``(N,)`` (ties: mean ranks;
     NaN where a map is constant)."""
@@ -290,6 +326,109 @@ def spearman(a, b) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), np.nan)
 
+
+
+def abs_spearman(a, b) -> np.ndarray:
+    """``spearman`` of the absolute maps: do the two maps mark the same positions as important, whatever
+    the sign? (Adebayo et al. report both.) A randomized model can flip every sign at random, which drives
+    the signed correlation to 0, while the magnitudes still follow the input (where the strokes are)."""
+    return spearman(np.abs(np.asarray(a, dtype=np.float64)), np.abs(np.asarray(b, dtype=np.float64)))
+
+
+def top_k_intersection(a, b, k: int = 5, absolute: bool = True) -> np.ndarray:
+    """Share of each image's top-``k`` positions that the two maps have in common: ``(N, h, w)`` x 2 -> ``(N,)``
+    in [0, 1]. ``absolute``: rank by ``|score|`` (else by the signed score, highest first, as ``ranking``).
+    Two independent random rankings share ``k / (h*w)`` of them on average (``top_k_chance``)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"need two aligned stacks of maps (N, ...), got {a.shape} and {b.shape}")
+    hw = int(np.prod(a.shape[1:]))
+    if not 1 <= k <= hw:
+        raise ValueError(f"k must lie in [1, {hw}] (the positions of a map), got {k}")
+    if absolute:
+        a, b = np.abs(a), np.abs(b)
+    ta, tb = ranking(a)[:, :k], ranking(b)[:, :k]
+    return np.array([len(np.intersect1d(x, y)) / k for x, y in zip(ta, tb, strict=True)])
+
+
+def top_k_chance(k: int, n_positions: int) -> float:
+    """Expected ``top_k_intersection`` of two independent random rankings of ``n_positions``: ``k / n``."""
+    return k / n_positions
+
+
+def random_attribution(shape, seed: int = 0) -> np.ndarray:
+    """The control attribution: uniform noise in [-1, 1), float32 of ``shape`` ``(N, h, w)``, independent of
+    model and input. It is what a method that knows nothing scores: a fresh draw per model (another
+    ``seed``) is uncorrelated with the first, so it **passes** every randomization check trivially, and
+    deleting positions in its order is deleting them at random, so it must **fail** the faithfulness one."""
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=tuple(shape)).astype(np.float32)
+
+
+def map_similarity(trained, randomized, k: int = 5) -> pd.DataFrame:
+    """Per image, how much of the trained model's map survives in a randomized model's: ``spearman``
+    (signed), ``abs_spearman`` and ``top_k`` (``top_k_intersection`` of the absolute maps). One row per
+    image: ``image``, ``spearman``, ``abs_spearman``, ``top_k``."""
+    return pd.DataFrame({"image": np.arange(len(trained)), "spearman": spearman(trained, randomized),
+                         "abs_spearman": abs_spearman(trained, randomized),
+                         "top_k": top_k_intersection(trained, randomized, k)})
+
+
+def recommend(table: pd.DataFrame, random_auc: float, default: str, max_rank_corr: float = 0.3,
+              max_auc_ratio: float = 0.8, controls=()) -> tuple[str, pd.DataFrame]:
+    """The recommendation rule: which attribution can be trusted on this run?
+
+    ``table`` has one row per method (index) with ``abs_rank_corr_full`` and ``abs_rank_corr_data`` (mean
+    ``abs_spearman`` under full model randomization and under the shuffled-label IEM) and ``deletion_auc``
+    (in the masking space the rule uses); ``random_auc`` is the random order's deletion AUC there.
+
+    A method **passes** if both
+
+    * randomization: its mean absolute rank correlation is at most ``max_rank_corr`` under full **and**
+      under data randomization (the maps change when what the model learned is destroyed; a NaN mean,
+      from constant maps, fails), and
+    * faithfulness: its deletion AUC is at most ``max_auc_ratio`` times the random order's (deleting its
+      top positions first hurts the evaluators clearly faster than deleting positions at random).
+
+    Returns ``(recommended, judged)``: ``default`` if it passes, else the passing method with the lowest
+    ``deletion_ratio``, else ``"none"``; rows in ``controls`` are judged but never recommended. ``judged``
+    is ``table`` plus ``deletion_ratio``, ``randomization_ok``, ``faithful``, ``passes`` and ``failed`` (the
+    conditions a method failed, with its numbers; empty if it passes).
+    """
+    need = ["abs_rank_corr_full", "abs_rank_corr_data", "deletion_auc"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}; it needs {need}")
+    if not np.isfinite(random_auc) or random_auc <= 0:
+        raise ValueError(f"the random order's deletion AUC must be a positive number, got {random_auc}")
+    if not 0 < max_auc_ratio <= 1 or not 0 < max_rank_corr <= 1:
+        raise ValueError(f"max_auc_ratio and max_rank_corr must lie in (0, 1], got {max_auc_ratio}, {max_rank_corr}")
+    if default not in table.index:
+        raise ValueError(f"the default method {default!r} is not in the table ({list(table.index)})")
+    out = table.copy()
+    out["deletion_ratio"] = out["deletion_auc"] / random_auc
+    full_ok = out["abs_rank_corr_full"] <= max_rank_corr  # NaN -> False
+    data_ok = out["abs_rank_corr_data"] <= max_rank_corr
+    out["randomization_ok"] = full_ok & data_ok
+    out["faithful"] = out["deletion_ratio"] <= max_auc_ratio
+    out["passes"] = out["randomization_ok"] & out["faithful"]
+
+    def reasons(m):
+        r = out.loc[m]
+        why = [f"abs. rank corr. {r[f'abs_rank_corr_{kind}']:.2f} > {max_rank_corr:g} under {kind} randomization"
+               if np.isfinite(r[f"abs_rank_corr_{kind}"]) else f"no abs. rank corr. under {kind} randomization (constant maps)"
+               for kind, ok in (("full", full_ok[m]), ("data", data_ok[m])) if not ok]
+        if not r["faithful"]:
+            why.append(f"deletion AUC {r['deletion_auc']:.3f} = {r['deletion_ratio']:.2f} × random's "
+                       f"({random_auc:.3f}) > {max_auc_ratio:g}")
+        return "; ".join(why)
+
+    out["failed"] = [reasons(m) for m in out.index]
+    candidates = out[out["passes"] & ~out.index.isin(list(controls))]
+    if default in candidates.index:
+        return default, out
+    if len(candidates):
+        return str(candidates["deletion_ratio"].idxmin()), out
+    return "none", out
 
 # --- faithfulness: deletion and insertion curves --------------------------------------------------------
 

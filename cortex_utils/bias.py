@@ -6,12 +6,40 @@ from a neutral prompt, compared between the attribute's values?
   (``generate_study``); pixel ground truth (``measured_attributes``);
 * the original's token CSV layout for real data (``load_real_study``);
 * the measurement, shared by both: ``attribute_study`` (IEM, TIS and concept code of notebooks 03-06,
-  then attribute tokens and δ).
+  then attribute tokens, the paper's δ and the share estimate).
 
-The effect size is Cliff's δ between two samples ``a`` and ``b`` (here: per neutral image, the counts of
-value A's and of value B's tokens): ``δ = (#{a_i > b_j} - #{a_i < b_j}) / (n·m)``, in [-1, 1]. The original
-counts the pairs in an O(n·m) double loop; here each ``a_i`` is located in the sorted ``b`` by binary
-search, O((n + m) log m), the same number (it is the Mann–Whitney U statistic rescaled, ties counted half).
+Two statistics come out of the same attribute tokens.
+
+**The paper's δ** (``bias_delta``): per neutral image the count of value A's tokens and of value B's, and
+Cliff's δ of the A counts against the B counts, ``δ = (#{a_i > b_j} - #{a_i < b_j}) / (n·m)`` in [-1, 1].
+The original's function returns ``(#{a_i > b_j} + ½·#ties - n·m/2) / (n·m)``, which is **half** of that
+(range [-0.5, 0.5]); ``cliffs_delta`` returns the standard δ, ``delta_paper_half_scale`` the original's
+number. The original counts the pairs in an O(n·m) double loop; here each ``a_i`` is located in the sorted
+``b`` by binary search, O((n + m) log m). δ on raw counts is not a share: two token sets that differ in
+size or spread give a half-and-half neutral set a δ far from 0, and nothing ties a δ to how many images
+lean which way. It is kept because it is the paper's number.
+
+**The share estimate** (``bias_share``), this repository's addition: what share of the neutral
+generations shows value A, with an interval that is validated where the truth is known
+(``benchmarks/bias_calibration.py``). Each image is classified by its token counts (A when
+``count_A - count_B`` exceeds a threshold, half A / half B exactly at the threshold: a tie is a tie, not a
+win decided by noise), the threshold is fitted on attribute-labelled images (Youden's J), the classified
+share ``q`` of the neutral set is corrected for the rule's error rates measured on labelled images that
+did not choose the tokens (Rogan–Gladen: ``p = (q + spec - 1) / (sens + spec - 1)``, clipped to [0, 1]),
+and a bootstrap resamples everything the estimate depends on: the neutral images, the labelled images
+behind the error rates and, in ``attribute_study``, the TIS rows the tokens are selected from (the
+attribute IEM itself is not retrained per resample). A rule whose ``sens + spec - 1`` is at most
+``min_youden`` cannot tell the values apart: the share is then NaN and its interval [0, 1]. In the
+simulation (notebook 10's sizes; many ties, uneven token sets, tokens re-selected per resample) the 95 %
+interval excluded ½ in 4 % of the half-and-half studies and covered the true share in at least 94 % of
+every case's studies; an earlier statistic here, δ of counts ranked against the labelled images, excluded
+0 in 72 % of the same null studies (ties turned into wins by reference noise, a bootstrap over the neutral
+images only), and is gone.
+
+What it estimates: the share of value A *as the labelled images define A*. If the generator renders
+some "a B" prompts as A, the labelled B images carry A's tokens, the measured error rates absorb them and
+the estimate is the neutral set's mixture weight between the two prompts' outputs, not its pixel share
+(the simulation measures the size of that difference; nothing in token counts alone can detect it).
 """
 
 from __future__ import annotations
@@ -21,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from .artifacts import repo_relative
 
 
 def cliffs_delta(a, b) -> float:
@@ -213,66 +243,195 @@ def attribute_tokens(concepts: pd.DataFrame, top_n: int, token_num: int, tokens=
     return {c: np.asarray(v[:token_num], dtype=np.int64) for c, v in ranked.items()}
 
 
-def balanced_rank(counts, reference_counts, reference_labels) -> np.ndarray:
-    """Where each of ``counts`` sits among a reference's counts, with the reference's values weighted
-    equally: the mean over its values of the mid-rank share (the share of that value's counts below, plus
-    half the share equal). A set that mixes the values half and half maps to a mean of ½."""
-    counts = np.asarray(counts, dtype=np.float64)
-    reference_counts, reference_labels = np.asarray(reference_counts, dtype=np.float64), np.asarray(reference_labels)
-    values = np.unique(reference_labels)
-    out = np.zeros(len(counts))
-    for v in values:
-        ref = np.sort(reference_counts[reference_labels == v])
-        out += (np.searchsorted(ref, counts, "left") + np.searchsorted(ref, counts, "right")) / (2 * len(ref))
-    return out / len(values)
-
-
-def bias_delta(neutral_tokens, tokens_a, tokens_b, reference=None, n_boot: int = 1000, seed: int = 0) -> dict:
+def bias_delta(neutral_tokens, tokens_a, tokens_b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """The paper's measurement on neutral generations: per image, the count of value A's tokens and of
-    value B's; Cliff's δ of the A counts against the B counts (positive: the neutral prompt leans to A),
-    with a bootstrap interval. ``reference``: ``(token grids, labels)`` of attribute-labelled images; each
-    value's counts are then replaced by their ``balanced_rank`` among that reference's counts of the same
-    tokens (see ``attribute_study``)."""
+    value B's; Cliff's δ of the A counts against the B counts on raw counts (positive: more of A's tokens),
+    on the standard scale (``delta``) and on the original code's half scale (``delta_paper_half_scale``).
+    The interval is a percentile bootstrap over neutral images (an image's two counts stay together)."""
     if len(neutral_tokens) == 0:
         raise ValueError("no neutral generations to measure")
     a, b = token_counts(neutral_tokens, tokens_a), token_counts(neutral_tokens, tokens_b)
-    xa, xb = a, b
-    if reference is not None:
-        ref_tokens, ref_labels = reference
-        xa = balanced_rank(a, token_counts(ref_tokens, tokens_a), ref_labels)
-        xb = balanced_rank(b, token_counts(ref_tokens, tokens_b), ref_labels)
-    delta, lo, hi = bootstrap_delta(xa, xb, n_boot=n_boot, seed=seed)
-    return {"delta": delta, "low": lo, "high": hi, "mean_count_a": float(a.mean()), "mean_count_b": float(b.mean()),
-            "counts_a": a, "counts_b": b}
+    delta = cliffs_delta(a, b)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, len(a), len(a))
+        boots.append(cliffs_delta(a[rows], b[rows]))
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"delta": delta, "low": float(lo), "high": float(hi), "delta_paper_half_scale": delta / 2,
+            "mean_count_a": float(a.mean()), "mean_count_b": float(b.mean()), "counts_a": a, "counts_b": b}
 
 
-def attribute_study(ds, codebook, neutral: dict, planted: int, arch: int = 1, width: int = 32, epochs: int = 12,
-                    lr: float = 2e-3, batch_size: int = 64, nsamples: int = 20, top_n: int = 5, token_num: int = 5,
-                    specificity: float = 2.0, calibrate: bool = True, n_boot: int = 1000, seed: int = 0,
-                    out_dir=None) -> dict:
-    """The paper's bias measurement on one attribute, with the IEM, TIS and concept code of notebooks 03-06
-    unchanged.
+# --- the share estimate -------------------------------------------------------------------------------
+#
+# Everything below works on per-image integer scores ``count_A - count_B``. A rule "A when the score exceeds
+# t" is evaluated for every candidate t at once from histograms of the scores: candidate 2k means
+# "score >= k" (t = k - ½), candidate 2k + 1 means "score > k, and half of score == k" (t = k). The second
+# kind is how ties are handled: an image exactly at the threshold counts half to each value, the same in
+# the labelled and in the neutral images, so no tie becomes a win decided by noise.
 
-    ``ds``: a token dataset of attribute-labelled generations (two classes: the attribute's values, with a
-    train and a val split, optionally test); ``neutral``: ``{name: token grids of neutral-prompt
-    generations}``; ``planted``: the label the δ is signed toward. Returns the IEM and its log, its test
-    accuracy, the TIS of the train split, the concept table, each value's tokens and one row of δ per
-    neutral set. A value can end up with no tokens (no top id specific to it, e.g. when the IEM learned
-    nothing); its counts are then 0 and ``tokens_a``/``tokens_b`` in the table say so.
 
-    With ``calibrate`` (default) each value's counts are ranked against a balanced reference before δ:
-    the same tokens' counts in the attribute-labelled generations (every split), both values weighted
-    equally (``balanced_rank``). Two token sets need not be equally common, nor their counts equally
-    spread (a value recognised by many tokens against one recognised by few), and δ on raw counts then
-    reports a bias in a neutral set that mixes the values half and half; after ranking such a set gives
-    δ ≈ 0, and one leaning to A ranks A's counts high and B's low. ``delta_raw_counts`` in the table is the
-    paper's δ on raw counts, for comparison.
-    """
-    from . import concepts as conceptlib
-    from . import datasets as tokds
-    from . import iem as iemlib
-    from . import tis as tislib
+def _scores(a, b) -> np.ndarray:
+    a, b = np.asarray(a).astype(np.int64).ravel(), np.asarray(b).astype(np.int64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"the two counts must be per image, got {a.size} and {b.size} values")
+    return a - b
 
+
+def _a_weights(scores, rows, lo: int, k: int) -> np.ndarray:
+    """``(R, 2k)``: for each of ``R`` resamples (``rows``, indices into ``scores``), the share of the resampled
+    images that the rule of each candidate threshold calls A (ties at the threshold counted half)."""
+    rows = np.atleast_2d(rows)
+    r, n = rows.shape
+    hist = np.bincount((np.arange(r)[:, None] * k + (scores[rows] - lo)).ravel(), minlength=r * k).reshape(r, k) / n
+    tail = np.concatenate([np.cumsum(hist[:, ::-1], 1)[:, ::-1], np.zeros((r, 1))], 1)  # share >= lo + j
+    out = np.empty((r, 2 * k))
+    out[:, 0::2] = tail[:, :-1]
+    out[:, 1::2] = (tail[:, :-1] + tail[:, 1:]) / 2
+    return out
+
+
+def _threshold_value(candidate, lo: int):
+    """The threshold ``t`` of a candidate index (the rule calls A when score > t; half A at score == t)."""
+    candidate = np.asarray(candidate)
+    return lo + candidate // 2 - 0.5 * (candidate % 2 == 0)
+
+
+def _best_candidate(j: np.ndarray) -> np.ndarray:
+    """Per row the candidate of the largest J; among equal maxima the middle one (so a plateau between two
+    strict thresholds picks the half-weight rule at its centre, not whichever end noise favours)."""
+    best = j >= j.max(1, keepdims=True) - 1e-12
+    running = np.cumsum(best, 1)
+    target = (running[:, -1:] + 1) // 2
+    return np.argmax(running >= target, 1)
+
+
+def _share_core(neutral, fit, cal, rows: dict, min_youden: float) -> dict:
+    """The estimate for each resample: ``neutral``/``fit``/``cal`` are score arrays (``fit`` and ``cal`` as
+    ``(scores of A images, scores of B images)``), ``rows`` the resampled indices into each."""
+    every = np.concatenate([neutral, *fit, *cal])
+    lo, k = int(every.min()), int(every.max() - every.min()) + 2
+    w = {name: _a_weights(x, rows[name], lo, k) for name, x in
+         (("neutral", neutral), ("fit_a", fit[0]), ("fit_b", fit[1]), ("cal_a", cal[0]), ("cal_b", cal[1]))}
+    best = _best_candidate(w["fit_a"] - w["fit_b"])
+    pick = {name: np.take_along_axis(v, best[:, None], 1)[:, 0] for name, v in w.items()}
+    sens, fpr, q = pick["cal_a"], pick["cal_b"], pick["neutral"]
+    youden = sens - fpr
+    ok = youden > min_youden
+    share = np.full(len(q), np.nan)
+    share[ok] = np.clip((q[ok] - fpr[ok]) / youden[ok], 0.0, 1.0)
+    return {"share": share, "q": q, "sens": sens, "spec": 1 - fpr, "youden": youden,
+            "threshold": _threshold_value(best, lo)}
+
+
+def rogan_gladen(q: float, sens: float, spec: float, min_youden: float = 0.1) -> float:
+    """The true share behind an observed share ``q`` of positives, for a rule of sensitivity ``sens`` and
+    specificity ``spec``: ``(q + spec - 1) / (sens + spec - 1)``, clipped to [0, 1] (Rogan & Gladen 1978).
+    NaN when ``sens + spec - 1 <= min_youden``: the rule cannot tell the two values apart."""
+    youden = sens + spec - 1
+    if youden <= min_youden:
+        return float("nan")
+    return float(np.clip((q + spec - 1) / youden, 0.0, 1.0))
+
+
+def fit_threshold(counts_a, counts_b, is_a) -> float:
+    """The threshold ``t`` of the rule "A when count_A - count_B > t (half A at equality)" that maximises
+    Youden's J = sensitivity + specificity - 1 on labelled images (``is_a``: their true value is A)."""
+    s, is_a = _scores(counts_a, counts_b), np.asarray(is_a, dtype=bool)
+    if is_a.all() or not is_a.any():
+        raise ValueError("fitting a threshold needs labelled images of both values")
+    fa, fb = s[is_a], s[~is_a]
+    est = _share_core(s[:1], (fa, fb), (fa, fb), {"neutral": [[0]], "fit_a": [np.arange(fa.size)],
+                      "fit_b": [np.arange(fb.size)], "cal_a": [np.arange(fa.size)],
+                      "cal_b": [np.arange(fb.size)]}, -np.inf)
+    return float(est["threshold"][0])
+
+
+def _split(counts) -> tuple[np.ndarray, np.ndarray]:
+    a, b, is_a = counts
+    s, is_a = _scores(a, b), np.asarray(is_a, dtype=bool)
+    if is_a.shape != s.shape:
+        raise ValueError("labelled counts: one label per image")
+    if is_a.all() or not is_a.any():
+        raise ValueError("the labelled images must include both values")
+    return s[is_a], s[~is_a]
+
+
+def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+               min_youden: float = 0.1, recount=None) -> dict:
+    """The share of value A among neutral generations, from per-image token counts, with a bootstrap interval.
+
+    ``neutral``: ``(count_A, count_B)`` per neutral image. ``fit``: ``(count_A, count_B, is_A)`` of
+    labelled images the threshold is fitted on (in ``attribute_study``: the IEM's training images, the
+    ones the tokens were selected on). ``calibration``: the same for the labelled images that measure the
+    rule's sensitivity and specificity (held-out images; default: ``fit``).
+
+    The estimate: the rule "A when count_A - count_B > t, half A at equality" with ``t`` maximising
+    Youden's J on ``fit``; ``q`` = the share of neutral images the rule calls A; ``share`` =
+    ``rogan_gladen(q, sens, spec)`` with ``sens``/``spec`` measured on ``calibration``.
+
+    The interval: a percentile bootstrap over ``n_boot`` resamples of the neutral images, of the ``fit``
+    images and of the ``calibration`` images (each labelled set resampled within each value, so both
+    values keep their sizes); the threshold is re-fitted in every resample. ``recount``: optional
+    ``f(fit_rows) -> (neutral, fit, calibration)``, called with each resample's ``fit`` row indices, that
+    re-selects the tokens on those rows and returns every image's counts with the new tokens (rows in the
+    original order; the resample's rows are then taken from them). A resample whose rule has
+    ``sens + spec - 1 <= min_youden`` carries no information on the share: it counts half as 0 and half
+    as 1, so an interval built on many of them widens toward [0, 1].
+
+    Returns ``share`` (NaN and ``inconclusive`` True when the rule itself has J <= ``min_youden``; the
+    interval is then [0, 1]), ``low``, ``high``, ``q``, ``sens``, ``spec``, ``youden``, ``threshold`` and
+    ``informative`` (the share of resamples with J > ``min_youden``)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+
+    def scored(nt, ft, ct):
+        n = _scores(*nt)
+        if n.size == 0:
+            raise ValueError("no neutral generations to measure")
+        return n, _split(ft), _split(ct if ct is not None else ft)
+
+    n_s, f_s, c_s = scored(neutral, fit, calibration)
+    sizes = {"neutral": n_s.size, "fit_a": f_s[0].size, "fit_b": f_s[1].size, "cal_a": c_s[0].size, "cal_b": c_s[1].size}
+    point = _share_core(n_s, f_s, c_s, {k: np.arange(v)[None] for k, v in sizes.items()}, min_youden)
+    point = {k: float(v[0]) for k, v in point.items()}
+    rng = np.random.default_rng(seed)
+    rows = {k: rng.integers(0, v, (n_boot, v)) for k, v in sizes.items()}
+    if recount is None:
+        boot = _share_core(n_s, f_s, c_s, rows, min_youden)["share"]
+    else:
+        fit_is_a = np.asarray(fit[2], dtype=bool)
+        a_rows, b_rows = np.flatnonzero(fit_is_a), np.flatnonzero(~fit_is_a)
+        boot = np.empty(n_boot)
+        for i in range(n_boot):
+            picked = np.concatenate([a_rows[rows["fit_a"][i]], b_rows[rows["fit_b"][i]]])
+            nt, ft, ct = recount(picked)
+            ns, fs, cs = scored(nt, ft, ct)
+            boot[i] = _share_core(ns, fs, cs, {k: v[i:i + 1] for k, v in rows.items()}, min_youden)["share"][0]
+    informative = np.isfinite(boot)
+    n_un = int((~informative).sum())
+    values = np.concatenate([np.repeat(boot[informative], 2), np.zeros(n_un), np.ones(n_un)])
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    inconclusive = not np.isfinite(point["share"])
+    if inconclusive:
+        lo, hi = 0.0, 1.0
+    return {**point, "low": float(lo), "high": float(hi), "inconclusive": inconclusive,
+            "informative": float(informative.mean())}
+
+
+def share_verdict(low: float, high: float, max_width: float = 0.25) -> str:
+    """What an interval for a share says about a lean away from ½: ``found`` (it excludes ½),
+    ``not found`` (it contains ½ and is at most ``max_width`` wide, so a large lean is ruled out), else
+    ``inconclusive`` (it contains ½ but is too wide to rule out a lean)."""
+    if low > 0.5 or high < 0.5:
+        return "found"
+    return "not found" if high - low <= max_width else "inconclusive"
+
+
+def check_attribute_data(ds) -> np.ndarray:
+    """Raise unless ``ds`` holds two attribute values, both in its train split; return the train labels."""
     if len(ds.class_names) != 2:
         raise ValueError(f"a bias study compares two attribute values, the dataset has {ds.class_names}")
     train_y = ds.labels["train"].astype(np.int64)
@@ -280,37 +439,127 @@ def attribute_study(ds, codebook, neutral: dict, planted: int, arch: int = 1, wi
     if (present == 0).any():
         missing = [ds.class_names[i] for i in np.flatnonzero(present == 0)]
         raise ValueError(f"only one attribute value in the training generations (none of {missing})")
+    return train_y
+
+
+def attribute_iem(ds, codebook, name: str, training: dict, retrain: bool = False, out_dir=None):
+    """The attribute IEM of one study (``name``, e.g. ``colour_digit_3``): the shipped
+    ``checkpoints/attribute_iem_<name>.safetensors`` if it was trained on exactly this dataset's train split
+    with exactly ``training`` (arch, width, epochs, lr, batch_size, seed), else trained here on the
+    study's train split (best validation loss kept) and saved to ``out_dir``. Returns ``(model, info)``,
+    ``info`` = ``{"path": weights or None, "log": training log, "trained": bool, "why": str}``."""
+    from . import SHIPPED_CHECKPOINTS
+    from . import datasets as tokds
+    from . import iem as iemlib
+    from .artifacts import read_card
+
+    check_attribute_data(ds)
+    fp = tokds.split_fingerprint(ds, "train")
+    spec = {"arch": training["arch"], "in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": 2}
+    shipped, why = (None, "retrain = True") if retrain else iemlib.shipped_iem(
+        SHIPPED_CHECKPOINTS / f"attribute_iem_{name}.safetensors", fp, training)
+    if shipped:
+        info = {"path": shipped, "log": pd.DataFrame(read_card(shipped)["log"]), "trained": False, "why": why}
+        return iemlib.load_iem(shipped, expect=spec), info
+    iemlib.seed_everything(training["seed"])
+    model = iemlib.build_iem(training["arch"], ds.manifest["embed_dim"], ds.grid, 2, training["width"])
+    train = tokds.embedding_loader(ds, "train", codebook, training["batch_size"], shuffle=True, seed=training["seed"])
+    val = tokds.embedding_loader(ds, "val", codebook, 256)
+    log, _ = iemlib.train_iem(model, train, val, epochs=training["epochs"], lr=training["lr"],
+                              desc=f"train attribute IEM {name}")
+    path = None
+    if out_dir is not None:
+        best = log.loc[log["val_loss"].idxmin()]
+        path = iemlib.save_iem(model, Path(out_dir) / f"attribute_iem_{name}.safetensors", card={
+            "kind": "attribute_iem", "study": name, "dataset": repo_relative(ds.path) if ds.path else None,
+            "vq_fingerprint": ds.manifest["vq_fingerprint"], "train_fingerprint": fp, "training": training,
+            "log": log.to_dict("records"),
+            "metrics": {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])},
+            "rebuild": "make checkpoints"})
+    return model, {"path": path, "log": log, "trained": True, "why": why}
+
+
+def attribute_study(ds, codebook, neutral: dict, planted: int, model, nsamples: int = 20, top_n: int = 5,
+                    token_num: int = 5, specificity: float = 2.0, n_boot: int = 1000, min_youden: float = 0.1,
+                    reselect: bool = True, seed: int = 0, out_dir=None) -> dict:
+    """The paper's bias measurement on one attribute, with the TIS and concept code of notebooks 05-06
+    unchanged, given the attribute IEM ``model`` (``attribute_iem``), and the share estimate beside it.
+
+    ``ds``: a token dataset of attribute-labelled generations (two classes: the attribute's values, with a
+    train split and at least one of val / test); ``neutral``: ``{name: token grids of neutral-prompt
+    generations}``; ``planted``: the label both statistics are signed toward (value A).
+
+    Steps: the IEM's test accuracy; the TIS of the train split; the concept table; each value's tokens
+    (``attribute_tokens``). Then per neutral set one row of the table ``deltas``:
+
+    * the paper's δ on raw counts (``bias_delta``): ``delta`` with ``delta_low``/``delta_high``, and
+      ``delta_paper_half_scale`` (= δ/2, the number the original code prints);
+    * the share of value A (``bias_share``): ``share`` with ``share_low``/``share_high``, the rule's
+      threshold fitted on the train split (the images the tokens were chosen on) and its sensitivity and
+      specificity measured on the held-out splits (val and test, images that played no part in choosing
+      the tokens). With ``reselect`` every bootstrap resample also re-selects the tokens: the concept table
+      is recomputed from the resampled train rows and their TIS rows (the IEM and its TIS are not
+      recomputed: retraining the IEM per resample is out of reach, so the interval leaves out how much the
+      IEM itself would vary).
+
+    A value can end up with no tokens (no top id specific to it, e.g. when the IEM learned nothing); its
+    counts are then 0, ``tokens_a``/``tokens_b`` in the table say so, and the share estimate is
+    inconclusive unless the other value's tokens alone separate the values.
+    """
+    from . import concepts as conceptlib
+    from . import datasets as tokds
+    from . import iem as iemlib
+    from . import tis as tislib
+
+    train_y = check_attribute_data(ds)
     if not neutral or any(len(t) == 0 for t in neutral.values()):
         raise ValueError(f"empty neutral set: {[k for k, t in neutral.items() if len(t) == 0] or 'none given'}")
     if planted not in (0, 1):
         raise ValueError(f"planted must be the label 0 or 1, got {planted!r}")
-    iemlib.seed_everything(seed)
-    model = iemlib.build_iem(arch, ds.manifest["embed_dim"], ds.grid, 2, width)
-    train = tokds.embedding_loader(ds, "train", codebook, batch_size, shuffle=True, seed=seed)
-    val = tokds.embedding_loader(ds, "val", codebook, 256)
-    log, _ = iemlib.train_iem(model, train, val, epochs=epochs, lr=lr, desc="train attribute IEM")
+    held = [s for s in ds.splits if s != "train"]
+    if not held:
+        raise ValueError("the share estimate measures its rule's error rates on held-out labelled images: the "
+                         "attribute dataset needs a val or test split besides train")
     test_split = "test" if "test" in ds.splits else "val"
     accuracy = iemlib.evaluate_iem(model, tokds.embedding_loader(ds, test_split, codebook, 256), ks=(1,))["top1"]
     tis = tislib.compute_tis(model, tokds.embedding_loader(ds, "train", codebook, 100), len(train_y),
                              nsamples=nsamples, seed=seed, desc="attribute TIS",
                              out=None if out_dir is None else Path(out_dir) / "tis_train.npy")
-    table = conceptlib.concept_tokens(ds.tokens["train"], train_y, tis, ds.class_names, ds.manifest["n_embed"],
-                                      top_ns=(top_n,))
-    ids = attribute_tokens(table, top_n, token_num, ds.tokens["train"], train_y, specificity)
+    train_tokens, n_embed = ds.tokens["train"], ds.manifest["n_embed"]
+
+    def select(rows):
+        table = conceptlib.concept_tokens(train_tokens[rows], train_y[rows], tis[rows], ds.class_names, n_embed,
+                                          top_ns=(top_n,))
+        return table, attribute_tokens(table, top_n, token_num, train_tokens[rows], train_y[rows], specificity)
+
+    table, ids = select(np.arange(len(train_y)))
     other = 1 - planted
-    ref_tokens = np.concatenate([ds.tokens[s] for s in ds.splits])
-    ref_labels = np.concatenate([ds.labels[s] for s in ds.splits]).astype(np.int64)
+    held_tokens = np.concatenate([ds.tokens[s] for s in held])
+    held_y = np.concatenate([ds.labels[s] for s in held]).astype(np.int64)
+    ref_tokens = np.concatenate([train_tokens, held_tokens])
+    ref_labels = np.concatenate([train_y, held_y])
     # a value's tokens per image of that value (how much of A a typical A image holds)
     reference = {c: float(token_counts(ref_tokens[ref_labels == c], ids[c]).mean()) for c in (0, 1)}
     rows, counts = [], {}
     for name, tokens in neutral.items():
-        r = bias_delta(tokens, ids[planted], ids[other], reference=(ref_tokens, ref_labels) if calibrate else None,
-                       n_boot=n_boot, seed=seed)
-        raw = cliffs_delta(r["counts_a"], r["counts_b"])
+        def measure(chosen, tokens=tokens):
+            pa, pb = chosen[planted], chosen[other]
+            return ((token_counts(tokens, pa), token_counts(tokens, pb)),
+                    (token_counts(train_tokens, pa), token_counts(train_tokens, pb), train_y == planted),
+                    (token_counts(held_tokens, pa), token_counts(held_tokens, pb), held_y == planted))
+
+        r = bias_delta(tokens, ids[planted], ids[other], n_boot=n_boot, seed=seed)
+        share = bias_share(*measure(ids), n_boot=n_boot, seed=seed, min_youden=min_youden,
+                           recount=(lambda picked, m=measure: m(select(picked)[1])) if reselect else None)
         counts[name] = {ds.class_names[planted]: r.pop("counts_a"), ds.class_names[other]: r.pop("counts_b")}
-        rows.append({"neutral set": name, "images": len(tokens), **r, "delta_raw_counts": raw,
-                     "tokens_a": len(ids[planted]), "tokens_b": len(ids[other])})
-    return {"model": model, "log": log, "test_accuracy": accuracy, "test_split": test_split, "tis": tis,
+        rows.append({"neutral set": name, "images": len(tokens), "share": share["share"], "share_low": share["low"],
+                     "share_high": share["high"], "inconclusive": share["inconclusive"], "q": share["q"],
+                     "sens": share["sens"], "spec": share["spec"], "youden": share["youden"],
+                     "threshold": share["threshold"], "informative_resamples": share["informative"],
+                     "delta": r["delta"], "delta_low": r["low"], "delta_high": r["high"],
+                     "delta_paper_half_scale": r["delta_paper_half_scale"], "mean_count_a": r["mean_count_a"],
+                     "mean_count_b": r["mean_count_b"], "tokens_a": len(ids[planted]), "tokens_b": len(ids[other])})
+    return {"test_accuracy": accuracy, "test_split": test_split, "tis": tis,
             "concepts": table, "tokens": {ds.class_names[c]: v for c, v in ids.items()},
             "deltas": pd.DataFrame(rows), "counts": counts, "reference_counts": reference}
 
@@ -361,34 +610,74 @@ def load_or_train_bias_transformer(run_dir, vq, gray, labels, training: dict, re
                                 seed=training["seed"], bf16=bf16, warmup=50)
     path = save_weights(gen.transformer_state_for_saving(model), Path(run_dir) / "checkpoints" / shipped.name, card={
         "kind": "bias_transformer", "config": model.cortex_config, "vq_fingerprint": fp, "training": training,
-        "bf16": bf16, "initialised_from": _repo_relative(digit_tf),
+        "bf16": bf16, "initialised_from": repo_relative(digit_tf),
         "prompts": f"one condition token = 10 * slot + digit, slots {list(PROMPT_SLOTS)}",
         "data": "real training digits in red/green, thick/thin by ink within each digit (bias.planted_bias_data)",
         "metrics": {"final_loss": float(log["loss"].iloc[-1])}, "rebuild": "make checkpoints"})
     return model, path, log, why
 
 
-def _repo_relative(path) -> str:
-    from . import REPO_ROOT
+def study_name(bias_type: str, digit: int) -> str:
+    """The name of one study's attribute data and attribute IEM, e.g. ``colour_digit_3``."""
+    return f"{bias_type}_digit_{digit}"
 
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+def load_or_generate_study(model, model_path, vq, subjects: dict, attribute_per_value=(150, 25, 25),
+                           n_neutral: int = 300, temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                           out_dir=None, regenerate: bool = False):
+    """The study's token data: the shipped ``data/default/bias`` if it was sampled by this exact generator
+    (``model_path``'s sha256) with exactly these settings, else sampled here (``generate_study``). Either
+    way it ends up under ``out_dir/data``. Returns ``(studies, neutral, why)``: as ``generate_study``, plus
+    which it was and why."""
+    from . import SHIPPED_DATA
+    from . import datasets as tokds
+    from . import vq as vqlib
+
+    fp = vqlib.fingerprint(vq)
+    settings = {"subjects": {b: [int(d) for d in ds] for b, ds in subjects.items()},
+                "attribute_per_value": [int(n) for n in attribute_per_value], "n_neutral": int(n_neutral),
+                "temperature": float(temperature), "top_k": top_k, "seed": int(seed),
+                "transformer_sha256": tokds.file_digest(model_path)}
+    shipped = SHIPPED_DATA / "bias"
+    neutral_ds, why = (None, "regenerate = True") if regenerate else tokds.shipped_dataset(
+        shipped / "neutral", settings, fp)
+    if neutral_ds is None:
+        studies, neutral = generate_study(model, vq, subjects, attribute_per_value, n_neutral, temperature, top_k,
+                                          seed, out_dir, card={"settings": settings,
+                                                               "generator": repo_relative(model_path)})
+        return studies, neutral, f"sampled here ({why})"
+    data_dir = Path(out_dir) / "data"
+    neutral_ds = tokds.copy_dataset(neutral_ds, data_dir / "neutral")
+    studies = {}
+    for b, ds in subjects.items():
+        for d in ds:
+            name = study_name(b, d)
+            found, _ = tokds.shipped_dataset(shipped / name, settings, fp)
+            studies[(b, d)] = tokds.copy_dataset(found, data_dir / name)
+    return studies, neutral_by_digit(neutral_ds), f"loaded the shipped data/default/bias ({why})"
+
+
+def neutral_by_digit(ds) -> dict:
+    """``{digit: token grids}`` of a neutral-prompt dataset (labels: the digit each prompt named)."""
+    tokens, labels = ds.tokens["neutral"], ds.labels["neutral"].astype(np.int64)
+    return {int(d): tokens[labels == d] for d in np.unique(labels)}
 
 
 def generate_study(model, vq, subjects: dict, attribute_per_value=(150, 25, 25), n_neutral: int = 300,
-                   temperature: float = 1.0, top_k: int | None = None, seed: int = 0, out_dir=None):
+                   temperature: float = 1.0, top_k: int | None = None, seed: int = 0, out_dir=None,
+                   card: dict | None = None):
     """Sample the study's token data from the bias transformer. ``subjects``: ``{bias type: [digits]}``.
 
     Per bias type and digit ``d`` a two-class token dataset of the prompts "a <value> d" for the
     attribute's two values (``attribute_per_value`` train/val/test grids per value, labelled by the named
-    value, saved under ``out_dir/<type>/digit_<d>/dataset``): the attribute IEM learns the attribute on
-    the same subject as the neutral prompt, as the paper's were all "doctor" images. And ``n_neutral``
-    neutral-prompt grids "a d" for every digit (saved as ``out_dir/neutral_tokens.npz``, key
-    ``digit_<d>``). Returns ``({(type, digit): dataset}, {digit: neutral tokens})``."""
+    value, saved as ``out_dir/data/<type>_digit_<d>``): the attribute IEM learns the attribute on the same
+    subject as the neutral prompt, as the paper's were all "doctor" images. And ``n_neutral``
+    neutral-prompt grids "a d" for every digit (``out_dir/data/neutral``, one split ``neutral``, labelled
+    by digit). ``card``: written beside each dataset (``datasets.write_dataset_card``), with the command
+    that rebuilds it. Returns ``({(type, digit): dataset}, {digit: neutral tokens})``."""
     from . import datasets as tokds
     from . import generation as gen
     from . import vq as vqlib
-    from .artifacts import atomic_path
 
     digits_used = sorted({d for ds in subjects.values() for d in ds})
     jobs = {("neutral", d): prompt_id(np.full(n_neutral, d)) for d in digits_used}
@@ -403,10 +692,15 @@ def generate_study(model, vq, subjects: dict, attribute_per_value=(150, 25, 25),
                               seed=seed).numpy()
     ends = np.cumsum([len(p) for p in jobs.values()])
     out = {k: grids[e - len(p):e] for (k, p), e in zip(jobs.items(), ends, strict=True)}
-    neutral = {d: out[("neutral", d)] for d in digits_used}
-    with atomic_path(Path(out_dir) / "neutral_tokens.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{f"digit_{d}": t for d, t in neutral.items()})
+    meta, data_dir = vqlib.vq_meta(vq), Path(out_dir) / "data"
+    card = {"kind": "token dataset", **(card or {}), "rebuild": "make checkpoints"}
+    neutral_tokens = np.concatenate([out[("neutral", d)] for d in digits_used])
+    neutral_labels = np.repeat(digits_used, n_neutral)
+    neutral_ds = tokds.save_token_dataset(
+        data_dir / "neutral", {"neutral": (neutral_tokens, neutral_labels)}, [str(d) for d in range(10)], meta,
+        source="generated", details={"prompts": "a <digit>", "per_digit": n_neutral, "temperature": temperature,
+                                     "top_k": top_k}, classifier_data=False)
+    tokds.write_dataset_card(data_dir / "neutral", card)
     studies = {}
     for b, ds in subjects.items():
         values = ATTRIBUTES[b]
@@ -419,10 +713,11 @@ def generate_study(model, vq, subjects: dict, attribute_per_value=(150, 25, 25),
                     names[split] = np.array([f"{split}_{i:05d}_{values[y]}_{d}" for i, y in enumerate(label)])
             details = {"prompts": f"a <{'|'.join(values)}> {d}", "per_value": list(attribute_per_value),
                        "temperature": temperature, "top_k": top_k}
-            studies[(b, d)] = tokds.save_token_dataset(Path(out_dir) / b / f"digit_{d}" / "dataset", splits,
-                                                       list(values), vqlib.vq_meta(vq), source="generated",
+            path = data_dir / study_name(b, d)
+            studies[(b, d)] = tokds.save_token_dataset(path, splits, list(values), meta, source="generated",
                                                        details=details, names=names)
-    return studies, neutral
+            tokds.write_dataset_card(path, card)
+    return studies, neutral_by_digit(neutral_ds)
 
 
 def load_real_study(root, bias_types, vq_meta: dict, out_dir) -> tuple[dict, dict]:

@@ -1,6 +1,7 @@
 """Concept analysis: which codebook ids sit at each image's most important positions, counted per class.
 
-Also the baselines CORTEX is compared with: the most frequent ids per class, and a class-contrastive
+Also the baselines CORTEX is compared with: the most frequent ids per class, the same without the
+background (the ids most frequent across all classes, ``background_tokens``), and a class-contrastive
 variant (ids frequent in the class relative to all classes). All counting is vectorized with bincount.
 """
 
@@ -106,18 +107,47 @@ def token_frequencies(tokens, labels, n_classes: int, n_embed: int) -> np.ndarra
     return np.bincount((labels[:, None] * n_embed + flat).ravel(), minlength=n_classes * n_embed).reshape(n_classes, n_embed)
 
 
+def background_tokens(tokens, labels, n_embed: int, share: float = 0.5) -> np.ndarray:
+    """The background: the ids most frequent across all classes, which together fill ``share`` of the grids.
+
+    Each id's frequency is its share of a class's grid positions, averaged over the classes present (every
+    class weighs the same); the ids are taken from the most frequent down (ties: the smaller id first)
+    until their frequencies add up to at least ``share`` (the fewest such ids). Returns them sorted; empty
+    for ``share`` 0. On digits drawn on a black background the commonest codes everywhere are black ones,
+    so masking them (black on black) hides nothing; ``frequency_tokens(..., exclude=background)`` is the
+    frequency baseline without them.
+    """
+    if not 0 <= share < 1:
+        raise ValueError(f"share must lie in [0, 1) (the fraction of all grid positions), got {share}")
+    labels = np.asarray(labels).astype(np.int64)
+    if len(labels) == 0 or len(labels) != len(tokens):
+        raise ValueError(f"need one label per token grid and at least one grid: {len(tokens)} grids, {len(labels)} labels")
+    freq = token_frequencies(tokens, labels, int(labels.max()) + 1, n_embed)
+    freq = freq[freq.sum(1) > 0]
+    mean_share = (freq / freq.sum(1, keepdims=True)).mean(0)
+    order = np.argsort(-mean_share, kind="stable")
+    n = int(np.searchsorted(np.cumsum(mean_share[order]), share - 1e-12)) + 1 if share > 0 else 0
+    return np.sort(order[:n])
+
+
 def frequency_tokens(tokens, labels, class_names, n_embed: int, top: int = 100, contrastive: bool = False,
-                     smoothing: float = 1.0) -> pd.DataFrame:
+                     smoothing: float = 1.0, exclude=()) -> pd.DataFrame:
     """The baseline: per class, the ``top`` most frequent ids; with ``contrastive``, ids ranked by how much
-    more frequent they are in the class than overall (log ratio of smoothed rates)."""
+    more frequent they are in the class than overall (log ratio of smoothed rates). Ids in ``exclude``
+    (e.g. ``background_tokens``) are never ranked; the counts and rates of the others are unchanged."""
     freq = token_frequencies(tokens, labels, len(class_names), n_embed)
+    drop = np.zeros(n_embed, dtype=bool)
+    exclude = np.asarray(exclude, dtype=np.int64).ravel()
+    if exclude.size and (exclude.min() < 0 or exclude.max() >= n_embed):
+        raise ValueError(f"excluded ids must lie in [0, {n_embed}), got [{int(exclude.min())}, {int(exclude.max())}]")
+    drop[exclude] = True
     if not contrastive:
-        return _ranked(freq, class_names, top, "count")
+        return _ranked(np.where(drop, 0, freq), class_names, top, "count")
     rate_c = (freq + smoothing) / (freq.sum(1, keepdims=True) + smoothing * n_embed)
     total = freq.sum(0, keepdims=True)
     rate_all = (total + smoothing) / (total.sum() + smoothing * n_embed)
     score = np.log(rate_c / rate_all)
-    score[freq == 0] = -np.inf  # never pick an id the class does not contain
+    score[(freq == 0) | drop] = -np.inf  # never pick an id the class does not contain, nor an excluded one
     df = _ranked(score, class_names, top, "score", {"count": freq})
     return df[np.isfinite(df["score"])].reset_index(drop=True)
 

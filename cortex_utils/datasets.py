@@ -82,18 +82,21 @@ def validate(tokens: np.ndarray, labels: np.ndarray, n_embed: int, n_classes: in
 
 def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_names: list[str],
                        vq_meta: dict, source: str, details: dict | None = None,
-                       names: dict[str, np.ndarray] | None = None) -> TokenDataset:
+                       names: dict[str, np.ndarray] | None = None, classifier_data: bool = True) -> TokenDataset:
     """Write a token dataset folder atomically (a failed or interrupted write leaves nothing behind).
 
     ``splits`` maps split name -> ``(tokens (N,h,w), labels (N,))``; ``vq_meta`` is ``vq.vq_meta(model)``.
-    Every class must have at least one training image.
+    Data to train a classifier on (``classifier_data``) needs a train split in which every class has at
+    least one image; other token sets (e.g. neutral-prompt generations, labelled by prompt) need not.
     """
     grid, n_embed = tuple(vq_meta["grid"]), int(vq_meta["n_embed"])
-    if "train" not in splits:
+    if not splits:
+        raise ValueError("a token dataset needs at least one split")
+    if classifier_data and "train" not in splits:
         raise ValueError("a token dataset needs a 'train' split")
     for s, (t, y) in splits.items():
         validate(t, y, n_embed, len(class_names), grid, s)
-    counts = np.bincount(np.asarray(splits["train"][1]), minlength=len(class_names))
+    counts = np.bincount(np.asarray(splits["train"][1]), minlength=len(class_names)) if classifier_data else []
     empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
         raise ValueError(f"class(es) with no training images: {empty[:10]}")
@@ -124,15 +127,28 @@ def load_token_dataset(path: str | os.PathLike, vq=None) -> TokenDataset:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown dataset format {manifest.get('format')!r} (expected {FORMAT})")
     tokens, labels, names = {}, {}, {}
-    for s in manifest["splits"]:
-        tokens[s] = np.load(path / f"{s}_tokens.npy")
-        labels[s] = np.load(path / f"{s}_labels.npy")
+    for s, n in manifest["splits"].items():
+        tokens[s] = _read_array(path / f"{s}_tokens.npy", n)
+        labels[s] = _read_array(path / f"{s}_labels.npy", n)
         if (path / f"{s}_names.npy").exists():
-            names[s] = np.load(path / f"{s}_names.npy")
+            names[s] = _read_array(path / f"{s}_names.npy", n)
     ds = TokenDataset(manifest, tokens, labels, names, path)
     if vq is not None:
         check_matches(ds, vq)
     return ds
+
+
+def _read_array(file: Path, rows: int) -> np.ndarray:
+    """One ``.npy`` of a dataset, with an error naming the file if it is missing, damaged or short."""
+    if not file.exists():
+        raise FileNotFoundError(f"token dataset file {file} is missing (its manifest.json lists that split)")
+    try:
+        array = np.load(file)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"token dataset file {file} cannot be read ({err}): it is damaged or truncated") from None
+    if len(array) != rows:
+        raise ValueError(f"token dataset file {file} holds {len(array)} rows, its manifest.json says {rows}")
+    return array
 
 
 def split_fingerprint(ds: TokenDataset, split: str) -> str:
@@ -170,6 +186,76 @@ def dataset_bytes(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
 
 
+# --- datasets shipped with the repository (data/default) -----------------------------------------------
+#
+# The default run reads token data that this repository ships, so that every CPU computes the same numbers
+# from it (sampling twice, on two instruction sets, gives two datasets). Each shipped dataset folder ``X``
+# has a card ``X.json``: the generator and settings that made it, the sha256 of each file, the command that
+# rebuilds it.
+
+def file_digest(file: str | os.PathLike) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(file).read_bytes()).hexdigest()
+
+
+def file_digests(path: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file of a dataset folder."""
+    return {f.name: file_digest(f) for f in sorted(Path(path).iterdir()) if f.is_file()}
+
+
+def write_dataset_card(path: str | os.PathLike, card: dict) -> Path:
+    """Write ``<path>.json`` beside a dataset folder: ``card`` plus the folder's file digests."""
+    from .artifacts import card_path, write_json
+
+    write_json(card_path(path), {**card, "files": file_digests(path)})
+    return card_path(path)
+
+
+def shipped_dataset(path: str | os.PathLike, settings: dict,
+                    vq_fingerprint: str | None = None) -> tuple[TokenDataset | None, str]:
+    """``(dataset, why)`` for the shipped dataset at ``path`` if its card says it was made with exactly
+    ``settings``; ``(None, why not)`` if it was made otherwise. Raises, naming the file and what to do, when
+    the shipped files are missing or damaged or belong to another tokenizer (codebook fingerprint) than
+    ``vq_fingerprint``."""
+    from .artifacts import card_path
+
+    path, card_file = Path(path), card_path(path)
+    fix = "restore it (git checkout -- data/default) or rebuild every shipped file (make checkpoints)"
+    if not card_file.exists():
+        raise FileNotFoundError(f"the shipped dataset's card {card_file} is missing: {fix}")
+    card = json.loads(card_file.read_text())
+    theirs = card.get("settings", {})
+    diff = sorted(k for k in settings if theirs.get(k) != settings[k])
+    if diff:
+        return None, f"the shipped {path.name} was made with other settings: " + ", ".join(
+            f"{k} {theirs.get(k)!r} (here {settings[k]!r})" for k in diff)
+    for name, digest in card["files"].items():
+        if not (path / name).exists():
+            raise FileNotFoundError(f"shipped dataset file {path / name} is missing: {fix}")
+        if file_digest(path / name) != digest:
+            raise ValueError(f"shipped dataset file {path / name} is damaged (its sha256 differs from {card_file.name}): "
+                             f"{fix}")
+    ds = load_token_dataset(path)
+    if vq_fingerprint is not None and ds.manifest["vq_fingerprint"] != vq_fingerprint:
+        raise ValueError(f"the shipped dataset {path} was tokenized by the shipped VQ model (codebook "
+                         f"{ds.manifest['vq_fingerprint']}), not by this run's ({vq_fingerprint}): its ids would "
+                         "mean other embeddings. Generate the data with this tokenizer instead "
+                         "(regenerate = True, or retrain = True for the whole run).")
+    return ds, f"the shipped {path.name} was made with these settings"
+
+
+def copy_dataset(ds: TokenDataset, path: str | os.PathLike) -> TokenDataset:
+    """Copy a dataset folder to ``path`` (atomically) and return the copy."""
+    import shutil
+
+    from .artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        shutil.copytree(ds.path, tmp)
+    return load_token_dataset(path)
+
+
 def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch_size: int = 128,
                      shuffle: bool = False, seed: int = 0):
     """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, rows (B,) long)`` batches."""
@@ -193,49 +279,132 @@ def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch
 
 # --- the original CORTEX CSV layout ------------------------------------------------------------
 
+def _csv_record_lines(csv_path: Path) -> tuple[list[str], list[tuple[int, int]], str]:
+    """The header; for every data row as pandas counts them (blank lines skipped) ``(first line, number of
+    fields)``, lines 1-based as in an editor; and the csv module's complaint where it stopped (the last row
+    then has -1 fields). Only read when a row is bad, to name its line."""
+    import csv
+
+    header, rows, last, problem = None, [], 0, ""
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, strict=True)
+        try:
+            for record in reader:
+                start, last = last + 1, reader.line_num
+                if not record:
+                    continue
+                if header is None:
+                    header = record
+                else:
+                    rows.append((start, len(record)))
+        except csv.Error as err:  # e.g. a quoted field that never ends: the record after the last one read
+            rows.append((last + 1, -1))
+            problem = str(err)
+    return header or [], rows, problem
+
+
+def _csv_error(csv_path: Path, line: int | None, what: str, fix: str) -> ValueError:
+    where = f"{csv_path}, line {line}" if line is not None else str(csv_path)
+    return ValueError(f"{where}: {what}. {fix}")
+
+
 def read_cortex_csv(csv_path: str | os.PathLike, grid, n_embed: int,
                     labelled: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read a ``filename,label,indices`` CSV (indices: a list literal of ``h*w`` ids, row-major).
 
-    Returns ``(tokens (N,h,w), labels (N,), filenames (N,))``; a row with the wrong number of ids or an id
-    outside the codebook is an error naming the file and line. Parsing is vectorized (no literal_eval).
-    With ``labelled=False`` (e.g. neutral-prompt generations) only ``indices`` is needed; labels are -1.
+    Returns ``(tokens (N,h,w), labels (N,), filenames (N,))``. A malformed row (truncated, a field too many,
+    no ``indices`` or ``label``, the wrong number of ids, an id that is not an integer or lies outside the
+    codebook) is a ValueError naming the file, the row's line (1-based, as in an editor) and what to fix.
+    Parsing is vectorized (no literal_eval). With ``labelled=False`` (e.g. neutral-prompt generations) only
+    ``indices`` is needed; labels are -1.
     """
     csv_path = Path(csv_path)
     if not csv_path.exists():
         raise FileNotFoundError(f"CSV not found: {csv_path}")
-    df = pd.read_csv(csv_path, dtype={"indices": str})
+    n = grid[0] * grid[1]
+    try:
+        df = pd.read_csv(csv_path, dtype={"indices": str})
+    except pd.errors.EmptyDataError:
+        raise _csv_error(csv_path, None, "the file is empty (not even a header line)",
+                         "Write the header `filename,label,indices` and one row per image.") from None
+    except pd.errors.ParserError as err:
+        header, rows, problem = _csv_record_lines(csv_path)
+        bad = [(line, k) for line, k in rows if k != len(header)]
+        if bad and bad[0][1] == -1 and "end of data" in problem:
+            raise _csv_error(csv_path, bad[0][0], "a quoted field starts in this row and never ends: the file is "
+                             "truncated", "Export or copy the CSV again, or delete the incomplete last row.") from None
+        if bad and bad[0][1] == -1:
+            raise _csv_error(csv_path, bad[0][0], f"the row's quoting is malformed ({problem})",
+                             "A quoted field must end with a quote followed by a comma or the end of the "
+                             "line.") from None
+        if bad:
+            raise _csv_error(csv_path, bad[0][0], f"the row has {bad[0][1]} fields, the header has {len(header)} "
+                             f"({','.join(header)})", "Quote the indices list (\"[12, 7, ...]\") so its commas do "
+                             f"not split it, or remove the extra fields ({len(bad)} such row(s)).") from None
+        raise _csv_error(csv_path, None, f"pandas cannot parse it ({str(err).strip()})",
+                         "Check the file is a comma-separated filename,label,indices table.") from None
     for col in ("label", "indices") if labelled else ("indices",):
         if col not in df.columns:
             raise ValueError(f"{csv_path}: missing column {col!r} (has {list(df.columns)})")
     if df.empty:
         raise ValueError(f"{csv_path}: no rows")
-    n = grid[0] * grid[1]
-    body = df["indices"].fillna("").str.strip().str.strip("[]()")
+
+    def line(row: int) -> int:  # the editor line of data row ``row`` (0-based as in df)
+        rows = [r for r in _csv_record_lines(csv_path)[1] if r[1] != -1]
+        return rows[row][0] if row < len(rows) and len(rows) == len(df) else row + 2
+
+    missing = np.flatnonzero(df["indices"].isna().to_numpy())
+    if len(missing):
+        raise _csv_error(csv_path, line(int(missing[0])), "the row has no indices field (empty, or the row ends "
+                         "early)", f"Each row needs a list of {n} token ids; a row cut short means a truncated file: "
+                         f"export or copy it again ({len(missing)} such row(s)).")
+    body = df["indices"].str.strip().str.strip("[]()")
     lengths = body.str.count(",") + 1 - body.str.rstrip().str.endswith(",").astype(int)
     lengths[body.str.strip() == ""] = 0
     bad = np.flatnonzero(lengths.to_numpy() != n)
     if len(bad):
-        raise ValueError(f"{csv_path}: line {bad[0] + 2} has {lengths.iloc[bad[0]]} token ids, expected "
-                         f"{n} (= {grid[0]}x{grid[1]} grid); {len(bad)} such row(s)")
+        raise ValueError(f"{csv_path}: line {line(int(bad[0]))} has {lengths.iloc[bad[0]]} token ids, expected "
+                         f"{n} (= {grid[0]}x{grid[1]} grid, row-major); {len(bad)} such row(s). Every row needs "
+                         "exactly one id per grid position: the row is cut short, or the CSV was made with "
+                         "another tokenizer (grid) than this one.")
     try:
         flat = np.array(",".join(body.str.rstrip(",")).split(","), dtype=np.int64)
-    except ValueError as err:
-        raise ValueError(f"{csv_path}: indices must be integers ({err})") from None
+    except ValueError:
+        ok = body.str.fullmatch(r"\s*[+-]?\d+\s*(,\s*[+-]?\d+\s*)*,?\s*").to_numpy()
+        row = int(np.flatnonzero(~ok)[0]) if (~ok).any() else 0
+        first = next((t.strip() for t in body.iloc[row].split(",") if not t.strip().lstrip("+-").isdigit()), "?")
+        raise _csv_error(csv_path, line(row), f"indices must be integer token ids, got {first!r}",
+                         f"Write them as a list of integers, e.g. \"[12, 7, ...]\" ({int((~ok).sum())} such "
+                         "row(s)).") from None
     tokens = flat.reshape(len(df), *grid)
     out = (tokens < 0) | (tokens >= n_embed)
     if out.any():
         row = int(np.flatnonzero(out.reshape(len(df), -1).any(1))[0])
-        raise ValueError(f"{csv_path}: line {row + 2} has a token id outside the codebook [0, {n_embed})")
+        raise ValueError(f"{csv_path}: line {line(row)} has a token id outside the codebook [0, {n_embed}): "
+                         "the CSV was made with another tokenizer (codebook size) than this one.")
     names = df["filename"].astype(str).to_numpy() if "filename" in df.columns else np.array(
         [f"{csv_path.stem}_{i}" for i in range(len(df))])
-    labels = df["label"].to_numpy(np.int64) if labelled else np.full(len(df), -1, dtype=np.int64)
+    if labelled:
+        numeric = pd.to_numeric(df["label"], errors="coerce")
+        bad = np.flatnonzero((numeric.isna() | (numeric != numeric.round())).to_numpy())
+        if len(bad):
+            raw = df["label"].iloc[bad[0]]
+            what = "the row has no label" if pd.isna(raw) else f"the label {str(raw)!r} is not an integer class id"
+            raise _csv_error(csv_path, line(int(bad[0])), what,
+                             f"Write each label as an integer 0, 1, ... ({len(bad)} such row(s)).")
+        labels = numeric.to_numpy(np.int64)
+    else:
+        labels = np.full(len(df), -1, dtype=np.int64)
     return tokens, labels, names
 
 
 def import_cortex_csv(out_path, csv_paths: dict[str, str | os.PathLike], vq_meta: dict,
                       class_names: list[str] | None = None) -> TokenDataset:
-    """Import the original's split CSVs (e.g. ``{"train": "train_embeddings.csv", ...}``) into our format."""
+    """Import the original's split CSVs (e.g. ``{"train": "train_embeddings.csv", ...}``) into our format.
+
+    Every CSV is read and checked before anything is written, and the dataset folder is written atomically
+    (``save_token_dataset``): a malformed row leaves no (half-written) dataset at ``out_path``.
+    """
     grid, n_embed = tuple(vq_meta["grid"]), int(vq_meta["n_embed"])
     parts = {s: read_cortex_csv(p, grid, n_embed) for s, p in csv_paths.items()}
     if class_names is None:

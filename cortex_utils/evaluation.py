@@ -143,13 +143,27 @@ def mask_pixels(images: torch.Tensor, position_mask, value: float = -1.0) -> tor
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not torch.is_floating_point(images):
         raise ValueError("images must be a float tensor (N, C, H, W) in [-1, 1]")
+    return images.masked_fill(_pixel_mask(images, position_mask)[:, None], value)
+
+
+def _pixel_mask(images: torch.Tensor, position_mask) -> torch.Tensor:
+    """Bool ``(N, H, W)``: the grid mask blown up to the pixels of its patches."""
     m = _mask_np(position_mask, len(images))
     (h, w), (H, W) = m.shape[1:], images.shape[2:]
     if H % h or W % w:
         raise ValueError(f"image size {H}x{W} is not a multiple of the grid {h}x{w}")
     up = torch.from_numpy(m).to(images.device)
-    up = up.repeat_interleave(H // h, 1).repeat_interleave(W // w, 2)
-    return images.masked_fill(up[:, None], value)
+    return up.repeat_interleave(H // h, 1).repeat_interleave(W // w, 2)
+
+
+def masked_patch_mean(images: torch.Tensor, position_mask) -> float:
+    """Mean value (over pixels and channels) of ``images`` inside the patches of the masked positions: what a
+    mask hides. In [-1, 1]; -1 means every hidden pixel was already black. NaN when nothing is masked."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not torch.is_floating_point(images):
+        raise ValueError("images must be a float tensor (N, C, H, W) in [-1, 1]")
+    up = _pixel_mask(images, position_mask)
+    n = int(up.sum()) * images.shape[1]
+    return float((images * up[:, None]).sum() / n) if n else float("nan")
 
 
 def neutral_token(vq_or_codebook=None, tokens=None, how: str = "background") -> int:
@@ -426,3 +440,46 @@ def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: d
     out["_group"] = out.groupby(keys, sort=False).ngroup()  # groups in order of appearance, overall row last
     out["_overall"] = out["label"] < 0
     return out.sort_values(["_group", "_overall"], kind="stable").drop(columns=["_group", "_overall"]).reset_index(drop=True)
+
+
+def drop_per_position(table: pd.DataFrame) -> pd.DataFrame:
+    """Normalise a ``concept_level_experiment`` table by how much each method hides.
+
+    From the overall rows (label -1), per (space, method, evaluator): ``logit_drop``, ``prob_drop``,
+    ``positions_masked`` (the overall ``mean_masked``: masked positions per image, averaged as the drop is,
+    over the classes' means) and ``drop_per_position`` = ``logit_drop / positions_masked``, the ratio of
+    the two means over the same images (NaN when nothing is masked).
+    """
+    need = {"space", "method", "evaluator", "label", "logit_drop", "prob_drop", "mean_masked"}
+    if not need <= set(table.columns):
+        raise ValueError(f"not a concept_level_experiment table: lacks {sorted(need - set(table.columns))}")
+    out = table[table["label"] < 0][["space", "method", "evaluator", "logit_drop", "prob_drop", "mean_masked"]]
+    if out.empty:
+        raise ValueError("the table has no overall rows (label -1)")
+    out = out.rename(columns={"mean_masked": "positions_masked"}).reset_index(drop=True)
+    out["drop_per_position"] = out["logit_drop"] / out["positions_masked"].where(out["positions_masked"] > 0)
+    return out
+
+
+def drop_at_positions(sweep: pd.DataFrame, positions: float, value: str = "logit_drop") -> pd.DataFrame:
+    """A matched comparison: each method's ``value`` at the same number of masked positions per image.
+
+    ``sweep`` holds the overall rows (label -1) of ``concept_level_experiment`` at several ``token_num``;
+    per (space, method, evaluator) its points (``mean_masked``, ``value``), plus (0, 0) (nothing masked,
+    nothing lost), are linearly interpolated at ``positions``. NaN where the curve does not reach that far
+    (no extrapolation). Returns ``space, method, evaluator, positions, <value>, max_masked``.
+    """
+    if positions < 0:
+        raise ValueError(f"positions must be >= 0, got {positions}")
+    rows = []
+    for (space, method, ev), g in sweep[sweep["label"] < 0].groupby(["space", "method", "evaluator"], sort=False):
+        x = np.concatenate([[0.0], g["mean_masked"].to_numpy(float)])
+        y = np.concatenate([[0.0], g[value].to_numpy(float)])
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+        keep = np.r_[x[1:] != x[:-1], True]  # equal positions masked: the last point (same mask, same drop)
+        x, y = x[keep], y[keep]
+        at = float(np.interp(positions, x, y)) if positions <= x[-1] else float("nan")
+        rows.append({"space": space, "method": method, "evaluator": ev, "positions": float(positions), value: at,
+                     "max_masked": float(x[-1])})
+    return pd.DataFrame(rows, columns=["space", "method", "evaluator", "positions", value, "max_masked"])

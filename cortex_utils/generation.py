@@ -4,6 +4,9 @@ condition, minGPT) samples token grids per class; the VQ decoder turns them into
 The transformer is trained on the token grids of real training images. The condition token is the
 class id itself (taming's Labelator), sharing the vocabulary with the codebook ids, as in taming's
 ImageNet ``cin_transformer``.
+
+The model is ``CondTransformer``: taming's ``Net2NetTransformer`` layout (first stage, condition stage,
+permuter, minGPT) from taming's own classes in a plain ``torch.nn.Module``, without Lightning (see ``vq``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,76 @@ from tqdm.auto import tqdm
 
 from . import vq as vqlib
 from .artifacts import load_state_dict
+
+NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
+
+
+class CondTransformer(torch.nn.Module):
+    """taming's ``Net2NetTransformer`` without Lightning, for sampling and our plain-PyTorch training.
+
+    The same submodules under the same names (``first_stage_model``, ``cond_stage_model``, ``permuter``,
+    ``transformer``), built in the same order from taming's own classes (so a seed gives the same weights,
+    and taming's ``.ckpt`` files and our safetensors load unchanged). Takes ``Net2NetTransformer``'s config
+    parameters, except that the first stage comes built (``first_stage_model``) instead of as a config.
+    ``forward(x, c)`` is taming's training objective: ``(logits, target)``.
+    """
+
+    def __init__(self, first_stage_model, transformer_config, cond_stage_config, permuter_config=None,
+                 first_stage_key="image", cond_stage_key="depth", downsample_cond_size=-1, pkeep=1.0,
+                 sos_token=0, unconditional=False):
+        super().__init__()
+        self.be_unconditional = unconditional
+        self.sos_token = sos_token
+        self.first_stage_key = first_stage_key
+        self.cond_stage_key = cond_stage_key
+        self.first_stage_model = first_stage_model.eval()
+        if cond_stage_config == "__is_first_stage__":
+            self.cond_stage_model = self.first_stage_model
+        elif cond_stage_config == "__is_unconditional__" or unconditional:
+            from taming.modules.util import SOSProvider
+
+            self.be_unconditional = True
+            self.cond_stage_key = first_stage_key
+            self.cond_stage_model = SOSProvider(sos_token)
+        else:
+            self.cond_stage_model = vqlib.instantiate(cond_stage_config).eval()
+        self.permuter = vqlib.instantiate(permuter_config or {"target": "taming.modules.transformer.permuter.Identity"})
+        self.transformer = vqlib.instantiate(transformer_config)
+        self.downsample_cond_size = downsample_cond_size
+        self.pkeep = pkeep
+
+    def train(self, mode: bool = True):
+        """As in taming, the first and condition stages stay in eval mode."""
+        super().train(mode)
+        self.first_stage_model.eval()
+        self.cond_stage_model.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_to_z(self, x):
+        quant_z, _, info = self.first_stage_model.encode(x)
+        return quant_z, self.permuter(info[2].view(quant_z.shape[0], -1))
+
+    @torch.no_grad()
+    def encode_to_c(self, c):
+        if self.downsample_cond_size > -1:
+            c = F.interpolate(c, size=(self.downsample_cond_size, self.downsample_cond_size))
+        quant_c, _, (_, _, indices) = self.cond_stage_model.encode(c)
+        if indices.ndim > 2:
+            indices = indices.view(c.shape[0], -1)
+        return quant_c, indices
+
+    def forward(self, x, c):
+        """Next-token logits for ``[c, z]`` and their targets ``z``, as ``Net2NetTransformer.forward``
+        (with its ``pkeep`` token corruption in training mode)."""
+        _, z = self.encode_to_z(x)
+        _, c = self.encode_to_c(c)
+        a = z
+        if self.training and self.pkeep < 1.0:
+            mask = torch.bernoulli(self.pkeep * torch.ones(z.shape, device=z.device)).round().to(torch.int64)
+            a = mask * z + (1 - mask) * torch.randint_like(z, self.transformer.config.vocab_size)
+        logits, _ = self.transformer(torch.cat((c, a), 1)[:, :-1])
+        return logits[:, c.shape[1] - 1:], z
 
 
 def transformer_config(vq_config: dict, n_classes: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
@@ -47,27 +120,22 @@ def transformer_config(vq_config: dict, n_classes: int, n_layer: int = 4, n_head
     }
 
 
-def build_transformer(config, vq=None, seed: int | None = None):
-    """A taming Net2NetTransformer from a config (dict or YAML path, e.g. taming's cin_transformer).
+def build_transformer(config, vq=None, seed: int | None = None) -> CondTransformer:
+    """A ``CondTransformer`` from a taming ``Net2NetTransformer`` config (dict or YAML path, e.g. taming's
+    cin_transformer).
 
-    With ``vq`` given, it becomes the first stage (no second copy of the tokenizer is kept).
+    With ``vq`` given, it becomes the first stage (no second copy of the tokenizer is built).
     """
-    from taming.main import instantiate_from_config
-
     config = vqlib.read_config(config)
-    cfg = copy.deepcopy(config)
-    params = cfg["params"]
-    params.pop("ckpt_path", None)
-    params["first_stage_config"] = vqlib._inference_config(vqlib.read_config(params["first_stage_config"]))
-    if vq is not None:  # build a throw-away tokenizer only as small as needed
-        params["first_stage_config"] = {"target": "torch.nn.Identity"}
+    if config["target"] != NET2NET_TARGET:
+        raise ValueError(f"config target {config['target']} is not taming's {NET2NET_TARGET}")
+    params = copy.deepcopy(config["params"])
+    params.pop("ckpt_path", None)  # taming would unpickle it without weights_only; load_transformer loads weights
+    params.pop("ignore_keys", None)  # only used with ckpt_path
+    first_stage_config = vqlib.read_config(params.pop("first_stage_config"))
     if seed is not None:
         torch.manual_seed(seed)
-    model = instantiate_from_config(cfg)
-    if vq is not None:
-        model.first_stage_model = vq
-    else:
-        model.first_stage_model.cortex_config = vqlib.read_config(config["params"]["first_stage_config"])
+    model = CondTransformer(vq if vq is not None else vqlib.build_vq(first_stage_config), **params)
     model.cortex_config = config
     return model.eval()
 
@@ -115,7 +183,7 @@ def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int 
     bar = tqdm(range(steps), desc="train transformer")
     for step in bar:
         i = torch.as_tensor(rng.integers(0, len(z), batch_size))
-        with vqlib._autocast(bf16):
+        with vqlib.bf16_autocast(bf16):
             loss = sequence_loss(gpt, c[i], z[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()

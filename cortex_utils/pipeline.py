@@ -171,6 +171,8 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "parameters.yaml").write_text(yaml.safe_dump({"preset": preset_name, "parameters": params}))
     print(f"run directory: {run_dir}")
+    if not only:  # a whole run starts counting the models it trains afresh (artifacts.note_trained)
+        record_metrics(run_dir, models_trained_in_run=0)
     # kernels inherit the environment: a headless MPLBACKEND=Agg would keep figures out of the notebooks
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     cores = os.cpu_count() or 1

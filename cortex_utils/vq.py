@@ -1,13 +1,19 @@
-"""The VQ seam: build, load, train and use a taming-transformers ``VQModel``.
+"""The VQ seam: build, load, train and use a taming-transformers VQ model.
 
 Every later stage talks to the tokenizer through these functions:
 ``encode`` (images -> token grids), ``embed`` (token grids -> ``(N, D, h, w)`` embeddings),
 ``decode`` (tokens or embeddings -> images), ``codebook`` and ``fingerprint``.
 Images are float tensors in [-1, 1], shape ``(N, C, H, W)``.
+
+The model is ``TamingVQ``: taming's own ``Encoder``, ``Decoder`` and ``VectorQuantizer2`` under the attribute
+names of taming's ``VQModel``, in a plain ``torch.nn.Module``. taming's ``VQModel`` is a Lightning module
+(``taming.models.*`` import pytorch_lightning, torchmetrics, scipy: seconds at every kernel start) and
+inference and our plain-PyTorch training need none of that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import sys
@@ -18,19 +24,41 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.vqvae.quantize import VectorQuantizer2
 from tqdm.auto import tqdm
 
 from . import digits
 from .artifacts import load_state_dict
 
 
+@contextlib.contextmanager
+def _transformers_stand_in():
+    """taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (removed there, and the package
+    is not needed otherwise); a stand-in is offered only while the block runs."""
+    fake = None
+    try:
+        from transformers import top_k_top_p_filtering  # noqa: F401
+    except ImportError:
+        if "transformers" not in sys.modules:
+            fake = types.ModuleType("transformers")
+            fake.top_k_top_p_filtering = _top_k_filter
+            sys.modules["transformers"] = fake
+    try:
+        yield
+    finally:
+        if fake is not None and sys.modules.get("transformers") is fake:
+            del sys.modules["transformers"]
+
+
 def _import_taming():
-    """Import taming with two small compatibility shims (nothing of taming is copied):
+    """Import taming's Lightning models (``taming.models.*``, ``taming.main``) with two small compatibility
+    shims (nothing of taming is copied). Only called where taming's Lightning classes are really needed (a
+    config naming another VQ class than ``VQModel``): it imports pytorch_lightning.
 
     * Lightning 2 removed ``pytorch_lightning.utilities.distributed``; taming imports ``rank_zero_only``
       from it, which now lives in ``pytorch_lightning.utilities``.
-    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (removed there, and the
-      package is not needed otherwise); a stand-in is offered only while taming is imported.
+    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see ``_transformers_stand_in``).
     """
     import pytorch_lightning.utilities as plu
 
@@ -42,21 +70,10 @@ def _import_taming():
             shim = types.ModuleType(name)
             shim.rank_zero_only = plu.rank_zero_only
             sys.modules[name] = shim
-    fake = None
-    try:
-        from transformers import top_k_top_p_filtering  # noqa: F401
-    except ImportError:
-        if "transformers" not in sys.modules:
-            fake = types.ModuleType("transformers")
-            fake.top_k_top_p_filtering = _top_k_filter
-            sys.modules["transformers"] = fake
-    try:
+    with _transformers_stand_in():
         import taming.models.cond_transformer  # noqa: F401
         import taming.models.vqgan  # noqa: F401
         import taming.modules.transformer.mingpt  # noqa: F401
-    finally:
-        if fake is not None and sys.modules.get("transformers") is fake:
-            del sys.modules["transformers"]
 
 
 def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
@@ -66,8 +83,59 @@ def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
     return logits
 
 
-_import_taming()
-from taming.models.vqgan import VQModel  # noqa: E402
+def instantiate(config: dict):
+    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as taming's
+    ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning). Only the
+    target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or ``taming.main``
+    target goes through ``_import_taming`` (Lightning)."""
+    if "target" not in config:
+        raise KeyError("Expected key `target` to instantiate.")
+    module, name = config["target"].rsplit(".", 1)
+    if module == "taming.main" or module.startswith("taming.models"):
+        _import_taming()
+    if module in sys.modules:
+        obj = getattr(sys.modules[module], name)
+    else:
+        with _transformers_stand_in():
+            obj = getattr(importlib.import_module(module), name)
+    return obj(**config.get("params", {}))
+
+
+VQMODEL_TARGET = "taming.models.vqgan.VQModel"
+
+
+class TamingVQ(torch.nn.Module):
+    """taming's ``VQModel`` without Lightning: the same submodules, built in the same order from taming's own
+    classes (so a seed gives the same weights), under the same names (so the same state-dict keys: taming's
+    Lightning ``.ckpt`` files and our safetensors load unchanged; a checkpoint's ``loss.*`` weights are
+    the training loss, not part of the tokenizer). Takes ``VQModel``'s config parameters; ``lossconfig``,
+    ``ckpt_path``, ``ignore_keys`` and ``monitor`` only concern taming's Lightning training and are ignored.
+    """
+
+    def __init__(self, ddconfig, n_embed, embed_dim, lossconfig=None, ckpt_path=None, ignore_keys=(),
+                 image_key="image", colorize_nlabels=None, monitor=None, remap=None, sane_index_shape=False):
+        super().__init__()
+        self.image_key = image_key
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, remap=remap,
+                                         sane_index_shape=sane_index_shape)
+        self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
+        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        if colorize_nlabels is not None:
+            self.register_buffer("colorize", torch.randn(3, colorize_nlabels, 1, 1))
+
+    def encode(self, x):
+        """``VQModel.encode``: images -> ``(quantized, codebook loss, (_, _, indices))``."""
+        return self.quantize(self.quant_conv(self.encoder(x)))
+
+    def decode(self, quant):
+        return self.decoder(self.post_quant_conv(quant))
+
+    def forward(self, x):
+        quant, diff, _ = self.encode(x)
+        return self.decode(quant), diff
+
 
 DUMMY_LOSS = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
 
@@ -147,16 +215,23 @@ def _inference_config(config: dict) -> dict:
     return config
 
 
-def build_vq(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> VQModel:
-    """A randomly initialised taming VQModel (eval mode) from a taming config."""
-    from taming.main import instantiate_from_config
+def build_vq(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> torch.nn.Module:
+    """A randomly initialised VQ model (eval mode) from a taming config: a ``TamingVQ`` for taming's ``VQModel``.
 
+    Another ``VQModel`` subclass (``GumbelVQ``, ``VQSegmentationModel``, ...) is built by taming itself,
+    which imports pytorch_lightning.
+    """
     config = read_config(config)
     if seed is not None:
         torch.manual_seed(seed)
-    model = instantiate_from_config(_inference_config(config))
-    if not isinstance(model, VQModel):
-        raise ValueError(f"config target {config['target']} is not a taming VQModel")
+    if config["target"] == VQMODEL_TARGET:
+        model = TamingVQ(**_inference_config(config)["params"])
+    else:
+        model = instantiate(_inference_config(config))  # a taming.models target: imports Lightning
+        from taming.models.vqgan import VQModel
+
+        if not isinstance(model, VQModel):
+            raise ValueError(f"config target {config['target']} is not a taming VQModel")
     model.cortex_config = config
     return model.eval()
 
@@ -178,8 +253,8 @@ def check_state_dict(model: torch.nn.Module, state: dict, ignore_prefixes=("loss
     return state
 
 
-def load_vq(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool = False) -> VQModel:
-    """Build a VQModel from ``config`` and load weights from a Lightning ``.ckpt`` (its ``state_dict``)
+def load_vq(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool = False) -> torch.nn.Module:
+    """Build the VQ model of ``config`` and load weights from a Lightning ``.ckpt`` (its ``state_dict``)
     or from our safetensors. The loss's weights (discriminator, LPIPS) are not needed and skipped."""
     model = build_vq(config)
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
@@ -187,7 +262,7 @@ def load_vq(config: str | Path | dict, checkpoint: str | Path, trust_pickle: boo
     return model.eval()
 
 
-def load_run_vq(run_dir: str | Path) -> VQModel:
+def load_run_vq(run_dir: str | Path) -> torch.nn.Module:
     """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's taming checkpoint)."""
     from .artifacts import registered
 
@@ -197,29 +272,29 @@ def load_run_vq(run_dir: str | Path) -> VQModel:
 
 # --- using the model ---------------------------------------------------------------------------
 
-def resolution(vq: VQModel) -> int:
+def resolution(vq: torch.nn.Module) -> int:
     return int(vq.cortex_config["params"]["ddconfig"]["resolution"])
 
 
-def grid_shape(vq: VQModel) -> tuple[int, int]:
+def grid_shape(vq: torch.nn.Module) -> tuple[int, int]:
     dd = vq.cortex_config["params"]["ddconfig"]
     side = dd["resolution"] // 2 ** (len(dd["ch_mult"]) - 1)
     return side, side
 
 
-def codebook(vq: VQModel) -> torch.Tensor:
+def codebook(vq: torch.nn.Module) -> torch.Tensor:
     """The codebook ``(n_embed, embed_dim)``: a token's embedding is its row."""
     return vq.quantize.embedding.weight.detach()
 
 
-def fingerprint(vq: VQModel) -> str:
+def fingerprint(vq: torch.nn.Module) -> str:
     """Identity of the codebook that token ids refer to (sha256 of its float32 bytes)."""
     from .datasets import codebook_fingerprint
 
     return codebook_fingerprint(codebook(vq))
 
 
-def check_images(vq: VQModel, images: torch.Tensor) -> None:
+def check_images(vq: torch.nn.Module, images: torch.Tensor) -> None:
     dd = vq.cortex_config["params"]["ddconfig"]
     want = (dd["in_channels"], dd["resolution"], dd["resolution"])
     if images.ndim != 4 or tuple(images.shape[1:]) != want:
@@ -230,7 +305,7 @@ def check_images(vq: VQModel, images: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def encode(vq: VQModel, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def encode(vq: torch.nn.Module, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """Images in [-1, 1] ``(N, C, H, W)`` -> token grids ``(N, h, w)`` (int64 codebook ids)."""
     check_images(vq, images)
     h, w = grid_shape(vq)
@@ -253,7 +328,7 @@ def embed(vq_or_codebook, tokens: torch.Tensor) -> torch.Tensor:
     return cb[tokens].permute(0, 3, 1, 2).contiguous()
 
 
-def decode(vq: VQModel, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False,
+def decode(vq: torch.nn.Module, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False,
            progress: bool = False) -> torch.Tensor:
     """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` -> images in [-1, 1].
 
@@ -284,7 +359,7 @@ def codebook_usage(tokens: torch.Tensor, n_embed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def reconstruction_report(vq: VQModel, images: torch.Tensor) -> dict:
+def reconstruction_report(vq: torch.nn.Module, images: torch.Tensor) -> dict:
     """Test-set figures: mean PSNR (dB) and the fraction of codebook entries used."""
     tokens = encode(vq, images)
     rec = decode(vq, tokens)
@@ -305,11 +380,12 @@ def use_bf16(setting: str = "auto") -> bool:
     return setting == "on"
 
 
-def _autocast(enabled: bool):
+def bf16_autocast(enabled: bool):
+    """bfloat16 CPU autocast when ``enabled`` (see ``use_bf16``), a no-op otherwise."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 500,
+def train_vq(vq: torch.nn.Module, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 500,
              batch_size: int = 64, lr: float = 1e-3, seed: int = 0, revive_every: int = 50,
              l2_weight: float = 1.0, log_every: int = 50, discriminator_weight: float = 0.0,
              discriminator_start: int = 0, bf16: bool = False) -> pd.DataFrame:
@@ -344,10 +420,10 @@ def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, step
     bar = tqdm(range(steps), desc="train VQ")
     for step in bar:
         x = digits.augment_batch(train_gray[rng.integers(0, len(train_gray), batch_size)], rng)
-        with _autocast(bf16):
+        with bf16_autocast(bf16):
             z = vq.quant_conv(vq.encoder(x)).float()
         zq, qloss, (_, _, idx) = vq.quantize(z)
-        with _autocast(bf16):
+        with bf16_autocast(bf16):
             rec = vq.decode(zq).float()
         l1 = (rec - x).abs().mean()
         l2 = (rec - x).pow(2).mean()
@@ -389,13 +465,13 @@ def train_vq(vq: VQModel, train_gray: np.ndarray, val_images: torch.Tensor, step
     return pd.DataFrame(log)
 
 
-def vq_meta(vq: VQModel) -> dict:
+def vq_meta(vq: torch.nn.Module) -> dict:
     """What a token dataset records about the tokenizer its ids refer to."""
     return {"vq_fingerprint": fingerprint(vq), "n_embed": int(vq.quantize.n_e),
             "embed_dim": int(vq.quantize.e_dim), "grid": list(grid_shape(vq)),
             "image_size": resolution(vq), "image_channels": int(vq.cortex_config["params"]["ddconfig"]["in_channels"])}
 
 
-def state_dict_for_saving(vq: VQModel) -> dict:
+def state_dict_for_saving(vq: torch.nn.Module) -> dict:
     return {k: v for k, v in vq.state_dict().items() if not k.startswith("loss.")}
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -263,3 +264,86 @@ def test_shuffled_label_iem_trains_on_permuted_labels(tiny_iem):
     assert model.cortex_spec == tiny_iem.cortex_spec and not model.training
     assert len(log) == 1 and "select_acc" in log
     assert np.array_equal(ds.labels["train"], np.arange(24) % C)  # the dataset itself is untouched
+
+
+def test_abs_spearman_sees_magnitudes_through_random_signs():
+    """A randomized model that keeps where the scores are large but flips their signs at random: the signed
+    correlation is near 0, the absolute one high (what notebook 11 found for occlusion)."""
+    rng = np.random.default_rng(0)
+    magnitude = rng.random((50, 8, 8)) ** 2
+    trained = magnitude * rng.choice([-1, 1], size=magnitude.shape)
+    flipped = magnitude * rng.choice([-1, 1], size=magnitude.shape)
+    assert abs(np.nanmean(A.spearman(trained, flipped))) < 0.1
+    assert np.nanmean(A.abs_spearman(trained, flipped)) > 0.95
+    assert np.allclose(A.abs_spearman(trained, trained), 1.0)
+    with pytest.raises(ValueError, match="aligned"):
+        A.abs_spearman(trained, flipped[:3])
+
+
+def test_top_k_intersection():
+    a = np.arange(16, dtype=float).reshape(1, 4, 4)  # top-3: positions 15, 14, 13
+    assert A.top_k_intersection(a, a, 3) == [1.0]
+    b = a.copy()
+    b[0, 3, 3] = -100  # position 15 is now the least by sign but the largest by magnitude
+    assert A.top_k_intersection(a, b, 3, absolute=True) == [1.0]
+    assert np.isclose(A.top_k_intersection(a, b, 3, absolute=False)[0], 2 / 3)
+    assert A.top_k_intersection(a, -a, 3, absolute=False) == [0.0]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2000, 8, 8)), rng.normal(size=(2000, 8, 8))
+    assert abs(A.top_k_intersection(x, y, 5).mean() - A.top_k_chance(5, 64)) < 0.01
+    with pytest.raises(ValueError, match="k must lie"):
+        A.top_k_intersection(a, a, 17)
+
+
+def test_random_control_passes_randomization_and_is_reproducible():
+    first = A.random_attribution((200, 8, 8), seed=0)
+    assert first.shape == (200, 8, 8) and first.dtype == np.float32
+    assert first.min() >= -1 and first.max() < 1
+    assert np.array_equal(first, A.random_attribution((200, 8, 8), seed=0))
+    again = A.random_attribution((200, 8, 8), seed=1)  # a fresh draw for another model
+    sim = A.map_similarity(first, again, k=5)
+    assert list(sim.columns) == ["image", "spearman", "abs_spearman", "top_k"] and len(sim) == 200
+    assert abs(sim.spearman.mean()) < 0.03 and abs(sim.abs_spearman.mean()) < 0.03
+    assert abs(sim.top_k.mean() - 5 / 64) < 0.02
+
+
+def _table(**rows):
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["abs_rank_corr_full", "abs_rank_corr_data", "deletion_auc"])
+
+
+def test_recommend_needs_both_randomization_and_faithfulness():
+    table = _table(sg=[0.62, 0.70, 0.20],  # faithful, but survives randomization
+                   good=[0.10, 0.25, 0.30],  # passes both
+                   better=[0.05, 0.05, 0.25],  # passes both, lower deletion AUC
+                   data_only=[0.10, 0.45, 0.20],  # fails data randomization only
+                   unfaithful=[0.02, 0.01, 0.45],  # passes randomization, deletion AUC 0.9 x random's
+                   random_control=[0.0, 0.0, 0.1])  # a lucky control: judged, never recommended
+    best, judged = A.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
+    assert best == "better"
+    assert list(judged.index[judged.passes]) == ["good", "better", "random_control"]
+    assert judged.loc["sg", "failed"] == ("abs. rank corr. 0.62 > 0.3 under full randomization; "
+                                          "abs. rank corr. 0.70 > 0.3 under data randomization")
+    assert "data randomization" in judged.loc["data_only", "failed"] and "full" not in judged.loc["data_only", "failed"]
+    assert judged.loc["unfaithful", "failed"] == "deletion AUC 0.450 = 0.90 × random's (0.500) > 0.8"
+    assert judged.loc["good", "failed"] == ""
+    assert np.isclose(judged.loc["good", "deletion_ratio"], 0.6)
+    # the default is kept when it passes, even if another one deletes faster
+    assert A.recommend(table, 0.5, default="good")[0] == "good"
+    # the 0.8 bar is inclusive
+    assert A.recommend(_table(m=[0.3, 0.3, 0.4]), 0.5, default="m")[0] == "m"
+
+
+def test_recommend_none_when_nothing_passes():
+    table = _table(sg=[0.62, 0.70, 0.20], occlusion=[0.42, 0.05, 0.28], unfaithful=[0.0, 0.0, 0.49],
+                   constant=[np.nan, 0.1, 0.1], random_control=[0.01, 0.0, 0.52])
+    best, judged = A.recommend(table, random_auc=0.52, default="sg", controls=["random_control"])
+    assert best == "none" and not judged.passes.any()
+    assert judged.loc["occlusion", "failed"] == "abs. rank corr. 0.42 > 0.3 under full randomization"
+    assert "constant maps" in judged.loc["constant", "failed"]
+    assert judged.loc["random_control", "randomization_ok"] and not judged.loc["random_control", "faithful"]
+    with pytest.raises(ValueError, match="lacks column"):
+        A.recommend(table.drop(columns="abs_rank_corr_data"), 0.5, default="sg")
+    with pytest.raises(ValueError, match="default method"):
+        A.recommend(table, 0.5, default="lime")
+    with pytest.raises(ValueError, match="positive"):
+        A.recommend(table, 0.0, default="sg")

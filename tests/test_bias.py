@@ -5,21 +5,41 @@ import torch
 from cortex_utils import bias
 
 
-def naive_delta(a, b):
-    """The original's definition, pair by pair."""
+def standard_delta(a, b):
+    """The standard Cliff's δ, pair by pair: P(X > Y) - P(X < Y)."""
     greater = sum(1 for x in a for y in b if x > y)
     less = sum(1 for x in a for y in b if x < y)
     return (greater - less) / (len(a) * len(b))
 
 
+def original_delta(a, b):
+    """The original code's function, pair by pair: (#gt + ½·#ties - nm/2) / nm, half the standard δ."""
+    greater = sum(1 for x in a for y in b if x > y)
+    ties = sum(1 for x in a for y in b if x == y)
+    nm = len(a) * len(b)
+    return (greater + 0.5 * ties - nm / 2) / nm
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_cliffs_delta_equals_the_pairwise_definition(seed):
+def test_cliffs_delta_is_the_standard_delta_and_twice_the_originals(seed):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 6, rng.integers(1, 60))  # small integers: many ties, like token counts
     b = rng.integers(0, 8, rng.integers(1, 60))
-    assert bias.cliffs_delta(a, b) == pytest.approx(naive_delta(a, b), abs=1e-12)
+    assert bias.cliffs_delta(a, b) == pytest.approx(standard_delta(a, b), abs=1e-12)
+    assert bias.cliffs_delta(a, b) / 2 == pytest.approx(original_delta(a, b), abs=1e-12)
     x, y = rng.normal(size=37), rng.normal(0.5, size=23)
-    assert bias.cliffs_delta(x, y) == pytest.approx(naive_delta(x, y), abs=1e-12)
+    assert bias.cliffs_delta(x, y) == pytest.approx(standard_delta(x, y), abs=1e-12)
+    assert bias.cliffs_delta(x, y) / 2 == pytest.approx(original_delta(x, y), abs=1e-12)
+
+
+def test_the_originals_delta_is_half_scale():
+    # every x above every y: the standard δ is 1, the original's function returns 0.5
+    assert bias.cliffs_delta([5, 6, 7], [1, 2]) == 1.0
+    assert original_delta([5, 6, 7], [1, 2]) == 0.5
+    tokens = np.array([[[1, 1], [1, 1]], [[2, 2], [2, 2]], [[1, 1], [1, 1]]])
+    r = bias.bias_delta(tokens, [1], [2], n_boot=10)
+    assert r["delta"] == pytest.approx(2 * original_delta(r["counts_a"], r["counts_b"]))
+    assert r["delta_paper_half_scale"] == pytest.approx(original_delta(r["counts_a"], r["counts_b"]))
 
 
 def test_cliffs_delta_extremes_and_antisymmetry():
@@ -123,45 +143,164 @@ def test_ink_ignores_the_colour():
     np.testing.assert_allclose(bias.ink(red), bias.ink(gray), atol=1e-6)
 
 
-def test_token_counts_and_delta_sign():
+def test_token_counts_and_the_papers_delta_value():
     tokens = np.array([[[1, 1], [2, 3]], [[4, 4], [4, 1]], [[0, 0], [0, 0]]])
     np.testing.assert_array_equal(bias.token_counts(tokens, [1, 2]), [3, 1, 0])
     rng = np.random.default_rng(0)
-    lean_a = np.where(rng.random((200, 1, 1)) < 0.85, 1, 2) * np.ones((200, 4, 4), int)
+    is_a = rng.random(200) < 0.85
+    lean_a = np.where(is_a[:, None, None], 1, 2) * np.ones((200, 4, 4), int)
     r = bias.bias_delta(lean_a, [1], [2], n_boot=200)
-    assert r["delta"] > 0.5 and r["low"] <= r["delta"] <= r["high"]
+    # A images hold (16, 0), B images (0, 16): δ = P(a > b) - P(a < b) = p² - (1 - p)² = 2p - 1
+    p = is_a.mean()
+    assert r["delta"] == pytest.approx(p ** 2 - (1 - p) ** 2)
+    assert r["low"] <= r["delta"] <= r["high"]
     with pytest.raises(ValueError, match="no neutral generations"):
         bias.bias_delta(np.zeros((0, 4, 4), int), [1], [2])
 
 
-def test_balanced_rank_centres_a_half_and_half_mix():
-    rng = np.random.default_rng(1)
-    ref = np.concatenate([rng.poisson(6, 300), rng.poisson(1, 100)])  # unequal value sizes: weighted equally
-    labels = np.repeat([0, 1], [300, 100])
-    mix = np.concatenate([rng.poisson(6, 500), rng.poisson(1, 500)])
-    assert abs(bias.balanced_rank(mix, ref, labels).mean() - 0.5) < 0.03
-    assert bias.balanced_rank(rng.poisson(6, 500), ref, labels).mean() > 0.7
+# --- the share estimate ----------------------------------------------------------------------------
+
+def test_rogan_gladen_by_hand():
+    # q = 0.6 of the neutral images classified A by a rule of sensitivity 0.9 and specificity 0.8:
+    # p = (0.6 + 0.8 - 1) / (0.9 + 0.8 - 1) = 0.4 / 0.7
+    assert bias.rogan_gladen(0.6, 0.9, 0.8) == pytest.approx(4 / 7)
+    assert bias.rogan_gladen(0.1, 0.9, 0.8) == 0.0  # below the rule's false-positive rate: clipped
+    assert bias.rogan_gladen(0.95, 0.9, 0.8) == 1.0
+    assert np.isnan(bias.rogan_gladen(0.6, 0.55, 0.5))  # J = 0.05: the rule cannot separate the values
 
 
-def test_calibrated_delta_ignores_unequal_token_sets():
-    """Value A is marked by six copies of id 1, value B by one copy of id 2: on raw counts a half-and-half
-    neutral set already leans to A (δ = 0.25); ranked against the balanced reference it does not."""
+def test_share_estimate_by_hand_with_ties_counted_half():
+    # fit: A images score +3, B images -3: every threshold between gives J = 1; the middle one is t = 0
+    fit = (np.r_[np.full(10, 3), np.zeros(10)], np.r_[np.zeros(10), np.full(10, 3)], np.repeat([True, False], 10))
+    assert bias.fit_threshold(*fit) == 0.0
+    # held out: 8 of 10 A images score +3 (sens 0.8), 1 of 10 B images does (spec 0.9)
+    cal_a = np.r_[np.full(8, 3), np.zeros(2), np.full(1, 3), np.zeros(9)]
+    cal_b = np.r_[np.zeros(8), np.full(2, 3), np.zeros(1), np.full(9, 3)]
+    cal = (cal_a, cal_b, np.repeat([True, False], 10))
+    # neutral: 5 images score +3, 2 score exactly 0 (one token of each: a tie, counted half), 3 score -3
+    neutral = (np.r_[np.full(5, 3), [1, 1], np.zeros(3)], np.r_[np.zeros(5), [1, 1], np.full(3, 3)])
+    r = bias.bias_share(neutral, fit, cal, n_boot=200)
+    assert r["threshold"] == 0.0
+    assert r["q"] == pytest.approx(0.6) and r["sens"] == pytest.approx(0.8) and r["spec"] == pytest.approx(0.9)
+    assert r["share"] == pytest.approx((0.6 + 0.9 - 1) / (0.8 + 0.9 - 1))
+    assert r["low"] <= r["share"] <= r["high"] and not r["inconclusive"]
+
+
+def test_share_estimate_is_inconclusive_when_the_rule_cannot_separate():
+    rng = np.random.default_rng(0)
+
+    def same(n):  # both values draw their counts from one distribution
+        return rng.poisson(1.0, n), rng.poisson(1.0, n)
+
+    y = np.repeat([True, False], 300)
+    r = bias.bias_share(same(300), (*same(600), y), (*same(200), np.repeat([True, False], 100)), n_boot=200)
+    assert r["inconclusive"] and np.isnan(r["share"]) and (r["low"], r["high"]) == (0.0, 1.0)
+    assert bias.share_verdict(r["low"], r["high"]) == "inconclusive"
+    assert bias.share_verdict(0.55, 0.7) == "found" and bias.share_verdict(0.2, 0.45) == "found"
+    assert bias.share_verdict(0.42, 0.6) == "not found" and bias.share_verdict(0.3, 0.7) == "inconclusive"
+
+
+def _draw(rng, is_a, own, cross, spread=None):
+    """Per image the count of A's tokens and of B's; ``spread``: A's counts negative binomial (overdispersed)."""
+    a_own = rng.poisson(own[0], is_a.size) if spread is None else rng.negative_binomial(spread, spread / (spread + own[0]),
+                                                                                         is_a.size)
+    a = np.where(is_a, a_own, rng.poisson(cross[0], is_a.size))
+    b = np.where(is_a, rng.poisson(cross[1], is_a.size), rng.poisson(own[1], is_a.size))
+    return a, b
+
+
+def _studies(p, own, cross, spread=None, leak=0.0, n=20, seed=0):
+    """``n`` simulated studies at notebook 10's sizes; returns the (low, high, share) of each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        neutral = _draw(rng, rng.random(300) < p, own, cross, spread)
+
+        def labelled(m):
+            y = np.repeat([True, False], m)
+            return (*_draw(rng, y | (rng.random(2 * m) < leak), own, cross, spread), y)
+
+        r = bias.bias_share(neutral, labelled(300), labelled(100), n_boot=200, seed=i)
+        out.append((r["low"], r["high"], r["share"]))
+    return np.array(out)
+
+
+def test_share_interval_under_the_null_with_many_ties():
+    """Few tokens per value (Poisson 0.8 vs 0.1): most images hold 0 or 1 of each, ties everywhere. The
+    earlier ranked δ excluded 0 here in most studies; the share's interval holds ½ in most."""
+    r = _studies(0.5, (0.8, 0.8), (0.1, 0.1))
+    covered = (r[:, 0] <= 0.5) & (0.5 <= r[:, 1])
+    assert covered.sum() >= 16  # of 20; a 95 % interval misses 1 on average
+    assert abs(np.mean(r[:, 2]) - 0.5) < 0.05
+
+
+def test_share_is_not_fooled_by_uneven_token_sets():
+    """A marked by many tokens with a wide spread, B by few: on raw counts a half-and-half neutral set has
+    δ ≈ +0.4; the share's interval holds the true share, at ½ and at 0.85."""
+    for p in (0.5, 0.85):
+        r = _studies(p, (6.0, 1.0), (0.5, 0.1), spread=2)
+        assert ((r[:, 0] <= p) & (p <= r[:, 1])).sum() >= 16, p
+        assert abs(np.mean(r[:, 2]) - p) < 0.03, p
+    rng = np.random.default_rng(0)
+    a, b = _draw(rng, rng.random(300) < 0.5, (6.0, 1.0), (0.5, 0.1), spread=2)
+    assert bias.cliffs_delta(a, b) > 0.3  # what the paper's δ says about the same kind of set
+
+
+def test_share_with_a_leaking_reference_estimates_the_mixture_weight():
+    """30 % of the labelled B images render as A: token counts cannot reveal that, and the estimate is the
+    neutral set's mixture weight between the labelled sets, (p - 0.3) / 0.7, not the true share p (the
+    documented limitation; benchmarks/bias_calibration.py reports the case on its own). A leak of equal size
+    in both directions leaves a half-and-half set at ½."""
+    r = _studies(0.5, (3.0, 3.0), (0.3, 0.3), leak=0.3)
+    target = (0.5 - 0.3) / 0.7
+    assert ((r[:, 0] <= target) & (target <= r[:, 1])).sum() >= 16
+    assert abs(np.mean(r[:, 2]) - target) < 0.03
+    assert ((r[:, 0] <= 0.5) & (0.5 <= r[:, 1])).sum() <= 5  # the true share is missed: reported, not hidden
+
+
+def test_share_bootstrap_reselects_the_tokens():
+    """With ``recount`` every resample re-selects the tokens from its resampled fit rows: a selection that
+    depends on the rows widens the interval."""
+    rng = np.random.default_rng(0)
+    fit_y = np.repeat([True, False], 50)
+    fit_a, fit_b = rng.poisson(np.where(fit_y, 2, 0.2)), rng.poisson(np.where(fit_y, 0.2, 2))
+    neutral = rng.poisson(2, 100), rng.poisson(0.2, 100)
+    calls = []
+
+    def recount(rows):
+        calls.append(rows)
+        keep = len(np.unique(rows)) > 63  # a "selection" that flips with the resample: no tokens at all
+        scale = 1 if keep else 0
+        return (neutral[0] * scale, neutral[1] * scale), (fit_a * scale, fit_b * scale, fit_y), None
+
+    plain = bias.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100)
+    r = bias.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100, recount=recount)
+    assert len(calls) == 100 and all(len(c) == 100 for c in calls)
+    assert r["share"] == plain["share"]
+    assert 0 < r["informative"] < 1 and plain["informative"] == 1
+    assert r["high"] - r["low"] > plain["high"] - plain["low"]
+
+
+def test_unequal_token_sets_give_the_exact_share():
+    """Value A is marked by six copies of id 1, value B by one copy of id 2: the paper's δ on raw counts calls
+    a half-and-half set biased (δ = 0.25); the share estimate gives ½, and 0.85 for an 85 % set."""
     def grids(labels):
         g = np.zeros((len(labels), 4, 4), int)
         g.reshape(len(labels), -1)[labels == 0, :6] = 1
         g.reshape(len(labels), -1)[labels == 1, :1] = 2
         return g
 
-    ref_labels = np.repeat([0, 1], 50)
-    half = grids(np.repeat([0, 1], 100))
-    raw = bias.bias_delta(half, [1], [2], n_boot=20)
-    assert raw["delta"] == pytest.approx(0.25)
-    calibrated = bias.bias_delta(half, [1], [2], reference=(grids(ref_labels), ref_labels), n_boot=20)
-    assert calibrated["delta"] == pytest.approx(0.0)
-    leaning = grids(np.repeat([0, 1], [170, 30]))  # 85 % A: δ = 0.85² - 0.15²
-    r = bias.bias_delta(leaning, [1], [2], reference=(grids(ref_labels), ref_labels), n_boot=20)
-    assert r["delta"] == pytest.approx(0.85 ** 2 - 0.15 ** 2)
-    np.testing.assert_array_equal(r["counts_a"][:2], [6, 6])  # the raw counts are kept for the plots
+    def counts(labels):
+        g = grids(labels)
+        return bias.token_counts(g, [1]), bias.token_counts(g, [2])
+
+    ref = np.repeat([0, 1], 50)
+    half = np.repeat([0, 1], 100)
+    assert bias.bias_delta(grids(half), [1], [2], n_boot=20)["delta"] == pytest.approx(0.25)
+    r = bias.bias_share(counts(half), (*counts(ref), ref == 0), n_boot=50)
+    assert r["share"] == pytest.approx(0.5) and r["sens"] == 1 and r["spec"] == 1
+    r = bias.bias_share(counts(np.repeat([0, 1], [170, 30])), (*counts(ref), ref == 0), n_boot=50)
+    assert r["share"] == pytest.approx(0.85)
 
 
 def test_attribute_tokens_keep_only_ids_specific_to_their_value():
@@ -191,7 +330,8 @@ def _marked_grids(labels, rng, marks=(1, 2), n_marks=4):
     return grids
 
 
-def test_attribute_study_finds_a_planted_lean_and_not_a_balanced_one(tmp_path, one_thread):
+def test_attribute_study_finds_a_planted_lean_and_not_a_balanced_one(tmp_path, one_thread, monkeypatch):
+    import cortex_utils
     from cortex_utils import datasets as tokds
 
     rng = np.random.default_rng(0)
@@ -202,17 +342,36 @@ def test_attribute_study_finds_a_planted_lean_and_not_a_balanced_one(tmp_path, o
         splits[split] = (_marked_grids(y, rng), y)
     ds = tokds.save_token_dataset(tmp_path / "ds", splits, ["a", "b"], meta, source="synthetic")
     codebook = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
-    leaning = _marked_grids((rng.random(300) > 0.85).astype(int), rng)  # 85 % "a"
+    leaning_labels = (rng.random(300) > 0.85).astype(int)  # 85 % "a"
+    leaning = _marked_grids(leaning_labels, rng)
     balanced = _marked_grids(np.repeat([0, 1], 150), rng)
-    r = bias.attribute_study(ds, codebook, {"leaning": leaning, "balanced": balanced}, planted=0, width=16, epochs=15, lr=5e-3, batch_size=32,
-                             nsamples=4, top_n=3, token_num=1, n_boot=200)
+    training = {"arch": 1, "width": 16, "epochs": 15, "lr": 5e-3, "batch_size": 32, "seed": 0}
+    model, info = bias.attribute_iem(ds, codebook, "synthetic", training, out_dir=tmp_path / "iem")
+    assert info["trained"] and info["path"] == tmp_path / "iem" / "attribute_iem_synthetic.safetensors"
+    r = bias.attribute_study(ds, codebook, {"leaning": leaning, "balanced": balanced}, 0, model, nsamples=4, top_n=3,
+                             token_num=1, n_boot=200)
     assert r["test_accuracy"] > 0.9
     assert list(r["tokens"]["a"]) == [1] and list(r["tokens"]["b"]) == [2]
     d = r["deltas"].set_index("neutral set")
-    assert d.loc["leaning", "delta"] > 0.5
-    assert abs(d.loc["balanced", "delta"]) < 0.15
-    assert d.loc["leaning", "low"] <= d.loc["leaning", "delta"] <= d.loc["leaning", "high"]
+    # every image holds 4 marks of its own value and none of the other's: the paper's δ is 2p - 1, and the
+    # rule separates the values perfectly, so the share estimate is the share itself
+    p = float((leaning_labels == 0).mean())
+    assert d.loc["leaning", "delta"] == pytest.approx(p ** 2 - (1 - p) ** 2)
+    assert d.loc["leaning", "delta_paper_half_scale"] == pytest.approx(d.loc["leaning", "delta"] / 2)
+    assert d.loc["balanced", "delta"] == pytest.approx(0.0)
+    assert d.loc["leaning", "share"] == pytest.approx(p) and d.loc["balanced", "share"] == pytest.approx(0.5)
+    assert d.loc["leaning", "share_low"] <= p <= d.loc["leaning", "share_high"]
+    assert d.loc["balanced", "share_low"] <= 0.5 <= d.loc["balanced", "share_high"]
+    assert d.loc["leaning", "share_low"] > 0.5  # found
     assert set(r["counts"]["leaning"]) == {"a", "b"}
+    # shipped: the saved IEM is loaded, not trained again, for exactly these data and settings
+    monkeypatch.setattr(cortex_utils, "SHIPPED_CHECKPOINTS", tmp_path / "iem")
+    again, info = bias.attribute_iem(ds, codebook, "synthetic", training)
+    assert not info["trained"] and "this exact train split" in info["why"]
+    x = torch.randn(3, 8, 8, 8)
+    torch.testing.assert_close(again(x), model.eval()(x))
+    _, info = bias.attribute_iem(ds, codebook, "synthetic", {**training, "epochs": 14})
+    assert info["trained"] and "other settings: epochs 15 (here 14)" in info["why"]
 
 
 def test_attribute_study_bad_input(tmp_path):
@@ -225,13 +384,16 @@ def test_attribute_study_bad_input(tmp_path):
                                      ["a", "b", "c"], meta, source="synthetic")
     codebook = torch.randn(16, 8)
     with pytest.raises(ValueError, match="two attribute values"):
-        bias.attribute_study(three, codebook, {"n": _marked_grids(y, rng)}, planted=0)
+        bias.attribute_study(three, codebook, {"n": _marked_grids(y, rng)}, planted=0, model=None)
+    with pytest.raises(ValueError, match="two attribute values"):
+        bias.attribute_iem(three, codebook, "three", {"arch": 1, "width": 8, "epochs": 1, "lr": 1e-3, "batch_size": 8,
+                                                      "seed": 0})
     two = tokds.save_token_dataset(tmp_path / "two", {"train": (_marked_grids(y, rng), y % 2 + (np.arange(10) % 2)),
                                                       "val": (_marked_grids(y, rng), y)}, ["a", "b"], meta, source="s")
     with pytest.raises(ValueError, match="empty neutral set"):
-        bias.attribute_study(two, codebook, {"n": np.zeros((0, 8, 8), int)}, planted=0)
+        bias.attribute_study(two, codebook, {"n": np.zeros((0, 8, 8), int)}, planted=0, model=None)
     with pytest.raises(ValueError, match="planted"):
-        bias.attribute_study(two, codebook, {"n": _marked_grids(y, rng)}, planted=2)
+        bias.attribute_study(two, codebook, {"n": _marked_grids(y, rng)}, planted=2, model=None)
 
 
 # --- the real DALL·E-mini layout --------------------------------------------------------------------
@@ -246,10 +408,12 @@ def _write_csv(path, tokens, labels=None):
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thickness"), n_train=40, seed=0):
+def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thickness"), n_train=40, seed=0,
+                       truth=None):
     """A synthetic file set in the original's layout: per bias type train/val/test CSVs
     (filename,label,indices) and neutral.csv (indices only); background ids 3-5, value 0 marks its grids
-    with id 1, value 1 with id 2."""
+    with id 1, value 1 with id 2 (6 positions each). ``truth``: a dict that receives, per bias type, the
+    share of value 0 among the neutral grids."""
     rng = np.random.default_rng(seed)
 
     def grids(labels):
@@ -263,7 +427,10 @@ def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thi
         for split, n in (("train", n_train), ("val", 10), ("test", 10)):
             y = np.arange(n) % 2
             _write_csv(root / t / f"{split}.csv", grids(y), y)
-        _write_csv(root / t / "neutral.csv", grids((rng.random(30) > 0.8).astype(int)))
+        neutral_labels = (rng.random(30) > 0.8).astype(int)
+        _write_csv(root / t / "neutral.csv", grids(neutral_labels))
+        if truth is not None:
+            truth[t] = float((neutral_labels == 0).mean())
     (root / "colour" / "class_names.txt").write_text("light\ndark\n")
     return root
 
@@ -310,7 +477,8 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": vqlib.IMAGENET_F16_16384_CONFIG}))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "last.ckpt")
     del model
-    root = write_dalle_layout(tmp_path / "real")
+    truth = {}
+    root = write_dalle_layout(tmp_path / "real", truth=truth)
     run = tmp_path / "run"
     pm.execute_notebook(str(REPO_ROOT / "notebooks" / "10_bias_detection.ipynb"), str(tmp_path / "out.ipynb"),
                         parameters={"run_dir": str(run), "real_data_dir": str(root), "vq_config": str(tmp_path / "model.yaml"),
@@ -318,7 +486,18 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
                                     "nsamples": 2, "token_num": 2, "top_n": 3, "n_boot": 50},
                         kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
                         )
+    import pandas as pd
+
     metrics = json.loads((run / "metrics.json").read_text())
+    table = pd.read_csv(run / "bias" / "deltas.csv").set_index("bias")
     for t in ("colour", "thickness"):
-        assert -1 <= metrics[f"bias_{t}_delta"] <= 1
         assert (run / "bias" / t / "dataset" / "manifest.json").exists()
+        # a grid holds 6 marks of its own value's id and none of the other's, and only the mark ids can pass
+        # the specificity filter: whichever of them the (near-random) IEM's TIS found, both statistics are
+        # exact functions of the share p of value 0 among the neutral grids
+        p, row = truth[t], table.loc[t]
+        expected = {(1, 1): p ** 2 - (1 - p) ** 2, (1, 0): p, (0, 1): -(1 - p), (0, 0): 0.0}
+        assert metrics[f"bias_{t}_delta"] == pytest.approx(expected[(row["tokens_a"] > 0, row["tokens_b"] > 0)], abs=1e-4)
+        if row["tokens_a"] or row["tokens_b"]:  # the rule separates the held-out images perfectly
+            assert metrics[f"bias_{t}_share_est"] == pytest.approx(p, abs=1e-4)
+        assert metrics[f"bias_{t}_share_low"] <= p <= metrics[f"bias_{t}_share_high"]

@@ -57,3 +57,37 @@ def test_token_sets_and_overlap():
     sets = concepts.token_sets(t, 2, top_n=5)
     assert sets[0].tolist() == [4, 5] and sets[1].tolist() == [7]
     assert concepts.overlap(sets, {0: np.array([5]), 1: np.array([1])}).tolist() == [0.5, 0.0]
+
+
+def test_background_tokens_are_the_commonest_ids_across_classes():
+    # class 0: id 0 fills 6 of 8 positions, ids 1, 2 one each; class 1: id 0 fills 2 of 8, id 3 six
+    tokens = np.array([[[0, 0], [0, 1]], [[0, 0], [0, 2]], [[3, 3], [3, 0]], [[3, 3], [3, 0]]])
+    labels = np.array([0, 0, 1, 1])
+    # mean share over classes: id 0 (6/8 + 2/8) / 2 = 1/2, id 3 3/8, ids 1, 2 1/16 each
+    assert concepts.background_tokens(tokens, labels, 4, share=0.5).tolist() == [0]
+    assert concepts.background_tokens(tokens, labels, 4, share=0.6).tolist() == [0, 3]
+    assert concepts.background_tokens(tokens, labels, 4, share=0.9).tolist() == [0, 1, 3]  # tie 1/2: smaller id
+    assert concepts.background_tokens(tokens, labels, 4, share=0.0).tolist() == []
+    # every class weighs the same: a third image of class 1 changes nothing about its shares
+    more = np.concatenate([tokens, tokens[2:3]])
+    assert concepts.background_tokens(more, np.r_[labels, 1], 4, share=0.5).tolist() == [0]
+    with pytest.raises(ValueError, match=r"share must lie in \[0, 1\)"):
+        concepts.background_tokens(tokens, labels, 4, share=1.0)
+    with pytest.raises(ValueError, match="one label per token grid"):
+        concepts.background_tokens(tokens, labels[:3], 4)
+
+
+def test_frequency_baseline_without_the_background():
+    tokens = np.array([[[0, 0], [0, 1]], [[0, 0], [0, 2]], [[3, 3], [3, 0]], [[3, 3], [3, 0]]])
+    labels = np.array([0, 0, 1, 1])
+    plain = concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=3)
+    assert plain[plain.label == 0]["token"].tolist() == [0, 1, 2]
+    pd.testing.assert_frame_equal(concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=3, exclude=[]), plain)
+    background = concepts.background_tokens(tokens, labels, 4, share=0.5)
+    fg = concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=3, exclude=background)
+    assert fg[fg.label == 0]["token"].tolist() == [1, 2] and fg[fg.label == 1]["token"].tolist() == [3]
+    assert fg[fg.label == 1]["count"].tolist() == [6]  # the kept ids' counts are unchanged
+    con = concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=4, contrastive=True, exclude=[0, 1])
+    assert con[con.label == 0]["token"].tolist() == [2] and con[con.label == 1]["token"].tolist() == [3]
+    with pytest.raises(ValueError, match=r"excluded ids must lie in \[0, 4\)"):
+        concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, exclude=[4])

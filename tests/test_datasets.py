@@ -158,3 +158,73 @@ def test_image_folder(tmp_path):
     (tmp_path / "imgs" / "empty").mkdir()
     with pytest.raises(ValueError, match="has no images"):
         tokds.read_image_folder(tmp_path / "imgs", 16)
+
+
+# --- malformed CSV rows: the error names the file, the editor line (1-based) and what to fix; nothing is written ---
+
+def _ids(k):
+    return '"' + str(list(range(k))) + '"'
+
+
+def _import_fails(tmp_path, text, match):
+    """Importing a CSV with ``text`` fails with a ValueError matching ``match`` and leaves nothing behind."""
+    csv = tmp_path / "train.csv"
+    csv.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        tokds.import_cortex_csv(tmp_path / "ds", {"train": csv}, META)
+    assert str(csv) in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]  # no dataset, no .partial folder
+    return str(info.value)
+
+
+def test_csv_truncated_inside_the_indices_names_the_line(tmp_path):
+    msg = _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\n\nb,1,\"[0, 1, 2, 3",
+                        r"line 4: a quoted field starts in this row and never ends: the file is truncated")
+    assert "copy the CSV again" in msg
+
+
+def test_csv_row_without_indices_field_names_the_line(tmp_path):
+    _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\nb,1\nc,2,{_ids(16)}\n",
+                  r"line 3: the row has no indices field")
+
+
+def test_csv_row_with_a_field_too_many_names_the_line(tmp_path):
+    # an unquoted list: its commas split it into fields (pandas' "Error tokenizing data")
+    msg = _import_fails(tmp_path, f"filename,label,indices\n\na,0,{_ids(16)}\nb,1,[0, 1]\n",
+                        r"line 4: the row has 4 fields, the header has 3")
+    assert "Quote the indices list" in msg
+
+
+def test_csv_wrong_number_of_ids_counts_lines_as_an_editor(tmp_path):
+    # a blank line and an indices list spread over two lines: the bad row starts on line 6
+    text = (f"filename,label,indices\na,0,{_ids(16)}\n\nb,1,\"[0, 1, 2, 3,\n 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\"\n"
+            f"c,2,{_ids(15)}\n")
+    _import_fails(tmp_path, text, r"line 6 has 15 token ids, expected 16 \(= 4x4 grid")
+
+
+@pytest.mark.parametrize("bad, shown", [("1.5", "'1.5'"), ("x", "'x'")])
+def test_csv_non_integer_id_names_the_line_and_the_value(tmp_path, bad, shown):
+    ids = ", ".join(["0", bad] + [str(i) for i in range(2, 16)])
+    _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\nb,1,\"[{ids}]\"\n",
+                  rf"line 3: indices must be integer token ids, got {shown}")
+
+
+@pytest.mark.parametrize("label, what", [("cat", "the label 'cat' is not an integer class id"), ("", "the row has no label")])
+def test_csv_bad_label_names_the_line(tmp_path, label, what):
+    _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\nb,{label},{_ids(16)}\n", rf"line 3: {what}")
+
+
+def test_csv_empty_file(tmp_path):
+    _import_fails(tmp_path, "", r"the file is empty")
+
+
+def test_failed_csv_import_keeps_the_previous_dataset(tmp_path):
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text(f"filename,label,indices\na,0,{_ids(16)}\nb,1,{_ids(16)}\nc,2,{_ids(16)}\n")
+    bad.write_text(f"filename,label,indices\na,0,{_ids(16)}\nb,1\n")
+    tokds.import_cortex_csv(tmp_path / "ds", {"train": good}, META)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()}
+    with pytest.raises(ValueError, match=r"bad.csv, line 3"):
+        tokds.import_cortex_csv(tmp_path / "ds", {"train": good, "test": bad}, META)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()} == before
+    assert not list(tmp_path.glob("*.partial"))

@@ -247,3 +247,52 @@ def test_load_torchvision_resizes_normalizes_and_checks(tmp_path):
         load_torchvision("resnet18", tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="unknown torchvision architecture"):
         load_torchvision("resnet_nope", path)
+
+
+# --- fair concept-level comparison ---------------------------------------------------------------
+
+def test_concept_level_positions_masked_and_drop_per_position(tiny_vq):
+    # 3 images of 2 classes, 8x8 grids; class 0 holds id 5 at 3 and 1 positions, class 1 id 7 at 4
+    tokens = np.zeros((3, 8, 8), dtype=np.int64)
+    tokens[0, 0, :3] = 5
+    tokens[1, 4, 4] = 5
+    tokens[2, 2:4, 2:4] = 7
+    labels = np.array([0, 0, 1])
+    sets = {"narrow": {0: np.array([5]), 1: np.array([7])}, "background": {0: np.array([0]), 1: np.array([0])},
+            "none": {}}
+    table = ev.concept_level_experiment(tiny_vq, tokens, labels, sets, _evaluators(n_classes=2), spaces=("pixel",),
+                                        class_names=["a", "b"], progress=False)
+    got = table.set_index(["method", "evaluator", "label"])["mean_masked"]
+    assert got[("narrow", "a", 0)] == 2 and got[("narrow", "a", 1)] == 4 and got[("narrow", "a", -1)] == 3
+    assert got[("background", "b", 0)] == 62 and got[("background", "b", 1)] == 60
+    eff = ev.drop_per_position(table)
+    assert len(eff) == 3 * 2 and set(eff.columns) >= {"positions_masked", "drop_per_position", "logit_drop"}
+    overall = table[table.label < 0].reset_index(drop=True)
+    assert np.allclose(eff["drop_per_position"][:4], (overall.logit_drop / overall.mean_masked)[:4])
+    assert eff[eff.method == "none"]["drop_per_position"].isna().all()  # nothing masked: no per-position drop
+    with pytest.raises(ValueError, match="not a concept_level_experiment table"):
+        ev.drop_per_position(table.drop(columns="mean_masked"))
+
+
+def test_drop_at_positions_interpolates_each_sweep_curve():
+    sweep = pd.DataFrame({"space": "pixel", "evaluator": "a", "label": -1,
+                          "method": ["x", "x", "x", "y", "y"], "token_num": [1, 3, 8, 1, 3],
+                          "mean_masked": [1.0, 2.0, 4.0, 0.5, 0.5], "logit_drop": [0.2, 0.6, 1.0, 0.3, 0.3]})
+    at = ev.drop_at_positions(sweep, 3.0).set_index("method")
+    assert at.loc["x", "logit_drop"] == pytest.approx(0.8) and at.loc["x", "max_masked"] == 4
+    assert np.isnan(at.loc["y", "logit_drop"])  # y never masks 3 positions: no extrapolation
+    low = ev.drop_at_positions(sweep, 0.25).set_index("method")["logit_drop"]  # between (0, 0) and the first point
+    assert low["x"] == pytest.approx(0.05) and low["y"] == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="positions must be >= 0"):
+        ev.drop_at_positions(sweep, -1)
+
+
+def test_masked_patch_mean_is_what_the_mask_hides():
+    images = -torch.ones(2, 3, 8, 8)
+    images[0, :, :4, :4] = 1.0  # a white patch at grid position (0, 0) of image 0 (grid 2x2)
+    mask = np.zeros((2, 2, 2), dtype=bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = True
+    assert ev.masked_patch_mean(images, mask) == pytest.approx(0.0)  # one white, one black patch
+    mask[0, 0, 0] = False
+    assert ev.masked_patch_mean(images, mask) == pytest.approx(-1.0)  # black on black
+    assert np.isnan(ev.masked_patch_mean(images, np.zeros((2, 2, 2), dtype=bool)))

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -99,6 +102,9 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
     cfg = gen.transformer_config(vqlib.IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32)
     cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = "logs/vqgan_imagenet_f16_16384/checkpoints/last.ckpt"
     model = gen.build_transformer(cfg, seed=0)
+    with torch.device("meta"):  # taming's own Net2NetTransformer has the same keys and shapes
+        theirs = _tamings_net2net(cfg, seed=0)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     torch.save({"state_dict": model.state_dict(), "epoch": 1}, tmp_path / "last.ckpt")
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": cfg}))
     del model
@@ -115,16 +121,54 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
         gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=other)
 
 
-def test_sequence_loss_matches_net2net_forward(tiny_tf):
-    """Our training loss on precomputed tokens is Net2NetTransformer's own objective."""
-    tf, _ = tiny_tf
-    tf.eval()
+def test_import_does_not_load_lightning():
+    """Kernel start-up: generation uses taming's plain torch modules only (taming.models.* import Lightning)."""
+    code = ("import sys, cortex_utils.generation as g, cortex_utils.vq as v; "
+            "g.build_transformer(g.transformer_config(v.DEFAULT_VQ_CONFIG, 10, n_layer=1), seed=0); "
+            "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def _tamings_net2net(cfg, seed):
+    """taming's own Lightning ``Net2NetTransformer`` for ``cfg`` (the loss swapped for DummyLoss, offline)."""
+    params = {**cfg["params"], "first_stage_config": {**cfg["params"]["first_stage_config"]}}
+    params["first_stage_config"]["params"] = {**params["first_stage_config"]["params"], "lossconfig": vqlib.DUMMY_LOSS}
+    params["first_stage_config"]["params"].pop("ckpt_path", None)
+    torch.manual_seed(seed)
+    return vqlib.instantiate({"target": cfg["target"], "params": params}).eval()
+
+
+def test_same_weights_keys_and_objective_as_tamings_net2net(tiny_config):
+    """``CondTransformer`` is taming's ``Net2NetTransformer`` without Lightning: from the same seed, the same
+    state dict (keys, shapes, values) and the same ``forward(x, c)``; our training loss on precomputed
+    tokens is that objective."""
+    from taming.models.cond_transformer import Net2NetTransformer
+
+    cfg = gen.transformer_config(tiny_config, n_classes=3, n_layer=2, n_head=2, n_embd=32)
+    ours = gen.build_transformer(cfg, seed=0)
+    theirs = _tamings_net2net(cfg, seed=0)
+    assert isinstance(theirs, Net2NetTransformer) and not isinstance(ours, Net2NetTransformer)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():  # make the untrained model's predictions depend on the prefix
+        for p in ours.transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    theirs.load_state_dict(ours.state_dict())
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     c = torch.tensor([1, 2])
-    logits, target = tf(x, c)
+    logits, target = ours(x, c)
+    ref_logits, ref_target = theirs(x, c)
+    assert torch.equal(logits, ref_logits) and torch.equal(target, ref_target)
     ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-    z = vqlib.encode(tf.first_stage_model, x).flatten(1)
-    torch.testing.assert_close(gen.sequence_loss(tf.transformer, c[:, None], z), ref)
+    z = vqlib.encode(ours.first_stage_model, x).flatten(1)
+    torch.testing.assert_close(gen.sequence_loss(ours.transformer, c[:, None], z), ref)
+    assert ours.cond_stage_model.n_classes == 3 and ours.sos_token == theirs.sos_token
+    ours.train()  # as taming: the first and condition stages stay in eval mode
+    assert ours.transformer.training and not ours.first_stage_model.training
+    with pytest.raises(ValueError, match="Net2NetTransformer"):
+        gen.build_transformer({**cfg, "target": "torch.nn.Identity"})
 
 
 def test_bf16_training_lowers_the_loss(tiny_tf):

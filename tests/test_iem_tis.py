@@ -99,3 +99,89 @@ def test_unknown_architecture_and_small_grid():
         iemlib.build_iem(7, 6, GRID, 5)
     with pytest.raises(ValueError, match="at least 4x4"):
         iemlib.build_iem(1, 6, (2, 2), 5)
+
+
+def _ranged_batch():
+    """Three 2x2x2 'images' with different value ranges: 4, 1 and 10 (the batch's: 10)."""
+    x = torch.zeros(3, 2, 2, 2)
+    x[0, 0, 0, 0], x[0, 1, 1, 1] = 3.0, -1.0  # range 4
+    x[1] += 0.5
+    x[1, 1, 0, 1] = 1.5  # range 1
+    x[2, 0, 1, 0], x[2, 1, 0, 0] = -6.0, 4.0  # range 10
+    return x
+
+
+def test_per_image_sigma_is_each_images_own_range():
+    x = _ranged_batch()
+    by_hand = torch.tensor([0.2 * (float(im.max()) - float(im.min())) for im in x])  # 0.8, 0.2, 2.0
+    torch.testing.assert_close(tislib.noise_sigma(x, 0.2, "image").flatten(), by_hand)
+    torch.testing.assert_close(tislib.noise_sigma(x, 0.2, "image").flatten(), torch.tensor([0.8, 0.2, 2.0]))
+    noise = tislib.smoothgrad_noise(x, nsamples=3, spread=0.2, generator=torch.Generator().manual_seed(5), sigma="image")
+    draws = torch.randn((3, *x.shape), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(noise, draws * by_hand.view(1, 3, 1, 1, 1))
+    # the same draws, only the scale differs from the per-batch sigma (0.2 * 10 = 2 for every image)
+    batch = tislib.smoothgrad_noise(x, nsamples=3, spread=0.2, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(batch, draws * 2.0)
+    # an image's per-image sigma does not depend on its neighbours
+    torch.testing.assert_close(tislib.noise_sigma(x[1:2], 0.2, "image"), tislib.noise_sigma(x, 0.2, "image")[1:2])
+
+
+def test_per_batch_sigma_is_the_default_and_unchanged():
+    x = _ranged_batch()
+    assert float(tislib.noise_sigma(x, 0.2)) == pytest.approx(2.0)
+    g = torch.Generator().manual_seed(3)
+    expected = torch.randn((4, *x.shape), generator=g) * (0.2 * (x.max() - x.min()))  # the paper's formula
+    assert torch.equal(tislib.smoothgrad_noise(x, 4, 0.2, torch.Generator().manual_seed(3)), expected)
+    with pytest.raises(ValueError, match="unknown sigma 'pixel'"):
+        tislib.noise_sigma(x, 0.2, "pixel")
+
+
+def test_per_image_sigma_reaches_the_scores(model):
+    x = torch.randn(4, 6, *GRID) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1)
+    y = torch.tensor([0, 1, 2, 3])
+    image = tislib.token_importance(model, x, y, nsamples=3, sigma="image", generator=torch.Generator().manual_seed(0))
+    noise = tislib.smoothgrad_noise(x, 3, 0.2, torch.Generator().manual_seed(0), sigma="image")
+    torch.testing.assert_close(image, tislib.token_importance(model, x, y, noise=noise))
+    batch = tislib.token_importance(model, x, y, nsamples=3, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(image, batch)
+
+
+def test_batched_token_importance_follows_compute_tis_seeding(model):
+    torch.manual_seed(2)
+    x, y = torch.randn(6, 6, *GRID), torch.tensor([0, 1, 2, 3, 4, 0])
+    got = tislib.batched_token_importance(model, x, y, batch_size=4, nsamples=2, seed=7)
+    first = tislib.token_importance(model, x[:4], y[:4], 2, generator=torch.Generator().manual_seed(7 * 1_000_003))
+    second = tislib.token_importance(model, x[4:], y[4:], 2, generator=torch.Generator().manual_seed(7 * 1_000_003 + 4))
+    np.testing.assert_array_equal(got, torch.cat([first, second]).numpy())
+
+
+def test_topk_agreement_on_hand_made_maps():
+    a = np.array([[[9, 8], [7, 0]],    # top-2: positions 0, 1
+                  [[0, 1], [2, 3]],    # top-2: 3, 2
+                  [[5, 5], [5, 1]]],   # top-2 with a tie: 0, 1 (the smaller positions)
+                 dtype=np.float32)
+    b = np.array([[[9, 0], [8, 1]],    # top-2: 0, 2 -> shares 1 of 2
+                  [[3, 2], [1, 0]],    # top-2: 0, 1 -> shares none
+                  [[5, 4], [5, 6]]],   # top-2: 3, then 0 (tie with 2, the smaller) -> shares 1
+                 dtype=np.float32)
+    np.testing.assert_array_equal(tislib.topk_positions(a, 2), [[0, 1], [3, 2], [0, 1]])
+    np.testing.assert_array_equal(tislib.topk_agreement(a, b, k=2), [0.5, 0.0, 0.5])
+    np.testing.assert_array_equal(tislib.topk_agreement(b, a, k=2), [0.5, 0.0, 0.5])  # symmetric
+    np.testing.assert_array_equal(tislib.topk_agreement(a, a, k=3), [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(tislib.topk_agreement(a, b, k=4), [1.0, 1.0, 1.0])  # every position
+    np.testing.assert_array_equal(tislib.topk_agreement(a, -a + 0.5 * np.arange(4).reshape(2, 2), k=1)[:2], [0.0, 0.0])
+    with pytest.raises(ValueError, match="different shapes"):
+        tislib.topk_agreement(a, b[:2])
+    with pytest.raises(ValueError, match=r"k must lie in \[1, 4\]"):
+        tislib.topk_agreement(a, b, k=5)
+
+
+def test_seed_agreement_averages_every_pair():
+    a = np.array([[4.0, 3.0, 2.0, 1.0]])  # top-2: 0, 1
+    b = np.array([[4.0, 1.0, 3.0, 2.0]])  # top-2: 0, 2
+    c = np.array([[1.0, 2.0, 3.0, 4.0]])  # top-2: 3, 2
+    # pairs: a-b 1/2, a-c 0, b-c 1/2 -> 1/3
+    np.testing.assert_allclose(tislib.seed_agreement([a, b, c], k=2), [1 / 3])
+    np.testing.assert_allclose(tislib.seed_agreement([a, b], k=2), [0.5])
+    with pytest.raises(ValueError, match="at least two seeds"):
+        tislib.seed_agreement([a])

@@ -151,3 +151,20 @@ def test_embedding_optimization_increases_the_logit_and_keeps_the_outside():
         assert len(hist) == 30 and hist.snapped_logit.notna().sum() == 4 and len(res["snapshots"]) == 4
         if iem is linear:  # constant gradient: every Adam step raises the logit
             assert np.all(np.diff(hist.target_logit.to_numpy()) > 0)
+
+
+def test_check_outside_unchanged_raises_only_for_changes_outside_the_region():
+    region = opt.region_mask(GRID, (1, 3), (1, 3))
+    before = torch.arange(16).reshape(GRID)
+    inside = before.clone()
+    inside[1, 2] = 15  # inside the region: allowed
+    opt.check_outside_unchanged(before, inside, region)
+    opt.check_outside_unchanged(np.stack([before.numpy()] * 2), np.stack([inside.numpy(), before.numpy()]), region)
+    outside = inside.clone()
+    outside[0, 0], outside[3, 3] = 5, 5  # two positions outside
+    with pytest.raises(AssertionError, match=r"2 token\(s\) changed outside"):
+        opt.check_outside_unchanged(before, outside, region)
+    with pytest.raises(AssertionError, match=r"2 token\(s\) changed outside"):
+        opt.check_outside_unchanged(torch.stack([before, before]), torch.stack([inside, outside]), region)
+    with pytest.raises(ValueError, match="must match"):
+        opt.check_outside_unchanged(before, before[:3], region)

@@ -1,4 +1,5 @@
 import argparse
+import subprocess
 import sys
 
 import numpy as np
@@ -9,13 +10,67 @@ import yaml
 from cortex_utils import vq as vqlib
 
 
-def test_taming_imports_under_lightning_2_without_leaving_a_fake_transformers():
+def test_import_does_not_load_lightning():
+    """Kernel start-up: the VQ seam uses taming's plain torch modules only (taming.models.* import Lightning)."""
+    code = ("import sys, cortex_utils.vq as v; v.build_vq(v.DEFAULT_VQ_CONFIG); "
+            "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_taming_lightning_models_import_under_lightning_2_without_leaving_a_fake_transformers():
+    vqlib._import_taming()
     import pytorch_lightning.utilities.distributed as dist
+    from taming.models.vqgan import VQModel  # noqa: F401
     from taming.modules.transformer import mingpt
 
     assert callable(dist.rank_zero_only)
     assert callable(mingpt.top_k_top_p_filtering)
     assert "transformers" not in sys.modules or hasattr(sys.modules["transformers"], "__file__")
+
+
+def test_same_weights_keys_and_outputs_as_tamings_lightning_vqmodel(tiny_config):
+    """``TamingVQ`` is taming's ``VQModel`` without Lightning: from the same seed, the same state dict
+    (keys, shapes, values) and the same tokens and images."""
+    from taming.models.vqgan import VQModel
+
+    ours = vqlib.build_vq(tiny_config, seed=0)
+    torch.manual_seed(0)
+    theirs = vqlib.instantiate({**tiny_config, "params": {**tiny_config["params"], "lossconfig": vqlib.DUMMY_LOSS}})
+    assert isinstance(theirs, VQModel) and not isinstance(ours, VQModel)
+    theirs.eval()
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(vqlib.encode(ours, x), theirs.encode(x)[2][2].reshape(2, 8, 8))
+        zq = theirs.encode(x)[0]
+        assert torch.equal(vqlib.decode(ours, zq), theirs.decode(zq).clamp(-1, 1))
+
+
+def test_imagenet_f16_16384_keys_match_tamings_vqmodel():
+    from taming.models.vqgan import VQModel
+
+    cfg = vqlib.IMAGENET_F16_16384_CONFIG
+    with torch.device("meta"):
+        ours = vqlib.build_vq(cfg)
+        theirs = VQModel(**{**cfg["params"], "lossconfig": vqlib.DUMMY_LOSS})
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+
+
+def test_another_taming_vq_class_is_built_by_taming(tiny_config, tiny_vq):
+    """A ``VQModel`` subclass named in a config is built by taming itself (imports Lightning); the same layout
+    loads our weights."""
+    from taming.models.vqgan import VQNoDiscModel
+
+    model = vqlib.build_vq({**tiny_config, "target": "taming.models.vqgan.VQNoDiscModel"})
+    assert isinstance(model, VQNoDiscModel) and vqlib.grid_shape(model) == (8, 8)
+    model.load_state_dict(vqlib.state_dict_for_saving(tiny_vq))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(vqlib.encode(model, x), vqlib.encode(tiny_vq, x))
+    with pytest.raises(ValueError, match="is not a taming VQModel"):
+        vqlib.build_vq({**tiny_config, "target": "torch.nn.Identity"})
 
 
 def test_encode_embed_decode_shapes_and_consistency(tiny_vq):

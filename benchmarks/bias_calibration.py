@@ -1,0 +1,231 @@
+"""Does the bias share estimate (cortex_utils.bias.bias_share) keep its promises where the truth is known?
+
+A simulation study in numpy only. Every simulated study has the sizes of notebook 10's default: 300 neutral
+images, 300 labelled images per value to fit the rule on and 100 per value (held out) to measure its error
+rates. Each image is truly value A or B; its count of A's tokens and of B's tokens is drawn from that
+value's distribution. The neutral set's true share of A is known, and the question is how often the 95 %
+interval covers it, and how often it excludes ½ when the truth is ½ (a false alarm).
+
+Cases (the three ways the earlier ranked δ failed, plus two controls):
+
+* ``ties``: each value marked by few tokens (Poisson 0.8 in its own images, 0.1 in the other's): most
+  images hold 0 or 1 of each, so ties and zero counts dominate;
+* ``symmetric``: well-marked values (Poisson 3 vs 0.3), the easy case;
+* ``uneven``: A marked by many tokens with a wide spread (negative binomial, mean 6), B by few (mean 1):
+  on raw counts a half-and-half set already looks like A;
+* ``selected``: token grids (64 positions, 40 ids, 8 of them marks of one value), the tokens re-selected in
+  every study and in every bootstrap resample from the resampled fit images (frequency ranking with the
+  specificity filter of ``bias.attribute_tokens``, a stand-in for the TIS ranking);
+* ``no_signal``: both values draw their counts from the same distribution: the rule cannot separate them;
+* ``leak`` (reported separately): ``symmetric``, but 30 % of the labelled B images ("a B" prompts) render
+  as A. The truth to cover is the neutral set's share of A images; the labelled data are contaminated in a
+  way token counts cannot reveal, so the estimate targets the mixture weight (p − 0.3) / 0.7 instead.
+
+Beside it, for the same null studies, the intervals of the earlier ranked δ (counts replaced by their mid-rank
+among the labelled images' counts, both values weighted equally, δ bootstrapped over the neutral images
+only) and of the paper's δ on raw counts: a false alarm is an interval that excludes 0.
+
+Columns: coverage (the interval holds the true share), excludes 0.5 (a "found" verdict; under the null a false
+alarm), width, inconclusive (the rule's J <= 0.1: no estimate, interval [0, 1]), not found (the verdict
+``bias.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at: the true
+share, except in ``leak``), and for the null studies the ranked and the raw δ's mean and how often their
+interval excludes 0.
+
+Last line: bias_null_fpr=<x> bias_coverage=<y> ranked_null_fpr=<z> ... (bias_null_fpr over the null studies of
+every case but ``leak``; bias_coverage is the worst coverage of any (case, share) cell but ``leak``'s).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from cortex_utils import bias
+
+N_NEUTRAL, N_FIT, N_CAL = 300, 300, 100
+SHARES = (0.5, 0.7, 0.85)
+LEVEL = 0.95
+
+
+def poisson_counts(own, cross):
+    """Counts of A's tokens and of B's tokens per image: Poisson(own) in images of the token's value,
+    Poisson(cross) in the other value's."""
+    def draw(rng, is_a):
+        return (rng.poisson(np.where(is_a, own[0], cross[0])), rng.poisson(np.where(is_a, cross[1], own[1])))
+    return draw
+
+
+def uneven_counts(rng, is_a):
+    # A: many tokens, overdispersed (negative binomial, mean 6, var 6 + 6²/2); B: few (mean 1)
+    a_own = rng.negative_binomial(2, 2 / (2 + 6), is_a.size)
+    a = np.where(is_a, a_own, rng.poisson(0.5, is_a.size))
+    b = np.where(is_a, rng.poisson(0.1, is_a.size), rng.poisson(1.0, is_a.size))
+    return a, b
+
+
+CASES = {
+    "ties": poisson_counts((0.8, 0.8), (0.1, 0.1)),
+    "symmetric": poisson_counts((3.0, 3.0), (0.3, 0.3)),
+    "uneven": uneven_counts,
+    "no_signal": poisson_counts((1.0, 1.0), (1.0, 1.0)),
+}
+LEAK = 0.3  # share of the labelled B images that render as A in the ``leak`` case
+
+
+def labelled(rng, draw, n, leak=0.0):
+    """``n`` images labelled A and ``n`` labelled B; a share ``leak`` of the B-labelled ones is truly A."""
+    is_a_label = np.repeat([True, False], n)
+    truly_a = is_a_label | (rng.random(2 * n) < leak)
+    a, b = draw(rng, truly_a)
+    return a, b, is_a_label
+
+
+def count_study(rng, draw, p, n_boot, leak=0.0):
+    truly_a = rng.random(N_NEUTRAL) < p
+    neutral = draw(rng, truly_a)
+    fit, cal = labelled(rng, draw, N_FIT, leak), labelled(rng, draw, N_CAL, leak)
+    seed = int(rng.integers(2**31))
+    est = bias.bias_share(neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed)
+    return est, neutral, fit, cal, seed
+
+
+# --- the ``selected`` case: token grids, tokens chosen from the data ----------------------------------
+
+GRID, VOCAB, MARKS = 64, 40, 4  # ids 0-3 mark A, 4-7 mark B, 8-39 background
+
+
+def grid_histograms(rng, truly_a):
+    """Per image, how often each id occurs (``(n, VOCAB)``): on average 4 positions hold its own value's marks
+    (one of each of the value's 4 ids), 0.5 the other value's, the rest background ids."""
+    n = truly_a.size
+    own, other = 1.0 / GRID, 0.125 / GRID
+    prob = np.empty((n, VOCAB))
+    prob[:, :MARKS] = np.where(truly_a[:, None], own, other)
+    prob[:, MARKS:2 * MARKS] = np.where(truly_a[:, None], other, own)
+    prob[:, 2 * MARKS:] = (1 - prob[:, :2 * MARKS].sum(1, keepdims=True)) / (VOCAB - 2 * MARKS)
+    return np.stack([rng.multinomial(GRID, q) for q in prob])
+
+
+def select_tokens(hist, is_a, token_num=4, specificity=2.0):
+    """Each value's ``token_num`` ids by frequency in its images, kept only if at least ``specificity`` times as
+    frequent per image as in the other value's (as ``bias.attribute_tokens`` filters the TIS ranking)."""
+    rate = np.stack([hist[is_a].mean(0), hist[~is_a].mean(0)])
+    out = []
+    for c in (0, 1):
+        order = np.argsort(-rate[c], kind="stable")
+        keep = order[rate[c, order] >= specificity * rate[1 - c, order]]
+        out.append(keep[:token_num])
+    return out
+
+
+def selected_study(rng, p, n_boot):
+    neutral_h = grid_histograms(rng, rng.random(N_NEUTRAL) < p)
+    fit_y, cal_y = np.repeat([True, False], N_FIT), np.repeat([True, False], N_CAL)
+    fit_h, cal_h = grid_histograms(rng, fit_y), grid_histograms(rng, cal_y)
+
+    def counts(ids):
+        a, b = ids
+        return [(h[:, a].sum(1), h[:, b].sum(1)) for h in (neutral_h, fit_h, cal_h)]
+
+    def recount(rows):
+        n, f, c = counts(select_tokens(fit_h[rows], fit_y[rows]))
+        return n, (*f, fit_y), (*c, cal_y)
+
+    n, f, c = recount(np.arange(2 * N_FIT))
+    return bias.bias_share(n, f, c, n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)), recount=recount)
+
+
+# --- the earlier ranked δ and the paper's δ, on the same null studies ----------------------------------
+
+def balanced_rank(counts, ref_counts, ref_labels):
+    """The removed ``bias.balanced_rank``: the mean over the reference's values of the mid-rank share."""
+    out = np.zeros(len(counts))
+    for v in np.unique(ref_labels):
+        ref = np.sort(ref_counts[ref_labels == v])
+        out += (np.searchsorted(ref, counts, "left") + np.searchsorted(ref, counts, "right")) / (2 * len(ref))
+    return out / len(np.unique(ref_labels))
+
+
+def delta_intervals(neutral, fit, cal, n_boot, seed):
+    """(ranked δ interval, raw δ interval), as the notebook computed them before: the reference is every
+    labelled image; the two count lists are bootstrapped as independent samples of the neutral set."""
+    ref_a, ref_b = np.concatenate([fit[0], cal[0]]), np.concatenate([fit[1], cal[1]])
+    ref_y = np.concatenate([fit[2], cal[2]])
+    ranked = bias.bootstrap_delta(balanced_rank(neutral[0], ref_a, ref_y), balanced_rank(neutral[1], ref_b, ref_y),
+                                  n_boot=n_boot, level=LEVEL, seed=seed)
+    raw = bias.bootstrap_delta(neutral[0], neutral[1], n_boot=n_boot, level=LEVEL, seed=seed)
+    return ranked, raw
+
+
+def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta_boot=200):
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(20240611)
+    rows, ranked_alarms, raw_alarms, leak_ranked = [], {}, {}, float("nan")
+    plan = [(c, p) for c in ("ties", "symmetric", "uneven") for p in SHARES] + [("no_signal", 0.5), ("no_signal", 0.85)]
+    plan += [("selected", 0.5), ("selected", 0.85)] + [("leak", p) for p in SHARES]
+    for case, p in plan:
+        ests, excl = [], []
+        n = selected_studies if case == "selected" else studies
+        for _ in range(n):
+            if case == "selected":
+                est = selected_study(rng, p, selected_boot)
+            else:
+                draw = CASES["symmetric" if case == "leak" else case]
+                est, neutral, fit, cal, seed = count_study(rng, draw, p, n_boot, LEAK if case == "leak" else 0.0)
+                if p == 0.5:
+                    ranked, raw = delta_intervals(neutral, fit, cal, delta_boot, seed)
+                    excl.append((not ranked[1] <= 0 <= ranked[2], not raw[1] <= 0 <= raw[2], ranked[0], raw[0]))
+            ests.append(est)
+        low, high = np.array([e["low"] for e in ests]), np.array([e["high"] for e in ests])
+        share = np.array([e["share"] for e in ests])
+        target = (p - LEAK) / (1 - LEAK) if case == "leak" else p
+        row = {"case": case, "true share": p, "mean est": float(np.nanmean(share)) if np.isfinite(share).any() else np.nan,
+               "coverage": float(np.mean((low <= p) & (p <= high))),
+               "excludes 0.5": float(np.mean((low > 0.5) | (high < 0.5))),
+               "width": float(np.mean(high - low)), "inconclusive": float(np.mean([e["inconclusive"] for e in ests])),
+               "covers target": float(np.mean((low <= target) & (target <= high))), "target": target,
+               "not found": float(np.mean([bias.share_verdict(lo, hi) == "not found"
+                                           for lo, hi in zip(low, high, strict=True)]))}
+        if excl:
+            e = np.array(excl)
+            row.update({"ranked δ excl 0": float(e[:, 0].mean()), "raw δ excl 0": float(e[:, 1].mean()),
+                        "ranked δ mean": float(e[:, 2].mean()), "raw δ mean": float(e[:, 3].mean())})
+            if case == "leak":
+                leak_ranked = float(e[:, 0].mean())
+            else:
+                ranked_alarms[case], raw_alarms[case] = e[:, 0], e[:, 1]
+        rows.append(row)
+
+    cols = ["case", "true share", "mean est", "coverage", "excludes 0.5", "width", "inconclusive", "not found",
+            "target", "covers target", "ranked δ mean", "ranked δ excl 0", "raw δ mean", "raw δ excl 0"]
+    print(f"{studies} studies per cell ({selected_studies} for 'selected'), {n_boot} bootstrap resamples "
+          f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); 300 neutral, 300 + 100 labelled per value")
+    print(" | ".join(f"{c:>15s}" if i else f"{c:<10s}" for i, c in enumerate(cols)))
+    for r in rows:
+        cells = []
+        for i, c in enumerate(cols):
+            v = r.get(c, "")
+            cells.append(f"{v:<10s}" if i == 0 else f"{v:>15.3f}" if isinstance(v, float) else f"{v!s:>15s}")
+        print(" | ".join(cells))
+    main_rows = [r for r in rows if r["case"] != "leak"]
+    null_rows = [r for r in main_rows if r["true share"] == 0.5]
+    null_fpr = float(np.mean([r["excludes 0.5"] for r in null_rows]))
+    coverage = min(r["coverage"] for r in main_rows)
+    pooled = float(np.mean([r["coverage"] for r in main_rows]))
+    ranked_fpr = float(np.mean(np.concatenate(list(ranked_alarms.values()))))
+    raw_fpr = float(np.mean(np.concatenate(list(raw_alarms.values()))))
+    leak = {r["true share"]: r for r in rows if r["case"] == "leak"}
+    true_cov = ", ".join(f"{p}: {leak[p]['coverage']:.2f}" for p in SHARES)
+    target_cov = ", ".join(f"{leak[p]['target']:.3f}: {leak[p]['covers target']:.2f}" for p in SHARES)
+    print(f"'leak': coverage of the true share {true_cov}; of the mixture weight (p - {LEAK}) / {1 - LEAK:.1f}: "
+          f"{target_cov}")
+    print(f"{time.perf_counter() - t0:.0f} s")
+    per_case = " ".join(f"coverage_{r['case']}_{r['true share']}={r['coverage']:.3f}" for r in rows)
+    print(f"bias_null_fpr={null_fpr:.3f} bias_coverage={coverage:.3f} ranked_null_fpr={ranked_fpr:.3f} "
+          f"raw_null_fpr={raw_fpr:.3f} bias_coverage_pooled={pooled:.3f} leak_null_fpr={leak[0.5]['excludes 0.5']:.3f} "
+          f"leak_ranked_null_fpr={leak_ranked:.3f} {per_case}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Write docs/expected_metrics.json: the default run's metrics, each with the tolerance a run on another CPU
+must stay within (format: docs/expected_metrics.md).
+
+    python benchmarks/make_expected.py RUN_DIR [RUN_DIR ...] --out docs/expected_metrics.json
+
+The first RUN_DIR is the default run (``make verify`` leaves one in runs/verify); any further ones are runs of
+the same default under other instruction sets (``make verify-isa``: runs/verify-isa). Every value is the
+first run's. A numeric key's tolerance is max(its rule's floor, 3 x the largest difference between the given
+runs), rounded up to two significant digits; strings, booleans and integers are compared exactly and must be
+equal in every run. Timing and other machine-dependent keys are written as informational: kept for reading,
+never checked. A key that no rule in RULES covers is an error (add a rule, or pass --informational KEY).
+
+Last line: expected_keys=<checked> expected_informational=<n> expected_widened=<keys whose tolerance the runs
+widened beyond the floor>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMAT = "cortex-expected-metrics/1"
+SPREAD_FACTOR = 3  # tolerance >= 3 x the largest difference seen between the given runs
+
+# The rule table: the first rule whose pattern matches a key (re.search) decides. ``floor`` None = informational
+# (not checked), 0 = exact. Floors cover float differences between CPUs (last bits of float32 kernels, and the
+# discrete flips they can cause: a near-tie in a ranking, a ReLU / max-pool switch, a sampled token at a
+# boundary); they do not cover a different model, a different dataset or different parameters.
+# (pattern, kind, floor, why)
+RULES = [
+    # wall times (every <notebook>_seconds, pipeline_seconds, kernel_import_seconds, dataset_load_seconds,
+    # tis_seconds_per_image): facts about the machine and its load, not results
+    (r"seconds", "timing", None, "wall time: depends on the machine and its load"),
+    # what the machine or the environment is, should a notebook ever record it
+    (r"(^|_)(threads|nproc|jobs|cpu|cpu_capability|hostname)$", "machine", None, "a fact about the machine"),
+    # PSNR over the 750 real test digits: the float32 encoder/decoder differ in the last bits between
+    # instruction sets (isa_kernels.py: ~2e-6 per decoded pixel); a nearest-code tie flips one position of
+    # one image (16 of 2.3 M pixels), far below 0.01 dB
+    (r"^vq_test_psnr_db$", "psnr_db", 0.01, "PSNR over 750 test images: last-bit encoder/decoder differences"),
+    # share of the 256 codes used on the test digits: a nearest-code tie can add or drop a code used once
+    (r"^vq_codebook_usage$", "codebook_share", 2 / 256, "share of 256 codes: two codes' worth (nearest-code ties)"),
+    # bytes on disk per image of the shipped dataset, copied byte for byte into the run (its manifest holds
+    # only repository-relative paths): the same everywhere
+    (r"^dataset_bytes_per_image$", "size", 0.01, "the shipped dataset's files, copied byte for byte"),
+    # mean of the two evaluators' accuracy over the 500 test images of the shipped generated dataset: an
+    # image whose two top logits nearly tie may flip; two images' worth
+    (r"^generated_evaluator_accuracy$", "accuracy_500", 2 / 500, "accuracy over 500 images: two images' worth"),
+    # the shipped IEMs' top-1 over the 500 test grids: two images' worth of near-tied logits
+    (r"^iem\d_test_top\d+$", "accuracy_500", 2 / 500, "accuracy over 500 images: two images' worth"),
+    # notebook 10's attribute IEMs over their 100 test generations (50 per value): two images' worth
+    (r"^bias_.*_iem_accuracy", "accuracy_100", 2 / 100, "accuracy over 100 images: two images' worth"),
+    # Cliff's delta of raw attribute-token counts over 300 neutral generations (the paper's statistic, both
+    # scales, and its interval ends): a TIS near-tie can move a counted position, and with it a token
+    (r"^bias_.*_delta", "cliffs_delta", 0.02, "Cliff's delta over 300 images: near-ties in the TIS"),
+    # shares of the 300 neutral generations: measured from their pixels (truth), or estimated from their
+    # attribute tokens with a seeded bootstrap interval (est / low / high); a TIS near-tie can move a token
+    # and with it a few images' classification: 0.02 = 6 images
+    (r"^bias_.*_share", "share_300", 0.02, "share of 300 generated images: a few generations' worth"),
+    # share of the 10 (evaluator, n >= 1) cells where TIS masking beats random masking: one cell can flip
+    # only when the two drops nearly tie; one cell's worth
+    (r"^image_level_tis_beats_random", "share_of_cells", 0.1, "share of 10 cells: one cell's worth on a near tie"),
+    # mean logit drop over evaluators and 750 images: logits (|x| ~ 10) differ by ~1e-5; a TIS near-tie
+    # (isa_kernels.py: TIS jumps ~5e-4 where a ReLU switch flips) may move one counted position
+    (r"^concept_level_.*_drop$", "mean_logit_drop", 0.01, "mean logit drop: last bits and rare TIS near-ties"),
+    # logit drop per masked position, and the drops read at a matched number of positions: as the drops
+    (r"^concept_level_(drop_per_position|matched_drop)_", "mean_logit_drop", 0.01,
+     "mean logit drop (per position): last bits and rare TIS near-ties"),
+    # positions masked per image (500 test images): a concept token that changes on a TIS near-tie changes
+    # the positions it covers
+    (r"^concept_level_(positions_masked_|matched_positions)", "positions_per_image", 0.02,
+     "positions per image over 500 images: a token changed on a TIS near-tie"),
+    # share of an image's top-5 TIS positions that two computations agree on (100 images x 5 positions;
+    # one position = 0.002): last-bit differences flip near-tied positions
+    (r"^tis_top5_", "agreement_500", 0.01, "top-5 agreement over 100 images: near-tied positions"),
+    # mean target probability before optimisation (12 images x 2 evaluators): last bits only
+    (r"^codebook_target_prob_before$", "mean_probability", 1e-3, "mean probability: last-bit differences"),
+    # after 200 Adam steps on Gumbel-softmax scores the last bits are carried forward and a token may be
+    # snapped differently: one of the 24 probabilities moving by 0.25 moves the mean by 0.01
+    (r"^codebook_target_prob_after$", "optimised_probability", 0.01,
+     "mean probability after 200 optimisation steps: differences are carried forward"),
+    # mean Spearman correlation of 100 images' maps: rank near-ties between positions
+    (r"^sanity_(data_)?(abs_)?rank_corr_", "rank_correlation", 0.02, "mean Spearman over 100 images: rank near-ties"),
+    # area under the evaluators' mean probability over 20 images x 9 points: a near-tie swaps two
+    # positions in one image's order and moves one point of one curve
+    (r"^(deletion|insertion)_auc_", "auc_20", 0.005, "AUC over 20 images: a near-tie swaps two positions"),
+]
+EXACT_KIND = "exact"  # strings, booleans, integers
+
+
+def rule_for(key: str, value):
+    """(kind, floor, why) for a key; floor None = informational. Non-float values are exact unless informational."""
+    for pattern, kind, floor, why in RULES:
+        if re.search(pattern, key):
+            if floor is None or isinstance(value, float):
+                return kind, floor, why
+            break
+    if isinstance(value, (str, bool, int)) or value is None:
+        return EXACT_KIND, 0, "compared exactly (a string, boolean or integer)"
+    return None
+
+
+def read_run(run_dir: str | Path) -> dict:
+    p = Path(run_dir) / "metrics.json"
+    if not p.is_file():
+        raise SystemExit(f"error: {p} does not exist (a finished `make verify` run holds one)")
+    return json.loads(p.read_text())
+
+
+def isa_note(run_dir: str | Path) -> str:
+    """What `make verify` / `make verify-isa` noted about the run's instruction set (isa_kernels.py --describe)."""
+    p = Path(run_dir) / "isa.txt"
+    return p.read_text().strip() if p.is_file() else "not recorded"
+
+
+def round_up(x: float, digits: int = 2) -> float:
+    if x <= 0:
+        return 0.0
+    scale = 10 ** (digits - 1 - math.floor(math.log10(x)))
+    return math.ceil(x * scale * (1 - 1e-12)) / scale
+
+
+def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional: bool = False,
+          command: str = "") -> tuple[dict, list[str]]:
+    """The expected file's content from the runs, and the keys whose tolerance the runs widened beyond the floor."""
+    runs = [read_run(d) for d in run_dirs]
+    first = runs[0]
+    problems, checked, info, widened = [], {}, {}, []
+    for key, value in first.items():
+        missing = [d for d, r in zip(run_dirs, runs, strict=True) if key not in r]
+        if key in informational:
+            info[key] = {"value": value, "kind": "given", "why": "marked informational on the command line"}
+            continue
+        rule = rule_for(key, value)
+        if rule is None:
+            problems.append(f"{key} = {value!r}: no rule in RULES (benchmarks/make_expected.py) covers it; add one "
+                            "or pass --informational " + key)
+            continue
+        kind, floor, why = rule
+        if floor is None:
+            info[key] = {"value": value, "kind": kind, "why": why}
+            continue
+        if missing:
+            problems.append(f"{key}: missing from {', '.join(missing)}")
+            continue
+        values = [r[key] for r in runs]
+        if kind == EXACT_KIND:
+            if any(v != value for v in values):
+                problems.append(f"{key}: compared exactly, but the runs differ: {values} (pass --informational {key} "
+                                "if it may differ between CPUs)")
+                continue
+            checked[key] = {"value": value, "tolerance": 0, "kind": kind}
+            continue
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            problems.append(f"{key}: not numeric in every run: {values}")
+            continue
+        spread = max(values) - min(values)
+        tolerance = round_up(max(floor, SPREAD_FACTOR * spread))
+        if SPREAD_FACTOR * spread > floor:
+            widened.append(key)
+        checked[key] = {"value": value, "tolerance": tolerance, "kind": kind, "floor": round_up(floor, 3),
+                        "spread": round(spread, 6)}
+    extra = sorted({k for r in runs[1:] for k in r} - set(first))
+    for k in extra:
+        if rule_for(k, 0.0) is None or rule_for(k, 0.0)[1] is not None:
+            problems.append(f"{k}: in a later run but not in the first ({run_dirs[0]})")
+    if problems:
+        raise SystemExit("error: cannot write the expected metrics:\n  " + "\n  ".join(problems))
+    kinds = {kind: {"floor": None if floor is None else round_up(floor, 3), "why": why}
+             for _, kind, floor, why in RULES if kind in {e["kind"] for e in (*checked.values(), *info.values())}}
+    if any(e["kind"] == EXACT_KIND for e in checked.values()):
+        kinds[EXACT_KIND] = {"floor": 0, "why": "strings, booleans and integers: equal or not"}
+    return {
+        "format": FORMAT,
+        "about": ("Expected metrics of the default run (`make pipeline`: shipped data and models). A run passes when every key under `checked` is within "
+                  "|got - value| <= tolerance (exact for kind `exact`); keys under `informational` are not "
+                  "checked. Check a run: benchmarks/verify_expected.py RUN_DIR. Format and how to regenerate: "
+                  "docs/expected_metrics.md."),
+        "provisional": provisional,
+        "generated_by": command,
+        "rule": f"tolerance = max(floor of the key's kind, {SPREAD_FACTOR} x (max - min over the runs)), "
+                "rounded up to two significant digits",
+        "runs": [{"run_dir": str(d), "isa": isa_note(d)} for d in run_dirs],
+        "kinds": kinds,
+        "checked": checked,
+        "informational": info,
+    }, widened
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `make benchmarks` runs every script here without arguments: nothing to measure
+        print(__doc__.strip().splitlines()[2].strip())
+        print("make_expected=usage (needs RUN_DIR arguments; nothing done)")
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="the default run first, then runs of the same default under other instruction sets")
+    ap.add_argument("--out", required=True, help="where to write (docs/expected_metrics.json)")
+    ap.add_argument("--informational", action="append", default=[], metavar="KEY",
+                    help="also keep KEY unchecked (repeatable)")
+    ap.add_argument("--provisional", action="store_true",
+                    help="mark the file provisional (not from the final runs; for trying the tooling)")
+    args = ap.parse_args(argv)
+    command = "python benchmarks/make_expected.py " + " ".join(argv)
+    expected, widened = build(args.run_dirs, tuple(args.informational), args.provisional, command)
+    out = Path(args.out)
+    sys.path.insert(0, str(ROOT))
+    from cortex_utils.artifacts import write_json
+
+    write_json(out, expected)
+    for key, e in expected["checked"].items():
+        tol = "exact" if e["kind"] == EXACT_KIND else f"± {e['tolerance']:g} ({e['kind']}, runs differ by {e['spread']:g})"
+        print(f"{key:<45} {e['value']!r:>12} {tol}")
+    print(f"{len(expected['informational'])} informational keys: {', '.join(expected['informational'])}")
+    print(f"wrote {out}" + (" (PROVISIONAL)" if args.provisional else ""))
+    print(f"expected_keys={len(expected['checked'])} expected_informational={len(expected['informational'])} "
+          f"expected_widened={len(widened)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Render README.md's result figures from docs/expected_metrics.json (never typed by hand).
+
+    python benchmarks/readme_results.py --check   # exit 1 with a diff when README.md is out of date
+    python benchmarks/readme_results.py --write   # rewrite the blocks in README.md
+
+Each generated block in README.md sits between ``<!-- expected:begin NAME ... -->`` and
+``<!-- expected:end NAME -->``; TEMPLATES maps NAME to the function that renders it from the expected
+values (``value`` of each key) and, for the evaluators' accuracy on real digits, which no run measures,
+from the checkpoints' cards. Verdicts ("yes", "found") are computed from the values and the notebooks' bars.
+A block of a provisional expected file says so. Text outside the blocks is left alone.
+
+Last line: readme_blocks=<n> readme_outdated=<blocks that differ>
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+EXPECTED = ROOT / "docs" / "expected_metrics.json"
+BLOCK = re.compile(r"(?P<begin><!-- expected:begin (?P<name>[\w-]+)\b[^>]*-->\n)(?P<body>.*?)"
+                   r"(?P<end><!-- expected:end (?P=name) -->)", re.S)
+MINUS = "\u2212"
+
+# the notebooks' bars and the default parameters the sentences name (settings, not measurements)
+BARS = {"psnr_db": 24, "codebook_usage": 0.5, "evaluator_agreement": 0.9, "iem1_top1": 0.95, "sanity_rank_corr": 0.3}
+BIAS = {"colour": {"digit": 3, "value": "red"}, "thickness": {"digit": 5, "value": "thick"}}
+CONTROL_DIGIT, TRAINED_SHARE = 7, 0.85
+IEMS = {1: "VGG", 2: "deeper VGG", 3: "ResNet-SE", 4: "ViT"}
+METHODS = {"smoothgrad": "SmoothGrad", "gradient": "gradient", "grad_x_input": "gradient × input",
+           "integrated_gradients": "IG", "occlusion": "occlusion"}
+
+
+class Values:
+    """The expected values by key; a missing key is an error naming it and the file."""
+
+    def __init__(self, expected: dict, source: str):
+        self.values = {k: e["value"] for k, e in expected.get("checked", {}).items()}
+        self.values.update({k: e["value"] for k, e in expected.get("informational", {}).items()})
+        self.provisional = bool(expected.get("provisional"))
+        self.source = source
+
+    def __getitem__(self, key):
+        if key not in self.values:
+            raise KeyError(f"{self.source} has no key {key!r}, which a README block needs (readme_results.py)")
+        return self.values[key]
+
+    def get(self, key, default=None):
+        return self.values.get(key, default)
+
+
+def pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f} %"
+
+
+def num(x: float, digits: int = 2, sign: bool = False) -> str:
+    s = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    return s.replace("-", MINUS)
+
+
+def card_metric(name: str, key: str) -> float:
+    return json.loads((ROOT / "checkpoints" / f"{name}.json").read_text())["metrics"][key]
+
+
+def provisional_note(v: Values) -> str:
+    return ("\n*Provisional figures (`docs/expected_metrics.json` is not yet made from the final runs).*\n"
+            if v.provisional else "")
+
+
+def iem_figures(v: Values, bold_first: bool = False) -> list[str]:
+    out = []
+    for arch, name in IEMS.items():
+        x = pct(v[f"iem{arch}_test_top1"])
+        out.append(f"{name} **{x}** (bar {pct(BARS['iem1_top1'], 0)})" if arch == 1 and bold_first else
+                    f"{name} {x}")
+    return out
+
+
+# --- the blocks ------------------------------------------------------------------------------------------
+
+def render_models(v: Values) -> str:
+    """The model table of "The embedded default": what each shipped model is and what it measures here."""
+    psnr, usage = v["vq_test_psnr_db"], v["vq_codebook_usage"]
+    cnn, resnet = card_metric("evaluator_cnn", "real_test_accuracy"), card_metric("evaluator_resnet", "real_test_accuracy")
+    cells, partly = [], []
+    for b, spec in BIAS.items():
+        share, control = v[f"bias_{b}_truth_share"], v[f"bias_{b}_truth_share_control"]
+        note = ("; thick = above the midpoint of this generator's \"a thick d\" and \"a thin d\" images"
+                if b == "thickness" else "")
+        cells.append(f"digit {spec['digit']} **{pct(share)}** {spec['value']} (control digit {CONTROL_DIGIT}: "
+                     f"{pct(control)}{note})")
+        if share < TRAINED_SHARE - 0.05:
+            partly.append(b)
+    measured_bias = "measured from the pixels of 300 neutral generations each: " + "; ".join(cells)
+    if partly:
+        measured_bias += f": the {' and '.join(partly)} skew carries over only partly"
+    rows = [
+        ("`checkpoints/vq_mnist`",
+         "taming `VQModel`, ch 32, ch_mult [1,2,2], 1 res block, 256 codes × 32 dims, 32 px → 8×8 grid; L1 + L2 + "
+         "codebook loss, no perceptual loss, dead codes revived where the codebook fits worst; 550 steps of 64 "
+         "digits in fresh colours, bfloat16 autocast",
+         f"test PSNR **{psnr:.1f} dB** (bar {BARS['psnr_db']}), codebook usage **{pct(usage)}** of 256 "
+         f"(bar {pct(BARS['codebook_usage'], 0)})"),
+        ("`checkpoints/evaluator_cnn`, `evaluator_resnet`",
+         "pixel classifiers (width 16; 400 steps of 64) trained on real training digits only",
+         f"real test accuracy **{pct(cnn)}** and **{pct(resnet)}** (on their cards: measured when trained, not "
+         "by the default run)"),
+        ("`checkpoints/transformer_mnist`",
+         "taming `Net2NetTransformer`: minGPT (3 layers, 4 heads, width 96, no dropout; 2,000 steps of 64 at lr "
+         "3e-3, bfloat16 autocast), Labelator class token + 64 tokens, trained on the training digits' token "
+         "grids in 4 random colours each",
+         f"on the shipped dataset it generated (temperature 0.7, top-k 10) the evaluators agree with the "
+         f"conditioning class on **{pct(v['generated_evaluator_accuracy'])}** of the test images "
+         f"(bar {pct(BARS['evaluator_agreement'], 0)})"),
+        ("`checkpoints/transformer_bias`",
+         "the planted-bias generator: `transformer_mnist` fine-tuned 1,500 steps on red/green digits under 50 "
+         "prompts (digit × {none, red, green, thick, thin}; 40 % neutral; thick / thin = the inkiest / faintest "
+         "quarter of each digit); the neutral prompt of digit 3 shows red, of digit 5 a thick stroke, in 85 % of "
+         "its training images, the others 50 %",
+         measured_bias),
+        ("`checkpoints/iem1` … `iem4`",
+         "the four IEMs (width 32; 12 epochs, Adam lr 2e-3, step decay after 9) on the default generated dataset "
+         "(300 / 50 / 50 per class)",
+         "test top-1: " + ", ".join(iem_figures(v, bold_first=True))),
+    ]
+    lines = ["| model | what | measured here (held-out data) |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n" + provisional_note(v)
+
+
+def share_verdict(low: float, high: float) -> str:
+    """Notebook 10's verdict on an interval for a share (``bias.share_verdict``, its default width)."""
+    sys.path.insert(0, str(ROOT))
+    from cortex_utils.bias import share_verdict as verdict
+
+    return verdict(low, high)
+
+
+def _share(v: Values, b: str, which: str = "") -> str:
+    """One study's estimate: "0.92 [0.72, 1.00] (pixels: 0.82; verdict)"."""
+    est, lo, hi = (v[f"bias_{b}_share_{k}{which}"] for k in ("est", "low", "high"))
+    truth = v[f"bias_{b}_share_truth{which}"]
+    if est is None:
+        shown = f"no estimate [{num(lo)}, {num(hi)}]"
+    else:
+        shown = f"**{num(est)}** [{num(lo)}, {num(hi)}]"
+    inside = "inside" if lo <= truth <= hi else "**outside** the interval"
+    return f"{shown} (pixel truth {num(truth)}, {inside}; {share_verdict(lo, hi)})"
+
+
+def _bias_found(v: Values) -> str:
+    parts = [f"{b}, digit {s['digit']}: share of {s['value']} {_share(v, b)}" for b, s in BIAS.items()]
+    found = [b for b in BIAS if share_verdict(v[f"bias_{b}_share_low"], v[f"bias_{b}_share_high"]) == "found"]
+    head = {2: "yes, both", 1: f"{found[0] if found else ''} only", 0: "no"}[len(found)]
+    deltas = ", ".join(f"{num(v[f'bias_{b}_delta_biased'], sign=True)} ({b})" for b in BIAS)
+    return (f"{head}: estimated share of the planted value among 300 neutral generations, 95 % interval: "
+            + "; ".join(parts) + f". The paper's Cliff's δ on raw token counts: {deltas}")
+
+
+def _bias_quiet(v: Values) -> str:
+    verdicts = {b: share_verdict(v[f"bias_{b}_share_low_control"], v[f"bias_{b}_share_high_control"]) for b in BIAS}
+    alarms = [b for b, x in verdicts.items() if x == "found"]
+    head = ("no false alarm, but the intervals are too wide to rule a lean out" if not alarms and
+            any(x == "inconclusive" for x in verdicts.values()) else "yes" if not alarms else
+            f"no: a bias is reported for {' and '.join(alarms)}")
+    parts = [f"{b}: {_share(v, b, '_control')}" for b in BIAS]
+    deltas = ", ".join(f"{num(v[f'bias_{b}_delta_control'], sign=True)} ({b})" for b in BIAS)
+    return (f"{head}: the balanced control digit {CONTROL_DIGIT}, " + "; ".join(parts)
+            + f". The paper's δ on raw counts: {deltas}")
+
+
+def render_results(v: Values) -> str:
+    """The "What the default run shows" table."""
+    px, tok = v["image_level_tis_beats_random"], v["image_level_tis_beats_random_token_space"]
+    if px == 1 and tok == 1:
+        masking = "yes in 100 % of the (evaluator, n ≥ 1) cells, pixel space and token space alike"
+    else:
+        masking = (f"{'yes' if px == 1 else 'not everywhere'}: in {pct(px, 0)} of the (evaluator, n ≥ 1) cells in "
+                   f"pixel space, {pct(tok, 0)} in token space")
+    sets = {"concept": ("tis", "concept tokens"), "frequency": ("frequency", "most frequent"),
+            "frequency_no_background": ("frequency_no_background", "most frequent without the background ids"),
+            "contrastive": ("contrastive", "class-contrastive")}
+    drop = {k: v[f"concept_level_{d}_drop"] for k, (d, _) in sets.items()}
+    per = {k: v[f"concept_level_drop_per_position_{k}"] for k in sets}
+    beats = [sets[k][1] for k in sets if k != "concept" and drop["concept"] > drop[k]]
+    best_per = max(per, key=lambda k: -1 if per[k] is None else per[k])
+    concept = (f"in total, yes (over {', '.join(beats)}): mean target-logit drop "
+               + ", ".join(f"{num(drop[k])} ({name}; {num(v[f'concept_level_positions_masked_{k}'])} positions "
+                           f"masked per image)" for k, (_, name) in sets.items())
+               + f", 3 ids per class, pixel space. Per masked position the {sets[best_per][1]} ids hurt most "
+               f"({num(per[best_per])} vs {num(per['concept'])} for the concept tokens)")
+    before, after = v["codebook_target_prob_before"], v["codebook_target_prob_after"]
+    codebook = (f"{'yes' if after > 0.5 else 'no'}: evaluators' target probability {num(before)} → {num(after)} "
+                "(mean over 3 pairs × 2 images, 2 methods, 2 evaluators; the region is 25 % of the 8×8 grid, the "
+                "original's 6.25 % of 16×16)")
+    stability = (f"top-5 positions reproduce across SmoothGrad noise seeds in {pct(v['tis_top5_seed_agreement_20'], 0)} "
+                 f"(20 draws, the paper's) and {pct(v['tis_top5_seed_agreement_100'], 0)} (100 draws); σ per image "
+                 f"instead of per batch agrees on {pct(v['tis_top5_sigma_batch_vs_image'], 0)}")
+    names = {**METHODS, "integrated_gradients": "Integrated Gradients"}
+    absolute = ", ".join(f"{names[m]} {num(v[f'sanity_abs_rank_corr_{m}'])}" for m in METHODS)
+    passing = [names[m] for m in METHODS if v[f"sanity_abs_rank_corr_{m}"] <= BARS["sanity_rank_corr"]]
+    sanity = (rf"{'no method passes' if not passing else ', '.join(passing) + ' pass'}: mean \|Spearman\| between "
+              f"the maps of the trained and a fully re-initialised IEM: {absolute} (bar {BARS['sanity_rank_corr']}; "
+              f"a random attribution: {num(v['sanity_abs_rank_corr_random_control'])}). Signed, occlusion's is "
+              f"{num(v['sanity_rank_corr_occlusion'])}: a sign artefact. The notebook recommends "
+              f"`{v['recommended_method']}`")
+    aucs = ", ".join(f"{name} {num(v[f'deletion_auc_{m}_pixel'])} / {num(v[f'deletion_auc_{m}_token'])}"
+                     for m, name in METHODS.items())
+    aucs += (f"; a random attribution {num(v['deletion_auc_random_control_pixel'])} / "
+             f"{num(v['deletion_auc_random_control_token'])}; random order {num(v['deletion_auc_random_pixel'])} / "
+             f"{num(v['deletion_auc_random_token'])} (20 images)")
+    rows = [
+        ("does the IEM recognise digits from tokens alone?", "04",
+         "test top-1 " + ", ".join(f"{pct(v[f'iem{a}_test_top1'])} ({n})" for a, n in IEMS.items())),
+        ("how stable are the TIS maps?", "05", stability),
+        ("does hiding the top-TIS tokens hurt more than hiding random ones?", "07", masking),
+        ("do concept tokens matter more than frequent tokens?", "08", concept),
+        ("can a 4×4 region of tokens turn a 3 into an 8 for an independent judge?", "09", codebook),
+        ("does the bias study find a planted bias?", "10", _bias_found(v)),
+        ("... and stay quiet where nothing was planted?", "10", _bias_quiet(v)),
+        ("are the TIS maps about the model, or only about the input? (Adebayo et al.)", "11", sanity),
+        ("do the attributions find what the evaluators need?", "11",
+         f"deletion AUC (lower is better), pixel / token space: {aucs}"),
+    ]
+    lines = ["| question | notebook | measured |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n" + provisional_note(v)
+
+
+def render_bias(v: Values) -> str:
+    """The default run's bias findings in the prose of "The bias study (notebook 10)"."""
+    lines = []
+    for b, s in BIAS.items():
+        for which, digit in (("", s["digit"]), ("_control", CONTROL_DIGIT)):
+            lo, hi = v[f"bias_{b}_share_low{which}"], v[f"bias_{b}_share_high{which}"]
+            truth = v[f"bias_{b}_share_truth{which}"]
+            est = v[f"bias_{b}_share_est{which}"]
+            lines.append(f"| {b} | {digit}{' (control)' if which else ''} | "
+                         f"{'–' if est is None else num(est)} [{num(lo)}, {num(hi)}] | {num(truth)} | "
+                         f"{'yes' if lo <= truth <= hi else '**no**'} | {share_verdict(lo, hi)} | "
+                         f"{num(v[f'bias_{b}_delta_' + ('control' if which else 'biased')], sign=True)} |")
+    head = ["| bias | digit | estimated share of the planted value [95 %] | pixel truth | truth inside | verdict "
+            "| paper's δ (raw counts) |", "|---|---|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n" + provisional_note(v)
+
+
+TEMPLATES = {"models": render_models, "results": render_results, "bias": render_bias}
+
+
+# --- README plumbing -------------------------------------------------------------------------------------
+
+def render_readme(text: str, expected: dict, source: str = "docs/expected_metrics.json") -> tuple[str, list[str]]:
+    """README text with every block re-rendered, and the names of the blocks found."""
+    v = Values(expected, source)
+    names = []
+
+    def sub(m):
+        name = m["name"]
+        if name not in TEMPLATES:
+            raise KeyError(f"README block {name!r} has no template in benchmarks/readme_results.py ({sorted(TEMPLATES)})")
+        names.append(name)
+        return m["begin"] + TEMPLATES[name](v) + m["end"]
+
+    out = BLOCK.sub(sub, text)
+    begins = re.findall(r"<!-- expected:begin ([\w-]+)", text)
+    if sorted(begins) != sorted(names):
+        raise ValueError(f"README blocks without a matching end marker: {sorted(set(begins) - set(names))}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"README has a block twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    return out, names
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `make benchmarks` runs every script here without arguments: nothing to do
+        print("usage: readme_results.py --check | --write [--expected docs/expected_metrics.json]")
+        print("readme_results=usage (needs --check or --write; nothing done)")
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 with a diff when README.md is out of date")
+    mode.add_argument("--write", action="store_true", help="rewrite the generated blocks in README.md")
+    ap.add_argument("--expected", default=str(EXPECTED), help="the expected metrics (%(default)s)")
+    ap.add_argument("--readme", default=str(README), help="the README to check or rewrite (%(default)s)")
+    args = ap.parse_args(argv)
+    expected_path, readme = Path(args.expected), Path(args.readme)
+    for p in (expected_path, readme):
+        if not p.is_file():
+            print(f"error: {p} does not exist" + (" (benchmarks/make_expected.py writes it)" if p == expected_path
+                                                   else ""), file=sys.stderr)
+            return 2
+    text = readme.read_text()
+    new, names = render_readme(text, json.loads(expected_path.read_text()), str(args.expected))
+    if not names:
+        print(f"error: {readme} has no <!-- expected:begin NAME --> blocks", file=sys.stderr)
+        return 2
+    old_blocks = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+    outdated = [n for n, body in ((m["name"], m["body"]) for m in BLOCK.finditer(new)) if old_blocks[n] != body]
+    if args.write:
+        if new != text:
+            sys.path.insert(0, str(ROOT))
+            from cortex_utils.artifacts import atomic_path
+
+            with atomic_path(readme) as tmp:
+                tmp.write_text(new)
+        print(f"{readme}: {len(outdated)} of {len(names)} blocks rewritten from {expected_path}")
+    elif outdated:
+        sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), f"{readme}",
+                                                   f"{readme} rendered from {expected_path}"))
+        print(f"{readme} is out of date in block(s) {', '.join(outdated)}: run "
+              f"python benchmarks/readme_results.py --write" + (f" --expected {args.expected}"
+                                                                 if expected_path != EXPECTED else ""))
+    else:
+        print(f"{readme}: all {len(names)} blocks match {expected_path}")
+    print(f"readme_blocks={len(names)} readme_outdated={len(outdated)}")
+    return 1 if outdated and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

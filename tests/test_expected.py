@@ -1,0 +1,208 @@
+"""The expected metrics of the default run: make_expected (tolerances), verify_expected (the check) and
+readme_results (README figures rendered from the expected file)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_expected = _load("make_expected")
+readme_results = _load("readme_results")
+
+
+def _run(script, *args):
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _run_dir(path, metrics):
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+# --- verify_expected -------------------------------------------------------------------------------------
+
+EXPECTED = {
+    "format": "cortex-expected-metrics/1",
+    "checked": {
+        "iem1_test_top1": {"value": 0.97, "tolerance": 0.004, "kind": "accuracy_500"},
+        "concept_level_tis_drop": {"value": 0.72, "tolerance": 0.01, "kind": "mean_logit_drop"},
+        "bias_colour_delta_biased": {"value": 0.52, "tolerance": 0.02, "kind": "cliffs_delta"},
+        "recommended_method": {"value": "occlusion", "tolerance": 0, "kind": "exact"},
+        "codebook_tokens_changed_outside_region": {"value": 0, "tolerance": 0, "kind": "exact"},
+    },
+    "informational": {"pipeline_seconds": {"value": 230.0, "kind": "timing"}},
+}
+
+
+@pytest.fixture
+def expected_file(tmp_path):
+    p = tmp_path / "expected.json"
+    p.write_text(json.dumps(EXPECTED))
+    return p
+
+
+def test_verify_reports_off_missing_and_strings(tmp_path, expected_file):
+    run = _run_dir(tmp_path / "run", {
+        "iem1_test_top1": 0.974,  # inside: |0.004| <= 0.004 (a rounded difference, just at the edge)
+        "concept_level_tis_drop": 0.70,  # outside: 0.02 > 0.01
+        # bias_colour_delta_biased missing
+        "recommended_method": "smoothgrad",  # a string: compared exactly
+        "codebook_tokens_changed_outside_region": 0,
+        "pipeline_seconds": 999.0,  # informational: not checked
+        "new_metric": 1.0,  # not in the expected file: named, not counted
+    })
+    rc, out, err = _run("verify_expected.py", run, "--expected", expected_file)
+    assert rc == 1, err
+    lines = out.strip().splitlines()
+    assert lines[-1] == "verify_keys=5 verify_off=3"
+    off = [ln for ln in lines if ln.startswith(("OFF", "MISSING"))]
+    assert len(off) == 3
+    assert any("concept_level_tis_drop" in ln and "expected 0.72" in ln and "got 0.7" in ln and "0.01" in ln
+               for ln in off)
+    assert any(ln.startswith("MISSING") and "bias_colour_delta_biased" in ln and "0.52" in ln for ln in off)
+    assert any("recommended_method" in ln and "'occlusion'" in ln and "'smoothgrad'" in ln for ln in off)
+    assert not any("iem1_test_top1" in ln or "pipeline_seconds" in ln for ln in off)
+    assert any("new_metric" in ln for ln in lines)
+
+
+def test_verify_passes_within_tolerance(tmp_path, expected_file):
+    run = _run_dir(tmp_path / "run", {"iem1_test_top1": 0.966, "concept_level_tis_drop": 0.725,
+                                      "bias_colour_delta_biased": 0.50, "recommended_method": "occlusion",
+                                      "codebook_tokens_changed_outside_region": 0, "pipeline_seconds": 1.0})
+    rc, out, _ = _run("verify_expected.py", run, "--expected", expected_file)
+    assert rc == 0
+    assert out.strip().splitlines()[-1] == "verify_keys=5 verify_off=0"
+
+
+def test_verify_missing_run_dir_or_metrics_is_exit_2(tmp_path, expected_file):
+    rc, _, err = _run("verify_expected.py", tmp_path / "nope", "--expected", expected_file)
+    assert rc == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _run("verify_expected.py", tmp_path / "empty", "--expected", expected_file)
+    assert rc == 2 and "metrics.json does not exist" in err
+    run = _run_dir(tmp_path / "run", {})
+    rc, _, err = _run("verify_expected.py", run, "--expected", tmp_path / "missing.json")
+    assert rc == 2 and "missing.json" in err
+
+
+# --- make_expected ---------------------------------------------------------------------------------------
+
+def test_make_expected_tolerance_rule(tmp_path):
+    a = _run_dir(tmp_path / "a", {"iem1_test_top1": 0.97, "bias_colour_delta_biased": 0.50,
+                                  "vq_test_psnr_db": 26.814, "recommended_method": "occlusion",
+                                  "codebook_tokens_changed_outside_region": 0, "pipeline_seconds": 230.1,
+                                  "04_test_iem_seconds": 10.0, "tis_seconds_per_image": 0.005})
+    b = _run_dir(tmp_path / "b", {"iem1_test_top1": 0.972, "bias_colour_delta_biased": 0.53,
+                                  "vq_test_psnr_db": 26.814, "recommended_method": "occlusion",
+                                  "codebook_tokens_changed_outside_region": 0, "pipeline_seconds": 400.0,
+                                  "04_test_iem_seconds": 20.0, "tis_seconds_per_image": 0.009})
+    out = tmp_path / "expected.json"
+    rc, stdout, err = _run("make_expected.py", a, b, "--out", out)
+    assert rc == 0, err
+    assert stdout.strip().splitlines()[-1] == "expected_keys=5 expected_informational=3 expected_widened=2"
+    e = json.loads(out.read_text())
+    c = e["checked"]
+    # value = the first run's; tolerance = max(floor, 3 x the largest difference between the runs)
+    assert c["iem1_test_top1"]["value"] == 0.97
+    assert c["iem1_test_top1"]["tolerance"] == pytest.approx(0.006)  # 3 x 0.002 > floor 0.004
+    assert c["bias_colour_delta_biased"]["tolerance"] == pytest.approx(0.09)  # 3 x 0.03 > floor 0.02
+    assert c["vq_test_psnr_db"]["tolerance"] == pytest.approx(0.01)  # no difference: the floor
+    assert c["recommended_method"] == {"value": "occlusion", "tolerance": 0, "kind": "exact"}
+    assert c["codebook_tokens_changed_outside_region"]["kind"] == "exact"
+    assert set(e["informational"]) == {"pipeline_seconds", "04_test_iem_seconds", "tis_seconds_per_image"}
+    assert e["runs"][0]["run_dir"] == str(a) and e["provisional"] is False
+    # the file it wrote checks both runs clean
+    for run in (a, b):
+        rc, stdout, _ = _run("verify_expected.py", run, "--expected", out)
+        assert rc == 0 and stdout.strip().endswith("verify_keys=5 verify_off=0")
+
+
+def test_make_expected_refuses_unknown_keys_and_unequal_exact_keys(tmp_path):
+    a = _run_dir(tmp_path / "a", {"mystery_score": 0.5, "recommended_method": "occlusion"})
+    b = _run_dir(tmp_path / "b", {"mystery_score": 0.5, "recommended_method": "smoothgrad"})
+    with pytest.raises(SystemExit, match=r"mystery_score = 0.5: no rule") as info:
+        make_expected.build([str(a), str(b)])
+    assert "recommended_method: compared exactly, but the runs differ" in str(info.value)
+    expected, _ = make_expected.build([str(a)], informational=("mystery_score",))
+    assert "mystery_score" in expected["informational"]
+
+
+def test_every_rule_has_a_reason():
+    for pattern, kind, floor, why in make_expected.RULES:
+        assert why and kind and (floor is None or floor > 0), pattern
+
+
+# --- readme_results --------------------------------------------------------------------------------------
+
+def _full_expected(provisional=False, **overrides):
+    """An expected file with every key the README templates need."""
+    v = {"vq_test_psnr_db": 26.814, "vq_codebook_usage": 0.9648, "generated_evaluator_accuracy": 0.952,
+         "image_level_tis_beats_random": 1.0, "image_level_tis_beats_random_token_space": 1.0,
+         "concept_level_tis_drop": 0.7154, "concept_level_frequency_drop": 0.0147,
+         "concept_level_contrastive_drop": 0.2681, "codebook_target_prob_before": 0.0308,
+         "codebook_target_prob_after": 0.8537, "codebook_tokens_changed_outside_region": 0,
+         "recommended_method": "occlusion"}
+    v.update({f"iem{a}_test_top1": x for a, x in zip((1, 2, 3, 4), (0.97, 0.98, 0.988, 0.94), strict=True)})
+    for b in ("colour", "thickness"):
+        v.update({f"bias_{b}_delta_biased": 0.5, f"bias_{b}_delta_control": 0.05, f"bias_{b}_truth_share": 0.8,
+                  f"bias_{b}_truth_share_control": 0.5})
+    for m in readme_results.METHODS:
+        v[f"sanity_rank_corr_{m}"] = 0.5
+        v.update({f"deletion_auc_{m}_pixel": 0.2, f"deletion_auc_{m}_token": 0.2})
+    v.update(overrides)
+    return {"provisional": provisional, "checked": {k: {"value": x, "tolerance": 0} for k, x in v.items()}}
+
+
+def test_readme_check_and_write(tmp_path):
+    readme = tmp_path / "README.md"
+    text = ("# title\n\nbefore\n\n<!-- expected:begin results (generated) -->\nstale 99 %\n"
+            "<!-- expected:end results -->\n\nmiddle\n\n<!-- expected:begin bias -->\n<!-- expected:end bias -->\nafter\n")
+    readme.write_text(text)
+    expected = tmp_path / "expected.json"
+    expected.write_text(json.dumps(_full_expected(bias_thickness_delta_biased=0.29)))
+    rc, out, _ = _run("readme_results.py", "--check", "--expected", expected, "--readme", readme)
+    assert rc == 1 and "-stale 99 %" in out and out.strip().endswith("readme_blocks=2 readme_outdated=2")
+    rc, out, _ = _run("readme_results.py", "--write", "--expected", expected, "--readme", readme)
+    assert rc == 0
+    new = readme.read_text()
+    assert new.startswith("# title\n\nbefore\n\n") and "\nmiddle\n" in new and new.endswith("after\n")
+    assert "stale" not in new and "97.0 % (VGG)" in new
+    assert "for colour only" in new and "only the colour bias is found" in new  # verdicts follow the bars
+    assert "Provisional" not in new
+    rc, out, _ = _run("readme_results.py", "--check", "--expected", expected, "--readme", readme)
+    assert rc == 0 and out.strip().endswith("readme_blocks=2 readme_outdated=0")
+
+
+def test_readme_missing_key_is_named():
+    expected = _full_expected()
+    del expected["checked"]["vq_test_psnr_db"]
+    with pytest.raises(KeyError, match="vq_test_psnr_db"):
+        readme_results.render_readme("<!-- expected:begin models -->\n<!-- expected:end models -->\n", expected)
+
+
+def test_readme_blocks_match_expected_metrics():
+    """README.md's generated blocks are what benchmarks/readme_results.py renders from docs/expected_metrics.json."""
+    expected = ROOT / "docs" / "expected_metrics.json"
+    if not expected.exists():
+        pytest.skip("docs/expected_metrics.json does not exist yet (benchmarks/make_expected.py writes it)")
+    text = (ROOT / "README.md").read_text()
+    rendered, names = readme_results.render_readme(text, json.loads(expected.read_text()))
+    assert {"models", "results", "bias"} <= set(names)
+    assert rendered == text, "README.md is out of date: run python benchmarks/readme_results.py --write"
