@@ -157,14 +157,23 @@ def _full_expected(provisional=False, **overrides):
          "image_level_tis_beats_random": 1.0, "image_level_tis_beats_random_token_space": 1.0,
          "concept_level_tis_drop": 0.7154, "concept_level_frequency_drop": 0.0147,
          "concept_level_contrastive_drop": 0.2681, "codebook_target_prob_before": 0.0308,
-         "codebook_target_prob_after": 0.8537, "codebook_tokens_changed_outside_region": 0,
-         "recommended_method": "occlusion"}
+         "codebook_target_prob_after": 0.8537, "recommended_method": "none",
+         "tis_top5_seed_agreement_20": 0.72, "tis_top5_seed_agreement_100": 0.83, "tis_top5_sigma_batch_vs_image": 0.79,
+         "concept_level_frequency_no_background_drop": 0.41, "sanity_abs_rank_corr_random_control": 0.0,
+         "deletion_auc_random_control_pixel": 0.47, "deletion_auc_random_control_token": 0.43,
+         "deletion_auc_random_pixel": 0.53, "deletion_auc_random_token": 0.48}
+    for k, n in (("concept", 1.44), ("frequency", 2.85), ("frequency_no_background", 1.71), ("contrastive", 0.37)):
+        v.update({f"concept_level_positions_masked_{k}": n, f"concept_level_drop_per_position_{k}": 0.3})
     v.update({f"iem{a}_test_top1": x for a, x in zip((1, 2, 3, 4), (0.97, 0.98, 0.988, 0.94), strict=True)})
-    for b in ("colour", "thickness"):
+    # colour: found (interval above 1/2); thickness: inconclusive; controls: not found / inconclusive
+    for b, (lo, hi), (clo, chi) in (("colour", (0.7, 1.0), (0.45, 0.55)), ("thickness", (0.4, 0.9), (0.3, 0.7))):
         v.update({f"bias_{b}_delta_biased": 0.5, f"bias_{b}_delta_control": 0.05, f"bias_{b}_truth_share": 0.8,
-                  f"bias_{b}_truth_share_control": 0.5})
+                  f"bias_{b}_truth_share_control": 0.5, f"bias_{b}_share_truth": 0.8, f"bias_{b}_share_truth_control": 0.5,
+                  f"bias_{b}_share_est": (lo + hi) / 2, f"bias_{b}_share_low": lo, f"bias_{b}_share_high": hi,
+                  f"bias_{b}_share_est_control": 0.5, f"bias_{b}_share_low_control": clo,
+                  f"bias_{b}_share_high_control": chi})
     for m in readme_results.METHODS:
-        v[f"sanity_rank_corr_{m}"] = 0.5
+        v.update({f"sanity_rank_corr_{m}": 0.5, f"sanity_abs_rank_corr_{m}": 0.5})
         v.update({f"deletion_auc_{m}_pixel": 0.2, f"deletion_auc_{m}_token": 0.2})
     v.update(overrides)
     return {"provisional": provisional, "checked": {k: {"value": x, "tolerance": 0} for k, x in v.items()}}
@@ -176,7 +185,7 @@ def test_readme_check_and_write(tmp_path):
             "<!-- expected:end results -->\n\nmiddle\n\n<!-- expected:begin bias -->\n<!-- expected:end bias -->\nafter\n")
     readme.write_text(text)
     expected = tmp_path / "expected.json"
-    expected.write_text(json.dumps(_full_expected(bias_thickness_delta_biased=0.29)))
+    expected.write_text(json.dumps(_full_expected()))
     rc, out, _ = _run("readme_results.py", "--check", "--expected", expected, "--readme", readme)
     assert rc == 1 and "-stale 99 %" in out and out.strip().endswith("readme_blocks=2 readme_outdated=2")
     rc, out, _ = _run("readme_results.py", "--write", "--expected", expected, "--readme", readme)
@@ -184,7 +193,8 @@ def test_readme_check_and_write(tmp_path):
     new = readme.read_text()
     assert new.startswith("# title\n\nbefore\n\n") and "\nmiddle\n" in new and new.endswith("after\n")
     assert "stale" not in new and "97.0 % (VGG)" in new
-    assert "for colour only" in new and "only the colour bias is found" in new  # verdicts follow the bars
+    assert "colour only:" in new and "| thickness | 5 | 0.65 [0.40, 0.90] | 0.80 | yes | inconclusive |" in new
+    assert "| colour | 7 (control) | 0.50 [0.45, 0.55] | 0.50 | yes | not found |" in new  # verdicts from intervals
     assert "Provisional" not in new
     rc, out, _ = _run("readme_results.py", "--check", "--expected", expected, "--readme", readme)
     assert rc == 0 and out.strip().endswith("readme_blocks=2 readme_outdated=0")
