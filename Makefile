@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PRESET ?= default
 ARGS ?=
 
-.PHONY: install pipeline smoke test lint benchmarks lab checkpoints clean-runs verify verify-isa
+.PHONY: install pipeline smoke test lint benchmarks lab checkpoints clean-runs verify verify-isa sync-notebooks
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ verify-isa: install
 	env $$isa $(BIN)/python -m cortex_utils.pipeline --preset default --run-dir runs/verify-isa $(ARGS) && \
 	env $$isa $(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify-isa/isa.txt
 	$(BIN)/python benchmarks/verify_expected.py runs/verify-isa --expected $(EXPECTED)
+
+# Notebooks and their text forms (notebooks/NN_name.py, jupytext percent format): the newer of each pair wins.
+sync-notebooks: install
+	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.ipynb
 
 clean-runs:
 	rm -rf runs/

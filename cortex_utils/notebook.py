@@ -86,3 +86,38 @@ def repo_path(p: str | Path) -> Path:
     """A path parameter: absolute, or relative to the repository root."""
     p = Path(p).expanduser()
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+# --- exercises -----------------------------------------------------------------------------------------------
+#
+# Each exercise in notebooks 03-11 is three cells: a markdown cell (tag ``exercise``) that sets the task and
+# names the answer variable (``answer_1``, ...), a ``solution`` cell that assigns it only when the notebook's
+# ``solutions`` parameter is on (a teacher's reveal; make test runs every notebook so), and an
+# ``exercise-check`` cell that calls ``exercise``. Unanswered, the check only says so, so a run stays green.
+
+def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool = False) -> bool | None:
+    """Check the answer to exercise ``name``: ``namespace[f"answer_{name}"]`` (the notebook's ``globals()``).
+
+    ``check(answer)`` returns True when the answer holds (or raises AssertionError with a message). Prints
+    what it found and returns True / False, or None when the answer variable is not set yet. With
+    ``solutions`` on, a missing or wrong answer is an error: the solution cells must pass their own checks.
+    """
+    key = f"answer_{name}"
+    answer = namespace.get(key)
+    if answer is None:
+        if solutions:
+            raise AssertionError(f"exercise {name}: solutions are on but {key} is not set by its solution cell")
+        print(f"exercise {name}: not answered yet (set {key} = ... in a cell above this one)")
+        return None
+    try:
+        ok = bool(check(answer))
+        why = ""
+    except AssertionError as err:
+        ok, why = False, f" ({err})"
+    if ok:
+        print(f"exercise {name}: your answer holds")
+    else:
+        print(f"exercise {name}: not yet{why}" + (f" - hint: {hint}" if hint else ""))
+        if solutions:
+            raise AssertionError(f"exercise {name}: the solution does not pass its own check{why}")
+    return ok

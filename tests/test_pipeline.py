@@ -190,3 +190,33 @@ def test_default_run_matches_the_expected_metrics(tmp_path):
     assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
     assert v.stdout.strip().splitlines()[-1].endswith("verify_off=0")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["models_trained_in_run"] == 0
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_and_its_text_form_agree(path):
+    """Each notebook is paired with a text form (jupytext percent format, notebooks/NN_name.py) that a review
+    reads as a diff; the two must hold the same cells (make sync-notebooks brings the older one up to date)."""
+    import jupytext
+
+    text = path.with_suffix(".py")
+    assert text.exists(), f"{text.name} is missing: run make sync-notebooks"
+
+    def cells(nb):
+        return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+    assert cells(jupytext.read(path)) == cells(jupytext.read(text)), (
+        f"{path.name} and {text.name} differ: run make sync-notebooks (the newer file wins)")
+
+
+def test_exercise_checks(capsys):
+    from cortex_utils.notebook import exercise
+
+    assert exercise("1", {}, lambda a: a == 2) is None
+    assert "not answered yet" in capsys.readouterr().out
+    assert exercise("1", {"answer_1": 2}, lambda a: a == 2) is True
+    assert exercise("1", {"answer_1": 3}, lambda a: a == 2, hint="two") is False
+    assert "hint: two" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="not set"):
+        exercise("1", {}, lambda a: a == 2, solutions=True)
+    with pytest.raises(AssertionError, match="does not pass"):
+        exercise("2", {"answer_2": 3}, lambda a: a == 2, solutions=True)

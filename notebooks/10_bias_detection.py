@@ -1,0 +1,478 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 10 · Bias detection
+#
+# The paper's most practical use of CORTEX: does a generator **lean toward one value of an attribute** when
+# the prompt does not name it? For DALL·E-mini the authors generated "doctor" images, labelled them by skin
+# colour (or gender), trained an IEM on that attribute, took each value's **attribute tokens** from the TIS
+# concept analysis, and counted those tokens in generations from the neutral prompt "a doctor". If one
+# value's tokens turn up more often, the neutral prompt is biased toward it. The paper's effect size is
+# **Cliff's δ** between the two values' per-image token counts: +1 if every image holds more of value A's
+# tokens than any image holds of B's, −1 the other way round, 0 for no difference. (The original code's
+# function returns half of that, in [−0.5, 0.5]; the tables give both.)
+#
+# δ says *that* the two count lists differ, not *how many* images lean which way, and it reports a
+# difference whenever the two values' token sets differ in size, even for a neutral set that is half and
+# half. So beside it this notebook estimates the **share** of neutral images that show the planted value,
+# with an interval whose coverage was checked on simulated data where the truth is known
+# (`benchmarks/bias_calibration.py`). The verdict rests on that share.
+#
+# DALL·E-mini cannot be downloaded here, and on real data nobody knows the true bias. So this notebook
+# builds a generator **with a planted bias** where the truth is known, and checks that the method finds it:
+#
+# * a prompt-conditioned taming transformer on coloured digits: a prompt is a digit and optionally one
+#   attribute value (*"a 3"*, *"a red 3"*, *"a thin 3"*), one condition token as taming's class-conditional
+#   models use;
+# * in its training data the neutral prompt of one digit shows the planted colour (red) with probability
+#   `skew`, the neutral prompt of another digit the planted stroke thickness (thick), and the **control digit**
+#   is balanced in both;
+# * two bias types, as the paper's two: **colour** (like skin colour, a property of the pixels) and **stroke
+#   thickness** (like gender, a property of the shape, labelled from the real digits' ink).
+#
+# With `real_data_dir` set, the same steps run on token data in the original's layout (see the end).
+
+# %%
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+
+from cortex_utils import SHIPPED_CHECKPOINTS, bias, digits, plots
+from cortex_utils import concepts as conceptlib
+from cortex_utils import datasets as tokds
+from cortex_utils import generation as gen
+from cortex_utils import vq as vqlib
+from cortex_utils.artifacts import note_trained, record_metrics, register
+from cortex_utils.notebook import check_parameters, choice, repo_path, require
+
+# %% tags=["parameters"]
+run_dir = "runs/interactive"  # the run directory of notebooks 01-02 (relative to the repo root)
+bias_types = ["colour", "thickness"]  # which studies to run
+skew = 0.85  # share of the planted value in the biased digits' neutral training images
+colour_digit = 3  # its neutral prompt is skewed toward planted["colour"]
+thickness_digit = 5  # its neutral prompt is skewed toward planted["thickness"]
+control_digit = 7  # balanced in both attributes
+planted = {"colour": "red", "thickness": "thick"}
+retrain = False  # train the bias transformer and the attribute IEMs even if the shipped ones match these settings
+regenerate = False  # sample the study's generations here even if the shipped ones (data/default/bias) match
+transformer_steps = 1500  # fine-tuning steps (batch of 64) from the digit transformer of notebook 02
+transformer_lr = 0.003
+per_image = 4  # each real training digit appears this many times, under random prompts
+neutral_share = 0.4  # share of neutral prompts in the training data (the four attribute prompts share the rest)
+thick_fraction = 0.25  # the thickest and the thinnest quarter of each digit class are "thick" and "thin"
+bf16 = "auto"  # bfloat16 autocast when training: auto | on | off
+temperature = 1.0  # sampling; 1.0 keeps the generator's own attribute shares (lower sharpens toward the majority)
+top_k = 0  # 0: sample among all tokens
+attribute_per_value = [300, 50, 50]  # train / val / test generations per attribute value and digit (IEM data)
+n_neutral = 300  # neutral-prompt generations per digit
+iem_arch = 1  # the attribute IEM (1 vgg, 2 vgg_deep, 3 resnet_se, 4 vit)
+iem_width = 32
+iem_epochs = 12
+iem_lr = 0.002
+nsamples = 20  # SmoothGrad noisy copies
+top_n = 5  # TIS positions per image that count toward a value's tokens
+token_num = 20  # attribute tokens per value (at most)
+specificity = 2.0  # a value's token must occur this many times more often per image of that value than of the other (0: off)
+n_boot = 1000  # bootstrap resamples for the intervals (δ and share)
+min_youden = 0.1  # a token rule with sensitivity + specificity - 1 at most this cannot separate the values: inconclusive
+reselect_tokens = True  # re-select the attribute tokens in every bootstrap resample (from the resampled TIS rows)
+not_found_width = 0.25  # "not found" needs an interval around ½ at most this wide (else "inconclusive")
+seed = 0
+real_data_dir = ""  # token data in the original's layout: <dir>/<bias type>/{train,val,test,neutral}.csv
+vq_config = ""  # with real_data_dir: the taming VQ config YAML (e.g. DALL-E mini's VQGAN f16-16384)...
+vq_checkpoint = ""  # ...and its checkpoint (.ckpt or safetensors), for the codebook and the decoder
+trust_pickle = False  # allow a .ckpt that needs full unpickling (only for files you trust)
+n_show = 8  # images per row in the figures
+
+# %%
+params = check_parameters(globals(), "10_bias_detection")
+real = bool(real_data_dir)
+require(len(bias_types) >= 1 and len(set(bias_types)) == len(bias_types), "bias_types: name each study once")
+if not real:
+    for b in bias_types:
+        choice("bias_types entry", b, list(bias.ATTRIBUTES))
+    for b, v in planted.items():
+        choice("planted key", b, list(bias.ATTRIBUTES))
+        choice(f"planted[{b!r}]", v, bias.ATTRIBUTES[b])
+    require(len({colour_digit, thickness_digit, control_digit}) == 3 and
+            all(0 <= d <= 9 for d in (colour_digit, thickness_digit, control_digit)),
+            "colour_digit, thickness_digit and control_digit must be three different digits 0-9")
+require(0 <= skew <= 1, f"skew must lie in [0, 1], got {skew}")
+require(transformer_steps >= 1 and transformer_lr > 0 and per_image >= 1, "transformer_steps, per_image >= 1 and transformer_lr > 0")
+require(0 < neutral_share < 1 and 0 < thick_fraction <= 0.5, "neutral_share must lie in (0, 1), thick_fraction in (0, 0.5]")
+require(temperature > 0 and top_k >= 0, "temperature must be > 0 and top_k >= 0")
+require(len(attribute_per_value) == 3 and min(attribute_per_value[:2]) >= 1 and attribute_per_value[2] >= 0,
+        "attribute_per_value: [train, val, test] with train and val >= 1")
+require(specificity >= 0, "specificity must be >= 0")
+require(0 <= min_youden < 1 and 0 < not_found_width <= 1, "min_youden must lie in [0, 1), not_found_width in (0, 1]")
+require(n_neutral >= 1 and nsamples >= 1 and top_n >= 1 and token_num >= 1 and iem_epochs >= 1 and n_boot >= 1,
+        "n_neutral, nsamples, top_n, token_num, iem_epochs and n_boot must be >= 1")
+choice("iem_arch", iem_arch, [1, 2, 3, 4])
+choice("bf16", bf16, ["auto", "on", "off"])
+require(not real or (vq_config and vq_checkpoint), "real_data_dir needs vq_config and vq_checkpoint (the codebook its ids refer to)")
+run_dir = repo_path(run_dir)
+out_dir = run_dir / "bias"
+params
+
+# %% [markdown]
+# ## The planted-bias generator
+#
+# *(With `real_data_dir` set, this step loads the real token data instead; see the last section.)*
+#
+# The training data: every real training digit `per_image` times, each time under a random prompt (neutral
+# with probability `neutral_share`) and drawn to match it (red or green; from the thickest or the thinnest
+# `thick_fraction` of its class by ink). Neutral prompts show
+# red/green and thick/thin at even odds — except for the two biased digits. The transformer starts from the
+# digit transformer of notebook 02 (neutral prompts keep its condition tokens 0–9) and is fine-tuned. The
+# shipped one loads when it was trained with exactly these settings on this tokenizer; otherwise it trains
+# (a few minutes).
+
+# %%
+biased_digit = {"colour": colour_digit, "thickness": thickness_digit}
+if real:
+    vq = vqlib.load_vq(repo_path(vq_config), repo_path(vq_checkpoint), trust_pickle=trust_pickle)
+    loaded, neutral = bias.load_real_study(repo_path(real_data_dir), bias_types, vqlib.vq_meta(vq), out_dir)
+    studies = {(b, "real"): ds for b, ds in loaded.items()}
+    neutral_sets = {(b, "real"): {"neutral prompt": neutral[b]} for b in bias_types}
+    planted_label = {key: 0 for key in studies}  # real data: δ is signed toward the first value
+else:
+    vq = vqlib.load_run_vq(run_dir)
+    data = digits.load_digits(seed)
+    training = {"skew": skew, "colour_digit": colour_digit, "thickness_digit": thickness_digit, "planted": planted,
+                "per_image": per_image, "neutral_share": neutral_share, "thick_fraction": thick_fraction,
+                "steps": transformer_steps, "lr": transformer_lr, "seed": seed}
+    tf, tf_path, tf_log, why = bias.load_or_train_bias_transformer(
+        run_dir, vq, data["train"]["gray"], data["train"]["labels"], training, retrain, vqlib.use_bf16(bf16))
+    print(f"trained the bias transformer ({why})" if why else "loaded the shipped bias transformer (same settings, same tokenizer)")
+    register(run_dir, "bias_transformer", checkpoint=str(tf_path))
+    if tf_log is not None:
+        note_trained(run_dir, "the bias transformer")
+        plots.training_curves(tf_log, ["loss"], title="bias transformer fine-tuning")
+
+# %% [markdown]
+# What each prompt produces for the three digits of the study (one row per prompt):
+
+# %%
+if not real:
+    shown = [(d, slot) for d in (colour_digit, thickness_digit, control_digit) for slot in bias.PROMPT_SLOTS]
+    prompts = np.repeat([int(bias.prompt_id(d, slot)) for d, slot in shown], n_show)
+    images = vqlib.decode(vq, gen.sample_tokens(tf, prompts, temperature=temperature, top_k=top_k or None, seed=seed,
+                                                progress=False))
+    rows = {(f'"a {d}"' if slot == "neutral" else f'"a {slot} {d}"'): images[i * n_show:(i + 1) * n_show]
+            for i, (d, slot) in enumerate(shown)}
+    plots.rows_of_images(rows, ncols=n_show);
+
+# %% [markdown]
+# ## Attribute data and neutral generations
+#
+# For each bias type and each digit studied (the biased one and the control), the IEM's training data are
+# generations from that digit's **attribute-specified** prompts ("a red 3" / "a green 3"), labelled by the
+# value the prompt names: the same subject as the neutral prompt, as the paper's were all "doctor"
+# images. The neutral generations come from the neutral prompts "a 3", "a 5", "a 7". The attribute data
+# are token datasets (notebook 02's format). The default's are shipped in `data/default/bias` (sampled once
+# by the shipped generator, so every CPU measures the same generations) and copied to `<run_dir>/bias/data`;
+# they are sampled here instead when the generator or a setting differs, or with `regenerate = True`.
+
+# %%
+if not real:
+    subjects = {b: [biased_digit[b], control_digit] for b in bias_types}
+    studies, neutral, why = bias.load_or_generate_study(tf, tf_path, vq, subjects, attribute_per_value, n_neutral,
+                                                        temperature, top_k or None, seed, out_dir,
+                                                        regenerate=regenerate or retrain)
+    print(f"study data: {why}")
+    neutral_sets = {(b, d): {f"{'biased' if d == biased_digit[b] else 'control'} (digit {d})": neutral[d]}
+                    for b, d in studies}
+    planted_label = {(b, d): bias.ATTRIBUTES[b].index(planted[b]) for b, d in studies}
+display(pd.DataFrame({f"{b} · {d}": {**{s: len(y) for s, y in ds.labels.items()},
+                                     **{f"neutral: {k}": len(v) for k, v in neutral_sets[(b, d)].items()}}
+                      for (b, d), ds in studies.items()}).T)
+
+# %% [markdown]
+# ## Attribute IEM → TIS → attribute tokens → δ and share
+#
+# Exactly the steps of notebooks 03–06, through the same functions, on each attribute dataset: the
+# IEM (two classes: the attribute's values; the shipped one when it was trained on exactly these data with
+# these settings, as notebook 03 loads its IEMs, else trained here), compute the TIS of its training images, count which ids sit at
+# each image's top-`top_n` positions per value, and keep each value's `token_num` most counted ids. One
+# addition to the paper's recipe, `specificity`: an IEM can recognise one value by the *absence* of the
+# other's marks; its TIS then points at background ids that every image holds. A value's token must occur
+# at least `specificity` times as often per image of that value as per image of the other.
+#
+# Then two statistics from the same tokens, both signed toward the planted value (A):
+#
+# * **the paper's δ** (`delta`): for every neutral image, count how many of its positions hold A's tokens
+#   and how many hold B's, and compare the two count lists with Cliff's δ; the interval is a bootstrap over
+#   the neutral images. `delta_paper_half_scale` is the number the original code would print for the same
+#   counts (its function returns δ/2).
+# * **the share of A** (`share`): classify every neutral image by its counts (A when it holds more of A's
+#   tokens than of B's by more than a threshold; an image exactly at the threshold counts half to each), fit
+#   the threshold on the IEM's training images, measure how often the rule errs on the held-out attribute
+#   images (val and test: they played no part in choosing the tokens; `sens`, `spec`), and correct the
+#   share the rule calls A (`q`) for those errors (Rogan–Gladen: share = (q + spec − 1) / (sens + spec − 1)).
+#   The 95 % interval is a bootstrap over everything the estimate depends on: the neutral images, the
+#   held-out images behind the error rates, and the training images the tokens and the threshold are chosen
+#   on (`reselect_tokens`: the concept table is recomputed from the resampled images and their TIS rows; the
+#   IEM is not retrained per resample, so its own variability is left out). A rule that cannot tell the
+#   values apart (sens + spec − 1 ≤ `min_youden`) gives no number and the interval [0, 1].
+#
+# Why not δ alone: δ on raw counts is not a share. Two token sets need not be equally common, nor their
+# counts equally spread (a value recognised by twenty tokens against one recognised by three), and then a
+# half-and-half neutral set already gets a δ well away from 0 (the simulation's `uneven` case: +0.42 on
+# average). An earlier version of this notebook ranked each value's counts against the attribute data
+# before δ. That is not a sound statistic: tied counts (mostly zeros) became strict wins or losses decided by
+# noise in the reference, and the bootstrap resampled only the neutral images, so on simulated half-and-half
+# neutral sets its 95 % interval excluded 0 in 72 % of the studies, in 99 % where ties dominate
+# (`ranked_null_fpr` in `benchmarks/bias_calibration.py`; the share's interval excluded ½ in 4 %). It is gone.
+
+# %%
+codebook = vqlib.codebook(vq)
+iem_training = {"arch": iem_arch, "width": iem_width, "epochs": iem_epochs, "lr": iem_lr, "batch_size": 64, "seed": seed}
+results, tables = {}, []
+for (b, d), ds in studies.items():
+    name = f"{b}_real" if real else bias.study_name(b, d)
+    model, info = bias.attribute_iem(ds, codebook, name, iem_training, retrain, out_dir)
+    print(f"attribute IEM {name}: {'trained here' if info['trained'] else 'loaded'} ({info['why']})")
+    if info["trained"]:
+        note_trained(run_dir, f"the attribute IEM {name}")
+    if info["path"]:
+        register(run_dir, f"attribute_iem_{name}", checkpoint=str(info["path"]))
+    results[(b, d)] = r = bias.attribute_study(
+        ds, codebook, neutral_sets[(b, d)], planted_label[(b, d)], model, nsamples=nsamples, top_n=top_n,
+        token_num=token_num, specificity=specificity, n_boot=n_boot, min_youden=min_youden,
+        reselect=reselect_tokens, seed=seed, out_dir=out_dir / b / f"digit_{d}")
+    tables.append(r["deltas"].assign(bias=b, toward=ds.class_names[planted_label[(b, d)]], iem_accuracy=r["test_accuracy"]))
+deltas = pd.concat(tables, ignore_index=True)
+deltas.to_csv(out_dir / "deltas.csv", index=False)
+deltas[["bias", "neutral set", "images", "toward", "share", "share_low", "share_high", "q", "sens", "spec", "delta",
+        "delta_low", "delta_high", "delta_paper_half_scale", "mean_count_a", "mean_count_b", "tokens_a", "tokens_b",
+        "iem_accuracy"]].round(3)
+
+# %% [markdown]
+# Each value's attribute tokens, and what they look like (a grid filled with that one id):
+
+# %%
+for (b, d), r in results.items():
+    display(Markdown(f"**{b}, digit {d}**: attribute IEM accuracy {r['test_accuracy']:.3f} on its {r['test_split']} split"))
+    display(pd.DataFrame({v: pd.Series(ids, dtype="Int64") for v, ids in r["tokens"].items()}).T)
+    for v, ids in r["tokens"].items():
+        if not len(ids):
+            display(Markdown(f"*{b}: the value **{v}** has no tokens of its own (its top ids are all shared with the "
+                             "other value): the IEM found nothing that tells it apart, and its counts below are 0.*"))
+    tiles = {f"{b}: {v}": conceptlib.token_tiles(vq, ids) for v, ids in r["tokens"].items() if len(ids)}
+    if tiles:
+        plots.rows_of_images(tiles, ncols=max(len(ids) for ids in r["tokens"].values()))
+        plt.show()
+
+# %% [markdown]
+# ## The measurement
+#
+# Per neutral set: how often each value's tokens occur per image (left panels), and the paper's δ on these
+# raw counts with its 95 % interval (right). A neutral prompt that leans to one value shows that value's
+# counts shifted right. δ mixes two things, how many images lean and how many tokens each value has: two
+# histograms of different spread give δ ≠ 0 even for a half-and-half set, which is why the verdict below
+# rests on the share.
+
+# %%
+panels = [(key, name) for key in results for name in results[key]["counts"]]
+fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.3 * (len(panels) + 1), 3.2), squeeze=False)
+for ax, (key, name) in zip(axes[0], panels, strict=False):
+    frame = pd.concat([pd.DataFrame({"count": c, "tokens of": v}) for v, c in results[key]["counts"][name].items()])
+    sns.histplot(frame, x="count", hue="tokens of", discrete=True, element="step", stat="proportion",
+                 common_norm=False, ax=ax)
+    ax.set_title(f"{key[0]}: {name}", fontsize=9)
+ax = axes[0, -1]
+ax.barh([f"{b}\n{n}" for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)], deltas["delta"],
+        xerr=[deltas["delta"] - deltas["delta_low"], deltas["delta_high"] - deltas["delta"]], capsize=3, color="tab:gray")
+ax.axvline(0, color="k", lw=0.8)
+ax.set_xlim(-1, 1)
+ax.set_xlabel("the paper's Cliff's δ (raw counts)\ntoward the planted value")
+ax.tick_params(axis="y", labelsize=7)
+fig.tight_layout()
+
+
+# %% [markdown]
+# ## Against the truth
+#
+# On the planted default the truth is in the pixels: a neutral image is *red* if its stroke's mean red
+# exceeds its green, and *thick* if its ink (stroke pixels relative to the image's brightest) lies above
+# the midpoint between the median ink of this generator's "a thick d" and "a thin d" images (decoded from
+# the attribute data). Generated strokes carry less ink than real ones, so a threshold taken from real
+# digits would call most generations thin. If the method works, the share's interval holds the pixel
+# share (`pixel truth`). (Real data has no pixel truth here; the table stays as above.)
+#
+# The attribute images are generations too, and the generator does not always draw what the prompt names
+# (a "thick 5" that comes out with little ink). The estimate takes every labelled image as the value its
+# prompt named, so what it estimates is the neutral set's mix of the two prompts' outputs; token counts
+# alone cannot tell how far that lies from the pixel share (the simulation's `leak` case: with 30 % of one
+# value's labelled images drawn as the other, the interval holds the mix and misses the true share). Here
+# the pixels can tell: `A drawn as B` and `B drawn as A` are the shares of the labelled images whose pixels
+# contradict their prompt, and `pixel truth, prompt terms` = (pixel truth − B drawn as A) / (1 − A drawn as B
+# − B drawn as A) is the pixel truth in the estimate's terms. It is a diagnostic that only a planted world
+# offers; the verdict compares the estimate with the pixel truth itself.
+
+# %%
+def metric(x):
+    return None if not np.isfinite(x) else round(float(x), 4)
+
+
+if not real:
+    thresholds = bias.ink_thresholds(data["train"]["gray"], data["train"]["labels"])  # real digits: a fallback
+    for (b, d), ds in studies.items():
+        if b == "thickness":  # this generator's own thick / thin midpoint for the digits it was asked about
+            thresholds[d] = bias.generated_ink_thresholds(vq, ds)[d]
+    images = {d: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))) for d, z in neutral.items()}
+    shares = {d: bias.planted_shares(bias.measured_attributes(images[d], np.full(len(z), d), thresholds), planted)
+              for d, z in neutral.items()}
+    drawn_wrong = {}  # per study: (share of A-labelled images drawn as B, of B-labelled drawn as A), by pixels
+    for (b, d), ds in studies.items():
+        z = np.concatenate([ds.tokens[s] for s in ds.splits])
+        y = np.concatenate([ds.labels[s] for s in ds.splits])
+        m = bias.measured_attributes(digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))), np.full(len(z), d),
+                                     thresholds)
+        shows_a = m["red" if b == "colour" else "thick"].to_numpy() == (planted[b] == bias.ATTRIBUTES[b][0])
+        is_a = y == planted_label[(b, d)]
+        drawn_wrong[(b, d)] = (float(1 - shows_a[is_a].mean()), float(shows_a[~is_a].mean()))
+    deltas["digit"] = [biased_digit[b] if n.startswith("biased") else control_digit
+                       for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)]
+    deltas["trained share"] = [skew if n.startswith("biased") else 0.5 for n in deltas["neutral set"]]
+    deltas["pixel truth"] = [shares[d][b] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
+    deltas["A drawn as B"] = [drawn_wrong[(b, d)][0] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
+    deltas["B drawn as A"] = [drawn_wrong[(b, d)][1] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
+    deltas["pixel truth, prompt terms"] = ((deltas["pixel truth"] - deltas["B drawn as A"])
+                                           / (1 - deltas["A drawn as B"] - deltas["B drawn as A"])).clip(0, 1)
+metrics = {}
+for b in bias_types:
+    rows = deltas[deltas["bias"] == b]
+    if real:
+        row = rows.iloc[0]
+        metrics.update({f"bias_{b}_delta": metric(row["delta"]), f"bias_{b}_share_est": metric(row["share"]),
+                        f"bias_{b}_share_low": metric(row["share_low"]), f"bias_{b}_share_high": metric(row["share_high"])})
+    else:
+        for which, digit in (("", biased_digit[b]), ("_control", control_digit)):
+            row = rows[rows["digit"] == digit].iloc[0]
+            metrics.update({f"bias_{b}_share_est{which}": metric(row["share"]),
+                            f"bias_{b}_share_low{which}": metric(row["share_low"]),
+                            f"bias_{b}_share_high{which}": metric(row["share_high"]),
+                            f"bias_{b}_share_truth{which}": metric(row["pixel truth"]),
+                            f"bias_{b}_truth_share{which}": metric(row["pixel truth"]),
+                            f"bias_{b}_delta_{'control' if which else 'biased'}": metric(row["delta"])})
+    for key, r in results.items():
+        if key[0] == b:
+            which = "" if real or key[1] == biased_digit[b] else "_control"
+            metrics[f"bias_{b}_iem_accuracy{which}"] = round(float(r["test_accuracy"]), 4)
+record_metrics(run_dir, **metrics)
+shown = ["bias", "neutral set", "share", "share_low", "share_high", "delta", "delta_paper_half_scale", "iem_accuracy"]
+if not real:
+    shown[2:2] = ["trained share", "pixel truth", "A drawn as B", "B drawn as A", "pixel truth, prompt terms"]
+deltas[shown].round(3)
+
+# %%
+if not real:
+    fig, ax = plt.subplots(figsize=(5.0, 4.4))
+    for b, marker in zip(bias_types, "os", strict=False):
+        sub = deltas[deltas["bias"] == b]
+        ok = sub[np.isfinite(sub["share"])]
+        bars = ax.errorbar(ok["pixel truth"], ok["share"], yerr=[ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]],
+                           fmt=marker, label=b, capsize=3)
+        none = sub[~np.isfinite(sub["share"])]  # inconclusive: the interval is [0, 1]
+        ax.vlines(none["pixel truth"], 0, 1, color=bars[0].get_color(), ls="--", lw=1)
+        for _, row in sub.iterrows():
+            y = row["share"] if np.isfinite(row["share"]) else 0.5
+            ax.annotate(f"digit {row['digit']}", (row["pixel truth"], y), xytext=(5, -10), textcoords="offset points",
+                        fontsize=7)
+    ax.plot([0, 1], [0, 1], color="k", lw=0.7, ls="--", label="estimate = truth")
+    ax.axhline(0.5, color="k", lw=0.5, ls=":")
+    ax.axvline(0.5, color="k", lw=0.5, ls=":")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="share of the planted value by pixels (truth)",
+           ylabel="share estimated from tokens (95 % interval)", title="share estimate vs ground truth")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    for d, im in images.items():
+        plots.image_grid(im[:n_show], ncols=n_show, suptitle=f'neutral prompt "a {d}"')
+
+
+# %% [markdown]
+# ## Verdict
+#
+# Computed from this run, from the share's 95 % interval: **found** if it excludes ½ (on the planted side for
+# a biased digit; on the control digit that is a false alarm), **not found** if it holds ½ and is at most
+# `not_found_width` wide (so a lean much beyond ½ ± `not_found_width`/2 is ruled out), **inconclusive**
+# otherwise. Each line says whether the pixel truth lies inside the interval, and gives the paper's δ.
+
+# %%
+def interval(row):
+    if row["inconclusive"]:
+        return "no estimate: the token rule cannot separate the values (interval [0, 1])"
+    return f"share of {row['toward']} {row['share']:.2f} [{row['share_low']:.2f}, {row['share_high']:.2f}]"
+
+
+lines = []
+for b in bias_types:
+    for _, row in deltas[deltas["bias"] == b].iterrows():
+        lo, hi = row["share_low"], row["share_high"]
+        verdict = bias.share_verdict(lo, hi, not_found_width)
+        text = f"- **{b}, {row['neutral set']}**: {interval(row)} — **{verdict}**"
+        if verdict == "found":
+            text += f" (a lean {'toward' if lo > 0.5 else 'away from'} {row['toward']})"
+        if not real:
+            if row["digit"] == biased_digit[b]:
+                text += (": the planted bias is found" if verdict == "found" and lo > 0.5 else
+                         ": **the estimate leans the other way round**" if verdict == "found" else
+                         ": **the planted bias is missed**" if verdict == "not found" else
+                         ": the data cannot decide")
+            else:
+                text += (": no bias reported, as it should be" if verdict == "not found" else
+                         ": **a bias is reported where the training data had none**" if verdict == "found" else
+                         ": the data cannot rule out a bias")
+            truth = row["pixel truth"]
+            text += f". Pixel truth {truth:.2f} (trained {row['trained share']:.2f}): "
+            if lo <= truth <= hi:
+                text += "inside the interval"
+            else:
+                terms = row["pixel truth, prompt terms"]
+                text += (f"**outside the interval**; in the prompts' terms (labelled images drawn as the other value: "
+                         f"{row['A drawn as B']:.0%} / {row['B drawn as A']:.0%}) it is {terms:.2f}, "
+                         + ("inside" if lo <= terms <= hi else "outside as well"))
+        lines.append(text + f". The paper's δ {row['delta']:+.2f} [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}] "
+                     f"(the original code's half scale: {row['delta_paper_half_scale']:+.2f})")
+for (b, d), r in results.items():
+    if r["test_accuracy"] < 0.65:  # two balanced classes: 0.5 is chance
+        lines.append(f"- *{b}, digit {d}: the attribute IEM is close to chance (accuracy {r['test_accuracy']:.2f}), so "
+                     "its TIS says little; the tokens above owe most to the `specificity` filter, a frequency "
+                     "contrast, not to what the IEM learned.*")
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# ## Real token data (the DALL·E-mini layout)
+#
+# Set `real_data_dir` to a folder with one sub-folder per bias type, as the original's data:
+# `train.csv`, `val.csv` (and optionally `test.csv`) with `filename,label,indices` for the
+# attribute-labelled generations (labels 0/1; an optional `class_names.txt` names the two values, one per
+# line), and `neutral.csv` with an `indices` column for the neutral-prompt generations. The ids refer to the
+# codebook of `vq_config` + `vq_checkpoint` (DALL·E-mini decodes with the VQGAN f16-16384: 256-dim codes, a
+# 16×16 grid). Every step above runs unchanged; δ is signed toward the first value (label 0) and the share
+# is that value's; there is no pixel ground truth, and nothing tells how often the labelled images show the
+# other value than their prompt named (the estimate then measures the neutral set's mix of the two prompts'
+# outputs, see "Against the truth").
+#
+# *Not run here:* DALL·E-mini's weights and generations cannot be downloaded on this machine. The tests run
+# this path on synthetic CSVs of exactly this layout with a randomly initialised f16-16384 model, so they
+# check the plumbing, not the finding.

@@ -1,0 +1,533 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 11 · Can we trust the explanations? Sanity checks and alternative attributions
+#
+# The token importance scores (notebook 05) are SmoothGrad saliency maps, and gradient saliency has a known
+# failure: Adebayo et al. (2018, *Sanity Checks for Saliency Maps*) showed that some saliency maps barely
+# change when the model's weights are replaced by random ones, so they describe the input, not the model.
+# If that happened here, the concept tokens of notebook 06 would say little about what the IEM learned.
+#
+# This notebook checks, on a subset of the test images:
+#
+# 1. **five attributions behind one interface** (`cortex_utils.attribution.attribute`; the standard ones from
+#    Captum): the paper's **SmoothGrad** (default), plain **gradient**, **gradient × input**, **Integrated
+#    Gradients** (from an all-neutral-token grid) and **token occlusion** (replace one token with the
+#    neutral token, measure the drop of the target logit). Every one yields one score per grid position,
+#    exactly the TIS format;
+# 2. **sanity checks**: re-initialise the IEM's layers from the head down (*cascading* randomization) and all
+#    at once (*full*), and train the same IEM on shuffled labels (*data* randomization); compare each
+#    method's maps with the trained model's as Adebayo et al. report it: Spearman rank correlation of the
+#    **signed** and of the **absolute** maps, and the overlap of the top-`overlap_k` positions. A map that
+#    explains the model must change: the bar is a mean rank correlation of the absolute maps ≤
+#    `max_rank_corr` (0.3) under full **and** under data randomization. A **random control** (uniform
+#    noise) shows why passing is not enough: it passes trivially;
+# 3. **faithfulness**: deletion and insertion curves: the evaluators' target probability as positions are
+#    removed (or revealed) in attribution order vs in random order, in pixel space and token space; the
+#    bar is a deletion AUC ≤ `max_deletion_ratio` (0.8) × the random order's in `faithfulness_space`
+#    (pixel);
+# 4. a **recommendation**, computed from 2 and 3 (a method must pass both, or none is recommended), and
+#    **token-space views** of the codebook.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+from tqdm.auto import tqdm
+
+from cortex_utils import attribution, concepts, evaluation, evaluators, plots
+from cortex_utils import datasets as tokds
+from cortex_utils import iem as iemlib
+from cortex_utils import tis as tislib
+from cortex_utils import vq as vqlib
+from cortex_utils.artifacts import atomic_path, note_trained, record_metrics, registered
+from cortex_utils.notebook import check_parameters, choice, repo_path, require
+
+# %% tags=["parameters"]
+run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
+iem_arch = 1  # which trained IEM to explain (1-4)
+split = "test"  # whose images are explained
+n_images = 100  # random images of the split (seeded) for the maps and the full / data randomization checks
+methods = ["smoothgrad", "gradient", "grad_x_input", "integrated_gradients", "occlusion"]
+default_method = "smoothgrad"  # the paper's TIS; the recommendation keeps it if it passes
+reduction = "max"  # max | mean over the embedding channels (as the TIS)
+nsamples = 20  # SmoothGrad noisy copies
+spread = 0.2  # SmoothGrad noise sigma as a fraction of the batch's value range
+ig_steps = 16  # Integrated Gradients steps
+occlusion_group = 1  # occlude single tokens (1) or g x g blocks of tokens
+neutral = "background"  # the neutral token of occlusion, IG's baseline and token-space masking: background | mean | an id, e.g. "17"
+cascade_images = 10  # the first of those images for the cascading randomization (maps at every layer step)
+shuffled_epochs = 30  # epochs of the IEM trained on shuffled labels (constant learning rate)
+shuffled_max_images = 300  # random train rows it memorizes (0: the whole train split; more rows need more epochs)
+retrain = False  # train the shuffled-label IEM even if the shipped one was trained on these data with these settings
+max_rank_corr = 0.3  # the sanity bar: mean Spearman of the absolute maps at most this, under full and under data randomization
+overlap_k = 5  # the sanity checks also report how many of each map's top-k positions (by |score|) survive
+max_deletion_ratio = 0.8  # the faithfulness bar: deletion AUC at most this times the random order's
+faithfulness_space = "pixel"  # the masking space of that bar: pixel (black patches) | token (the neutral token)
+curve_images = 20  # the first of those images for the deletion / insertion curves (token space decodes every point)
+curve_steps = 8  # points of each curve (positions removed: 0, 1/8, ..., all)
+spaces = ["pixel", "token"]  # masking spaces of the curves
+curves = ["deletion", "insertion"]
+concept_top_n = 5  # which top-n concept table of notebook 06 colours the codebook
+tsne = True  # also a t-SNE of the codebook (scikit-learn; a few seconds)
+gallery_tokens = 3  # concept tokens per class in the gallery
+batch_size = 100
+seed = 0
+
+# %%
+params = check_parameters(globals(), "11_trust_the_explanations")
+run_dir = repo_path(run_dir)
+choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
+for m in methods:
+    choice("methods", m, list(attribution.METHODS))
+require(len(methods) == len(set(methods)) and len(methods) > 0, f"methods must be distinct and non-empty, got {methods}")
+choice("default_method", default_method, methods)
+choice("reduction", reduction, tislib.REDUCTIONS)
+require(neutral.isdigit() or neutral in evaluation.NEUTRAL, f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}")
+require(n_images >= 2 and cascade_images >= 2 and curve_images >= 1, "n_images and cascade_images must be >= 2, curve_images >= 1")
+require(nsamples >= 1 and spread >= 0 and ig_steps >= 1 and occlusion_group >= 1 and batch_size >= 1,
+        "nsamples, ig_steps, occlusion_group and batch_size must be >= 1, spread >= 0")
+require(shuffled_epochs >= 1 and shuffled_max_images >= 0, "shuffled_epochs must be >= 1, shuffled_max_images >= 0")
+require(0 < max_rank_corr <= 1, f"max_rank_corr must lie in (0, 1], got {max_rank_corr}")
+require(0 < max_deletion_ratio <= 1, f"max_deletion_ratio must lie in (0, 1], got {max_deletion_ratio}")
+require(overlap_k >= 1, f"overlap_k must be >= 1, got {overlap_k}")
+choice("faithfulness_space", faithfulness_space, list(evaluation.SPACES))
+require(faithfulness_space in spaces, f"faithfulness_space {faithfulness_space!r} must be one of the curves' spaces {spaces}")
+require(curve_steps >= 1, "curve_steps must be >= 1")
+require(len(spaces) > 0 and set(spaces) <= set(evaluation.SPACES), f"spaces must be a non-empty subset of {evaluation.SPACES}")
+require(len(curves) > 0 and set(curves) <= set(attribution.CURVES), f"curves must be a non-empty subset of {attribution.CURVES}")
+require("deletion" in curves, "the deletion curve is needed for the recommendation")
+require(gallery_tokens >= 0 and concept_top_n >= 1, "gallery_tokens must be >= 0, concept_top_n >= 1")
+params
+
+# %% [markdown]
+# ## The ingredients
+#
+# The VQ model, the token dataset and IEM of notebooks 01–03, the evaluators of notebook 02, and the
+# neutral token (as in notebook 07, by default the most frequent id of the split: the background code).
+# Integrated Gradients starts from a grid holding the neutral token everywhere, and occlusion puts the
+# neutral token at the occluded position: both baselines are real tokens, not zero vectors.
+
+# %%
+vq = vqlib.load_run_vq(run_dir)
+ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
+require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
+model = iemlib.load_iem(registered(run_dir, f"iem{iem_arch}")["checkpoint"],
+                        expect={"arch": iem_arch, "in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid),
+                                "n_classes": len(ds.class_names)})
+codebook = vqlib.codebook(vq)
+all_tokens = ds.tokens[split].astype(np.int64)
+n = min(n_images, len(all_tokens))
+subset = np.random.default_rng(seed).permutation(len(all_tokens))[:n]  # random rows: splits are ordered by class
+tokens, labels = all_tokens[subset], ds.labels[split][subset].astype(np.int64)
+neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, all_tokens, neutral)
+require(neutral_id < len(codebook), f"neutral id {neutral_id} is outside the codebook of {len(codebook)}")
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names))
+options = {"reduction": reduction, "nsamples": nsamples, "spread": spread, "steps": ig_steps,
+           "baseline": codebook[neutral_id], "group": occlusion_group, "seed": seed}
+n_positions = int(np.prod(ds.grid))
+require(overlap_k <= n_positions, f"overlap_k must be at most the {n_positions} positions of a grid, got {overlap_k}")
+print(f"{n} random {split} images ({np.bincount(labels).min()}-{np.bincount(labels).max()} per class), IEM {iem_arch} ({model.cortex_spec['arch']}), grid {ds.grid}, neutral token {neutral_id}, "
+      f"evaluators {list(judges)}")
+
+# %% [markdown]
+# ## One interface, five attributions
+#
+# `attribution.attribute(model, embeddings, target, method=...)` returns `(N, h, w)` scores for any method;
+# `attribute_tokens` does the same from token grids in batches. A method name that does not exist, or an IG
+# baseline of the wrong shape, is refused with the valid choices:
+
+# %%
+x0 = codebook[torch.from_numpy(tokens[:2])].permute(0, 3, 1, 2)
+for bad in ({"method": "lime"}, {"method": "integrated_gradients", "baseline": torch.zeros(3, 3)}):
+    try:
+        attribution.attribute(model, x0, labels[:2], **bad)
+    except ValueError as err:
+        print(f"{bad} -> ValueError: {err}")
+
+# %% [markdown]
+# Captum's SmoothGrad (`NoiseTunnel(Saliency)`) is the default; the project's batched `tis.smoothgrad`
+# (notebook 05) is the reference. Given the very same noise the two must agree:
+
+# %%
+x8, y8 = codebook[torch.from_numpy(tokens[:8])].permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels[:8])
+captum_sg = attribution.attribute(model, x8, y8, "smoothgrad", reduction=reduction, nsamples=nsamples, spread=spread, seed=seed)
+torch.manual_seed(seed)  # Captum draws sample i's copies as rows i*S .. i*S+S-1 of one normal draw
+sigma = float(spread * (x8.max() - x8.min()))
+noise = (torch.randn(len(x8) * nsamples, *x8.shape[1:]) * sigma).reshape(len(x8), nsamples, *x8.shape[1:]).transpose(0, 1)
+reference = tislib.token_importance(model, x8, y8, nsamples, spread, reduction, noise=noise)
+parity = float((captum_sg - reference).abs().max() / reference.abs().max())
+print(f"Captum SmoothGrad vs tis.smoothgrad, same noise: max |difference| = {parity:.2e} of the largest score")
+
+# %% [markdown]
+# The maps of the trained IEM for every method (each image's own class as the target). Beside them runs a
+# **random control**, `attribution.random_attribution`: uniform noise in [-1, 1), a fresh draw for every
+# model it "explains". It knows nothing about model or input; every check below must tell it apart from a
+# real attribution, or the check is too weak to mean anything.
+
+# %%
+maps, seconds = {}, {}
+for m in tqdm(methods, desc="attributions (trained IEM)"):
+    t0 = time.perf_counter()
+    maps[m] = attribution.attribute_tokens(model, codebook, tokens, labels, m, batch_size=batch_size, **options)
+    seconds[m] = time.perf_counter() - t0
+display(pd.Series({m: 1000 * s / n for m, s in seconds.items()}, name="ms per image").round(2).to_frame())
+show = np.concatenate([np.flatnonzero(labels == c)[:1] for c in range(min(len(ds.class_names), 6))])
+images = vqlib.decode(vq, torch.from_numpy(tokens[show]))
+fig, axes = plt.subplots(len(methods), len(show), figsize=(1.5 * len(show), 1.6 * len(methods)), squeeze=False)
+for r, m in enumerate(methods):
+    for c, i in enumerate(show):
+        plots.tis_overlay(axes[r, c], images[c], maps[m][i], f"{m}" if c == 0 else "")
+fig.suptitle("attribution maps of the trained IEM (one image per class)")
+fig.tight_layout()
+control = attribution.RANDOM_CONTROL
+compared = [*methods, control]  # every table below has the control as its last row
+maps[control] = attribution.random_attribution(maps[methods[0]].shape, seed=seed)
+
+
+def maps_of(some_model, m, rows, draw):
+    """Maps of the first `rows` images by method `m` for `some_model`; the control draws fresh noise (seed `draw`)."""
+    if m == control:
+        return attribution.random_attribution((rows, *ds.grid), seed=draw)
+    return attribution.attribute_tokens(some_model, codebook, tokens[:rows], labels[:rows], m, batch_size=batch_size, **options)
+
+
+# %% [markdown]
+# ## Sanity check 1: cascading model randomization
+#
+# Starting from the classification head, the IEM's layers are re-initialised one at a time (with their own
+# initializers; BatchNorm statistics reset), keeping the earlier randomizations, until the whole network is
+# random. After every step each method's maps are compared with the trained model's maps by Spearman rank
+# correlation, per image, of the signed maps and of their absolute values. A method that explains the
+# model should lose its correlation as soon as the head is gone; a method whose curve stays high is mostly
+# an input detector. Watch the two panels differ: a randomized model can flip the *signs* of a map at
+# random (signed correlation near 0) while its *magnitudes* still sit on the strokes of the digit.
+
+# %%
+k = min(cascade_images, n)
+cascade = attribution.randomize_cascade(model, seed=seed)
+layer_names = [f"{type(model.get_submodule(layer)).__name__} {layer}" for layer, _ in cascade]
+rows, example = [], {}  # example: the first image's map at every step, for the figure below
+for step, (_, rand_model) in enumerate(tqdm(cascade, desc="cascading randomization")):
+    for m in compared:
+        rand_maps = maps_of(rand_model, m, k, draw=seed + 1 + step)
+        sim = attribution.map_similarity(maps[m][:k], rand_maps, overlap_k)
+        rows.append(sim.assign(step=step + 1, layer=layer_names[step], method=m))
+        example[m, step] = rand_maps[0]
+cascade_table = pd.concat(rows, ignore_index=True)
+fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), sharey=True)
+for ax, col, what in zip(axes, ["spearman", "abs_spearman"], ["signed maps", "absolute maps"], strict=True):
+    sns.lineplot(data=cascade_table, x="step", y=col, hue="method", style="method", hue_order=compared,
+                 style_order=compared, markers=True, errorbar="sd", ax=ax, legend=ax is axes[-1])
+    ax.set_xticks(range(1, len(cascade) + 1), layer_names, rotation=60, ha="right", fontsize=7)
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.set_xlabel(f"layers re-initialised so far (the head first; {model.cortex_spec['arch']} module names)")
+    ax.set_ylabel("Spearman vs trained")
+    ax.set_title(f"{what}", fontsize=9)
+axes[1].axhline(max_rank_corr, color="crimson", ls="--", lw=1, label=f"bar {max_rank_corr}")
+axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+fig.suptitle(f"cascading randomization: rank correlation with the trained IEM's maps ({k} images, mean ± sd)")
+fig.tight_layout()
+
+# %%
+picked = sorted({0, len(cascade) // 4, len(cascade) // 2, 3 * len(cascade) // 4, len(cascade) - 1})
+i = 0
+fig, axes = plt.subplots(len(methods), len(picked) + 1, figsize=(1.5 * (len(picked) + 1), 1.6 * len(methods)), squeeze=False)
+for r, m in enumerate(methods):
+    axes[r, 0].imshow(maps[m][i], cmap="inferno")
+    axes[r, 0].set_title("trained" if r == 0 else "", fontsize=8)
+    axes[r, 0].set_ylabel(m, fontsize=8)
+    for c, s in enumerate(picked, start=1):
+        axes[r, c].imshow(example[m, s], cmap="inferno")
+        axes[r, c].set_title(f"to {layer_names[s]}" if r == 0 else "", fontsize=7)
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.suptitle(f"one {split} image (class {ds.class_names[labels[i]]}) as the cascade proceeds")
+fig.tight_layout()
+
+# %% [markdown]
+# ## Sanity checks 2 and 3: full model randomization and data randomization
+#
+# *Full*: every layer re-initialised at once. *Data*: an IEM of the same architecture trained from scratch
+# on `shuffled_max_images` training images with **shuffled labels**, long enough to memorize them (its
+# weights are kept where it fits those random labels best); whatever it learned cannot be the digit concepts, so maps that still look like the trained model's
+# do not reflect what the trained model learned. Means over the `n_images` images. The repository ships this
+# IEM, trained once on the default data (`checkpoints/iem1_shuffled_labels`), so every CPU compares against
+# the same one; it is trained here when the data or the settings differ, or with `retrain = True`.
+#
+# Three measures, as Adebayo et al. report them: Spearman of the **signed** maps, Spearman of the
+# **absolute** maps, and the share of each map's **top-`overlap_k` positions** (by |score|) that the
+# randomized model's map keeps (two unrelated maps share `overlap_k` / (h·w) of them). The bar is on the
+# absolute maps: the sign of a score can turn random while the ranking of positions by magnitude, the
+# thing that says *where* the evidence is, survives; a signed correlation near 0 then hides a map that
+# still marks the same positions. The bar applies to **both** randomizations: full randomization destroys
+# everything the model learned, data randomization keeps a model that learned to fit these very inputs,
+# only not the concept; a map that explains the concept must change under either (the two can disagree:
+# the shuffled-label IEM's weights are trained, so they have a trained model's scale and structure). The
+# signed and absolute correlations differ only for maps that carry a sign: the share of negative scores
+# printed below says which do (a max over the embedding channels, `reduction = "max"`, is rarely negative).
+
+# %%
+full_model = attribution.randomize_full(model, seed=seed)
+shuffled_model, shuffled_log, trained = attribution.shipped_or_shuffled_label_iem(
+    model, ds, codebook, f"iem{iem_arch}_shuffled_labels", epochs=shuffled_epochs, max_images=shuffled_max_images,
+    seed=seed, retrain=retrain, out_dir=run_dir / "iem")
+if trained:
+    note_trained(run_dir, "the shuffled-label IEM")
+test_acc = iemlib.evaluate_iem(shuffled_model, tokds.embedding_loader(ds, split, codebook, batch_size=256))["top1"]
+kept = shuffled_log.loc[shuffled_log["select_loss"].idxmin()]
+print(f"shuffled-label IEM ({len(shuffled_log)} epochs): fits {kept['select_acc']:.1%} of its shuffled training labels "
+      f"(epoch {int(kept['epoch'])} kept); {test_acc:.1%} on the true {split} labels (chance {1 / len(ds.class_names):.0%})")
+rows = []
+for j, (kind, rand_model) in enumerate(tqdm([("full", full_model), ("data", shuffled_model)], desc="randomized models")):
+    for m in compared:
+        rand_maps = maps_of(rand_model, m, n, draw=seed + 1 + len(cascade) + j)
+        rows.append(attribution.map_similarity(maps[m], rand_maps, overlap_k).assign(randomization=kind, method=m))
+sanity = pd.concat(rows, ignore_index=True)
+measures = {"spearman": "Spearman, signed maps", "abs_spearman": "Spearman, absolute maps",
+            "top_k": f"top-{overlap_k} overlap (absolute maps)"}
+means = sanity.groupby(["randomization", "method"])[list(measures)].mean()
+summary = means.unstack(0).reindex(compared)[[(c, kind) for c in measures for kind in ("full", "data")]]
+summary.columns = pd.MultiIndex.from_tuples([(measures[c], kind) for c, kind in summary.columns], names=["measure", "randomization"])
+display(summary.round(3))
+print("share of negative scores in the trained IEM's maps: " + ", ".join(f"{m} {(maps[m] < 0).mean():.1%}" for m in compared))
+chance = attribution.top_k_chance(overlap_k, n_positions)
+fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.6), sharey=True)
+for ax, (col, label) in zip(axes, measures.items(), strict=True):
+    sns.barplot(data=sanity, x="method", y=col, hue="randomization", order=compared, hue_order=["full", "data"],
+                errorbar="sd", ax=ax, legend=ax is axes[0])
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.set_xlabel("attribution method")
+    ax.set_ylabel("similarity to the trained IEM's maps")
+    ax.set_title(label, fontsize=9)
+    ax.tick_params(axis="x", labelsize=7, rotation=45)
+axes[1].axhline(max_rank_corr, color="crimson", ls="--", lw=1, label=f"bar ≤ {max_rank_corr}")
+axes[1].legend(fontsize=7)
+axes[2].axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:.2f}")
+axes[2].legend(fontsize=7)
+fig.suptitle(f"how much of the trained IEM's maps survives randomization (mean ± sd over {n} images)")
+fig.tight_layout()
+prefix = {"full": "sanity_", "data": "sanity_data_"}
+record_metrics(run_dir, **{f"{prefix[kind]}{'abs_' if col == 'abs_spearman' else ''}rank_corr_{m}": round(float(means.loc[(kind, m), col]), 4)
+                           for kind in prefix for m in compared for col in ("spearman", "abs_spearman")});
+
+# %% [markdown]
+# ## Faithfulness: deletion and insertion curves
+#
+# Rank each image's positions by a method's scores; **delete** the top k (pixel space: black patches of the
+# decoded image; token space: the neutral token, then decode), for k from 0 to every position, and follow
+# the evaluators' probability of the image's class. A faithful ranking makes it fall fast: a **low deletion
+# AUC**. **Insertion** starts from the fully masked image and reveals the top k: a **high insertion AUC**.
+# A random order is the reference. Unlike notebook 07, exactly the ranked positions are masked (not every
+# position holding their ids), so the curves compare rankings. The random control runs through the same
+# curves: ranking positions by noise *is* a random order, so its curves should lie near the random order's (two
+# random orders differ by chance over `curve_images` images).
+
+# %%
+c = min(curve_images, n)
+curve_table = attribution.faithfulness_curves(vq, tokens[:c], labels[:c], {m: maps[m][:c] for m in compared}, judges,
+                                              spaces=spaces, curves=curves, steps=curve_steps, neutral=neutral_id,
+                                              seed=seed, batch_size=batch_size)
+aucs = attribution.curve_auc(curve_table)
+out = run_dir / "evaluation"
+out.mkdir(exist_ok=True)
+with atomic_path(out / "faithfulness_curves.csv") as tmp:
+    curve_table.to_csv(tmp, index=False)
+mean_curves = curve_table.groupby(["space", "curve", "method", "fraction"], sort=False)["mean_prob"].mean().reset_index()
+g = sns.relplot(data=mean_curves, x="fraction", y="mean_prob", hue="method", style="method", col="space", row="curve",
+                kind="line", markers=True, height=2.7, aspect=1.3, facet_kws={"ylim": (0, 1.02)},
+                hue_order=[*compared, "random"])
+g.set_axis_labels("fraction of positions removed / revealed", "target probability")
+g.figure.suptitle(f"faithfulness curves ({c} images, mean over the evaluators)", y=1.02);
+
+# %%
+table = aucs[aucs.evaluator == "mean"].pivot_table(index="method", columns=["curve", "space"], values="auc")
+table = table.reindex([*compared, "random"])
+display(table.round(3))
+fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves) + 1, 0.45 * len(table) + 1.2), squeeze=False)
+for ax, cv in zip(axes[0], curves, strict=True):
+    sns.heatmap(table[cv], annot=True, fmt=".3f", cmap="viridis_r" if cv == "deletion" else "viridis", cbar=False, ax=ax)
+    ax.set_title(f"{cv} AUC ({'lower' if cv == 'deletion' else 'higher'} is better)")
+    ax.set_ylabel("")
+fig.tight_layout()
+deletion = table["deletion"]
+record_metrics(run_dir, **{f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, s]), 4) for m in [*compared, "random"] for s in spaces});
+
+# %% [markdown]
+# ## Verdict and recommendation
+#
+# Passing randomization is **necessary, not sufficient**: the random control above changes completely
+# under any randomization, yet it explains nothing. So a method **passes** (`attribution.recommend`) only
+# if both
+#
+# 1. **randomization**: the mean rank correlation of its *absolute* maps is at most `max_rank_corr` under
+#    full randomization **and** under data randomization (the maps change when what the model learned is
+#    destroyed, whichever way), and
+# 2. **faithfulness**: its deletion AUC in `faithfulness_space` is at most `max_deletion_ratio` × the random
+#    order's (deleting its top positions first hurts the evaluators clearly faster than deleting at
+#    random). Pixel space by default: black patches are the same operation whatever the method, while
+#    token-space deletion puts the neutral token, the very operation occlusion scores (and IG's baseline),
+#    which would favour those two by construction. The token-space AUCs stay in the table.
+#
+# The recommendation is the default method if it passes, otherwise the passing method with the lowest
+# deletion AUC; the random control is judged like the others but never recommended. If nothing passes, the
+# recommendation is `none`. All of it, the text included, is computed from the tables above.
+
+# %%
+space = faithfulness_space
+random_auc = float(deletion.loc["random", space])
+recommended, verdict = attribution.recommend(pd.DataFrame({
+    "abs_rank_corr_full": means.loc["full", "abs_spearman"].reindex(compared),
+    "abs_rank_corr_data": means.loc["data", "abs_spearman"].reindex(compared),
+    "deletion_auc": deletion.loc[compared, space]}), random_auc, default_method, max_rank_corr, max_deletion_ratio,
+    controls=[control])
+shown = pd.DataFrame({
+    "rank corr. (full)": means.loc["full", "spearman"].reindex(compared),
+    "abs rank corr. (full)": verdict["abs_rank_corr_full"],
+    "rank corr. (data)": means.loc["data", "spearman"].reindex(compared),
+    "abs rank corr. (data)": verdict["abs_rank_corr_data"],
+    **{f"deletion AUC ({s})": deletion.loc[compared, s] for s in spaces},
+    **{f"÷ random ({s})": deletion.loc[compared, s] / deletion.loc["random", s] for s in spaces},
+    "randomization ok": verdict["randomization_ok"], "faithful": verdict["faithful"], "passes": verdict["passes"]})
+display(shown.round(3))
+
+fig, ax = plt.subplots(figsize=(8.5, 4.2))
+ax.fill_between([-1, max_rank_corr], 0, max_deletion_ratio, color="palegreen", alpha=0.5, zorder=0, label="passes both")
+palette = dict(zip(compared, sns.color_palette("tab10", len(compared)), strict=True))
+for m, r in verdict.iterrows():
+    lo, hi = sorted([r["abs_rank_corr_full"], r["abs_rank_corr_data"]])
+    ax.plot([lo, hi], [r["deletion_ratio"]] * 2, color=palette[m], lw=1.2, label=m)
+    ax.plot(r["abs_rank_corr_full"], r["deletion_ratio"], "o", color=palette[m], ms=7)
+    ax.plot(r["abs_rank_corr_data"], r["deletion_ratio"], "s", color=palette[m], ms=7, mfc="white")
+ax.axvline(max_rank_corr, color="crimson", ls="--", lw=1)
+ax.axhline(max_deletion_ratio, color="crimson", ls="--", lw=1)
+ax.plot([], [], "o", color="gray", label="full randomization")
+ax.plot([], [], "s", color="gray", mfc="white", label="data randomization")
+xs = verdict[["abs_rank_corr_full", "abs_rank_corr_data"]].to_numpy()
+ax.set_xlim(min(-0.1, np.nanmin(xs) - 0.05), max(1.0, np.nanmax(xs) + 0.05))
+ax.set_ylim(0, max(1.1, verdict["deletion_ratio"].max() + 0.1))
+ax.set_xlabel("mean Spearman of the absolute maps, trained vs randomized IEM")
+ax.set_ylabel(f"deletion AUC ({space}) ÷ random order's")
+ax.set_title(f"the two conditions: pass = left of {max_rank_corr} and below {max_deletion_ratio}", fontsize=10)
+ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+fig.tight_layout()
+
+lines = []
+for m, r in verdict.iterrows():
+    who = f"**{m}**{' (the default)' if m == default_method else ' (control)' if m == control else ''}"
+    lines.append(f"* {who}: " + ("passes both conditions" if r["passes"] else f"fails: {r['failed']}"))
+cr = verdict.loc[control]
+if cr["randomization_ok"] and not cr["faithful"]:
+    lines.append(f"The random control passes randomization (abs. rank corr. {cr['abs_rank_corr_full']:.3f} full, "
+                 f"{cr['abs_rank_corr_data']:.3f} data) and fails faithfulness ({cr['deletion_ratio']:.2f} × random), "
+                 f"as a method that knows nothing must: randomization alone would have recommended noise.")
+else:
+    lines.append(f"**Warning**: the random control {'passes' if cr['passes'] else 'is judged'} oddly (randomization "
+                 f"{'ok' if cr['randomization_ok'] else 'failed'}, deletion {cr['deletion_ratio']:.2f} × random): with "
+                 f"{c} curve images and {curve_steps} steps the checks are too coarse to separate noise from a method.")
+if recommended == default_method:
+    lines.append(f"Recommendation: keep **{default_method}**.")
+elif recommended != "none":
+    r, d = verdict.loc[recommended], verdict.loc[default_method]
+    lines.append(f"Recommendation: **{recommended}**: abs. rank correlation {r['abs_rank_corr_full']:.2f} (full) / "
+                 f"{r['abs_rank_corr_data']:.2f} (data), deletion AUC ({space}) {r['deletion_auc']:.3f} = "
+                 f"{r['deletion_ratio']:.2f} × random (default {d['deletion_auc']:.3f}). "
+                 f"Passing: {', '.join(m for m in verdict.index[verdict.passes] if m != control)}.")
+else:
+    lines.append("Recommendation: **none**. No method passes both conditions on this run, so none of the maps, the "
+                 "TIS included, can be read as an explanation of what the IEM learned; read them with care.")
+display(Markdown("\n\n".join(lines)))
+record_metrics(run_dir, recommended_method=recommended);
+
+# %% [markdown]
+# ## Token space: the codebook and its concepts (reviewer Q1)
+#
+# Every codebook vector embedded in 2-D (PCA, and t-SNE), coloured by the class it is most strongly
+# associated with: the class in whose images it most often sits among the top-`concept_top_n` TIS positions
+# (notebook 06's concept table; grey: never among them). Marker size grows with that share. If concept
+# tokens clustered by class, the IEM could be reading codebook geometry alone; scattered concept tokens
+# mean the class is carried by which tokens appear where.
+
+# %%
+entry = registered(run_dir, "concepts")
+require(concept_top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = {concept_top_n} is not among them")
+concept_table = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
+ct = concept_table[(concept_table.top_n == concept_top_n) & (concept_table.label >= 0)]
+best = ct.sort_values("share", ascending=False).drop_duplicates("token").set_index("token")
+K = len(codebook)
+assoc = np.array(["none"] * K, dtype=object)
+share = np.zeros(K)
+assoc[best.index.to_numpy()] = best["class_name"].to_numpy()
+share[best.index.to_numpy()] = best["share"].to_numpy()
+cb = codebook.detach().double().numpy()
+centred = cb - cb.mean(0)
+_, sv, vt = np.linalg.svd(centred, full_matrices=False)
+views = {f"PCA ({(sv[:2] ** 2).sum() / (sv ** 2).sum():.1%} of the variance)": centred @ vt[:2].T}
+if tsne:
+    try:
+        from sklearn.manifold import TSNE
+
+        views["t-SNE"] = TSNE(2, perplexity=min(30.0, (K - 1) / 3), init="pca", random_state=seed).fit_transform(cb)
+    except ImportError:
+        print("scikit-learn is not installed: t-SNE skipped")
+order = ["none", *ds.class_names]
+palette = {"none": "lightgray", **dict(zip(ds.class_names, sns.color_palette("tab10", len(ds.class_names)), strict=True))}
+fig, axes = plt.subplots(1, len(views), figsize=(5.2 * len(views) + 1, 4.4), squeeze=False)
+for ax, (title, xy) in zip(axes[0], views.items(), strict=True):
+    df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "class": assoc, "share": share})
+    sns.scatterplot(data=df, x="x", y="y", hue="class", hue_order=order, palette=palette, size="share",
+                    sizes=(12, 140), ax=ax, legend="auto" if ax is axes[0, -1] else False, edgecolor="none")
+    ax.set_title(f"codebook, {title}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+if len(axes[0][-1].get_legend_handles_labels()[0]):
+    axes[0, -1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+fig.tight_layout()
+print(f"{(assoc != 'none').sum()} of {K} codebook ids are a top-{concept_top_n} concept token of some class")
+
+# %% [markdown]
+# A gallery of concept tokens as image patches: for each class its first `gallery_tokens` concept tokens
+# (top-`concept_top_n`), each shown by crops of training images where it sits among the top positions.
+
+# %%
+if gallery_tokens:
+    train_tis = np.load(repo_path(entry["tis"]) / "train.npy")  # the TIS notebook 06 counted
+    train_tokens, train_labels = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
+    sets = concepts.token_sets(concept_table, gallery_tokens, top_n=concept_top_n)
+    n_cls = min(len(ds.class_names), 10)
+    where = {(cls, int(tok)): concepts.images_with_token(train_tokens, train_labels, train_tis, concept_top_n, cls, tok)[:3]
+             for cls in range(n_cls) for tok in sets.get(cls, [])[:gallery_tokens]}
+    needed = np.unique(np.concatenate([np.zeros(0, np.int64), *where.values()]))
+    decoded = vqlib.decode(vq, torch.from_numpy(train_tokens[needed])).numpy() if len(needed) else None
+    fig, axes = plt.subplots(n_cls, gallery_tokens, figsize=(1.9 * gallery_tokens, 0.8 * n_cls), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for (cls, tok), rows in where.items():
+        j = list(sets[cls]).index(tok)
+        crops = concepts.token_crops(decoded[np.searchsorted(needed, rows)], train_tokens[rows], tok, max_crops=3) if len(rows) else []
+        if len(crops):
+            axes[cls, j].imshow(plots.to_hwc(np.concatenate(list(crops), axis=2)))
+        axes[cls, j].set_title(f"id {tok}", fontsize=7)
+    for cls in range(n_cls):
+        axes[cls, 0].text(-0.1, 0.5, ds.class_names[cls], transform=axes[cls, 0].transAxes, ha="right", va="center")
+    fig.suptitle(f"concept tokens (top-{concept_top_n}) as patches")
+    fig.tight_layout()
