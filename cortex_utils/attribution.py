@@ -546,3 +546,36 @@ def curve_auc(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     mean = out.groupby(keys[:3], sort=False)["auc"].mean().reset_index().assign(evaluator="mean")
     return pd.concat([out, mean[out.columns]], ignore_index=True)
+
+
+def verdict_text(verdict: pd.DataFrame, recommended: str, default: str, control: str, space: str,
+                 n_images: int, steps: int) -> list[str]:
+    """The verdict of ``recommend`` in words: one Markdown line per method (passes, or what it failed), one
+    on the random ``control`` (it should pass randomization and fail faithfulness; otherwise the checks are
+    too coarse for ``n_images`` curve images and ``steps`` steps), and the recommendation (with the
+    numbers of the recommended method against the ``default``'s, deletion AUC in ``space``)."""
+    lines = []
+    for m, r in verdict.iterrows():
+        who = f"**{m}**{' (the default)' if m == default else ' (control)' if m == control else ''}"
+        lines.append(f"* {who}: " + ("passes both conditions" if r["passes"] else f"fails: {r['failed']}"))
+    cr = verdict.loc[control]
+    if cr["randomization_ok"] and not cr["faithful"]:
+        lines.append(f"The random control passes randomization (abs. rank corr. {cr['abs_rank_corr_full']:.3f} full, "
+                     f"{cr['abs_rank_corr_data']:.3f} data) and fails faithfulness ({cr['deletion_ratio']:.2f} × random), "
+                     f"as a method that knows nothing must: randomization alone would have recommended noise.")
+    else:
+        lines.append(f"**Warning**: the random control {'passes' if cr['passes'] else 'is judged'} oddly (randomization "
+                     f"{'ok' if cr['randomization_ok'] else 'failed'}, deletion {cr['deletion_ratio']:.2f} × random): with "
+                     f"{n_images} curve images and {steps} steps the checks are too coarse to separate noise from a method.")
+    if recommended == default:
+        lines.append(f"Recommendation: keep **{default}**.")
+    elif recommended != "none":
+        r, d = verdict.loc[recommended], verdict.loc[default]
+        lines.append(f"Recommendation: **{recommended}**: abs. rank correlation {r['abs_rank_corr_full']:.2f} (full) / "
+                     f"{r['abs_rank_corr_data']:.2f} (data), deletion AUC ({space}) {r['deletion_auc']:.3f} = "
+                     f"{r['deletion_ratio']:.2f} × random (default {d['deletion_auc']:.3f}). "
+                     f"Passing: {', '.join(m for m in verdict.index[verdict.passes] if m != control)}.")
+    else:
+        lines.append("Recommendation: **none**. No method passes both conditions on this run, so none of the maps, the "
+                     "TIS included, can be read as an explanation of what the IEM learned; read them with care.")
+    return lines

@@ -756,3 +756,96 @@ def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
     red, thick = float(measured["red"].mean()), float(measured["thick"].mean())
     return {"colour": red if planted.get("colour", "red") == "red" else 1 - red,
             "thickness": thick if planted.get("thickness", "thick") == "thick" else 1 - thick}
+
+
+# --- notebook 10's bookkeeping: the pixel diagnostics, the recorded numbers and the verdict lines --------
+
+
+def drawn_as_other(vq, ds, digit: int, bias_type: str, planted_value: str, planted_label: int,
+                   thresholds) -> tuple[float, float]:
+    """By pixels, how often one study's labelled generations contradict their prompt: ``(share of the
+    A-labelled images drawn as B, share of the B-labelled images drawn as A)``, A the planted value
+    (label ``planted_label``). Every split of ``ds`` counts; pixels as ``measured_attributes``."""
+    from . import digits
+    from . import vq as vqlib
+
+    z = np.concatenate([ds.tokens[s] for s in ds.splits])
+    y = np.concatenate([ds.labels[s] for s in ds.splits])
+    m = measured_attributes(digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))), np.full(len(z), digit),
+                            thresholds)
+    shows_a = m["red" if bias_type == "colour" else "thick"].to_numpy() == (planted_value == ATTRIBUTES[bias_type][0])
+    is_a = y == planted_label
+    return float(1 - shows_a[is_a].mean()), float(shows_a[~is_a].mean())
+
+
+def _metric(x):
+    return None if not np.isfinite(x) else round(float(x), 4)
+
+
+def headline_metrics(deltas: pd.DataFrame, results: dict, bias_types, biased_digit: dict, control_digit: int,
+                     real: bool) -> dict:
+    """Notebook 10's recorded numbers from its ``deltas`` table (one row per study and neutral set, with
+    ``digit`` and ``pixel truth`` on the planted world) and ``results`` (``{(type, digit): attribute_study}``):
+    per bias type the share estimate and interval, the pixel truth, the paper's δ and the IEM accuracy,
+    suffixed ``_control`` for the control digit. Rounded to 4 places; NaN becomes None."""
+    metrics = {}
+    for b in bias_types:
+        rows = deltas[deltas["bias"] == b]
+        if real:
+            row = rows.iloc[0]
+            metrics.update({f"bias_{b}_delta": _metric(row["delta"]), f"bias_{b}_share_est": _metric(row["share"]),
+                            f"bias_{b}_share_low": _metric(row["share_low"]),
+                            f"bias_{b}_share_high": _metric(row["share_high"])})
+        else:
+            for which, digit in (("", biased_digit[b]), ("_control", control_digit)):
+                row = rows[rows["digit"] == digit].iloc[0]
+                metrics.update({f"bias_{b}_share_est{which}": _metric(row["share"]),
+                                f"bias_{b}_share_low{which}": _metric(row["share_low"]),
+                                f"bias_{b}_share_high{which}": _metric(row["share_high"]),
+                                f"bias_{b}_share_truth{which}": _metric(row["pixel truth"]),
+                                f"bias_{b}_truth_share{which}": _metric(row["pixel truth"]),
+                                f"bias_{b}_delta_{'control' if which else 'biased'}": _metric(row["delta"])})
+        for key, r in results.items():
+            if key[0] == b:
+                which = "" if real or key[1] == biased_digit[b] else "_control"
+                metrics[f"bias_{b}_iem_accuracy{which}"] = round(float(r["test_accuracy"]), 4)
+    return metrics
+
+
+def _interval_text(row) -> str:
+    if row["inconclusive"]:
+        return "no estimate: the token rule cannot separate the values (interval [0, 1])"
+    return f"share of {row['toward']} {row['share']:.2f} [{row['share_low']:.2f}, {row['share_high']:.2f}]"
+
+
+def verdict_line(row, bias_type: str, not_found_width: float = 0.25, biased: bool | None = None) -> str:
+    """One markdown line of notebook 10's verdict for a row of its ``deltas`` table: the share's interval,
+    ``share_verdict``, and the paper's δ. ``biased``: on the planted world, whether the row is the biased
+    digit (True) or the control (False); the line then also says whether the planted answer came out and
+    whether the pixel truth lies in the interval. ``None``: real data, no truth to compare with."""
+    lo, hi = row["share_low"], row["share_high"]
+    verdict = share_verdict(lo, hi, not_found_width)
+    text = f"- **{bias_type}, {row['neutral set']}**: {_interval_text(row)} — **{verdict}**"
+    if verdict == "found":
+        text += f" (a lean {'toward' if lo > 0.5 else 'away from'} {row['toward']})"
+    if biased is not None:
+        if biased:
+            text += (": the planted bias is found" if verdict == "found" and lo > 0.5 else
+                     ": **the estimate leans the other way round**" if verdict == "found" else
+                     ": **the planted bias is missed**" if verdict == "not found" else
+                     ": the data cannot decide")
+        else:
+            text += (": no bias reported, as it should be" if verdict == "not found" else
+                     ": **a bias is reported where the training data had none**" if verdict == "found" else
+                     ": the data cannot rule out a bias")
+        truth = row["pixel truth"]
+        text += f". Pixel truth {truth:.2f} (trained {row['trained share']:.2f}): "
+        if lo <= truth <= hi:
+            text += "inside the interval"
+        else:
+            terms = row["pixel truth, prompt terms"]
+            text += (f"**outside the interval**; in the prompts' terms (labelled images drawn as the other value: "
+                     f"{row['A drawn as B']:.0%} / {row['B drawn as A']:.0%}) it is {terms:.2f}, "
+                     + ("inside" if lo <= terms <= hi else "outside as well"))
+    return text + (f". The paper's δ {row['delta']:+.2f} [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}] "
+                   f"(the original code's half scale: {row['delta_paper_half_scale']:+.2f})")

@@ -30,6 +30,7 @@
 # (`tests/test_iem_tis.py` checks it to 1e-5; `benchmarks/tis_speed.py` measures the speed-up).
 
 # %%
+import copy
 import time
 
 import ipywidgets as widgets
@@ -44,7 +45,7 @@ from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import record_metrics, register, registered
-from cortex_utils.notebook import check_parameters, choice, repo_path, require
+from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-04 (relative to the repo root)
@@ -60,6 +61,7 @@ n_show = 8  # images per class in the figures
 stability_images = 100  # test images on which the top-5 agreement across seeds and sigmas is measured
 stability_nsamples = [5, 20, 100]  # nsamples values of the agreement curve (the run's nsamples is added)
 nproc = 1  # processes: > 1 shards the rows over a torchrun job (same scores exactly; docs/scaling.md)
+solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "05_compute_tis")
@@ -85,6 +87,44 @@ codebook = vqlib.codebook(vq)
 out_dir = run_dir / "tis" / (f"iem{iem_arch}_{reduction}" + ("" if sigma == "batch" else "_sigma-image"))
 
 # %% [markdown]
+# ## SmoothGrad by hand
+#
+# First the idea in a few plain lines, on four test images: one noise level σ = `spread` · (max − min) of the
+# batch, `nsamples` noisy copies of each image (standard-normal draws from a fixed `torch.Generator` seed,
+# times σ), and for every copy of every image the gradient of that image's target logit with respect to its
+# noisy input. The mean over the copies is a smoothed gradient of shape (D, h, w); its max over the D embedding
+# channels leaves one score per grid position. We work in float64 (a copy of the IEM): in float32 the by-hand
+# and the batched arithmetic round differently, and a rounding difference can flip a ReLU at its kink, which
+# moves a score by far more than the rounding itself.
+
+# %% tags=["by-hand"]
+hand_split = "test" if "test" in ds.splits else ds.splits[0]
+model64 = copy.deepcopy(model).double()
+x_few = codebook[torch.from_numpy(ds.tokens[hand_split][:4].astype(np.int64))].permute(0, 3, 1, 2).double()
+y_few = torch.from_numpy(ds.labels[hand_split][:4].astype(np.int64))
+sd = spread * (x_few.max() - x_few.min())  # one sigma for the whole batch, as the paper
+draws = torch.randn((nsamples, *x_few.shape), generator=torch.Generator().manual_seed(seed), dtype=x_few.dtype)
+grad_sum = torch.zeros_like(x_few)
+for eps in draws:  # one noisy copy of the batch
+    for i in range(len(x_few)):  # one image at a time
+        noisy = (x_few[i] + sd * eps[i]).unsqueeze(0).requires_grad_(True)
+        target_logit = model64(noisy)[0, y_few[i]]
+        grad_sum[i] += torch.autograd.grad(target_logit, noisy)[0][0]
+tis_hand = (grad_sum / nsamples).amax(1)  # mean over the copies, then max over the channels -> (4, h, w)
+print(tis_hand.shape, "top-5 positions per image:", tislib.topk_positions(tis_hand.numpy(), 5).tolist())
+
+# %% [markdown]
+# The library's `tislib.token_importance` draws the same noise from the same seed (`tislib.smoothgrad_noise`),
+# so it must give the same maps. It differs only in speed: it puts all noisy copies of the whole batch through
+# one forward and one backward pass, instead of one pass per copy per image.
+
+# %% tags=["by-hand-check"]
+tis_lib = tislib.token_importance(model64, x_few, y_few, nsamples, spread, "max",
+                                  generator=torch.Generator().manual_seed(seed))
+np.testing.assert_allclose(tis_lib.numpy(), tis_hand.numpy(), rtol=1e-9, atol=1e-9 * float(tis_hand.abs().max()))
+print(f"by hand = library: max |difference| {float((tis_lib - tis_hand).abs().max()):.2e}")
+
+# %% [markdown]
 # ## Compute the scores
 #
 # Scores are written chunk by chunk into `<run_dir>/tis/iem<k>_<reduction>/<split>.npy`, aligned with the
@@ -98,30 +138,20 @@ out_dir = run_dir / "tis" / (f"iem{iem_arch}_{reduction}" + ("" if sigma == "bat
 # The time then includes starting the processes (several seconds).
 
 # %%
-tis, seconds = {}, {}
-if nproc > 1:
-    for split in splits:
-        distributed.check_world(len(ds.labels[split]), batch_size, nproc)
-    job = distributed.launch("tis", nproc=nproc, run_dir=run_dir, iem_arch=iem_arch, out_dir=out_dir, splits=splits,
-                             nsamples=nsamples, spread=spread, reduction=reduction, batch_size=batch_size, seed=seed)
-    n_all = sum(len(ds.labels[s]) for s in splits)
-    for split in splits:
-        tis[split] = np.load(out_dir / f"{split}.npy")
-        seconds[split] = job["seconds"] * len(ds.labels[split]) / n_all  # the job's wall time, shared by rows
-for split in (s for s in splits if nproc == 1):
-    loader = tokds.embedding_loader(ds, split, codebook, batch_size=batch_size)
-    t0 = time.perf_counter()
-    tis[split] = tislib.compute_tis(model, loader, len(ds.labels[split]), nsamples=nsamples, spread=spread,
-                                    reduction=reduction, seed=seed, out=out_dir / f"{split}.npy", desc=f"TIS {split}",
-                                    sigma=sigma)
-    seconds[split] = time.perf_counter() - t0
-n_total = sum(len(ds.labels[s]) for s in splits)
-per_image = sum(seconds.values()) / n_total
+tis, seconds = distributed.compute_tis_splits(model, ds, codebook, splits, out_dir, nproc=nproc, run_dir=run_dir,
+                                              iem_arch=iem_arch, nsamples=nsamples, spread=spread, reduction=reduction,
+                                              batch_size=batch_size, seed=seed, sigma=sigma)
+per_image = sum(seconds.values()) / sum(len(ds.labels[s]) for s in splits)
+display(pd.DataFrame({"images": {s: len(ds.labels[s]) for s in splits}, "seconds": seconds}))
+print(f"{per_image * 1000:.2f} ms per image ({nsamples} noisy copies each)")
+
+# %% [markdown]
+# Record the headline numbers: where the scores are, with their settings, and the time per image.
+
+# %%
 register(run_dir, "tis", path=str(out_dir), iem_arch=iem_arch, reduction=reduction, nsamples=nsamples,
          spread=spread, sigma=sigma, splits=splits)
 record_metrics(run_dir, tis_seconds_per_image=round(per_image, 5))
-display(pd.DataFrame({"images": {s: len(ds.labels[s]) for s in splits}, "seconds": seconds}))
-print(f"{per_image * 1000:.2f} ms per image ({nsamples} noisy copies each)")
 
 # %% [markdown]
 # ## Where does the IEM look?
@@ -199,9 +229,16 @@ seed_agree = {ns: float(v.mean()) for ns, v in keeps["another noise seed"].items
 table = pd.DataFrame({name: {f"nsamples {ns}": float(v.mean()) for ns, v in per_ns.items()} for name, per_ns in keeps.items()}).T
 print(f"top-5 agreement with the σ-per-batch TIS of {n_stab} {split} images (one batch; {stab_seconds:.1f} s)")
 display(table.round(3).astype(object).fillna("–"))
+
+# %% [markdown]
+# Record the headline numbers: the seed agreement at the run's `nsamples` and the largest, and how many top-5
+# positions σ per image keeps.
+
+# %%
 record_metrics(run_dir, **{f"tis_top5_seed_agreement_{ns}": round(seed_agree[ns], 4) for ns in sorted({nsamples, n_big})},
                tis_top5_sigma_batch_vs_image=round(float(keeps["σ per image (same draws)"][nsamples].mean()), 4))
 
+# %%
 fig, ax = plt.subplots(figsize=(5.4, 3.3))
 ax.plot(curve_ns, [seed_agree[ns] for ns in curve_ns], marker="o", label="another noise seed")
 for name, per_ns in list(keeps.items())[1:]:
@@ -216,6 +253,7 @@ ax.legend(fontsize=7, loc="lower right")
 fig.tight_layout()
 plt.show()
 
+# %%
 print(f"With nsamples = {nsamples}, as this run, another noise seed keeps {seed_agree[nsamples]:.0%} of an image's "
       "top-5 positions on average" + (f"; with {n_big}, {seed_agree[n_big]:.0%}." if n_big != nsamples else "."))
 for name, per_ns in list(keeps.items())[1:]:
@@ -231,16 +269,105 @@ for name, per_ns in list(keeps.items())[1:]:
 # ## Explore
 #
 # Pick an image and a top-n: the decoded image, its token ids (the top-n in red) and its TIS map.
-# In a live notebook the sliders are interactive; a papermill run shows one static example.
+# The figure is drawn once; in a live notebook the sliders redraw it in place (a papermill run keeps the first
+# drawing: image 0, top-5).
 
 # %%
-def explore(index=0, top_n=5):
-    plots.tis_explorer(images_all[index], ds.tokens[split][index], tis[split][index], top_n,
-                       title=f"{split} #{index}: class {ds.class_names[labels[index]]}")
-    plt.show()
+def explore_figure(index=0, top_n=5):
+    fig = plots.tis_explorer(images_all[index], ds.tokens[split][index], tis[split][index], top_n,
+                             title=f"{split} #{index}: class {ds.class_names[labels[index]]}")
+    plt.close(fig)  # shown through the display handle below, not a second time by the inline backend
+    return fig
 
 
 images_all = vqlib.decode(vq, tokens)
 n_positions = int(np.prod(ds.grid))
-explore(0, 5)
-widgets.interact(explore, index=widgets.IntSlider(0, 0, len(labels) - 1), top_n=widgets.IntSlider(5, 1, min(20, n_positions)));
+index_slider = widgets.IntSlider(0, 0, len(labels) - 1, description="index")
+top_slider = widgets.IntSlider(5, 1, min(20, n_positions), description="top_n")
+display(widgets.HBox([index_slider, top_slider]))
+explorer = display(explore_figure(0, 5), display_id=True)
+for slider in (index_slider, top_slider):
+    slider.observe(lambda _: explorer.update(explore_figure(index_slider.value, top_slider.value)), names="value")
+
+# %% [markdown]
+# ## Exercises
+
+# %% [markdown] tags=["exercise"]
+# **1. No noise.** With `spread = 0` SmoothGrad is the plain gradient (every noisy copy is the image itself).
+# Compute the σ = 0 TIS of the first 5 images of the `split` shown above (`tislib.token_importance` with
+# `spread=0.0`, `reduction=reduction`) and compare each with its stored map `tis[split][i]`: how many of its
+# top-5 positions stay? Write your answer as `answer_1 = [...]`, a list of 5 ints (0-5), one per image.
+
+# %% tags=["solution"]
+if solutions:
+    x5 = codebook[tokens[:5]].permute(0, 3, 1, 2)
+    tis0 = tislib.token_importance(model, x5, torch.from_numpy(labels[:5]), nsamples, 0.0, reduction).numpy()
+    answer_1 = [int(round(5 * a)) for a in tislib.topk_agreement(tis[split][:5], tis0, 5)]
+    print(answer_1)
+
+
+# %% tags=["exercise-check"]
+def check_1(answer):
+    plain = tislib.token_importance(model, codebook[tokens[:5]].permute(0, 3, 1, 2), torch.from_numpy(labels[:5]),
+                                    nsamples, 0.0, reduction).numpy()
+    kept = [len(np.intersect1d(a, b)) for a, b in zip(tislib.topk_positions(tis[split][:5]),
+                                                       tislib.topk_positions(plain), strict=True)]
+    assert len(answer) == 5, f"expected 5 counts, got {len(answer)}"
+    return [int(a) for a in answer] == kept
+
+
+exercise("1", globals(), check=check_1, hint="tislib.topk_agreement gives the share of 5 kept, per image",
+         solutions=solutions);
+
+# %% [markdown] tags=["exercise"]
+# **2. The most concentrated map.** For each image of `split`, the share of its TIS mass in its top-5
+# positions: the sum of its 5 highest scores over the sum of the absolute values of all its scores. Which image
+# has the largest share? Write your answer as `answer_2 = ...`, an int (the image's row in `split`).
+
+# %% tags=["solution"]
+if solutions:
+    flat = tis[split].reshape(len(tis[split]), -1)
+    share = np.sort(flat, axis=1)[:, -5:].sum(1) / np.abs(flat).sum(1)
+    answer_2 = int(share.argmax())
+    print(answer_2, f"{share.max():.1%}")
+
+
+# %% tags=["exercise-check"]
+def check_2(answer):
+    flat = tis[split].reshape(len(tis[split]), -1).astype(np.float64)
+    top5 = np.take_along_axis(flat, tislib.topk_positions(flat, 5), axis=1).sum(1)
+    share = top5 / np.abs(flat).sum(1)
+    assert 0 <= int(answer) < len(share), f"no image {answer} in {split}"
+    return share[int(answer)] >= share.max() - 1e-9
+
+
+exercise("2", globals(), check=check_2, hint="np.sort each flattened map; take the 5 largest", solutions=solutions);
+
+# %% [markdown] tags=["exercise"]
+# **3. How many noisy copies?** Among `nsamples` ∈ [1, 2, 5, 10, 20, 50], which is the smallest at which two
+# noise seeds (`stab_tis(ns, seed + 1)` and `stab_tis(ns, seed + 2)`, the stability images above) keep on
+# average at least 80% of an image's top-5 positions (`tislib.seed_agreement`)? Write your answer as
+# `answer_3 = ...`, an int (0 if none reaches 0.8).
+
+# %% tags=["solution"]
+if solutions:
+    candidates = [1, 2, 5, 10, 20, 50]
+    agree = {ns: float(tislib.seed_agreement([stab_tis(ns, seed + 1), stab_tis(ns, seed + 2)]).mean())
+             for ns in candidates}
+    answer_3 = next((ns for ns in candidates if agree[ns] >= 0.8), 0)
+    print(answer_3, {ns: round(a, 3) for ns, a in agree.items()})
+
+
+# %% tags=["exercise-check"]
+def check_3(answer):
+    candidates = [1, 2, 5, 10, 20, 50]
+    assert answer in candidates or answer == 0, f"{answer} is not one of {candidates} (or 0)"
+    for ns in candidates:  # recompute in order; stop at the first that reaches 0.8
+        reached = tislib.seed_agreement([stab_tis(ns, seed + 1), stab_tis(ns, seed + 2)]).mean() >= 0.8
+        if reached or ns == answer:
+            return reached and ns == answer
+    return answer == 0
+
+
+exercise("3", globals(), check=check_3, hint="more copies average more noise out; stop at the first >= 0.8",
+         solutions=solutions);

@@ -38,7 +38,7 @@ from cortex_utils import concepts, plots
 from cortex_utils import datasets as tokds
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, register, registered
-from cortex_utils.notebook import check_parameters, repo_path, require
+from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-05 (relative to the repo root)
@@ -46,6 +46,7 @@ top_ns = [1, 5, 10, 20]  # how many of each image's highest-TIS positions to rea
 top = 100  # ranked ids kept per class (concept and frequency tables)
 show_top_n = 5  # the top-n used in the figures
 tokens_per_class = 6  # concept tokens drawn per class
+solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "06_concept_analysis")
@@ -65,13 +66,53 @@ require(tis.shape == tokens.shape, f"TIS {tis.shape} is not aligned with the tra
 params
 
 # %% [markdown]
-# ## Count the ids at the most important positions
+# ## By hand: count the ids at the most important positions
+#
+# The whole idea fits in a few plain lines. For every training image of a class: sort its TIS, take the
+# `show_top_n` highest positions, read the codebook ids sitting there and add them to a counter. The ids
+# counted most often are the class's concept tokens (ties: the smaller id first). Here for three classes.
+
+# %% tags=["by-hand"]
+from collections import Counter
+
+n, few = show_top_n, list(range(min(3, len(ds.class_names))))
+by_hand = {}
+for c in few:
+    counter = Counter()
+    for i in np.flatnonzero(labels == c):
+        best = np.argsort(-tis[i].ravel(), kind="stable")[:n]  # this image's top-n TIS positions
+        counter.update(tokens[i].ravel()[best].tolist())  # the ids sitting there
+    by_hand[c] = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:top]  # most counted first
+for c in few:
+    print(f"class {ds.class_names[c]}: (id, count) {by_hand[c][:5]}")
+
+# %% [markdown]
+# ## At scale: every class and every top-n at once
+#
+# `concepts.concept_tokens` does the same counting for all classes and all top-n values together: one
+# `argpartition` / `argsort` over every image's TIS, then one `bincount` over (class, id) pairs, instead of
+# a Python loop per image. It also counts in how many images each id occurs and the global ranking.
 
 # %%
 K = ds.manifest["n_embed"]
 table = concepts.concept_tokens(tokens, labels, tis, ds.class_names, K, top_ns=top_ns, top=top)
 freq = concepts.frequency_tokens(tokens, labels, ds.class_names, K, top=top)
 contrast = concepts.frequency_tokens(tokens, labels, ds.class_names, K, top=top, contrastive=True)
+display(table[(table.top_n == show_top_n) & (table["rank"] <= 3)].head(33))
+
+# %% [markdown]
+# The by-hand counts must equal the library's table for that top-n: the same ids, counts and order.
+
+# %% tags=["by-hand-check"]
+for c in few:
+    lib = table[(table.top_n == n) & (table.label == c)]
+    assert list(zip(lib.token.tolist(), lib["count"].tolist(), strict=True)) == by_hand[c], f"class {c} differs"
+print(f"by hand == concepts.concept_tokens (top-n {n}, classes {[ds.class_names[c] for c in few]})")
+
+# %% [markdown]
+# Save the three tables and register them for notebooks 07-08.
+
+# %%
 out = run_dir / "concepts"
 out.mkdir(exist_ok=True)
 for name, df in {"concept_tokens": table, "frequency_tokens": freq, "contrastive_tokens": contrast}.items():
@@ -81,7 +122,6 @@ for name, df in {"concept_tokens": table, "frequency_tokens": freq, "contrastive
         df.to_parquet(tmp, index=False)
 register(run_dir, "concepts", path=str(out), top_ns=top_ns, tis=tis_entry["path"])
 print(f"saved to {out}: concept_tokens / frequency_tokens / contrastive_tokens (.csv, .parquet)")
-display(table[(table.top_n == show_top_n) & (table["rank"] <= 3)].head(33))
 
 # %% [markdown]
 # ## Concentrated or spread out?
@@ -143,3 +183,47 @@ ov = pd.DataFrame(rows)
 display(ov.groupby(["baseline", "top_n"])["overlap"].mean().unstack().round(3))
 g = sns.catplot(data=ov, x="top_n", y="overlap", hue="baseline", kind="bar", height=3, aspect=1.8)
 g.set_axis_labels("top-n", f"share of first {k} concept tokens in the baseline's first {k}");
+
+# %% [markdown]
+# ## Exercises
+
+# %% [markdown] tags=["exercise"]
+# **1.** Pick a class `c` and find its 3 most frequent concept tokens at top-n = `show_top_n` (5 by
+# default) without reading `table`: count the ids at each of its images' top-n TIS positions yourself
+# (`concepts.top_tokens` and `np.bincount` help). Write your answer as `answer_1 = {c: [id, id, id]}` (a dict
+# from the class label to a list of 3 ids, most frequent first).
+
+# %% tags=["solution"]
+if solutions:
+    c = min(3, len(ds.class_names) - 1)
+    counts = np.bincount(concepts.top_tokens(tokens[labels == c], tis[labels == c], show_top_n).ravel(), minlength=K)
+    order = np.argsort(-counts, kind="stable")[:3]  # ties: the smaller id first
+    answer_1 = {c: [int(i) for i in order if counts[i] > 0]}
+
+
+# %% tags=["exercise-check"]
+def check_1(a):
+    assert isinstance(a, dict) and a, "answer_1 must be a non-empty dict {label: [3 ids]}"
+    truth = concepts.token_sets(table, 3, top_n=show_top_n)
+    for c, ids in a.items():
+        assert list(ids) == truth[int(c)].tolist(), f"class {c}: expected other ids (or order)"
+    return True
+
+
+exercise("1", globals(), check=check_1, hint="count per image's top-n ids, then sort by count (ties: smaller id)",
+         solutions=solutions)
+
+# %% [markdown] tags=["exercise"]
+# **2.** Are concept tokens class-specific? Take each class's first 10 concept tokens at top-n =
+# `show_top_n`. How many distinct ids are a concept token of more than one class? Write your answer as
+# `answer_2 = ...` (a number).
+
+# %% tags=["solution"]
+if solutions:
+    first10 = table[(table.top_n == show_top_n) & (table.label >= 0) & (table["rank"] <= 10)]
+    answer_2 = int((first10.groupby("token")["label"].nunique() > 1).sum())
+
+# %% tags=["exercise-check"]
+shared = Counter(np.concatenate(list(concepts.token_sets(table, 10, top_n=show_top_n).values())).tolist())
+exercise("2", globals(), check=lambda a: int(a) == sum(v > 1 for v in shared.values()),
+         hint="concepts.token_sets(table, 10, top_n=show_top_n) gives each class's first 10 ids", solutions=solutions)

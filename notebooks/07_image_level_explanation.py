@@ -43,7 +43,7 @@ from cortex_utils import datasets as tokds
 from cortex_utils import evaluation, evaluators, plots
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, record_metrics, registered
-from cortex_utils.notebook import check_parameters, repo_path, require
+from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
@@ -55,6 +55,7 @@ seed = 0  # random positions
 max_images = 0  # use the first max_images images of the split (0: all)
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"resnet18": "data/resnet18.pth"}
 example = 0  # the image shown in the first figure
+solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "07_image_level_explanation")
@@ -110,6 +111,42 @@ for name, pos in sel.items():
 plots.image_grid(torch.stack(shown), titles, ncols=5, size=1.8);
 
 # %% [markdown]
+# ## By hand: mask the top-n ids and black out their patches
+#
+# For three test images, in plain numpy / torch: sort the TIS, take the ids at the n = 4 highest positions,
+# mark **every** position holding one of those ids, and paint each marked position's pixel patch
+# (image size / grid size) black (-1) in the decoded image.
+
+# %% tags=["by-hand"]
+few, n = np.arange(min(3, len(labels))), min(4, n_positions)
+(h, w), decoded = ds.grid, vqlib.decode(vq, torch.from_numpy(tokens[few]))
+ph, pw = decoded.shape[2] // h, decoded.shape[3] // w  # one token's pixel patch
+hand_masks, hand_images = [], []
+for j in few:
+    best = np.argsort(-tis[j].ravel(), kind="stable")[:n]  # the n highest-TIS positions
+    ids = tokens[j].ravel()[best]  # the ids sitting there
+    hand_mask = np.isin(tokens[j], ids)  # every position holding one of them
+    img = decoded[j].clone()
+    for y, x in zip(*np.nonzero(hand_mask), strict=True):
+        img[:, y * ph:(y + 1) * ph, x * pw:(x + 1) * pw] = -1.0  # a black patch
+    hand_masks.append(hand_mask)
+    hand_images.append(img)
+print("masked positions per image:", [int(m.sum()) for m in hand_masks])
+plots.image_grid(torch.cat([decoded, torch.stack(hand_images)]), [f"image {j}" for j in few] +
+                 [f"image {j}, top-{n} ids masked" for j in few], ncols=len(few), size=1.8);
+
+# %% [markdown]
+# The library's functions (used by the experiment below) must give exactly the same masks and images.
+# They do it for all images at once: `positions_holding` tests (image, id) pairs with one `np.isin`, and
+# `mask_pixels` blows the grid mask up to pixels with `repeat_interleave` and fills it in one `masked_fill`.
+
+# %% tags=["by-hand-check"]
+lib_mask = evaluation.positions_holding(tokens[few], evaluation.ids_at(tokens[few], evaluation.top_tis_positions(tis[few], n)))
+np.testing.assert_array_equal(lib_mask, np.stack(hand_masks))
+assert torch.equal(evaluation.mask_pixels(decoded, lib_mask), torch.stack(hand_images)), "masked images differ"
+print(f"by hand == evaluation.positions_holding + mask_pixels (images {few.tolist()}, n = {n})")
+
+# %% [markdown]
 # Token-space masking is not local: the decoder's receptive field spans neighbouring tokens, so a replaced
 # token also changes how its neighbours decode, and a background token placed next to strokes need not
 # decode to black. Pixel-space masking changes exactly the masked patches. Both are reported below.
@@ -151,10 +188,17 @@ if "pixel" in frac:
 if "token" in frac and "pixel" in frac:
     agree = "agrees" if frac["token"] == 1.0 else ("partly agrees" if frac["token"] > 0.5 else "does not agree")
     print(f"token-space masking {agree} with pixel-space masking")
+
+# %% [markdown]
+# Record the headline numbers.
+
+# %%
 metrics = {"image_level_tis_beats_random": round(frac["pixel"], 4)} if "pixel" in frac else {}
 if "token" in frac:
     metrics["image_level_tis_beats_random_token_space"] = round(frac["token"], 4)
 record_metrics(run_dir, **metrics);
+
+# %%
 drops = table[(table.n >= 1) & (table.selection != "original")].pivot_table(
     index=["space", "evaluator", "n"], columns="selection", values="prob_drop")
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -163,3 +207,62 @@ sns.lineplot(data=(drops["tis"] - drops["random"]).rename("TIS drop - random dro
 ax.axhline(0, color="gray", lw=0.8)
 ax.set_title("how much more TIS masking lowers the target probability than random")
 fig.tight_layout()
+
+# %% [markdown]
+# ## Exercises
+
+# %% [markdown] tags=["exercise"]
+# **1.** A random baseline for one image: for image `example`, take the ids at n = 4 **random** positions
+# (`evaluation.random_positions(1, ds.grid, 4, seed)`), mask every position holding them in pixel space, and
+# report the first evaluator's (`list(judges)[0]`) target probability drop (original minus masked). Write
+# your answer as `answer_1 = ...` (a number).
+
+# %% tags=["solution"]
+if solutions:
+    ex = min(example, len(labels) - 1)
+    one_row = evaluation.image_level_experiment(vq, tokens[ex:ex + 1], labels[ex:ex + 1], tis[ex:ex + 1], judges, ns=[4],
+                                                spaces=["pixel"], seed=seed, per_image=True, progress=False)
+    r = one_row[one_row.evaluator == list(judges)[0]].set_index("selection")["prob"]
+    answer_1 = float(r["original"] - r["random"])
+
+
+# %% tags=["exercise-check"]
+ex = min(example, len(labels) - 1)
+
+
+def drops_of(masks, i=ex, ev=list(judges)[0]):
+    """The first evaluator's target probability drop on image i for each position mask (pixel space)."""
+    img = vqlib.decode(vq, torch.from_numpy(tokens[i:i + 1]))
+    masked = evaluation.mask_pixels(img.expand(len(masks), -1, -1, -1), np.stack(masks))
+    p0 = evaluation.target_scores({ev: judges[ev]}, img, labels[i:i + 1])[ev][1][0]
+    return p0 - evaluation.target_scores({ev: judges[ev]}, masked, labels[[i] * len(masks)])[ev][1]
+
+
+one = tokens[ex:ex + 1]
+rand_mask = evaluation.positions_holding(one, evaluation.ids_at(one, evaluation.random_positions(1, ds.grid, 4, seed)))
+exercise("1", globals(), check=lambda a: abs(float(a) - drops_of([rand_mask[0]])[0]) < 1e-4,
+         hint="positions_holding(one, ids_at(one, positions)), then mask_pixels and target_scores", solutions=solutions)
+
+# %% [markdown] tags=["exercise"]
+# **2.** How much must be hidden? For image `example` and the first evaluator, mask (pixel space) the ids at
+# its top-n TIS positions for n = 1, 2, … up to the whole grid. At which n does the target probability drop
+# first exceed 0.5? Write your answer as `answer_2 = ...` (a number; -1 if it never does).
+
+# %% tags=["solution"]
+if solutions:
+    order, ev = np.argsort(-tis[ex].ravel(), kind="stable"), list(judges)[0]  # positions, highest TIS first
+    masks = np.stack([np.isin(one[0], one[0].ravel()[order[:k]]) for k in range(1, n_positions + 1)])
+    img = vqlib.decode(vq, torch.from_numpy(one))
+    p0 = evaluation.target_scores({ev: judges[ev]}, img, labels[ex:ex + 1])[ev][1][0]
+    p = evaluation.target_scores({ev: judges[ev]}, evaluation.mask_pixels(img.expand(len(masks), -1, -1, -1), masks),
+                                 labels[[ex] * len(masks)])[ev][1]
+    over = np.flatnonzero(p0 - p > 0.5)
+    answer_2 = int(over[0]) + 1 if len(over) else -1  # row k-1 masks the top-k ids
+
+# %% tags=["exercise-check"]
+top_masks = [evaluation.positions_holding(one, evaluation.ids_at(one, evaluation.top_tis_positions(tis[ex:ex + 1], k)))[0]
+             for k in range(1, n_positions + 1)]
+first = np.flatnonzero(drops_of(top_masks) > 0.5)
+exercise("2", globals(), check=lambda a: int(a) == (int(first[0]) + 1 if len(first) else -1),
+         hint="loop n over 1..64 (the grid's positions); the drop is original minus masked probability",
+         solutions=solutions)

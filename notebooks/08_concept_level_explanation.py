@@ -41,7 +41,7 @@ from cortex_utils import concepts, evaluation, evaluators, plots
 from cortex_utils import datasets as tokds
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, record_metrics, registered
-from cortex_utils.notebook import check_parameters, repo_path, require
+from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
@@ -53,6 +53,7 @@ spaces = ["pixel", "token"]  # pixel: black patches; token: neutral token, then 
 neutral = "background"  # background (most frequent id) | mean | an id, e.g. "17"
 background_share = 0.5  # the background: the ids most frequent across classes, filling this share of the train grids (0: none)
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"resnet50": "data/resnet50.pth"}
+solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "08_concept_level_explanation")
@@ -99,6 +100,46 @@ print(f"background: {len(background)} of {K} ids, filling {np.isin(train_tokens,
 rows = [{"class": ds.class_names[c], "method": m, "ids": list(map(int, s.get(c, [])[:token_num]))}
         for m, s in sets.items() for c in range(len(ds.class_names))]
 display(pd.DataFrame(rows).pivot(index="class", columns="method", values="ids")[list(sets)])
+
+# %% [markdown]
+# ## By hand: one class, three images, one evaluator
+#
+# Before the library scores every class, method and evaluator at once, the idea in a few plain torch lines:
+# take one class and its first `token_num` concept ids, mark every grid position of three of its images
+# that holds one of them, blow that grid mask up to the pixels of its patches, paint those black (-1),
+# and read the evaluator's target logit before and after. The drop is what Table 2 reports.
+
+# %% tags=["by-hand"]
+hand_class = int(labels[0])
+hand_ids = torch.tensor(np.array(sets["CORTEX concept"].get(hand_class, [])[:token_num], dtype=np.int64))
+few = np.flatnonzero(labels == hand_class)[:3]
+grids = torch.from_numpy(tokens[few])  # (3, h, w) token ids
+hand_mask = torch.isin(grids, hand_ids)  # True where a concept id sits
+imgs = vqlib.decode(vq, grids)  # (3, 3, H, W) in [-1, 1]
+ph, pw = imgs.shape[2] // grids.shape[1], imgs.shape[3] // grids.shape[2]
+pixels = hand_mask.repeat_interleave(ph, 1).repeat_interleave(pw, 2)  # grid mask -> pixel mask
+masked_imgs = imgs.masked_fill(pixels[:, None], -1.0)  # black patches
+judge_name, judge = next(iter(judges.items()))
+with torch.no_grad():
+    logit_before = judge.eval()(imgs)[:, hand_class]
+    logit_after = judge(masked_imgs)[:, hand_class]
+hand_drop = logit_before - logit_after
+print(f"class {ds.class_names[hand_class]}, ids {hand_ids.tolist()}, evaluator {judge_name}: "
+      f"positions masked {hand_mask.sum((1, 2)).tolist()}, logit drop {hand_drop.numpy().round(3)}")
+
+# %% [markdown]
+# The same three images through `evaluation.concept_level_experiment`, the function behind Table 2: its class
+# row must hold our mean drop and mean masked count. At scale it does exactly this for every image, class,
+# method and evaluator, in batches, and in token space also replaces the ids by a neutral id and decodes.
+
+# %% tags=["by-hand-check"]
+small = evaluation.concept_level_experiment(vq, tokens[few], labels[few], {"CORTEX concept": sets["CORTEX concept"]},
+                                            {judge_name: judge}, token_num=token_num, spaces=("pixel",),
+                                            class_names=ds.class_names, progress=False)
+row = small[small.label == hand_class].iloc[0]
+np.testing.assert_allclose(row.logit_drop, float(hand_drop.mean()), rtol=1e-4, atol=1e-4)
+np.testing.assert_allclose(row.mean_masked, float(hand_mask.sum((1, 2)).float().mean()))
+print(f"library: drop {row.logit_drop:.4f}, by hand: {float(hand_drop.mean()):.4f} (equal)")
 
 # %% [markdown]
 # ## What gets masked
@@ -222,6 +263,11 @@ drop = head["logit_drop"]
 best = drop.idxmax()
 print(f"largest drop ({spaces[0]} space): {best}. CORTEX concept tokens vs frequency tokens: "
       + ("CORTEX hurts more" if drop["CORTEX concept"] > drop["frequency"] else "frequency hurts more (CORTEX does NOT win here)"))
+
+# %% [markdown]
+# Each baseline against the concept tokens, measure by measure.
+
+# %%
 measures = {"logit_drop": "drop", "drop_per_position": "drop per masked position",
             "matched_drop": f"drop at {matched_at:.2f} positions masked"}
 lost, unmeasured = [], []
@@ -246,7 +292,10 @@ print(f"Conclusion: {conclusion}.")
 if unmeasured:
     print("not measured (the sweep never masks that many positions): " + ", ".join(unmeasured))
 
+# %% [markdown]
+# Record the headline numbers.
 
+# %%
 def num(x):
     return round(float(x), 4) if np.isfinite(x) else None
 
@@ -259,3 +308,61 @@ record_metrics(run_dir, concept_level_tis_drop=num(drop["CORTEX concept"]),
                **{f"concept_level_positions_masked_{keys[m]}": num(head.loc[m, "positions_masked"]) for m in sets},
                **{f"concept_level_drop_per_position_{keys[m]}": num(head.loc[m, "drop_per_position"]) for m in sets},
                **{f"concept_level_matched_drop_{keys[m]}": num(head.loc[m, "matched_drop"]) for m in sets});
+
+# %% [markdown]
+# ## Exercises
+
+# %% [markdown] tags=["exercise"]
+# **1.** Mask the **frequency** tokens instead of the concept tokens for the by-hand class (`hand_class`):
+# the class's first `token_num` ids of `sets["frequency"]`, in pixel space, on **every** test image of the
+# class, scored by the by-hand evaluator (`judge`). What is the mean target logit drop? Reuse the by-hand
+# lines. Write your answer as `answer_1 = ...` (a number). Is it larger than the concept tokens' drop?
+
+# %% tags=["solution"]
+if solutions:
+    sel = np.flatnonzero(labels == hand_class)
+    grids_1 = torch.from_numpy(tokens[sel])
+    ids_1 = torch.tensor(np.array(sets["frequency"].get(hand_class, [])[:token_num], dtype=np.int64))
+    pix_1 = torch.isin(grids_1, ids_1).repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, None]
+    with torch.no_grad():
+        answer_1 = float((judge(decoded[sel]) - judge(decoded[sel].masked_fill(pix_1, -1.0)))[:, hand_class].mean())
+
+
+# %% tags=["exercise-check"]
+def check_1(a):
+    sel = labels == hand_class
+    t = evaluation.concept_level_experiment(vq, tokens[sel], labels[sel], {"frequency": sets["frequency"]},
+                                            {judge_name: judge}, token_num=token_num, spaces=("pixel",),
+                                            class_names=ds.class_names, progress=False, images=decoded[sel])
+    truth = float(t.loc[t.label == hand_class, "logit_drop"].iloc[0])
+    assert np.isclose(float(a), truth, rtol=1e-3, atol=1e-3), f"expected about {truth:.4f}"
+    return True
+
+
+exercise("1", globals(), check=check_1, hint="torch.isin(grids, ids) marks the positions; the drop is before - after",
+         solutions=solutions);
+
+# %% [markdown] tags=["exercise"]
+# **2.** How many grid positions do the concept tokens mask in each test image of class `hand_class` (its
+# first `token_num` concept ids)? Write your answer as `answer_2 = ...` (an array of ints, one per image of
+# the class, in the order of `np.flatnonzero(labels == hand_class)`). Its mean is the class's `mean_masked`
+# in Table 2. Why can it be 0 for some images?
+
+# %% tags=["solution"]
+if solutions:
+    ids_2 = np.asarray(sets["CORTEX concept"].get(hand_class, [])[:token_num])
+    answer_2 = np.isin(tokens[labels == hand_class], ids_2).sum((1, 2))
+
+# %% tags=["exercise-check"]
+def check_2(a):
+    a = np.asarray(a)
+    sel = labels == hand_class
+    mask = evaluation.positions_holding(tokens[sel], sets["CORTEX concept"].get(hand_class, [])[:token_num])
+    assert a.shape == (int(sel.sum()),), f"expected one count per image of the class ({int(sel.sum())})"
+    assert np.array_equal(a, mask.sum((1, 2))), "some counts differ"
+    row = table[(table.label == hand_class) & (table.method == "CORTEX concept")].iloc[0]
+    return bool(np.isclose(a.mean(), row.mean_masked))
+
+
+exercise("2", globals(), check=check_2, hint="np.isin(tokens, ids) is True where an id sits; sum over the grid",
+         solutions=solutions);

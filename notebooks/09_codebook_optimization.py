@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+import torch.nn.functional as F
 from IPython.display import display
 from matplotlib.patches import Rectangle
 
@@ -46,7 +47,7 @@ from cortex_utils import iem as iemlib
 from cortex_utils import optimization as opt
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, record_metrics, registered
-from cortex_utils.notebook import check_parameters, repo_path, require
+from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-04 (relative to the repo root)
@@ -64,6 +65,7 @@ tau = 1.0  # Gumbel-softmax temperature
 seed = 0
 snapshot_every = 20  # keep the token grid every k steps for the explorer
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"vit_b_16": "data/vit_b_16.pth"}
+solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "09_codebook_optimization")
@@ -154,6 +156,57 @@ with pd.option_context("display.max_colwidth", 90):
     display(protocol)
 
 # %% [markdown]
+# ## By hand: picking one token with a hard Gumbel-softmax
+#
+# Token mode keeps, for each region position, a score per codebook id. One step picks an id like this:
+# add Gumbel noise to the scores, take a softmax at temperature `tau` (the *soft* choice), and its argmax as a
+# one-hot (the *hard* choice). The forward pass uses the hard one-hot, so the IEM always sees a real codebook
+# row; the straight-through trick `y_hard - y_soft.detach() + y_soft` lets the gradient flow through the soft
+# one. For the first region position of the first source image, drawing the same random numbers as
+# `opt.optimize_tokens` (its generator, seeded with `seed`: first the scores, then the noise):
+
+# %% tags=["by-hand"]
+def pick(z, gumbel, tau):
+    y_soft = ((z + gumbel) / tau).softmax(-1)
+    y_hard = torch.zeros_like(y_soft)
+    y_hard[y_soft.argmax()] = 1.0
+    return y_hard - y_soft.detach() + y_soft  # forward: hard; backward: soft
+
+
+hand_image = int(next(iter(sources.values()))[0])
+ridx = torch.from_numpy(region).flatten().nonzero()[:, 0]  # the region's flat positions
+g = torch.Generator().manual_seed(seed)
+z = torch.randn(len(ridx), len(codebook), generator=g)[0].requires_grad_(True)  # scores, first region position
+u = torch.rand(len(ridx), len(codebook), generator=g)[0].clamp(1e-30, 1 - 1e-7)
+gumbel = -(-u.log()).log()  # Gumbel(0, 1) noise
+y = pick(z, gumbel, tau)
+chosen = y @ codebook  # the selected embedding: one codebook row
+soft_weight = float(((z.detach() + gumbel) / tau).softmax(-1).max())
+print(f"position {int(ridx[0])}: id {int(y.argmax())} picked (soft weight {soft_weight:.3f}, hard weight 1); "
+      f"embedding {tuple(chosen.shape)}, differentiable in the scores: {chosen.requires_grad}")
+
+# %% [markdown]
+# The check: one step of `opt.optimize_tokens` picks the same id at that position, and torch's own
+# `F.gumbel_softmax(hard=True)` given the same noise returns the same one-hot. The library does this for all
+# region positions at once (one row of scores each), feeds the whole grid to the IEM, and zeroes the gradient
+# outside the region, so only the region's scores ever move.
+
+# %% tags=["by-hand-check"]
+_, target_0 = next(iter(sources))
+one = opt.optimize_tokens(iem, codebook, tokens[hand_image], region, target_0, steps=1, lr=token_lr, tau=tau,
+                          seed=seed, snapshot_every=1, progress=False)
+lib_id = int(one["snapshots"][0][1].flatten()[ridx[0]])
+assert lib_id == int(y.argmax()), f"library picked {lib_id}, by hand {int(y.argmax())}"
+torch.testing.assert_close(chosen.detach(), codebook[lib_id].float())
+with torch.random.fork_rng():  # the same exponential noise for both; the global generator is left as it was
+    torch.manual_seed(seed)
+    noise = -torch.empty(len(codebook)).exponential_().log()
+    torch.manual_seed(seed)
+    ref = F.gumbel_softmax(z, tau=tau, hard=True)
+torch.testing.assert_close(pick(z, noise, tau), ref)
+print(f"library picked id {lib_id} too; F.gumbel_softmax agrees with the same noise")
+
+# %% [markdown]
 # ## Optimize
 #
 # For every pair, source image and method. The IEM alone picks the step reported: in token mode the step whose
@@ -210,6 +263,11 @@ for name, model in judges.items():
                          "iem_logit_before": r["iem_logit_before"], "iem_logit_after": r["iem_logit_after"],
                          "tokens_changed_in_region": int(inside_changed[j])})
 scores = pd.DataFrame(rows_out)
+
+# %% [markdown]
+# Saved, and summarised per pair, method and evaluator.
+
+# %%
 out = run_dir / "evaluation"
 out.mkdir(exist_ok=True)
 with atomic_path(out / "codebook_level.csv") as tmp:
@@ -236,6 +294,11 @@ print(f"mean target probability over pairs, evaluators and methods: {p_before:.3
 per = scores.groupby(["pair", "method"])[["target_prob_before", "target_prob_after"]].mean()
 per["rises"] = per["target_prob_after"] > per["target_prob_before"]
 display(per.round(3))
+
+# %% [markdown]
+# Record the headline numbers.
+
+# %%
 record_metrics(run_dir, codebook_target_prob_before=round(p_before, 4), codebook_target_prob_after=round(p_after, 4));
 
 # %% [markdown]
@@ -274,7 +337,8 @@ fig.tight_layout()
 # ## Step through an optimization
 #
 # Pick a run and a snapshot: the decoded grid at that step and the IEM's target logit along the way. In a
-# live notebook the controls are interactive; a papermill run shows the last snapshot of the first run.
+# live notebook the sliders redraw the one figure in place; a papermill run (no widget front end) shows
+# that figure as first drawn: the last snapshot of the first run.
 
 # %%
 def step_through(run=0, snapshot=-1):
@@ -291,12 +355,23 @@ def step_through(run=0, snapshot=-1):
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("IEM target logit")
     fig.tight_layout()
-    plt.show()
+    plt.close(fig)  # shown through the display handle below, not by the inline backend
+    return fig
 
 
-step_through(0, -1)
-widgets.interact(step_through, run=widgets.IntSlider(0, 0, len(results) - 1),
-                 snapshot=widgets.IntSlider(-1, -len(results[0]["snapshots"]), -1));
+# %%
+run_slider = widgets.IntSlider(0, 0, len(results) - 1, description="run")
+snap_slider = widgets.IntSlider(-1, -len(results[0]["snapshots"]), -1, description="snapshot")
+view = display(step_through(0, -1), display_id=True)  # the one figure; the sliders redraw it in place
+
+
+def redraw(_):
+    view.update(step_through(run_slider.value, snap_slider.value))
+
+
+run_slider.observe(redraw, "value")
+snap_slider.observe(redraw, "value")
+display(widgets.HBox([run_slider, snap_slider]))
 
 # %% [markdown]
 # ## The original's rule, for comparison
@@ -323,6 +398,9 @@ else:
     rule = pd.DataFrame(rule_rows).merge(
         scores.assign(run=np.tile(np.arange(len(results)), len(judges)))[["run", "evaluator", "target_prob_after"]],
         on=["run", "evaluator"]).rename(columns={"target_prob_after": "the step the IEM picked (this notebook)"})
+
+# %%
+if sum(n_snaps):
     cols_cmp = ["the step the IEM picked (this notebook)", "best snapshot per evaluator (the original's rule)"]
     by_method = rule.groupby("method")[cols_cmp].mean()
     display(by_method.round(3))
@@ -337,3 +415,60 @@ else:
     ours, theirs = (float(rule[c].mean()) for c in cols_cmp)
     print(f"mean target probability: {ours:.3f} for the step the IEM picked, {theirs:.3f} with the original's rule "
           f"(each evaluator's best of {np.mean(n_snaps):.0f} snapshots per run)")
+
+# %% [markdown]
+# ## Exercises
+
+# %% [markdown] tags=["exercise"]
+# **1.** How many tokens **inside the region** did the optimizer change in the first result (`results[0]`:
+# the first pair's first source image, method `results[0]["method"]`)? Compare the source grid
+# `tokens[results[0]["image"]]` with the optimized grid `results[0]["tokens"]`. Write your answer as
+# `answer_1 = ...` (an int). Out of how many region positions?
+
+# %% tags=["solution"]
+if solutions:
+    answer_1 = int((tokens[results[0]["image"]] != results[0]["tokens"])[region].sum())
+
+
+# %% tags=["exercise-check"]
+def check_1(a):
+    grid_before = np.asarray(tokens[results[0]["image"]])
+    grid_after = np.asarray(results[0]["tokens"])
+    truth = int(np.logical_and(grid_before != grid_after, region).sum())
+    assert int(scores["tokens_changed_in_region"].iloc[0]) == truth  # the saved table says the same
+    assert int(a) == truth, f"expected {truth} of {int(region.sum())}"
+    return True
+
+
+exercise("1", globals(), check=check_1, hint="compare the two grids elementwise, then count inside `region`",
+         solutions=solutions);
+
+# %% [markdown] tags=["exercise"]
+# **2.** A baseline for the optimizer: fill the whole region of the first source image (`results[0]["image"]`)
+# with **one** codebook id of your choice, decode, and ask the evaluators for the target class
+# (`results[0]["target"]`). Write your answer as `answer_2 = (fill_id, p)`: your id and the evaluators' mean
+# target probability (a float). Does the optimizer beat a constant fill?
+
+# %% tags=["solution"]
+if solutions:
+    fill_id = int(np.bincount(tokens.ravel()).argmax())  # the commonest id (on digits: background)
+    grid_2 = torch.from_numpy(tokens[results[0]["image"]]).clone()
+    grid_2[torch.from_numpy(region)] = fill_id
+    img_2 = vqlib.decode(vq, grid_2[None])
+    with torch.no_grad():
+        p_2 = [evaluators.predict_logits(m, img_2).softmax(1)[0, results[0]["target"]] for m in judges.values()]
+    answer_2 = (fill_id, float(torch.stack(p_2).mean()))
+
+
+# %% tags=["exercise-check"]
+def check_2(a):
+    fill, p = a
+    grid = np.where(region, int(fill), tokens[results[0]["image"]])
+    img = vqlib.decode(vq, torch.from_numpy(grid)[None])
+    truth = float(np.mean([v[1][0] for v in evaluation.target_scores(judges, img, [results[0]["target"]]).values()]))
+    assert np.isclose(float(p), truth, atol=1e-4), f"with id {fill} the mean target probability is {truth:.4f}"
+    return True
+
+
+exercise("2", globals(), check=check_2, hint="set grid[region] = your id, vqlib.decode, softmax of each evaluator",
+         solutions=solutions);

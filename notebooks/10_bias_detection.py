@@ -61,7 +61,7 @@ from cortex_utils import datasets as tokds
 from cortex_utils import generation as gen
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, record_metrics, register
-from cortex_utils.notebook import check_parameters, choice, repo_path, require
+from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-02 (relative to the repo root)
@@ -101,6 +101,7 @@ vq_config = ""  # with real_data_dir: the taming VQ config YAML (e.g. DALL-E min
 vq_checkpoint = ""  # ...and its checkpoint (.ckpt or safetensors), for the codebook and the decoder
 trust_pickle = False  # allow a .ckpt that needs full unpickling (only for files you trust)
 n_show = 8  # images per row in the figures
+solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "10_bias_detection")
@@ -115,6 +116,8 @@ if not real:
     require(len({colour_digit, thickness_digit, control_digit}) == 3 and
             all(0 <= d <= 9 for d in (colour_digit, thickness_digit, control_digit)),
             "colour_digit, thickness_digit and control_digit must be three different digits 0-9")
+
+# %%
 require(0 <= skew <= 1, f"skew must lie in [0, 1], got {skew}")
 require(transformer_steps >= 1 and transformer_lr > 0 and per_image >= 1, "transformer_steps, per_image >= 1 and transformer_lr > 0")
 require(0 < neutral_share < 1 and 0 < thick_fraction <= 0.5, "neutral_share must lie in (0, 1), thick_fraction in (0, 0.5]")
@@ -162,10 +165,13 @@ else:
     tf, tf_path, tf_log, why = bias.load_or_train_bias_transformer(
         run_dir, vq, data["train"]["gray"], data["train"]["labels"], training, retrain, vqlib.use_bf16(bf16))
     print(f"trained the bias transformer ({why})" if why else "loaded the shipped bias transformer (same settings, same tokenizer)")
-    register(run_dir, "bias_transformer", checkpoint=str(tf_path))
     if tf_log is not None:
         note_trained(run_dir, "the bias transformer")
         plots.training_curves(tf_log, ["loss"], title="bias transformer fine-tuning")
+
+# %%
+if not real:  # the registry notes which generator this run used
+    register(run_dir, "bias_transformer", checkpoint=str(tf_path))
 
 # %% [markdown]
 # What each prompt produces for the three digits of the study (one row per prompt):
@@ -245,15 +251,12 @@ display(pd.DataFrame({f"{b} · {d}": {**{s: len(y) for s, y in ds.labels.items()
 # %%
 codebook = vqlib.codebook(vq)
 iem_training = {"arch": iem_arch, "width": iem_width, "epochs": iem_epochs, "lr": iem_lr, "batch_size": 64, "seed": seed}
-results, tables = {}, []
+results, tables, iem_info = {}, [], {}
 for (b, d), ds in studies.items():
     name = f"{b}_real" if real else bias.study_name(b, d)
     model, info = bias.attribute_iem(ds, codebook, name, iem_training, retrain, out_dir)
+    iem_info[name] = info
     print(f"attribute IEM {name}: {'trained here' if info['trained'] else 'loaded'} ({info['why']})")
-    if info["trained"]:
-        note_trained(run_dir, f"the attribute IEM {name}")
-    if info["path"]:
-        register(run_dir, f"attribute_iem_{name}", checkpoint=str(info["path"]))
     results[(b, d)] = r = bias.attribute_study(
         ds, codebook, neutral_sets[(b, d)], planted_label[(b, d)], model, nsamples=nsamples, top_n=top_n,
         token_num=token_num, specificity=specificity, n_boot=n_boot, min_youden=min_youden,
@@ -264,6 +267,16 @@ deltas.to_csv(out_dir / "deltas.csv", index=False)
 deltas[["bias", "neutral set", "images", "toward", "share", "share_low", "share_high", "q", "sens", "spec", "delta",
         "delta_low", "delta_high", "delta_paper_half_scale", "mean_count_a", "mean_count_b", "tokens_a", "tokens_b",
         "iem_accuracy"]].round(3)
+
+# %% [markdown]
+# Record which attribute IEMs this run trained, and where each one is:
+
+# %%
+for name, info in iem_info.items():
+    if info["trained"]:
+        note_trained(run_dir, f"the attribute IEM {name}")
+    if info["path"]:
+        register(run_dir, f"attribute_iem_{name}", checkpoint=str(info["path"]))
 
 # %% [markdown]
 # Each value's attribute tokens, and what they look like (a grid filled with that one id):
@@ -309,6 +322,50 @@ fig.tight_layout()
 
 
 # %% [markdown]
+# ## By hand: δ and the share for one study
+#
+# Both statistics fit in a few plain lines. Cliff's δ is a count over **all pairs** of one neutral image's
+# A count and another's B count: (#pairs A > B − #pairs A < B) / (n·m). Take the first study's neutral set:
+
+# %% tags=["by-hand"]
+one = next(iter(results))  # the first study, e.g. ("colour", 3)
+one_set, one_counts = next(iter(results[one]["counts"].items()))
+count_a, count_b = (c.tolist() for c in one_counts.values())  # per neutral image: A's tokens, B's tokens
+wins = losses = 0
+for x in count_a:  # every (A count, B count) pair
+    for y in count_b:
+        wins += x > y
+        losses += x < y
+delta_by_hand = (wins - losses) / (len(count_a) * len(count_b))
+print(f"{one[0]}, {one_set}: {wins} pairs A > B, {losses} pairs A < B, of {len(count_a) * len(count_b)}: "
+      f"δ = {delta_by_hand:+.4f} (the original code's half scale: {delta_by_hand / 2:+.4f})")
+
+# %% [markdown]
+# The share: the rule calls a share `q` of the neutral images A. A true share `p` of A images would give
+# q = sens·p + (1 − spec)·(1 − p) (true A images called A, plus B images wrongly called A); solved for p,
+# that is Rogan–Gladen:
+
+# %% tags=["by-hand"]
+one_row = deltas[(deltas["bias"] == one[0]) & (deltas["neutral set"] == one_set)].iloc[0]
+q, sens, spec = float(one_row["q"]), float(one_row["sens"]), float(one_row["spec"])
+share_by_hand = (q + spec - 1) / (sens + spec - 1)
+print(f"q = {q:.3f}, sens = {sens:.3f}, spec = {spec:.3f}: share = ({q:.3f} + {spec:.3f} - 1) / "
+      f"({sens:.3f} + {spec:.3f} - 1) = {share_by_hand:.3f} (the library clips it to [0, 1])")
+
+# %% [markdown]
+# The same numbers from `cortex_utils.bias`. `cliffs_delta` does not visit every pair: it sorts one sample
+# and locates each value of the other in it by binary search, O((n + m) log m) instead of O(n·m);
+# `rogan_gladen` clips to [0, 1] and gives no number (NaN) for a rule with sens + spec − 1 ≤ `min_youden`.
+
+# %% tags=["by-hand-check"]
+np.testing.assert_allclose(bias.cliffs_delta(count_a, count_b), delta_by_hand, rtol=0, atol=1e-12)
+np.testing.assert_allclose(one_row["delta"], delta_by_hand, rtol=0, atol=1e-12)
+expected = float(np.clip(share_by_hand, 0, 1)) if sens + spec - 1 > min_youden else np.nan
+np.testing.assert_allclose(bias.rogan_gladen(q, sens, spec, min_youden), expected, rtol=0, atol=1e-12)
+np.testing.assert_allclose(one_row["share"], expected, rtol=0, atol=1e-12)
+print("by hand = library: Cliff's δ and the Rogan–Gladen share")
+
+# %% [markdown]
 # ## Against the truth
 #
 # On the planted default the truth is in the pixels: a neutral image is *red* if its stroke's mean red
@@ -329,10 +386,6 @@ fig.tight_layout()
 # offers; the verdict compares the estimate with the pixel truth itself.
 
 # %%
-def metric(x):
-    return None if not np.isfinite(x) else round(float(x), 4)
-
-
 if not real:
     thresholds = bias.ink_thresholds(data["train"]["gray"], data["train"]["labels"])  # real digits: a fallback
     for (b, d), ds in studies.items():
@@ -341,15 +394,12 @@ if not real:
     images = {d: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))) for d, z in neutral.items()}
     shares = {d: bias.planted_shares(bias.measured_attributes(images[d], np.full(len(z), d), thresholds), planted)
               for d, z in neutral.items()}
-    drawn_wrong = {}  # per study: (share of A-labelled images drawn as B, of B-labelled drawn as A), by pixels
-    for (b, d), ds in studies.items():
-        z = np.concatenate([ds.tokens[s] for s in ds.splits])
-        y = np.concatenate([ds.labels[s] for s in ds.splits])
-        m = bias.measured_attributes(digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))), np.full(len(z), d),
-                                     thresholds)
-        shows_a = m["red" if b == "colour" else "thick"].to_numpy() == (planted[b] == bias.ATTRIBUTES[b][0])
-        is_a = y == planted_label[(b, d)]
-        drawn_wrong[(b, d)] = (float(1 - shows_a[is_a].mean()), float(shows_a[~is_a].mean()))
+    # per study: (share of A-labelled images drawn as B, of B-labelled drawn as A), by pixels
+    drawn_wrong = {(b, d): bias.drawn_as_other(vq, ds, d, b, planted[b], planted_label[(b, d)], thresholds)
+                   for (b, d), ds in studies.items()}
+
+# %%
+if not real:
     deltas["digit"] = [biased_digit[b] if n.startswith("biased") else control_digit
                        for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)]
     deltas["trained share"] = [skew if n.startswith("biased") else 0.5 for n in deltas["neutral set"]]
@@ -358,31 +408,17 @@ if not real:
     deltas["B drawn as A"] = [drawn_wrong[(b, d)][1] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
     deltas["pixel truth, prompt terms"] = ((deltas["pixel truth"] - deltas["B drawn as A"])
                                            / (1 - deltas["A drawn as B"] - deltas["B drawn as A"])).clip(0, 1)
-metrics = {}
-for b in bias_types:
-    rows = deltas[deltas["bias"] == b]
-    if real:
-        row = rows.iloc[0]
-        metrics.update({f"bias_{b}_delta": metric(row["delta"]), f"bias_{b}_share_est": metric(row["share"]),
-                        f"bias_{b}_share_low": metric(row["share_low"]), f"bias_{b}_share_high": metric(row["share_high"])})
-    else:
-        for which, digit in (("", biased_digit[b]), ("_control", control_digit)):
-            row = rows[rows["digit"] == digit].iloc[0]
-            metrics.update({f"bias_{b}_share_est{which}": metric(row["share"]),
-                            f"bias_{b}_share_low{which}": metric(row["share_low"]),
-                            f"bias_{b}_share_high{which}": metric(row["share_high"]),
-                            f"bias_{b}_share_truth{which}": metric(row["pixel truth"]),
-                            f"bias_{b}_truth_share{which}": metric(row["pixel truth"]),
-                            f"bias_{b}_delta_{'control' if which else 'biased'}": metric(row["delta"])})
-    for key, r in results.items():
-        if key[0] == b:
-            which = "" if real or key[1] == biased_digit[b] else "_control"
-            metrics[f"bias_{b}_iem_accuracy{which}"] = round(float(r["test_accuracy"]), 4)
-record_metrics(run_dir, **metrics)
+metrics = bias.headline_metrics(deltas, results, bias_types, biased_digit, control_digit, real)
 shown = ["bias", "neutral set", "share", "share_low", "share_high", "delta", "delta_paper_half_scale", "iem_accuracy"]
 if not real:
     shown[2:2] = ["trained share", "pixel truth", "A drawn as B", "B drawn as A", "pixel truth, prompt terms"]
 deltas[shown].round(3)
+
+# %% [markdown]
+# Record the headline numbers:
+
+# %%
+record_metrics(run_dir, **metrics)
 
 # %%
 if not real:
@@ -418,41 +454,8 @@ if not real:
 # otherwise. Each line says whether the pixel truth lies inside the interval, and gives the paper's δ.
 
 # %%
-def interval(row):
-    if row["inconclusive"]:
-        return "no estimate: the token rule cannot separate the values (interval [0, 1])"
-    return f"share of {row['toward']} {row['share']:.2f} [{row['share_low']:.2f}, {row['share_high']:.2f}]"
-
-
-lines = []
-for b in bias_types:
-    for _, row in deltas[deltas["bias"] == b].iterrows():
-        lo, hi = row["share_low"], row["share_high"]
-        verdict = bias.share_verdict(lo, hi, not_found_width)
-        text = f"- **{b}, {row['neutral set']}**: {interval(row)} — **{verdict}**"
-        if verdict == "found":
-            text += f" (a lean {'toward' if lo > 0.5 else 'away from'} {row['toward']})"
-        if not real:
-            if row["digit"] == biased_digit[b]:
-                text += (": the planted bias is found" if verdict == "found" and lo > 0.5 else
-                         ": **the estimate leans the other way round**" if verdict == "found" else
-                         ": **the planted bias is missed**" if verdict == "not found" else
-                         ": the data cannot decide")
-            else:
-                text += (": no bias reported, as it should be" if verdict == "not found" else
-                         ": **a bias is reported where the training data had none**" if verdict == "found" else
-                         ": the data cannot rule out a bias")
-            truth = row["pixel truth"]
-            text += f". Pixel truth {truth:.2f} (trained {row['trained share']:.2f}): "
-            if lo <= truth <= hi:
-                text += "inside the interval"
-            else:
-                terms = row["pixel truth, prompt terms"]
-                text += (f"**outside the interval**; in the prompts' terms (labelled images drawn as the other value: "
-                         f"{row['A drawn as B']:.0%} / {row['B drawn as A']:.0%}) it is {terms:.2f}, "
-                         + ("inside" if lo <= terms <= hi else "outside as well"))
-        lines.append(text + f". The paper's δ {row['delta']:+.2f} [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}] "
-                     f"(the original code's half scale: {row['delta_paper_half_scale']:+.2f})")
+lines = [bias.verdict_line(row, b, not_found_width, None if real else row["digit"] == biased_digit[b])
+         for b in bias_types for _, row in deltas[deltas["bias"] == b].iterrows()]
 for (b, d), r in results.items():
     if r["test_accuracy"] < 0.65:  # two balanced classes: 0.5 is chance
         lines.append(f"- *{b}, digit {d}: the attribute IEM is close to chance (accuracy {r['test_accuracy']:.2f}), so "
@@ -476,3 +479,85 @@ display(Markdown("\n".join(lines)))
 # *Not run here:* DALL·E-mini's weights and generations cannot be downloaded on this machine. The tests run
 # this path on synthetic CSVs of exactly this layout with a randomly initialised f16-16384 model, so they
 # check the plumbing, not the finding.
+
+# %% [markdown]
+# ## Exercises
+#
+# The exercises use the first bias type of `bias_types` (colour in the default): `biased_key` is its
+# biased digit's study, `control_key` its control digit's (on real data both are its one study), and
+# `biased_row` the biased study's row of `deltas`.
+
+# %%
+biased_key = (bias_types[0], "real" if real else biased_digit[bias_types[0]])
+control_key = (bias_types[0], "real" if real else control_digit)
+rows_0 = deltas[deltas["bias"] == bias_types[0]]
+biased_row = rows_0.iloc[0] if real else rows_0[rows_0["digit"] == biased_key[1]].iloc[0]
+
+# %% [markdown] tags=["exercise"]
+# **1.** What number would the original code print as δ for the control study (`control_key`)? Its
+# function works on the half scale [−0.5, 0.5]: (#pairs A > B + ½·#ties − n·m/2) / (n·m). Use the counts in
+# `results[control_key]["counts"]`. Write your answer as `answer_1 = ...` (a number). Does the control
+# digit, trained at half and half, get δ ≈ 0?
+
+# %% tags=["solution"]
+if solutions:
+    counts_1 = list(next(iter(results[control_key]["counts"].values())).values())
+    answer_1 = bias.cliffs_delta(*counts_1) / 2
+
+
+# %% tags=["exercise-check"]
+def check_1(answer):
+    a, b = (np.asarray(c, dtype=float) for c in next(iter(results[control_key]["counts"].values())).values())
+    diff = a[:, None] - b[None, :]  # every pair, the original's double loop at once
+    truth = ((diff > 0).sum() + 0.5 * (diff == 0).sum() - diff.size / 2) / diff.size
+    assert abs(float(answer) - truth) < 1e-9, "not the original's half-scale δ of the control's counts"
+    return True
+
+
+exercise("1", globals(), check=check_1, hint="the standard δ of the same counts, halved", solutions=solutions)
+
+# %% [markdown] tags=["exercise"]
+# **2.** The simplest rule there is: in what share of the biased study's neutral images (`biased_key`) do
+# the planted value's tokens **strictly outnumber** the other value's? (Planted value first in
+# `results[biased_key]["counts"]`; its ids are in `results[biased_key]["tokens"]`.) Write your answer as
+# `answer_2 = ...` (a number in [0, 1]). Compare it with the corrected `share` in `deltas`: why do they differ?
+
+# %% tags=["solution"]
+if solutions:
+    a_2, b_2 = next(iter(results[biased_key]["counts"].values())).values()
+    answer_2 = float((a_2 > b_2).mean())
+
+
+# %% tags=["exercise-check"]
+def check_2(answer):
+    ds, tokens = studies[biased_key], next(iter(neutral_sets[biased_key].values()))
+    ids_a, ids_b = (results[biased_key]["tokens"][ds.class_names[c]] for c in (planted_label[biased_key],
+                                                                                1 - planted_label[biased_key]))
+    flat = tokens.reshape(len(tokens), -1)  # recount from the raw token grids
+    truth = float((np.isin(flat, ids_a).sum(1) > np.isin(flat, ids_b).sum(1)).mean())
+    assert abs(float(answer) - truth) < 1e-9, "not the share of neutral images with more A tokens than B tokens"
+    return True
+
+
+exercise("2", globals(), check=check_2, hint="compare the two count arrays image by image", solutions=solutions)
+
+# %% [markdown] tags=["exercise"]
+# **3.** Suppose the token rule never called a B image A (specificity 1.0). What would the Rogan–Gladen
+# share of the biased study be, with its measured `q` and `sens` (in `biased_row`)?
+# Write your answer as `answer_3 = ...` (a number in [0, 1]; `bias.rogan_gladen` with `min_youden=0` helps).
+# Is it above or below the reported `share`, and why?
+
+# %% tags=["solution"]
+if solutions:
+    answer_3 = bias.rogan_gladen(biased_row["q"], biased_row["sens"], 1.0, min_youden=0.0)
+
+
+# %% tags=["exercise-check"]
+def check_3(answer):
+    q_3, sens_3 = float(biased_row["q"]), float(biased_row["sens"])
+    truth = min(1.0, q_3 / sens_3) if sens_3 > 0 else np.nan  # (q + 1 - 1) / (sens + 1 - 1)
+    assert np.isclose(float(answer), truth, rtol=0, atol=1e-9, equal_nan=True), "not (q + spec - 1) / (sens + spec - 1), spec = 1"
+    return True
+
+
+exercise("3", globals(), check=check_3, hint="with spec = 1 the formula is q / sens", solutions=solutions)

@@ -43,6 +43,7 @@
 #    **token-space views** of the codebook.
 
 # %%
+import copy
 import time
 
 import matplotlib.pyplot as plt
@@ -59,7 +60,7 @@ from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, note_trained, record_metrics, registered
-from cortex_utils.notebook import check_parameters, choice, repo_path, require
+from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
@@ -91,6 +92,7 @@ tsne = True  # also a t-SNE of the codebook (scikit-learn; a few seconds)
 gallery_tokens = 3  # concept tokens per class in the gallery
 batch_size = 100
 seed = 0
+solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "11_trust_the_explanations")
@@ -211,6 +213,77 @@ def maps_of(some_model, m, rows, draw):
 
 
 # %% [markdown]
+# ## By hand: does a map change when the weights are random?
+#
+# Before the checks at scale, the whole idea on three images in plain torch and numpy. Re-initialise a
+# copy of the IEM (every layer that has an initializer gets fresh weights), take the gradient of each
+# image's class logit with respect to its embeddings for both models, reduce over the channels as the TIS
+# does, and keep the absolute values: how strongly each position matters, whatever the sign.
+
+# %% tags=["by-hand"]
+random_iem = copy.deepcopy(model)  # a copy: the trained IEM stays as it is
+with torch.random.fork_rng(devices=[]):  # leave the global RNG alone (the numbers below do not move)
+    torch.manual_seed(seed)
+    for layer in random_iem.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+random_iem.eval()
+
+
+def gradient_map(some_model, x, y):
+    """d logit_y / d embeddings, reduced over the channels like the TIS: (N, h, w)."""
+    x = x.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(some_model(x)[torch.arange(len(x)), y].sum(), x)
+    return grad.amax(1) if reduction == "max" else grad.mean(1)
+
+
+x3, y3 = codebook[torch.from_numpy(tokens[:3])].permute(0, 3, 1, 2), torch.from_numpy(labels[:3])
+trained3 = gradient_map(model, x3, y3).abs().flatten(1).double().numpy()  # one row of h*w positions per image
+random3 = gradient_map(random_iem, x3, y3).abs().flatten(1).double().numpy()
+
+# %% [markdown]
+# Spearman's ρ is Pearson's correlation of the ranks. The rank of a value is how many values of its map
+# are smaller, plus one (tied values share their mean rank); without ties it equals the textbook
+# 1 − 6Σd² / (n(n² − 1)), d the rank differences.
+
+# %% tags=["by-hand"]
+def ranks(row):
+    """Rank of each value in its row, 1 = smallest; tied values share their mean rank."""
+    below = (row[:, None] > row[None, :]).sum(1)
+    equal = (row[:, None] == row[None, :]).sum(1)
+    return below + (equal + 1) / 2
+
+
+def pearson(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / np.sqrt((a ** 2).sum() * (b ** 2).sum())
+
+
+rho_by_hand = np.array([pearson(ranks(t), ranks(r)) for t, r in zip(trained3, random3, strict=True)])
+d_rank = np.array([ranks(t) - ranks(r) for t, r in zip(trained3, random3, strict=True)])
+textbook = 1 - 6 * (d_rank ** 2).sum(1) / (n_positions * (n_positions ** 2 - 1))  # exact only without ties
+print(f"|gradient| maps, trained vs re-initialised IEM, {n_positions} positions each")
+print("Spearman by hand (Pearson of ranks):", rho_by_hand.round(4), " textbook formula:", textbook.round(4))
+
+# %% [markdown]
+# The same numbers from the library the rest of the notebook uses, on the very same maps (and the
+# gradient maps themselves against `attribution.attribute(..., "gradient")`):
+
+# %% tags=["by-hand-check"]
+stack = (3, *ds.grid)
+np.testing.assert_allclose(attribution.abs_spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
+np.testing.assert_allclose(attribution.spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
+library3 = attribution.attribute(model, x3, y3, "gradient", reduction=reduction).abs().flatten(1).double().numpy()
+np.testing.assert_allclose(library3, trained3, rtol=1e-5, atol=1e-6 * trained3.max())
+print("by hand == attribution.abs_spearman / spearman on the same maps; the gradient maps == attribution.attribute")
+
+# %% [markdown]
+# At scale, `attribution.map_similarity` does this for every image and method at once: pandas ranks all
+# rows of an `(N, h·w)` stack in one call (mean ranks for ties, no n² comparison), the correlation is one
+# vectorised expression over the rows, and the maps come from Captum in batches; `randomize_full` also
+# re-initialises parameters that have no initializer (e.g. a ViT's position table) and names every step.
+
+# %% [markdown]
 # ## Sanity check 1: cascading model randomization
 #
 # Starting from the classification head, the IEM's layers are re-initialised one at a time (with their own
@@ -297,6 +370,11 @@ test_acc = iemlib.evaluate_iem(shuffled_model, tokds.embedding_loader(ds, split,
 kept = shuffled_log.loc[shuffled_log["select_loss"].idxmin()]
 print(f"shuffled-label IEM ({len(shuffled_log)} epochs): fits {kept['select_acc']:.1%} of its shuffled training labels "
       f"(epoch {int(kept['epoch'])} kept); {test_acc:.1%} on the true {split} labels (chance {1 / len(ds.class_names):.0%})")
+
+# %% [markdown]
+# Each method's maps under both randomized models, compared image by image with the trained model's maps:
+
+# %%
 rows = []
 for j, (kind, rand_model) in enumerate(tqdm([("full", full_model), ("data", shuffled_model)], desc="randomized models")):
     for m in compared:
@@ -310,6 +388,8 @@ summary = means.unstack(0).reindex(compared)[[(c, kind) for c in measures for ki
 summary.columns = pd.MultiIndex.from_tuples([(measures[c], kind) for c, kind in summary.columns], names=["measure", "randomization"])
 display(summary.round(3))
 print("share of negative scores in the trained IEM's maps: " + ", ".join(f"{m} {(maps[m] < 0).mean():.1%}" for m in compared))
+
+# %%
 chance = attribution.top_k_chance(overlap_k, n_positions)
 fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.6), sharey=True)
 for ax, (col, label) in zip(axes, measures.items(), strict=True):
@@ -326,6 +406,11 @@ axes[2].axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:.2f}"
 axes[2].legend(fontsize=7)
 fig.suptitle(f"how much of the trained IEM's maps survives randomization (mean ± sd over {n} images)")
 fig.tight_layout()
+
+# %% [markdown]
+# Record the headline numbers: the mean rank correlations (signed and absolute) under both randomizations.
+
+# %%
 prefix = {"full": "sanity_", "data": "sanity_data_"}
 record_metrics(run_dir, **{f"{prefix[kind]}{'abs_' if col == 'abs_spearman' else ''}rank_corr_{m}": round(float(means.loc[(kind, m), col]), 4)
                            for kind in prefix for m in compared for col in ("spearman", "abs_spearman")});
@@ -370,6 +455,11 @@ for ax, cv in zip(axes[0], curves, strict=True):
     ax.set_ylabel("")
 fig.tight_layout()
 deletion = table["deletion"]
+
+# %% [markdown]
+# Record the headline numbers: every method's deletion AUC in every space.
+
+# %%
 record_metrics(run_dir, **{f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, s]), 4) for m in [*compared, "random"] for s in spaces});
 
 # %% [markdown]
@@ -410,6 +500,11 @@ shown = pd.DataFrame({
     "randomization ok": verdict["randomization_ok"], "faithful": verdict["faithful"], "passes": verdict["passes"]})
 display(shown.round(3))
 
+# %% [markdown]
+# The two conditions as one picture: each method is a segment between its full (●) and data (□)
+# randomization scores, at the height of its deletion AUC ratio; the green corner passes both.
+
+# %%
 fig, ax = plt.subplots(figsize=(8.5, 4.2))
 ax.fill_between([-1, max_rank_corr], 0, max_deletion_ratio, color="palegreen", alpha=0.5, zorder=0, label="passes both")
 palette = dict(zip(compared, sns.color_palette("tab10", len(compared)), strict=True))
@@ -431,31 +526,14 @@ ax.set_title(f"the two conditions: pass = left of {max_rank_corr} and below {max
 ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
 
-lines = []
-for m, r in verdict.iterrows():
-    who = f"**{m}**{' (the default)' if m == default_method else ' (control)' if m == control else ''}"
-    lines.append(f"* {who}: " + ("passes both conditions" if r["passes"] else f"fails: {r['failed']}"))
-cr = verdict.loc[control]
-if cr["randomization_ok"] and not cr["faithful"]:
-    lines.append(f"The random control passes randomization (abs. rank corr. {cr['abs_rank_corr_full']:.3f} full, "
-                 f"{cr['abs_rank_corr_data']:.3f} data) and fails faithfulness ({cr['deletion_ratio']:.2f} × random), "
-                 f"as a method that knows nothing must: randomization alone would have recommended noise.")
-else:
-    lines.append(f"**Warning**: the random control {'passes' if cr['passes'] else 'is judged'} oddly (randomization "
-                 f"{'ok' if cr['randomization_ok'] else 'failed'}, deletion {cr['deletion_ratio']:.2f} × random): with "
-                 f"{c} curve images and {curve_steps} steps the checks are too coarse to separate noise from a method.")
-if recommended == default_method:
-    lines.append(f"Recommendation: keep **{default_method}**.")
-elif recommended != "none":
-    r, d = verdict.loc[recommended], verdict.loc[default_method]
-    lines.append(f"Recommendation: **{recommended}**: abs. rank correlation {r['abs_rank_corr_full']:.2f} (full) / "
-                 f"{r['abs_rank_corr_data']:.2f} (data), deletion AUC ({space}) {r['deletion_auc']:.3f} = "
-                 f"{r['deletion_ratio']:.2f} × random (default {d['deletion_auc']:.3f}). "
-                 f"Passing: {', '.join(m for m in verdict.index[verdict.passes] if m != control)}.")
-else:
-    lines.append("Recommendation: **none**. No method passes both conditions on this run, so none of the maps, the "
-                 "TIS included, can be read as an explanation of what the IEM learned; read them with care.")
+# %%
+lines = attribution.verdict_text(verdict, recommended, default_method, control, space, c, curve_steps)
 display(Markdown("\n\n".join(lines)))
+
+# %% [markdown]
+# Record the headline number: the recommended method.
+
+# %%
 record_metrics(run_dir, recommended_method=recommended);
 
 # %% [markdown]
@@ -471,6 +549,8 @@ record_metrics(run_dir, recommended_method=recommended);
 entry = registered(run_dir, "concepts")
 require(concept_top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = {concept_top_n} is not among them")
 concept_table = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
+
+# %%
 ct = concept_table[(concept_table.top_n == concept_top_n) & (concept_table.label >= 0)]
 best = ct.sort_values("share", ascending=False).drop_duplicates("token").set_index("token")
 K = len(codebook)
@@ -478,6 +558,8 @@ assoc = np.array(["none"] * K, dtype=object)
 share = np.zeros(K)
 assoc[best.index.to_numpy()] = best["class_name"].to_numpy()
 share[best.index.to_numpy()] = best["share"].to_numpy()
+
+# %%
 cb = codebook.detach().double().numpy()
 centred = cb - cb.mean(0)
 _, sv, vt = np.linalg.svd(centred, full_matrices=False)
@@ -489,6 +571,8 @@ if tsne:
         views["t-SNE"] = TSNE(2, perplexity=min(30.0, (K - 1) / 3), init="pca", random_state=seed).fit_transform(cb)
     except ImportError:
         print("scikit-learn is not installed: t-SNE skipped")
+
+# %%
 order = ["none", *ds.class_names]
 palette = {"none": "lightgray", **dict(zip(ds.class_names, sns.color_palette("tab10", len(ds.class_names)), strict=True))}
 fig, axes = plt.subplots(1, len(views), figsize=(5.2 * len(views) + 1, 4.4), squeeze=False)
@@ -531,3 +615,86 @@ if gallery_tokens:
         axes[cls, 0].text(-0.1, 0.5, ds.class_names[cls], transform=axes[cls, 0].transAxes, ha="right", va="center")
     fig.suptitle(f"concept tokens (top-{concept_top_n}) as patches")
     fig.tight_layout()
+
+# %% [markdown]
+# ## Exercises
+
+# %% [markdown] tags=["exercise"]
+# **1. One image's top positions under full randomization.** Compute the SmoothGrad maps of the first
+# image (`tokens[:1]`, target `labels[:1]`) for the trained IEM (`model`) and for the fully randomized one
+# (`full_model`), with `attribution.attribute_tokens(..., "smoothgrad", **options)`. How many of the
+# `overlap_k` positions with the largest |score| do the two maps share? Compare with chance
+# (`overlap_k` × `overlap_k` / (h·w)). Write your answer as `answer_1 = ...` (an int from 0 to `overlap_k`).
+
+# %% tags=["solution"]
+if solutions:
+    one = [attribution.attribute_tokens(mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size, **options)
+           for mdl in (model, full_model)]
+    answer_1 = round(overlap_k * float(attribution.top_k_intersection(*one, k=overlap_k)[0]))
+
+
+# %% tags=["exercise-check"]
+def check_1(answer):
+    a, b = (np.abs(attribution.attribute_tokens(mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size,
+                                                **options)).ravel() for mdl in (model, full_model))
+    top = [set(np.argsort(-v, kind="stable")[:overlap_k].tolist()) for v in (a, b)]
+    assert int(answer) == len(top[0] & top[1]), "recount the shared positions of the two top-k sets (by |score|)"
+    return True
+
+
+exercise("1", globals(), check=check_1, hint="rank by np.abs(map), take the first overlap_k of each, intersect", solutions=solutions);
+
+# %% [markdown] tags=["exercise"]
+# **2. The most faithful ranking.** Which attribution method (one of `methods`, not the control) has the
+# lowest deletion AUC in `faithfulness_space`? Is it the one recommended above, and if not, why not?
+# Write your answer as `answer_2 = ...` (a method name, a str).
+
+# %% tags=["solution"]
+if solutions:
+    answer_2 = str(deletion.loc[methods, faithfulness_space].idxmin())
+
+
+# %% tags=["exercise-check"]
+def check_2(answer):
+    sub = curve_table[(curve_table.space == faithfulness_space) & (curve_table.curve == "deletion")].sort_values("fraction")
+    per = {m: np.mean([np.trapezoid(g["mean_prob"], g["fraction"]) for _, g in sub[sub.method == m].groupby("evaluator")])
+           for m in methods}  # the AUCs recomputed from the curves: trapezoids, mean over the evaluators
+    assert answer in per, f"name one of {methods}"
+    return per[answer] <= min(per.values()) + 1e-9  # a tie: either name holds
+
+
+exercise("2", globals(), check=check_2, hint="the deletion table above, column faithfulness_space; lower is better", solutions=solutions);
+
+# %% [markdown] tags=["exercise"]
+# **3. Delete the least important positions first.** Negate the default method's maps
+# (`-maps[default_method]`) for the first 5 images, and compute their deletion AUC in `faithfulness_space`
+# (mean over the evaluators, `curve_steps` steps; `attribution.faithfulness_curves` and `curve_auc`). Is it
+# above the random order's? What does that say about the ranking at the other end of the map? Write your
+# answer as `answer_3 = ...` (a float).
+
+# %% tags=["solution"]
+if solutions:
+    neg = attribution.faithfulness_curves(vq, tokens[:5], labels[:5], {"negated": -maps[default_method][:5]}, judges,
+                                          spaces=[faithfulness_space], curves=["deletion"], steps=curve_steps,
+                                          neutral=neutral_id, seed=seed, batch_size=batch_size, progress=False)
+    neg_auc = attribution.curve_auc(neg)
+    answer_3 = float(neg_auc[(neg_auc.method == "negated") & (neg_auc.evaluator == "mean")]["auc"].iloc[0])
+
+
+# %% tags=["exercise-check"]
+def check_3(answer):
+    t, y = tokens[:5], labels[:5]
+    order = np.argsort(maps[default_method][:5].reshape(len(t), -1), axis=1, kind="stable")  # lowest score first
+    originals, ks = vqlib.decode(vq, torch.from_numpy(t)), attribution.curve_steps(n_positions, curve_steps)
+    probs = []  # (K, evaluators): mean target probability after deleting the first k positions
+    for kk in ks:
+        mask = evaluation.positions_mask(order[:, :kk], ds.grid)
+        imgs = (evaluation.mask_pixels(originals, mask) if faithfulness_space == "pixel"
+                else vqlib.decode(vq, torch.from_numpy(evaluation.mask_tokens(t, mask, neutral_id))))
+        probs.append([p.mean() for _, p in evaluation.target_scores(judges, imgs, y).values()])
+    truth = float(np.trapezoid(np.array(probs), ks / n_positions, axis=0).mean())
+    assert abs(float(answer) - truth) < 1e-3, "recompute: rank by the negated map, delete, trapezoid AUC, mean over evaluators"
+    return True
+
+
+exercise("3", globals(), check=check_3, hint="faithfulness_curves(..., {'negated': -maps[default_method][:5]}, ...)", solutions=solutions);

@@ -347,3 +347,34 @@ def test_recommend_none_when_nothing_passes():
         A.recommend(table, 0.5, default="lime")
     with pytest.raises(ValueError, match="positive"):
         A.recommend(table, 0.0, default="sg")
+
+
+def test_verdict_text_says_what_recommend_decided():
+    table = _table(sg=[0.62, 0.70, 0.20], better=[0.05, 0.05, 0.25], random_control=[0.0, 0.0, 0.5])
+    best, judged = A.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
+    lines = A.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
+    assert len(lines) == len(table) + 2
+    assert lines[0].startswith("* **sg** (the default): fails: abs. rank corr. 0.62")
+    assert lines[1] == "* **better**: passes both conditions"
+    assert "passes randomization" in lines[3] and "1.00 × random" in lines[3]
+    assert lines[-1].startswith("Recommendation: **better**") and "Passing: better." in lines[-1]
+    keep = A.verdict_text(judged, "better", "better", "random_control", "pixel", 20, 8)
+    assert keep[-1] == "Recommendation: keep **better**."
+    lucky = _table(sg=[0.62, 0.70, 0.20], random_control=[0.0, 0.0, 0.1])
+    best, judged = A.recommend(lucky, 0.5, default="sg", controls=["random_control"])
+    lines = A.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
+    assert lines[-2].startswith("**Warning**") and lines[-1].startswith("Recommendation: **none**")
+
+
+def test_spearman_is_pearson_of_ranks_by_hand():
+    """The notebook's by-hand Spearman (rank = values below + (ties + 1) / 2, then Pearson) equals ``spearman``."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 4, 4)), rng.normal(size=(3, 4, 4))
+    a[0, 0, :2] = a[0, 1, :2] = 0.0  # ties share their mean rank
+
+    def ranks(row):
+        return (row[:, None] > row[None, :]).sum(1) + ((row[:, None] == row[None, :]).sum(1) + 1) / 2
+
+    by_hand = [np.corrcoef(ranks(x.ravel()), ranks(y.ravel()))[0, 1] for x, y in zip(a, b, strict=True)]
+    np.testing.assert_allclose(A.spearman(a, b), by_hand, rtol=1e-12)
+    np.testing.assert_allclose(A.abs_spearman(a, b), A.spearman(np.abs(a), np.abs(b)), rtol=1e-12)

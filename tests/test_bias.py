@@ -501,3 +501,30 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
         if row["tokens_a"] or row["tokens_b"]:  # the rule separates the held-out images perfectly
             assert metrics[f"bias_{t}_share_est"] == pytest.approx(p, abs=1e-4)
         assert metrics[f"bias_{t}_share_low"] <= p <= metrics[f"bias_{t}_share_high"]
+
+
+def _deltas_table():
+    import pandas as pd
+
+    row = {"bias": "colour", "toward": "red", "share": 0.8, "share_low": 0.7, "share_high": 0.9,
+           "inconclusive": False, "delta": 0.3, "delta_low": 0.1, "delta_high": 0.5,
+           "delta_paper_half_scale": 0.15, "trained share": 0.85, "pixel truth": 0.82,
+           "A drawn as B": 0.0, "B drawn as A": 0.0, "pixel truth, prompt terms": 0.82}
+    control = {**row, "share": 0.5, "share_low": 0.45, "share_high": 0.55, "pixel truth": 0.5,
+               "trained share": 0.5, "delta": float("nan")}
+    return pd.DataFrame([{**row, "neutral set": "biased (digit 3)", "digit": 3},
+                         {**control, "neutral set": "control (digit 7)", "digit": 7}])
+
+
+def test_headline_metrics_and_verdict_lines():
+    deltas = _deltas_table()
+    results = {("colour", 3): {"test_accuracy": 0.91234}, ("colour", 7): {"test_accuracy": 0.8}}
+    m = bias.headline_metrics(deltas, results, ["colour"], {"colour": 3}, 7, real=False)
+    assert m["bias_colour_share_est"] == 0.8 and m["bias_colour_share_low_control"] == 0.45
+    assert m["bias_colour_delta_control"] is None  # NaN is recorded as None
+    assert m["bias_colour_iem_accuracy"] == 0.9123 and m["bias_colour_iem_accuracy_control"] == 0.8
+    biased, control = (row for _, row in deltas.iterrows())
+    line = bias.verdict_line(biased, "colour", 0.25, biased=True)
+    assert "**found**" in line and "the planted bias is found" in line and "inside the interval" in line
+    assert "no bias reported" in bias.verdict_line(control, "colour", 0.25, biased=False)
+    assert "Pixel truth" not in bias.verdict_line(biased, "colour", 0.25, biased=None)  # real data: no truth

@@ -185,3 +185,44 @@ def test_seed_agreement_averages_every_pair():
     np.testing.assert_allclose(tislib.seed_agreement([a, b], k=2), [0.5])
     with pytest.raises(ValueError, match="at least two seeds"):
         tislib.seed_agreement([a])
+
+
+def test_compute_tis_splits_in_process_is_compute_tis(tmp_path):
+    """The notebook's one call (``distributed.compute_tis_splits``) with nproc = 1 gives compute_tis's scores,
+    writes ``<out_dir>/<split>.npy``, and refuses sigma="image" for a torchrun job."""
+    from cortex_utils import datasets as tokds
+    from cortex_utils import distributed
+
+    torch.manual_seed(0)
+    model = iemlib.build_iem(1, 6, GRID, 3, width=8).eval()
+    rng = np.random.default_rng(0)
+    meta = {"vq_fingerprint": "x", "n_embed": 16, "embed_dim": 6, "grid": list(GRID)}
+    ds = tokds.save_token_dataset(tmp_path / "ds", {"train": (rng.integers(0, 16, (10, 8, 8)), np.arange(10) % 3),
+                                                    "test": (rng.integers(0, 16, (6, 8, 8)), np.arange(6) % 3)},
+                                  ["a", "b", "c"], meta, source="t")
+    cb = torch.randn(16, 6)
+    tis, seconds = distributed.compute_tis_splits(model, ds, cb, ["train", "test"], tmp_path / "tis", nsamples=3,
+                                                  batch_size=4, seed=1)
+    assert set(tis) == set(seconds) == {"train", "test"}
+    for split in ("train", "test"):
+        ref = tislib.compute_tis(model, tokds.embedding_loader(ds, split, cb, batch_size=4), len(ds.labels[split]),
+                                 nsamples=3, seed=1)
+        np.testing.assert_array_equal(tis[split], ref)
+        np.testing.assert_array_equal(np.load(tmp_path / "tis" / f"{split}.npy"), ref)
+    with pytest.raises(ValueError, match='sigma = "batch" only'):
+        distributed.compute_tis_splits(model, ds, cb, ["train"], tmp_path / "t2", nproc=2, sigma="image")
+
+
+def test_smoothgrad_by_hand_matches_the_batched_pass(model):
+    """The notebook's by-hand SmoothGrad (one forward and backward per copy per image, sigma from the batch)
+    equals token_importance given the same generator seed."""
+    x, y = torch.randn(3, 6, *GRID), torch.tensor([0, 2, 4])
+    draws = torch.randn((4, *x.shape), generator=torch.Generator().manual_seed(5))
+    sd = 0.2 * (x.max() - x.min())
+    grad = torch.zeros_like(x)
+    for eps in draws:
+        for i in range(len(x)):
+            noisy = (x[i] + sd * eps[i]).unsqueeze(0).requires_grad_(True)
+            grad[i] += torch.autograd.grad(model(noisy)[0, y[i]], noisy)[0][0]
+    fast = tislib.token_importance(model, x, y, 4, 0.2, "max", generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(fast, (grad / 4).amax(1), atol=1e-5, rtol=0)

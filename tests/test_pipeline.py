@@ -105,7 +105,7 @@ def _run(args, tmp_path):
 
 
 def test_smoke_preset_runs_every_notebook(tmp_path):
-    r = _run(["--preset", "smoke", "--jobs", "2"], tmp_path)
+    r = _run(["--preset", "smoke", "--jobs", "2", "-p", "solutions", "true"], tmp_path)  # exercises' solutions on
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "run"
     for nb in NOTEBOOKS:
@@ -220,3 +220,76 @@ def test_exercise_checks(capsys):
         exercise("1", {}, lambda a: a == 2, solutions=True)
     with pytest.raises(AssertionError, match="does not pass"):
         exercise("2", {"answer_2": 3}, lambda a: a == 2, solutions=True)
+
+
+# --- teaching conventions (issue "Teach the method in the open"); tags as papermill's `parameters` ---------
+
+TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11]
+METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11]
+
+
+def _tagged(nb, tag):
+    return [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("path", TEACHING, ids=lambda p: p.stem)
+def test_cells_stay_short_and_plumbing_stays_apart(path):
+    """No code cell over 25 lines (the `parameters` cell aside: papermill reads one parameter a line); a cell
+    that records metrics or registers a model calls none of the method's modules, so the cells on the page
+    are about the method and the plumbing sits apart."""
+    import re
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    assert [len(c.source.splitlines()) for c in code if len(c.source.splitlines()) > 25] == []
+    method = re.compile(r"\b(tislib|conceptlib|concepts|evaluation|opt|optimization|bias|attribution|iemlib|gen|"
+                        r"generation|evaluators|distributed)\.\w+\(")
+    recording = [c.source for c in code if re.search(r"\b(record_metrics|register)\(", c.source)]
+    assert [s for s in recording if method.search(s)] == []
+
+
+@pytest.mark.parametrize("path", TEACHING, ids=lambda p: p.stem)
+def test_every_notebook_ends_with_checked_exercises(path):
+    nb = nbformat.read(path, as_version=4)
+    tasks, checks, solutions = (_tagged(nb, t) for t in ("exercise", "exercise-check", "solution"))
+    assert len(tasks) >= 2 and all(c.cell_type == "markdown" for c in tasks)
+    assert len(checks) >= len(tasks) and all("exercise(" in c.source for c in checks)
+    assert len(solutions) >= len(tasks) and all("if solutions" in c.source for c in solutions)
+    assert "solutions" in pipeline.declared_parameters(path.stem)
+
+
+@pytest.mark.parametrize("path", METHOD, ids=lambda p: p.stem)
+def test_every_method_notebook_builds_its_idea_by_hand(path):
+    nb = nbformat.read(path, as_version=4)
+    assert _tagged(nb, "by-hand"), "a cell tagged by-hand"
+    checks = _tagged(nb, "by-hand-check")
+    assert checks and any("assert" in c.source for c in checks), "a by-hand-check cell that asserts"
+
+
+def test_a_library_that_stops_matching_its_by_hand_version_fails_the_run(tmp_path):
+    """Break the library on purpose: notebook 06 counts concept tokens by hand and checks the count against
+    concepts.concept_tokens; with that function off by one the smoke run must fail in notebook 06's
+    by-hand-check cell. (A copy of the repository is run, the broken module first on PYTHONPATH.)"""
+    import shutil
+
+    copy = tmp_path / "repo"
+    for folder in ("cortex_utils", "notebooks", "checkpoints", "data"):
+        shutil.copytree(REPO_ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__", "cache"))
+    concepts = copy / "cortex_utils" / "concepts.py"
+    concepts.write_text(concepts.read_text() + (
+        "\n\n_concept_tokens = concept_tokens\n\n\n"
+        "def concept_tokens(*args, **kwargs):  # broken on purpose by the test\n"
+        "    table = _concept_tokens(*args, **kwargs)\n"
+        "    table['count'] = table['count'] + 1\n"
+        "    return table\n"))
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(copy)}
+    only = "01_vq_model,02_dataset_generation,03_train_iem,05_compute_tis,06_concept_analysis"
+    r = subprocess.run([sys.executable, "-m", "cortex_utils.pipeline", "--preset", "smoke", "--only", only,
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=copy,
+                       timeout=900)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "notebook 06_concept_analysis failed in cell" in out and "AssertionError" in out, out[-3000:]
+    nb = nbformat.read(tmp_path / "run" / "06_concept_analysis.failed.ipynb", as_version=4)
+    failed = [c for c in nb.cells if c.metadata.get("papermill", {}).get("exception")]
+    assert len(failed) == 1 and "by-hand-check" in failed[0].metadata.get("tags", [])
