@@ -17,9 +17,15 @@ Cases (the three ways the earlier ranked δ failed, plus two controls):
   every study and in every bootstrap resample from the resampled fit images (frequency ranking with the
   specificity filter of ``bias.attribute_tokens``, a stand-in for the TIS ranking);
 * ``no_signal``: both values draw their counts from the same distribution: the rule cannot separate them;
-* ``leak`` (reported separately): ``symmetric``, but 30 % of the labelled B images ("a B" prompts) render
-  as A. The truth to cover is the neutral set's share of A images; the labelled data are contaminated in a
-  way token counts cannot reveal, so the estimate targets the mixture weight (p − 0.3) / 0.7 instead.
+* ``leak``: ``symmetric``, but the generator does not always draw what the prompt names: 20 % of the "a A"
+  images render as B and 30 % of the "a B" images as A (notebook 10 measures 11-26 % from pixels). The
+  tokens and the threshold come from the prompt-labelled fit images; the held-out images that measure the
+  rule's error rates are labelled by what they show (notebook 10: by their pixels), so the estimate aims at
+  the true share;
+* ``leak_prompt`` (reported separately): the same contamination, with the held-out images labelled by their
+  prompts, as on real data where nothing but the prompt labels an image. Token counts cannot reveal the
+  contamination, so the estimate aims at the neutral set's mixture weight between the two prompts' outputs,
+  (p − 0.3) / (1 − 0.2 − 0.3), not at the true share: a limit of prompt-labelled data, shown, not fixed.
 
 Beside it, for the same null studies, the intervals of the earlier ranked δ (counts replaced by their mid-rank
 among the labelled images' counts, both values weighted equally, δ bootstrapped over the neutral images
@@ -28,15 +34,16 @@ only) and of the paper's δ on raw counts: a false alarm is an interval that exc
 Columns: coverage (the interval holds the true share), excludes 0.5 (a "found" verdict; under the null a false
 alarm), width, inconclusive (the rule's J <= 0.1: no estimate, interval [0, 1]), not found (the verdict
 ``bias.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at: the true
-share, except in ``leak``), and for the null studies the ranked and the raw δ's mean and how often their
+share, except in ``leak_prompt``), and for the null studies the ranked and the raw δ's mean and how often their
 interval excludes 0.
 
 Last line: bias_null_fpr=<x> bias_coverage=<y> ranked_null_fpr=<z> ... (bias_null_fpr over the null studies of
-every case but ``leak``; bias_coverage is the worst coverage of any (case, share) cell but ``leak``'s).
+every case but ``leak_prompt``; bias_coverage is the worst coverage of any (case, share) cell but ``leak_prompt``'s).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -70,24 +77,60 @@ CASES = {
     "uneven": uneven_counts,
     "no_signal": poisson_counts((1.0, 1.0), (1.0, 1.0)),
 }
-LEAK = 0.3  # share of the labelled B images that render as A in the ``leak`` case
+LEAK = (0.2, 0.3)  # the leak cases: share of the "a A" images drawn as B, of the "a B" images drawn as A
 
 
-def labelled(rng, draw, n, leak=0.0):
-    """``n`` images labelled A and ``n`` labelled B; a share ``leak`` of the B-labelled ones is truly A."""
+def labelled(rng, draw, n, leak=(0.0, 0.0), by_truth=False):
+    """``n`` images prompted A and ``n`` prompted B; a share ``leak[0]`` of the A-prompted ones is truly B,
+    ``leak[1]`` of the B-prompted ones truly A. Labelled by the prompt, or with ``by_truth`` by what they show."""
     is_a_label = np.repeat([True, False], n)
-    truly_a = is_a_label | (rng.random(2 * n) < leak)
+    flip = rng.random(2 * n) < np.where(is_a_label, leak[0], leak[1])
+    truly_a = is_a_label ^ flip
     a, b = draw(rng, truly_a)
-    return a, b, is_a_label
+    return a, b, truly_a if by_truth else is_a_label
 
 
-def count_study(rng, draw, p, n_boot, leak=0.0):
+def count_study(rng, draw, p, n_boot, leak=(0.0, 0.0), cal_by_truth=False):
     truly_a = rng.random(N_NEUTRAL) < p
     neutral = draw(rng, truly_a)
-    fit, cal = labelled(rng, draw, N_FIT, leak), labelled(rng, draw, N_CAL, leak)
+    fit, cal = labelled(rng, draw, N_FIT, leak), labelled(rng, draw, N_CAL, leak, cal_by_truth)
     seed = int(rng.integers(2**31))
-    est = bias.bias_share(neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed)
+    # labelled by what they show, the held-out images also say which prompt drew them: the error-rate check runs
+    prompts = np.repeat([True, False], N_CAL) if cal_by_truth else None
+    est = bias.bias_share(neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed, calibration_prompts=prompts)
     return est, neutral, fit, cal, seed
+
+
+# --- the ``graded`` case: an attribute that is a matter of degree --------------------------------------
+#
+# Each image has a latent degree L (stroke thickness): N(+1, 1) under the A prompt, N(-1, 1) under the B prompt,
+# so 16 % of each prompt's images fall on the other side of 0 (notebook 10 measures 19-22 % for thickness). An
+# image shows A when L > 0 (the pixel rule). Its counts depend on L itself, not only on its side: A's tokens
+# Poisson(0.3 + 3 sigmoid(2L)), B's Poisson(0.3 + 3 sigmoid(-2L)). The neutral set mixes the two prompts' outputs
+# with weight w; its true share is the share with L > 0. Images near the border are called either way, so
+# the rule's error rates on the half-and-half held-out images do not hold for a neutral set of another mix.
+GRADED_SHIFT = 1.0
+
+
+def graded_counts(rng, latent):
+    a = rng.poisson(0.3 + 3 / (1 + np.exp(-2 * latent)))
+    b = rng.poisson(0.3 + 3 / (1 + np.exp(2 * latent)))
+    return a, b
+
+
+def graded_study(rng, w, n_boot):
+    def prompted(n_a, n_b):
+        is_a = np.repeat([True, False], [n_a, n_b])
+        latent = rng.normal(np.where(is_a, GRADED_SHIFT, -GRADED_SHIFT), 1.0)
+        return (*graded_counts(rng, latent), is_a, latent > 0)
+
+    n_a = rng.binomial(N_NEUTRAL, w)
+    na, nb, _, neutral_shows = prompted(n_a, N_NEUTRAL - n_a)
+    fa, fb, fit_y, _ = prompted(N_FIT, N_FIT)
+    ca, cb, cal_prompt, cal_shows = prompted(N_CAL, N_CAL)
+    est = bias.bias_share((na, nb), (fa, fb, fit_y), (ca, cb, cal_shows), n_boot=n_boot, level=LEVEL,
+                          seed=int(rng.integers(2**31)), calibration_prompts=cal_prompt)
+    return est, float(neutral_shows.mean())
 
 
 # --- the ``selected`` case: token grids, tokens chosen from the data ----------------------------------
@@ -163,27 +206,39 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
     rng = np.random.default_rng(20240611)
     rows, ranked_alarms, raw_alarms, leak_ranked = [], {}, {}, float("nan")
     plan = [(c, p) for c in ("ties", "symmetric", "uneven") for p in SHARES] + [("no_signal", 0.5), ("no_signal", 0.85)]
-    plan += [("selected", 0.5), ("selected", 0.85)] + [("leak", p) for p in SHARES]
+    plan += [("selected", 0.5), ("selected", 0.85)] + [(c, p) for c in ("leak", "leak_prompt") for p in SHARES]
+    plan += [("graded", 0.5), ("graded", 0.85)]  # p = the neutral set's weight of the A prompt's outputs
     for case, p in plan:
         ests, excl = [], []
         n = selected_studies if case == "selected" else studies
+        if case == "graded":  # the true share: the A prompt's outputs with L > 0, plus the B prompt's
+            up = 0.5 * (1 + math.erf(GRADED_SHIFT / math.sqrt(2)))
+            p = round(p * up + (1 - p) * (1 - up), 4)
         for _ in range(n):
             if case == "selected":
                 est = selected_study(rng, p, selected_boot)
+            elif case == "graded":
+                est = graded_study(rng, (p - (1 - up)) / (2 * up - 1), n_boot)[0]
             else:
-                draw = CASES["symmetric" if case == "leak" else case]
-                est, neutral, fit, cal, seed = count_study(rng, draw, p, n_boot, LEAK if case == "leak" else 0.0)
+                leaky = case.startswith("leak")
+                draw = CASES["symmetric" if leaky else case]
+                est, neutral, fit, cal, seed = count_study(rng, draw, p, n_boot, LEAK if leaky else (0.0, 0.0),
+                                                           cal_by_truth=case == "leak")
                 if p == 0.5:
                     ranked, raw = delta_intervals(neutral, fit, cal, delta_boot, seed)
                     excl.append((not ranked[1] <= 0 <= ranked[2], not raw[1] <= 0 <= raw[2], ranked[0], raw[0]))
             ests.append(est)
         low, high = np.array([e["low"] for e in ests]), np.array([e["high"] for e in ests])
         share = np.array([e["share"] for e in ests])
-        target = (p - LEAK) / (1 - LEAK) if case == "leak" else p
+        # leak_prompt: the mixture weight between the two prompts' outputs (above 1 when the neutral set holds
+        # more A than the A-prompted images do: no mixture of the two fits, and the clipped estimate aims at 1)
+        target = min(1.0, (p - LEAK[1]) / (1 - LEAK[0] - LEAK[1])) if case == "leak_prompt" else p
         row = {"case": case, "true share": p, "mean est": float(np.nanmean(share)) if np.isfinite(share).any() else np.nan,
                "coverage": float(np.mean((low <= p) & (p <= high))),
                "excludes 0.5": float(np.mean((low > 0.5) | (high < 0.5))),
                "width": float(np.mean(high - low)), "inconclusive": float(np.mean([e["inconclusive"] for e in ests])),
+               "flagged": float(np.mean([e["check_p"] < 0.05 for e in ests])),
+               "unchecked coverage": float(np.mean([e["unchecked_low"] <= p <= e["unchecked_high"] for e in ests])),
                "covers target": float(np.mean((low <= target) & (target <= high))), "target": target,
                "not found": float(np.mean([bias.share_verdict(lo, hi) == "not found"
                                            for lo, hi in zip(low, high, strict=True)]))}
@@ -191,13 +246,14 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
             e = np.array(excl)
             row.update({"ranked δ excl 0": float(e[:, 0].mean()), "raw δ excl 0": float(e[:, 1].mean()),
                         "ranked δ mean": float(e[:, 2].mean()), "raw δ mean": float(e[:, 3].mean())})
-            if case == "leak":
+            if case == "leak_prompt":
                 leak_ranked = float(e[:, 0].mean())
-            else:
+            elif case != "leak":  # the earlier statistics' false alarms, on the uncontaminated cases
                 ranked_alarms[case], raw_alarms[case] = e[:, 0], e[:, 1]
         rows.append(row)
 
-    cols = ["case", "true share", "mean est", "coverage", "excludes 0.5", "width", "inconclusive", "not found",
+    cols = ["case", "true share", "mean est", "coverage", "excludes 0.5", "width", "inconclusive", "flagged",
+            "unchecked coverage", "not found",
             "target", "covers target", "ranked δ mean", "ranked δ excl 0", "raw δ mean", "raw δ excl 0"]
     print(f"{studies} studies per cell ({selected_studies} for 'selected'), {n_boot} bootstrap resamples "
           f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); 300 neutral, 300 + 100 labelled per value")
@@ -208,23 +264,30 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
             v = r.get(c, "")
             cells.append(f"{v:<10s}" if i == 0 else f"{v:>15.3f}" if isinstance(v, float) else f"{v!s:>15s}")
         print(" | ".join(cells))
-    main_rows = [r for r in rows if r["case"] != "leak"]
+    main_rows = [r for r in rows if r["case"] != "leak_prompt"]
     null_rows = [r for r in main_rows if r["true share"] == 0.5]
     null_fpr = float(np.mean([r["excludes 0.5"] for r in null_rows]))
     coverage = min(r["coverage"] for r in main_rows)
     pooled = float(np.mean([r["coverage"] for r in main_rows]))
     ranked_fpr = float(np.mean(np.concatenate(list(ranked_alarms.values()))))
     raw_fpr = float(np.mean(np.concatenate(list(raw_alarms.values()))))
-    leak = {r["true share"]: r for r in rows if r["case"] == "leak"}
+    leak = {r["true share"]: r for r in rows if r["case"] == "leak_prompt"}
     true_cov = ", ".join(f"{p}: {leak[p]['coverage']:.2f}" for p in SHARES)
     target_cov = ", ".join(f"{leak[p]['target']:.3f}: {leak[p]['covers target']:.2f}" for p in SHARES)
-    print(f"'leak': coverage of the true share {true_cov}; of the mixture weight (p - {LEAK}) / {1 - LEAK:.1f}: "
-          f"{target_cov}")
+    print(f"'leak_prompt' (held-out images labelled by their prompts): coverage of the true share {true_cov}; of "
+          f"the mixture weight (p - {LEAK[1]}) / (1 - {LEAK[0]} - {LEAK[1]}): {target_cov}")
+    graded = [r for r in rows if r["case"] == "graded"]
+    print(f"'graded': the error-rate check flags {graded[-1]['flagged']:.0%} of the studies with the neutral set mixed "
+          f"85/15 (coverage {graded[-1]['unchecked coverage']:.2f} without it, {graded[-1]['coverage']:.2f} with it) "
+          f"and {graded[0]['flagged']:.0%} of the half-and-half ones; in 'leak' (a discrete value) "
+          f"{np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.0%}")
     print(f"{time.perf_counter() - t0:.0f} s")
     per_case = " ".join(f"coverage_{r['case']}_{r['true share']}={r['coverage']:.3f}" for r in rows)
     print(f"bias_null_fpr={null_fpr:.3f} bias_coverage={coverage:.3f} ranked_null_fpr={ranked_fpr:.3f} "
           f"raw_null_fpr={raw_fpr:.3f} bias_coverage_pooled={pooled:.3f} leak_null_fpr={leak[0.5]['excludes 0.5']:.3f} "
-          f"leak_ranked_null_fpr={leak_ranked:.3f} {per_case}")
+          f"leak_ranked_null_fpr={leak_ranked:.3f} {per_case} "
+          f"graded_flagged={graded[-1]['flagged']:.3f} graded_unchecked_coverage={graded[-1]['unchecked coverage']:.3f} "
+          f"leak_flagged={np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.3f}")
 
 
 if __name__ == "__main__":

@@ -36,10 +36,12 @@ every case's studies; an earlier statistic here, δ of counts ranked against the
 0 in 72 % of the same null studies (ties turned into wins by reference noise, a bootstrap over the neutral
 images only), and is gone.
 
-What it estimates: the share of value A *as the labelled images define A*. If the generator renders
-some "a B" prompts as A, the labelled B images carry A's tokens, the measured error rates absorb them and
-the estimate is the neutral set's mixture weight between the two prompts' outputs, not its pixel share
-(the simulation measures the size of that difference; nothing in token counts alone can detect it).
+What it estimates: the share of value A *as the held-out labelled images define A*. If the generator renders
+some "a B" prompts as A and the held-out images are labelled by their prompts, the measured error rates
+absorb them and the estimate is the neutral set's mixture weight between the two prompts' outputs, not the
+share of images that show A; nothing in token counts alone can detect that. Labelled by what they show
+(``attribute_study``'s ``held_truth``; notebook 10: their pixels), the error rates are the rule's own and the
+estimate aims at the share that shows A (the simulation's ``leak`` and ``leak_prompt`` cases measure both).
 """
 
 from __future__ import annotations
@@ -357,8 +359,50 @@ def _split(counts) -> tuple[np.ndarray, np.ndarray]:
     return s[is_a], s[~is_a]
 
 
+def rule_calls(counts_a, counts_b, threshold: float) -> np.ndarray:
+    """Per image, how much the rule "A when count_A - count_B > threshold" calls it A: 1, 0, or ½ exactly at
+    the threshold (``bias_share``'s tie rule)."""
+    s = _scores(counts_a, counts_b)
+    return (s > threshold) + 0.5 * (s == threshold)
+
+
+def error_rate_check(calls, shows_a, prompted_a, n_perm: int = 2000, seed: int = 0) -> dict:
+    """Are the rule's error rates the same for every image of a value? The Rogan–Gladen correction assumes
+    they are: that how often the rule calls an image A depends only on which value the image shows, not on
+    anything else that differs between the held-out and the neutral images. Among held-out images that show
+    the same value, those whose prompt named the other value (the generator drew against the prompt) are a
+    second sample of that value. When the attribute is a matter of degree (stroke thickness) they lie near
+    the border, the rule calls them differently from the rest, and the rates measured on a half-and-half
+    held-out set need not hold for a neutral set of another mix.
+
+    ``calls``: per held-out image the rule's A call (``rule_calls``); ``shows_a``: whether it shows A (by a
+    labeller independent of the prompt); ``prompted_a``: whether its prompt named A. The statistic is the
+    excess of A calls among the A-prompted images over what their number predicts, summed over the two values
+    (as the Mantel–Haenszel test pools strata); ``p`` is two-sided, from ``n_perm`` shuffles of the prompt
+    labels within each value. Returns ``p`` and per value ``(mean call | prompt A, mean call | prompt B,
+    images)``."""
+    calls, shows_a, prompted_a = (np.asarray(x).ravel() for x in (calls, shows_a, prompted_a))
+    if not calls.shape == shows_a.shape == prompted_a.shape:
+        raise ValueError(f"one call, one value and one prompt per image, got {calls.size}, {shows_a.size}, "
+                         f"{prompted_a.size}")
+    rng = np.random.default_rng(seed)
+    shows_a, prompted_a = shows_a.astype(bool), prompted_a.astype(bool)
+    observed, null, rates = 0.0, np.zeros(n_perm), {}
+    for value, rows in (("A", shows_a), ("B", ~shows_a)):
+        x, g = calls[rows].astype(np.float64), prompted_a[rows]
+        rates[value] = (float(x[g].mean()) if g.any() else np.nan, float(x[~g].mean()) if (~g).any() else np.nan,
+                        int(x.size))
+        if g.all() or not g.any():  # drawn under one prompt only: nothing to compare
+            continue
+        expected = g.sum() * x.mean()
+        observed += x[g].sum() - expected
+        null += (rng.permuted(np.tile(g, (n_perm, 1)), axis=1) * x).sum(1) - expected
+    p = float((1 + (np.abs(null) >= abs(observed) - 1e-12).sum()) / (1 + n_perm))
+    return {"p": p, "rates": rates}
+
+
 def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-               min_youden: float = 0.1, recount=None) -> dict:
+               min_youden: float = 0.1, recount=None, calibration_prompts=None, check_level: float = 0.05) -> dict:
     """The share of value A among neutral generations, from per-image token counts, with a bootstrap interval.
 
     ``neutral``: ``(count_A, count_B)`` per neutral image. ``fit``: ``(count_A, count_B, is_A)`` of
@@ -379,9 +423,16 @@ def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float 
     ``sens + spec - 1 <= min_youden`` carries no information on the share: it counts half as 0 and half
     as 1, so an interval built on many of them widens toward [0, 1].
 
+    ``calibration_prompts``: when the calibration images are labelled by what they show rather than by their
+    prompts, whether each one's prompt named A; ``error_rate_check`` then tests whether the rule's error
+    rates are the same for every image of a value, and when they are not (p < ``check_level``) the correction
+    cannot be trusted: ``inconclusive`` with the interval [0, 1] (``share`` is still given, for reading).
+
     Returns ``share`` (NaN and ``inconclusive`` True when the rule itself has J <= ``min_youden``; the
-    interval is then [0, 1]), ``low``, ``high``, ``q``, ``sens``, ``spec``, ``youden``, ``threshold`` and
-    ``informative`` (the share of resamples with J > ``min_youden``)."""
+    interval is then [0, 1]), ``low``, ``high``, ``q``, ``sens``, ``spec``, ``youden``, ``threshold``,
+    ``informative`` (the share of resamples with J > ``min_youden``), ``check_p`` (NaN without
+    ``calibration_prompts``), ``unchecked_low`` / ``unchecked_high`` (the interval before the check) and
+    ``why`` (why it is inconclusive, or "")."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if n_boot < 1:
@@ -414,11 +465,20 @@ def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float 
     n_un = int((~informative).sum())
     values = np.concatenate([np.repeat(boot[informative], 2), np.zeros(n_un), np.ones(n_un)])
     lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
-    inconclusive = not np.isfinite(point["share"])
-    if inconclusive:
+    check = {"p": float("nan"), "rates": {}}
+    if calibration_prompts is not None:
+        cal_a, cal_b, cal_is_a = calibration if calibration is not None else fit
+        check = error_rate_check(rule_calls(cal_a, cal_b, point["threshold"]), cal_is_a, calibration_prompts,
+                                 seed=seed)
+    why = ("the token rule cannot tell the values apart" if not np.isfinite(point["share"]) else
+           f"the rule's error rates differ between images of the same value (p = {check['p']:.3f})"
+           if check["p"] < check_level else "")
+    out = {**point, "unchecked_low": float(lo), "unchecked_high": float(hi), "check_p": check["p"],
+           "check_rates": check["rates"], "why": why, "inconclusive": bool(why),
+           "informative": float(informative.mean())}
+    if why:
         lo, hi = 0.0, 1.0
-    return {**point, "low": float(lo), "high": float(hi), "inconclusive": inconclusive,
-            "informative": float(informative.mean())}
+    return {**out, "low": float(lo), "high": float(hi)}
 
 
 def share_verdict(low: float, high: float, max_width: float = 0.25) -> str:
@@ -481,7 +541,7 @@ def attribute_iem(ds, codebook, name: str, training: dict, retrain: bool = False
 
 def attribute_study(ds, codebook, neutral: dict, planted: int, model, nsamples: int = 20, top_n: int = 5,
                     token_num: int = 5, specificity: float = 2.0, n_boot: int = 1000, min_youden: float = 0.1,
-                    reselect: bool = True, seed: int = 0, out_dir=None) -> dict:
+                    reselect: bool = True, seed: int = 0, out_dir=None, held_truth: dict | None = None) -> dict:
     """The paper's bias measurement on one attribute, with the TIS and concept code of notebooks 05-06
     unchanged, given the attribute IEM ``model`` (``attribute_iem``), and the share estimate beside it.
 
@@ -502,6 +562,13 @@ def attribute_study(ds, codebook, neutral: dict, planted: int, model, nsamples: 
       recomputed: retraining the IEM per resample is out of reach, so the interval leaves out how much the
       IEM itself would vary).
 
+    ``held_truth``: ``{split: bool array}`` for every held-out split, whether each image truly shows value A
+    by a labeller independent of the prompt (notebook 10: its pixels). The error rates are then measured
+    against what the images show, and the share estimates the share of neutral images that *show* A. By
+    default each held-out image counts as the value its prompt named, and the estimate is the neutral set's
+    mixture weight between the two prompts' outputs: the same number only when the generator always draws
+    what the prompt names.
+
     A value can end up with no tokens (no top id specific to it, e.g. when the IEM learned nothing); its
     counts are then 0, ``tokens_a``/``tokens_b`` in the table say so, and the share estimate is
     inconclusive unless the other value's tokens alone separate the values.
@@ -520,6 +587,18 @@ def attribute_study(ds, codebook, neutral: dict, planted: int, model, nsamples: 
     if not held:
         raise ValueError("the share estimate measures its rule's error rates on held-out labelled images: the "
                          "attribute dataset needs a val or test split besides train")
+    held_tokens = np.concatenate([ds.tokens[s] for s in held])
+    held_y = np.concatenate([ds.labels[s] for s in held]).astype(np.int64)
+    if held_truth is None:
+        held_is_a = held_y == planted
+    else:
+        if sorted(held_truth) != sorted(held):
+            raise ValueError(f"held_truth must give every held-out split {held}, got {sorted(held_truth)}")
+        held_is_a = np.concatenate([np.asarray(held_truth[s], dtype=bool).ravel() for s in held])
+        if held_is_a.shape != held_y.shape:
+            raise ValueError(f"held_truth: one value per held-out image ({held_y.size}), got {held_is_a.size}")
+        if held_is_a.all() or not held_is_a.any():
+            raise ValueError("held_truth: the held-out images must show both values to measure the rule's error rates")
     test_split = "test" if "test" in ds.splits else "val"
     accuracy = iemlib.evaluate_iem(model, tokds.embedding_loader(ds, test_split, codebook, 256), ks=(1,))["top1"]
     tis = tislib.compute_tis(model, tokds.embedding_loader(ds, "train", codebook, 100), len(train_y),
@@ -534,8 +613,6 @@ def attribute_study(ds, codebook, neutral: dict, planted: int, model, nsamples: 
 
     table, ids = select(np.arange(len(train_y)))
     other = 1 - planted
-    held_tokens = np.concatenate([ds.tokens[s] for s in held])
-    held_y = np.concatenate([ds.labels[s] for s in held]).astype(np.int64)
     ref_tokens = np.concatenate([train_tokens, held_tokens])
     ref_labels = np.concatenate([train_y, held_y])
     # a value's tokens per image of that value (how much of A a typical A image holds)
@@ -546,14 +623,17 @@ def attribute_study(ds, codebook, neutral: dict, planted: int, model, nsamples: 
             pa, pb = chosen[planted], chosen[other]
             return ((token_counts(tokens, pa), token_counts(tokens, pb)),
                     (token_counts(train_tokens, pa), token_counts(train_tokens, pb), train_y == planted),
-                    (token_counts(held_tokens, pa), token_counts(held_tokens, pb), held_y == planted))
+                    (token_counts(held_tokens, pa), token_counts(held_tokens, pb), held_is_a))
 
         r = bias_delta(tokens, ids[planted], ids[other], n_boot=n_boot, seed=seed)
         share = bias_share(*measure(ids), n_boot=n_boot, seed=seed, min_youden=min_youden,
-                           recount=(lambda picked, m=measure: m(select(picked)[1])) if reselect else None)
+                           recount=(lambda picked, m=measure: m(select(picked)[1])) if reselect else None,
+                           calibration_prompts=None if held_truth is None else held_y == planted)
         counts[name] = {ds.class_names[planted]: r.pop("counts_a"), ds.class_names[other]: r.pop("counts_b")}
         rows.append({"neutral set": name, "images": len(tokens), "share": share["share"], "share_low": share["low"],
-                     "share_high": share["high"], "inconclusive": share["inconclusive"], "q": share["q"],
+                     "share_high": share["high"], "inconclusive": share["inconclusive"], "why": share["why"],
+                     "unchecked_low": share["unchecked_low"], "unchecked_high": share["unchecked_high"],
+                     "check_p": share["check_p"], "q": share["q"],
                      "sens": share["sens"], "spec": share["spec"], "youden": share["youden"],
                      "threshold": share["threshold"], "informative_resamples": share["informative"],
                      "delta": r["delta"], "delta_low": r["low"], "delta_high": r["high"],
@@ -761,21 +841,32 @@ def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
 # --- notebook 10's bookkeeping: the pixel diagnostics, the recorded numbers and the verdict lines --------
 
 
-def drawn_as_other(vq, ds, digit: int, bias_type: str, planted_value: str, planted_label: int,
-                   thresholds) -> tuple[float, float]:
-    """By pixels, how often one study's labelled generations contradict their prompt: ``(share of the
-    A-labelled images drawn as B, share of the B-labelled images drawn as A)``, A the planted value
-    (label ``planted_label``). Every split of ``ds`` counts; pixels as ``measured_attributes``."""
+def shows_value(vq, ds, digit: int, bias_type: str, value: str, thresholds) -> dict[str, np.ndarray]:
+    """By pixels, which of one study's labelled generations show ``value`` (e.g. ``red``, ``thick``):
+    ``{split: bool array}`` for every split of ``ds``, measured as ``measured_attributes`` does (the stroke's
+    red against its green; ink against the digit's entry of ``thresholds``)."""
     from . import digits
     from . import vq as vqlib
 
-    z = np.concatenate([ds.tokens[s] for s in ds.splits])
+    if value not in ATTRIBUTES[bias_type]:
+        raise ValueError(f"{value!r} is not a value of {bias_type}: {ATTRIBUTES[bias_type]}")
+    out = {}
+    for s in ds.splits:
+        images = digits.to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64))))
+        m = measured_attributes(images, np.full(len(images), digit), thresholds)
+        first = m["red" if bias_type == "colour" else "thick"].to_numpy()
+        out[s] = first if value == ATTRIBUTES[bias_type][0] else ~first
+    return out
+
+
+def drawn_as_other(ds, shows_a: dict, planted_label: int) -> tuple[float, float]:
+    """How often one study's labelled generations contradict their prompt: ``(share of the A-labelled images
+    that do not show A, share of the B-labelled images that show A)``, A the value of label ``planted_label``
+    and ``shows_a`` what each image shows (``shows_value``), over every split of ``ds``."""
     y = np.concatenate([ds.labels[s] for s in ds.splits])
-    m = measured_attributes(digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))), np.full(len(z), digit),
-                            thresholds)
-    shows_a = m["red" if bias_type == "colour" else "thick"].to_numpy() == (planted_value == ATTRIBUTES[bias_type][0])
+    shows = np.concatenate([shows_a[s] for s in ds.splits])
     is_a = y == planted_label
-    return float(1 - shows_a[is_a].mean()), float(shows_a[~is_a].mean())
+    return float(1 - shows[is_a].mean()), float(shows[~is_a].mean())
 
 
 def _metric(x):
@@ -813,9 +904,13 @@ def headline_metrics(deltas: pd.DataFrame, results: dict, bias_types, biased_dig
 
 
 def _interval_text(row) -> str:
-    if row["inconclusive"]:
+    if not np.isfinite(row["share"]):
         return "no estimate: the token rule cannot separate the values (interval [0, 1])"
-    return f"share of {row['toward']} {row['share']:.2f} [{row['share_low']:.2f}, {row['share_high']:.2f}]"
+    text = f"share of {row['toward']} {row['share']:.2f} [{row['share_low']:.2f}, {row['share_high']:.2f}]"
+    if row["inconclusive"]:
+        text += (f": no interval, because {row['why']} (before that check: [{row['unchecked_low']:.2f}, "
+                 f"{row['unchecked_high']:.2f}])")
+    return text
 
 
 def verdict_line(row, bias_type: str, not_found_width: float = 0.25, biased: bool | None = None) -> str:
@@ -840,12 +935,9 @@ def verdict_line(row, bias_type: str, not_found_width: float = 0.25, biased: boo
                      ": the data cannot rule out a bias")
         truth = row["pixel truth"]
         text += f". Pixel truth {truth:.2f} (trained {row['trained share']:.2f}): "
-        if lo <= truth <= hi:
-            text += "inside the interval"
-        else:
-            terms = row["pixel truth, prompt terms"]
-            text += (f"**outside the interval**; in the prompts' terms (labelled images drawn as the other value: "
-                     f"{row['A drawn as B']:.0%} / {row['B drawn as A']:.0%}) it is {terms:.2f}, "
-                     + ("inside" if lo <= terms <= hi else "outside as well"))
+        text += "inside the interval" if lo <= truth <= hi else "**outside the interval: the estimate misses it**"
+        if row["inconclusive"] and np.isfinite(row["share"]):
+            inside = row["unchecked_low"] <= truth <= row["unchecked_high"]
+            text += f" (the interval before the check {'holds it' if inside else '**would have missed it**'})"
     return text + (f". The paper's δ {row['delta']:+.2f} [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}] "
                    f"(the original code's half scale: {row['delta_paper_half_scale']:+.2f})")

@@ -212,6 +212,40 @@ display(pd.DataFrame({f"{b} · {d}": {**{s: len(y) for s, y in ds.labels.items()
                       for (b, d), ds in studies.items()}).T)
 
 # %% [markdown]
+# ## What the labelled images show
+#
+# A prompt names a value, but the generator does not always draw it: some "a red 3" images come out green,
+# some "a thick 5" images with little ink. The share estimate below measures how often its token rule errs on
+# held-out labelled images; if those images are labelled by their prompts, the contradicting ones count as
+# errors of the rule, and the estimate becomes the neutral set's *mix of the two prompts' outputs*, not the
+# share of images that *show* the value (the simulation's `leak_prompt` case). On the planted world the pixels
+# say what each image shows, so the held-out images are labelled by their pixels: *red* if the stroke's mean
+# red exceeds its green, *thick* if its ink (stroke pixels relative to the image's brightest) lies above the
+# midpoint between the median ink of this generator's "a thick d" and "a thin d" images. (Generated strokes
+# carry less ink than real ones, so a threshold from real digits would call most generations thin.) The
+# simulation's `leak` case checks that this keeps the interval honest. Real data has only its labels.
+#
+# The images drawn against their prompt also test the correction's one assumption: that how often the token
+# rule calls an image A depends only on which value it shows. Among images that show the same value, the
+# rule should call the ones prompted A and the ones prompted B alike (`bias.error_rate_check`, a permutation
+# test pooled over the two values, `check_p`). For a value that is either there or not (red) it should; for
+# a matter of degree (a stroke just above the ink midpoint is "thick" by pixels, but its tokens look thin) it
+# need not, and then the error rates measured on these half-and-half images do not carry over to a neutral
+# set of another mix: no interval is given (the simulation's `graded` case measures how often the check
+# fires there, and that it stays quiet in `leak`).
+
+# %%
+if not real:
+    thresholds = bias.ink_thresholds(data["train"]["gray"], data["train"]["labels"])  # real digits: a fallback
+    for (b, d), ds in studies.items():
+        if b == "thickness":  # this generator's own thick / thin midpoint for the digits it was asked about
+            thresholds[d] = bias.generated_ink_thresholds(vq, ds)[d]
+    shows = {(b, d): bias.shows_value(vq, ds, d, b, planted[b], thresholds) for (b, d), ds in studies.items()}
+    drawn_wrong = {key: bias.drawn_as_other(studies[key], shows[key], planted_label[key]) for key in studies}
+    display(pd.DataFrame(drawn_wrong, index=["A-prompted, drawn as B", "B-prompted, drawn as A"]).T.round(3))
+held_truth = {key: None if real else {s: v for s, v in shows[key].items() if s != "train"} for key in studies}
+
+# %% [markdown]
 # ## Attribute IEM → TIS → attribute tokens → δ and share
 #
 # Exactly the steps of notebooks 03–06, through the same functions, on each attribute dataset: the
@@ -231,7 +265,8 @@ display(pd.DataFrame({f"{b} · {d}": {**{s: len(y) for s, y in ds.labels.items()
 # * **the share of A** (`share`): classify every neutral image by its counts (A when it holds more of A's
 #   tokens than of B's by more than a threshold; an image exactly at the threshold counts half to each), fit
 #   the threshold on the IEM's training images, measure how often the rule errs on the held-out attribute
-#   images (val and test: they played no part in choosing the tokens; `sens`, `spec`), and correct the
+#   images (val and test: they played no part in choosing the tokens; labelled by what they show, above;
+#   `sens`, `spec`), and correct the
 #   share the rule calls A (`q`) for those errors (Rogan–Gladen: share = (q + spec − 1) / (sens + spec − 1)).
 #   The 95 % interval is a bootstrap over everything the estimate depends on: the neutral images, the
 #   held-out images behind the error rates, and the training images the tokens and the threshold are chosen
@@ -260,11 +295,11 @@ for (b, d), ds in studies.items():
     results[(b, d)] = r = bias.attribute_study(
         ds, codebook, neutral_sets[(b, d)], planted_label[(b, d)], model, nsamples=nsamples, top_n=top_n,
         token_num=token_num, specificity=specificity, n_boot=n_boot, min_youden=min_youden,
-        reselect=reselect_tokens, seed=seed, out_dir=out_dir / b / f"digit_{d}")
+        reselect=reselect_tokens, seed=seed, out_dir=out_dir / b / f"digit_{d}", held_truth=held_truth[(b, d)])
     tables.append(r["deltas"].assign(bias=b, toward=ds.class_names[planted_label[(b, d)]], iem_accuracy=r["test_accuracy"]))
 deltas = pd.concat(tables, ignore_index=True)
 deltas.to_csv(out_dir / "deltas.csv", index=False)
-deltas[["bias", "neutral set", "images", "toward", "share", "share_low", "share_high", "q", "sens", "spec", "delta",
+deltas[["bias", "neutral set", "images", "toward", "share", "share_low", "share_high", "check_p", "q", "sens", "spec", "delta",
         "delta_low", "delta_high", "delta_paper_half_scale", "mean_count_a", "mean_count_b", "tokens_a", "tokens_b",
         "iem_accuracy"]].round(3)
 
@@ -368,35 +403,17 @@ print("by hand = library: Cliff's δ and the Rogan–Gladen share")
 # %% [markdown]
 # ## Against the truth
 #
-# On the planted default the truth is in the pixels: a neutral image is *red* if its stroke's mean red
-# exceeds its green, and *thick* if its ink (stroke pixels relative to the image's brightest) lies above
-# the midpoint between the median ink of this generator's "a thick d" and "a thin d" images (decoded from
-# the attribute data). Generated strokes carry less ink than real ones, so a threshold taken from real
-# digits would call most generations thin. If the method works, the share's interval holds the pixel
-# share (`pixel truth`). (Real data has no pixel truth here; the table stays as above.)
-#
-# The attribute images are generations too, and the generator does not always draw what the prompt names
-# (a "thick 5" that comes out with little ink). The estimate takes every labelled image as the value its
-# prompt named, so what it estimates is the neutral set's mix of the two prompts' outputs; token counts
-# alone cannot tell how far that lies from the pixel share (the simulation's `leak` case: with 30 % of one
-# value's labelled images drawn as the other, the interval holds the mix and misses the true share). Here
-# the pixels can tell: `A drawn as B` and `B drawn as A` are the shares of the labelled images whose pixels
-# contradict their prompt, and `pixel truth, prompt terms` = (pixel truth − B drawn as A) / (1 − A drawn as B
-# − B drawn as A) is the pixel truth in the estimate's terms. It is a diagnostic that only a planted world
-# offers; the verdict compares the estimate with the pixel truth itself.
+# On the planted default the truth is in the pixels of the neutral generations, measured as for the held-out
+# images above. If the method works, the share's interval holds the pixel share (`pixel truth`). `trained
+# share` is what the neutral prompt showed in the generator's training data; `A drawn as B` / `B drawn as A`
+# repeat how often the labelled images contradict their prompts. (Real data has no pixel truth here; the table
+# stays as above.)
 
 # %%
 if not real:
-    thresholds = bias.ink_thresholds(data["train"]["gray"], data["train"]["labels"])  # real digits: a fallback
-    for (b, d), ds in studies.items():
-        if b == "thickness":  # this generator's own thick / thin midpoint for the digits it was asked about
-            thresholds[d] = bias.generated_ink_thresholds(vq, ds)[d]
     images = {d: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))) for d, z in neutral.items()}
     shares = {d: bias.planted_shares(bias.measured_attributes(images[d], np.full(len(z), d), thresholds), planted)
               for d, z in neutral.items()}
-    # per study: (share of A-labelled images drawn as B, of B-labelled drawn as A), by pixels
-    drawn_wrong = {(b, d): bias.drawn_as_other(vq, ds, d, b, planted[b], planted_label[(b, d)], thresholds)
-                   for (b, d), ds in studies.items()}
 
 # %%
 if not real:
@@ -406,12 +423,11 @@ if not real:
     deltas["pixel truth"] = [shares[d][b] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
     deltas["A drawn as B"] = [drawn_wrong[(b, d)][0] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
     deltas["B drawn as A"] = [drawn_wrong[(b, d)][1] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
-    deltas["pixel truth, prompt terms"] = ((deltas["pixel truth"] - deltas["B drawn as A"])
-                                           / (1 - deltas["A drawn as B"] - deltas["B drawn as A"])).clip(0, 1)
 metrics = bias.headline_metrics(deltas, results, bias_types, biased_digit, control_digit, real)
-shown = ["bias", "neutral set", "share", "share_low", "share_high", "delta", "delta_paper_half_scale", "iem_accuracy"]
+shown = ["bias", "neutral set", "share", "share_low", "share_high", "check_p", "delta", "delta_paper_half_scale",
+         "iem_accuracy"]
 if not real:
-    shown[2:2] = ["trained share", "pixel truth", "A drawn as B", "B drawn as A", "pixel truth, prompt terms"]
+    shown[2:2] = ["trained share", "pixel truth", "A drawn as B", "B drawn as A"]
 deltas[shown].round(3)
 
 # %% [markdown]
@@ -451,7 +467,8 @@ if not real:
 # Computed from this run, from the share's 95 % interval: **found** if it excludes ½ (on the planted side for
 # a biased digit; on the control digit that is a false alarm), **not found** if it holds ½ and is at most
 # `not_found_width` wide (so a lean much beyond ½ ± `not_found_width`/2 is ruled out), **inconclusive**
-# otherwise. Each line says whether the pixel truth lies inside the interval, and gives the paper's δ.
+# otherwise (also when the error-rate check fails: then there is no interval, and the line gives the one before
+# the check for reading). Each line says whether the pixel truth lies inside the interval, and gives the paper's δ.
 
 # %%
 lines = [bias.verdict_line(row, b, not_found_width, None if real else row["digit"] == biased_digit[b])
@@ -472,9 +489,10 @@ display(Markdown("\n".join(lines)))
 # line), and `neutral.csv` with an `indices` column for the neutral-prompt generations. The ids refer to the
 # codebook of `vq_config` + `vq_checkpoint` (DALL·E-mini decodes with the VQGAN f16-16384: 256-dim codes, a
 # 16×16 grid). Every step above runs unchanged; δ is signed toward the first value (label 0) and the share
-# is that value's; there is no pixel ground truth, and nothing tells how often the labelled images show the
-# other value than their prompt named (the estimate then measures the neutral set's mix of the two prompts'
-# outputs, see "Against the truth").
+# is that value's; there is no pixel ground truth, the held-out images count as the value their label names
+# (so if the labels are prompts the generator did not always follow, the estimate measures the neutral set's
+# mix of the two prompts' outputs, see "What the labelled images show"), and the error-rate check needs a
+# second labelling, so it does not run.
 #
 # *Not run here:* DALL·E-mini's weights and generations cannot be downloaded on this machine. The tests run
 # this path on synthetic CSVs of exactly this layout with a randomly initialised f16-16384 model, so they

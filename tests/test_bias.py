@@ -258,6 +258,52 @@ def test_share_with_a_leaking_reference_estimates_the_mixture_weight():
     assert ((r[:, 0] <= 0.5) & (0.5 <= r[:, 1])).sum() <= 5  # the true share is missed: reported, not hidden
 
 
+def test_share_with_a_leaking_reference_labelled_by_what_it_shows_holds_the_true_share():
+    """The same leak, with the held-out images labelled by what they show (notebook 10: their pixels) and
+    their prompts passed for the error-rate check: the interval holds the true share, and the check, whose
+    assumption holds for a value that is either there or not, stays quiet."""
+    rng = np.random.default_rng(1)
+    covered, flagged = 0, 0
+    for i in range(20):
+        neutral = _draw(rng, rng.random(300) < 0.7, (3.0, 3.0), (0.3, 0.3))
+
+        def labelled(m):
+            prompt = np.repeat([True, False], m)
+            shows = prompt ^ (rng.random(2 * m) < np.where(prompt, 0.2, 0.3))
+            return (*_draw(rng, shows, (3.0, 3.0), (0.3, 0.3)), shows), prompt
+
+        (fa, fb, _), fit_prompt = labelled(300)
+        cal, cal_prompt = labelled(100)
+        r = bias.bias_share(neutral, (fa, fb, fit_prompt), cal, n_boot=200, seed=i, calibration_prompts=cal_prompt)
+        covered += r["low"] <= 0.7 <= r["high"]
+        flagged += r["check_p"] < 0.05
+    assert covered >= 16 and flagged <= 3
+
+
+def test_error_rate_check_by_hand_and_on_a_graded_attribute():
+    # one value drawn under both prompts: calls 1, 1 (prompted A) and 0, 0 (prompted B). The excess of A calls
+    # among the A-prompted is 2 - 2 * 0.5 = 1; of the 6 ways to pick 2 of the 4 as "prompted A", 2 give an
+    # excess of +-1 or more: p = 1/3. The other value was drawn under one prompt only and adds nothing.
+    calls, shows, prompts = np.r_[1, 1, 0, 0, 0, 1], np.r_[True, True, True, True, False, False], np.r_[1, 1, 0, 0, 0, 0]
+    r = bias.error_rate_check(calls, shows, prompts.astype(bool), n_perm=20000)
+    assert r["p"] == pytest.approx(1 / 3, abs=0.015)
+    assert r["rates"]["A"] == (1.0, 0.0, 4) and np.isnan(r["rates"]["B"][0])
+    # a matter of degree: counts follow a latent L (N(+-1, 1) under the two prompts), the value is L > 0; the
+    # images drawn against their prompt sit near the border and are called otherwise than the rest
+    rng = np.random.default_rng(0)
+    prompt = np.repeat([True, False], 400)
+    latent = rng.normal(np.where(prompt, 1.0, -1.0), 1.0)
+    a, b = rng.poisson(0.3 + 3 / (1 + np.exp(-2 * latent))), rng.poisson(0.3 + 3 / (1 + np.exp(2 * latent)))
+    graded = bias.error_rate_check(bias.rule_calls(a, b, 0.0), latent > 0, prompt)
+    assert graded["p"] < 0.01
+    # the same images with counts that depend on the side of 0 only: no difference to find
+    side = latent > 0
+    a, b = rng.poisson(np.where(side, 2.5, 0.8)), rng.poisson(np.where(side, 0.8, 2.5))
+    assert bias.error_rate_check(bias.rule_calls(a, b, 0.0), side, prompt)["p"] > 0.05
+    with pytest.raises(ValueError, match="one call, one value and one prompt per image"):
+        bias.error_rate_check(calls[:3], shows, prompts)
+
+
 def test_share_bootstrap_reselects_the_tokens():
     """With ``recount`` every resample re-selects the tokens from its resampled fit rows: a selection that
     depends on the rows widens the interval."""
@@ -394,6 +440,13 @@ def test_attribute_study_bad_input(tmp_path):
         bias.attribute_study(two, codebook, {"n": np.zeros((0, 8, 8), int)}, planted=0, model=None)
     with pytest.raises(ValueError, match="planted"):
         bias.attribute_study(two, codebook, {"n": _marked_grids(y, rng)}, planted=2, model=None)
+    grids = {"n": _marked_grids(y, rng)}
+    with pytest.raises(ValueError, match=r"held_truth must give every held-out split \['val'\]"):
+        bias.attribute_study(two, codebook, grids, planted=0, model=None, held_truth={"test": np.ones(10, bool)})
+    with pytest.raises(ValueError, match="one value per held-out image"):
+        bias.attribute_study(two, codebook, grids, planted=0, model=None, held_truth={"val": np.r_[True, False]})
+    with pytest.raises(ValueError, match="must show both values"):
+        bias.attribute_study(two, codebook, grids, planted=0, model=None, held_truth={"val": np.ones(10, bool)})
 
 
 # --- the real DALL·E-mini layout --------------------------------------------------------------------
@@ -509,7 +562,7 @@ def _deltas_table():
     row = {"bias": "colour", "toward": "red", "share": 0.8, "share_low": 0.7, "share_high": 0.9,
            "inconclusive": False, "delta": 0.3, "delta_low": 0.1, "delta_high": 0.5,
            "delta_paper_half_scale": 0.15, "trained share": 0.85, "pixel truth": 0.82,
-           "A drawn as B": 0.0, "B drawn as A": 0.0, "pixel truth, prompt terms": 0.82}
+           "A drawn as B": 0.0, "B drawn as A": 0.0, "why": "", "unchecked_low": 0.7, "unchecked_high": 0.9}
     control = {**row, "share": 0.5, "share_low": 0.45, "share_high": 0.55, "pixel truth": 0.5,
                "trained share": 0.5, "delta": float("nan")}
     return pd.DataFrame([{**row, "neutral set": "biased (digit 3)", "digit": 3},
@@ -528,3 +581,10 @@ def test_headline_metrics_and_verdict_lines():
     assert "**found**" in line and "the planted bias is found" in line and "inside the interval" in line
     assert "no bias reported" in bias.verdict_line(control, "colour", 0.25, biased=False)
     assert "Pixel truth" not in bias.verdict_line(biased, "colour", 0.25, biased=None)  # real data: no truth
+    # the error-rate check failed: no interval, and the line says what the interval before it would have said
+    flagged = biased.copy()
+    flagged[["share_low", "share_high", "unchecked_low", "unchecked_high", "inconclusive"]] = [0.0, 1.0, 0.85, 0.95, True]
+    flagged["why"] = "the rule's error rates differ between images of the same value (p = 0.004)"
+    line = bias.verdict_line(flagged, "colour", 0.25, biased=True)
+    assert "no interval, because the rule's error rates differ" in line and "**inconclusive**" in line
+    assert "inside the interval" in line and "**would have missed it**" in line
