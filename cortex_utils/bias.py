@@ -894,6 +894,9 @@ def headline_metrics(deltas: pd.DataFrame, results: dict, bias_types, biased_dig
                                 f"bias_{b}_share_low{which}": _metric(row["share_low"]),
                                 f"bias_{b}_share_high{which}": _metric(row["share_high"]),
                                 f"bias_{b}_share_truth{which}": _metric(row["pixel truth"]),
+                                f"bias_{b}_share_check_p{which}": _metric(row["check_p"]),
+                                f"bias_{b}_share_unchecked_low{which}": _metric(row["unchecked_low"]),
+                                f"bias_{b}_share_unchecked_high{which}": _metric(row["unchecked_high"]),
                                 f"bias_{b}_truth_share{which}": _metric(row["pixel truth"]),
                                 f"bias_{b}_delta_{'control' if which else 'biased'}": _metric(row["delta"])})
         for key, r in results.items():

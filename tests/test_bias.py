@@ -562,7 +562,8 @@ def _deltas_table():
     row = {"bias": "colour", "toward": "red", "share": 0.8, "share_low": 0.7, "share_high": 0.9,
            "inconclusive": False, "delta": 0.3, "delta_low": 0.1, "delta_high": 0.5,
            "delta_paper_half_scale": 0.15, "trained share": 0.85, "pixel truth": 0.82,
-           "A drawn as B": 0.0, "B drawn as A": 0.0, "why": "", "unchecked_low": 0.7, "unchecked_high": 0.9}
+           "A drawn as B": 0.0, "B drawn as A": 0.0, "why": "", "unchecked_low": 0.7, "unchecked_high": 0.9,
+           "check_p": 0.4}
     control = {**row, "share": 0.5, "share_low": 0.45, "share_high": 0.55, "pixel truth": 0.5,
                "trained share": 0.5, "delta": float("nan")}
     return pd.DataFrame([{**row, "neutral set": "biased (digit 3)", "digit": 3},
