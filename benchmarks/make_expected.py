@@ -83,6 +83,25 @@ RULES = [
     # snapped differently: one of the 24 probabilities moving by 0.25 moves the mean by 0.01
     (r"^codebook_target_prob_after$", "optimised_probability", 0.01,
      "mean probability after 200 optimisation steps: differences are carried forward"),
+    # notebook 09's saliency vs optimisation. The share of the distinct ids put into 12 optimised regions that are
+    # the target's first 10 concept tokens (and the same for the random-id control and the other classes' tokens):
+    # an optimised id snapped differently, or a concept token swapped on a TIS near-tie (ranks 8-12 of class 8 tie
+    # in count), moves one grid's share by up to 1/3; 0.03 = that in one of the 12 grids
+    (r"^codebook_opt_concept_overlap(_random_ids|_other_classes)?$", "overlap_share", 0.03,
+     "share of ids in 12 regions: one id of one region (a snapped id, a concept-token near-tie)"),
+    # its chance level: a seeded Monte Carlo mean (2000 draws per region, one stream per region), which moves
+    # only if a region's number of new ids changes (that region's draws then differ): ~0.002 per region
+    (r"^codebook_opt_concept_overlap_chance$", "mc_share", 0.005, "seeded Monte Carlo mean: a region's id count"),
+    # its Monte Carlo p-value moves with the overlap (one id of one region) and the chance
+    (r"^codebook_opt_concept_overlap_p$", "p_value", 0.1, "Monte Carlo p-value: moves with one id of one region"),
+    # the evaluators' target probability with the region filled by the target's concept tokens (6 images x 2
+    # evaluators): a concept token swapped on a TIS near-tie changes a placed id of an image
+    (r"^codebook_concept_fill_target_prob$", "mean_probability", 0.02,
+     "mean probability of 6 filled images: a concept-token near-tie moves a placed id"),
+    # the controls' fills come from integer counts (frequency ids, usage draws seeded): decoder and evaluator
+    # last bits only
+    (r"^codebook_(random|frequency)_fill_target_prob$", "mean_probability", 1e-3,
+     "mean probability of fills made from integer counts: last-bit differences"),
     # mean Spearman correlation of 100 images' maps: rank near-ties between positions
     (r"^sanity_(data_)?(abs_)?rank_corr_", "rank_correlation", 0.02, "mean Spearman over 100 images: rank near-ties"),
     # area under the evaluators' mean probability over 20 images x 9 points: a near-tie swaps two

@@ -250,7 +250,26 @@ def render_bias(v: Values) -> str:
     return "\n".join(head + lines) + "\n" + provisional_note(v)
 
 
-TEMPLATES = {"models": render_models, "results": render_results, "bias": render_bias}
+def render_views(v: Values) -> str:
+    """Notebook 09's saliency vs optimisation: what the region holds, and the evaluators' target probability."""
+    rows = [("its own tokens (before)", "codebook_target_prob_before"),
+            ("ids optimised for the IEM (200 steps; mean of both methods)", "codebook_target_prob_after"),
+            ("the target's first 10 concept tokens (notebook 06), each position the one that sits there most often "
+             "in the target's training grids", "codebook_concept_fill_target_prob"),
+            ("control: the target's 10 most frequent ids without the background, placed the same way",
+             "codebook_frequency_fill_target_prob"),
+            ("control: random ids drawn from the codebook's usage in the region", "codebook_random_fill_target_prob")]
+    lines = ["| the 4×4 region of the source digit holds | evaluators' target probability |", "|---|---|"]
+    lines += [f"| {what} | {num(v[key])} |" for what, key in rows]
+    p = v["codebook_opt_concept_overlap_p"]
+    lines += ["", f"Of the distinct ids the optimiser put into the regions, {pct(v['codebook_opt_concept_overlap'], 0)} "
+              f"are the target's concept tokens: {'more' if p < 0.05 else 'not more'} than chance "
+              f"({pct(v['codebook_opt_concept_overlap_chance'], 0)} for as many ids drawn from the codebook's usage, "
+              f"p = {num(p)}; random ids: {pct(v['codebook_opt_concept_overlap_random_ids'], 0)})."]
+    return "\n".join(lines) + "\n" + provisional_note(v)
+
+
+TEMPLATES = {"models": render_models, "results": render_results, "bias": render_bias, "views": render_views}
 
 
 # --- README plumbing -------------------------------------------------------------------------------------

@@ -164,6 +164,39 @@ def overlap(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> pd.Series:
     return pd.Series({c: float(np.isin(a[c], b.get(c, [])).mean()) if len(a[c]) else np.nan for c in a})
 
 
+def position_counts(tokens, n_embed: int) -> np.ndarray:
+    """``(h, w, K)``: how often each codebook id sits at each grid position, over the given token grids."""
+    t = np.asarray(tokens)
+    if t.ndim != 3:
+        raise ValueError(f"tokens must be token grids (N, h, w), got shape {t.shape}")
+    t = t.astype(np.int64)
+    if t.size and (t.min() < 0 or t.max() >= n_embed):
+        raise ValueError(f"token ids must lie in [0, {n_embed}), got [{int(t.min())}, {int(t.max())}]")
+    n, h, w = t.shape
+    keys = np.arange(h * w)[None] * n_embed + t.reshape(n, -1)
+    return np.bincount(keys.ravel(), minlength=h * w * n_embed).reshape(h, w, n_embed)
+
+
+def arrange_tokens(counts: np.ndarray, ids, region) -> np.ndarray:
+    """Place a token set where it usually sits: each position of ``region`` (bool ``(h, w)``) gets the id of
+    ``ids`` that occurs most often at that position in ``counts`` (``position_counts`` of, e.g., one class's
+    grids). Ties go to the id listed first in ``ids`` (for a ranked concept set: the higher-ranked), and a
+    position where none of them ever occurs gets ``ids[0]``. Returns ``(h, w)`` int64 ids, -1 outside the
+    region."""
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    counts = np.asarray(counts)
+    region = np.asarray(region, dtype=bool)
+    if ids.size == 0:
+        raise ValueError("no ids to arrange (an empty token set)")
+    if counts.ndim != 3 or counts.shape[:2] != region.shape:
+        raise ValueError(f"counts must be (h, w, K) position counts over the region's grid {region.shape}, "
+                         f"got {counts.shape}")
+    if ids.min() < 0 or ids.max() >= counts.shape[2]:
+        raise ValueError(f"ids must lie in [0, {counts.shape[2]}), got [{int(ids.min())}, {int(ids.max())}]")
+    best = ids[counts[..., ids].argmax(-1)]  # argmax: the first maximum, so ties (and all-zero) -> earlier id
+    return np.where(region, best, -1)
+
+
 def token_tiles(vq, ids) -> torch.Tensor:
     """What a token looks like on its own: decode a grid filled with that id, for each id -> images."""
     from .vq import decode, grid_shape

@@ -15,6 +15,13 @@ what they return. It is an invariant, not a result.
 Snapshots: instead of a callback, both functions take ``snapshot_every=k`` and return a list of
 ``(step, token grid)`` taken every k steps and at the last step (in embedding mode, the snapped grid);
 a notebook widget can page through them afterwards.
+
+Saliency vs optimisation (the last section): which ids did the optimiser put into the region
+(``new_region_ids``), what share of them are the target class's concept tokens (``concept_share``), and
+how much of that share chance gives (``overlap_vs_chance``: the same statistic for ids drawn i.i.d. from
+the codebook's usage, with a Monte Carlo p-value); ``fill_region`` writes a token set (e.g. the concept
+tokens, ``concepts.arrange_tokens``) or random ids into the region instead; ``paired_difference`` and
+``views_verdict`` turn the numbers into the comparison's words.
 """
 
 from __future__ import annotations
@@ -268,3 +275,181 @@ def optimize_embeddings(iem, codebook: torch.Tensor, tokens, region_mask, target
     return {"embeddings": final, "tokens": ids, "original_logit": original_logit, "final_logit": final_logit,
             "snapped_logit": snapped_logit, "snapshots": snapshots,
             "history": pd.DataFrame(history, columns=["step", "target_logit", "snapped_logit"])}
+
+
+# --- saliency vs optimisation --------------------------------------------------------------------
+
+def fill_region(tokens, region_mask, fill) -> np.ndarray:
+    """Token grids with the region's positions taken from ``fill``, the rest unchanged.
+
+    ``tokens``: ``(h, w)`` or ``(N, h, w)``; ``fill``: ``(h, w)`` (the same for every grid) or ``(N, h, w)``,
+    only its region positions are read (e.g. ``concepts.arrange_tokens``' output, -1 outside). Returns int64
+    of ``tokens``' shape.
+    """
+    t = np.asarray(tokens).astype(np.int64)
+    r = np.asarray(region_mask, dtype=bool)
+    f = np.asarray(fill).astype(np.int64)
+    if t.shape[-2:] != r.shape or f.shape[-2:] != r.shape or f.ndim > t.ndim or (f.ndim == 3 and len(f) != len(t)):
+        raise ValueError(f"tokens {t.shape}, region {r.shape} and fill {f.shape} must share the grid (fill: one "
+                         "grid, or one per token grid)")
+    if (f[..., r] < 0).any():
+        raise ValueError("fill holds a negative id inside the region")
+    out = np.where(r, f, t)
+    check_outside_unchanged(t, out, r)
+    return out
+
+
+def new_region_ids(before, after, region_mask) -> list[np.ndarray]:
+    """Per pair of grids, the ids ``after`` holds at the region positions where it differs from ``before``
+    (row-major): what the optimiser put into the region. ``before``/``after``: ``(N, h, w)``."""
+    a, b = np.asarray(before).astype(np.int64), np.asarray(after).astype(np.int64)
+    r = np.asarray(region_mask, dtype=bool)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[1:] != r.shape:
+        raise ValueError(f"before {a.shape} and after {b.shape} must be (N, h, w) grids of the region's {r.shape}")
+    return [g[r][g0[r] != g[r]] for g0, g in zip(a, b, strict=True)]
+
+
+def _shares(draws: np.ndarray, concept: np.ndarray) -> np.ndarray:
+    """Row-wise ``concept_share`` of an ``(M, n)`` int array (n >= 1)."""
+    srt = np.sort(draws, axis=1)
+    first = np.ones_like(srt, dtype=bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]  # each distinct id once
+    return (first & np.isin(srt, concept)).sum(1) / first.sum(1)
+
+
+def concept_share(ids, concept_ids) -> float:
+    """The share of the distinct ``ids`` that are among ``concept_ids`` (NaN for no ids): a set overlap, as
+    ``concepts.overlap``; an id the optimiser repeated over several positions counts once."""
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    return float(_shares(ids[None], np.asarray(concept_ids, dtype=np.int64))[0]) if ids.size else float("nan")
+
+
+def _usage_p(usage) -> np.ndarray:
+    u = np.asarray(usage, dtype=np.float64).ravel()
+    if u.size == 0 or (u < 0).any() or not np.isfinite(u).all() or u.sum() <= 0:
+        raise ValueError("usage must be non-negative counts per codebook id with a positive sum")
+    return u / u.sum()
+
+
+def _per_grid_sets(concept_ids, n_grids: int) -> list[np.ndarray]:
+    """One concept id set shared by all grids (a 1-D array / list of ints), or one set per grid."""
+    if len(concept_ids) and all(np.ndim(c) >= 1 for c in concept_ids):
+        if len(concept_ids) != n_grids:
+            raise ValueError(f"{len(concept_ids)} concept id sets for {n_grids} grids")
+        return [np.asarray(c, dtype=np.int64).ravel() for c in concept_ids]
+    return [np.asarray(concept_ids, dtype=np.int64).ravel()] * n_grids
+
+
+def overlap_null(sizes, concept_ids, usage, n_draws: int = 2000, seed: int = 0) -> np.ndarray:
+    """``(n_draws,)``: the mean ``concept_share`` over grids when grid j's new ids are ``sizes[j]`` ids drawn
+    i.i.d. from ``usage`` (counts per codebook id, e.g. how often each id sits in the region of the training
+    grids). ``concept_ids``: one set for every grid, or one per grid. Grids of size 0 are left out (as
+    ``overlap_vs_chance`` leaves them out). Grid j draws from its own stream (``seed``, j), so a change in one
+    grid's size leaves the others' draws as they were."""
+    p = _usage_p(usage)
+    sets = _per_grid_sets(concept_ids, len(sizes))
+    used = [(j, int(n)) for j, n in enumerate(sizes) if int(n) > 0]
+    if not used:
+        raise ValueError("no grid with a new id: nothing to compare with chance")
+    return np.mean([_shares(np.random.default_rng([seed, j]).choice(len(p), size=(n_draws, n), p=p), sets[j])
+                    for j, n in used], axis=0)
+
+
+def random_ids_like(ids_per_grid, usage, seed: int = 0) -> list[np.ndarray]:
+    """The random-id control: as many ids per grid as ``ids_per_grid`` holds, drawn i.i.d. from ``usage``
+    (grid j from its own stream: ``seed``, j)."""
+    p = _usage_p(usage)
+    return [np.random.default_rng([seed, j]).choice(len(p), size=np.size(ids), p=p) for j, ids in enumerate(ids_per_grid)]
+
+
+def overlap_vs_chance(ids_per_grid, concept_ids, usage, n_draws: int = 2000, seed: int = 0) -> dict:
+    """The observed overlap against chance: ``overlap`` (mean ``concept_share`` over the grids that got a new
+    id), ``chance`` (its mean under ``overlap_null``: as many ids per grid, drawn from ``usage``), ``p_value``
+    (one-sided Monte Carlo: the share of null means >= the observed one, the observed counted among them) and
+    ``grids`` (how many grids entered). ``concept_ids``: one set for every grid, or one per grid."""
+    ids_per_grid = [np.asarray(i, dtype=np.int64).ravel() for i in ids_per_grid]
+    sets = _per_grid_sets(concept_ids, len(ids_per_grid))
+    used = [j for j, i in enumerate(ids_per_grid) if i.size]
+    if not used:
+        return {"overlap": float("nan"), "chance": float("nan"), "p_value": float("nan"), "grids": 0}
+    observed = float(np.mean([concept_share(ids_per_grid[j], sets[j]) for j in used]))
+    null = overlap_null([len(i) for i in ids_per_grid], sets, usage, n_draws, seed)
+    p = (1 + int((null >= observed - 1e-12).sum())) / (n_draws + 1)
+    return {"overlap": observed, "chance": float(null.mean()), "p_value": p, "grids": len(used)}
+
+
+def paired_difference(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired units (e.g. source images) and its percentile bootstrap interval."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0 or not np.isfinite(d).all():
+        raise ValueError(f"need two equally long, finite 1-D arrays of paired values, got {np.shape(a)}, {np.shape(b)}")
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def _compare(diff, more: str, less: str, same: str) -> str:
+    mean, lo, hi = diff
+    return more if lo > 0 else less if hi < 0 else same
+
+
+def views_verdict(v: dict, alpha: float = 0.05) -> str:
+    """One paragraph comparing the saliency and the optimisation views; every comparison's wording follows the
+    numbers in ``v`` (a p-value below ``alpha``, or a ``paired_difference`` interval that excludes 0).
+
+    ``v``: ``overlap``, ``chance``, ``p_value``, ``overlap_random`` (the random-id control); ``before``,
+    ``optimised``, ``concept_fill``, ``random_fill`` (mean target probabilities); ``opt_minus_fill``,
+    ``fill_minus_random`` (paired over the source images). Optional: ``overlap_other``, ``other_chance`` and
+    ``target_minus_other`` (the same ids against the other classes' concept tokens; paired over the grids),
+    ``frequency_fill`` and ``fill_minus_frequency`` (the target's frequent ids placed the same way),
+    ``per_method`` ({method: (overlap, chance, p_value)}, quoted beside the pooled overlap).
+    """
+    def iv(d):
+        return f"difference {d[0]:+.2f}, 95 % interval [{d[1]:+.2f}, {d[2]:+.2f}]"
+
+    shared = v["p_value"] < alpha
+    text = (f"Of the distinct ids the optimiser put into the region, {v['overlap']:.0%} are the target's concept "
+            f"tokens, against {v['chance']:.0%} expected by chance from the codebook's usage (p = {v['p_value']:.3f}; "
+            f"random ids: {v['overlap_random']:.0%}): " + ("more" if shared else "not more") + " than chance")
+    if v.get("per_method"):
+        text += " (per method: " + "; ".join(f"{m} {o:.0%}, chance {c:.0%}, p = {p:.3f}"
+                                            for m, (o, c, p) in v["per_method"].items()) + ")"
+    if "overlap_other" in v:  # the target's own tokens, or any digit's strokes?
+        lean = _compare(v["target_minus_other"], "more common among them than", "less common among them than",
+                        "not distinguishably more common among them than")
+        text += (f"; the target's concept tokens are {lean} the other classes' ({v['overlap_other']:.0%} on average, "
+                 f"chance {v['other_chance']:.0%}; {iv(v['target_minus_other'])})")
+    fill = _compare(v["fill_minus_random"], "above", "below", "not distinguishable from")
+    text += (f". Placed where they usually sit in the target's training images, the concept tokens alone give the "
+             f"evaluators a target probability of {v['concept_fill']:.2f} (before: {v['before']:.2f}), {fill} random "
+             f"ids from the codebook's usage ({v['random_fill']:.2f}; {iv(v['fill_minus_random'])}). ")
+    opt = _compare(v["opt_minus_fill"], "more than", "less than", "about as much as (not distinguishable from)")
+    text += f"The optimised region gives {v['optimised']:.2f}: {opt} the concept fill ({iv(v['opt_minus_fill'])}). "
+    opt_more, opt_less = v["opt_minus_fill"][1] > 0, v["opt_minus_fill"][2] < 0
+    fill_works = v["fill_minus_random"][1] > 0
+    if opt_more:
+        text += ("To make the target appear, the optimisation tells more: it finds what this IEM needs in the region "
+                 "beyond the tokens counted in real images.")
+    elif fill_works:
+        text += ("To make the target appear, saliency's tokens tell " + ("more" if opt_less else "as much")
+                 + ": placed, they do it without any optimisation.")
+    else:
+        text += "Neither view makes the target appear beyond random ids here."
+    if shared:
+        text += " On which ids, the two views agree beyond chance: the optimiser is drawn to the concept tokens."
+    else:
+        text += (" On which ids, the optimisation tells more: it reaches the target mostly with ids that saliency does "
+                 "not count among the target's, so the concept tokens are one way to the target, not the only one "
+                 "the IEM accepts.")
+    if "frequency_fill" in v:
+        d = v["fill_minus_frequency"]
+        if d[1] > 0:
+            text += (f" Saliency's choice of ids matters: the target's most frequent non-background ids, placed the "
+                     f"same way, give {v['frequency_fill']:.2f} ({iv(d)}).")
+        else:
+            text += (" But the target's most frequent non-background ids, placed the same way, do "
+                     + ("better" if d[2] < 0 else "about as well") + f" ({v['frequency_fill']:.2f}; {iv(d)}): much "
+                     "of the fill's effect comes from placing the target's common tokens where they sit, not from "
+                     "saliency's choice of them.")
+    return text

@@ -43,7 +43,7 @@ NEEDS = {
     "06_concept_analysis": ["05_compute_tis"],
     "07_image_level_explanation": ["05_compute_tis"],
     "08_concept_level_explanation": ["06_concept_analysis"],
-    "09_codebook_optimization": ["03_train_iem"],
+    "09_codebook_optimization": ["03_train_iem", "06_concept_analysis"],
     "10_bias_detection": ["02_dataset_generation"],
     "11_trust_the_explanations": ["06_concept_analysis"],
 }

@@ -38,19 +38,19 @@ import pandas as pd
 import seaborn as sns
 import torch
 import torch.nn.functional as F
-from IPython.display import display
+from IPython.display import Markdown, display
 from matplotlib.patches import Rectangle
 
+from cortex_utils import concepts, evaluation, evaluators, plots
 from cortex_utils import datasets as tokds
-from cortex_utils import evaluation, evaluators, plots
 from cortex_utils import iem as iemlib
 from cortex_utils import optimization as opt
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, record_metrics, registered
+from cortex_utils.artifacts import atomic_path, record_metrics, register, registered
 from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
-run_dir = "runs/interactive"  # the run directory of notebooks 01-04 (relative to the repo root)
+run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
 iem_arch = 1  # which trained IEM is maximised (1-4)
 split = "test"  # where the source images come from
 pairs = [[3, 8], [1, 7], [5, 6]]  # [source class, target class]
@@ -64,6 +64,10 @@ embedding_lr = 0.05  # Adam learning rate of the free embeddings
 tau = 1.0  # Gumbel-softmax temperature
 seed = 0
 snapshot_every = 20  # keep the token grid every k steps for the explorer
+concept_top_n = 5  # the concept tokens compared with: notebook 06's analysis at this top-n (one of its top_ns)
+concept_k = 10  # ... the target class's first k of them
+chance_draws = 2000  # Monte Carlo draws of the chance level of the overlap
+random_fills = 8  # random-id fills of the region per source image (the control of the concept fill)
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"vit_b_16": "data/vit_b_16.pth"}
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
@@ -75,6 +79,8 @@ require(len(methods) > 0 and set(methods) <= {"tokens", "embeddings"}, "methods 
 require(len(rows) == 2 and len(cols) == 2, "rows and cols are [start, stop) pairs")
 require(images_per_pair >= 1 and steps >= 1 and token_lr > 0 and embedding_lr > 0 and tau > 0,
         "images_per_pair and steps must be >= 1; learning rates and tau > 0")
+require(concept_k >= 1 and chance_draws >= 100 and random_fills >= 1,
+        "concept_k and random_fills must be >= 1, chance_draws >= 100")
 params
 
 # %% [markdown]
@@ -415,6 +421,247 @@ if sum(n_snaps):
     ours, theirs = (float(rule[c].mean()) for c in cols_cmp)
     print(f"mean target probability: {ours:.3f} for the step the IEM picked, {theirs:.3f} with the original's rule "
           f"(each evaluator's best of {np.mean(n_snaps):.0f} snapshots per run)")
+
+# %% [markdown]
+# ## Saliency vs optimisation
+#
+# Notebooks 05–08 explain by **saliency**: the ids at the IEM's most important positions, counted over a
+# class's training images, are its concept tokens (notebook 06). This notebook explains by **optimisation**:
+# the ids that make the IEM see the target. Do the two views agree, and when does each tell more? Two
+# measurements, each against a control:
+#
+# * **Which ids.** The ids the optimiser *put* into the region (the region positions it changed), and the share
+#   of those distinct ids that are among the target class's first `concept_k` concept tokens (top-n =
+#   `concept_top_n`). **Chance** is that share for as many ids drawn at random from the codebook's usage: how
+#   often each id sits in the region of the training grids, all classes together (an id the data never puts
+#   there is never drawn; a common one often). A Monte Carlo p-value says how often chance reaches the observed
+#   share. The control: the same number of random ids from that usage, which must sit at chance. And the same
+#   ids against the *other* classes' concept tokens: are they the target's, or any digit's strokes?
+# * **What they do.** Fill the whole region with the target's concept tokens instead of optimised ones, each
+#   position with the concept token that sits there most often in the target's training grids (ties: the
+#   higher-ranked; a position where none ever sits: the first), decode, and ask the evaluators. The placement
+#   is learnt from the target's images, so two controls: the region filled with random ids from the same usage
+#   (`random_fills` draws per image), and with the target's `concept_k` most frequent ids without the
+#   background (notebook 08's baseline), placed by the same rule: does saliency's *choice* of ids matter, or
+#   would any of the target's common tokens, put where they sit, do as well?
+#
+# First the ingredients: notebook 06's concept tokens and the codebook's usage in the region.
+
+# %%
+entry = registered(run_dir, "concepts")
+require(concept_top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = "
+        f"{concept_top_n} is not among them")
+concept_table = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
+K = ds.manifest["n_embed"]
+concept_sets = concepts.token_sets(concept_table, concept_k, top_n=concept_top_n)  # {class: its first concept_k ids}
+for _, target in pairs:
+    require(len(concept_sets.get(target, [])) > 0, f"notebook 06 found no concept token for class {target}")
+train_tokens, train_labels = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
+usage = concepts.position_counts(train_tokens, K)[region].sum(0)  # how often each id sits in the region
+print(f"concept tokens: the first {concept_k} at top-n {concept_top_n}; usage: {int((usage > 0).sum())} of {K} "
+      f"ids occur in the region of the {len(train_tokens)} training grids")
+for _, target in pairs:
+    print(f"  class {ds.class_names[target]}: {concept_sets[target].tolist()}, together "
+          f"{usage[concept_sets[target]].sum() / usage.sum():.1%} of the region's usage")
+
+# %% [markdown]
+# ### By hand: the overlap of one optimised region
+#
+# For the first result: the region positions the optimiser changed, the ids it put there, and the share of
+# those distinct ids that are the target's concept tokens, with Python sets.
+
+# %% tags=["by-hand"]
+r0 = results[0]
+old_ids, new_ids = tokens[r0["image"]][region].tolist(), r0["tokens"][region].tolist()
+put = [n for o, n in zip(old_ids, new_ids, strict=True) if n != o]  # the ids the optimiser put there
+target_ids = set(concept_sets[r0["target"]].tolist())
+share_by_hand = len(set(put) & target_ids) / len(set(put)) if put else float("nan")
+print(f"{r0['source']} -> {r0['target']} ({r0['method']}): {len(put)} of {len(new_ids)} region positions changed, "
+      f"{len(set(put))} distinct ids, of them {sorted(set(put) & target_ids)} concept tokens: share {share_by_hand:.3f}")
+
+# %% [markdown]
+# `opt.new_region_ids` and `opt.concept_share` do the same for every result at once (and count an id the
+# optimiser repeated over several positions once, as the set does).
+
+# %% tags=["by-hand-check"]
+after_grids = np.stack([r["tokens"] for r in results])
+put_ids = opt.new_region_ids(before.numpy(), after_grids, region)
+assert sorted(put_ids[0].tolist()) == sorted(put)
+np.testing.assert_equal(opt.concept_share(put_ids[0], concept_sets[r0["target"]]), share_by_hand)
+print("by hand == opt.new_region_ids + opt.concept_share")
+
+# %% [markdown]
+# ### Which ids: the overlap against chance
+#
+# Per pair (both methods and all its source images together), per method, and over everything: the observed
+# share, chance and its p-value; the random-id control (as many ids per result, drawn from the usage) with its
+# own; and the optimised ids against the other classes' concept tokens (the mean over those classes).
+
+# %%
+control_ids = opt.random_ids_like(put_ids, usage, seed=seed)
+target_sets = [concept_sets[r["target"]] for r in results]
+others = [[concept_sets[c] for c in concept_sets if c != r["target"]] for r in results]
+other_share = np.array([np.mean([opt.concept_share(ids, s) for s in sets]) for ids, sets in zip(put_ids, others, strict=True)])
+groups = {"all": list(range(len(results)))}
+for key in ("pair", "method"):
+    for j, r in enumerate(results):
+        groups.setdefault(f"{r['source']}->{r['target']}" if key == "pair" else r["method"], []).append(j)
+ov_rows = []
+for name, js in groups.items():
+    kw = {"usage": usage, "n_draws": chance_draws, "seed": seed}
+    o = opt.overlap_vs_chance([put_ids[j] for j in js], [target_sets[j] for j in js], **kw)
+    c = opt.overlap_vs_chance([control_ids[j] for j in js], [target_sets[j] for j in js], **kw)
+    ov_rows.append({"results": name, **o, "random ids": c["overlap"], "random ids: chance": c["chance"],
+                    "random ids: p": c["p_value"], "other classes' concept tokens": np.nanmean(other_share[js])})
+overlap = pd.DataFrame(ov_rows).set_index("results")
+other_chance = np.mean([opt.overlap_vs_chance(put_ids, [sets[k] for sets in others], usage, n_draws=chance_draws,
+                                              seed=seed)["chance"] for k in range(len(others[0]))])
+display(overlap.round(3))
+print(f"chance for the other classes' concept tokens (mean over the classes): {other_chance:.3f}")
+
+# %%
+ax = overlap[["overlap", "chance", "random ids", "other classes' concept tokens"]].plot.bar(rot=0, figsize=(8, 3))
+ax.set_xlabel("results (all; per pair; per method)")
+ax.set_ylabel("share of the distinct new ids\nthat are target concept tokens")
+ax.set_title(f"the optimised ids against the target's first {concept_k} concept tokens (top-n {concept_top_n})", fontsize=9)
+ax.legend(["optimised ids", "chance (the codebook's usage)", "random ids (control)", "optimised ids vs other classes"],
+          fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### What they do: the region filled with the concept tokens
+#
+# For each source image: the region filled with the target's concept tokens, arranged as above, and
+# `random_fills` times with random ids from the usage; decoded and scored by every evaluator.
+
+# %%
+units = sorted({(r["source"], r["target"], r["image"]) for r in results}, key=lambda u: [list(sources).index(u[:2]), u[2]])
+source_grids, unit_targets = np.stack([tokens[i] for *_, i in units]), np.array([t for _, t, _ in units])
+where = {t: concepts.position_counts(train_tokens[train_labels == t], K) for t in set(unit_targets)}  # (h, w, K) each
+background = concepts.background_tokens(train_tokens, train_labels, K)
+frequent = concepts.frequency_tokens(train_tokens, train_labels, ds.class_names, K, top=concept_k, exclude=background)
+filled = {}
+for what, sets in (("concept fill", concept_sets), ("frequency fill", concepts.token_sets(frequent, concept_k))):
+    arranged = np.stack([concepts.arrange_tokens(where[t], sets[t], region) for t in unit_targets])
+    filled[what] = opt.fill_region(source_grids, region, arranged)
+draws = opt.random_ids_like([np.zeros(int(region.sum()))] * (len(units) * random_fills), usage, seed=seed + 1)
+random_grid = np.zeros((len(draws), *region.shape), np.int64)
+random_grid[:, region] = np.stack(draws)
+filled["random fill"] = opt.fill_region(np.repeat(source_grids, random_fills, axis=0), region, random_grid)
+print(f"{len(units)} source images; frequency sets without the {len(background)} background ids; "
+      f"{random_fills} random fills each")
+
+# %%
+fill_prob = {}
+for what, grids in filled.items():
+    targets_of = np.repeat(unit_targets, len(grids) // len(units))
+    sc = evaluation.target_scores(judges, vqlib.decode(vq, torch.from_numpy(grids)), targets_of)
+    fill_prob[what] = np.mean([p for _, p in sc.values()], axis=0)  # mean over the evaluators
+random_first = fill_prob["random fill"].reshape(len(units), random_fills)[:, 0]  # the first draw (for the figure)
+fill_prob["random fill"] = fill_prob["random fill"].reshape(len(units), random_fills).mean(1)  # and over the draws
+
+# %% [markdown]
+# Per source image: the evaluators' target probability before, after the optimisation (mean over the methods),
+# with the concept fill and with the two control fills (means over the evaluators), and the paired comparisons
+# over the source images (bootstrap intervals).
+
+# %%
+per_unit = scores.groupby(["pair", "image"])
+fills = pd.DataFrame([{"pair": f"{s}->{t}", "image": i,
+                       "before": per_unit["target_prob_before"].mean()[(f"{s}->{t}", i)],
+                       "optimised": per_unit["target_prob_after"].mean()[(f"{s}->{t}", i)],
+                       **{what: fill_prob[what][u] for what in filled}} for u, (s, t, i) in enumerate(units)])
+shown_cols = ["before", "optimised", "concept fill", "frequency fill", "random fill"]
+display(fills.groupby("pair", sort=False)[shown_cols].mean().round(3))
+opt_minus_fill = opt.paired_difference(fills["optimised"], fills["concept fill"], seed=seed)
+fill_minus_random = opt.paired_difference(fills["concept fill"], fills["random fill"], seed=seed)
+fill_minus_frequency = opt.paired_difference(fills["concept fill"], fills["frequency fill"], seed=seed)
+got = [len(i) > 0 for i in put_ids]
+target_minus_other = opt.paired_difference([opt.concept_share(i, s) for i, s, g in zip(put_ids, target_sets, got, strict=True)
+                                            if g], other_share[got], seed=seed)
+ax = fills.groupby("pair", sort=False)[shown_cols].mean().plot.bar(rot=0, figsize=(7, 3))
+ax.set_xlabel("pair")
+ax.set_ylabel("evaluators' target probability")
+ax.set_ylim(0, 1)
+ax.legend(fontsize=7, loc="upper left")
+ax.set_title("the region optimised, or filled with the target's concept tokens / frequent ids / random ids", fontsize=9)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The first source image of each pair: optimised (each method), filled with the concept tokens, and with the
+# first random fill; the titles give the evaluators' mean target probability.
+
+# %%
+after_mean = scores.groupby(["pair", "image", "method"])["target_prob_after"].mean()
+firsts = [u for u, (s, t, i) in enumerate(units) if i == sources[(s, t)][0]]
+fig, axes = plt.subplots(len(firsts), 2 + len(methods), figsize=(2.1 * (2 + len(methods)), 2.3 * len(firsts)), squeeze=False)
+for row, u in enumerate(firsts):
+    s, t, i = units[u]
+    js = [j for j, r in enumerate(results) if (r["source"], r["target"], r["image"]) == (s, t, i)]
+    panels = [(img_after[j], f"{results[j]['method']}: p {after_mean[(f'{s}->{t}', i, results[j]['method'])]:.2f}")
+              for j in js]
+    decoded = vqlib.decode(vq, torch.from_numpy(np.stack([filled["concept fill"][u], filled["random fill"][u * random_fills]])))
+    panels += [(decoded[0], f"concept fill: p {fill_prob['concept fill'][u]:.2f}"),
+               (decoded[1], f"random fill: p {random_first[u]:.2f}")]
+    for ax, (img, title) in zip(axes[row], panels, strict=True):
+        ax.imshow(plots.to_hwc(img))
+        ax.set_title(f"{s} -> {t}, {title}", fontsize=7)
+        ax.add_patch(Rectangle((cols[0] * pw - 0.5, rows[0] * ph - 0.5), (cols[1] - cols[0]) * pw,
+                               (rows[1] - rows[0]) * ph, fill=False, ec="white", lw=1.2, ls="--"))
+        ax.axis("off")
+fig.suptitle("p: the evaluators' mean target probability", fontsize=8)
+fig.tight_layout()
+
+
+# %% [markdown]
+# ### When does each view tell more?
+#
+# The paragraph below is written from this run's numbers (`opt.views_verdict`: each comparison's wording follows
+# its interval, or the p-value for the overlap).
+
+# %%
+views = {"overlap": overlap.loc["all", "overlap"], "chance": overlap.loc["all", "chance"],
+         "p_value": overlap.loc["all", "p_value"], "overlap_random": overlap.loc["all", "random ids"],
+         "overlap_other": overlap.loc["all", "other classes' concept tokens"], "other_chance": other_chance,
+         "target_minus_other": target_minus_other, "before": fills["before"].mean(), "optimised": fills["optimised"].mean(),
+         "concept_fill": fills["concept fill"].mean(), "random_fill": fills["random fill"].mean(),
+         "frequency_fill": fills["frequency fill"].mean(), "opt_minus_fill": opt_minus_fill,
+         "fill_minus_random": fill_minus_random, "fill_minus_frequency": fill_minus_frequency,
+         "per_method": {m: tuple(overlap.loc[m, ["overlap", "chance", "p_value"]]) for m in methods if m in overlap.index}}
+display(Markdown(opt.views_verdict(views)))
+
+# %% [markdown]
+# Record the comparison's numbers, and save the grids (source, optimised by each method, the concept fill, the
+# frequency fill and the first random fill; one row per source image) as a token dataset under `<run_dir>/optimization/grids`, for
+# the README's overview figure and anyone who wants to look again.
+
+# %%
+record_metrics(run_dir, codebook_opt_concept_overlap=round(float(views["overlap"]), 4),
+               codebook_opt_concept_overlap_chance=round(float(views["chance"]), 4),
+               codebook_opt_concept_overlap_p=round(float(views["p_value"]), 4),
+               codebook_opt_concept_overlap_random_ids=round(float(views["overlap_random"]), 4),
+               codebook_opt_concept_overlap_other_classes=round(float(views["overlap_other"]), 4),
+               codebook_concept_fill_target_prob=round(float(views["concept_fill"]), 4),
+               codebook_random_fill_target_prob=round(float(views["random_fill"]), 4),
+               codebook_frequency_fill_target_prob=round(float(views["frequency_fill"]), 4));
+
+# %%
+by_unit = {(r["source"], r["target"], r["image"], r["method"]): r["tokens"] for r in results}
+splits = {"source": (source_grids, np.array([s for s, _, _ in units])),
+          **{m: (np.stack([by_unit[(*u, m)] for u in units]), unit_targets) for m in methods},
+          "concept_fill": (filled["concept fill"], unit_targets), "frequency_fill": (filled["frequency fill"], unit_targets),
+          "random_fill": (filled["random fill"][::random_fills], unit_targets)}
+names = {k: np.array([f"{s}->{t} {split} #{i}" for s, t, i in units]) for k in splits}
+details = {"pairs": pairs, "rows": rows, "cols": cols, "methods": methods, "split": split, "iem_arch": iem_arch,
+           "steps": steps, "concept_top_n": concept_top_n, "concept_k": concept_k,
+           "rows_are": "one row per source image, the same order in every split"}
+grids_dir = run_dir / "optimization" / "grids"
+tokds.save_token_dataset(grids_dir, splits, ds.class_names, vqlib.vq_meta(vq), source="optimized",
+                         details=details, names=names, classifier_data=False)
+register(run_dir, "optimization", path=str(grids_dir), splits=list(splits))
+print(f"saved {len(units)} rows x {len(splits)} splits to {grids_dir}")
 
 # %% [markdown]
 # ## Exercises

@@ -91,3 +91,29 @@ def test_frequency_baseline_without_the_background():
     assert con[con.label == 0]["token"].tolist() == [2] and con[con.label == 1]["token"].tolist() == [3]
     with pytest.raises(ValueError, match=r"excluded ids must lie in \[0, 4\)"):
         concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, exclude=[4])
+
+
+def test_position_counts_match_a_loop_and_arrange_tokens_places_the_most_frequent_id():
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 6, (30, 3, 4))
+    counts = concepts.position_counts(tokens, 6)
+    slow = np.zeros((3, 4, 6), int)
+    for g in tokens:
+        for y in range(3):
+            for x in range(4):
+                slow[y, x, g[y, x]] += 1
+    assert np.array_equal(counts, slow)
+    # a hand-made case: position (0, 0) mostly id 2, (0, 1) a tie of 1 and 2, (1, 1) neither 1 nor 2
+    grids = np.array([[[2, 1], [0, 0]], [[2, 2], [0, 0]], [[1, 0], [0, 3]]])
+    region = np.array([[True, True], [False, True]])
+    c = concepts.position_counts(grids, 4)
+    assert concepts.arrange_tokens(c, [1, 2], region).tolist() == [[2, 1], [-1, 1]]  # tie, all-zero: first id
+    assert concepts.arrange_tokens(c, [2, 1], region).tolist() == [[2, 2], [-1, 2]]
+    with pytest.raises(ValueError, match="empty token set"):
+        concepts.arrange_tokens(c, [], region)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 4\)"):
+        concepts.arrange_tokens(c, [4], region)
+    with pytest.raises(ValueError, match="counts must be"):
+        concepts.arrange_tokens(c, [1], np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 3\)"):
+        concepts.position_counts(grids, 3)

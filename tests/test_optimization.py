@@ -168,3 +168,114 @@ def test_check_outside_unchanged_raises_only_for_changes_outside_the_region():
         opt.check_outside_unchanged(torch.stack([before, before]), torch.stack([inside, outside]), region)
     with pytest.raises(ValueError, match="must match"):
         opt.check_outside_unchanged(before, before[:3], region)
+
+
+# --- saliency vs optimisation -----------------------------------------------------------------------
+
+def test_fill_region_and_new_region_ids():
+    region = opt.region_mask(GRID, (1, 3), (1, 3))
+    grids = np.arange(32).reshape(2, 4, 4) % K
+    fill = np.full(GRID, -1)
+    fill[region] = [7, 7, 8, 9]
+    out = opt.fill_region(grids, region, fill)
+    assert out.shape == grids.shape and np.array_equal(out[:, ~region], grids[:, ~region])
+    assert out[0][region].tolist() == [7, 7, 8, 9] and out[1][region].tolist() == [7, 7, 8, 9]
+    per = np.stack([np.where(region, 1, -1), np.where(region, 2, -1)])
+    assert opt.fill_region(grids, region, per)[1][region].tolist() == [2] * 4
+    with pytest.raises(ValueError, match="negative id inside the region"):
+        opt.fill_region(grids, region, np.full(GRID, -1))
+    with pytest.raises(ValueError, match="must share the grid"):
+        opt.fill_region(grids, region, np.zeros((3, 3), int))
+    # only the region's changed positions count as put there by the optimiser
+    after = grids.copy()
+    after[0, 1, 1], after[0, 0, 0] = 15, 15  # (0, 0) is outside the region: not counted (and not allowed)
+    after[1, 2, 2] = grids[1, 2, 2]  # unchanged
+    after[1, 1, 2] = 3
+    ids = opt.new_region_ids(grids, after, region)
+    assert [i.tolist() for i in ids] == [[15], [3]]
+
+
+def test_concept_share_counts_distinct_ids():
+    assert opt.concept_share([4, 4, 4, 5], [4]) == 0.5  # {4, 5}: one of two distinct ids
+    assert opt.concept_share([1, 2], [3]) == 0.0
+    assert np.isnan(opt.concept_share([], [3]))
+
+
+def test_the_chance_level_holds_where_the_ids_are_random():
+    """The truth known: ids drawn from the codebook's usage (the null) sit at chance, and the p-value's
+    false-positive rate at 0.05 stays near 0.05; ids drawn mostly from the concept set are found."""
+    rng = np.random.default_rng(0)
+    usage = rng.pareto(1.0, 64) + 0.01  # skewed, as real codebook usage
+    concept = np.argsort(-usage)[[1, 4, 9, 20, 40]]  # a frequent, some middling and a rare id
+    sizes = [16, 16, 12, 16, 5, 16]
+    observed, chance, p_null, p_planted = [], [], [], []
+    for study in range(300):
+        ids = opt.random_ids_like([np.zeros(n) for n in sizes], usage, seed=study)
+        assert [len(i) for i in ids] == sizes
+        r = opt.overlap_vs_chance(ids, concept, usage, n_draws=400, seed=10_000 + study)
+        observed.append(r["overlap"])
+        chance.append(r["chance"])
+        p_null.append(r["p_value"])
+        planted = [np.where(rng.random(n) < 0.5, rng.choice(concept, n), i) for n, i in zip(sizes, ids, strict=True)]
+        p_planted.append(opt.overlap_vs_chance(planted, concept, usage, n_draws=400, seed=study)["p_value"])
+    assert abs(np.mean(observed) - np.mean(chance)) < 0.01  # the random-id control sits at chance
+    fpr = np.mean(np.array(p_null) < 0.05)
+    assert 0.02 <= fpr <= 0.08, fpr
+    assert np.mean(np.array(p_planted) < 0.05) > 0.9
+    # chance depends on the usage: concept ids that are never used cannot be drawn
+    never = np.zeros(64)
+    never[:10] = 1
+    assert opt.overlap_vs_chance([np.arange(10, 14)], [10, 11], never, n_draws=50)["chance"] == 0.0
+    empty = opt.overlap_vs_chance([np.zeros(0)], concept, usage)
+    assert empty["grids"] == 0 and np.isnan(empty["overlap"])
+    with pytest.raises(ValueError, match="usage must be"):
+        opt.overlap_null([3], concept, np.zeros(64))
+
+
+def test_paired_difference():
+    mean, lo, hi = opt.paired_difference([0.9, 0.8, 0.7], [0.1, 0.1, 0.1])
+    assert mean == pytest.approx(0.7) and 0.6 - 1e-9 <= lo <= mean <= hi <= 0.8 + 1e-9
+    assert opt.paired_difference([0.5, 0.5], [0.5, 0.5]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="paired values"):
+        opt.paired_difference([0.5, np.nan], [0.5, 0.5])
+
+
+def test_views_verdict_words_follow_the_numbers():
+    base = {"overlap": 0.4, "chance": 0.1, "p_value": 0.001, "overlap_random": 0.11, "before": 0.02,
+            "optimised": 0.85, "concept_fill": 0.30, "random_fill": 0.05,
+            "opt_minus_fill": (0.55, 0.3, 0.8), "fill_minus_random": (0.25, 0.1, 0.4)}
+    text = opt.views_verdict(base)
+    assert "40% are the target's concept tokens" in text and "more than chance" in text
+    assert "more than the concept fill" in text and "above random ids" in text
+    assert "the optimisation tells more: it finds" in text and "agree beyond chance" in text
+    flipped = opt.views_verdict({**base, "p_value": 0.4, "opt_minus_fill": (-0.2, -0.4, -0.05)})
+    assert "not more than chance" in flipped and "less than the concept fill" in flipped
+    assert "saliency's tokens tell more" in flipped and "On which ids, the optimisation tells more" in flipped
+    tie = opt.views_verdict({**base, "opt_minus_fill": (0.05, -0.1, 0.2), "fill_minus_random": (0.0, -0.1, 0.1)})
+    assert "not distinguishable from) the concept fill" in tie and "not distinguishable from random" in tie
+    assert "Neither view makes the target appear" in tie
+    same = opt.views_verdict({**base, "opt_minus_fill": (0.05, -0.1, 0.2)})
+    assert "saliency's tokens tell as much" in same
+    other = {**base, "overlap_other": 0.2, "other_chance": 0.1, "target_minus_other": (0.2, 0.1, 0.3)}
+    assert "more common among them than the other classes' (20% on average, chance 10%" in opt.views_verdict(other)
+    assert "not distinguishably more common" in opt.views_verdict({**other, "target_minus_other": (0.1, -0.1, 0.3)})
+    freq = {**base, "frequency_fill": 0.1, "fill_minus_frequency": (0.2, 0.1, 0.3)}
+    assert "Saliency's choice of ids matters" in opt.views_verdict(freq)
+    assert "do about as well" in opt.views_verdict({**freq, "fill_minus_frequency": (0.0, -0.1, 0.1)})
+    assert "do better" in opt.views_verdict({**freq, "fill_minus_frequency": (-0.2, -0.3, -0.1)})
+    per = opt.views_verdict({**base, "per_method": {"tokens": (0.17, 0.1, 0.015), "embeddings": (0.06, 0.1, 0.9)}})
+    assert "(per method: tokens 17%, chance 10%, p = 0.015; embeddings 6%, chance 10%, p = 0.900)" in per
+
+
+def test_overlap_takes_one_concept_set_per_grid_and_streams_per_grid():
+    usage = np.ones(20)
+    ids = [np.array([1, 2]), np.array([3, 4, 5, 6])]
+    r = opt.overlap_vs_chance(ids, [[1, 9], [3, 4]], usage, n_draws=500)
+    assert r["overlap"] == pytest.approx((0.5 + 0.5) / 2) and r["grids"] == 2
+    assert r["chance"] == pytest.approx(0.1, abs=0.02)  # 2 of 20 equally used ids
+    with pytest.raises(ValueError, match="2 concept id sets for 3 grids"):
+        opt.overlap_vs_chance([*ids, ids[0]], [[1], [2]], usage)
+    # grid 1's draws do not depend on grid 0's size
+    a = opt.random_ids_like([np.zeros(3), np.zeros(5)], usage, seed=4)
+    b = opt.random_ids_like([np.zeros(7), np.zeros(5)], usage, seed=4)
+    assert np.array_equal(a[1], b[1]) and len(a[0]) == 3 and len(b[0]) == 7

@@ -115,7 +115,9 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
                 "dataset_load_seconds", "iem1_test_top1", "iem2_test_top1", "iem3_test_top1", "iem4_test_top1",
                 "tis_seconds_per_image", "image_level_tis_beats_random", "image_level_tis_beats_random_token_space",
                 "concept_level_tis_drop", "concept_level_frequency_drop", "codebook_target_prob_before",
-                "codebook_target_prob_after", "bias_colour_delta_biased", "bias_colour_delta_control",
+                "codebook_target_prob_after", "codebook_opt_concept_overlap", "codebook_opt_concept_overlap_chance",
+                "codebook_opt_concept_overlap_random_ids", "codebook_concept_fill_target_prob",
+                "codebook_random_fill_target_prob", "codebook_frequency_fill_target_prob", "bias_colour_delta_biased", "bias_colour_delta_control",
                 "bias_thickness_delta_biased", "bias_thickness_delta_control", "bias_colour_truth_share",
                 "bias_thickness_truth_share", "sanity_rank_corr_smoothgrad", "deletion_auc_smoothgrad_pixel",
                 "deletion_auc_occlusion_token", "recommended_method", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
@@ -126,6 +128,11 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     assert set(pd.read_csv(run / "evaluation" / "concept_level.csv")["method"]) == {"CORTEX concept", "frequency",
                                                                                     "frequency w/o background", "contrastive"}
     assert len(pd.read_csv(run / "evaluation" / "codebook_level.csv")) == 2 * 2  # 1 image x 2 methods x 2 evaluators
+    from cortex_utils import datasets as tokds
+
+    grids = tokds.load_token_dataset(run / "optimization" / "grids")  # notebook 09's grids, for the overview figure
+    assert set(grids.splits) == {"source", "tokens", "embeddings", "concept_fill", "frequency_fill", "random_fill"}
+    assert all(len(grids.labels[s]) == 1 for s in grids.splits) and str(grids.names["source"][0]).startswith("3->8 ")
     assert metrics["dataset_bytes_per_image"] <= 4 * 8 * 8
     tis = np.load(run / "tis" / "iem1_max" / "train.npy")
     assert tis.shape == (30, 8, 8) and np.isfinite(tis).all()
@@ -135,8 +142,6 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     # the other two dataset sources, on the same run's tokenizer
     r = _run(["--preset", "smoke", "--only", "02_dataset_generation", "-p", "source", "encoded"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    from cortex_utils import datasets as tokds
-
     enc = tokds.load_token_dataset(run / "datasets" / "encoded")
     assert enc.manifest["splits"] == {"train": 3500, "val": 750, "test": 750}
     csv = run / "exports" / "encoded_test_embeddings.csv"
