@@ -226,3 +226,43 @@ def test_smoothgrad_by_hand_matches_the_batched_pass(model):
             grad[i] += torch.autograd.grad(model(noisy)[0, y[i]], noisy)[0][0]
     fast = tislib.token_importance(model, x, y, 4, 0.2, "max", generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(fast, (grad / 4).amax(1), atol=1e-5, rtol=0)
+
+
+# --- the ViT's attention through scaled_dot_product_attention --------------------------------------------------
+
+def _attention_as_before(layer, x):
+    """An encoder layer with its attention through nn.MultiheadAttention's own forward (the code before)."""
+    h = layer.ln1(x)
+    x = x + layer.drop(layer.bn1.bn(layer.attn(h, h, h, need_weights=False)[0].transpose(1, 2)).transpose(1, 2))
+    return x + layer.drop(layer.bn2.bn(layer.mlp(layer.ln2(x)).transpose(1, 2)).transpose(1, 2))
+
+
+def test_vit_attention_is_multihead_attention():
+    torch.manual_seed(0)
+    layer = iemlib.EncoderLayer(16, 4, 0.0)
+    layer(torch.randn(8, 5, 16))  # touch BatchNorm statistics
+    layer.eval()
+    x = torch.randn(3, 5, 16)
+    torch.testing.assert_close(iemlib.self_attention(layer.attn, x), layer.attn(x, x, x, need_weights=False)[0],
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer(x), _attention_as_before(layer, x), atol=1e-6, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the fast mode's explicit attention: bfloat16 rounding
+        fast = iemlib.self_attention(layer.attn, x).float()
+    torch.testing.assert_close(fast, layer.attn(x, x, x, need_weights=False)[0], atol=0.05, rtol=0.05)
+
+
+def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention():
+    """checkpoints/iem4 loads with every key (load_iem checks them) and the new attention gives its logits."""
+    from cortex_utils import REPO_ROOT
+    from cortex_utils.artifacts import load_state_dict
+
+    model = iemlib.load_iem(REPO_ROOT / "checkpoints" / "iem4.safetensors", expect={"arch": 4})
+    codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")["quantize.embedding.weight"]
+    tokens = np.load(REPO_ROOT / "data" / "default" / "generated" / "test_tokens.npy")[:16].astype(np.int64)
+    x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2)
+    tokens_in = torch.cat([model.cls.expand(len(x), -1, -1), model.proj(x.flatten(2).transpose(1, 2))], 1) + model.pos
+    h = tokens_in
+    for layer in model.layers:
+        h = _attention_as_before(layer, h)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.head(model.norm(h)[:, 0]), atol=1e-5, rtol=0)
