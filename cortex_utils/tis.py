@@ -42,7 +42,7 @@ PRECISIONS = ("float32", "bfloat16")  # the exact mode and the fast mode
 DRAWS = ("gaussian", "antithetic", "sobol")  # the paper's independent draws and two reduced-variance kinds
 MEMORY_MB = 1024  # memory budget of the passes in flight when smoothgrad sizes them (max_batch=None)
 MAX_WORKERS = 4  # passes side by side on the CPU, at most (each then holds at most MEMORY_MB / MAX_WORKERS)
-MIN_PASSES = 8  # on the CPU the noisy copies are cut into at least this many passes (benchmarks/tis_speed.py)
+MIN_PASSES, MIN_ROWS = 8, 128  # on the CPU: at least 8 passes, unless that makes them smaller than 128 copies
 
 
 def noise_sigma(embeddings: torch.Tensor, spread: float = 0.2, sigma: str = "batch") -> torch.Tensor:
@@ -172,10 +172,10 @@ def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.T
     In eval mode every sample's logit depends on that sample only, so the noisy copies of all draws are
     stacked (draw-major) and cut into passes of up to ``max_batch`` copies; one backward pass gives all the
     gradients of a pass. ``max_batch=None`` sizes a pass to ``memory_mb / MAX_WORKERS`` (``rows_per_pass``)
-    and, on the CPU, to at most 1 / ``MIN_PASSES`` of the copies; besides the passes in flight the noise and
-    the gradients of every copy are kept (``2 * nsamples`` times the batch's size). On the CPU up to
-    ``MAX_WORKERS`` passes run side by side (``_workers``). The passes depend on the batch, the model and
-    ``memory_mb``, not on the number of threads, so neither do the numbers.
+    and, on the CPU, to at most 1 / ``MIN_PASSES`` of the copies (but not below ``MIN_ROWS``); besides the
+    passes in flight the noise and the gradients of every copy are kept (``2 * nsamples`` times the batch's
+    size). On the CPU up to ``MAX_WORKERS`` passes run side by side (``_workers``). The passes depend on the
+    batch, the model and ``memory_mb``, not on the number of threads, so neither do the numbers.
     ``sigma``: the noise scale from the batch's range (``"batch"``, the paper's) or each image's own
     (``"image"``); see ``noise_sigma``. ``draws``: see ``smoothgrad_noise``. Both ignored when ``noise`` is given.
 
@@ -196,7 +196,7 @@ def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.T
     flat_noise = noise.reshape(rows, *embeddings.shape[1:])
     per_pass = max_batch or rows_per_pass(model, embeddings, memory_mb / MAX_WORKERS, precision)
     if max_batch is None and embeddings.device.type == "cpu":  # enough passes that no worker waits long for another
-        per_pass = min(per_pass, -(-rows // MIN_PASSES))
+        per_pass = min(per_pass, max(-(-rows // MIN_PASSES), MIN_ROWS))
     per_pass = max(1, per_pass)
     grads = torch.empty_like(flat_noise)
 
@@ -204,9 +204,10 @@ def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.T
         stop = min(start + per_pass, rows)
         index = torch.arange(start, stop, device=embeddings.device) % n
         x = _pass_inputs(embeddings[index] + flat_noise[start:stop], precision).requires_grad_(True)
-        with torch.enable_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-            logits = model(x).gather(1, target[index])
-        (grads[start:stop],) = torch.autograd.grad(logits.sum(), x)
+        with torch.enable_grad():
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                logits = model(x).gather(1, target[index])
+            (grads[start:stop],) = torch.autograd.grad(logits.sum(), x)
 
     starts = range(0, rows, per_pass)
     workers = _workers(embeddings.device, len(starts))

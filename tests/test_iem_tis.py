@@ -320,9 +320,13 @@ def test_the_memory_budget_sizes_the_passes(model, monkeypatch):
                       generator=torch.Generator().manual_seed(0))
     assert sizes[:2] == [2, 1]  # bytes_per_row's two probes
     assert sorted(sizes[2:], reverse=True) == [3] * 13 + [1]
-    sizes.clear()  # a large budget: at least MIN_PASSES passes on the CPU (ceil(40 / 8) = 5 copies each)
-    tislib.smoothgrad(model, x, y, nsamples=10, generator=torch.Generator().manual_seed(0))
-    assert sizes[2:] == [5] * 8
+    sizes.clear()  # a large budget: at least MIN_PASSES passes on the CPU, of at least MIN_ROWS copies
+    x, y = torch.randn(70, 6, *GRID), torch.arange(70) % 5
+    tislib.smoothgrad(model, x, y, nsamples=20, generator=torch.Generator().manual_seed(0))
+    assert sizes[2:] == [175] * 8  # 1400 copies: ceil(1400 / 8)
+    sizes.clear()
+    tislib.smoothgrad(model, x[:10], y[:10], nsamples=20, generator=torch.Generator().manual_seed(0))
+    assert sizes[2:] == [128, 72]  # 200 copies: passes of MIN_ROWS
 
 
 def test_fast_mode_is_close_and_refused_where_bfloat16_is_not_native(model, monkeypatch):
