@@ -218,9 +218,14 @@ def f16_child(batch: int) -> None:
     model(torch.randn(8, 256, 16, 16))  # touch BatchNorm's running statistics
     model.eval()
     x, y = torch.randn(batch, 256, 16, 16), torch.arange(batch) % 1000
-    per_pass = tislib.rows_per_pass(model, x, tislib.MEMORY_MB / max(1, torch.get_num_threads()))
+    per_pass = tislib.pass_size(model, x, NSAMPLES * batch)
     t, _ = timed(lambda: tislib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)))
-    print(json.dumps({"images_per_s": batch / t, "seconds": t, "rows_per_pass": per_pass, "peak_mb": peak_rss_mb()}))
+    peak = peak_rss_mb()  # before the fast mode and the FLOP count below
+    t_fast = timed(lambda: tislib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0),
+                                             precision="bfloat16"))[0] if tislib.bf16_supported() else float("nan")
+    noise = tislib.smoothgrad_noise(x[:1], NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    print(json.dumps({"images_per_s": batch / t, "seconds": t, "rows_per_pass": per_pass, "peak_mb": peak,
+                      "bf16_images_per_s": batch / t_fast, "gflop_per_image": tis_flops(model, x[:1], y[:1], noise) / 1e9}))
 
 
 def peak_rss_mb() -> float:
@@ -234,13 +239,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def f16(batch: int) -> dict:
+def f16(batch: int, gemm_gflops: float) -> dict:
     out = subprocess.run([sys.executable, __file__, "--f16-child", str(batch)], capture_output=True, text=True,
                          check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    rate = r["images_per_s"] * r["gflop_per_image"]
     print(f"ImageNet VQGAN shape (256 x 16 x 16, IEM 1 at width 64, 1000 classes), batch {batch}, {NSAMPLES} draws: "
-          f"{r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s), passes of {r['rows_per_pass']} noisy copies "
-          f"from the {tislib.MEMORY_MB} MB budget, peak resident memory {r['peak_mb']:.0f} MB", flush=True)
+          f"{r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s; {r['gflop_per_image']:.1f} GFLOP per image, "
+          f"{rate:.0f} GFLOP/s = {rate / gemm_gflops:.2f} of the best gemm rate above), passes of "
+          f"{r['rows_per_pass']} noisy copies from the {tislib.MEMORY_MB} MB budget, peak resident memory "
+          f"{r['peak_mb']:.0f} MB; bfloat16 {r['bf16_images_per_s']:.2f} images/s", flush=True)
     return r
 
 
@@ -301,7 +309,7 @@ def main(argv=None) -> int:
           "(other jobs on the machine slow every timing; the ratios are measured side by side)", flush=True)
     res = measure(args.rounds)
     curve = variance_curve()
-    big = f16(args.f16_batch)
+    big = f16(args.f16_batch, max(r["gemm_gflops"] for r in res["rows"]))
     print(f"load average at the end {load()}")
     rows = res["rows"]
     fast = [r for r in rows if "bf16_ms" in r]

@@ -156,6 +156,17 @@ def rows_per_pass(model: torch.nn.Module, embeddings: torch.Tensor, memory_mb: f
     return max(1, int(memory_mb * 2 ** 20 // bytes_per_row(model, embeddings, precision)))
 
 
+def pass_size(model: torch.nn.Module, embeddings: torch.Tensor, copies: int, memory_mb: float = MEMORY_MB,
+              precision: str = "float32") -> int:
+    """Noisy copies per pass when ``smoothgrad`` sizes the passes: ``memory_mb / MAX_WORKERS`` worth
+    (``rows_per_pass``) and, on the CPU, at most 1 / ``MIN_PASSES`` of the ``copies`` (but not below
+    ``MIN_ROWS``), so that no worker waits long for another."""
+    size = rows_per_pass(model, embeddings, memory_mb / MAX_WORKERS, precision)
+    if embeddings.device.type == "cpu":
+        size = min(size, max(-(-copies // MIN_PASSES), MIN_ROWS))
+    return max(1, size)
+
+
 def _workers(device: torch.device, passes: int) -> int:
     """Passes run side by side on the CPU: up to ``MAX_WORKERS``, as many as there are threads, each pass on
     ``threads // workers`` threads (a worker on one thread waits on no other thread, where two threads
@@ -171,8 +182,7 @@ def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.T
 
     In eval mode every sample's logit depends on that sample only, so the noisy copies of all draws are
     stacked (draw-major) and cut into passes of up to ``max_batch`` copies; one backward pass gives all the
-    gradients of a pass. ``max_batch=None`` sizes a pass to ``memory_mb / MAX_WORKERS`` (``rows_per_pass``)
-    and, on the CPU, to at most 1 / ``MIN_PASSES`` of the copies (but not below ``MIN_ROWS``); besides the
+    gradients of a pass. ``max_batch=None`` sizes the passes from ``memory_mb`` (``pass_size``); besides the
     passes in flight the noise and the gradients of every copy are kept (``2 * nsamples`` times the batch's
     size). On the CPU up to ``MAX_WORKERS`` passes run side by side (``_workers``). The passes depend on the
     batch, the model and ``memory_mb``, not on the number of threads, so neither do the numbers.
@@ -194,10 +204,7 @@ def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.T
     n, rows = len(embeddings), len(noise) * len(embeddings)
     target = torch.as_tensor(target, device=embeddings.device).long().reshape(n, 1)
     flat_noise = noise.reshape(rows, *embeddings.shape[1:])
-    per_pass = max_batch or rows_per_pass(model, embeddings, memory_mb / MAX_WORKERS, precision)
-    if max_batch is None and embeddings.device.type == "cpu":  # enough passes that no worker waits long for another
-        per_pass = min(per_pass, max(-(-rows // MIN_PASSES), MIN_ROWS))
-    per_pass = max(1, per_pass)
+    per_pass = max_batch or pass_size(model, embeddings, rows, memory_mb, precision)
     grads = torch.empty_like(flat_noise)
 
     def one_pass(start):  # the input gradients of the noisy copies start, ..., start + per_pass - 1
