@@ -342,7 +342,8 @@ plt.show()
 
 # %% [markdown]
 # Per `nsamples`: each kind against the Gaussian draws, paired by image, with two standard errors as the bar
-# for "more" or "fewer". Recorded: the agreement of each kind at the run's `nsamples` (if even).
+# for "more" or "less" reproducible; then the agreement of each kind at the run's `nsamples` (if even) is
+# recorded.
 
 # %%
 for d in tislib.DRAWS[1:]:
@@ -354,6 +355,8 @@ for d in tislib.DRAWS[1:]:
         print(f"{d} draws, nsamples = {ns}: agreement {var_agree[d, ns].mean():.3f} vs Gaussian "
               f"{var_agree['gaussian', ns].mean():.3f} ({diff.mean():+.3f} ± {se:.3f} per image): {verdict}; "
               f"Gaussian draws for the same agreement: {gaussian_draws_for(var_agree[d, ns].mean())}")
+
+# %%
 if nsamples in var_ns:
     record_metrics(run_dir, **{f"tis_top5_seed_agreement_{d}_{nsamples}": round(float(var_agree[d, nsamples].mean()), 4)
                                for d in tislib.DRAWS[1:]})
@@ -373,7 +376,8 @@ if nsamples in var_ns:
 # noise as a float32 map and count the top-5 positions they share, beside what another noise seed shares.
 
 # %%
-if tislib.bf16_supported():
+fast_native = tislib.bf16_supported()
+if fast_native:
     t0 = time.perf_counter()
     exact_maps = stab_tis(nsamples, seed + 1)
     t_exact, t0 = time.perf_counter() - t0, time.perf_counter()
@@ -384,7 +388,15 @@ if tislib.bf16_supported():
           f"(x{t_exact / t_fast:.2f}; a small workload: benchmarks/tis_speed.py measures at scale)")
     print(f"top-5 positions shared with float32 (same noise): {fast_agree.mean():.1%}; "
           f"with another float32 noise seed: {seed_agree[nsamples]:.1%}")
+else:
+    print("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): the fast mode is not available here")
+
+# %%
+if fast_native:
     record_metrics(run_dir, tis_top5_bf16_vs_float32=round(float(fast_agree.mean()), 4))
+
+# %%
+if fast_native:
     fig, ax = plt.subplots(figsize=(5.0, 3.0))
     ax.hist([fast_agree, keeps["another noise seed"][nsamples]], bins=np.arange(-0.1, 1.2, 0.2), rwidth=0.9,
             label=["bfloat16 vs float32 (same noise)", "float32: another noise seed"])
@@ -394,8 +406,6 @@ if tislib.bf16_supported():
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     plt.show()
-else:
-    print("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): the fast mode is not available here")
 
 # %% [markdown]
 # ## Explore
