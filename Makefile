@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 PRESET ?= default
 ARGS ?=
 
-.PHONY: install pipeline smoke test lint benchmarks lab checkpoints clean-runs verify verify-isa sync-notebooks
+.PHONY: install pipeline smoke test lint benchmarks lab checkpoints checkpoints-vqvae clean-runs verify verify-isa \
+	verify-vqvae verify-vqvae-isa compare sync-notebooks
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +72,42 @@ verify-isa: install
 	env $$isa $(BIN)/python -m cortex_utils.pipeline --preset default --run-dir runs/verify-isa $(ARGS) && \
 	env $$isa $(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify-isa/isa.txt
 	$(BIN)/python benchmarks/verify_expected.py runs/verify-isa --expected $(EXPECTED)
+
+# The second tokenizer family (--preset vqvae: the FSQ VQ-VAE on the encoded real digits), checked against
+# docs/expected_metrics_vqvae.json; -isa: with the CPU kernels restricted as in verify-isa.
+EXPECTED_VQVAE ?= docs/expected_metrics_vqvae.json
+verify-vqvae: install
+	rm -rf runs/verify-vqvae
+	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --run-dir runs/verify-vqvae $(ARGS)
+	$(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify-vqvae/isa.txt
+	$(BIN)/python benchmarks/verify_expected.py runs/verify-vqvae --expected $(EXPECTED_VQVAE)
+
+verify-vqvae-isa: install
+	rm -rf runs/verify-vqvae-isa
+	isa="$(or $(ISA_ENV),$$($(BIN)/python benchmarks/isa_kernels.py --print-verify-setting))" && \
+	echo "verify-vqvae-isa: $$isa" && \
+	env $$isa $(BIN)/python -m cortex_utils.pipeline --preset vqvae --run-dir runs/verify-vqvae-isa $(ARGS) && \
+	env $$isa $(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify-vqvae-isa/isa.txt
+	$(BIN)/python benchmarks/verify_expected.py runs/verify-vqvae-isa --expected $(EXPECTED_VQVAE)
+
+# Rebuild the second family's shipped files: the FSQ VQ-VAE (checkpoints/vqvae_fsq/), then with it the encoded
+# digits (data/vqvae_fsq/encoded) and the IEMs and shuffled-label IEM trained on them.
+REBUILD_VQVAE := runs/rebuild-vqvae
+checkpoints-vqvae: install
+	rm -rf $(REBUILD_VQVAE) && mkdir -p checkpoints/vqvae_fsq
+	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --only 01_vq_model -p retrain true \
+		-p checkpoint_out checkpoints/vqvae_fsq --run-dir $(REBUILD_VQVAE) $(ARGS)
+	$(BIN)/python -m cortex_utils.pipeline --preset vqvae -p regenerate true -p 03_train_iem.retrain true \
+		-p 11_trust_the_explanations.retrain true --run-dir $(REBUILD_VQVAE) $(ARGS)
+	cp $(REBUILD_VQVAE)/iem/iem*.safetensors $(REBUILD_VQVAE)/iem/iem*.json checkpoints/vqvae_fsq/
+	rm -rf data/vqvae_fsq && mkdir -p data/vqvae_fsq
+	cp -r $(REBUILD_VQVAE)/datasets/encoded $(REBUILD_VQVAE)/datasets/encoded.json data/vqvae_fsq/
+
+# The two families side by side on the same real digits (notebook 12): a taming run and an FSQ run, encoded.
+compare: install
+	$(BIN)/python -m cortex_utils.pipeline --preset encoded --run-dir runs/compare/taming_vqgan $(ARGS)
+	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --run-dir runs/compare/vqvae_fsq $(ARGS)
+	$(BIN)/python -m cortex_utils.pipeline --preset compare --run-dir runs/compare
 
 # Notebooks and their text forms (notebooks/NN_name.py, jupytext percent format): the newer of each pair wins.
 sync-notebooks: install

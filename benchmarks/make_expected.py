@@ -144,7 +144,7 @@ def round_up(x: float, digits: int = 2) -> float:
 
 
 def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional: bool = False,
-          command: str = "") -> tuple[dict, list[str]]:
+          command: str = "", preset: str = "default") -> tuple[dict, list[str]]:
     """The expected file's content from the runs, and the keys whose tolerance the runs widened beyond the floor."""
     runs = [read_run(d) for d in run_dirs]
     first = runs[0]
@@ -195,7 +195,8 @@ def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional:
         kinds[EXACT_KIND] = {"floor": 0, "why": "strings, booleans and integers: equal or not"}
     return {
         "format": FORMAT,
-        "about": ("Expected metrics of the default run (`make pipeline`: shipped data and models). A run passes when every key under `checked` is within "
+        "about": (f"Expected metrics of the {preset} run (`python -m cortex_utils.pipeline --preset {preset}`: shipped "
+                  "data and models). A run passes when every key under `checked` is within "
                   "|got - value| <= tolerance (exact for kind `exact`); keys under `informational` are not "
                   "checked. Check a run: benchmarks/verify_expected.py RUN_DIR. Format and how to regenerate: "
                   "docs/expected_metrics.md."),
@@ -222,11 +223,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="where to write (docs/expected_metrics.json)")
     ap.add_argument("--informational", action="append", default=[], metavar="KEY",
                     help="also keep KEY unchecked (repeatable)")
+    ap.add_argument("--preset", default="default", help="the preset the runs ran (named in the file; default)")
     ap.add_argument("--provisional", action="store_true",
                     help="mark the file provisional (not from the final runs; for trying the tooling)")
     args = ap.parse_args(argv)
     command = "python benchmarks/make_expected.py " + " ".join(argv)
-    expected, widened = build(args.run_dirs, tuple(args.informational), args.provisional, command)
+    expected, widened = build(args.run_dirs, tuple(args.informational), args.provisional, command, args.preset)
     out = Path(args.out)
     sys.path.insert(0, str(ROOT))
     from cortex_utils.artifacts import write_json
