@@ -34,6 +34,11 @@ def shipped_checkpoints(family: str = DEFAULT_FAMILY) -> Path:
     return SHIPPED_CHECKPOINTS if family == DEFAULT_FAMILY else SHIPPED_CHECKPOINTS / family
 
 
+def rebuild_command(family: str = DEFAULT_FAMILY) -> str:
+    """The command that rebuilds a family's shipped files (written on the cards of what it trains)."""
+    return "make checkpoints" if family == DEFAULT_FAMILY else f"make checkpoints-{family.split('_')[0]}"
+
+
 def shipped_data(family: str = DEFAULT_FAMILY) -> Path:
     """Where a tokenizer family's token datasets are shipped: ``data/default/`` or ``data/<family>/``."""
     return SHIPPED_DATA if family == DEFAULT_FAMILY else REPO_ROOT / "data" / family

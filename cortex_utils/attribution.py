@@ -290,7 +290,7 @@ def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Te
     """The shuffled-label IEM of ``shuffled_label_iem``: the shipped ``<name>.safetensors`` of the dataset's
     tokenizer family (``shipped_checkpoints``: ``checkpoints/`` for the default) when it was trained on exactly this train split with exactly these settings, else trained here and saved to
     ``out_dir``. Returns ``(model, log, trained)``."""
-    from . import shipped_checkpoints
+    from . import rebuild_command, shipped_checkpoints
     from .artifacts import read_card
     from .datasets import split_fingerprint
     from .iem import load_iem, save_iem, shipped_iem
@@ -310,7 +310,7 @@ def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Te
     if out_dir is not None:
         save_iem(out, Path(out_dir) / f"{name}.safetensors", card={
             "kind": "shuffled_label_iem", "vq_fingerprint": ds.manifest["vq_fingerprint"], "train_fingerprint": fp,
-            "training": training, "log": log.to_dict("records"), "rebuild": "make checkpoints"})
+            "training": training, "log": log.to_dict("records"), "rebuild": rebuild_command(ds.vq_family)})
     return out, log, True
 
 

@@ -45,7 +45,16 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from cortex_utils import REPO_ROOT, SHIPPED_CHECKPOINTS, SHIPPED_DATA, digits, evaluators, plots, shipped_data
+from cortex_utils import (
+    REPO_ROOT,
+    SHIPPED_CHECKPOINTS,
+    SHIPPED_DATA,
+    digits,
+    evaluators,
+    plots,
+    rebuild_command,
+    shipped_data,
+)
 from cortex_utils import datasets as tokds
 from cortex_utils import generation as gen
 from cortex_utils import vq as vqlib
@@ -261,9 +270,9 @@ if splits is not None:
     if source == "generated":  # the card that make checkpoints ships with the data
         tokds.write_dataset_card(dataset_dir, {"kind": "token dataset", "generator": repo_relative(tf_path),
                                                "settings": settings, "rebuild": "make checkpoints"})
-    elif not image_folder:  # the card that make checkpoints-vqvae ships with the data
+    elif not image_folder:  # the card shipped with a family's encoded digits (make checkpoints-vqvae)
         tokds.write_dataset_card(dataset_dir, {"kind": "token dataset", "tokenizer": repo_relative(
-            registered(run_dir, "vq")["checkpoint"]), "settings": settings, "rebuild": "make checkpoints-vqvae"})
+            registered(run_dir, "vq")["checkpoint"]), "settings": settings, "rebuild": rebuild_command(meta["vq_family"])})
 register(run_dir, "dataset", path=str(dataset_dir), source=source)
 display(pd.DataFrame({s: np.bincount(y, minlength=len(class_names)) for s, y in ds.labels.items()},
                      index=class_names).T.iloc[:, :20])

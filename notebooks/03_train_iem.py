@@ -40,7 +40,7 @@ import torch
 from IPython.display import display
 
 from cortex_utils import datasets as tokds
-from cortex_utils import distributed, shipped_checkpoints
+from cortex_utils import distributed, rebuild_command, shipped_checkpoints
 from cortex_utils import iem as iemlib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, read_card, register, registered
@@ -162,7 +162,7 @@ for arch in architectures:
             "kind": "iem", "dataset": str(ds.path), "vq_fingerprint": ds.manifest["vq_fingerprint"],
             "train_fingerprint": train_fp, "training": training, "log": logs[arch].to_dict("records"),
             "metrics": {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])},
-            "rebuild": "make checkpoints"})
+            "rebuild": rebuild_command(ds.vq_family)})
         note_trained(run_dir, f"IEM {arch}")
 
 # %% [markdown]
