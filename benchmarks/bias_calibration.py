@@ -18,7 +18,7 @@ Cases (the three ways the earlier ranked δ failed, plus two controls):
   specificity filter of ``bias.attribute_tokens``, a stand-in for the TIS ranking);
 * ``no_signal``: both values draw their counts from the same distribution: the rule cannot separate them;
 * ``leak``: ``symmetric``, but the generator does not always draw what the prompt names: 20 % of the "a A"
-  images render as B and 30 % of the "a B" images as A (notebook 10 measures 11-26 % from pixels). The
+  images render as B and 30 % of the "a B" images as A (of the order notebook 10 measures from pixels). The
   tokens and the threshold come from the prompt-labelled fit images; the held-out images that measure the
   rule's error rates are labelled by what they show (notebook 10: by their pixels), so the estimate aims at
   the true share;
@@ -104,7 +104,7 @@ def count_study(rng, draw, p, n_boot, leak=(0.0, 0.0), cal_by_truth=False):
 # --- the ``graded`` case: an attribute that is a matter of degree --------------------------------------
 #
 # Each image has a latent degree L (stroke thickness): N(+1, 1) under the A prompt, N(-1, 1) under the B prompt,
-# so 16 % of each prompt's images fall on the other side of 0 (notebook 10 measures 19-22 % for thickness). An
+# so 16 % of each prompt's images fall on the other side of 0 (of the order notebook 10 measures for thickness). An
 # image shows A when L > 0 (the pixel rule). Its counts depend on L itself, not only on its side: A's tokens
 # Poisson(0.3 + 3 sigmoid(2L)), B's Poisson(0.3 + 3 sigmoid(-2L)). The neutral set mixes the two prompts' outputs
 # with weight w; its true share is the share with L > 0. Images near the border are called either way, so

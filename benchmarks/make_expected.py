@@ -143,11 +143,36 @@ def round_up(x: float, digits: int = 2) -> float:
     return math.ceil(x * scale * (1 - 1e-12)) / scale
 
 
+def previous_values(previous: dict | None, first: dict, fresh: str = "") -> dict:
+    """From an earlier expected file, the checked numeric keys whose value the first run still reproduces within
+    the earlier tolerance: ``{key: (earlier value, earlier tolerance)}``, leaving out the keys matching ``fresh`` (a
+    regular expression for the quantities an intended change redefined, whose earlier values may lie close by
+    chance). Those numbers come from other machines
+    (the earlier file's runs), so they count as more observations of the same quantity; a key the run moved
+    out of its tolerance (an intended change of the default) starts afresh."""
+    out = {}
+    for key, e in (previous or {}).get("checked", {}).items():
+        if fresh and re.search(fresh, key):
+            continue
+        v = first.get(key)
+        if e["kind"] == EXACT_KIND or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if abs(v - e["value"]) <= e["tolerance"]:
+            out[key] = (e["value"], e["tolerance"])
+    return out
+
+
 def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional: bool = False,
-          command: str = "", preset: str = "default") -> tuple[dict, list[str]]:
-    """The expected file's content from the runs, and the keys whose tolerance the runs widened beyond the floor."""
+          command: str = "", previous: dict | None = None, fresh: str = "",
+          preset: str = "default") -> tuple[dict, list[str]]:
+    """The expected file's content from the runs, and the keys whose tolerance the runs widened beyond the floor.
+
+    ``previous``: an earlier expected file (made on other machines). A key it checked that the first run still
+    reproduces keeps at least its earlier tolerance, and its earlier value counts toward the spread. ``preset``:
+    the preset the runs ran (named in the file)."""
     runs = [read_run(d) for d in run_dirs]
     first = runs[0]
+    earlier = previous_values(previous, first, fresh)
     problems, checked, info, widened = [], {}, {}, []
     for key, value in first.items():
         missing = [d for d, r in zip(run_dirs, runs, strict=True) if key not in r]
@@ -177,12 +202,16 @@ def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             problems.append(f"{key}: not numeric in every run: {values}")
             continue
-        spread = max(values) - min(values)
-        tolerance = round_up(max(floor, SPREAD_FACTOR * spread))
-        if SPREAD_FACTOR * spread > floor:
+        old_value, old_tolerance = earlier.get(key, (None, 0.0))
+        seen = values + ([old_value] if old_value is not None else [])
+        spread = max(seen) - min(seen)
+        tolerance = round_up(max(floor, SPREAD_FACTOR * spread, old_tolerance))
+        if tolerance > round_up(floor):
             widened.append(key)
         checked[key] = {"value": value, "tolerance": tolerance, "kind": kind, "floor": round_up(floor, 3),
                         "spread": round(spread, 6)}
+        if old_value is not None:
+            checked[key]["previous"] = {"value": old_value, "tolerance": old_tolerance}
     extra = sorted({k for r in runs[1:] for k in r} - set(first))
     for k in extra:
         if rule_for(k, 0.0) is None or rule_for(k, 0.0)[1] is not None:
@@ -205,6 +234,7 @@ def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional:
         "rule": f"tolerance = max(floor of the key's kind, {SPREAD_FACTOR} x (max - min over the runs)), "
                 "rounded up to two significant digits",
         "runs": [{"run_dir": str(d), "isa": isa_note(d)} for d in run_dirs],
+        "previous_runs": [] if previous is None else previous.get("runs", []) + previous.get("previous_runs", []),
         "kinds": kinds,
         "checked": checked,
         "informational": info,
@@ -223,12 +253,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="where to write (docs/expected_metrics.json)")
     ap.add_argument("--informational", action="append", default=[], metavar="KEY",
                     help="also keep KEY unchecked (repeatable)")
+    ap.add_argument("--previous", metavar="FILE",
+                    help="an earlier expected file from other machines: a key the first run still reproduces "
+                         "within its tolerance keeps at least that tolerance, its value counts toward the spread")
+    ap.add_argument("--fresh", metavar="REGEX", default="",
+                    help="with --previous: keys matching REGEX start afresh (quantities an intended change redefined)")
     ap.add_argument("--preset", default="default", help="the preset the runs ran (named in the file; default)")
     ap.add_argument("--provisional", action="store_true",
                     help="mark the file provisional (not from the final runs; for trying the tooling)")
     args = ap.parse_args(argv)
     command = "python benchmarks/make_expected.py " + " ".join(argv)
-    expected, widened = build(args.run_dirs, tuple(args.informational), args.provisional, command, args.preset)
+    previous = json.loads(Path(args.previous).read_text()) if args.previous else None
+    expected, widened = build(args.run_dirs, tuple(args.informational), args.provisional, command, previous, args.fresh,
+                              args.preset)
     out = Path(args.out)
     sys.path.insert(0, str(ROOT))
     from cortex_utils.artifacts import write_json

@@ -143,16 +143,32 @@ def share_verdict(low: float, high: float) -> str:
     return verdict(low, high)
 
 
+CHECK_LEVEL = 0.05  # bias.bias_share's check_level: below it the error-rate check withholds the interval
+
+
+def _withheld(v: Values, b: str, which: str = "") -> tuple[float, float, float] | None:
+    """(check p, interval before the check) when notebook 10's error-rate check withheld the interval, else None."""
+    p = v.get(f"bias_{b}_share_check_p{which}")
+    if p is None or not p < CHECK_LEVEL:
+        return None
+    return p, v[f"bias_{b}_share_unchecked_low{which}"], v[f"bias_{b}_share_unchecked_high{which}"]
+
+
 def _share(v: Values, b: str, which: str = "") -> str:
-    """One study's estimate: "0.92 [0.72, 1.00] (pixels: 0.82; verdict)"."""
+    """One study's estimate: "0.92 [0.72, 1.00] (pixels: 0.82; verdict)", or why no interval was given."""
     est, lo, hi = (v[f"bias_{b}_share_{k}{which}"] for k in ("est", "low", "high"))
     truth = v[f"bias_{b}_share_truth{which}"]
+    withheld = _withheld(v, b, which)
     if est is None:
-        shown = f"no estimate [{num(lo)}, {num(hi)}]"
-    else:
-        shown = f"**{num(est)}** [{num(lo)}, {num(hi)}]"
+        return f"no estimate [{num(lo)}, {num(hi)}] (pixel truth {num(truth)}; {share_verdict(lo, hi)})"
+    if withheld:
+        p, ulo, uhi = withheld
+        inside = "inside" if ulo <= truth <= uhi else "**outside**"
+        return (f"**{num(est)}**, no interval: the rule's error rates differ between images of one value (check "
+                f"p = {num(p, 3)}; before the check [{num(ulo)}, {num(uhi)}], pixel truth {num(truth)} {inside}; "
+                f"{share_verdict(lo, hi)})")
     inside = "inside" if lo <= truth <= hi else "**outside** the interval"
-    return f"{shown} (pixel truth {num(truth)}, {inside}; {share_verdict(lo, hi)})"
+    return f"**{num(est)}** [{num(lo)}, {num(hi)}] (pixel truth {num(truth)}, {inside}; {share_verdict(lo, hi)})"
 
 
 def _bias_found(v: Values) -> str:
@@ -242,12 +258,20 @@ def render_bias(v: Values) -> str:
             lo, hi = v[f"bias_{b}_share_low{which}"], v[f"bias_{b}_share_high{which}"]
             truth = v[f"bias_{b}_share_truth{which}"]
             est = v[f"bias_{b}_share_est{which}"]
-            lines.append(f"| {b} | {digit}{' (control)' if which else ''} | "
-                         f"{'–' if est is None else num(est)} [{num(lo)}, {num(hi)}] | {num(truth)} | "
-                         f"{'yes' if lo <= truth <= hi else '**no**'} | {share_verdict(lo, hi)} | "
+            withheld = _withheld(v, b, which)
+            if withheld:
+                p, ulo, uhi = withheld
+                shown = f"{num(est)}, withheld (check p = {num(p, 3)})"
+                before = f"[{num(ulo)}, {num(uhi)}]"
+                inside = f"— (before the check: {'yes' if ulo <= truth <= uhi else '**no**'})"
+            else:
+                shown, before = f"{'–' if est is None else num(est)} [{num(lo)}, {num(hi)}]", "–"
+                inside = "yes" if lo <= truth <= hi else "**no**"
+            lines.append(f"| {b} | {digit}{' (control)' if which else ''} | {shown} | {before} | {num(truth)} | "
+                         f"{inside} | {share_verdict(lo, hi)} | "
                          f"{num(v[f'bias_{b}_delta_' + ('control' if which else 'biased')], sign=True)} |")
-    head = ["| bias | digit | estimated share of the planted value [95 %] | pixel truth | truth inside | verdict "
-            "| paper's δ (raw counts) |", "|---|---|---|---|---|---|---|"]
+    head = ["| bias | digit | estimated share of the planted value [95 %] | interval before the error-rate check "
+            "| pixel truth | truth inside | verdict | paper's δ (raw counts) |", "|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + lines) + "\n" + provisional_note(v)
 
 

@@ -2,6 +2,11 @@
 
 Papermill injects parameters as plain assignments, so a misspelt name would silently do nothing;
 ``check_parameters`` turns it into an error, and checks each value against its default's type.
+
+A parameter whose default is a non-empty dict is a *group* of knobs that travel together (e.g. the settings an
+attribute IEM is trained with): a value given for it may name only some of the group's keys, and
+``check_parameters`` completes it from the default (``-p attribute_iem '{epochs: 3}'`` changes the epochs
+only); a key the default lacks is an error. An empty dict default is a free mapping and is left as given.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
 
     ``namespace`` is the notebook's ``globals()`` right after the parameters (and papermill's injected)
     cells; only plain values (what papermill can inject) count, so imported modules, functions and
-    constants such as paths are not mistaken for parameters.
+    constants such as paths are not mistaken for parameters. A group parameter (non-empty dict default) given
+    in part is completed from its default, in ``namespace`` too, so the notebook reads the whole group.
     """
     declared = declared_parameters(notebook)
     values = {k: v for k, v in namespace.items()
@@ -60,7 +66,25 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
         if not ok:
             raise ValueError(f"parameter {name} of {notebook} must be {type(default).__name__} "
                              f"(default {info['default']}), got {v!r}")
+        if isinstance(default, dict) and default:
+            values[name] = namespace[name] = complete_group(name, v, default, notebook)
     return {k: values[k] for k in declared if k in values}
+
+
+def complete_group(name: str, value: dict, default: dict, notebook: str = "") -> dict:
+    """A group parameter's value with the keys it leaves out taken from ``default``; each given key must be
+    one of the default's, of its default's type (ints are accepted for floats)."""
+    unknown = sorted(set(value) - set(default))
+    if unknown:
+        raise ValueError(f"parameter {name}{f' of {notebook}' if notebook else ''}: unknown key(s) {unknown}. "
+                         f"Known: {sorted(default)}")
+    for key, v in value.items():
+        d = default[key]
+        ok = (isinstance(v, type(d)) or (isinstance(d, float) and isinstance(v, int))) and \
+            isinstance(d, bool) == isinstance(v, bool)
+        if d is not None and not ok:
+            raise ValueError(f"parameter {name}[{key!r}] must be {type(d).__name__} (default {d!r}), got {v!r}")
+    return {**default, **value}
 
 
 def _literal(src: str):

@@ -86,6 +86,12 @@ if max_images:
 n_positions = int(np.prod(ds.grid))
 require(max(ns) <= n_positions, f"n = {max(ns)} exceeds the {n_positions} positions of the {ds.grid} grid")
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names), torchvision_weights)
+
+# %% [markdown]
+# Token-space masking puts a **neutral token** where a masked id sat: by default the split's most frequent id,
+# the background code (`neutral`).
+
+# %%
 neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, tokens, neutral)
 require(neutral_id < ds.manifest["n_embed"], f"neutral id {neutral_id} is outside the codebook of {ds.manifest['n_embed']}")
 print(f"{len(labels)} {split} images, TIS from IEM {tis_entry['iem_arch']} ({tis_entry['reduction']}), "

@@ -85,6 +85,14 @@ tables = {name: pd.read_parquet(folder / f"{name}_tokens.parquet") for name in (
 k_max = max(token_num, *token_nums)
 K = ds.manifest["n_embed"]
 train_tokens, train_labels = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
+tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names), torchvision_weights)
+
+# %% [markdown]
+# The token sets to mask: the concept tokens and the baselines' ids, the first `token_num` of each class's, and
+# the neutral token that token-space masking puts in their place.
+
+# %%
 background = concepts.background_tokens(train_tokens, train_labels, K, share=background_share)
 tables["frequency w/o background"] = concepts.frequency_tokens(train_tokens, train_labels, ds.class_names, K,
                                                                top=k_max, exclude=background)
@@ -92,8 +100,6 @@ sets = {"CORTEX concept": concepts.token_sets(tables["concept"], k_max, top_n=to
         "frequency": concepts.token_sets(tables["frequency"], k_max),
         "frequency w/o background": concepts.token_sets(tables["frequency w/o background"], k_max),
         "contrastive": concepts.token_sets(tables["contrastive"], k_max)}
-tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names), torchvision_weights)
 neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, tokens, neutral)
 print(f"background: {len(background)} of {K} ids, filling {np.isin(train_tokens, background).mean():.0%} of the "
       f"train grid positions (background_share = {background_share})")

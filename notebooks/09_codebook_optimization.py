@@ -93,15 +93,21 @@ vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 n_classes = len(ds.class_names)
-for source, target in pairs:
-    opt.check_pair(source, target, n_classes)
-region = opt.region_mask(ds.grid, rows, cols)
 iem = iemlib.load_iem(registered(run_dir, f"iem{iem_arch}")["checkpoint"],
                       expect={"arch": iem_arch, "in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid),
                               "n_classes": n_classes})
 codebook = vqlib.codebook(vq)
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_classes, torchvision_weights)
 tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
+
+# %% [markdown]
+# The region to rewrite, and for each pair the source images: the first `images_per_pair` test images of the
+# source class that the IEM itself recognises (others only if too few are).
+
+# %%
+for source, target in pairs:
+    opt.check_pair(source, target, n_classes)
+region = opt.region_mask(ds.grid, rows, cols)
 with torch.no_grad():
     iem_pred = iemlib.predict(iem, tokds.embedding_loader(ds, split, codebook, batch_size=512))[0].argmax(1).numpy()
 sources = {}
@@ -293,8 +299,7 @@ g.figure.suptitle("evaluators' target-class probability before and after optimiz
 
 # %%
 p_before, p_after = float(scores["target_prob_before"].mean()), float(scores["target_prob_after"].mean())
-changed_outside = int((before != after)[:, ~torch.from_numpy(region)].sum())  # recorded below, then asserted
-record_metrics(run_dir, codebook_tokens_changed_outside_region=changed_outside)
+changed_outside = int((before != after)[:, ~torch.from_numpy(region)].sum())  # counted for the record, then asserted
 opt.check_outside_unchanged(before, after, region)  # an invariant: raises if any token outside the region changed
 print(f"check: {changed_outside} tokens outside the region changed")
 print(f"mean target probability over pairs, evaluators and methods: {p_before:.3f} before -> {p_after:.3f} after "
@@ -307,7 +312,8 @@ display(per.round(3))
 # Record the headline numbers.
 
 # %%
-record_metrics(run_dir, codebook_target_prob_before=round(p_before, 4), codebook_target_prob_after=round(p_after, 4));
+record_metrics(run_dir, codebook_target_prob_before=round(p_before, 4), codebook_target_prob_after=round(p_after, 4),
+               codebook_tokens_changed_outside_region=changed_outside);
 
 # %% [markdown]
 # ## Before and after
@@ -454,6 +460,8 @@ entry = registered(run_dir, "concepts")
 require(concept_top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = "
         f"{concept_top_n} is not among them")
 concept_table = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
+
+# %%
 K = ds.manifest["n_embed"]
 concept_sets = concepts.token_sets(concept_table, concept_k, top_n=concept_top_n)  # {class: its first concept_k ids}
 for _, target in pairs:

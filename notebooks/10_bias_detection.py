@@ -43,7 +43,7 @@
 # * two bias types, as the paper's two: **colour** (like skin colour, a property of the pixels) and **stroke
 #   thickness** (like gender, a property of the shape, labelled from the real digits' ink).
 #
-# With `real_data_dir` set, the same steps run on token data in the original's layout (see the end).
+# With `real_data["dir"]` set, the same steps run on token data in the original's layout (see the end).
 
 # %%
 import json
@@ -63,49 +63,53 @@ from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, record_metrics, register
 from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
+# %% [markdown]
+# The knobs. Some travel together as a group (a dict): set only the keys you change, e.g.
+# `-p attribute_iem '{epochs: 3}'`; the others keep their defaults.
+#
+# * `study_digits`: the digit whose neutral prompt is skewed toward `planted["colour"]`, the one skewed toward
+#   `planted["thickness"]`, and the control digit (balanced in both).
+# * `generator`: how the planted-bias transformer is fine-tuned from notebook 02's: `steps` (batches of 64) at
+#   learning rate `lr`; each real training digit appears `per_image` times under random prompts, a share
+#   `neutral_share` of them neutral; the thickest and the thinnest `thick_fraction` of each digit class are
+#   "thick" and "thin".
+# * `sampling`: `temperature` (1.0 keeps the generator's own attribute shares, lower sharpens toward the
+#   majority) and `top_k` (0: sample among all tokens).
+# * `attribute_iem`: the attribute IEM's architecture, width, epochs and learning rate.
+# * `real_data`: token data in the original's layout (`dir`, see the last section), the taming VQ config
+#   and checkpoint its ids refer to, and whether a `.ckpt` may be fully unpickled (only for files you trust).
+
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-02 (relative to the repo root)
 bias_types = ["colour", "thickness"]  # which studies to run
-skew = 0.85  # share of the planted value in the biased digits' neutral training images
-colour_digit = 3  # its neutral prompt is skewed toward planted["colour"]
-thickness_digit = 5  # its neutral prompt is skewed toward planted["thickness"]
-control_digit = 7  # balanced in both attributes
+study_digits = {"colour": 3, "thickness": 5, "control": 7}  # skewed toward planted[...]; control: balanced
 planted = {"colour": "red", "thickness": "thick"}
-retrain = False  # train the bias transformer and the attribute IEMs even if the shipped ones match these settings
+skew = 0.85  # share of the planted value in the biased digits' neutral training images
+generator = {"steps": 1500, "lr": 0.003, "per_image": 4, "neutral_share": 0.4, "thick_fraction": 0.25}
+retrain = False  # train the bias transformer and the attribute IEMs even if the shipped ones match
 regenerate = False  # sample the study's generations here even if the shipped ones (data/default/bias) match
-transformer_steps = 1500  # fine-tuning steps (batch of 64) from the digit transformer of notebook 02
-transformer_lr = 0.003
-per_image = 4  # each real training digit appears this many times, under random prompts
-neutral_share = 0.4  # share of neutral prompts in the training data (the four attribute prompts share the rest)
-thick_fraction = 0.25  # the thickest and the thinnest quarter of each digit class are "thick" and "thin"
 bf16 = "auto"  # bfloat16 autocast when training: auto | on | off
-temperature = 1.0  # sampling; 1.0 keeps the generator's own attribute shares (lower sharpens toward the majority)
-top_k = 0  # 0: sample among all tokens
-attribute_per_value = [300, 50, 50]  # train / val / test generations per attribute value and digit (IEM data)
+sampling = {"temperature": 1.0, "top_k": 0}  # 1.0: the generator's own shares; top_k 0: every token
+attribute_per_value = [300, 50, 50]  # train / val / test generations per attribute value and digit
 n_neutral = 300  # neutral-prompt generations per digit
-iem_arch = 1  # the attribute IEM (1 vgg, 2 vgg_deep, 3 resnet_se, 4 vit)
-iem_width = 32
-iem_epochs = 12
-iem_lr = 0.002
+attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}  # arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
 nsamples = 20  # SmoothGrad noisy copies
 top_n = 5  # TIS positions per image that count toward a value's tokens
 token_num = 20  # attribute tokens per value (at most)
-specificity = 2.0  # a value's token must occur this many times more often per image of that value than of the other (0: off)
+specificity = 2.0  # a value's token: this many times more often per image of that value than of the other
 n_boot = 1000  # bootstrap resamples for the intervals (δ and share)
-min_youden = 0.1  # a token rule with sensitivity + specificity - 1 at most this cannot separate the values: inconclusive
-reselect_tokens = True  # re-select the attribute tokens in every bootstrap resample (from the resampled TIS rows)
+min_youden = 0.1  # a token rule with sensitivity + specificity - 1 at most this cannot separate the values
+reselect_tokens = True  # re-select the attribute tokens in every bootstrap resample
 not_found_width = 0.25  # "not found" needs an interval around ½ at most this wide (else "inconclusive")
 seed = 0
-real_data_dir = ""  # token data in the original's layout: <dir>/<bias type>/{train,val,test,neutral}.csv
-vq_config = ""  # with real_data_dir: the taming VQ config YAML (e.g. DALL-E mini's VQGAN f16-16384)...
-vq_checkpoint = ""  # ...and its checkpoint (.ckpt or safetensors), for the codebook and the decoder
-trust_pickle = False  # allow a .ckpt that needs full unpickling (only for files you trust)
+real_data = {"dir": "", "vq_config": "", "vq_checkpoint": "", "trust_pickle": False}  # the last section
 n_show = 8  # images per row in the figures
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "10_bias_detection")
-real = bool(real_data_dir)
+real = bool(real_data["dir"])
+colour_digit, thickness_digit, control_digit = (study_digits[k] for k in ("colour", "thickness", "control"))
 require(len(bias_types) >= 1 and len(set(bias_types)) == len(bias_types), "bias_types: name each study once")
 if not real:
     for b in bias_types:
@@ -115,22 +119,25 @@ if not real:
         choice(f"planted[{b!r}]", v, bias.ATTRIBUTES[b])
     require(len({colour_digit, thickness_digit, control_digit}) == 3 and
             all(0 <= d <= 9 for d in (colour_digit, thickness_digit, control_digit)),
-            "colour_digit, thickness_digit and control_digit must be three different digits 0-9")
+            f"study_digits must name three different digits 0-9, got {study_digits}")
 
 # %%
 require(0 <= skew <= 1, f"skew must lie in [0, 1], got {skew}")
-require(transformer_steps >= 1 and transformer_lr > 0 and per_image >= 1, "transformer_steps, per_image >= 1 and transformer_lr > 0")
-require(0 < neutral_share < 1 and 0 < thick_fraction <= 0.5, "neutral_share must lie in (0, 1), thick_fraction in (0, 0.5]")
-require(temperature > 0 and top_k >= 0, "temperature must be > 0 and top_k >= 0")
+require(generator["steps"] >= 1 and generator["lr"] > 0 and generator["per_image"] >= 1,
+        f"generator: steps, per_image >= 1 and lr > 0, got {generator}")
+require(0 < generator["neutral_share"] < 1 and 0 < generator["thick_fraction"] <= 0.5,
+        f"generator: neutral_share must lie in (0, 1), thick_fraction in (0, 0.5], got {generator}")
+require(sampling["temperature"] > 0 and sampling["top_k"] >= 0, f"sampling: temperature > 0 and top_k >= 0, got {sampling}")
 require(len(attribute_per_value) == 3 and min(attribute_per_value[:2]) >= 1 and attribute_per_value[2] >= 0,
         "attribute_per_value: [train, val, test] with train and val >= 1")
 require(specificity >= 0, "specificity must be >= 0")
 require(0 <= min_youden < 1 and 0 < not_found_width <= 1, "min_youden must lie in [0, 1), not_found_width in (0, 1]")
-require(n_neutral >= 1 and nsamples >= 1 and top_n >= 1 and token_num >= 1 and iem_epochs >= 1 and n_boot >= 1,
-        "n_neutral, nsamples, top_n, token_num, iem_epochs and n_boot must be >= 1")
-choice("iem_arch", iem_arch, [1, 2, 3, 4])
+require(n_neutral >= 1 and nsamples >= 1 and top_n >= 1 and token_num >= 1 and attribute_iem["epochs"] >= 1
+        and n_boot >= 1, "n_neutral, nsamples, top_n, token_num, attribute_iem epochs and n_boot must be >= 1")
+choice("attribute_iem arch", attribute_iem["arch"], [1, 2, 3, 4])
 choice("bf16", bf16, ["auto", "on", "off"])
-require(not real or (vq_config and vq_checkpoint), "real_data_dir needs vq_config and vq_checkpoint (the codebook its ids refer to)")
+require(not real or (real_data["vq_config"] and real_data["vq_checkpoint"]),
+        "real_data: dir needs vq_config and vq_checkpoint (the codebook its ids refer to)")
 run_dir = repo_path(run_dir)
 out_dir = run_dir / "bias"
 params
@@ -138,11 +145,11 @@ params
 # %% [markdown]
 # ## The planted-bias generator
 #
-# *(With `real_data_dir` set, this step loads the real token data instead; see the last section.)*
+# *(With `real_data["dir"]` set, this step loads the real token data instead; see the last section.)*
 #
-# The training data: every real training digit `per_image` times, each time under a random prompt (neutral
-# with probability `neutral_share`) and drawn to match it (red or green; from the thickest or the thinnest
-# `thick_fraction` of its class by ink). Neutral prompts show
+# The training data: every real training digit `per_image` times (`generator`), each time under a random
+# prompt (neutral with probability `neutral_share`) and drawn to match it (red or green; from the thickest or the
+# thinnest `thick_fraction` of its class by ink). Neutral prompts show
 # red/green and thick/thin at even odds — except for the two biased digits. The transformer starts from the
 # digit transformer of notebook 02 (neutral prompts keep its condition tokens 0–9) and is fine-tuned. The
 # shipped one loads when it was trained with exactly these settings on this tokenizer; otherwise it trains
@@ -151,8 +158,9 @@ params
 # %%
 biased_digit = {"colour": colour_digit, "thickness": thickness_digit}
 if real:
-    vq = vqlib.load_vq(repo_path(vq_config), repo_path(vq_checkpoint), trust_pickle=trust_pickle)
-    loaded, neutral = bias.load_real_study(repo_path(real_data_dir), bias_types, vqlib.vq_meta(vq), out_dir)
+    vq = vqlib.load_vq(repo_path(real_data["vq_config"]), repo_path(real_data["vq_checkpoint"]),
+                       trust_pickle=real_data["trust_pickle"])
+    loaded, neutral = bias.load_real_study(repo_path(real_data["dir"]), bias_types, vqlib.vq_meta(vq), out_dir)
     studies = {(b, "real"): ds for b, ds in loaded.items()}
     neutral_sets = {(b, "real"): {"neutral prompt": neutral[b]} for b in bias_types}
     planted_label = {key: 0 for key in studies}  # real data: δ is signed toward the first value
@@ -160,8 +168,7 @@ else:
     vq = vqlib.load_run_vq(run_dir)
     data = digits.load_digits(seed)
     training = {"skew": skew, "colour_digit": colour_digit, "thickness_digit": thickness_digit, "planted": planted,
-                "per_image": per_image, "neutral_share": neutral_share, "thick_fraction": thick_fraction,
-                "steps": transformer_steps, "lr": transformer_lr, "seed": seed}
+                **generator, "seed": seed}
     tf, tf_path, tf_log, why = bias.load_or_train_bias_transformer(
         run_dir, vq, data["train"]["gray"], data["train"]["labels"], training, retrain, vqlib.use_bf16(bf16))
     print(f"trained the bias transformer ({why})" if why else "loaded the shipped bias transformer (same settings, same tokenizer)")
@@ -180,8 +187,9 @@ if not real:  # the registry notes which generator this run used
 if not real:
     shown = [(d, slot) for d in (colour_digit, thickness_digit, control_digit) for slot in bias.PROMPT_SLOTS]
     prompts = np.repeat([int(bias.prompt_id(d, slot)) for d, slot in shown], n_show)
-    images = vqlib.decode(vq, gen.sample_tokens(tf, prompts, temperature=temperature, top_k=top_k or None, seed=seed,
-                                                progress=False))
+    tokens = gen.sample_tokens(tf, prompts, temperature=sampling["temperature"], top_k=sampling["top_k"] or None,
+                               seed=seed, progress=False)
+    images = vqlib.decode(vq, tokens)
     rows = {(f'"a {d}"' if slot == "neutral" else f'"a {slot} {d}"'): images[i * n_show:(i + 1) * n_show]
             for i, (d, slot) in enumerate(shown)}
     plots.rows_of_images(rows, ncols=n_show);
@@ -201,7 +209,7 @@ if not real:
 if not real:
     subjects = {b: [biased_digit[b], control_digit] for b in bias_types}
     studies, neutral, why = bias.load_or_generate_study(tf, tf_path, vq, subjects, attribute_per_value, n_neutral,
-                                                        temperature, top_k or None, seed, out_dir,
+                                                        sampling["temperature"], sampling["top_k"] or None, seed, out_dir,
                                                         regenerate=regenerate or retrain)
     print(f"study data: {why}")
     neutral_sets = {(b, d): {f"{'biased' if d == biased_digit[b] else 'control'} (digit {d})": neutral[d]}
@@ -289,7 +297,7 @@ for key, truth in held_truth.items():  # a tiny run may draw one value only: the
 
 # %%
 codebook = vqlib.codebook(vq)
-iem_training = {"arch": iem_arch, "width": iem_width, "epochs": iem_epochs, "lr": iem_lr, "batch_size": 64, "seed": seed}
+iem_training = {**attribute_iem, "batch_size": 64, "seed": seed}
 results, tables, iem_info = {}, [], {}
 for (b, d), ds in studies.items():
     name = f"{b}_real" if real else bias.study_name(b, d)
@@ -487,11 +495,11 @@ display(Markdown("\n".join(lines)))
 # %% [markdown]
 # ## Real token data (the DALL·E-mini layout)
 #
-# Set `real_data_dir` to a folder with one sub-folder per bias type, as the original's data:
+# Set `real_data["dir"]` to a folder with one sub-folder per bias type, as the original's data:
 # `train.csv`, `val.csv` (and optionally `test.csv`) with `filename,label,indices` for the
 # attribute-labelled generations (labels 0/1; an optional `class_names.txt` names the two values, one per
 # line), and `neutral.csv` with an `indices` column for the neutral-prompt generations. The ids refer to the
-# codebook of `vq_config` + `vq_checkpoint` (DALL·E-mini decodes with the VQGAN f16-16384: 256-dim codes, a
+# codebook of `real_data["vq_config"]` + `["vq_checkpoint"]` (DALL·E-mini decodes with the VQGAN f16-16384: 256-dim codes, a
 # 16×16 grid). Every step above runs unchanged; δ is signed toward the first value (label 0) and the share
 # is that value's; there is no pixel ground truth, the held-out images count as the value their label names
 # (so if the labels are prompts the generator did not always follow, the estimate measures the neutral set's

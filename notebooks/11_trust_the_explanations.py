@@ -33,12 +33,12 @@
 #    method's maps with the trained model's as Adebayo et al. report it: Spearman rank correlation of the
 #    **signed** and of the **absolute** maps, and the overlap of the top-`overlap_k` positions. A map that
 #    explains the model must change: the bar is a mean rank correlation of the absolute maps ≤
-#    `max_rank_corr` (0.3) under full **and** under data randomization. A **random control** (uniform
+#    `max_rank_corr` (0.3; the parameter group `bars`) under full **and** under data randomization. A **random control** (uniform
 #    noise) shows why passing is not enough: it passes trivially;
 # 3. **faithfulness**: deletion and insertion curves: the evaluators' target probability as positions are
 #    removed (or revealed) in attribution order vs in random order, in pixel space and token space; the
 #    bar is a deletion AUC ≤ `max_deletion_ratio` (0.8) × the random order's in `faithfulness_space`
-#    (pixel);
+#    (pixel; `bars["space"]`);
 # 4. a **recommendation**, computed from 2 and 3 (a method must pass both, or none is recommended), and
 #    **token-space views** of the codebook.
 
@@ -62,6 +62,21 @@ from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, note_trained, record_metrics, registered
 from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
+# %% [markdown]
+# The knobs. Some travel together as a group (a dict): set only the keys you change, e.g.
+# `-p curve_points '{images: 5}'`; the others keep their defaults.
+#
+# * `shuffled_iem`: the IEM trained on shuffled labels: its `epochs` (constant learning rate) and how many
+#   random train rows it memorizes (`max_images`; 0: the whole train split; more rows need more epochs).
+# * `bars`: the recommendation's two bars: the mean Spearman of the absolute maps at most `max_rank_corr`
+#   under full and under data randomization, and a deletion AUC at most `max_deletion_ratio` times the random
+#   order's, in masking `space` pixel (black patches) or token (the neutral token).
+# * `curve_points`: the deletion / insertion curves use the first `images` of the explained images (token
+#   space decodes every point) and `steps` points each (positions removed: 0, 1/8, ..., all).
+# * `codebook_map`: which top-n concept table of notebook 06 colours the codebook (`top_n`), whether a
+#   t-SNE is drawn beside the PCA (`tsne`; scikit-learn, a few seconds), and how many concept tokens per
+#   class the gallery shows (`gallery_tokens`).
+
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
 iem_arch = 1  # which trained IEM to explain (1-4)
@@ -76,20 +91,14 @@ ig_steps = 16  # Integrated Gradients steps
 occlusion_group = 1  # occlude single tokens (1) or g x g blocks of tokens
 neutral = "background"  # the neutral token of occlusion, IG's baseline and token-space masking: background | mean | an id, e.g. "17"
 cascade_images = 10  # the first of those images for the cascading randomization (maps at every layer step)
-shuffled_epochs = 30  # epochs of the IEM trained on shuffled labels (constant learning rate)
-shuffled_max_images = 300  # random train rows it memorizes (0: the whole train split; more rows need more epochs)
+shuffled_iem = {"epochs": 30, "max_images": 300}  # the shuffled-label IEM (see its section)
 retrain = False  # train the shuffled-label IEM even if the shipped one was trained on these data with these settings
-max_rank_corr = 0.3  # the sanity bar: mean Spearman of the absolute maps at most this, under full and under data randomization
 overlap_k = 5  # the sanity checks also report how many of each map's top-k positions (by |score|) survive
-max_deletion_ratio = 0.8  # the faithfulness bar: deletion AUC at most this times the random order's
-faithfulness_space = "pixel"  # the masking space of that bar: pixel (black patches) | token (the neutral token)
-curve_images = 20  # the first of those images for the deletion / insertion curves (token space decodes every point)
-curve_steps = 8  # points of each curve (positions removed: 0, 1/8, ..., all)
+bars = {"max_rank_corr": 0.3, "max_deletion_ratio": 0.8, "space": "pixel"}  # the recommendation's two bars
+curve_points = {"images": 20, "steps": 8}  # the curves: the first of those images; points (0, 1/8, ..., all)
 spaces = ["pixel", "token"]  # masking spaces of the curves
 curves = ["deletion", "insertion"]
-concept_top_n = 5  # which top-n concept table of notebook 06 colours the codebook
-tsne = True  # also a t-SNE of the codebook (scikit-learn; a few seconds)
-gallery_tokens = 3  # concept tokens per class in the gallery
+codebook_map = {"top_n": 5, "tsne": True, "gallery_tokens": 3}  # the codebook views (see their section)
 batch_size = 100
 seed = 0
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
@@ -97,6 +106,10 @@ solutions = False  # run the exercises' solution cells (a teacher's reveal; make
 # %%
 params = check_parameters(globals(), "11_trust_the_explanations")
 run_dir = repo_path(run_dir)
+shuffled_epochs, shuffled_max_images = shuffled_iem["epochs"], shuffled_iem["max_images"]
+max_rank_corr, max_deletion_ratio, faithfulness_space = (bars[k] for k in ("max_rank_corr", "max_deletion_ratio", "space"))
+curve_images, curve_steps = curve_points["images"], curve_points["steps"]
+concept_top_n, tsne, gallery_tokens = (codebook_map[k] for k in ("top_n", "tsne", "gallery_tokens"))
 choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
 for m in methods:
     choice("methods", m, list(attribution.METHODS))
@@ -111,6 +124,8 @@ require(shuffled_epochs >= 1 and shuffled_max_images >= 0, "shuffled_epochs must
 require(0 < max_rank_corr <= 1, f"max_rank_corr must lie in (0, 1], got {max_rank_corr}")
 require(0 < max_deletion_ratio <= 1, f"max_deletion_ratio must lie in (0, 1], got {max_deletion_ratio}")
 require(overlap_k >= 1, f"overlap_k must be >= 1, got {overlap_k}")
+
+# %%
 choice("faithfulness_space", faithfulness_space, list(evaluation.SPACES))
 require(faithfulness_space in spaces, f"faithfulness_space {faithfulness_space!r} must be one of the curves' spaces {spaces}")
 require(curve_steps >= 1, "curve_steps must be >= 1")
@@ -140,9 +155,11 @@ all_tokens = ds.tokens[split].astype(np.int64)
 n = min(n_images, len(all_tokens))
 subset = np.random.default_rng(seed).permutation(len(all_tokens))[:n]  # random rows: splits are ordered by class
 tokens, labels = all_tokens[subset], ds.labels[split][subset].astype(np.int64)
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names))
+
+# %%
 neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, all_tokens, neutral)
 require(neutral_id < len(codebook), f"neutral id {neutral_id} is outside the codebook of {len(codebook)}")
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names))
 options = {"reduction": reduction, "nsamples": nsamples, "spread": spread, "steps": ig_steps,
            "baseline": codebook[neutral_id], "group": occlusion_group, "seed": seed}
 n_positions = int(np.prod(ds.grid))

@@ -534,9 +534,10 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
     root = write_dalle_layout(tmp_path / "real", truth=truth)
     run = tmp_path / "run"
     pm.execute_notebook(str(REPO_ROOT / "notebooks" / "10_bias_detection.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"run_dir": str(run), "real_data_dir": str(root), "vq_config": str(tmp_path / "model.yaml"),
-                                    "vq_checkpoint": str(tmp_path / "last.ckpt"), "iem_width": 8, "iem_epochs": 3,
-                                    "nsamples": 2, "token_num": 2, "top_n": 3, "n_boot": 50},
+                        parameters={"run_dir": str(run), "nsamples": 2, "token_num": 2, "top_n": 3, "n_boot": 50,
+                                    "real_data": {"dir": str(root), "vq_config": str(tmp_path / "model.yaml"),
+                                                  "vq_checkpoint": str(tmp_path / "last.ckpt")},
+                                    "attribute_iem": {"width": 8, "epochs": 3}},
                         kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
                         )
     import pandas as pd

@@ -134,6 +134,27 @@ def test_make_expected_tolerance_rule(tmp_path):
         assert rc == 0 and stdout.strip().endswith("verify_keys=5 verify_off=0")
 
 
+def test_make_expected_keeps_a_previous_files_tolerances(tmp_path):
+    """--previous: a key the new run still reproduces keeps the earlier (other machines') tolerance and its earlier
+    value counts toward the spread; a key the run moved out of tolerance (an intended change) starts afresh."""
+    a = _run_dir(tmp_path / "a", {"iem1_test_top1": 0.97, "bias_colour_share_est": 0.84, "vq_test_psnr_db": 26.80})
+    old = {"checked": {"iem1_test_top1": {"value": 0.968, "tolerance": 0.01, "kind": "accuracy_500"},
+                       "bias_colour_share_est": {"value": 0.92, "tolerance": 0.02, "kind": "share_300"},
+                       "vq_test_psnr_db": {"value": 26.805, "tolerance": 0.01, "kind": "psnr_db"}},
+           "runs": [{"run_dir": "intel", "isa": "AVX512"}]}
+    expected, widened = make_expected.build([str(a)], previous=old)
+    c = expected["checked"]
+    assert c["iem1_test_top1"]["tolerance"] == pytest.approx(0.01)  # the earlier tolerance (> 3 x 0.002)
+    assert c["iem1_test_top1"]["previous"] == {"value": 0.968, "tolerance": 0.01}
+    assert c["vq_test_psnr_db"]["tolerance"] == pytest.approx(0.015)  # 3 x the 0.005 to the earlier value
+    assert c["bias_colour_share_est"]["tolerance"] == pytest.approx(0.02) and "previous" not in c["bias_colour_share_est"]
+    assert set(widened) == {"iem1_test_top1", "vq_test_psnr_db"}
+    assert expected["previous_runs"] == [{"run_dir": "intel", "isa": "AVX512"}]
+    # --fresh: a redefined quantity whose earlier value lies close by chance starts afresh all the same
+    expected, _ = make_expected.build([str(a)], previous=old, fresh=r"^iem1_")
+    assert expected["checked"]["iem1_test_top1"]["tolerance"] == pytest.approx(0.004)
+
+
 def test_make_expected_refuses_unknown_keys_and_unequal_exact_keys(tmp_path):
     a = _run_dir(tmp_path / "a", {"mystery_score": 0.5, "recommended_method": "occlusion"})
     b = _run_dir(tmp_path / "b", {"mystery_score": 0.5, "recommended_method": "smoothgrad"})
@@ -193,11 +214,25 @@ def test_readme_check_and_write(tmp_path):
     new = readme.read_text()
     assert new.startswith("# title\n\nbefore\n\n") and "\nmiddle\n" in new and new.endswith("after\n")
     assert "stale" not in new and "97.0 % (VGG)" in new
-    assert "colour only:" in new and "| thickness | 5 | 0.65 [0.40, 0.90] | 0.80 | yes | inconclusive |" in new
-    assert "| colour | 7 (control) | 0.50 [0.45, 0.55] | 0.50 | yes | not found |" in new  # verdicts from intervals
+    assert "colour only:" in new and "| thickness | 5 | 0.65 [0.40, 0.90] | – | 0.80 | yes | inconclusive |" in new
+    assert "| colour | 7 (control) | 0.50 [0.45, 0.55] | – | 0.50 | yes | not found |" in new  # verdicts from intervals
     assert "Provisional" not in new
     rc, out, _ = _run("readme_results.py", "--check", "--expected", expected, "--readme", readme)
     assert rc == 0 and out.strip().endswith("readme_blocks=2 readme_outdated=0")
+
+
+def test_readme_says_when_the_error_rate_check_withheld_the_interval():
+    """A withheld interval ([0, 1] after the check) is not shown as one that holds the truth: the row gives the
+    check's p and the interval before the check, and whether that one held the truth."""
+    e = _full_expected(bias_thickness_share_low=0.0, bias_thickness_share_high=1.0, bias_thickness_share_check_p=0.004,
+                       bias_thickness_share_unchecked_low=0.85, bias_thickness_share_unchecked_high=0.95,
+                       bias_colour_share_check_p=0.2, bias_colour_share_unchecked_low=0.7,
+                       bias_colour_share_unchecked_high=1.0)
+    text = "<!-- expected:begin bias -->\n<!-- expected:end bias -->\n<!-- expected:begin results -->\n<!-- expected:end results -->\n"
+    out, _ = readme_results.render_readme(text, e)
+    assert "| thickness | 5 | 0.65, withheld (check p = 0.004) | [0.85, 0.95] | 0.80 | — (before the check: **no**) |" in out
+    assert "| colour | 3 | 0.85 [0.70, 1.00] | – | 0.80 | yes | found |" in out  # p above 0.05: the interval stands
+    assert "no interval: the rule's error rates differ" in out and "pixel truth 0.80 **outside**" in out
 
 
 def test_readme_missing_key_is_named():

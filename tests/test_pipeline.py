@@ -46,6 +46,25 @@ def test_notebook_shape(path):
     assert nb.cells[0].cell_type == "markdown"
 
 
+def test_a_group_parameter_given_in_part_keeps_its_other_defaults():
+    """A parameter whose default is a non-empty dict is a group: a value naming some of its keys is completed
+    from the default, in the notebook's namespace too; an unknown key or a wrong type is an error naming it."""
+    from cortex_utils.notebook import check_parameters
+
+    ns = {"attribute_iem": {"epochs": 3}, "real_data": {"dir": "x"}, "seed": 1}
+    params = check_parameters(ns, "10_bias_detection")
+    assert ns["attribute_iem"] == params["attribute_iem"] == {"arch": 1, "width": 32, "epochs": 3, "lr": 0.002}
+    assert ns["real_data"] == {"dir": "x", "vq_config": "", "vq_checkpoint": "", "trust_pickle": False}
+    with pytest.raises(ValueError, match=r"attribute_iem of 10_bias_detection: unknown key\(s\) \['epoch'\]"):
+        check_parameters({"attribute_iem": {"epoch": 3}}, "10_bias_detection")
+    with pytest.raises(ValueError, match=r"attribute_iem\['lr'\] must be float"):
+        check_parameters({"attribute_iem": {"lr": "fast"}}, "10_bias_detection")
+    with pytest.raises(ValueError, match=r"trust_pickle'\] must be bool"):
+        check_parameters({"real_data": {"trust_pickle": 1}}, "10_bias_detection")
+    ns = {"torchvision_weights": {"resnet18": "r.pth"}}  # an empty dict default is a free mapping
+    assert check_parameters(ns, "07_image_level_explanation")["torchvision_weights"] == {"resnet18": "r.pth"}
+
+
 def test_unknown_parameter_is_an_error():
     preset = pipeline.load_preset("smoke")
     with pytest.raises(SystemExit, match="unknown parameter 'trian_steps'"):
@@ -257,18 +276,19 @@ def _tagged(nb, tag):
 
 @pytest.mark.parametrize("path", TEACHING, ids=lambda p: p.stem)
 def test_cells_stay_short_and_plumbing_stays_apart(path):
-    """No code cell over 25 lines (the `parameters` cell aside: papermill reads one parameter a line); a cell
-    that records metrics or registers a model calls none of the method's modules, so the cells on the page
-    are about the method and the plumbing sits apart."""
+    """No code cell over 25 lines, the `parameters` cell included (knobs that travel together are one group
+    parameter, a dict); a cell that records metrics, registers a model or looks one up in the run's registry
+    calls none of the method's modules (loading a model or data, ``load_*``, is not the method), so the cells
+    on the page are about the method and the plumbing sits apart."""
     import re
 
     nb = nbformat.read(path, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    code = [c for c in nb.cells if c.cell_type == "code"]
     assert [len(c.source.splitlines()) for c in code if len(c.source.splitlines()) > 25] == []
     method = re.compile(r"\b(tislib|conceptlib|concepts|evaluation|opt|optimization|bias|attribution|iemlib|gen|"
-                        r"generation|evaluators|distributed)\.\w+\(")
-    recording = [c.source for c in code if re.search(r"\b(record_metrics|register)\(", c.source)]
-    assert [s for s in recording if method.search(s)] == []
+                        r"generation|evaluators|distributed)\.(?!load_)\w+\(")
+    plumbing = [c.source for c in code if re.search(r"\b(record_metrics|register|registered)\(", c.source)]
+    assert [s for s in plumbing if method.search(s)] == []
 
 
 @pytest.mark.parametrize("path", TEACHING, ids=lambda p: p.stem)
