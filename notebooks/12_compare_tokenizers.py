@@ -36,6 +36,7 @@
 
 # %%
 import json
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -200,16 +201,19 @@ for k in runs:
                  f"* **{k}**: notebook 07 was not run")
 if len(runs) == 2:
     (a, sa), (b, sb) = shares.items()
-    more = a if sa.mean() > sb.mean() else b
-    lines.append(f"\nThe explanations of **{more}** are the more concentrated (mean top-{top} share "
-                 f"{max(sa.mean(), sb.mean()):.0%} vs {min(sa.mean(), sb.mean()):.0%}).")
+    more, less = (a, b) if sa.mean() > sb.mean() else (b, a)
+    lines.append(f"\nMean top-{top} share of the TIS mass: {a} {sa.mean():.1%}, {b} {sb.mean():.1%}: " +
+                 ("about equally concentrated." if abs(sa.mean() - sb.mean()) < 0.005 else
+                  f"the explanations of **{more}** are the more concentrated."))
 print("\n".join(lines))
 
 # %% [markdown]
-# Recorded as `compare_<label>_<figure>` in this notebook's `metrics.json`.
+# Recorded as `compare_<label>_tis_top<top>_mass_share` in this notebook's `metrics.json` (the label's other
+# characters as `_`).
 
 # %%
-record_metrics(run_dir, **{f"compare_{k}_tis_top{top}_mass_share": round(float(s.mean()), 4) for k, s in shares.items()})
+record_metrics(run_dir, **{f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
+                           for k, s in shares.items()})
 print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
 
 # %% [markdown]
