@@ -49,7 +49,7 @@
 # one of 8, 6 or 5 levels, and the token is that point of a fixed 8×6×5 lattice (240 tokens). Its "codebook"
 # for CORTEX is what the decoder reads for each id: a learned projection of the lattice, 240 vectors of
 # width 32 that span only 3 dimensions. So the question becomes: do concept tokens still mean something
-# when the vocabulary was never learned, and every token is a corner of a grid?
+# when the vocabulary was never learned, and every token is a point of a fixed grid?
 
 # %%
 import time
@@ -217,7 +217,7 @@ fig.tight_layout()
 # A token's embedding is its codebook row, so how many directions do the rows really span? The singular
 # values of the centred codebook say it. A learned codebook (taming's) spreads over most of its width; the
 # FSQ codebook is a projected lattice, so all but `len(levels)` = 3 singular values are zero: every token is
-# a corner of a 3-D grid, seen through one learned linear map.
+# a point of a 3-D grid, seen through one learned linear map.
 
 # %%
 cb = vqlib.codebook(vq)
