@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import (
-    DEFAULT_FAMILY,  # taming: also the family of datasets and registries made before there were families
-)
+from . import DEFAULT_FAMILY
 
-# family name -> the adapter module that builds and loads it
+# family name -> the adapter module that builds and loads it (DEFAULT_FAMILY, taming's, is also the family of
+# datasets and registries made before there were families)
 FAMILIES = {"taming_vqgan": "cortex_utils.taming_vq", "vqvae_fsq": "cortex_utils.vqvae"}
 
 

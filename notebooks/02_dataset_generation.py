@@ -28,10 +28,9 @@
 # | `encoded` | real images encoded and quantized: the MNIST digits, or `image_folder` (one sub-folder per class) |
 # | `imported` | the original CORTEX CSVs (`filename,label,indices`) |
 #
-# Generation needs a **prior**
-# over the tokenizer's tokens: the shipped transformer is taming's, over the default tokenizer's tokens. The
-# second tokenizer family (`vqvae_fsq`, the `vqvae` preset) has no prior here (none is trained for it), so
-# its dataset is the real digits, `encoded`.
+# Generation needs a **prior** over the tokenizer's tokens: the shipped transformer is taming's, over the
+# default tokenizer's tokens. The second tokenizer family (`vqvae_fsq`, the `vqvae` preset) has no prior here
+# (none is trained for it), so its dataset is the real digits, `encoded`.
 #
 # Generated images are only useful if they really show their class, so we check them with an
 # **independent evaluator**: pixel classifiers trained on *real* training digits, which never see a
