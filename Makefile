@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 PRESET ?= default
 ARGS ?=
 
-.PHONY: install pipeline smoke test lint benchmarks lab checkpoints clean-runs verify verify-isa sync-notebooks
+.PHONY: install pipeline smoke test lint benchmarks lab checkpoints checkpoints-vqvae clean-runs verify verify-isa \
+	verify-vqvae verify-vqvae-isa compare sync-notebooks
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,23 +55,53 @@ checkpoints: install
 # The default run into runs/verify, checked against docs/expected_metrics.json (benchmarks/verify_expected.py:
 # every key within its tolerance; docs/expected_metrics.md). EXPECTED=<file> checks against another file.
 EXPECTED ?= docs/expected_metrics.json
+VERIFY_PRESET ?= default
+VERIFY_DIR ?= runs/verify
 verify: install
-	rm -rf runs/verify
-	$(BIN)/python -m cortex_utils.pipeline --preset default --run-dir runs/verify $(ARGS)
-	$(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify/isa.txt
-	$(BIN)/python benchmarks/verify_expected.py runs/verify --expected $(EXPECTED)
+	rm -rf $(VERIFY_DIR)
+	$(BIN)/python -m cortex_utils.pipeline --preset $(VERIFY_PRESET) --run-dir $(VERIFY_DIR) $(ARGS)
+	$(BIN)/python benchmarks/isa_kernels.py --describe > $(VERIFY_DIR)/isa.txt
+	$(BIN)/python benchmarks/verify_expected.py $(VERIFY_DIR) --expected $(EXPECTED)
 
 # The same with every CPU kernel library (ATen, oneDNN, MKL) restricted to the instruction set one level below
 # this machine's: AVX-512 -> AVX2, AVX2 -> none (benchmarks/isa_kernels.py measures that each of them changes the
 # outputs here). ISA_ENV="ATEN_CPU_CAPABILITY=default ..." sets the restriction by hand.
 ISA_ENV ?=
 verify-isa: install
-	rm -rf runs/verify-isa
+	rm -rf $(VERIFY_DIR)-isa
 	isa="$(or $(ISA_ENV),$$($(BIN)/python benchmarks/isa_kernels.py --print-verify-setting))" && \
 	echo "verify-isa: $$isa" && \
-	env $$isa $(BIN)/python -m cortex_utils.pipeline --preset default --run-dir runs/verify-isa $(ARGS) && \
-	env $$isa $(BIN)/python benchmarks/isa_kernels.py --describe > runs/verify-isa/isa.txt
-	$(BIN)/python benchmarks/verify_expected.py runs/verify-isa --expected $(EXPECTED)
+	env $$isa $(BIN)/python -m cortex_utils.pipeline --preset $(VERIFY_PRESET) --run-dir $(VERIFY_DIR)-isa $(ARGS) && \
+	env $$isa $(BIN)/python benchmarks/isa_kernels.py --describe > $(VERIFY_DIR)-isa/isa.txt
+	$(BIN)/python benchmarks/verify_expected.py $(VERIFY_DIR)-isa --expected $(EXPECTED)
+
+# The second tokenizer family (--preset vqvae: the FSQ VQ-VAE on the encoded real digits) into runs/verify-vqvae,
+# checked against docs/expected_metrics_vqvae.json; -isa: with the CPU kernels restricted as in verify-isa.
+VQVAE_VERIFY := VERIFY_PRESET=vqvae VERIFY_DIR=runs/verify-vqvae EXPECTED=docs/expected_metrics_vqvae.json
+verify-vqvae:
+	$(MAKE) verify $(VQVAE_VERIFY)
+
+verify-vqvae-isa:
+	$(MAKE) verify-isa $(VQVAE_VERIFY)
+
+# Rebuild the second family's shipped files: the FSQ VQ-VAE (checkpoints/vqvae_fsq/), then with it the encoded
+# digits (data/vqvae_fsq/encoded) and the IEMs and shuffled-label IEM trained on them.
+REBUILD_VQVAE := runs/rebuild-vqvae
+checkpoints-vqvae: install
+	rm -rf $(REBUILD_VQVAE) && mkdir -p checkpoints/vqvae_fsq
+	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --only 01_vq_model -p retrain true \
+		-p checkpoint_out checkpoints/vqvae_fsq --run-dir $(REBUILD_VQVAE) $(ARGS)
+	$(BIN)/python -m cortex_utils.pipeline --preset vqvae -p regenerate true -p 03_train_iem.retrain true \
+		-p 11_trust_the_explanations.retrain true --run-dir $(REBUILD_VQVAE) $(ARGS)
+	cp $(REBUILD_VQVAE)/iem/iem*.safetensors $(REBUILD_VQVAE)/iem/iem*.json checkpoints/vqvae_fsq/
+	rm -rf data/vqvae_fsq && mkdir -p data/vqvae_fsq
+	cp -r $(REBUILD_VQVAE)/datasets/encoded $(REBUILD_VQVAE)/datasets/encoded.json data/vqvae_fsq/
+
+# The two families side by side on the same real digits (notebook 12): a taming run and an FSQ run, encoded.
+compare: install
+	$(BIN)/python -m cortex_utils.pipeline --preset encoded --run-dir runs/compare/taming_vqgan $(ARGS)
+	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --run-dir runs/compare/vqvae_fsq $(ARGS)
+	$(BIN)/python -m cortex_utils.pipeline --preset compare --run-dir runs/compare
 
 # Notebooks and their text forms (notebooks/NN_name.py, jupytext percent format): the newer of each pair wins.
 sync-notebooks: install

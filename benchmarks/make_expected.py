@@ -167,11 +167,13 @@ def previous_values(previous: dict | None, first: dict, fresh: str = "") -> dict
 
 
 def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional: bool = False,
-          command: str = "", previous: dict | None = None, fresh: str = "") -> tuple[dict, list[str]]:
+          command: str = "", previous: dict | None = None, fresh: str = "",
+          preset: str = "default") -> tuple[dict, list[str]]:
     """The expected file's content from the runs, and the keys whose tolerance the runs widened beyond the floor.
 
     ``previous``: an earlier expected file (made on other machines). A key it checked that the first run still
-    reproduces keeps at least its earlier tolerance, and its earlier value counts toward the spread."""
+    reproduces keeps at least its earlier tolerance, and its earlier value counts toward the spread. ``preset``:
+    the preset the runs ran (named in the file)."""
     runs = [read_run(d) for d in run_dirs]
     first = runs[0]
     earlier = previous_values(previous, first, fresh)
@@ -226,7 +228,8 @@ def build(run_dirs: list[str], informational: tuple[str, ...] = (), provisional:
         kinds[EXACT_KIND] = {"floor": 0, "why": "strings, booleans and integers: equal or not"}
     return {
         "format": FORMAT,
-        "about": ("Expected metrics of the default run (`make pipeline`: shipped data and models). A run passes when every key under `checked` is within "
+        "about": (f"Expected metrics of the {preset} run (`python -m cortex_utils.pipeline --preset {preset}`: shipped "
+                  "data and models). A run passes when every key under `checked` is within "
                   "|got - value| <= tolerance (exact for kind `exact`); keys under `informational` are not "
                   "checked. Check a run: benchmarks/verify_expected.py RUN_DIR. Format and how to regenerate: "
                   "docs/expected_metrics.md."),
@@ -259,12 +262,14 @@ def main(argv=None) -> int:
                          "within its tolerance keeps at least that tolerance, its value counts toward the spread")
     ap.add_argument("--fresh", metavar="REGEX", default="",
                     help="with --previous: keys matching REGEX start afresh (quantities an intended change redefined)")
+    ap.add_argument("--preset", default="default", help="the preset the runs ran (named in the file; default)")
     ap.add_argument("--provisional", action="store_true",
                     help="mark the file provisional (not from the final runs; for trying the tooling)")
     args = ap.parse_args(argv)
     command = "python benchmarks/make_expected.py " + " ".join(argv)
     previous = json.loads(Path(args.previous).read_text()) if args.previous else None
-    expected, widened = build(args.run_dirs, tuple(args.informational), args.provisional, command, previous, args.fresh)
+    expected, widened = build(args.run_dirs, tuple(args.informational), args.provisional, command, previous, args.fresh,
+                              args.preset)
     out = Path(args.out)
     sys.path.insert(0, str(ROOT))
     from cortex_utils.artifacts import write_json

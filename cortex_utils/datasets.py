@@ -2,13 +2,14 @@
 
 On disk, one folder per dataset::
 
-    manifest.json            class names, grid, codebook size/dim, source, VQ fingerprint, split sizes
+    manifest.json            class names, grid, codebook size/dim, source, VQ family and fingerprint, split sizes
     <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
     <split>_labels.npy       (N,) uint8 / uint16 class ids
     <split>_names.npy        optional (N,) file names (imported / image-folder data)
 
 Embeddings are ``codebook[tokens]``, computed on the fly, never stored per image.
-A dataset refers to one codebook: loading it next to another VQ model is refused.
+A dataset refers to one codebook: loading it next to another VQ model (of the same family or another) is
+refused.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ class TokenDataset:
     @property
     def grid(self) -> tuple[int, int]:
         return tuple(self.manifest["grid"])
+
+    @property
+    def vq_family(self) -> str:
+        """The tokenizer family that made the ids (``vq.FAMILIES``; taming for datasets made before families)."""
+        from . import DEFAULT_FAMILY
+
+        return self.manifest.get("vq_family", DEFAULT_FAMILY)
 
     @property
     def splits(self) -> list[str]:
@@ -101,7 +109,7 @@ def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_
     if empty:
         raise ValueError(f"class(es) with no training images: {empty[:10]}")
     manifest = {"format": FORMAT, "class_names": list(class_names), "source": source,
-                **{k: vq_meta[k] for k in ("vq_fingerprint", "n_embed", "embed_dim", "grid", "image_size",
+                **{k: vq_meta[k] for k in ("vq_family", "vq_fingerprint", "n_embed", "embed_dim", "grid", "image_size",
                                            "image_channels") if k in vq_meta},
                 "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
                 "details": details or {}}
@@ -175,6 +183,11 @@ def check_matches(ds: TokenDataset, vq) -> None:
     from .vq import fingerprint
 
     fp = fingerprint(vq)
+    if ds.vq_family != vq.family:
+        raise ValueError(
+            f"dataset {ds.path} was tokenized by a {ds.vq_family} model (codebook fingerprint "
+            f"{ds.manifest['vq_fingerprint']}), but the model in use is a {vq.family} ({fp}): its ids mean "
+            "different embeddings. Re-create the dataset with this model, or load the model it was made with.")
     if ds.manifest["vq_fingerprint"] != fp:
         raise ValueError(
             f"dataset {ds.path} was tokenized by a VQ model with codebook fingerprint "

@@ -219,18 +219,21 @@ def resolve_inputs(a) -> tuple:
     from . import datasets as tokds
     from .artifacts import registered
 
+    cb = None
     if a.run_dir:
         a.dataset = a.dataset or registered(a.run_dir, "dataset")["path"]
-        if not a.codebook:
-            vq = registered(a.run_dir, "vq")
-            a.codebook, a.trust_pickle = vq["checkpoint"], vq.get("trust_pickle", False)
-    if not (a.dataset and a.codebook):
+        if not a.codebook:  # the run's tokenizer, of whichever family (its codebook need not be stored)
+            from .vq import codebook, load_run_vq
+
+            cb = codebook(load_run_vq(a.run_dir)).float()
+    if not (a.dataset and (a.codebook or cb is not None)):
         raise ValueError("give --run-dir, or both --dataset and --codebook")
     ds = tokds.load_token_dataset(a.dataset)
-    cb = load_codebook(a.codebook, getattr(a, "trust_pickle", False))
+    cb = cb if cb is not None else load_codebook(a.codebook, getattr(a, "trust_pickle", False))
     if codebook_fingerprint(cb) != ds.manifest["vq_fingerprint"]:
+        source = a.codebook or f"the tokenizer of {a.run_dir}"
         raise ValueError(f"dataset {ds.path} was tokenized with codebook {ds.manifest['vq_fingerprint']}, "
-                         f"but {a.codebook} holds {codebook_fingerprint(cb)}")
+                         f"but {source} holds {codebook_fingerprint(cb)}")
     return ds, cb
 
 

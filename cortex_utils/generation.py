@@ -6,7 +6,9 @@ class id itself (taming's Labelator), sharing the vocabulary with the codebook i
 ImageNet ``cin_transformer``.
 
 The model is ``CondTransformer``: taming's ``Net2NetTransformer`` layout (first stage, condition stage,
-permuter, minGPT) from taming's own classes in a plain ``torch.nn.Module``, without Lightning (see ``vq``).
+permuter, minGPT) from taming's own classes in a plain ``torch.nn.Module``, without Lightning (see
+``taming_vq``, which instantiates them). Its first stage is a taming tokenizer: the transformer is taming's
+prior over taming's tokens (the other family, ``vqvae``, has none).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import taming_vq
 from . import vq as vqlib
 from .artifacts import load_state_dict
 
@@ -47,15 +50,14 @@ class CondTransformer(torch.nn.Module):
         if cond_stage_config == "__is_first_stage__":
             self.cond_stage_model = self.first_stage_model
         elif cond_stage_config == "__is_unconditional__" or unconditional:
-            from taming.modules.util import SOSProvider
-
             self.be_unconditional = True
             self.cond_stage_key = first_stage_key
-            self.cond_stage_model = SOSProvider(sos_token)
+            self.cond_stage_model = taming_vq.instantiate({"target": "taming.modules.util.SOSProvider",
+                                                           "params": {"sos_token": sos_token}})
         else:
-            self.cond_stage_model = vqlib.instantiate(cond_stage_config).eval()
-        self.permuter = vqlib.instantiate(permuter_config or {"target": "taming.modules.transformer.permuter.Identity"})
-        self.transformer = vqlib.instantiate(transformer_config)
+            self.cond_stage_model = taming_vq.instantiate(cond_stage_config).eval()
+        self.permuter = taming_vq.instantiate(permuter_config or {"target": "taming.modules.transformer.permuter.Identity"})
+        self.transformer = taming_vq.instantiate(transformer_config)
         self.downsample_cond_size = downsample_cond_size
         self.pkeep = pkeep
 
@@ -100,7 +102,7 @@ def transformer_config(vq_config: dict, n_classes: int, n_layer: int = 4, n_head
     No dropout by default: on the small default data a short run underfits rather than overfits, and
     dropout costs a third of each CPU step (measured: 1,500 steps reached val loss 2.35 without, 2.41 with 0.1).
     """
-    p = vqlib.read_config(vq_config)["params"]
+    p = taming_vq.read_config(vq_config)["params"]
     h = p["ddconfig"]["resolution"] // 2 ** (len(p["ddconfig"]["ch_mult"]) - 1)
     if n_classes > p["n_embed"]:
         raise ValueError(f"{n_classes} condition tokens do not fit a vocabulary of {p['n_embed']} codes")
@@ -114,7 +116,7 @@ def transformer_config(vq_config: dict, n_classes: int, n_layer: int = 4, n_head
                            "n_head": n_head, "n_embd": n_embd, "embd_pdrop": dropout,
                            "resid_pdrop": dropout, "attn_pdrop": dropout},
             },
-            "first_stage_config": vqlib.read_config(vq_config),
+            "first_stage_config": taming_vq.read_config(vq_config),
             "cond_stage_config": {"target": "taming.modules.util.Labelator", "params": {"n_classes": n_classes}},
         },
     }
@@ -126,16 +128,18 @@ def build_transformer(config, vq=None, seed: int | None = None) -> CondTransform
 
     With ``vq`` given, it becomes the first stage (no second copy of the tokenizer is built).
     """
-    config = vqlib.read_config(config)
+    config = taming_vq.read_config(config)
     if config["target"] != NET2NET_TARGET:
         raise ValueError(f"config target {config['target']} is not taming's {NET2NET_TARGET}")
     params = copy.deepcopy(config["params"])
     params.pop("ckpt_path", None)  # taming would unpickle it without weights_only; load_transformer loads weights
     params.pop("ignore_keys", None)  # only used with ckpt_path
-    first_stage_config = vqlib.read_config(params.pop("first_stage_config"))
+    first_stage_config = taming_vq.read_config(params.pop("first_stage_config"))
     if seed is not None:
         torch.manual_seed(seed)
-    model = CondTransformer(vq if vq is not None else vqlib.build_vq(first_stage_config), **params)
+    tokenizer = vq if vq is not None else taming_vq.build(first_stage_config)
+    model = CondTransformer(taming_vq.taming_model(tokenizer), **params)
+    model.tokenizer = tokenizer  # the first stage behind the tokenizer protocol (grid, encode, decode)
     model.cortex_config = config
     return model.eval()
 
@@ -231,7 +235,7 @@ def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 1
     """
     gpt = model.transformer
     gpt.eval()
-    h, w = vqlib.grid_shape(model.first_stage_model)
+    h, w = vqlib.grid_shape(model.tokenizer)
     labels = torch.as_tensor(labels).long()
     gen = torch.Generator().manual_seed(seed)
     out = []

@@ -46,6 +46,7 @@ NEEDS = {
     "09_codebook_optimization": ["03_train_iem", "06_concept_analysis"],
     "10_bias_detection": ["02_dataset_generation"],
     "11_trust_the_explanations": ["06_concept_analysis"],
+    "12_compare_tokenizers": ["07_image_level_explanation", "09_codebook_optimization"],
 }
 
 

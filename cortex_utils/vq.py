@@ -1,239 +1,259 @@
-"""The VQ seam: build, load, train and use a taming-transformers VQ model.
+"""The tokenizer seam: what CORTEX needs from any model with a codebook, and everything it does with one.
 
-Every later stage talks to the tokenizer through these functions:
-``encode`` (images -> token grids), ``embed`` (token grids -> ``(N, D, h, w)`` embeddings),
-``decode`` (tokens or embeddings -> images), ``codebook`` and ``fingerprint``.
-Images are float tensors in [-1, 1], shape ``(N, C, H, W)``.
+The method needs four things from a tokenizer, and a few facts about it (``Tokenizer``):
 
-The model is ``TamingVQ``: taming's own ``Encoder``, ``Decoder`` and ``VectorQuantizer2`` under the attribute
-names of taming's ``VQModel``, in a plain ``torch.nn.Module``. taming's ``VQModel`` is a Lightning module
-(``taming.models.*`` import pytorch_lightning, torchmetrics, scipy: seconds at every kernel start) and
-inference and our plain-PyTorch training need none of that.
+    encode(images (N, C, H, W) in [-1, 1])   -> ids (N, h, w), int64 in [0, n_embed)
+    codebook()                               -> (n_embed, embed_dim) float: a token's embedding is its row
+    decode(ids (N, h, w))                    -> images (N, C, H, W)
+    decode_embeddings(emb (N, embed_dim, h, w)) -> images, differentiable (free embeddings, notebook 09)
+    family, grid, n_embed, embed_dim, image_size, image_channels, fingerprint (the codebook's identity)
+
+Every notebook and every other module reaches a tokenizer only through this module's functions
+(``encode``, ``embed``, ``decode``, ``codebook``, ``vq_meta``, ...), which batch, check shapes and ids and
+clamp images, and which call nothing but the protocol. Two families implement it (``FAMILIES``): taming's
+VQGAN (``taming_vq``, the default) and a VQ-VAE with vector-quantize-pytorch's finite scalar quantizer
+(``vqvae``). Another model joins by a module with a class implementing the protocol and two functions,
+``build(config, seed)`` and ``load(config, checkpoint, trust_pickle)``, named in ``FAMILIES``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import importlib
-import sys
-import types
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-import pandas as pd
 import torch
-import yaml
-from taming.modules.diffusionmodules.model import Decoder, Encoder
-from taming.modules.vqvae.quantize import VectorQuantizer2
 from tqdm.auto import tqdm
 
-from . import digits
-from .artifacts import load_state_dict
+from . import DEFAULT_FAMILY
+
+# family name -> the adapter module that builds and loads it (DEFAULT_FAMILY, taming's, is also the family of
+# datasets and registries made before there were families)
+FAMILIES = {"taming_vqgan": "cortex_utils.taming_vq", "vqvae_fsq": "cortex_utils.vqvae"}
 
 
-@contextlib.contextmanager
-def _transformers_stand_in():
-    """taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (removed there, and the package
-    is not needed otherwise); a stand-in is offered only while the block runs."""
-    fake = None
-    try:
-        from transformers import top_k_top_p_filtering  # noqa: F401
-    except ImportError:
-        if "transformers" not in sys.modules:
-            fake = types.ModuleType("transformers")
-            fake.top_k_top_p_filtering = _top_k_filter
-            sys.modules["transformers"] = fake
-    try:
-        yield
-    finally:
-        if fake is not None and sys.modules.get("transformers") is fake:
-            del sys.modules["transformers"]
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What CORTEX needs from a VQ model (see the module docstring for shapes)."""
+
+    family: str
+    grid: tuple[int, int]
+    n_embed: int
+    embed_dim: int
+    image_size: int
+    image_channels: int
+    fingerprint: str
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def codebook(self) -> torch.Tensor: ...
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor: ...
 
 
-def _import_taming():
-    """Import taming's Lightning models (``taming.models.*``, ``taming.main``) with two small compatibility
-    shims (nothing of taming is copied). Only called where taming's Lightning classes are really needed (a
-    config naming another VQ class than ``VQModel``): it imports pytorch_lightning.
+METHODS = ("encode", "codebook", "decode", "decode_embeddings")
+FACTS = ("family", "grid", "n_embed", "embed_dim", "image_size", "image_channels", "fingerprint")
 
-    * Lightning 2 removed ``pytorch_lightning.utilities.distributed``; taming imports ``rank_zero_only``
-      from it, which now lives in ``pytorch_lightning.utilities``.
-    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see ``_transformers_stand_in``).
+
+def check_tokenizer(vq) -> None:
+    """Raise a TypeError naming every protocol method or fact that ``vq`` lacks."""
+    missing = [f"method {m}()" for m in METHODS if not callable(getattr(vq, m, None))]
+    # facts are looked up without being evaluated (a property such as ``fingerprint`` hashes the codebook)
+    missing += [f"attribute {a}" for a in FACTS if a not in getattr(vq, "__dict__", {}) and not hasattr(type(vq), a)]
+    if missing:
+        raise TypeError(f"{type(vq).__name__} is not a tokenizer: it lacks {', '.join(missing)} "
+                        "(the protocol: cortex_utils.vq.Tokenizer)")
+
+
+# --- building and loading, by family --------------------------------------------------------------
+
+def family_of(config) -> str:
+    """A config's family: its ``family`` key, else taming (a taming config or a path to its YAML)."""
+    return config.get("family", DEFAULT_FAMILY) if isinstance(config, dict) else DEFAULT_FAMILY
+
+
+def adapter(family: str):
+    """The module that builds and loads tokenizers of ``family``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tokenizer family {family!r} (known: {', '.join(FAMILIES)})")
+    return importlib.import_module(FAMILIES[family])
+
+
+def build_vq(config, seed: int | None = None):
+    """A randomly initialised tokenizer (eval mode) of ``config``'s family."""
+    vq = adapter(family_of(config)).build(config, seed=seed)
+    check_tokenizer(vq)
+    return vq
+
+
+def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
+    """The tokenizer of ``config`` with the weights in ``checkpoint`` (a taming ``.ckpt`` or our safetensors)."""
+    vq = adapter(family_of(config)).load(config, checkpoint, trust_pickle=trust_pickle)
+    check_tokenizer(vq)
+    return vq
+
+
+def load_run_vq(run_dir: str | Path):
+    """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's checkpoint)."""
+    from .artifacts import registered
+
+    entry = registered(run_dir, "vq")
+    return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
+
+
+def state_dict_for_saving(vq) -> dict:
+    """The weights to save (each family's ``state_dict`` leaves out what inference does not need)."""
+    return vq.state_dict()
+
+
+# --- using a tokenizer ----------------------------------------------------------------------------
+
+def resolution(vq) -> int:
+    return int(vq.image_size)
+
+
+def grid_shape(vq) -> tuple[int, int]:
+    return tuple(int(s) for s in vq.grid)
+
+
+def codebook(vq) -> torch.Tensor:
+    """The codebook ``(n_embed, embed_dim)``: a token's embedding is its row."""
+    check_tokenizer(vq)
+    cb = vq.codebook().detach()
+    if tuple(cb.shape) != (vq.n_embed, vq.embed_dim):
+        raise ValueError(f"{type(vq).__name__}.codebook() has shape {tuple(cb.shape)}, its n_embed and embed_dim "
+                         f"say ({vq.n_embed}, {vq.embed_dim})")
+    return cb
+
+
+def fingerprint(vq) -> str:
+    """Identity of the codebook that token ids refer to (``datasets.codebook_fingerprint``)."""
+    return str(vq.fingerprint)
+
+
+def vq_meta(vq) -> dict:
+    """What a token dataset records about the tokenizer its ids refer to."""
+    check_tokenizer(vq)
+    return {"vq_family": str(vq.family), "vq_fingerprint": fingerprint(vq), "n_embed": int(vq.n_embed),
+            "embed_dim": int(vq.embed_dim), "grid": list(grid_shape(vq)), "image_size": resolution(vq),
+            "image_channels": int(vq.image_channels)}
+
+
+def check_images(vq, images: torch.Tensor) -> None:
+    want = (int(vq.image_channels), resolution(vq), resolution(vq))
+    if images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(f"the VQ model expects images of shape (N, {want[0]}, {want[1]}, {want[2]}), "
+                         f"got {tuple(images.shape)}")
+    if not torch.is_floating_point(images):
+        raise TypeError(f"images must be float in [-1, 1] (see digits.to_model_input), got {images.dtype}")
+
+
+def check_ids(vq, ids: torch.Tensor, n: int, what: str = "encode") -> None:
+    """Raise a ValueError unless ``ids`` are ``n`` grids of integer ids inside the codebook."""
+    name = f"{type(vq).__name__}.{what}"
+    if tuple(ids.shape) != (n, *grid_shape(vq)):
+        raise ValueError(f"{name} returned ids of shape {tuple(ids.shape)}, expected ({n}, {vq.grid[0]}, {vq.grid[1]})")
+    if torch.is_floating_point(ids) or ids.dtype == torch.bool:
+        raise ValueError(f"{name} returned {ids.dtype} values, expected integer codebook ids")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vq.n_embed):
+        raise ValueError(f"{name} returned ids outside its codebook [0, {vq.n_embed}): "
+                         f"got [{int(ids.min())}, {int(ids.max())}]")
+
+
+@torch.no_grad()
+def encode(vq, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Images in [-1, 1] ``(N, C, H, W)`` -> token grids ``(N, h, w)`` (int64 codebook ids)."""
+    check_tokenizer(vq)
+    check_images(vq, images)
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc="encode", disable=not progress):
+        batch = images[i:i + batch_size]
+        ids = vq.encode(batch)
+        check_ids(vq, ids, len(batch))
+        out.append(ids.long())
+    return torch.cat(out) if out else torch.empty(0, *grid_shape(vq), dtype=torch.long)
+
+
+def embed(vq_or_codebook, tokens: torch.Tensor) -> torch.Tensor:
+    """Token grids ``(N, h, w)`` -> embeddings ``(N, embed_dim, h, w)`` = ``codebook[tokens]``."""
+    cb = vq_or_codebook if isinstance(vq_or_codebook, torch.Tensor) else codebook(vq_or_codebook)
+    tokens = check_token_grids(tokens, len(cb))
+    return cb[tokens].permute(0, 3, 1, 2).contiguous()
+
+
+def check_token_grids(tokens, n_embed: int) -> torch.Tensor:
+    """``tokens`` as int64 ``(N, h, w)``; a ValueError unless every id lies in ``[0, n_embed)``."""
+    tokens = torch.as_tensor(tokens).long()
+    if tokens.ndim != 3:
+        raise ValueError(f"token grids must have shape (N, h, w), got {tuple(tokens.shape)}")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= n_embed):
+        raise ValueError(f"token ids must lie in [0, {n_embed}), got [{int(tokens.min())}, {int(tokens.max())}]")
+    return tokens
+
+
+def decode(vq, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False,
+           progress: bool = False) -> torch.Tensor:
+    """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` -> images in [-1, 1].
+
+    Embeddings need not be codebook rows (codebook optimization decodes free embeddings);
+    ``grad=True`` keeps the graph.
     """
-    import pytorch_lightning.utilities as plu
-
-    name = "pytorch_lightning.utilities.distributed"
-    if name not in sys.modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            shim = types.ModuleType(name)
-            shim.rank_zero_only = plu.rank_zero_only
-            sys.modules[name] = shim
-    with _transformers_stand_in():
-        import taming.models.cond_transformer  # noqa: F401
-        import taming.models.vqgan  # noqa: F401
-        import taming.modules.transformer.mingpt  # noqa: F401
-
-
-def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
-    if top_k and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][..., -1, None]
-        logits = logits.masked_fill(logits < kth, filter_value)
-    return logits
-
-
-def instantiate(config: dict):
-    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as taming's
-    ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning). Only the
-    target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or ``taming.main``
-    target goes through ``_import_taming`` (Lightning)."""
-    if "target" not in config:
-        raise KeyError("Expected key `target` to instantiate.")
-    module, name = config["target"].rsplit(".", 1)
-    if module == "taming.main" or module.startswith("taming.models"):
-        _import_taming()
-    if module in sys.modules:
-        obj = getattr(sys.modules[module], name)
+    check_tokenizer(vq)
+    x, (h, w) = tokens_or_embeddings, grid_shape(vq)
+    if torch.is_floating_point(x):
+        if x.ndim != 4 or x.shape[1] != vq.embed_dim or tuple(x.shape[2:]) != (h, w):
+            raise ValueError(f"expected embeddings (N, {vq.embed_dim}, {h}, {w}), got {tuple(x.shape)}")
+        step = vq.decode_embeddings
     else:
-        with _transformers_stand_in():
-            obj = getattr(importlib.import_module(module), name)
-    return obj(**config.get("params", {}))
+        x = check_token_grids(x, vq.n_embed)
+        if tuple(x.shape[1:]) != (h, w):
+            raise ValueError(f"expected token grids (N, {h}, {w}), got {tuple(x.shape)}")
+        step = vq.decode
+    with torch.set_grad_enabled(grad):
+        parts = [step(x[i:i + batch_size]).clamp(-1, 1)
+                 for i in tqdm(range(0, len(x), batch_size), desc="decode", disable=not progress)]
+    return torch.cat(parts)
 
 
-VQMODEL_TARGET = "taming.models.vqgan.VQModel"
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB between images in [-1, 1] (peak = full range)."""
+    mse = ((a - b) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-class TamingVQ(torch.nn.Module):
-    """taming's ``VQModel`` without Lightning: the same submodules, built in the same order from taming's own
-    classes (so a seed gives the same weights), under the same names (so the same state-dict keys: taming's
-    Lightning ``.ckpt`` files and our safetensors load unchanged; a checkpoint's ``loss.*`` weights are
-    the training loss, not part of the tokenizer). Takes ``VQModel``'s config parameters; ``lossconfig``,
-    ``ckpt_path``, ``ignore_keys`` and ``monitor`` only concern taming's Lightning training and are ignored.
-    """
-
-    def __init__(self, ddconfig, n_embed, embed_dim, lossconfig=None, ckpt_path=None, ignore_keys=(),
-                 image_key="image", colorize_nlabels=None, monitor=None, remap=None, sane_index_shape=False):
-        super().__init__()
-        self.image_key = image_key
-        self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
-        self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, remap=remap,
-                                         sane_index_shape=sane_index_shape)
-        self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
-        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
-        if colorize_nlabels is not None:
-            self.register_buffer("colorize", torch.randn(3, colorize_nlabels, 1, 1))
-
-    def encode(self, x):
-        """``VQModel.encode``: images -> ``(quantized, codebook loss, (_, _, indices))``."""
-        return self.quantize(self.quant_conv(self.encoder(x)))
-
-    def decode(self, quant):
-        return self.decoder(self.post_quant_conv(quant))
-
-    def forward(self, x):
-        quant, diff, _ = self.encode(x)
-        return self.decode(quant), diff
+def codebook_usage(tokens: torch.Tensor, n_embed: int) -> np.ndarray:
+    """How often each codebook entry occurs in ``tokens`` (array of length n_embed)."""
+    return np.bincount(np.asarray(tokens).ravel(), minlength=n_embed)
 
 
-DUMMY_LOSS = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
-
-# The embedded default: 3x32x32 digits -> 8x8 grid of 256 codes of dimension 32.
-DEFAULT_VQ_CONFIG = {
-    "target": "taming.models.vqgan.VQModel",
-    "params": {
-        "embed_dim": 32,
-        "n_embed": 256,
-        "ddconfig": {
-            "double_z": False,
-            "z_channels": 64,
-            "resolution": 32,
-            "in_channels": 3,
-            "out_ch": 3,
-            "ch": 32,
-            "ch_mult": [1, 2, 2],
-            "num_res_blocks": 1,
-            "attn_resolutions": [],
-            "dropout": 0.0,
-        },
-        "lossconfig": DUMMY_LOSS,
-    },
-}
-
-# The published ImageNet VQGAN f16-16384 (taming's vqgan_imagenet_f16_16384 model.yaml).
-IMAGENET_F16_16384_CONFIG = {
-    "target": "taming.models.vqgan.VQModel",
-    "params": {
-        "embed_dim": 256,
-        "n_embed": 16384,
-        "ddconfig": {
-            "double_z": False,
-            "z_channels": 256,
-            "resolution": 256,
-            "in_channels": 3,
-            "out_ch": 3,
-            "ch": 128,
-            "ch_mult": [1, 1, 2, 2, 4],
-            "num_res_blocks": 2,
-            "attn_resolutions": [16],
-            "dropout": 0.0,
-        },
-        "lossconfig": {
-            "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-            "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0,
-                       "disc_weight": 0.75, "codebook_weight": 1.0},
-        },
-    },
-}
+@torch.no_grad()
+def reconstruction_report(vq, images: torch.Tensor) -> dict:
+    """Test-set figures: mean PSNR (dB) and the fraction of codebook entries used."""
+    tokens = encode(vq, images)
+    rec = decode(vq, tokens)
+    counts = codebook_usage(tokens, vq.n_embed)
+    return {"psnr_db": float(psnr(rec, images).mean()), "codebook_usage": float((counts > 0).mean()),
+            "tokens": tokens, "reconstructions": rec, "counts": counts}
 
 
-def read_config(config: str | Path | dict) -> dict:
-    """A taming model config as a plain dict ``{"target": ..., "params": ...}``.
+# --- shared by the families' training loops and the other models' loaders -------------------------
 
-    Accepts a dict or a YAML path; taming's YAML files wrap it in a top-level ``model:`` key.
-    """
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.exists():
-            raise FileNotFoundError(f"config not found: {path}")
-        config = yaml.safe_load(path.read_text())
-    config = copy.deepcopy(dict(config))
-    if "model" in config and "target" not in config:
-        config = config["model"]
-    if "target" not in config or "params" not in config:
-        raise ValueError("a taming config needs 'target' and 'params' (optionally under 'model:')")
-    return config
+def use_bf16(setting: str = "auto") -> bool:
+    """Train in bfloat16 autocast? ``"on"``, ``"off"``, or ``"auto"``: on when the CPU has AMX tiles (as the
+    reference machine: ~1.7x faster training steps), off elsewhere (emulated bfloat16 is slower)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting == "auto":
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return setting == "on"
 
 
-def _inference_config(config: dict) -> dict:
-    """Drop what inference must not touch: the training loss (LPIPS would fetch VGG weights) and any
-    ``ckpt_path`` (taming would unpickle it without ``weights_only``)."""
-    config = copy.deepcopy(config)
-    config["params"]["lossconfig"] = DUMMY_LOSS
-    config["params"].pop("ckpt_path", None)
-    return config
-
-
-def build_vq(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> torch.nn.Module:
-    """A randomly initialised VQ model (eval mode) from a taming config: a ``TamingVQ`` for taming's ``VQModel``.
-
-    Another ``VQModel`` subclass (``GumbelVQ``, ``VQSegmentationModel``, ...) is built by taming itself,
-    which imports pytorch_lightning.
-    """
-    config = read_config(config)
-    if seed is not None:
-        torch.manual_seed(seed)
-    if config["target"] == VQMODEL_TARGET:
-        model = TamingVQ(**_inference_config(config)["params"])
-    else:
-        model = instantiate(_inference_config(config))  # a taming.models target: imports Lightning
-        from taming.models.vqgan import VQModel
-
-        if not isinstance(model, VQModel):
-            raise ValueError(f"config target {config['target']} is not a taming VQModel")
-    model.cortex_config = config
-    return model.eval()
+def bf16_autocast(enabled: bool):
+    """bfloat16 CPU autocast when ``enabled`` (see ``use_bf16``), a no-op otherwise."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def check_state_dict(model: torch.nn.Module, state: dict, ignore_prefixes=("loss.",), what="checkpoint"):
@@ -251,227 +271,3 @@ def check_state_dict(model: torch.nn.Module, state: dict, ignore_prefixes=("loss
                 lines.append(f"  {len(items)} {label}, first: " + "; ".join(items[:5]))
         raise ValueError("\n".join(lines))
     return state
-
-
-def load_vq(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool = False) -> torch.nn.Module:
-    """Build the VQ model of ``config`` and load weights from a Lightning ``.ckpt`` (its ``state_dict``)
-    or from our safetensors. The loss's weights (discriminator, LPIPS) are not needed and skipped."""
-    model = build_vq(config)
-    state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
-    model.load_state_dict(check_state_dict(model, state, what=f"checkpoint {checkpoint}"))
-    return model.eval()
-
-
-def load_run_vq(run_dir: str | Path) -> torch.nn.Module:
-    """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's taming checkpoint)."""
-    from .artifacts import registered
-
-    entry = registered(run_dir, "vq")
-    return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
-
-
-# --- using the model ---------------------------------------------------------------------------
-
-def resolution(vq: torch.nn.Module) -> int:
-    return int(vq.cortex_config["params"]["ddconfig"]["resolution"])
-
-
-def grid_shape(vq: torch.nn.Module) -> tuple[int, int]:
-    dd = vq.cortex_config["params"]["ddconfig"]
-    side = dd["resolution"] // 2 ** (len(dd["ch_mult"]) - 1)
-    return side, side
-
-
-def codebook(vq: torch.nn.Module) -> torch.Tensor:
-    """The codebook ``(n_embed, embed_dim)``: a token's embedding is its row."""
-    return vq.quantize.embedding.weight.detach()
-
-
-def fingerprint(vq: torch.nn.Module) -> str:
-    """Identity of the codebook that token ids refer to (sha256 of its float32 bytes)."""
-    from .datasets import codebook_fingerprint
-
-    return codebook_fingerprint(codebook(vq))
-
-
-def check_images(vq: torch.nn.Module, images: torch.Tensor) -> None:
-    dd = vq.cortex_config["params"]["ddconfig"]
-    want = (dd["in_channels"], dd["resolution"], dd["resolution"])
-    if images.ndim != 4 or tuple(images.shape[1:]) != want:
-        raise ValueError(f"the VQ model expects images of shape (N, {want[0]}, {want[1]}, {want[2]}), "
-                         f"got {tuple(images.shape)}")
-    if not torch.is_floating_point(images):
-        raise TypeError(f"images must be float in [-1, 1] (see digits.to_model_input), got {images.dtype}")
-
-
-@torch.no_grad()
-def encode(vq: torch.nn.Module, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Images in [-1, 1] ``(N, C, H, W)`` -> token grids ``(N, h, w)`` (int64 codebook ids)."""
-    check_images(vq, images)
-    h, w = grid_shape(vq)
-    out = []
-    for i in tqdm(range(0, len(images), batch_size), desc="encode", disable=not progress):
-        z = vq.quant_conv(vq.encoder(images[i:i + batch_size]))
-        _, _, (_, _, idx) = vq.quantize(z)
-        out.append(idx.reshape(-1, h, w))
-    return torch.cat(out) if out else torch.empty(0, h, w, dtype=torch.long)
-
-
-def embed(vq_or_codebook, tokens: torch.Tensor) -> torch.Tensor:
-    """Token grids ``(N, h, w)`` -> embeddings ``(N, embed_dim, h, w)`` = ``codebook[tokens]``."""
-    cb = vq_or_codebook if isinstance(vq_or_codebook, torch.Tensor) else codebook(vq_or_codebook)
-    tokens = torch.as_tensor(tokens).long()
-    if tokens.ndim != 3:
-        raise ValueError(f"token grids must have shape (N, h, w), got {tuple(tokens.shape)}")
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= len(cb)):
-        raise ValueError(f"token ids must lie in [0, {len(cb)}), got [{int(tokens.min())}, {int(tokens.max())}]")
-    return cb[tokens].permute(0, 3, 1, 2).contiguous()
-
-
-def decode(vq: torch.nn.Module, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False,
-           progress: bool = False) -> torch.Tensor:
-    """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` -> images in [-1, 1].
-
-    Embeddings need not be codebook rows (codebook optimization decodes free embeddings);
-    ``grad=True`` keeps the graph.
-    """
-    x = tokens_or_embeddings
-    if not torch.is_floating_point(x):
-        x = embed(vq, x)
-    D = vq.quantize.e_dim
-    if x.ndim != 4 or x.shape[1] != D or tuple(x.shape[2:]) != grid_shape(vq):
-        raise ValueError(f"expected embeddings (N, {D}, {grid_shape(vq)[0]}, {grid_shape(vq)[1]}), got {tuple(x.shape)}")
-    with torch.set_grad_enabled(grad):
-        parts = [vq.decode(x[i:i + batch_size]).clamp(-1, 1)
-                 for i in tqdm(range(0, len(x), batch_size), desc="decode", disable=not progress)]
-    return torch.cat(parts)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB between images in [-1, 1] (peak = full range)."""
-    mse = ((a - b) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
-def codebook_usage(tokens: torch.Tensor, n_embed: int) -> np.ndarray:
-    """How often each codebook entry occurs in ``tokens`` (array of length n_embed)."""
-    return np.bincount(np.asarray(tokens).ravel(), minlength=n_embed)
-
-
-@torch.no_grad()
-def reconstruction_report(vq: torch.nn.Module, images: torch.Tensor) -> dict:
-    """Test-set figures: mean PSNR (dB) and the fraction of codebook entries used."""
-    tokens = encode(vq, images)
-    rec = decode(vq, tokens)
-    counts = codebook_usage(tokens, vq.quantize.n_e)
-    return {"psnr_db": float(psnr(rec, images).mean()), "codebook_usage": float((counts > 0).mean()),
-            "tokens": tokens, "reconstructions": rec, "counts": counts}
-
-
-# --- training the embedded default -------------------------------------------------------------
-
-def use_bf16(setting: str = "auto") -> bool:
-    """Train in bfloat16 autocast? ``"on"``, ``"off"``, or ``"auto"``: on when the CPU has AMX tiles (as the
-    reference machine: ~1.7x faster training steps), off elsewhere (emulated bfloat16 is slower)."""
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {setting!r}")
-    if setting == "auto":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return setting == "on"
-
-
-def bf16_autocast(enabled: bool):
-    """bfloat16 CPU autocast when ``enabled`` (see ``use_bf16``), a no-op otherwise."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-
-
-def train_vq(vq: torch.nn.Module, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 500,
-             batch_size: int = 64, lr: float = 1e-3, seed: int = 0, revive_every: int = 50,
-             l2_weight: float = 1.0, log_every: int = 50, discriminator_weight: float = 0.0,
-             discriminator_start: int = 0, bf16: bool = False) -> pd.DataFrame:
-    """Train a taming VQModel on digits with fresh colours each batch (no perceptual loss: the LPIPS
-    VGG weights cannot be fetched here).
-
-    Loss: L1 + ``l2_weight`` * L2 reconstruction + taming's codebook/commitment loss; optionally taming's
-    patch discriminator (hinge loss) from ``discriminator_start``. Dead codes: every ``revive_every``
-    steps (until 80 % of training), codebook entries unused since the last check are moved onto encoder
-    outputs of the current batch, drawn with probability proportional to their squared distance from the
-    codebook, so the whole codebook gets used where it is needed. ``bf16``: encoder and decoder run in
-    bfloat16 autocast; the quantizer (nearest-code search, codebook loss) and the losses stay in float32.
-    Returns the training log.
-    """
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    params = [p for n, p in vq.named_parameters() if not n.startswith("loss.")]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
-    disc = disc_opt = None
-    if discriminator_weight > 0:
-        from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
-        from taming.modules.losses.vqperceptual import hinge_d_loss
-
-        disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=32).apply(weights_init)
-        disc_opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
-    n_e = vq.quantize.n_e
-    used = torch.zeros(n_e, dtype=torch.bool)
-    log, revived = [], 0
-    vq.train()
-    bar = tqdm(range(steps), desc="train VQ")
-    for step in bar:
-        x = digits.augment_batch(train_gray[rng.integers(0, len(train_gray), batch_size)], rng)
-        with bf16_autocast(bf16):
-            z = vq.quant_conv(vq.encoder(x)).float()
-        zq, qloss, (_, _, idx) = vq.quantize(z)
-        with bf16_autocast(bf16):
-            rec = vq.decode(zq).float()
-        l1 = (rec - x).abs().mean()
-        l2 = (rec - x).pow(2).mean()
-        loss = l1 + l2_weight * l2 + qloss
-        if disc is not None and step >= discriminator_start:
-            loss = loss - discriminator_weight * disc(rec).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if disc is not None and step >= discriminator_start:
-            d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
-            disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            disc_opt.step()
-        used[idx.flatten()] = True
-        if revive_every and (step + 1) % revive_every == 0 and step + 1 < 0.8 * steps:
-            dead = (~used).nonzero().flatten()
-            if len(dead):
-                flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                # move dead codes where the codebook fits worst (k-means++-like), not onto the background
-                # that most positions show and that live codes already represent well
-                err = torch.cdist(flat, vq.quantize.embedding.weight.detach()).min(1).values.pow(2)
-                pick = torch.multinomial(err + 1e-12, len(dead), replacement=len(dead) > len(flat), generator=gen)
-                with torch.no_grad():
-                    vq.quantize.embedding.weight[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
-                revived += len(dead)
-            used.zero_()
-        if step % log_every == 0 or step == steps - 1:
-            row = {"step": step, "loss": loss.item(), "l1": l1.item(), "qloss": qloss.item(),
-                   "train_psnr_db": psnr(rec.detach(), x).mean().item(), "revived_total": revived}
-            if step % (log_every * 4) == 0 or step == steps - 1:
-                vq.eval()
-                row["val_psnr_db"] = reconstruction_report(vq, val_images)["psnr_db"]
-                vq.train()
-            log.append(row)
-            bar.set_postfix(psnr=f"{row['train_psnr_db']:.1f}")
-    vq.eval()
-    return pd.DataFrame(log)
-
-
-def vq_meta(vq: torch.nn.Module) -> dict:
-    """What a token dataset records about the tokenizer its ids refer to."""
-    return {"vq_fingerprint": fingerprint(vq), "n_embed": int(vq.quantize.n_e),
-            "embed_dim": int(vq.quantize.e_dim), "grid": list(grid_shape(vq)),
-            "image_size": resolution(vq), "image_channels": int(vq.cortex_config["params"]["ddconfig"]["in_channels"])}
-
-
-def state_dict_for_saving(vq: torch.nn.Module) -> dict:
-    return {k: v for k, v in vq.state_dict().items() if not k.startswith("loss.")}
-

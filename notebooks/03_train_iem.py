@@ -39,8 +39,8 @@ import seaborn as sns
 import torch
 from IPython.display import display
 
-from cortex_utils import SHIPPED_CHECKPOINTS, distributed
 from cortex_utils import datasets as tokds
+from cortex_utils import distributed, rebuild_command, shipped_checkpoints
 from cortex_utils import iem as iemlib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, read_card, register, registered
@@ -92,7 +92,8 @@ print(f"dataset {ds.path.name}: {ds.manifest['splits']} images, {len(ds.class_na
 # Each model's best-validation weights go to `<run_dir>/iem/iem<k>.safetensors` with a JSON card (settings,
 # the fingerprint of the train split, the per-epoch log), and the log also to `iem<k>_log.csv`.
 #
-# The repository ships the four IEMs trained on the default generated dataset. A shipped IEM is used only
+# The repository ships the four IEMs trained on the default generated dataset (`checkpoints/`), and those
+# trained on the second tokenizer family's encoded digits (`checkpoints/vqvae_fsq/`). A shipped IEM is used only
 # when it is exactly what this cell would train: same train split (by content fingerprint) and same
 # settings; anything else, or `retrain = True`, trains here (about two minutes for all four on 2 CPU cores).
 #
@@ -120,7 +121,7 @@ val = tokds.embedding_loader(ds, "val", codebook, batch_size=512)
 shipped = {}
 for arch in architectures:
     shipped[arch] = (None, "retrain = True") if retrain else iemlib.shipped_iem(
-        SHIPPED_CHECKPOINTS / f"iem{arch}.safetensors", train_fp, training)
+        shipped_checkpoints(ds.vq_family) / f"iem{arch}.safetensors", train_fp, training)
     print(f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}): {'load' if shipped[arch][0] else 'train'} ({shipped[arch][1]})")
 
 # %% [markdown]
@@ -161,7 +162,7 @@ for arch in architectures:
             "kind": "iem", "dataset": str(ds.path), "vq_fingerprint": ds.manifest["vq_fingerprint"],
             "train_fingerprint": train_fp, "training": training, "log": logs[arch].to_dict("records"),
             "metrics": {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])},
-            "rebuild": "make checkpoints"})
+            "rebuild": rebuild_command(ds.vq_family)})
         note_trained(run_dir, f"IEM {arch}")
 
 # %% [markdown]

@@ -299,8 +299,9 @@ g.figure.suptitle("evaluators' target-class probability before and after optimiz
 
 # %%
 p_before, p_after = float(scores["target_prob_before"].mean()), float(scores["target_prob_after"].mean())
+changed_outside = int((before != after)[:, ~torch.from_numpy(region)].sum())  # counted for the record, then asserted
 opt.check_outside_unchanged(before, after, region)  # an invariant: raises if any token outside the region changed
-print("check: no token outside the region changed")
+print(f"check: {changed_outside} tokens outside the region changed")
 print(f"mean target probability over pairs, evaluators and methods: {p_before:.3f} before -> {p_after:.3f} after "
       + ("(rises)" if p_after > p_before else "(does NOT rise)"))
 per = scores.groupby(["pair", "method"])[["target_prob_before", "target_prob_after"]].mean()
@@ -311,7 +312,8 @@ display(per.round(3))
 # Record the headline numbers.
 
 # %%
-record_metrics(run_dir, codebook_target_prob_before=round(p_before, 4), codebook_target_prob_after=round(p_after, 4));
+record_metrics(run_dir, codebook_target_prob_before=round(p_before, 4), codebook_target_prob_after=round(p_after, 4),
+               codebook_tokens_changed_outside_region=changed_outside);
 
 # %% [markdown]
 # ## Before and after

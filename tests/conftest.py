@@ -9,11 +9,12 @@ matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+from cortex_utils import taming_vq  # noqa: E402
 from cortex_utils import vq as vqlib  # noqa: E402
 
 
 def tiny_vq_config(n_embed=32, embed_dim=8, resolution=16):
-    cfg = copy.deepcopy(vqlib.DEFAULT_VQ_CONFIG)
+    cfg = copy.deepcopy(taming_vq.DEFAULT_VQ_CONFIG)
     cfg["params"].update(n_embed=n_embed, embed_dim=embed_dim)
     cfg["params"]["ddconfig"].update(resolution=resolution, ch=32, ch_mult=[1, 2], z_channels=8)
     return cfg

@@ -522,12 +522,12 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
     import papermill as pm
     import yaml
 
-    from cortex_utils import REPO_ROOT
+    from cortex_utils import REPO_ROOT, taming_vq
     from cortex_utils import vq as vqlib
 
     torch.manual_seed(0)
-    model = vqlib.build_vq(vqlib.IMAGENET_F16_16384_CONFIG)
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": vqlib.IMAGENET_F16_16384_CONFIG}))
+    model = vqlib.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG}))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "last.ckpt")
     del model
     truth = {}

@@ -117,3 +117,18 @@ def test_position_counts_match_a_loop_and_arrange_tokens_places_the_most_frequen
         concepts.arrange_tokens(c, [1], np.ones((3, 3), bool))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 3\)"):
         concepts.position_counts(grids, 3)
+
+
+def test_top_tis_share_measures_concentration():
+    from cortex_utils.concepts import top_tis_share
+
+    even = np.ones((1, 4, 4))
+    peaked = np.zeros((1, 4, 4))
+    peaked[0, 1, 2], peaked[0, 3, 3] = 3.0, 1.0
+    signed = np.array([[[2.0, -2.0], [1.0, 0.0]]])  # top-1 by value: 2.0 of a |TIS| mass of 5
+    np.testing.assert_allclose(top_tis_share(even, 4), [0.25])
+    np.testing.assert_allclose(top_tis_share(peaked, 1), [0.75])
+    np.testing.assert_allclose(top_tis_share(peaked, 2), [1.0])
+    np.testing.assert_allclose(top_tis_share(signed, 1), [0.4])
+    with pytest.raises(ValueError, match="top-n must lie in"):
+        top_tis_share(even, 17)

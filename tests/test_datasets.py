@@ -51,7 +51,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path, tiny_vq):
     tokds.save_token_dataset(tmp_path / "ds", {"train": split}, CLASSES, meta, source="generated")
     tokds.load_token_dataset(tmp_path / "ds", vq=tiny_vq)  # same model: fine
     with torch.no_grad():
-        tiny_vq.quantize.embedding.weight.mul_(2)
+        tiny_vq.model.quantize.embedding.weight.mul_(2)
     with pytest.raises(ValueError, match="fingerprint"):
         tokds.load_token_dataset(tmp_path / "ds", vq=tiny_vq)
 

