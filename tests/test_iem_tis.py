@@ -251,15 +251,20 @@ def test_vit_attention_is_multihead_attention():
     torch.testing.assert_close(fast, layer.attn(x, x, x, need_weights=False)[0], atol=0.05, rtol=0.05)
 
 
-def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention():
-    """checkpoints/iem4 loads with every key (load_iem checks them) and the new attention gives its logits."""
+@pytest.mark.parametrize("shipped", ["iem4.safetensors", "vqvae_fsq/iem4.safetensors"])
+def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
+    """The shipped ViTs load with every key (load_iem checks them) and the new attention gives their logits
+    (the taming family's on its real test grids, the FSQ family's on random embeddings of its shape)."""
     from cortex_utils import REPO_ROOT
     from cortex_utils.artifacts import load_state_dict
 
-    model = iemlib.load_iem(REPO_ROOT / "checkpoints" / "iem4.safetensors", expect={"arch": 4})
-    codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")["quantize.embedding.weight"]
-    tokens = np.load(REPO_ROOT / "data" / "default" / "generated" / "test_tokens.npy")[:16].astype(np.int64)
-    x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2)
+    model = iemlib.load_iem(REPO_ROOT / "checkpoints" / shipped, expect={"arch": 4})
+    if shipped == "iem4.safetensors":
+        codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")["quantize.embedding.weight"]
+        tokens = np.load(REPO_ROOT / "data" / "default" / "generated" / "test_tokens.npy")[:16].astype(np.int64)
+        x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2)
+    else:
+        x = torch.randn(16, model.cortex_spec["in_channels"], *model.cortex_spec["grid"], generator=torch.Generator().manual_seed(0))
     tokens_in = torch.cat([model.cls.expand(len(x), -1, -1), model.proj(x.flatten(2).transpose(1, 2))], 1) + model.pos
     h = tokens_in
     for layer in model.layers:
