@@ -319,7 +319,7 @@ def test_the_memory_budget_sizes_the_passes(model, monkeypatch):
     per_row = tislib.bytes_per_row(model, x)
     sizes = []
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda inp: sizes.append(len(inp)) or forward(inp))
+    monkeypatch.setattr(model, "forward", lambda inp: sizes.append(len(inp)) or forward(inp))  # (list.append is atomic)
     # a pass gets 1 / MAX_WORKERS of the budget: here 3.5 copies' worth -> passes of 3 of the 40 noisy copies
     tislib.smoothgrad(model, x, y, nsamples=10, memory_mb=tislib.MAX_WORKERS * 3.5 * per_row / 2 ** 20,
                       generator=torch.Generator().manual_seed(0))
@@ -331,7 +331,7 @@ def test_the_memory_budget_sizes_the_passes(model, monkeypatch):
     assert sizes[2:] == [175] * 8  # 1400 copies: ceil(1400 / 8)
     sizes.clear()
     tislib.smoothgrad(model, x[:10], y[:10], nsamples=20, generator=torch.Generator().manual_seed(0))
-    assert sizes[2:] == [128, 72]  # 200 copies: passes of MIN_ROWS
+    assert sorted(sizes[2:], reverse=True) == [128, 72]  # 200 copies: passes of MIN_ROWS (run side by side)
 
 
 def test_fast_mode_is_close_and_refused_where_bfloat16_is_not_native(model, monkeypatch):
