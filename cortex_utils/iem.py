@@ -77,28 +77,48 @@ def _resnet_se(in_ch, grid, n_classes, width):
 
 
 class _TokenBN(nn.Module):
-    """BatchNorm over the channel of ``(B, T, C)`` token features (the original normalises sub-layer outputs)."""
+    """BatchNorm over the channel of ``(B, T, C)`` token features (the original normalises sub-layer outputs).
+
+    The ``B * T`` tokens are the rows of one ``(B * T, C)`` batch: the same statistics as normalising
+    ``(B, C, T)``, without the two transposed copies."""
 
     def __init__(self, dim):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim)
 
     def forward(self, x):
-        return self.bn(x.transpose(1, 2)).transpose(1, 2)
+        return self.bn(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention of ``(B, T, C)`` tokens with ``attn``'s weights (no dropout, no mask), through
+    ``F.scaled_dot_product_attention``: what ``attn(x, x, x, need_weights=False)[0]`` computes, without its
+    transposes to ``(T, B, C)`` and back (``tests/test_iem_tis.py`` checks the two agree)."""
+    b, t, c = x.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(b, t, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        # bfloat16 on the CPU (TIS's fast mode): the explicit softmax(q k^T / sqrt(d)) v; the fused kernel is
+        # several times slower there for heads this small (benchmarks/tis_speed.py)
+        out = torch.softmax((q * (c // heads) ** -0.5) @ k.transpose(-1, -2), -1) @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, C / heads)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, c))
 
 
 class EncoderLayer(nn.Module):
     def __init__(self, dim, heads, dropout):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)  # no attention dropout: slow on CPU, little gain
+        # the weights' holder (its state-dict keys: attn.in_proj_*, attn.out_proj.*); forward uses self_attention.
+        # No attention dropout: slow on CPU, little gain
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.bn1, self.bn2 = _TokenBN(dim), _TokenBN(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        h = self.ln1(x)
-        x = x + self.drop(self.bn1(self.attn(h, h, h, need_weights=False)[0]))
+        x = x + self.drop(self.bn1(self_attention(self.attn, self.ln1(x))))
         return x + self.drop(self.bn2(self.mlp(self.ln2(x))))
 
 

@@ -12,21 +12,37 @@ measures how many of two score maps' top-k positions coincide, e.g. for two nois
 
 The original calls ``autograd.grad`` once per sample per noise draw. In eval mode a sample's logits depend
 on that sample's input only, so the gradient of the *sum* of the target logits w.r.t. the batch holds every
-sample's own gradient: one backward pass over all noisy copies of the whole batch gives the same numbers.
+sample's own gradient: one backward pass over many noisy copies gives the same numbers. ``smoothgrad`` cuts
+the copies into passes sized from a memory budget and, on the CPU, runs a few passes side by side, one per
+thread (``benchmarks/tis_speed.py`` measures it against Captum and against the machine's matrix-product rate).
+
+Two options beyond the paper, both off by default: ``precision="bfloat16"`` (the fast mode: bfloat16
+autocast where the device has it; notebook 05 measures how many top-5 positions it moves against how many
+another noise seed moves) and reduced-variance noise (``draws="antithetic"``: pairs +eps, -eps;
+``draws="sobol"``: quasi-random normals), which notebook 05 compares with the paper's independent draws by
+the top-5 agreement between noise seeds.
 """
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.quasirandom import SobolEngine
 from tqdm.auto import tqdm
 
 from .iem import check_input
 
 REDUCTIONS = ("max", "mean")
 SIGMAS = ("batch", "image")
+PRECISIONS = ("float32", "bfloat16")  # the exact mode and the fast mode
+DRAWS = ("gaussian", "antithetic", "sobol")  # the paper's independent draws and two reduced-variance kinds
+MEMORY_MB = 1024  # memory budget of the passes in flight when smoothgrad sizes them (max_batch=None)
+MAX_WORKERS = 4  # passes side by side on the CPU, at most (each then holds at most MEMORY_MB / MAX_WORKERS)
+MIN_PASSES, MIN_ROWS = 8, 128  # on the CPU: at least 8 passes, unless that makes them smaller than 128 copies
 
 
 def noise_sigma(embeddings: torch.Tensor, spread: float = 0.2, sigma: str = "batch") -> torch.Tensor:
@@ -46,41 +62,174 @@ def noise_sigma(embeddings: torch.Tensor, spread: float = 0.2, sigma: str = "bat
 
 
 def smoothgrad_noise(embeddings: torch.Tensor, nsamples: int = 20, spread: float = 0.2,
-                     generator: torch.Generator | None = None, sigma: str = "batch") -> torch.Tensor:
-    """The ``(nsamples, *embeddings.shape)`` Gaussian noise SmoothGrad adds: standard normal draws times
+                     generator: torch.Generator | None = None, sigma: str = "batch",
+                     draws: str = "gaussian") -> torch.Tensor:
+    """The ``(nsamples, *embeddings.shape)`` noise SmoothGrad adds: standard normal draws times
     ``noise_sigma(embeddings, spread, sigma)`` (the batch's range by default, as the paper; ``"image"``:
-    each image's own). The draws are the same for both ``sigma`` choices; only their scale differs."""
+    each image's own). The draws are the same for both ``sigma`` choices; only their scale differs.
+
+    ``draws``: ``"gaussian"`` (the paper's: independent draws); ``"antithetic"``: ``nsamples / 2`` draws and
+    their negatives (draw ``s + nsamples / 2`` is ``-`` draw ``s``), which cancels the part of the gradient
+    that changes linearly with the noise; ``"sobol"``: quasi-random normals, a scrambled Sobol point set of
+    ``nsamples`` points in the ``D * h * w`` values of an image (at most ``SobolEngine.MAXDIM``), randomised
+    per image by a random digital shift and mapped through the normal quantile, so that each image's draws
+    are spread more evenly than independent ones (with ``nsamples`` a power of 2 each value's draws fall one
+    in each of ``nsamples`` equally likely strata). Every kind is standard normal per value.
+    """
+    if draws not in DRAWS:
+        raise ValueError(f"unknown draws {draws!r}; choose one of {DRAWS}")
     scale = noise_sigma(embeddings, spread, sigma)
+    shape = (nsamples, *embeddings.shape)
+    if draws == "gaussian":
+        eps = torch.randn(shape, generator=generator, dtype=embeddings.dtype)
+    elif draws == "antithetic":
+        if nsamples % 2:
+            raise ValueError(f"antithetic draws come in pairs (+eps, -eps): nsamples must be even, got {nsamples}")
+        half = torch.randn((nsamples // 2, *embeddings.shape), generator=generator, dtype=embeddings.dtype)
+        eps = torch.cat([half, -half])
+    else:
+        eps = _sobol_normals(shape, generator).to(embeddings.dtype)
     # drawn on the CPU generator and moved: the same numbers whatever device the embeddings are on
-    return torch.randn((nsamples, *embeddings.shape), generator=generator, dtype=embeddings.dtype).to(
-        embeddings.device) * scale
+    return eps.to(embeddings.device) * scale
+
+
+def _sobol_normals(shape, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normals ``(S, N, ...)`` from one scrambled Sobol set of S points in the per-image dimension,
+    randomised per image by a random digital shift (XOR of the points' binary digits), in float64."""
+    nsamples, n, dim = shape[0], shape[1], math.prod(shape[2:])
+    if dim > SobolEngine.MAXDIM:
+        raise ValueError(f"Sobol draws cover at most {SobolEngine.MAXDIM} values per image, these images have "
+                         f"{dim}; use draws='antithetic'")
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+    bits = SobolEngine.MAXBIT  # the engine's points are integers / 2 ** bits
+    points = SobolEngine(dim, scramble=True, seed=seed).draw(nsamples, dtype=torch.float64)  # (S, dim)
+    shift = torch.randint(2 ** bits, (n, dim), generator=generator)
+    ints = (points * 2 ** bits).long()[:, None] ^ shift[None]  # a digital shift keeps the set's strata
+    return torch.special.ndtri((ints.double() + 0.5) / 2 ** bits).reshape(shape)
+
+
+def bf16_supported(device: torch.device | str = "cpu") -> bool:
+    """Does ``device`` compute in bfloat16 natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16)?"""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return device.type == "cpu" and any(getattr(torch.cpu, f, lambda: False)() for f in flags)
+
+
+def check_precision(precision: str, device: torch.device | str = "cpu") -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision == "bfloat16" and not bf16_supported(device):
+        raise ValueError(f"precision='bfloat16' needs a device that computes in bfloat16 (a CPU with AVX512-BF16 "
+                         f"or AMX, a GPU with bf16); {torch.device(device)} here does not: use 'float32'")
+
+
+def _pass_inputs(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """A pass's input: channels-last for the fast mode (faster convolutions; other rounding)."""
+    return x.contiguous(memory_format=torch.channels_last) if precision == "bfloat16" else x
+
+
+def bytes_per_row(model: torch.nn.Module, embeddings: torch.Tensor, precision: str = "float32") -> int:
+    """Memory one noisy copy takes in a forward + input-gradient pass: the tensors autograd keeps for the
+    backward pass, measured as the difference between passes of two copies and of one (weights and their
+    casts cancel), doubled for the backward pass's own temporaries, plus the copy and its gradient."""
+    def saved(k):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x = _pass_inputs(embeddings[:1].repeat(k, *[1] * (embeddings.ndim - 1)), precision).requires_grad_(True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            model(x)
+        return sum(storages.values())
+
+    return max(2 * (saved(2) - saved(1)), 0) + 2 * embeddings[:1].nbytes
+
+
+def rows_per_pass(model: torch.nn.Module, embeddings: torch.Tensor, memory_mb: float = MEMORY_MB,
+                  precision: str = "float32") -> int:
+    """How many noisy copies one forward + backward pass may hold within ``memory_mb`` (``bytes_per_row``)."""
+    return max(1, int(memory_mb * 2 ** 20 // bytes_per_row(model, embeddings, precision)))
+
+
+def pass_size(model: torch.nn.Module, embeddings: torch.Tensor, copies: int, memory_mb: float = MEMORY_MB,
+              precision: str = "float32") -> int:
+    """Noisy copies per pass when ``smoothgrad`` sizes the passes: ``memory_mb / MAX_WORKERS`` worth
+    (``rows_per_pass``) and, on the CPU, at most 1 / ``MIN_PASSES`` of the ``copies`` (but not below
+    ``MIN_ROWS``), so that no worker waits long for another."""
+    size = rows_per_pass(model, embeddings, memory_mb / MAX_WORKERS, precision)
+    if embeddings.device.type == "cpu":
+        size = min(size, max(-(-copies // MIN_PASSES), MIN_ROWS))
+    return max(1, size)
+
+
+def _workers(device: torch.device, passes: int) -> int:
+    """Passes run side by side on the CPU: up to ``MAX_WORKERS``, as many as there are threads, each pass on
+    ``threads // workers`` threads (a worker on one thread waits on no other thread, where two threads
+    sharing each small operation wait at every one of them)."""
+    return max(1, min(MAX_WORKERS, torch.get_num_threads(), passes)) if device.type == "cpu" else 1
 
 
 def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target: torch.Tensor, nsamples: int = 20,
                spread: float = 0.2, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               where: str = "batch", max_batch: int = 1024, sigma: str = "batch") -> torch.Tensor:
+               where: str = "batch", max_batch: int | None = None, sigma: str = "batch",
+               precision: str = "float32", draws: str = "gaussian", memory_mb: float = MEMORY_MB) -> torch.Tensor:
     """Mean gradient of each sample's ``target`` logit over noisy copies -> same shape as ``embeddings``.
 
     In eval mode every sample's logit depends on that sample only, so the noisy copies of all draws are
-    stacked into batches of up to ``max_batch`` and one backward pass gives all their gradients.
+    stacked (draw-major) and cut into passes of up to ``max_batch`` copies; one backward pass gives all the
+    gradients of a pass. ``max_batch=None`` sizes the passes from ``memory_mb`` (``pass_size``); besides the
+    passes in flight the noise and the gradients of every copy are kept (``2 * nsamples`` times the batch's
+    size). On the CPU up to ``MAX_WORKERS`` passes run side by side (``_workers``). The passes depend on the
+    batch, the model and ``memory_mb``, not on the number of threads, so neither do the numbers.
     ``sigma``: the noise scale from the batch's range (``"batch"``, the paper's) or each image's own
-    (``"image"``); see ``noise_sigma``. Ignored when ``noise`` is given.
+    (``"image"``); see ``noise_sigma``. ``draws``: see ``smoothgrad_noise``. Both ignored when ``noise`` is given.
+
+    ``precision="float32"`` (the exact mode) runs the kernels of the original's one gradient per image per
+    draw and equals its numbers up to float32 rounding (``tests/test_iem_tis.py``: <= 1e-5); ``"bfloat16"``
+    (the fast mode) computes the passes in bfloat16 autocast with channels-last inputs, where the device
+    supports it (``bf16_supported``).
     """
     check_input(model, embeddings, where)
     if model.training:
         raise RuntimeError("TIS needs the IEM in eval mode (call model.eval()): in training mode BatchNorm "
                            "mixes the samples of a batch")
+    check_precision(precision, embeddings.device)
     if noise is None:
-        noise = smoothgrad_noise(embeddings, nsamples, spread, generator, sigma)
-    n = len(embeddings)
-    target = torch.as_tensor(target).long().view(1, n).expand(len(noise), n).reshape(-1, 1)
-    noisy = (embeddings.unsqueeze(0) + noise).reshape(-1, *embeddings.shape[1:])  # draw-major: (S * N, D, h, w)
-    grads = []
-    for i in range(0, len(noisy), max(max_batch, 1)):
-        x = noisy[i:i + max_batch].requires_grad_(True)
-        (g,) = torch.autograd.grad(model(x).gather(1, target[i:i + max_batch]).sum(), x)
-        grads.append(g)
-    grad = torch.cat(grads).reshape(len(noise), *embeddings.shape).mean(0)
+        noise = smoothgrad_noise(embeddings, nsamples, spread, generator, sigma, draws)
+    n, rows = len(embeddings), len(noise) * len(embeddings)
+    target = torch.as_tensor(target, device=embeddings.device).long().reshape(n, 1)
+    flat_noise = noise.reshape(rows, *embeddings.shape[1:])
+    per_pass = max_batch or pass_size(model, embeddings, rows, memory_mb, precision)
+    grads = torch.empty_like(flat_noise)
+
+    def one_pass(start):  # the input gradients of the noisy copies start, ..., start + per_pass - 1
+        stop = min(start + per_pass, rows)
+        index = torch.arange(start, stop, device=embeddings.device) % n
+        x = _pass_inputs(embeddings[index] + flat_noise[start:stop], precision).requires_grad_(True)
+        with torch.enable_grad():
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                logits = model(x).gather(1, target[index])
+            (grads[start:stop],) = torch.autograd.grad(logits.sum(), x)
+
+    starts = range(0, rows, per_pass)
+    workers = _workers(embeddings.device, len(starts))
+    if workers == 1:
+        for start in starts:
+            one_pass(start)
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads // workers)  # the workers' threads start with this setting
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(one_pass, starts))
+        finally:
+            torch.set_num_threads(threads)
+    grad = grads.reshape(len(noise), *embeddings.shape).mean(0)
     if not torch.isfinite(grad).all():
         raise FloatingPointError(f"NaN or Inf in the gradients of {where}")
     return grad
@@ -94,15 +243,18 @@ def reduce_channels(grad: torch.Tensor, reduction: str = "max") -> torch.Tensor:
 
 
 def token_importance(model, embeddings, target, nsamples=20, spread=0.2, reduction="max", noise=None,
-                     generator=None, where="batch", sigma="batch") -> torch.Tensor:
-    """TIS of one batch: ``(N, h, w)``. ``sigma``: ``"batch"`` (the paper's) or ``"image"``, see ``noise_sigma``."""
+                     generator=None, where="batch", sigma="batch", precision="float32",
+                     draws="gaussian") -> torch.Tensor:
+    """TIS of one batch: ``(N, h, w)``. ``sigma``: ``"batch"`` (the paper's) or ``"image"``, see ``noise_sigma``;
+    ``precision`` and ``draws``: see ``smoothgrad``."""
     return reduce_channels(smoothgrad(model, embeddings, target, nsamples, spread, noise, generator, where,
-                                      sigma=sigma), reduction)
+                                      sigma=sigma, precision=precision, draws=draws), reduction)
 
 
 def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float = 0.2, reduction: str = "max",
                 seed: int = 0, out: str | Path | None = None, desc: str = "TIS",
-                rows: tuple[int, int] | None = None, sigma: str = "batch") -> np.ndarray:
+                rows: tuple[int, int] | None = None, sigma: str = "batch", precision: str = "float32",
+                draws: str = "gaussian") -> np.ndarray:
     """TIS for every image of a (non-shuffled) embedding loader -> float32 ``(N, h, w)`` aligned with the
     dataset's rows; the target is each image's label.
 
@@ -117,9 +269,14 @@ def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float 
 
     ``sigma="batch"`` (default, the paper's): the noise scale comes from each batch's range, so the scores
     depend on the loader's batch size; ``"image"``: from each image's own range (see ``noise_sigma``).
+    ``precision`` (``"float32"``, the exact mode, or ``"bfloat16"``, the fast mode) and ``draws`` (``"gaussian"``,
+    the paper's, or a reduced-variance kind): see ``smoothgrad``.
     """
     if sigma not in SIGMAS:
         raise ValueError(f"unknown sigma {sigma!r}; choose one of {SIGMAS}")
+    if draws not in DRAWS:
+        raise ValueError(f"unknown draws {draws!r}; choose one of {DRAWS}")
+    check_precision(precision)
     model.eval()
     grid = model.cortex_spec["grid"]
     start, stop = (0, n_images) if rows is None else (int(rows[0]), int(rows[1]))
@@ -151,7 +308,8 @@ def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float 
                 continue
             g = torch.Generator().manual_seed(seed * 1_000_003 + int(rows[0]))
             scores[local] = token_importance(model, x, y, nsamples, spread, reduction, generator=g, sigma=sigma,
-                                             where=f"batch {b} (rows {rows[0]}-{rows[-1]})").cpu().numpy()
+                                             where=f"batch {b} (rows {rows[0]}-{rows[-1]})", precision=precision,
+                                             draws=draws).cpu().numpy()
             done[local] = True
             if out is not None:
                 scores.flush()
@@ -191,17 +349,19 @@ def topk_agreement(a, b, k: int = 5) -> np.ndarray:
 
 
 def batched_token_importance(model, embeddings, target, batch_size: int, nsamples: int = 20, spread: float = 0.2,
-                             reduction: str = "max", seed: int = 0, sigma: str = "batch") -> np.ndarray:
+                             reduction: str = "max", seed: int = 0, sigma: str = "batch", precision: str = "float32",
+                             draws: str = "gaussian") -> np.ndarray:
     """TIS of a stack of images ``(N, D, h, w)`` cut into SmoothGrad batches of ``batch_size`` -> float32
     ``(N, h, w)``: with ``sigma="batch"`` each batch's range sets its images' noise level, so the batch size
     matters (e.g. the run's 100 vs the original's 4). The noise of the batch starting at row ``i`` comes from
-    ``seed * 1_000_003 + i``, as in ``compute_tis``."""
+    ``seed * 1_000_003 + i``, as in ``compute_tis``. ``precision``, ``draws``: see ``smoothgrad``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = torch.as_tensor(target).long()
     out = [token_importance(model, embeddings[i:i + batch_size], target[i:i + batch_size], nsamples, spread,
                             reduction, generator=torch.Generator().manual_seed(seed * 1_000_003 + i), sigma=sigma,
-                            where=f"rows {i}-{min(i + batch_size, len(embeddings)) - 1}").cpu().numpy()
+                            where=f"rows {i}-{min(i + batch_size, len(embeddings)) - 1}", precision=precision,
+                            draws=draws).cpu().numpy()
            for i in range(0, len(embeddings), batch_size)]
     return np.concatenate(out).astype(np.float32, copy=False)
 

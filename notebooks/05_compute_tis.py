@@ -26,8 +26,10 @@
 # the other choice of σ, keeps.
 #
 # The original computed one backward pass per image per noise draw; in eval mode each image's logit depends
-# on that image only, so one backward pass over all noisy copies of the whole batch gives the same numbers
-# (`tests/test_iem_tis.py` checks it to 1e-5; `benchmarks/tis_speed.py` measures the speed-up).
+# on that image only, so one backward pass over many noisy copies gives the same numbers (`tests/test_iem_tis.py`
+# checks it to 1e-5; `benchmarks/tis_speed.py` measures the speed against Captum and against the machine's own
+# rate). At the end two options beyond the paper: reduced-variance noise (fewer draws for the same answer?) and
+# a fast bfloat16 mode (what does it cost the explanation?).
 
 # %%
 import copy
@@ -60,6 +62,7 @@ seed = 0
 n_show = 8  # images per class in the figures
 stability_images = 100  # test images on which the top-5 agreement across seeds and sigmas is measured
 stability_nsamples = [5, 20, 100]  # nsamples values of the agreement curve (the run's nsamples is added)
+variance_nsamples = [4, 10, 20, 40]  # even nsamples of the reduced-variance curve (the run's is added if even)
 nproc = 1  # processes: > 1 shards the rows over a torchrun job (same scores exactly; docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
@@ -73,6 +76,9 @@ require(nproc >= 1, f"nproc must be >= 1, got {nproc}")
 require(nproc == 1 or sigma == "batch", 'the torchrun job (nproc > 1) computes sigma = "batch" only; use nproc = 1')
 require(stability_images >= 1 and len(stability_nsamples) > 0 and min(stability_nsamples) >= 1,
         "stability_images must be >= 1 and stability_nsamples a non-empty list of values >= 1")
+require(len(variance_nsamples) > 0 and all(ns >= 2 and ns % 2 == 0 for ns in variance_nsamples),
+        f"variance_nsamples must be a non-empty list of even values >= 2 (antithetic draws come in pairs), got "
+        f"{variance_nsamples}")
 run_dir = repo_path(run_dir)
 params
 
@@ -212,9 +218,10 @@ x_stab = codebook[tokens[stab_rows]].permute(0, 3, 1, 2).contiguous()
 y_stab = torch.from_numpy(labels[stab_rows])
 
 
-def stab_tis(ns, noise_seed, how="batch", batch=n_stab):
+def stab_tis(ns, noise_seed, how="batch", batch=n_stab, draws="gaussian", precision="float32"):
     """TIS of the stability images in batches of `batch`, noise from `noise_seed`, sigma per batch or per image."""
-    return tislib.batched_token_importance(model, x_stab, y_stab, batch, ns, spread, reduction, noise_seed, how)
+    return tislib.batched_token_importance(model, x_stab, y_stab, batch, ns, spread, reduction, noise_seed, how,
+                                           draws=draws, precision=precision)
 
 
 curve_ns = sorted(set(stability_nsamples) | {nsamples})
@@ -264,6 +271,141 @@ for name, per_ns in list(keeps.items())[1:]:
                    else "as many as (within two standard errors)")
         print(f"{name}, nsamples = {ns}: keeps {v.mean():.0%}, {verdict} another noise seed ({seed_agree[ns]:.0%}).")
 
+
+# %% [markdown]
+# ## Fewer draws for the same answer?
+#
+# The spread between two noise seeds is SmoothGrad's own Monte Carlo noise: each map is a mean over `nsamples`
+# random draws. Two classic ways to make such a mean less noisy for the same number of draws keep every single
+# draw standard normal (so the smoothing is unchanged) and only change how the draws relate to each other:
+#
+# * **antithetic pairs**: draw ε and use both +ε and −ε. The part of the gradient that changes linearly with the
+#   noise cancels within each pair (for a model whose gradient is linear in its input the mean over pairs *is*
+#   the noise-free gradient; `tests/test_iem_tis.py` checks that);
+# * **quasi-random normals**: a scrambled Sobol point set, so that each value's draws cover the normal
+#   distribution evenly instead of by chance (randomised per image, so two seeds still differ).
+#
+# By hand first: antithetic draws are half as many standard normal draws and their negatives.
+
+# %% tags=["by-hand"]
+half = torch.randn((4, *x_few.shape), generator=torch.Generator().manual_seed(seed), dtype=x_few.dtype)
+pairs_hand = torch.cat([half, -half]) * sd  # 8 draws: +eps then -eps, times the batch's sigma
+pairs_lib = tislib.smoothgrad_noise(x_few, 8, spread, torch.Generator().manual_seed(seed), draws="antithetic")
+torch.testing.assert_close(pairs_lib, pairs_hand)
+indep = torch.randn((8, *x_few.shape), generator=torch.Generator().manual_seed(seed + 1), dtype=x_few.dtype) * sd
+print(f"by hand = library; the largest mean of a value's 8 draws: {float(pairs_hand.mean(0).abs().max()):.1e} "
+      f"(8 independent draws: {float(indep.mean(0).abs().max()):.2f}, for sigma {float(sd):.2f})")
+
+# %% [markdown]
+# Now the measurement, as above: the top-5 agreement of two noise seeds on the stability images, for each kind
+# of draws at each `variance_nsamples` (Gaussian: the paper's independent draws). A kind that helps reaches
+# the Gaussian curve's agreement with fewer draws; "Gaussian draws for the same agreement" reads that off the
+# Gaussian curve (interpolated in log nsamples).
+
+# %%
+t_var = time.perf_counter()
+var_ns = sorted(set(variance_nsamples) | ({nsamples} if nsamples % 2 == 0 else set()))
+var_maps = {(d, ns): (seed_maps[ns] if d == "gaussian" and ns in seed_maps else
+                      [stab_tis(ns, seed + 1, draws=d), stab_tis(ns, seed + 2, draws=d)])
+            for d in tislib.DRAWS for ns in var_ns}
+var_agree = {key: tislib.seed_agreement(m) for key, m in var_maps.items()}  # per image
+var_seconds = time.perf_counter() - t_var
+gauss_curve = np.array([var_agree["gaussian", ns].mean() for ns in var_ns])
+
+
+def gaussian_draws_for(agreement):
+    """nsamples at which the Gaussian curve reaches `agreement` (log-interpolated), or why it cannot be read."""
+    if not np.all(np.diff(gauss_curve) > 0):
+        return "not read (the Gaussian curve does not rise at every step)"
+    if not gauss_curve.min() <= agreement <= gauss_curve.max():
+        return "outside the Gaussian curve"
+    return f"~{np.exp(np.interp(agreement, gauss_curve, np.log(var_ns))):.0f}"
+
+
+var_table = pd.DataFrame({d: {f"nsamples {ns}": float(var_agree[d, ns].mean()) for ns in var_ns} for d in tislib.DRAWS}).T
+print(f"top-5 agreement of two noise seeds, {n_stab} {split} images ({var_seconds:.1f} s)")
+display(var_table.round(3))
+
+# %%
+fig, ax = plt.subplots(figsize=(5.4, 3.3))
+for d, marker in zip(tislib.DRAWS, "osd", strict=True):
+    ax.plot(var_ns, [var_agree[d, ns].mean() for ns in var_ns], marker=marker, label=f"{d} draws")
+ax.set_xscale("log")
+ax.set_xticks(var_ns, [str(ns) for ns in var_ns])
+ax.set_ylim(0, 1)
+ax.set_xlabel("SmoothGrad noisy copies (nsamples)")
+ax.set_ylabel("top-5 agreement of two noise seeds")
+ax.set_title(f"reduced-variance draws vs the paper's Gaussian draws ({n_stab} {split} images)", fontsize=9)
+ax.legend(fontsize=7, loc="lower right")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Per `nsamples`: each kind against the Gaussian draws, paired by image, with two standard errors as the bar
+# for "more" or "less" reproducible; then the agreement of each kind at the run's `nsamples` (if even) is
+# recorded.
+
+# %%
+for d in tislib.DRAWS[1:]:
+    for ns in var_ns:
+        diff = var_agree[d, ns] - var_agree["gaussian", ns]
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
+        verdict = ("more reproducible" if diff.mean() > 2 * se else "less reproducible" if diff.mean() < -2 * se
+                   else "as reproducible (within two standard errors)")
+        print(f"{d} draws, nsamples = {ns}: agreement {var_agree[d, ns].mean():.3f} vs Gaussian "
+              f"{var_agree['gaussian', ns].mean():.3f} ({diff.mean():+.3f} ± {se:.3f} per image): {verdict}; "
+              f"Gaussian draws for the same agreement: {gaussian_draws_for(var_agree[d, ns].mean())}")
+
+# %%
+if nsamples in var_ns:
+    record_metrics(run_dir, **{f"tis_top5_seed_agreement_{d}_{nsamples}": round(float(var_agree[d, nsamples].mean()), 4)
+                               for d in tislib.DRAWS[1:]})
+
+# %% [markdown]
+# The paper's Gaussian draws stay the default: a kind of draws changes the noise, so every map (and what later
+# notebooks count from it) would change as much as with another seed; `draws="antithetic"` or `"sobol"`
+# (`tislib.compute_tis`, `tislib.smoothgrad`) is the option where the lines above show a gain.
+
+# %% [markdown]
+# ## The fast mode: bfloat16
+#
+# `precision="bfloat16"` computes the forward and backward passes in bfloat16 (16-bit floats with float32's
+# range; autocast keeps sums and normalisations in float32) where the CPU or GPU has bfloat16 instructions. It
+# rounds every activation to ~3 significant digits, so its maps differ from float32's. The question is by how
+# much compared with the method's own noise: we compute the stability images' TIS in bfloat16 with the *same*
+# noise as a float32 map and count the top-5 positions they share, beside what another noise seed shares.
+
+# %%
+fast_native = tislib.bf16_supported()
+if fast_native:
+    t0 = time.perf_counter()
+    exact_maps = stab_tis(nsamples, seed + 1)
+    t_exact, t0 = time.perf_counter() - t0, time.perf_counter()
+    fast_maps = stab_tis(nsamples, seed + 1, precision="bfloat16")
+    t_fast = time.perf_counter() - t0
+    fast_agree = tislib.topk_agreement(fast_maps, exact_maps)
+    print(f"nsamples {nsamples}, {n_stab} images: float32 {t_exact:.2f} s, bfloat16 {t_fast:.2f} s "
+          f"(x{t_exact / t_fast:.2f}; a small workload: benchmarks/tis_speed.py measures at scale)")
+    print(f"top-5 positions shared with float32 (same noise): {fast_agree.mean():.1%}; "
+          f"with another float32 noise seed: {seed_agree[nsamples]:.1%}")
+else:
+    print("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): the fast mode is not available here")
+
+# %%
+if fast_native:
+    record_metrics(run_dir, tis_top5_bf16_vs_float32=round(float(fast_agree.mean()), 4))
+
+# %%
+if fast_native:
+    fig, ax = plt.subplots(figsize=(5.0, 3.0))
+    ax.hist([fast_agree, keeps["another noise seed"][nsamples]], bins=np.arange(-0.1, 1.2, 0.2), rwidth=0.9,
+            label=["bfloat16 vs float32 (same noise)", "float32: another noise seed"])
+    ax.set_xlabel("share of an image's top-5 positions kept")
+    ax.set_ylabel("images")
+    ax.set_title(f"what bfloat16 moves vs what the noise moves ({n_stab} {split} images)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## Explore

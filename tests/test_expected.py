@@ -165,6 +165,14 @@ def test_make_expected_refuses_unknown_keys_and_unequal_exact_keys(tmp_path):
     assert "mystery_score" in expected["informational"]
 
 
+def test_tis_fast_mode_and_reduced_variance_keys():
+    """The fast mode's agreement is kept for reading (bfloat16 kernels differ between CPUs, and a CPU without
+    bfloat16 lacks the key); the reduced-variance draws' float32 agreements are checked like the other seeds'."""
+    assert make_expected.rule_for("tis_top5_bf16_vs_float32", 0.976)[1] is None
+    for key in ("tis_top5_seed_agreement_antithetic_20", "tis_top5_seed_agreement_sobol_20"):
+        assert make_expected.rule_for(key, 0.73)[:2] == ("agreement_500", 0.01)
+
+
 def test_every_rule_has_a_reason():
     for pattern, kind, floor, why in make_expected.RULES:
         assert why and kind and (floor is None or floor > 0), pattern

@@ -226,3 +226,180 @@ def test_smoothgrad_by_hand_matches_the_batched_pass(model):
             grad[i] += torch.autograd.grad(model(noisy)[0, y[i]], noisy)[0][0]
     fast = tislib.token_importance(model, x, y, 4, 0.2, "max", generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(fast, (grad / 4).amax(1), atol=1e-5, rtol=0)
+
+
+# --- the ViT's attention through scaled_dot_product_attention --------------------------------------------------
+
+def _attention_as_before(layer, x):
+    """An encoder layer with its attention through nn.MultiheadAttention's own forward (the code before)."""
+    h = layer.ln1(x)
+    x = x + layer.drop(layer.bn1.bn(layer.attn(h, h, h, need_weights=False)[0].transpose(1, 2)).transpose(1, 2))
+    return x + layer.drop(layer.bn2.bn(layer.mlp(layer.ln2(x)).transpose(1, 2)).transpose(1, 2))
+
+
+def test_vit_attention_is_multihead_attention():
+    torch.manual_seed(0)
+    layer = iemlib.EncoderLayer(16, 4, 0.0)
+    layer(torch.randn(8, 5, 16))  # touch BatchNorm statistics
+    layer.eval()
+    x = torch.randn(3, 5, 16)
+    torch.testing.assert_close(iemlib.self_attention(layer.attn, x), layer.attn(x, x, x, need_weights=False)[0],
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer(x), _attention_as_before(layer, x), atol=1e-6, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the fast mode's explicit attention: bfloat16 rounding
+        fast = iemlib.self_attention(layer.attn, x).float()
+    torch.testing.assert_close(fast, layer.attn(x, x, x, need_weights=False)[0], atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("shipped", ["iem4.safetensors", "vqvae_fsq/iem4.safetensors"])
+def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
+    """The shipped ViTs load with every key (load_iem checks them) and the new attention gives their logits
+    (the taming family's on its real test grids, the FSQ family's on random embeddings of its shape)."""
+    from cortex_utils import REPO_ROOT
+    from cortex_utils.artifacts import load_state_dict
+
+    model = iemlib.load_iem(REPO_ROOT / "checkpoints" / shipped, expect={"arch": 4})
+    if shipped == "iem4.safetensors":
+        codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")["quantize.embedding.weight"]
+        tokens = np.load(REPO_ROOT / "data" / "default" / "generated" / "test_tokens.npy")[:16].astype(np.int64)
+        x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2)
+    else:
+        x = torch.randn(16, model.cortex_spec["in_channels"], *model.cortex_spec["grid"], generator=torch.Generator().manual_seed(0))
+    tokens_in = torch.cat([model.cls.expand(len(x), -1, -1), model.proj(x.flatten(2).transpose(1, 2))], 1) + model.pos
+    h = tokens_in
+    for layer in model.layers:
+        h = _attention_as_before(layer, h)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.head(model.norm(h)[:, 0]), atol=1e-5, rtol=0)
+
+
+# --- the exact mode's passes, the memory budget, the fast mode and reduced-variance draws ----------------------
+
+def test_threads_do_not_change_the_numbers_and_passes_only_the_last_bits(model):
+    """The passes (set by the batch, the model and the memory budget, not by the threads) hold the same
+    per-copy computations whether they run side by side or one after the other: bit-identical gradients.
+    Another cut into passes may take other kernels (e.g. matrix-vector products for passes of one copy)."""
+    torch.manual_seed(3)
+    x, y = torch.randn(6, 6, *GRID), torch.tensor([0, 1, 2, 3, 4, 0])
+    noise = tislib.smoothgrad_noise(x, 5, 0.2, torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # two workers
+        two = [tislib.smoothgrad(model, x, y, noise=noise, max_batch=m) for m in (4, None)]
+        torch.set_num_threads(1)  # one worker
+        one = [tislib.smoothgrad(model, x, y, noise=noise, max_batch=m) for m in (4, None)]
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before  # the workers' thread setting does not leak
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+    for max_batch in (1, 7, 30):
+        torch.testing.assert_close(tislib.smoothgrad(model, x, y, noise=noise, max_batch=max_batch), one[0],
+                                   atol=1e-5, rtol=0)
+
+
+def test_smoothgrad_works_inside_no_grad(model):
+    x, y = torch.randn(2, 6, *GRID), torch.tensor([0, 1])
+    with torch.no_grad():
+        got = tislib.smoothgrad(model, x, y, nsamples=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, tislib.smoothgrad(model, x, y, nsamples=2, generator=torch.Generator().manual_seed(0)))
+
+
+def test_bytes_per_row_on_a_layer_counted_by_hand():
+    """One conv keeps its input for the backward pass: 2 x 4 x 4 float32 = 128 bytes per copy; doubled for
+    the backward pass's temporaries, plus the copy and its gradient (2 x 128): 512 bytes."""
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(5, 2, 4, 4)
+    assert tislib.bytes_per_row(conv, x) == 2 * 128 + 2 * 128
+    assert tislib.rows_per_pass(conv, x, memory_mb=1) == 2 ** 20 // 512
+    assert tislib.rows_per_pass(conv, x, memory_mb=1e-9) == 1
+
+
+def test_the_memory_budget_sizes_the_passes(model, monkeypatch):
+    x, y = torch.randn(4, 6, *GRID), torch.tensor([0, 1, 2, 3])
+    per_row = tislib.bytes_per_row(model, x)
+    sizes = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda inp: sizes.append(len(inp)) or forward(inp))  # (list.append is atomic)
+    # a pass gets 1 / MAX_WORKERS of the budget: here 3.5 copies' worth -> passes of 3 of the 40 noisy copies
+    tislib.smoothgrad(model, x, y, nsamples=10, memory_mb=tislib.MAX_WORKERS * 3.5 * per_row / 2 ** 20,
+                      generator=torch.Generator().manual_seed(0))
+    assert sizes[:2] == [2, 1]  # bytes_per_row's two probes
+    assert sorted(sizes[2:], reverse=True) == [3] * 13 + [1]
+    sizes.clear()  # a large budget: at least MIN_PASSES passes on the CPU, of at least MIN_ROWS copies
+    x, y = torch.randn(70, 6, *GRID), torch.arange(70) % 5
+    tislib.smoothgrad(model, x, y, nsamples=20, generator=torch.Generator().manual_seed(0))
+    assert sizes[2:] == [175] * 8  # 1400 copies: ceil(1400 / 8)
+    sizes.clear()
+    tislib.smoothgrad(model, x[:10], y[:10], nsamples=20, generator=torch.Generator().manual_seed(0))
+    assert sorted(sizes[2:], reverse=True) == [128, 72]  # 200 copies: passes of MIN_ROWS (run side by side)
+
+
+def test_fast_mode_is_close_and_refused_where_bfloat16_is_not_native(model, monkeypatch):
+    torch.manual_seed(4)
+    x, y = torch.randn(8, 6, *GRID), torch.arange(8) % 5
+    noise = tislib.smoothgrad_noise(x, 4, 0.2, torch.Generator().manual_seed(0))
+    exact = tislib.smoothgrad(model, x, y, noise=noise)
+    if tislib.bf16_supported():
+        fast = tislib.smoothgrad(model, x, y, noise=noise, precision="bfloat16")
+        assert fast.dtype == torch.float32 and fast.shape == exact.shape
+        assert float(torch.nn.functional.cosine_similarity(fast.flatten(), exact.flatten(), 0)) > 0.95
+        assert not torch.equal(fast, exact)  # it is another computation
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        tislib.smoothgrad(model, x, y, noise=noise, precision="float16")
+    monkeypatch.setattr(tislib, "bf16_supported", lambda device="cpu": False)
+    with pytest.raises(ValueError, match="needs a device that computes in bfloat16"):
+        tislib.smoothgrad(model, x, y, noise=noise, precision="bfloat16")
+
+
+def test_antithetic_draws_come_in_pairs():
+    x = torch.randn(3, 2, 4, 4)
+    noise = tislib.smoothgrad_noise(x, 6, 0.2, torch.Generator().manual_seed(0), draws="antithetic")
+    assert noise.shape == (6, *x.shape)
+    assert torch.equal(noise[:3], -noise[3:])
+    with pytest.raises(ValueError, match="nsamples must be even, got 5"):
+        tislib.smoothgrad_noise(x, 5, draws="antithetic")
+    with pytest.raises(ValueError, match="unknown draws 'halton'"):
+        tislib.smoothgrad_noise(x, 4, draws="halton")
+
+
+def test_sobol_draws_are_standard_normal_and_evenly_spread():
+    x = torch.zeros(50, 4, 4, 4)
+    x[0, 0, 0, 0] = 5.0  # sigma = 0.2 * 5 = 1
+    sobol = tislib.smoothgrad_noise(x, 16, 0.2, torch.Generator().manual_seed(0), draws="sobol")
+    gauss = tislib.smoothgrad_noise(x, 16, 0.2, torch.Generator().manual_seed(0))
+    assert sobol.shape == gauss.shape and sobol.dtype == torch.float32
+    assert abs(float(sobol.mean())) < 0.02 and abs(float(sobol.std()) - 1) < 0.02  # N(0, 1) per value
+    # each value's 16 draws: a scrambled Sobol set is stratified in every coordinate, so the mean of a value's
+    # draws is far closer to 0 than that of 16 independent draws (whose standard error is 1/4)
+    assert float(sobol.mean(0).abs().mean()) < 0.3 * float(gauss.mean(0).abs().mean())
+    assert not torch.equal(sobol[:, 0], sobol[:, 1])  # each image its own randomisation
+    again = tislib.smoothgrad_noise(x, 16, 0.2, torch.Generator().manual_seed(0), draws="sobol")
+    assert torch.equal(sobol, again)
+    with pytest.raises(ValueError, match="at most 21201 values per image"):
+        tislib.smoothgrad_noise(torch.zeros(1, 256, 16, 16), 4, draws="sobol")
+
+
+class _Quadratic(torch.nn.Module):
+    """logit_c = x^T A_c x: its input gradient is linear in x, so SmoothGrad's truth is the noise-free gradient."""
+
+    def __init__(self, dim=6 * 4 * 4, classes=3):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(classes, dim, dim) / dim)
+        self.cortex_spec = {"arch": "quadratic", "in_channels": 6, "grid": [4, 4]}
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        return torch.einsum("bi,cij,bj->bc", flat, self.a, flat)
+
+
+def test_reduced_variance_draws_where_the_truth_is_known():
+    """On a model whose gradient is linear in its input, the mean gradient over antithetic pairs is the
+    noise-free gradient exactly (each pair's noise cancels); Gaussian draws scatter around it, Sobol draws less."""
+    torch.manual_seed(5)
+    model = _Quadratic().eval()
+    x, y = torch.randn(4, 6, 4, 4), torch.tensor([0, 1, 2, 0])
+    truth = tislib.smoothgrad(model, x, y, nsamples=1, spread=0.0)
+    err = {d: float((tislib.smoothgrad(model, x, y, nsamples=16, draws=d, generator=torch.Generator().manual_seed(1))
+                     - truth).abs().mean()) for d in tislib.DRAWS}
+    assert err["antithetic"] < 1e-5 * float(truth.abs().mean())
+    assert err["sobol"] < 0.5 * err["gaussian"]

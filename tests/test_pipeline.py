@@ -137,7 +137,8 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ["vq_test_psnr_db", "vq_codebook_usage", "generated_evaluator_accuracy", "dataset_bytes_per_image",
                 "dataset_load_seconds", "iem1_test_top1", "iem2_test_top1", "iem3_test_top1", "iem4_test_top1",
-                "tis_seconds_per_image", "image_level_tis_beats_random", "image_level_tis_beats_random_token_space",
+                "tis_seconds_per_image", "tis_top5_seed_agreement_antithetic_2", "tis_top5_seed_agreement_sobol_2",
+                "image_level_tis_beats_random", "image_level_tis_beats_random_token_space",
                 "concept_level_tis_drop", "concept_level_frequency_drop", "codebook_target_prob_before",
                 "codebook_target_prob_after", "codebook_opt_concept_overlap", "codebook_opt_concept_overlap_chance",
                 "codebook_opt_concept_overlap_random_ids", "codebook_concept_fill_target_prob",
