@@ -6,7 +6,7 @@ on the first test images of the shipped generated dataset (``data/default/genera
 VQ codebook), SmoothGrad with 20 noisy copies, sigma = 0.2 * (max - min) of the batch, one fixed noise tensor.
 For each architecture, at batches of 25 and 100:
 
-* ``ours``: ``tis.smoothgrad`` in the exact mode (float32; the default);
+* ``ours``: ``smoothgrad.smoothgrad`` in the exact mode (float32; the default);
 * ``captum``: ``NoiseTunnel(Saliency(model)).attribute(nt_type="smoothgrad", abs=False)`` with the same sigma
   and number of draws on the model as loaded, at its best ``nt_samples_batch_size`` (each candidate timed once,
   the best two timed with the rest, the faster kept);
@@ -57,8 +57,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cortex_utils import REPO_ROOT
+from cortex_utils import REPO_ROOT, attribution
 from cortex_utils import iem as iemlib
+from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
 from cortex_utils.artifacts import load_state_dict
 
@@ -67,7 +68,7 @@ from tis_reference import smoothgrad_per_sample  # noqa: E402  (the reference lo
 
 ARCHS, BATCHES, NSAMPLES, SPREAD = (1, 2, 3, 4), (25, 100), 20, 0.2
 NT_BATCH = (1, 2, 4, 5, 10, 20)  # Captum nt_samples_batch_size candidates (divisors of the 20 draws)
-RV_DRAWS, RV_NSAMPLES, RV_SEEDS = tislib.DRAWS, (4, 10, 20, 40), (1, 2, 3)
+RV_DRAWS, RV_NSAMPLES, RV_SEEDS = sglib.DRAWS, (4, 10, 20, 40), (1, 2, 3)
 
 
 def test_batch(n: int):
@@ -125,23 +126,23 @@ def gemm(a, b):
 
 
 def top5(grad):
-    return tislib.reduce_channels(grad, "max").numpy()
+    return attribution.reduce_channels(grad, "max").numpy()
 
 
 def measure_one(arch: int, model, x, y, rounds: int, a, b) -> dict:
     """One architecture at one batch: ours, Captum at its best nt_samples_batch_size, the gemm, (batch 25) the
     original loop, (batch 100) the fast mode and a second float32 noise seed."""
     batch = len(x)
-    noise = tislib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
-    sigma = float(tislib.noise_sigma(x, SPREAD))
+    noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    sigma = float(sglib.noise_sigma(x, SPREAD))
     trial = {nb: timed(lambda nb=nb: captum_smoothgrad(model, x, y, sigma, nb))[0] for nb in NT_BATCH}
     two = sorted(NT_BATCH, key=trial.get)[:2]
     # ours as a user calls it: the noise drawn inside (from the seed that drew `noise`), as Captum draws its own
-    fns = {"ours": lambda: tislib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)),
+    fns = {"ours": lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)),
            "gemm": lambda: gemm(a, b)}
     fns |= {f"captum{nb}": (lambda nb=nb: captum_smoothgrad(model, x, y, sigma, nb)) for nb in two}
     if batch == max(BATCHES):
-        fns["bf16"] = lambda: tislib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0),
+        fns["bf16"] = lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0),
                                                 precision="bfloat16")
     best, out = best_of_rounds(fns, rounds)
     nb = min(two, key=lambda k: best[f"captum{k}"])
@@ -150,13 +151,13 @@ def measure_one(arch: int, model, x, y, rounds: int, a, b) -> dict:
          "tis_gflop": tis_flops(model, x, y, noise) / 1e9}
     r["vs_captum"] = r["captum_ms"] / r["ours_ms"]
     r["peak_fraction"] = r["tis_gflop"] / (r["ours_ms"] / 1e3) / r["gemm_gflops"]
-    if not torch.equal(out["ours"], tislib.smoothgrad(model, x, y, noise=noise)):
+    if not torch.equal(out["ours"], sglib.smoothgrad(model, x, y, noise=noise)):
         raise RuntimeError("smoothgrad drew other noise than smoothgrad_noise from the same seed")
     if batch == min(BATCHES):
         t_loop, ref = timed(lambda: smoothgrad_per_sample(model, x, y, noise))
         r["loop_ms"], r["max_abs_diff"] = 1e3 * t_loop, float((out["ours"] - ref).abs().max())
     if "bf16" in out:
-        other = tislib.smoothgrad(model, x, y, noise=tislib.smoothgrad_noise(
+        other = sglib.smoothgrad(model, x, y, noise=sglib.smoothgrad_noise(
             x, NSAMPLES, SPREAD, torch.Generator().manual_seed(1)))
         r["bf16_ms"] = 1e3 * best["bf16"]
         r["bf16_top5"] = float(tislib.topk_agreement(top5(out["bf16"]), top5(out["ours"])).mean())
@@ -182,14 +183,14 @@ def measure(rounds: int) -> dict:
 
     # the original benchmark's floor: 20 plain forward + input-gradient passes of IEM 1's batch of 25
     model, x, y = shipped_iem(1), x_all[:min(BATCHES)], y_all[:min(BATCHES)]
-    noise = tislib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
 
     def floor():
         for eps in noise:
             xx = (x + eps).requires_grad_(True)
             torch.autograd.grad(model(xx).sum(), xx)
 
-    best, _ = best_of_rounds({"ours": lambda: tislib.smoothgrad(model, x, y, noise=noise), "floor": floor}, rounds)
+    best, _ = best_of_rounds({"ours": lambda: sglib.smoothgrad(model, x, y, noise=noise), "floor": floor}, rounds)
     res["floor_ratio"] = best["ours"] / best["floor"]
     one = next(r for r in rows if r["arch"] == 1 and r["batch"] == min(BATCHES))
     res["speedup"] = one["loop_ms"] / one["ours_ms"]
@@ -218,12 +219,12 @@ def f16_child(batch: int) -> None:
     model(torch.randn(8, 256, 16, 16))  # touch BatchNorm's running statistics
     model.eval()
     x, y = torch.randn(batch, 256, 16, 16), torch.arange(batch) % 1000
-    per_pass = tislib.pass_size(model, x, NSAMPLES * batch)
-    t, _ = timed(lambda: tislib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)))
+    per_pass = sglib.pass_size(model, x, NSAMPLES * batch)
+    t, _ = timed(lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)))
     peak = peak_rss_mb()  # before the fast mode and the FLOP count below
-    t_fast = timed(lambda: tislib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0),
-                                             precision="bfloat16"))[0] if tislib.bf16_supported() else float("nan")
-    noise = tislib.smoothgrad_noise(x[:1], NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    t_fast = timed(lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0),
+                                             precision="bfloat16"))[0] if sglib.bf16_supported() else float("nan")
+    noise = sglib.smoothgrad_noise(x[:1], NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
     print(json.dumps({"images_per_s": batch / t, "seconds": t, "rows_per_pass": per_pass, "peak_mb": peak,
                       "bf16_images_per_s": batch / t_fast, "gflop_per_image": tis_flops(model, x[:1], y[:1], noise) / 1e9}))
 
@@ -247,7 +248,7 @@ def f16(batch: int, gemm_gflops: float) -> dict:
     print(f"ImageNet VQGAN shape (256 x 16 x 16, IEM 1 at width 64, 1000 classes), batch {batch}, {NSAMPLES} draws: "
           f"{r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s; {r['gflop_per_image']:.1f} GFLOP per image, "
           f"{rate:.0f} GFLOP/s = {rate / gemm_gflops:.2f} of the best gemm rate above), passes of "
-          f"{r['rows_per_pass']} noisy copies from the {tislib.MEMORY_MB} MB budget, peak resident memory "
+          f"{r['rows_per_pass']} noisy copies from the {sglib.MEMORY_MB} MB budget, peak resident memory "
           f"{r['peak_mb']:.0f} MB; bfloat16 {r['bf16_images_per_s']:.2f} images/s", flush=True)
     return r
 
@@ -262,28 +263,28 @@ def mha_forward(layer, h):
 def steps(rounds: int) -> None:
     """What each change of the exact mode bought, IEM 1 and the ViT at batch 100 (printed, not summarised)."""
     x, y = test_batch(100)
-    noise = tislib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
     for arch in (1, 4):
         steps_one(arch, shipped_iem(arch), x, y, noise, rounds)
 
 
 def steps_one(arch, model, x, y, noise, rounds):
     rows = len(noise) * len(x)
-    fns = {"one pass, intra-op threads": lambda: tislib.smoothgrad(model, x, y, noise=noise, max_batch=rows),
-           "passes side by side (default)": lambda: tislib.smoothgrad(model, x, y, noise=noise)}
+    fns = {"one pass, intra-op threads": lambda: sglib.smoothgrad(model, x, y, noise=noise, max_batch=rows),
+           "passes side by side (default)": lambda: sglib.smoothgrad(model, x, y, noise=noise)}
     if arch == 4:
         old = copy.deepcopy(model)
         for layer in old.layers:
             layer.forward = lambda h, layer=layer: mha_forward(layer, h)
-        fns["attention via nn.MultiheadAttention"] = lambda: tislib.smoothgrad(old, x, y, noise=noise)
+        fns["attention via nn.MultiheadAttention"] = lambda: sglib.smoothgrad(old, x, y, noise=noise)
     else:
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        fns["channels-last float32"] = lambda: tislib.smoothgrad(cl, x.contiguous(memory_format=torch.channels_last),
+        fns["channels-last float32"] = lambda: sglib.smoothgrad(cl, x.contiguous(memory_format=torch.channels_last),
                                                                  y, noise=noise)
     if shutil.which("g++") or shutil.which("clang++"):
         compiled = torch.compile(model)
-        t_compile, _ = timed(lambda: tislib.smoothgrad(compiled, x, y, noise=noise))
-        fns[f"torch.compile (first call {t_compile:.0f} s)"] = lambda: tislib.smoothgrad(compiled, x, y, noise=noise)
+        t_compile, _ = timed(lambda: sglib.smoothgrad(compiled, x, y, noise=noise))
+        fns[f"torch.compile (first call {t_compile:.0f} s)"] = lambda: sglib.smoothgrad(compiled, x, y, noise=noise)
     best, out = best_of_rounds(fns, rounds)
     base = out["passes side by side (default)"]
     for k, t in best.items():
@@ -305,7 +306,7 @@ def main(argv=None) -> int:
         steps(args.rounds)
         return 0
     print(f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"bfloat16 {'native' if tislib.bf16_supported() else 'not native'}; load average {load()} "
+          f"bfloat16 {'native' if sglib.bf16_supported() else 'not native'}; load average {load()} "
           "(other jobs on the machine slow every timing; the ratios are measured side by side)", flush=True)
     res = measure(args.rounds)
     curve = variance_curve()

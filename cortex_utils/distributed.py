@@ -683,11 +683,12 @@ def launch(command: str, nproc: int = 2, nnodes: int = 1, threads: int | None = 
 def compute_tis_splits(model, ds, codebook: torch.Tensor, splits, out_dir: str | Path, *, nproc: int = 1,
                        run_dir: str | Path | None = None, iem_arch: int = 1, nsamples: int = 20, spread: float = 0.2,
                        reduction: str = "max", batch_size: int = 100, seed: int = 0,
-                       sigma: str = "batch") -> tuple[dict, dict]:
+                       sigma: str = "batch", method: str = "smoothgrad", **options) -> tuple[dict, dict]:
     """TIS of each split in ``splits`` -> ``({split: (N, h, w) scores}, {split: seconds})``, written to
-    ``<out_dir>/<split>.npy``: in this process (``nproc == 1``, ``tis.compute_tis`` batch by batch) or by a
-    ``torchrun`` job of ``nproc`` processes (``launch("tis", ...)``; the same scores exactly, ``sigma="batch"``
-    only). With ``nproc > 1`` each split's seconds are the job's wall time shared out by rows (start-up included);
+    ``<out_dir>/<split>.npy``: in this process (``nproc == 1``, ``tis.compute_tis`` batch by batch, by ``method``
+    with the attribution ``options`` ``steps``, ``baseline``, ``group``) or by a ``torchrun`` job of ``nproc``
+    processes (``launch("tis", ...)``; the same scores exactly, SmoothGrad with ``sigma="batch"`` only). With
+    ``nproc > 1`` each split's seconds are the job's wall time shared out by rows (start-up included);
     ``run_dir`` and ``iem_arch`` name what the job loads (the in-process branch uses ``model``, ``ds`` and
     ``codebook``)."""
     from . import tis as tislib
@@ -695,8 +696,8 @@ def compute_tis_splits(model, ds, codebook: torch.Tensor, splits, out_dir: str |
 
     tis, seconds = {}, {}
     if nproc > 1:
-        if sigma != "batch":
-            raise ValueError('the torchrun job (nproc > 1) computes sigma = "batch" only; use nproc = 1')
+        if sigma != "batch" or method != "smoothgrad":
+            raise ValueError('the torchrun job (nproc > 1) computes SmoothGrad with sigma = "batch" only; use nproc = 1')
         for split in splits:
             check_world(len(ds.labels[split]), batch_size, nproc)
         job = launch("tis", nproc=nproc, run_dir=run_dir, iem_arch=iem_arch, out_dir=out_dir, splits=list(splits),
@@ -711,7 +712,7 @@ def compute_tis_splits(model, ds, codebook: torch.Tensor, splits, out_dir: str |
         t0 = time.perf_counter()
         tis[split] = tislib.compute_tis(model, loader, len(ds.labels[split]), nsamples=nsamples, spread=spread,
                                         reduction=reduction, seed=seed, out=Path(out_dir) / f"{split}.npy",
-                                        desc=f"TIS {split}", sigma=sigma)
+                                        desc=f"TIS {split}", sigma=sigma, method=method, **options)
         seconds[split] = time.perf_counter() - t0
     return tis, seconds
 

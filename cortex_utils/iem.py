@@ -169,6 +169,22 @@ def check_input(model: nn.Module, embeddings: torch.Tensor, where: str = "input"
         raise ValueError(f"NaN or Inf in the embeddings ({where})")
 
 
+def check_batch(model: nn.Module, embeddings: torch.Tensor, target, where: str = "batch") -> torch.Tensor:
+    """A batch to attribute: embeddings this IEM takes (``check_input``), the IEM in eval mode and one target
+    class per sample -> the targets as an int64 ``(N,)`` tensor on the embeddings' device."""
+    check_input(model, embeddings, where)
+    if model.training:
+        raise RuntimeError("attributions need the IEM in eval mode (call model.eval()): in training mode "
+                           "BatchNorm mixes the samples of a batch")
+    target = torch.as_tensor(target, device=embeddings.device).long().reshape(-1)
+    if len(target) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} samples but {len(target)} targets ({where})")
+    n_classes = model.cortex_spec["n_classes"]
+    if len(target) and (target.min() < 0 or target.max() >= n_classes):
+        raise ValueError(f"targets must lie in [0, {n_classes}) ({where})")
+    return target
+
+
 def train_iem(model: nn.Module, train_loader, val_loader, epochs: int = 10, lr: float = 1e-3,
               weight_decay: float = 1e-4, step_size: int | None = None, gamma: float = 0.1,
               log_csv: str | Path | None = None, desc: str = "train IEM",

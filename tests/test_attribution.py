@@ -5,6 +5,8 @@ import torch
 
 from cortex_utils import attribution as A
 from cortex_utils import iem as iemlib
+from cortex_utils import sanity as S
+from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
 from cortex_utils.datasets import TokenDataset
 
@@ -70,22 +72,53 @@ def test_ig_baseline_of_the_wrong_shape_is_refused(tiny_iem, batch):
     assert close(a, b)
 
 
-def test_captum_smoothgrad_equals_the_batched_tis_given_the_same_noise(tiny_iem, batch):
-    """Captum's NoiseTunnel draws the noise of sample i's S copies as rows i*S .. i*S+S-1 of one
-    torch.normal call; seeding the same way and reordering gives tis.smoothgrad the very same noise."""
+@pytest.mark.parametrize("chunk", [7, 3])
+def test_smoothgrad_equals_captums_noise_tunnel_given_its_noise(tiny_iem, batch, chunk):
+    """Captum's NoiseTunnel(Saliency) draws the noise of its passes of nt_samples_batch_size copies per image
+    image by image; smoothgrad_noise(..., chunk=k) draws the same normals from a generator seeded as Captum's
+    global one, so the project's one SmoothGrad gives Captum's maps (here S = 7 copies: in one pass, and in
+    passes of 3, 3 and 1)."""
+    from captum.attr import NoiseTunnel, Saliency
+
     x, y = batch
     S, seed = 7, 11
-    ours = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=S, spread=0.2, seed=seed, reduction="mean")
-    sigma = float(0.2 * (x.max() - x.min()))
-    torch.manual_seed(seed)
-    noise = (torch.randn(len(x) * S, *x.shape[1:]) * sigma).reshape(len(x), S, *x.shape[1:]).transpose(0, 1)
-    ref = tislib.token_importance(tiny_iem, x, y, noise=noise, reduction="mean")
-    assert close(ours, ref), (ours - ref).abs().max()
+    ours = A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, spread=0.2, seed=seed, noise_chunk=chunk)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        grad = NoiseTunnel(Saliency(tiny_iem)).attribute(
+            x.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=S, nt_samples_batch_size=chunk,
+            stdevs=float(0.2 * (x.max() - x.min())), target=y, abs=False)
+    assert close(ours, A.reduce_channels(grad, "mean")), (ours - grad.mean(1)).abs().max()
     # and not by accident: other noise gives other scores; the seed reproduces them
-    other = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=S, seed=seed + 1, reduction="mean")
+    other = A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, seed=seed + 1, noise_chunk=chunk)
     assert not close(ours, other, rel=1e-2)
-    again = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=S, seed=seed, reduction="mean")
-    assert torch.equal(ours, again)
+    assert torch.equal(ours, A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, seed=seed, noise_chunk=chunk))
+
+
+def test_smoothgrad_noise_in_chunks_is_a_reordering_of_captums_draws(batch):
+    x, _ = batch
+    g = torch.Generator().manual_seed(0)
+    chunked = sglib.smoothgrad_noise(x, 5, 0.2, torch.Generator().manual_seed(0), chunk=2)
+    sigma = 0.2 * (x.max() - x.min())
+    first, second, last = (torch.randn(len(x) * k, *x.shape[1:], generator=g) * sigma for k in (2, 2, 1))
+    assert torch.equal(chunked[:2], first.reshape(len(x), 2, *x.shape[1:]).transpose(0, 1))
+    assert torch.equal(chunked[2:4], second.reshape(len(x), 2, *x.shape[1:]).transpose(0, 1))
+    assert torch.equal(chunked[4], last)
+    for bad in ({"chunk": 0}, {"chunk": 2, "draws": "antithetic"}):
+        with pytest.raises(ValueError, match="chunk orders Gaussian draws"):
+            sglib.smoothgrad_noise(x, 4, **bad)
+
+
+def test_attribute_tokens_draws_smoothgrads_noise_as_captum_did(tiny_iem):
+    """Batch b's noise: seed + b, max_batch // len(batch) copies per image at a time (notebook 11's maps)."""
+    rng = np.random.default_rng(0)
+    codebook = torch.randn(10, D)
+    tokens, y = rng.integers(0, 10, (7, *GRID)), rng.integers(0, C, 7)
+    got = A.attribute_tokens(tiny_iem, codebook, tokens, y, nsamples=6, seed=3, batch_size=4, max_batch=8)
+    x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2).contiguous()
+    want = [A.attribute(tiny_iem, x[:4], y[:4], nsamples=6, seed=3, noise_chunk=2),  # 8 // 4 copies at a time
+            A.attribute(tiny_iem, x[4:], y[4:], nsamples=6, seed=4, noise_chunk=2)]  # 8 // 3
+    np.testing.assert_array_equal(got, torch.cat(want).numpy())
 
 
 def test_smoothgrad_without_noise_is_the_gradient(tiny_iem, batch):
@@ -130,12 +163,12 @@ def _weights(model):
 
 def test_cascade_randomizes_from_the_head_down(tiny_iem):
     before = _weights(tiny_iem)
-    steps = A.cascade_steps(tiny_iem)
+    steps = S.cascade_steps(tiny_iem)
     head = [n for n, m in tiny_iem.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     first_conv = [n for n, m in tiny_iem.named_modules() if isinstance(m, torch.nn.Conv2d)][0]
     assert steps[0] == [head]
     assert steps[-1][-1] == first_conv
-    cascade = A.randomize_cascade(tiny_iem, seed=0)
+    cascade = S.randomize_cascade(tiny_iem, seed=0)
     assert len(cascade) == len(steps)
     changed = []
     for _, model in cascade:
@@ -150,35 +183,35 @@ def test_cascade_randomizes_from_the_head_down(tiny_iem):
 
 def test_full_randomization_changes_every_layer(tiny_iem):
     before = _weights(tiny_iem)
-    rand = _weights(A.randomize_full(tiny_iem, seed=3))
+    rand = _weights(S.randomize_full(tiny_iem, seed=3))
     weights = [k for k in before if k.endswith("weight")]
     assert all(not torch.equal(rand[k], before[k]) for k in weights)
     assert all(torch.equal(v, before[k]) for k, v in _weights(tiny_iem).items())
     with pytest.raises(ValueError, match="no module"):
-        A.randomize(tiny_iem, ["nope"])
+        S.randomize(tiny_iem, ["nope"])
 
 
 def test_cascade_of_a_vit_covers_its_own_parameters(one_thread):
     model = iemlib.build_iem("vit", D, GRID, C, width=8).eval()
-    names = [n for step in A.cascade_steps(model) for n in step]
+    names = [n for step in S.cascade_steps(model) for n in step]
     assert "" in names  # the class token and position table live on the root module
     pos = model.pos.detach().clone()
-    assert not torch.equal(A.randomize_full(model).pos, pos)
+    assert not torch.equal(S.randomize_full(model).pos, pos)
 
 
 def test_spearman():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 4, 4))
-    assert np.allclose(A.spearman(a, a), 1.0)
-    assert np.allclose(A.spearman(a, np.exp(3 * a)), 1.0)  # ranks only
-    assert np.allclose(A.spearman(a, -a), -1.0)
+    assert np.allclose(S.spearman(a, a), 1.0)
+    assert np.allclose(S.spearman(a, np.exp(3 * a)), 1.0)  # ranks only
+    assert np.allclose(S.spearman(a, -a), -1.0)
     b = rng.normal(size=(6, 4, 4))
-    r = A.spearman(a, b)
+    r = S.spearman(a, b)
     assert np.all(np.abs(r) < 1)
-    const = A.spearman(a[:1], np.zeros((1, 4, 4)))
+    const = S.spearman(a[:1], np.zeros((1, 4, 4)))
     assert np.isnan(const).all()
     with pytest.raises(ValueError, match="aligned"):
-        A.spearman(a, b[:3])
+        S.spearman(a, b[:3])
 
 
 def test_deletion_auc_is_lower_for_the_model_aligned_order():
@@ -190,23 +223,23 @@ def test_deletion_auc_is_lower_for_the_model_aligned_order():
     def score(mask):
         return (weight * ~mask).reshape(8, -1).sum(1) / weight.reshape(8, -1).sum(1)
 
-    aligned, reverse = A.ranking(weight), A.ranking(-weight)
-    f, dele = A.removal_curve(aligned, GRID, score, steps=16, curve="deletion")
-    _, dele_rev = A.removal_curve(reverse, GRID, score, steps=16, curve="deletion")
+    aligned, reverse = tislib.topk_positions(weight, None), tislib.topk_positions(-weight, None)
+    f, dele = S.removal_curve(aligned, GRID, score, steps=16, curve="deletion")
+    _, dele_rev = S.removal_curve(reverse, GRID, score, steps=16, curve="deletion")
     assert f[0] == 0 and f[-1] == 1 and len(f) == 17
     assert np.allclose(dele[0], 1) and np.allclose(dele[-1], 0)
-    assert (A.auc(f, dele) < A.auc(f, dele_rev)).all()
-    _, ins = A.removal_curve(aligned, GRID, score, steps=16, curve="insertion")
-    _, ins_rev = A.removal_curve(reverse, GRID, score, steps=16, curve="insertion")
+    assert (S.auc(f, dele) < S.auc(f, dele_rev)).all()
+    _, ins = S.removal_curve(aligned, GRID, score, steps=16, curve="insertion")
+    _, ins_rev = S.removal_curve(reverse, GRID, score, steps=16, curve="insertion")
     assert np.allclose(ins[0], 0) and np.allclose(ins[-1], 1)
-    assert (A.auc(f, ins) > A.auc(f, ins_rev)).all()
-    assert np.isclose(A.auc([0, 0.5, 1], [1, 1, 0]), 0.75)
+    assert (S.auc(f, ins) > S.auc(f, ins_rev)).all()
+    assert np.isclose(S.auc([0, 0.5, 1], [1, 1, 0]), 0.75)
     with pytest.raises(ValueError, match="curve"):
-        A.removal_curve(aligned, GRID, score, curve="both")
+        S.removal_curve(aligned, GRID, score, curve="both")
     with pytest.raises(ValueError, match="steps"):
-        A.removal_curve(aligned, GRID, score, steps=17)
+        S.removal_curve(aligned, GRID, score, steps=17)
     with pytest.raises(ValueError, match="rank all"):
-        A.removal_curve(aligned[:, :5], GRID, score)
+        S.removal_curve(aligned[:, :5], GRID, score)
 
 
 class _Judge(torch.nn.Module):
@@ -225,22 +258,22 @@ def test_faithfulness_curves_in_both_spaces(tiny_vq, one_thread):
     tokens = rng.integers(0, 32, (3, h, w))
     labels = np.zeros(3, dtype=np.int64)
     scores = {"a": rng.normal(size=tokens.shape), "b": rng.normal(size=tokens.shape)}
-    table = A.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, steps=4, neutral=0,
+    table = S.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, steps=4, neutral=0,
                                   progress=False)
     assert set(table.method) == {"a", "b", "random"} and set(table.space) == {"pixel", "token"}
-    assert set(table.curve) == set(A.CURVES)
+    assert set(table.curve) == set(S.CURVES)
     assert table.mean_prob.between(0, 1).all()
     # nothing masked (deletion k = 0, insertion k = all) is the same image whatever the order
     start = table[(table.curve == "deletion") & (table.k == 0)].groupby("space").mean_prob.nunique()
     assert (start == 1).all()
-    auc = A.curve_auc(table)
+    auc = S.curve_auc(table)
     assert len(auc) == 2 * 2 * 3 * 2  # spaces x curves x methods x (judge + mean)
     with pytest.raises(ValueError, match="reference order"):
-        A.faithfulness_curves(tiny_vq, tokens, labels, {"random": scores["a"]}, {"judge": _Judge()}, progress=False)
+        S.faithfulness_curves(tiny_vq, tokens, labels, {"random": scores["a"]}, {"judge": _Judge()}, progress=False)
     with pytest.raises(ValueError, match="aligned"):
-        A.faithfulness_curves(tiny_vq, tokens, labels, {"a": scores["a"][:2]}, {"judge": _Judge()}, progress=False)
+        S.faithfulness_curves(tiny_vq, tokens, labels, {"a": scores["a"][:2]}, {"judge": _Judge()}, progress=False)
     with pytest.raises(ValueError, match="curve"):
-        A.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, curves=["sideways"], progress=False)
+        S.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, curves=["sideways"], progress=False)
 
 
 def test_attribute_tokens_batches_like_one_call(tiny_iem):
@@ -260,7 +293,7 @@ def test_shuffled_label_iem_trains_on_permuted_labels(tiny_iem):
     ds = TokenDataset(manifest={"n_embed": 10, "embed_dim": D, "grid": list(GRID), "class_names": ["a", "b", "c"]},
                       tokens={s: rng.integers(0, 10, (k, *GRID)).astype(np.uint8) for s, k in n.items()},
                       labels={s: np.arange(k) % C for s, k in n.items()})
-    model, log = A.shuffled_label_iem(tiny_iem, ds, torch.randn(10, D), epochs=1, batch_size=8, select_images=6)
+    model, log = S.shuffled_label_iem(tiny_iem, ds, torch.randn(10, D), epochs=1, batch_size=8, select_images=6)
     assert model.cortex_spec == tiny_iem.cortex_spec and not model.training
     assert len(log) == 1 and "select_acc" in log
     assert np.array_equal(ds.labels["train"], np.arange(24) % C)  # the dataset itself is untouched
@@ -273,35 +306,35 @@ def test_abs_spearman_sees_magnitudes_through_random_signs():
     magnitude = rng.random((50, 8, 8)) ** 2
     trained = magnitude * rng.choice([-1, 1], size=magnitude.shape)
     flipped = magnitude * rng.choice([-1, 1], size=magnitude.shape)
-    assert abs(np.nanmean(A.spearman(trained, flipped))) < 0.1
-    assert np.nanmean(A.abs_spearman(trained, flipped)) > 0.95
-    assert np.allclose(A.abs_spearman(trained, trained), 1.0)
+    assert abs(np.nanmean(S.spearman(trained, flipped))) < 0.1
+    assert np.nanmean(S.abs_spearman(trained, flipped)) > 0.95
+    assert np.allclose(S.abs_spearman(trained, trained), 1.0)
     with pytest.raises(ValueError, match="aligned"):
-        A.abs_spearman(trained, flipped[:3])
+        S.abs_spearman(trained, flipped[:3])
 
 
 def test_top_k_intersection():
     a = np.arange(16, dtype=float).reshape(1, 4, 4)  # top-3: positions 15, 14, 13
-    assert A.top_k_intersection(a, a, 3) == [1.0]
+    assert S.top_k_intersection(a, a, 3) == [1.0]
     b = a.copy()
     b[0, 3, 3] = -100  # position 15 is now the least by sign but the largest by magnitude
-    assert A.top_k_intersection(a, b, 3, absolute=True) == [1.0]
-    assert np.isclose(A.top_k_intersection(a, b, 3, absolute=False)[0], 2 / 3)
-    assert A.top_k_intersection(a, -a, 3, absolute=False) == [0.0]
+    assert S.top_k_intersection(a, b, 3, absolute=True) == [1.0]
+    assert np.isclose(S.top_k_intersection(a, b, 3, absolute=False)[0], 2 / 3)
+    assert S.top_k_intersection(a, -a, 3, absolute=False) == [0.0]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(2000, 8, 8)), rng.normal(size=(2000, 8, 8))
-    assert abs(A.top_k_intersection(x, y, 5).mean() - A.top_k_chance(5, 64)) < 0.01
+    assert abs(S.top_k_intersection(x, y, 5).mean() - S.top_k_chance(5, 64)) < 0.01
     with pytest.raises(ValueError, match="k must lie"):
-        A.top_k_intersection(a, a, 17)
+        S.top_k_intersection(a, a, 17)
 
 
 def test_random_control_passes_randomization_and_is_reproducible():
-    first = A.random_attribution((200, 8, 8), seed=0)
+    first = S.random_attribution((200, 8, 8), seed=0)
     assert first.shape == (200, 8, 8) and first.dtype == np.float32
     assert first.min() >= -1 and first.max() < 1
-    assert np.array_equal(first, A.random_attribution((200, 8, 8), seed=0))
-    again = A.random_attribution((200, 8, 8), seed=1)  # a fresh draw for another model
-    sim = A.map_similarity(first, again, k=5)
+    assert np.array_equal(first, S.random_attribution((200, 8, 8), seed=0))
+    again = S.random_attribution((200, 8, 8), seed=1)  # a fresh draw for another model
+    sim = S.map_similarity(first, again, k=5)
     assert list(sim.columns) == ["image", "spearman", "abs_spearman", "top_k"] and len(sim) == 200
     assert abs(sim.spearman.mean()) < 0.03 and abs(sim.abs_spearman.mean()) < 0.03
     assert abs(sim.top_k.mean() - 5 / 64) < 0.02
@@ -318,7 +351,7 @@ def test_recommend_needs_both_randomization_and_faithfulness():
                    data_only=[0.10, 0.45, 0.20],  # fails data randomization only
                    unfaithful=[0.02, 0.01, 0.45],  # passes randomization, deletion AUC 0.9 x random's
                    random_control=[0.0, 0.0, 0.1])  # a lucky control: judged, never recommended
-    best, judged = A.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
+    best, judged = S.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
     assert best == "better"
     assert list(judged.index[judged.passes]) == ["good", "better", "random_control"]
     assert judged.loc["sg", "failed"] == ("abs. rank corr. 0.62 > 0.3 under full randomization; "
@@ -328,41 +361,41 @@ def test_recommend_needs_both_randomization_and_faithfulness():
     assert judged.loc["good", "failed"] == ""
     assert np.isclose(judged.loc["good", "deletion_ratio"], 0.6)
     # the default is kept when it passes, even if another one deletes faster
-    assert A.recommend(table, 0.5, default="good")[0] == "good"
+    assert S.recommend(table, 0.5, default="good")[0] == "good"
     # the 0.8 bar is inclusive
-    assert A.recommend(_table(m=[0.3, 0.3, 0.4]), 0.5, default="m")[0] == "m"
+    assert S.recommend(_table(m=[0.3, 0.3, 0.4]), 0.5, default="m")[0] == "m"
 
 
 def test_recommend_none_when_nothing_passes():
     table = _table(sg=[0.62, 0.70, 0.20], occlusion=[0.42, 0.05, 0.28], unfaithful=[0.0, 0.0, 0.49],
                    constant=[np.nan, 0.1, 0.1], random_control=[0.01, 0.0, 0.52])
-    best, judged = A.recommend(table, random_auc=0.52, default="sg", controls=["random_control"])
+    best, judged = S.recommend(table, random_auc=0.52, default="sg", controls=["random_control"])
     assert best == "none" and not judged.passes.any()
     assert judged.loc["occlusion", "failed"] == "abs. rank corr. 0.42 > 0.3 under full randomization"
     assert "constant maps" in judged.loc["constant", "failed"]
     assert judged.loc["random_control", "randomization_ok"] and not judged.loc["random_control", "faithful"]
     with pytest.raises(ValueError, match="lacks column"):
-        A.recommend(table.drop(columns="abs_rank_corr_data"), 0.5, default="sg")
+        S.recommend(table.drop(columns="abs_rank_corr_data"), 0.5, default="sg")
     with pytest.raises(ValueError, match="default method"):
-        A.recommend(table, 0.5, default="lime")
+        S.recommend(table, 0.5, default="lime")
     with pytest.raises(ValueError, match="positive"):
-        A.recommend(table, 0.0, default="sg")
+        S.recommend(table, 0.0, default="sg")
 
 
 def test_verdict_text_says_what_recommend_decided():
     table = _table(sg=[0.62, 0.70, 0.20], better=[0.05, 0.05, 0.25], random_control=[0.0, 0.0, 0.5])
-    best, judged = A.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
-    lines = A.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
+    best, judged = S.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
+    lines = S.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
     assert len(lines) == len(table) + 2
-    assert lines[0].startswith("* **sg** (the default): fails: abs. rank corr. 0.62")
+    assert lines[0].startswith("* **sg** (the run's method): fails: abs. rank corr. 0.62")
     assert lines[1] == "* **better**: passes both conditions"
     assert "passes randomization" in lines[3] and "1.00 × random" in lines[3]
     assert lines[-1].startswith("Recommendation: **better**") and "Passing: better." in lines[-1]
-    keep = A.verdict_text(judged, "better", "better", "random_control", "pixel", 20, 8)
+    keep = S.verdict_text(judged, "better", "better", "random_control", "pixel", 20, 8)
     assert keep[-1] == "Recommendation: keep **better**."
     lucky = _table(sg=[0.62, 0.70, 0.20], random_control=[0.0, 0.0, 0.1])
-    best, judged = A.recommend(lucky, 0.5, default="sg", controls=["random_control"])
-    lines = A.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
+    best, judged = S.recommend(lucky, 0.5, default="sg", controls=["random_control"])
+    lines = S.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
     assert lines[-2].startswith("**Warning**") and lines[-1].startswith("Recommendation: **none**")
 
 
@@ -376,5 +409,5 @@ def test_spearman_is_pearson_of_ranks_by_hand():
         return (row[:, None] > row[None, :]).sum(1) + ((row[:, None] == row[None, :]).sum(1) + 1) / 2
 
     by_hand = [np.corrcoef(ranks(x.ravel()), ranks(y.ravel()))[0, 1] for x, y in zip(a, b, strict=True)]
-    np.testing.assert_allclose(A.spearman(a, b), by_hand, rtol=1e-12)
-    np.testing.assert_allclose(A.abs_spearman(a, b), A.spearman(np.abs(a), np.abs(b)), rtol=1e-12)
+    np.testing.assert_allclose(S.spearman(a, b), by_hand, rtol=1e-12)
+    np.testing.assert_allclose(S.abs_spearman(a, b), S.spearman(np.abs(a), np.abs(b)), rtol=1e-12)
