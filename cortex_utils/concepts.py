@@ -11,23 +11,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-
-def top_positions(tis: np.ndarray, n: int) -> np.ndarray:
-    """Flat grid positions of the ``n`` highest scores per image: ``(N, n)``, highest first."""
-    flat = np.asarray(tis).reshape(len(tis), -1)
-    if not 1 <= n <= flat.shape[1]:
-        raise ValueError(f"top-n must lie in [1, {flat.shape[1]}] (the grid has {flat.shape[1]} positions), got {n}")
-    part = np.argpartition(-flat, n - 1, axis=1)[:, :n]
-    order = np.argsort(-np.take_along_axis(flat, part, 1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1)
+from .tis import topk_positions
+from .vq import decode, grid_shape
 
 
 def top_tokens(tokens: np.ndarray, tis: np.ndarray, n: int) -> np.ndarray:
-    """Codebook ids at each image's top-``n`` TIS positions: ``(N, n)``."""
+    """Codebook ids at each image's top-``n`` TIS positions (``tis.topk_positions``): ``(N, n)``."""
     tokens = np.asarray(tokens)
     if tokens.shape != np.asarray(tis).shape:
         raise ValueError(f"tokens {tokens.shape} and TIS {np.asarray(tis).shape} must be aligned (same shape)")
-    return np.take_along_axis(tokens.reshape(len(tokens), -1), top_positions(tis, n), 1)
+    if n < 1:
+        raise ValueError(f"top-n must be >= 1, got {n}")
+    return np.take_along_axis(tokens.reshape(len(tokens), -1), topk_positions(tis, n), 1)
 
 
 def _ranked(counts: np.ndarray, class_names, top: int, value_name: str, extra: dict | None = None) -> pd.DataFrame:
@@ -199,8 +194,6 @@ def arrange_tokens(counts: np.ndarray, ids, region) -> np.ndarray:
 
 def token_tiles(vq, ids) -> torch.Tensor:
     """What a token looks like on its own: decode a grid filled with that id, for each id -> images."""
-    from .vq import decode, grid_shape
-
     h, w = grid_shape(vq)
     grids = torch.tensor(np.array(ids, dtype=np.int64))[:, None, None].expand(-1, h, w)
     return decode(vq, grids.contiguous())
@@ -225,4 +218,4 @@ def top_tis_share(tis, k: int) -> np.ndarray:
     How concentrated an explanation is: ``k / (h * w)`` for a map spread evenly, 1 for a map on ``k`` positions.
     """
     flat = np.abs(np.asarray(tis, dtype=np.float64).reshape(len(tis), -1))
-    return np.take_along_axis(flat, top_positions(tis, k), 1).sum(1) / flat.sum(1).clip(min=1e-30)
+    return np.take_along_axis(flat, topk_positions(tis, k), 1).sum(1) / flat.sum(1).clip(min=1e-30)

@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .concepts import top_positions
 from .evaluators import predict_logits
+from .tis import topk_positions
+from .vq import codebook, decode
 
 SPACES = ("pixel", "token")
 NEUTRAL = ("background", "mean")
@@ -30,7 +31,8 @@ SELECTIONS = ("original", "tis", "random")
 
 # --- selecting positions --------------------------------------------------------------------------
 
-def _tokens_np(tokens, name: str = "tokens") -> np.ndarray:
+def as_token_grids(tokens, name: str = "tokens") -> np.ndarray:
+    """Token grids (numpy or torch) as an int64 numpy array ``(N, h, w)``; anything else is refused."""
     t = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
     if t.ndim != 3:
         raise ValueError(f"{name} must be token grids (N, h, w), got shape {t.shape}")
@@ -73,7 +75,7 @@ def positions_holding(tokens, ids) -> np.ndarray:
     ``ids`` is either one set shared by all images (an int, a 1-D array or a list of ints) or one set per
     image (a 2-D array ``(N, n)`` or a list of N arrays, possibly of different lengths).
     """
-    t = _tokens_np(tokens)
+    t = as_token_grids(tokens)
     if _per_image(ids, len(t)):
         sets = [np.asarray(a, dtype=np.int64).ravel() for a in ids]
         flat = np.concatenate(sets) if sets else np.zeros(0, np.int64)
@@ -106,7 +108,7 @@ def positions_mask(positions, grid) -> np.ndarray:
 
 def ids_at(tokens, positions) -> np.ndarray:
     """The ids at flat positions ``(N, n)`` of each token grid -> ``(N, n)``."""
-    t = _tokens_np(tokens)
+    t = as_token_grids(tokens)
     pos = np.asarray(positions, dtype=np.int64)
     if pos.ndim != 2 or len(pos) != len(t):
         raise ValueError(f"positions must be (N, n) with N = {len(t)} token grids, got shape {pos.shape}")
@@ -124,14 +126,6 @@ def random_positions(n_images: int, grid, n: int, seed: int = 0) -> np.ndarray:
         raise ValueError(f"n must lie in [0, {hw}] (the grid has {hw} positions), got {n}")
     rng = np.random.default_rng(seed)
     return rng.random((n_images, hw)).argsort(1, kind="stable")[:, :n]
-
-
-def top_tis_positions(tis, n: int) -> np.ndarray:
-    """``(N, n)`` flat positions of the highest TIS, highest first (``concepts.top_positions``; n = 0 allowed)."""
-    flat = np.asarray(tis).reshape(len(tis), -1)
-    if n == 0:
-        return np.zeros((len(flat), 0), dtype=np.int64)
-    return top_positions(flat, n)
 
 
 # --- masking ---------------------------------------------------------------------------------------
@@ -179,13 +173,11 @@ def neutral_token(vq_or_codebook=None, tokens=None, how: str = "background") -> 
         raise ValueError(f"unknown neutral token choice {how!r}; choose one of {NEUTRAL}")
     cb = None
     if vq_or_codebook is not None:
-        from .vq import codebook
-
         cb = vq_or_codebook if isinstance(vq_or_codebook, torch.Tensor) else codebook(vq_or_codebook)
     if how == "background":
         if tokens is None:
             raise ValueError("neutral_token(how='background') needs the token grids to count ids in")
-        t = _tokens_np(tokens)
+        t = as_token_grids(tokens)
         if t.size == 0:
             raise ValueError("neutral_token(how='background'): the token grids are empty")
         if cb is not None and t.max() >= len(cb):
@@ -200,7 +192,7 @@ def neutral_token(vq_or_codebook=None, tokens=None, how: str = "background") -> 
 
 def mask_tokens(tokens, position_mask, neutral: int):
     """Replace the masked positions with the ``neutral`` id; a new array of the input's type and dtype."""
-    t = _tokens_np(tokens)
+    t = as_token_grids(tokens)
     m = _mask_np(position_mask, len(t), t.shape[1:])
     neutral = int(neutral)
     if neutral < 0:
@@ -216,7 +208,8 @@ def mask_tokens(tokens, position_mask, neutral: int):
 
 # --- scoring ---------------------------------------------------------------------------------------
 
-def _check_evaluators(evaluators) -> dict:
+def check_evaluators(evaluators) -> dict:
+    """``evaluators`` as given, if it is a non-empty dict name -> model; else a ValueError saying what it must be."""
     if not isinstance(evaluators, dict) or not evaluators:
         raise ValueError("evaluators must be a non-empty dict name -> model (images in [-1, 1] -> logits)")
     return evaluators
@@ -228,7 +221,7 @@ def target_scores(evaluators: dict, images: torch.Tensor, targets, batch_size: i
     if len(targets) != len(images):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     out = {}
-    for name, model in _check_evaluators(evaluators).items():
+    for name, model in check_evaluators(evaluators).items():
         logits = predict_logits(model, images, batch_size).float().cpu()
         if len(targets) and (targets.min() < 0 or targets.max() >= logits.shape[1]):
             raise ValueError(f"targets must lie in [0, {logits.shape[1]}) for evaluator {name!r}")
@@ -248,14 +241,13 @@ def _score_batches(evaluators, targets, make_images, n_images: int, batch_size: 
 def _resolve_neutral(vq, tokens, neutral) -> int:
     if isinstance(neutral, str):
         return neutral_token(vq, tokens, neutral)
-    from .vq import codebook
-
     if not 0 <= int(neutral) < len(codebook(vq)):
         raise ValueError(f"neutral id {neutral} is outside the codebook [0, {len(codebook(vq))})")
     return int(neutral)
 
 
-def _check_spaces(spaces) -> tuple:
+def check_spaces(spaces) -> tuple:
+    """A masking space or several -> a non-empty tuple of names from ``SPACES``; anything else is refused."""
     spaces = (spaces,) if isinstance(spaces, str) else tuple(spaces)
     bad = [s for s in spaces if s not in SPACES]
     if bad or not spaces:
@@ -263,9 +255,8 @@ def _check_spaces(spaces) -> tuple:
     return spaces
 
 
-def _decoded(vq, tokens_t: torch.Tensor, batch_size: int) -> torch.Tensor:
-    from .vq import decode
-
+def decode_tokens(vq, tokens_t: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Token grids ``(N, h, w)`` (a tensor) decoded to images, in batches of at most 64."""
     return decode(vq, tokens_t, batch_size=min(batch_size, 64))  # the decoder is fastest on small batches (CPU cache)
 
 
@@ -288,7 +279,7 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
     masked. With ``per_image`` the unaggregated rows are returned instead (``image, label, logit, prob,
     n_masked``).
     """
-    t = _tokens_np(tokens)
+    t = as_token_grids(tokens)
     n_img, (h, w) = len(t), t.shape[1:]
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != n_img or n_img == 0:
@@ -296,8 +287,8 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
     tis = np.asarray(tis)
     if tis.size != t.size or len(tis) != n_img:
         raise ValueError(f"TIS {tis.shape} must be aligned with the token grids {t.shape}")
-    _check_evaluators(evaluators)
-    spaces = _check_spaces(spaces)
+    check_evaluators(evaluators)
+    spaces = check_spaces(spaces)
     ns = [int(n) for n in ns]
     bad = [n for n in ns if not 0 <= n <= h * w]
     if bad or not ns:
@@ -305,7 +296,7 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
     neutral_id = _resolve_neutral(vq, t, neutral) if "token" in spaces else None
 
     tokens_t = torch.from_numpy(t)
-    originals = _decoded(vq, tokens_t, batch_size)
+    originals = decode_tokens(vq, tokens_t, batch_size)
     orig = _score_batches(evaluators, labels, lambda s: originals[s], n_img, batch_size)
     rand_all = random_positions(n_img, (h, w), max(ns), seed)
     frames = []
@@ -320,7 +311,7 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
         zero = np.zeros(n_img, dtype=np.int64)
         for space in spaces:
             add(space, n, "original", orig, zero)
-        for selection, pos in (("tis", top_tis_positions(tis, n)), ("random", rand_all[:, :n])):
+        for selection, pos in (("tis", topk_positions(tis, n)), ("random", rand_all[:, :n])):
             if n == 0:
                 for space in spaces:
                     add(space, n, selection, orig, zero)
@@ -333,7 +324,7 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
                 add("pixel", n, selection, scores, n_masked)
             if "token" in spaces:
                 masked = torch.from_numpy(mask_tokens(t, mask, neutral_id))
-                scores = _score_batches(evaluators, labels, lambda s, m=masked: _decoded(vq, m[s], batch_size),
+                scores = _score_batches(evaluators, labels, lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
                                         n_img, batch_size)
                 add("token", n, selection, scores, n_masked)
     rows = pd.concat(frames, ignore_index=True)
@@ -386,7 +377,7 @@ def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: d
     (label -1): the unweighted mean over the class rows (``n_images`` is their sum). ``images``: the
     decoded ``tokens``, if already at hand (a sweep over ``token_num`` decodes them once).
     """
-    t = _tokens_np(tokens)
+    t = as_token_grids(tokens)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(t) or len(t) == 0:
         raise ValueError(f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels")
@@ -394,8 +385,8 @@ def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: d
         raise ValueError("token_sets must be a non-empty dict method name -> {label: ids}")
     if token_num is not None and token_num < 1:
         raise ValueError(f"token_num must be >= 1 (or None for all ids), got {token_num}")
-    _check_evaluators(evaluators)
-    spaces = _check_spaces(spaces)
+    check_evaluators(evaluators)
+    spaces = check_spaces(spaces)
     classes = np.unique(labels)
     if class_names is None:
         class_names = [str(c) for c in range(classes.max() + 1)]
@@ -405,7 +396,7 @@ def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: d
 
     if images is not None and len(images) != len(t):
         raise ValueError(f"{len(images)} decoded images for {len(t)} token grids")
-    originals = _decoded(vq, torch.from_numpy(t), batch_size) if images is None else images
+    originals = decode_tokens(vq, torch.from_numpy(t), batch_size) if images is None else images
     orig = _score_batches(evaluators, labels, lambda s: originals[s], len(t), batch_size)
     rows = []
     for method, sets in tqdm(token_sets.items(), desc="concept-level masking", disable=not progress):
@@ -418,7 +409,7 @@ def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: d
                                         len(t), batch_size)
             else:
                 masked = torch.from_numpy(mask_tokens(t, mask, neutral_id))
-                scores = _score_batches(evaluators, labels, lambda s, m=masked: _decoded(vq, m[s], batch_size),
+                scores = _score_batches(evaluators, labels, lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
                                         len(t), batch_size)
             for name in evaluators:
                 for c in classes:

@@ -119,12 +119,12 @@ def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np
 
 def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: int = 0):
     """Several images with their TIS maps; ``top_n`` > 0 outlines each image's top-n positions."""
-    from .concepts import top_positions
+    from .tis import topk_positions
 
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
-    tops = top_positions(scores, top_n) if top_n else [None] * n
+    tops = topk_positions(scores, top_n) if top_n else [None] * n
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -135,7 +135,7 @@ def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: i
 
 def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     """One image three ways: the decoded image, its token grid (ids), its TIS map with the top-n boxed."""
-    from .concepts import top_positions
+    from .tis import topk_positions
 
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.5))
     axes[0].imshow(to_hwc(image).squeeze(), cmap="gray")
@@ -143,7 +143,7 @@ def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     axes[0].axis("off")
     grid = np.asarray(tokens)
     axes[1].imshow(np.asarray(scores), cmap="Greys", alpha=0.35)
-    top = set(top_positions(np.asarray(scores)[None], top_n)[0].tolist())
+    top = set(topk_positions(np.asarray(scores)[None], top_n)[0].tolist())
     for (r, c), t in np.ndenumerate(grid):
         p = r * grid.shape[1] + c
         axes[1].text(c, r, str(t), ha="center", va="center", fontsize=7,

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from cortex_utils import datasets as tokds  # noqa: E402
 from cortex_utils import evaluation, evaluators, plots  # noqa: E402
+from cortex_utils import tis as tislib  # noqa: E402
 from cortex_utils import vq as vqlib  # noqa: E402
 from cortex_utils.artifacts import registered  # noqa: E402
 
@@ -69,7 +70,7 @@ def main(run_dir: str, out: str = str(ROOT / "docs" / "overview.png")) -> None:
     tis = np.load(run / "tis" / "iem1_max" / "test.npy")
     rows = np.array([np.flatnonzero(labels == c)[0] for c in CLASSES])
     images = vqlib.decode(vq, torch.from_numpy(tokens[rows]))
-    top = evaluation.top_tis_positions(tis[rows], TOP_N)
+    top = tislib.topk_positions(tis[rows], TOP_N)
     masked = evaluation.mask_pixels(images, evaluation.positions_holding(tokens[rows], evaluation.ids_at(tokens[rows], top)))
     judge = {"cnn": evaluators.load_run_evaluators(run, vqlib.resolution(vq), len(ds.class_names))["cnn"]}
     before = evaluation.target_scores(judge, images, labels[rows])["cnn"][1]

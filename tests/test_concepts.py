@@ -28,11 +28,14 @@ def test_concept_counts_match_a_plain_loop():
     assert set(table.columns) >= {"top_n", "label", "class_name", "rank", "token", "count", "images", "share"}
 
 
-def test_top_positions_are_sorted_and_bounded():
-    tis = np.array([[[0.1, 0.9], [0.5, 0.3]]])
-    assert concepts.top_positions(tis, 3).tolist() == [[1, 2, 3]]
-    with pytest.raises(ValueError, match=r"top-n must lie in \[1, 4\]"):
-        concepts.top_positions(tis, 5)
+def test_top_tokens_sit_at_the_top_positions_the_smaller_position_first_on_a_tie():
+    tis = np.array([[[0.1, 0.9], [0.5, 0.9]]])
+    tokens = np.array([[[10, 11], [12, 13]]])
+    assert concepts.top_tokens(tokens, tis, 3).tolist() == [[11, 13, 12]]  # tis.topk_positions: 1, 3, then 2
+    with pytest.raises(ValueError, match="top-n must be >= 1"):
+        concepts.top_tokens(tokens, tis, 0)
+    with pytest.raises(ValueError, match=r"k must lie in \[0, 4\]"):
+        concepts.top_tokens(tokens, tis, 5)
 
 
 def test_empty_class_is_refused():
@@ -130,5 +133,5 @@ def test_top_tis_share_measures_concentration():
     np.testing.assert_allclose(top_tis_share(peaked, 1), [0.75])
     np.testing.assert_allclose(top_tis_share(peaked, 2), [1.0])
     np.testing.assert_allclose(top_tis_share(signed, 1), [0.4])
-    with pytest.raises(ValueError, match="top-n must lie in"):
+    with pytest.raises(ValueError, match=r"k must lie in \[0, 16\]"):
         top_tis_share(even, 17)
