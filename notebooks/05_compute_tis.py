@@ -30,6 +30,11 @@
 # checks it to 1e-5; `benchmarks/tis_speed.py` measures the speed against Captum and against the machine's own
 # rate). At the end two options beyond the paper: reduced-variance noise (fewer draws for the same answer?) and
 # a fast bfloat16 mode (what does it cost the explanation?).
+#
+# SmoothGrad is one attribution method among several behind one interface (`attribution.attribute`; notebook
+# 11 compares them and checks which can be trusted). The parameter `method` chooses the one whose scores this
+# run uses (default `smoothgrad`, the paper's); the later notebooks read the scores, and the method, from the
+# run, so `-p method occlusion` runs the whole tutorial on occlusion's scores.
 
 # %%
 import copy
@@ -41,9 +46,10 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+from cortex_utils import attribution, distributed, evaluation, plots
 from cortex_utils import datasets as tokds
-from cortex_utils import distributed, plots
 from cortex_utils import iem as iemlib
+from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import record_metrics, register, registered
@@ -52,10 +58,14 @@ from cortex_utils.notebook import check_parameters, choice, exercise, repo_path,
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-04 (relative to the repo root)
 iem_arch = 1  # which trained IEM to explain (1-4)
+method = "smoothgrad"  # the run's TIS: smoothgrad (the paper's) | gradient | grad_x_input | integrated_gradients | occlusion
 nsamples = 20  # SmoothGrad noisy copies
 spread = 0.2  # noise sigma as a fraction of the batch's value range
 sigma = "batch"  # whose value range sets the noise: batch (the paper's) | image (each image's own)
 reduction = "max"  # max | mean over the embedding channels
+ig_steps = 16  # Integrated Gradients steps (method integrated_gradients)
+occlusion_group = 1  # occlude single tokens (1) or g x g blocks of tokens (method occlusion)
+neutral = "background"  # IG's baseline and occlusion's token: background | mean | an id, e.g. "17" (as notebook 11)
 batch_size = 100
 splits = ["train", "test"]
 seed = 0
@@ -68,12 +78,16 @@ solutions = False  # run the exercises' solution cells (a teacher's reveal; make
 
 # %%
 params = check_parameters(globals(), "05_compute_tis")
-choice("reduction", reduction, tislib.REDUCTIONS)
+choice("method", method, list(attribution.METHODS))
+choice("reduction", reduction, attribution.REDUCTIONS)
 choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
-choice("sigma", sigma, tislib.SIGMAS)
+choice("sigma", sigma, sglib.SIGMAS)
 require(nsamples >= 1 and spread >= 0 and batch_size >= 1, "nsamples and batch_size must be >= 1, spread >= 0")
+require(ig_steps >= 1 and occlusion_group >= 1, "ig_steps and occlusion_group must be >= 1")
+require(neutral.isdigit() or neutral in evaluation.NEUTRAL, f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}")
 require(nproc >= 1, f"nproc must be >= 1, got {nproc}")
-require(nproc == 1 or sigma == "batch", 'the torchrun job (nproc > 1) computes sigma = "batch" only; use nproc = 1')
+require(nproc == 1 or (sigma == "batch" and method == "smoothgrad"),
+        'the torchrun job (nproc > 1) computes SmoothGrad with sigma = "batch" only; use nproc = 1')
 require(stability_images >= 1 and len(stability_nsamples) > 0 and min(stability_nsamples) >= 1,
         "stability_images must be >= 1 and stability_nsamples a non-empty list of values >= 1")
 require(len(variance_nsamples) > 0 and all(ns >= 2 and ns % 2 == 0 for ns in variance_nsamples),
@@ -90,7 +104,8 @@ model = iemlib.load_iem(registered(run_dir, f"iem{iem_arch}")["checkpoint"],
                         expect={"arch": iem_arch, "in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid),
                                 "n_classes": len(ds.class_names)})
 codebook = vqlib.codebook(vq)
-out_dir = run_dir / "tis" / (f"iem{iem_arch}_{reduction}" + ("" if sigma == "batch" else "_sigma-image"))
+out_dir = run_dir / "tis" / (f"iem{iem_arch}_{reduction}" + ("" if sigma == "batch" else "_sigma-image")
+                             + ("" if method == "smoothgrad" else f"_{method}"))
 
 # %% [markdown]
 # ## SmoothGrad by hand
@@ -120,22 +135,27 @@ tis_hand = (grad_sum / nsamples).amax(1)  # mean over the copies, then max over 
 print(tis_hand.shape, "top-5 positions per image:", tislib.topk_positions(tis_hand.numpy(), 5).tolist())
 
 # %% [markdown]
-# The library's `tislib.token_importance` draws the same noise from the same seed (`tislib.smoothgrad_noise`),
-# so it must give the same maps. It differs only in speed: it puts all noisy copies of the whole batch through
-# one forward and one backward pass, instead of one pass per copy per image.
+# The library's `attribution.attribute(..., "smoothgrad")` draws the same noise from the same seed
+# (`smoothgrad.smoothgrad_noise`), so it must give the same maps. It differs only in speed: it puts all noisy
+# copies of the whole batch through one forward and one backward pass, instead of one pass per copy per image.
 
 # %% tags=["by-hand-check"]
-tis_lib = tislib.token_importance(model64, x_few, y_few, nsamples, spread, "max",
-                                  generator=torch.Generator().manual_seed(seed))
+tis_lib = attribution.attribute(model64, x_few, y_few, "smoothgrad", "max", nsamples, spread, seed=seed)
 np.testing.assert_allclose(tis_lib.numpy(), tis_hand.numpy(), rtol=1e-9, atol=1e-9 * float(tis_hand.abs().max()))
 print(f"by hand = library: max |difference| {float((tis_lib - tis_hand).abs().max()):.2e}")
 
 # %% [markdown]
 # ## Compute the scores
 #
+# The scores come from `method`: `smoothgrad` (the default, the paper's, as above), or any other method of
+# `attribution.METHODS`, each one score per grid position: `gradient`, `grad_x_input`, `integrated_gradients`
+# (from a grid holding the neutral token everywhere, in `ig_steps` steps) or `occlusion` (the drop of the
+# target logit when the neutral token replaces a position, or an `occlusion_group` block). The neutral token is
+# the one notebooks 07 and 11 use (by default the most frequent id: the background code).
+#
 # Scores are written chunk by chunk into `<run_dir>/tis/iem<k>_<reduction>/<split>.npy`, aligned with the
 # dataset's rows; an interrupted run picks up where it stopped. (With `sigma = "image"` the folder is
-# `iem<k>_<reduction>_sigma-image`.)
+# `iem<k>_<reduction>_sigma-image`; with another method, `_<method>` is added.)
 #
 # With `nproc > 1` a `torchrun` job of `nproc` processes computes them: each process takes a contiguous,
 # batch-aligned block of rows (the batches, and so the noise, are those of one process: the scores are
@@ -144,20 +164,26 @@ print(f"by hand = library: max |difference| {float((tis_lib - tis_hand).abs().ma
 # The time then includes starting the processes (several seconds).
 
 # %%
+neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, ds.tokens[hand_split], neutral)
+options = {"steps": ig_steps, "baseline": codebook[neutral_id], "group": occlusion_group}  # IG's and occlusion's
 tis, seconds = distributed.compute_tis_splits(model, ds, codebook, splits, out_dir, nproc=nproc, run_dir=run_dir,
                                               iem_arch=iem_arch, nsamples=nsamples, spread=spread, reduction=reduction,
-                                              batch_size=batch_size, seed=seed, sigma=sigma)
+                                              batch_size=batch_size, seed=seed, sigma=sigma, method=method, **options)
 per_image = sum(seconds.values()) / sum(len(ds.labels[s]) for s in splits)
 display(pd.DataFrame({"images": {s: len(ds.labels[s]) for s in splits}, "seconds": seconds}))
-print(f"{per_image * 1000:.2f} ms per image ({nsamples} noisy copies each)")
+print(f"TIS method: {method}" + (f" ({nsamples} noisy copies per image)" if method == "smoothgrad" else
+                                 f" (the neutral token: id {neutral_id})" if method in ("integrated_gradients", "occlusion")
+                                 else "") + f"; {per_image * 1000:.2f} ms per image")
 
 # %% [markdown]
-# Record the headline numbers: where the scores are, with their settings, and the time per image.
+# Record the headline numbers: where the scores are, the method and its settings (the later notebooks read them),
+# and the time per image.
 
 # %%
-register(run_dir, "tis", path=str(out_dir), iem_arch=iem_arch, reduction=reduction, nsamples=nsamples,
-         spread=spread, sigma=sigma, splits=splits)
-record_metrics(run_dir, tis_seconds_per_image=round(per_image, 5))
+register(run_dir, "tis", path=str(out_dir), method=method, iem_arch=iem_arch, reduction=reduction, nsamples=nsamples,
+         spread=spread, sigma=sigma, ig_steps=ig_steps, occlusion_group=occlusion_group, neutral_id=neutral_id,
+         splits=splits)
+record_metrics(run_dir, tis_method=method, tis_seconds_per_image=round(per_image, 5))
 
 # %% [markdown]
 # ## Where does the IEM look?
@@ -182,7 +208,7 @@ for c, ax in zip(range(n_cls), np.atleast_1d(axes), strict=True):
     ax.imshow(tis[split][labels == c].mean(0), cmap="inferno")
     ax.set_title(ds.class_names[c])
     ax.axis("off")
-fig.suptitle(f"mean TIS per class ({split})")
+fig.suptitle(f"mean TIS per class ({split}; {method})")
 fig.tight_layout()
 
 # %% [markdown]
@@ -198,7 +224,7 @@ fig.tight_layout()
 # The noise level has a second, quieter dependence. The original sets σ = `spread` · (max − min) of the
 # **whole batch tensor**, so an image's noise, and with it its scores, depends on how many and which images
 # share its batch (this run: batches of `batch_size`; the original's TIS run: 4). With `sigma = "image"`
-# (`tislib.smoothgrad`, `compute_tis` and this notebook take it) each image's own range sets its σ, and an
+# (`smoothgrad.smoothgrad`, `tislib.compute_tis` and this notebook take it) each image's own range sets its σ, and an
 # image gets the same scores in any batch; it is what σ per batch gives for a batch of one image, and the
 # original's batches of 4 sit between the two. We compare σ per batch with σ per image on the very same
 # standard-normal draws (only their scale differs). The agreement of two seeds is the yardstick: a change that
@@ -209,6 +235,9 @@ fig.tight_layout()
 # scores are those the original code gives for the same batches, and the numbers stay comparable with the
 # paper's. Per-image σ is the choice when scores must not depend on the batch, e.g. to compare runs with
 # different `batch_size`.
+#
+# This section and the next two study SmoothGrad's noise, whatever `method` the run uses (the other methods
+# draw none: every seed gives the same map); their numbers are recorded only when the run's TIS are SmoothGrad's.
 
 # %%
 t_stab = time.perf_counter()
@@ -242,8 +271,9 @@ display(table.round(3).astype(object).fillna("–"))
 # positions σ per image keeps.
 
 # %%
-record_metrics(run_dir, **{f"tis_top5_seed_agreement_{ns}": round(seed_agree[ns], 4) for ns in sorted({nsamples, n_big})},
-               tis_top5_sigma_batch_vs_image=round(float(keeps["σ per image (same draws)"][nsamples].mean()), 4))
+if method == "smoothgrad":
+    record_metrics(run_dir, **{f"tis_top5_seed_agreement_{ns}": round(seed_agree[ns], 4) for ns in sorted({nsamples, n_big})},
+                   tis_top5_sigma_batch_vs_image=round(float(keeps["σ per image (same draws)"][nsamples].mean()), 4))
 
 # %%
 fig, ax = plt.subplots(figsize=(5.4, 3.3))
@@ -290,7 +320,7 @@ for name, per_ns in list(keeps.items())[1:]:
 # %% tags=["by-hand"]
 half = torch.randn((4, *x_few.shape), generator=torch.Generator().manual_seed(seed), dtype=x_few.dtype)
 pairs_hand = torch.cat([half, -half]) * sd  # 8 draws: +eps then -eps, times the batch's sigma
-pairs_lib = tislib.smoothgrad_noise(x_few, 8, spread, torch.Generator().manual_seed(seed), draws="antithetic")
+pairs_lib = sglib.smoothgrad_noise(x_few, 8, spread, torch.Generator().manual_seed(seed), draws="antithetic")
 torch.testing.assert_close(pairs_lib, pairs_hand)
 indep = torch.randn((8, *x_few.shape), generator=torch.Generator().manual_seed(seed + 1), dtype=x_few.dtype) * sd
 print(f"by hand = library; the largest mean of a value's 8 draws: {float(pairs_hand.mean(0).abs().max()):.1e} "
@@ -307,7 +337,7 @@ t_var = time.perf_counter()
 var_ns = sorted(set(variance_nsamples) | ({nsamples} if nsamples % 2 == 0 else set()))
 var_maps = {(d, ns): (seed_maps[ns] if d == "gaussian" and ns in seed_maps else
                       [stab_tis(ns, seed + 1, draws=d), stab_tis(ns, seed + 2, draws=d)])
-            for d in tislib.DRAWS for ns in var_ns}
+            for d in sglib.DRAWS for ns in var_ns}
 var_agree = {key: tislib.seed_agreement(m) for key, m in var_maps.items()}  # per image
 var_seconds = time.perf_counter() - t_var
 gauss_curve = np.array([var_agree["gaussian", ns].mean() for ns in var_ns])
@@ -322,13 +352,13 @@ def gaussian_draws_for(agreement):
     return f"~{np.exp(np.interp(agreement, gauss_curve, np.log(var_ns))):.0f}"
 
 
-var_table = pd.DataFrame({d: {f"nsamples {ns}": float(var_agree[d, ns].mean()) for ns in var_ns} for d in tislib.DRAWS}).T
+var_table = pd.DataFrame({d: {f"nsamples {ns}": float(var_agree[d, ns].mean()) for ns in var_ns} for d in sglib.DRAWS}).T
 print(f"top-5 agreement of two noise seeds, {n_stab} {split} images ({var_seconds:.1f} s)")
 display(var_table.round(3))
 
 # %%
 fig, ax = plt.subplots(figsize=(5.4, 3.3))
-for d, marker in zip(tislib.DRAWS, "osd", strict=True):
+for d, marker in zip(sglib.DRAWS, "osd", strict=True):
     ax.plot(var_ns, [var_agree[d, ns].mean() for ns in var_ns], marker=marker, label=f"{d} draws")
 ax.set_xscale("log")
 ax.set_xticks(var_ns, [str(ns) for ns in var_ns])
@@ -346,7 +376,7 @@ plt.show()
 # recorded.
 
 # %%
-for d in tislib.DRAWS[1:]:
+for d in sglib.DRAWS[1:]:
     for ns in var_ns:
         diff = var_agree[d, ns] - var_agree["gaussian", ns]
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
@@ -357,14 +387,14 @@ for d in tislib.DRAWS[1:]:
               f"Gaussian draws for the same agreement: {gaussian_draws_for(var_agree[d, ns].mean())}")
 
 # %%
-if nsamples in var_ns:
+if method == "smoothgrad" and nsamples in var_ns:
     record_metrics(run_dir, **{f"tis_top5_seed_agreement_{d}_{nsamples}": round(float(var_agree[d, nsamples].mean()), 4)
-                               for d in tislib.DRAWS[1:]})
+                               for d in sglib.DRAWS[1:]})
 
 # %% [markdown]
 # The paper's Gaussian draws stay the default: a kind of draws changes the noise, so every map (and what later
 # notebooks count from it) would change as much as with another seed; `draws="antithetic"` or `"sobol"`
-# (`tislib.compute_tis`, `tislib.smoothgrad`) is the option where the lines above show a gain.
+# (`tislib.compute_tis`, `smoothgrad.smoothgrad`) is the option where the lines above show a gain.
 
 # %% [markdown]
 # ## The fast mode: bfloat16
@@ -376,7 +406,7 @@ if nsamples in var_ns:
 # noise as a float32 map and count the top-5 positions they share, beside what another noise seed shares.
 
 # %%
-fast_native = tislib.bf16_supported()
+fast_native = sglib.bf16_supported()
 if fast_native:
     t0 = time.perf_counter()
     exact_maps = stab_tis(nsamples, seed + 1)
@@ -392,7 +422,7 @@ else:
     print("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): the fast mode is not available here")
 
 # %%
-if fast_native:
+if fast_native and method == "smoothgrad":
     record_metrics(run_dir, tis_top5_bf16_vs_float32=round(float(fast_agree.mean()), 4))
 
 # %%
@@ -436,22 +466,22 @@ for slider in (index_slider, top_slider):
 
 # %% [markdown] tags=["exercise"]
 # **1. No noise.** With `spread = 0` SmoothGrad is the plain gradient (every noisy copy is the image itself).
-# Compute the σ = 0 TIS of the first 5 images of the `split` shown above (`tislib.token_importance` with
-# `spread=0.0`, `reduction=reduction`) and compare each with its stored map `tis[split][i]`: how many of its
-# top-5 positions stay? Write your answer as `answer_1 = [...]`, a list of 5 ints (0-5), one per image.
+# Compute the σ = 0 TIS of the first 5 images of the `split` shown above (`attribution.attribute` with
+# `"smoothgrad"`, `reduction`, `spread=0.0`) and compare each with its stored map `tis[split][i]`: how many of
+# its top-5 positions stay? Write your answer as `answer_1 = [...]`, a list of 5 ints (0-5), one per image.
 
 # %% tags=["solution"]
 if solutions:
     x5 = codebook[tokens[:5]].permute(0, 3, 1, 2)
-    tis0 = tislib.token_importance(model, x5, torch.from_numpy(labels[:5]), nsamples, 0.0, reduction).numpy()
+    tis0 = attribution.attribute(model, x5, labels[:5], "smoothgrad", reduction, nsamples, 0.0).numpy()
     answer_1 = [int(round(5 * a)) for a in tislib.topk_agreement(tis[split][:5], tis0, 5)]
     print(answer_1)
 
 
 # %% tags=["exercise-check"]
 def check_1(answer):
-    plain = tislib.token_importance(model, codebook[tokens[:5]].permute(0, 3, 1, 2), torch.from_numpy(labels[:5]),
-                                    nsamples, 0.0, reduction).numpy()
+    plain = attribution.attribute(model, codebook[tokens[:5]].permute(0, 3, 1, 2), labels[:5], "smoothgrad", reduction,
+                                  nsamples, 0.0).numpy()
     kept = [len(np.intersect1d(a, b)) for a, b in zip(tislib.topk_positions(tis[split][:5]),
                                                        tislib.topk_positions(plain), strict=True)]
     assert len(answer) == 5, f"expected 5 counts, got {len(answer)}"

@@ -25,6 +25,9 @@
 # baseline), and a **class-contrastive** variant: ids much more frequent in the class than overall. If the
 # concept tokens were just the frequent ones, CORTEX would add nothing; the overlap plot shows how much
 # they differ.
+#
+# The scores are the run's TIS from notebook 05, by the attribution method it was given (`method`; the
+# paper's SmoothGrad by default); the cell that loads them says which.
 
 # %%
 import matplotlib.pyplot as plt
@@ -63,6 +66,7 @@ require("train" in tis_entry["splits"], "notebook 05 must have computed TIS for 
 tis = np.load(repo_path(tis_entry["path"]) / "train.npy")
 tokens, labels = ds.tokens["train"], ds.labels["train"].astype(np.int64)
 require(tis.shape == tokens.shape, f"TIS {tis.shape} is not aligned with the train tokens {tokens.shape}")
+print(f"TIS method: {tis_entry['method']} (notebook 05: IEM {tis_entry['iem_arch']}, {tis_entry['reduction']} over the channels)")
 params
 
 # %% [markdown]
@@ -89,9 +93,9 @@ for c in few:
 # %% [markdown]
 # ## At scale: every class and every top-n at once
 #
-# `concepts.concept_tokens` does the same counting for all classes and all top-n values together: one
-# `argpartition` / `argsort` over every image's TIS, then one `bincount` over (class, id) pairs, instead of
-# a Python loop per image. It also counts in how many images each id occurs and the global ranking.
+# `concepts.concept_tokens` does the same counting for all classes and all top-n values together: one stable
+# `argsort` over every image's TIS (`tis.topk_positions`), then one `bincount` over (class, id) pairs, instead
+# of a Python loop per image. It also counts in how many images each id occurs and the global ranking.
 
 # %%
 K = ds.manifest["n_embed"]
@@ -120,7 +124,7 @@ for name, df in {"concept_tokens": table, "frequency_tokens": freq, "contrastive
         df.to_csv(tmp, index=False)
     with atomic_path(out / f"{name}.parquet") as tmp:
         df.to_parquet(tmp, index=False)
-register(run_dir, "concepts", path=str(out), top_ns=top_ns, tis=tis_entry["path"])
+register(run_dir, "concepts", path=str(out), top_ns=top_ns, tis=tis_entry["path"], tis_method=tis_entry["method"])
 print(f"saved to {out}: concept_tokens / frequency_tokens / contrastive_tokens (.csv, .parquet)")
 
 # %% [markdown]

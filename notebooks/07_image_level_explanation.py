@@ -41,6 +41,7 @@ from IPython.display import display
 
 from cortex_utils import datasets as tokds
 from cortex_utils import evaluation, evaluators, plots
+from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, record_metrics, registered
 from cortex_utils.notebook import check_parameters, exercise, repo_path, require
@@ -69,8 +70,9 @@ params
 # %% [markdown]
 # ## The ingredients
 #
-# The test split's token grids and labels, their TIS from notebook 05, and the evaluators registered by
-# notebook 02 (plus any local torchvision classifiers for real ImageNet data). Every image needs a TIS map.
+# The test split's token grids and labels, their TIS from notebook 05 (by the run's attribution method), and
+# the evaluators registered by notebook 02 (plus any local torchvision classifiers for real ImageNet data).
+# Every image needs a TIS map.
 
 # %%
 vq = vqlib.load_run_vq(run_dir)
@@ -94,7 +96,7 @@ judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.cl
 # %%
 neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, tokens, neutral)
 require(neutral_id < ds.manifest["n_embed"], f"neutral id {neutral_id} is outside the codebook of {ds.manifest['n_embed']}")
-print(f"{len(labels)} {split} images, TIS from IEM {tis_entry['iem_arch']} ({tis_entry['reduction']}), "
+print(f"{len(labels)} {split} images; TIS method: {tis_entry['method']} (IEM {tis_entry['iem_arch']}, {tis_entry['reduction']}); "
       f"evaluators {list(judges)}, neutral token {neutral_id}")
 
 # %% [markdown]
@@ -106,7 +108,7 @@ print(f"{len(labels)} {split} images, TIS from IEM {tis_entry['iem_arch']} ({tis
 # %%
 i, n = min(example, len(labels) - 1), min(4, n_positions)
 one = tokens[i:i + 1]
-sel = {"TIS": evaluation.top_tis_positions(tis[i:i + 1], n), "random": evaluation.random_positions(1, ds.grid, n, seed)}
+sel = {"TIS": tislib.topk_positions(tis[i:i + 1], n), "random": evaluation.random_positions(1, ds.grid, n, seed)}
 original = vqlib.decode(vq, torch.from_numpy(one))
 shown, titles = [original[0]], [f"class {ds.class_names[labels[i]]}"]
 for name, pos in sel.items():
@@ -147,7 +149,7 @@ plots.image_grid(torch.cat([decoded, torch.stack(hand_images)]), [f"image {j}" f
 # `mask_pixels` blows the grid mask up to pixels with `repeat_interleave` and fills it in one `masked_fill`.
 
 # %% tags=["by-hand-check"]
-lib_mask = evaluation.positions_holding(tokens[few], evaluation.ids_at(tokens[few], evaluation.top_tis_positions(tis[few], n)))
+lib_mask = evaluation.positions_holding(tokens[few], evaluation.ids_at(tokens[few], tislib.topk_positions(tis[few], n)))
 np.testing.assert_array_equal(lib_mask, np.stack(hand_masks))
 assert torch.equal(evaluation.mask_pixels(decoded, lib_mask), torch.stack(hand_images)), "masked images differ"
 print(f"by hand == evaluation.positions_holding + mask_pixels (images {few.tolist()}, n = {n})")
@@ -266,7 +268,7 @@ if solutions:
     answer_2 = int(over[0]) + 1 if len(over) else -1  # row k-1 masks the top-k ids
 
 # %% tags=["exercise-check"]
-top_masks = [evaluation.positions_holding(one, evaluation.ids_at(one, evaluation.top_tis_positions(tis[ex:ex + 1], k)))[0]
+top_masks = [evaluation.positions_holding(one, evaluation.ids_at(one, tislib.topk_positions(tis[ex:ex + 1], k)))[0]
              for k in range(1, n_positions + 1)]
 first = np.flatnonzero(drops_of(top_masks) > 0.5)
 exercise("2", globals(), check=lambda a: int(a) == (int(first[0]) + 1 if len(first) else -1),

@@ -80,6 +80,7 @@ ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 entry = registered(run_dir, "concepts")
 require(top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; top_n = {top_n} is not among them")
+print(f"concept tokens of notebook 06; TIS method: {entry['tis_method']} (notebook 05)")
 folder = repo_path(entry["path"])
 tables = {name: pd.read_parquet(folder / f"{name}_tokens.parquet") for name in ("concept", "frequency", "contrastive")}
 k_max = max(token_num, *token_nums)

@@ -460,6 +460,7 @@ entry = registered(run_dir, "concepts")
 require(concept_top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = "
         f"{concept_top_n} is not among them")
 concept_table = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
+print(f"concept tokens of notebook 06; TIS method: {entry['tis_method']} (notebook 05)")
 
 # %%
 K = ds.manifest["n_embed"]

@@ -23,11 +23,11 @@
 #
 # This notebook checks, on a subset of the test images:
 #
-# 1. **five attributions behind one interface** (`cortex_utils.attribution.attribute`; the standard ones from
-#    Captum): the paper's **SmoothGrad** (default), plain **gradient**, **gradient × input**, **Integrated
-#    Gradients** (from an all-neutral-token grid) and **token occlusion** (replace one token with the
-#    neutral token, measure the drop of the target logit). Every one yields one score per grid position,
-#    exactly the TIS format;
+# 1. **five attributions behind one interface** (`cortex_utils.attribution.attribute`; SmoothGrad the
+#    project's own, the others from Captum): the paper's **SmoothGrad**, plain **gradient**,
+#    **gradient × input**, **Integrated Gradients** (from an all-neutral-token grid) and **token occlusion**
+#    (replace one token with the neutral token, measure the drop of the target logit). Every one yields one
+#    score per grid position, exactly the TIS format, and any one can be the run's TIS (notebook 05's `method`);
 # 2. **sanity checks**: re-initialise the IEM's layers from the head down (*cascading* randomization) and all
 #    at once (*full*), and train the same IEM on shuffled labels (*data* randomization); compare each
 #    method's maps with the trained model's as Adebayo et al. report it: Spearman rank correlation of the
@@ -39,8 +39,8 @@
 #    removed (or revealed) in attribution order vs in random order, in pixel space and token space; the
 #    bar is a deletion AUC ≤ `max_deletion_ratio` (0.8) × the random order's in `faithfulness_space`
 #    (pixel; `bars["space"]`);
-# 4. a **recommendation**, computed from 2 and 3 (a method must pass both, or none is recommended), and
-#    **token-space views** of the codebook.
+# 4. a **recommendation**, computed from 2 and 3 (a method must pass both, or none is recommended; the run's
+#    own method, read from the run, is kept if it passes), and **token-space views** of the codebook.
 
 # %%
 import copy
@@ -54,10 +54,9 @@ import torch
 from IPython.display import Markdown, display
 from tqdm.auto import tqdm
 
-from cortex_utils import attribution, concepts, evaluation, evaluators, plots
+from cortex_utils import attribution, concepts, evaluation, evaluators, plots, sanity
 from cortex_utils import datasets as tokds
 from cortex_utils import iem as iemlib
-from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import atomic_path, note_trained, record_metrics, registered
 from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
@@ -83,7 +82,6 @@ iem_arch = 1  # which trained IEM to explain (1-4)
 split = "test"  # whose images are explained
 n_images = 100  # random images of the split (seeded) for the maps and the full / data randomization checks
 methods = ["smoothgrad", "gradient", "grad_x_input", "integrated_gradients", "occlusion"]
-default_method = "smoothgrad"  # the paper's TIS; the recommendation keeps it if it passes
 reduction = "max"  # max | mean over the embedding channels (as the TIS)
 nsamples = 20  # SmoothGrad noisy copies
 spread = 0.2  # SmoothGrad noise sigma as a fraction of the batch's value range
@@ -114,8 +112,7 @@ choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
 for m in methods:
     choice("methods", m, list(attribution.METHODS))
 require(len(methods) == len(set(methods)) and len(methods) > 0, f"methods must be distinct and non-empty, got {methods}")
-choice("default_method", default_method, methods)
-choice("reduction", reduction, tislib.REDUCTIONS)
+choice("reduction", reduction, attribution.REDUCTIONS)
 require(neutral.isdigit() or neutral in evaluation.NEUTRAL, f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}")
 require(n_images >= 2 and cascade_images >= 2 and curve_images >= 1, "n_images and cascade_images must be >= 2, curve_images >= 1")
 require(nsamples >= 1 and spread >= 0 and ig_steps >= 1 and occlusion_group >= 1 and batch_size >= 1,
@@ -130,7 +127,7 @@ choice("faithfulness_space", faithfulness_space, list(evaluation.SPACES))
 require(faithfulness_space in spaces, f"faithfulness_space {faithfulness_space!r} must be one of the curves' spaces {spaces}")
 require(curve_steps >= 1, "curve_steps must be >= 1")
 require(len(spaces) > 0 and set(spaces) <= set(evaluation.SPACES), f"spaces must be a non-empty subset of {evaluation.SPACES}")
-require(len(curves) > 0 and set(curves) <= set(attribution.CURVES), f"curves must be a non-empty subset of {attribution.CURVES}")
+require(len(curves) > 0 and set(curves) <= set(sanity.CURVES), f"curves must be a non-empty subset of {sanity.CURVES}")
 require("deletion" in curves, "the deletion curve is needed for the recommendation")
 require(gallery_tokens >= 0 and concept_top_n >= 1, "gallery_tokens must be >= 0, concept_top_n >= 1")
 params
@@ -156,6 +153,8 @@ n = min(n_images, len(all_tokens))
 subset = np.random.default_rng(seed).permutation(len(all_tokens))[:n]  # random rows: splits are ordered by class
 tokens, labels = all_tokens[subset], ds.labels[split][subset].astype(np.int64)
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names))
+method = registered(run_dir, "tis")["method"]  # the run's TIS (notebook 05): the recommendation keeps it if it passes
+require(method in methods, f"the run's TIS method {method!r} must be one of the methods compared, {methods}")
 
 # %%
 neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, all_tokens, neutral)
@@ -165,7 +164,7 @@ options = {"reduction": reduction, "nsamples": nsamples, "spread": spread, "step
 n_positions = int(np.prod(ds.grid))
 require(overlap_k <= n_positions, f"overlap_k must be at most the {n_positions} positions of a grid, got {overlap_k}")
 print(f"{n} random {split} images ({np.bincount(labels).min()}-{np.bincount(labels).max()} per class), IEM {iem_arch} ({model.cortex_spec['arch']}), grid {ds.grid}, neutral token {neutral_id}, "
-      f"evaluators {list(judges)}")
+      f"evaluators {list(judges)}; TIS method: {method} (the run's, notebook 05)")
 
 # %% [markdown]
 # ## One interface, five attributions
@@ -183,22 +182,27 @@ for bad in ({"method": "lime"}, {"method": "integrated_gradients", "baseline": t
         print(f"{bad} -> ValueError: {err}")
 
 # %% [markdown]
-# Captum's SmoothGrad (`NoiseTunnel(Saliency)`) is the default; the project's batched `tis.smoothgrad`
-# (notebook 05) is the reference. Given the very same noise the two must agree:
+# SmoothGrad is the project's own (`smoothgrad.smoothgrad`, notebook 05), not Captum's `NoiseTunnel(Saliency)`,
+# which a user would pick instead. Captum draws an image's noisy copies one after another; drawn in that order
+# from the same seed (`noise_chunk`), the two get the very same noise and must agree:
 
 # %%
+from captum.attr import NoiseTunnel, Saliency
+
 x8, y8 = codebook[torch.from_numpy(tokens[:8])].permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels[:8])
-captum_sg = attribution.attribute(model, x8, y8, "smoothgrad", reduction=reduction, nsamples=nsamples, spread=spread, seed=seed)
-torch.manual_seed(seed)  # Captum draws sample i's copies as rows i*S .. i*S+S-1 of one normal draw
-sigma = float(spread * (x8.max() - x8.min()))
-noise = (torch.randn(len(x8) * nsamples, *x8.shape[1:]) * sigma).reshape(len(x8), nsamples, *x8.shape[1:]).transpose(0, 1)
-reference = tislib.token_importance(model, x8, y8, nsamples, spread, reduction, noise=noise)
-parity = float((captum_sg - reference).abs().max() / reference.abs().max())
-print(f"Captum SmoothGrad vs tis.smoothgrad, same noise: max |difference| = {parity:.2e} of the largest score")
+ours = attribution.attribute(model, x8, y8, "smoothgrad", reduction, nsamples, spread, seed=seed, noise_chunk=nsamples)
+with torch.random.fork_rng(devices=[]):  # Captum draws from the global RNG: seeded here, restored afterwards
+    torch.manual_seed(seed)
+    captum_sg = attribution.reduce_channels(NoiseTunnel(Saliency(model)).attribute(
+        x8.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=nsamples, stdevs=float(spread * (x8.max() - x8.min())),
+        target=y8, abs=False), reduction)
+parity = float((captum_sg - ours).abs().max() / ours.abs().max())
+print(f"Captum's NoiseTunnel(Saliency) vs the project's SmoothGrad, same noise: max |difference| = {parity:.2e} of the largest score")
+assert parity < 1e-4, "the project's SmoothGrad no longer gives Captum's maps for the same noise"
 
 # %% [markdown]
 # The maps of the trained IEM for every method (each image's own class as the target). Beside them runs a
-# **random control**, `attribution.random_attribution`: uniform noise in [-1, 1), a fresh draw for every
+# **random control**, `sanity.random_attribution`: uniform noise in [-1, 1), a fresh draw for every
 # model it "explains". It knows nothing about model or input; every check below must tell it apart from a
 # real attribution, or the check is too weak to mean anything.
 
@@ -217,15 +221,15 @@ for r, m in enumerate(methods):
         plots.tis_overlay(axes[r, c], images[c], maps[m][i], f"{m}" if c == 0 else "")
 fig.suptitle("attribution maps of the trained IEM (one image per class)")
 fig.tight_layout()
-control = attribution.RANDOM_CONTROL
+control = sanity.RANDOM_CONTROL
 compared = [*methods, control]  # every table below has the control as its last row
-maps[control] = attribution.random_attribution(maps[methods[0]].shape, seed=seed)
+maps[control] = sanity.random_attribution(maps[methods[0]].shape, seed=seed)
 
 
 def maps_of(some_model, m, rows, draw):
     """Maps of the first `rows` images by method `m` for `some_model`; the control draws fresh noise (seed `draw`)."""
     if m == control:
-        return attribution.random_attribution((rows, *ds.grid), seed=draw)
+        return sanity.random_attribution((rows, *ds.grid), seed=draw)
     return attribution.attribute_tokens(some_model, codebook, tokens[:rows], labels[:rows], m, batch_size=batch_size, **options)
 
 
@@ -288,17 +292,18 @@ print("Spearman by hand (Pearson of ranks):", rho_by_hand.round(4), " textbook f
 
 # %% tags=["by-hand-check"]
 stack = (3, *ds.grid)
-np.testing.assert_allclose(attribution.abs_spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
-np.testing.assert_allclose(attribution.spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
+np.testing.assert_allclose(sanity.abs_spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
+np.testing.assert_allclose(sanity.spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
 library3 = attribution.attribute(model, x3, y3, "gradient", reduction=reduction).abs().flatten(1).double().numpy()
 np.testing.assert_allclose(library3, trained3, rtol=1e-5, atol=1e-6 * trained3.max())
-print("by hand == attribution.abs_spearman / spearman on the same maps; the gradient maps == attribution.attribute")
+print("by hand == sanity.abs_spearman / spearman on the same maps; the gradient maps == attribution.attribute")
 
 # %% [markdown]
-# At scale, `attribution.map_similarity` does this for every image and method at once: pandas ranks all
+# At scale, `sanity.map_similarity` does this for every image and method at once: pandas ranks all
 # rows of an `(N, h·w)` stack in one call (mean ranks for ties, no n² comparison), the correlation is one
-# vectorised expression over the rows, and the maps come from Captum in batches; `randomize_full` also
-# re-initialises parameters that have no initializer (e.g. a ViT's position table) and names every step.
+# vectorised expression over the rows, and the maps come from `attribution.attribute_tokens` in batches;
+# `sanity.randomize_full` also re-initialises parameters that have no initializer (e.g. a ViT's position
+# table) and names every step.
 
 # %% [markdown]
 # ## Sanity check 1: cascading model randomization
@@ -313,13 +318,13 @@ print("by hand == attribution.abs_spearman / spearman on the same maps; the grad
 
 # %%
 k = min(cascade_images, n)
-cascade = attribution.randomize_cascade(model, seed=seed)
+cascade = sanity.randomize_cascade(model, seed=seed)
 layer_names = [f"{type(model.get_submodule(layer)).__name__} {layer}" for layer, _ in cascade]
 rows, example = [], {}  # example: the first image's map at every step, for the figure below
 for step, (_, rand_model) in enumerate(tqdm(cascade, desc="cascading randomization")):
     for m in compared:
         rand_maps = maps_of(rand_model, m, k, draw=seed + 1 + step)
-        sim = attribution.map_similarity(maps[m][:k], rand_maps, overlap_k)
+        sim = sanity.map_similarity(maps[m][:k], rand_maps, overlap_k)
         rows.append(sim.assign(step=step + 1, layer=layer_names[step], method=m))
         example[m, step] = rand_maps[0]
 cascade_table = pd.concat(rows, ignore_index=True)
@@ -377,8 +382,8 @@ fig.tight_layout()
 # printed below says which do (a max over the embedding channels, `reduction = "max"`, is rarely negative).
 
 # %%
-full_model = attribution.randomize_full(model, seed=seed)
-shuffled_model, shuffled_log, trained = attribution.shipped_or_shuffled_label_iem(
+full_model = sanity.randomize_full(model, seed=seed)
+shuffled_model, shuffled_log, trained = sanity.shipped_or_shuffled_label_iem(
     model, ds, codebook, f"iem{iem_arch}_shuffled_labels", epochs=shuffled_epochs, max_images=shuffled_max_images,
     seed=seed, retrain=retrain, out_dir=run_dir / "iem")
 if trained:
@@ -396,21 +401,21 @@ rows = []
 for j, (kind, rand_model) in enumerate(tqdm([("full", full_model), ("data", shuffled_model)], desc="randomized models")):
     for m in compared:
         rand_maps = maps_of(rand_model, m, n, draw=seed + 1 + len(cascade) + j)
-        rows.append(attribution.map_similarity(maps[m], rand_maps, overlap_k).assign(randomization=kind, method=m))
-sanity = pd.concat(rows, ignore_index=True)
+        rows.append(sanity.map_similarity(maps[m], rand_maps, overlap_k).assign(randomization=kind, method=m))
+similarity = pd.concat(rows, ignore_index=True)
 measures = {"spearman": "Spearman, signed maps", "abs_spearman": "Spearman, absolute maps",
             "top_k": f"top-{overlap_k} overlap (absolute maps)"}
-means = sanity.groupby(["randomization", "method"])[list(measures)].mean()
+means = similarity.groupby(["randomization", "method"])[list(measures)].mean()
 summary = means.unstack(0).reindex(compared)[[(c, kind) for c in measures for kind in ("full", "data")]]
 summary.columns = pd.MultiIndex.from_tuples([(measures[c], kind) for c, kind in summary.columns], names=["measure", "randomization"])
 display(summary.round(3))
 print("share of negative scores in the trained IEM's maps: " + ", ".join(f"{m} {(maps[m] < 0).mean():.1%}" for m in compared))
 
 # %%
-chance = attribution.top_k_chance(overlap_k, n_positions)
+chance = sanity.top_k_chance(overlap_k, n_positions)
 fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.6), sharey=True)
 for ax, (col, label) in zip(axes, measures.items(), strict=True):
-    sns.barplot(data=sanity, x="method", y=col, hue="randomization", order=compared, hue_order=["full", "data"],
+    sns.barplot(data=similarity, x="method", y=col, hue="randomization", order=compared, hue_order=["full", "data"],
                 errorbar="sd", ax=ax, legend=ax is axes[0])
     ax.axhline(0, color="gray", lw=0.6)
     ax.set_xlabel("attribution method")
@@ -446,10 +451,10 @@ record_metrics(run_dir, **{f"{prefix[kind]}{'abs_' if col == 'abs_spearman' else
 
 # %%
 c = min(curve_images, n)
-curve_table = attribution.faithfulness_curves(vq, tokens[:c], labels[:c], {m: maps[m][:c] for m in compared}, judges,
+curve_table = sanity.faithfulness_curves(vq, tokens[:c], labels[:c], {m: maps[m][:c] for m in compared}, judges,
                                               spaces=spaces, curves=curves, steps=curve_steps, neutral=neutral_id,
                                               seed=seed, batch_size=batch_size)
-aucs = attribution.curve_auc(curve_table)
+aucs = sanity.curve_auc(curve_table)
 out = run_dir / "evaluation"
 out.mkdir(exist_ok=True)
 with atomic_path(out / "faithfulness_curves.csv") as tmp:
@@ -483,7 +488,7 @@ record_metrics(run_dir, **{f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, 
 # ## Verdict and recommendation
 #
 # Passing randomization is **necessary, not sufficient**: the random control above changes completely
-# under any randomization, yet it explains nothing. So a method **passes** (`attribution.recommend`) only
+# under any randomization, yet it explains nothing. So a method **passes** (`sanity.recommend`) only
 # if both
 #
 # 1. **randomization**: the mean rank correlation of its *absolute* maps is at most `max_rank_corr` under
@@ -495,17 +500,17 @@ record_metrics(run_dir, **{f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, 
 #    token-space deletion puts the neutral token, the very operation occlusion scores (and IG's baseline),
 #    which would favour those two by construction. The token-space AUCs stay in the table.
 #
-# The recommendation is the default method if it passes, otherwise the passing method with the lowest
-# deletion AUC; the random control is judged like the others but never recommended. If nothing passes, the
-# recommendation is `none`. All of it, the text included, is computed from the tables above.
+# The recommendation is the run's method (notebook 05's `method`) if it passes, otherwise the passing method
+# with the lowest deletion AUC; the random control is judged like the others but never recommended. If nothing
+# passes, the recommendation is `none`. All of it, the text included, is computed from the tables above.
 
 # %%
 space = faithfulness_space
 random_auc = float(deletion.loc["random", space])
-recommended, verdict = attribution.recommend(pd.DataFrame({
+recommended, verdict = sanity.recommend(pd.DataFrame({
     "abs_rank_corr_full": means.loc["full", "abs_spearman"].reindex(compared),
     "abs_rank_corr_data": means.loc["data", "abs_spearman"].reindex(compared),
-    "deletion_auc": deletion.loc[compared, space]}), random_auc, default_method, max_rank_corr, max_deletion_ratio,
+    "deletion_auc": deletion.loc[compared, space]}), random_auc, method, max_rank_corr, max_deletion_ratio,
     controls=[control])
 shown = pd.DataFrame({
     "rank corr. (full)": means.loc["full", "spearman"].reindex(compared),
@@ -544,7 +549,7 @@ ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
 
 # %%
-lines = attribution.verdict_text(verdict, recommended, default_method, control, space, c, curve_steps)
+lines = sanity.verdict_text(verdict, recommended, method, control, space, c, curve_steps)
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -647,7 +652,7 @@ if gallery_tokens:
 if solutions:
     one = [attribution.attribute_tokens(mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size, **options)
            for mdl in (model, full_model)]
-    answer_1 = round(overlap_k * float(attribution.top_k_intersection(*one, k=overlap_k)[0]))
+    answer_1 = round(overlap_k * float(sanity.top_k_intersection(*one, k=overlap_k)[0]))
 
 
 # %% tags=["exercise-check"]
@@ -683,26 +688,26 @@ def check_2(answer):
 exercise("2", globals(), check=check_2, hint="the deletion table above, column faithfulness_space; lower is better", solutions=solutions);
 
 # %% [markdown] tags=["exercise"]
-# **3. Delete the least important positions first.** Negate the default method's maps
-# (`-maps[default_method]`) for the first 5 images, and compute their deletion AUC in `faithfulness_space`
-# (mean over the evaluators, `curve_steps` steps; `attribution.faithfulness_curves` and `curve_auc`). Is it
+# **3. Delete the least important positions first.** Negate the run's method's maps
+# (`-maps[method]`) for the first 5 images, and compute their deletion AUC in `faithfulness_space`
+# (mean over the evaluators, `curve_steps` steps; `sanity.faithfulness_curves` and `curve_auc`). Is it
 # above the random order's? What does that say about the ranking at the other end of the map? Write your
 # answer as `answer_3 = ...` (a float).
 
 # %% tags=["solution"]
 if solutions:
-    neg = attribution.faithfulness_curves(vq, tokens[:5], labels[:5], {"negated": -maps[default_method][:5]}, judges,
+    neg = sanity.faithfulness_curves(vq, tokens[:5], labels[:5], {"negated": -maps[method][:5]}, judges,
                                           spaces=[faithfulness_space], curves=["deletion"], steps=curve_steps,
                                           neutral=neutral_id, seed=seed, batch_size=batch_size, progress=False)
-    neg_auc = attribution.curve_auc(neg)
+    neg_auc = sanity.curve_auc(neg)
     answer_3 = float(neg_auc[(neg_auc.method == "negated") & (neg_auc.evaluator == "mean")]["auc"].iloc[0])
 
 
 # %% tags=["exercise-check"]
 def check_3(answer):
     t, y = tokens[:5], labels[:5]
-    order = np.argsort(maps[default_method][:5].reshape(len(t), -1), axis=1, kind="stable")  # lowest score first
-    originals, ks = vqlib.decode(vq, torch.from_numpy(t)), attribution.curve_steps(n_positions, curve_steps)
+    order = np.argsort(maps[method][:5].reshape(len(t), -1), axis=1, kind="stable")  # lowest score first
+    originals, ks = vqlib.decode(vq, torch.from_numpy(t)), sanity.curve_steps(n_positions, curve_steps)
     probs = []  # (K, evaluators): mean target probability after deleting the first k positions
     for kk in ks:
         mask = evaluation.positions_mask(order[:, :kk], ds.grid)
@@ -714,4 +719,4 @@ def check_3(answer):
     return True
 
 
-exercise("3", globals(), check=check_3, hint="faithfulness_curves(..., {'negated': -maps[default_method][:5]}, ...)", solutions=solutions);
+exercise("3", globals(), check=check_3, hint="faithfulness_curves(..., {'negated': -maps[method][:5]}, ...)", solutions=solutions);

@@ -128,6 +128,14 @@ def _run(args, tmp_path):
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
 
 
+def _printed(path) -> str:
+    """Everything an executed notebook printed or displayed as text (stream, plain text and Markdown outputs)."""
+    nb = nbformat.read(path, as_version=4)
+    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return "\n".join(o.get("text", "") + "".join(str(o.get("data", {}).get(k, "")) for k in ("text/plain", "text/markdown"))
+                     for o in outs)
+
+
 def test_smoke_preset_runs_every_notebook(tmp_path):
     r = _run(["--preset", "smoke", "--jobs", "2", "-p", "solutions", "true"], tmp_path)  # exercises' solutions on
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -145,8 +153,10 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
                 "codebook_random_fill_target_prob", "codebook_frequency_fill_target_prob", "bias_colour_delta_biased", "bias_colour_delta_control",
                 "bias_thickness_delta_biased", "bias_thickness_delta_control", "bias_colour_truth_share",
                 "bias_thickness_truth_share", "sanity_rank_corr_smoothgrad", "deletion_auc_smoothgrad_pixel",
-                "deletion_auc_occlusion_token", "recommended_method", "pipeline_seconds", *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
+                "deletion_auc_occlusion_token", "recommended_method", "tis_method", "pipeline_seconds",
+                *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
         assert key in metrics, key
+    assert metrics["tis_method"] == "smoothgrad"  # the paper's, the default
     assert metrics["models_trained_in_run"] >= 10  # the smoke preset retrains every model (note_trained counts them)
     image_level = pd.read_csv(run / "evaluation" / "image_level.csv")
     assert set(image_level["n"]) == {0, 1, 2} and set(image_level["space"]) == {"pixel", "token"}
@@ -164,6 +174,20 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     table = pd.read_parquet(run / "concepts" / "concept_tokens.parquet")
     assert set(table["top_n"]) == {1, 5} and (table.groupby(["top_n", "label"])["count"].sum() > 0).all()
     assert "results in" in r.stdout
+    # the tutorial on another attribution method: the notebooks that compute or read TIS again, on this run's
+    # models and data, with -p method occlusion (notebook 05 declares it; the others read it from the run)
+    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 9 or nb.stem.startswith("11_")]
+    for nb in tis_notebooks:
+        assert "TIS method: smoothgrad" in _printed(run / nb.name), nb.stem
+    r = _run(["--preset", "smoke", "--only", ",".join(nb.stem for nb in tis_notebooks), "-p", "method", "occlusion"],
+             tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for nb in tis_notebooks:  # each names the method its scores came from
+        assert "TIS method: occlusion" in _printed(run / nb.name), nb.stem
+    assert json.loads((run / "metrics.json").read_text())["tis_method"] == "occlusion"
+    entry = json.loads((run / "registry.json").read_text())["tis"]
+    assert entry["method"] == "occlusion" and entry["path"].endswith("iem1_max_occlusion")
+    assert np.load(run / "tis" / "iem1_max_occlusion" / "train.npy").shape == (30, 8, 8)
     # the other two dataset sources, on the same run's tokenizer
     r = _run(["--preset", "smoke", "--only", "02_dataset_generation", "-p", "source", "encoded"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
