@@ -8,12 +8,14 @@ datasets    token datasets on disk (+ the original CSV layout, image folders)
 generation  class-conditional taming transformer: train and sample token grids
 evaluators  independent pixel classifiers trained on real digits
 iem         the information extractor models (four architectures) on token-embedding grids
-tis         token importance scores: batched SmoothGrad
+smoothgrad  the paper's SmoothGrad, written once: noise, passes sized from a memory budget, fast mode
+attribution every attribution method behind one interface (SmoothGrad; gradient, IG, occlusion via Captum)
+tis         token importance scores of a dataset by any attribution method; top positions
 concepts    concept tokens per class from the TIS; frequency baselines
 evaluation  explanation evaluation by masking (pixel / token space): image level, concept level
 optimization codebook-level explanation: optimize a region's tokens or embeddings for a target class
 bias        bias detection: planted-bias generator, attribute tokens, Cliff's delta; DALL-E-mini CSV layout
-attribution alternative attributions (Captum), sanity checks, deletion / insertion curves
+sanity      can we trust an attribution? sanity checks, deletion / insertion curves
 distributed the same stages as torchrun / DDP jobs, sharded by rank
 plots       figures shared by the notebooks
 notebook    parameter checks used by every notebook's validation cell
