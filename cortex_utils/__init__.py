@@ -18,6 +18,8 @@ distributed the same stages as torchrun / DDP jobs, sharded by rank
 plots       figures shared by the notebooks
 notebook    parameter checks used by every notebook's validation cell
 pipeline    run the numbered notebooks through papermill
+artifacts   atomic writes, the run's metrics.json and model registry
+checkpoints weights on disk: safetensors with a JSON card, torch checkpoints read safely, state-dict checks
 """
 
 from pathlib import Path

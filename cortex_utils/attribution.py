@@ -291,7 +291,7 @@ def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Te
     tokenizer family (``shipped_checkpoints``: ``checkpoints/`` for the default) when it was trained on exactly this train split with exactly these settings, else trained here and saved to
     ``out_dir``. Returns ``(model, log, trained)``."""
     from . import rebuild_command, shipped_checkpoints
-    from .artifacts import read_card
+    from .checkpoints import read_card
     from .datasets import split_fingerprint
     from .iem import load_iem, save_iem, shipped_iem
 

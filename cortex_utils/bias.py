@@ -511,7 +511,7 @@ def attribute_iem(ds, codebook, name: str, training: dict, retrain: bool = False
     from . import SHIPPED_CHECKPOINTS
     from . import datasets as tokds
     from . import iem as iemlib
-    from .artifacts import read_card
+    from .checkpoints import read_card
 
     check_attribute_data(ds)
     fp = tokds.split_fingerprint(ds, "train")
@@ -664,7 +664,8 @@ def load_or_train_bias_transformer(run_dir, vq, gray, labels, training: dict, re
     from . import SHIPPED_CHECKPOINTS
     from . import generation as gen
     from . import vq as vqlib
-    from .artifacts import read_card, registered, save_weights
+    from .artifacts import registered
+    from .checkpoints import read_card, save_weights
     from .digits import to_model_input
 
     fp = vqlib.fingerprint(vq)

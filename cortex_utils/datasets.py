@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import atomic_path
+from .artifacts import atomic_path, write_json
+from .checkpoints import card_path
 
 FORMAT = "cortex-tokens/1"
 
@@ -219,8 +220,6 @@ def file_digests(path: str | os.PathLike) -> dict[str, str]:
 
 def write_dataset_card(path: str | os.PathLike, card: dict) -> Path:
     """Write ``<path>.json`` beside a dataset folder: ``card`` plus the folder's file digests."""
-    from .artifacts import card_path, write_json
-
     write_json(card_path(path), {**card, "files": file_digests(path)})
     return card_path(path)
 
@@ -231,8 +230,6 @@ def shipped_dataset(path: str | os.PathLike, settings: dict,
     ``settings``; ``(None, why not)`` if it was made otherwise. Raises, naming the file and what to do, when
     the shipped files are missing or damaged or belong to another tokenizer (codebook fingerprint) than
     ``vq_fingerprint``."""
-    from .artifacts import card_path
-
     path, card_file = Path(path), card_path(path)
     fix = "restore it (git checkout -- data/default) or rebuild every shipped file (make checkpoints)"
     if not card_file.exists():

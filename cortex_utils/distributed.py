@@ -205,7 +205,7 @@ def load_codebook(path: str | Path, trust_pickle: bool = False) -> torch.Tensor:
     path = Path(path)
     if path.suffix == ".npy":
         return torch.from_numpy(np.load(path)).float()
-    from .artifacts import load_state_dict
+    from .checkpoints import load_state_dict
 
     state = load_state_dict(path, trust_pickle=trust_pickle)
     if "quantize.embedding.weight" not in state:
@@ -442,7 +442,8 @@ def cmd_generate(a) -> None:
     """
     from . import generation as gen
     from . import vq as vqlib
-    from .artifacts import read_card, registered
+    from .artifacts import registered
+    from .checkpoints import read_card
 
     init(a.backend)
     vq = vqlib.load_run_vq(a.run_dir)
