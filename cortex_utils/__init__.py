@@ -12,7 +12,9 @@ tis         token importance scores: batched SmoothGrad
 concepts    concept tokens per class from the TIS; frequency baselines
 evaluation  explanation evaluation by masking (pixel / token space): image level, concept level
 optimization codebook-level explanation: optimize a region's tokens or embeddings for a target class
-bias        bias detection: planted-bias generator, attribute tokens, Cliff's delta; DALL-E-mini CSV layout
+bias        the bias study's steps: attribute IEM, TIS, attribute tokens, counts, delta and share; CSV layout
+bias_stats  the bias study's statistics (numpy only): Cliff's delta, the share estimate and its checks
+planted_bias the planted-bias world of the default: prompts, the bias generator, its generations, pixel truth
 attribution alternative attributions (Captum), sanity checks, deletion / insertion curves
 distributed the same stages as torchrun / DDP jobs, sharded by rank
 plots       figures shared by the notebooks

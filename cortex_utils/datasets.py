@@ -425,14 +425,24 @@ def import_cortex_csv(out_path, csv_paths: dict[str, str | os.PathLike], vq_meta
                               names={s: n for s, (_, _, n) in parts.items()})
 
 
+def write_cortex_csv(csv_path: str | os.PathLike, tokens, labels=None, names=None) -> Path:
+    """Write token grids ``(N, h, w)`` in the original's layout, ``filename,label,indices`` (indices a list
+    literal of the ``h*w`` ids, row-major); without ``labels`` ``filename,indices``, as the original's
+    neutral-prompt generations. ``names`` default to ``img_<i>.png``."""
+    tokens = np.asarray(tokens)
+    columns = {"filename": names if names is not None else [f"img_{i}.png" for i in range(len(tokens))]}
+    if labels is not None:
+        columns["label"] = labels
+    columns["indices"] = ["[" + ", ".join(map(str, r.tolist())) + "]" for r in tokens.reshape(len(tokens), -1)]
+    with atomic_path(csv_path) as tmp:
+        pd.DataFrame(columns).to_csv(tmp, index=False)
+    return Path(csv_path)
+
+
 def export_cortex_csv(ds: TokenDataset, split: str, csv_path: str | os.PathLike) -> Path:
     """Write one split in the original's ``filename,label,indices`` layout."""
     f = ds.frame(split)
-    out = pd.DataFrame({"filename": f["name"], "label": f["label"],
-                        "indices": ["[" + ", ".join(map(str, r.tolist())) + "]" for r in f["indices"]]})
-    with atomic_path(csv_path) as tmp:
-        out.to_csv(tmp, index=False)
-    return Path(csv_path)
+    return write_cortex_csv(csv_path, ds.tokens[split], f["label"], f["name"])
 
 
 # --- real images -------------------------------------------------------------------------------
