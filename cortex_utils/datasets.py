@@ -267,24 +267,38 @@ def copy_dataset(ds: TokenDataset, path: str | os.PathLike) -> TokenDataset:
 
 
 def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch_size: int = 128,
-                     shuffle: bool = False, seed: int = 0):
-    """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, rows (B,) long)`` batches."""
+                     shuffle: bool = False, seed: int = 0, rows: tuple[int, int] | None = None, sampler=None,
+                     device=None):
+    """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, rows (B,) long)`` batches, ``rows``
+    the images' row numbers in the split.
+
+    ``rows=(start, stop)``: only those rows, in order (a shard: its batches are the whole split's when
+    ``start`` is a multiple of ``batch_size``). ``sampler``: which rows each epoch and in what order (e.g. a
+    ``DistributedSampler`` giving each process its share), instead of ``shuffle``. ``device``: batches are
+    built there (the split's ids and the codebook are moved once)."""
     if split not in ds.tokens:
         raise KeyError(f"split {split!r} not in dataset (has {ds.splits})")
     if codebook.shape != (ds.manifest["n_embed"], ds.manifest["embed_dim"]):
         raise ValueError(f"codebook shape {tuple(codebook.shape)} does not match the dataset's "
                          f"({ds.manifest['n_embed']}, {ds.manifest['embed_dim']})")
+    if sampler is not None and (shuffle or rows is not None):
+        raise ValueError("a sampler chooses the rows and their order: give it without shuffle or rows")
     t = torch.from_numpy(ds.tokens[split].astype(np.int64))
     y = torch.from_numpy(ds.labels[split].astype(np.int64))
-    rows = torch.arange(len(y))
+    if device is not None:
+        t, y, codebook = t.to(device), y.to(device), codebook.to(device)
+    start, stop = (0, len(y)) if rows is None else rows
+    if not 0 <= start <= stop <= len(y):
+        raise ValueError(f"rows {start}-{stop} outside the {len(y)} rows of split {split!r}")
 
     def collate(idx):
         idx = torch.as_tensor(idx)
-        return codebook[t[idx]].permute(0, 3, 1, 2).contiguous(), y[idx], rows[idx]
+        i = idx if device is None else idx.to(device)
+        return codebook[t[i]].permute(0, 3, 1, 2).contiguous(), y[i], idx
 
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(range(len(y)), batch_size=batch_size, shuffle=shuffle, generator=g,
-                                       collate_fn=collate)
+    return torch.utils.data.DataLoader(range(start, stop), batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                                       generator=g, collate_fn=collate)
 
 
 # --- the original CORTEX CSV layout ------------------------------------------------------------
