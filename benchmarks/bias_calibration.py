@@ -1,4 +1,4 @@
-"""Does the bias share estimate (cortex_utils.bias.bias_share) keep its promises where the truth is known?
+"""Does the bias share estimate (cortex_utils.bias_stats.bias_share) keep its promises where the truth is known?
 
 A simulation study in numpy only. Every simulated study has the sizes of notebook 10's default: 300 neutral
 images, 300 labelled images per value to fit the rule on and 100 per value (held out) to measure its error
@@ -15,7 +15,7 @@ Cases (the three ways the earlier ranked δ failed, plus two controls):
   on raw counts a half-and-half set already looks like A;
 * ``selected``: token grids (64 positions, 40 ids, 8 of them marks of one value), the tokens re-selected in
   every study and in every bootstrap resample from the resampled fit images (frequency ranking with the
-  specificity filter of ``bias.attribute_tokens``, a stand-in for the TIS ranking);
+  specificity filter of ``bias.specific_tokens``, a stand-in for the TIS ranking);
 * ``no_signal``: both values draw their counts from the same distribution: the rule cannot separate them;
 * ``leak``: ``symmetric``, but the generator does not always draw what the prompt names: 20 % of the "a A"
   images render as B and 30 % of the "a B" images as A (of the order notebook 10 measures from pixels). The
@@ -33,7 +33,7 @@ only) and of the paper's δ on raw counts: a false alarm is an interval that exc
 
 Columns: coverage (the interval holds the true share), excludes 0.5 (a "found" verdict; under the null a false
 alarm), width, inconclusive (the rule's J <= 0.1: no estimate, interval [0, 1]), not found (the verdict
-``bias.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at: the true
+``bias_stats.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at: the true
 share, except in ``leak_prompt``), and for the null studies the ranked and the raw δ's mean and how often their
 interval excludes 0.
 
@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from cortex_utils import bias
+from cortex_utils import bias_stats
 
 N_NEUTRAL, N_FIT, N_CAL = 300, 300, 100
 SHARES = (0.5, 0.7, 0.85)
@@ -97,7 +97,7 @@ def count_study(rng, draw, p, n_boot, leak=(0.0, 0.0), cal_by_truth=False):
     seed = int(rng.integers(2**31))
     # labelled by what they show, the held-out images also say which prompt drew them: the error-rate check runs
     prompts = np.repeat([True, False], N_CAL) if cal_by_truth else None
-    est = bias.bias_share(neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed, calibration_prompts=prompts)
+    est = bias_stats.bias_share(neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed, calibration_prompts=prompts)
     return est, neutral, fit, cal, seed
 
 
@@ -128,7 +128,7 @@ def graded_study(rng, w, n_boot):
     na, nb, _, neutral_shows = prompted(n_a, N_NEUTRAL - n_a)
     fa, fb, fit_y, _ = prompted(N_FIT, N_FIT)
     ca, cb, cal_prompt, cal_shows = prompted(N_CAL, N_CAL)
-    est = bias.bias_share((na, nb), (fa, fb, fit_y), (ca, cb, cal_shows), n_boot=n_boot, level=LEVEL,
+    est = bias_stats.bias_share((na, nb), (fa, fb, fit_y), (ca, cb, cal_shows), n_boot=n_boot, level=LEVEL,
                           seed=int(rng.integers(2**31)), calibration_prompts=cal_prompt)
     return est, float(neutral_shows.mean())
 
@@ -152,7 +152,7 @@ def grid_histograms(rng, truly_a):
 
 def select_tokens(hist, is_a, token_num=4, specificity=2.0):
     """Each value's ``token_num`` ids by frequency in its images, kept only if at least ``specificity`` times as
-    frequent per image as in the other value's (as ``bias.attribute_tokens`` filters the TIS ranking)."""
+    frequent per image as in the other value's (as ``bias.specific_tokens`` filters the TIS ranking)."""
     rate = np.stack([hist[is_a].mean(0), hist[~is_a].mean(0)])
     out = []
     for c in (0, 1):
@@ -176,13 +176,14 @@ def selected_study(rng, p, n_boot):
         return n, (*f, fit_y), (*c, cal_y)
 
     n, f, c = recount(np.arange(2 * N_FIT))
-    return bias.bias_share(n, f, c, n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)), recount=recount)
+    return bias_stats.bias_share(n, f, c, n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)), recount=recount)
 
 
 # --- the earlier ranked δ and the paper's δ, on the same null studies ----------------------------------
 
 def balanced_rank(counts, ref_counts, ref_labels):
-    """The removed ``bias.balanced_rank``: the mean over the reference's values of the mid-rank share."""
+    """The removed ``bias.balanced_rank`` (the statistic notebook 10 used before the share estimate): the mean
+    over the reference's values of the mid-rank share."""
     out = np.zeros(len(counts))
     for v in np.unique(ref_labels):
         ref = np.sort(ref_counts[ref_labels == v])
@@ -195,9 +196,9 @@ def delta_intervals(neutral, fit, cal, n_boot, seed):
     labelled image; the two count lists are bootstrapped as independent samples of the neutral set."""
     ref_a, ref_b = np.concatenate([fit[0], cal[0]]), np.concatenate([fit[1], cal[1]])
     ref_y = np.concatenate([fit[2], cal[2]])
-    ranked = bias.bootstrap_delta(balanced_rank(neutral[0], ref_a, ref_y), balanced_rank(neutral[1], ref_b, ref_y),
+    ranked = bias_stats.bootstrap_delta(balanced_rank(neutral[0], ref_a, ref_y), balanced_rank(neutral[1], ref_b, ref_y),
                                   n_boot=n_boot, level=LEVEL, seed=seed)
-    raw = bias.bootstrap_delta(neutral[0], neutral[1], n_boot=n_boot, level=LEVEL, seed=seed)
+    raw = bias_stats.bootstrap_delta(neutral[0], neutral[1], n_boot=n_boot, level=LEVEL, seed=seed)
     return ranked, raw
 
 
@@ -240,7 +241,7 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
                "flagged": float(np.mean([e["check_p"] < 0.05 for e in ests])),
                "unchecked coverage": float(np.mean([e["unchecked_low"] <= p <= e["unchecked_high"] for e in ests])),
                "covers target": float(np.mean((low <= target) & (target <= high))), "target": target,
-               "not found": float(np.mean([bias.share_verdict(lo, hi) == "not found"
+               "not found": float(np.mean([bias_stats.share_verdict(lo, hi) == "not found"
                                            for lo, hi in zip(low, high, strict=True)]))}
         if excl:
             e = np.array(excl)

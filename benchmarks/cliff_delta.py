@@ -1,4 +1,4 @@
-"""Cliff's delta: the binary-search version (cortex_utils.bias.cliffs_delta) vs a pair loop written as the
+"""Cliff's delta: the binary-search version (cortex_utils.bias_stats.cliffs_delta) vs a pair loop written as the
 original's function, at N = M = 2000 per-image token counts, in one process.
 
 The original's function returns (#(x > y) + ½·#ties − N·M/2) / (N·M): half of the standard Cliff's δ
@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from cortex_utils import bias
+from cortex_utils import bias_stats
 
 
 def original_pairwise(a, b):
@@ -30,7 +30,7 @@ def main(n=2000, repeats=5):
     fast = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        d_fast = bias.cliffs_delta(a, b)
+        d_fast = bias_stats.cliffs_delta(a, b)
         fast.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     d_orig = original_pairwise(a, b)

@@ -33,7 +33,7 @@ def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=
         sys.exit(f"error: no run at {run_dir}: run `python -m cortex_utils.pipeline --run-dir {run_dir}` first")
     iem = REPO_ROOT / "checkpoints" / "iem1.safetensors"
     opts = dict(run_dir=run_dir, iem=iem, splits=list(splits), batch_size=batch_size, nsamples=nsamples)
-    a = argparse.Namespace(run_dir=run_dir, dataset=None, codebook=None)
+    a = argparse.Namespace(run_dir=run_dir, dataset=None, vq_checkpoint=None, vq_config=None, trust_pickle=False)
     ds, cb = D.resolve_inputs(a)
     n = sum(len(ds.labels[s]) for s in splits)
     cores = os.cpu_count() or 1

@@ -98,7 +98,7 @@ def worker(out: str, n_images: int = 64, seed: int = 0) -> None:
     from cortex_utils import smoothgrad as sglib
     from cortex_utils import tis as tislib
     from cortex_utils import vq as vqlib
-    from cortex_utils.artifacts import read_card
+    from cortex_utils.checkpoints import read_card
 
     torch.set_num_threads(1)
     card = read_card(CKPT / "vq_mnist.safetensors")

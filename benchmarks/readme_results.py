@@ -137,14 +137,14 @@ def render_models(v: Values) -> str:
 
 
 def share_verdict(low: float, high: float) -> str:
-    """Notebook 10's verdict on an interval for a share (``bias.share_verdict``, its default width)."""
+    """Notebook 10's verdict on an interval for a share (``bias_stats.share_verdict``, its default width)."""
     sys.path.insert(0, str(ROOT))
     from cortex_utils.bias import share_verdict as verdict
 
     return verdict(low, high)
 
 
-CHECK_LEVEL = 0.05  # bias.bias_share's check_level: below it the error-rate check withholds the interval
+CHECK_LEVEL = 0.05  # bias_stats.bias_share's check_level: below it the error-rate check withholds the interval
 
 
 def _withheld(v: Values, b: str, which: str = "") -> tuple[float, float, float] | None:

@@ -11,7 +11,7 @@ import torch
 from cortex_utils import SHIPPED_CHECKPOINTS
 from cortex_utils import generation as gen
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import read_card
+from cortex_utils.checkpoints import read_card
 
 
 def main(batch: int = 200, repeats: int = 3) -> None:

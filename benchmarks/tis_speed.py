@@ -61,7 +61,7 @@ from cortex_utils import REPO_ROOT, attribution
 from cortex_utils import iem as iemlib
 from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
-from cortex_utils.artifacts import load_state_dict
+from cortex_utils.checkpoints import load_state_dict
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from tis_reference import smoothgrad_per_sample  # noqa: E402  (the reference loop lives with the tests)

@@ -14,12 +14,16 @@ tis         token importance scores of a dataset by any attribution method; top 
 concepts    concept tokens per class from the TIS; frequency baselines
 evaluation  explanation evaluation by masking (pixel / token space): image level, concept level
 optimization codebook-level explanation: optimize a region's tokens or embeddings for a target class
-bias        bias detection: planted-bias generator, attribute tokens, Cliff's delta; DALL-E-mini CSV layout
+bias        the bias study's steps: attribute IEM, TIS, attribute tokens, counts, delta and share; CSV layout
+bias_stats  the bias study's statistics (numpy only): Cliff's delta, the share estimate and its checks
+planted_bias the planted-bias world of the default: prompts, the bias generator, its generations, pixel truth
 sanity      can we trust an attribution? sanity checks, deletion / insertion curves
 distributed the same stages as torchrun / DDP jobs, sharded by rank
 plots       figures shared by the notebooks
 notebook    parameter checks used by every notebook's validation cell
 pipeline    run the numbered notebooks through papermill
+artifacts   atomic writes, the run's metrics.json and model registry
+checkpoints weights on disk: safetensors with a JSON card, torch checkpoints read safely, state-dict checks
 """
 
 from pathlib import Path

@@ -1,9 +1,7 @@
-"""Files every stage writes: weights with a JSON card, atomic writes, the run's metrics and model registry.
+"""Files every stage writes: atomic writes, JSON, the run's metrics and model registry.
 
-Our own weights are safetensors; foreign checkpoints (taming's Lightning ``.ckpt``) are read with
-``torch.load(weights_only=True)`` and only unpickled fully behind an explicit ``trust_pickle=True``.
 Every write goes to a temporary name first and is renamed into place, so an interrupted run never leaves
-a half-written file where a later notebook would read it.
+a half-written file where a later notebook would read it. Weights and their cards: ``checkpoints``.
 """
 
 from __future__ import annotations
@@ -12,15 +10,9 @@ import contextlib
 import fcntl
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
-
 
 
 @contextlib.contextmanager
@@ -67,60 +59,6 @@ def repo_relative(path: str | os.PathLike) -> str:
 
     path = Path(path).resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def card_path(weights_path: str | os.PathLike) -> Path:
-    return Path(weights_path).with_suffix(".json")
-
-
-def save_weights(state_dict: dict, path: str | os.PathLike, card: dict) -> Path:
-    """Save a state dict as safetensors plus a JSON card (config, data, seed, metrics, rebuild command)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-    write_json(card_path(path), card)
-    return path
-
-
-def read_card(weights_path: str | os.PathLike) -> dict:
-    p = card_path(weights_path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint card {p} is missing (every shipped checkpoint has one)")
-    return json.loads(p.read_text())
-
-
-def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read weights from safetensors or from a (Lightning) torch checkpoint.
-
-    A Lightning checkpoint's weights sit under its ``state_dict`` key. ``torch.load`` runs with
-    ``weights_only=True``; a checkpoint that needs arbitrary unpickling is refused unless
-    ``trust_pickle=True`` (only for files whose origin you trust: unpickling can run code).
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} cannot be read with torch.load(weights_only=True): it stores pickled Python "
-                f"objects ({str(err).splitlines()[0][:200]}). If you trust its origin, pass trust_pickle=True."
-            ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return obj
 
 
 @contextlib.contextmanager

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import atomic_path
+from .artifacts import atomic_path, write_json
+from .checkpoints import card_path
 
 FORMAT = "cortex-tokens/1"
 
@@ -219,8 +220,6 @@ def file_digests(path: str | os.PathLike) -> dict[str, str]:
 
 def write_dataset_card(path: str | os.PathLike, card: dict) -> Path:
     """Write ``<path>.json`` beside a dataset folder: ``card`` plus the folder's file digests."""
-    from .artifacts import card_path, write_json
-
     write_json(card_path(path), {**card, "files": file_digests(path)})
     return card_path(path)
 
@@ -231,8 +230,6 @@ def shipped_dataset(path: str | os.PathLike, settings: dict,
     ``settings``; ``(None, why not)`` if it was made otherwise. Raises, naming the file and what to do, when
     the shipped files are missing or damaged or belong to another tokenizer (codebook fingerprint) than
     ``vq_fingerprint``."""
-    from .artifacts import card_path
-
     path, card_file = Path(path), card_path(path)
     fix = "restore it (git checkout -- data/default) or rebuild every shipped file (make checkpoints)"
     if not card_file.exists():
@@ -270,24 +267,38 @@ def copy_dataset(ds: TokenDataset, path: str | os.PathLike) -> TokenDataset:
 
 
 def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch_size: int = 128,
-                     shuffle: bool = False, seed: int = 0):
-    """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, rows (B,) long)`` batches."""
+                     shuffle: bool = False, seed: int = 0, rows: tuple[int, int] | None = None, sampler=None,
+                     device=None):
+    """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, rows (B,) long)`` batches, ``rows``
+    the images' row numbers in the split.
+
+    ``rows=(start, stop)``: only those rows, in order (a shard: its batches are the whole split's when
+    ``start`` is a multiple of ``batch_size``). ``sampler``: which rows each epoch and in what order (e.g. a
+    ``DistributedSampler`` giving each process its share), instead of ``shuffle``. ``device``: batches are
+    built there (the split's ids and the codebook are moved once)."""
     if split not in ds.tokens:
         raise KeyError(f"split {split!r} not in dataset (has {ds.splits})")
     if codebook.shape != (ds.manifest["n_embed"], ds.manifest["embed_dim"]):
         raise ValueError(f"codebook shape {tuple(codebook.shape)} does not match the dataset's "
                          f"({ds.manifest['n_embed']}, {ds.manifest['embed_dim']})")
+    if sampler is not None and (shuffle or rows is not None):
+        raise ValueError("a sampler chooses the rows and their order: give it without shuffle or rows")
     t = torch.from_numpy(ds.tokens[split].astype(np.int64))
     y = torch.from_numpy(ds.labels[split].astype(np.int64))
-    rows = torch.arange(len(y))
+    if device is not None:
+        t, y, codebook = t.to(device), y.to(device), codebook.to(device)
+    start, stop = (0, len(y)) if rows is None else rows
+    if not 0 <= start <= stop <= len(y):
+        raise ValueError(f"rows {start}-{stop} outside the {len(y)} rows of split {split!r}")
 
     def collate(idx):
         idx = torch.as_tensor(idx)
-        return codebook[t[idx]].permute(0, 3, 1, 2).contiguous(), y[idx], rows[idx]
+        i = idx if device is None else idx.to(device)
+        return codebook[t[i]].permute(0, 3, 1, 2).contiguous(), y[i], idx
 
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(range(len(y)), batch_size=batch_size, shuffle=shuffle, generator=g,
-                                       collate_fn=collate)
+    return torch.utils.data.DataLoader(range(start, stop), batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                                       generator=g, collate_fn=collate)
 
 
 # --- the original CORTEX CSV layout ------------------------------------------------------------
@@ -428,14 +439,24 @@ def import_cortex_csv(out_path, csv_paths: dict[str, str | os.PathLike], vq_meta
                               names={s: n for s, (_, _, n) in parts.items()})
 
 
+def write_cortex_csv(csv_path: str | os.PathLike, tokens, labels=None, names=None) -> Path:
+    """Write token grids ``(N, h, w)`` in the original's layout, ``filename,label,indices`` (indices a list
+    literal of the ``h*w`` ids, row-major); without ``labels`` ``filename,indices``, as the original's
+    neutral-prompt generations. ``names`` default to ``img_<i>.png``."""
+    tokens = np.asarray(tokens)
+    columns = {"filename": names if names is not None else [f"img_{i}.png" for i in range(len(tokens))]}
+    if labels is not None:
+        columns["label"] = labels
+    columns["indices"] = ["[" + ", ".join(map(str, r.tolist())) + "]" for r in tokens.reshape(len(tokens), -1)]
+    with atomic_path(csv_path) as tmp:
+        pd.DataFrame(columns).to_csv(tmp, index=False)
+    return Path(csv_path)
+
+
 def export_cortex_csv(ds: TokenDataset, split: str, csv_path: str | os.PathLike) -> Path:
     """Write one split in the original's ``filename,label,indices`` layout."""
     f = ds.frame(split)
-    out = pd.DataFrame({"filename": f["name"], "label": f["label"],
-                        "indices": ["[" + ", ".join(map(str, r.tolist())) + "]" for r in f["indices"]]})
-    with atomic_path(csv_path) as tmp:
-        out.to_csv(tmp, index=False)
-    return Path(csv_path)
+    return write_cortex_csv(csv_path, ds.tokens[split], f["label"], f["name"])
 
 
 # --- real images -------------------------------------------------------------------------------

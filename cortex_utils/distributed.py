@@ -41,14 +41,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import REPO_ROOT
-from .artifacts import atomic_path
+from . import datasets as tokds
+from . import iem as iemlib
+from . import tis as tislib
+from . import vq as vqlib
+from .artifacts import atomic_path, registered
+from .checkpoints import read_card
 from .concepts import concept_counts, concept_table
-from .datasets import codebook_fingerprint
 
 COMMANDS = ("train-iem", "tis", "concepts", "generate")
 PROGRESS, INFO, FAILED = "CORTEX_PROGRESS ", "CORTEX_INFO ", "CORTEX_FAILED "
@@ -177,64 +184,28 @@ class Reporting:
             report(self.task, self.done, self.total)
 
 
-# --- data --------------------------------------------------------------------------------------
+# --- inputs: the same dataset, tokenizer and codebook as one process -----------------------------
 
-def _collate(ds, split: str, codebook: torch.Tensor, device):
-    """``datasets.embedding_loader``'s batches ``(embeddings, labels, rows)``, built on ``device``."""
-    t = torch.from_numpy(ds.tokens[split].astype(np.int64)).to(device)
-    y = torch.from_numpy(ds.labels[split].astype(np.int64)).to(device)
-    cb = codebook.to(device)
-
-    def collate(idx):
-        idx = torch.as_tensor(idx)
-        i = idx.to(device)
-        return cb[t[i]].permute(0, 3, 1, 2).contiguous(), y[i], idx
-
-    return collate
-
-
-def row_loader(ds, split: str, codebook: torch.Tensor, rows: tuple[int, int], batch_size: int, device="cpu"):
-    """Rows ``[start, stop)`` of a split in order, in batches of ``batch_size`` (same batches as the full
-    loader when ``start`` is a multiple of ``batch_size``)."""
-    return torch.utils.data.DataLoader(range(*rows), batch_size=batch_size,
-                                       collate_fn=_collate(ds, split, codebook, device))
-
-
-def load_codebook(path: str | Path, trust_pickle: bool = False) -> torch.Tensor:
-    """A codebook ``(n_embed, embed_dim)`` from a ``.npy`` file or a VQ checkpoint (its quantizer's embedding)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        return torch.from_numpy(np.load(path)).float()
-    from .artifacts import load_state_dict
-
-    state = load_state_dict(path, trust_pickle=trust_pickle)
-    if "quantize.embedding.weight" not in state:
-        raise ValueError(f"{path} holds no quantize.embedding.weight (not a VQ checkpoint)")
-    return state["quantize.embedding.weight"].float()
+def load_tokenizer(a):
+    """The tokenizer the dataset's ids refer to: ``--vq-checkpoint`` (its config from ``--vq-config``, else from
+    its card), or the run directory's (``vq.load_run_vq``)."""
+    if a.vq_checkpoint:
+        config = a.vq_config or read_card(a.vq_checkpoint)["config"]
+        return vqlib.load_vq(config, a.vq_checkpoint, trust_pickle=a.trust_pickle)
+    if not a.run_dir:
+        raise ValueError("give --run-dir, or --vq-checkpoint (the tokenizer the dataset's ids refer to)")
+    return vqlib.load_run_vq(a.run_dir)
 
 
 def resolve_inputs(a) -> tuple:
-    """``(dataset, codebook)`` from ``--dataset``/``--codebook`` or the run directory's registry; the
-    codebook must be the one the dataset's ids refer to."""
-    from . import datasets as tokds
-    from .artifacts import registered
-
-    cb = None
-    if a.run_dir:
-        a.dataset = a.dataset or registered(a.run_dir, "dataset")["path"]
-        if not a.codebook:  # the run's tokenizer, of whichever family (its codebook need not be stored)
-            from .vq import codebook, load_run_vq
-
-            cb = codebook(load_run_vq(a.run_dir)).float()
-    if not (a.dataset and (a.codebook or cb is not None)):
-        raise ValueError("give --run-dir, or both --dataset and --codebook")
-    ds = tokds.load_token_dataset(a.dataset)
-    cb = cb if cb is not None else load_codebook(a.codebook, getattr(a, "trust_pickle", False))
-    if codebook_fingerprint(cb) != ds.manifest["vq_fingerprint"]:
-        source = a.codebook or f"the tokenizer of {a.run_dir}"
-        raise ValueError(f"dataset {ds.path} was tokenized with codebook {ds.manifest['vq_fingerprint']}, "
-                         f"but {source} holds {codebook_fingerprint(cb)}")
-    return ds, cb
+    """``(dataset, codebook)`` as a notebook has them: the dataset of ``--dataset`` or the run directory's,
+    loaded with its tokenizer (``load_tokenizer``; a dataset of another codebook is refused), and that
+    tokenizer's ``vq.codebook``."""
+    path = a.dataset or (registered(a.run_dir, "dataset")["path"] if a.run_dir else None)
+    if not path:
+        raise ValueError("give --run-dir, or --dataset with --vq-checkpoint")
+    vq = load_tokenizer(a)
+    return tokds.load_token_dataset(path, vq=vq), vqlib.codebook(vq)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -266,10 +237,6 @@ def _fail_hook(shard_files: list[Path], where: str) -> None:
 
 def cmd_tis(a) -> None:
     """TIS of each split, sharded over the ranks; rank 0 merges into ``<out_dir>/<split>.npy``."""
-    from . import iem as iemlib
-    from . import tis as tislib
-    from .artifacts import registered
-
     device = init(a.backend)
     ds, codebook = resolve_inputs(a)
     iem_path = a.iem or registered(a.run_dir, f"iem{a.iem_arch}")["checkpoint"]
@@ -295,8 +262,8 @@ def cmd_tis(a) -> None:
             if files[s].exists():  # finished by an earlier, interrupted job
                 continue
             partial = files[s].with_name(files[s].stem + ".partial.npy")
-            loader = Reporting(row_loader(ds, split, codebook, ranges[s], a.batch_size, device), f"TIS {split}", n,
-                               start=done, count=lambda batch: len(batch[2]))
+            rows = tokds.embedding_loader(ds, split, codebook, a.batch_size, rows=ranges[s], device=device)
+            loader = Reporting(rows, f"TIS {split}", n, start=done, count=lambda batch: len(batch[2]))
             tislib.compute_tis(model, loader, n, nsamples=a.nsamples, spread=a.spread, reduction=a.reduction,
                                seed=a.seed, out=partial, desc=f"TIS {split} rank {r} rows {ranges[s][0]}-{ranges[s][1]}",
                                rows=ranges[s])
@@ -316,12 +283,6 @@ def cmd_tis(a) -> None:
 
 def cmd_train_iem(a) -> None:
     """``iem.train_iem`` under DDP; rank 0 saves the best-validation weights and the log."""
-    import pandas as pd
-    import torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel
-
-    from . import iem as iemlib
-
     device = init(a.backend)
     ds, codebook = resolve_inputs(a)
     r, w = rank(), world_size()
@@ -341,13 +302,11 @@ def cmd_train_iem(a) -> None:
         net.cortex_spec = model.cortex_spec
     n_train = len(ds.labels["train"])
     sampler = torch.utils.data.DistributedSampler(range(n_train), num_replicas=w, rank=r, shuffle=True, seed=a.seed)
-    train = torch.utils.data.DataLoader(range(n_train), batch_size=per_rank, sampler=sampler,
-                                        collate_fn=_collate(ds, "train", codebook, device))
+    train = tokds.embedding_loader(ds, "train", codebook, per_rank, sampler=sampler, device=device)
     steps = a.epochs * len(train)
     train = Reporting(train, f"train IEM {a.arch}", steps * w, count=lambda batch: 1)
-    v0, v1 = even_ranges(len(ds.labels["val"]), w)[r]
-    val = torch.utils.data.DataLoader(range(v0, v1), batch_size=a.eval_batch_size,
-                                      collate_fn=_collate(ds, "val", codebook, device))
+    val = tokds.embedding_loader(ds, "val", codebook, a.eval_batch_size, rows=even_ranges(len(ds.labels["val"]), w)[r],
+                                 device=device)
 
     def evaluate(net_):
         module = net_.module if hasattr(net_, "module") else net_
@@ -398,9 +357,6 @@ def merge_counts(parts: list[dict]) -> dict:
 
 def cmd_concepts(a) -> None:
     """Concept-token counts sharded over the ranks (TIS from ``--tis-dir``); rank 0 merges into a CSV."""
-    from . import datasets as tokds
-    from .artifacts import registered
-
     init(a.backend)
     ds = tokds.load_token_dataset(a.dataset or registered(a.run_dir, "dataset")["path"])
     tis_dir = Path(a.tis_dir or registered(a.run_dir, "tis")["path"])
@@ -440,9 +396,7 @@ def cmd_generate(a) -> None:
     dataset depends on the shards (``--shards``), not on how many processes computed them. It is a
     different sample than notebook 02's single-process one (one random stream per split).
     """
-    from . import generation as gen
-    from . import vq as vqlib
-    from .artifacts import read_card, registered
+    from . import generation as gen  # deferred on purpose: it imports taming, which only this command needs
 
     init(a.backend)
     vq = vqlib.load_run_vq(a.run_dir)
@@ -475,8 +429,6 @@ def cmd_generate(a) -> None:
         splits[split] = (files, labels)
     barrier()
     if r == 0:
-        from . import datasets as tokds
-
         data = {s: (np.concatenate([np.load(f) for f in files]), labels) for s, (files, labels) in splits.items()}
         tokds.save_token_dataset(out, data, class_names, vqlib.vq_meta(vq), source="generated", details={
             "per_class": per_split, "temperature": a.temperature, "top_k": a.top_k, "seed": a.seed,
@@ -496,9 +448,11 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--run-dir", help="a run directory: dataset, VQ codebook and models from its registry.json")
+        p.add_argument("--run-dir", help="a run directory: dataset, tokenizer and models from its registry.json")
         p.add_argument("--dataset", help="token dataset folder (overrides the run directory's)")
-        p.add_argument("--codebook", help="codebook .npy or VQ checkpoint (overrides the run directory's)")
+        p.add_argument("--vq-checkpoint", help="the tokenizer the dataset's ids refer to (overrides the run directory's)")
+        p.add_argument("--vq-config", help="its config (a taming YAML); default: the checkpoint's card")
+        p.add_argument("--trust-pickle", action="store_true", help="fully unpickle a .ckpt (only files you trust)")
         p.add_argument("--shards", type=int, default=0, help="shards per split (default: the world size)")
         p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / local processes)")
         p.add_argument("--backend", help="process-group backend (default: nccl with CUDA, else gloo)")
@@ -691,9 +645,6 @@ def compute_tis_splits(model, ds, codebook: torch.Tensor, splits, out_dir: str |
     ``nproc > 1`` each split's seconds are the job's wall time shared out by rows (start-up included);
     ``run_dir`` and ``iem_arch`` name what the job loads (the in-process branch uses ``model``, ``ds`` and
     ``codebook``)."""
-    from . import tis as tislib
-    from .datasets import embedding_loader
-
     tis, seconds = {}, {}
     if nproc > 1:
         if sigma != "batch" or method != "smoothgrad":
@@ -708,7 +659,7 @@ def compute_tis_splits(model, ds, codebook: torch.Tensor, splits, out_dir: str |
             seconds[split] = job["seconds"] * len(ds.labels[split]) / n_all
         return tis, seconds
     for split in splits:
-        loader = embedding_loader(ds, split, codebook, batch_size=batch_size)
+        loader = tokds.embedding_loader(ds, split, codebook, batch_size=batch_size)
         t0 = time.perf_counter()
         tis[split] = tislib.compute_tis(model, loader, len(ds.labels[split]), nsamples=nsamples, spread=spread,
                                         reduction=reduction, seed=seed, out=Path(out_dir) / f"{split}.npy",

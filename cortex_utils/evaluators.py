@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import digits
+from .checkpoints import check_state_dict, load_state_dict, read_card
 
 ARCHITECTURES = ("cnn", "resnet")
 
@@ -103,9 +104,6 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels) -> float:
 
 def load_evaluator(path, arch: str, n_classes: int = 10, image_size: int = 32) -> nn.Module:
     """Load our safetensors evaluator; refuses one trained for another image size or class count."""
-    from .artifacts import load_state_dict, read_card
-    from .vq import check_state_dict
-
     card = read_card(path)
     if card.get("arch") != arch:
         raise ValueError(f"{path} holds a '{card.get('arch')}' evaluator, not '{arch}'")
@@ -154,8 +152,6 @@ def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Modul
     from pathlib import Path
 
     import torchvision
-
-    from .vq import check_state_dict
 
     path = Path(weights_path)
     if not path.is_file():

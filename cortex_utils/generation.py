@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import taming_vq
 from . import vq as vqlib
-from .artifacts import load_state_dict
+from .checkpoints import check_state_dict, load_state_dict
 
 NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
 
@@ -151,13 +151,13 @@ def load_transformer(config, checkpoint, vq=None, trust_pickle: bool = False):
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model = build_transformer(config, vq=vq)
     gpt_state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
-    vqlib.check_state_dict(model.transformer, gpt_state, ignore_prefixes=(), what=f"transformer checkpoint {checkpoint}")
+    check_state_dict(model.transformer, gpt_state, ignore_prefixes=(), what=f"transformer checkpoint {checkpoint}")
     model.transformer.load_state_dict(gpt_state)
     first = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
     if first:
         if vq is None:
-            model.first_stage_model.load_state_dict(vqlib.check_state_dict(model.first_stage_model, first,
-                                                                           what=f"first stage of {checkpoint}"))
+            model.first_stage_model.load_state_dict(check_state_dict(model.first_stage_model, first,
+                                                                     what=f"first stage of {checkpoint}"))
         elif not torch.equal(first["quantize.embedding.weight"], vqlib.codebook(vq)):
             raise ValueError(f"{checkpoint} was trained on another codebook than the VQ model given")
     return model.eval()

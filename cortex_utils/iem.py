@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import load_state_dict, read_card, save_weights
+from .checkpoints import check_state_dict, load_state_dict, read_card, save_weights
 
 ARCHITECTURES = {1: "vgg", 2: "vgg_deep", 3: "resnet_se", 4: "vit"}
 
@@ -266,8 +266,6 @@ def load_iem(path: str | Path, expect: dict | None = None) -> nn.Module:
         if spec.get(k) != (list(v) if isinstance(v, tuple) else v):
             raise ValueError(f"{path} holds an IEM with {k} = {spec.get(k)!r}, expected {v!r}")
     model = build_iem(spec["arch"], spec["in_channels"], spec["grid"], spec["n_classes"], spec["width"])
-    from .vq import check_state_dict
-
     model.load_state_dict(check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"IEM {path}"))
     return model.eval()
 

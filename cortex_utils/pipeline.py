@@ -47,6 +47,7 @@ NEEDS = {
     "10_bias_detection": ["02_dataset_generation"],
     "11_trust_the_explanations": ["06_concept_analysis"],
     "12_compare_tokenizers": ["07_image_level_explanation", "09_codebook_optimization"],
+    "13_bias_real_data": [],
 }
 
 

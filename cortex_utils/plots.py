@@ -154,3 +154,32 @@ def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     tis_overlay(axes[2], image, scores, f"TIS, top-{top_n} boxed", top=sorted(top))
     fig.tight_layout()
     return fig
+
+
+def count_histograms(panels: dict):
+    """A bias study's counts: one panel per study (``panels``: title -> ``{value: per-image counts of that
+    value's tokens}``), each value's counts as a histogram of the share of images."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    for ax, (title, by_value) in zip(axes[0], panels.items(), strict=True):
+        frame = pd.concat([pd.DataFrame({"count": c, "tokens of": v}) for v, c in by_value.items()])
+        sns.histplot(frame, x="count", hue="tokens of", discrete=True, element="step", stat="proportion",
+                     common_norm=False, ax=ax)
+        ax.set(title=title, xlabel="positions holding the value's tokens")
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def delta_bars(deltas: pd.DataFrame, toward: str = "the planted value"):
+    """The paper's Cliff's δ of each row of a bias study's table (``bias``, ``neutral set``, ``delta``,
+    ``delta_low``, ``delta_high``), with its interval."""
+    fig, ax = plt.subplots(figsize=(4.5, 0.5 + 0.6 * len(deltas)))
+    ax.barh([f"{b}\n{n}" for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)], deltas["delta"],
+            xerr=[deltas["delta"] - deltas["delta_low"], deltas["delta_high"] - deltas["delta"]], capsize=3,
+            color="tab:gray")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel(f"the paper's Cliff's δ (raw counts)\ntoward {toward}")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import evaluation, rebuild_command, shipped_checkpoints
-from .artifacts import read_card
+from .checkpoints import read_card
 from .datasets import embedding_loader, split_fingerprint
 from .iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
 from .tis import topk_positions

@@ -30,8 +30,8 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from tqdm.auto import tqdm
 
 from . import digits
-from .artifacts import load_state_dict
-from .vq import bf16_autocast, check_state_dict, psnr, reconstruction_report
+from .checkpoints import check_state_dict, load_state_dict
+from .vq import bf16_autocast, psnr, reconstruction_report
 
 FAMILY = "taming_vqgan"
 

@@ -28,8 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import digits
-from .artifacts import load_state_dict
-from .vq import bf16_autocast, check_state_dict, psnr, reconstruction_report
+from .checkpoints import check_state_dict, load_state_dict
+from .vq import bf16_autocast, psnr, reconstruction_report
 
 FAMILY = "vqvae_fsq"
 # The embedded second family: 3x32x32 digits -> 8x8 grid of 240 FSQ tokens (levels 8, 6, 5: the FSQ paper's

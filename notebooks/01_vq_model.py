@@ -63,7 +63,8 @@ from IPython.display import display
 
 from cortex_utils import SHIPPED_CHECKPOINTS, digits, plots, shipped_checkpoints, taming_vq, vqvae
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import note_trained, read_card, record_metrics, register, save_weights
+from cortex_utils.artifacts import note_trained, record_metrics, register
+from cortex_utils.checkpoints import read_card, save_weights
 from cortex_utils.notebook import check_parameters, choice, repo_path, require
 
 _import_seconds = time.perf_counter() - _t0

@@ -57,15 +57,8 @@ from cortex_utils import (
 from cortex_utils import datasets as tokds
 from cortex_utils import generation as gen
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import (
-    note_trained,
-    read_card,
-    record_metrics,
-    register,
-    registered,
-    repo_relative,
-    save_weights,
-)
+from cortex_utils.artifacts import note_trained, record_metrics, register, registered, repo_relative
+from cortex_utils.checkpoints import read_card, save_weights
 from cortex_utils.notebook import check_parameters, choice, repo_path, require
 
 # %% tags=["parameters"]

@@ -43,7 +43,8 @@ from cortex_utils import datasets as tokds
 from cortex_utils import distributed, rebuild_command, shipped_checkpoints
 from cortex_utils import iem as iemlib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import note_trained, read_card, register, registered
+from cortex_utils.artifacts import note_trained, register, registered
+from cortex_utils.checkpoints import read_card
 from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]

@@ -43,21 +43,19 @@
 # * two bias types, as the paper's two: **colour** (like skin colour, a property of the pixels) and **stroke
 #   thickness** (like gender, a property of the shape, labelled from the real digits' ink).
 #
-# With `real_data["dir"]` set, the same steps run on token data in the original's layout (see the end).
+# The planted world lives in `cortex_utils.planted_bias`, the study's steps in `cortex_utils.bias`, their
+# statistics in `cortex_utils.bias_stats`. Notebook 13 runs the same steps on token data in the original's
+# DALL·E-mini layout.
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import SHIPPED_CHECKPOINTS, bias, digits, plots
+from cortex_utils import bias, bias_stats, digits, planted_bias, plots
 from cortex_utils import concepts as conceptlib
-from cortex_utils import datasets as tokds
 from cortex_utils import generation as gen
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, record_metrics, register
@@ -76,8 +74,6 @@ from cortex_utils.notebook import check_parameters, choice, exercise, repo_path,
 # * `sampling`: `temperature` (1.0 keeps the generator's own attribute shares, lower sharpens toward the
 #   majority) and `top_k` (0: sample among all tokens).
 # * `attribute_iem`: the attribute IEM's architecture, width, epochs and learning rate.
-# * `real_data`: token data in the original's layout (`dir`, see the last section), the taming VQ config
-#   and checkpoint its ids refer to, and whether a `.ckpt` may be fully unpickled (only for files you trust).
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-02 (relative to the repo root)
@@ -102,24 +98,21 @@ min_youden = 0.1  # a token rule with sensitivity + specificity - 1 at most this
 reselect_tokens = True  # re-select the attribute tokens in every bootstrap resample
 not_found_width = 0.25  # "not found" needs an interval around ½ at most this wide (else "inconclusive")
 seed = 0
-real_data = {"dir": "", "vq_config": "", "vq_checkpoint": "", "trust_pickle": False}  # the last section
 n_show = 8  # images per row in the figures
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "10_bias_detection")
-real = bool(real_data["dir"])
 colour_digit, thickness_digit, control_digit = (study_digits[k] for k in ("colour", "thickness", "control"))
 require(len(bias_types) >= 1 and len(set(bias_types)) == len(bias_types), "bias_types: name each study once")
-if not real:
-    for b in bias_types:
-        choice("bias_types entry", b, list(bias.ATTRIBUTES))
-    for b, v in planted.items():
-        choice("planted key", b, list(bias.ATTRIBUTES))
-        choice(f"planted[{b!r}]", v, bias.ATTRIBUTES[b])
-    require(len({colour_digit, thickness_digit, control_digit}) == 3 and
-            all(0 <= d <= 9 for d in (colour_digit, thickness_digit, control_digit)),
-            f"study_digits must name three different digits 0-9, got {study_digits}")
+for b in bias_types:
+    choice("bias_types entry", b, list(planted_bias.ATTRIBUTES))
+for b, v in planted.items():
+    choice("planted key", b, list(planted_bias.ATTRIBUTES))
+    choice(f"planted[{b!r}]", v, planted_bias.ATTRIBUTES[b])
+require(len({colour_digit, thickness_digit, control_digit}) == 3 and
+        all(0 <= d <= 9 for d in (colour_digit, thickness_digit, control_digit)),
+        f"study_digits must name three different digits 0-9, got {study_digits}")
 
 # %%
 require(0 <= skew <= 1, f"skew must lie in [0, 1], got {skew}")
@@ -136,16 +129,12 @@ require(n_neutral >= 1 and nsamples >= 1 and top_n >= 1 and token_num >= 1 and a
         and n_boot >= 1, "n_neutral, nsamples, top_n, token_num, attribute_iem epochs and n_boot must be >= 1")
 choice("attribute_iem arch", attribute_iem["arch"], [1, 2, 3, 4])
 choice("bf16", bf16, ["auto", "on", "off"])
-require(not real or (real_data["vq_config"] and real_data["vq_checkpoint"]),
-        "real_data: dir needs vq_config and vq_checkpoint (the codebook its ids refer to)")
 run_dir = repo_path(run_dir)
 out_dir = run_dir / "bias"
 params
 
 # %% [markdown]
 # ## The planted-bias generator
-#
-# *(With `real_data["dir"]` set, this step loads the real token data instead; see the last section.)*
 #
 # The training data: every real training digit `per_image` times (`generator`), each time under a random
 # prompt (neutral with probability `neutral_share`) and drawn to match it (red or green; from the thickest or the
@@ -157,42 +146,32 @@ params
 
 # %%
 biased_digit = {"colour": colour_digit, "thickness": thickness_digit}
-if real:
-    vq = vqlib.load_vq(repo_path(real_data["vq_config"]), repo_path(real_data["vq_checkpoint"]),
-                       trust_pickle=real_data["trust_pickle"])
-    loaded, neutral = bias.load_real_study(repo_path(real_data["dir"]), bias_types, vqlib.vq_meta(vq), out_dir)
-    studies = {(b, "real"): ds for b, ds in loaded.items()}
-    neutral_sets = {(b, "real"): {"neutral prompt": neutral[b]} for b in bias_types}
-    planted_label = {key: 0 for key in studies}  # real data: δ is signed toward the first value
-else:
-    vq = vqlib.load_run_vq(run_dir)
-    data = digits.load_digits(seed)
-    training = {"skew": skew, "colour_digit": colour_digit, "thickness_digit": thickness_digit, "planted": planted,
-                **generator, "seed": seed}
-    tf, tf_path, tf_log, why = bias.load_or_train_bias_transformer(
-        run_dir, vq, data["train"]["gray"], data["train"]["labels"], training, retrain, vqlib.use_bf16(bf16))
-    print(f"trained the bias transformer ({why})" if why else "loaded the shipped bias transformer (same settings, same tokenizer)")
-    if tf_log is not None:
-        note_trained(run_dir, "the bias transformer")
-        plots.training_curves(tf_log, ["loss"], title="bias transformer fine-tuning")
+vq = vqlib.load_run_vq(run_dir)
+data = digits.load_digits(seed)
+training = {"skew": skew, "colour_digit": colour_digit, "thickness_digit": thickness_digit, "planted": planted,
+            **generator, "seed": seed}
+tf, tf_path, tf_log, why = planted_bias.load_or_train_bias_transformer(
+    run_dir, vq, data["train"]["gray"], data["train"]["labels"], training, retrain, vqlib.use_bf16(bf16))
+print(f"trained the bias transformer ({why})" if why else "loaded the shipped bias transformer (same settings, same tokenizer)")
+if tf_log is not None:
+    note_trained(run_dir, "the bias transformer")
+    plots.training_curves(tf_log, ["loss"], title="bias transformer fine-tuning")
 
 # %%
-if not real:  # the registry notes which generator this run used
-    register(run_dir, "bias_transformer", checkpoint=str(tf_path))
+register(run_dir, "bias_transformer", checkpoint=str(tf_path))  # the registry notes which generator this run used
 
 # %% [markdown]
 # What each prompt produces for the three digits of the study (one row per prompt):
 
 # %%
-if not real:
-    shown = [(d, slot) for d in (colour_digit, thickness_digit, control_digit) for slot in bias.PROMPT_SLOTS]
-    prompts = np.repeat([int(bias.prompt_id(d, slot)) for d, slot in shown], n_show)
-    tokens = gen.sample_tokens(tf, prompts, temperature=sampling["temperature"], top_k=sampling["top_k"] or None,
-                               seed=seed, progress=False)
-    images = vqlib.decode(vq, tokens)
-    rows = {(f'"a {d}"' if slot == "neutral" else f'"a {slot} {d}"'): images[i * n_show:(i + 1) * n_show]
-            for i, (d, slot) in enumerate(shown)}
-    plots.rows_of_images(rows, ncols=n_show);
+shown = [(d, slot) for d in (colour_digit, thickness_digit, control_digit) for slot in planted_bias.PROMPT_SLOTS]
+prompts = np.repeat([int(planted_bias.prompt_id(d, slot)) for d, slot in shown], n_show)
+samples = gen.sample_tokens(tf, prompts, temperature=sampling["temperature"], top_k=sampling["top_k"] or None,
+                            seed=seed, progress=False)
+images = vqlib.decode(vq, samples)
+rows = {(f'"a {d}"' if slot == "neutral" else f'"a {slot} {d}"'): images[i * n_show:(i + 1) * n_show]
+        for i, (d, slot) in enumerate(shown)}
+plots.rows_of_images(rows, ncols=n_show);
 
 # %% [markdown]
 # ## Attribute data and neutral generations
@@ -204,19 +183,18 @@ if not real:
 # are token datasets (notebook 02's format). The default's are shipped in `data/default/bias` (sampled once
 # by the shipped generator, so every CPU measures the same generations) and copied to `<run_dir>/bias/data`;
 # they are sampled here instead when the generator or a setting differs, or with `regenerate = True`.
+# Both statistics are signed toward the planted value (A).
 
 # %%
-if not real:
-    subjects = {b: [biased_digit[b], control_digit] for b in bias_types}
-    studies, neutral, why = bias.load_or_generate_study(tf, tf_path, vq, subjects, attribute_per_value, n_neutral,
-                                                        sampling["temperature"], sampling["top_k"] or None, seed, out_dir,
-                                                        regenerate=regenerate or retrain)
-    print(f"study data: {why}")
-    neutral_sets = {(b, d): {f"{'biased' if d == biased_digit[b] else 'control'} (digit {d})": neutral[d]}
-                    for b, d in studies}
-    planted_label = {(b, d): bias.ATTRIBUTES[b].index(planted[b]) for b, d in studies}
-display(pd.DataFrame({f"{b} · {d}": {**{s: len(y) for s, y in ds.labels.items()},
-                                     **{f"neutral: {k}": len(v) for k, v in neutral_sets[(b, d)].items()}}
+subjects = {b: [biased_digit[b], control_digit] for b in bias_types}
+studies, neutral, why = planted_bias.load_or_generate_study(
+    tf, tf_path, vq, subjects, attribute_per_value, n_neutral, sampling["temperature"], sampling["top_k"] or None,
+    seed, out_dir, regenerate=regenerate or retrain)
+print(f"study data: {why}")
+neutral_of = {(b, d): neutral[d] for b, d in studies}  # each study's neutral generations: its digit's
+set_name = {(b, d): f"{'biased' if d == biased_digit[b] else 'control'} (digit {d})" for b, d in studies}
+planted_label = {(b, d): planted_bias.ATTRIBUTES[b].index(planted[b]) for b, d in studies}
+display(pd.DataFrame({f"{b} · {d}": {**{s: len(y) for s, y in ds.labels.items()}, "neutral": len(neutral_of[(b, d)])}
                       for (b, d), ds in studies.items()}).T)
 
 # %% [markdown]
@@ -231,89 +209,55 @@ display(pd.DataFrame({f"{b} · {d}": {**{s: len(y) for s, y in ds.labels.items()
 # red exceeds its green, *thick* if its ink (stroke pixels relative to the image's brightest) lies above the
 # midpoint between the median ink of this generator's "a thick d" and "a thin d" images. (Generated strokes
 # carry less ink than real ones, so a threshold from real digits would call most generations thin.) The
-# simulation's `leak` case checks that this keeps the interval honest. Real data has only its labels.
+# simulation's `leak` case checks that this keeps the interval honest. Real data has only its labels
+# (notebook 13).
 #
 # The images drawn against their prompt also test the correction's one assumption: that how often the token
 # rule calls an image A depends only on which value it shows. Among images that show the same value, the
-# rule should call the ones prompted A and the ones prompted B alike (`bias.error_rate_check`, a permutation
-# test pooled over the two values, `check_p`). For a value that is either there or not (red) it should; for
-# a matter of degree (a stroke just above the ink midpoint is "thick" by pixels, but its tokens look thin) it
-# need not, and then the error rates measured on these half-and-half images do not carry over to a neutral
-# set of another mix: no interval is given (the simulation's `graded` case measures how often the check
-# fires there, and that it stays quiet in `leak`).
+# rule should call the ones prompted A and the ones prompted B alike (`bias_stats.error_rate_check`, a
+# permutation test pooled over the two values, `check_p`). For a value that is either there or not (red) it
+# should; for a matter of degree (a stroke just above the ink midpoint is "thick" by pixels, but its tokens
+# look thin) it need not, and then the error rates measured on these half-and-half images do not carry over
+# to a neutral set of another mix: no interval is given (the simulation's `graded` case measures how often
+# the check fires there, and that it stays quiet in `leak`).
 
 # %%
-if not real:
-    thresholds = bias.ink_thresholds(data["train"]["gray"], data["train"]["labels"])  # real digits: a fallback
-    for (b, d), ds in studies.items():
-        if b == "thickness":  # this generator's own thick / thin midpoint for the digits it was asked about
-            thresholds[d] = bias.generated_ink_thresholds(vq, ds)[d]
-    shows = {(b, d): bias.shows_value(vq, ds, d, b, planted[b], thresholds) for (b, d), ds in studies.items()}
-    drawn_wrong = {key: bias.drawn_as_other(studies[key], shows[key], planted_label[key]) for key in studies}
-    display(pd.DataFrame(drawn_wrong, index=["A-prompted, drawn as B", "B-prompted, drawn as A"]).T.round(3))
-held_truth = {key: None if real else {s: v for s, v in shows[key].items() if s != "train"} for key in studies}
+thresholds = planted_bias.ink_thresholds(data["train"]["gray"], data["train"]["labels"])  # real digits: a fallback
+for (b, d), ds in studies.items():
+    if b == "thickness":  # this generator's own thick / thin midpoint for the digits it was asked about
+        thresholds[d] = planted_bias.generated_ink_thresholds(vq, ds)[d]
+shows = {(b, d): planted_bias.shows_value(vq, ds, d, b, planted[b], thresholds) for (b, d), ds in studies.items()}
+drawn_wrong = {key: planted_bias.drawn_as_other(studies[key], shows[key], planted_label[key]) for key in studies}
+display(pd.DataFrame(drawn_wrong, index=["A-prompted, drawn as B", "B-prompted, drawn as A"]).T.round(3))
+held_truth = {key: {s: v for s, v in shows[key].items() if s != "train"} for key in studies}
 for key, truth in held_truth.items():  # a tiny run may draw one value only: then only the prompts label them
-    if truth is not None and len({bool(x) for v in truth.values() for x in v}) < 2:
+    if len({bool(x) for v in truth.values() for x in v}) < 2:
         print(f"{key}: every held-out image shows the same value by its pixels; labelled by their prompts instead")
         held_truth[key] = None
 
 # %% [markdown]
-# ## Attribute IEM → TIS → attribute tokens → δ and share
+# ## The study, step by step
 #
-# Exactly the steps of notebooks 03–06, through the same functions, on each attribute dataset: the
-# IEM (two classes: the attribute's values; the shipped one when it was trained on exactly these data with
-# these settings, as notebook 03 loads its IEMs, else trained here), compute the TIS of its training images, count which ids sit at
-# each image's top-`top_n` positions per value, and keep each value's `token_num` most counted ids. One
-# addition to the paper's recipe, `specificity`: an IEM can recognise one value by the *absence* of the
-# other's marks; its TIS then points at background ids that every image holds. A value's token must occur
-# at least `specificity` times as often per image of that value as per image of the other.
+# Exactly the steps of notebooks 03–06, through the same functions, on each attribute dataset, one step per
+# cell: **attribute IEM → TIS of its training images → attribute tokens → counts in the neutral and the
+# held-out images → δ and share estimate**.
 #
-# Then two statistics from the same tokens, both signed toward the planted value (A):
-#
-# * **the paper's δ** (`delta`): for every neutral image, count how many of its positions hold A's tokens
-#   and how many hold B's, and compare the two count lists with Cliff's δ; the interval is a bootstrap over
-#   the neutral images. `delta_paper_half_scale` is the number the original code would print for the same
-#   counts (its function returns δ/2).
-# * **the share of A** (`share`): classify every neutral image by its counts (A when it holds more of A's
-#   tokens than of B's by more than a threshold; an image exactly at the threshold counts half to each), fit
-#   the threshold on the IEM's training images, measure how often the rule errs on the held-out attribute
-#   images (val and test: they played no part in choosing the tokens; labelled by what they show, above;
-#   `sens`, `spec`), and correct the
-#   share the rule calls A (`q`) for those errors (Rogan–Gladen: share = (q + spec − 1) / (sens + spec − 1)).
-#   The 95 % interval is a bootstrap over everything the estimate depends on: the neutral images, the
-#   held-out images behind the error rates, and the training images the tokens and the threshold are chosen
-#   on (`reselect_tokens`: the concept table is recomputed from the resampled images and their TIS rows; the
-#   IEM is not retrained per resample, so its own variability is left out). A rule that cannot tell the
-#   values apart (sens + spec − 1 ≤ `min_youden`) gives no number and the interval [0, 1].
-#
-# Why not δ alone: δ on raw counts is not a share. Two token sets need not be equally common, nor their
-# counts equally spread (a value recognised by twenty tokens against one recognised by three), and then a
-# half-and-half neutral set already gets a δ well away from 0 (the simulation's `uneven` case: +0.42 on
-# average). An earlier version of this notebook ranked each value's counts against the attribute data
-# before δ. That is not a sound statistic: tied counts (mostly zeros) became strict wins or losses decided by
-# noise in the reference, and the bootstrap resampled only the neutral images, so on simulated half-and-half
-# neutral sets its 95 % interval excluded 0 in 72 % of the studies, in 99 % where ties dominate
-# (`ranked_null_fpr` in `benchmarks/bias_calibration.py`; the share's interval excluded ½ in 4 %). It is gone.
+# **1. The attribute IEM.** Two classes, the attribute's two values, learnt from the attribute data's
+# training split (notebook 03's architectures and training loop). The shipped one loads when it was trained
+# on exactly these data with these settings, as notebook 03 loads its IEMs; else it is trained here. Its
+# accuracy on the held-out test images says whether it learnt the attribute at all: an IEM at chance has
+# TIS maps that say nothing about the attribute.
 
 # %%
 codebook = vqlib.codebook(vq)
 iem_training = {**attribute_iem, "batch_size": 64, "seed": seed}
-results, tables, iem_info = {}, [], {}
+iems, iem_info, accuracy = {}, {}, {}
 for (b, d), ds in studies.items():
-    name = f"{b}_real" if real else bias.study_name(b, d)
-    model, info = bias.attribute_iem(ds, codebook, name, iem_training, retrain, out_dir)
-    iem_info[name] = info
-    print(f"attribute IEM {name}: {'trained here' if info['trained'] else 'loaded'} ({info['why']})")
-    results[(b, d)] = r = bias.attribute_study(
-        ds, codebook, neutral_sets[(b, d)], planted_label[(b, d)], model, nsamples=nsamples, top_n=top_n,
-        token_num=token_num, specificity=specificity, n_boot=n_boot, min_youden=min_youden,
-        reselect=reselect_tokens, seed=seed, out_dir=out_dir / b / f"digit_{d}", held_truth=held_truth[(b, d)])
-    tables.append(r["deltas"].assign(bias=b, toward=ds.class_names[planted_label[(b, d)]], iem_accuracy=r["test_accuracy"]))
-deltas = pd.concat(tables, ignore_index=True)
-deltas.to_csv(out_dir / "deltas.csv", index=False)
-deltas[["bias", "neutral set", "images", "toward", "share", "share_low", "share_high", "check_p", "q", "sens", "spec", "delta",
-        "delta_low", "delta_high", "delta_paper_half_scale", "mean_count_a", "mean_count_b", "tokens_a", "tokens_b",
-        "iem_accuracy"]].round(3)
+    name = planted_bias.study_name(b, d)
+    iems[(b, d)], iem_info[name] = bias.attribute_iem(ds, codebook, name, iem_training, retrain, out_dir)
+    accuracy[(b, d)], split = bias.iem_accuracy(iems[(b, d)], ds, codebook)
+    print(f"attribute IEM {name}: {'trained here' if iem_info[name]['trained'] else 'loaded'} "
+          f"({iem_info[name]['why']}); accuracy {accuracy[(b, d)]:.3f} on its {split} split")
 
 # %% [markdown]
 # Record which attribute IEMs this run trained, and where each one is:
@@ -326,46 +270,102 @@ for name, info in iem_info.items():
         register(run_dir, f"attribute_iem_{name}", checkpoint=str(info["path"]))
 
 # %% [markdown]
+# **2. The TIS of its training images.** Notebook 05's SmoothGrad (`nsamples` noisy copies) on the images the
+# IEM learnt from: which positions decide between the two values.
+
+# %%
+tis = {(b, d): bias.attribute_tis(iems[(b, d)], ds, codebook, nsamples, seed,
+                                  out=out_dir / b / f"digit_{d}" / "tis_train.npy") for (b, d), ds in studies.items()}
+
+# %% [markdown]
+# **3. Attribute tokens.** Notebook 06's concept analysis: count which ids sit at each training image's
+# top-`top_n` TIS positions, per value, and keep each value's `token_num` most counted ids. One addition to
+# the paper's recipe, `specificity`: an IEM can recognise one value by the *absence* of the other's marks; its
+# TIS then points at background ids that every image holds. A value's token must occur at least
+# `specificity` times as often per image of that value as per image of the other.
+
+# %%
+selection = {"top_n": top_n, "token_num": token_num, "specificity": specificity}
+ids = {key: bias.select_attribute_tokens(ds, tis[key], **selection)[1] for key, ds in studies.items()}
+value_ids = {key: {studies[key].class_names[c]: v for c, v in ids[key].items()} for key in studies}
+
+# %% [markdown]
 # Each value's attribute tokens, and what they look like (a grid filled with that one id):
 
 # %%
-for (b, d), r in results.items():
-    display(Markdown(f"**{b}, digit {d}**: attribute IEM accuracy {r['test_accuracy']:.3f} on its {r['test_split']} split"))
-    display(pd.DataFrame({v: pd.Series(ids, dtype="Int64") for v, ids in r["tokens"].items()}).T)
-    for v, ids in r["tokens"].items():
-        if not len(ids):
+for (b, d), by_value in value_ids.items():
+    display(Markdown(f"**{b}, digit {d}**"))
+    display(pd.DataFrame({v: pd.Series(v_ids, dtype="Int64") for v, v_ids in by_value.items()}).T)
+    for v, v_ids in by_value.items():
+        if not len(v_ids):
             display(Markdown(f"*{b}: the value **{v}** has no tokens of its own (its top ids are all shared with the "
                              "other value): the IEM found nothing that tells it apart, and its counts below are 0.*"))
-    tiles = {f"{b}: {v}": conceptlib.token_tiles(vq, ids) for v, ids in r["tokens"].items() if len(ids)}
+    tiles = {f"{b}: {v}": conceptlib.token_tiles(vq, v_ids) for v, v_ids in by_value.items() if len(v_ids)}
     if tiles:
-        plots.rows_of_images(tiles, ncols=max(len(ids) for ids in r["tokens"].values()))
+        plots.rows_of_images(tiles, ncols=max(len(v_ids) for v_ids in by_value.values()))
         plt.show()
 
 # %% [markdown]
-# ## The measurement
-#
-# Per neutral set: how often each value's tokens occur per image (left panels), and the paper's δ on these
-# raw counts with its 95 % interval (right). A neutral prompt that leans to one value shows that value's
-# counts shifted right. δ mixes two things, how many images lean and how many tokens each value has: two
-# histograms of different spread give δ ≠ 0 even for a half-and-half set, which is why the verdict below
-# rests on the share.
+# **4. Counts.** Per image, how many of its positions hold A's tokens and how many hold B's: in the neutral
+# generations (what the study measures), in the IEM's training images (where the tokens were chosen) and in
+# the held-out attribute images (val and test, labelled by what they show, above). The histograms show the
+# neutral counts: a neutral prompt that leans to one value shows that value's counts shifted right.
 
 # %%
-panels = [(key, name) for key in results for name in results[key]["counts"]]
-fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.3 * (len(panels) + 1), 3.2), squeeze=False)
-for ax, (key, name) in zip(axes[0], panels, strict=False):
-    frame = pd.concat([pd.DataFrame({"count": c, "tokens of": v}) for v, c in results[key]["counts"][name].items()])
-    sns.histplot(frame, x="count", hue="tokens of", discrete=True, element="step", stat="proportion",
-                 common_norm=False, ax=ax)
-    ax.set_title(f"{key[0]}: {name}", fontsize=9)
-ax = axes[0, -1]
-ax.barh([f"{b}\n{n}" for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)], deltas["delta"],
-        xerr=[deltas["delta"] - deltas["delta_low"], deltas["delta_high"] - deltas["delta"]], capsize=3, color="tab:gray")
-ax.axvline(0, color="k", lw=0.8)
-ax.set_xlim(-1, 1)
-ax.set_xlabel("the paper's Cliff's δ (raw counts)\ntoward the planted value")
-ax.tick_params(axis="y", labelsize=7)
-fig.tight_layout()
+counts = {key: bias.study_counts(ds, ids[key], neutral_of[key], planted_label[key], held_truth[key])
+          for key, ds in studies.items()}
+value_names = {key: [ds.class_names[c] for c in (planted_label[key], 1 - planted_label[key])]  # A, then B
+               for key, ds in studies.items()}
+plots.count_histograms({f"{key[0]}: {set_name[key]}": dict(zip(value_names[key], counts[key]["neutral"], strict=True))
+                        for key in studies});
+
+# %% [markdown]
+# **5. δ and the share estimate.** Two statistics from the same counts, both signed toward the planted value (A):
+#
+# * **the paper's δ** (`delta`): Cliff's δ of the neutral images' A counts against their B counts; the
+#   interval is a bootstrap over the neutral images. `delta_paper_half_scale` is the number the original code
+#   would print for the same counts (its function returns δ/2).
+# * **the share of A** (`share`): classify every neutral image by its counts (A when it holds more of A's
+#   tokens than of B's by more than a threshold; an image exactly at the threshold counts half to each), fit
+#   the threshold on the IEM's training images, measure how often the rule errs on the held-out attribute
+#   images (`sens`, `spec`), and correct the share the rule calls A (`q`) for those errors (Rogan–Gladen:
+#   share = (q + spec − 1) / (sens + spec − 1)). The 95 % interval is a bootstrap over everything the
+#   estimate depends on: the neutral images, the held-out images behind the error rates, and the training
+#   images the tokens and the threshold are chosen on (`reselect_tokens`: `bias.recount_on` selects the
+#   tokens again in every resample, from the resampled images and their TIS rows; the IEM is not retrained
+#   per resample, so its own variability is left out). A rule that cannot tell the values apart
+#   (sens + spec − 1 ≤ `min_youden`) gives no number and the interval [0, 1].
+#
+# Why not δ alone: δ on raw counts is not a share. Two token sets need not be equally common, nor their
+# counts equally spread (a value recognised by twenty tokens against one recognised by three), and then a
+# half-and-half neutral set already gets a δ well away from 0 (the simulation's `uneven` case: +0.42 on
+# average). An earlier version of this notebook ranked each value's counts against the attribute data
+# before δ. That is not a sound statistic: tied counts (mostly zeros) became strict wins or losses decided by
+# noise in the reference, and the bootstrap resampled only the neutral images, so on simulated half-and-half
+# neutral sets its 95 % interval excluded 0 in 72 % of the studies, in 99 % where ties dominate
+# (`ranked_null_fpr` in `benchmarks/bias_calibration.py`; the share's interval excluded ½ in 4 %). It is gone.
+
+# %%
+estimates = {}
+for key, ds in studies.items():
+    recount = bias.recount_on(ds, tis[key], neutral_of[key], planted_label[key], held_truth[key],
+                              **selection) if reselect_tokens else None
+    estimates[key] = bias.estimate_bias(counts[key], n_boot, min_youden, seed, recount)
+deltas = pd.DataFrame([{"bias": b, "neutral set": set_name[(b, d)], **estimates[(b, d)],
+                        "toward": studies[(b, d)].class_names[planted_label[(b, d)]], "iem_accuracy": accuracy[(b, d)]}
+                       for b, d in studies])
+deltas.to_csv(out_dir / "deltas.csv", index=False)
+deltas[["bias", "neutral set", "images", "toward", "share", "share_low", "share_high", "check_p", "q", "sens", "spec", "delta",
+        "delta_low", "delta_high", "delta_paper_half_scale", "mean_count_a", "mean_count_b", "tokens_a", "tokens_b",
+        "iem_accuracy"]].round(3)
+
+# %% [markdown]
+# The paper's δ with its 95 % interval. δ mixes two things, how many images lean and how many tokens each
+# value has: two histograms of different spread give δ ≠ 0 even for a half-and-half set, which is why the
+# verdict below rests on the share.
+
+# %%
+plots.delta_bars(deltas);
 
 
 # %% [markdown]
@@ -375,16 +375,15 @@ fig.tight_layout()
 # A count and another's B count: (#pairs A > B − #pairs A < B) / (n·m). Take the first study's neutral set:
 
 # %% tags=["by-hand"]
-one = next(iter(results))  # the first study, e.g. ("colour", 3)
-one_set, one_counts = next(iter(results[one]["counts"].items()))
-count_a, count_b = (c.tolist() for c in one_counts.values())  # per neutral image: A's tokens, B's tokens
+one = next(iter(studies))  # the first study, e.g. ("colour", 3)
+count_a, count_b = (c.tolist() for c in counts[one]["neutral"])  # per neutral image: A's tokens, B's tokens
 wins = losses = 0
 for x in count_a:  # every (A count, B count) pair
     for y in count_b:
         wins += x > y
         losses += x < y
 delta_by_hand = (wins - losses) / (len(count_a) * len(count_b))
-print(f"{one[0]}, {one_set}: {wins} pairs A > B, {losses} pairs A < B, of {len(count_a) * len(count_b)}: "
+print(f"{one[0]}, {set_name[one]}: {wins} pairs A > B, {losses} pairs A < B, of {len(count_a) * len(count_b)}: "
       f"δ = {delta_by_hand:+.4f} (the original code's half scale: {delta_by_hand / 2:+.4f})")
 
 # %% [markdown]
@@ -393,23 +392,22 @@ print(f"{one[0]}, {one_set}: {wins} pairs A > B, {losses} pairs A < B, of {len(c
 # that is Rogan–Gladen:
 
 # %% tags=["by-hand"]
-one_row = deltas[(deltas["bias"] == one[0]) & (deltas["neutral set"] == one_set)].iloc[0]
-q, sens, spec = float(one_row["q"]), float(one_row["sens"]), float(one_row["spec"])
+q, sens, spec = (float(estimates[one][k]) for k in ("q", "sens", "spec"))
 share_by_hand = (q + spec - 1) / (sens + spec - 1)
 print(f"q = {q:.3f}, sens = {sens:.3f}, spec = {spec:.3f}: share = ({q:.3f} + {spec:.3f} - 1) / "
       f"({sens:.3f} + {spec:.3f} - 1) = {share_by_hand:.3f} (the library clips it to [0, 1])")
 
 # %% [markdown]
-# The same numbers from `cortex_utils.bias`. `cliffs_delta` does not visit every pair: it sorts one sample
-# and locates each value of the other in it by binary search, O((n + m) log m) instead of O(n·m);
+# The same numbers from `cortex_utils.bias_stats`. `cliffs_delta` does not visit every pair: it sorts one
+# sample and locates each value of the other in it by binary search, O((n + m) log m) instead of O(n·m);
 # `rogan_gladen` clips to [0, 1] and gives no number (NaN) for a rule with sens + spec − 1 ≤ `min_youden`.
 
 # %% tags=["by-hand-check"]
-np.testing.assert_allclose(bias.cliffs_delta(count_a, count_b), delta_by_hand, rtol=0, atol=1e-12)
-np.testing.assert_allclose(one_row["delta"], delta_by_hand, rtol=0, atol=1e-12)
+np.testing.assert_allclose(bias_stats.cliffs_delta(count_a, count_b), delta_by_hand, rtol=0, atol=1e-12)
+np.testing.assert_allclose(estimates[one]["delta"], delta_by_hand, rtol=0, atol=1e-12)
 expected = float(np.clip(share_by_hand, 0, 1)) if sens + spec - 1 > min_youden else np.nan
-np.testing.assert_allclose(bias.rogan_gladen(q, sens, spec, min_youden), expected, rtol=0, atol=1e-12)
-np.testing.assert_allclose(one_row["share"], expected, rtol=0, atol=1e-12)
+np.testing.assert_allclose(bias_stats.rogan_gladen(q, sens, spec, min_youden), expected, rtol=0, atol=1e-12)
+np.testing.assert_allclose(estimates[one]["share"], expected, rtol=0, atol=1e-12)
 print("by hand = library: Cliff's δ and the Rogan–Gladen share")
 
 # %% [markdown]
@@ -418,29 +416,22 @@ print("by hand = library: Cliff's δ and the Rogan–Gladen share")
 # On the planted default the truth is in the pixels of the neutral generations, measured as for the held-out
 # images above. If the method works, the share's interval holds the pixel share (`pixel truth`). `trained
 # share` is what the neutral prompt showed in the generator's training data; `A drawn as B` / `B drawn as A`
-# repeat how often the labelled images contradict their prompts. (Real data has no pixel truth here; the table
-# stays as above.)
+# repeat how often the labelled images contradict their prompts.
 
 # %%
-if not real:
-    images = {d: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))) for d, z in neutral.items()}
-    shares = {d: bias.planted_shares(bias.measured_attributes(images[d], np.full(len(z), d), thresholds), planted)
-              for d, z in neutral.items()}
+images = {d: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))) for d, z in neutral.items()}
+shares = {d: planted_bias.planted_shares(planted_bias.measured_attributes(images[d], np.full(len(z), d), thresholds),
+                                         planted) for d, z in neutral.items()}
 
 # %%
-if not real:
-    deltas["digit"] = [biased_digit[b] if n.startswith("biased") else control_digit
-                       for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)]
-    deltas["trained share"] = [skew if n.startswith("biased") else 0.5 for n in deltas["neutral set"]]
-    deltas["pixel truth"] = [shares[d][b] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
-    deltas["A drawn as B"] = [drawn_wrong[(b, d)][0] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
-    deltas["B drawn as A"] = [drawn_wrong[(b, d)][1] for b, d in zip(deltas["bias"], deltas["digit"], strict=True)]
-metrics = bias.headline_metrics(deltas, results, bias_types, biased_digit, control_digit, real)
-shown = ["bias", "neutral set", "share", "share_low", "share_high", "check_p", "delta", "delta_paper_half_scale",
-         "iem_accuracy"]
-if not real:
-    shown[2:2] = ["trained share", "pixel truth", "A drawn as B", "B drawn as A"]
-deltas[shown].round(3)
+deltas["digit"] = [d for _, d in studies]
+deltas["trained share"] = [skew if d == biased_digit[b] else 0.5 for b, d in studies]
+deltas["pixel truth"] = [shares[d][b] for b, d in studies]
+deltas["A drawn as B"] = [drawn_wrong[key][0] for key in studies]
+deltas["B drawn as A"] = [drawn_wrong[key][1] for key in studies]
+metrics = bias.headline_metrics(deltas, bias_types, biased_digit, control_digit)
+deltas[["bias", "neutral set", "trained share", "pixel truth", "A drawn as B", "B drawn as A", "share", "share_low",
+        "share_high", "check_p", "delta", "delta_paper_half_scale", "iem_accuracy"]].round(3)
 
 # %% [markdown]
 # Record the headline numbers:
@@ -449,28 +440,27 @@ deltas[shown].round(3)
 record_metrics(run_dir, **metrics)
 
 # %%
-if not real:
-    fig, ax = plt.subplots(figsize=(5.0, 4.4))
-    for b, marker in zip(bias_types, "os", strict=False):
-        sub = deltas[deltas["bias"] == b]
-        ok = sub[np.isfinite(sub["share"])]
-        bars = ax.errorbar(ok["pixel truth"], ok["share"], yerr=[ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]],
-                           fmt=marker, label=b, capsize=3)
-        none = sub[~np.isfinite(sub["share"])]  # inconclusive: the interval is [0, 1]
-        ax.vlines(none["pixel truth"], 0, 1, color=bars[0].get_color(), ls="--", lw=1)
-        for _, row in sub.iterrows():
-            y = row["share"] if np.isfinite(row["share"]) else 0.5
-            ax.annotate(f"digit {row['digit']}", (row["pixel truth"], y), xytext=(5, -10), textcoords="offset points",
-                        fontsize=7)
-    ax.plot([0, 1], [0, 1], color="k", lw=0.7, ls="--", label="estimate = truth")
-    ax.axhline(0.5, color="k", lw=0.5, ls=":")
-    ax.axvline(0.5, color="k", lw=0.5, ls=":")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="share of the planted value by pixels (truth)",
-           ylabel="share estimated from tokens (95 % interval)", title="share estimate vs ground truth")
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    for d, im in images.items():
-        plots.image_grid(im[:n_show], ncols=n_show, suptitle=f'neutral prompt "a {d}"')
+fig, ax = plt.subplots(figsize=(5.0, 4.4))
+for b, marker in zip(bias_types, "os", strict=False):
+    sub = deltas[deltas["bias"] == b]
+    ok = sub[np.isfinite(sub["share"])]
+    bars = ax.errorbar(ok["pixel truth"], ok["share"], yerr=[ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]],
+                       fmt=marker, label=b, capsize=3)
+    none = sub[~np.isfinite(sub["share"])]  # inconclusive: the interval is [0, 1]
+    ax.vlines(none["pixel truth"], 0, 1, color=bars[0].get_color(), ls="--", lw=1)
+    for _, row in sub.iterrows():
+        y = row["share"] if np.isfinite(row["share"]) else 0.5
+        ax.annotate(f"digit {row['digit']}", (row["pixel truth"], y), xytext=(5, -10), textcoords="offset points",
+                    fontsize=7)
+ax.plot([0, 1], [0, 1], color="k", lw=0.7, ls="--", label="estimate = truth")
+ax.axhline(0.5, color="k", lw=0.5, ls=":")
+ax.axvline(0.5, color="k", lw=0.5, ls=":")
+ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="share of the planted value by pixels (truth)",
+       ylabel="share estimated from tokens (95 % interval)", title="share estimate vs ground truth")
+ax.legend(fontsize=8, loc="upper left")
+fig.tight_layout()
+for d, im in images.items():
+    plots.image_grid(im[:n_show], ncols=n_show, suptitle=f'neutral prompt "a {d}"')
 
 
 # %% [markdown]
@@ -483,61 +473,41 @@ if not real:
 # the check for reading). Each line says whether the pixel truth lies inside the interval, and gives the paper's δ.
 
 # %%
-lines = [bias.verdict_line(row, b, not_found_width, None if real else row["digit"] == biased_digit[b])
-         for b in bias_types for _, row in deltas[deltas["bias"] == b].iterrows()]
-for (b, d), r in results.items():
-    if r["test_accuracy"] < 0.65:  # two balanced classes: 0.5 is chance
-        lines.append(f"- *{b}, digit {d}: the attribute IEM is close to chance (accuracy {r['test_accuracy']:.2f}), so "
-                     "its TIS says little; the tokens above owe most to the `specificity` filter, a frequency "
-                     "contrast, not to what the IEM learned.*")
+lines = [bias.verdict_line(row, row["bias"], not_found_width, row["digit"] == biased_digit[row["bias"]])
+         for _, row in deltas.iterrows()]
+for (b, d), acc in accuracy.items():
+    if acc < 0.65:  # two balanced classes: 0.5 is chance
+        lines.append(f"- *{b}, digit {d}: the attribute IEM is close to chance (accuracy {acc:.2f}), so its TIS says "
+                     "little; the tokens above owe most to the `specificity` filter, a frequency contrast, not to "
+                     "what the IEM learned.*")
 display(Markdown("\n".join(lines)))
-
-# %% [markdown]
-# ## Real token data (the DALL·E-mini layout)
-#
-# Set `real_data["dir"]` to a folder with one sub-folder per bias type, as the original's data:
-# `train.csv`, `val.csv` (and optionally `test.csv`) with `filename,label,indices` for the
-# attribute-labelled generations (labels 0/1; an optional `class_names.txt` names the two values, one per
-# line), and `neutral.csv` with an `indices` column for the neutral-prompt generations. The ids refer to the
-# codebook of `real_data["vq_config"]` + `["vq_checkpoint"]` (DALL·E-mini decodes with the VQGAN f16-16384: 256-dim codes, a
-# 16×16 grid). Every step above runs unchanged; δ is signed toward the first value (label 0) and the share
-# is that value's; there is no pixel ground truth, the held-out images count as the value their label names
-# (so if the labels are prompts the generator did not always follow, the estimate measures the neutral set's
-# mix of the two prompts' outputs, see "What the labelled images show"), and the error-rate check needs a
-# second labelling, so it does not run.
-#
-# *Not run here:* DALL·E-mini's weights and generations cannot be downloaded on this machine. The tests run
-# this path on synthetic CSVs of exactly this layout with a randomly initialised f16-16384 model, so they
-# check the plumbing, not the finding.
 
 # %% [markdown]
 # ## Exercises
 #
 # The exercises use the first bias type of `bias_types` (colour in the default): `biased_key` is its
-# biased digit's study, `control_key` its control digit's (on real data both are its one study), and
-# `biased_row` the biased study's row of `deltas`.
+# biased digit's study, `control_key` its control digit's, and `biased_row` the biased study's row of
+# `deltas`. A study's neutral counts are `counts[key]["neutral"]`, a pair (A counts, B counts) with A the
+# planted value.
 
 # %%
-biased_key = (bias_types[0], "real" if real else biased_digit[bias_types[0]])
-control_key = (bias_types[0], "real" if real else control_digit)
-rows_0 = deltas[deltas["bias"] == bias_types[0]]
-biased_row = rows_0.iloc[0] if real else rows_0[rows_0["digit"] == biased_key[1]].iloc[0]
+biased_key, control_key = (bias_types[0], biased_digit[bias_types[0]]), (bias_types[0], control_digit)
+biased_row = deltas[(deltas["bias"] == biased_key[0]) & (deltas["digit"] == biased_key[1])].iloc[0]
 
 # %% [markdown] tags=["exercise"]
 # **1.** What number would the original code print as δ for the control study (`control_key`)? Its
 # function works on the half scale [−0.5, 0.5]: (#pairs A > B + ½·#ties − n·m/2) / (n·m). Use the counts in
-# `results[control_key]["counts"]`. Write your answer as `answer_1 = ...` (a number). Does the control
+# `counts[control_key]["neutral"]`. Write your answer as `answer_1 = ...` (a number). Does the control
 # digit, trained at half and half, get δ ≈ 0?
 
 # %% tags=["solution"]
 if solutions:
-    counts_1 = list(next(iter(results[control_key]["counts"].values())).values())
-    answer_1 = bias.cliffs_delta(*counts_1) / 2
+    answer_1 = bias_stats.cliffs_delta(*counts[control_key]["neutral"]) / 2
 
 
 # %% tags=["exercise-check"]
 def check_1(answer):
-    a, b = (np.asarray(c, dtype=float) for c in next(iter(results[control_key]["counts"].values())).values())
+    a, b = (np.asarray(c, dtype=float) for c in counts[control_key]["neutral"])
     diff = a[:, None] - b[None, :]  # every pair, the original's double loop at once
     truth = ((diff > 0).sum() + 0.5 * (diff == 0).sum() - diff.size / 2) / diff.size
     assert abs(float(answer) - truth) < 1e-9, "not the original's half-scale δ of the control's counts"
@@ -549,21 +519,20 @@ exercise("1", globals(), check=check_1, hint="the standard δ of the same counts
 # %% [markdown] tags=["exercise"]
 # **2.** The simplest rule there is: in what share of the biased study's neutral images (`biased_key`) do
 # the planted value's tokens **strictly outnumber** the other value's? (Planted value first in
-# `results[biased_key]["counts"]`; its ids are in `results[biased_key]["tokens"]`.) Write your answer as
+# `counts[biased_key]["neutral"]`; the ids are in `ids[biased_key]`, by label.) Write your answer as
 # `answer_2 = ...` (a number in [0, 1]). Compare it with the corrected `share` in `deltas`: why do they differ?
 
 # %% tags=["solution"]
 if solutions:
-    a_2, b_2 = next(iter(results[biased_key]["counts"].values())).values()
+    a_2, b_2 = counts[biased_key]["neutral"]
     answer_2 = float((a_2 > b_2).mean())
 
 
 # %% tags=["exercise-check"]
 def check_2(answer):
-    ds, tokens = studies[biased_key], next(iter(neutral_sets[biased_key].values()))
-    ids_a, ids_b = (results[biased_key]["tokens"][ds.class_names[c]] for c in (planted_label[biased_key],
-                                                                                1 - planted_label[biased_key]))
-    flat = tokens.reshape(len(tokens), -1)  # recount from the raw token grids
+    label_a = planted_label[biased_key]
+    ids_a, ids_b = ids[biased_key][label_a], ids[biased_key][1 - label_a]
+    flat = neutral_of[biased_key].reshape(len(neutral_of[biased_key]), -1)  # recount from the raw token grids
     truth = float((np.isin(flat, ids_a).sum(1) > np.isin(flat, ids_b).sum(1)).mean())
     assert abs(float(answer) - truth) < 1e-9, "not the share of neutral images with more A tokens than B tokens"
     return True
@@ -574,12 +543,12 @@ exercise("2", globals(), check=check_2, hint="compare the two count arrays image
 # %% [markdown] tags=["exercise"]
 # **3.** Suppose the token rule never called a B image A (specificity 1.0). What would the Rogan–Gladen
 # share of the biased study be, with its measured `q` and `sens` (in `biased_row`)?
-# Write your answer as `answer_3 = ...` (a number in [0, 1]; `bias.rogan_gladen` with `min_youden=0` helps).
-# Is it above or below the reported `share`, and why?
+# Write your answer as `answer_3 = ...` (a number in [0, 1]; `bias_stats.rogan_gladen` with `min_youden=0`
+# helps). Is it above or below the reported `share`, and why?
 
 # %% tags=["solution"]
 if solutions:
-    answer_3 = bias.rogan_gladen(biased_row["q"], biased_row["sens"], 1.0, min_youden=0.0)
+    answer_3 = bias_stats.rogan_gladen(biased_row["q"], biased_row["sens"], 1.0, min_youden=0.0)
 
 
 # %% tags=["exercise-check"]

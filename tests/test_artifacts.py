@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from cortex_utils import artifacts
+from cortex_utils import artifacts, checkpoints
 
 
 def test_record_metrics_merges_flat_values(tmp_path):
@@ -31,14 +31,32 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
 
 def test_weights_card_and_plain_state_dict(tmp_path):
     sd = {"w": torch.arange(4.0)}
-    p = artifacts.save_weights(sd, tmp_path / "m.safetensors", card={"seed": 1})
-    assert artifacts.read_card(p) == {"seed": 1}
-    assert torch.equal(artifacts.load_state_dict(p)["w"], sd["w"])
+    p = checkpoints.save_weights(sd, tmp_path / "m.safetensors", card={"seed": 1})
+    assert checkpoints.read_card(p) == {"seed": 1}
+    assert torch.equal(checkpoints.load_state_dict(p)["w"], sd["w"])
     torch.save(sd, tmp_path / "plain.pt")
-    assert torch.equal(artifacts.load_state_dict(tmp_path / "plain.pt")["w"], sd["w"])
+    assert torch.equal(checkpoints.load_state_dict(tmp_path / "plain.pt")["w"], sd["w"])
     torch.save({"not": "weights"}, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):
-        artifacts.load_state_dict(tmp_path / "odd.pt")
+        checkpoints.load_state_dict(tmp_path / "odd.pt")
     (tmp_path / "m.json").unlink()
     with pytest.raises(FileNotFoundError, match="card"):
-        artifacts.read_card(p)
+        checkpoints.read_card(p)
+
+
+def test_loading_an_iem_imports_no_model_library(tmp_path):
+    """``checkpoints`` is a leaf: saving and loading an IEM (and the checkpoint helpers themselves) imports
+    neither taming, pytorch_lightning nor vector_quantize_pytorch (a fresh interpreter: this test session has
+    imported them elsewhere)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cortex_utils import checkpoints, iem\n"
+        f"p = iem.save_iem(iem.build_iem(1, 4, (4, 4), 2, width=8), {str(tmp_path / 'i.safetensors')!r}, card={{}})\n"
+        "iem.load_iem(p, expect={'in_channels': 4})\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'taming', 'pytorch_lightning', 'lightning', "
+        "'vector_quantize_pytorch'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cortex_utils import bias
+from cortex_utils import bias, bias_stats, planted_bias
 
 
 def standard_delta(a, b):
@@ -25,43 +25,44 @@ def test_cliffs_delta_is_the_standard_delta_and_twice_the_originals(seed):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 6, rng.integers(1, 60))  # small integers: many ties, like token counts
     b = rng.integers(0, 8, rng.integers(1, 60))
-    assert bias.cliffs_delta(a, b) == pytest.approx(standard_delta(a, b), abs=1e-12)
-    assert bias.cliffs_delta(a, b) / 2 == pytest.approx(original_delta(a, b), abs=1e-12)
+    assert bias_stats.cliffs_delta(a, b) == pytest.approx(standard_delta(a, b), abs=1e-12)
+    assert bias_stats.cliffs_delta(a, b) / 2 == pytest.approx(original_delta(a, b), abs=1e-12)
     x, y = rng.normal(size=37), rng.normal(0.5, size=23)
-    assert bias.cliffs_delta(x, y) == pytest.approx(standard_delta(x, y), abs=1e-12)
-    assert bias.cliffs_delta(x, y) / 2 == pytest.approx(original_delta(x, y), abs=1e-12)
+    assert bias_stats.cliffs_delta(x, y) == pytest.approx(standard_delta(x, y), abs=1e-12)
+    assert bias_stats.cliffs_delta(x, y) / 2 == pytest.approx(original_delta(x, y), abs=1e-12)
 
 
 def test_the_originals_delta_is_half_scale():
     # every x above every y: the standard δ is 1, the original's function returns 0.5
-    assert bias.cliffs_delta([5, 6, 7], [1, 2]) == 1.0
+    assert bias_stats.cliffs_delta([5, 6, 7], [1, 2]) == 1.0
     assert original_delta([5, 6, 7], [1, 2]) == 0.5
     tokens = np.array([[[1, 1], [1, 1]], [[2, 2], [2, 2]], [[1, 1], [1, 1]]])
-    r = bias.bias_delta(tokens, [1], [2], n_boot=10)
-    assert r["delta"] == pytest.approx(2 * original_delta(r["counts_a"], r["counts_b"]))
-    assert r["delta_paper_half_scale"] == pytest.approx(original_delta(r["counts_a"], r["counts_b"]))
+    a, b = bias.token_counts(tokens, [1]), bias.token_counts(tokens, [2])
+    r = bias_stats.count_delta(a, b, n_boot=10)
+    assert r["delta"] == pytest.approx(2 * original_delta(a, b))
+    assert r["delta_paper_half_scale"] == pytest.approx(original_delta(a, b))
 
 
 def test_cliffs_delta_extremes_and_antisymmetry():
-    assert bias.cliffs_delta([5, 6, 7], [1, 2]) == 1.0
-    assert bias.cliffs_delta([1, 2], [5, 6, 7]) == -1.0
-    assert bias.cliffs_delta([3, 3], [3, 3, 3]) == 0.0
+    assert bias_stats.cliffs_delta([5, 6, 7], [1, 2]) == 1.0
+    assert bias_stats.cliffs_delta([1, 2], [5, 6, 7]) == -1.0
+    assert bias_stats.cliffs_delta([3, 3], [3, 3, 3]) == 0.0
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 5, 40), rng.integers(0, 5, 30)
-    assert bias.cliffs_delta(a, b) == pytest.approx(-bias.cliffs_delta(b, a))
+    assert bias_stats.cliffs_delta(a, b) == pytest.approx(-bias_stats.cliffs_delta(b, a))
 
 
 def test_cliffs_delta_bad_input():
     with pytest.raises(ValueError, match="non-empty"):
-        bias.cliffs_delta([], [1, 2])
+        bias_stats.cliffs_delta([], [1, 2])
     with pytest.raises(ValueError, match="NaN"):
-        bias.cliffs_delta([1.0, np.nan], [1, 2])
+        bias_stats.cliffs_delta([1.0, np.nan], [1, 2])
 
 
 def test_bootstrap_interval_contains_delta_and_shrinks_with_n():
     rng = np.random.default_rng(1)
-    small = bias.bootstrap_delta(rng.poisson(3, 40), rng.poisson(2, 40), n_boot=300)
-    large = bias.bootstrap_delta(rng.poisson(3, 1000), rng.poisson(2, 1000), n_boot=300)
+    small = bias_stats.bootstrap_delta(rng.poisson(3, 40), rng.poisson(2, 40), n_boot=300)
+    large = bias_stats.bootstrap_delta(rng.poisson(3, 1000), rng.poisson(2, 1000), n_boot=300)
     for d, lo, hi in (small, large):
         assert lo <= d <= hi
     assert (large[2] - large[1]) < (small[2] - small[1])
@@ -82,17 +83,17 @@ def _gray_digits(n_per_class=60, seed=0):
 
 
 def test_prompt_ids_and_unknown_attribute():
-    assert bias.prompt_id(3) == 3 and bias.prompt_id(3, "red") == 13 and bias.prompt_id(0, "thin") == 40
-    np.testing.assert_array_equal(bias.prompt_id(np.arange(3), "green"), [20, 21, 22])
+    assert planted_bias.prompt_id(3) == 3 and planted_bias.prompt_id(3, "red") == 13 and planted_bias.prompt_id(0, "thin") == 40
+    np.testing.assert_array_equal(planted_bias.prompt_id(np.arange(3), "green"), [20, 21, 22])
     with pytest.raises(ValueError, match="unknown attribute value 'blue'"):
-        bias.prompt_id(1, "blue")
+        planted_bias.prompt_id(1, "blue")
 
 
 def test_thickness_classes_split_each_digit_in_thirds_by_ink():
     gray, labels, widths = _gray_digits()
-    t = bias.thickness_classes(gray, labels)
+    t = planted_bias.thickness_classes(gray, labels)
     assert set(np.unique(t)) == {-1, 0, 1}
-    assert (bias.thickness_classes(gray, labels, 0.25) != 0).sum() < (t != 0).sum()
+    assert (planted_bias.thickness_classes(gray, labels, 0.25) != 0).sum() < (t != 0).sum()
     for d in range(10):
         rows = labels == d
         assert widths[rows & (t == 1)].min() > widths[rows & (t == -1)].max()
@@ -100,10 +101,10 @@ def test_thickness_classes_split_each_digit_in_thirds_by_ink():
 
 def test_planted_bias_data_has_the_planted_shares():
     gray, labels, _ = _gray_digits(n_per_class=100)
-    out = bias.planted_bias_data(gray, labels, skew=0.9, colour_digit=3, thickness_digit=5, per_image=20, seed=1)
+    out = planted_bias.planted_bias_data(gray, labels, skew=0.9, colour_digit=3, thickness_digit=5, per_image=20, seed=1)
     t = out["table"]
     assert len(out["images"]) == len(t) == len(out["prompts"]) == 20 * len(labels)
-    np.testing.assert_array_equal(out["prompts"], t["digit"] + 10 * t["slot"].map(bias.PROMPT_SLOTS.index))
+    np.testing.assert_array_equal(out["prompts"], t["digit"] + 10 * t["slot"].map(planted_bias.PROMPT_SLOTS.index))
     assert abs((t["slot"] == "neutral").mean() - 0.4) < 0.02
     neutral = t[t["slot"] == "neutral"]
     share = neutral.groupby("digit")[["red"]].mean()["red"]
@@ -113,7 +114,7 @@ def test_planted_bias_data_has_the_planted_shares():
     assert (t.loc[t["slot"] == "red", "red"]).all() and not (t.loc[t["slot"] == "green", "red"]).any()
     assert (t.loc[t["slot"] == "thick", "thick"] == 1).all() and (t.loc[t["slot"] == "thin", "thick"] == -1).all()
     # the pixels say what the table says
-    m = bias.measured_attributes(out["images"], t["digit"].to_numpy(), bias.ink_thresholds(gray, labels))
+    m = planted_bias.measured_attributes(out["images"], t["digit"].to_numpy(), planted_bias.ink_thresholds(gray, labels))
     np.testing.assert_array_equal(m["red"].to_numpy(), t["red"].to_numpy())
     sure = t["thick"] != 0
     assert (m["thick"][sure].to_numpy() == (t["thick"][sure] == 1).to_numpy()).mean() > 0.95
@@ -122,15 +123,15 @@ def test_planted_bias_data_has_the_planted_shares():
 def test_planted_bias_data_bad_settings():
     gray, labels, _ = _gray_digits(10)
     with pytest.raises(ValueError, match="skew"):
-        bias.planted_bias_data(gray, labels, skew=1.5)
+        planted_bias.planted_bias_data(gray, labels, skew=1.5)
     with pytest.raises(ValueError, match="different digits"):
-        bias.planted_bias_data(gray, labels, colour_digit=4, thickness_digit=4)
+        planted_bias.planted_bias_data(gray, labels, colour_digit=4, thickness_digit=4)
     with pytest.raises(ValueError, match="planted values"):
-        bias.planted_bias_data(gray, labels, planted={"colour": "blue"})
+        planted_bias.planted_bias_data(gray, labels, planted={"colour": "blue"})
     with pytest.raises(ValueError, match="neutral_share"):
-        bias.planted_bias_data(gray, labels, neutral_share=1.0)
+        planted_bias.planted_bias_data(gray, labels, neutral_share=1.0)
     with pytest.raises(ValueError, match="thickness fraction"):
-        bias.planted_bias_data(gray, labels, thick_fraction=0.6)
+        planted_bias.planted_bias_data(gray, labels, thick_fraction=0.6)
 
 
 def test_ink_ignores_the_colour():
@@ -139,8 +140,8 @@ def test_ink_ignores_the_colour():
     gray, _, _ = _gray_digits(3)
     red = colourize(gray, np.tile([[230, 40, 40]], (len(gray), 1)))
     green = colourize(gray, np.tile([[40, 200, 60]], (len(gray), 1)))
-    np.testing.assert_allclose(bias.ink(red), bias.ink(green), atol=1e-6)
-    np.testing.assert_allclose(bias.ink(red), bias.ink(gray), atol=1e-6)
+    np.testing.assert_allclose(planted_bias.ink(red), planted_bias.ink(green), atol=1e-6)
+    np.testing.assert_allclose(planted_bias.ink(red), planted_bias.ink(gray), atol=1e-6)
 
 
 def test_token_counts_and_the_papers_delta_value():
@@ -149,13 +150,13 @@ def test_token_counts_and_the_papers_delta_value():
     rng = np.random.default_rng(0)
     is_a = rng.random(200) < 0.85
     lean_a = np.where(is_a[:, None, None], 1, 2) * np.ones((200, 4, 4), int)
-    r = bias.bias_delta(lean_a, [1], [2], n_boot=200)
+    r = bias_stats.count_delta(bias.token_counts(lean_a, [1]), bias.token_counts(lean_a, [2]), n_boot=200)
     # A images hold (16, 0), B images (0, 16): δ = P(a > b) - P(a < b) = p² - (1 - p)² = 2p - 1
     p = is_a.mean()
     assert r["delta"] == pytest.approx(p ** 2 - (1 - p) ** 2)
     assert r["low"] <= r["delta"] <= r["high"]
     with pytest.raises(ValueError, match="no neutral generations"):
-        bias.bias_delta(np.zeros((0, 4, 4), int), [1], [2])
+        bias_stats.count_delta(np.zeros(0, int), np.zeros(0, int))
 
 
 # --- the share estimate ----------------------------------------------------------------------------
@@ -163,23 +164,23 @@ def test_token_counts_and_the_papers_delta_value():
 def test_rogan_gladen_by_hand():
     # q = 0.6 of the neutral images classified A by a rule of sensitivity 0.9 and specificity 0.8:
     # p = (0.6 + 0.8 - 1) / (0.9 + 0.8 - 1) = 0.4 / 0.7
-    assert bias.rogan_gladen(0.6, 0.9, 0.8) == pytest.approx(4 / 7)
-    assert bias.rogan_gladen(0.1, 0.9, 0.8) == 0.0  # below the rule's false-positive rate: clipped
-    assert bias.rogan_gladen(0.95, 0.9, 0.8) == 1.0
-    assert np.isnan(bias.rogan_gladen(0.6, 0.55, 0.5))  # J = 0.05: the rule cannot separate the values
+    assert bias_stats.rogan_gladen(0.6, 0.9, 0.8) == pytest.approx(4 / 7)
+    assert bias_stats.rogan_gladen(0.1, 0.9, 0.8) == 0.0  # below the rule's false-positive rate: clipped
+    assert bias_stats.rogan_gladen(0.95, 0.9, 0.8) == 1.0
+    assert np.isnan(bias_stats.rogan_gladen(0.6, 0.55, 0.5))  # J = 0.05: the rule cannot separate the values
 
 
 def test_share_estimate_by_hand_with_ties_counted_half():
     # fit: A images score +3, B images -3: every threshold between gives J = 1; the middle one is t = 0
     fit = (np.r_[np.full(10, 3), np.zeros(10)], np.r_[np.zeros(10), np.full(10, 3)], np.repeat([True, False], 10))
-    assert bias.fit_threshold(*fit) == 0.0
+    assert bias_stats.fit_threshold(*fit) == 0.0
     # held out: 8 of 10 A images score +3 (sens 0.8), 1 of 10 B images does (spec 0.9)
     cal_a = np.r_[np.full(8, 3), np.zeros(2), np.full(1, 3), np.zeros(9)]
     cal_b = np.r_[np.zeros(8), np.full(2, 3), np.zeros(1), np.full(9, 3)]
     cal = (cal_a, cal_b, np.repeat([True, False], 10))
     # neutral: 5 images score +3, 2 score exactly 0 (one token of each: a tie, counted half), 3 score -3
     neutral = (np.r_[np.full(5, 3), [1, 1], np.zeros(3)], np.r_[np.zeros(5), [1, 1], np.full(3, 3)])
-    r = bias.bias_share(neutral, fit, cal, n_boot=200)
+    r = bias_stats.bias_share(neutral, fit, cal, n_boot=200)
     assert r["threshold"] == 0.0
     assert r["q"] == pytest.approx(0.6) and r["sens"] == pytest.approx(0.8) and r["spec"] == pytest.approx(0.9)
     assert r["share"] == pytest.approx((0.6 + 0.9 - 1) / (0.8 + 0.9 - 1))
@@ -193,11 +194,11 @@ def test_share_estimate_is_inconclusive_when_the_rule_cannot_separate():
         return rng.poisson(1.0, n), rng.poisson(1.0, n)
 
     y = np.repeat([True, False], 300)
-    r = bias.bias_share(same(300), (*same(600), y), (*same(200), np.repeat([True, False], 100)), n_boot=200)
+    r = bias_stats.bias_share(same(300), (*same(600), y), (*same(200), np.repeat([True, False], 100)), n_boot=200)
     assert r["inconclusive"] and np.isnan(r["share"]) and (r["low"], r["high"]) == (0.0, 1.0)
-    assert bias.share_verdict(r["low"], r["high"]) == "inconclusive"
-    assert bias.share_verdict(0.55, 0.7) == "found" and bias.share_verdict(0.2, 0.45) == "found"
-    assert bias.share_verdict(0.42, 0.6) == "not found" and bias.share_verdict(0.3, 0.7) == "inconclusive"
+    assert bias_stats.share_verdict(r["low"], r["high"]) == "inconclusive"
+    assert bias_stats.share_verdict(0.55, 0.7) == "found" and bias_stats.share_verdict(0.2, 0.45) == "found"
+    assert bias_stats.share_verdict(0.42, 0.6) == "not found" and bias_stats.share_verdict(0.3, 0.7) == "inconclusive"
 
 
 def _draw(rng, is_a, own, cross, spread=None):
@@ -220,7 +221,7 @@ def _studies(p, own, cross, spread=None, leak=0.0, n=20, seed=0):
             y = np.repeat([True, False], m)
             return (*_draw(rng, y | (rng.random(2 * m) < leak), own, cross, spread), y)
 
-        r = bias.bias_share(neutral, labelled(300), labelled(100), n_boot=200, seed=i)
+        r = bias_stats.bias_share(neutral, labelled(300), labelled(100), n_boot=200, seed=i)
         out.append((r["low"], r["high"], r["share"]))
     return np.array(out)
 
@@ -243,7 +244,7 @@ def test_share_is_not_fooled_by_uneven_token_sets():
         assert abs(np.mean(r[:, 2]) - p) < 0.03, p
     rng = np.random.default_rng(0)
     a, b = _draw(rng, rng.random(300) < 0.5, (6.0, 1.0), (0.5, 0.1), spread=2)
-    assert bias.cliffs_delta(a, b) > 0.3  # what the paper's δ says about the same kind of set
+    assert bias_stats.cliffs_delta(a, b) > 0.3  # what the paper's δ says about the same kind of set
 
 
 def test_share_with_a_leaking_reference_estimates_the_mixture_weight():
@@ -274,7 +275,7 @@ def test_share_with_a_leaking_reference_labelled_by_what_it_shows_holds_the_true
 
         (fa, fb, _), fit_prompt = labelled(300)
         cal, cal_prompt = labelled(100)
-        r = bias.bias_share(neutral, (fa, fb, fit_prompt), cal, n_boot=200, seed=i, calibration_prompts=cal_prompt)
+        r = bias_stats.bias_share(neutral, (fa, fb, fit_prompt), cal, n_boot=200, seed=i, calibration_prompts=cal_prompt)
         covered += r["low"] <= 0.7 <= r["high"]
         flagged += r["check_p"] < 0.05
     assert covered >= 16 and flagged <= 3
@@ -285,7 +286,7 @@ def test_error_rate_check_by_hand_and_on_a_graded_attribute():
     # among the A-prompted is 2 - 2 * 0.5 = 1; of the 6 ways to pick 2 of the 4 as "prompted A", 2 give an
     # excess of +-1 or more: p = 1/3. The other value was drawn under one prompt only and adds nothing.
     calls, shows, prompts = np.r_[1, 1, 0, 0, 0, 1], np.r_[True, True, True, True, False, False], np.r_[1, 1, 0, 0, 0, 0]
-    r = bias.error_rate_check(calls, shows, prompts.astype(bool), n_perm=20000)
+    r = bias_stats.error_rate_check(calls, shows, prompts.astype(bool), n_perm=20000)
     assert r["p"] == pytest.approx(1 / 3, abs=0.015)
     assert r["rates"]["A"] == (1.0, 0.0, 4) and np.isnan(r["rates"]["B"][0])
     # a matter of degree: counts follow a latent L (N(+-1, 1) under the two prompts), the value is L > 0; the
@@ -294,14 +295,14 @@ def test_error_rate_check_by_hand_and_on_a_graded_attribute():
     prompt = np.repeat([True, False], 400)
     latent = rng.normal(np.where(prompt, 1.0, -1.0), 1.0)
     a, b = rng.poisson(0.3 + 3 / (1 + np.exp(-2 * latent))), rng.poisson(0.3 + 3 / (1 + np.exp(2 * latent)))
-    graded = bias.error_rate_check(bias.rule_calls(a, b, 0.0), latent > 0, prompt)
+    graded = bias_stats.error_rate_check(bias_stats.rule_calls(a, b, 0.0), latent > 0, prompt)
     assert graded["p"] < 0.01
     # the same images with counts that depend on the side of 0 only: no difference to find
     side = latent > 0
     a, b = rng.poisson(np.where(side, 2.5, 0.8)), rng.poisson(np.where(side, 0.8, 2.5))
-    assert bias.error_rate_check(bias.rule_calls(a, b, 0.0), side, prompt)["p"] > 0.05
+    assert bias_stats.error_rate_check(bias_stats.rule_calls(a, b, 0.0), side, prompt)["p"] > 0.05
     with pytest.raises(ValueError, match="one call, one value and one prompt per image"):
-        bias.error_rate_check(calls[:3], shows, prompts)
+        bias_stats.error_rate_check(calls[:3], shows, prompts)
 
 
 def test_share_bootstrap_reselects_the_tokens():
@@ -319,8 +320,8 @@ def test_share_bootstrap_reselects_the_tokens():
         scale = 1 if keep else 0
         return (neutral[0] * scale, neutral[1] * scale), (fit_a * scale, fit_b * scale, fit_y), None
 
-    plain = bias.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100)
-    r = bias.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100, recount=recount)
+    plain = bias_stats.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100)
+    r = bias_stats.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100, recount=recount)
     assert len(calls) == 100 and all(len(c) == 100 for c in calls)
     assert r["share"] == plain["share"]
     assert 0 < r["informative"] < 1 and plain["informative"] == 1
@@ -342,14 +343,14 @@ def test_unequal_token_sets_give_the_exact_share():
 
     ref = np.repeat([0, 1], 50)
     half = np.repeat([0, 1], 100)
-    assert bias.bias_delta(grids(half), [1], [2], n_boot=20)["delta"] == pytest.approx(0.25)
-    r = bias.bias_share(counts(half), (*counts(ref), ref == 0), n_boot=50)
+    assert bias_stats.count_delta(*counts(half), n_boot=20)["delta"] == pytest.approx(0.25)
+    r = bias_stats.bias_share(counts(half), (*counts(ref), ref == 0), n_boot=50)
     assert r["share"] == pytest.approx(0.5) and r["sens"] == 1 and r["spec"] == 1
-    r = bias.bias_share(counts(np.repeat([0, 1], [170, 30])), (*counts(ref), ref == 0), n_boot=50)
+    r = bias_stats.bias_share(counts(np.repeat([0, 1], [170, 30])), (*counts(ref), ref == 0), n_boot=50)
     assert r["share"] == pytest.approx(0.85)
 
 
-def test_attribute_tokens_keep_only_ids_specific_to_their_value():
+def test_specific_tokens_keep_only_ids_specific_to_their_value():
     import pandas as pd
 
     table = pd.DataFrame({"top_n": 5, "label": [0, 0, 0, 1, 1, 1, -1], "rank": [1, 2, 3, 1, 2, 3, 1],
@@ -357,14 +358,14 @@ def test_attribute_tokens_keep_only_ids_specific_to_their_value():
     # id 7 is everywhere; 1, 2 only in value 0's grids; 3, 4 only in value 1's
     tokens = np.array([[7, 1, 2], [7, 1, 2], [7, 3, 4], [7, 3, 4]]).reshape(4, 1, 3)
     labels = np.array([0, 0, 1, 1])
-    ids = bias.attribute_tokens(table, 5, 2, tokens, labels, specificity=2.0)
+    ids = bias.specific_tokens(table, 5, 2, tokens, labels, specificity=2.0)
     np.testing.assert_array_equal(ids[0], [1, 2])
     np.testing.assert_array_equal(ids[1], [3, 4])
-    np.testing.assert_array_equal(bias.attribute_tokens(table, 5, 2, specificity=0)[0], [7, 1])
+    np.testing.assert_array_equal(bias.specific_tokens(table, 5, 2, specificity=0)[0], [7, 1])
     with pytest.raises(ValueError, match="needs the training grids"):
-        bias.attribute_tokens(table, 5, 2)
+        bias.specific_tokens(table, 5, 2)
     with pytest.raises(ValueError, match="two attribute values"):
-        bias.attribute_tokens(table[table["label"] != 1], 5, 2, specificity=0)
+        bias.specific_tokens(table[table["label"] != 1], 5, 2, specificity=0)
 
 
 def _marked_grids(labels, rng, marks=(1, 2), n_marks=4):
@@ -376,8 +377,10 @@ def _marked_grids(labels, rng, marks=(1, 2), n_marks=4):
     return grids
 
 
-def test_attribute_study_finds_a_planted_lean_and_not_a_balanced_one(tmp_path, one_thread, monkeypatch):
-    import cortex_utils
+def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, one_thread, monkeypatch):
+    """Attribute IEM -> TIS of its training images -> attribute tokens -> counts -> δ and share, each step
+    one call, on grids whose truth is known: every image holds 4 marks of its value's id and none of the
+    other's."""
     from cortex_utils import datasets as tokds
 
     rng = np.random.default_rng(0)
@@ -389,29 +392,37 @@ def test_attribute_study_finds_a_planted_lean_and_not_a_balanced_one(tmp_path, o
     ds = tokds.save_token_dataset(tmp_path / "ds", splits, ["a", "b"], meta, source="synthetic")
     codebook = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
     leaning_labels = (rng.random(300) > 0.85).astype(int)  # 85 % "a"
-    leaning = _marked_grids(leaning_labels, rng)
-    balanced = _marked_grids(np.repeat([0, 1], 150), rng)
+    neutral = {"leaning": _marked_grids(leaning_labels, rng), "balanced": _marked_grids(np.repeat([0, 1], 150), rng)}
     training = {"arch": 1, "width": 16, "epochs": 15, "lr": 5e-3, "batch_size": 32, "seed": 0}
     model, info = bias.attribute_iem(ds, codebook, "synthetic", training, out_dir=tmp_path / "iem")
     assert info["trained"] and info["path"] == tmp_path / "iem" / "attribute_iem_synthetic.safetensors"
-    r = bias.attribute_study(ds, codebook, {"leaning": leaning, "balanced": balanced}, 0, model, nsamples=4, top_n=3,
-                             token_num=1, n_boot=200)
-    assert r["test_accuracy"] > 0.9
-    assert list(r["tokens"]["a"]) == [1] and list(r["tokens"]["b"]) == [2]
-    d = r["deltas"].set_index("neutral set")
-    # every image holds 4 marks of its own value and none of the other's: the paper's δ is 2p - 1, and the
-    # rule separates the values perfectly, so the share estimate is the share itself
+    accuracy, split = bias.iem_accuracy(model, ds, codebook)
+    assert accuracy > 0.9 and split == "val"
+    tis = bias.attribute_tis(model, ds, codebook, nsamples=4, out=tmp_path / "tis.npy")
+    assert tis.shape == (200, 8, 8) and np.array_equal(np.load(tmp_path / "tis.npy"), tis)
+    _, ids = bias.select_attribute_tokens(ds, tis, top_n=3, token_num=1)
+    assert list(ids[0]) == [1] and list(ids[1]) == [2]
     p = float((leaning_labels == 0).mean())
-    assert d.loc["leaning", "delta"] == pytest.approx(p ** 2 - (1 - p) ** 2)
-    assert d.loc["leaning", "delta_paper_half_scale"] == pytest.approx(d.loc["leaning", "delta"] / 2)
-    assert d.loc["balanced", "delta"] == pytest.approx(0.0)
-    assert d.loc["leaning", "share"] == pytest.approx(p) and d.loc["balanced", "share"] == pytest.approx(0.5)
-    assert d.loc["leaning", "share_low"] <= p <= d.loc["leaning", "share_high"]
-    assert d.loc["balanced", "share_low"] <= 0.5 <= d.loc["balanced", "share_high"]
-    assert d.loc["leaning", "share_low"] > 0.5  # found
-    assert set(r["counts"]["leaning"]) == {"a", "b"}
+    for name, share in (("leaning", p), ("balanced", 0.5)):
+        counts = bias.study_counts(ds, ids, neutral[name], planted=0)
+        assert counts["n_tokens"] == (1, 1) and counts["calibration_prompts"] is None
+        recount = bias.recount_on(ds, tis, neutral[name], 0, top_n=3, token_num=1)
+        # on every training row the re-selection finds the same tokens, so the same counts
+        for got, want in zip(recount(np.arange(200)), (counts["neutral"], counts["fit"], counts["calibration"]),
+                             strict=True):
+            assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+        r = bias.estimate_bias(counts, n_boot=200, recount=recount)
+        # the paper's δ is 2p - 1 (p² - (1 - p)²), and the rule separates the values perfectly, so the share
+        # estimate is the share itself
+        assert r["delta"] == pytest.approx(share ** 2 - (1 - share) ** 2)
+        assert r["delta_paper_half_scale"] == pytest.approx(r["delta"] / 2)
+        assert r["share"] == pytest.approx(share) and r["share_low"] <= share <= r["share_high"]
+        assert r["images"] == 300 and (r["tokens_a"], r["tokens_b"]) == (1, 1)
+    assert r["share_high"] - r["share_low"] < 0.25  # balanced: "not found" is within reach
+    leaning = bias.estimate_bias(bias.study_counts(ds, ids, neutral["leaning"], planted=0), n_boot=200)
+    assert leaning["share_low"] > 0.5  # found
     # shipped: the saved IEM is loaded, not trained again, for exactly these data and settings
-    monkeypatch.setattr(cortex_utils, "SHIPPED_CHECKPOINTS", tmp_path / "iem")
+    monkeypatch.setattr(bias, "SHIPPED_CHECKPOINTS", tmp_path / "iem")
     again, info = bias.attribute_iem(ds, codebook, "synthetic", training)
     assert not info["trained"] and "this exact train split" in info["why"]
     x = torch.randn(3, 8, 8, 8)
@@ -420,7 +431,7 @@ def test_attribute_study_finds_a_planted_lean_and_not_a_balanced_one(tmp_path, o
     assert info["trained"] and "other settings: epochs 15 (here 14)" in info["why"]
 
 
-def test_attribute_study_bad_input(tmp_path):
+def test_the_study_steps_refuse_bad_input(tmp_path):
     from cortex_utils import datasets as tokds
 
     rng = np.random.default_rng(0)
@@ -428,67 +439,52 @@ def test_attribute_study_bad_input(tmp_path):
     y = np.zeros(10, int)
     three = tokds.save_token_dataset(tmp_path / "three", {"train": (_marked_grids(y, rng), np.arange(10) % 3)},
                                      ["a", "b", "c"], meta, source="synthetic")
-    codebook = torch.randn(16, 8)
+    codebook, ids, grids = torch.randn(16, 8), {0: np.array([1]), 1: np.array([2])}, _marked_grids(y, rng)
     with pytest.raises(ValueError, match="two attribute values"):
-        bias.attribute_study(three, codebook, {"n": _marked_grids(y, rng)}, planted=0, model=None)
+        bias.study_counts(three, ids, grids, planted=0)
+    with pytest.raises(ValueError, match="two attribute values"):
+        bias.select_attribute_tokens(three, np.zeros((10, 8, 8)))
     with pytest.raises(ValueError, match="two attribute values"):
         bias.attribute_iem(three, codebook, "three", {"arch": 1, "width": 8, "epochs": 1, "lr": 1e-3, "batch_size": 8,
                                                       "seed": 0})
-    two = tokds.save_token_dataset(tmp_path / "two", {"train": (_marked_grids(y, rng), y % 2 + (np.arange(10) % 2)),
+    labels = y % 2 + (np.arange(10) % 2)
+    train_only = tokds.save_token_dataset(tmp_path / "train_only", {"train": (_marked_grids(y, rng), labels)},
+                                          ["a", "b"], meta, source="s")
+    with pytest.raises(ValueError, match="needs a val or test split"):
+        bias.study_counts(train_only, ids, grids, planted=0)
+    two = tokds.save_token_dataset(tmp_path / "two", {"train": (_marked_grids(y, rng), labels),
                                                       "val": (_marked_grids(y, rng), y)}, ["a", "b"], meta, source="s")
+    with pytest.raises(ValueError, match="one TIS map per training image: 10 images, 9 maps"):
+        bias.select_attribute_tokens(two, np.zeros((9, 8, 8)))
     with pytest.raises(ValueError, match="empty neutral set"):
-        bias.attribute_study(two, codebook, {"n": np.zeros((0, 8, 8), int)}, planted=0, model=None)
+        bias.study_counts(two, ids, np.zeros((0, 8, 8), int), planted=0)
     with pytest.raises(ValueError, match="planted"):
-        bias.attribute_study(two, codebook, {"n": _marked_grids(y, rng)}, planted=2, model=None)
-    grids = {"n": _marked_grids(y, rng)}
+        bias.study_counts(two, ids, grids, planted=2)
     with pytest.raises(ValueError, match=r"held_truth must give every held-out split \['val'\]"):
-        bias.attribute_study(two, codebook, grids, planted=0, model=None, held_truth={"test": np.ones(10, bool)})
+        bias.study_counts(two, ids, grids, planted=0, held_truth={"test": np.ones(10, bool)})
     with pytest.raises(ValueError, match="one value per held-out image"):
-        bias.attribute_study(two, codebook, grids, planted=0, model=None, held_truth={"val": np.r_[True, False]})
+        bias.study_counts(two, ids, grids, planted=0, held_truth={"val": np.r_[True, False]})
     with pytest.raises(ValueError, match="must show both values"):
-        bias.attribute_study(two, codebook, grids, planted=0, model=None, held_truth={"val": np.ones(10, bool)})
+        bias.study_counts(two, ids, grids, planted=0, held_truth={"val": np.ones(10, bool)})
+    shown = bias.study_counts(two, ids, grids, planted=0, held_truth={"val": np.arange(10) < 3})
+    assert shown["calibration"][2].sum() == 3 and (shown["calibration_prompts"] == (y == 0)).all()
 
 
 # --- the real DALL·E-mini layout --------------------------------------------------------------------
 
-def _write_csv(path, tokens, labels=None):
-    import pandas as pd
-
-    rows = {"filename": [f"img_{i}.png" for i in range(len(tokens))]}
-    if labels is not None:
-        rows["label"] = labels
-    rows["indices"] = ["[" + ", ".join(map(str, t.ravel().tolist())) + "]" for t in tokens]
-    pd.DataFrame(rows).to_csv(path, index=False)
-
-
-def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thickness"), n_train=40, seed=0,
-                       truth=None):
-    """A synthetic file set in the original's layout: per bias type train/val/test CSVs
-    (filename,label,indices) and neutral.csv (indices only); background ids 3-5, value 0 marks its grids
-    with id 1, value 1 with id 2 (6 positions each). ``truth``: a dict that receives, per bias type, the
-    share of value 0 among the neutral grids."""
-    rng = np.random.default_rng(seed)
-
-    def grids(labels):
-        g = rng.integers(3, 6, (len(labels), *grid))
-        for i, y in enumerate(labels):
-            g[i].reshape(-1)[rng.choice(g[i].size, 6, replace=False)] = (1, 2)[y]
-        return g
-
-    for t in types:
-        (root / t).mkdir(parents=True)
-        for split, n in (("train", n_train), ("val", 10), ("test", 10)):
-            y = np.arange(n) % 2
-            _write_csv(root / t / f"{split}.csv", grids(y), y)
-        neutral_labels = (rng.random(30) > 0.8).astype(int)
-        _write_csv(root / t / "neutral.csv", grids(neutral_labels))
-        if truth is not None:
-            truth[t] = float((neutral_labels == 0).mean())
-    (root / "colour" / "class_names.txt").write_text("light\ndark\n")
+def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thickness"), truth=None):
+    """``bias.write_synthetic_study`` with 80 % of the neutral grids value 0's and the colour values named
+    light / dark; ``truth`` receives the exact share per bias type."""
+    found = bias.write_synthetic_study(root, grid, n_embed, {t: 0.8 for t in types},
+                                       class_names={"colour": ["light", "dark"]})
+    if truth is not None:
+        truth.update(found)
     return root
 
 
 def test_real_layout_loads_and_bad_files_are_named(tmp_path):
+    from cortex_utils import datasets as tokds
+
     meta = {"vq_fingerprint": "f", "n_embed": 64, "embed_dim": 4, "grid": [4, 4]}
     root = write_dalle_layout(tmp_path / "real", grid=(4, 4), n_embed=64)
     studies, neutral = bias.load_real_study(root, ["colour", "thickness"], meta, tmp_path / "out")
@@ -503,7 +499,7 @@ def test_real_layout_loads_and_bad_files_are_named(tmp_path):
         bias.load_real_study(root, ["colour"], {**meta, "n_embed": 4}, tmp_path / "o4")
     # only one attribute value present
     one = write_dalle_layout(tmp_path / "one", grid=(4, 4), n_embed=64, types=("colour",))
-    _write_csv(one / "colour" / "train.csv", np.full((5, 4, 4), 3), np.zeros(5, int))
+    tokds.write_cortex_csv(one / "colour" / "train.csv", np.full((5, 4, 4), 3), np.zeros(5, int))
     with pytest.raises(ValueError, match="both attribute values"):
         bias.load_real_study(one, ["colour"], meta, tmp_path / "o5")
     assert not (tmp_path / "o5" / "colour" / "dataset").exists()
@@ -515,8 +511,8 @@ def test_real_layout_loads_and_bad_files_are_named(tmp_path):
 
 
 def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_path):
-    """Notebook 10's real-data path end to end: synthetic CSVs in the original's layout and the published
-    VQGAN f16-16384 architecture with random weights (the real DALL·E-mini data and weights are not here)."""
+    """Notebook 13 end to end: synthetic CSVs in the original's layout and the published VQGAN f16-16384
+    architecture with random weights (the real DALL·E-mini data and weights are not here)."""
     import json
 
     import papermill as pm
@@ -533,9 +529,9 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
     truth = {}
     root = write_dalle_layout(tmp_path / "real", truth=truth)
     run = tmp_path / "run"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "10_bias_detection.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"run_dir": str(run), "nsamples": 2, "token_num": 2, "top_n": 3, "n_boot": 50,
-                                    "real_data": {"dir": str(root), "vq_config": str(tmp_path / "model.yaml"),
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "13_bias_real_data.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={"run_dir": str(run), "nsamples": 2, "selection": {"token_num": 2, "top_n": 3},
+                                    "statistics": {"n_boot": 50}, "real_data": {"dir": str(root), "vq_config": str(tmp_path / "model.yaml"),
                                                   "vq_checkpoint": str(tmp_path / "last.ckpt")},
                                     "attribute_iem": {"width": 8, "epochs": 3}},
                         kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
@@ -543,18 +539,43 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
     import pandas as pd
 
     metrics = json.loads((run / "metrics.json").read_text())
-    table = pd.read_csv(run / "bias" / "deltas.csv").set_index("bias")
+    table = pd.read_csv(run / "bias_real" / "deltas.csv").set_index("bias")
     for t in ("colour", "thickness"):
-        assert (run / "bias" / t / "dataset" / "manifest.json").exists()
+        assert (run / "bias_real" / t / "dataset" / "manifest.json").exists()
         # a grid holds 6 marks of its own value's id and none of the other's, and only the mark ids can pass
         # the specificity filter: whichever of them the (near-random) IEM's TIS found, both statistics are
         # exact functions of the share p of value 0 among the neutral grids
         p, row = truth[t], table.loc[t]
         expected = {(1, 1): p ** 2 - (1 - p) ** 2, (1, 0): p, (0, 1): -(1 - p), (0, 0): 0.0}
-        assert metrics[f"bias_{t}_delta"] == pytest.approx(expected[(row["tokens_a"] > 0, row["tokens_b"] > 0)], abs=1e-4)
+        got = metrics[f"bias_real_{t}_delta"]
+        assert got == pytest.approx(expected[(row["tokens_a"] > 0, row["tokens_b"] > 0)], abs=1e-4)
         if row["tokens_a"] or row["tokens_b"]:  # the rule separates the held-out images perfectly
-            assert metrics[f"bias_{t}_share_est"] == pytest.approx(p, abs=1e-4)
-        assert metrics[f"bias_{t}_share_low"] <= p <= metrics[f"bias_{t}_share_high"]
+            assert metrics[f"bias_real_{t}_share_est"] == pytest.approx(p, abs=1e-4)
+        assert metrics[f"bias_real_{t}_share_low"] <= p <= metrics[f"bias_real_{t}_share_high"]
+    assert not any(k.startswith("bias_") and not k.startswith("bias_real_") for k in metrics)  # notebook 10's keys
+
+
+def test_notebook_13_without_data_demonstrates_on_synthetic_csvs(tmp_path):
+    """With no real data the notebook writes synthetic CSVs for the shipped tokenizer, runs the study on them,
+    records nothing, and reports whether each known share lies inside its interval."""
+    import json
+
+    import nbformat
+    import papermill as pm
+
+    from cortex_utils import REPO_ROOT
+
+    run = tmp_path / "run"
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "13_bias_real_data.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={"run_dir": str(run), "nsamples": 2, "selection": {"token_num": 2, "top_n": 3},
+                                    "statistics": {"n_boot": 50}, "demo": {"train": 60, "held_out": 10, "neutral": 100},
+                                    "attribute_iem": {"width": 8, "epochs": 4}},
+                        kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+    assert (run / "bias_real" / "synthetic" / "colour" / "neutral.csv").exists()
+    assert not any(k.startswith("bias_") for k in json.loads((run / "metrics.json").read_text()))
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in nbformat.read(tmp_path / "out.ipynb", 4).cells
+                   if c.cell_type == "code" for o in c.outputs)
+    assert "No `real_data['dir']` given" in text and "demo, colour: the known share" in text
 
 
 def _deltas_table():
@@ -564,20 +585,22 @@ def _deltas_table():
            "inconclusive": False, "delta": 0.3, "delta_low": 0.1, "delta_high": 0.5,
            "delta_paper_half_scale": 0.15, "trained share": 0.85, "pixel truth": 0.82,
            "A drawn as B": 0.0, "B drawn as A": 0.0, "why": "", "unchecked_low": 0.7, "unchecked_high": 0.9,
-           "check_p": 0.4}
+           "check_p": 0.4, "iem_accuracy": 0.91234}
     control = {**row, "share": 0.5, "share_low": 0.45, "share_high": 0.55, "pixel truth": 0.5,
-               "trained share": 0.5, "delta": float("nan")}
+               "trained share": 0.5, "delta": float("nan"), "iem_accuracy": 0.8}
     return pd.DataFrame([{**row, "neutral set": "biased (digit 3)", "digit": 3},
                          {**control, "neutral set": "control (digit 7)", "digit": 7}])
 
 
 def test_headline_metrics_and_verdict_lines():
     deltas = _deltas_table()
-    results = {("colour", 3): {"test_accuracy": 0.91234}, ("colour", 7): {"test_accuracy": 0.8}}
-    m = bias.headline_metrics(deltas, results, ["colour"], {"colour": 3}, 7, real=False)
+    m = bias.headline_metrics(deltas, ["colour"], {"colour": 3}, 7)
     assert m["bias_colour_share_est"] == 0.8 and m["bias_colour_share_low_control"] == 0.45
     assert m["bias_colour_delta_control"] is None  # NaN is recorded as None
     assert m["bias_colour_iem_accuracy"] == 0.9123 and m["bias_colour_iem_accuracy_control"] == 0.8
+    real = bias.real_data_metrics(deltas.iloc[:1])  # notebook 13: one row per bias type, its own keys
+    assert real == {"bias_real_colour_delta": 0.3, "bias_real_colour_share_est": 0.8, "bias_real_colour_share_low": 0.7,
+                    "bias_real_colour_share_high": 0.9, "bias_real_colour_iem_accuracy": 0.9123}
     biased, control = (row for _, row in deltas.iterrows())
     line = bias.verdict_line(biased, "colour", 0.25, biased=True)
     assert "**found**" in line and "the planted bias is found" in line and "inside the interval" in line

@@ -27,7 +27,7 @@ def test_model_input_range():
 
 @pytest.mark.parametrize("arch", evaluators.ARCHITECTURES)
 def test_evaluator_checkpoint_round_trip_and_size_check(arch, tmp_path):
-    from cortex_utils.artifacts import save_weights
+    from cortex_utils.checkpoints import save_weights
 
     model = evaluators.build_evaluator(arch)
     x = torch.rand(4, 3, 32, 32) * 2 - 1

@@ -7,12 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_vq_config
 
 from cortex_utils import concepts
 from cortex_utils import datasets as tokds
 from cortex_utils import distributed as D
 from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
+from cortex_utils import vq as vqlib
+from cortex_utils.checkpoints import save_weights
 
 C, K, DIM, GRID = 4, 16, 8, (8, 8)
 TRAIN = dict(arch=1, width=8, epochs=10, batch_size=64, lr=0.01, lr_step=8, lr_gamma=0.1, weight_decay=0.0001, seed=0)
@@ -29,17 +32,22 @@ def _grids(rng, labels):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A tiny taming tokenizer (8x8 grid) whose codebook is K random normal rows, saved with its card as a run
+    would (the jobs load it with --vq-checkpoint and take its codebook as one process does), and a dataset of
+    its ids."""
     root = tmp_path_factory.mktemp("ddp")
     rng = np.random.default_rng(0)
-    cb = torch.from_numpy(rng.normal(size=(K, DIM)).astype(np.float32))
-    np.save(root / "codebook.npy", cb.numpy())
+    config = tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16)
+    vq = vqlib.build_vq(config, seed=0)
+    vq.model.quantize.embedding.weight.data.copy_(torch.from_numpy(rng.normal(size=(K, DIM)).astype(np.float32)))
+    save_weights(vqlib.state_dict_for_saving(vq), root / "vq.safetensors", card={"config": config})
     splits = {}
     for s, n in {"train": 1200, "val": 200, "test": 400}.items():
         y = np.arange(n) % C
         splits[s] = (_grids(rng, y), y)
-    meta = {"vq_fingerprint": D.codebook_fingerprint(cb), "n_embed": K, "embed_dim": DIM, "grid": list(GRID)}
-    ds = tokds.save_token_dataset(root / "ds", splits, [f"c{i}" for i in range(C)], meta, source="synthetic")
-    return root, ds, cb
+    ds = tokds.save_token_dataset(root / "ds", splits, [f"c{i}" for i in range(C)], vqlib.vq_meta(vq),
+                                  source="synthetic")
+    return root, ds, vqlib.codebook(vq)
 
 
 def _accuracy(model, ds, cb):
@@ -113,13 +121,49 @@ def test_tis_rows_argument_checks_the_loader(tiny):
         tislib.compute_tis(model, loader, 200, nsamples=1, rows=(50, 100))
 
 
+def test_shard_loaders_are_the_one_process_loader(tiny):
+    """A shard's rows, a sampler's share and batches built on a device come from ``datasets.embedding_loader``
+    itself: the same batches as the whole split's loader."""
+    _, ds, cb = tiny
+    whole = list(tokds.embedding_loader(ds, "val", cb, batch_size=30))
+    shard = list(tokds.embedding_loader(ds, "val", cb, batch_size=30, rows=(60, 200), device="cpu"))
+    assert len(shard) == len(whole) - 2
+    for (x, y, r), (x0, y0, r0) in zip(shard, whole[2:], strict=True):
+        assert torch.equal(x, x0) and torch.equal(y, y0) and torch.equal(r, r0)
+    sampler = torch.utils.data.DistributedSampler(range(200), num_replicas=2, rank=1, shuffle=True, seed=0)
+    rows = torch.cat([r for _, _, r in tokds.embedding_loader(ds, "val", cb, batch_size=30, sampler=sampler)])
+    assert rows.tolist() == list(sampler)
+    with pytest.raises(ValueError, match="without shuffle or rows"):
+        tokds.embedding_loader(ds, "val", cb, sampler=sampler, shuffle=True)
+    with pytest.raises(ValueError, match="rows 100-300 outside the 200 rows"):
+        tokds.embedding_loader(ds, "val", cb, rows=(100, 300))
+
+
+def test_jobs_read_the_dataset_with_its_own_tokenizer(tiny, tmp_path):
+    """The jobs load the tokenizer and take its codebook (``vq.codebook``) as a notebook does; a dataset of
+    another codebook is refused by the same check."""
+    import argparse
+
+    root, ds, cb = tiny
+    a = argparse.Namespace(run_dir=None, dataset=ds.path, vq_checkpoint=root / "vq.safetensors", vq_config=None,
+                           trust_pickle=False)
+    got, codebook = D.resolve_inputs(a)
+    assert torch.equal(codebook, cb) and got.manifest == ds.manifest
+    other = vqlib.build_vq(tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16), seed=1)
+    save_weights(vqlib.state_dict_for_saving(other), tmp_path / "other.safetensors", card={"config": other.cortex_config})
+    with pytest.raises(ValueError, match="tokenized by a VQ model with codebook fingerprint"):
+        D.resolve_inputs(argparse.Namespace(**{**vars(a), "vq_checkpoint": tmp_path / "other.safetensors"}))
+    with pytest.raises(ValueError, match="give --run-dir, or --vq-checkpoint"):
+        D.resolve_inputs(argparse.Namespace(**{**vars(a), "vq_checkpoint": None}))
+
+
 # --- torchrun, 2 processes, gloo ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def ddp_iem(tiny):
     root, ds, _ = tiny
     out = root / "iem_ddp.safetensors"
-    res = D.launch("train-iem", nproc=2, threads=1, quiet=True, dataset=ds.path, codebook=root / "codebook.npy",
+    res = D.launch("train-iem", nproc=2, threads=1, quiet=True, dataset=ds.path, vq_checkpoint=root / "vq.safetensors",
                    out=out, log_csv=root / "iem_ddp_log.csv", **TRAIN)
     return out, res
 
@@ -146,7 +190,7 @@ def ddp_tis(tiny, ddp_iem):
     rank 1 dies (test hook) after rank 0 finished its shard."""
     root, ds, _ = tiny
     out_dir = root / "tis_ddp"
-    opts = dict(dataset=ds.path, codebook=root / "codebook.npy", iem=ddp_iem[0], out_dir=out_dir,
+    opts = dict(dataset=ds.path, vq_checkpoint=root / "vq.safetensors", iem=ddp_iem[0], out_dir=out_dir,
                 splits=["test", "val"], nsamples=3, batch_size=30, seed=2)
     try:
         D.launch("tis", nproc=2, threads=1, quiet=True, env={D.FAIL_RANK_ENV: "1:val"}, shards=3, **opts)

@@ -10,7 +10,7 @@ import yaml
 from cortex_utils import generation as gen
 from cortex_utils import taming_vq
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import save_weights
+from cortex_utils.checkpoints import save_weights
 
 
 @pytest.fixture

@@ -295,7 +295,7 @@ def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
     """The shipped ViTs load with every key (load_iem checks them) and the new attention gives their logits
     (the taming family's on its real test grids, the FSQ family's on random embeddings of its shape)."""
     from cortex_utils import REPO_ROOT
-    from cortex_utils.artifacts import load_state_dict
+    from cortex_utils.checkpoints import load_state_dict
 
     model = iemlib.load_iem(REPO_ROOT / "checkpoints" / shipped, expect={"arch": 4})
     if shipped == "iem4.safetensors":

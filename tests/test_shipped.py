@@ -88,7 +88,7 @@ def test_the_second_familys_shipped_files_belong_together():
     all and trains nothing."""
     from cortex_utils import shipped_checkpoints, shipped_data
     from cortex_utils import vq as vqlib
-    from cortex_utils.artifacts import read_card
+    from cortex_utils.checkpoints import read_card
 
     weights = shipped_checkpoints("vqvae_fsq") / "vqvae_fsq.safetensors"
     vq = vqlib.load_vq(read_card(weights)["config"], weights)

@@ -117,7 +117,7 @@ def test_fsq_free_embeddings_decode_with_gradient(tiny_fsq):
 
 
 def test_fsq_safetensors_round_trip_and_fingerprint(tiny_fsq, tmp_path):
-    from cortex_utils.artifacts import read_card, save_weights
+    from cortex_utils.checkpoints import read_card, save_weights
 
     path = save_weights(vqlib.state_dict_for_saving(tiny_fsq), tmp_path / "fsq.safetensors",
                         card={"config": tiny_fsq.config})
@@ -159,7 +159,8 @@ def test_a_manifest_without_family_is_taming(tiny_vq, tmp_path):
 
 
 def test_the_run_registry_loads_the_registered_family(tiny_fsq, tmp_path):
-    from cortex_utils.artifacts import register, save_weights
+    from cortex_utils.artifacts import register
+    from cortex_utils.checkpoints import save_weights
 
     path = save_weights(tiny_fsq.state_dict(), tmp_path / "fsq.safetensors", card={"config": tiny_fsq.config})
     register(tmp_path / "run", "vq", family="vqvae_fsq", config=tiny_fsq.config, checkpoint=str(path))

@@ -159,7 +159,7 @@ def test_config_checkpoint_mismatch_names_keys_and_shapes(tiny_vq, tmp_path):
 
 
 def test_safetensors_round_trip(tiny_config, tiny_vq, tmp_path):
-    from cortex_utils.artifacts import read_card, save_weights
+    from cortex_utils.checkpoints import read_card, save_weights
 
     path = save_weights(vqlib.state_dict_for_saving(tiny_vq), tmp_path / "vq.safetensors", card={"config": tiny_config})
     loaded = vqlib.load_vq(read_card(path)["config"], path)
