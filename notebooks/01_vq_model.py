@@ -65,6 +65,7 @@ from cortex_utils import SHIPPED_CHECKPOINTS, digits, plots, shipped_checkpoints
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, record_metrics, register
 from cortex_utils.checkpoints import read_card, save_weights
+from cortex_utils.codebook_sizes import check_size, shipped_name, train_command
 from cortex_utils.notebook import check_parameters, choice, repo_path, require
 
 _import_seconds = time.perf_counter() - _t0
@@ -73,6 +74,7 @@ _import_seconds = time.perf_counter() - _t0
 run_dir = "runs/interactive"  # where this run's artifacts and metrics.json go (relative to the repo root)
 seed = 0  # data split and colours, model initialisation
 family = "taming_vqgan"  # the tokenizer family: taming_vqgan (the default) | vqvae_fsq (VQ-VAE with FSQ)
+codebook_size = 256  # taming: the codebook's size (shipped: 64, 256 = the default, 1024; retrain for another)
 retrain = False  # train the family's model here instead of loading the shipped checkpoint
 train_steps = 550  # optimisation steps when retraining (batch of 64 digits each)
 batch_size = 64
@@ -95,6 +97,9 @@ choice("family", family, list(vqlib.FAMILIES))
 require(bool(vq_config) == bool(vq_checkpoint), "give both vq_config and vq_checkpoint, or neither")
 require(not vq_checkpoint or family == "taming_vqgan", "vq_config + vq_checkpoint load a taming checkpoint (family taming_vqgan)")
 require(not (retrain and vq_checkpoint), "retrain trains the embedded default; it cannot be combined with vq_checkpoint")
+require(family == "taming_vqgan" or codebook_size == 256, "codebook_size sets a taming codebook (FSQ: a fixed lattice)")
+if family == "taming_vqgan" and not (retrain or vq_checkpoint):
+    check_size(codebook_size)  # names the shipped sizes and the command that trains another
 run_dir = repo_path(run_dir)
 run_dir.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(seed)
@@ -125,7 +130,7 @@ plots.image_grid(data["train"]["images"][:2 * n_show], titles=data["train"]["lab
 # codes to revive. Every batch redraws the digits' colours.
 
 # %%
-shipped_names = {"taming_vqgan": "vq_mnist.safetensors", "vqvae_fsq": "vqvae_fsq.safetensors"}
+shipped_names = {"taming_vqgan": shipped_name(codebook_size), "vqvae_fsq": "vqvae_fsq.safetensors"}
 shipped = shipped_checkpoints(family) / shipped_names[family]
 train_log = None
 if vq_checkpoint:
@@ -137,6 +142,7 @@ elif retrain:
     training = {"steps": train_steps, "batch_size": batch_size, "lr": learning_rate, "seed": seed, "bf16": vqlib.use_bf16(bf16)}
     if family == "taming_vqgan":
         config = taming_vq.read_config(taming_vq.DEFAULT_VQ_CONFIG)
+        config["params"]["n_embed"] = codebook_size
         vq = vqlib.build_vq(config, seed=seed)
         training.update(revive_every=revive_every, discriminator_weight=discriminator_weight)
         train_log = taming_vq.train_vq(vq, data["train"]["gray"], val_images, **training)
@@ -251,7 +257,8 @@ if weights is None:
         "seed": seed,
         "training": training,
         "metrics": {"test_psnr_db": report["psnr_db"], "test_codebook_usage": report["codebook_usage"]},
-        "rebuild": rebuild.format(*(("default", "checkpoints") if family == "taming_vqgan"
+        "rebuild": train_command(codebook_size) if codebook_size != 256 else
+                   rebuild.format(*(("default", "checkpoints") if family == "taming_vqgan"
                                     else ("vqvae", f"checkpoints/{family}"))),
     })
     print(f"saved {weights}")
