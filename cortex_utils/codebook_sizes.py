@@ -34,10 +34,10 @@ def shipped_sizes(folder: str | Path = SHIPPED_CHECKPOINTS) -> list[int]:
 
 def train_command(codebook_size: int) -> str:
     """The command that trains the model of ``codebook_size`` codes with the default's recipe into checkpoints/
-    (``-p bf16 on``: the default was trained in bfloat16, on a machine where ``auto`` turns it on)."""
+    (bf16 on, quoted so that YAML keeps it a string: the default was trained in bfloat16, on a machine where ``auto`` turns it on)."""
     size = "" if codebook_size == DEFAULT_SIZE else f" -p codebook_size {codebook_size}"
     return (f"python -m cortex_utils.pipeline --preset default --only 01_vq_model -p retrain true{size}"
-            " -p bf16 on -p checkpoint_out checkpoints")
+            " -p bf16 \"'on'\" -p checkpoint_out checkpoints")
 
 
 def check_size(codebook_size: int, folder: str | Path = SHIPPED_CHECKPOINTS) -> None:

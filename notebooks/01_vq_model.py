@@ -74,7 +74,7 @@ _import_seconds = time.perf_counter() - _t0
 run_dir = "runs/interactive"  # where this run's artifacts and metrics.json go (relative to the repo root)
 seed = 0  # data split and colours, model initialisation
 family = "taming_vqgan"  # the tokenizer family: taming_vqgan (the default) | vqvae_fsq (VQ-VAE with FSQ)
-codebook_size = 256  # taming: the codebook's size (shipped: 64, 256 = the default, 1024; retrain for another)
+codebook_size = 256  # taming: how many codes (shipped: 64, 256 the default, 1024; retrain for another size)
 retrain = False  # train the family's model here instead of loading the shipped checkpoint
 train_steps = 550  # optimisation steps when retraining (batch of 64 digits each)
 batch_size = 64
