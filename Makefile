@@ -7,7 +7,7 @@ PRESET ?= default
 ARGS ?=
 
 .PHONY: install pipeline smoke test lint benchmarks lab checkpoints checkpoints-vqvae clean-runs verify verify-isa \
-	verify-vqvae verify-vqvae-isa compare sync-notebooks
+	verify-vqvae verify-vqvae-isa compare codebook-sizes sync-notebooks
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -102,6 +102,12 @@ compare: install
 	$(BIN)/python -m cortex_utils.pipeline --preset encoded --run-dir runs/compare/taming_vqgan $(ARGS)
 	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --run-dir runs/compare/vqvae_fsq $(ARGS)
 	$(BIN)/python -m cortex_utils.pipeline --preset compare --run-dir runs/compare
+
+# The codebook-size study (--preset codebook-sizes): notebooks 01-08 with the taming VQ model of 64, 256 and 1,024
+# codes (checkpoints/vq_mnist*.json) into runs/codebook-sizes/k<size>, then notebook 12's table of them
+# (runs/codebook-sizes/codebook_sizes.csv, docs/codebook_sizes.json).
+codebook-sizes: install
+	$(BIN)/python -m cortex_utils.pipeline --preset codebook-sizes --run-dir runs/codebook-sizes $(ARGS)
 
 # Notebooks and their text forms (notebooks/NN_name.py, jupytext percent format): the newer of each pair wins.
 sync-notebooks: install

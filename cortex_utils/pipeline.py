@@ -10,6 +10,11 @@ sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one)
 (``true``, ``3``, ``[1, 5]``). A name no notebook declares is an error. Executed notebooks, artifacts and
 ``metrics.json`` go to one run directory.
 
+A preset may first finish other runs (``runs``: a list of ``{run_dir, preset, parameters}``, each a whole run of
+another preset into its own directory, one after another, with that entry's parameters and the ``-p`` overrides),
+then run its own notebooks, which read those runs (``--preset codebook-sizes``; ``--config`` sets their
+parameters). ``--only`` runs only the preset's own notebooks (``-p`` then sets theirs) on the runs as they are.
+
 ``NEEDS`` (or a preset's ``needs``) says which notebooks read which others' results; with ``--jobs 2`` (the default on
 two or more cores) a notebook starts as soon as those are done, beside another one, each kernel with half
 the cores. Sampling draws the same tokens whatever the thread count; a model trained with fewer threads
@@ -71,6 +76,24 @@ def declared_parameters(notebook: str) -> dict:
     if not path.exists():
         raise SystemExit(f"error: notebook {path} does not exist")
     return {k: v["default"] for k, v in declared(notebook).items()}
+
+
+def sub_runs(preset: dict, overrides=()) -> list[dict]:
+    """The runs a preset finishes before its own notebooks, checked (each ``run_dir``, ``preset`` and the
+    parameters its notebooks get, as ``resolve_parameters`` gives them) before any of them starts."""
+    plan = []
+    for i, entry in enumerate(preset.get("runs") or []):
+        unknown = set(entry) - {"run_dir", "preset", "parameters"}
+        if unknown or not {"run_dir", "preset"} <= set(entry):
+            raise SystemExit(f"error: preset runs[{i}] needs run_dir and preset (and optional parameters), "
+                             f"got {sorted(entry)}")
+        sub = load_preset(entry["preset"])
+        if sub.get("runs"):
+            raise SystemExit(f"error: preset runs[{i}]: preset {entry['preset']!r} has runs of its own")
+        plan.append({"run_dir": REPO_ROOT / entry["run_dir"], "preset": entry["preset"],
+                     "parameters": entry.get("parameters") or {},
+                     "resolved": resolve_parameters(sub, list(overrides), entry.get("parameters"))})
+    return plan
 
 
 def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: dict | None = None) -> dict:
@@ -147,10 +170,11 @@ def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_time
 
 
 def run(preset_name: str = "default", overrides=(), config: str | None = None, run_dir: str | None = None,
-        only: list[str] | None = None, jobs: int = 1, cell_timeout: float = 3600) -> Path:
+        only: list[str] | None = None, jobs: int = 1, cell_timeout: float = 3600, parameters: dict | None = None) -> Path:
     """Execute the preset's notebooks into one run directory. With ``jobs`` > 1, notebooks whose inputs are
     ready (see ``dependencies``) run side by side, each kernel with ``cores // jobs`` threads (all cores for
-    a notebook that runs alone)."""
+    a notebook that runs alone). A preset's ``runs`` are finished first (not with ``only``); ``parameters``
+    (``{name: value}``, as a ``--config`` file's) come before the config file and the overrides."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
@@ -166,8 +190,12 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
         preset["parameters"] = {k: v for k, v in preset["parameters"].items() if k in only}
         # the others' results are read from --run-dir as they are
         needs = {nb: [n for n in needs[nb] if n in only] for nb in preset["notebooks"]}
-    extra = yaml.safe_load(Path(config).read_text()) if config else None
-    params = resolve_parameters(preset, list(overrides), extra)
+    extra = {**(parameters or {}), **(yaml.safe_load(Path(config).read_text()) if config else {})}
+    # with runs to finish first, the -p overrides are theirs (with --only, the preset's own notebooks')
+    params = resolve_parameters(preset, [] if preset.get("runs") and not only else list(overrides), extra)
+    for sub in [] if only else sub_runs(preset, overrides):
+        print(f"=== run {sub['run_dir']} (preset {sub['preset']}) ===", flush=True)
+        run(sub["preset"], overrides, None, str(sub["run_dir"]), None, jobs, cell_timeout, sub["parameters"])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(run_dir or REPO_ROOT / "runs" / f"{stamp}-{Path(preset_name).stem}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,9 @@
 # | how concentrated is the explanation? | notebook 05's test TIS: share of an image's TIS mass in its top-5 positions |
 # | does hiding the top-TIS tokens hurt more than hiding random ones? | notebook 07: `image_level_tis_beats_random`, its table |
 # | can a region be rewritten into another digit? | notebook 09: `codebook_target_prob_before` / `_after` |
+#
+# With `codebook_size_study = True` (`make codebook-sizes`: the same taming model with 64, 256 and 1,024 codes)
+# the last section puts the runs in one table, one row per codebook size, every figure beside its control.
 
 # %%
 import json
@@ -44,10 +47,10 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from cortex_utils import concepts, plots
+from cortex_utils import compare, concepts, plots
 from cortex_utils import datasets as tokds
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import read_metrics, record_metrics, registered
+from cortex_utils.artifacts import read_metrics, record_metrics, registered, write_json
 from cortex_utils.notebook import check_parameters, repo_path, require
 
 # %% tags=["parameters"]
@@ -55,6 +58,8 @@ run_dir = "runs/interactive"  # where this notebook records its own numbers (rel
 runs = {}  # label -> a finished run directory to compare; {} -> this run_dir alone
 top = 5  # the top positions whose share of the TIS mass is measured
 n_show = 6  # test digits shown per run
+codebook_size_study = False  # the runs differ only in codebook size: one row per size (codebook_sizes.csv)
+results_out = ""  # the study's table also as JSON here (relative to the repo root; "" -> none)
 
 # %%
 params = check_parameters(globals(), "12_compare_tokenizers")
@@ -63,6 +68,7 @@ runs = {str(k): repo_path(v) for k, v in (runs or {"this run": run_dir}).items()
 missing = [f"{k}: {v}" for k, v in runs.items() if not (v / "metrics.json").is_file()]
 require(not missing, f"these runs have no metrics.json (run them first, e.g. make compare): {missing}")
 require(top >= 1 and n_show >= 1, "top and n_show must be >= 1")
+require(not results_out or codebook_size_study, "results_out writes the codebook-size table: set codebook_size_study")
 params
 
 # %% [markdown]
@@ -221,6 +227,79 @@ print("\n".join(lines))
 record_metrics(run_dir, **{f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
                            for k, s in shares.items()})
 print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
+
+# %% [markdown]
+# ## Codebook size
+#
+# With `codebook_size_study` the runs are the same taming model trained with different numbers of codes, on the
+# same real digits. One row per size (`compare.read_run`), each figure with its control in the next column:
+#
+# * PSNR and codebook usage of the tokenizer, the test accuracy of the IEM the run explained (IEM 1);
+# * `tis_top_share`: the mean share of an image's |TIS| at its top-`top` positions, beside an even spread;
+# * `class_distinct_ids_tis`: for each class, how many distinct ids its test images hold at their top-`top`
+#   TIS positions (mean over classes), beside the same count at `top` random positions per image;
+# * masking: the evaluators' target-probability drop when the ids at the top-TIS positions are masked, beside
+#   random positions (notebook 07, pixel space, mean over evaluators and n ≥ 1), and the share of its cells
+#   where TIS wins; the target-logit drop when a class's concept tokens are masked, beside its most frequent
+#   tokens (notebook 08).
+#
+# First `class_distinct_ids` by hand for one class of the first run, against the function.
+
+# %% tags=["by-hand"]
+ids = concepts.top_tokens(first["ds"].tokens["test"], first["tis"], top)
+labels0 = first["ds"].labels["test"]
+hand_distinct = len(set(ids[labels0 == labels0[0]].ravel().tolist()))
+one_class = compare.class_distinct_ids(ids[labels0 == labels0[0]], labels0[labels0 == labels0[0]])
+assert hand_distinct == one_class
+print(f"class {labels0[0]}: its {int((labels0 == labels0[0]).sum())} test images hold {hand_distinct} distinct ids "
+      f"at their top-{top} TIS positions ({top * int((labels0 == labels0[0]).sum())} positions); checked")
+
+# %%
+if codebook_size_study:
+    sizes = {k: int(i["vq"].n_embed) for k, i in info.items()}
+    require(len(set(sizes.values())) == len(sizes), f"codebook_size_study needs one run per size, got {sizes}")
+    require(all(i["vq"].family == "taming_vqgan" for i in info.values()), "codebook_size_study: taming runs only")
+sizes_table = compare.runs_table({k: compare.read_run(v, top=top) for k, v in runs.items()})
+if codebook_size_study:
+    sizes_table = sizes_table.drop(columns="family").set_index("codebook_size").sort_index()
+display(sizes_table.round(3))
+
+# %%
+panels = {"PSNR (dB)": ["psnr_db"], "codebook usage": ["codebook_usage"], "IEM 1 test top-1": ["iem_test_top1"],
+          f"share of |TIS| at top-{top}": ["tis_top_share", "tis_top_share_even"],
+          "distinct ids per class": ["class_distinct_ids_tis", "class_distinct_ids_random"],
+          "image masking: prob. drop": ["image_mask_prob_drop_tis", "image_mask_prob_drop_random"],
+          "concept masking: logit drop": ["concept_mask_logit_drop_concept", "concept_mask_logit_drop_frequency"]}
+x = sizes_table.index if codebook_size_study else sizes_table["codebook_size"]
+fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.9))
+for ax, (title, cols) in zip(axes, panels.items(), strict=True):
+    for col, style in zip(cols, ("-o", "--s"), strict=False):
+        ax.plot(x, sizes_table[col], style, label=col.rsplit("_", 1)[-1])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("codebook size (codes)")
+    ax.set_ylabel(title)
+    if len(cols) > 1:
+        ax.legend(fontsize=7)
+fig.suptitle("each figure against the codebook size (dashed: its control)")
+fig.tight_layout()
+
+# %% [markdown]
+# Recorded with the codebook size in the key (`codebook_size_<k>_<column>`), the table as `codebook_sizes.csv`
+# in this run and, with `results_out`, as JSON with the machine it ran on (the README's table is rendered from it).
+
+# %%
+if codebook_size_study:
+    sizes_table.to_csv(run_dir / "codebook_sizes.csv")
+    record_metrics(run_dir, **{f"codebook_size_{k}_{c}": None if pd.isna(v) else round(float(v), 4)
+                               for k, row in sizes_table.iterrows() for c, v in row.items()})
+    if results_out:
+        write_json(repo_path(results_out), {
+            "about": "python -m cortex_utils.pipeline --preset codebook-sizes (make codebook-sizes), notebook 12",
+            "machine": compare.machine(), "top": top, "controls": compare.CONTROLS,
+            "rows": {int(k): {c: None if pd.isna(v) else round(float(v), 4) for c, v in row.items()}
+                     for k, row in sizes_table.iterrows()}})
+        print(f"wrote {results_out}")
+    print(f"wrote {run_dir / 'codebook_sizes.csv'}")
 
 # %% [markdown]
 # ## Questions
