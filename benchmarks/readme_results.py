@@ -6,7 +6,8 @@
 Each generated block in README.md sits between ``<!-- expected:begin NAME ... -->`` and
 ``<!-- expected:end NAME -->``; TEMPLATES maps NAME to the function that renders it from the expected
 values (``value`` of each key; the ``vqvae`` block: of docs/expected_metrics.json and of the vqvae preset's
-docs/expected_metrics_vqvae.json) and, for the evaluators' accuracy on real digits, which no run measures,
+docs/expected_metrics_vqvae.json; the ``codebook_sizes`` block: from docs/codebook_sizes.json, the table
+``make codebook-sizes`` writes) and, for the evaluators' accuracy on real digits, which no run measures,
 from the checkpoints' cards. Verdicts ("yes", "found") are computed from the values and the notebooks' bars.
 A block of a provisional expected file says so. Text outside the blocks is left alone.
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 EXPECTED = ROOT / "docs" / "expected_metrics.json"
 EXPECTED_VQVAE = ROOT / "docs" / "expected_metrics_vqvae.json"
+CODEBOOK_SIZES = ROOT / "docs" / "codebook_sizes.json"
 BLOCK = re.compile(r"(?P<begin><!-- expected:begin (?P<name>[\w-]+)\b[^>]*-->\n)(?P<body>.*?)"
                    r"(?P<end><!-- expected:end (?P=name) -->)", re.S)
 MINUS = "\u2212"
@@ -323,8 +325,28 @@ def render_vqvae(v: Values, w: Values) -> str:
     return "\n".join(lines) + "\n" + provisional_note(v) + provisional_note(w)
 
 
+def render_codebook_sizes(study: dict) -> str:
+    """The codebook-size study's table (notebook 12 wrote it: one row per size, every figure beside its control)."""
+    top = study["top"]
+    head = ["codebook size", "test PSNR", "codebook usage", "IEM 1 test top-1",
+            f"share of \\|TIS\\| at the top-{top} positions (even spread)",
+            f"distinct ids per class at the top-{top} TIS positions (at {top} random positions)",
+            "image-level masking, target prob. drop: top-TIS (random)", "top-TIS beats random (cells)",
+            "concept-level masking, target logit drop: concept tokens (most frequent)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, row in sorted(study["rows"].items(), key=lambda kv: int(kv[0])):
+        r = {c: float("nan") if x is None else x for c, x in row.items()}  # None: the run did not measure it
+        lines.append(f"| {k} | {r['psnr_db']:.1f} dB | {pct(r['codebook_usage'])} | {pct(r['iem_test_top1'])} | "
+                     f"{pct(r['tis_top_share'])} ({pct(r['tis_top_share_even'])}) | "
+                     f"{r['class_distinct_ids_tis']:.1f} ({r['class_distinct_ids_random']:.1f}) | "
+                     f"{num(r['image_mask_prob_drop_tis'])} ({num(r['image_mask_prob_drop_random'])}) | "
+                     f"{pct(r['image_mask_tis_beats_random'], 0)} | "
+                     f"{num(r['concept_mask_logit_drop_concept'])} ({num(r['concept_mask_logit_drop_frequency'])}) |")
+    return "\n".join(lines) + f"\n\nMeasured on {study['machine']}.\n"
+
+
 TEMPLATES = {"models": render_models, "results": render_results, "bias": render_bias, "views": render_views,
-             "vqvae": render_vqvae}
+             "vqvae": render_vqvae, "codebook_sizes": render_codebook_sizes}
 TWO_FILES = {"vqvae"}  # blocks rendered from the default's and the vqvae preset's expected files
 
 
@@ -332,7 +354,8 @@ TWO_FILES = {"vqvae"}  # blocks rendered from the default's and the vqvae preset
 
 def render_readme(text: str, expected: dict, source: str = "docs/expected_metrics.json",
                   expected_vqvae: dict | None = None,
-                  source_vqvae: str = "docs/expected_metrics_vqvae.json") -> tuple[str, list[str]]:
+                  source_vqvae: str = "docs/expected_metrics_vqvae.json",
+                  codebook_sizes: dict | None = None) -> tuple[str, list[str]]:
     """README text with every block re-rendered, and the names of the blocks found."""
     v = Values(expected, source)
     names = []
@@ -346,6 +369,10 @@ def render_readme(text: str, expected: dict, source: str = "docs/expected_metric
             if expected_vqvae is None:
                 raise KeyError(f"README block {name!r} needs the vqvae preset's expected metrics ({source_vqvae})")
             return m["begin"] + TEMPLATES[name](v, Values(expected_vqvae, source_vqvae)) + m["end"]
+        if name == "codebook_sizes":
+            if codebook_sizes is None:
+                raise KeyError(f"README block {name!r} needs {CODEBOOK_SIZES.relative_to(ROOT)} (make codebook-sizes)")
+            return m["begin"] + render_codebook_sizes(codebook_sizes) + m["end"]
         return m["begin"] + TEMPLATES[name](v) + m["end"]
 
     out = BLOCK.sub(sub, text)
@@ -382,7 +409,8 @@ def main(argv=None) -> int:
     text = readme.read_text()
     new, names = render_readme(text, json.loads(expected_path.read_text()), str(args.expected),
                                json.loads(vqvae_path.read_text()) if vqvae_path.is_file() else None,
-                               str(args.expected_vqvae))
+                               str(args.expected_vqvae),
+                               json.loads(CODEBOOK_SIZES.read_text()) if CODEBOOK_SIZES.is_file() else None)
     if not names:
         print(f"error: {readme} has no <!-- expected:begin NAME --> blocks", file=sys.stderr)
         return 2

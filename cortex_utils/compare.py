@@ -106,11 +106,12 @@ def runs_table(rows: dict) -> pd.DataFrame:
 
 
 def machine() -> str:
-    """The CPU, its cores and the torch version: where a table's numbers (and timings) were measured."""
+    """The CPU, its cores, the torch version and the load: where (and how busy) a table's numbers were measured."""
     cpu = platform.machine()
     try:
         names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.system()}"
+    load = f", 1-min load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.system()}{load}"

@@ -271,11 +271,14 @@ panels = {"PSNR (dB)": ["psnr_db"], "codebook usage": ["codebook_usage"], "IEM 1
           "image masking: prob. drop": ["image_mask_prob_drop_tis", "image_mask_prob_drop_random"],
           "concept masking: logit drop": ["concept_mask_logit_drop_concept", "concept_mask_logit_drop_frequency"]}
 x = sizes_table.index if codebook_size_study else sizes_table["codebook_size"]
-fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.9))
-for ax, (title, cols) in zip(axes, panels.items(), strict=True):
+fig, axes = plt.subplots(2, 4, figsize=(12, 5.6))
+axes.flat[-1].axis("off")
+for ax, (title, cols) in zip(axes.flat, panels.items(), strict=False):
     for col, style in zip(cols, ("-o", "--s"), strict=False):
         ax.plot(x, sizes_table[col], style, label=col.rsplit("_", 1)[-1])
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(x)), [str(v) for v in sorted(set(x))], minor=False)
+    ax.minorticks_off()
     ax.set_xlabel("codebook size (codes)")
     ax.set_ylabel(title)
     if len(cols) > 1:
@@ -296,6 +299,7 @@ if codebook_size_study:
         write_json(repo_path(results_out), {
             "about": "python -m cortex_utils.pipeline --preset codebook-sizes (make codebook-sizes), notebook 12",
             "machine": compare.machine(), "top": top, "controls": compare.CONTROLS,
+            "run_seconds": {int(i["vq"].n_embed): metrics[k].get("pipeline_seconds") for k, i in info.items()},
             "rows": {int(k): {c: None if pd.isna(v) else round(float(v), 4) for c, v in row.items()}
                      for k, row in sizes_table.iterrows()}})
         print(f"wrote {results_out}")

@@ -253,6 +253,22 @@ def test_readme_vqvae_block_needs_its_expected_file():
     assert names == ["vqvae"] and "`vqvae_fsq`" in out and "| test PSNR, real digits (bar 24 dB) |" in out
 
 
+def test_readme_codebook_sizes_block_renders_the_study_file():
+    block = "<!-- expected:begin codebook_sizes -->\n<!-- expected:end codebook_sizes -->\n"
+    with pytest.raises(KeyError, match="codebook_sizes.json"):
+        readme_results.render_readme(block, _full_expected())
+    row = {"psnr_db": 25.04, "codebook_usage": 0.5, "iem_test_top1": 0.9, "tis_top_share": 0.2, "tis_top_share_even": 0.078,
+           "class_distinct_ids_tis": 40.0, "class_distinct_ids_random": 50.0, "image_mask_prob_drop_tis": 0.3,
+           "image_mask_prob_drop_random": 0.1, "image_mask_tis_beats_random": 1.0,
+           "concept_mask_logit_drop_concept": 0.7, "concept_mask_logit_drop_frequency": None}
+    study = {"top": 5, "machine": "a test CPU", "rows": {"1024": row, "64": {**row, "psnr_db": 22.0}}}
+    out, names = readme_results.render_readme(block, _full_expected(), codebook_sizes=study)
+    lines = out.splitlines()
+    assert names == ["codebook_sizes"] and "Measured on a test CPU." in out
+    assert lines[3].startswith("| 64 | 22.0 dB |") and lines[4].startswith("| 1024 | 25.0 dB | 50.0 % | 90.0 % | 20.0 % (7.8 %)")
+    assert "| 40.0 (50.0) | 0.30 (0.10) | 100 % | 0.70 (nan) |" in lines[4]
+
+
 def test_readme_missing_key_is_named():
     expected = _full_expected()
     del expected["checked"]["vq_test_psnr_db"]
