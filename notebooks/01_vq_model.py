@@ -29,6 +29,8 @@
 # * with `family = "vqvae_fsq"` (the `vqvae` preset) a **second family**, shipped in
 #   `checkpoints/vqvae_fsq/`: a small VQ-VAE whose quantizer comes from `vector-quantize-pytorch`
 #   (finite scalar quantization, below), on the same digits and the same 8×8 grid;
+# * with `codebook_size = 64` or `1024`, the same taming model trained with the same recipe but that many
+#   codes (`checkpoints/vq_mnist_k64`, `vq_mnist_k1024`; `make codebook-sizes` compares them in notebook 12);
 # * with `retrain = True`, the family's model trained from scratch here (a few minutes on CPU);
 # * with `vq_config` + `vq_checkpoint`, any taming checkpoint you have (e.g. the ImageNet VQGAN f16-16384).
 #
