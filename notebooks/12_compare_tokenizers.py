@@ -263,6 +263,9 @@ sizes_table = compare.runs_table({k: compare.read_run(v, top=top) for k, v in ru
 if codebook_size_study:
     sizes_table = sizes_table.drop(columns="family").set_index("codebook_size").sort_index()
 display(sizes_table.round(3))
+for figure, control in compare.CONTROLS.items():
+    above = [str(k) for k, r in sizes_table.iterrows() if r[figure] > r[control]]
+    print(f"{figure} above its control ({control}) for: {', '.join(above) or 'none'} of {len(sizes_table)} rows")
 
 # %%
 panels = {"PSNR (dB)": ["psnr_db"], "codebook usage": ["codebook_usage"], "IEM 1 test top-1": ["iem_test_top1"],
