@@ -277,13 +277,15 @@ def test_readme_missing_key_is_named():
 
 
 def test_readme_blocks_match_expected_metrics():
-    """README.md's generated blocks are what benchmarks/readme_results.py renders from docs/expected_metrics.json."""
+    """README.md's generated blocks are what benchmarks/readme_results.py renders from docs/expected_metrics.json
+    (and the vqvae and codebook-size blocks from their files)."""
     expected = ROOT / "docs" / "expected_metrics.json"
     if not expected.exists():
         pytest.skip("docs/expected_metrics.json does not exist yet (benchmarks/make_expected.py writes it)")
     text = (ROOT / "README.md").read_text()
     vqvae = ROOT / "docs" / "expected_metrics_vqvae.json"
     rendered, names = readme_results.render_readme(text, json.loads(expected.read_text()),
-                                                   expected_vqvae=json.loads(vqvae.read_text()))
-    assert {"models", "results", "bias", "vqvae"} <= set(names)
+                                                   expected_vqvae=json.loads(vqvae.read_text()),
+                                                   codebook_sizes=json.loads(readme_results.CODEBOOK_SIZES.read_text()))
+    assert {"models", "results", "bias", "vqvae", "codebook_sizes"} <= set(names)
     assert rendered == text, "README.md is out of date: run python benchmarks/readme_results.py --write"
