@@ -2,8 +2,8 @@
 
 * ``shipped_name(k)``: the file of the shipped model with ``k`` codes (``checkpoints/vq_mnist.safetensors`` is
   the default's 256; another size is ``vq_mnist_k<k>.safetensors``); ``shipped_sizes()`` the sizes whose card
-  is in ``checkpoints/``; ``check_size(k)`` refuses a size that is not shipped, naming the shipped sizes and the
-  command that trains it; ``train_command(k)`` that command (written on the card of what it trains).
+  is in ``checkpoints/``; ``check_size(k)`` refuses a size that is not shipped, naming the shipped sizes and
+  the command that trains it; ``train_command(k)`` that command (written on the card of what it trains).
 
 A leaf module (json only): notebook 12's table of the study (``table``) reads finished runs without a model.
 """
@@ -19,7 +19,9 @@ DEFAULT_SIZE = 256  # the default run's model, checkpoints/vq_mnist.safetensors
 
 
 def shipped_name(codebook_size: int = DEFAULT_SIZE) -> str:
-    return "vq_mnist.safetensors" if codebook_size == DEFAULT_SIZE else f"vq_mnist_k{codebook_size}.safetensors"
+    return (
+        "vq_mnist.safetensors" if codebook_size == DEFAULT_SIZE else f"vq_mnist_k{codebook_size}.safetensors"
+    )
 
 
 def shipped_sizes(folder: str | Path = SHIPPED_CHECKPOINTS) -> list[int]:
@@ -27,17 +29,22 @@ def shipped_sizes(folder: str | Path = SHIPPED_CHECKPOINTS) -> list[int]:
     sizes = []
     for card in sorted(Path(folder).glob("vq_mnist*.json")):
         k = json.loads(card.read_text())["config"]["params"]["n_embed"]
-        if card.with_suffix(".safetensors").exists() and card.with_suffix(".safetensors").name == shipped_name(k):
+        if card.with_suffix(".safetensors").exists() and card.with_suffix(
+            ".safetensors"
+        ).name == shipped_name(k):
             sizes.append(k)
     return sorted(sizes)
 
 
 def train_command(codebook_size: int) -> str:
-    """The command that trains the model of ``codebook_size`` codes with the default's recipe into checkpoints/
-    (bf16 on, quoted so that YAML keeps it a string: the default was trained in bfloat16, on a machine where ``auto`` turns it on)."""
+    """The command that trains the model of ``codebook_size`` codes with the default's recipe into
+    checkpoints/ (bf16 on, quoted so that YAML keeps it a string: the default was trained in bfloat16, on a
+    machine where ``auto`` turns it on)."""
     size = "" if codebook_size == DEFAULT_SIZE else f" -p codebook_size {codebook_size}"
-    return (f"python -m cortex_utils.pipeline --preset default --only 01_vq_model -p retrain true{size}"
-            " -p bf16 \"'on'\" -p checkpoint_out checkpoints")
+    return (
+        f"python -m cortex_utils.pipeline --preset default --only 01_vq_model -p retrain true{size}"
+        " -p bf16 \"'on'\" -p checkpoint_out checkpoints"
+    )
 
 
 def check_size(codebook_size: int, folder: str | Path = SHIPPED_CHECKPOINTS) -> None:
@@ -45,6 +52,7 @@ def check_size(codebook_size: int, folder: str | Path = SHIPPED_CHECKPOINTS) -> 
     sizes = shipped_sizes(folder)
     if codebook_size not in sizes:
         raise ValueError(
-            f"no shipped VQ model has codebook_size = {codebook_size} (shipped: {', '.join(map(str, sizes))}). "
-            f"Train one with the default's recipe: {train_command(codebook_size)} (or -p retrain true in this run)"
+            f"no shipped VQ model has codebook_size = {codebook_size} (shipped: "
+            f"{', '.join(map(str, sizes))}). Train one with the default's recipe: "
+            f"{train_command(codebook_size)} (or -p retrain true in this run)"
         )

@@ -28,14 +28,18 @@
 #
 # | question | from |
 # |---|---|
-# | how faithful is the tokenizer, how much of its codebook is used? | notebook 01: `vq_test_psnr_db`, `vq_codebook_usage` |
+# | how faithful is the tokenizer, how much of its codebook is used? | notebook 01: `vq_test_psnr_db`,
+# `vq_codebook_usage` |
 # | can the IEM read the digit from the tokens? | notebook 04: `iem1_test_top1` |
-# | how concentrated is the explanation? | notebook 05's test TIS: share of an image's TIS mass in its top-5 positions |
-# | does hiding the top-TIS tokens hurt more than hiding random ones? | notebook 07: `image_level_tis_beats_random`, its table |
+# | how concentrated is the explanation? | notebook 05's test TIS: share of an image's TIS mass in its top-5
+# positions |
+# | does hiding the top-TIS tokens hurt more than hiding random ones? | notebook 07:
+# `image_level_tis_beats_random`, its table |
 # | can a region be rewritten into another digit? | notebook 09: `codebook_target_prob_before` / `_after` |
 #
-# With `codebook_size_study = True` (`make codebook-sizes`: the same taming model with 64, 256 and 1,024 codes)
-# the last section puts the runs in one table, one row per codebook size, every figure beside its control.
+# With `codebook_size_study = True` (`make codebook-sizes`: the same taming model with 64, 256 and 1,024
+# codes) the last section puts the runs in one table, one row per codebook size, every figure beside its
+# control.
 
 # %%
 import json
@@ -68,7 +72,10 @@ runs = {str(k): repo_path(v) for k, v in (runs or {"this run": run_dir}).items()
 missing = [f"{k}: {v}" for k, v in runs.items() if not (v / "metrics.json").is_file()]
 require(not missing, f"these runs have no metrics.json (run them first, e.g. make compare): {missing}")
 require(top >= 1 and n_show >= 1, "top and n_show must be >= 1")
-require(not results_out or codebook_size_study, "results_out writes the codebook-size table: set codebook_size_study")
+require(
+    not results_out or codebook_size_study,
+    "results_out writes the codebook-size table: set codebook_size_study",
+)
 params
 
 # %% [markdown]
@@ -86,10 +93,21 @@ for k, v in runs.items():
     require("test" in tis_entry["splits"], f"{k}: notebook 05 computed no test TIS")
     tis = np.load(repo_path(tis_entry["path"]) / "test.npy")
     info[k] = {"vq": vq, "ds": ds, "tis": tis, "iem": tis_entry["iem_arch"]}
-display(pd.DataFrame({k: {"family": i["vq"].family, "codebook": f"{i['vq'].n_embed} × {i['vq'].embed_dim}",
-                          "grid": "×".join(map(str, i["ds"].grid)), "dataset": i["ds"].manifest["source"],
-                          "test images": len(i["ds"].labels["test"]), "TIS of IEM": i["iem"]}
-                      for k, i in info.items()}))
+display(
+    pd.DataFrame(
+        {
+            k: {
+                "family": i["vq"].family,
+                "codebook": f"{i['vq'].n_embed} × {i['vq'].embed_dim}",
+                "grid": "×".join(map(str, i["ds"].grid)),
+                "dataset": i["ds"].manifest["source"],
+                "test images": len(i["ds"].labels["test"]),
+                "TIS of IEM": i["iem"],
+            }
+            for k, i in info.items()
+        }
+    )
+)
 
 # %% [markdown]
 # ## How concentrated is the explanation?
@@ -103,12 +121,15 @@ first = next(iter(info.values()))
 one = first["tis"][0].ravel()
 best = np.argsort(-one, kind="stable")[:top]
 hand_share = np.abs(one[best]).sum() / np.abs(one).sum()
-print(f"test image 0: the top-{top} positions {sorted(best.tolist())} hold {hand_share:.1%} of its |TIS| "
-      f"(even spread: {top / one.size:.1%})")
+print(
+    f"test image 0: the top-{top} positions {sorted(best.tolist())} hold {hand_share:.1%} of its |TIS| "
+    f"(even spread: {top / one.size:.1%})"
+)
 
 
 # %% [markdown]
-# The same for every test image of every run with `concepts.top_tis_share` (checked against the hand computation).
+# The same for every test image of every run with `concepts.top_tis_share` (checked against the hand
+# computation).
 
 # %% tags=["by-hand-check"]
 assert np.isclose(concepts.top_tis_share(first["tis"][:1], top)[0], hand_share)
@@ -142,7 +163,9 @@ rows = {
     "codebook optimisation: target probability before": "codebook_target_prob_before",
     "codebook optimisation: target probability after": "codebook_target_prob_after",
 }
-table = pd.DataFrame({k: {name: m.get(key, np.nan) for name, key in rows.items()} for k, m in metrics.items()})
+table = pd.DataFrame(
+    {k: {name: m.get(key, np.nan) for name, key in rows.items()} for k, m in metrics.items()}
+)
 table.loc[f"mean share of |TIS| in the top-{top} positions"] = {k: float(s.mean()) for k, s in shares.items()}
 display(table.round(3))
 
@@ -177,9 +200,10 @@ panels, picked = {}, {}
 for k, i in info.items():
     labels = i["ds"].labels["test"]
     picked[k] = np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)[:n_show]])
-    panels[f"{k}: decoded"] = vqlib.decode(i["vq"], torch.from_numpy(i["ds"].tokens["test"][picked[k]].astype(np.int64)))
-plots.rows_of_images(panels, ncols=min(len(p) for p in picked.values()));
-
+    panels[f"{k}: decoded"] = vqlib.decode(
+        i["vq"], torch.from_numpy(i["ds"].tokens["test"][picked[k]].astype(np.int64))
+    )
+plots.rows_of_images(panels, ncols=min(len(p) for p in picked.values()))
 # %%
 ncols = min(len(p) for p in picked.values())
 fig, axes = plt.subplots(len(info), ncols, figsize=(1.4 * ncols, 1.5 * len(info)), squeeze=False)
@@ -192,8 +216,7 @@ for row, (k, i) in zip(axes, info.items(), strict=True):
         ax.set_title(f"label {i['ds'].labels['test'][picked[k][j]]}", fontsize=8)
     row[0].set_ylabel(k, fontsize=8)
 fig.colorbar(im, ax=axes, shrink=0.8, label="TIS / the run's largest shown")
-fig.suptitle("TIS maps");
-
+fig.suptitle("TIS maps")
 # %% [markdown]
 # ## What the runs say
 #
@@ -204,19 +227,27 @@ lines = []
 for k in runs:
     m, s = metrics[k], shares[k]
     beats = m.get("image_level_tis_beats_random")
-    lines.append(f"* **{k}** ({info[k]['vq'].family}, {info[k]['ds'].manifest['source']} data): PSNR "
-                 f"{m.get('vq_test_psnr_db', float('nan')):.1f} dB, {m.get('vq_codebook_usage', float('nan')):.0%} of "
-                 f"{info[k]['vq'].n_embed} codes used; the IEM reads the digit from the tokens in "
-                 f"{m.get('iem1_test_top1', float('nan')):.1%} of the test images; the top-{top} positions hold "
-                 f"{s.mean():.0%} of an image's TIS mass (even spread {top / first['tis'][0].size:.0%}); top-TIS "
-                 f"masking beats random in {beats:.0%} of the pixel-space cells" if beats is not None else
-                 f"* **{k}**: notebook 07 was not run")
+    lines.append(
+        f"* **{k}** ({info[k]['vq'].family}, {info[k]['ds'].manifest['source']} data): PSNR "
+        f"{m.get('vq_test_psnr_db', float('nan')):.1f} dB, {m.get('vq_codebook_usage', float('nan')):.0%} of "
+        f"{info[k]['vq'].n_embed} codes used; the IEM reads the digit from the tokens in "
+        f"{m.get('iem1_test_top1', float('nan')):.1%} of the test images; the top-{top} positions hold "
+        f"{s.mean():.0%} of an image's TIS mass (even spread {top / first['tis'][0].size:.0%}); top-TIS "
+        f"masking beats random in {beats:.0%} of the pixel-space cells"
+        if beats is not None
+        else f"* **{k}**: notebook 07 was not run"
+    )
 if len(runs) == 2:
     (a, sa), (b, sb) = shares.items()
     more, less = (a, b) if sa.mean() > sb.mean() else (b, a)
-    lines.append(f"\nMean top-{top} share of the TIS mass: {a} {sa.mean():.1%}, {b} {sb.mean():.1%}: " +
-                 ("about equally concentrated." if abs(sa.mean() - sb.mean()) < 0.005 else
-                  f"the explanations of **{more}** are the more concentrated."))
+    lines.append(
+        f"\nMean top-{top} share of the TIS mass: {a} {sa.mean():.1%}, {b} {sb.mean():.1%}: "
+        + (
+            "about equally concentrated."
+            if abs(sa.mean() - sb.mean()) < 0.005
+            else f"the explanations of **{more}** are the more concentrated."
+        )
+    )
 print("\n".join(lines))
 
 # %% [markdown]
@@ -224,15 +255,21 @@ print("\n".join(lines))
 # characters as `_`).
 
 # %%
-record_metrics(run_dir, **{f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
-                           for k, s in shares.items()})
+record_metrics(
+    run_dir,
+    **{
+        f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
+        for k, s in shares.items()
+    },
+)
 print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
 
 # %% [markdown]
 # ## Codebook size
 #
-# With `codebook_size_study` the runs are the same taming model trained with different numbers of codes, on the
-# same real digits. One row per size (`compare.read_run`), each figure with its control in the next column:
+# With `codebook_size_study` the runs are the same taming model trained with different numbers of codes, on
+# the same real digits. One row per size (`compare.read_run`), each figure with its control in the next
+# column:
 #
 # * PSNR and codebook usage of the tokenizer, the test accuracy of the IEM the run explained (IEM 1);
 # * `tis_top_share`: the mean share of an image's |TIS| at its top-`top` positions, beside an even spread;
@@ -251,28 +288,40 @@ labels0 = first["ds"].labels["test"]
 hand_distinct = len(set(ids[labels0 == labels0[0]].ravel().tolist()))
 one_class = compare.class_distinct_ids(ids[labels0 == labels0[0]], labels0[labels0 == labels0[0]])
 assert hand_distinct == one_class
-print(f"class {labels0[0]}: its {int((labels0 == labels0[0]).sum())} test images hold {hand_distinct} distinct ids "
-      f"at their top-{top} TIS positions ({top * int((labels0 == labels0[0]).sum())} positions); checked")
+print(
+    f"class {labels0[0]}: its {int((labels0 == labels0[0]).sum())} test images hold {hand_distinct} distinct "
+    f"ids at their top-{top} TIS positions ({top * int((labels0 == labels0[0]).sum())} positions); checked"
+)
 
 # %%
 if codebook_size_study:
     sizes = {k: int(i["vq"].n_embed) for k, i in info.items()}
-    require(len(set(sizes.values())) == len(sizes), f"codebook_size_study needs one run per size, got {sizes}")
-    require(all(i["vq"].family == "taming_vqgan" for i in info.values()), "codebook_size_study: taming runs only")
+    require(
+        len(set(sizes.values())) == len(sizes), f"codebook_size_study needs one run per size, got {sizes}"
+    )
+    require(
+        all(i["vq"].family == "taming_vqgan" for i in info.values()), "codebook_size_study: taming runs only"
+    )
 sizes_table = compare.runs_table({k: compare.read_run(v, top=top) for k, v in runs.items()})
 if codebook_size_study:
     sizes_table = sizes_table.drop(columns="family").set_index("codebook_size").sort_index()
 display(sizes_table.round(3))
 for figure, control in compare.CONTROLS.items():
     above = [str(k) for k, r in sizes_table.iterrows() if r[figure] > r[control]]
-    print(f"{figure} above its control ({control}) for: {', '.join(above) or 'none'} of {len(sizes_table)} rows")
+    print(
+        f"{figure} above its control ({control}) for: {', '.join(above) or 'none'} of {len(sizes_table)} rows"
+    )
 
 # %%
-panels = {"PSNR (dB)": ["psnr_db"], "codebook usage": ["codebook_usage"], "IEM 1 test top-1": ["iem_test_top1"],
-          f"share of |TIS| at top-{top}": ["tis_top_share", "tis_top_share_even"],
-          "distinct ids per class": ["class_distinct_ids_tis", "class_distinct_ids_random"],
-          "image masking: prob. drop": ["image_mask_prob_drop_tis", "image_mask_prob_drop_random"],
-          "concept masking: logit drop": ["concept_mask_logit_drop_concept", "concept_mask_logit_drop_frequency"]}
+panels = {
+    "PSNR (dB)": ["psnr_db"],
+    "codebook usage": ["codebook_usage"],
+    "IEM 1 test top-1": ["iem_test_top1"],
+    f"share of |TIS| at top-{top}": ["tis_top_share", "tis_top_share_even"],
+    "distinct ids per class": ["class_distinct_ids_tis", "class_distinct_ids_random"],
+    "image masking: prob. drop": ["image_mask_prob_drop_tis", "image_mask_prob_drop_random"],
+    "concept masking: logit drop": ["concept_mask_logit_drop_concept", "concept_mask_logit_drop_frequency"],
+}
 x = sizes_table.index if codebook_size_study else sizes_table["codebook_size"]
 fig, axes = plt.subplots(2, 4, figsize=(12, 5.6))
 axes.flat[-1].axis("off")
@@ -291,20 +340,38 @@ fig.tight_layout()
 
 # %% [markdown]
 # Recorded with the codebook size in the key (`codebook_size_<k>_<column>`), the table as `codebook_sizes.csv`
-# in this run and, with `results_out`, as JSON with the machine it ran on (the README's table is rendered from it).
+# in this run and, with `results_out`, as JSON with the machine it ran on (the README's table is rendered from
+# it).
 
 # %%
 if codebook_size_study:
     sizes_table.to_csv(run_dir / "codebook_sizes.csv")
-    record_metrics(run_dir, **{f"codebook_size_{k}_{c}": None if pd.isna(v) else round(float(v), 4)
-                               for k, row in sizes_table.iterrows() for c, v in row.items()})
+    record_metrics(
+        run_dir,
+        **{
+            f"codebook_size_{k}_{c}": None if pd.isna(v) else round(float(v), 4)
+            for k, row in sizes_table.iterrows()
+            for c, v in row.items()
+        },
+    )
     if results_out:
-        write_json(repo_path(results_out), {
-            "about": "python -m cortex_utils.pipeline --preset codebook-sizes (make codebook-sizes), notebook 12",
-            "machine": compare.machine(), "top": top, "controls": compare.CONTROLS,
-            "run_seconds": {int(i["vq"].n_embed): metrics[k].get("pipeline_seconds") for k, i in info.items()},
-            "rows": {int(k): {c: None if pd.isna(v) else round(float(v), 4) for c, v in row.items()}
-                     for k, row in sizes_table.iterrows()}})
+        write_json(
+            repo_path(results_out),
+            {
+                "about": "python -m cortex_utils.pipeline --preset codebook-sizes (make codebook-sizes), "
+                "notebook 12",
+                "machine": compare.machine(),
+                "top": top,
+                "controls": compare.CONTROLS,
+                "run_seconds": {
+                    int(i["vq"].n_embed): metrics[k].get("pipeline_seconds") for k, i in info.items()
+                },
+                "rows": {
+                    int(k): {c: None if pd.isna(v) else round(float(v), 4) for c, v in row.items()}
+                    for k, row in sizes_table.iterrows()
+                },
+            },
+        )
         print(f"wrote {results_out}")
     print(f"wrote {run_dir / 'codebook_sizes.csv'}")
 
@@ -313,8 +380,8 @@ if codebook_size_study:
 #
 # 1. The FSQ codebook spans only 3 of its 32 dimensions (notebook 01). Why can the IEM still tell the digits
 #    apart, and what does SmoothGrad's noise (added in all 32 dimensions) do to a 3-dimensional codebook?
-# 2. Two FSQ tokens whose lattice points differ in one level are neighbours by construction. Look at the concept
-#    tokens of notebook 06 in the `vqvae` run: are a class's concept tokens neighbours on the lattice?
+# 2. Two FSQ tokens whose lattice points differ in one level are neighbours by construction. Look at the
+#    concept tokens of notebook 06 in the `vqvae` run: are a class's concept tokens neighbours on the lattice?
 # 3. Look at the decoded digits above, drawn in colour: which family keeps each digit's colour? Compute the
 #    mean colour error per test digit (decoded minus original, averaged over the ink) for both runs.
 # 4. A residual quantizer gives each position several ids. How would you define "the token at a position"

@@ -19,7 +19,9 @@ def test_an_unshipped_size_names_the_shipped_ones_and_the_command(tmp_path):
         cfg = {"config": {"params": {"n_embed": k}}}
         (tmp_path / codebook_sizes.shipped_name(k)).with_suffix(".json").write_text(json.dumps(cfg))
         (tmp_path / codebook_sizes.shipped_name(k)).write_bytes(b"")
-    (tmp_path / "vq_mnist_k512.json").write_text(json.dumps({"config": {"params": {"n_embed": 512}}}))  # no weights
+    (tmp_path / "vq_mnist_k512.json").write_text(
+        json.dumps({"config": {"params": {"n_embed": 512}}})
+    )  # no weights
     assert codebook_sizes.shipped_sizes(tmp_path) == [64, 256]
     codebook_sizes.check_size(64, tmp_path)
     with pytest.raises(ValueError) as err:
@@ -56,8 +58,22 @@ def test_the_preset_runs_01_to_08_for_each_size_then_notebook_12():
     plan = pipeline.sub_runs(preset)
     assert sorted(p["resolved"]["01_vq_model"]["codebook_size"] for p in plan) == SIZES
     one = pipeline.load_preset("one_codebook_size")["notebooks"]
-    assert one == [f"0{i}_{n}" for i, n in enumerate(["vq_model", "dataset_generation", "train_iem", "test_iem",
-                   "compute_tis", "concept_analysis", "image_level_explanation", "concept_level_explanation"], 1)]
+    assert one == [
+        f"0{i}_{n}"
+        for i, n in enumerate(
+            [
+                "vq_model",
+                "dataset_generation",
+                "train_iem",
+                "test_iem",
+                "compute_tis",
+                "concept_analysis",
+                "image_level_explanation",
+                "concept_level_explanation",
+            ],
+            1,
+        )
+    ]
     for p in plan:
         k = p["resolved"]["01_vq_model"]["codebook_size"]
         assert p["run_dir"] == REPO_ROOT / f"runs/codebook-sizes/k{k}"
@@ -76,12 +92,16 @@ def test_a_preset_with_runs_finishes_them_first_in_order(tmp_path, monkeypatch):
     calls, run = [], pipeline.run
     monkeypatch.setattr(pipeline, "run", lambda *a, **kw: calls.append(a))
     preset = tmp_path / "two.yaml"
-    preset.write_text("runs:\n"
-                      "  - {run_dir: runs/a, preset: one_codebook_size, parameters: {codebook_size: 64}}\n"
-                      "  - {run_dir: runs/b, preset: one_codebook_size}\nnotebooks: []\n")
+    preset.write_text(
+        "runs:\n"
+        "  - {run_dir: runs/a, preset: one_codebook_size, parameters: {codebook_size: 64}}\n"
+        "  - {run_dir: runs/b, preset: one_codebook_size}\nnotebooks: []\n"
+    )
     run(str(preset), [("03_train_iem.epochs", "2")], run_dir=str(tmp_path / "summary"))
-    assert [(c[0], c[3], c[7]) for c in calls] == [("one_codebook_size", str(REPO_ROOT / "runs/a"), {"codebook_size": 64}),
-                                                   ("one_codebook_size", str(REPO_ROOT / "runs/b"), {})]
+    assert [(c[0], c[3], c[7]) for c in calls] == [
+        ("one_codebook_size", str(REPO_ROOT / "runs/a"), {"codebook_size": 64}),
+        ("one_codebook_size", str(REPO_ROOT / "runs/b"), {}),
+    ]
     assert all(c[1] == [("03_train_iem.epochs", "2")] for c in calls)
     calls.clear()
     with pytest.raises(SystemExit, match="unknown parameter 'trian_steps'"):
@@ -93,10 +113,29 @@ def test_a_preset_with_runs_finishes_them_first_in_order(tmp_path, monkeypatch):
 
 
 def test_notebook_01_refuses_an_unshipped_size(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "cortex_utils.pipeline", "--preset", "default", "--only", "01_vq_model",
-                        "-p", "codebook_size", "512", "--jobs", "1", "--run-dir", str(tmp_path / "run")],
-                       capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"}, cwd=REPO_ROOT,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cortex_utils.pipeline",
+            "--preset",
+            "default",
+            "--only",
+            "01_vq_model",
+            "-p",
+            "codebook_size",
+            "512",
+            "--jobs",
+            "1",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
     assert r.returncode != 0 and "failed in cell" in r.stderr
     assert "no shipped VQ model has codebook_size = 512" in r.stderr
     assert "-p retrain true -p codebook_size 512" in r.stderr
