@@ -311,3 +311,45 @@ def share_verdict(low: float, high: float, max_width: float = 0.25) -> str:
     if low > 0.5 or high < 0.5:
         return "found"
     return "not found" if high - low <= max_width else "inconclusive"
+
+
+# --- shares counted directly (pixels, evaluators): binomial intervals ---------------------------------------
+#
+# Where every image's value is measured (the pixel truth, an evaluator's verdict) a share is a plain binomial
+# proportion. Its interval is Wilson's score interval (Wilson 1927), whose coverage stays near the nominal level
+# down to small n and near 0 or 1, where the textbook p ± z·sqrt(p(1-p)/n) collapses; the difference of two
+# independent shares gets Newcombe's hybrid score interval (Newcombe 1998, method 10), built from the two Wilson
+# intervals. ``tests/test_bias.py`` checks both coverages by simulation.
+
+
+def _z(level: float) -> float:
+    from statistics import NormalDist
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    return NormalDist().inv_cdf(1 - (1 - level) / 2)
+
+
+def wilson_interval(successes, n, level: float = 0.95) -> tuple[float, float, float]:
+    """``(share, low, high)``: ``successes / n`` and its Wilson score interval."""
+    k, n = int(successes), int(n)
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"a binomial share needs n >= 1 and 0 <= successes <= n, got {k} of {n}")
+    z, p = _z(level), k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return p, float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def share_interval(outcomes, level: float = 0.95) -> tuple[float, float, float]:
+    """``wilson_interval`` of a boolean per-image outcome (e.g. "shows red")."""
+    x = np.asarray(outcomes, dtype=bool).ravel()
+    return wilson_interval(int(x.sum()), x.size, level)
+
+
+def difference_interval(outcomes_1, outcomes_2, level: float = 0.95) -> tuple[float, float, float]:
+    """``(p1 - p2, low, high)`` for two independent boolean samples: Newcombe's hybrid score interval."""
+    p1, l1, u1 = share_interval(outcomes_1, level)
+    p2, l2, u2 = share_interval(outcomes_2, level)
+    d = p1 - p2
+    return d, float(d - np.hypot(p1 - l1, u2 - p2)), float(d + np.hypot(u1 - p1, p2 - l2))

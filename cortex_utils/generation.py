@@ -226,16 +226,39 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1)
 
 
+def suppression_mask(ids, vocab_size: int) -> torch.Tensor:
+    """``(vocab_size,)`` bool, True at each of ``ids``: the tokens ``sample_tokens(suppress=ids)`` never draws.
+    Refuses an empty set, ids that are not integers or lie outside ``[0, vocab_size)``, and a set that leaves
+    nothing to draw."""
+    ids = np.asarray(ids).ravel()
+    if ids.size == 0:
+        raise ValueError("suppress: an empty set of token ids (give None to suppress nothing)")
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"suppress: token ids must be integers, got dtype {ids.dtype}")
+    bad = sorted({int(i) for i in ids if not 0 <= i < vocab_size})
+    if bad:
+        raise ValueError(f"suppress: id(s) {bad[:10]} outside the codebook [0, {vocab_size})")
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[torch.as_tensor(ids, dtype=torch.long)] = True
+    if mask.all():
+        raise ValueError(f"suppress: all {vocab_size} ids suppressed, nothing left to sample")
+    return mask
+
+
 def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 100, batch_size: int = 500,
-                  seed: int = 0, progress: bool = True) -> torch.Tensor:
+                  seed: int = 0, progress: bool = True, suppress=None) -> torch.Tensor:
     """Sample one token grid per entry of ``labels`` -> ``(N, h, w)`` int64.
 
     Uses taming's minGPT key/value cache (``forward_with_past``): one new position per step instead of
     re-running the whole prefix, identical logits, ~``h*w/2`` times less work.
+
+    ``suppress``: token ids that are never drawn (a logit bias of -inf on them at every step, applied before
+    ``top_k``, so the k most likely *allowed* ids remain); ``None`` (the default) changes nothing.
     """
     gpt = model.transformer
     gpt.eval()
     h, w = vqlib.grid_shape(model.tokenizer)
+    banned = None if suppress is None else suppression_mask(suppress, gpt.config.vocab_size)
     labels = torch.as_tensor(labels).long()
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -247,6 +270,8 @@ def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 1
             logits, _, present = gpt.forward_with_past(x, past=past, past_length=n)
             past = [present] if past is None else past + [present]
             logits = logits[:, -1, :] / temperature
+            if banned is not None:
+                logits = logits.masked_fill(banned, -float("inf"))
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, -float("inf"))
