@@ -54,9 +54,10 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import bias, bias_stats, digits, planted_bias, plots
+from cortex_utils import bias, bias_stats, digits, evaluators, planted_bias, plots
 from cortex_utils import concepts as conceptlib
 from cortex_utils import generation as gen
+from cortex_utils import mitigation as mitlib
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, record_metrics, register
 from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
@@ -99,6 +100,7 @@ reselect_tokens = True  # re-select the attribute tokens in every bootstrap resa
 not_found_width = 0.25  # "not found" needs an interval around ½ at most this wide (else "inconclusive")
 seed = 0
 n_show = 8  # images per row in the figures
+mitigation = {"control_pool": 3, "max_digit_drop": 0.1}  # control ids: among this many of similar frequency
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -128,6 +130,8 @@ require(0 <= min_youden < 1 and 0 < not_found_width <= 1, "min_youden must lie i
 require(n_neutral >= 1 and nsamples >= 1 and top_n >= 1 and token_num >= 1 and attribute_iem["epochs"] >= 1
         and n_boot >= 1, "n_neutral, nsamples, top_n, token_num, attribute_iem epochs and n_boot must be >= 1")
 choice("attribute_iem arch", attribute_iem["arch"], [1, 2, 3, 4])
+require(mitigation["control_pool"] >= 1 and 0 <= mitigation["max_digit_drop"] <= 1,
+        f"mitigation: control_pool >= 1 and max_digit_drop in [0, 1], got {mitigation}")
 choice("bf16", bf16, ["auto", "on", "off"])
 run_dir = repo_path(run_dir)
 out_dir = run_dir / "bias"
@@ -481,6 +485,123 @@ for (b, d), acc in accuracy.items():
                      "little; the tokens above owe most to the `specificity` filter, a frequency contrast, not to "
                      "what the IEM learned.*")
 display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# ## Mitigation: editing the attribute tokens out
+#
+# If the planted value's attribute tokens really carry it, a generator that may not draw them should show the
+# value less often: detection would then also give a cure. So the neutral prompt of each biased digit is sampled
+# again with those ids **suppressed** (a logit of −∞ on them at every step; the generator draws its next most
+# likely allowed id instead, `cortex_utils.mitigation`), and the result is measured **from pixels** with the
+# rule that gave the truth above, not from tokens (a token edit scores itself well by construction).
+#
+# Two things could fake a success. Taking *any* ids out changes the images (the **control**: the same edit with
+# as many other ids, drawn once with `seed`, each among the `mitigation["control_pool"]` ids that the unedited
+# neutral generations use about as often as the attribute id it stands for; neither value's attribute ids are
+# eligible. A draw uniform over all used ids would mostly pick rare ids and barely touch the images, too weak a
+# control.) And an edit can push the attribute away by wrecking the digit: the independent evaluators of
+# notebook 02 say whether each edited image still shows the prompted digit (*kept*: every evaluator's top class
+# is the digit). Shares and agreements get Wilson's 95 % interval, changes Newcombe's (`bias_stats`, coverage
+# checked by simulation in `tests/test_mitigation.py`). The edited generations are token datasets like the
+# study's (`<run_dir>/bias/data/mitigation_<type>` and `..._random`), shipped in `data/default/bias` for the
+# default and sampled here when the run's attribute ids or settings differ from their card's. They are sampled
+# with other seeds than the study's (`seed` + 1, + 2): with the same seed their first token would be drawn from
+# the same random numbers as the unedited set's, and the sets would not be the independent samples the
+# intervals of their differences assume.
+
+# %%
+edit_ids, control_ids = {}, {}
+for b in bias_types:
+    key = (b, biased_digit[b])
+    edit_ids[b] = np.asarray(ids[key][planted_label[key]], dtype=np.int64)  # the planted value's tokens
+    if not len(edit_ids[b]):
+        print(f"{b}: the study found no {planted[b]} tokens, so there is nothing to edit out")
+        continue
+    both_values = np.concatenate([np.asarray(v, dtype=np.int64) for v in ids[key].values()])
+    control_ids[b] = mitlib.control_ids(neutral_of[key], edit_ids[b], both_values, seed, mitigation["control_pool"])
+display(pd.DataFrame({b: {"suppressed (attribute)": list(edit_ids[b]), "control": list(control_ids[b]),
+                          "positions held, attribute": mitlib.token_share(neutral[biased_digit[b]], edit_ids[b]),
+                          "positions held, control": mitlib.token_share(neutral[biased_digit[b]], control_ids[b])}
+                      for b in control_ids}).T)
+
+# %%
+edited = {}
+edit_seed = {"after": seed + 1, "after_random": seed + 2}  # not the study's: three independent samples
+for b in control_ids:
+    for s, suppress in (("after", edit_ids[b]), ("after_random", control_ids[b])):
+        name = f"mitigation_{b}" + ("_random" if s == "after_random" else "")
+        edited[(b, s)], why = mitlib.load_or_sample_edited(
+            tf, tf_path, vq, name, biased_digit[b], suppress, n_neutral, sampling["temperature"],
+            sampling["top_k"] or None, edit_seed[s], out_dir, regenerate or retrain)
+        print(f"{b}, {s.replace('_', ' ')}: {why}")
+
+# %% [markdown]
+# Measured from pixels: the share of the planted value and the evaluators' agreement with the prompted digit,
+# before (the study's own neutral generations, so the share before is the pixel truth above), after the edit
+# and after the control edit:
+
+# %%
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10)  # notebook 02's independent judges
+measured = {b: {"before": neutral[biased_digit[b]], **{s: edited[(b, s)].tokens["neutral"] for s in ("after", "after_random")}}
+            for b in control_ids}
+measured = {b: {s: mitlib.measure(vq, z, biased_digit[b], b, planted[b], thresholds, judges) for s, z in sets.items()}
+            for b, sets in measured.items()}
+mitigation_table = {b: mitlib.summary(m) for b, m in measured.items()}
+for b, t in mitigation_table.items():  # the same pixel rule as the truth above, on the same images
+    np.testing.assert_allclose(t.loc["before", "share"], shares[biased_digit[b]][b], rtol=0, atol=1e-12)
+display(pd.concat(mitigation_table, names=["bias", "set"]).astype(float).round(3))
+
+# %% [markdown]
+# The same numbers as a figure: the planted value's share (left; ½ is balance, the dashed line what the study's
+# token estimate said before) and the digit agreement (right), each with its 95 % interval.
+
+# %%
+set_labels = {"before": "before", "after": "attribute ids out", "after_random": "control ids out"}
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+for ax, what, ylabel in zip(axes, ("share", "digit_agreement"), (
+        "share of the planted value (pixels)", "share whose digit every evaluator sees"), strict=True):
+    for i, b in enumerate(mitigation_table):
+        t = mitigation_table[b].astype(float)
+        x = i + np.arange(3) * 0.25 - 0.25
+        ax.bar(x, t[what], width=0.22, color=["0.6", "tab:blue", "tab:orange"],
+               yerr=[t[what] - t[f"{what}_low"], t[f"{what}_high"] - t[what]], capsize=3,
+               label=[set_labels[s] for s in t.index] if i == 0 else None)
+        if what == "share":
+            row = deltas[(deltas["bias"] == b) & (deltas["digit"] == biased_digit[b])].iloc[0]
+            ax.hlines(row["share"], i - 0.4, i + 0.4, colors="k", linestyles="--", lw=1,
+                      label="study's token estimate" if i == 0 else None)
+    ax.axhline(0.5, color="k", lw=0.7, ls=":", label="balance (½)" if what == "share" else None)
+    ax.set(xticks=range(len(mitigation_table)), xticklabels=[f"{b} (digit {biased_digit[b]}, {planted[b]})"
+                                                             for b in mitigation_table], ylim=(0, 1.05), ylabel=ylabel)
+    ax.legend(fontsize=7, loc="lower left")
+axes[0].set_title("does the edit balance the attribute?")
+axes[1].set_title("is the digit kept?")
+fig.tight_layout()
+
+# %% [markdown]
+# What the edit does to the images (the first `n_show` of each set):
+
+# %%
+for b in control_ids:
+    z = {s: torch.as_tensor(np.asarray(v), dtype=torch.long) for s, v in (
+        ("before", neutral[biased_digit[b]]), *((s, edited[(b, s)].tokens["neutral"]) for s in ("after", "after_random")))}
+    plots.rows_of_images({f"{b}: {set_labels[s]}": vqlib.decode(vq, v[:n_show]) for s, v in z.items()}, ncols=n_show)
+    plt.show()
+
+# %% [markdown]
+# The verdict, computed from the intervals: the edit **works** when the planted share fell and ended nearer ½
+# than before, when it fell further than under the control edit (the interval of the difference lies below 0),
+# and when the interval of the change in digit agreement rules out drops larger than
+# `mitigation["max_digit_drop"]`.
+
+# %%
+mitigation_lines = [mitlib.verdict(measured[b], b, planted[b], mitigation["max_digit_drop"]) for b in measured]
+mitigation_lines += [f"- **{b}**: no attribute tokens, no edit" for b in bias_types if b not in measured]
+display(Markdown("\n".join(mitigation_lines)))
+mitigation_metrics = {k: v for b in bias_types for k, v in mitlib.metrics(mitigation_table.get(b), b).items()}
+
+# %%
+record_metrics(run_dir, **mitigation_metrics)
 
 # %% [markdown]
 # ## Exercises
