@@ -69,7 +69,8 @@ def test_the_repository_ships_the_default_data_intact():
     cards = sorted(SHIPPED_DATA.rglob("*.json"))
     cards = [c for c in cards if c.name != "manifest.json"]
     assert {c.stem for c in cards} >= {"generated", "neutral", "colour_digit_3", "colour_digit_7",
-                                       "thickness_digit_5", "thickness_digit_7"}
+                                       "thickness_digit_5", "thickness_digit_7", "mitigation_colour",
+                                       "mitigation_colour_random", "mitigation_thickness", "mitigation_thickness_random"}
     for card in cards:
         files = json.loads(card.read_text())["files"]
         assert files == tokds.file_digests(card.with_suffix("")), card
