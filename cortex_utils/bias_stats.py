@@ -338,7 +338,10 @@ def wilson_interval(successes, n, level: float = 0.95) -> tuple[float, float, fl
     z, p = _z(level), k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return p, float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # exact arithmetic gives 0 at k = 0, 1 at k = n and low <= p <= high: keep rounding from breaking that
+    low = 0.0 if k == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if k == n else max(p, min(1.0, centre + half))
+    return p, float(low), float(high)
 
 
 def share_interval(outcomes, level: float = 0.95) -> tuple[float, float, float]:

@@ -93,7 +93,9 @@ def test_wilson_interval_by_hand_and_its_coverage_by_simulation():
     centre = (0.8 + z * z / 20) / (1 + z * z / 10)
     half = z / (1 + z * z / 10) * np.sqrt(0.8 * 0.2 / 10 + z * z / 400)
     assert bias_stats.wilson_interval(8, 10) == pytest.approx((0.8, centre - half, centre + half))
-    assert bias_stats.wilson_interval(0, 5)[1] == 0 and bias_stats.wilson_interval(5, 5)[2] == 1
+    for n in range(1, 40):  # the ends are exact, and the share lies inside (no rounding past it)
+        assert bias_stats.wilson_interval(0, n)[:2] == (0, 0) and bias_stats.wilson_interval(n, n)[::2] == (1, 1)
+        assert all(lo <= p <= hi for p, lo, hi in (bias_stats.wilson_interval(k, n) for k in range(n + 1)))
     rng = np.random.default_rng(0)
     cov = {(n, p): _coverage(n, p, 2000, rng, bias_stats.wilson_interval)
            for n in (10, 30, 300) for p in (0.05, 0.3, 0.5, 0.85)}

@@ -157,7 +157,9 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
                 "codebook_opt_concept_overlap_random_ids", "codebook_concept_fill_target_prob",
                 "codebook_random_fill_target_prob", "codebook_frequency_fill_target_prob", "bias_colour_delta_biased", "bias_colour_delta_control",
                 "bias_thickness_delta_biased", "bias_thickness_delta_control", "bias_colour_truth_share",
-                "bias_thickness_truth_share", "sanity_rank_corr_smoothgrad", "deletion_auc_smoothgrad_pixel",
+                "bias_thickness_truth_share", *[f"mitigation_{b}_{k}" for b in ("colour", "thickness") for k in (
+                    "share_before", "share_after", "share_after_random", "digit_agreement_after",
+                    "share_after_high", "digit_agreement_after_low")], "sanity_rank_corr_smoothgrad", "deletion_auc_smoothgrad_pixel",
                 "deletion_auc_occlusion_token", "recommended_method", "tis_method", "pipeline_seconds",
                 *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
         assert key in metrics, key
