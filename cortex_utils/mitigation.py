@@ -163,10 +163,13 @@ def verdict(measured: dict, bias_type: str, value: str, max_digit_drop: float = 
     toward = d_edit[2] < 0 and abs(p1 - 0.5) < abs(p0 - 0.5)
     beyond, kept = d_rand[2] < 0, d_digit[1] >= -max_digit_drop
     works = toward and beyond and kept
+    leaned = share_interval(before["shows"], level)[1] > 0.5
+    note = "" if leaned else f"(no lean toward {value} is established before the edit: its interval reaches ½) "
+
     def iv(d):
         return f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]"
-    return (f"- **{bias_type}**: the share of {value} went {p0:.2f} → {p1:.2f} (change {iv(d_edit)}: "
-            f"{'toward balance' if toward else '**not toward balance**'}); against the random edit "
+    return (f"- **{bias_type}**: {note}the share of {value} went {p0:.2f} → {p1:.2f} (change {iv(d_edit)}: "
+            f"{'it fell, toward balance' if toward else '**it did not fall toward balance**'}); against the random edit "
             f"({rand['shows'].mean():.2f}) {iv(d_rand)}: {'beyond the control' if beyond else '**not beyond the control**'}; "
             f"digit agreement {before['kept'].mean():.2f} → {after['kept'].mean():.2f} (change {iv(d_digit)}: "
             f"{'kept' if kept else f'**a drop beyond {max_digit_drop:.2f} is not ruled out**'}). "

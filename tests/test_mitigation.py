@@ -146,7 +146,10 @@ def test_verdict_and_metrics():
     broken = {**works, "after": _measured(0.5, 0.5, 300, rng)}
     assert "a drop beyond 0.10 is not ruled out" in mitigation.verdict(broken, "colour", "red")
     overshoot = {**works, "after": _measured(0.05, 0.95, 300, rng)}
-    assert "**not toward balance**" in mitigation.verdict(overshoot, "colour", "red")
+    assert "**it did not fall toward balance**" in mitigation.verdict(overshoot, "colour", "red")
+    assert "no lean toward red is established before" not in mitigation.verdict(works, "colour", "red")
+    unbiased = {**works, "before": _measured(0.45, 0.95, 300, rng)}
+    assert "no lean toward red is established before" in mitigation.verdict(unbiased, "colour", "red")
     table = mitigation.summary(works)
     m = mitigation.metrics(table, "colour")
     assert len(m) == 18 and m["mitigation_colour_share_before"] == 0.85
