@@ -572,7 +572,8 @@ for ax, what, ylabel in zip(axes, ("share", "digit_agreement"), (
                       label="study's token estimate" if i == 0 else None)
     ax.axhline(0.5, color="k", lw=0.7, ls=":", label="balance (½)" if what == "share" else None)
     ax.set(xticks=range(len(mitigation_table)), xticklabels=[f"{b} (digit {biased_digit[b]}, {planted[b]})"
-                                                             for b in mitigation_table], ylim=(0, 1.05), ylabel=ylabel)
+                                                             for b in mitigation_table], ylim=(0, 1.05), ylabel=ylabel,
+           xlabel="bias type (biased digit, planted value)")
     ax.legend(fontsize=7, loc="lower left")
 axes[0].set_title("does the edit balance the attribute?")
 axes[1].set_title("is the digit kept?")
@@ -585,7 +586,9 @@ fig.tight_layout()
 for b in control_ids:
     z = {s: torch.as_tensor(np.asarray(v), dtype=torch.long) for s, v in (
         ("before", neutral[biased_digit[b]]), *((s, edited[(b, s)].tokens["neutral"]) for s in ("after", "after_random")))}
-    plots.rows_of_images({f"{b}: {set_labels[s]}": vqlib.decode(vq, v[:n_show]) for s, v in z.items()}, ncols=n_show)
+    display(Markdown(f"**{b}**, digit {biased_digit[b]}: before, edited (attribute ids out), control (control ids out)"))
+    row_names = {"before": "before", "after": "edited", "after_random": "control"}
+    plots.rows_of_images({row_names[s]: vqlib.decode(vq, v[:n_show]) for s, v in z.items()}, ncols=n_show)
     plt.show()
 
 # %% [markdown]
