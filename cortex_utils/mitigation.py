@@ -58,8 +58,10 @@ def control_ids(neutral_tokens, attribute_ids, exclude=(), seed: int = 0, pool: 
     banned = np.union1d(ids, np.asarray(exclude, dtype=np.int64))
     free = np.setdiff1d(np.flatnonzero(counts), banned)
     if free.size < ids.size:
-        raise ValueError(f"control_ids: {ids.size} ids to match but only {free.size} other ids occur in the "
-                         "neutral generations")
+        raise ValueError(
+            f"control_ids: {ids.size} ids to match but only {free.size} other ids occur in the "
+            "neutral generations"
+        )
     rng = np.random.default_rng(seed)
     picked = []
     for i in ids[np.argsort(-counts[ids], kind="stable")]:
@@ -72,45 +74,96 @@ def control_ids(neutral_tokens, attribute_ids, exclude=(), seed: int = 0, pool: 
 
 
 def token_share(tokens, ids) -> float:
-    """The share of all grid positions of ``tokens`` that hold one of ``ids`` (how much an edit must redraw)."""
+    """The share of all grid positions of ``tokens`` that hold one of ``ids`` (how much an edit must
+    redraw)."""
     return float(np.isin(np.asarray(tokens), np.asarray(ids)).mean())
 
 
-def load_or_sample_edited(model, model_path, vq, name: str, digit: int, suppress, n: int, temperature: float = 1.0,
-                          top_k: int | None = None, seed: int = 0, out_dir=None, regenerate: bool = False):
+def load_or_sample_edited(
+    model,
+    model_path,
+    vq,
+    name: str,
+    digit: int,
+    suppress,
+    n: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    out_dir=None,
+    regenerate: bool = False,
+):
     """``n`` generations of the neutral prompt "a <digit>" with the ids ``suppress`` never drawn, as a token
     dataset ``<out_dir>/data/<name>`` (split ``neutral``, labelled by digit; its card records the settings,
     the suppressed ids and the generator's sha256). The shipped ``data/default/bias/<name>`` is loaded (and
     copied there) when its card holds exactly these settings; otherwise they are sampled here.
     Returns ``(dataset, why)``."""
     suppress = sorted(int(i) for i in np.unique(np.asarray(suppress)))
-    gen.suppression_mask(np.asarray(suppress, dtype=np.int64), model.transformer.config.vocab_size)  # checks them
+    gen.suppression_mask(
+        np.asarray(suppress, dtype=np.int64), model.transformer.config.vocab_size
+    )  # checks them
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     fp = vqlib.fingerprint(vq)
-    settings = {"digit": int(digit), "suppressed_ids": suppress, "n": int(n), "temperature": float(temperature),
-                "top_k": top_k, "seed": int(seed), "transformer_sha256": tokds.file_digest(model_path)}
+    settings = {
+        "digit": int(digit),
+        "suppressed_ids": suppress,
+        "n": int(n),
+        "temperature": float(temperature),
+        "top_k": top_k,
+        "seed": int(seed),
+        "transformer_sha256": tokds.file_digest(model_path),
+    }
     shipped, path = SHIPPED_DATA / "bias" / name, Path(out_dir) / "data" / name
-    found, why = ((None, "regenerate = True") if regenerate else
-                  (None, f"no shipped {name}") if not card_path(shipped).exists() else
-                  tokds.shipped_dataset(shipped, settings, fp))
+    found, why = (
+        (None, "regenerate = True")
+        if regenerate
+        else (None, f"no shipped {name}")
+        if not card_path(shipped).exists()
+        else tokds.shipped_dataset(shipped, settings, fp)
+    )
     if found is not None:
         return tokds.copy_dataset(found, path), f"loaded the shipped data/default/bias/{name} ({why})"
-    tokens = gen.sample_tokens(model, prompt_id(np.full(n, digit)), temperature=temperature, top_k=top_k, seed=seed,
-                               suppress=suppress)
-    details = {"prompts": f"a {digit}", "suppressed_ids": suppress, "temperature": temperature, "top_k": top_k,
-               "seed": seed}
-    ds = tokds.save_token_dataset(path, {"neutral": (tokens.numpy(), np.full(n, digit))}, [str(d) for d in range(10)],
-                                  vqlib.vq_meta(vq), source="generated", details=details, classifier_data=False)
-    tokds.write_dataset_card(path, {"kind": "token dataset", "settings": settings,
-                                    "generator": repo_relative(model_path), "rebuild": "make checkpoints"})
+    tokens = gen.sample_tokens(
+        model,
+        prompt_id(np.full(n, digit)),
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        suppress=suppress,
+    )
+    details = {
+        "prompts": f"a {digit}",
+        "suppressed_ids": suppress,
+        "temperature": temperature,
+        "top_k": top_k,
+        "seed": seed,
+    }
+    ds = tokds.save_token_dataset(
+        path,
+        {"neutral": (tokens.numpy(), np.full(n, digit))},
+        [str(d) for d in range(10)],
+        vqlib.vq_meta(vq),
+        source="generated",
+        details=details,
+        classifier_data=False,
+    )
+    tokds.write_dataset_card(
+        path,
+        {
+            "kind": "token dataset",
+            "settings": settings,
+            "generator": repo_relative(model_path),
+            "rebuild": "make checkpoints",
+        },
+    )
     return ds, f"sampled here ({why})"
 
 
 def measure(vq, tokens, digit: int, bias_type: str, value: str, thresholds, evaluators: dict) -> pd.DataFrame:
     """Per generation, from its pixels: ``shows`` (it shows ``value`` of ``bias_type`` by the study's rule,
-    ``planted_bias.measured_attributes`` with ``thresholds``), each evaluator's ``<name>_digit`` (its top class
-    is ``digit``) and ``kept`` (every evaluator's is)."""
+    ``planted_bias.measured_attributes`` with ``thresholds``), each evaluator's ``<name>_digit`` (its top
+    class is ``digit``) and ``kept`` (every evaluator's is)."""
     if value not in ATTRIBUTES[bias_type]:
         raise ValueError(f"{value!r} is not a value of {bias_type}: {ATTRIBUTES[bias_type]}")
     if not evaluators:
@@ -132,9 +185,16 @@ def summary(measured: dict, level: float = 0.95) -> pd.DataFrame:
     rows = {}
     for s, m in measured.items():
         share, digit = share_interval(m["shows"], level), share_interval(m["kept"], level)
-        rows[s] = {"images": len(m), "share": share[0], "share_low": share[1], "share_high": share[2],
-                   "digit_agreement": digit[0], "digit_agreement_low": digit[1], "digit_agreement_high": digit[2],
-                   **{c: float(m[c].mean()) for c in m if c.endswith("_digit")}}
+        rows[s] = {
+            "images": len(m),
+            "share": share[0],
+            "share_low": share[1],
+            "share_high": share[2],
+            "digit_agreement": digit[0],
+            "digit_agreement_low": digit[1],
+            "digit_agreement_high": digit[2],
+            **{c: float(m[c].mean()) for c in m if c.endswith("_digit")},
+        }
     return pd.DataFrame(rows).T
 
 
@@ -146,31 +206,47 @@ def metrics(table: pd.DataFrame | None, bias_type: str) -> dict:
     for s in SETS:
         for what in ("share", "digit_agreement"):
             for suffix in ("", "_low", "_high"):
-                out[f"mitigation_{bias_type}_{what}_{s}{suffix}"] = (None if table is None else
-                                                                   round(float(table.loc[s, what + suffix]), 4))
+                out[f"mitigation_{bias_type}_{what}_{s}{suffix}"] = (
+                    None if table is None else round(float(table.loc[s, what + suffix]), 4)
+                )
     return out
 
 
-def verdict(measured: dict, bias_type: str, value: str, max_digit_drop: float = 0.1, level: float = 0.95) -> str:
+def verdict(
+    measured: dict, bias_type: str, value: str, max_digit_drop: float = 0.1, level: float = 0.95
+) -> str:
     """One markdown line from ``measured`` (``{set: measure(...)}`` for ``SETS``): whether the edit moved the
-    share of ``value`` toward ½ (its share fell and ended nearer ½ than before), beyond the control's move (the
-    edited share's Newcombe interval against the control's lies below 0), with the digit kept (the interval of
-    the change in digit agreement excludes drops larger than ``max_digit_drop``). It works when all three hold."""
+    share of ``value`` toward ½ (its share fell and ended nearer ½ than before), beyond the control's move
+    (the edited share's Newcombe interval against the control's lies below 0), with the digit kept (the
+    interval of the change in digit agreement excludes drops larger than ``max_digit_drop``). It works when
+    all three hold."""
     before, after, rand = (measured[s] for s in SETS)
     p0, p1 = before["shows"].mean(), after["shows"].mean()
-    d_edit, d_rand, d_digit = (difference_interval(a, b, level) for a, b in (
-        (after["shows"], before["shows"]), (after["shows"], rand["shows"]), (after["kept"], before["kept"])))
+    d_edit, d_rand, d_digit = (
+        difference_interval(a, b, level)
+        for a, b in (
+            (after["shows"], before["shows"]),
+            (after["shows"], rand["shows"]),
+            (after["kept"], before["kept"]),
+        )
+    )
     toward = d_edit[2] < 0 and abs(p1 - 0.5) < abs(p0 - 0.5)
     beyond, kept = d_rand[2] < 0, d_digit[1] >= -max_digit_drop
     works = toward and beyond and kept
     leaned = share_interval(before["shows"], level)[1] > 0.5
-    note = "" if leaned else f"(no lean toward {value} is established before the edit: its interval reaches ½) "
+    note = (
+        "" if leaned else f"(no lean toward {value} is established before the edit: its interval reaches ½) "
+    )
 
     def iv(d):
         return f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]"
-    return (f"- **{bias_type}**: {note}the share of {value} went {p0:.2f} → {p1:.2f} (change {iv(d_edit)}: "
-            f"{'it fell, toward balance' if toward else '**it did not fall toward balance**'}); against the random edit "
-            f"({rand['shows'].mean():.2f}) {iv(d_rand)}: {'beyond the control' if beyond else '**not beyond the control**'}; "
-            f"digit agreement {before['kept'].mean():.2f} → {after['kept'].mean():.2f} (change {iv(d_digit)}: "
-            f"{'kept' if kept else f'**a drop beyond {max_digit_drop:.2f} is not ruled out**'}). "
-            + ("**The edit works.**" if works else "**The edit does not work here.**"))
+
+    return (
+        f"- **{bias_type}**: {note}the share of {value} went {p0:.2f} → {p1:.2f} (change {iv(d_edit)}: "
+        f"{'it fell, toward balance' if toward else '**it did not fall toward balance**'}); against the "
+        f"random edit ({rand['shows'].mean():.2f}) {iv(d_rand)}: "
+        f"{'beyond the control' if beyond else '**not beyond the control**'}; digit agreement "
+        f"{before['kept'].mean():.2f} → {after['kept'].mean():.2f} (change {iv(d_digit)}: "
+        f"{'kept' if kept else f'**a drop beyond {max_digit_drop:.2f} is not ruled out**'}). "
+        + ("**The edit works.**" if works else "**The edit does not work here.**")
+    )

@@ -40,7 +40,9 @@ def _reference_sample(model, labels, temperature, top_k, seed):
 def test_no_suppression_gives_exactly_the_samples_of_before(tiny_tf, top_k, one_thread):
     labels = [0, 1, 2, 0, 1]
     plain = gen.sample_tokens(tiny_tf, labels, top_k=top_k, seed=4, progress=False)
-    assert torch.equal(gen.sample_tokens(tiny_tf, labels, top_k=top_k, seed=4, progress=False, suppress=None), plain)
+    assert torch.equal(
+        gen.sample_tokens(tiny_tf, labels, top_k=top_k, seed=4, progress=False, suppress=None), plain
+    )
     assert torch.equal(plain, _reference_sample(tiny_tf, labels, 1.0, top_k, 4))
 
 
@@ -48,7 +50,9 @@ def test_no_suppression_gives_exactly_the_samples_of_before(tiny_tf, top_k, one_
 def test_suppressed_ids_never_appear(tiny_tf, top_k, one_thread):
     labels = np.repeat([0, 1, 2], 20)
     plain = gen.sample_tokens(tiny_tf, labels, top_k=top_k, seed=0, progress=False)
-    common = torch.bincount(plain.ravel(), minlength=32).argsort(descending=True)[:4].numpy()  # the most drawn
+    common = (
+        torch.bincount(plain.ravel(), minlength=32).argsort(descending=True)[:4].numpy()
+    )  # the most drawn
     edited = gen.sample_tokens(tiny_tf, labels, top_k=top_k, seed=0, progress=False, suppress=common)
     assert not np.isin(edited.numpy(), common).any()
     assert np.isin(plain.numpy(), common).mean() > 0.2  # the test suppresses ids that matter
@@ -56,16 +60,20 @@ def test_suppressed_ids_never_appear(tiny_tf, top_k, one_thread):
 
 
 def test_bad_suppression_sets_are_refused(tiny_tf):
-    for bad, match in (([], "empty set"), ([3, 32], r"id\(s\) \[32\] outside the codebook \[0, 32\)"),
-                       ([-1], r"id\(s\) \[-1\] outside"), ([1.5], "must be integers"),
-                       (np.arange(32), "nothing left to sample")):
+    for bad, match in (
+        ([], "empty set"),
+        ([3, 32], r"id\(s\) \[32\] outside the codebook \[0, 32\)"),
+        ([-1], r"id\(s\) \[-1\] outside"),
+        ([1.5], "must be integers"),
+        (np.arange(32), "nothing left to sample"),
+    ):
         with pytest.raises(ValueError, match=match):
             gen.sample_tokens(tiny_tf, [0], progress=False, suppress=bad)
 
 
 def test_control_ids_are_frequency_matched_seeded_and_exclusive():
     # id i occurs 2**i times (i = 1..9), id 0 never
-    tokens = np.concatenate([np.full(2 ** i, i) for i in range(1, 10)])
+    tokens = np.concatenate([np.full(2**i, i) for i in range(1, 10)])
     ctrl = mitigation.control_ids(tokens, [5, 8], exclude=[7], seed=0, pool=2)
     assert len(ctrl) == 2 and not set(ctrl) & {5, 7, 8, 0}
     # 8 first: 9 or 6 (the two nearest counts left); then 5: 4 or 6, or 3 when 6 is taken
@@ -88,17 +96,24 @@ def _coverage(n, p, reps, rng, interval):
 
 
 def test_wilson_interval_by_hand_and_its_coverage_by_simulation():
-    # by hand: 8 of 10, z = 1.96: centre (0.8 + 1.9208/10) / 1.38416, half 1.96/1.38416 * sqrt(0.016 + 0.00960)
+    # by hand: 8 of 10, z = 1.96: centre (0.8 + 1.9208/10) / 1.38416, half 1.96/1.38416 * sqrt(0.016 +
+    # 0.00960)
     z = 1.959963984540054
     centre = (0.8 + z * z / 20) / (1 + z * z / 10)
     half = z / (1 + z * z / 10) * np.sqrt(0.8 * 0.2 / 10 + z * z / 400)
     assert bias_stats.wilson_interval(8, 10) == pytest.approx((0.8, centre - half, centre + half))
     for n in range(1, 40):  # the ends are exact, and the share lies inside (no rounding past it)
-        assert bias_stats.wilson_interval(0, n)[:2] == (0, 0) and bias_stats.wilson_interval(n, n)[::2] == (1, 1)
+        assert bias_stats.wilson_interval(0, n)[:2] == (0, 0) and bias_stats.wilson_interval(n, n)[::2] == (
+            1,
+            1,
+        )
         assert all(lo <= p <= hi for p, lo, hi in (bias_stats.wilson_interval(k, n) for k in range(n + 1)))
     rng = np.random.default_rng(0)
-    cov = {(n, p): _coverage(n, p, 2000, rng, bias_stats.wilson_interval)
-           for n in (10, 30, 300) for p in (0.05, 0.3, 0.5, 0.85)}
+    cov = {
+        (n, p): _coverage(n, p, 2000, rng, bias_stats.wilson_interval)
+        for n in (10, 30, 300)
+        for p in (0.05, 0.3, 0.5, 0.85)
+    }
     assert min(cov.values()) >= 0.91 and np.mean(list(cov.values())) >= 0.935, cov
 
     def wald(k, n):  # the textbook interval, for contrast: the simulation can fail an interval
@@ -111,7 +126,12 @@ def test_wilson_interval_by_hand_and_its_coverage_by_simulation():
 
 def test_difference_interval_coverage_by_simulation():
     rng = np.random.default_rng(1)
-    for n1, n2, p1, p2 in ((300, 300, 0.85, 0.6), (300, 300, 0.9, 0.9), (10, 10, 0.5, 0.2), (30, 300, 0.95, 0.7)):
+    for n1, n2, p1, p2 in (
+        (300, 300, 0.85, 0.6),
+        (300, 300, 0.9, 0.9),
+        (10, 10, 0.5, 0.2),
+        (30, 300, 0.95, 0.7),
+    ):
         hits = 0
         for _ in range(1000):
             a, b = rng.random(n1) < p1, rng.random(n2) < p2
@@ -131,14 +151,21 @@ def test_intervals_refuse_bad_input():
 
 def _measured(share, kept, n, rng):
     """``n`` images of which exactly a share ``share`` show the value and ``kept`` keep the digit."""
-    return pd.DataFrame({"shows": rng.permutation(np.arange(n) < round(share * n)),
-                         "kept": rng.permutation(np.arange(n) < round(kept * n))})
+    return pd.DataFrame(
+        {
+            "shows": rng.permutation(np.arange(n) < round(share * n)),
+            "kept": rng.permutation(np.arange(n) < round(kept * n)),
+        }
+    )
 
 
 def test_verdict_and_metrics():
     rng = np.random.default_rng(0)
-    works = {"before": _measured(0.85, 0.95, 300, rng), "after": _measured(0.55, 0.94, 300, rng),
-             "after_random": _measured(0.84, 0.95, 300, rng)}
+    works = {
+        "before": _measured(0.85, 0.95, 300, rng),
+        "after": _measured(0.55, 0.94, 300, rng),
+        "after_random": _measured(0.84, 0.95, 300, rng),
+    }
     assert "**The edit works.**" in mitigation.verdict(works, "colour", "red")
     no_control = {**works, "after_random": _measured(0.55, 0.95, 300, rng)}
     line = mitigation.verdict(no_control, "colour", "red")
@@ -153,7 +180,11 @@ def test_verdict_and_metrics():
     table = mitigation.summary(works)
     m = mitigation.metrics(table, "colour")
     assert len(m) == 18 and m["mitigation_colour_share_before"] == 0.85
-    assert m["mitigation_colour_share_after_low"] < m["mitigation_colour_share_after"] < m["mitigation_colour_share_after_high"]
+    assert (
+        m["mitigation_colour_share_after_low"]
+        < m["mitigation_colour_share_after"]
+        < m["mitigation_colour_share_after_high"]
+    )
 
 
 class _AlwaysTwo(torch.nn.Module):
@@ -161,11 +192,14 @@ class _AlwaysTwo(torch.nn.Module):
         return torch.nn.functional.one_hot(torch.full((len(x),), 2), 10).float()
 
 
-def test_edited_generations_are_token_datasets_shipped_and_loaded(tiny_tf, tiny_vq, tmp_path, monkeypatch,
-                                                                    one_thread):
+def test_edited_generations_are_token_datasets_shipped_and_loaded(
+    tiny_tf, tiny_vq, tmp_path, monkeypatch, one_thread
+):
     from cortex_utils.checkpoints import save_weights
 
-    path = save_weights(gen.transformer_state_for_saving(tiny_tf), tmp_path / "tf.safetensors", card={"kind": "test"})
+    path = save_weights(
+        gen.transformer_state_for_saving(tiny_tf), tmp_path / "tf.safetensors", card={"kind": "test"}
+    )
     monkeypatch.setattr(mitigation, "SHIPPED_DATA", tmp_path / "shipped")
     args = (tiny_tf, path, tiny_vq, "mitigation_colour", 1)
     ds, why = mitigation.load_or_sample_edited(*args, [4, 7], 12, out_dir=tmp_path / "run1")
@@ -178,14 +212,19 @@ def test_edited_generations_are_token_datasets_shipped_and_loaded(tiny_tf, tiny_
     shutil.copytree(ds.path, tmp_path / "shipped" / "bias" / "mitigation_colour")
     shutil.copy(tmp_path / "run1" / "data" / "mitigation_colour.json", tmp_path / "shipped" / "bias")
     again, why = mitigation.load_or_sample_edited(*args, [7, 4], 12, out_dir=tmp_path / "run2")
-    assert why.startswith("loaded the shipped") and np.array_equal(again.tokens["neutral"], ds.tokens["neutral"])
+    assert why.startswith("loaded the shipped") and np.array_equal(
+        again.tokens["neutral"], ds.tokens["neutral"]
+    )
     _, why = mitigation.load_or_sample_edited(*args, [4], 12, out_dir=tmp_path / "run3")
     assert "suppressed_ids [4, 7] (here [4])" in why
     with pytest.raises(ValueError, match="outside the codebook"):
         mitigation.load_or_sample_edited(*args, [40], 12, out_dir=tmp_path / "run4")
     assert not (tmp_path / "run4").exists()
-    m = mitigation.measure(tiny_vq, ds.tokens["neutral"], 2, "colour", "red", np.full(10, 0.5),
-                           {"judge": _AlwaysTwo()})
+    m = mitigation.measure(
+        tiny_vq, ds.tokens["neutral"], 2, "colour", "red", np.full(10, 0.5), {"judge": _AlwaysTwo()}
+    )
     assert list(m.columns) == ["shows", "judge_digit", "kept"] and m["kept"].all() and len(m) == 12
     with pytest.raises(ValueError, match="not a value of colour"):
-        mitigation.measure(tiny_vq, ds.tokens["neutral"], 2, "colour", "thick", np.full(10, 0.5), {"j": _AlwaysTwo()})
+        mitigation.measure(
+            tiny_vq, ds.tokens["neutral"], 2, "colour", "thick", np.full(10, 0.5), {"j": _AlwaysTwo()}
+        )
