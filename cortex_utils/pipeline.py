@@ -44,7 +44,7 @@ NEEDS = {
     "07_image_level_explanation": ["05_compute_tis"],
     "08_concept_level_explanation": ["06_concept_analysis"],
     "09_codebook_optimization": ["03_train_iem", "06_concept_analysis"],
-    "10_bias_detection": ["02_dataset_generation"],
+    "10_bias_detection": ["02_dataset_generation", "05_compute_tis"],
     "11_trust_the_explanations": ["06_concept_analysis"],
     "12_compare_tokenizers": ["07_image_level_explanation", "09_codebook_optimization"],
     "13_bias_real_data": [],
