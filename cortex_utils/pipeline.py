@@ -22,13 +22,16 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
 
 from . import REPO_ROOT
 from .artifacts import record_metrics
+from .notebook import declared_parameters as declared
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -65,8 +68,6 @@ def load_preset(name_or_path: str) -> dict:
 
 def declared_parameters(notebook: str) -> dict:
     """The names and defaults in a notebook's ``parameters`` cell."""
-    from .notebook import declared_parameters as declared
-
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
     if not path.exists():
         raise SystemExit(f"error: notebook {path} does not exist")
@@ -129,7 +130,7 @@ def dependencies(preset: dict) -> dict[str, list[str]]:
 
 def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_timeout: float | None) -> dict:
     """Run one notebook through papermill (in a worker process); report its time or where it failed."""
-    import papermill as pm
+    import papermill as pm  # deferred: five seconds to import, and only the worker that runs a notebook needs it
 
     if threads:  # the kernel inherits it; torch sizes its thread pool from it
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
@@ -151,9 +152,6 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
     """Execute the preset's notebooks into one run directory. With ``jobs`` > 1, notebooks whose inputs are
     ready (see ``dependencies``) run side by side, each kernel with ``cores // jobs`` threads (all cores for
     a notebook that runs alone)."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
-
     preset = load_preset(preset_name)
     if jobs < 1:
         raise SystemExit(f"error: --jobs must be >= 1, got {jobs}")
