@@ -21,7 +21,7 @@ from . import digits
 from .artifacts import registered
 from .checkpoints import check_state_dict, load_state_dict, read_card
 
-ARCHITECTURES = ("cnn", "resnet")
+EVALUATORS = ("cnn", "resnet")
 
 
 def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
@@ -43,7 +43,7 @@ def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width:
             nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
             block(w, w, 2), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, n_classes))
-    raise ValueError(f"unknown evaluator architecture {arch!r}; choose one of {ARCHITECTURES}")
+    raise ValueError(f"unknown evaluator architecture {arch!r}; choose one of {EVALUATORS}")
 
 
 class _Residual(nn.Module):
@@ -181,7 +181,7 @@ def load_run_evaluators(run_dir, image_size: int, n_classes: int, torchvision_we
     checked against this data's image size and class count, plus any ``{arch: local weights path}`` of
     torchvision ImageNet classifiers (for real taming checkpoints; never downloaded)."""
     judges, skipped = {}, []
-    for arch in ARCHITECTURES:
+    for arch in EVALUATORS:
         entry = registered(run_dir, f"evaluator_{arch}")
         try:
             judges[arch] = load_evaluator(entry["checkpoint"], arch, n_classes=n_classes, image_size=image_size)

@@ -31,7 +31,7 @@ import yaml
 
 from . import REPO_ROOT
 from .artifacts import record_metrics
-from .notebook import declared_parameters as declared
+from .notebook import declared_parameters
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -66,12 +66,13 @@ def load_preset(name_or_path: str) -> dict:
     return preset
 
 
-def declared_parameters(notebook: str) -> dict:
-    """The names and defaults in a notebook's ``parameters`` cell."""
+def parameter_defaults(notebook: str) -> dict:
+    """``{name: default source text}`` of a notebook's ``parameters`` cell (``notebook.declared_parameters``),
+    or SystemExit naming a notebook that does not exist."""
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
     if not path.exists():
         raise SystemExit(f"error: notebook {path} does not exist")
-    return {k: v["default"] for k, v in declared(notebook).items()}
+    return {k: v["default"] for k, v in declared_parameters(notebook).items()}
 
 
 def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: dict | None = None) -> dict:
@@ -80,7 +81,7 @@ def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: di
     Raises SystemExit naming any parameter that the notebooks it is meant for do not declare.
     """
     notebooks = preset["notebooks"]
-    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    declared = {nb: parameter_defaults(nb) for nb in notebooks}
     params = {nb: dict(preset["parameters"].get(nb) or {}) for nb in notebooks}
     unknown_nb = set(preset["parameters"]) - set(notebooks)
     if unknown_nb:

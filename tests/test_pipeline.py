@@ -330,7 +330,7 @@ def test_every_notebook_ends_with_checked_exercises(path):
     assert len(tasks) >= 2 and all(c.cell_type == "markdown" for c in tasks)
     assert len(checks) >= len(tasks) and all("exercise(" in c.source for c in checks)
     assert len(solutions) >= len(tasks) and all("if solutions" in c.source for c in solutions)
-    assert "solutions" in pipeline.declared_parameters(path.stem)
+    assert "solutions" in pipeline.parameter_defaults(path.stem)
 
 
 @pytest.mark.parametrize("path", METHOD, ids=lambda p: p.stem)
