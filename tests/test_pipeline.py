@@ -95,7 +95,7 @@ def test_overrides_apply_where_declared():
 def test_needs_order_the_notebooks():
     preset = pipeline.load_preset("default")
     needs = pipeline.dependencies(preset)
-    assert needs["01_vq_model"] == [] and needs["10_bias_detection"] == ["02_dataset_generation"]
+    assert needs["01_vq_model"] == [] and needs["10_bias_detection"] == ["02_dataset_generation", "05_compute_tis"]
     order = preset["notebooks"]
     assert all(order.index(n) < order.index(nb) for nb, ns in needs.items() for n in ns)
     # without 'needs' each notebook waits for the one before it
