@@ -133,10 +133,9 @@ def composite_dataset(vq, data: dict, sizes: dict, path, shipped_path, seed: int
     if shipped is not None:
         return tokds.copy_dataset(shipped, path), why, False
     splits = make_composites(vq, data, sizes, seed)
-    ds = tokds.save_token_dataset(path, {s: (t, y) for s, (t, y, _) in splits.items()}, CLASS_NAMES,
-                            composite_meta(vq), source="composites", details={"rule": RULE, "sizes": dict(sizes),
-                                                                               "seed": seed, "halves": "encoded apart"},
-                            columns={s: c for s, (_, _, c) in splits.items()})
+    details = {"rule": RULE, "sizes": dict(sizes), "seed": seed, "halves": "encoded apart"}
+    ds = tokds.save_token_dataset(path, {s: (t, y) for s, (t, y, _) in splits.items()}, CLASS_NAMES, composite_meta(vq),
+                                  source="composites", details=details, columns={s: c for s, (_, _, c) in splits.items()})
     tokds.write_dataset_card(path, {"kind": "token dataset", "settings": settings, "rebuild": rebuild_command(ds.vq_family)})
     return ds, why, True
 
@@ -153,9 +152,8 @@ def composite_iem(ds, codebook: torch.Tensor, training: dict, path, shipped_path
         return load_iem(found, expect={"arch": 1, **spec}), Path(found), why, False
     torch.manual_seed(training["seed"])
     model = build_iem(1, spec["in_channels"], ds.grid, spec["n_classes"], width=training["width"])
-    log, _ = train_iem(model, tokds.embedding_loader(ds, "train", codebook, training["batch_size"], shuffle=True,
-                                               seed=training["seed"]),
-                       tokds.embedding_loader(ds, "val", codebook, 512), epochs=training["epochs"], lr=training["lr"],
+    train = tokds.embedding_loader(ds, "train", codebook, training["batch_size"], shuffle=True, seed=training["seed"])
+    log, _ = train_iem(model, train, tokds.embedding_loader(ds, "val", codebook, 512), epochs=training["epochs"], lr=training["lr"],
                        weight_decay=training["weight_decay"], step_size=training["lr_step"], gamma=training["lr_gamma"],
                        desc="IEM on composites")
     best = log.loc[log["val_loss"].idxmin()]

@@ -167,3 +167,24 @@ def test_the_shipped_composite_iem_matches_the_shipped_composites():
     assert card["vq_fingerprint"] == vqlib.fingerprint(vq) and card["spec"]["grid"] == [8, 16]
     model = load_iem(SHIPPED_CHECKPOINTS / "iem1_composites.safetensors")
     assert model(torch.zeros(2, 32, 8, 16)).shape == (2, 10)
+
+
+def test_the_composite_iem_is_trained_saved_and_then_loaded(tmp_path, one_thread):
+    """Trained (and saved with its card) when nothing matches; the saved weights are then loaded as the shipped
+    ones for the same train split and settings, and refused for other settings."""
+    rng = np.random.default_rng(0)
+    meta = {"vq_fingerprint": "abc", "n_embed": 16, "embed_dim": 4, "grid": [4, 8]}
+    splits = {s: (rng.integers(0, 16, (n, 4, 8)), np.arange(n) % 2) for s, n in (("train", 12), ("val", 4))}
+    ds = tokds.save_token_dataset(tmp_path / "c", splits, ["a", "b"], meta, source="composites")
+    training = {"epochs": 1, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "lr_step": 1, "lr_gamma": 0.1,
+                "width": 4, "seed": 0}
+    codebook = torch.randn(16, 4)
+    model, path, why, trained = composites.composite_iem(ds, codebook, training, tmp_path / "iem.safetensors",
+                                                         tmp_path / "nothing.safetensors")
+    assert trained and path.exists() and "no shipped IEM" in why
+    again, path2, _, trained2 = composites.composite_iem(ds, codebook, training, tmp_path / "other.safetensors", path)
+    assert not trained2 and path2 == path
+    x = torch.randn(3, 4, 4, 8)
+    assert torch.allclose(model.eval()(x), again(x))
+    _, _, why, trained3 = composites.composite_iem(ds, codebook, {**training, "width": 8}, tmp_path / "w8.safetensors", path)
+    assert trained3 and "width 4 (here 8)" in why
