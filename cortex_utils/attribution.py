@@ -50,19 +50,19 @@ def _smoothgrad(model, x, target, nsamples=20, spread=0.2, sigma="batch", draws=
 
 
 def _gradient(model, x, target, **_):
-    from captum.attr import Saliency
+    from captum.attr import Saliency  # deferred: captum takes a second to import; SmoothGrad needs none of it
 
     return Saliency(model).attribute(x.requires_grad_(), target=target, abs=False)
 
 
 def _grad_x_input(model, x, target, **_):
-    from captum.attr import InputXGradient
+    from captum.attr import InputXGradient  # deferred: as Saliency above
 
     return InputXGradient(model).attribute(x.requires_grad_(), target=target)
 
 
 def _integrated_gradients(model, x, target, baseline=None, steps=16, max_batch=1024, **_):
-    from captum.attr import IntegratedGradients
+    from captum.attr import IntegratedGradients  # deferred: as Saliency above
 
     return IntegratedGradients(model).attribute(x.requires_grad_(), baselines=baseline, target=target,
                                                 n_steps=steps, internal_batch_size=max(max_batch, len(x)))
@@ -79,7 +79,7 @@ def position_groups(grid, group: int = 1) -> torch.Tensor:
 
 
 def _occlusion(model, x, target, baseline=None, group=1, max_batch=1024, **_):
-    from captum.attr import FeatureAblation
+    from captum.attr import FeatureAblation  # deferred: as Saliency above
 
     mask = position_groups(x.shape[2:], group)[None, None].expand(1, x.shape[1], -1, -1)
     per_eval = max(1, min(int(mask.max()) + 1, max_batch // max(len(x), 1)))

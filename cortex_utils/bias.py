@@ -104,12 +104,14 @@ def iem_accuracy(model, ds, codebook) -> tuple[float, str]:
 
 # --- 2. the TIS of the training images -----------------------------------------------------------------
 
-def attribute_tis(model, ds, codebook, nsamples: int = 20, seed: int = 0, out=None) -> np.ndarray:
-    """The attribute IEM's TIS of the study's training images, ``(N, h, w)``: ``tis.compute_tis`` (notebook
-    05's SmoothGrad) in batches of ``TIS_BATCH``, written to ``out`` (``.npy``) when given."""
+def attribute_tis(model, ds, codebook, nsamples: int = 20, seed: int = 0, out=None, method: str = "smoothgrad",
+                  **options) -> np.ndarray:
+    """The attribute IEM's TIS of the study's training images, ``(N, h, w)``: ``tis.compute_tis`` by ``method``
+    (the run's, notebook 05's; SmoothGrad by default; ``options``: its ``steps``, ``baseline``, ``group``) in
+    batches of ``TIS_BATCH``, written to ``out`` (``.npy``) when given."""
     train_y = check_attribute_data(ds)
     return tislib.compute_tis(model, tokds.embedding_loader(ds, "train", codebook, TIS_BATCH), len(train_y),
-                              nsamples=nsamples, seed=seed, desc="attribute TIS", out=out)
+                              nsamples=nsamples, seed=seed, desc="attribute TIS", out=out, method=method, **options)
 
 
 # --- 3. attribute tokens -------------------------------------------------------------------------------

@@ -16,17 +16,23 @@ refused.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
+from . import DEFAULT_FAMILY
 from .artifacts import atomic_path, write_json
 from .checkpoints import card_path
+from .vq import fingerprint
 
 FORMAT = "cortex-tokens/1"
 
@@ -53,8 +59,6 @@ class TokenDataset:
     @property
     def vq_family(self) -> str:
         """The tokenizer family that made the ids (``vq.FAMILIES``; taming for datasets made before families)."""
-        from . import DEFAULT_FAMILY
-
         return self.manifest.get("vq_family", DEFAULT_FAMILY)
 
     @property
@@ -201,26 +205,13 @@ def _read_array(file: Path, rows: int) -> np.ndarray:
 def split_fingerprint(ds: TokenDataset, split: str) -> str:
     """Identity of a split's content (sha256 of its ids and labels, 16 hex digits): which exact images a
     model was trained on."""
-    import hashlib
-
     h = hashlib.sha256(np.ascontiguousarray(ds.tokens[split].astype(np.int64)).tobytes())
     h.update(np.ascontiguousarray(ds.labels[split].astype(np.int64)).tobytes())
     return h.hexdigest()[:16]
 
 
-def codebook_fingerprint(codebook: torch.Tensor) -> str:
-    """Identity of the codebook that token ids refer to: sha256 of its float32 bytes and shape (the
-    ``vq_fingerprint`` of a manifest; ``vq.fingerprint`` for a model)."""
-    import hashlib
-
-    cb = codebook.float().cpu().contiguous().numpy()
-    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
-
-
 def check_matches(ds: TokenDataset, vq) -> None:
     """Raise unless the dataset's token ids were made with ``vq``'s codebook."""
-    from .vq import fingerprint
-
     fp = fingerprint(vq)
     if ds.vq_family != vq.family:
         raise ValueError(
@@ -246,8 +237,6 @@ def dataset_bytes(path: str | os.PathLike) -> int:
 # rebuilds it.
 
 def file_digest(file: str | os.PathLike) -> str:
-    import hashlib
-
     return hashlib.sha256(Path(file).read_bytes()).hexdigest()
 
 
@@ -295,10 +284,6 @@ def shipped_dataset(path: str | os.PathLike, settings: dict,
 
 def copy_dataset(ds: TokenDataset, path: str | os.PathLike) -> TokenDataset:
     """Copy a dataset folder to ``path`` (atomically) and return the copy."""
-    import shutil
-
-    from .artifacts import atomic_path
-
     with atomic_path(path) as tmp:
         shutil.copytree(ds.path, tmp)
     return load_token_dataset(path)
@@ -345,8 +330,6 @@ def _csv_record_lines(csv_path: Path) -> tuple[list[str], list[tuple[int, int]],
     """The header; for every data row as pandas counts them (blank lines skipped) ``(first line, number of
     fields)``, lines 1-based as in an editor; and the csv module's complaint where it stopped (the last row
     then has -1 fields). Only read when a row is bad, to name its line."""
-    import csv
-
     header, rows, last, problem = None, [], 0, ""
     with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh, strict=True)
@@ -502,8 +485,6 @@ def export_cortex_csv(ds: TokenDataset, split: str, csv_path: str | os.PathLike)
 def read_image_folder(root: str | os.PathLike, size: int, channels: int = 3):
     """An ImageFolder-layout tree (one sub-folder per class) as uint8 ``(N, C, size, size)``, labels,
     class names and file names. Images are resized (shorter side) and centre-cropped to ``size``."""
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")

@@ -7,17 +7,21 @@ Two architectures that see images differently: ``cnn`` (plain conv stack, max-po
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import digits
+from .artifacts import registered
 from .checkpoints import check_state_dict, load_state_dict, read_card
 
-ARCHITECTURES = ("cnn", "resnet")
+EVALUATORS = ("cnn", "resnet")
 
 
 def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
@@ -39,7 +43,7 @@ def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width:
             nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
             block(w, w, 2), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, n_classes))
-    raise ValueError(f"unknown evaluator architecture {arch!r}; choose one of {ARCHITECTURES}")
+    raise ValueError(f"unknown evaluator architecture {arch!r}; choose one of {EVALUATORS}")
 
 
 class _Residual(nn.Module):
@@ -149,9 +153,7 @@ def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Modul
     Returns ``nn.Sequential(preprocess, model)`` in eval mode: it takes images in [-1, 1] at any size,
     resizes them to ``image_size`` (bilinear) and applies ImageNet normalization before the model.
     """
-    from pathlib import Path
-
-    import torchvision
+    import torchvision  # deferred: five seconds to import, and only ImageNet judges need it
 
     path = Path(weights_path)
     if not path.is_file():
@@ -163,8 +165,6 @@ def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Modul
     except ValueError as e:
         raise ValueError(f"unknown torchvision architecture {arch!r}: {e}") from None
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -180,10 +180,8 @@ def load_run_evaluators(run_dir, image_size: int, n_classes: int, torchvision_we
     """The judges of a run: the evaluators notebook 02 registered (``evaluator_cnn``, ``evaluator_resnet``),
     checked against this data's image size and class count, plus any ``{arch: local weights path}`` of
     torchvision ImageNet classifiers (for real taming checkpoints; never downloaded)."""
-    from .artifacts import registered
-
     judges, skipped = {}, []
-    for arch in ARCHITECTURES:
+    for arch in EVALUATORS:
         entry = registered(run_dir, f"evaluator_{arch}")
         try:
             judges[arch] = load_evaluator(entry["checkpoint"], arch, n_classes=n_classes, image_size=image_size)

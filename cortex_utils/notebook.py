@@ -11,6 +11,8 @@ only); a key the default lacks is an error. An empty dict default is a free mapp
 
 from __future__ import annotations
 
+import ast
+import json
 from pathlib import Path
 
 from . import REPO_ROOT
@@ -24,9 +26,6 @@ def declared_parameters(notebook: str) -> dict:
 
     Read straight from the notebook file with ``ast`` (papermill's own inspector costs seconds per kernel).
     """
-    import ast
-    import json
-
     path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
     cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not cells:
@@ -88,8 +87,6 @@ def complete_group(name: str, value: dict, default: dict, notebook: str = "") ->
 
 
 def _literal(src: str):
-    import ast
-
     try:
         return ast.literal_eval(src)
     except (ValueError, SyntaxError):

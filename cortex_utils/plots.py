@@ -8,6 +8,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .tis import topk_positions
+
 
 def to_hwc(img) -> np.ndarray:
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
@@ -119,8 +121,6 @@ def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np
 
 def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: int = 0):
     """Several images with their TIS maps; ``top_n`` > 0 outlines each image's top-n positions."""
-    from .tis import topk_positions
-
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
@@ -135,8 +135,6 @@ def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: i
 
 def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     """One image three ways: the decoded image, its token grid (ids), its TIS map with the top-n boxed."""
-    from .tis import topk_positions
-
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.5))
     axes[0].imshow(to_hwc(image).squeeze(), cmap="gray")
     axes[0].set_title(title or "image")

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
-from .vq import bf16_autocast, psnr, reconstruction_report
+from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "taming_vqgan"
 
@@ -42,7 +42,7 @@ def _transformers_stand_in():
     is not needed otherwise); a stand-in is offered only while the block runs."""
     fake = None
     try:
-        from transformers import top_k_top_p_filtering  # noqa: F401
+        from transformers import top_k_top_p_filtering  # noqa: F401  (deferred: a probe for the old function)
     except ImportError:
         if "transformers" not in sys.modules:
             fake = types.ModuleType("transformers")
@@ -64,7 +64,7 @@ def _import_taming():
       from it, which now lives in ``pytorch_lightning.utilities``.
     * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see ``_transformers_stand_in``).
     """
-    import pytorch_lightning.utilities as plu
+    import pytorch_lightning.utilities as plu  # deferred: Lightning only for a config that names its classes
 
     name = "pytorch_lightning.utilities.distributed"
     if name not in sys.modules:
@@ -74,10 +74,10 @@ def _import_taming():
             shim = types.ModuleType(name)
             shim.rank_zero_only = plu.rank_zero_only
             sys.modules[name] = shim
-    with _transformers_stand_in():
+    with _transformers_stand_in():  # deferred: taming's models import only after the two shims
         import taming.models.cond_transformer  # noqa: F401
-        import taming.models.vqgan  # noqa: F401
-        import taming.modules.transformer.mingpt  # noqa: F401
+        import taming.models.vqgan  # noqa: F401  (deferred, as above)
+        import taming.modules.transformer.mingpt  # noqa: F401  (deferred, as above)
 
 
 def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
@@ -234,8 +234,6 @@ class TamingTokenizer:
 
     @property
     def fingerprint(self) -> str:
-        from .datasets import codebook_fingerprint
-
         return codebook_fingerprint(self.codebook())
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -270,7 +268,7 @@ def build(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None
         model = TamingVQ(**_inference_config(config)["params"])
     else:
         model = instantiate(_inference_config(config))  # a taming.models target: imports Lightning
-        from taming.models.vqgan import VQModel
+        from taming.models.vqgan import VQModel  # deferred: a Lightning class (see _import_taming)
 
         if not isinstance(model, VQModel):
             raise ValueError(f"config target {config['target']} is not a taming VQModel")
@@ -320,8 +318,9 @@ def train_vq(tok: TamingTokenizer, train_gray: np.ndarray, val_images: torch.Ten
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
     disc = disc_opt = None
     if discriminator_weight > 0:
+        # deferred: the GAN loss's modules, needed only when a discriminator is trained
         from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
-        from taming.modules.losses.vqperceptual import hinge_d_loss
+        from taming.modules.losses.vqperceptual import hinge_d_loss  # deferred, as above
 
         disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=32).apply(weights_init)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))

@@ -18,6 +18,7 @@ VQGAN (``taming_vq``, the default) and a VQ-VAE with vector-quantize-pytorch's f
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import DEFAULT_FAMILY
+from .artifacts import registered
 
 # family name -> the adapter module that builds and loads it (DEFAULT_FAMILY, taming's, is also the family of
 # datasets and registries made before there were families)
@@ -98,8 +100,6 @@ def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
 
 def load_run_vq(run_dir: str | Path):
     """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's checkpoint)."""
-    from .artifacts import registered
-
     entry = registered(run_dir, "vq")
     return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
 
@@ -129,8 +129,15 @@ def codebook(vq) -> torch.Tensor:
     return cb
 
 
+def codebook_fingerprint(codebook: torch.Tensor) -> str:
+    """Identity of the codebook that token ids refer to: sha256 of its float32 bytes and shape (the
+    ``vq_fingerprint`` of a manifest; ``fingerprint`` for a model)."""
+    cb = codebook.float().cpu().contiguous().numpy()
+    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
+
+
 def fingerprint(vq) -> str:
-    """Identity of the codebook that token ids refer to (``datasets.codebook_fingerprint``)."""
+    """Identity of the codebook that token ids refer to (``codebook_fingerprint`` of its codebook)."""
     return str(vq.fingerprint)
 
 

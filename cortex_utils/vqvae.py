@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
-from .vq import bf16_autocast, psnr, reconstruction_report
+from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "vqvae_fsq"
 # The embedded second family: 3x32x32 digits -> 8x8 grid of 240 FSQ tokens (levels 8, 6, 5: the FSQ paper's
@@ -41,7 +41,7 @@ DEFAULT_CONFIG = {"family": FAMILY, "levels": [8, 6, 5], "image_size": 32, "in_c
 def _fsq():
     """vector-quantize-pytorch's FSQ, imported only when a model of this family is built (the package
     imports all its quantizers: about a second)."""
-    from vector_quantize_pytorch import FSQ
+    from vector_quantize_pytorch import FSQ  # deferred: a second to import, only for this family's models
 
     return FSQ
 
@@ -109,8 +109,6 @@ class FSQVAE(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        from .datasets import codebook_fingerprint
-
         return codebook_fingerprint(self.codebook())
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

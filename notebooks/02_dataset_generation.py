@@ -132,7 +132,7 @@ pd.Series(meta)
 # %%
 judges, rows = {}, []
 real_test = digits.to_model_input(data["test"]["images"])
-for arch in evaluators.ARCHITECTURES:
+for arch in evaluators.EVALUATORS:
     shipped = SHIPPED_CHECKPOINTS / f"evaluator_{arch}.safetensors"
     if retrain and not keep_evaluators:
         model, log = evaluators.train_evaluator(

@@ -58,7 +58,7 @@ from cortex_utils import bias, bias_stats, digits, planted_bias, plots
 from cortex_utils import concepts as conceptlib
 from cortex_utils import generation as gen
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import note_trained, record_metrics, register
+from cortex_utils.artifacts import note_trained, record_metrics, register, registered
 from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
 # %% [markdown]
@@ -270,11 +270,18 @@ for name, info in iem_info.items():
         register(run_dir, f"attribute_iem_{name}", checkpoint=str(info["path"]))
 
 # %% [markdown]
-# **2. The TIS of its training images.** Notebook 05's SmoothGrad (`nsamples` noisy copies) on the images the
-# IEM learnt from: which positions decide between the two values.
+# **2. The TIS of its training images.** The run's attribution method, notebook 05's `method` (SmoothGrad by
+# default, with `nsamples` noisy copies), on the images the IEM learnt from: which positions decide between
+# the two values. The method and its options come from the run's registry:
 
 # %%
-tis = {(b, d): bias.attribute_tis(iems[(b, d)], ds, codebook, nsamples, seed,
+tis_entry = registered(run_dir, "tis")  # notebook 05's method; IG and occlusion start from its neutral token
+tis_options = {"method": tis_entry["method"], "steps": tis_entry["ig_steps"], "group": tis_entry["occlusion_group"],
+               "baseline": codebook[tis_entry["neutral_id"]]}
+print(f"TIS method: {tis_entry['method']} (notebook 05's)")
+
+# %%
+tis = {(b, d): bias.attribute_tis(iems[(b, d)], ds, codebook, nsamples, seed, **tis_options,
                                   out=out_dir / b / f"digit_{d}" / "tis_train.npy") for (b, d), ds in studies.items()}
 
 # %% [markdown]
@@ -393,7 +400,7 @@ print(f"{one[0]}, {set_name[one]}: {wins} pairs A > B, {losses} pairs A < B, of 
 
 # %% tags=["by-hand"]
 q, sens, spec = (float(estimates[one][k]) for k in ("q", "sens", "spec"))
-share_by_hand = (q + spec - 1) / (sens + spec - 1)
+share_by_hand = (q + spec - 1) / (sens + spec - 1) if sens + spec != 1 else np.nan  # a rule that tells nothing
 print(f"q = {q:.3f}, sens = {sens:.3f}, spec = {spec:.3f}: share = ({q:.3f} + {spec:.3f} - 1) / "
       f"({sens:.3f} + {spec:.3f} - 1) = {share_by_hand:.3f} (the library clips it to [0, 1])")
 
