@@ -28,6 +28,7 @@ from . import rebuild_command
 from . import vq as vqlib
 from .digits import CLASS_NAMES, PALETTE, colourize, to_model_input
 from .iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
+from .tis import topk_positions
 
 SIDES = ("left", "right")  # side 0 / 1 of a composite
 DISTRACTOR_COLOUR = "white"
@@ -206,8 +207,6 @@ def target_half(maps, side) -> np.ndarray:
 def pointing_share(scores, side, k: int = 5) -> np.ndarray:
     """Per image, the share of its ``k`` highest-TIS positions (``tis.topk_positions``) on the target's half:
     float ``(N,)`` in [0, 1]."""
-    from .tis import topk_positions
-
     scores = _maps(scores)
     side = _sides(side, len(scores))
     if k < 1:
