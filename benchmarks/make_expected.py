@@ -106,6 +106,21 @@ RULES = [
     # last bits only
     (r"^codebook_(random|frequency)_fill_target_prob$", "mean_probability", 1e-3,
      "mean probability of fills made from integer counts: last-bit differences"),
+    # notebook 14 (several objects): the shipped IEM on composites over the 750 test composites: two images' worth
+    (r"^multiobject_iem_(test_top1|predicts_distractor)$", "accuracy_750", 2 / 750,
+     "accuracy over 750 composites: two images' worth"),
+    # the target half's share of the grid's positions: a constant of the grid
+    (r"^multiobject_pointing_chance$", "grid_share", 1e-9, "the half's share of the positions: a constant"),
+    # share of 750 composites' top-5 TIS positions on the target's half, and its seeded bootstrap interval (the
+    # same resamples of other values): last-bit differences flip near-tied positions; 0.005 = 19 of 3,750
+    (r"^multiobject_pointing_(top5|random_iem)(_low|_high)?$", "pointing_share", 0.005,
+     "share of 3,750 top-5 positions: near-tied positions"),
+    # mean over 10 classes of |A & B| / 5 for the first 5 concept ids: one id of one class moves it by 0.02
+    (r"^multiobject_concept_overlap_top5(_split_half)?$", "overlap_share", 0.02,
+     "overlap of 10 classes' 5 ids: one id of one class (a concept-token near-tie)"),
+    # its chance: seeded Monte Carlo draws against notebook 06's sets, which a concept-token near-tie can change
+    (r"^multiobject_concept_overlap_top5_chance$", "mc_share", 0.01,
+     "seeded Monte Carlo mean against sets a concept-token near-tie can change"),
     # mean Spearman correlation of 100 images' maps: rank near-ties between positions
     (r"^sanity_(data_)?(abs_)?rank_corr_", "rank_correlation", 0.02, "mean Spearman over 100 images: rank near-ties"),
     # area under the evaluators' mean probability over 20 images x 9 points: a near-tie swaps two

@@ -6,6 +6,8 @@ On disk, one folder per dataset::
     <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
     <split>_labels.npy       (N,) uint8 / uint16 class ids
     <split>_names.npy        optional (N,) file names (imported / image-folder data)
+    <split>_<column>.npy     optional (N,) integer columns the manifest lists under ``columns`` (e.g. a
+                             composite's target side)
 
 Embeddings are ``codebook[tokens]``, computed on the fly, never stored per image.
 A dataset refers to one codebook: loading it next to another VQ model (of the same family or another) is
@@ -44,6 +46,7 @@ class TokenDataset:
     labels: dict[str, np.ndarray]
     names: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
+    columns: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # {split: {column: (N,) ints}}
 
     @property
     def class_names(self) -> list[str]:
@@ -95,10 +98,13 @@ def validate(tokens: np.ndarray, labels: np.ndarray, n_embed: int, n_classes: in
 
 def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_names: list[str],
                        vq_meta: dict, source: str, details: dict | None = None,
-                       names: dict[str, np.ndarray] | None = None, classifier_data: bool = True) -> TokenDataset:
+                       names: dict[str, np.ndarray] | None = None, classifier_data: bool = True,
+                       columns: dict[str, dict[str, np.ndarray]] | None = None) -> TokenDataset:
     """Write a token dataset folder atomically (a failed or interrupted write leaves nothing behind).
 
     ``splits`` maps split name -> ``(tokens (N,h,w), labels (N,))``; ``vq_meta`` is ``vq.vq_meta(model)``.
+    ``columns`` (optional): per split, named integer arrays with one value per image (e.g. where a composite's
+    target sits); every split needs the same column names.
     Data to train a classifier on (``classifier_data``) needs a train split in which every class has at
     least one image; other token sets (e.g. neutral-prompt generations, labelled by prompt) need not.
     """
@@ -113,11 +119,14 @@ def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_
     empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
         raise ValueError(f"class(es) with no training images: {empty[:10]}")
+    column_names = _check_columns(columns, splits)
     manifest = {"format": FORMAT, "class_names": list(class_names), "source": source,
                 **{k: vq_meta[k] for k in ("vq_family", "vq_fingerprint", "n_embed", "embed_dim", "grid", "image_size",
                                            "image_channels") if k in vq_meta},
                 "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
                 "details": details or {}}
+    if column_names:
+        manifest["columns"] = column_names
     tid, lid = _id_dtype(n_embed), _id_dtype(len(class_names))
     with atomic_path(path) as tmp:
         tmp.mkdir()
@@ -126,8 +135,36 @@ def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_
             np.save(tmp / f"{s}_labels.npy", np.asarray(y).astype(lid))
             if names and s in names:
                 np.save(tmp / f"{s}_names.npy", np.asarray(names[s]).astype(str))
+            for c in column_names:
+                v = np.asarray(columns[s][c])  # the smallest integer type that holds the values
+                np.save(tmp / f"{s}_{c}.npy", v.astype(np.result_type(*map(np.min_scalar_type, (v.min(), v.max())))
+                                                        if v.size else v))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return load_token_dataset(path)
+
+
+_RESERVED_COLUMNS = {"tokens", "labels", "names"}
+
+
+def _check_columns(columns, splits) -> list[str]:
+    """The column names of ``save_token_dataset``'s ``columns``, after checking them (same names in every
+    split, one integer per image, names that cannot clash with the dataset's own files)."""
+    if not columns:
+        return []
+    if set(columns) != set(splits):
+        raise ValueError(f"columns must be given for every split {sorted(splits)}, got {sorted(columns)}")
+    names = sorted(next(iter(columns.values())))
+    for s, cols in columns.items():
+        if sorted(cols) != names:
+            raise ValueError(f"every split needs the same columns: {s} has {sorted(cols)}, another {names}")
+        for c, v in cols.items():
+            v = np.asarray(v)
+            if not c.isidentifier() or c in _RESERVED_COLUMNS:
+                raise ValueError(f"column name {c!r} must be an identifier other than {sorted(_RESERVED_COLUMNS)}")
+            if v.shape != (len(splits[s][1]),) or not np.issubdtype(v.dtype, np.integer):
+                raise ValueError(f"{s}: column {c!r} must hold one integer per image ({len(splits[s][1])}), "
+                                 f"got {v.dtype} of shape {v.shape}")
+    return names
 
 
 def load_token_dataset(path: str | os.PathLike, vq=None) -> TokenDataset:
@@ -139,13 +176,14 @@ def load_token_dataset(path: str | os.PathLike, vq=None) -> TokenDataset:
     manifest = json.loads(mpath.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown dataset format {manifest.get('format')!r} (expected {FORMAT})")
-    tokens, labels, names = {}, {}, {}
+    tokens, labels, names, columns = {}, {}, {}, {}
     for s, n in manifest["splits"].items():
         tokens[s] = _read_array(path / f"{s}_tokens.npy", n)
         labels[s] = _read_array(path / f"{s}_labels.npy", n)
         if (path / f"{s}_names.npy").exists():
             names[s] = _read_array(path / f"{s}_names.npy", n)
-    ds = TokenDataset(manifest, tokens, labels, names, path)
+        columns[s] = {c: _read_array(path / f"{s}_{c}.npy", n) for c in manifest.get("columns", [])}
+    ds = TokenDataset(manifest, tokens, labels, names, path, columns if manifest.get("columns") else {})
     if vq is not None:
         check_matches(ds, vq)
     return ds

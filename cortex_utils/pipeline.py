@@ -51,6 +51,7 @@ NEEDS = {
     "11_trust_the_explanations": ["06_concept_analysis"],
     "12_compare_tokenizers": ["07_image_level_explanation", "09_codebook_optimization"],
     "13_bias_real_data": [],
+    "14_several_objects": ["06_concept_analysis"],
 }
 
 

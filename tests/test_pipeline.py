@@ -16,13 +16,14 @@ NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 def test_every_preset_notebook_exists():
     """The smoke preset runs every notebook; the default every one but those that need what a default run does not
     have: two runs to compare (12) and real token data (13); the presets of the encoded real digits (vqvae,
-    encoded) also leave out the planted bias study (10), which needs a generator."""
+    encoded) also leave out the planted bias study (10), which needs a generator, and the composites (14), whose
+    shipped data and IEM belong to the default tokenizer."""
     stems = [nb.stem for nb in NOTEBOOKS]
     assert pipeline.load_preset("smoke")["notebooks"] == stems
     assert pipeline.load_preset("default")["notebooks"] == [s for s in stems if not s.startswith(("12_", "13_"))]
     for preset in ("vqvae", "encoded"):
         assert pipeline.load_preset(preset)["notebooks"] == [s for s in stems
-                                                             if not s.startswith(("10_", "12_", "13_"))]
+                                                             if not s.startswith(("10_", "12_", "13_", "14_"))]
     assert pipeline.load_preset("compare")["notebooks"] == ["12_compare_tokenizers"]
     assert pipeline.load_preset("bias_real")["notebooks"] == ["13_bias_real_data"]
 
@@ -159,6 +160,9 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
                 "bias_thickness_delta_biased", "bias_thickness_delta_control", "bias_colour_truth_share",
                 "bias_thickness_truth_share", "sanity_rank_corr_smoothgrad", "deletion_auc_smoothgrad_pixel",
                 "deletion_auc_occlusion_token", "recommended_method", "tis_method", "pipeline_seconds",
+                "multiobject_pointing_top5", "multiobject_pointing_top5_low", "multiobject_pointing_top5_high",
+                "multiobject_pointing_chance", "multiobject_pointing_random_iem", "multiobject_concept_overlap_top5",
+                "multiobject_concept_overlap_top5_chance",
                 *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
         assert key in metrics, key
     assert metrics["tis_method"] == "smoothgrad"  # the paper's, the default
@@ -181,7 +185,7 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     assert "results in" in r.stdout
     # the tutorial on another attribution method: the notebooks that compute or read TIS again, on this run's
     # models and data, with -p method occlusion (notebook 05 declares it; the others read it from the run)
-    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 11]
+    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 11 or nb.stem.startswith("14_")]
     for nb in tis_notebooks:
         assert "TIS method: smoothgrad" in _printed(run / nb.name), nb.stem
     r = _run(["--preset", "smoke", "--only", ",".join(nb.stem for nb in tis_notebooks), "-p", "method", "occlusion"],
@@ -297,8 +301,8 @@ def test_exercise_checks(capsys):
 
 # --- teaching conventions (issue "Teach the method in the open"); tags as papermill's `parameters` ---------
 
-TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11]
-METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11]
+TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
+METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
 
 
 def _tagged(nb, tag):
