@@ -82,11 +82,18 @@ def check_state_dict(model: torch.nn.Module, state: dict, ignore_prefixes=("loss
     state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         lines = [f"the {what} does not match the config:"]
-        for label, items in (("shape mismatches", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+        for label, items in (
+            ("shape mismatches", shapes),
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+        ):
             if items:
                 lines.append(f"  {len(items)} {label}, first: " + "; ".join(items[:5]))
         raise ValueError("\n".join(lines))

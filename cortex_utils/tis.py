@@ -22,11 +22,25 @@ from .attribution import attribute, check_method
 from .smoothgrad import DRAWS, SIGMAS, check_precision
 
 
-def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float = 0.2, reduction: str = "max",
-                seed: int = 0, out: str | Path | None = None, desc: str = "TIS",
-                rows: tuple[int, int] | None = None, sigma: str = "batch", precision: str = "float32",
-                draws: str = "gaussian", method: str = "smoothgrad", steps: int = 16, baseline=None,
-                group: int = 1) -> np.ndarray:
+def compute_tis(
+    model,
+    loader,
+    n_images: int,
+    nsamples: int = 20,
+    spread: float = 0.2,
+    reduction: str = "max",
+    seed: int = 0,
+    out: str | Path | None = None,
+    desc: str = "TIS",
+    rows: tuple[int, int] | None = None,
+    sigma: str = "batch",
+    precision: str = "float32",
+    draws: str = "gaussian",
+    method: str = "smoothgrad",
+    steps: int = 16,
+    baseline=None,
+    group: int = 1,
+) -> np.ndarray:
     """TIS for every image of a (non-shuffled) embedding loader -> float32 ``(N, h, w)`` aligned with the
     dataset's rows, by ``method`` (``attribution.METHODS``; SmoothGrad, the paper's, by default); the target is
     each image's label. ``steps`` (IG), ``baseline`` (IG, occlusion) and ``group`` (occlusion): see
@@ -66,7 +80,9 @@ def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float 
             scores = np.load(out, mmap_mode="r+")
             done = np.load(done_path)
             if scores.shape != (n_rows, *grid):
-                raise ValueError(f"{out} holds TIS of shape {scores.shape}, expected {(n_rows, *grid)}; delete it")
+                raise ValueError(
+                    f"{out} holds TIS of shape {scores.shape}, expected {(n_rows, *grid)}; delete it"
+                )
         else:
             scores = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n_rows, *grid))
             done = np.zeros(n_rows, dtype=bool)
@@ -77,13 +93,33 @@ def compute_tis(model, loader, n_images: int, nsamples: int = 20, spread: float 
         for b, (x, y, rows) in enumerate(loader):
             rows = rows.numpy()
             if rows.min() < start or rows.max() >= stop:
-                raise ValueError(f"the loader yields rows {rows.min()}-{rows.max()} outside rows {start}-{stop - 1}")
+                raise ValueError(
+                    f"the loader yields rows {rows.min()}-{rows.max()} outside rows {start}-{stop - 1}"
+                )
             local = rows - start
             if done[local].all():
                 continue
-            scores[local] = attribute(model, x, y, method, reduction, nsamples, spread, steps, baseline, group,
-                                      seed=seed * 1_000_003 + int(rows[0]), where=f"batch {b} (rows {rows[0]}-{rows[-1]})",
-                                      sigma=sigma, draws=draws, precision=precision).cpu().numpy()
+            scores[local] = (
+                attribute(
+                    model,
+                    x,
+                    y,
+                    method,
+                    reduction,
+                    nsamples,
+                    spread,
+                    steps,
+                    baseline,
+                    group,
+                    seed=seed * 1_000_003 + int(rows[0]),
+                    where=f"batch {b} (rows {rows[0]}-{rows[-1]})",
+                    sigma=sigma,
+                    draws=draws,
+                    precision=precision,
+                )
+                .cpu()
+                .numpy()
+            )
             done[local] = True
             if out is not None:
                 scores.flush()
@@ -124,10 +160,19 @@ def topk_agreement(a, b, k: int = 5) -> np.ndarray:
     return np.array([len(np.intersect1d(x, y)) for x, y in zip(ta, tb, strict=True)], dtype=np.float64) / k
 
 
-
-def batched_token_importance(model, embeddings, target, batch_size: int, nsamples: int = 20, spread: float = 0.2,
-                             reduction: str = "max", seed: int = 0, sigma: str = "batch", precision: str = "float32",
-                             draws: str = "gaussian") -> np.ndarray:
+def batched_token_importance(
+    model,
+    embeddings,
+    target,
+    batch_size: int,
+    nsamples: int = 20,
+    spread: float = 0.2,
+    reduction: str = "max",
+    seed: int = 0,
+    sigma: str = "batch",
+    precision: str = "float32",
+    draws: str = "gaussian",
+) -> np.ndarray:
     """SmoothGrad TIS of a stack of images ``(N, D, h, w)`` cut into batches of ``batch_size`` -> float32
     ``(N, h, w)``: with ``sigma="batch"`` each batch's range sets its images' noise level, so the batch size
     matters (e.g. the run's 100 vs the original's 4). The noise of the batch starting at row ``i`` comes from
@@ -135,10 +180,25 @@ def batched_token_importance(model, embeddings, target, batch_size: int, nsample
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = torch.as_tensor(target).long()
-    out = [attribute(model, embeddings[i:i + batch_size], target[i:i + batch_size], "smoothgrad", reduction, nsamples,
-                     spread, seed=seed * 1_000_003 + i, where=f"rows {i}-{min(i + batch_size, len(embeddings)) - 1}",
-                     sigma=sigma, draws=draws, precision=precision).cpu().numpy()
-           for i in range(0, len(embeddings), batch_size)]
+    out = [
+        attribute(
+            model,
+            embeddings[i : i + batch_size],
+            target[i : i + batch_size],
+            "smoothgrad",
+            reduction,
+            nsamples,
+            spread,
+            seed=seed * 1_000_003 + i,
+            where=f"rows {i}-{min(i + batch_size, len(embeddings)) - 1}",
+            sigma=sigma,
+            draws=draws,
+            precision=precision,
+        )
+        .cpu()
+        .numpy()
+        for i in range(0, len(embeddings), batch_size)
+    ]
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -148,5 +208,7 @@ def seed_agreement(maps, k: int = 5) -> np.ndarray:
     maps = [np.asarray(m) for m in maps]
     if len(maps) < 2:
         raise ValueError(f"seed agreement needs the maps of at least two seeds, got {len(maps)}")
-    return np.mean([topk_agreement(maps[i], maps[j], k) for i in range(len(maps)) for j in range(i + 1, len(maps))],
-                   axis=0)
+    return np.mean(
+        [topk_agreement(maps[i], maps[j], k) for i in range(len(maps)) for j in range(i + 1, len(maps))],
+        axis=0,
+    )

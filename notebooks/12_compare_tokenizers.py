@@ -80,10 +80,21 @@ for k, v in runs.items():
     require("test" in tis_entry["splits"], f"{k}: notebook 05 computed no test TIS")
     tis = np.load(repo_path(tis_entry["path"]) / "test.npy")
     info[k] = {"vq": vq, "ds": ds, "tis": tis, "iem": tis_entry["iem_arch"]}
-display(pd.DataFrame({k: {"family": i["vq"].family, "codebook": f"{i['vq'].n_embed} × {i['vq'].embed_dim}",
-                          "grid": "×".join(map(str, i["ds"].grid)), "dataset": i["ds"].manifest["source"],
-                          "test images": len(i["ds"].labels["test"]), "TIS of IEM": i["iem"]}
-                      for k, i in info.items()}))
+display(
+    pd.DataFrame(
+        {
+            k: {
+                "family": i["vq"].family,
+                "codebook": f"{i['vq'].n_embed} × {i['vq'].embed_dim}",
+                "grid": "×".join(map(str, i["ds"].grid)),
+                "dataset": i["ds"].manifest["source"],
+                "test images": len(i["ds"].labels["test"]),
+                "TIS of IEM": i["iem"],
+            }
+            for k, i in info.items()
+        }
+    )
+)
 
 # %% [markdown]
 # ## How concentrated is the explanation?
@@ -97,8 +108,10 @@ first = next(iter(info.values()))
 one = first["tis"][0].ravel()
 best = np.argsort(-one, kind="stable")[:top]
 hand_share = np.abs(one[best]).sum() / np.abs(one).sum()
-print(f"test image 0: the top-{top} positions {sorted(best.tolist())} hold {hand_share:.1%} of its |TIS| "
-      f"(even spread: {top / one.size:.1%})")
+print(
+    f"test image 0: the top-{top} positions {sorted(best.tolist())} hold {hand_share:.1%} of its |TIS| "
+    f"(even spread: {top / one.size:.1%})"
+)
 
 
 # %% [markdown]
@@ -136,7 +149,9 @@ rows = {
     "codebook optimisation: target probability before": "codebook_target_prob_before",
     "codebook optimisation: target probability after": "codebook_target_prob_after",
 }
-table = pd.DataFrame({k: {name: m.get(key, np.nan) for name, key in rows.items()} for k, m in metrics.items()})
+table = pd.DataFrame(
+    {k: {name: m.get(key, np.nan) for name, key in rows.items()} for k, m in metrics.items()}
+)
 table.loc[f"mean share of |TIS| in the top-{top} positions"] = {k: float(s.mean()) for k, s in shares.items()}
 display(table.round(3))
 
@@ -171,9 +186,10 @@ panels, picked = {}, {}
 for k, i in info.items():
     labels = i["ds"].labels["test"]
     picked[k] = np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)[:n_show]])
-    panels[f"{k}: decoded"] = vqlib.decode(i["vq"], torch.from_numpy(i["ds"].tokens["test"][picked[k]].astype(np.int64)))
-plots.rows_of_images(panels, ncols=min(len(p) for p in picked.values()));
-
+    panels[f"{k}: decoded"] = vqlib.decode(
+        i["vq"], torch.from_numpy(i["ds"].tokens["test"][picked[k]].astype(np.int64))
+    )
+plots.rows_of_images(panels, ncols=min(len(p) for p in picked.values()))
 # %%
 ncols = min(len(p) for p in picked.values())
 fig, axes = plt.subplots(len(info), ncols, figsize=(1.4 * ncols, 1.5 * len(info)), squeeze=False)
@@ -186,8 +202,7 @@ for row, (k, i) in zip(axes, info.items(), strict=True):
         ax.set_title(f"label {i['ds'].labels['test'][picked[k][j]]}", fontsize=8)
     row[0].set_ylabel(k, fontsize=8)
 fig.colorbar(im, ax=axes, shrink=0.8, label="TIS / the run's largest shown")
-fig.suptitle("TIS maps");
-
+fig.suptitle("TIS maps")
 # %% [markdown]
 # ## What the runs say
 #
@@ -198,19 +213,27 @@ lines = []
 for k in runs:
     m, s = metrics[k], shares[k]
     beats = m.get("image_level_tis_beats_random")
-    lines.append(f"* **{k}** ({info[k]['vq'].family}, {info[k]['ds'].manifest['source']} data): PSNR "
-                 f"{m.get('vq_test_psnr_db', float('nan')):.1f} dB, {m.get('vq_codebook_usage', float('nan')):.0%} of "
-                 f"{info[k]['vq'].n_embed} codes used; the IEM reads the digit from the tokens in "
-                 f"{m.get('iem1_test_top1', float('nan')):.1%} of the test images; the top-{top} positions hold "
-                 f"{s.mean():.0%} of an image's TIS mass (even spread {top / first['tis'][0].size:.0%}); top-TIS "
-                 f"masking beats random in {beats:.0%} of the pixel-space cells" if beats is not None else
-                 f"* **{k}**: notebook 07 was not run")
+    lines.append(
+        f"* **{k}** ({info[k]['vq'].family}, {info[k]['ds'].manifest['source']} data): PSNR "
+        f"{m.get('vq_test_psnr_db', float('nan')):.1f} dB, {m.get('vq_codebook_usage', float('nan')):.0%} of "
+        f"{info[k]['vq'].n_embed} codes used; the IEM reads the digit from the tokens in "
+        f"{m.get('iem1_test_top1', float('nan')):.1%} of the test images; the top-{top} positions hold "
+        f"{s.mean():.0%} of an image's TIS mass (even spread {top / first['tis'][0].size:.0%}); top-TIS "
+        f"masking beats random in {beats:.0%} of the pixel-space cells"
+        if beats is not None
+        else f"* **{k}**: notebook 07 was not run"
+    )
 if len(runs) == 2:
     (a, sa), (b, sb) = shares.items()
     more, less = (a, b) if sa.mean() > sb.mean() else (b, a)
-    lines.append(f"\nMean top-{top} share of the TIS mass: {a} {sa.mean():.1%}, {b} {sb.mean():.1%}: " +
-                 ("about equally concentrated." if abs(sa.mean() - sb.mean()) < 0.005 else
-                  f"the explanations of **{more}** are the more concentrated."))
+    lines.append(
+        f"\nMean top-{top} share of the TIS mass: {a} {sa.mean():.1%}, {b} {sb.mean():.1%}: "
+        + (
+            "about equally concentrated."
+            if abs(sa.mean() - sb.mean()) < 0.005
+            else f"the explanations of **{more}** are the more concentrated."
+        )
+    )
 print("\n".join(lines))
 
 # %% [markdown]
@@ -218,8 +241,13 @@ print("\n".join(lines))
 # characters as `_`).
 
 # %%
-record_metrics(run_dir, **{f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
-                           for k, s in shares.items()})
+record_metrics(
+    run_dir,
+    **{
+        f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
+        for k, s in shares.items()
+    },
+)
 print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
 
 # %% [markdown]
