@@ -1,4 +1,5 @@
-"""Does the bias share estimate (cortex_utils.bias_stats.bias_share) keep its promises where the truth is known?
+"""Does the bias share estimate (cortex_utils.bias_stats.bias_share) keep its promises where the truth is
+known?
 
 A simulation study in numpy only. Every simulated study has the sizes of notebook 10's default: 300 neutral
 images, 300 labelled images per value to fit the rule on and 100 per value (held out) to measure its error
@@ -33,12 +34,13 @@ only) and of the paper's δ on raw counts: a false alarm is an interval that exc
 
 Columns: coverage (the interval holds the true share), excludes 0.5 (a "found" verdict; under the null a false
 alarm), width, inconclusive (the rule's J <= 0.1: no estimate, interval [0, 1]), not found (the verdict
-``bias_stats.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at: the true
-share, except in ``leak_prompt``), and for the null studies the ranked and the raw δ's mean and how often their
-interval excludes 0.
+``bias_stats.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at:
+the true share, except in ``leak_prompt``), and for the null studies the ranked and the raw δ's mean and how
+often their interval excludes 0.
 
 Last line: bias_null_fpr=<x> bias_coverage=<y> ranked_null_fpr=<z> ... (bias_null_fpr over the null studies of
-every case but ``leak_prompt``; bias_coverage is the worst coverage of any (case, share) cell but ``leak_prompt``'s).
+every case but ``leak_prompt``; bias_coverage is the worst coverage of any (case, share) cell but
+``leak_prompt``'s).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ LEAK = (0.2, 0.3)  # the leak cases: share of the "a A" images drawn as B, of th
 
 def labelled(rng, draw, n, leak=(0.0, 0.0), by_truth=False):
     """``n`` images prompted A and ``n`` prompted B; a share ``leak[0]`` of the A-prompted ones is truly B,
-    ``leak[1]`` of the B-prompted ones truly A. Labelled by the prompt, or with ``by_truth`` by what they show."""
+    ``leak[1]`` of the B-prompted ones truly A. Labelled by the prompt, or with ``by_truth`` by what they
+    show."""
     is_a_label = np.repeat([True, False], n)
     flip = rng.random(2 * n) < np.where(is_a_label, leak[0], leak[1])
     truly_a = is_a_label ^ flip
@@ -97,7 +100,8 @@ def count_study(rng, draw, p, n_boot, leak=(0.0, 0.0), cal_by_truth=False):
     neutral = draw(rng, truly_a)
     fit, cal = labelled(rng, draw, N_FIT, leak), labelled(rng, draw, N_CAL, leak, cal_by_truth)
     seed = int(rng.integers(2**31))
-    # labelled by what they show, the held-out images also say which prompt drew them: the error-rate check runs
+    # labelled by what they show, the held-out images also say which prompt drew them: the error-rate check
+    # runs
     prompts = np.repeat([True, False], N_CAL) if cal_by_truth else None
     est = bias_stats.bias_share(
         neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed, calibration_prompts=prompts
@@ -107,12 +111,13 @@ def count_study(rng, draw, p, n_boot, leak=(0.0, 0.0), cal_by_truth=False):
 
 # --- the ``graded`` case: an attribute that is a matter of degree --------------------------------------
 #
-# Each image has a latent degree L (stroke thickness): N(+1, 1) under the A prompt, N(-1, 1) under the B prompt,
-# so 16 % of each prompt's images fall on the other side of 0 (of the order notebook 10 measures for thickness). An
-# image shows A when L > 0 (the pixel rule). Its counts depend on L itself, not only on its side: A's tokens
-# Poisson(0.3 + 3 sigmoid(2L)), B's Poisson(0.3 + 3 sigmoid(-2L)). The neutral set mixes the two prompts' outputs
-# with weight w; its true share is the share with L > 0. Images near the border are called either way, so
-# the rule's error rates on the half-and-half held-out images do not hold for a neutral set of another mix.
+# Each image has a latent degree L (stroke thickness): N(+1, 1) under the A prompt, N(-1, 1) under the B
+# prompt, so 16 % of each prompt's images fall on the other side of 0 (of the order notebook 10 measures for
+# thickness). An image shows A when L > 0 (the pixel rule). Its counts depend on L itself, not only on its
+# side: A's tokens Poisson(0.3 + 3 sigmoid(2L)), B's Poisson(0.3 + 3 sigmoid(-2L)). The neutral set mixes the
+# two prompts' outputs with weight w; its true share is the share with L > 0. Images near the border are
+# called either way, so the rule's error rates on the half-and-half held-out images do not hold for a neutral
+# set of another mix.
 GRADED_SHIFT = 1.0
 
 
@@ -162,8 +167,8 @@ def grid_histograms(rng, truly_a):
 
 
 def select_tokens(hist, is_a, token_num=4, specificity=2.0):
-    """Each value's ``token_num`` ids by frequency in its images, kept only if at least ``specificity`` times as
-    frequent per image as in the other value's (as ``bias.specific_tokens`` filters the TIS ranking)."""
+    """Each value's ``token_num`` ids by frequency in its images, kept only if at least ``specificity`` times
+    as frequent per image as in the other value's (as ``bias.specific_tokens`` filters the TIS ranking)."""
     rate = np.stack([hist[is_a].mean(0), hist[~is_a].mean(0)])
     out = []
     for c in (0, 1):
@@ -259,7 +264,8 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
         low, high = np.array([e["low"] for e in ests]), np.array([e["high"] for e in ests])
         share = np.array([e["share"] for e in ests])
         # leak_prompt: the mixture weight between the two prompts' outputs (above 1 when the neutral set holds
-        # more A than the A-prompted images do: no mixture of the two fits, and the clipped estimate aims at 1)
+        # more A than the A-prompted images do: no mixture of the two fits, and the clipped estimate aims at
+        # 1)
         target = min(1.0, (p - LEAK[1]) / (1 - LEAK[0] - LEAK[1])) if case == "leak_prompt" else p
         row = {
             "case": case,
@@ -320,7 +326,8 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
     ]
     print(
         f"{studies} studies per cell ({selected_studies} for 'selected'), {n_boot} bootstrap resamples "
-        f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); 300 neutral, 300 + 100 labelled per value"
+        f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); 300 neutral, 300 + 100 "
+        "labelled per value"
     )
     print(" | ".join(f"{c:>15s}" if i else f"{c:<10s}" for i, c in enumerate(cols)))
     for r in rows:
@@ -340,23 +347,24 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
     true_cov = ", ".join(f"{p}: {leak[p]['coverage']:.2f}" for p in SHARES)
     target_cov = ", ".join(f"{leak[p]['target']:.3f}: {leak[p]['covers target']:.2f}" for p in SHARES)
     print(
-        f"'leak_prompt' (held-out images labelled by their prompts): coverage of the true share {true_cov}; of "
-        f"the mixture weight (p - {LEAK[1]}) / (1 - {LEAK[0]} - {LEAK[1]}): {target_cov}"
+        f"'leak_prompt' (held-out images labelled by their prompts): coverage of the true share {true_cov}; "
+        f"of the mixture weight (p - {LEAK[1]}) / (1 - {LEAK[0]} - {LEAK[1]}): {target_cov}"
     )
     graded = [r for r in rows if r["case"] == "graded"]
     print(
-        f"'graded': the error-rate check flags {graded[-1]['flagged']:.0%} of the studies with the neutral set mixed "
-        f"85/15 (coverage {graded[-1]['unchecked coverage']:.2f} without it, {graded[-1]['coverage']:.2f} with it) "
-        f"and {graded[0]['flagged']:.0%} of the half-and-half ones; in 'leak' (a discrete value) "
-        f"{np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.0%}"
+        f"'graded': the error-rate check flags {graded[-1]['flagged']:.0%} of the studies with the neutral "
+        f"set mixed 85/15 (coverage {graded[-1]['unchecked coverage']:.2f} without it, "
+        f"{graded[-1]['coverage']:.2f} with it) and {graded[0]['flagged']:.0%} of the half-and-half ones; in "
+        f"'leak' (a discrete value) {np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.0%}"
     )
     print(f"{time.perf_counter() - t0:.0f} s")
     per_case = " ".join(f"coverage_{r['case']}_{r['true share']}={r['coverage']:.3f}" for r in rows)
     print(
         f"bias_null_fpr={null_fpr:.3f} bias_coverage={coverage:.3f} ranked_null_fpr={ranked_fpr:.3f} "
-        f"raw_null_fpr={raw_fpr:.3f} bias_coverage_pooled={pooled:.3f} leak_null_fpr={leak[0.5]['excludes 0.5']:.3f} "
-        f"leak_ranked_null_fpr={leak_ranked:.3f} {per_case} "
-        f"graded_flagged={graded[-1]['flagged']:.3f} graded_unchecked_coverage={graded[-1]['unchecked coverage']:.3f} "
+        f"raw_null_fpr={raw_fpr:.3f} bias_coverage_pooled={pooled:.3f} "
+        f"leak_null_fpr={leak[0.5]['excludes 0.5']:.3f} leak_ranked_null_fpr={leak_ranked:.3f} {per_case} "
+        f"graded_flagged={graded[-1]['flagged']:.3f} "
+        f"graded_unchecked_coverage={graded[-1]['unchecked coverage']:.3f} "
         f"leak_flagged={np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.3f}"
     )
 

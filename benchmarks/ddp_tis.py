@@ -67,16 +67,17 @@ def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=
             results[nproc] = (work, job["seconds"])
             print(
                 f"{nproc} process(es) x {max(1, cores // nproc)} thread(s): sharded work {work:.2f} s "
-                f"({n / work:.0f} images/s), whole job {job['seconds']:.1f} s ({n / job['seconds']:.0f} images/s), "
-                f"identical to one process: {same}"
+                f"({n / work:.0f} images/s), whole job {job['seconds']:.1f} s ({n / job['seconds']:.0f} "
+                f"images/s), identical to one process: {same}"
             )
     print(
-        f"in-process compute_tis, {cores} threads: {t_inproc:.2f} s ({n / t_inproc:.0f} images/s) for {n} images"
+        f"in-process compute_tis, {cores} threads: {t_inproc:.2f} s ({n / t_inproc:.0f} images/s) for {n} "
+        "images"
     )
     speedup = results[1][0] / results[2][0]
     print(
-        f"speed-up 2 vs 1 process: sharded work {speedup:.2f}x, whole job {results[1][1] / results[2][1]:.2f}x; "
-        f"{cores} cores"
+        f"speed-up 2 vs 1 process: sharded work {speedup:.2f}x, whole job "
+        f"{results[1][1] / results[2][1]:.2f}x; {cores} cores"
     )
     print(
         f"ddp_equal={int(equal)} ddp_speedup={speedup:.2f} ddp_images_per_s_1={n / results[1][0]:.0f} "

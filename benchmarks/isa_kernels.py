@@ -5,29 +5,30 @@ torch 2.14 on x86 draws on three kernel libraries, each with its own instruction
 * ``ATEN_CPU_CAPABILITY`` (``default`` | ``avx2`` | ``avx512``): ATen's own vectorised kernels (element-wise
   ops, reductions, softmax, BatchNorm, pooling, ...); ``torch.backends.cpu.get_cpu_capability()`` reports it;
 * ``ONEDNN_MAX_CPU_ISA`` (``AVX2``, ``AVX512_CORE``, ...): oneDNN, which runs float32 ``conv2d`` on CPU;
-* ``MKL_ENABLE_INSTRUCTIONS`` (``AVX2``, ``AVX512``, ...): MKL, which runs float32 matrix products (``Linear``).
+* ``MKL_ENABLE_INSTRUCTIONS`` (``AVX2``, ``AVX512``, ...): MKL, which runs float32 matrix products
+  (``Linear``).
 
 For each setting a fresh subprocess (one thread, so only the instruction set differs) loads the shipped VQ
-codebook (``checkpoints/vq_mnist``) and IEMs (``checkpoints/iem1`` ... ``iem4``), builds a fixed batch of token
-grids (random ids from seed 0) as ``codebook[ids]`` embeddings, and computes the IEM logits, the batched
-SmoothGrad gradients (``smoothgrad.smoothgrad``) and the TIS (``tis.compute_tis``) of IEM 1, and the VQ decoder's
-images of the same grids. Each library's own report of the instruction set it picked is read from its
-verbose output (``ONEDNN_VERBOSE``, ``MKL_VERBOSE``). The outputs are compared with the unrestricted run: a
-setting "changes kernels" when any output differs in any bit. The unrestricted run is repeated once: it
+codebook (``checkpoints/vq_mnist``) and IEMs (``checkpoints/iem1`` ... ``iem4``), builds a fixed batch of
+token grids (random ids from seed 0) as ``codebook[ids]`` embeddings, and computes the IEM logits, the batched
+SmoothGrad gradients (``smoothgrad.smoothgrad``) and the TIS (``tis.compute_tis``) of IEM 1, and the VQ
+decoder's images of the same grids. Each library's own report of the instruction set it picked is read from
+its verbose output (``ONEDNN_VERBOSE``, ``MKL_VERBOSE``). The outputs are compared with the unrestricted run:
+a setting "changes kernels" when any output differs in any bit. The unrestricted run is repeated once: it
 must match itself bit for bit, so the differences come from the instruction set, not from the run.
 
 Measured here (Xeon with AVX-512 and AMX, torch 2.14.1): each of the three variables alone changes the IEM
-logits (by ~3e-6 to 1e-5 on logits up to ~8) and the decoded pixels (~1e-6), and ``ATEN_CPU_CAPABILITY=default``
-also changes ``torch.randn``'s numbers (its vectorised normal sampler), i.e. SmoothGrad's noise. The
-SmoothGrad gradients of these ReLU / max-pool networks are piecewise constant in the input, so they mostly stay
-bit-identical; where a ReLU or max-pool switch flips in one noisy copy, a few TIS scores jump by ~4e-4 (of
-scores up to ~0.23). Such jumps, not the last bits, are what can move a top-n position and the metrics
-counted from it.
+logits (by ~3e-6 to 1e-5 on logits up to ~8) and the decoded pixels (~1e-6), and
+``ATEN_CPU_CAPABILITY=default`` also changes ``torch.randn``'s numbers (its vectorised normal sampler), i.e.
+SmoothGrad's noise. The SmoothGrad gradients of these ReLU / max-pool networks are piecewise constant in the
+input, so they mostly stay bit-identical; where a ReLU or max-pool switch flips in one noisy copy, a few TIS
+scores jump by ~4e-4 (of scores up to ~0.23). Such jumps, not the last bits, are what can move a top-n
+position and the metrics counted from it.
 
 ``make verify-isa`` emulates a machine one level below this one: all three variables one level below the
 machine's ATen capability (AVX-512 -> ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
-MKL_ENABLE_INSTRUCTIONS=AVX2``; AVX2 -> ``default`` / ``SSE41`` / ``SSE4_2``), since on this Xeon (AVX-512, AMX)
-each of the three alone changes the outputs. ``--print-verify-setting`` prints that for the Makefile
+MKL_ENABLE_INSTRUCTIONS=AVX2``; AVX2 -> ``default`` / ``SSE41`` / ``SSE4_2``), since on this Xeon (AVX-512,
+AMX) each of the three alone changes the outputs. ``--print-verify-setting`` prints that for the Makefile
 without measuring anything; ``--describe`` prints the current process's capability and ISA variables (the
 Makefile keeps it as the run's ``isa.txt``, which make_expected.py records).
 
@@ -50,8 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "checkpoints"
 
-# ATen capabilities from the widest down, and for each the caps of oneDNN and MKL that restrict those libraries to
-# the same level (oneDNN has no "no SIMD" level: SSE4.1 / SSE4.2 is the floor of both).
+# ATen capabilities from the widest down, and for each the caps of oneDNN and MKL that restrict those
+# libraries to the same level (oneDNN has no "no SIMD" level: SSE4.1 / SSE4.2 is the floor of both).
 LEVELS = {
     "avx512": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
@@ -238,7 +239,8 @@ def main(argv=None) -> int:
         + ", ".join(f"{n} {max_abs(ref['arrays'], p):.3g}" for n, p in OUTPUTS.items())
     )
     print(
-        f"{'setting':<80} {'ATen':>8} {'oneDNN':>14} {'MKL':>14}   max |diff|: logits / SmoothGrad / TIS / decoded"
+        f"{'setting':<80} {'ATen':>8} {'oneDNN':>14} {'MKL':>14}   max |diff|: logits / SmoothGrad / TIS / "
+        "decoded"
     )
     for name, r in runs.items():
         d = diffs.get(name)

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FORMAT = "cortex-expected-metrics/1"
 SPREAD_FACTOR = 3  # tolerance >= 3 x the largest difference seen between the given runs
 
-# The rule table: the first rule whose pattern matches a key (re.search) decides. ``floor`` None = informational
-# (not checked), 0 = exact. Floors cover float differences between CPUs (last bits of float32 kernels, and the
-# discrete flips they can cause: a near-tie in a ranking, a ReLU / max-pool switch, a sampled token at a
-# boundary); they do not cover a different model, a different dataset or different parameters.
+# The rule table: the first rule whose pattern matches a key (re.search) decides. ``floor`` None =
+# informational (not checked), 0 = exact. Floors cover float differences between CPUs (last bits of float32
+# kernels, and the discrete flips they can cause: a near-tie in a ranking, a ReLU / max-pool switch, a sampled
+# token at a boundary); they do not cover a different model, a different dataset or different parameters.
 # (pattern, kind, floor, why)
 RULES = [
     # wall times (every <notebook>_seconds, pipeline_seconds, kernel_import_seconds, dataset_load_seconds,
@@ -107,16 +107,19 @@ RULES = [
         0.02,
         "positions per image over 500 images: a token changed on a TIS near-tie",
     ),
-    # notebook 05's fast mode against float32: bfloat16 kernels differ between CPUs (AMX, AVX512-BF16, oneDNN's
-    # ISA setting) far more than float32 ones do, and a CPU without bfloat16 does not record the key at all
+    # notebook 05's fast mode against float32: bfloat16 kernels differ between CPUs (AMX, AVX512-BF16,
+    # oneDNN's ISA setting) far more than float32 ones do, and a CPU without bfloat16 does not record the key
+    # at all
     (
         r"^tis_top5_bf16",
         "bf16_agreement",
         None,
-        "bfloat16 vs float32 top-5 agreement: bfloat16 kernels differ between CPUs; absent where bfloat16 is not native",
+        "bfloat16 vs float32 top-5 agreement: bfloat16 kernels differ between CPUs; absent where bfloat16 is "
+        "not native",
     ),
     # share of an image's top-5 TIS positions that two computations agree on (100 images x 5 positions;
-    # one position = 0.002): last-bit differences flip near-tied positions (also the reduced-variance draws' keys)
+    # one position = 0.002): last-bit differences flip near-tied positions (also the reduced-variance draws'
+    # keys)
     (r"^tis_top5_", "agreement_500", 0.01, "top-5 agreement over 100 images: near-tied positions"),
     # mean target probability before optimisation (12 images x 2 evaluators): last bits only
     (r"^codebook_target_prob_before$", "mean_probability", 1e-3, "mean probability: last-bit differences"),
@@ -128,10 +131,10 @@ RULES = [
         0.01,
         "mean probability after 200 optimisation steps: differences are carried forward",
     ),
-    # notebook 09's saliency vs optimisation. The share of the distinct ids put into 12 optimised regions that are
-    # the target's first 10 concept tokens (and the same for the random-id control and the other classes' tokens):
-    # an optimised id snapped differently, or a concept token swapped on a TIS near-tie (ranks 8-12 of class 8 tie
-    # in count), moves one grid's share by up to 1/3; 0.03 = that in one of the 12 grids
+    # notebook 09's saliency vs optimisation. The share of the distinct ids put into 12 optimised regions that
+    # are the target's first 10 concept tokens (and the same for the random-id control and the other classes'
+    # tokens): an optimised id snapped differently, or a concept token swapped on a TIS near-tie (ranks 8-12
+    # of class 8 tie in count), moves one grid's share by up to 1/3; 0.03 = that in one of the 12 grids
     (
         r"^codebook_opt_concept_overlap(_random_ids|_other_classes)?$",
         "overlap_share",
@@ -184,7 +187,8 @@ EXACT_KIND = "exact"  # strings, booleans, integers
 
 
 def rule_for(key: str, value):
-    """(kind, floor, why) for a key; floor None = informational. Non-float values are exact unless informational."""
+    """(kind, floor, why) for a key; floor None = informational. Non-float values are exact unless
+    informational."""
     for pattern, kind, floor, why in RULES:
         if re.search(pattern, key):
             if floor is None or isinstance(value, float):
@@ -203,7 +207,8 @@ def read_run(run_dir: str | Path) -> dict:
 
 
 def isa_note(run_dir: str | Path) -> str:
-    """What `make verify` / `make verify-isa` noted about the run's instruction set (isa_kernels.py --describe)."""
+    """What `make verify` / `make verify-isa` noted about the run's instruction set (isa_kernels.py
+    --describe)."""
     p = Path(run_dir) / "isa.txt"
     return p.read_text().strip() if p.is_file() else "not recorded"
 
@@ -216,10 +221,10 @@ def round_up(x: float, digits: int = 2) -> float:
 
 
 def previous_values(previous: dict | None, first: dict, fresh: str = "") -> dict:
-    """From an earlier expected file, the checked numeric keys whose value the first run still reproduces within
-    the earlier tolerance: ``{key: (earlier value, earlier tolerance)}``, leaving out the keys matching ``fresh`` (a
-    regular expression for the quantities an intended change redefined, whose earlier values may lie close by
-    chance). Those numbers come from other machines
+    """From an earlier expected file, the checked numeric keys whose value the first run still reproduces
+    within the earlier tolerance: ``{key: (earlier value, earlier tolerance)}``, leaving out the keys matching
+    ``fresh`` (a regular expression for the quantities an intended change redefined, whose earlier values may
+    lie close by chance). Those numbers come from other machines
     (the earlier file's runs), so they count as more observations of the same quantity; a key the run moved
     out of its tolerance (an intended change of the default) starts afresh."""
     out = {}
@@ -243,11 +248,12 @@ def build(
     fresh: str = "",
     preset: str = "default",
 ) -> tuple[dict, list[str]]:
-    """The expected file's content from the runs, and the keys whose tolerance the runs widened beyond the floor.
+    """The expected file's content from the runs, and the keys whose tolerance the runs widened beyond the
+    floor.
 
     ``previous``: an earlier expected file (made on other machines). A key it checked that the first run still
-    reproduces keeps at least its earlier tolerance, and its earlier value counts toward the spread. ``preset``:
-    the preset the runs ran (named in the file)."""
+    reproduces keeps at least its earlier tolerance, and its earlier value counts toward the spread.
+    ``preset``: the preset the runs ran (named in the file)."""
     runs = [read_run(d) for d in run_dirs]
     first = runs[0]
     earlier = previous_values(previous, first, fresh)
@@ -315,8 +321,8 @@ def build(
     return {
         "format": FORMAT,
         "about": (
-            f"Expected metrics of the {preset} run (`python -m cortex_utils.pipeline --preset {preset}`: shipped "
-            "data and models). A run passes when every key under `checked` is within "
+            f"Expected metrics of the {preset} run (`python -m cortex_utils.pipeline --preset {preset}`: "
+            f"shipped data and models). A run passes when every key under `checked` is within "
             "|got - value| <= tolerance (exact for kind `exact`); keys under `informational` are not "
             "checked. Check a run: benchmarks/verify_expected.py RUN_DIR. Format and how to regenerate: "
             "docs/expected_metrics.md."

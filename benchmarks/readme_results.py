@@ -134,39 +134,39 @@ def render_models(v: Values) -> str:
     rows = [
         (
             "`checkpoints/vq_mnist`",
-            "taming `VQModel`, ch 32, ch_mult [1,2,2], 1 res block, 256 codes × 32 dims, 32 px → 8×8 grid; L1 + L2 + "
-            "codebook loss, no perceptual loss, dead codes revived where the codebook fits worst; 550 steps of 64 "
-            "digits in fresh colours, bfloat16 autocast",
+            "taming `VQModel`, ch 32, ch_mult [1,2,2], 1 res block, 256 codes × 32 dims, 32 px → 8×8 grid; "
+            "L1 + L2 + codebook loss, no perceptual loss, dead codes revived where the codebook fits worst; "
+            "550 steps of 64 digits in fresh colours, bfloat16 autocast",
             f"test PSNR **{psnr:.1f} dB** (bar {BARS['psnr_db']}), codebook usage **{pct(usage)}** of 256 "
             f"(bar {pct(BARS['codebook_usage'], 0)})",
         ),
         (
             "`checkpoints/evaluator_cnn`, `evaluator_resnet`",
             "pixel classifiers (width 16; 400 steps of 64) trained on real training digits only",
-            f"real test accuracy **{pct(cnn)}** and **{pct(resnet)}** (on their cards: measured when trained, not "
-            "by the default run)",
+            f"real test accuracy **{pct(cnn)}** and **{pct(resnet)}** (on their cards: measured when "
+            f"trained, not by the default run)",
         ),
         (
             "`checkpoints/transformer_mnist`",
-            "taming `Net2NetTransformer`: minGPT (3 layers, 4 heads, width 96, no dropout; 2,000 steps of 64 at lr "
-            "3e-3, bfloat16 autocast), Labelator class token + 64 tokens, trained on the training digits' token "
-            "grids in 4 random colours each",
+            "taming `Net2NetTransformer`: minGPT (3 layers, 4 heads, width 96, no dropout; 2,000 steps of 64 "
+            "at lr 3e-3, bfloat16 autocast), Labelator class token + 64 tokens, trained on the training "
+            "digits' token grids in 4 random colours each",
             f"on the shipped dataset it generated (temperature 0.7, top-k 10) the evaluators agree with the "
             f"conditioning class on **{pct(v['generated_evaluator_accuracy'])}** of the test images "
             f"(bar {pct(BARS['evaluator_agreement'], 0)})",
         ),
         (
             "`checkpoints/transformer_bias`",
-            "the planted-bias generator: `transformer_mnist` fine-tuned 1,500 steps on red/green digits under 50 "
-            "prompts (digit × {none, red, green, thick, thin}; 40 % neutral; thick / thin = the inkiest / faintest "
-            "quarter of each digit); the neutral prompt of digit 3 shows red, of digit 5 a thick stroke, in 85 % of "
-            "its training images, the others 50 %",
+            "the planted-bias generator: `transformer_mnist` fine-tuned 1,500 steps on red/green digits "
+            "under 50 prompts (digit × {none, red, green, thick, thin}; 40 % neutral; thick / thin = the "
+            "inkiest / faintest quarter of each digit); the neutral prompt of digit 3 shows red, of digit 5 "
+            "a thick stroke, in 85 % of its training images, the others 50 %",
             measured_bias,
         ),
         (
             "`checkpoints/iem1` … `iem4`",
-            "the four IEMs (width 32; 12 epochs, Adam lr 2e-3, step decay after 9) on the default generated dataset "
-            "(300 / 50 / 50 per class)",
+            "the four IEMs (width 32; 12 epochs, Adam lr 2e-3, step decay after 9) on the default generated "
+            "dataset (300 / 50 / 50 per class)",
             "test top-1: " + ", ".join(iem_figures(v, bold_first=True)),
         ),
     ]
@@ -183,13 +183,13 @@ def share_verdict(low: float, high: float) -> str:
     return verdict(low, high)
 
 
-CHECK_LEVEL = (
-    0.05  # bias_stats.bias_share's check_level: below it the error-rate check withholds the interval
-)
+# bias_stats.bias_share's check_level: below it the error-rate check withholds the interval
+CHECK_LEVEL = 0.05
 
 
 def _withheld(v: Values, b: str, which: str = "") -> tuple[float, float, float] | None:
-    """(check p, interval before the check) when notebook 10's error-rate check withheld the interval, else None."""
+    """(check p, interval before the check) when notebook 10's error-rate check withheld the interval, else
+    None."""
     p = v.get(f"bias_{b}_share_check_p{which}")
     if p is None or not p < CHECK_LEVEL:
         return None
@@ -287,17 +287,19 @@ def render_results(v: Values) -> str:
         "original's 6.25 % of 16×16)"
     )
     stability = (
-        f"top-5 positions reproduce across SmoothGrad noise seeds in {pct(v['tis_top5_seed_agreement_20'], 0)} "
-        f"(20 draws, the paper's) and {pct(v['tis_top5_seed_agreement_100'], 0)} (100 draws); σ per image "
-        f"instead of per batch agrees on {pct(v['tis_top5_sigma_batch_vs_image'], 0)}"
+        "top-5 positions reproduce across SmoothGrad noise seeds in "
+        f"{pct(v['tis_top5_seed_agreement_20'], 0)} (20 draws, the paper's) and "
+        f"{pct(v['tis_top5_seed_agreement_100'], 0)} (100 draws); σ per image instead of per batch agrees on "
+        f"{pct(v['tis_top5_sigma_batch_vs_image'], 0)}"
     )
     names = {**METHODS, "integrated_gradients": "Integrated Gradients"}
     absolute = ", ".join(f"{names[m]} {num(v[f'sanity_abs_rank_corr_{m}'])}" for m in METHODS)
     passing = [names[m] for m in METHODS if v[f"sanity_abs_rank_corr_{m}"] <= BARS["sanity_rank_corr"]]
     sanity = (
         rf"{'no method passes' if not passing else ', '.join(passing) + ' pass'}: mean \|Spearman\| between "
-        f"the maps of the trained and a fully re-initialised IEM: {absolute} (bar {BARS['sanity_rank_corr']}; "
-        f"a random attribution: {num(v['sanity_abs_rank_corr_random_control'])}). Signed, occlusion's is "
+        f"the maps of the trained and a fully re-initialised IEM: {absolute} (bar "
+        f"{BARS['sanity_rank_corr']}; a random attribution: "
+        f"{num(v['sanity_abs_rank_corr_random_control'])}). Signed, occlusion's is "
         f"{num(v['sanity_rank_corr_occlusion'])}: a sign artefact. The notebook recommends "
         f"`{v['recommended_method']}`"
     )
@@ -307,8 +309,8 @@ def render_results(v: Values) -> str:
     )
     aucs += (
         f"; a random attribution {num(v['deletion_auc_random_control_pixel'])} / "
-        f"{num(v['deletion_auc_random_control_token'])}; random order {num(v['deletion_auc_random_pixel'])} / "
-        f"{num(v['deletion_auc_random_token'])} (20 images)"
+        f"{num(v['deletion_auc_random_control_token'])}; random order {num(v['deletion_auc_random_pixel'])} "
+        f"/ {num(v['deletion_auc_random_token'])} (20 images)"
     )
     rows = [
         (
@@ -365,13 +367,14 @@ def render_bias(v: Values) -> str:
 
 
 def render_views(v: Values) -> str:
-    """Notebook 09's saliency vs optimisation: what the region holds, and the evaluators' target probability."""
+    """Notebook 09's saliency vs optimisation: what the region holds, and the evaluators' target
+    probability."""
     rows = [
         ("its own tokens (before)", "codebook_target_prob_before"),
         ("ids optimised for the IEM (200 steps; mean of both methods)", "codebook_target_prob_after"),
         (
-            "the target's first 10 concept tokens (notebook 06), each position the one that sits there most often "
-            "in the target's training grids",
+            "the target's first 10 concept tokens (notebook 06), each position the one that sits there most "
+            "often in the target's training grids",
             "codebook_concept_fill_target_prob",
         ),
         (
@@ -388,10 +391,11 @@ def render_views(v: Values) -> str:
     p = v["codebook_opt_concept_overlap_p"]
     lines += [
         "",
-        f"Of the distinct ids the optimiser put into the regions, {pct(v['codebook_opt_concept_overlap'], 0)} "
-        f"are the target's concept tokens: {'more' if p < 0.05 else 'not more'} than chance "
-        f"({pct(v['codebook_opt_concept_overlap_chance'], 0)} for as many ids drawn from the codebook's usage, "
-        f"p = {num(p)}; random ids: {pct(v['codebook_opt_concept_overlap_random_ids'], 0)}).",
+        "Of the distinct ids the optimiser put into the regions, "
+        f"{pct(v['codebook_opt_concept_overlap'], 0)} are the target's concept tokens: "
+        f"{'more' if p < 0.05 else 'not more'} than chance "
+        f"({pct(v['codebook_opt_concept_overlap_chance'], 0)} for as many ids drawn from the codebook's "
+        f"usage, p = {num(p)}; random ids: {pct(v['codebook_opt_concept_overlap_random_ids'], 0)}).",
     ]
     return "\n".join(lines) + "\n" + provisional_note(v)
 
@@ -406,8 +410,8 @@ def render_vqvae(v: Values, w: Values) -> str:
         (
             "tokenizer",
             "taming `VQModel` (`checkpoints/vq_mnist`): 256 learned codes × 32 dims",
-            "VQ-VAE with `vector-quantize-pytorch`'s FSQ, levels 8·6·5 (`checkpoints/vqvae_fsq/`): 240 lattice "
-            "points, projected to 32 dims",
+            "VQ-VAE with `vector-quantize-pytorch`'s FSQ, levels 8·6·5 (`checkpoints/vqvae_fsq/`): 240 "
+            "lattice points, projected to 32 dims",
         ),
         ("`vq_family`", *(f"`{x['vq_family']}`" if x.get("vq_family") else "not recorded" for x in (v, w))),
         ("test PSNR, real digits (bar 24 dB)", *both("vq_test_psnr_db", lambda x: f"{x:.1f} dB")),
@@ -421,8 +425,8 @@ def render_vqvae(v: Values, w: Values) -> str:
         (
             "top-TIS masking beats random, pixel / token space",
             *(
-                f"{pct(x['image_level_tis_beats_random'], 0)} / {pct(x['image_level_tis_beats_random_token_space'], 0)} "
-                "of the cells"
+                f"{pct(x['image_level_tis_beats_random'], 0)} / "
+                f"{pct(x['image_level_tis_beats_random_token_space'], 0)} of the cells"
                 for x in (v, w)
             ),
         ),

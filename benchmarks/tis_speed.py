@@ -1,15 +1,15 @@
 """TIS speed against the tool a user would pick instead (Captum) and against the machine, its fast mode, its
 reduced-variance draws and its memory at the ImageNet VQGAN's shape, all measured in one run.
 
-Workload: the shipped IEMs (``checkpoints/iem1`` ... ``iem4``: width 32, 32-dim embeddings, 8x8 grids, 10 classes)
-on the first test images of the shipped generated dataset (``data/default/generated``, embedded with the shipped
-VQ codebook), SmoothGrad with 20 noisy copies, sigma = 0.2 * (max - min) of the batch, one fixed noise tensor.
-For each architecture, at batches of 25 and 100:
+Workload: the shipped IEMs (``checkpoints/iem1`` ... ``iem4``: width 32, 32-dim embeddings, 8x8 grids, 10
+classes) on the first test images of the shipped generated dataset (``data/default/generated``, embedded with
+the shipped VQ codebook), SmoothGrad with 20 noisy copies, sigma = 0.2 * (max - min) of the batch, one fixed
+noise tensor. For each architecture, at batches of 25 and 100:
 
 * ``ours``: ``smoothgrad.smoothgrad`` in the exact mode (float32; the default);
 * ``captum``: ``NoiseTunnel(Saliency(model)).attribute(nt_type="smoothgrad", abs=False)`` with the same sigma
-  and number of draws on the model as loaded, at its best ``nt_samples_batch_size`` (each candidate timed once,
-  the best two timed with the rest, the faster kept);
+  and number of draws on the model as loaded, at its best ``nt_samples_batch_size`` (each candidate timed
+  once, the best two timed with the rest, the faster kept);
 * ``loop`` (batch 25 only): the original's per-sample loop (one ``autograd.grad`` per image per draw,
   ``tests/tis_reference.py``), the reference the exact mode must equal (max |difference| <= 1e-5);
 * ``gemm``: the machine's float32 rate, a 2048 x 2048 matrix product at this process's thread setting.
@@ -25,7 +25,8 @@ the reduced-variance curve (IEM 1, 100 test images: top-5 agreement between nois
 of draws, for Gaussian, antithetic and Sobol draws; 3 seeds, every pair); the floor of the original benchmark
 (20 plain forward + input-gradient passes of IEM 1's batch of 25); and, in a fresh subprocess so that its peak
 resident memory is its own, architecture 1 at width 64 on the ImageNet VQGAN's shape (256-dim embeddings,
-16x16 grid, 1000 classes, random weights) with the passes sized from the memory budget (``--f16-batch`` images).
+16x16 grid, 1000 classes, random weights) with the passes sized from the memory budget (``--f16-batch``
+images).
 
 ``--steps`` measures instead what each change of the exact mode bought (IEM 1 and the ViT at batch 100): one
 pass on the intra-op threads vs passes side by side, the ViT's attention through ``nn.MultiheadAttention`` vs
@@ -34,9 +35,9 @@ pass on the intra-op threads vs passes side by side, the ViT's attention through
 
 Last line: tis_speedup=<ours vs loop, IEM 1, batch 25> tis_floor_ratio=<ours / 20 plain passes>
 tis_max_abs_diff=<max over architectures vs the loop> tis_vs_captum_min=<min over archs and batches of captum
-time / ours> tis_peak_fraction_min=<min over archs and batches> tis_bf16_speedup_min=<x> tis_bf16_top5_min=<min
-over archs: top-5 agreement bf16 vs float32> tis_seed_top5_min=<the same for two float32 seeds>
-tis_rv_top5_<draws>_<n>=<seed-to-seed agreement> tis_f16_images_per_s=<x> tis_f16_peak_mb=<x>
+time / ours> tis_peak_fraction_min=<min over archs and batches> tis_bf16_speedup_min=<x>
+tis_bf16_top5_min=<min over archs: top-5 agreement bf16 vs float32> tis_seed_top5_min=<the same for two
+float32 seeds> tis_rv_top5_<draws>_<n>=<seed-to-seed agreement> tis_f16_images_per_s=<x> tis_f16_peak_mb=<x>
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def measure_one(arch: int, model, x, y, rounds: int, a, b) -> dict:
     sigma = float(sglib.noise_sigma(x, SPREAD))
     trial = {nb: timed(lambda nb=nb: captum_smoothgrad(model, x, y, sigma, nb))[0] for nb in NT_BATCH}
     two = sorted(NT_BATCH, key=trial.get)[:2]
-    # ours as a user calls it: the noise drawn inside (from the seed that drew `noise`), as Captum draws its own
+    # ours as a user calls it: the noise drawn inside (from the seed that drew `noise`), as Captum draws its
+    # own
     fns = {
         "ours": lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)),
         "gemm": lambda: gemm(a, b),
@@ -230,7 +232,8 @@ def measure(rounds: int) -> dict:
 
 
 def variance_curve(n_images: int = 100) -> dict:
-    """Top-5 agreement between noise seeds (mean over every pair of RV_SEEDS) per kind of draws and nsamples."""
+    """Top-5 agreement between noise seeds (mean over every pair of RV_SEEDS) per kind of draws and
+    nsamples."""
     model = shipped_iem(1)
     x, y = test_batch(n_images)
     curve = {}
@@ -250,7 +253,8 @@ def variance_curve(n_images: int = 100) -> dict:
 
 
 def f16_child(batch: int) -> None:
-    """Architecture 1 at width 64 on the ImageNet VQGAN's shape; prints one JSON line (run in a subprocess)."""
+    """Architecture 1 at width 64 on the ImageNet VQGAN's shape; prints one JSON line (run in a
+    subprocess)."""
     torch.manual_seed(0)
     model = iemlib.build_iem(1, 256, (16, 16), 1000, width=64)
     model(torch.randn(8, 256, 16, 16))  # touch BatchNorm's running statistics
@@ -301,9 +305,9 @@ def f16(batch: int, gemm_gflops: float) -> dict:
     r = json.loads(out.stdout.strip().splitlines()[-1])
     rate = r["images_per_s"] * r["gflop_per_image"]
     print(
-        f"ImageNet VQGAN shape (256 x 16 x 16, IEM 1 at width 64, 1000 classes), batch {batch}, {NSAMPLES} draws: "
-        f"{r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s; {r['gflop_per_image']:.1f} GFLOP per image, "
-        f"{rate:.0f} GFLOP/s = {rate / gemm_gflops:.2f} of the best gemm rate above), passes of "
+        f"ImageNet VQGAN shape (256 x 16 x 16, IEM 1 at width 64, 1000 classes), batch {batch}, {NSAMPLES} "
+        f"draws: {r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s; {r['gflop_per_image']:.1f} GFLOP "
+        f"per image, {rate:.0f} GFLOP/s = {rate / gemm_gflops:.2f} of the best gemm rate above), passes of "
         f"{r['rows_per_pass']} noisy copies from the {sglib.MEMORY_MB} MB budget, peak resident memory "
         f"{r['peak_mb']:.0f} MB; bfloat16 {r['bf16_images_per_s']:.2f} images/s",
         flush=True,

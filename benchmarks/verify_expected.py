@@ -46,7 +46,8 @@ def fmt_tol(entry: dict) -> str:
 
 
 def verify(run_dir: str | Path, expected_path: str | Path) -> tuple[list[str], list[str], int, int]:
-    """(report lines, notes, keys checked, keys off or missing); raises FileNotFoundError for missing inputs."""
+    """(report lines, notes, keys checked, keys off or missing); raises FileNotFoundError for missing
+    inputs."""
     run_dir, expected_path = Path(run_dir), Path(expected_path)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")

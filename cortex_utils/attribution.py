@@ -173,14 +173,15 @@ def attribute(
     noise: torch.Tensor | None = None,
     noise_chunk: int | None = None,
 ) -> torch.Tensor:
-    """Scores ``(N, h, w)`` of one batch by ``method`` (see ``METHODS``), reduced over channels by ``reduction``.
+    """Scores ``(N, h, w)`` of one batch by ``method`` (see ``METHODS``), reduced over channels by
+    ``reduction``.
 
     SmoothGrad: ``nsamples``, ``spread``, ``sigma``, ``draws``, ``precision`` (``smoothgrad.smoothgrad``); its
     noise comes from a generator seeded with ``seed`` (``None``: the global RNG), drawn draw after draw, or
     ``noise_chunk`` draws at a time in Captum's order (``smoothgrad.smoothgrad_noise``), or is given as
-    ``noise``. IG: ``steps``; IG and occlusion: ``baseline`` (``expand_baseline``); occlusion: ``group`` (block
-    size). ``max_batch`` bounds the rows of one of IG's or occlusion's forward passes (roughly); SmoothGrad
-    sizes its passes from a memory budget.
+    ``noise``. IG: ``steps``; IG and occlusion: ``baseline`` (``expand_baseline``); occlusion: ``group``
+    (block size). ``max_batch`` bounds the rows of one of IG's or occlusion's forward passes (roughly);
+    SmoothGrad sizes its passes from a memory budget.
     """
     check_method(method)
     target = check_batch(model, embeddings, target, where)
@@ -225,9 +226,9 @@ def attribute_tokens(
     """``attribute`` over token grids ``(N, h, w)`` in batches of ``batch_size`` -> float32 ``(N, h, w)``.
 
     Batch ``b``'s SmoothGrad noise comes from ``seed + b`` (``options["seed"]``, default 0), ``max_batch //
-    len(batch)`` draws at a time in Captum's order: the noise Captum's ``NoiseTunnel(Saliency)`` draws from that
-    seed with passes of ``max_batch`` rows (``options["max_batch"]``, default 1024), which computed these maps
-    before the project's SmoothGrad did (notebook 11's numbers stay theirs).
+    len(batch)`` draws at a time in Captum's order: the noise Captum's ``NoiseTunnel(Saliency)`` draws from
+    that seed with passes of ``max_batch`` rows (``options["max_batch"]``, default 1024), which computed these
+    maps before the project's SmoothGrad did (notebook 11's numbers stay theirs).
     """
     t = torch.as_tensor(np.asarray(tokens)).long()
     targets = np.asarray(targets, dtype=np.int64)

@@ -8,8 +8,8 @@ Its steps, each a function that notebook 10 (the planted-bias generator of ``pla
 
 1. ``attribute_iem``: an IEM of notebook 03 trained on the attribute (or the shipped one); ``iem_accuracy``;
 2. ``attribute_tis``: its TIS of the training images (notebook 05's ``tis.compute_tis``);
-3. ``select_attribute_tokens``: notebook 06's concept table at ``top_n`` and, per value, its ``token_num`` most
-   counted ids that are specific to it (``specific_tokens``);
+3. ``select_attribute_tokens``: notebook 06's concept table at ``top_n`` and, per value, its ``token_num``
+   most counted ids that are specific to it (``specific_tokens``);
 4. ``study_counts``: per image, how many positions hold A's tokens and how many B's (``token_counts``), in the
    neutral generations, in the training images and in the held-out images;
 5. ``estimate_bias``: the paper's Cliff's δ of the neutral counts and the share of A among the neutral
@@ -121,8 +121,8 @@ def held_out_splits(ds) -> list[str]:
 
 
 def iem_accuracy(model, ds, codebook) -> tuple[float, str]:
-    """``(top-1 accuracy, split)`` of the attribute IEM on the study's test split (its val split when it has no
-    test split)."""
+    """``(top-1 accuracy, split)`` of the attribute IEM on the study's test split (its val split when it has
+    no test split)."""
     held_out_splits(ds)
     split = "test" if "test" in ds.splits else "val"
     return iemlib.evaluate_iem(model, tokds.embedding_loader(ds, split, codebook, 256), ks=(1,))[
@@ -136,9 +136,9 @@ def iem_accuracy(model, ds, codebook) -> tuple[float, str]:
 def attribute_tis(
     model, ds, codebook, nsamples: int = 20, seed: int = 0, out=None, method: str = "smoothgrad", **options
 ) -> np.ndarray:
-    """The attribute IEM's TIS of the study's training images, ``(N, h, w)``: ``tis.compute_tis`` by ``method``
-    (the run's, notebook 05's; SmoothGrad by default; ``options``: its ``steps``, ``baseline``, ``group``) in
-    batches of ``TIS_BATCH``, written to ``out`` (``.npy``) when given."""
+    """The attribute IEM's TIS of the study's training images, ``(N, h, w)``: ``tis.compute_tis`` by
+    ``method`` (the run's, notebook 05's; SmoothGrad by default; ``options``: its ``steps``, ``baseline``,
+    ``group``) in batches of ``TIS_BATCH``, written to ``out`` (``.npy``) when given."""
     train_y = check_attribute_data(ds)
     return tislib.compute_tis(
         model,
@@ -213,7 +213,8 @@ def token_counts(tokens, ids) -> np.ndarray:
 
 def study_counts(ds, ids: dict, neutral, planted: int, held_truth: dict | None = None) -> dict:
     """Per image, how many of its positions hold value A's tokens and how many B's: A is the label
-    ``planted`` (both statistics are signed toward it), ``ids`` each label's tokens (``select_attribute_tokens``).
+    ``planted`` (both statistics are signed toward it), ``ids`` each label's tokens
+    (``select_attribute_tokens``).
 
     * ``neutral``: ``(A counts, B counts)`` of the neutral-prompt generations ``neutral`` (token grids);
     * ``fit``: ``(A counts, B counts, is A)`` of the training images, the ones the tokens were selected on
@@ -301,9 +302,9 @@ def estimate_bias(
     * the share of A among the neutral images (``bias_stats.bias_share``): ``share`` with
       ``share_low``/``share_high``, the rule's ``threshold`` fitted on the training images and its ``sens``
       and ``spec`` measured on the held-out images, ``q`` (the share the rule calls A), ``check_p`` (the
-      error-rate check, with ``held_truth``), ``inconclusive`` and ``why``, ``unchecked_low``/``unchecked_high``
-      (the interval before the check). ``recount``: ``recount_on(...)`` to re-select the tokens in every
-      bootstrap resample (None: the tokens stay as they are).
+      error-rate check, with ``held_truth``), ``inconclusive`` and ``why``,
+      ``unchecked_low``/``unchecked_high`` (the interval before the check). ``recount``: ``recount_on(...)``
+      to re-select the tokens in every bootstrap resample (None: the tokens stay as they are).
     """
     r = count_delta(*counts["neutral"], n_boot=n_boot, seed=seed)
     share = bias_share(

@@ -13,20 +13,21 @@ half-and-half neutral set a δ far from 0, and nothing ties a δ to how many ima
 because it is the paper's number.
 
 **The share estimate** (``bias_share``), this repository's addition: what share of the neutral generations
-shows value A, with an interval that is validated where the truth is known (``benchmarks/bias_calibration.py``).
-Each image is classified by its token counts (A when ``count_A - count_B`` exceeds a threshold, half A / half B
-exactly at the threshold: a tie is a tie, not a win decided by noise), the threshold is fitted on
-attribute-labelled images (Youden's J), the classified share ``q`` of the neutral set is corrected for the
-rule's error rates measured on labelled images that did not choose the tokens (Rogan–Gladen:
-``p = (q + spec - 1) / (sens + spec - 1)``, clipped to [0, 1]), and a bootstrap resamples everything the
-estimate depends on: the neutral images, the labelled images behind the error rates and, through
-``recount``, the training rows the tokens are selected from (``bias.recount_on``; the attribute IEM itself is
-not retrained per resample). A rule whose ``sens + spec - 1`` is at most ``min_youden`` cannot tell the values
-apart: the share is then NaN and its interval [0, 1]. In the simulation (notebook 10's sizes; many ties,
-uneven token sets, tokens re-selected per resample) the 95 % interval excluded ½ in 4 % of the half-and-half
-studies and covered the true share in at least 94 % of every case's studies; an earlier statistic here, δ of
-counts ranked against the labelled images, excluded 0 in 72 % of the same null studies (ties turned into wins
-by reference noise, a bootstrap over the neutral images only), and is gone.
+shows value A, with an interval that is validated where the truth is known
+(``benchmarks/bias_calibration.py``). Each image is classified by its token counts (A when
+``count_A - count_B`` exceeds a threshold, half A / half B exactly at the threshold: a tie is a tie, not a win
+decided by noise), the threshold is fitted on attribute-labelled images (Youden's J), the classified share
+``q`` of the neutral set is corrected for the rule's error rates measured on labelled images that did not
+choose the tokens (Rogan–Gladen: ``p = (q + spec - 1) / (sens + spec - 1)``, clipped to [0, 1]), and a
+bootstrap resamples everything the estimate depends on: the neutral images, the labelled images behind the
+error rates and, through ``recount``, the training rows the tokens are selected from (``bias.recount_on``; the
+attribute IEM itself is not retrained per resample). A rule whose ``sens + spec - 1`` is at most
+``min_youden`` cannot tell the values apart: the share is then NaN and its interval [0, 1]. In the simulation
+(notebook 10's sizes; many ties, uneven token sets, tokens re-selected per resample) the 95 % interval
+excluded ½ in 4 % of the half-and-half studies and covered the true share in at least 94 % of every case's
+studies; an earlier statistic here, δ of counts ranked against the labelled images, excluded 0 in 72 % of the
+same null studies (ties turned into wins by reference noise, a bootstrap over the neutral images only), and is
+gone.
 
 What it estimates: the share of value A *as the held-out labelled images define A*. If the generator renders
 some "a B" prompts as A and the held-out images are labelled by their prompts, the measured error rates
@@ -58,7 +59,8 @@ def cliffs_delta(a, b) -> float:
 def bootstrap_delta(
     a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """``(δ, low, high)``: Cliff's δ and a percentile bootstrap confidence interval (both samples resampled)."""
+    """``(δ, low, high)``: Cliff's δ and a percentile bootstrap confidence interval (both samples
+    resampled)."""
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     delta = cliffs_delta(a, b)
     rng = np.random.default_rng(seed)
@@ -71,8 +73,8 @@ def count_delta(counts_a, counts_b, n_boot: int = 1000, level: float = 0.95, see
     """The paper's measurement on neutral generations: ``counts_a[i]`` and ``counts_b[i]`` are image ``i``'s
     count of value A's tokens and of value B's; Cliff's δ of the A counts against the B counts on raw counts
     (positive: more of A's tokens), on the standard scale (``delta``) and on the original code's half scale
-    (``delta_paper_half_scale``). The interval is a percentile bootstrap over the images (an image's two counts
-    stay together)."""
+    (``delta_paper_half_scale``). The interval is a percentile bootstrap over the images (an image's two
+    counts stay together)."""
     a, b = np.asarray(counts_a), np.asarray(counts_b)
     if a.size == 0:
         raise ValueError("no neutral generations to measure")
@@ -112,8 +114,9 @@ def _scores(a, b) -> np.ndarray:
 
 
 def _a_weights(scores, rows, lo: int, k: int) -> np.ndarray:
-    """``(R, 2k)``: for each of ``R`` resamples (``rows``, indices into ``scores``), the share of the resampled
-    images that the rule of each candidate threshold calls A (ties at the threshold counted half)."""
+    """``(R, 2k)``: for each of ``R`` resamples (``rows``, indices into ``scores``), the share of the
+    resampled images that the rule of each candidate threshold calls A (ties at the threshold counted
+    half)."""
     rows = np.atleast_2d(rows)
     r, n = rows.shape
     hist = (

@@ -1,10 +1,12 @@
-"""Weights on disk: our safetensors with a JSON card, foreign torch checkpoints read safely, state dicts checked.
+"""Weights on disk: our safetensors with a JSON card, foreign torch checkpoints read safely, state dicts
+checked.
 
 A leaf module: it imports torch and safetensors, and no model library (no taming, no pytorch_lightning, no
 vector_quantize_pytorch), so loading an IEM or an evaluator costs no tokenizer import.
 
-* ``save_weights(state_dict, path, card)`` writes ``path`` (safetensors) and its card ``path.with_suffix(".json")``
-  (config, data, seed, metrics, the command that rebuilds it); ``read_card(path)`` reads the card back.
+* ``save_weights(state_dict, path, card)`` writes ``path`` (safetensors) and its card
+  ``path.with_suffix(".json")`` (config, data, seed, metrics, the command that rebuilds it);
+  ``read_card(path)`` reads the card back.
 * ``load_state_dict(path)`` reads safetensors, or a (Lightning) torch checkpoint with
   ``torch.load(weights_only=True)``; a checkpoint that needs full unpickling is refused unless
   ``trust_pickle=True`` (only for files whose origin you trust: unpickling can run code).
@@ -65,7 +67,8 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         if not trust_pickle:
             raise ValueError(
                 f"{path} cannot be read with torch.load(weights_only=True): it stores pickled Python "
-                f"objects ({str(err).splitlines()[0][:200]}). If you trust its origin, pass trust_pickle=True."
+                f"objects ({str(err).splitlines()[0][:200]}). If you trust its origin, pass "
+                "trust_pickle=True."
             ) from None
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, dict) and "state_dict" in obj:

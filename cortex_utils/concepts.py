@@ -111,7 +111,8 @@ def concept_table(counts: dict, class_names, top_ns=(1, 5, 10, 20), top: int = 1
 
 
 def images_with_token(tokens, labels, tis, n: int, label: int, token: int) -> np.ndarray:
-    """Rows of class ``label`` whose top-``n`` TIS positions hold ``token`` (the images a concept token came from)."""
+    """Rows of class ``label`` whose top-``n`` TIS positions hold ``token`` (the images a concept token came
+    from)."""
     ids = top_tokens(tokens, tis, n)
     return np.flatnonzero((np.asarray(labels) == label) & (ids == token).any(1))
 
@@ -252,9 +253,11 @@ def token_crops(images, tokens, token: int, rows=None, max_crops: int = 6) -> np
 
 
 def top_tis_share(tis, k: int) -> np.ndarray:
-    """Per image: the share of its absolute TIS held by its ``k`` highest-TIS positions (``tis``: ``(N, h, w)``).
+    """Per image: the share of its absolute TIS held by its ``k`` highest-TIS positions (``tis``:
+    ``(N, h, w)``).
 
-    How concentrated an explanation is: ``k / (h * w)`` for a map spread evenly, 1 for a map on ``k`` positions.
+    How concentrated an explanation is: ``k / (h * w)`` for a map spread evenly, 1 for a map on ``k``
+    positions.
     """
     flat = np.abs(np.asarray(tis, dtype=np.float64).reshape(len(tis), -1))
     return np.take_along_axis(flat, topk_positions(tis, k), 1).sum(1) / flat.sum(1).clip(min=1e-30)

@@ -2,8 +2,8 @@
 
 On disk, one folder per dataset::
 
-    manifest.json            class names, grid, codebook size/dim, source, VQ family and fingerprint, split sizes
-    <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
+    manifest.json            class names, grid, codebook size/dim, source, VQ family and fingerprint, split
+    sizes <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
     <split>_labels.npy       (N,) uint8 / uint16 class ids
     <split>_names.npy        optional (N,) file names (imported / image-folder data)
 
@@ -55,7 +55,8 @@ class TokenDataset:
 
     @property
     def vq_family(self) -> str:
-        """The tokenizer family that made the ids (``vq.FAMILIES``; taming for datasets made before families)."""
+        """The tokenizer family that made the ids (``vq.FAMILIES``; taming for datasets made before
+        families)."""
         return self.manifest.get("vq_family", DEFAULT_FAMILY)
 
     @property

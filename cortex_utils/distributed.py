@@ -4,8 +4,8 @@ Thin helpers, no framework. The same functions run in one process (no ``torchrun
 under ``torchrun``, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous::
 
     torchrun --standalone --nproc-per-node 2 -m cortex_utils.distributed tis --run-dir runs/final --iem-arch 1
-    torchrun --standalone --nproc-per-node 2 -m cortex_utils.distributed train-iem --run-dir runs/final --arch 1 \\
-        --out runs/final/iem/iem1_ddp.safetensors
+    torchrun --standalone --nproc-per-node 2 -m cortex_utils.distributed train-iem --run-dir runs/final \\
+        --arch 1 --out runs/final/iem/iem1_ddp.safetensors
     torchrun --standalone --nproc-per-node 2 -m cortex_utils.distributed generate --run-dir runs/final \\
         --out runs/final/datasets/generated_ddp
 
@@ -19,8 +19,9 @@ under ``torchrun``, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the 
   batch_size``, fewer steps per epoch): the IEMs' BatchNorm needs the single-process batch size to train
   as well (a 2-rank run with half batches lost 13 points on the test's task; SyncBatchNorm, which would
   keep the global batch, is CUDA-only). On GPUs ``--sync-bn`` splits ``batch_size`` over the ranks
-  instead. Validation runs on each rank's share of the validation split and the sums are all-reduced, after BatchNorm's running
-  statistics are broadcast from rank 0, so every rank holds the same weights and picks the same epoch.
+  instead. Validation runs on each rank's share of the validation split and the sums are all-reduced, after
+  BatchNorm's running statistics are broadcast from rank 0, so every rank holds the same weights and picks the
+  same epoch.
 * **Backend**: NCCL when CUDA is available (one GPU per process, ``LOCAL_RANK``), gloo on CPU.
 * ``launch(...)`` runs ``python -m torch.distributed.run`` as a subprocess (what a notebook calls),
   shows the ranks' progress as tqdm bars and raises naming the failed rank(s).
@@ -59,9 +60,8 @@ from .concepts import concept_counts, concept_table
 
 COMMANDS = ("train-iem", "tis", "concepts", "generate")
 PROGRESS, INFO, FAILED = "CORTEX_PROGRESS ", "CORTEX_INFO ", "CORTEX_FAILED "
-FAIL_RANK_ENV = (
-    "CORTEX_DISTRIBUTED_FAIL_RANK"  # test hook: this rank raises once the other ranks' shards exist
-)
+# test hook: this rank raises once the other ranks' shards exist
+FAIL_RANK_ENV = "CORTEX_DISTRIBUTED_FAIL_RANK"
 
 
 # --- who am I ----------------------------------------------------------------------------------
@@ -203,8 +203,8 @@ class Reporting:
 
 
 def load_tokenizer(a):
-    """The tokenizer the dataset's ids refer to: ``--vq-checkpoint`` (its config from ``--vq-config``, else from
-    its card), or the run directory's (``vq.load_run_vq``)."""
+    """The tokenizer the dataset's ids refer to: ``--vq-checkpoint`` (its config from ``--vq-config``, else
+    from its card), or the run directory's (``vq.load_run_vq``)."""
     if a.vq_checkpoint:
         config = a.vq_config or read_card(a.vq_checkpoint)["config"]
         return vqlib.load_vq(config, a.vq_checkpoint, trust_pickle=a.trust_pickle)
@@ -725,7 +725,8 @@ def torchrun_command(
 
 
 def check_world(n_rows: int, batch_size: int, world: int, shards: int = 0) -> None:
-    """Raise before launching if ``world`` processes cannot share ``n_rows`` rows in batches of ``batch_size``."""
+    """Raise before launching if ``world`` processes cannot share ``n_rows`` rows in batches of
+    ``batch_size``."""
     n_shards = shards or world
     shard_ranges(n_rows, n_shards, batch_size)
     shards_of_rank(n_shards, 0, world)
@@ -844,12 +845,12 @@ def compute_tis_splits(
     **options,
 ) -> tuple[dict, dict]:
     """TIS of each split in ``splits`` -> ``({split: (N, h, w) scores}, {split: seconds})``, written to
-    ``<out_dir>/<split>.npy``: in this process (``nproc == 1``, ``tis.compute_tis`` batch by batch, by ``method``
-    with the attribution ``options`` ``steps``, ``baseline``, ``group``) or by a ``torchrun`` job of ``nproc``
-    processes (``launch("tis", ...)``; the same scores exactly, SmoothGrad with ``sigma="batch"`` only). With
-    ``nproc > 1`` each split's seconds are the job's wall time shared out by rows (start-up included);
-    ``run_dir`` and ``iem_arch`` name what the job loads (the in-process branch uses ``model``, ``ds`` and
-    ``codebook``)."""
+    ``<out_dir>/<split>.npy``: in this process (``nproc == 1``, ``tis.compute_tis`` batch by batch, by
+    ``method`` with the attribution ``options`` ``steps``, ``baseline``, ``group``) or by a ``torchrun`` job
+    of ``nproc`` processes (``launch("tis", ...)``; the same scores exactly, SmoothGrad with ``sigma="batch"``
+    only). With ``nproc > 1`` each split's seconds are the job's wall time shared out by rows (start-up
+    included); ``run_dir`` and ``iem_arch`` name what the job loads (the in-process branch uses ``model``,
+    ``ds`` and ``codebook``)."""
     tis, seconds = {}, {}
     if nproc > 1:
         if sigma != "batch" or method != "smoothgrad":

@@ -94,7 +94,8 @@ def positions_holding(tokens, ids) -> np.ndarray:
 
 def positions_mask(positions, grid) -> np.ndarray:
     """Flat positions ``(N, n)`` (row-major grid indices) -> bool ``(N, h, w)``: mask exactly those positions
-    (not every position holding their ids; for that use ``positions_holding(tokens, ids_at(tokens, positions))``)."""
+    (not every position holding their ids; for that use
+    ``positions_holding(tokens, ids_at(tokens, positions))``)."""
     pos = np.asarray(positions, dtype=np.int64)
     h, w = grid
     if pos.ndim != 2:
@@ -217,7 +218,8 @@ def mask_tokens(tokens, position_mask, neutral: int):
 
 
 def check_evaluators(evaluators) -> dict:
-    """``evaluators`` as given, if it is a non-empty dict name -> model; else a ValueError saying what it must be."""
+    """``evaluators`` as given, if it is a non-empty dict name -> model; else a ValueError saying what it must
+    be."""
     if not isinstance(evaluators, dict) or not evaluators:
         raise ValueError("evaluators must be a non-empty dict name -> model (images in [-1, 1] -> logits)")
     return evaluators

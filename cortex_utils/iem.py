@@ -5,7 +5,8 @@ number of classes and width (the original hard-codes 256 x 16 x 16, 1000 classes
 
 1. ``vgg``: 4 conv-BN-ReLU, max-pool, 4 more, max-pool, three FC layers with BN and dropout;
 2. ``vgg_deep``: the same with two more conv layers after the second pool;
-3. ``resnet_se``: residual blocks with squeeze-excitation, two stages of three blocks, global pooling, FC head;
+3. ``resnet_se``: residual blocks with squeeze-excitation, two stages of three blocks, global pooling, FC
+   head;
 4. ``vit``: linear projection of each token embedding, CLS token, learned positions, pre-LN encoder layers
    (BatchNorm on the attention and MLP outputs, as the original), MLP head on CLS.
 """
@@ -126,9 +127,9 @@ class _TokenBN(nn.Module):
 
 
 def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention of ``(B, T, C)`` tokens with ``attn``'s weights (no dropout, no mask), through
-    ``F.scaled_dot_product_attention``: what ``attn(x, x, x, need_weights=False)[0]`` computes, without its
-    transposes to ``(T, B, C)`` and back (``tests/test_iem_tis.py`` checks the two agree)."""
+    """Multi-head self-attention of ``(B, T, C)`` tokens with ``attn``'s weights (no dropout, no mask),
+    through ``F.scaled_dot_product_attention``: what ``attn(x, x, x, need_weights=False)[0]`` computes,
+    without its transposes to ``(T, B, C)`` and back (``tests/test_iem_tis.py`` checks the two agree)."""
     b, t, c = x.shape
     heads = attn.num_heads
     q, k, v = (
@@ -149,8 +150,8 @@ class EncoderLayer(nn.Module):
     def __init__(self, dim, heads, dropout):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        # the weights' holder (its state-dict keys: attn.in_proj_*, attn.out_proj.*); forward uses self_attention.
-        # No attention dropout: slow on CPU, little gain
+        # the weights' holder (its state-dict keys: attn.in_proj_*, attn.out_proj.*); forward uses
+        # self_attention. No attention dropout: slow on CPU, little gain
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.bn1, self.bn2 = _TokenBN(dim), _TokenBN(dim)
         self.mlp = nn.Sequential(
@@ -327,7 +328,8 @@ def save_iem(model: nn.Module, path: str | Path, card: dict) -> Path:
 
 
 def load_iem(path: str | Path, expect: dict | None = None) -> nn.Module:
-    """Load an IEM saved by ``save_iem``; ``expect`` (e.g. ``{"arch": "vgg", "in_channels": 32}``) must match."""
+    """Load an IEM saved by ``save_iem``; ``expect`` (e.g. ``{"arch": "vgg", "in_channels": 32}``) must
+    match."""
     spec = read_card(path)["spec"]
     for k, v in (expect or {}).items():
         if k == "arch":

@@ -123,7 +123,7 @@ def repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
-# --- exercises -----------------------------------------------------------------------------------------------
+# --- exercises ----------------------------------------------------------------------------------------------
 #
 # Each exercise in notebooks 03-11 is three cells: a markdown cell (tag ``exercise``) that sets the task and
 # names the answer variable (``answer_1``, ...), a ``solution`` cell that assigns it only when the notebook's

@@ -55,8 +55,9 @@ def _span(x, size: int, name: str) -> tuple[int, int]:
 
 
 def region_mask(grid, rows, cols) -> np.ndarray:
-    """Bool ``(h, w)``, True on the block ``rows x cols``; each a half-open ``(start, stop)`` pair, a ``range``
-    or a ``slice``. The paper's block (rows/cols 7-10 of 16) is ``region_mask((16, 16), (7, 11), (7, 11))``."""
+    """Bool ``(h, w)``, True on the block ``rows x cols``; each a half-open ``(start, stop)`` pair, a
+    ``range`` or a ``slice``. The paper's block (rows/cols 7-10 of 16) is
+    ``region_mask((16, 16), (7, 11), (7, 11))``."""
     h, w = (int(g) for g in grid)
     r0, r1 = _span(rows, h, "rows")
     c0, c1 = _span(cols, w, "cols")
@@ -217,7 +218,8 @@ def optimize_tokens(
     bar = tqdm(range(steps), desc="optimize tokens", disable=not progress)
     for step in bar:
         z = logits[ridx]
-        # Gumbel noise -log(-log U) from torch.rand (its stream is the same on every CPU; exponential_'s is not)
+        # Gumbel noise -log(-log U) from torch.rand (its stream is the same on every CPU; exponential_'s is
+        # not)
         gumbel = -(-torch.rand(z.shape, generator=g).clamp(1e-30, 1 - 1e-7).log()).log()
         soft = ((z + gumbel) / tau).softmax(-1)
         choice = soft.argmax(-1)
@@ -482,8 +484,10 @@ def views_verdict(v: dict, alpha: float = 0.05) -> str:
     shared = v["p_value"] < alpha
     text = (
         f"Of the distinct ids the optimiser put into the region, {v['overlap']:.0%} are the target's concept "
-        f"tokens, against {v['chance']:.0%} expected by chance from the codebook's usage (p = {v['p_value']:.3f}; "
-        f"random ids: {v['overlap_random']:.0%}): " + ("more" if shared else "not more") + " than chance"
+        f"tokens, against {v['chance']:.0%} expected by chance from the codebook's usage (p = "
+        f"{v['p_value']:.3f}; random ids: {v['overlap_random']:.0%}): "
+        + ("more" if shared else "not more")
+        + " than chance"
     )
     if v.get("per_method"):
         text += (
@@ -501,25 +505,28 @@ def views_verdict(v: dict, alpha: float = 0.05) -> str:
             "not distinguishably more common among them than",
         )
         text += (
-            f"; the target's concept tokens are {lean} the other classes' ({v['overlap_other']:.0%} on average, "
-            f"chance {v['other_chance']:.0%}; {iv(v['target_minus_other'])})"
+            f"; the target's concept tokens are {lean} the other classes' ({v['overlap_other']:.0%} on "
+            f"average, chance {v['other_chance']:.0%}; {iv(v['target_minus_other'])})"
         )
     fill = _compare(v["fill_minus_random"], "above", "below", "not distinguishable from")
     text += (
         f". Placed where they usually sit in the target's training images, the concept tokens alone give the "
-        f"evaluators a target probability of {v['concept_fill']:.2f} (before: {v['before']:.2f}), {fill} random "
-        f"ids from the codebook's usage ({v['random_fill']:.2f}; {iv(v['fill_minus_random'])}). "
+        f"evaluators a target probability of {v['concept_fill']:.2f} (before: {v['before']:.2f}), {fill} "
+        f"random ids from the codebook's usage ({v['random_fill']:.2f}; {iv(v['fill_minus_random'])}). "
     )
     opt = _compare(
         v["opt_minus_fill"], "more than", "less than", "about as much as (not distinguishable from)"
     )
-    text += f"The optimised region gives {v['optimised']:.2f}: {opt} the concept fill ({iv(v['opt_minus_fill'])}). "
+    text += (
+        f"The optimised region gives {v['optimised']:.2f}: {opt} the concept fill "
+        f"({iv(v['opt_minus_fill'])}). "
+    )
     opt_more, opt_less = v["opt_minus_fill"][1] > 0, v["opt_minus_fill"][2] < 0
     fill_works = v["fill_minus_random"][1] > 0
     if opt_more:
         text += (
-            "To make the target appear, the optimisation tells more: it finds what this IEM needs in the region "
-            "beyond the tokens counted in real images."
+            "To make the target appear, the optimisation tells more: it finds what this IEM needs in the "
+            "region beyond the tokens counted in real images."
         )
     elif fill_works:
         text += (
@@ -535,16 +542,16 @@ def views_verdict(v: dict, alpha: float = 0.05) -> str:
         )
     else:
         text += (
-            " On which ids, the optimisation tells more: it reaches the target mostly with ids that saliency does "
-            "not count among the target's, so the concept tokens are one way to the target, not the only one "
-            "the IEM accepts."
+            " On which ids, the optimisation tells more: it reaches the target mostly with ids that saliency "
+            "does not count among the target's, so the concept tokens are one way to the target, not the "
+            "only one the IEM accepts."
         )
     if "frequency_fill" in v:
         d = v["fill_minus_frequency"]
         if d[1] > 0:
             text += (
-                f" Saliency's choice of ids matters: the target's most frequent non-background ids, placed the "
-                f"same way, give {v['frequency_fill']:.2f} ({iv(d)})."
+                " Saliency's choice of ids matters: the target's most frequent non-background ids, placed "
+                f"the same way, give {v['frequency_fill']:.2f} ({iv(d)})."
             )
         else:
             text += (

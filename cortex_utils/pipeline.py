@@ -1,4 +1,5 @@
-"""Run the numbered notebooks through papermill, each after those whose results it reads, with a named preset plus overrides.
+"""Run the numbered notebooks through papermill, each after those whose results it reads, with a named preset
+plus overrides.
 
     python -m cortex_utils.pipeline --preset default
     python -m cortex_utils.pipeline --preset smoke -p seed 1 -p 01_vq_model.train_steps 20
@@ -10,10 +11,10 @@ sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one)
 (``true``, ``3``, ``[1, 5]``). A name no notebook declares is an error. Executed notebooks, artifacts and
 ``metrics.json`` go to one run directory.
 
-``NEEDS`` (or a preset's ``needs``) says which notebooks read which others' results; with ``--jobs 2`` (the default on
-two or more cores) a notebook starts as soon as those are done, beside another one, each kernel with half
-the cores. Sampling draws the same tokens whatever the thread count; a model trained with fewer threads
-can differ in the last digits (float sums in another order).
+``NEEDS`` (or a preset's ``needs``) says which notebooks read which others' results; with ``--jobs 2`` (the
+default on two or more cores) a notebook starts as soon as those are done, beside another one, each kernel
+with half the cores. Sampling draws the same tokens whatever the thread count; a model trained with fewer
+threads can differ in the last digits (float sums in another order).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: di
             where = nb or "any notebook of this run"
             raise SystemExit(
                 f"error: {origin}: unknown parameter {key!r} for {where}. "
-                f"Known: {', '.join(sorted(set().union(*[declared[t] for t in ([nb] if nb else notebooks)])))}"
+                "Known: "
+                f"{', '.join(sorted(set().union(*[declared[t] for t in ([nb] if nb else notebooks)])))}"
             )
         for t in targets:
             params[t][key] = value
@@ -133,7 +135,8 @@ def dependencies(preset: dict) -> dict[str, list[str]]:
 
 def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_timeout: float | None) -> dict:
     """Run one notebook through papermill (in a worker process); report its time or where it failed."""
-    import papermill as pm  # deferred: five seconds to import, and only the worker that runs a notebook needs it
+    # deferred: five seconds to import, and only the worker that runs a notebook needs it
+    import papermill as pm
 
     if threads:  # the kernel inherits it; torch sizes its thread pool from it
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)

@@ -232,7 +232,8 @@ def load_or_train_bias_transformer(
             "bf16": bf16,
             "initialised_from": repo_relative(digit_tf),
             "prompts": f"one condition token = 10 * slot + digit, slots {list(PROMPT_SLOTS)}",
-            "data": "real training digits in red/green, thick/thin by ink within each digit (planted_bias.planted_bias_data)",
+            "data": "real training digits in red/green, thick/thin by ink within each digit "
+            "(planted_bias.planted_bias_data)",
             "metrics": {"final_loss": float(log["loss"].iloc[-1])},
             "rebuild": "make checkpoints",
         },

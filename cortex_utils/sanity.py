@@ -166,8 +166,9 @@ def shipped_or_shuffled_label_iem(
     out_dir=None,
 ):
     """The shuffled-label IEM of ``shuffled_label_iem``: the shipped ``<name>.safetensors`` of the dataset's
-    tokenizer family (``shipped_checkpoints``: ``checkpoints/`` for the default) when it was trained on exactly this train split with exactly these settings, else trained here and saved to
-    ``out_dir``. Returns ``(model, log, trained)``."""
+    tokenizer family (``shipped_checkpoints``: ``checkpoints/`` for the default) when it was trained on
+    exactly this train split with exactly these settings, else trained here and saved to ``out_dir``. Returns
+    ``(model, log, trained)``."""
     spec = dict(model.cortex_spec)
     training = {
         "labels": "shuffled",
@@ -242,9 +243,10 @@ def abs_spearman(a, b) -> np.ndarray:
 
 
 def top_k_intersection(a, b, k: int = 5, absolute: bool = True) -> np.ndarray:
-    """Share of each image's top-``k`` positions that the two maps have in common: ``(N, h, w)`` x 2 -> ``(N,)``
-    in [0, 1]. ``absolute``: rank by ``|score|`` (else by the signed score, highest first, as ``tis.topk_positions``).
-    Two independent random rankings share ``k / (h*w)`` of them on average (``top_k_chance``)."""
+    """Share of each image's top-``k`` positions that the two maps have in common: ``(N, h, w)`` x 2 ->
+    ``(N,)`` in [0, 1]. ``absolute``: rank by ``|score|`` (else by the signed score, highest first, as
+    ``tis.topk_positions``). Two independent random rankings share ``k / (h*w)`` of them on average
+    (``top_k_chance``)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim < 2:
         raise ValueError(f"need two aligned stacks of maps (N, ...), got {a.shape} and {b.shape}")
@@ -515,28 +517,29 @@ def verdict_text(
     if cr["randomization_ok"] and not cr["faithful"]:
         lines.append(
             f"The random control passes randomization (abs. rank corr. {cr['abs_rank_corr_full']:.3f} full, "
-            f"{cr['abs_rank_corr_data']:.3f} data) and fails faithfulness ({cr['deletion_ratio']:.2f} × random), "
-            f"as a method that knows nothing must: randomization alone would have recommended noise."
+            f"{cr['abs_rank_corr_data']:.3f} data) and fails faithfulness ({cr['deletion_ratio']:.2f} × "
+            f"random), as a method that knows nothing must: randomization alone would have recommended noise."
         )
     else:
         lines.append(
-            f"**Warning**: the random control {'passes' if cr['passes'] else 'is judged'} oddly (randomization "
-            f"{'ok' if cr['randomization_ok'] else 'failed'}, deletion {cr['deletion_ratio']:.2f} × random): with "
-            f"{n_images} curve images and {steps} steps the checks are too coarse to separate noise from a method."
+            f"**Warning**: the random control {'passes' if cr['passes'] else 'is judged'} oddly "
+            f"(randomization {'ok' if cr['randomization_ok'] else 'failed'}, deletion "
+            f"{cr['deletion_ratio']:.2f} × random): with {n_images} curve images and {steps} steps the "
+            "checks are too coarse to separate noise from a method."
         )
     if recommended == default:
         lines.append(f"Recommendation: keep **{default}**.")
     elif recommended != "none":
         r, d = verdict.loc[recommended], verdict.loc[default]
         lines.append(
-            f"Recommendation: **{recommended}**: abs. rank correlation {r['abs_rank_corr_full']:.2f} (full) / "
-            f"{r['abs_rank_corr_data']:.2f} (data), deletion AUC ({space}) {r['deletion_auc']:.3f} = "
+            f"Recommendation: **{recommended}**: abs. rank correlation {r['abs_rank_corr_full']:.2f} (full) "
+            f"/ {r['abs_rank_corr_data']:.2f} (data), deletion AUC ({space}) {r['deletion_auc']:.3f} = "
             f"{r['deletion_ratio']:.2f} × random (the run's method {d['deletion_auc']:.3f}). "
             f"Passing: {', '.join(m for m in verdict.index[verdict.passes] if m != control)}."
         )
     else:
         lines.append(
-            "Recommendation: **none**. No method passes both conditions on this run, so none of the maps, the "
-            "TIS included, can be read as an explanation of what the IEM learned; read them with care."
+            "Recommendation: **none**. No method passes both conditions on this run, so none of the maps, "
+            "the TIS included, can be read as an explanation of what the IEM learned; read them with care."
         )
     return lines

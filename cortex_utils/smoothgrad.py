@@ -234,10 +234,10 @@ def smoothgrad(
     passes in flight the noise and the gradients of every copy are kept (``2 * nsamples`` times the batch's
     size). On the CPU up to ``MAX_WORKERS`` passes run side by side (``_workers``). The passes depend on the
     batch, the model and ``memory_mb``, not on the number of threads, so neither do the numbers.
-    ``noise``: the ``(S, N, ...)`` noise to add (``smoothgrad_noise``); without it ``nsamples`` draws come from
-    ``generator``. ``sigma``: the noise scale from the batch's range (``"batch"``, the paper's) or each image's
-    own (``"image"``); see ``noise_sigma``. ``draws``: see ``smoothgrad_noise``. Both ignored when ``noise`` is
-    given.
+    ``noise``: the ``(S, N, ...)`` noise to add (``smoothgrad_noise``); without it ``nsamples`` draws come
+    from ``generator``. ``sigma``: the noise scale from the batch's range (``"batch"``, the paper's) or each
+    image's own (``"image"``); see ``noise_sigma``. ``draws``: see ``smoothgrad_noise``. Both ignored when
+    ``noise`` is given.
 
     ``precision="float32"`` (the exact mode) runs the kernels of the original's one gradient per image per
     draw and equals its numbers up to float32 rounding (``tests/test_iem_tis.py``: <= 1e-5); ``"bfloat16"``

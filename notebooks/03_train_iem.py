@@ -59,7 +59,8 @@ weight_decay = 0.0001
 lr_step = 9  # StepLR step in epochs (0: half the epochs)
 lr_gamma = 0.1
 width = 32  # channels of the first conv stage / ViT width (the original uses 512)
-nproc = 1  # processes: > 1 trains under torchrun + DistributedDataParallel (batch_size per process; docs/scaling.md)
+# processes: > 1 trains under torchrun + DistributedDataParallel (batch_size per process; docs/scaling.md)
+nproc = 1
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -90,7 +91,8 @@ require(
 )
 shape = (ds.manifest["embed_dim"], *ds.grid)
 print(
-    f"dataset {ds.path.name}: {ds.manifest['splits']} images, {len(ds.class_names)} classes, IEM input {shape}"
+    f"dataset {ds.path.name}: {ds.manifest['splits']} images, {len(ds.class_names)} classes, IEM input "
+    f"{shape}"
 )
 
 # %% [markdown]
@@ -100,8 +102,8 @@ print(
 # the fingerprint of the train split, the per-epoch log), and the log also to `iem<k>_log.csv`.
 #
 # The repository ships the four IEMs trained on the default generated dataset (`checkpoints/`), and those
-# trained on the second tokenizer family's encoded digits (`checkpoints/vqvae_fsq/`). A shipped IEM is used only
-# when it is exactly what this cell would train: same train split (by content fingerprint) and same
+# trained on the second tokenizer family's encoded digits (`checkpoints/vqvae_fsq/`). A shipped IEM is used
+# only when it is exactly what this cell would train: same train split (by content fingerprint) and same
 # settings; anything else, or `retrain = True`, trains here (about two minutes for all four on 2 CPU cores).
 #
 # With `nproc > 1` the training runs as a `torchrun` job of `nproc` processes (gloo on CPU, NCCL on GPUs):
@@ -143,21 +145,27 @@ for arch in architectures:
         )
     )
     print(
-        f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}): {'load' if shipped[arch][0] else 'train'} ({shipped[arch][1]})"
+        f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}): {'load' if shipped[arch][0] else 'train'} "
+        f"({shipped[arch][1]})"
     )
 
 # %% [markdown]
-# Then load those, and train the others: a fresh model (seeded), Adam + StepLR, the best-validation weights kept.
+# Then load those, and train the others: a fresh model (seeded), Adam + StepLR, the best-validation weights
+# kept.
 
 # %%
-models, logs = {}, {}
+todo = [arch for arch in architectures if not shipped[arch][0]]
+models, logs = dict.fromkeys(architectures), dict.fromkeys(architectures)  # in this order, filled below
 for arch in architectures:
-    log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
     if shipped[arch][0]:
         models[arch] = iemlib.load_iem(shipped[arch][0], expect={"arch": arch, **spec})
         logs[arch] = pd.DataFrame(read_card(shipped[arch][0])["log"])
-        logs[arch].to_csv(log_csv, index=False)
-    elif nproc > 1:  # torchrun: the same train_iem on every process, DDP; rank 0 writes weights and log
+        logs[arch].to_csv(run_dir / "iem" / f"iem{arch}_log.csv", index=False)
+
+# %%
+if nproc > 1:  # torchrun: the same train_iem on every process, DDP; rank 0 writes weights and log
+    for arch in todo:
+        log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
         out = run_dir / "iem" / f"iem{arch}.safetensors"
         distributed.launch(
             "train-iem",
@@ -177,7 +185,11 @@ for arch in architectures:
         )
         models[arch] = iemlib.load_iem(out, expect={"arch": arch, **spec})
         logs[arch] = pd.read_csv(log_csv)
-    else:
+
+# %%
+if nproc == 1:
+    for arch in todo:
+        log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
         torch.manual_seed(seed)
         models[arch] = iemlib.build_iem(arch, spec["in_channels"], ds.grid, spec["n_classes"], width=width)
         logs[arch], _ = iemlib.train_iem(
@@ -269,7 +281,8 @@ fig.tight_layout()
 # `t.numel()` counts a tensor's numbers). Which architecture is largest, and which part of it holds most of
 # its parameters (look at `models[1]`: is it the convolutions or the fully connected head)?
 #
-# Write your answer as `answer_1 = {arch: count, ...}`: a dict from the IEM number (int) to its parameter count (int).
+# Write your answer as `answer_1 = {arch: count, ...}`: a dict from the IEM number (int) to its parameter
+# count (int).
 
 # %% tags=["solution"]
 if solutions:
@@ -299,7 +312,8 @@ exercise(
 # with the lowest `val_loss` over all of them. Is it the same IEM as the one with the best validation
 # accuracy? Does the best epoch come before or after the learning-rate step (`lr_step`)?
 #
-# Write your answer as `answer_2 = (arch, epoch)`: two ints, the IEM number and the epoch as in the log's `epoch` column.
+# Write your answer as `answer_2 = (arch, epoch)`: two ints, the IEM number and the epoch as in the log's
+# `epoch` column.
 
 # %% tags=["solution"]
 if solutions:

@@ -23,7 +23,6 @@
 # %%
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import display
 
 from cortex_utils import datasets as tokds

@@ -26,10 +26,10 @@
 # the other choice of σ, keeps.
 #
 # The original computed one backward pass per image per noise draw; in eval mode each image's logit depends
-# on that image only, so one backward pass over many noisy copies gives the same numbers (`tests/test_iem_tis.py`
-# checks it to 1e-5; `benchmarks/tis_speed.py` measures the speed against Captum and against the machine's own
-# rate). At the end two options beyond the paper: reduced-variance noise (fewer draws for the same answer?) and
-# a fast bfloat16 mode (what does it cost the explanation?).
+# on that image only, so one backward pass over many noisy copies gives the same numbers
+# (`tests/test_iem_tis.py` checks it to 1e-5; `benchmarks/tis_speed.py` measures the speed against Captum and
+# against the machine's own rate). At the end two options beyond the paper: reduced-variance noise (fewer
+# draws for the same answer?) and a fast bfloat16 mode (what does it cost the explanation?).
 #
 # SmoothGrad is one attribution method among several behind one interface (`attribution.attribute`; notebook
 # 11 compares them and checks which can be trusted). The parameter `method` chooses the one whose scores this
@@ -58,28 +58,24 @@ from cortex_utils.notebook import check_parameters, choice, exercise, repo_path,
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-04 (relative to the repo root)
 iem_arch = 1  # which trained IEM to explain (1-4)
-method = "smoothgrad"  # the run's TIS: smoothgrad (the paper's) | gradient | grad_x_input | integrated_gradients | occlusion
+# the run's TIS: smoothgrad (the paper's) | gradient | grad_x_input | integrated_gradients | occlusion
+method = "smoothgrad"
 nsamples = 20  # SmoothGrad noisy copies
 spread = 0.2  # noise sigma as a fraction of the batch's value range
 sigma = "batch"  # whose value range sets the noise: batch (the paper's) | image (each image's own)
 reduction = "max"  # max | mean over the embedding channels
 ig_steps = 16  # Integrated Gradients steps (method integrated_gradients)
 occlusion_group = 1  # occlude single tokens (1) or g x g blocks of tokens (method occlusion)
-neutral = (
-    "background"  # IG's baseline and occlusion's token: background | mean | an id, e.g. "17" (as notebook 11)
-)
+# IG's baseline and occlusion's token: background | mean | an id, e.g. "17" (as notebook 11)
+neutral = "background"
 batch_size = 100
 splits = ["train", "test"]
 seed = 0
 n_show = 8  # images per class in the figures
 stability_images = 100  # test images on which the top-5 agreement across seeds and sigmas is measured
 stability_nsamples = [5, 20, 100]  # nsamples values of the agreement curve (the run's nsamples is added)
-variance_nsamples = [
-    4,
-    10,
-    20,
-    40,
-]  # even nsamples of the reduced-variance curve (the run's is added if even)
+# even nsamples of the reduced-variance curve (the run's is added if even)
+variance_nsamples = [4, 10, 20, 40]
 nproc = 1  # processes: > 1 shards the rows over a torchrun job (same scores exactly; docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
@@ -98,6 +94,8 @@ require(
     f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}",
 )
 require(nproc >= 1, f"nproc must be >= 1, got {nproc}")
+
+# %%
 require(
     nproc == 1 or (sigma == "batch" and method == "smoothgrad"),
     'the torchrun job (nproc > 1) computes SmoothGrad with sigma = "batch" only; use nproc = 1',
@@ -113,7 +111,6 @@ require(
 )
 run_dir = repo_path(run_dir)
 params
-
 # %%
 vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
@@ -144,10 +141,10 @@ out_dir = (
 # First the idea in a few plain lines, on four test images: one noise level σ = `spread` · (max − min) of the
 # batch, `nsamples` noisy copies of each image (standard-normal draws from a fixed `torch.Generator` seed,
 # times σ), and for every copy of every image the gradient of that image's target logit with respect to its
-# noisy input. The mean over the copies is a smoothed gradient of shape (D, h, w); its max over the D embedding
-# channels leaves one score per grid position. We work in float64 (a copy of the IEM): in float32 the by-hand
-# and the batched arithmetic round differently, and a rounding difference can flip a ReLU at its kink, which
-# moves a score by far more than the rounding itself.
+# noisy input. The mean over the copies is a smoothed gradient of shape (D, h, w); its max over the D
+# embedding channels leaves one score per grid position. We work in float64 (a copy of the IEM): in float32
+# the by-hand and the batched arithmetic round differently, and a rounding difference can flip a ReLU at its
+# kink, which moves a score by far more than the rounding itself.
 
 # %% tags=["by-hand"]
 hand_split = "test" if "test" in ds.splits else ds.splits[0]
@@ -185,8 +182,8 @@ print(f"by hand = library: max |difference| {float((tis_lib - tis_hand).abs().ma
 # The scores come from `method`: `smoothgrad` (the default, the paper's, as above), or any other method of
 # `attribution.METHODS`, each one score per grid position: `gradient`, `grad_x_input`, `integrated_gradients`
 # (from a grid holding the neutral token everywhere, in `ig_steps` steps) or `occlusion` (the drop of the
-# target logit when the neutral token replaces a position, or an `occlusion_group` block). The neutral token is
-# the one notebooks 07 and 11 use (by default the most frequent id: the background code).
+# target logit when the neutral token replaces a position, or an `occlusion_group` block). The neutral token
+# is the one notebooks 07 and 11 use (by default the most frequent id: the background code).
 #
 # Scores are written chunk by chunk into `<run_dir>/tis/iem<k>_<reduction>/<split>.npy`, aligned with the
 # dataset's rows; an interrupted run picks up where it stopped. (With `sigma = "image"` the folder is
@@ -207,6 +204,8 @@ options = {
     "baseline": codebook[neutral_id],
     "group": occlusion_group,
 }  # IG's and occlusion's
+
+# %%
 tis, seconds = distributed.compute_tis_splits(
     model,
     ds,
@@ -225,6 +224,8 @@ tis, seconds = distributed.compute_tis_splits(
     method=method,
     **options,
 )
+
+# %%
 per_image = sum(seconds.values()) / sum(len(ds.labels[s]) for s in splits)
 display(pd.DataFrame({"images": {s: len(ds.labels[s]) for s in splits}, "seconds": seconds}))
 print(
@@ -238,10 +239,9 @@ print(
     )
     + f"; {per_image * 1000:.2f} ms per image"
 )
-
 # %% [markdown]
-# Record the headline numbers: where the scores are, the method and its settings (the later notebooks read them),
-# and the time per image.
+# Record the headline numbers: where the scores are, the method and its settings (the later notebooks read
+# them), and the time per image.
 
 # %%
 register(
@@ -299,9 +299,9 @@ fig.tight_layout()
 # The noise level has a second, quieter dependence. The original sets σ = `spread` · (max − min) of the
 # **whole batch tensor**, so an image's noise, and with it its scores, depends on how many and which images
 # share its batch (this run: batches of `batch_size`; the original's TIS run: 4). With `sigma = "image"`
-# (`smoothgrad.smoothgrad`, `tislib.compute_tis` and this notebook take it) each image's own range sets its σ, and an
-# image gets the same scores in any batch; it is what σ per batch gives for a batch of one image, and the
-# original's batches of 4 sit between the two. We compare σ per batch with σ per image on the very same
+# (`smoothgrad.smoothgrad`, `tislib.compute_tis` and this notebook take it) each image's own range sets its σ,
+# and an image gets the same scores in any batch; it is what σ per batch gives for a batch of one image, and
+# the original's batches of 4 sit between the two. We compare σ per batch with σ per image on the very same
 # standard-normal draws (only their scale differs). The agreement of two seeds is the yardstick: a change that
 # keeps *fewer* top-5 positions than another seed moves the scores beyond their noise; one that keeps more
 # matters less than the noise does.
@@ -312,7 +312,8 @@ fig.tight_layout()
 # different `batch_size`.
 #
 # This section and the next two study SmoothGrad's noise, whatever `method` the run uses (the other methods
-# draw none: every seed gives the same map); their numbers are recorded only when the run's TIS are SmoothGrad's.
+# draw none: every seed gives the same map); their numbers are recorded only when the run's TIS are
+# SmoothGrad's.
 
 # %%
 t_stab = time.perf_counter()
@@ -323,7 +324,8 @@ y_stab = torch.from_numpy(labels[stab_rows])
 
 
 def stab_tis(ns, noise_seed, how="batch", batch=n_stab, draws="gaussian", precision="float32"):
-    """TIS of the stability images in batches of `batch`, noise from `noise_seed`, sigma per batch or per image."""
+    """TIS of the stability images in batches of `batch`, noise from `noise_seed`, sigma per batch or per
+    image."""
     return tislib.batched_token_importance(
         model, x_stab, y_stab, batch, ns, spread, reduction, noise_seed, how, draws=draws, precision=precision
     )
@@ -332,6 +334,8 @@ def stab_tis(ns, noise_seed, how="batch", batch=n_stab, draws="gaussian", precis
 curve_ns = sorted(set(stability_nsamples) | {nsamples})
 n_big = max(curve_ns)
 seed_maps = {ns: [stab_tis(ns, seed + 1), stab_tis(ns, seed + 2)] for ns in curve_ns}
+
+# %%
 # per image: the share of the top-5 positions (of the sigma-per-batch map, seed + 1) that each change keeps
 keeps = {
     "another noise seed": {ns: tislib.seed_agreement(m) for ns, m in seed_maps.items()},
@@ -349,7 +353,6 @@ print(
     f"top-5 agreement with the σ-per-batch TIS of {n_stab} {split} images (one batch; {stab_seconds:.1f} s)"
 )
 display(table.round(3).astype(object).fillna("–"))
-
 # %% [markdown]
 # Record the headline numbers: the seed agreement at the run's `nsamples` and the largest, and how many top-5
 # positions σ per image keeps.
@@ -379,8 +382,9 @@ plt.show()
 
 # %%
 print(
-    f"With nsamples = {nsamples}, as this run, another noise seed keeps {seed_agree[nsamples]:.0%} of an image's "
-    "top-5 positions on average" + (f"; with {n_big}, {seed_agree[n_big]:.0%}." if n_big != nsamples else ".")
+    f"With nsamples = {nsamples}, as this run, another noise seed keeps {seed_agree[nsamples]:.0%} of an "
+    f"image's top-5 positions on average"
+    + (f"; with {n_big}, {seed_agree[n_big]:.0%}." if n_big != nsamples else ".")
 )
 for name, per_ns in list(keeps.items())[1:]:
     for ns, v in per_ns.items():
@@ -394,7 +398,8 @@ for name, per_ns in list(keeps.items())[1:]:
             else "as many as (within two standard errors)"
         )
         print(
-            f"{name}, nsamples = {ns}: keeps {v.mean():.0%}, {verdict} another noise seed ({seed_agree[ns]:.0%})."
+            f"{name}, nsamples = {ns}: keeps {v.mean():.0%}, {verdict} another noise seed "
+            f"({seed_agree[ns]:.0%})."
         )
 
 
@@ -405,9 +410,9 @@ for name, per_ns in list(keeps.items())[1:]:
 # random draws. Two classic ways to make such a mean less noisy for the same number of draws keep every single
 # draw standard normal (so the smoothing is unchanged) and only change how the draws relate to each other:
 #
-# * **antithetic pairs**: draw ε and use both +ε and −ε. The part of the gradient that changes linearly with the
-#   noise cancels within each pair (for a model whose gradient is linear in its input the mean over pairs *is*
-#   the noise-free gradient; `tests/test_iem_tis.py` checks that);
+# * **antithetic pairs**: draw ε and use both +ε and −ε. The part of the gradient that changes linearly with
+#   the noise cancels within each pair (for a model whose gradient is linear in its input the mean over pairs
+#   *is* the noise-free gradient; `tests/test_iem_tis.py` checks that);
 # * **quasi-random normals**: a scrambled Sobol point set, so that each value's draws cover the normal
 #   distribution evenly instead of by chance (randomised per image, so two seeds still differ).
 #
@@ -449,8 +454,10 @@ var_seconds = time.perf_counter() - t_var
 gauss_curve = np.array([var_agree["gaussian", ns].mean() for ns in var_ns])
 
 
+# %%
 def gaussian_draws_for(agreement):
-    """nsamples at which the Gaussian curve reaches `agreement` (log-interpolated), or why it cannot be read."""
+    """nsamples at which the Gaussian curve reaches `agreement` (log-interpolated), or why it cannot be
+    read."""
     if not np.all(np.diff(gauss_curve) > 0):
         return "not read (the Gaussian curve does not rise at every step)"
     if not gauss_curve.min() <= agreement <= gauss_curve.max():
@@ -463,7 +470,6 @@ var_table = pd.DataFrame(
 ).T
 print(f"top-5 agreement of two noise seeds, {n_stab} {split} images ({var_seconds:.1f} s)")
 display(var_table.round(3))
-
 # %%
 fig, ax = plt.subplots(figsize=(5.4, 3.3))
 for d, marker in zip(sglib.DRAWS, "osd", strict=True):
@@ -636,8 +642,8 @@ exercise(
 )
 # %% [markdown] tags=["exercise"]
 # **2. The most concentrated map.** For each image of `split`, the share of its TIS mass in its top-5
-# positions: the sum of its 5 highest scores over the sum of the absolute values of all its scores. Which image
-# has the largest share? Write your answer as `answer_2 = ...`, an int (the image's row in `split`).
+# positions: the sum of its 5 highest scores over the sum of the absolute values of all its scores. Which
+# image has the largest share? Write your answer as `answer_2 = ...`, an int (the image's row in `split`).
 
 # %% tags=["solution"]
 if solutions:

@@ -69,7 +69,8 @@ tis = np.load(repo_path(tis_entry["path"]) / "train.npy")
 tokens, labels = ds.tokens["train"], ds.labels["train"].astype(np.int64)
 require(tis.shape == tokens.shape, f"TIS {tis.shape} is not aligned with the train tokens {tokens.shape}")
 print(
-    f"TIS method: {tis_entry['method']} (notebook 05: IEM {tis_entry['iem_arch']}, {tis_entry['reduction']} over the channels)"
+    f"TIS method: {tis_entry['method']} (notebook 05: IEM {tis_entry['iem_arch']}, {tis_entry['reduction']} "
+    "over the channels)"
 )
 params
 
@@ -179,7 +180,8 @@ for c in range(n_cls):
             axes[c, 2 * j + 1].imshow(plots.to_hwc(np.concatenate(list(crops), axis=2)))
     axes[c, 0].text(-0.6, 0.5, ds.class_names[c], transform=axes[c, 0].transAxes, ha="right", va="center")
 fig.suptitle(
-    f"first {tokens_per_class} concept tokens per class: token tile | crops from images where it is a top-{show_top_n} token"
+    f"first {tokens_per_class} concept tokens per class: token tile | crops from images where it is a "
+    f"top-{show_top_n} token"
 )
 fig.tight_layout()
 

@@ -51,9 +51,8 @@ run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative t
 split = "test"  # whose images are masked (needs TIS from notebook 05)
 ns = [0, 1, 2, 4, 8, 12]  # how many top-TIS / random positions select the ids to mask
 spaces = ["pixel", "token"]  # pixel: black patches; token: neutral token, then decode
-neutral = (
-    "background"  # background (most frequent id) | mean (code nearest the codebook mean) | an id, e.g. "17"
-)
+# background (most frequent id) | mean (code nearest the codebook mean) | an id, e.g. "17"
+neutral = "background"
 seed = 0  # random positions
 max_images = 0  # use the first max_images images of the split (0: all)
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"resnet18": "data/resnet18.pth"}
@@ -117,8 +116,8 @@ require(
     f"neutral id {neutral_id} is outside the codebook of {ds.manifest['n_embed']}",
 )
 print(
-    f"{len(labels)} {split} images; TIS method: {tis_entry['method']} (IEM {tis_entry['iem_arch']}, {tis_entry['reduction']}); "
-    f"evaluators {list(judges)}, neutral token {neutral_id}"
+    f"{len(labels)} {split} images; TIS method: {tis_entry['method']} (IEM {tis_entry['iem_arch']}, "
+    f"{tis_entry['reduction']}); evaluators {list(judges)}, neutral token {neutral_id}"
 )
 
 # %% [markdown]

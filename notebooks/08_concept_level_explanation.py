@@ -51,7 +51,8 @@ token_num = 3  # ids masked per class (the original: 100 of 16,384 codes; here o
 token_nums = [1, 3, 8, 16]  # the sweep shown in the last figure (pixel space)
 spaces = ["pixel", "token"]  # pixel: black patches; token: neutral token, then decode
 neutral = "background"  # background (most frequent id) | mean | an id, e.g. "17"
-background_share = 0.5  # the background: the ids most frequent across classes, filling this share of the train grids (0: none)
+# the background: the ids most frequent across classes, filling this share of the train grids (0: none)
+background_share = 0.5
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"resnet50": "data/resnet50.pth"}
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
@@ -109,8 +110,8 @@ judges = evaluators.load_run_evaluators(
 )
 
 # %% [markdown]
-# The token sets to mask: the concept tokens and the baselines' ids, the first `token_num` of each class's, and
-# the neutral token that token-space masking puts in their place.
+# The token sets to mask: the concept tokens and the baselines' ids, the first `token_num` of each class's,
+# and the neutral token that token-space masking puts in their place.
 
 # %%
 background = concepts.background_tokens(train_tokens, train_labels, K, share=background_share)
@@ -125,8 +126,8 @@ sets = {
 }
 neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, tokens, neutral)
 print(
-    f"background: {len(background)} of {K} ids, filling {np.isin(train_tokens, background).mean():.0%} of the "
-    f"train grid positions (background_share = {background_share})"
+    f"background: {len(background)} of {K} ids, filling {np.isin(train_tokens, background).mean():.0%} of "
+    f"the train grid positions (background_share = {background_share})"
 )
 rows = [
     {"class": ds.class_names[c], "method": m, "ids": list(map(int, s.get(c, [])[:token_num]))}
@@ -229,6 +230,8 @@ out.mkdir(exist_ok=True)
 with atomic_path(out / "concept_level.csv") as tmp:
     table.to_csv(tmp, index=False)
 overall = table[table.label < 0]
+
+# %%
 display(
     overall.pivot_table(
         index=["space", "evaluator"], columns="method", values=["logit_drop", "masked_prob", "mean_masked"]
@@ -282,9 +285,11 @@ display(
     ).round(3)
 )
 bg_mask = np.isin(tokens, background)
+
+# %%
 print(
-    f"the {len(background)} background ids hold {bg_mask.mean():.0%} of the {split} positions; their patches' mean pixel "
-    f"value is {evaluation.masked_patch_mean(decoded, bg_mask):.2f} (-1 = black)"
+    f"the {len(background)} background ids hold {bg_mask.mean():.0%} of the {split} positions; their "
+    f"patches' mean pixel value is {evaluation.masked_patch_mean(decoded, bg_mask):.2f} (-1 = black)"
 )
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
 for ax, col, label in zip(
@@ -306,7 +311,6 @@ for ax, col, label in zip(
 axes[1].legend().remove()
 sns.move_legend(axes[2], "upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
-
 # %% [markdown]
 # ## How many tokens?
 #
@@ -343,6 +347,8 @@ display(
     .assign(max_positions_masked=matched.groupby("method", sort=False)["max_masked"].first())
     .round(3)
 )
+
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
 sns.lineplot(
     data=sweep, x="token_num", y="logit_drop", hue="method", style="evaluator", markers=True, ax=axes[0]
@@ -364,7 +370,6 @@ axes[1].set(
 axes[0].legend().remove()
 sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
-
 # %% [markdown]
 # ## Verdict
 #
@@ -420,6 +425,8 @@ for b in [m for m in sets if m != "CORTEX concept"]:
         if c <= v:
             lost.append(f"{b} on the {what} ({v:.3f} vs {c:.3f})")
     print(f"CORTEX vs {b}: " + "; ".join(parts))
+
+# %%
 if lost:
     conclusion = (
         "the concept tokens do NOT win everywhere; the baseline hurts at least as much for " + ", ".join(lost)
@@ -431,7 +438,6 @@ else:
 print(f"Conclusion: {conclusion}.")
 if unmeasured:
     print("not measured (the sweep never masks that many positions): " + ", ".join(unmeasured))
-
 # %% [markdown]
 # Record the headline numbers.
 
@@ -474,7 +480,7 @@ if solutions:
         )
 
 
-# %% tags=["exercise-check"]
+# %%
 def check_1(a):
     sel = labels == hand_class
     t = evaluation.concept_level_experiment(
@@ -494,6 +500,7 @@ def check_1(a):
     return True
 
 
+# %% tags=["exercise-check"]
 exercise(
     "1",
     globals(),

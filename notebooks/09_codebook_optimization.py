@@ -64,9 +64,8 @@ embedding_lr = 0.05  # Adam learning rate of the free embeddings
 tau = 1.0  # Gumbel-softmax temperature
 seed = 0
 snapshot_every = 20  # keep the token grid every k steps for the explorer
-concept_top_n = (
-    5  # the concept tokens compared with: notebook 06's analysis at this top-n (one of its top_ns)
-)
+# the concept tokens compared with: notebook 06's analysis at this top-n (one of its top_ns)
+concept_top_n = 5
 concept_k = 10  # ... the target class's first k of them
 chance_draws = 2000  # Monte Carlo draws of the chance level of the overlap
 random_fills = 8  # random-id fills of the region per source image (the control of the concept fill)
@@ -139,7 +138,8 @@ for source, target in pairs:
     ]
     if len(recognised) < images_per_pair:
         print(
-            f"note: only {len(recognised)} {split} images of class {source} are recognised by the IEM; using others too"
+            f"note: only {len(recognised)} {split} images of class {source} are recognised by the IEM; using "
+            "others too"
         )
 print(
     f"region: rows {rows}, cols {cols} ({region.sum()} of {region.size} positions); "
@@ -152,8 +152,8 @@ print(
 # **The original** (ImageNet VQGAN, 256 px images, 16×16 grid) optimized a fixed 4×4 block, rows and columns
 # 7–10: 16 of 256 positions, **6.25 %** of the image. Both modes ran **5000 Adam steps at lr 0.01**. Every
 # **500 steps** it decoded the current grid and scored it with its four ImageNet classifiers, and it kept,
-# **per classifier, the best target probability** over those checkpoints: the step reported can differ from one
-# classifier to the next, and it is picked by the very judge that then scores it.
+# **per classifier, the best target probability** over those checkpoints: the step reported can differ from
+# one classifier to the next, and it is picked by the very judge that then scores it.
 #
 # **Here** three things differ, each for a reason (the table below reads this run's parameters):
 #
@@ -161,14 +161,14 @@ print(
 #   a quarter of the image. The original's share would be a 2×2 block, 8×8 pixels: a fragment of a stroke, too
 #   little to draw another digit with (try `rows = [3, 5]`, `cols = [3, 5]`).
 # * **Learning rates and steps.** `steps` Adam steps (default 200) at `token_lr` (default 0.1) for the token
-#   scores and `embedding_lr` (default 0.05) for the free embeddings, instead of 5000 at 0.01, so that every pair,
-#   image and method fits the CPU budget of a tutorial. Adam moves a parameter by roughly at most its learning
-#   rate per step, so the larger rates let the short run still move a token score or an embedding a long way
-#   (the table's last row: steps × learning rate).
+#   scores and `embedding_lr` (default 0.05) for the free embeddings, instead of 5000 at 0.01, so that every
+#   pair, image and method fits the CPU budget of a tutorial. Adam moves a parameter by roughly at most its
+#   learning rate per step, so the larger rates let the short run still move a token score or an embedding a
+#   long way (the table's last row: steps × learning rate).
 # * **Which step is reported.** The IEM alone picks it: token mode keeps the step whose hard token selection
 #   had the highest IEM target logit, embedding mode the last step's embeddings, snapped to the codebook. The
-#   evaluators then score that one grid, once. They stay independent judges: choosing per evaluator the best of
-#   several checkpoints selects on that evaluator's own errors, and its score reads high. The last section
+#   evaluators then score that one grid, once. They stay independent judges: choosing per evaluator the best
+#   of several checkpoints selects on that evaluator's own errors, and its score reads high. The last section
 #   applies the original's rule to this run's snapshots, for comparison.
 
 # %%
@@ -272,6 +272,30 @@ print(f"library picked id {lib_id} too; F.gumbel_softmax agrees with the same no
 # codebook. (The original kept, per evaluator, the checkpoint with that evaluator's best target probability;
 # see the end of this notebook.)
 
+
+# %%
+def optimise(source, target, i, method):
+    """One optimisation of image i (class source) toward target by method, as a row of `results`."""
+    common = dict(steps=steps, seed=seed, source=source, snapshot_every=snapshot_every, progress=False)
+    if method == "tokens":
+        r = opt.optimize_tokens(iem, codebook, tokens[i], region, target, lr=token_lr, tau=tau, **common)
+        after_logit = r["best_logit"]
+    else:
+        r = opt.optimize_embeddings(iem, codebook, tokens[i], region, target, lr=embedding_lr, **common)
+        after_logit = r["snapped_logit"]
+    return {
+        "source": source,
+        "target": target,
+        "image": int(i),
+        "method": method,
+        "tokens": r["tokens"].numpy(),
+        "snapshots": r["snapshots"],
+        "history": r["history"],
+        "iem_logit_before": r["original_logit"],
+        "iem_logit_after": after_logit,
+    }
+
+
 # %%
 threads = torch.get_num_threads()
 torch.set_num_threads(1)  # one 1x32x8x8 input per step: a single thread is faster than two
@@ -280,50 +304,7 @@ try:
     for (source, target), idx in sources.items():
         for i in idx:
             for method in methods:
-                if method == "tokens":
-                    r = opt.optimize_tokens(
-                        iem,
-                        codebook,
-                        tokens[i],
-                        region,
-                        target,
-                        steps=steps,
-                        lr=token_lr,
-                        tau=tau,
-                        seed=seed,
-                        source=source,
-                        snapshot_every=snapshot_every,
-                        progress=False,
-                    )
-                    after_logit = r["best_logit"]
-                else:
-                    r = opt.optimize_embeddings(
-                        iem,
-                        codebook,
-                        tokens[i],
-                        region,
-                        target,
-                        steps=steps,
-                        lr=embedding_lr,
-                        seed=seed,
-                        source=source,
-                        snapshot_every=snapshot_every,
-                        progress=False,
-                    )
-                    after_logit = r["snapped_logit"]
-                results.append(
-                    {
-                        "source": source,
-                        "target": target,
-                        "image": int(i),
-                        "method": method,
-                        "tokens": r["tokens"].numpy(),
-                        "snapshots": r["snapshots"],
-                        "history": r["history"],
-                        "iem_logit_before": r["original_logit"],
-                        "iem_logit_after": after_logit,
-                    }
-                )
+                results.append(optimise(source, target, i, method))
         print(f"{source} -> {target}: done")
 finally:
     torch.set_num_threads(threads)
@@ -341,6 +322,8 @@ inside_changed = (before != after)[:, torch.from_numpy(region)].sum(1).numpy()
 img_before, img_after = vqlib.decode(vq, before), vqlib.decode(vq, after)
 targets = np.array([r["target"] for r in results])
 srcs = np.array([r["source"] for r in results])
+
+# %%
 rows_out = []
 for name, model in judges.items():
     n = np.arange(len(results))
@@ -364,7 +347,6 @@ for name, model in judges.items():
             }
         )
 scores = pd.DataFrame(rows_out)
-
 # %% [markdown]
 # Saved, and summarised per pair, method and evaluator.
 
@@ -383,6 +365,8 @@ long = scores.melt(
     var_name="when",
     value_name="target probability",
 )
+
+# %%
 long["when"] = long["when"].str.replace("target_prob_", "")
 g = sns.catplot(
     data=long,
@@ -410,8 +394,8 @@ opt.check_outside_unchanged(
 )  # an invariant: raises if any token outside the region changed
 print(f"check: {changed_outside} tokens outside the region changed")
 print(
-    f"mean target probability over pairs, evaluators and methods: {p_before:.3f} before -> {p_after:.3f} after "
-    + ("(rises)" if p_after > p_before else "(does NOT rise)")
+    f"mean target probability over pairs, evaluators and methods: {p_before:.3f} before -> {p_after:.3f} "
+    "after " + ("(rises)" if p_after > p_before else "(does NOT rise)")
 )
 per = scores.groupby(["pair", "method"])[["target_prob_before", "target_prob_after"]].mean()
 per["rises"] = per["target_prob_after"] > per["target_prob_before"]
@@ -436,6 +420,7 @@ record_metrics(
 # %%
 h, w = ds.grid
 ph, pw = vqlib.resolution(vq) // h, vqlib.resolution(vq) // w
+box = ((cols[0] * pw - 0.5, rows[0] * ph - 0.5), (cols[1] - cols[0]) * pw, (rows[1] - rows[0]) * ph)  # region
 first = {}  # (source, target) -> indices of the first source image's results, one per method
 for j, r in enumerate(results):
     js = first.setdefault((r["source"], r["target"]), [])
@@ -455,17 +440,7 @@ for row, ((s, t), js) in enumerate(shown):
             ax.add_patch(Rectangle((x * pw - 0.5, y * ph - 0.5), pw, ph, fill=False, ec="red", lw=0.8))
         ax.set_title(f"{results[j]['method']} -> {ds.class_names[t]}")
     for ax in axes[row]:
-        ax.add_patch(
-            Rectangle(
-                (cols[0] * pw - 0.5, rows[0] * ph - 0.5),
-                (cols[1] - cols[0]) * pw,
-                (rows[1] - rows[0]) * ph,
-                fill=False,
-                ec="white",
-                lw=1.2,
-                ls="--",
-            )
-        )
+        ax.add_patch(Rectangle(*box, fill=False, ec="white", lw=1.2, ls="--"))
         ax.axis("off")
 fig.tight_layout()
 
@@ -514,10 +489,10 @@ display(widgets.HBox([run_slider, snap_slider]))
 # %% [markdown]
 # ## The original's rule, for comparison
 #
-# The original reported, per evaluator, the best target probability over its checkpoints. Applied to this run's
-# snapshots (every `snapshot_every` steps and the last): each snapshot is decoded and scored, and each evaluator
-# keeps its best. Beside it, what this notebook reports (the grid the IEM picked, scored once). The gap is what
-# letting the judge choose its step adds.
+# The original reported, per evaluator, the best target probability over its checkpoints. Applied to this
+# run's snapshots (every `snapshot_every` steps and the last): each snapshot is decoded and scored, and each
+# evaluator keeps its best. Beside it, what this notebook reports (the grid the IEM picked, scored once). The
+# gap is what letting the judge choose its step adds.
 
 # %%
 n_snaps = [len(r["snapshots"]) for r in results]
@@ -545,6 +520,9 @@ else:
                         "best snapshot per evaluator (the original's rule)": p_snap[owner == j].max(),
                     }
                 )
+
+# %%
+if sum(n_snaps):
     rule = (
         pd.DataFrame(rule_rows)
         .merge(
@@ -576,8 +554,8 @@ if sum(n_snaps):
     plt.show()
     ours, theirs = (float(rule[c].mean()) for c in cols_cmp)
     print(
-        f"mean target probability: {ours:.3f} for the step the IEM picked, {theirs:.3f} with the original's rule "
-        f"(each evaluator's best of {np.mean(n_snaps):.0f} snapshots per run)"
+        f"mean target probability: {ours:.3f} for the step the IEM picked, {theirs:.3f} with the original's "
+        f"rule (each evaluator's best of {np.mean(n_snaps):.0f} snapshots per run)"
     )
 
 # %% [markdown]
@@ -588,13 +566,13 @@ if sum(n_snaps):
 # the ids that make the IEM see the target. Do the two views agree, and when does each tell more? Two
 # measurements, each against a control:
 #
-# * **Which ids.** The ids the optimiser *put* into the region (the region positions it changed), and the share
-#   of those distinct ids that are among the target class's first `concept_k` concept tokens (top-n =
+# * **Which ids.** The ids the optimiser *put* into the region (the region positions it changed), and the
+#   share of those distinct ids that are among the target class's first `concept_k` concept tokens (top-n =
 #   `concept_top_n`). **Chance** is that share for as many ids drawn at random from the codebook's usage: how
 #   often each id sits in the region of the training grids, all classes together (an id the data never puts
-#   there is never drawn; a common one often). A Monte Carlo p-value says how often chance reaches the observed
-#   share. The control: the same number of random ids from that usage, which must sit at chance. And the same
-#   ids against the *other* classes' concept tokens: are they the target's, or any digit's strokes?
+#   there is never drawn; a common one often). A Monte Carlo p-value says how often chance reaches the
+#   observed share. The control: the same number of random ids from that usage, which must sit at chance. And
+#   the same ids against the *other* classes' concept tokens: are they the target's, or any digit's strokes?
 # * **What they do.** Fill the whole region with the target's concept tokens instead of optimised ones, each
 #   position with the concept token that sits there most often in the target's training grids (ties: the
 #   higher-ranked; a position where none ever sits: the first), decode, and ask the evaluators. The placement
@@ -646,8 +624,9 @@ put = [n for o, n in zip(old_ids, new_ids, strict=True) if n != o]  # the ids th
 target_ids = set(concept_sets[r0["target"]].tolist())
 share_by_hand = len(set(put) & target_ids) / len(set(put)) if put else float("nan")
 print(
-    f"{r0['source']} -> {r0['target']} ({r0['method']}): {len(put)} of {len(new_ids)} region positions changed, "
-    f"{len(set(put))} distinct ids, of them {sorted(set(put) & target_ids)} concept tokens: share {share_by_hand:.3f}"
+    f"{r0['source']} -> {r0['target']} ({r0['method']}): {len(put)} of {len(new_ids)} region positions "
+    f"changed, {len(set(put))} distinct ids, of them {sorted(set(put) & target_ids)} concept tokens: share "
+    f"{share_by_hand:.3f}"
 )
 
 # %% [markdown]
@@ -679,6 +658,8 @@ groups = {"all": list(range(len(results)))}
 for key in ("pair", "method"):
     for j, r in enumerate(results):
         groups.setdefault(f"{r['source']}->{r['target']}" if key == "pair" else r["method"], []).append(j)
+
+# %%
 ov_rows = []
 for name, js in groups.items():
     kw = {"usage": usage, "n_draws": chance_draws, "seed": seed}
@@ -695,6 +676,9 @@ for name, js in groups.items():
         }
     )
 overlap = pd.DataFrame(ov_rows).set_index("results")
+display(overlap.round(3))
+
+# %%
 other_chance = np.mean(
     [
         opt.overlap_vs_chance(put_ids, [sets[k] for sets in others], usage, n_draws=chance_draws, seed=seed)[
@@ -703,9 +687,7 @@ other_chance = np.mean(
         for k in range(len(others[0]))
     ]
 )
-display(overlap.round(3))
 print(f"chance for the other classes' concept tokens (mean over the classes): {other_chance:.3f}")
-
 # %%
 ax = overlap[["overlap", "chance", "random ids", "other classes' concept tokens"]].plot.bar(
     rot=0, figsize=(8, 3)
@@ -750,6 +732,8 @@ background = concepts.background_tokens(train_tokens, train_labels, K)
 frequent = concepts.frequency_tokens(
     train_tokens, train_labels, ds.class_names, K, top=concept_k, exclude=background
 )
+
+# %%
 filled = {}
 for what, sets in (
     ("concept fill", concept_sets),
@@ -765,7 +749,6 @@ print(
     f"{len(units)} source images; frequency sets without the {len(background)} background ids; "
     f"{random_fills} random fills each"
 )
-
 # %%
 fill_prob = {}
 for what, grids in filled.items():
@@ -800,6 +783,8 @@ fills = pd.DataFrame(
 )
 shown_cols = ["before", "optimised", "concept fill", "frequency fill", "random fill"]
 display(fills.groupby("pair", sort=False)[shown_cols].mean().round(3))
+
+# %%
 opt_minus_fill = opt.paired_difference(fills["optimised"], fills["concept fill"], seed=seed)
 fill_minus_random = opt.paired_difference(fills["concept fill"], fills["random fill"], seed=seed)
 fill_minus_frequency = opt.paired_difference(fills["concept fill"], fills["frequency fill"], seed=seed)
@@ -819,7 +804,6 @@ ax.set_title(
 )
 plt.tight_layout()
 plt.show()
-
 # %% [markdown]
 # The first source image of each pair: optimised (each method), filled with the concept tokens, and with the
 # first random fill; the titles give the evaluators' mean target probability.
@@ -827,6 +811,8 @@ plt.show()
 # %%
 after_mean = scores.groupby(["pair", "image", "method"])["target_prob_after"].mean()
 firsts = [u for u, (s, t, i) in enumerate(units) if i == sources[(s, t)][0]]
+
+# %%
 fig, axes = plt.subplots(
     len(firsts), 2 + len(methods), figsize=(2.1 * (2 + len(methods)), 2.3 * len(firsts)), squeeze=False
 )
@@ -847,27 +833,15 @@ for row, u in enumerate(firsts):
     for ax, (img, title) in zip(axes[row], panels, strict=True):
         ax.imshow(plots.to_hwc(img))
         ax.set_title(f"{s} -> {t}, {title}", fontsize=7)
-        ax.add_patch(
-            Rectangle(
-                (cols[0] * pw - 0.5, rows[0] * ph - 0.5),
-                (cols[1] - cols[0]) * pw,
-                (rows[1] - rows[0]) * ph,
-                fill=False,
-                ec="white",
-                lw=1.2,
-                ls="--",
-            )
-        )
+        ax.add_patch(Rectangle(*box, fill=False, ec="white", lw=1.2, ls="--"))
         ax.axis("off")
 fig.suptitle("p: the evaluators' mean target probability", fontsize=8)
 fig.tight_layout()
-
-
 # %% [markdown]
 # ### When does each view tell more?
 #
-# The paragraph below is written from this run's numbers (`opt.views_verdict`: each comparison's wording follows
-# its interval, or the p-value for the overlap).
+# The paragraph below is written from this run's numbers (`opt.views_verdict`: each comparison's wording
+# follows its interval, or the p-value for the overlap).
 
 # %%
 views = {
@@ -894,8 +868,8 @@ display(Markdown(opt.views_verdict(views)))
 
 # %% [markdown]
 # Record the comparison's numbers, and save the grids (source, optimised by each method, the concept fill, the
-# frequency fill and the first random fill; one row per source image) as a token dataset under `<run_dir>/optimization/grids`, for
-# the README's overview figure and anyone who wants to look again.
+# frequency fill and the first random fill; one row per source image) as a token dataset under
+# `<run_dir>/optimization/grids`, for the README's overview figure and anyone who wants to look again.
 
 # %%
 record_metrics(
@@ -931,6 +905,8 @@ details = {
     "concept_k": concept_k,
     "rows_are": "one row per source image, the same order in every split",
 }
+
+# %%
 grids_dir = run_dir / "optimization" / "grids"
 tokds.save_token_dataset(
     grids_dir,
@@ -944,7 +920,6 @@ tokds.save_token_dataset(
 )
 register(run_dir, "optimization", path=str(grids_dir), splits=list(splits))
 print(f"saved {len(units)} rows x {len(splits)} splits to {grids_dir}")
-
 # %% [markdown]
 # ## Exercises
 

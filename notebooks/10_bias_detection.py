@@ -38,8 +38,8 @@
 #   attribute value (*"a 3"*, *"a red 3"*, *"a thin 3"*), one condition token as taming's class-conditional
 #   models use;
 # * in its training data the neutral prompt of one digit shows the planted colour (red) with probability
-#   `skew`, the neutral prompt of another digit the planted stroke thickness (thick), and the **control digit**
-#   is balanced in both;
+#   `skew`, the neutral prompt of another digit the planted stroke thickness (thick), and the **control
+#   digit** is balanced in both;
 # * two bias types, as the paper's two: **colour** (like skin colour, a property of the pixels) and **stroke
 #   thickness** (like gender, a property of the shape, labelled from the real digits' ink).
 #
@@ -88,12 +88,8 @@ bf16 = "auto"  # bfloat16 autocast when training: auto | on | off
 sampling = {"temperature": 1.0, "top_k": 0}  # 1.0: the generator's own shares; top_k 0: every token
 attribute_per_value = [300, 50, 50]  # train / val / test generations per attribute value and digit
 n_neutral = 300  # neutral-prompt generations per digit
-attribute_iem = {
-    "arch": 1,
-    "width": 32,
-    "epochs": 12,
-    "lr": 0.002,
-}  # arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
+# arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
+attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}
 nsamples = 20  # SmoothGrad noisy copies
 top_n = 5  # TIS positions per image that count toward a value's tokens
 token_num = 20  # attribute tokens per value (at most)
@@ -140,6 +136,8 @@ require(
     "attribute_per_value: [train, val, test] with train and val >= 1",
 )
 require(specificity >= 0, "specificity must be >= 0")
+
+# %%
 require(
     0 <= min_youden < 1 and 0 < not_found_width <= 1,
     "min_youden must lie in [0, 1), not_found_width in (0, 1]",
@@ -158,13 +156,12 @@ choice("bf16", bf16, ["auto", "on", "off"])
 run_dir = repo_path(run_dir)
 out_dir = run_dir / "bias"
 params
-
 # %% [markdown]
 # ## The planted-bias generator
 #
 # The training data: every real training digit `per_image` times (`generator`), each time under a random
-# prompt (neutral with probability `neutral_share`) and drawn to match it (red or green; from the thickest or the
-# thinnest `thick_fraction` of its class by ink). Neutral prompts show
+# prompt (neutral with probability `neutral_share`) and drawn to match it (red or green; from the thickest or
+# the thinnest `thick_fraction` of its class by ink). Neutral prompts show
 # red/green and thick/thin at even odds — except for the two biased digits. The transformer starts from the
 # digit transformer of notebook 02 (neutral prompts keep its condition tokens 0–9) and is fine-tuned. The
 # shipped one loads when it was trained with exactly these settings on this tokenizer; otherwise it trains
@@ -248,6 +245,8 @@ studies, neutral, why = planted_bias.load_or_generate_study(
     out_dir,
     regenerate=regenerate or retrain,
 )
+
+# %%
 print(f"study data: {why}")
 neutral_of = {(b, d): neutral[d] for b, d in studies}  # each study's neutral generations: its digit's
 set_name = {(b, d): f"{'biased' if d == biased_digit[b] else 'control'} (digit {d})" for b, d in studies}
@@ -260,7 +259,6 @@ display(
         }
     ).T
 )
-
 # %% [markdown]
 # ## What the labelled images show
 #
@@ -303,7 +301,8 @@ held_truth = {key: {s: v for s, v in shows[key].items() if s != "train"} for key
 for key, truth in held_truth.items():  # a tiny run may draw one value only: then only the prompts label them
     if len({bool(x) for v in truth.values() for x in v}) < 2:
         print(
-            f"{key}: every held-out image shows the same value by its pixels; labelled by their prompts instead"
+            f"{key}: every held-out image shows the same value by its pixels; labelled by their prompts "
+            "instead"
         )
         held_truth[key] = None
 
@@ -426,7 +425,8 @@ plots.count_histograms(
     }
 )
 # %% [markdown]
-# **5. δ and the share estimate.** Two statistics from the same counts, both signed toward the planted value (A):
+# **5. δ and the share estimate.** Two statistics from the same counts, both signed toward the planted value
+# (A):
 #
 # * **the paper's δ** (`delta`): Cliff's δ of the neutral images' A counts against their B counts; the
 #   interval is a bootstrap over the neutral images. `delta_paper_half_scale` is the number the original code
@@ -472,6 +472,8 @@ deltas = pd.DataFrame(
         for b, d in studies
     ]
 )
+
+# %%
 deltas.to_csv(out_dir / "deltas.csv", index=False)
 deltas[
     [
@@ -497,7 +499,6 @@ deltas[
         "iem_accuracy",
     ]
 ].round(3)
-
 # %% [markdown]
 # The paper's δ with its 95 % interval. δ mixes two things, how many images lean and how many tokens each
 # value has: two histograms of different spread give δ ≠ 0 even for a half-and-half set, which is why the
@@ -606,14 +607,8 @@ fig, ax = plt.subplots(figsize=(5.0, 4.4))
 for b, marker in zip(bias_types, "os", strict=False):
     sub = deltas[deltas["bias"] == b]
     ok = sub[np.isfinite(sub["share"])]
-    bars = ax.errorbar(
-        ok["pixel truth"],
-        ok["share"],
-        yerr=[ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]],
-        fmt=marker,
-        label=b,
-        capsize=3,
-    )
+    err = [ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]]
+    bars = ax.errorbar(ok["pixel truth"], ok["share"], yerr=err, fmt=marker, label=b, capsize=3)
     none = sub[~np.isfinite(sub["share"])]  # inconclusive: the interval is [0, 1]
     ax.vlines(none["pixel truth"], 0, 1, color=bars[0].get_color(), ls="--", lw=1)
     for _, row in sub.iterrows():
@@ -628,15 +623,13 @@ for b, marker in zip(bias_types, "os", strict=False):
 ax.plot([0, 1], [0, 1], color="k", lw=0.7, ls="--", label="estimate = truth")
 ax.axhline(0.5, color="k", lw=0.5, ls=":")
 ax.axvline(0.5, color="k", lw=0.5, ls=":")
-ax.set(
-    xlim=(0, 1),
-    ylim=(0, 1),
-    xlabel="share of the planted value by pixels (truth)",
-    ylabel="share estimated from tokens (95 % interval)",
-    title="share estimate vs ground truth",
-)
+ax.set(xlim=(0, 1), ylim=(0, 1), title="share estimate vs ground truth")
+ax.set_xlabel("share of the planted value by pixels (truth)")
+ax.set_ylabel("share estimated from tokens (95 % interval)")
 ax.legend(fontsize=8, loc="upper left")
 fig.tight_layout()
+
+# %%
 for d, im in images.items():
     plots.image_grid(im[:n_show], ncols=n_show, suptitle=f'neutral prompt "a {d}"')
 
@@ -647,8 +640,9 @@ for d, im in images.items():
 # Computed from this run, from the share's 95 % interval: **found** if it excludes ½ (on the planted side for
 # a biased digit; on the control digit that is a false alarm), **not found** if it holds ½ and is at most
 # `not_found_width` wide (so a lean much beyond ½ ± `not_found_width`/2 is ruled out), **inconclusive**
-# otherwise (also when the error-rate check fails: then there is no interval, and the line gives the one before
-# the check for reading). Each line says whether the pixel truth lies inside the interval, and gives the paper's δ.
+# otherwise (also when the error-rate check fails: then there is no interval, and the line gives the one
+# before the check for reading). Each line says whether the pixel truth lies inside the interval, and gives
+# the paper's δ.
 
 # %%
 lines = [
@@ -702,7 +696,8 @@ exercise("1", globals(), check=check_1, hint="the standard δ of the same counts
 # **2.** The simplest rule there is: in what share of the biased study's neutral images (`biased_key`) do
 # the planted value's tokens **strictly outnumber** the other value's? (Planted value first in
 # `counts[biased_key]["neutral"]`; the ids are in `ids[biased_key]`, by label.) Write your answer as
-# `answer_2 = ...` (a number in [0, 1]). Compare it with the corrected `share` in `deltas`: why do they differ?
+# `answer_2 = ...` (a number in [0, 1]). Compare it with the corrected `share` in `deltas`: why do they
+# differ?
 
 # %% tags=["solution"]
 if solutions:

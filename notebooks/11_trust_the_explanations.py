@@ -27,14 +27,15 @@
 #    project's own, the others from Captum): the paper's **SmoothGrad**, plain **gradient**,
 #    **gradient × input**, **Integrated Gradients** (from an all-neutral-token grid) and **token occlusion**
 #    (replace one token with the neutral token, measure the drop of the target logit). Every one yields one
-#    score per grid position, exactly the TIS format, and any one can be the run's TIS (notebook 05's `method`);
+#    score per grid position, exactly the TIS format, and any one can be the run's TIS (notebook 05's
+#    `method`);
 # 2. **sanity checks**: re-initialise the IEM's layers from the head down (*cascading* randomization) and all
 #    at once (*full*), and train the same IEM on shuffled labels (*data* randomization); compare each
 #    method's maps with the trained model's as Adebayo et al. report it: Spearman rank correlation of the
 #    **signed** and of the **absolute** maps, and the overlap of the top-`overlap_k` positions. A map that
 #    explains the model must change: the bar is a mean rank correlation of the absolute maps ≤
-#    `max_rank_corr` (0.3; the parameter group `bars`) under full **and** under data randomization. A **random control** (uniform
-#    noise) shows why passing is not enough: it passes trivially;
+#    `max_rank_corr` (0.3; the parameter group `bars`) under full **and** under data randomization. A **random
+#    control** (uniform noise) shows why passing is not enough: it passes trivially;
 # 3. **faithfulness**: deletion and insertion curves: the evaluators' target probability as positions are
 #    removed (or revealed) in attribution order vs in random order, in pixel space and token space; the
 #    bar is a deletion AUC ≤ `max_deletion_ratio` (0.8) × the random order's in `faithfulness_space`
@@ -87,10 +88,12 @@ nsamples = 20  # SmoothGrad noisy copies
 spread = 0.2  # SmoothGrad noise sigma as a fraction of the batch's value range
 ig_steps = 16  # Integrated Gradients steps
 occlusion_group = 1  # occlude single tokens (1) or g x g blocks of tokens
-neutral = "background"  # the neutral token of occlusion, IG's baseline and token-space masking: background | mean | an id, e.g. "17"
+# the neutral token of occlusion, IG's baseline and token-space masking: background | mean | an id, e.g. "17"
+neutral = "background"
 cascade_images = 10  # the first of those images for the cascading randomization (maps at every layer step)
 shuffled_iem = {"epochs": 30, "max_images": 300}  # the shuffled-label IEM (see its section)
-retrain = False  # train the shuffled-label IEM even if the shipped one was trained on these data with these settings
+# train the shuffled-label IEM even if the shipped one was trained on these data with these settings
+retrain = False
 overlap_k = 5  # the sanity checks also report how many of each map's top-k positions (by |score|) survive
 bars = {"max_rank_corr": 0.3, "max_deletion_ratio": 0.8, "space": "pixel"}  # the recommendation's two bars
 curve_points = {"images": 20, "steps": 8}  # the curves: the first of those images; points (0, 1/8, ..., all)
@@ -118,6 +121,8 @@ require(
     f"methods must be distinct and non-empty, got {methods}",
 )
 choice("reduction", reduction, attribution.REDUCTIONS)
+
+# %%
 require(
     neutral.isdigit() or neutral in evaluation.NEUTRAL,
     f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}",
@@ -137,7 +142,6 @@ require(
 require(0 < max_rank_corr <= 1, f"max_rank_corr must lie in (0, 1], got {max_rank_corr}")
 require(0 < max_deletion_ratio <= 1, f"max_deletion_ratio must lie in (0, 1], got {max_deletion_ratio}")
 require(overlap_k >= 1, f"overlap_k must be >= 1, got {overlap_k}")
-
 # %%
 choice("faithfulness_space", faithfulness_space, list(evaluation.SPACES))
 require(
@@ -209,8 +213,9 @@ require(
     f"overlap_k must be at most the {n_positions} positions of a grid, got {overlap_k}",
 )
 print(
-    f"{n} random {split} images ({np.bincount(labels).min()}-{np.bincount(labels).max()} per class), IEM {iem_arch} ({model.cortex_spec['arch']}), grid {ds.grid}, neutral token {neutral_id}, "
-    f"evaluators {list(judges)}; TIS method: {method} (the run's, notebook 05)"
+    f"{n} random {split} images ({np.bincount(labels).min()}-{np.bincount(labels).max()} per class), IEM "
+    f"{iem_arch} ({model.cortex_spec['arch']}), grid {ds.grid}, neutral token {neutral_id}, evaluators "
+    f"{list(judges)}; TIS method: {method} (the run's, notebook 05)"
 )
 
 # %% [markdown]
@@ -229,9 +234,10 @@ for bad in ({"method": "lime"}, {"method": "integrated_gradients", "baseline": t
         print(f"{bad} -> ValueError: {err}")
 
 # %% [markdown]
-# SmoothGrad is the project's own (`smoothgrad.smoothgrad`, notebook 05), not Captum's `NoiseTunnel(Saliency)`,
-# which a user would pick instead. Captum draws an image's noisy copies one after another; drawn in that order
-# from the same seed (`noise_chunk`), the two get the very same noise and must agree:
+# SmoothGrad is the project's own (`smoothgrad.smoothgrad`, notebook 05), not Captum's
+# `NoiseTunnel(Saliency)`, which a user would pick instead. Captum draws an image's noisy copies one after
+# another; drawn in that order from the same seed (`noise_chunk`), the two get the very same noise and must
+# agree:
 
 # %%
 from captum.attr import NoiseTunnel, Saliency
@@ -255,7 +261,8 @@ with torch.random.fork_rng(devices=[]):  # Captum draws from the global RNG: see
     )
 parity = float((captum_sg - ours).abs().max() / ours.abs().max())
 print(
-    f"Captum's NoiseTunnel(Saliency) vs the project's SmoothGrad, same noise: max |difference| = {parity:.2e} of the largest score"
+    "Captum's NoiseTunnel(Saliency) vs the project's SmoothGrad, same noise: max |difference| = "
+    f"{parity:.2e} of the largest score"
 )
 assert parity < 1e-4, "the project's SmoothGrad no longer gives Captum's maps for the same noise"
 
@@ -289,8 +296,10 @@ compared = [*methods, control]  # every table below has the control as its last 
 maps[control] = sanity.random_attribution(maps[methods[0]].shape, seed=seed)
 
 
+# %%
 def maps_of(some_model, m, rows, draw):
-    """Maps of the first `rows` images by method `m` for `some_model`; the control draws fresh noise (seed `draw`)."""
+    """Maps of the first `rows` images by method `m` for `some_model`; the control draws fresh noise (seed
+    `draw`)."""
     if m == control:
         return sanity.random_attribution((rows, *ds.grid), seed=draw)
     return attribution.attribute_tokens(
@@ -402,6 +411,8 @@ for step, (_, rand_model) in enumerate(tqdm(cascade, desc="cascading randomizati
         rows.append(sim.assign(step=step + 1, layer=layer_names[step], method=m))
         example[m, step] = rand_maps[0]
 cascade_table = pd.concat(rows, ignore_index=True)
+
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), sharey=True)
 for ax, col, what in zip(axes, ["spearman", "abs_spearman"], ["signed maps", "absolute maps"], strict=True):
     sns.lineplot(
@@ -426,7 +437,6 @@ axes[1].axhline(max_rank_corr, color="crimson", ls="--", lw=1, label=f"bar {max_
 axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.suptitle(f"cascading randomization: rank correlation with the trained IEM's maps ({k} images, mean ± sd)")
 fig.tight_layout()
-
 # %%
 picked = sorted({0, len(cascade) // 4, len(cascade) // 2, 3 * len(cascade) // 4, len(cascade) - 1})
 i = 0
@@ -451,10 +461,11 @@ fig.tight_layout()
 #
 # *Full*: every layer re-initialised at once. *Data*: an IEM of the same architecture trained from scratch
 # on `shuffled_max_images` training images with **shuffled labels**, long enough to memorize them (its
-# weights are kept where it fits those random labels best); whatever it learned cannot be the digit concepts, so maps that still look like the trained model's
-# do not reflect what the trained model learned. Means over the `n_images` images. The repository ships this
-# IEM, trained once on the default data (`checkpoints/iem1_shuffled_labels`), so every CPU compares against
-# the same one; it is trained here when the data or the settings differ, or with `retrain = True`.
+# weights are kept where it fits those random labels best); whatever it learned cannot be the digit concepts,
+# so maps that still look like the trained model's do not reflect what the trained model learned. Means over
+# the `n_images` images. The repository ships this IEM, trained once on the default data
+# (`checkpoints/iem1_shuffled_labels`), so every CPU compares against the same one; it is trained here when
+# the data or the settings differ, or with `retrain = True`.
 #
 # Three measures, as Adebayo et al. report them: Spearman of the **signed** maps, Spearman of the
 # **absolute** maps, and the share of each map's **top-`overlap_k` positions** (by |score|) that the
@@ -488,8 +499,9 @@ test_acc = iemlib.evaluate_iem(shuffled_model, tokds.embedding_loader(ds, split,
 ]
 kept = shuffled_log.loc[shuffled_log["select_loss"].idxmin()]
 print(
-    f"shuffled-label IEM ({len(shuffled_log)} epochs): fits {kept['select_acc']:.1%} of its shuffled training labels "
-    f"(epoch {int(kept['epoch'])} kept); {test_acc:.1%} on the true {split} labels (chance {1 / len(ds.class_names):.0%})"
+    f"shuffled-label IEM ({len(shuffled_log)} epochs): fits {kept['select_acc']:.1%} of its shuffled "
+    f"training labels (epoch {int(kept['epoch'])} kept); {test_acc:.1%} on the true {split} labels (chance "
+    f"{1 / len(ds.class_names):.0%})"
 )
 
 # %% [markdown]
@@ -572,8 +584,8 @@ record_metrics(
 # AUC**. **Insertion** starts from the fully masked image and reveals the top k: a **high insertion AUC**.
 # A random order is the reference. Unlike notebook 07, exactly the ranked positions are masked (not every
 # position holding their ids), so the curves compare rankings. The random control runs through the same
-# curves: ranking positions by noise *is* a random order, so its curves should lie near the random order's (two
-# random orders differ by chance over `curve_images` images).
+# curves: ranking positions by noise *is* a random order, so its curves should lie near the random order's
+# (two random orders differ by chance over `curve_images` images).
 
 # %%
 c = min(curve_images, n)
@@ -595,6 +607,8 @@ out = run_dir / "evaluation"
 out.mkdir(exist_ok=True)
 with atomic_path(out / "faithfulness_curves.csv") as tmp:
     curve_table.to_csv(tmp, index=False)
+
+# %%
 mean_curves = (
     curve_table.groupby(["space", "curve", "method", "fraction"], sort=False)["mean_prob"]
     .mean()
@@ -687,6 +701,8 @@ recommended, verdict = sanity.recommend(
     max_deletion_ratio,
     controls=[control],
 )
+
+# %%
 shown = pd.DataFrame(
     {
         "rank corr. (full)": means.loc["full", "spearman"].reindex(compared),
@@ -701,7 +717,6 @@ shown = pd.DataFrame(
     }
 )
 display(shown.round(3))
-
 # %% [markdown]
 # The two conditions as one picture: each method is a segment between its full (●) and data (□)
 # randomization scores, at the height of its deletion AUC ratio; the green corner passes both.
@@ -788,6 +803,8 @@ palette = {
     "none": "lightgray",
     **dict(zip(ds.class_names, sns.color_palette("tab10", len(ds.class_names)), strict=True)),
 }
+
+# %%
 fig, axes = plt.subplots(1, len(views), figsize=(5.2 * len(views) + 1, 4.4), squeeze=False)
 for ax, (title, xy) in zip(axes[0], views.items(), strict=True):
     df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "class": assoc, "share": share})
@@ -811,7 +828,6 @@ if len(axes[0][-1].get_legend_handles_labels()[0]):
     axes[0, -1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
 print(f"{(assoc != 'none').sum()} of {K} codebook ids are a top-{concept_top_n} concept token of some class")
-
 # %% [markdown]
 # A gallery of concept tokens as image patches: for each class its first `gallery_tokens` concept tokens
 # (top-`concept_top_n`), each shown by crops of training images where it sits among the top positions.
@@ -831,6 +847,9 @@ if gallery_tokens:
     }
     needed = np.unique(np.concatenate([np.zeros(0, np.int64), *where.values()]))
     decoded = vqlib.decode(vq, torch.from_numpy(train_tokens[needed])).numpy() if len(needed) else None
+
+# %%
+if gallery_tokens:
     fig, axes = plt.subplots(
         n_cls, gallery_tokens, figsize=(1.9 * gallery_tokens, 0.8 * n_cls), squeeze=False
     )
@@ -960,7 +979,7 @@ if solutions:
     answer_3 = float(neg_auc[(neg_auc.method == "negated") & (neg_auc.evaluator == "mean")]["auc"].iloc[0])
 
 
-# %% tags=["exercise-check"]
+# %%
 def check_3(answer):
     t, y = tokens[:5], labels[:5]
     order = np.argsort(maps[method][:5].reshape(len(t), -1), axis=1, kind="stable")  # lowest score first
@@ -981,6 +1000,7 @@ def check_3(answer):
     return True
 
 
+# %% tags=["exercise-check"]
 exercise(
     "3",
     globals(),

@@ -26,13 +26,16 @@
 # same split, so test image *i* is the same digit in both). Every number below is read from the runs'
 # `metrics.json` and result files, or computed here from their saved TIS; nothing is typed in.
 #
-# | question | from |
-# |---|---|
-# | how faithful is the tokenizer, how much of its codebook is used? | notebook 01: `vq_test_psnr_db`, `vq_codebook_usage` |
-# | can the IEM read the digit from the tokens? | notebook 04: `iem1_test_top1` |
-# | how concentrated is the explanation? | notebook 05's test TIS: share of an image's TIS mass in its top-5 positions |
-# | does hiding the top-TIS tokens hurt more than hiding random ones? | notebook 07: `image_level_tis_beats_random`, its table |
-# | can a region be rewritten into another digit? | notebook 09: `codebook_target_prob_before` / `_after` |
+# The questions, and where each answer comes from:
+#
+# * how faithful is the tokenizer, how much of its codebook is used? From notebook 01: `vq_test_psnr_db`,
+#   `vq_codebook_usage`.
+# * can the IEM read the digit from the tokens? From notebook 04: `iem1_test_top1`.
+# * how concentrated is the explanation? From notebook 05's test TIS: share of an image's TIS mass in its
+#   top-5 positions.
+# * does hiding the top-TIS tokens hurt more than hiding random ones? From notebook 07:
+#   `image_level_tis_beats_random`, its table.
+# * can a region be rewritten into another digit? From notebook 09: `codebook_target_prob_before` / `_after`.
 
 # %%
 import json
@@ -115,7 +118,8 @@ print(
 
 
 # %% [markdown]
-# The same for every test image of every run with `concepts.top_tis_share` (checked against the hand computation).
+# The same for every test image of every run with `concepts.top_tis_share` (checked against the hand
+# computation).
 
 # %% tags=["by-hand-check"]
 assert np.isclose(concepts.top_tis_share(first["tis"][:1], top)[0], hand_share)
@@ -255,8 +259,8 @@ print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
 #
 # 1. The FSQ codebook spans only 3 of its 32 dimensions (notebook 01). Why can the IEM still tell the digits
 #    apart, and what does SmoothGrad's noise (added in all 32 dimensions) do to a 3-dimensional codebook?
-# 2. Two FSQ tokens whose lattice points differ in one level are neighbours by construction. Look at the concept
-#    tokens of notebook 06 in the `vqvae` run: are a class's concept tokens neighbours on the lattice?
+# 2. Two FSQ tokens whose lattice points differ in one level are neighbours by construction. Look at the
+#    concept tokens of notebook 06 in the `vqvae` run: are a class's concept tokens neighbours on the lattice?
 # 3. Look at the decoded digits above, drawn in colour: which family keeps each digit's colour? Compute the
 #    mean colour error per test digit (decoded minus original, averaged over the ink) for both runs.
 # 4. A residual quantizer gives each position several ids. How would you define "the token at a position"

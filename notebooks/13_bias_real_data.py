@@ -22,7 +22,8 @@
 # paper's study of "doctor" images by skin colour and gender:
 #
 # ```
-# <real_data["dir"]>/<bias type>/train.csv      filename,label,indices   attribute-labelled generations (labels 0/1)
+# <real_data["dir"]>/<bias type>/train.csv      filename,label,indices   attribute-labelled generations
+# (labels 0/1)
 #                                /val.csv        the same (held out: the token rule's error rates)
 #                                /test.csv       optional, the same
 #                                /neutral.csv    indices                  the neutral-prompt generations
@@ -47,7 +48,6 @@
 # any generator. The tests run this notebook on such CSVs with a randomly initialised f16-16384 VQGAN.
 
 # %%
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -76,26 +76,14 @@ from cortex_utils.notebook import check_parameters, choice, repo_path, require
 run_dir = "runs/interactive"  # the results go to <run_dir>/bias_real (nothing of earlier notebooks is read)
 real_data = {"dir": "", "vq_config": "", "vq_checkpoint": "", "trust_pickle": False}  # dir "": the demo
 bias_types = ["colour", "thickness"]  # sub-folders of real_data["dir"], one study each
-demo = {
-    "shares": [0.8, 0.5],
-    "train": 600,
-    "held_out": 100,
-    "neutral": 300,
-}  # synthetic CSVs without real data
-attribute_iem = {
-    "arch": 1,
-    "width": 32,
-    "epochs": 12,
-    "lr": 0.002,
-}  # arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
+# synthetic CSVs without real data
+demo = {"shares": [0.8, 0.5], "train": 600, "held_out": 100, "neutral": 300}
+# arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
+attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}
 nsamples = 20  # SmoothGrad noisy copies
 selection = {"top_n": 5, "token_num": 20, "specificity": 2.0}  # the attribute tokens (notebook 10's knobs)
-statistics = {
-    "n_boot": 1000,
-    "min_youden": 0.1,
-    "reselect_tokens": True,
-    "not_found_width": 0.25,
-}  # as notebook 10's
+# as notebook 10's
+statistics = {"n_boot": 1000, "min_youden": 0.1, "reselect_tokens": True, "not_found_width": 0.25}
 seed = 0
 
 # %%
@@ -123,7 +111,8 @@ require(
     selection["specificity"] >= 0
     and 0 <= statistics["min_youden"] < 1
     and 0 < statistics["not_found_width"] <= 1,
-    f"selection: specificity >= 0; statistics: min_youden in [0, 1), not_found_width in (0, 1]; got {statistics}",
+    "selection: specificity >= 0; statistics: min_youden in [0, 1), not_found_width in (0, 1]; got "
+    f"{statistics}",
 )
 choice("attribute_iem arch", attribute_iem["arch"], [1, 2, 3, 4])
 run_dir = repo_path(run_dir)
@@ -222,7 +211,8 @@ for b, info in iem_info.items():
 
 # %% [markdown]
 # **2. The TIS of its training images** (notebook 05's SmoothGrad), **3. each value's attribute tokens**
-# (notebook 06's concept counts at `selection["top_n"]`, the `token_num` most counted ids specific to the value):
+# (notebook 06's concept counts at `selection["top_n"]`, the `token_num` most counted ids specific to the
+# value):
 
 # %%
 tis = {
@@ -250,7 +240,8 @@ plots.count_histograms(
 # **5. δ and the share estimate**, signed toward the first value (label 0): the paper's Cliff's δ of the
 # neutral counts, and the share of neutral images the token rule calls value 0, corrected for the rule's error
 # rates on the held-out images (Rogan–Gladen), with a bootstrap interval that re-selects the tokens in every
-# resample (`statistics["reselect_tokens"]`). Notebook 10 explains both, and why the verdict rests on the share.
+# resample (`statistics["reselect_tokens"]`). Notebook 10 explains both, and why the verdict rests on the
+# share.
 
 # %%
 estimates = {}

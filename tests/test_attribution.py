@@ -439,7 +439,8 @@ def test_verdict_text_says_what_recommend_decided():
 
 
 def test_spearman_is_pearson_of_ranks_by_hand():
-    """The notebook's by-hand Spearman (rank = values below + (ties + 1) / 2, then Pearson) equals ``spearman``."""
+    """The notebook's by-hand Spearman (rank = values below + (ties + 1) / 2, then Pearson) equals
+    ``spearman``."""
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 4, 4)), rng.normal(size=(3, 4, 4))
     a[0, 0, :2] = a[0, 1, :2] = 0.0  # ties share their mean rank

@@ -231,7 +231,8 @@ def test_share_estimate_is_inconclusive_when_the_rule_cannot_separate():
 
 
 def _draw(rng, is_a, own, cross, spread=None):
-    """Per image the count of A's tokens and of B's; ``spread``: A's counts negative binomial (overdispersed)."""
+    """Per image the count of A's tokens and of B's; ``spread``: A's counts negative binomial
+    (overdispersed)."""
     a_own = (
         rng.poisson(own[0], is_a.size)
         if spread is None

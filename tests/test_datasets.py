@@ -180,7 +180,8 @@ def test_image_folder(tmp_path):
         tokds.read_image_folder(tmp_path / "imgs", 16)
 
 
-# --- malformed CSV rows: the error names the file, the editor line (1-based) and what to fix; nothing is written ---
+# --- malformed CSV rows -----------------------------------------------------------------------------------
+# the error names the file, the editor line (1-based) and what to fix; nothing is written
 
 
 def _ids(k):
@@ -228,7 +229,8 @@ def test_csv_row_with_a_field_too_many_names_the_line(tmp_path):
 def test_csv_wrong_number_of_ids_counts_lines_as_an_editor(tmp_path):
     # a blank line and an indices list spread over two lines: the bad row starts on line 6
     text = (
-        f'filename,label,indices\na,0,{_ids(16)}\n\nb,1,"[0, 1, 2, 3,\n 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]"\n'
+        f'filename,label,indices\na,0,{_ids(16)}\n\nb,1,"[0, 1, 2, 3,\n'
+        ' 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]"\n'
         f"c,2,{_ids(15)}\n"
     )
     _import_fails(tmp_path, text, r"line 6 has 15 token ids, expected 16 \(= 4x4 grid")

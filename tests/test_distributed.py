@@ -24,7 +24,8 @@ TRAIN = dict(
 
 
 def _grids(rng, labels):
-    """Random ids, and at 40 random positions ids of the class's own quarter of the codebook (easy to learn)."""
+    """Random ids, and at 40 random positions ids of the class's own quarter of the codebook (easy to
+    learn)."""
     t = rng.integers(0, K, size=(len(labels), *GRID))
     for i, c in enumerate(labels):
         pos = rng.choice(GRID[0] * GRID[1], 40, replace=False)

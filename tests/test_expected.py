@@ -168,8 +168,9 @@ def test_make_expected_tolerance_rule(tmp_path):
 
 
 def test_make_expected_keeps_a_previous_files_tolerances(tmp_path):
-    """--previous: a key the new run still reproduces keeps the earlier (other machines') tolerance and its earlier
-    value counts toward the spread; a key the run moved out of tolerance (an intended change) starts afresh."""
+    """--previous: a key the new run still reproduces keeps the earlier (other machines') tolerance and its
+    earlier value counts toward the spread; a key the run moved out of tolerance (an intended change) starts
+    afresh."""
     a = _run_dir(
         tmp_path / "a", {"iem1_test_top1": 0.97, "bias_colour_share_est": 0.84, "vq_test_psnr_db": 26.80}
     )
@@ -209,7 +210,8 @@ def test_make_expected_refuses_unknown_keys_and_unequal_exact_keys(tmp_path):
 
 def test_tis_fast_mode_and_reduced_variance_keys():
     """The fast mode's agreement is kept for reading (bfloat16 kernels differ between CPUs, and a CPU without
-    bfloat16 lacks the key); the reduced-variance draws' float32 agreements are checked like the other seeds'."""
+    bfloat16 lacks the key); the reduced-variance draws' float32 agreements are checked like the other
+    seeds'."""
     assert make_expected.rule_for("tis_top5_bf16_vs_float32", 0.976)[1] is None
     for key in ("tis_top5_seed_agreement_antithetic_20", "tis_top5_seed_agreement_sobol_20"):
         assert make_expected.rule_for(key, 0.73)[:2] == ("agreement_500", 0.01)
@@ -287,7 +289,8 @@ def test_readme_check_and_write(tmp_path):
     readme = tmp_path / "README.md"
     text = (
         "# title\n\nbefore\n\n<!-- expected:begin results (generated) -->\nstale 99 %\n"
-        "<!-- expected:end results -->\n\nmiddle\n\n<!-- expected:begin bias -->\n<!-- expected:end bias -->\nafter\n"
+        "<!-- expected:end results -->\n\nmiddle\n\n<!-- expected:begin bias -->\n"
+        "<!-- expected:end bias -->\nafter\n"
     )
     readme.write_text(text)
     expected = tmp_path / "expected.json"
@@ -312,8 +315,8 @@ def test_readme_check_and_write(tmp_path):
 
 
 def test_readme_says_when_the_error_rate_check_withheld_the_interval():
-    """A withheld interval ([0, 1] after the check) is not shown as one that holds the truth: the row gives the
-    check's p and the interval before the check, and whether that one held the truth."""
+    """A withheld interval ([0, 1] after the check) is not shown as one that holds the truth: the row gives
+    the check's p and the interval before the check, and whether that one held the truth."""
     e = _full_expected(
         bias_thickness_share_low=0.0,
         bias_thickness_share_high=1.0,
@@ -324,11 +327,14 @@ def test_readme_says_when_the_error_rate_check_withheld_the_interval():
         bias_colour_share_unchecked_low=0.7,
         bias_colour_share_unchecked_high=1.0,
     )
-    text = "<!-- expected:begin bias -->\n<!-- expected:end bias -->\n<!-- expected:begin results -->\n<!-- expected:end results -->\n"
+    text = (
+        "<!-- expected:begin bias -->\n<!-- expected:end bias -->\n<!-- expected:begin results -->\n"
+        "<!-- expected:end results -->\n"
+    )
     out, _ = readme_results.render_readme(text, e)
     assert (
-        "| thickness | 5 | 0.65, withheld (check p = 0.004) | [0.85, 0.95] | 0.80 | — (before the check: **no**) |"
-        in out
+        "| thickness | 5 | 0.65, withheld (check p = 0.004) | [0.85, 0.95] | 0.80 | — (before the check: "
+        "**no**) |" in out
     )
     assert (
         "| colour | 3 | 0.85 [0.70, 1.00] | – | 0.80 | yes | found |" in out
@@ -356,7 +362,8 @@ def test_readme_missing_key_is_named():
 
 
 def test_readme_blocks_match_expected_metrics():
-    """README.md's generated blocks are what benchmarks/readme_results.py renders from docs/expected_metrics.json."""
+    """README.md's generated blocks are what benchmarks/readme_results.py renders from
+    docs/expected_metrics.json."""
     expected = ROOT / "docs" / "expected_metrics.json"
     if not expected.exists():
         pytest.skip("docs/expected_metrics.json does not exist yet (benchmarks/make_expected.py writes it)")

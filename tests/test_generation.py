@@ -140,7 +140,8 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
 
 
 def test_import_does_not_load_lightning():
-    """Kernel start-up: generation uses taming's plain torch modules only (taming.models.* import Lightning)."""
+    """Kernel start-up: generation uses taming's plain torch modules only (taming.models.* import
+    Lightning)."""
     code = (
         "import sys, cortex_utils.generation as g, cortex_utils.taming_vq as v; "
         "g.build_transformer(g.transformer_config(v.DEFAULT_VQ_CONFIG, 10, n_layer=1), seed=0); "

@@ -63,7 +63,8 @@ def test_unknown_reduction():
 
 
 def _ten_grids(tmp_path):
-    """A small IEM (vgg, 6-dim embeddings, 3 classes), a token dataset of 10 train grids and a codebook of 16."""
+    """A small IEM (vgg, 6-dim embeddings, 3 classes), a token dataset of 10 train grids and a codebook of
+    16."""
     from cortex_utils import datasets as tokds
 
     torch.manual_seed(0)
@@ -309,7 +310,7 @@ def test_smoothgrad_by_hand_matches_the_batched_pass(model):
     torch.testing.assert_close(fast, (grad / 4).amax(1), atol=1e-5, rtol=0)
 
 
-# --- the ViT's attention through scaled_dot_product_attention --------------------------------------------------
+# --- the ViT's attention through scaled_dot_product_attention -----------------------------------------------
 
 
 def _attention_as_before(layer, x):
@@ -369,7 +370,7 @@ def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
         torch.testing.assert_close(model(x), model.head(model.norm(h)[:, 0]), atol=1e-5, rtol=0)
 
 
-# --- the exact mode's passes, the memory budget, the fast mode and reduced-variance draws ----------------------
+# --- the exact mode's passes, the memory budget, the fast mode and reduced-variance draws -------------------
 
 
 def test_threads_do_not_change_the_numbers_and_passes_only_the_last_bits(model):
@@ -488,7 +489,8 @@ def test_sobol_draws_are_standard_normal_and_evenly_spread():
 
 
 class _Quadratic(torch.nn.Module):
-    """logit_c = x^T A_c x: its input gradient is linear in x, so SmoothGrad's truth is the noise-free gradient."""
+    """logit_c = x^T A_c x: its input gradient is linear in x, so SmoothGrad's truth is the noise-free
+    gradient."""
 
     def __init__(self, dim=6 * 4 * 4, classes=3):
         super().__init__()
@@ -502,7 +504,8 @@ class _Quadratic(torch.nn.Module):
 
 def test_reduced_variance_draws_where_the_truth_is_known():
     """On a model whose gradient is linear in its input, the mean gradient over antithetic pairs is the
-    noise-free gradient exactly (each pair's noise cancels); Gaussian draws scatter around it, Sobol draws less."""
+    noise-free gradient exactly (each pair's noise cancels); Gaussian draws scatter around it, Sobol draws
+    less."""
     torch.manual_seed(5)
     model = _Quadratic().eval()
     x, y = torch.randn(4, 6, 4, 4), torch.tensor([0, 1, 2, 0])

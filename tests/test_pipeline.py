@@ -14,9 +14,9 @@ NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_every_preset_notebook_exists():
-    """The smoke preset runs every notebook; the default every one but those that need what a default run does not
-    have: two runs to compare (12) and real token data (13); the presets of the encoded real digits (vqvae,
-    encoded) also leave out the planted bias study (10), which needs a generator."""
+    """The smoke preset runs every notebook; the default every one but those that need what a default run does
+    not have: two runs to compare (12) and real token data (13); the presets of the encoded real digits
+    (vqvae, encoded) also leave out the planted bias study (10), which needs a generator."""
     stems = [nb.stem for nb in NOTEBOOKS]
     assert pipeline.load_preset("smoke")["notebooks"] == stems
     assert pipeline.load_preset("default")["notebooks"] == [
@@ -56,7 +56,8 @@ def test_notebook_shape(path):
 
 def test_a_group_parameter_given_in_part_keeps_its_other_defaults():
     """A parameter whose default is a non-empty dict is a group: a value naming some of its keys is completed
-    from the default, in the notebook's namespace too; an unknown key or a wrong type is an error naming it."""
+    from the default, in the notebook's namespace too; an unknown key or a wrong type is an error naming
+    it."""
     from cortex_utils.notebook import check_parameters
 
     ns = {"attribute_iem": {"epochs": 3}, "seed": 1}
@@ -149,7 +150,8 @@ def _run(args, tmp_path):
 
 
 def _printed(path) -> str:
-    """Everything an executed notebook printed or displayed as text (stream, plain text and Markdown outputs)."""
+    """Everything an executed notebook printed or displayed as text (stream, plain text and Markdown
+    outputs)."""
     nb = nbformat.read(path, as_version=4)
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     return "\n".join(
@@ -380,7 +382,8 @@ def test_vqvae_run_matches_its_expected_metrics(tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_and_its_text_form_agree(path):
     """Each notebook is paired with a text form (jupytext percent format, notebooks/NN_name.py) that a review
-    reads as a diff; the two must hold the same cells (make sync-notebooks brings the older one up to date)."""
+    reads as a diff; the two must hold the same cells (make sync-notebooks brings the older one up to
+    date)."""
     import jupytext
 
     text = path.with_suffix(".py")

@@ -91,9 +91,9 @@ def test_note_trained_counts(tmp_path, capsys):
 
 
 def test_the_second_familys_shipped_files_belong_together():
-    """data/vqvae_fsq/encoded was encoded by the shipped FSQ VQ-VAE (its card's settings and digests hold), and
-    the IEMs shipped beside that tokenizer were trained on exactly its train split: the vqvae preset loads them
-    all and trains nothing."""
+    """data/vqvae_fsq/encoded was encoded by the shipped FSQ VQ-VAE (its card's settings and digests hold),
+    and the IEMs shipped beside that tokenizer were trained on exactly its train split: the vqvae preset loads
+    them all and trains nothing."""
     from cortex_utils import shipped_checkpoints, shipped_data
     from cortex_utils import vq as vqlib
     from cortex_utils.checkpoints import read_card

@@ -12,7 +12,8 @@ from cortex_utils import vq as vqlib
 
 
 def test_import_does_not_load_lightning():
-    """Kernel start-up: the VQ seam uses taming's plain torch modules only (taming.models.* import Lightning)."""
+    """Kernel start-up: the VQ seam uses taming's plain torch modules only (taming.models.* import
+    Lightning)."""
     code = (
         "import sys, cortex_utils.vq as v, cortex_utils.taming_vq as t; v.build_vq(t.DEFAULT_VQ_CONFIG); "
         "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "

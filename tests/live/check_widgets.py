@@ -5,9 +5,9 @@ Papermill has no widget front end, so the smoke run cannot see what a slider doe
 by Playwright, runs all its cells, and then, in the explorer cell: counts the figures (there must be exactly
 one); for each slider presses the arrow key three times (the one figure must be redrawn in place: still one,
 another picture), three times back (it must come back to the first picture: the figure follows the slider,
-not a redraw still queued), then drags it with the mouse and, once the figure has settled, steps one value away
-and back (the settled picture must be the slider's final value's). How many redraws one drag caused and how
-long the figure took to settle are reported, not judged (ipywidgets coalesces a drag's values into a few
+not a redraw still queued), then drags it with the mouse and, once the figure has settled, steps one value
+away and back (the settled picture must be the slider's final value's). How many redraws one drag caused and
+how long the figure took to settle are reported, not judged (ipywidgets coalesces a drag's values into a few
 updates). Screenshots of the explorer cell are saved after the moves. Every other cell must show as many
 figures live as in the run's papermill copy (``RUN_DIR/<notebook>.ipynb``): no figure shown twice, none lost.
 
@@ -21,8 +21,8 @@ then, on a finished default run (the notebooks run on a copy of it, so the run i
     .venv/bin/python tests/live/check_widgets.py runs/d --out runs/live-check
 
 Last line: key=value pairs per notebook and slider (``figures_after``, ``changed``, ``returns``,
-``figures_after_drag``, ``drag_final_matches``; informational: ``drag_redraws``, ``drag_settle_seconds``, from the
-start of the drag to the last redraw) and ``live_widgets_ok``; the exit status is 1 if any check
+``figures_after_drag``, ``drag_final_matches``; informational: ``drag_redraws``, ``drag_settle_seconds``, from
+the start of the drag to the last redraw) and ``live_widgets_ok``; the exit status is 1 if any check
 failed.
 """
 
@@ -68,7 +68,8 @@ def free_port() -> int:
 
 
 def parameterised_copy(name: str, run_dir: Path, folder: Path) -> Path:
-    """The notebook with its ``parameters`` cell's run_dir pointed at ``run_dir`` (as papermill would inject)."""
+    """The notebook with its ``parameters`` cell's run_dir pointed at ``run_dir`` (as papermill would
+    inject)."""
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = "\n".join(
