@@ -25,8 +25,10 @@ pipeline: install
 smoke: install
 	$(BIN)/python -m cortex_utils.pipeline --preset smoke $(ARGS)
 
+# ruff lints the notebooks in both forms and formats their text forms (pyproject: format excludes *.ipynb)
 lint: install
 	$(BIN)/ruff check cortex_utils tests benchmarks notebooks
+	$(BIN)/ruff format --check cortex_utils tests benchmarks notebooks
 
 test: lint
 	$(BIN)/python -m pytest

@@ -1,9 +1,10 @@
 """Several objects with known places: two real digits side by side, the target's place known by construction.
 
-A **composite** puts two real 32x32 digits of one split next to each other. The **target** sits on a random side
-and is drawn in one of the palette's colours other than white; the **distractor**, a digit of another class, is
-drawn in white. The label is the target's class, so an IEM has to find the coloured digit and read it: the rule
-is learnable (colour says which digit counts) while position alone says nothing (the side is random).
+A **composite** puts two real 32x32 digits of one split next to each other. The **target** sits on a random
+side and is drawn in one of the palette's colours other than white; the **distractor**, a digit of another
+class, is drawn in white. The label is the target's class, so an IEM has to find the coloured digit and read
+it: the rule is learnable (colour says which digit counts) while position alone says nothing (the side is
+random).
 
 Each half is encoded on its own by the run's tokenizer and the two ``h x w`` grids are put side by side
 (``h x 2w``; 8x16 for the shipped VQ model). A token of the left half then depends on the left digit only:
@@ -37,11 +38,11 @@ COLUMNS = ("side", "distractor", "target_row", "distractor_row", "target_colour"
 
 
 def pair_digits(labels, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``n`` composites over the digits of one split (their ``labels``): for each, the target's row (the classes
-    take turns, in a fresh random order every round, so each class has ``n / classes`` targets give or take one;
-    within a class every digit in turn, in a random order, cycled when needed), the distractor's row (a random
-    digit of another class), the target's ``side`` (0 left, 1 right, at random) and its colour (a ``PALETTE``
-    index, never white). Deterministic in ``seed``."""
+    """``n`` composites over the digits of one split (their ``labels``): for each, the target's row (the
+    classes take turns, in a fresh random order every round, so each class has ``n / classes`` targets give or
+    take one; within a class every digit in turn, in a random order, cycled when needed), the distractor's row
+    (a random digit of another class), the target's ``side`` (0 left, 1 right, at random) and its colour (a
+    ``PALETTE`` index, never white). Deterministic in ``seed``."""
     labels = np.asarray(labels).astype(np.int64)
     if labels.ndim != 1 or len(labels) == 0:
         raise ValueError(f"need the labels of at least one digit, got shape {labels.shape}")
@@ -62,8 +63,14 @@ def pair_digits(labels, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         at = np.flatnonzero(labels[target] == c)
         distractor[at] = rng.choice(others, size=len(at))
     colours = [i for i, name in enumerate(PALETTE) if name != DISTRACTOR_COLOUR]
-    return {"target_row": target, "distractor_row": distractor, "side": rng.integers(0, 2, n),
-            "target_colour": rng.choice(colours, size=n), "label": labels[target], "distractor": labels[distractor]}
+    return {
+        "target_row": target,
+        "distractor_row": distractor,
+        "side": rng.integers(0, 2, n),
+        "target_colour": rng.choice(colours, size=n),
+        "label": labels[target],
+        "distractor": labels[distractor],
+    }
 
 
 def halves(gray, pairs: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +90,9 @@ def halves(gray, pairs: dict) -> tuple[np.ndarray, np.ndarray]:
 def side_by_side(left, right):
     """Two stacks of images or grids ``(N, ..., H, W)`` joined along the width -> ``(N, ..., H, 2W)``."""
     if left.shape != right.shape:
-        raise ValueError(f"the two halves must have the same shape, got {tuple(left.shape)} and {tuple(right.shape)}")
+        raise ValueError(
+            f"the two halves must have the same shape, got {tuple(left.shape)} and {tuple(right.shape)}"
+        )
     if isinstance(left, torch.Tensor):
         return torch.cat([left, right], -1)
     return np.concatenate([left, right], -1)
@@ -92,17 +101,25 @@ def side_by_side(left, right):
 def encode_composites(vq, gray, pairs: dict, batch_size: int = 256) -> np.ndarray:
     """Token grids ``(N, h, 2w)``: each half encoded on its own by ``vq``, the two grids side by side."""
     left, right = halves(gray, pairs)
-    ids = [vqlib.encode(vq, to_model_input(x), batch_size=batch_size, progress=True).numpy() for x in (left, right)]
+    ids = [
+        vqlib.encode(vq, to_model_input(x), batch_size=batch_size, progress=True).numpy()
+        for x in (left, right)
+    ]
     return side_by_side(*ids)
 
 
 def decode_composites(vq, tokens) -> torch.Tensor:
-    """Images in [-1, 1] ``(N, C, H, 2W)`` of composite token grids ``(N, h, 2w)``: each half decoded on its own."""
+    """Images in [-1, 1] ``(N, C, H, 2W)`` of composite token grids ``(N, h, 2w)``: each half decoded on its
+    own."""
     tokens = vqlib.check_token_grids(tokens, vqlib.codebook(vq).shape[0])
     w = vqlib.grid_shape(vq)[1]
     if tokens.shape[2] != 2 * w:
-        raise ValueError(f"composite grids are {2 * w} tokens wide (two {w}-wide halves), got {tokens.shape[2]}")
-    return side_by_side(vqlib.decode(vq, tokens[..., :w].contiguous()), vqlib.decode(vq, tokens[..., w:].contiguous()))
+        raise ValueError(
+            f"composite grids are {2 * w} tokens wide (two {w}-wide halves), got {tokens.shape[2]}"
+        )
+    return side_by_side(
+        vqlib.decode(vq, tokens[..., :w].contiguous()), vqlib.decode(vq, tokens[..., w:].contiguous())
+    )
 
 
 def composite_meta(vq) -> dict:
@@ -119,33 +136,52 @@ def make_composites(vq, data: dict, sizes: dict, seed: int = 0) -> dict:
         if split not in data:
             raise ValueError(f"no digits for split {split!r} (have {sorted(data)})")
         pairs = pair_digits(data[split]["labels"], n, seed=seed * 100 + i)
-        out[split] = (encode_composites(vq, data[split]["gray"], pairs), pairs["label"],
-                      {c: pairs[c] for c in COLUMNS})
+        out[split] = (
+            encode_composites(vq, data[split]["gray"], pairs),
+            pairs["label"],
+            {c: pairs[c] for c in COLUMNS},
+        )
     return out
 
 
 def composite_dataset(vq, data: dict, sizes: dict, path, shipped_path, seed: int = 0, rebuild: bool = False):
-    """The composite token dataset at ``path``: a copy of the shipped one (``shipped_path``) when its card says
-    it was made by this tokenizer with these settings, else made here (with its card, so that
+    """The composite token dataset at ``path``: a copy of the shipped one (``shipped_path``) when its card
+    says it was made by this tokenizer with these settings, else made here (with its card, so that
     ``make checkpoints`` can ship it). Returns ``(dataset, why, made_here)``."""
     settings = {"sizes": dict(sizes), "seed": seed, "rule": RULE, "vq_fingerprint": vqlib.fingerprint(vq)}
-    shipped, why = (None, "rebuild = True") if rebuild else (
-        tokds.shipped_dataset(shipped_path, settings) if Path(shipped_path).is_dir() else (None, f"nothing at {shipped_path}"))
+    shipped, why = (
+        (None, "rebuild = True")
+        if rebuild
+        else (
+            tokds.shipped_dataset(shipped_path, settings)
+            if Path(shipped_path).is_dir()
+            else (None, f"nothing at {shipped_path}")
+        )
+    )
     if shipped is not None:
         return tokds.copy_dataset(shipped, path), why, False
     splits = make_composites(vq, data, sizes, seed)
     details = {"rule": RULE, "sizes": dict(sizes), "seed": seed, "halves": "encoded apart"}
-    ds = tokds.save_token_dataset(path, {s: (t, y) for s, (t, y, _) in splits.items()}, CLASS_NAMES, composite_meta(vq),
-                                  source="composites", details=details, columns={s: c for s, (_, _, c) in splits.items()})
-    tokds.write_dataset_card(path, {"kind": "token dataset", "settings": settings, "rebuild": rebuild_command(ds.vq_family)})
+    ds = tokds.save_token_dataset(
+        path,
+        {s: (t, y) for s, (t, y, _) in splits.items()},
+        CLASS_NAMES,
+        composite_meta(vq),
+        source="composites",
+        details=details,
+        columns={s: c for s, (_, _, c) in splits.items()},
+    )
+    tokds.write_dataset_card(
+        path, {"kind": "token dataset", "settings": settings, "rebuild": rebuild_command(ds.vq_family)}
+    )
     return ds, why, True
 
 
 def composite_iem(ds, codebook: torch.Tensor, training: dict, path, shipped_path, retrain: bool = False):
-    """A VGG-like IEM (architecture 1) on the composites: the shipped one at ``shipped_path`` when it was trained
-    on exactly this train split with exactly ``training`` (``epochs``, ``batch_size``, ``lr``, ``weight_decay``,
-    ``lr_step``, ``lr_gamma``, ``width``, ``seed``), else trained here and saved to ``path`` with its card.
-    Returns ``(model, path of its weights, why, trained)``."""
+    """A VGG-like IEM (architecture 1) on the composites: the shipped one at ``shipped_path`` when it was
+    trained on exactly this train split with exactly ``training`` (``epochs``, ``batch_size``, ``lr``,
+    ``weight_decay``, ``lr_step``, ``lr_gamma``, ``width``, ``seed``), else trained here and saved to ``path``
+    with its card. Returns ``(model, path of its weights, why, trained)``."""
     fp = tokds.split_fingerprint(ds, "train")
     spec = {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
     found, why = (None, "retrain = True") if retrain else shipped_iem(shipped_path, fp, training)
@@ -153,20 +189,40 @@ def composite_iem(ds, codebook: torch.Tensor, training: dict, path, shipped_path
         return load_iem(found, expect={"arch": 1, **spec}), Path(found), why, False
     torch.manual_seed(training["seed"])
     model = build_iem(1, spec["in_channels"], ds.grid, spec["n_classes"], width=training["width"])
-    train = tokds.embedding_loader(ds, "train", codebook, training["batch_size"], shuffle=True, seed=training["seed"])
-    log, _ = train_iem(model, train, tokds.embedding_loader(ds, "val", codebook, 512), epochs=training["epochs"], lr=training["lr"],
-                       weight_decay=training["weight_decay"], step_size=training["lr_step"], gamma=training["lr_gamma"],
-                       desc="IEM on composites")
+    train = tokds.embedding_loader(
+        ds, "train", codebook, training["batch_size"], shuffle=True, seed=training["seed"]
+    )
+    log, _ = train_iem(
+        model,
+        train,
+        tokds.embedding_loader(ds, "val", codebook, 512),
+        epochs=training["epochs"],
+        lr=training["lr"],
+        weight_decay=training["weight_decay"],
+        step_size=training["lr_step"],
+        gamma=training["lr_gamma"],
+        desc="IEM on composites",
+    )
     best = log.loc[log["val_loss"].idxmin()]
-    save_iem(model, path, card={
-        "kind": "iem_composites", "rule": RULE, "vq_fingerprint": ds.manifest["vq_fingerprint"], "train_fingerprint": fp,
-        "training": training, "log": log.to_dict("records"),
-        "metrics": {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])},
-        "rebuild": rebuild_command(ds.vq_family)})
+    save_iem(
+        model,
+        path,
+        card={
+            "kind": "iem_composites",
+            "rule": RULE,
+            "vq_fingerprint": ds.manifest["vq_fingerprint"],
+            "train_fingerprint": fp,
+            "training": training,
+            "log": log.to_dict("records"),
+            "metrics": {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])},
+            "rebuild": rebuild_command(ds.vq_family),
+        },
+    )
     return model, Path(path), why, True
 
 
-# --- the pointing game ---------------------------------------------------------------------------------------
+# --- the pointing game ----------------------------------------------------------------------------------
+
 
 def _sides(side, n: int) -> np.ndarray:
     side = np.asarray(side)
@@ -224,9 +280,11 @@ def pointing_chance(grid) -> float:
     return float(target_mask((h, w), [0]).sum() / (h * w))
 
 
-def bootstrap_mean(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of ``values`` (one per image) with a percentile bootstrap interval (images
-    resampled with replacement)."""
+def bootstrap_mean(
+    values, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` (one per image) with a percentile bootstrap interval
+    (images resampled with replacement)."""
     values = np.asarray(values, dtype=np.float64).ravel()
     if len(values) == 0:
         raise ValueError("no values to average")
@@ -240,9 +298,9 @@ def bootstrap_mean(values, n_boot: int = 2000, level: float = 0.95, seed: int = 
 
 def overlap_chance(reference: dict, weights, k: int, n_draws: int = 2000, seed: int = 0) -> float:
     """The overlap ``|A & B| / |A|`` of ``k`` ids ``A`` drawn at random (without replacement, each id with
-    probability proportional to ``weights[c]``, e.g. its usage in class ``c``; all of them when fewer than ``k``
-    have a weight) with each class's reference set ``B`` (``reference``: ``{class: ids}``), averaged over draws
-    and classes."""
+    probability proportional to ``weights[c]``, e.g. its usage in class ``c``; all of them when fewer than
+    ``k`` have a weight) with each class's reference set ``B`` (``reference``: ``{class: ids}``), averaged
+    over draws and classes."""
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or (weights < 0).any():
         raise ValueError(f"weights must be a non-negative (classes, ids) array, got shape {weights.shape}")

@@ -55,7 +55,9 @@ def training_curves(log: pd.DataFrame, columns, title: str = ""):
     cols = [c for c in columns if c in log]
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3), squeeze=False)
     for ax, c in zip(axes.flat, cols, strict=True):
-        sns.lineplot(data=log.dropna(subset=[c]), x="step", y=c, ax=ax, marker="o" if log[c].isna().any() else None)
+        sns.lineplot(
+            data=log.dropna(subset=[c]), x="step", y=c, ax=ax, marker="o" if log[c].isna().any() else None
+        )
         ax.set_title(c)
     fig.suptitle(title)
     fig.tight_layout()
@@ -83,8 +85,16 @@ def confusion(true, pred, class_names, title: str = "confusion", normalize: bool
     if normalize:
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(0.5 * n + 2, 0.45 * n + 1.5))
-    sns.heatmap(m, annot=n <= 12, fmt=".2f" if normalize else "g", cmap="Blues", ax=ax, cbar=False,
-                xticklabels=class_names, yticklabels=class_names)
+    sns.heatmap(
+        m,
+        annot=n <= 12,
+        fmt=".2f" if normalize else "g",
+        cmap="Blues",
+        ax=ax,
+        cbar=False,
+        xticklabels=class_names,
+        yticklabels=class_names,
+    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true / conditioning class")
     ax.set_title(title)
@@ -108,8 +118,13 @@ def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np
     h, w = np.asarray(scores).shape
     H, W = img.shape[:2]
     ax.imshow(img.squeeze(), cmap="gray", interpolation="nearest")
-    ax.imshow(np.asarray(scores), cmap="inferno", alpha=alpha, extent=(-0.5, W - 0.5, H - 0.5, -0.5),
-              interpolation="nearest")
+    ax.imshow(
+        np.asarray(scores),
+        cmap="inferno",
+        alpha=alpha,
+        extent=(-0.5, W - 0.5, H - 0.5, -0.5),
+        interpolation="nearest",
+    )
     if top is not None:
         ph, pw = H / h, W / w
         for p in np.asarray(top).ravel():
@@ -144,8 +159,16 @@ def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     top = set(topk_positions(np.asarray(scores)[None], top_n)[0].tolist())
     for (r, c), t in np.ndenumerate(grid):
         p = r * grid.shape[1] + c
-        axes[1].text(c, r, str(t), ha="center", va="center", fontsize=7,
-                     color="crimson" if p in top else "black", weight="bold" if p in top else "normal")
+        axes[1].text(
+            c,
+            r,
+            str(t),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="crimson" if p in top else "black",
+            weight="bold" if p in top else "normal",
+        )
     axes[1].set_title(f"token ids (top-{top_n} TIS in red)")
     axes[1].set_xticks([])
     axes[1].set_yticks([])
@@ -160,8 +183,16 @@ def count_histograms(panels: dict):
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
     for ax, (title, by_value) in zip(axes[0], panels.items(), strict=True):
         frame = pd.concat([pd.DataFrame({"count": c, "tokens of": v}) for v, c in by_value.items()])
-        sns.histplot(frame, x="count", hue="tokens of", discrete=True, element="step", stat="proportion",
-                     common_norm=False, ax=ax)
+        sns.histplot(
+            frame,
+            x="count",
+            hue="tokens of",
+            discrete=True,
+            element="step",
+            stat="proportion",
+            common_norm=False,
+            ax=ax,
+        )
         ax.set(title=title, xlabel="positions holding the value's tokens")
         ax.title.set_fontsize(9)
     fig.tight_layout()
@@ -172,9 +203,13 @@ def delta_bars(deltas: pd.DataFrame, toward: str = "the planted value"):
     """The paper's Cliff's δ of each row of a bias study's table (``bias``, ``neutral set``, ``delta``,
     ``delta_low``, ``delta_high``), with its interval."""
     fig, ax = plt.subplots(figsize=(4.5, 0.5 + 0.6 * len(deltas)))
-    ax.barh([f"{b}\n{n}" for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)], deltas["delta"],
-            xerr=[deltas["delta"] - deltas["delta_low"], deltas["delta_high"] - deltas["delta"]], capsize=3,
-            color="tab:gray")
+    ax.barh(
+        [f"{b}\n{n}" for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)],
+        deltas["delta"],
+        xerr=[deltas["delta"] - deltas["delta_low"], deltas["delta_high"] - deltas["delta"]],
+        capsize=3,
+        color="tab:gray",
+    )
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlim(-1, 1)
     ax.set_xlabel(f"the paper's Cliff's δ (raw counts)\ntoward {toward}")

@@ -1,4 +1,5 @@
-"""The first tokenizer family: taming-transformers' VQGAN (``VQModel``) behind the tokenizer protocol of ``vq``.
+"""The first tokenizer family: taming-transformers' VQGAN (``VQModel``) behind the tokenizer protocol of
+``vq``.
 
 This is the only module that imports ``taming`` (a test checks it): the class-conditional transformer of
 ``generation`` and the bias study's generator are built from taming classes named in configs and
@@ -62,7 +63,8 @@ def _import_taming():
 
     * Lightning 2 removed ``pytorch_lightning.utilities.distributed``; taming imports ``rank_zero_only``
       from it, which now lives in ``pytorch_lightning.utilities``.
-    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see ``_transformers_stand_in``).
+    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see
+      ``_transformers_stand_in``).
     """
     import pytorch_lightning.utilities as plu  # deferred: Lightning only for a config that names its classes
 
@@ -88,10 +90,10 @@ def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
 
 
 def instantiate(config: dict):
-    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as taming's
-    ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning). Only the
-    target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or ``taming.main``
-    target goes through ``_import_taming`` (Lightning)."""
+    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as
+    taming's ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning).
+    Only the target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or
+    ``taming.main`` target goes through ``_import_taming`` (Lightning)."""
     if "target" not in config:
         raise KeyError("Expected key `target` to instantiate.")
     module, name = config["target"].rsplit(".", 1)
@@ -116,14 +118,27 @@ class TamingVQ(torch.nn.Module):
     ``ckpt_path``, ``ignore_keys`` and ``monitor`` only concern taming's Lightning training and are ignored.
     """
 
-    def __init__(self, ddconfig, n_embed, embed_dim, lossconfig=None, ckpt_path=None, ignore_keys=(),
-                 image_key="image", colorize_nlabels=None, monitor=None, remap=None, sane_index_shape=False):
+    def __init__(
+        self,
+        ddconfig,
+        n_embed,
+        embed_dim,
+        lossconfig=None,
+        ckpt_path=None,
+        ignore_keys=(),
+        image_key="image",
+        colorize_nlabels=None,
+        monitor=None,
+        remap=None,
+        sane_index_shape=False,
+    ):
         super().__init__()
         self.image_key = image_key
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
-        self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, remap=remap,
-                                         sane_index_shape=sane_index_shape)
+        self.quantize = VectorQuantizer2(
+            n_embed, embed_dim, beta=0.25, remap=remap, sane_index_shape=sane_index_shape
+        )
         self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
         self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         if colorize_nlabels is not None:
@@ -185,8 +200,13 @@ IMAGENET_F16_16384_CONFIG = {
         },
         "lossconfig": {
             "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-            "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0,
-                       "disc_weight": 0.75, "codebook_weight": 1.0},
+            "params": {
+                "disc_conditional": False,
+                "disc_in_channels": 3,
+                "disc_start": 0,
+                "disc_weight": 0.75,
+                "codebook_weight": 1.0,
+            },
         },
     },
 }
@@ -256,7 +276,8 @@ class TamingTokenizer:
 
 
 def build(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> TamingTokenizer:
-    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for taming's ``VQModel``.
+    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for taming's
+    ``VQModel``.
 
     Another ``VQModel`` subclass (``GumbelVQ``, ``VQSegmentationModel``, ...) is built by taming itself,
     which imports pytorch_lightning.
@@ -285,19 +306,34 @@ def load(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool =
 
 
 def taming_model(vq) -> torch.nn.Module:
-    """The taming module inside a tokenizer (the first stage of taming's transformers); refuses another family."""
+    """The taming module inside a tokenizer (the first stage of taming's transformers); refuses another
+    family."""
     if not isinstance(vq, TamingTokenizer):
-        raise TypeError(f"a taming transformer needs a taming tokenizer as its first stage, got "
-                        f"{type(vq).__name__} (family {getattr(vq, 'family', '?')!r})")
+        raise TypeError(
+            f"a taming transformer needs a taming tokenizer as its first stage, got "
+            f"{type(vq).__name__} (family {getattr(vq, 'family', '?')!r})"
+        )
     return vq.model
 
 
 # --- training the embedded default -------------------------------------------------------------
 
-def train_vq(tok: TamingTokenizer, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 500,
-             batch_size: int = 64, lr: float = 1e-3, seed: int = 0, revive_every: int = 50,
-             l2_weight: float = 1.0, log_every: int = 50, discriminator_weight: float = 0.0,
-             discriminator_start: int = 0, bf16: bool = False) -> pd.DataFrame:
+
+def train_vq(
+    tok: TamingTokenizer,
+    train_gray: np.ndarray,
+    val_images: torch.Tensor,
+    steps: int = 500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    revive_every: int = 50,
+    l2_weight: float = 1.0,
+    log_every: int = 50,
+    discriminator_weight: float = 0.0,
+    discriminator_start: int = 0,
+    bf16: bool = False,
+) -> pd.DataFrame:
     """Train a taming VQModel on digits with fresh colours each batch (no perceptual loss: the LPIPS
     VGG weights cannot be fetched here).
 
@@ -358,14 +394,22 @@ def train_vq(tok: TamingTokenizer, train_gray: np.ndarray, val_images: torch.Ten
                 # move dead codes where the codebook fits worst (k-means++-like), not onto the background
                 # that most positions show and that live codes already represent well
                 err = torch.cdist(flat, vq.quantize.embedding.weight.detach()).min(1).values.pow(2)
-                pick = torch.multinomial(err + 1e-12, len(dead), replacement=len(dead) > len(flat), generator=gen)
+                pick = torch.multinomial(
+                    err + 1e-12, len(dead), replacement=len(dead) > len(flat), generator=gen
+                )
                 with torch.no_grad():
                     vq.quantize.embedding.weight[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
                 revived += len(dead)
             used.zero_()
         if step % log_every == 0 or step == steps - 1:
-            row = {"step": step, "loss": loss.item(), "l1": l1.item(), "qloss": qloss.item(),
-                   "train_psnr_db": psnr(rec.detach(), x).mean().item(), "revived_total": revived}
+            row = {
+                "step": step,
+                "loss": loss.item(),
+                "l1": l1.item(),
+                "qloss": qloss.item(),
+                "train_psnr_db": psnr(rec.detach(), x).mean().item(),
+                "revived_total": revived,
+            }
             if step % (log_every * 4) == 0 or step == steps - 1:
                 vq.eval()
                 row["val_psnr_db"] = reconstruction_report(tok, val_images)["psnr_db"]

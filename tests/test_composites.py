@@ -1,4 +1,5 @@
-"""Several objects with known places (cortex_utils.composites): composition, the pointing game, the shipped files."""
+"""Several objects with known places (cortex_utils.composites): composition, the pointing game, the shipped
+files."""
 
 import numpy as np
 import pytest
@@ -71,17 +72,23 @@ def test_pointing_share_on_maps_whose_truth_is_known():
     one = np.zeros((1, 4, 8))
     one[0, 2, 6] = 1  # one hot position on the right: top-1 points there, top-2 adds the first left position
     assert composites.pointing_share(one, [1], 1)[0] == 1 and composites.pointing_share(one, [1], 2)[0] == 0.5
-    assert (composites.target_half(np.arange(64).reshape(2, 4, 8), [1, 0])[0] == np.arange(32).reshape(4, 8)[:, 4:]).all()
+    assert (
+        composites.target_half(np.arange(64).reshape(2, 4, 8), [1, 0])[0]
+        == np.arange(32).reshape(4, 8)[:, 4:]
+    ).all()
 
 
-@pytest.mark.parametrize("maps, side, k, message", [
-    (np.zeros((2, 4, 7)), [0, 1], 5, "even width"),
-    (np.zeros((0, 4, 8)), [], 5, "empty"),
-    (np.zeros((2, 4, 8)), [0], 5, "one side per map"),
-    (np.zeros((2, 4, 8)), [0, 2], 5, "0 \\(left\\) or 1 \\(right\\)"),
-    (np.zeros((2, 4, 8)), [0, 1], 0, "k must be >= 1"),
-    (np.zeros((2, 4, 8)), [0, 1], 33, "k must lie in"),
-])
+@pytest.mark.parametrize(
+    "maps, side, k, message",
+    [
+        (np.zeros((2, 4, 7)), [0, 1], 5, "even width"),
+        (np.zeros((0, 4, 8)), [], 5, "empty"),
+        (np.zeros((2, 4, 8)), [0], 5, "one side per map"),
+        (np.zeros((2, 4, 8)), [0, 2], 5, "0 \\(left\\) or 1 \\(right\\)"),
+        (np.zeros((2, 4, 8)), [0, 1], 0, "k must be >= 1"),
+        (np.zeros((2, 4, 8)), [0, 1], 33, "k must lie in"),
+    ],
+)
 def test_bad_maps_get_clear_errors(maps, side, k, message):
     with pytest.raises(ValueError, match=message):
         composites.pointing_share(maps, np.asarray(side), k)
@@ -121,7 +128,9 @@ def test_the_dataset_round_trips_with_its_side_labels(tmp_path):
     rng = np.random.default_rng(0)
     splits = {s: (rng.integers(0, 16, (6, 2, 4)), np.arange(6) % 2) for s in ("train", "test")}
     columns = {s: {"side": rng.integers(0, 2, 6), "distractor": np.arange(6) % 3} for s in splits}
-    ds = tokds.save_token_dataset(tmp_path / "c", splits, ["a", "b"], META, source="composites", columns=columns)
+    ds = tokds.save_token_dataset(
+        tmp_path / "c", splits, ["a", "b"], META, source="composites", columns=columns
+    )
     back = tokds.load_token_dataset(tmp_path / "c")
     assert back.manifest["columns"] == ["distractor", "side"]
     for s in splits:
@@ -131,20 +140,30 @@ def test_the_dataset_round_trips_with_its_side_labels(tmp_path):
 
 
 def _plain(tmp_path):
-    return tokds.save_token_dataset(tmp_path / "plain", {"train": (np.zeros((2, 2, 4), int), np.array([0, 1]))},
-                                    ["a", "b"], META, source="x").path
+    return tokds.save_token_dataset(
+        tmp_path / "plain",
+        {"train": (np.zeros((2, 2, 4), int), np.array([0, 1]))},
+        ["a", "b"],
+        META,
+        source="x",
+    ).path
 
 
-@pytest.mark.parametrize("columns, message", [
-    ({"train": {"side": np.zeros(5, int)}}, "one integer per image"),
-    ({"train": {"side": np.zeros(6)}}, "one integer per image"),
-    ({"train": {"labels": np.zeros(6, int)}}, "identifier other than"),
-    ({"train": {"side": np.zeros(6, int)}, "test": {"side": np.zeros(6, int)}}, "for every split"),
-])
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"train": {"side": np.zeros(5, int)}}, "one integer per image"),
+        ({"train": {"side": np.zeros(6)}}, "one integer per image"),
+        ({"train": {"labels": np.zeros(6, int)}}, "identifier other than"),
+        ({"train": {"side": np.zeros(6, int)}, "test": {"side": np.zeros(6, int)}}, "for every split"),
+    ],
+)
 def test_bad_columns_are_refused_and_nothing_is_written(tmp_path, columns, message):
     splits = {"train": (np.zeros((6, 2, 4), int), np.arange(6) % 2)}
     with pytest.raises(ValueError, match=message):
-        tokds.save_token_dataset(tmp_path / "c", splits, ["a", "b"], META, source="composites", columns=columns)
+        tokds.save_token_dataset(
+            tmp_path / "c", splits, ["a", "b"], META, source="composites", columns=columns
+        )
     assert not (tmp_path / "c").exists()
 
 
@@ -156,8 +175,12 @@ def test_the_shipped_composite_iem_matches_the_shipped_composites():
 
     vq_card = read_card(SHIPPED_CHECKPOINTS / "vq_mnist.safetensors")
     vq = vqlib.load_vq(vq_card["config"], SHIPPED_CHECKPOINTS / "vq_mnist.safetensors")
-    settings = {"sizes": {"train": 7000, "val": 750, "test": 750}, "seed": 0, "rule": composites.RULE,
-                "vq_fingerprint": vqlib.fingerprint(vq)}
+    settings = {
+        "sizes": {"train": 7000, "val": 750, "test": 750},
+        "seed": 0,
+        "rule": composites.RULE,
+        "vq_fingerprint": vqlib.fingerprint(vq),
+    }
     ds, why = tokds.shipped_dataset(SHIPPED_DATA / "composites", settings)
     assert ds is not None, why
     tokds.check_matches(ds, vq)
@@ -170,21 +193,34 @@ def test_the_shipped_composite_iem_matches_the_shipped_composites():
 
 
 def test_the_composite_iem_is_trained_saved_and_then_loaded(tmp_path, one_thread):
-    """Trained (and saved with its card) when nothing matches; the saved weights are then loaded as the shipped
-    ones for the same train split and settings, and refused for other settings."""
+    """Trained (and saved with its card) when nothing matches; the saved weights are then loaded as the
+    shipped ones for the same train split and settings, and refused for other settings."""
     rng = np.random.default_rng(0)
     meta = {"vq_fingerprint": "abc", "n_embed": 16, "embed_dim": 4, "grid": [4, 8]}
     splits = {s: (rng.integers(0, 16, (n, 4, 8)), np.arange(n) % 2) for s, n in (("train", 12), ("val", 4))}
     ds = tokds.save_token_dataset(tmp_path / "c", splits, ["a", "b"], meta, source="composites")
-    training = {"epochs": 1, "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "lr_step": 1, "lr_gamma": 0.1,
-                "width": 4, "seed": 0}
+    training = {
+        "epochs": 1,
+        "batch_size": 4,
+        "lr": 0.01,
+        "weight_decay": 0.0,
+        "lr_step": 1,
+        "lr_gamma": 0.1,
+        "width": 4,
+        "seed": 0,
+    }
     codebook = torch.randn(16, 4)
-    model, path, why, trained = composites.composite_iem(ds, codebook, training, tmp_path / "iem.safetensors",
-                                                         tmp_path / "nothing.safetensors")
+    model, path, why, trained = composites.composite_iem(
+        ds, codebook, training, tmp_path / "iem.safetensors", tmp_path / "nothing.safetensors"
+    )
     assert trained and path.exists() and "no shipped IEM" in why
-    again, path2, _, trained2 = composites.composite_iem(ds, codebook, training, tmp_path / "other.safetensors", path)
+    again, path2, _, trained2 = composites.composite_iem(
+        ds, codebook, training, tmp_path / "other.safetensors", path
+    )
     assert not trained2 and path2 == path
     x = torch.randn(3, 4, 4, 8)
     assert torch.allclose(model.eval()(x), again(x))
-    _, _, why, trained3 = composites.composite_iem(ds, codebook, {**training, "width": 8}, tmp_path / "w8.safetensors", path)
+    _, _, why, trained3 = composites.composite_iem(
+        ds, codebook, {**training, "width": 8}, tmp_path / "w8.safetensors", path
+    )
     assert trained3 and "width 4 (here 8)" in why

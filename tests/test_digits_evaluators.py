@@ -33,7 +33,9 @@ def test_evaluator_checkpoint_round_trip_and_size_check(arch, tmp_path):
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     model(x)
     model.eval()
-    p = save_weights(model.state_dict(), tmp_path / "e.safetensors", card={"arch": arch, "image_size": 32, "n_classes": 10})
+    p = save_weights(
+        model.state_dict(), tmp_path / "e.safetensors", card={"arch": arch, "image_size": 32, "n_classes": 10}
+    )
     again = evaluators.load_evaluator(p, arch)
     torch.testing.assert_close(evaluators.predict_logits(again, x), evaluators.predict_logits(model, x))
     with pytest.raises(ValueError, match="trained on 32px"):

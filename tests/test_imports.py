@@ -12,7 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "cortex_utils"
 MODULES = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
-READERS = sorted([*PKG.glob("*.py"), *(REPO / "notebooks").glob("[0-9][0-9]_*.py"), *(REPO / "benchmarks").glob("*.py")])
+READERS = sorted(
+    [*PKG.glob("*.py"), *(REPO / "notebooks").glob("[0-9][0-9]_*.py"), *(REPO / "benchmarks").glob("*.py")]
+)
 
 
 def _rel(path: Path) -> str:
@@ -58,7 +60,7 @@ def test_no_import_circle_among_the_modules():
         state[m] = "open"
         for n in sorted(graph[m]):
             if state.get(n) == "open":
-                cycles.append(" -> ".join([*path[path.index(n):], n]))
+                cycles.append(" -> ".join([*path[path.index(n) :], n]))
             elif n not in state:
                 visit(n, [*path, n])
         state[m] = "done"
@@ -71,8 +73,10 @@ def test_no_import_circle_among_the_modules():
 
 def test_the_circle_finder_finds_one(tmp_path):
     """The import reader sees the forms the modules use (the test above must be able to fail)."""
-    tree = ast.parse("from . import vq\nfrom .datasets import load_token_dataset\nimport cortex_utils.tis as t\n"
-                     "from cortex_utils import iem as iemlib\nfrom cortex_utils.concepts import concept_tokens\n")
+    tree = ast.parse(
+        "from . import vq\nfrom .datasets import load_token_dataset\nimport cortex_utils.tis as t\n"
+        "from cortex_utils import iem as iemlib\nfrom cortex_utils.concepts import concept_tokens\n"
+    )
     found = [(m, alias) for _, m, alias in package_imports(tree, True)]
     assert found == [("vq", "vq"), ("datasets", None), ("tis", "t"), ("iem", "iemlib"), ("concepts", None)]
 
@@ -85,11 +89,22 @@ def private_uses(tree: ast.AST, own: str | None, in_package: bool) -> list[str]:
     for node, module, alias in package_imports(tree, in_package):
         if alias:
             aliases[alias] = module
-        if isinstance(node, ast.ImportFrom) and module != own and node.module and node.module.endswith(module):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and module != own
+            and node.module
+            and node.module.endswith(module)
+        ):
             found += [f"from {module} import {a.name}" for a in node.names if a.name.startswith("_")]
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and aliases[node.value.id] != own and node.attr.startswith("_") and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and aliases[node.value.id] != own
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{aliases[node.value.id]}.{node.attr} (line {node.lineno})")
     return found
 
@@ -105,9 +120,14 @@ def test_no_private_name_used_across_modules():
 
 
 def test_the_private_use_finder_finds_one():
-    tree = ast.parse("from . import evaluation\nfrom .vq import _autocast\nx = evaluation._tokens_np(1)\n"
-                     "y = evaluation.public(2)\n")
-    assert private_uses(tree, "attribution", True) == ["from vq import _autocast", "evaluation._tokens_np (line 3)"]
+    tree = ast.parse(
+        "from . import evaluation\nfrom .vq import _autocast\nx = evaluation._tokens_np(1)\n"
+        "y = evaluation.public(2)\n"
+    )
+    assert private_uses(tree, "attribution", True) == [
+        "from vq import _autocast",
+        "evaluation._tokens_np (line 3)",
+    ]
     assert private_uses(tree, "evaluation", True) == ["from vq import _autocast"]  # its own names are fine
 
 
@@ -135,13 +155,17 @@ def test_imports_sit_at_the_top_unless_deferred_on_purpose():
 
 def test_the_deferral_finder_finds_one(tmp_path):
     p = tmp_path / "m.py"
-    p.write_text("import os\n\n\ndef f():\n    import json\n    # deferred: heavy\n    import torch\n"
-                 "    import yaml  # deferred: optional\n")
+    p.write_text(
+        "import os\n\n\ndef f():\n    import json\n    # deferred: heavy\n    import torch\n"
+        "    import yaml  # deferred: optional\n"
+    )
     assert [b.split(": ", 1)[1] for b in deferred_without_reason(p)] == ["import json"]
 
 
-TAMING = re.compile(r"^\s*(import (taming|pytorch_lightning|lightning)\b|from (taming|pytorch_lightning|lightning)[\s.])",
-                    re.M)
+TAMING = re.compile(
+    r"^\s*(import (taming|pytorch_lightning|lightning)\b|from (taming|pytorch_lightning|lightning)[\s.])",
+    re.M,
+)
 
 
 @pytest.mark.parametrize("root", ["cortex_utils", "notebooks", "benchmarks"])

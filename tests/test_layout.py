@@ -15,6 +15,9 @@ def test_package_data_matches_the_tree():
         empty = [p for p in patterns if not list(root.glob(p))]
         assert empty == [], f"package-data patterns of {package} that match no file: {empty}"
         covered = {f for p in patterns for f in root.glob(p)}
-        files = {f for f in root.rglob("*") if f.is_file() and f.suffix not in (".py", ".pyc")
-                 and "__pycache__" not in f.parts}
+        files = {
+            f
+            for f in root.rglob("*")
+            if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts
+        }
         assert sorted(map(str, files - covered)) == []
