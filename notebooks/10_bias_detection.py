@@ -59,7 +59,7 @@ from cortex_utils import concepts as conceptlib
 from cortex_utils import generation as gen
 from cortex_utils import mitigation as mitlib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import note_trained, record_metrics, register
+from cortex_utils.artifacts import note_trained, record_metrics, register, registered
 from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
 # %% [markdown]
@@ -89,12 +89,7 @@ bf16 = "auto"  # bfloat16 autocast when training: auto | on | off
 sampling = {"temperature": 1.0, "top_k": 0}  # 1.0: the generator's own shares; top_k 0: every token
 attribute_per_value = [300, 50, 50]  # train / val / test generations per attribute value and digit
 n_neutral = 300  # neutral-prompt generations per digit
-attribute_iem = {
-    "arch": 1,
-    "width": 32,
-    "epochs": 12,
-    "lr": 0.002,
-}  # arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
+attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}  # arch: as notebook 03's (1 = VGG)
 nsamples = 20  # SmoothGrad noisy copies
 top_n = 5  # TIS positions per image that count toward a value's tokens
 token_num = 20  # attribute tokens per value (at most)
@@ -142,6 +137,8 @@ require(
     "attribute_per_value: [train, val, test] with train and val >= 1",
 )
 require(specificity >= 0, "specificity must be >= 0")
+
+# %%
 require(
     0 <= min_youden < 1 and 0 < not_found_width <= 1,
     "min_youden must lie in [0, 1), not_found_width in (0, 1]",
@@ -164,7 +161,6 @@ choice("bf16", bf16, ["auto", "on", "off"])
 run_dir = repo_path(run_dir)
 out_dir = run_dir / "bias"
 params
-
 # %% [markdown]
 # ## The planted-bias generator
 #
@@ -254,6 +250,8 @@ studies, neutral, why = planted_bias.load_or_generate_study(
     out_dir,
     regenerate=regenerate or retrain,
 )
+
+# %%
 print(f"study data: {why}")
 neutral_of = {(b, d): neutral[d] for b, d in studies}  # each study's neutral generations: its digit's
 set_name = {(b, d): f"{'biased' if d == biased_digit[b] else 'control'} (digit {d})" for b, d in studies}
@@ -266,7 +264,6 @@ display(
         }
     ).T
 )
-
 # %% [markdown]
 # ## What the labelled images show
 #
@@ -351,13 +348,30 @@ for name, info in iem_info.items():
         register(run_dir, f"attribute_iem_{name}", checkpoint=str(info["path"]))
 
 # %% [markdown]
-# **2. The TIS of its training images.** Notebook 05's SmoothGrad (`nsamples` noisy copies) on the images the
-# IEM learnt from: which positions decide between the two values.
+# **2. The TIS of its training images.** The run's attribution method, notebook 05's `method` (SmoothGrad by
+# default, with `nsamples` noisy copies), on the images the IEM learnt from: which positions decide between
+# the two values. The method and its options come from the run's registry:
+
+# %%
+tis_entry = registered(run_dir, "tis")  # notebook 05's method; IG and occlusion start from its neutral token
+tis_options = {
+    "method": tis_entry["method"],
+    "steps": tis_entry["ig_steps"],
+    "group": tis_entry["occlusion_group"],
+    "baseline": codebook[tis_entry["neutral_id"]],
+}
+print(f"TIS method: {tis_entry['method']} (notebook 05's)")
 
 # %%
 tis = {
     (b, d): bias.attribute_tis(
-        iems[(b, d)], ds, codebook, nsamples, seed, out=out_dir / b / f"digit_{d}" / "tis_train.npy"
+        iems[(b, d)],
+        ds,
+        codebook,
+        nsamples,
+        seed,
+        **tis_options,
+        out=out_dir / b / f"digit_{d}" / "tis_train.npy",
     )
     for (b, d), ds in studies.items()
 }
@@ -463,6 +477,8 @@ deltas = pd.DataFrame(
         for b, d in studies
     ]
 )
+
+# %%
 deltas.to_csv(out_dir / "deltas.csv", index=False)
 deltas[
     [
@@ -488,7 +504,6 @@ deltas[
         "iem_accuracy",
     ]
 ].round(3)
-
 # %% [markdown]
 # The paper's δ with its 95 % interval. δ mixes two things, how many images lean and how many tokens each
 # value has: two histograms of different spread give δ ≠ 0 even for a half-and-half set, which is why the
@@ -523,7 +538,9 @@ print(
 
 # %% tags=["by-hand"]
 q, sens, spec = (float(estimates[one][k]) for k in ("q", "sens", "spec"))
-share_by_hand = (q + spec - 1) / (sens + spec - 1)
+share_by_hand = (
+    (q + spec - 1) / (sens + spec - 1) if sens + spec != 1 else np.nan
+)  # a rule that tells nothing
 print(
     f"q = {q:.3f}, sens = {sens:.3f}, spec = {spec:.3f}: share = ({q:.3f} + {spec:.3f} - 1) / "
     f"({sens:.3f} + {spec:.3f} - 1) = {share_by_hand:.3f} (the library clips it to [0, 1])"
@@ -595,14 +612,8 @@ fig, ax = plt.subplots(figsize=(5.0, 4.4))
 for b, marker in zip(bias_types, "os", strict=False):
     sub = deltas[deltas["bias"] == b]
     ok = sub[np.isfinite(sub["share"])]
-    bars = ax.errorbar(
-        ok["pixel truth"],
-        ok["share"],
-        yerr=[ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]],
-        fmt=marker,
-        label=b,
-        capsize=3,
-    )
+    err = [ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]]
+    bars = ax.errorbar(ok["pixel truth"], ok["share"], yerr=err, fmt=marker, label=b, capsize=3)
     none = sub[~np.isfinite(sub["share"])]  # inconclusive: the interval is [0, 1]
     ax.vlines(none["pixel truth"], 0, 1, color=bars[0].get_color(), ls="--", lw=1)
     for _, row in sub.iterrows():
@@ -617,15 +628,13 @@ for b, marker in zip(bias_types, "os", strict=False):
 ax.plot([0, 1], [0, 1], color="k", lw=0.7, ls="--", label="estimate = truth")
 ax.axhline(0.5, color="k", lw=0.5, ls=":")
 ax.axvline(0.5, color="k", lw=0.5, ls=":")
-ax.set(
-    xlim=(0, 1),
-    ylim=(0, 1),
-    xlabel="share of the planted value by pixels (truth)",
-    ylabel="share estimated from tokens (95 % interval)",
-    title="share estimate vs ground truth",
-)
+ax.set(xlim=(0, 1), ylim=(0, 1), title="share estimate vs ground truth")
+ax.set_xlabel("share of the planted value by pixels (truth)")
+ax.set_ylabel("share estimated from tokens (95 % interval)")
 ax.legend(fontsize=8, loc="upper left")
 fig.tight_layout()
+
+# %%
 for d, im in images.items():
     plots.image_grid(im[:n_show], ncols=n_show, suptitle=f'neutral prompt "a {d}"')
 
@@ -753,50 +762,12 @@ display(pd.concat(mitigation_table, names=["bias", "set"]).astype(float).round(3
 # study's token estimate said before) and the digit agreement (right), each with its 95 % interval.
 
 # %%
-set_labels = {"before": "before", "after": "attribute ids out", "after_random": "control ids out"}
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-for ax, what, ylabel in zip(
-    axes,
-    ("share", "digit_agreement"),
-    ("share of the planted value (pixels)", "share whose digit every evaluator sees"),
-    strict=True,
-):
-    for i, b in enumerate(mitigation_table):
-        t = mitigation_table[b].astype(float)
-        x = i + np.arange(3) * 0.25 - 0.25
-        ax.bar(
-            x,
-            t[what],
-            width=0.22,
-            color=["0.6", "tab:blue", "tab:orange"],
-            yerr=[t[what] - t[f"{what}_low"], t[f"{what}_high"] - t[what]],
-            capsize=3,
-            label=[set_labels[s] for s in t.index] if i == 0 else None,
-        )
-        if what == "share":
-            row = deltas[(deltas["bias"] == b) & (deltas["digit"] == biased_digit[b])].iloc[0]
-            ax.hlines(
-                row["share"],
-                i - 0.4,
-                i + 0.4,
-                colors="k",
-                linestyles="--",
-                lw=1,
-                label="study's token estimate" if i == 0 else None,
-            )
-    ax.axhline(0.5, color="k", lw=0.7, ls=":", label="balance (½)" if what == "share" else None)
-    ax.set(
-        xticks=range(len(mitigation_table)),
-        xticklabels=[f"{b} (digit {biased_digit[b]}, {planted[b]})" for b in mitigation_table],
-        ylim=(0, 1.05),
-        ylabel=ylabel,
-        xlabel="bias type (biased digit, planted value)",
-    )
-    ax.legend(fontsize=7, loc="lower left")
-axes[0].set_title("does the edit balance the attribute?")
-axes[1].set_title("is the digit kept?")
-fig.tight_layout()
-
+token_estimate = {
+    b: deltas[(deltas["bias"] == b) & (deltas["digit"] == biased_digit[b])].iloc[0]["share"]
+    for b in mitigation_table
+}
+names = {b: f"{b} (digit {biased_digit[b]}, {planted[b]})" for b in mitigation_table}
+plots.mitigation_bars(mitigation_table, token_estimate, names)
 # %% [markdown]
 # What the edit does to the images (the first `n_show` of each set):
 

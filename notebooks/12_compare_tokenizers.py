@@ -26,13 +26,16 @@
 # same split, so test image *i* is the same digit in both). Every number below is read from the runs'
 # `metrics.json` and result files, or computed here from their saved TIS; nothing is typed in.
 #
-# | question | from |
-# |---|---|
-# | how faithful is the tokenizer, how much of its codebook is used? | notebook 01: `vq_test_psnr_db`, `vq_codebook_usage` |
-# | can the IEM read the digit from the tokens? | notebook 04: `iem1_test_top1` |
-# | how concentrated is the explanation? | notebook 05's test TIS: share of an image's TIS mass in its top-5 positions |
-# | does hiding the top-TIS tokens hurt more than hiding random ones? | notebook 07: `image_level_tis_beats_random`, its table |
-# | can a region be rewritten into another digit? | notebook 09: `codebook_target_prob_before` / `_after` |
+# The questions, and where each answer comes from:
+#
+# * how faithful is the tokenizer, how much of its codebook is used? From notebook 01: `vq_test_psnr_db`,
+#   `vq_codebook_usage`.
+# * can the IEM read the digit from the tokens? From notebook 04: `iem1_test_top1`.
+# * how concentrated is the explanation? From notebook 05's test TIS: share of an image's TIS mass in its
+#   top-5 positions.
+# * does hiding the top-TIS tokens hurt more than hiding random ones? From notebook 07:
+#   `image_level_tis_beats_random`, its table.
+# * can a region be rewritten into another digit? From notebook 09: `codebook_target_prob_before` / `_after`.
 
 # %%
 import json
@@ -80,10 +83,21 @@ for k, v in runs.items():
     require("test" in tis_entry["splits"], f"{k}: notebook 05 computed no test TIS")
     tis = np.load(repo_path(tis_entry["path"]) / "test.npy")
     info[k] = {"vq": vq, "ds": ds, "tis": tis, "iem": tis_entry["iem_arch"]}
-display(pd.DataFrame({k: {"family": i["vq"].family, "codebook": f"{i['vq'].n_embed} × {i['vq'].embed_dim}",
-                          "grid": "×".join(map(str, i["ds"].grid)), "dataset": i["ds"].manifest["source"],
-                          "test images": len(i["ds"].labels["test"]), "TIS of IEM": i["iem"]}
-                      for k, i in info.items()}))
+display(
+    pd.DataFrame(
+        {
+            k: {
+                "family": i["vq"].family,
+                "codebook": f"{i['vq'].n_embed} × {i['vq'].embed_dim}",
+                "grid": "×".join(map(str, i["ds"].grid)),
+                "dataset": i["ds"].manifest["source"],
+                "test images": len(i["ds"].labels["test"]),
+                "TIS of IEM": i["iem"],
+            }
+            for k, i in info.items()
+        }
+    )
+)
 
 # %% [markdown]
 # ## How concentrated is the explanation?
@@ -97,12 +111,15 @@ first = next(iter(info.values()))
 one = first["tis"][0].ravel()
 best = np.argsort(-one, kind="stable")[:top]
 hand_share = np.abs(one[best]).sum() / np.abs(one).sum()
-print(f"test image 0: the top-{top} positions {sorted(best.tolist())} hold {hand_share:.1%} of its |TIS| "
-      f"(even spread: {top / one.size:.1%})")
+print(
+    f"test image 0: the top-{top} positions {sorted(best.tolist())} hold {hand_share:.1%} of its |TIS| "
+    f"(even spread: {top / one.size:.1%})"
+)
 
 
 # %% [markdown]
-# The same for every test image of every run with `concepts.top_tis_share` (checked against the hand computation).
+# The same for every test image of every run with `concepts.top_tis_share` (checked against the hand
+# computation).
 
 # %% tags=["by-hand-check"]
 assert np.isclose(concepts.top_tis_share(first["tis"][:1], top)[0], hand_share)
@@ -136,7 +153,9 @@ rows = {
     "codebook optimisation: target probability before": "codebook_target_prob_before",
     "codebook optimisation: target probability after": "codebook_target_prob_after",
 }
-table = pd.DataFrame({k: {name: m.get(key, np.nan) for name, key in rows.items()} for k, m in metrics.items()})
+table = pd.DataFrame(
+    {k: {name: m.get(key, np.nan) for name, key in rows.items()} for k, m in metrics.items()}
+)
 table.loc[f"mean share of |TIS| in the top-{top} positions"] = {k: float(s.mean()) for k, s in shares.items()}
 display(table.round(3))
 
@@ -171,9 +190,10 @@ panels, picked = {}, {}
 for k, i in info.items():
     labels = i["ds"].labels["test"]
     picked[k] = np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)[:n_show]])
-    panels[f"{k}: decoded"] = vqlib.decode(i["vq"], torch.from_numpy(i["ds"].tokens["test"][picked[k]].astype(np.int64)))
-plots.rows_of_images(panels, ncols=min(len(p) for p in picked.values()));
-
+    panels[f"{k}: decoded"] = vqlib.decode(
+        i["vq"], torch.from_numpy(i["ds"].tokens["test"][picked[k]].astype(np.int64))
+    )
+plots.rows_of_images(panels, ncols=min(len(p) for p in picked.values()))
 # %%
 ncols = min(len(p) for p in picked.values())
 fig, axes = plt.subplots(len(info), ncols, figsize=(1.4 * ncols, 1.5 * len(info)), squeeze=False)
@@ -186,8 +206,7 @@ for row, (k, i) in zip(axes, info.items(), strict=True):
         ax.set_title(f"label {i['ds'].labels['test'][picked[k][j]]}", fontsize=8)
     row[0].set_ylabel(k, fontsize=8)
 fig.colorbar(im, ax=axes, shrink=0.8, label="TIS / the run's largest shown")
-fig.suptitle("TIS maps");
-
+fig.suptitle("TIS maps")
 # %% [markdown]
 # ## What the runs say
 #
@@ -198,19 +217,27 @@ lines = []
 for k in runs:
     m, s = metrics[k], shares[k]
     beats = m.get("image_level_tis_beats_random")
-    lines.append(f"* **{k}** ({info[k]['vq'].family}, {info[k]['ds'].manifest['source']} data): PSNR "
-                 f"{m.get('vq_test_psnr_db', float('nan')):.1f} dB, {m.get('vq_codebook_usage', float('nan')):.0%} of "
-                 f"{info[k]['vq'].n_embed} codes used; the IEM reads the digit from the tokens in "
-                 f"{m.get('iem1_test_top1', float('nan')):.1%} of the test images; the top-{top} positions hold "
-                 f"{s.mean():.0%} of an image's TIS mass (even spread {top / first['tis'][0].size:.0%}); top-TIS "
-                 f"masking beats random in {beats:.0%} of the pixel-space cells" if beats is not None else
-                 f"* **{k}**: notebook 07 was not run")
+    lines.append(
+        f"* **{k}** ({info[k]['vq'].family}, {info[k]['ds'].manifest['source']} data): PSNR "
+        f"{m.get('vq_test_psnr_db', float('nan')):.1f} dB, {m.get('vq_codebook_usage', float('nan')):.0%} of "
+        f"{info[k]['vq'].n_embed} codes used; the IEM reads the digit from the tokens in "
+        f"{m.get('iem1_test_top1', float('nan')):.1%} of the test images; the top-{top} positions hold "
+        f"{s.mean():.0%} of an image's TIS mass (even spread {top / first['tis'][0].size:.0%}); top-TIS "
+        f"masking beats random in {beats:.0%} of the pixel-space cells"
+        if beats is not None
+        else f"* **{k}**: notebook 07 was not run"
+    )
 if len(runs) == 2:
     (a, sa), (b, sb) = shares.items()
     more, less = (a, b) if sa.mean() > sb.mean() else (b, a)
-    lines.append(f"\nMean top-{top} share of the TIS mass: {a} {sa.mean():.1%}, {b} {sb.mean():.1%}: " +
-                 ("about equally concentrated." if abs(sa.mean() - sb.mean()) < 0.005 else
-                  f"the explanations of **{more}** are the more concentrated."))
+    lines.append(
+        f"\nMean top-{top} share of the TIS mass: {a} {sa.mean():.1%}, {b} {sb.mean():.1%}: "
+        + (
+            "about equally concentrated."
+            if abs(sa.mean() - sb.mean()) < 0.005
+            else f"the explanations of **{more}** are the more concentrated."
+        )
+    )
 print("\n".join(lines))
 
 # %% [markdown]
@@ -218,8 +245,13 @@ print("\n".join(lines))
 # characters as `_`).
 
 # %%
-record_metrics(run_dir, **{f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
-                           for k, s in shares.items()})
+record_metrics(
+    run_dir,
+    **{
+        f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
+        for k, s in shares.items()
+    },
+)
 print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
 
 # %% [markdown]
@@ -227,8 +259,8 @@ print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
 #
 # 1. The FSQ codebook spans only 3 of its 32 dimensions (notebook 01). Why can the IEM still tell the digits
 #    apart, and what does SmoothGrad's noise (added in all 32 dimensions) do to a 3-dimensional codebook?
-# 2. Two FSQ tokens whose lattice points differ in one level are neighbours by construction. Look at the concept
-#    tokens of notebook 06 in the `vqvae` run: are a class's concept tokens neighbours on the lattice?
+# 2. Two FSQ tokens whose lattice points differ in one level are neighbours by construction. Look at the
+#    concept tokens of notebook 06 in the `vqvae` run: are a class's concept tokens neighbours on the lattice?
 # 3. Look at the decoded digits above, drawn in colour: which family keeps each digit's colour? Compute the
 #    mean colour error per test digit (decoded minus original, averaged over the ink) for both runs.
 # 4. A residual quantizer gives each position several ids. How would you define "the token at a position"

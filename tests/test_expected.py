@@ -25,8 +25,9 @@ readme_results = _load("readme_results")
 
 
 def _run(script, *args):
-    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -59,23 +60,28 @@ def expected_file(tmp_path):
 
 
 def test_verify_reports_off_missing_and_strings(tmp_path, expected_file):
-    run = _run_dir(tmp_path / "run", {
-        "iem1_test_top1": 0.974,  # inside: |0.004| <= 0.004 (a rounded difference, just at the edge)
-        "concept_level_tis_drop": 0.70,  # outside: 0.02 > 0.01
-        # bias_colour_delta_biased missing
-        "recommended_method": "smoothgrad",  # a string: compared exactly
-        "codebook_tokens_changed_outside_region": 0,
-        "pipeline_seconds": 999.0,  # informational: not checked
-        "new_metric": 1.0,  # not in the expected file: named, not counted
-    })
+    run = _run_dir(
+        tmp_path / "run",
+        {
+            "iem1_test_top1": 0.974,  # inside: |0.004| <= 0.004 (a rounded difference, just at the edge)
+            "concept_level_tis_drop": 0.70,  # outside: 0.02 > 0.01
+            # bias_colour_delta_biased missing
+            "recommended_method": "smoothgrad",  # a string: compared exactly
+            "codebook_tokens_changed_outside_region": 0,
+            "pipeline_seconds": 999.0,  # informational: not checked
+            "new_metric": 1.0,  # not in the expected file: named, not counted
+        },
+    )
     rc, out, err = _run("verify_expected.py", run, "--expected", expected_file)
     assert rc == 1, err
     lines = out.strip().splitlines()
     assert lines[-1] == "verify_keys=5 verify_off=3"
     off = [ln for ln in lines if ln.startswith(("OFF", "MISSING"))]
     assert len(off) == 3
-    assert any("concept_level_tis_drop" in ln and "expected 0.72" in ln and "got 0.7" in ln and "0.01" in ln
-               for ln in off)
+    assert any(
+        "concept_level_tis_drop" in ln and "expected 0.72" in ln and "got 0.7" in ln and "0.01" in ln
+        for ln in off
+    )
     assert any(ln.startswith("MISSING") and "bias_colour_delta_biased" in ln and "0.52" in ln for ln in off)
     assert any("recommended_method" in ln and "'occlusion'" in ln and "'smoothgrad'" in ln for ln in off)
     assert not any("iem1_test_top1" in ln or "pipeline_seconds" in ln for ln in off)
@@ -83,9 +89,17 @@ def test_verify_reports_off_missing_and_strings(tmp_path, expected_file):
 
 
 def test_verify_passes_within_tolerance(tmp_path, expected_file):
-    run = _run_dir(tmp_path / "run", {"iem1_test_top1": 0.966, "concept_level_tis_drop": 0.725,
-                                      "bias_colour_delta_biased": 0.50, "recommended_method": "occlusion",
-                                      "codebook_tokens_changed_outside_region": 0, "pipeline_seconds": 1.0})
+    run = _run_dir(
+        tmp_path / "run",
+        {
+            "iem1_test_top1": 0.966,
+            "concept_level_tis_drop": 0.725,
+            "bias_colour_delta_biased": 0.50,
+            "recommended_method": "occlusion",
+            "codebook_tokens_changed_outside_region": 0,
+            "pipeline_seconds": 1.0,
+        },
+    )
     rc, out, _ = _run("verify_expected.py", run, "--expected", expected_file)
     assert rc == 0
     assert out.strip().splitlines()[-1] == "verify_keys=5 verify_off=0"
@@ -104,15 +118,34 @@ def test_verify_missing_run_dir_or_metrics_is_exit_2(tmp_path, expected_file):
 
 # --- make_expected ---------------------------------------------------------------------------------------
 
+
 def test_make_expected_tolerance_rule(tmp_path):
-    a = _run_dir(tmp_path / "a", {"iem1_test_top1": 0.97, "bias_colour_delta_biased": 0.50,
-                                  "vq_test_psnr_db": 26.814, "recommended_method": "occlusion",
-                                  "codebook_tokens_changed_outside_region": 0, "pipeline_seconds": 230.1,
-                                  "04_test_iem_seconds": 10.0, "tis_seconds_per_image": 0.005})
-    b = _run_dir(tmp_path / "b", {"iem1_test_top1": 0.972, "bias_colour_delta_biased": 0.53,
-                                  "vq_test_psnr_db": 26.814, "recommended_method": "occlusion",
-                                  "codebook_tokens_changed_outside_region": 0, "pipeline_seconds": 400.0,
-                                  "04_test_iem_seconds": 20.0, "tis_seconds_per_image": 0.009})
+    a = _run_dir(
+        tmp_path / "a",
+        {
+            "iem1_test_top1": 0.97,
+            "bias_colour_delta_biased": 0.50,
+            "vq_test_psnr_db": 26.814,
+            "recommended_method": "occlusion",
+            "codebook_tokens_changed_outside_region": 0,
+            "pipeline_seconds": 230.1,
+            "04_test_iem_seconds": 10.0,
+            "tis_seconds_per_image": 0.005,
+        },
+    )
+    b = _run_dir(
+        tmp_path / "b",
+        {
+            "iem1_test_top1": 0.972,
+            "bias_colour_delta_biased": 0.53,
+            "vq_test_psnr_db": 26.814,
+            "recommended_method": "occlusion",
+            "codebook_tokens_changed_outside_region": 0,
+            "pipeline_seconds": 400.0,
+            "04_test_iem_seconds": 20.0,
+            "tis_seconds_per_image": 0.009,
+        },
+    )
     out = tmp_path / "expected.json"
     rc, stdout, err = _run("make_expected.py", a, b, "--out", out)
     assert rc == 0, err
@@ -135,19 +168,29 @@ def test_make_expected_tolerance_rule(tmp_path):
 
 
 def test_make_expected_keeps_a_previous_files_tolerances(tmp_path):
-    """--previous: a key the new run still reproduces keeps the earlier (other machines') tolerance and its earlier
-    value counts toward the spread; a key the run moved out of tolerance (an intended change) starts afresh."""
-    a = _run_dir(tmp_path / "a", {"iem1_test_top1": 0.97, "bias_colour_share_est": 0.84, "vq_test_psnr_db": 26.80})
-    old = {"checked": {"iem1_test_top1": {"value": 0.968, "tolerance": 0.01, "kind": "accuracy_500"},
-                       "bias_colour_share_est": {"value": 0.92, "tolerance": 0.02, "kind": "share_300"},
-                       "vq_test_psnr_db": {"value": 26.805, "tolerance": 0.01, "kind": "psnr_db"}},
-           "runs": [{"run_dir": "intel", "isa": "AVX512"}]}
+    """--previous: a key the new run still reproduces keeps the earlier (other machines') tolerance and its
+    earlier value counts toward the spread; a key the run moved out of tolerance (an intended change) starts
+    afresh."""
+    a = _run_dir(
+        tmp_path / "a", {"iem1_test_top1": 0.97, "bias_colour_share_est": 0.84, "vq_test_psnr_db": 26.80}
+    )
+    old = {
+        "checked": {
+            "iem1_test_top1": {"value": 0.968, "tolerance": 0.01, "kind": "accuracy_500"},
+            "bias_colour_share_est": {"value": 0.92, "tolerance": 0.02, "kind": "share_300"},
+            "vq_test_psnr_db": {"value": 26.805, "tolerance": 0.01, "kind": "psnr_db"},
+        },
+        "runs": [{"run_dir": "intel", "isa": "AVX512"}],
+    }
     expected, widened = make_expected.build([str(a)], previous=old)
     c = expected["checked"]
     assert c["iem1_test_top1"]["tolerance"] == pytest.approx(0.01)  # the earlier tolerance (> 3 x 0.002)
     assert c["iem1_test_top1"]["previous"] == {"value": 0.968, "tolerance": 0.01}
     assert c["vq_test_psnr_db"]["tolerance"] == pytest.approx(0.015)  # 3 x the 0.005 to the earlier value
-    assert c["bias_colour_share_est"]["tolerance"] == pytest.approx(0.02) and "previous" not in c["bias_colour_share_est"]
+    assert (
+        c["bias_colour_share_est"]["tolerance"] == pytest.approx(0.02)
+        and "previous" not in c["bias_colour_share_est"]
+    )
     assert set(widened) == {"iem1_test_top1", "vq_test_psnr_db"}
     assert expected["previous_runs"] == [{"run_dir": "intel", "isa": "AVX512"}]
     # --fresh: a redefined quantity whose earlier value lies close by chance starts afresh all the same
@@ -167,7 +210,8 @@ def test_make_expected_refuses_unknown_keys_and_unequal_exact_keys(tmp_path):
 
 def test_tis_fast_mode_and_reduced_variance_keys():
     """The fast mode's agreement is kept for reading (bfloat16 kernels differ between CPUs, and a CPU without
-    bfloat16 lacks the key); the reduced-variance draws' float32 agreements are checked like the other seeds'."""
+    bfloat16 lacks the key); the reduced-variance draws' float32 agreements are checked like the other
+    seeds'."""
     assert make_expected.rule_for("tis_top5_bf16_vs_float32", 0.976)[1] is None
     for key in ("tis_top5_seed_agreement_antithetic_20", "tis_top5_seed_agreement_sobol_20"):
         assert make_expected.rule_for(key, 0.73)[:2] == ("agreement_500", 0.01)
@@ -180,27 +224,60 @@ def test_every_rule_has_a_reason():
 
 # --- readme_results --------------------------------------------------------------------------------------
 
+
 def _full_expected(provisional=False, **overrides):
     """An expected file with every key the README templates need."""
-    v = {"vq_test_psnr_db": 26.814, "vq_codebook_usage": 0.9648, "generated_evaluator_accuracy": 0.952,
-         "image_level_tis_beats_random": 1.0, "image_level_tis_beats_random_token_space": 1.0,
-         "concept_level_tis_drop": 0.7154, "concept_level_frequency_drop": 0.0147,
-         "concept_level_contrastive_drop": 0.2681, "codebook_target_prob_before": 0.0308,
-         "codebook_target_prob_after": 0.8537, "recommended_method": "none",
-         "tis_top5_seed_agreement_20": 0.72, "tis_top5_seed_agreement_100": 0.83, "tis_top5_sigma_batch_vs_image": 0.79,
-         "concept_level_frequency_no_background_drop": 0.41, "sanity_abs_rank_corr_random_control": 0.0,
-         "deletion_auc_random_control_pixel": 0.47, "deletion_auc_random_control_token": 0.43,
-         "deletion_auc_random_pixel": 0.53, "deletion_auc_random_token": 0.48}
-    for k, n in (("concept", 1.44), ("frequency", 2.85), ("frequency_no_background", 1.71), ("contrastive", 0.37)):
+    v = {
+        "vq_test_psnr_db": 26.814,
+        "vq_codebook_usage": 0.9648,
+        "generated_evaluator_accuracy": 0.952,
+        "image_level_tis_beats_random": 1.0,
+        "image_level_tis_beats_random_token_space": 1.0,
+        "concept_level_tis_drop": 0.7154,
+        "concept_level_frequency_drop": 0.0147,
+        "concept_level_contrastive_drop": 0.2681,
+        "codebook_target_prob_before": 0.0308,
+        "codebook_target_prob_after": 0.8537,
+        "recommended_method": "none",
+        "tis_top5_seed_agreement_20": 0.72,
+        "tis_top5_seed_agreement_100": 0.83,
+        "tis_top5_sigma_batch_vs_image": 0.79,
+        "concept_level_frequency_no_background_drop": 0.41,
+        "sanity_abs_rank_corr_random_control": 0.0,
+        "deletion_auc_random_control_pixel": 0.47,
+        "deletion_auc_random_control_token": 0.43,
+        "deletion_auc_random_pixel": 0.53,
+        "deletion_auc_random_token": 0.48,
+    }
+    for k, n in (
+        ("concept", 1.44),
+        ("frequency", 2.85),
+        ("frequency_no_background", 1.71),
+        ("contrastive", 0.37),
+    ):
         v.update({f"concept_level_positions_masked_{k}": n, f"concept_level_drop_per_position_{k}": 0.3})
     v.update({f"iem{a}_test_top1": x for a, x in zip((1, 2, 3, 4), (0.97, 0.98, 0.988, 0.94), strict=True)})
     # colour: found (interval above 1/2); thickness: inconclusive; controls: not found / inconclusive
-    for b, (lo, hi), (clo, chi) in (("colour", (0.7, 1.0), (0.45, 0.55)), ("thickness", (0.4, 0.9), (0.3, 0.7))):
-        v.update({f"bias_{b}_delta_biased": 0.5, f"bias_{b}_delta_control": 0.05, f"bias_{b}_truth_share": 0.8,
-                  f"bias_{b}_truth_share_control": 0.5, f"bias_{b}_share_truth": 0.8, f"bias_{b}_share_truth_control": 0.5,
-                  f"bias_{b}_share_est": (lo + hi) / 2, f"bias_{b}_share_low": lo, f"bias_{b}_share_high": hi,
-                  f"bias_{b}_share_est_control": 0.5, f"bias_{b}_share_low_control": clo,
-                  f"bias_{b}_share_high_control": chi})
+    for b, (lo, hi), (clo, chi) in (
+        ("colour", (0.7, 1.0), (0.45, 0.55)),
+        ("thickness", (0.4, 0.9), (0.3, 0.7)),
+    ):
+        v.update(
+            {
+                f"bias_{b}_delta_biased": 0.5,
+                f"bias_{b}_delta_control": 0.05,
+                f"bias_{b}_truth_share": 0.8,
+                f"bias_{b}_truth_share_control": 0.5,
+                f"bias_{b}_share_truth": 0.8,
+                f"bias_{b}_share_truth_control": 0.5,
+                f"bias_{b}_share_est": (lo + hi) / 2,
+                f"bias_{b}_share_low": lo,
+                f"bias_{b}_share_high": hi,
+                f"bias_{b}_share_est_control": 0.5,
+                f"bias_{b}_share_low_control": clo,
+                f"bias_{b}_share_high_control": chi,
+            }
+        )
     for m in readme_results.METHODS:
         v.update({f"sanity_rank_corr_{m}": 0.5, f"sanity_abs_rank_corr_{m}": 0.5})
         v.update({f"deletion_auc_{m}_pixel": 0.2, f"deletion_auc_{m}_token": 0.2})
@@ -210,8 +287,11 @@ def _full_expected(provisional=False, **overrides):
 
 def test_readme_check_and_write(tmp_path):
     readme = tmp_path / "README.md"
-    text = ("# title\n\nbefore\n\n<!-- expected:begin results (generated) -->\nstale 99 %\n"
-            "<!-- expected:end results -->\n\nmiddle\n\n<!-- expected:begin bias -->\n<!-- expected:end bias -->\nafter\n")
+    text = (
+        "# title\n\nbefore\n\n<!-- expected:begin results (generated) -->\nstale 99 %\n"
+        "<!-- expected:end results -->\n\nmiddle\n\n<!-- expected:begin bias -->\n"
+        "<!-- expected:end bias -->\nafter\n"
+    )
     readme.write_text(text)
     expected = tmp_path / "expected.json"
     expected.write_text(json.dumps(_full_expected()))
@@ -222,24 +302,43 @@ def test_readme_check_and_write(tmp_path):
     new = readme.read_text()
     assert new.startswith("# title\n\nbefore\n\n") and "\nmiddle\n" in new and new.endswith("after\n")
     assert "stale" not in new and "97.0 % (VGG)" in new
-    assert "colour only:" in new and "| thickness | 5 | 0.65 [0.40, 0.90] | – | 0.80 | yes | inconclusive |" in new
-    assert "| colour | 7 (control) | 0.50 [0.45, 0.55] | – | 0.50 | yes | not found |" in new  # verdicts from intervals
+    assert (
+        "colour only:" in new
+        and "| thickness | 5 | 0.65 [0.40, 0.90] | – | 0.80 | yes | inconclusive |" in new
+    )
+    assert (
+        "| colour | 7 (control) | 0.50 [0.45, 0.55] | – | 0.50 | yes | not found |" in new
+    )  # verdicts from intervals
     assert "Provisional" not in new
     rc, out, _ = _run("readme_results.py", "--check", "--expected", expected, "--readme", readme)
     assert rc == 0 and out.strip().endswith("readme_blocks=2 readme_outdated=0")
 
 
 def test_readme_says_when_the_error_rate_check_withheld_the_interval():
-    """A withheld interval ([0, 1] after the check) is not shown as one that holds the truth: the row gives the
-    check's p and the interval before the check, and whether that one held the truth."""
-    e = _full_expected(bias_thickness_share_low=0.0, bias_thickness_share_high=1.0, bias_thickness_share_check_p=0.004,
-                       bias_thickness_share_unchecked_low=0.85, bias_thickness_share_unchecked_high=0.95,
-                       bias_colour_share_check_p=0.2, bias_colour_share_unchecked_low=0.7,
-                       bias_colour_share_unchecked_high=1.0)
-    text = "<!-- expected:begin bias -->\n<!-- expected:end bias -->\n<!-- expected:begin results -->\n<!-- expected:end results -->\n"
+    """A withheld interval ([0, 1] after the check) is not shown as one that holds the truth: the row gives
+    the check's p and the interval before the check, and whether that one held the truth."""
+    e = _full_expected(
+        bias_thickness_share_low=0.0,
+        bias_thickness_share_high=1.0,
+        bias_thickness_share_check_p=0.004,
+        bias_thickness_share_unchecked_low=0.85,
+        bias_thickness_share_unchecked_high=0.95,
+        bias_colour_share_check_p=0.2,
+        bias_colour_share_unchecked_low=0.7,
+        bias_colour_share_unchecked_high=1.0,
+    )
+    text = (
+        "<!-- expected:begin bias -->\n<!-- expected:end bias -->\n<!-- expected:begin results -->\n"
+        "<!-- expected:end results -->\n"
+    )
     out, _ = readme_results.render_readme(text, e)
-    assert "| thickness | 5 | 0.65, withheld (check p = 0.004) | [0.85, 0.95] | 0.80 | — (before the check: **no**) |" in out
-    assert "| colour | 3 | 0.85 [0.70, 1.00] | – | 0.80 | yes | found |" in out  # p above 0.05: the interval stands
+    assert (
+        "| thickness | 5 | 0.65, withheld (check p = 0.004) | [0.85, 0.95] | 0.80 | — (before the check: "
+        "**no**) |" in out
+    )
+    assert (
+        "| colour | 3 | 0.85 [0.70, 1.00] | – | 0.80 | yes | found |" in out
+    )  # p above 0.05: the interval stands
     assert "no interval: the rule's error rates differ" in out and "pixel truth 0.80 **outside**" in out
 
 
@@ -257,17 +356,21 @@ def test_readme_missing_key_is_named():
     expected = _full_expected()
     del expected["checked"]["vq_test_psnr_db"]
     with pytest.raises(KeyError, match="vq_test_psnr_db"):
-        readme_results.render_readme("<!-- expected:begin models -->\n<!-- expected:end models -->\n", expected)
+        readme_results.render_readme(
+            "<!-- expected:begin models -->\n<!-- expected:end models -->\n", expected
+        )
 
 
 def test_readme_blocks_match_expected_metrics():
-    """README.md's generated blocks are what benchmarks/readme_results.py renders from docs/expected_metrics.json."""
+    """README.md's generated blocks are what benchmarks/readme_results.py renders from
+    docs/expected_metrics.json."""
     expected = ROOT / "docs" / "expected_metrics.json"
     if not expected.exists():
         pytest.skip("docs/expected_metrics.json does not exist yet (benchmarks/make_expected.py writes it)")
     text = (ROOT / "README.md").read_text()
     vqvae = ROOT / "docs" / "expected_metrics_vqvae.json"
-    rendered, names = readme_results.render_readme(text, json.loads(expected.read_text()),
-                                                   expected_vqvae=json.loads(vqvae.read_text()))
+    rendered, names = readme_results.render_readme(
+        text, json.loads(expected.read_text()), expected_vqvae=json.loads(vqvae.read_text())
+    )
     assert {"models", "results", "bias", "vqvae"} <= set(names)
     assert rendered == text, "README.md is out of date: run python benchmarks/readme_results.py --write"

@@ -16,7 +16,8 @@ NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 def test_every_preset_notebook_exists():
     """The smoke preset runs every notebook; the default every one but those that need what a default run does
     not have: two runs to compare (12) and real token data (13); the presets of the encoded real digits
-    (vqvae, encoded) also leave out the planted bias study (10), which needs a generator."""
+    (vqvae, encoded) also leave out the planted bias study (10), which needs a generator, and the composites
+    (14), whose shipped data and IEM belong to the default tokenizer."""
     stems = [nb.stem for nb in NOTEBOOKS]
     assert pipeline.load_preset("smoke")["notebooks"] == stems
     assert pipeline.load_preset("default")["notebooks"] == [
@@ -24,7 +25,7 @@ def test_every_preset_notebook_exists():
     ]
     for preset in ("vqvae", "encoded"):
         assert pipeline.load_preset(preset)["notebooks"] == [
-            s for s in stems if not s.startswith(("10_", "12_", "13_"))
+            s for s in stems if not s.startswith(("10_", "12_", "13_", "14_"))
         ]
     assert pipeline.load_preset("compare")["notebooks"] == ["12_compare_tokenizers"]
     assert pipeline.load_preset("bias_real")["notebooks"] == ["13_bias_real_data"]
@@ -39,6 +40,7 @@ def test_notebook_shape(path):
     assert len(tagged) == 1
     after = nb.cells[tagged[0] + 1]
     assert after.cell_type == "code" and f'check_parameters(globals(), "{path.stem}")' in after.source
+    import ast
     import re
 
     import papermill as pm
@@ -49,8 +51,14 @@ def test_notebook_shape(path):
     )
     from cortex_utils.notebook import declared_parameters
 
-    ours = {k: v["default"] for k, v in declared_parameters(path.stem).items()}
-    assert ours == {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
+    def value(text):  # a default spread over lines (the formatter's layout) reaches papermill joined
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    ours = {k: value(v["default"]) for k, v in declared_parameters(path.stem).items()}
+    assert ours == {k: value(v["default"]) for k, v in pm.inspect_notebook(str(path)).items()}
     assert nb.cells[0].cell_type == "markdown"
 
 
@@ -105,7 +113,10 @@ def test_overrides_apply_where_declared():
 def test_needs_order_the_notebooks():
     preset = pipeline.load_preset("default")
     needs = pipeline.dependencies(preset)
-    assert needs["01_vq_model"] == [] and needs["10_bias_detection"] == ["02_dataset_generation"]
+    assert needs["01_vq_model"] == [] and needs["10_bias_detection"] == [
+        "02_dataset_generation",
+        "05_compute_tis",
+    ]
     order = preset["notebooks"]
     assert all(order.index(n) < order.index(nb) for nb, ns in needs.items() for n in ns)
     # without 'needs' each notebook waits for the one before it
@@ -219,6 +230,13 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
         "recommended_method",
         "tis_method",
         "pipeline_seconds",
+        "multiobject_pointing_top5",
+        "multiobject_pointing_top5_low",
+        "multiobject_pointing_top5_high",
+        "multiobject_pointing_chance",
+        "multiobject_pointing_random_iem",
+        "multiobject_concept_overlap_top5",
+        "multiobject_concept_overlap_top5_chance",
         *[f"{nb.stem}_seconds" for nb in NOTEBOOKS],
     ]:
         assert key in metrics, key
@@ -261,7 +279,7 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     assert "results in" in r.stdout
     # the tutorial on another attribution method: the notebooks that compute or read TIS again, on this run's
     # models and data, with -p method occlusion (notebook 05 declares it; the others read it from the run)
-    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 9 or nb.stem.startswith("11_")]
+    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 11 or nb.stem.startswith("14_")]
     for nb in tis_notebooks:
         assert "TIS method: smoothgrad" in _printed(run / nb.name), nb.stem
     r = _run(
@@ -280,6 +298,10 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     for nb in tis_notebooks:  # each names the method its scores came from
         assert "TIS method: occlusion" in _printed(run / nb.name), nb.stem
     assert json.loads((run / "metrics.json").read_text())["tis_method"] == "occlusion"
+    assert np.load(run / "bias" / "colour" / "digit_3" / "tis_train.npy").shape[1:] == (
+        8,
+        8,
+    )  # notebook 10's, by occlusion
     entry = json.loads((run / "registry.json").read_text())["tis"]
     assert entry["method"] == "occlusion" and entry["path"].endswith("iem1_max_occlusion")
     assert np.load(run / "tis" / "iem1_max_occlusion" / "train.npy").shape == (30, 8, 8)
@@ -421,8 +443,8 @@ def test_exercise_checks(capsys):
 
 # --- teaching conventions (issue "Teach the method in the open"); tags as papermill's `parameters` ---------
 
-TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11]
-METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11]
+TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
+METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
 
 
 def _tagged(nb, tag):
@@ -456,7 +478,7 @@ def test_every_notebook_ends_with_checked_exercises(path):
     assert len(tasks) >= 2 and all(c.cell_type == "markdown" for c in tasks)
     assert len(checks) >= len(tasks) and all("exercise(" in c.source for c in checks)
     assert len(solutions) >= len(tasks) and all("if solutions" in c.source for c in solutions)
-    assert "solutions" in pipeline.declared_parameters(path.stem)
+    assert "solutions" in pipeline.parameter_defaults(path.stem)
 
 
 @pytest.mark.parametrize("path", METHOD, ids=lambda p: p.stem)
