@@ -40,6 +40,8 @@ A; ``error_rate_check`` then tests the correction's one assumption (the simulati
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
 
@@ -396,8 +398,6 @@ def share_verdict(low: float, high: float, max_width: float = 0.25) -> str:
 
 
 def _z(level: float) -> float:
-    from statistics import NormalDist
-
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     return NormalDist().inv_cdf(1 - (1 - level) / 2)

@@ -89,7 +89,7 @@ bf16 = "auto"  # bfloat16 autocast when training: auto | on | off
 sampling = {"temperature": 1.0, "top_k": 0}  # 1.0: the generator's own shares; top_k 0: every token
 attribute_per_value = [300, 50, 50]  # train / val / test generations per attribute value and digit
 n_neutral = 300  # neutral-prompt generations per digit
-attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}  # arch: as notebook 03's (1 = VGG)
+attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}  # arch: notebook 03's numbers, 1 is VGG
 nsamples = 20  # SmoothGrad noisy copies
 top_n = 5  # TIS positions per image that count toward a value's tokens
 token_num = 20  # attribute tokens per value (at most)
