@@ -25,8 +25,10 @@ pipeline: install
 smoke: install
 	$(BIN)/python -m cortex_utils.pipeline --preset smoke $(ARGS)
 
+# ruff lints the notebooks in both forms and formats their text forms (pyproject: format excludes *.ipynb)
 lint: install
 	$(BIN)/ruff check cortex_utils tests benchmarks notebooks
+	$(BIN)/ruff format --check cortex_utils tests benchmarks notebooks
 
 test: lint
 	$(BIN)/python -m pytest
@@ -40,7 +42,8 @@ lab: install
 	cd notebooks && ../$(BIN)/jupyter lab
 
 # Rebuild every shipped file from scratch: the models (VQ model, transformers, evaluators, IEMs, attribute and
-# shuffled-label IEMs) into checkpoints/, the token datasets they were trained on into data/default/.
+# shuffled-label IEMs, the IEM on composites of notebook 14) into checkpoints/, the token datasets they were trained
+# on into data/default/ (with notebook 14's composites).
 REBUILD := runs/rebuild-checkpoints
 checkpoints: install
 	rm -rf $(REBUILD)
@@ -50,6 +53,7 @@ checkpoints: install
 	cp $(REBUILD)/bias/attribute_iem_*.safetensors $(REBUILD)/bias/attribute_iem_*.json checkpoints/
 	rm -rf data/default && mkdir -p data/default
 	cp -r $(REBUILD)/datasets/generated $(REBUILD)/datasets/generated.json data/default/
+	cp -r $(REBUILD)/datasets/composites $(REBUILD)/datasets/composites.json data/default/
 	cp -r $(REBUILD)/bias/data data/default/bias
 
 # The default run into runs/verify, checked against docs/expected_metrics.json (benchmarks/verify_expected.py:

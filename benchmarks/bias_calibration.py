@@ -1,4 +1,5 @@
-"""Does the bias share estimate (cortex_utils.bias_stats.bias_share) keep its promises where the truth is known?
+"""Does the bias share estimate (cortex_utils.bias_stats.bias_share) keep its promises where the truth is
+known?
 
 A simulation study in numpy only. Every simulated study has the sizes of notebook 10's default: 300 neutral
 images, 300 labelled images per value to fit the rule on and 100 per value (held out) to measure its error
@@ -33,12 +34,13 @@ only) and of the paper's δ on raw counts: a false alarm is an interval that exc
 
 Columns: coverage (the interval holds the true share), excludes 0.5 (a "found" verdict; under the null a false
 alarm), width, inconclusive (the rule's J <= 0.1: no estimate, interval [0, 1]), not found (the verdict
-``bias_stats.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at: the true
-share, except in ``leak_prompt``), and for the null studies the ranked and the raw δ's mean and how often their
-interval excludes 0.
+``bias_stats.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at:
+the true share, except in ``leak_prompt``), and for the null studies the ranked and the raw δ's mean and how
+often their interval excludes 0.
 
 Last line: bias_null_fpr=<x> bias_coverage=<y> ranked_null_fpr=<z> ... (bias_null_fpr over the null studies of
-every case but ``leak_prompt``; bias_coverage is the worst coverage of any (case, share) cell but ``leak_prompt``'s).
+every case but ``leak_prompt``; bias_coverage is the worst coverage of any (case, share) cell but
+``leak_prompt``'s).
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ LEVEL = 0.95
 def poisson_counts(own, cross):
     """Counts of A's tokens and of B's tokens per image: Poisson(own) in images of the token's value,
     Poisson(cross) in the other value's."""
+
     def draw(rng, is_a):
         return (rng.poisson(np.where(is_a, own[0], cross[0])), rng.poisson(np.where(is_a, cross[1], own[1])))
+
     return draw
 
 
@@ -82,7 +86,8 @@ LEAK = (0.2, 0.3)  # the leak cases: share of the "a A" images drawn as B, of th
 
 def labelled(rng, draw, n, leak=(0.0, 0.0), by_truth=False):
     """``n`` images prompted A and ``n`` prompted B; a share ``leak[0]`` of the A-prompted ones is truly B,
-    ``leak[1]`` of the B-prompted ones truly A. Labelled by the prompt, or with ``by_truth`` by what they show."""
+    ``leak[1]`` of the B-prompted ones truly A. Labelled by the prompt, or with ``by_truth`` by what they
+    show."""
     is_a_label = np.repeat([True, False], n)
     flip = rng.random(2 * n) < np.where(is_a_label, leak[0], leak[1])
     truly_a = is_a_label ^ flip
@@ -95,20 +100,24 @@ def count_study(rng, draw, p, n_boot, leak=(0.0, 0.0), cal_by_truth=False):
     neutral = draw(rng, truly_a)
     fit, cal = labelled(rng, draw, N_FIT, leak), labelled(rng, draw, N_CAL, leak, cal_by_truth)
     seed = int(rng.integers(2**31))
-    # labelled by what they show, the held-out images also say which prompt drew them: the error-rate check runs
+    # labelled by what they show, the held-out images also say which prompt drew them: the error-rate check
+    # runs
     prompts = np.repeat([True, False], N_CAL) if cal_by_truth else None
-    est = bias_stats.bias_share(neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed, calibration_prompts=prompts)
+    est = bias_stats.bias_share(
+        neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed, calibration_prompts=prompts
+    )
     return est, neutral, fit, cal, seed
 
 
 # --- the ``graded`` case: an attribute that is a matter of degree --------------------------------------
 #
-# Each image has a latent degree L (stroke thickness): N(+1, 1) under the A prompt, N(-1, 1) under the B prompt,
-# so 16 % of each prompt's images fall on the other side of 0 (of the order notebook 10 measures for thickness). An
-# image shows A when L > 0 (the pixel rule). Its counts depend on L itself, not only on its side: A's tokens
-# Poisson(0.3 + 3 sigmoid(2L)), B's Poisson(0.3 + 3 sigmoid(-2L)). The neutral set mixes the two prompts' outputs
-# with weight w; its true share is the share with L > 0. Images near the border are called either way, so
-# the rule's error rates on the half-and-half held-out images do not hold for a neutral set of another mix.
+# Each image has a latent degree L (stroke thickness): N(+1, 1) under the A prompt, N(-1, 1) under the B
+# prompt, so 16 % of each prompt's images fall on the other side of 0 (of the order notebook 10 measures for
+# thickness). An image shows A when L > 0 (the pixel rule). Its counts depend on L itself, not only on its
+# side: A's tokens Poisson(0.3 + 3 sigmoid(2L)), B's Poisson(0.3 + 3 sigmoid(-2L)). The neutral set mixes the
+# two prompts' outputs with weight w; its true share is the share with L > 0. Images near the border are
+# called either way, so the rule's error rates on the half-and-half held-out images do not hold for a neutral
+# set of another mix.
 GRADED_SHIFT = 1.0
 
 
@@ -128,8 +137,15 @@ def graded_study(rng, w, n_boot):
     na, nb, _, neutral_shows = prompted(n_a, N_NEUTRAL - n_a)
     fa, fb, fit_y, _ = prompted(N_FIT, N_FIT)
     ca, cb, cal_prompt, cal_shows = prompted(N_CAL, N_CAL)
-    est = bias_stats.bias_share((na, nb), (fa, fb, fit_y), (ca, cb, cal_shows), n_boot=n_boot, level=LEVEL,
-                          seed=int(rng.integers(2**31)), calibration_prompts=cal_prompt)
+    est = bias_stats.bias_share(
+        (na, nb),
+        (fa, fb, fit_y),
+        (ca, cb, cal_shows),
+        n_boot=n_boot,
+        level=LEVEL,
+        seed=int(rng.integers(2**31)),
+        calibration_prompts=cal_prompt,
+    )
     return est, float(neutral_shows.mean())
 
 
@@ -145,14 +161,14 @@ def grid_histograms(rng, truly_a):
     own, other = 1.0 / GRID, 0.125 / GRID
     prob = np.empty((n, VOCAB))
     prob[:, :MARKS] = np.where(truly_a[:, None], own, other)
-    prob[:, MARKS:2 * MARKS] = np.where(truly_a[:, None], other, own)
-    prob[:, 2 * MARKS:] = (1 - prob[:, :2 * MARKS].sum(1, keepdims=True)) / (VOCAB - 2 * MARKS)
+    prob[:, MARKS : 2 * MARKS] = np.where(truly_a[:, None], other, own)
+    prob[:, 2 * MARKS :] = (1 - prob[:, : 2 * MARKS].sum(1, keepdims=True)) / (VOCAB - 2 * MARKS)
     return np.stack([rng.multinomial(GRID, q) for q in prob])
 
 
 def select_tokens(hist, is_a, token_num=4, specificity=2.0):
-    """Each value's ``token_num`` ids by frequency in its images, kept only if at least ``specificity`` times as
-    frequent per image as in the other value's (as ``bias.specific_tokens`` filters the TIS ranking)."""
+    """Each value's ``token_num`` ids by frequency in its images, kept only if at least ``specificity`` times
+    as frequent per image as in the other value's (as ``bias.specific_tokens`` filters the TIS ranking)."""
     rate = np.stack([hist[is_a].mean(0), hist[~is_a].mean(0)])
     out = []
     for c in (0, 1):
@@ -176,10 +192,13 @@ def selected_study(rng, p, n_boot):
         return n, (*f, fit_y), (*c, cal_y)
 
     n, f, c = recount(np.arange(2 * N_FIT))
-    return bias_stats.bias_share(n, f, c, n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)), recount=recount)
+    return bias_stats.bias_share(
+        n, f, c, n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)), recount=recount
+    )
 
 
 # --- the earlier ranked δ and the paper's δ, on the same null studies ----------------------------------
+
 
 def balanced_rank(counts, ref_counts, ref_labels):
     """The removed ``bias.balanced_rank`` (the statistic notebook 10 used before the share estimate): the mean
@@ -196,8 +215,13 @@ def delta_intervals(neutral, fit, cal, n_boot, seed):
     labelled image; the two count lists are bootstrapped as independent samples of the neutral set."""
     ref_a, ref_b = np.concatenate([fit[0], cal[0]]), np.concatenate([fit[1], cal[1]])
     ref_y = np.concatenate([fit[2], cal[2]])
-    ranked = bias_stats.bootstrap_delta(balanced_rank(neutral[0], ref_a, ref_y), balanced_rank(neutral[1], ref_b, ref_y),
-                                  n_boot=n_boot, level=LEVEL, seed=seed)
+    ranked = bias_stats.bootstrap_delta(
+        balanced_rank(neutral[0], ref_a, ref_y),
+        balanced_rank(neutral[1], ref_b, ref_y),
+        n_boot=n_boot,
+        level=LEVEL,
+        seed=seed,
+    )
     raw = bias_stats.bootstrap_delta(neutral[0], neutral[1], n_boot=n_boot, level=LEVEL, seed=seed)
     return ranked, raw
 
@@ -206,8 +230,13 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
     t0 = time.perf_counter()
     rng = np.random.default_rng(20240611)
     rows, ranked_alarms, raw_alarms, leak_ranked = [], {}, {}, float("nan")
-    plan = [(c, p) for c in ("ties", "symmetric", "uneven") for p in SHARES] + [("no_signal", 0.5), ("no_signal", 0.85)]
-    plan += [("selected", 0.5), ("selected", 0.85)] + [(c, p) for c in ("leak", "leak_prompt") for p in SHARES]
+    plan = [(c, p) for c in ("ties", "symmetric", "uneven") for p in SHARES] + [
+        ("no_signal", 0.5),
+        ("no_signal", 0.85),
+    ]
+    plan += [("selected", 0.5), ("selected", 0.85)] + [
+        (c, p) for c in ("leak", "leak_prompt") for p in SHARES
+    ]
     plan += [("graded", 0.5), ("graded", 0.85)]  # p = the neutral set's weight of the A prompt's outputs
     for case, p in plan:
         ests, excl = [], []
@@ -223,41 +252,83 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
             else:
                 leaky = case.startswith("leak")
                 draw = CASES["symmetric" if leaky else case]
-                est, neutral, fit, cal, seed = count_study(rng, draw, p, n_boot, LEAK if leaky else (0.0, 0.0),
-                                                           cal_by_truth=case == "leak")
+                est, neutral, fit, cal, seed = count_study(
+                    rng, draw, p, n_boot, LEAK if leaky else (0.0, 0.0), cal_by_truth=case == "leak"
+                )
                 if p == 0.5:
                     ranked, raw = delta_intervals(neutral, fit, cal, delta_boot, seed)
-                    excl.append((not ranked[1] <= 0 <= ranked[2], not raw[1] <= 0 <= raw[2], ranked[0], raw[0]))
+                    excl.append(
+                        (not ranked[1] <= 0 <= ranked[2], not raw[1] <= 0 <= raw[2], ranked[0], raw[0])
+                    )
             ests.append(est)
         low, high = np.array([e["low"] for e in ests]), np.array([e["high"] for e in ests])
         share = np.array([e["share"] for e in ests])
         # leak_prompt: the mixture weight between the two prompts' outputs (above 1 when the neutral set holds
-        # more A than the A-prompted images do: no mixture of the two fits, and the clipped estimate aims at 1)
+        # more A than the A-prompted images do: no mixture of the two fits, and the clipped estimate aims at
+        # 1)
         target = min(1.0, (p - LEAK[1]) / (1 - LEAK[0] - LEAK[1])) if case == "leak_prompt" else p
-        row = {"case": case, "true share": p, "mean est": float(np.nanmean(share)) if np.isfinite(share).any() else np.nan,
-               "coverage": float(np.mean((low <= p) & (p <= high))),
-               "excludes 0.5": float(np.mean((low > 0.5) | (high < 0.5))),
-               "width": float(np.mean(high - low)), "inconclusive": float(np.mean([e["inconclusive"] for e in ests])),
-               "flagged": float(np.mean([e["check_p"] < 0.05 for e in ests])),
-               "unchecked coverage": float(np.mean([e["unchecked_low"] <= p <= e["unchecked_high"] for e in ests])),
-               "covers target": float(np.mean((low <= target) & (target <= high))), "target": target,
-               "not found": float(np.mean([bias_stats.share_verdict(lo, hi) == "not found"
-                                           for lo, hi in zip(low, high, strict=True)]))}
+        row = {
+            "case": case,
+            "true share": p,
+            "mean est": float(np.nanmean(share)) if np.isfinite(share).any() else np.nan,
+            "coverage": float(np.mean((low <= p) & (p <= high))),
+            "excludes 0.5": float(np.mean((low > 0.5) | (high < 0.5))),
+            "width": float(np.mean(high - low)),
+            "inconclusive": float(np.mean([e["inconclusive"] for e in ests])),
+            "flagged": float(np.mean([e["check_p"] < 0.05 for e in ests])),
+            "unchecked coverage": float(
+                np.mean([e["unchecked_low"] <= p <= e["unchecked_high"] for e in ests])
+            ),
+            "covers target": float(np.mean((low <= target) & (target <= high))),
+            "target": target,
+            "not found": float(
+                np.mean(
+                    [
+                        bias_stats.share_verdict(lo, hi) == "not found"
+                        for lo, hi in zip(low, high, strict=True)
+                    ]
+                )
+            ),
+        }
         if excl:
             e = np.array(excl)
-            row.update({"ranked δ excl 0": float(e[:, 0].mean()), "raw δ excl 0": float(e[:, 1].mean()),
-                        "ranked δ mean": float(e[:, 2].mean()), "raw δ mean": float(e[:, 3].mean())})
+            row.update(
+                {
+                    "ranked δ excl 0": float(e[:, 0].mean()),
+                    "raw δ excl 0": float(e[:, 1].mean()),
+                    "ranked δ mean": float(e[:, 2].mean()),
+                    "raw δ mean": float(e[:, 3].mean()),
+                }
+            )
             if case == "leak_prompt":
                 leak_ranked = float(e[:, 0].mean())
             elif case != "leak":  # the earlier statistics' false alarms, on the uncontaminated cases
                 ranked_alarms[case], raw_alarms[case] = e[:, 0], e[:, 1]
         rows.append(row)
 
-    cols = ["case", "true share", "mean est", "coverage", "excludes 0.5", "width", "inconclusive", "flagged",
-            "unchecked coverage", "not found",
-            "target", "covers target", "ranked δ mean", "ranked δ excl 0", "raw δ mean", "raw δ excl 0"]
-    print(f"{studies} studies per cell ({selected_studies} for 'selected'), {n_boot} bootstrap resamples "
-          f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); 300 neutral, 300 + 100 labelled per value")
+    cols = [
+        "case",
+        "true share",
+        "mean est",
+        "coverage",
+        "excludes 0.5",
+        "width",
+        "inconclusive",
+        "flagged",
+        "unchecked coverage",
+        "not found",
+        "target",
+        "covers target",
+        "ranked δ mean",
+        "ranked δ excl 0",
+        "raw δ mean",
+        "raw δ excl 0",
+    ]
+    print(
+        f"{studies} studies per cell ({selected_studies} for 'selected'), {n_boot} bootstrap resamples "
+        f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); 300 neutral, 300 + 100 "
+        "labelled per value"
+    )
     print(" | ".join(f"{c:>15s}" if i else f"{c:<10s}" for i, c in enumerate(cols)))
     for r in rows:
         cells = []
@@ -275,20 +346,27 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
     leak = {r["true share"]: r for r in rows if r["case"] == "leak_prompt"}
     true_cov = ", ".join(f"{p}: {leak[p]['coverage']:.2f}" for p in SHARES)
     target_cov = ", ".join(f"{leak[p]['target']:.3f}: {leak[p]['covers target']:.2f}" for p in SHARES)
-    print(f"'leak_prompt' (held-out images labelled by their prompts): coverage of the true share {true_cov}; of "
-          f"the mixture weight (p - {LEAK[1]}) / (1 - {LEAK[0]} - {LEAK[1]}): {target_cov}")
+    print(
+        f"'leak_prompt' (held-out images labelled by their prompts): coverage of the true share {true_cov}; "
+        f"of the mixture weight (p - {LEAK[1]}) / (1 - {LEAK[0]} - {LEAK[1]}): {target_cov}"
+    )
     graded = [r for r in rows if r["case"] == "graded"]
-    print(f"'graded': the error-rate check flags {graded[-1]['flagged']:.0%} of the studies with the neutral set mixed "
-          f"85/15 (coverage {graded[-1]['unchecked coverage']:.2f} without it, {graded[-1]['coverage']:.2f} with it) "
-          f"and {graded[0]['flagged']:.0%} of the half-and-half ones; in 'leak' (a discrete value) "
-          f"{np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.0%}")
+    print(
+        f"'graded': the error-rate check flags {graded[-1]['flagged']:.0%} of the studies with the neutral "
+        f"set mixed 85/15 (coverage {graded[-1]['unchecked coverage']:.2f} without it, "
+        f"{graded[-1]['coverage']:.2f} with it) and {graded[0]['flagged']:.0%} of the half-and-half ones; in "
+        f"'leak' (a discrete value) {np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.0%}"
+    )
     print(f"{time.perf_counter() - t0:.0f} s")
     per_case = " ".join(f"coverage_{r['case']}_{r['true share']}={r['coverage']:.3f}" for r in rows)
-    print(f"bias_null_fpr={null_fpr:.3f} bias_coverage={coverage:.3f} ranked_null_fpr={ranked_fpr:.3f} "
-          f"raw_null_fpr={raw_fpr:.3f} bias_coverage_pooled={pooled:.3f} leak_null_fpr={leak[0.5]['excludes 0.5']:.3f} "
-          f"leak_ranked_null_fpr={leak_ranked:.3f} {per_case} "
-          f"graded_flagged={graded[-1]['flagged']:.3f} graded_unchecked_coverage={graded[-1]['unchecked coverage']:.3f} "
-          f"leak_flagged={np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.3f}")
+    print(
+        f"bias_null_fpr={null_fpr:.3f} bias_coverage={coverage:.3f} ranked_null_fpr={ranked_fpr:.3f} "
+        f"raw_null_fpr={raw_fpr:.3f} bias_coverage_pooled={pooled:.3f} "
+        f"leak_null_fpr={leak[0.5]['excludes 0.5']:.3f} leak_ranked_null_fpr={leak_ranked:.3f} {per_case} "
+        f"graded_flagged={graded[-1]['flagged']:.3f} "
+        f"graded_unchecked_coverage={graded[-1]['unchecked coverage']:.3f} "
+        f"leak_flagged={np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,14 @@ from cortex_utils import tis as tislib
 def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=20):
     run_dir = (REPO_ROOT / run_dir).resolve()
     if not (run_dir / "registry.json").exists():
-        sys.exit(f"error: no run at {run_dir}: run `python -m cortex_utils.pipeline --run-dir {run_dir}` first")
+        sys.exit(
+            f"error: no run at {run_dir}: run `python -m cortex_utils.pipeline --run-dir {run_dir}` first"
+        )
     iem = REPO_ROOT / "checkpoints" / "iem1.safetensors"
     opts = dict(run_dir=run_dir, iem=iem, splits=list(splits), batch_size=batch_size, nsamples=nsamples)
-    a = argparse.Namespace(run_dir=run_dir, dataset=None, vq_checkpoint=None, vq_config=None, trust_pickle=False)
+    a = argparse.Namespace(
+        run_dir=run_dir, dataset=None, vq_checkpoint=None, vq_config=None, trust_pickle=False
+    )
     ds, cb = D.resolve_inputs(a)
     n = sum(len(ds.labels[s]) for s in splits)
     cores = os.cpu_count() or 1
@@ -41,8 +45,15 @@ def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=
     torch.set_num_threads(cores)
     model = iemlib.load_iem(iem)
     t0 = time.perf_counter()
-    ref = {s: tislib.compute_tis(model, tokds.embedding_loader(ds, s, cb, batch_size=batch_size), len(ds.labels[s]),
-                                 nsamples=nsamples) for s in splits}
+    ref = {
+        s: tislib.compute_tis(
+            model,
+            tokds.embedding_loader(ds, s, cb, batch_size=batch_size),
+            len(ds.labels[s]),
+            nsamples=nsamples,
+        )
+        for s in splits
+    }
     t_inproc = time.perf_counter() - t0
 
     results, equal = {}, True
@@ -54,15 +65,24 @@ def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=
             same = all(np.array_equal(np.load(out_dir / f"{s}.npy"), ref[s]) for s in splits)
             equal &= same
             results[nproc] = (work, job["seconds"])
-            print(f"{nproc} process(es) x {max(1, cores // nproc)} thread(s): sharded work {work:.2f} s "
-                  f"({n / work:.0f} images/s), whole job {job['seconds']:.1f} s ({n / job['seconds']:.0f} images/s), "
-                  f"identical to one process: {same}")
-    print(f"in-process compute_tis, {cores} threads: {t_inproc:.2f} s ({n / t_inproc:.0f} images/s) for {n} images")
+            print(
+                f"{nproc} process(es) x {max(1, cores // nproc)} thread(s): sharded work {work:.2f} s "
+                f"({n / work:.0f} images/s), whole job {job['seconds']:.1f} s ({n / job['seconds']:.0f} "
+                f"images/s), identical to one process: {same}"
+            )
+    print(
+        f"in-process compute_tis, {cores} threads: {t_inproc:.2f} s ({n / t_inproc:.0f} images/s) for {n} "
+        "images"
+    )
     speedup = results[1][0] / results[2][0]
-    print(f"speed-up 2 vs 1 process: sharded work {speedup:.2f}x, whole job {results[1][1] / results[2][1]:.2f}x; "
-          f"{cores} cores")
-    print(f"ddp_equal={int(equal)} ddp_speedup={speedup:.2f} ddp_images_per_s_1={n / results[1][0]:.0f} "
-          f"ddp_images_per_s_2={n / results[2][0]:.0f}")
+    print(
+        f"speed-up 2 vs 1 process: sharded work {speedup:.2f}x, whole job "
+        f"{results[1][1] / results[2][1]:.2f}x; {cores} cores"
+    )
+    print(
+        f"ddp_equal={int(equal)} ddp_speedup={speedup:.2f} ddp_images_per_s_1={n / results[1][0]:.0f} "
+        f"ddp_images_per_s_2={n / results[2][0]:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -185,9 +185,8 @@ def share_verdict(low: float, high: float) -> str:
     return verdict(low, high)
 
 
-CHECK_LEVEL = (
-    0.05  # bias_stats.bias_share's check_level: below it the error-rate check withholds the interval
-)
+# bias_stats.bias_share's check_level: below it the error-rate check withholds the interval
+CHECK_LEVEL = 0.05
 
 
 def _withheld(v: Values, b: str, which: str = "") -> tuple[float, float, float] | None:

@@ -16,7 +16,10 @@ from cortex_utils.checkpoints import read_card
 
 def main(batch: int = 200, repeats: int = 3) -> None:
     torch.manual_seed(0)
-    vq_path, tf_path = SHIPPED_CHECKPOINTS / "vq_mnist.safetensors", SHIPPED_CHECKPOINTS / "transformer_mnist.safetensors"
+    vq_path, tf_path = (
+        SHIPPED_CHECKPOINTS / "vq_mnist.safetensors",
+        SHIPPED_CHECKPOINTS / "transformer_mnist.safetensors",
+    )
     vq = vqlib.load_vq(read_card(vq_path)["config"], vq_path)
     tf = gen.load_transformer(read_card(tf_path)["config"], tf_path, vq=vq)
     labels = torch.arange(batch) % 10

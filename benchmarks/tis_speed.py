@@ -1,15 +1,15 @@
 """TIS speed against the tool a user would pick instead (Captum) and against the machine, its fast mode, its
 reduced-variance draws and its memory at the ImageNet VQGAN's shape, all measured in one run.
 
-Workload: the shipped IEMs (``checkpoints/iem1`` ... ``iem4``: width 32, 32-dim embeddings, 8x8 grids, 10 classes)
-on the first test images of the shipped generated dataset (``data/default/generated``, embedded with the shipped
-VQ codebook), SmoothGrad with 20 noisy copies, sigma = 0.2 * (max - min) of the batch, one fixed noise tensor.
-For each architecture, at batches of 25 and 100:
+Workload: the shipped IEMs (``checkpoints/iem1`` ... ``iem4``: width 32, 32-dim embeddings, 8x8 grids, 10
+classes) on the first test images of the shipped generated dataset (``data/default/generated``, embedded with
+the shipped VQ codebook), SmoothGrad with 20 noisy copies, sigma = 0.2 * (max - min) of the batch, one fixed
+noise tensor. For each architecture, at batches of 25 and 100:
 
 * ``ours``: ``smoothgrad.smoothgrad`` in the exact mode (float32; the default);
 * ``captum``: ``NoiseTunnel(Saliency(model)).attribute(nt_type="smoothgrad", abs=False)`` with the same sigma
-  and number of draws on the model as loaded, at its best ``nt_samples_batch_size`` (each candidate timed once,
-  the best two timed with the rest, the faster kept);
+  and number of draws on the model as loaded, at its best ``nt_samples_batch_size`` (each candidate timed
+  once, the best two timed with the rest, the faster kept);
 * ``loop`` (batch 25 only): the original's per-sample loop (one ``autograd.grad`` per image per draw,
   ``tests/tis_reference.py``), the reference the exact mode must equal (max |difference| <= 1e-5);
 * ``gemm``: the machine's float32 rate, a 2048 x 2048 matrix product at this process's thread setting.
@@ -25,7 +25,8 @@ the reduced-variance curve (IEM 1, 100 test images: top-5 agreement between nois
 of draws, for Gaussian, antithetic and Sobol draws; 3 seeds, every pair); the floor of the original benchmark
 (20 plain forward + input-gradient passes of IEM 1's batch of 25); and, in a fresh subprocess so that its peak
 resident memory is its own, architecture 1 at width 64 on the ImageNet VQGAN's shape (256-dim embeddings,
-16x16 grid, 1000 classes, random weights) with the passes sized from the memory budget (``--f16-batch`` images).
+16x16 grid, 1000 classes, random weights) with the passes sized from the memory budget (``--f16-batch``
+images).
 
 ``--steps`` measures instead what each change of the exact mode bought (IEM 1 and the ViT at batch 100): one
 pass on the intra-op threads vs passes side by side, the ViT's attention through ``nn.MultiheadAttention`` vs
@@ -34,9 +35,9 @@ pass on the intra-op threads vs passes side by side, the ViT's attention through
 
 Last line: tis_speedup=<ours vs loop, IEM 1, batch 25> tis_floor_ratio=<ours / 20 plain passes>
 tis_max_abs_diff=<max over architectures vs the loop> tis_vs_captum_min=<min over archs and batches of captum
-time / ours> tis_peak_fraction_min=<min over archs and batches> tis_bf16_speedup_min=<x> tis_bf16_top5_min=<min
-over archs: top-5 agreement bf16 vs float32> tis_seed_top5_min=<the same for two float32 seeds>
-tis_rv_top5_<draws>_<n>=<seed-to-seed agreement> tis_f16_images_per_s=<x> tis_f16_peak_mb=<x>
+time / ours> tis_peak_fraction_min=<min over archs and batches> tis_bf16_speedup_min=<x>
+tis_bf16_top5_min=<min over archs: top-5 agreement bf16 vs float32> tis_seed_top5_min=<the same for two
+float32 seeds> tis_rv_top5_<draws>_<n>=<seed-to-seed agreement> tis_f16_images_per_s=<x> tis_f16_peak_mb=<x>
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ RV_DRAWS, RV_NSAMPLES, RV_SEEDS = sglib.DRAWS, (4, 10, 20, 40), (1, 2, 3)
 
 def test_batch(n: int):
     """The first ``n`` test images of the shipped generated dataset as embeddings, and their labels."""
-    codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")["quantize.embedding.weight"]
+    codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")[
+        "quantize.embedding.weight"
+    ]
     data = REPO_ROOT / "data" / "default" / "generated"
     tokens = torch.from_numpy(np.load(data / "test_tokens.npy")[:n].astype(np.int64))
     labels = torch.from_numpy(np.load(data / "test_labels.npy")[:n].astype(np.int64))
@@ -107,8 +110,15 @@ def best_of_rounds(fns: dict, rounds: int) -> tuple[dict, dict]:
 def captum_smoothgrad(model, x, target, sigma, nt_batch):
     from captum.attr import NoiseTunnel, Saliency
 
-    return NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=NSAMPLES, stdevs=sigma,
-                                                  nt_samples_batch_size=nt_batch, target=target, abs=False)
+    return NoiseTunnel(Saliency(model)).attribute(
+        x,
+        nt_type="smoothgrad",
+        nt_samples=NSAMPLES,
+        stdevs=sigma,
+        nt_samples_batch_size=nt_batch,
+        target=target,
+        abs=False,
+    )
 
 
 def tis_flops(model, x, target, noise) -> int:
@@ -117,7 +127,9 @@ def tis_flops(model, x, target, noise) -> int:
     rows = (x.unsqueeze(0) + noise).reshape(-1, *x.shape[1:]).requires_grad_(True)
     with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]):
         logits = model(rows).gather(1, target.repeat(len(noise)).view(-1, 1))
-        logits.sum().backward(inputs=[rows])  # the input gradient only (autograd.grad trips the counter's hooks)
+        logits.sum().backward(
+            inputs=[rows]
+        )  # the input gradient only (autograd.grad trips the counter's hooks)
     return counter.get_total_flops()
 
 
@@ -137,18 +149,28 @@ def measure_one(arch: int, model, x, y, rounds: int, a, b) -> dict:
     sigma = float(sglib.noise_sigma(x, SPREAD))
     trial = {nb: timed(lambda nb=nb: captum_smoothgrad(model, x, y, sigma, nb))[0] for nb in NT_BATCH}
     two = sorted(NT_BATCH, key=trial.get)[:2]
-    # ours as a user calls it: the noise drawn inside (from the seed that drew `noise`), as Captum draws its own
-    fns = {"ours": lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)),
-           "gemm": lambda: gemm(a, b)}
+    # ours as a user calls it: the noise drawn inside (from the seed that drew `noise`), as Captum draws its
+    # own
+    fns = {
+        "ours": lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)),
+        "gemm": lambda: gemm(a, b),
+    }
     fns |= {f"captum{nb}": (lambda nb=nb: captum_smoothgrad(model, x, y, sigma, nb)) for nb in two}
     if batch == max(BATCHES):
-        fns["bf16"] = lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0),
-                                                precision="bfloat16")
+        fns["bf16"] = lambda: sglib.smoothgrad(
+            model, x, y, generator=torch.Generator().manual_seed(0), precision="bfloat16"
+        )
     best, out = best_of_rounds(fns, rounds)
     nb = min(two, key=lambda k: best[f"captum{k}"])
-    r = {"arch": arch, "batch": batch, "ours_ms": 1e3 * best["ours"], "captum_ms": 1e3 * best[f"captum{nb}"],
-         "captum_nt_batch": nb, "gemm_gflops": 2 * 2048 ** 3 / best["gemm"] / 1e9,
-         "tis_gflop": tis_flops(model, x, y, noise) / 1e9}
+    r = {
+        "arch": arch,
+        "batch": batch,
+        "ours_ms": 1e3 * best["ours"],
+        "captum_ms": 1e3 * best[f"captum{nb}"],
+        "captum_nt_batch": nb,
+        "gemm_gflops": 2 * 2048**3 / best["gemm"] / 1e9,
+        "tis_gflop": tis_flops(model, x, y, noise) / 1e9,
+    }
     r["vs_captum"] = r["captum_ms"] / r["ours_ms"]
     r["peak_fraction"] = r["tis_gflop"] / (r["ours_ms"] / 1e3) / r["gemm_gflops"]
     if not torch.equal(out["ours"], sglib.smoothgrad(model, x, y, noise=noise)):
@@ -157,19 +179,26 @@ def measure_one(arch: int, model, x, y, rounds: int, a, b) -> dict:
         t_loop, ref = timed(lambda: smoothgrad_per_sample(model, x, y, noise))
         r["loop_ms"], r["max_abs_diff"] = 1e3 * t_loop, float((out["ours"] - ref).abs().max())
     if "bf16" in out:
-        other = sglib.smoothgrad(model, x, y, noise=sglib.smoothgrad_noise(
-            x, NSAMPLES, SPREAD, torch.Generator().manual_seed(1)))
+        other = sglib.smoothgrad(
+            model, x, y, noise=sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(1))
+        )
         r["bf16_ms"] = 1e3 * best["bf16"]
         r["bf16_top5"] = float(tislib.topk_agreement(top5(out["bf16"]), top5(out["ours"])).mean())
         r["seed_top5"] = float(tislib.topk_agreement(top5(other), top5(out["ours"])).mean())
-    print(f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}), batch {batch}: ours {r['ours_ms']:.0f} ms, Captum "
-          f"{r['captum_ms']:.0f} ms (nt_samples_batch_size {nb}; x{r['vs_captum']:.2f})"
-          + (f", loop {r['loop_ms']:.0f} ms (max |diff| {r['max_abs_diff']:.1e})" if "loop_ms" in r else "")
-          + f"; {r['tis_gflop']:.1f} GFLOP, {r['tis_gflop'] / r['ours_ms'] * 1e3:.0f} GFLOP/s of the gemm's "
-          f"{r['gemm_gflops']:.0f} ({r['peak_fraction']:.2f})"
-          + (f"; bf16 {r['bf16_ms']:.0f} ms (x{r['ours_ms'] / r['bf16_ms']:.2f}), top-5 vs float32 "
-             f"{r['bf16_top5']:.2f}, two float32 seeds {r['seed_top5']:.2f}" if "bf16_ms" in r else ""),
-          flush=True)
+    print(
+        f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}), batch {batch}: ours {r['ours_ms']:.0f} ms, Captum "
+        f"{r['captum_ms']:.0f} ms (nt_samples_batch_size {nb}; x{r['vs_captum']:.2f})"
+        + (f", loop {r['loop_ms']:.0f} ms (max |diff| {r['max_abs_diff']:.1e})" if "loop_ms" in r else "")
+        + f"; {r['tis_gflop']:.1f} GFLOP, {r['tis_gflop'] / r['ours_ms'] * 1e3:.0f} GFLOP/s of the gemm's "
+        f"{r['gemm_gflops']:.0f} ({r['peak_fraction']:.2f})"
+        + (
+            f"; bf16 {r['bf16_ms']:.0f} ms (x{r['ours_ms'] / r['bf16_ms']:.2f}), top-5 vs float32 "
+            f"{r['bf16_top5']:.2f}, two float32 seeds {r['seed_top5']:.2f}"
+            if "bf16_ms" in r
+            else ""
+        ),
+        flush=True,
+    )
     return r
 
 
@@ -177,12 +206,15 @@ def measure(rounds: int) -> dict:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     x_all, y_all = test_batch(max(BATCHES))
     res = {}
-    rows = [measure_one(arch, shipped_iem(arch), x_all[:batch], y_all[:batch], rounds, a, b)
-            for arch in ARCHS for batch in BATCHES]
+    rows = [
+        measure_one(arch, shipped_iem(arch), x_all[:batch], y_all[:batch], rounds, a, b)
+        for arch in ARCHS
+        for batch in BATCHES
+    ]
     res["rows"] = rows
 
     # the original benchmark's floor: 20 plain forward + input-gradient passes of IEM 1's batch of 25
-    model, x, y = shipped_iem(1), x_all[:min(BATCHES)], y_all[:min(BATCHES)]
+    model, x, y = shipped_iem(1), x_all[: min(BATCHES)], y_all[: min(BATCHES)]
     noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
 
     def floor():
@@ -190,7 +222,9 @@ def measure(rounds: int) -> dict:
             xx = (x + eps).requires_grad_(True)
             torch.autograd.grad(model(xx).sum(), xx)
 
-    best, _ = best_of_rounds({"ours": lambda: sglib.smoothgrad(model, x, y, noise=noise), "floor": floor}, rounds)
+    best, _ = best_of_rounds(
+        {"ours": lambda: sglib.smoothgrad(model, x, y, noise=noise), "floor": floor}, rounds
+    )
     res["floor_ratio"] = best["ours"] / best["floor"]
     one = next(r for r in rows if r["arch"] == 1 and r["batch"] == min(BATCHES))
     res["speedup"] = one["loop_ms"] / one["ours_ms"]
@@ -198,22 +232,29 @@ def measure(rounds: int) -> dict:
 
 
 def variance_curve(n_images: int = 100) -> dict:
-    """Top-5 agreement between noise seeds (mean over every pair of RV_SEEDS) per kind of draws and nsamples."""
+    """Top-5 agreement between noise seeds (mean over every pair of RV_SEEDS) per kind of draws and
+    nsamples."""
     model = shipped_iem(1)
     x, y = test_batch(n_images)
     curve = {}
     for draws in RV_DRAWS:
         for ns in RV_NSAMPLES:
-            maps = [tislib.batched_token_importance(model, x, y, n_images, ns, SPREAD, seed=s, draws=draws)
-                    for s in RV_SEEDS]
+            maps = [
+                tislib.batched_token_importance(model, x, y, n_images, ns, SPREAD, seed=s, draws=draws)
+                for s in RV_SEEDS
+            ]
             curve[draws, ns] = float(tislib.seed_agreement(maps).mean())
-        print(f"{draws:>10}: top-5 agreement of {len(RV_SEEDS)} noise seeds, {n_images} images, nsamples "
-              + ", ".join(f"{ns}: {curve[draws, ns]:.3f}" for ns in RV_NSAMPLES), flush=True)
+        print(
+            f"{draws:>10}: top-5 agreement of {len(RV_SEEDS)} noise seeds, {n_images} images, nsamples "
+            + ", ".join(f"{ns}: {curve[draws, ns]:.3f}" for ns in RV_NSAMPLES),
+            flush=True,
+        )
     return curve
 
 
 def f16_child(batch: int) -> None:
-    """Architecture 1 at width 64 on the ImageNet VQGAN's shape; prints one JSON line (run in a subprocess)."""
+    """Architecture 1 at width 64 on the ImageNet VQGAN's shape; prints one JSON line (run in a
+    subprocess)."""
     torch.manual_seed(0)
     model = iemlib.build_iem(1, 256, (16, 16), 1000, width=64)
     model(torch.randn(8, 256, 16, 16))  # touch BatchNorm's running statistics
@@ -222,11 +263,28 @@ def f16_child(batch: int) -> None:
     per_pass = sglib.pass_size(model, x, NSAMPLES * batch)
     t, _ = timed(lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)))
     peak = peak_rss_mb()  # before the fast mode and the FLOP count below
-    t_fast = timed(lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0),
-                                             precision="bfloat16"))[0] if sglib.bf16_supported() else float("nan")
+    t_fast = (
+        timed(
+            lambda: sglib.smoothgrad(
+                model, x, y, generator=torch.Generator().manual_seed(0), precision="bfloat16"
+            )
+        )[0]
+        if sglib.bf16_supported()
+        else float("nan")
+    )
     noise = sglib.smoothgrad_noise(x[:1], NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
-    print(json.dumps({"images_per_s": batch / t, "seconds": t, "rows_per_pass": per_pass, "peak_mb": peak,
-                      "bf16_images_per_s": batch / t_fast, "gflop_per_image": tis_flops(model, x[:1], y[:1], noise) / 1e9}))
+    print(
+        json.dumps(
+            {
+                "images_per_s": batch / t,
+                "seconds": t,
+                "rows_per_pass": per_pass,
+                "peak_mb": peak,
+                "bf16_images_per_s": batch / t_fast,
+                "gflop_per_image": tis_flops(model, x[:1], y[:1], noise) / 1e9,
+            }
+        )
+    )
 
 
 def peak_rss_mb() -> float:
@@ -241,15 +299,19 @@ def peak_rss_mb() -> float:
 
 
 def f16(batch: int, gemm_gflops: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--f16-child", str(batch)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--f16-child", str(batch)], capture_output=True, text=True, check=True
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     rate = r["images_per_s"] * r["gflop_per_image"]
-    print(f"ImageNet VQGAN shape (256 x 16 x 16, IEM 1 at width 64, 1000 classes), batch {batch}, {NSAMPLES} draws: "
-          f"{r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s; {r['gflop_per_image']:.1f} GFLOP per image, "
-          f"{rate:.0f} GFLOP/s = {rate / gemm_gflops:.2f} of the best gemm rate above), passes of "
-          f"{r['rows_per_pass']} noisy copies from the {sglib.MEMORY_MB} MB budget, peak resident memory "
-          f"{r['peak_mb']:.0f} MB; bfloat16 {r['bf16_images_per_s']:.2f} images/s", flush=True)
+    print(
+        f"ImageNet VQGAN shape (256 x 16 x 16, IEM 1 at width 64, 1000 classes), batch {batch}, {NSAMPLES} "
+        f"draws: {r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s; {r['gflop_per_image']:.1f} GFLOP "
+        f"per image, {rate:.0f} GFLOP/s = {rate / gemm_gflops:.2f} of the best gemm rate above), passes of "
+        f"{r['rows_per_pass']} noisy copies from the {sglib.MEMORY_MB} MB budget, peak resident memory "
+        f"{r['peak_mb']:.0f} MB; bfloat16 {r['bf16_images_per_s']:.2f} images/s",
+        flush=True,
+    )
     return r
 
 
@@ -270,8 +332,10 @@ def steps(rounds: int) -> None:
 
 def steps_one(arch, model, x, y, noise, rounds):
     rows = len(noise) * len(x)
-    fns = {"one pass, intra-op threads": lambda: sglib.smoothgrad(model, x, y, noise=noise, max_batch=rows),
-           "passes side by side (default)": lambda: sglib.smoothgrad(model, x, y, noise=noise)}
+    fns = {
+        "one pass, intra-op threads": lambda: sglib.smoothgrad(model, x, y, noise=noise, max_batch=rows),
+        "passes side by side (default)": lambda: sglib.smoothgrad(model, x, y, noise=noise),
+    }
     if arch == 4:
         old = copy.deepcopy(model)
         for layer in old.layers:
@@ -279,17 +343,23 @@ def steps_one(arch, model, x, y, noise, rounds):
         fns["attention via nn.MultiheadAttention"] = lambda: sglib.smoothgrad(old, x, y, noise=noise)
     else:
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        fns["channels-last float32"] = lambda: sglib.smoothgrad(cl, x.contiguous(memory_format=torch.channels_last),
-                                                                 y, noise=noise)
+        fns["channels-last float32"] = lambda: sglib.smoothgrad(
+            cl, x.contiguous(memory_format=torch.channels_last), y, noise=noise
+        )
     if shutil.which("g++") or shutil.which("clang++"):
         compiled = torch.compile(model)
         t_compile, _ = timed(lambda: sglib.smoothgrad(compiled, x, y, noise=noise))
-        fns[f"torch.compile (first call {t_compile:.0f} s)"] = lambda: sglib.smoothgrad(compiled, x, y, noise=noise)
+        fns[f"torch.compile (first call {t_compile:.0f} s)"] = lambda: sglib.smoothgrad(
+            compiled, x, y, noise=noise
+        )
     best, out = best_of_rounds(fns, rounds)
     base = out["passes side by side (default)"]
     for k, t in best.items():
-        print(f"IEM {arch}, batch 100: {k:<40} {t * 1e3:7.0f} ms  max |diff| vs default "
-              f"{float((out[k] - base).abs().max()):.1e}", flush=True)
+        print(
+            f"IEM {arch}, batch 100: {k:<40} {t * 1e3:7.0f} ms  max |diff| vs default "
+            f"{float((out[k] - base).abs().max()):.1e}",
+            flush=True,
+        )
 
 
 def main(argv=None) -> int:
@@ -305,22 +375,28 @@ def main(argv=None) -> int:
     if args.steps:
         steps(args.rounds)
         return 0
-    print(f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"bfloat16 {'native' if sglib.bf16_supported() else 'not native'}; load average {load()} "
-          "(other jobs on the machine slow every timing; the ratios are measured side by side)", flush=True)
+    print(
+        f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"bfloat16 {'native' if sglib.bf16_supported() else 'not native'}; load average {load()} "
+        "(other jobs on the machine slow every timing; the ratios are measured side by side)",
+        flush=True,
+    )
     res = measure(args.rounds)
     curve = variance_curve()
     big = f16(args.f16_batch, max(r["gemm_gflops"] for r in res["rows"]))
     print(f"load average at the end {load()}")
     rows = res["rows"]
     fast = [r for r in rows if "bf16_ms" in r]
-    keys = {"tis_speedup": f"{res['speedup']:.1f}", "tis_floor_ratio": f"{res['floor_ratio']:.2f}",
-            "tis_max_abs_diff": f"{max(r['max_abs_diff'] for r in rows if 'max_abs_diff' in r):.2e}",
-            "tis_vs_captum_min": f"{min(r['vs_captum'] for r in rows):.2f}",
-            "tis_peak_fraction_min": f"{min(r['peak_fraction'] for r in rows):.2f}",
-            "tis_bf16_speedup_min": f"{min(r['ours_ms'] / r['bf16_ms'] for r in fast):.2f}",
-            "tis_bf16_top5_min": f"{min(r['bf16_top5'] for r in fast):.3f}",
-            "tis_seed_top5_min": f"{min(r['seed_top5'] for r in fast):.3f}"}
+    keys = {
+        "tis_speedup": f"{res['speedup']:.1f}",
+        "tis_floor_ratio": f"{res['floor_ratio']:.2f}",
+        "tis_max_abs_diff": f"{max(r['max_abs_diff'] for r in rows if 'max_abs_diff' in r):.2e}",
+        "tis_vs_captum_min": f"{min(r['vs_captum'] for r in rows):.2f}",
+        "tis_peak_fraction_min": f"{min(r['peak_fraction'] for r in rows):.2f}",
+        "tis_bf16_speedup_min": f"{min(r['ours_ms'] / r['bf16_ms'] for r in fast):.2f}",
+        "tis_bf16_top5_min": f"{min(r['bf16_top5'] for r in fast):.3f}",
+        "tis_seed_top5_min": f"{min(r['seed_top5'] for r in fast):.3f}",
+    }
     keys |= {f"tis_rv_top5_{d}_{ns}": f"{curve[d, ns]:.3f}" for d in RV_DRAWS for ns in (NSAMPLES,)}
     keys |= {"tis_f16_images_per_s": f"{big['images_per_s']:.2f}", "tis_f16_peak_mb": f"{big['peak_mb']:.0f}"}
     print(" ".join(f"{k}={v}" for k, v in keys.items()))

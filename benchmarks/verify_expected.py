@@ -46,17 +46,20 @@ def fmt_tol(entry: dict) -> str:
 
 
 def verify(run_dir: str | Path, expected_path: str | Path) -> tuple[list[str], list[str], int, int]:
-    """(report lines, notes, keys checked, keys off or missing); raises FileNotFoundError for missing inputs."""
+    """(report lines, notes, keys checked, keys off or missing); raises FileNotFoundError for missing
+    inputs."""
     run_dir, expected_path = Path(run_dir), Path(expected_path)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path} does not exist: the run did not finish a notebook that records "
-                                "metrics")
+        raise FileNotFoundError(
+            f"{metrics_path} does not exist: the run did not finish a notebook that records metrics"
+        )
     if not expected_path.is_file():
-        raise FileNotFoundError(f"expected metrics {expected_path} do not exist (benchmarks/make_expected.py "
-                                "writes them)")
+        raise FileNotFoundError(
+            f"expected metrics {expected_path} do not exist (benchmarks/make_expected.py writes them)"
+        )
     metrics = json.loads(metrics_path.read_text())
     expected = json.loads(expected_path.read_text())
     checked = expected.get("checked")
@@ -66,16 +69,23 @@ def verify(run_dir: str | Path, expected_path: str | Path) -> tuple[list[str], l
     for key, entry in checked.items():
         if key not in metrics:
             off += 1
-            lines.append(f"MISSING {key}: expected {entry['value']!r} {fmt_tol(entry)}, not in {metrics_path}")
+            lines.append(
+                f"MISSING {key}: expected {entry['value']!r} {fmt_tol(entry)}, not in {metrics_path}"
+            )
             continue
         ok, how = check_key(entry, metrics[key])
         if not ok:
             off += 1
-            lines.append(f"OFF     {key}: expected {entry['value']!r}, got {metrics[key]!r} ({how}), tolerance "
-                         f"{fmt_tol(entry)}")
+            lines.append(
+                f"OFF     {key}: expected {entry['value']!r}, got {metrics[key]!r} ({how}), tolerance "
+                f"{fmt_tol(entry)}"
+            )
     known = set(checked) | set(expected.get("informational", {}))
-    notes = [f"not in the expected file (not checked): {', '.join(sorted(set(metrics) - known))}"] \
-        if set(metrics) - known else []
+    notes = (
+        [f"not in the expected file (not checked): {', '.join(sorted(set(metrics) - known))}"]
+        if set(metrics) - known
+        else []
+    )
     if expected.get("provisional"):
         notes.append(f"NOTE: {expected_path} is marked provisional (not made from the final runs)")
     return lines, notes, len(checked), off

@@ -18,6 +18,7 @@ bias        the bias study's steps: attribute IEM, TIS, attribute tokens, counts
 bias_stats  the bias study's statistics (numpy only): Cliff's delta, the share estimate and its checks
 planted_bias the planted-bias world of the default: prompts, the bias generator, its generations, pixel truth
 sanity      can we trust an attribution? sanity checks, deletion / insertion curves
+composites  several objects with known places: two digits side by side, the pointing game
 distributed the same stages as torchrun / DDP jobs, sharded by rank
 plots       figures shared by the notebooks
 notebook    parameter checks used by every notebook's validation cell

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from . import REPO_ROOT
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
@@ -55,7 +57,6 @@ def _json_default(o):
 def repo_relative(path: str | os.PathLike) -> str:
     """A path as recorded on a card or manifest: relative to the repository root when inside it, so the
     shipped files are the same on every checkout."""
-    from . import REPO_ROOT
 
     path = Path(path).resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)

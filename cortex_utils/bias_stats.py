@@ -13,20 +13,21 @@ half-and-half neutral set a δ far from 0, and nothing ties a δ to how many ima
 because it is the paper's number.
 
 **The share estimate** (``bias_share``), this repository's addition: what share of the neutral generations
-shows value A, with an interval that is validated where the truth is known (``benchmarks/bias_calibration.py``).
-Each image is classified by its token counts (A when ``count_A - count_B`` exceeds a threshold, half A / half B
-exactly at the threshold: a tie is a tie, not a win decided by noise), the threshold is fitted on
-attribute-labelled images (Youden's J), the classified share ``q`` of the neutral set is corrected for the
-rule's error rates measured on labelled images that did not choose the tokens (Rogan–Gladen:
-``p = (q + spec - 1) / (sens + spec - 1)``, clipped to [0, 1]), and a bootstrap resamples everything the
-estimate depends on: the neutral images, the labelled images behind the error rates and, through
-``recount``, the training rows the tokens are selected from (``bias.recount_on``; the attribute IEM itself is
-not retrained per resample). A rule whose ``sens + spec - 1`` is at most ``min_youden`` cannot tell the values
-apart: the share is then NaN and its interval [0, 1]. In the simulation (notebook 10's sizes; many ties,
-uneven token sets, tokens re-selected per resample) the 95 % interval excluded ½ in 4 % of the half-and-half
-studies and covered the true share in at least 94 % of every case's studies; an earlier statistic here, δ of
-counts ranked against the labelled images, excluded 0 in 72 % of the same null studies (ties turned into wins
-by reference noise, a bootstrap over the neutral images only), and is gone.
+shows value A, with an interval that is validated where the truth is known
+(``benchmarks/bias_calibration.py``). Each image is classified by its token counts (A when
+``count_A - count_B`` exceeds a threshold, half A / half B exactly at the threshold: a tie is a tie, not a win
+decided by noise), the threshold is fitted on attribute-labelled images (Youden's J), the classified share
+``q`` of the neutral set is corrected for the rule's error rates measured on labelled images that did not
+choose the tokens (Rogan–Gladen: ``p = (q + spec - 1) / (sens + spec - 1)``, clipped to [0, 1]), and a
+bootstrap resamples everything the estimate depends on: the neutral images, the labelled images behind the
+error rates and, through ``recount``, the training rows the tokens are selected from (``bias.recount_on``; the
+attribute IEM itself is not retrained per resample). A rule whose ``sens + spec - 1`` is at most
+``min_youden`` cannot tell the values apart: the share is then NaN and its interval [0, 1]. In the simulation
+(notebook 10's sizes; many ties, uneven token sets, tokens re-selected per resample) the 95 % interval
+excluded ½ in 4 % of the half-and-half studies and covered the true share in at least 94 % of every case's
+studies; an earlier statistic here, δ of counts ranked against the labelled images, excluded 0 in 72 % of the
+same null studies (ties turned into wins by reference noise, a bootstrap over the neutral images only), and is
+gone.
 
 What it estimates: the share of value A *as the held-out labelled images define A*. If the generator renders
 some "a B" prompts as A and the held-out images are labelled by their prompts, the measured error rates
@@ -38,6 +39,8 @@ A; ``error_rate_check`` then tests the correction's one assumption (the simulati
 """
 
 from __future__ import annotations
+
+from statistics import NormalDist
 
 import numpy as np
 
@@ -55,8 +58,11 @@ def cliffs_delta(a, b) -> float:
     return float((below.sum() - above.sum()) / (a.size * b.size))
 
 
-def bootstrap_delta(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """``(δ, low, high)``: Cliff's δ and a percentile bootstrap confidence interval (both samples resampled)."""
+def bootstrap_delta(
+    a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(δ, low, high)``: Cliff's δ and a percentile bootstrap confidence interval (both samples
+    resampled)."""
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     delta = cliffs_delta(a, b)
     rng = np.random.default_rng(seed)
@@ -69,8 +75,8 @@ def count_delta(counts_a, counts_b, n_boot: int = 1000, level: float = 0.95, see
     """The paper's measurement on neutral generations: ``counts_a[i]`` and ``counts_b[i]`` are image ``i``'s
     count of value A's tokens and of value B's; Cliff's δ of the A counts against the B counts on raw counts
     (positive: more of A's tokens), on the standard scale (``delta``) and on the original code's half scale
-    (``delta_paper_half_scale``). The interval is a percentile bootstrap over the images (an image's two counts
-    stay together)."""
+    (``delta_paper_half_scale``). The interval is a percentile bootstrap over the images (an image's two
+    counts stay together)."""
     a, b = np.asarray(counts_a), np.asarray(counts_b)
     if a.size == 0:
         raise ValueError("no neutral generations to measure")
@@ -83,8 +89,14 @@ def count_delta(counts_a, counts_b, n_boot: int = 1000, level: float = 0.95, see
         rows = rng.integers(0, len(a), len(a))
         boots.append(cliffs_delta(a[rows], b[rows]))
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"delta": delta, "low": float(lo), "high": float(hi), "delta_paper_half_scale": delta / 2,
-            "mean_count_a": float(a.mean()), "mean_count_b": float(b.mean())}
+    return {
+        "delta": delta,
+        "low": float(lo),
+        "high": float(hi),
+        "delta_paper_half_scale": delta / 2,
+        "mean_count_a": float(a.mean()),
+        "mean_count_b": float(b.mean()),
+    }
 
 
 # --- the share estimate -------------------------------------------------------------------------------
@@ -104,11 +116,15 @@ def _scores(a, b) -> np.ndarray:
 
 
 def _a_weights(scores, rows, lo: int, k: int) -> np.ndarray:
-    """``(R, 2k)``: for each of ``R`` resamples (``rows``, indices into ``scores``), the share of the resampled
-    images that the rule of each candidate threshold calls A (ties at the threshold counted half)."""
+    """``(R, 2k)``: for each of ``R`` resamples (``rows``, indices into ``scores``), the share of the
+    resampled images that the rule of each candidate threshold calls A (ties at the threshold counted
+    half)."""
     rows = np.atleast_2d(rows)
     r, n = rows.shape
-    hist = np.bincount((np.arange(r)[:, None] * k + (scores[rows] - lo)).ravel(), minlength=r * k).reshape(r, k) / n
+    hist = (
+        np.bincount((np.arange(r)[:, None] * k + (scores[rows] - lo)).ravel(), minlength=r * k).reshape(r, k)
+        / n
+    )
     tail = np.concatenate([np.cumsum(hist[:, ::-1], 1)[:, ::-1], np.zeros((r, 1))], 1)  # share >= lo + j
     out = np.empty((r, 2 * k))
     out[:, 0::2] = tail[:, :-1]
@@ -136,8 +152,16 @@ def _share_core(neutral, fit, cal, rows: dict, min_youden: float) -> dict:
     ``(scores of A images, scores of B images)``), ``rows`` the resampled indices into each."""
     every = np.concatenate([neutral, *fit, *cal])
     lo, k = int(every.min()), int(every.max() - every.min()) + 2
-    w = {name: _a_weights(x, rows[name], lo, k) for name, x in
-         (("neutral", neutral), ("fit_a", fit[0]), ("fit_b", fit[1]), ("cal_a", cal[0]), ("cal_b", cal[1]))}
+    w = {
+        name: _a_weights(x, rows[name], lo, k)
+        for name, x in (
+            ("neutral", neutral),
+            ("fit_a", fit[0]),
+            ("fit_b", fit[1]),
+            ("cal_a", cal[0]),
+            ("cal_b", cal[1]),
+        )
+    }
     best = _best_candidate(w["fit_a"] - w["fit_b"])
     pick = {name: np.take_along_axis(v, best[:, None], 1)[:, 0] for name, v in w.items()}
     sens, fpr, q = pick["cal_a"], pick["cal_b"], pick["neutral"]
@@ -145,8 +169,14 @@ def _share_core(neutral, fit, cal, rows: dict, min_youden: float) -> dict:
     ok = youden > min_youden
     share = np.full(len(q), np.nan)
     share[ok] = np.clip((q[ok] - fpr[ok]) / youden[ok], 0.0, 1.0)
-    return {"share": share, "q": q, "sens": sens, "spec": 1 - fpr, "youden": youden,
-            "threshold": _threshold_value(best, lo)}
+    return {
+        "share": share,
+        "q": q,
+        "sens": sens,
+        "spec": 1 - fpr,
+        "youden": youden,
+        "threshold": _threshold_value(best, lo),
+    }
 
 
 def rogan_gladen(q: float, sens: float, spec: float, min_youden: float = 0.1) -> float:
@@ -166,9 +196,19 @@ def fit_threshold(counts_a, counts_b, is_a) -> float:
     if is_a.all() or not is_a.any():
         raise ValueError("fitting a threshold needs labelled images of both values")
     fa, fb = s[is_a], s[~is_a]
-    est = _share_core(s[:1], (fa, fb), (fa, fb), {"neutral": [[0]], "fit_a": [np.arange(fa.size)],
-                      "fit_b": [np.arange(fb.size)], "cal_a": [np.arange(fa.size)],
-                      "cal_b": [np.arange(fb.size)]}, -np.inf)
+    est = _share_core(
+        s[:1],
+        (fa, fb),
+        (fa, fb),
+        {
+            "neutral": [[0]],
+            "fit_a": [np.arange(fa.size)],
+            "fit_b": [np.arange(fb.size)],
+            "cal_a": [np.arange(fa.size)],
+            "cal_b": [np.arange(fb.size)],
+        },
+        -np.inf,
+    )
     return float(est["threshold"][0])
 
 
@@ -206,15 +246,20 @@ def error_rate_check(calls, shows_a, prompted_a, n_perm: int = 2000, seed: int =
     images)``."""
     calls, shows_a, prompted_a = (np.asarray(x).ravel() for x in (calls, shows_a, prompted_a))
     if not calls.shape == shows_a.shape == prompted_a.shape:
-        raise ValueError(f"one call, one value and one prompt per image, got {calls.size}, {shows_a.size}, "
-                         f"{prompted_a.size}")
+        raise ValueError(
+            f"one call, one value and one prompt per image, got {calls.size}, {shows_a.size}, "
+            f"{prompted_a.size}"
+        )
     rng = np.random.default_rng(seed)
     shows_a, prompted_a = shows_a.astype(bool), prompted_a.astype(bool)
     observed, null, rates = 0.0, np.zeros(n_perm), {}
     for value, rows in (("A", shows_a), ("B", ~shows_a)):
         x, g = calls[rows].astype(np.float64), prompted_a[rows]
-        rates[value] = (float(x[g].mean()) if g.any() else np.nan, float(x[~g].mean()) if (~g).any() else np.nan,
-                        int(x.size))
+        rates[value] = (
+            float(x[g].mean()) if g.any() else np.nan,
+            float(x[~g].mean()) if (~g).any() else np.nan,
+            int(x.size),
+        )
         if g.all() or not g.any():  # drawn under one prompt only: nothing to compare
             continue
         expected = g.sum() * x.mean()
@@ -224,8 +269,18 @@ def error_rate_check(calls, shows_a, prompted_a, n_perm: int = 2000, seed: int =
     return {"p": p, "rates": rates}
 
 
-def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-               min_youden: float = 0.1, recount=None, calibration_prompts=None, check_level: float = 0.05) -> dict:
+def bias_share(
+    neutral,
+    fit,
+    calibration=None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    min_youden: float = 0.1,
+    recount=None,
+    calibration_prompts=None,
+    check_level: float = 0.05,
+) -> dict:
     """The share of value A among neutral generations, from per-image token counts, with a bootstrap interval.
 
     ``neutral``: ``(count_A, count_B)`` per neutral image. ``fit``: ``(count_A, count_B, is_A)`` of
@@ -268,7 +323,13 @@ def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float 
         return n, _split(ft), _split(ct if ct is not None else ft)
 
     n_s, f_s, c_s = scored(neutral, fit, calibration)
-    sizes = {"neutral": n_s.size, "fit_a": f_s[0].size, "fit_b": f_s[1].size, "cal_a": c_s[0].size, "cal_b": c_s[1].size}
+    sizes = {
+        "neutral": n_s.size,
+        "fit_a": f_s[0].size,
+        "fit_b": f_s[1].size,
+        "cal_a": c_s[0].size,
+        "cal_b": c_s[1].size,
+    }
     point = _share_core(n_s, f_s, c_s, {k: np.arange(v)[None] for k, v in sizes.items()}, min_youden)
     point = {k: float(v[0]) for k, v in point.items()}
     rng = np.random.default_rng(seed)
@@ -283,7 +344,9 @@ def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float 
             picked = np.concatenate([a_rows[rows["fit_a"][i]], b_rows[rows["fit_b"][i]]])
             nt, ft, ct = recount(picked)
             ns, fs, cs = scored(nt, ft, ct)
-            boot[i] = _share_core(ns, fs, cs, {k: v[i:i + 1] for k, v in rows.items()}, min_youden)["share"][0]
+            boot[i] = _share_core(ns, fs, cs, {k: v[i : i + 1] for k, v in rows.items()}, min_youden)[
+                "share"
+            ][0]
     informative = np.isfinite(boot)
     n_un = int((~informative).sum())
     values = np.concatenate([np.repeat(boot[informative], 2), np.zeros(n_un), np.ones(n_un)])
@@ -291,14 +354,26 @@ def bias_share(neutral, fit, calibration=None, n_boot: int = 1000, level: float 
     check = {"p": float("nan"), "rates": {}}
     if calibration_prompts is not None:
         cal_a, cal_b, cal_is_a = calibration if calibration is not None else fit
-        check = error_rate_check(rule_calls(cal_a, cal_b, point["threshold"]), cal_is_a, calibration_prompts,
-                                 seed=seed)
-    why = ("the token rule cannot tell the values apart" if not np.isfinite(point["share"]) else
-           f"the rule's error rates differ between images of the same value (p = {check['p']:.3f})"
-           if check["p"] < check_level else "")
-    out = {**point, "unchecked_low": float(lo), "unchecked_high": float(hi), "check_p": check["p"],
-           "check_rates": check["rates"], "why": why, "inconclusive": bool(why),
-           "informative": float(informative.mean())}
+        check = error_rate_check(
+            rule_calls(cal_a, cal_b, point["threshold"]), cal_is_a, calibration_prompts, seed=seed
+        )
+    why = (
+        "the token rule cannot tell the values apart"
+        if not np.isfinite(point["share"])
+        else f"the rule's error rates differ between images of the same value (p = {check['p']:.3f})"
+        if check["p"] < check_level
+        else ""
+    )
+    out = {
+        **point,
+        "unchecked_low": float(lo),
+        "unchecked_high": float(hi),
+        "check_p": check["p"],
+        "check_rates": check["rates"],
+        "why": why,
+        "inconclusive": bool(why),
+        "informative": float(informative.mean()),
+    }
     if why:
         lo, hi = 0.0, 1.0
     return {**out, "low": float(lo), "high": float(hi)}
@@ -311,3 +386,46 @@ def share_verdict(low: float, high: float, max_width: float = 0.25) -> str:
     if low > 0.5 or high < 0.5:
         return "found"
     return "not found" if high - low <= max_width else "inconclusive"
+
+
+# --- shares counted directly (pixels, evaluators): binomial intervals ---------------------------------------
+#
+# Where every image's value is measured (the pixel truth, an evaluator's verdict) a share is a plain binomial
+# proportion. Its interval is Wilson's score interval (Wilson 1927), whose coverage stays near the nominal
+# level down to small n and near 0 or 1, where the textbook p ± z·sqrt(p(1-p)/n) collapses; the difference of
+# two independent shares gets Newcombe's hybrid score interval (Newcombe 1998, method 10), built from the two
+# Wilson intervals. ``tests/test_bias.py`` checks both coverages by simulation.
+
+
+def _z(level: float) -> float:
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    return NormalDist().inv_cdf(1 - (1 - level) / 2)
+
+
+def wilson_interval(successes, n, level: float = 0.95) -> tuple[float, float, float]:
+    """``(share, low, high)``: ``successes / n`` and its Wilson score interval."""
+    k, n = int(successes), int(n)
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"a binomial share needs n >= 1 and 0 <= successes <= n, got {k} of {n}")
+    z, p = _z(level), k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # exact arithmetic gives 0 at k = 0, 1 at k = n and low <= p <= high: keep rounding from breaking that
+    low = 0.0 if k == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if k == n else max(p, min(1.0, centre + half))
+    return p, float(low), float(high)
+
+
+def share_interval(outcomes, level: float = 0.95) -> tuple[float, float, float]:
+    """``wilson_interval`` of a boolean per-image outcome (e.g. "shows red")."""
+    x = np.asarray(outcomes, dtype=bool).ravel()
+    return wilson_interval(int(x.sum()), x.size, level)
+
+
+def difference_interval(outcomes_1, outcomes_2, level: float = 0.95) -> tuple[float, float, float]:
+    """``(p1 - p2, low, high)`` for two independent boolean samples: Newcombe's hybrid score interval."""
+    p1, l1, u1 = share_interval(outcomes_1, level)
+    p2, l2, u2 = share_interval(outcomes_2, level)
+    d = p1 - p2
+    return d, float(d - np.hypot(p1 - l1, u2 - p2)), float(d + np.hypot(u1 - p1, p2 - l2))

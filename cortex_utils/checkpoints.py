@@ -1,10 +1,12 @@
-"""Weights on disk: our safetensors with a JSON card, foreign torch checkpoints read safely, state dicts checked.
+"""Weights on disk: our safetensors with a JSON card, foreign torch checkpoints read safely, state dicts
+checked.
 
 A leaf module: it imports torch and safetensors, and no model library (no taming, no pytorch_lightning, no
 vector_quantize_pytorch), so loading an IEM or an evaluator costs no tokenizer import.
 
-* ``save_weights(state_dict, path, card)`` writes ``path`` (safetensors) and its card ``path.with_suffix(".json")``
-  (config, data, seed, metrics, the command that rebuilds it); ``read_card(path)`` reads the card back.
+* ``save_weights(state_dict, path, card)`` writes ``path`` (safetensors) and its card
+  ``path.with_suffix(".json")`` (config, data, seed, metrics, the command that rebuilds it);
+  ``read_card(path)`` reads the card back.
 * ``load_state_dict(path)`` reads safetensors, or a (Lightning) torch checkpoint with
   ``torch.load(weights_only=True)``; a checkpoint that needs full unpickling is refused unless
   ``trust_pickle=True`` (only for files whose origin you trust: unpickling can run code).
@@ -65,7 +67,8 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         if not trust_pickle:
             raise ValueError(
                 f"{path} cannot be read with torch.load(weights_only=True): it stores pickled Python "
-                f"objects ({str(err).splitlines()[0][:200]}). If you trust its origin, pass trust_pickle=True."
+                f"objects ({str(err).splitlines()[0][:200]}). If you trust its origin, pass "
+                "trust_pickle=True."
             ) from None
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, dict) and "state_dict" in obj:
@@ -82,11 +85,18 @@ def check_state_dict(model: torch.nn.Module, state: dict, ignore_prefixes=("loss
     state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         lines = [f"the {what} does not match the config:"]
-        for label, items in (("shape mismatches", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+        for label, items in (
+            ("shape mismatches", shapes),
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+        ):
             if items:
                 lines.append(f"  {len(items)} {label}, first: " + "; ".join(items[:5]))
         raise ValueError("\n".join(lines))

@@ -19,26 +19,38 @@ def top_tokens(tokens: np.ndarray, tis: np.ndarray, n: int) -> np.ndarray:
     """Codebook ids at each image's top-``n`` TIS positions (``tis.topk_positions``): ``(N, n)``."""
     tokens = np.asarray(tokens)
     if tokens.shape != np.asarray(tis).shape:
-        raise ValueError(f"tokens {tokens.shape} and TIS {np.asarray(tis).shape} must be aligned (same shape)")
+        raise ValueError(
+            f"tokens {tokens.shape} and TIS {np.asarray(tis).shape} must be aligned (same shape)"
+        )
     if n < 1:
         raise ValueError(f"top-n must be >= 1, got {n}")
     return np.take_along_axis(tokens.reshape(len(tokens), -1), topk_positions(tis, n), 1)
 
 
-def _ranked(counts: np.ndarray, class_names, top: int, value_name: str, extra: dict | None = None) -> pd.DataFrame:
+def _ranked(
+    counts: np.ndarray, class_names, top: int, value_name: str, extra: dict | None = None
+) -> pd.DataFrame:
     """``counts`` (C, K) -> tidy table of each class's ``top`` ids by count (ties: smaller id first)."""
     C, K = counts.shape
     order = np.argsort(-counts, axis=1, kind="stable")[:, :top]
     vals = np.take_along_axis(counts, order, 1)
-    df = pd.DataFrame({"label": np.repeat(np.arange(C), order.shape[1]), "rank": np.tile(np.arange(1, order.shape[1] + 1), C),
-                       "token": order.ravel(), value_name: vals.ravel()})
+    df = pd.DataFrame(
+        {
+            "label": np.repeat(np.arange(C), order.shape[1]),
+            "rank": np.tile(np.arange(1, order.shape[1] + 1), C),
+            "token": order.ravel(),
+            value_name: vals.ravel(),
+        }
+    )
     df.insert(1, "class_name", np.asarray(class_names, dtype=object)[df["label"]])
     for k, v in (extra or {}).items():
         df[k] = v[df["label"], df["token"]]
     return df[df[value_name] > 0].reset_index(drop=True) if value_name == "count" else df
 
 
-def concept_tokens(tokens, labels, tis, class_names, n_embed: int, top_ns=(1, 5, 10, 20), top: int = 100) -> pd.DataFrame:
+def concept_tokens(
+    tokens, labels, tis, class_names, n_embed: int, top_ns=(1, 5, 10, 20), top: int = 100
+) -> pd.DataFrame:
     """For each top-n and class: the ids found at the images' top-n TIS positions, ranked by count.
 
     Columns: top_n, label, class_name, rank, token, count, images (how many of the class's images hold the
@@ -52,7 +64,9 @@ def concept_tokens(tokens, labels, tis, class_names, n_embed: int, top_ns=(1, 5,
 
 def _check_present(present: np.ndarray, class_names) -> None:
     if (present == 0).any():
-        raise ValueError(f"class(es) with no images: {[class_names[i] for i in np.flatnonzero(present == 0)][:10]}")
+        raise ValueError(
+            f"class(es) with no images: {[class_names[i] for i in np.flatnonzero(present == 0)][:10]}"
+        )
 
 
 def concept_counts(tokens, labels, tis, n_classes: int, n_embed: int, top_ns=(1, 5, 10, 20)) -> dict:
@@ -62,14 +76,16 @@ def concept_counts(tokens, labels, tis, n_classes: int, n_embed: int, top_ns=(1,
     out = {"present": np.bincount(labels, minlength=n_classes)}
     for n in top_ns:
         ids = top_tokens(tokens, tis, n)
-        out[f"counts{n}"] = np.bincount((labels[:, None] * n_embed + ids).ravel(),
-                                        minlength=n_classes * n_embed).reshape(n_classes, n_embed)
+        out[f"counts{n}"] = np.bincount(
+            (labels[:, None] * n_embed + ids).ravel(), minlength=n_classes * n_embed
+        ).reshape(n_classes, n_embed)
         # images holding the id at least once among their top-n (dedupe within an image)
         srt = np.sort(ids, 1)
         first = np.ones_like(srt, dtype=bool)
         first[:, 1:] = srt[:, 1:] != srt[:, :-1]
-        out[f"images{n}"] = np.bincount((labels[:, None] * n_embed + srt)[first],
-                                        minlength=n_classes * n_embed).reshape(n_classes, n_embed)
+        out[f"images{n}"] = np.bincount(
+            (labels[:, None] * n_embed + srt)[first], minlength=n_classes * n_embed
+        ).reshape(n_classes, n_embed)
     return out
 
 
@@ -81,8 +97,13 @@ def concept_table(counts: dict, class_names, top_ns=(1, 5, 10, 20), top: int = 1
     for n in top_ns:
         c, images = counts[f"counts{n}"], counts[f"images{n}"]
         df = _ranked(c, class_names, top, "count", {"images": images, "share": c / (present[:, None] * n)})
-        glob = _ranked(c.sum(0, keepdims=True), ["all"], top, "count",
-                       {"images": images.sum(0, keepdims=True), "share": c.sum(0, keepdims=True) / (present.sum() * n)})
+        glob = _ranked(
+            c.sum(0, keepdims=True),
+            ["all"],
+            top,
+            "count",
+            {"images": images.sum(0, keepdims=True), "share": c.sum(0, keepdims=True) / (present.sum() * n)},
+        )
         glob["label"] = -1
         frames += [df.assign(top_n=n), glob.assign(top_n=n)]
     out = pd.concat(frames, ignore_index=True)
@@ -90,7 +111,8 @@ def concept_table(counts: dict, class_names, top_ns=(1, 5, 10, 20), top: int = 1
 
 
 def images_with_token(tokens, labels, tis, n: int, label: int, token: int) -> np.ndarray:
-    """Rows of class ``label`` whose top-``n`` TIS positions hold ``token`` (the images a concept token came from)."""
+    """Rows of class ``label`` whose top-``n`` TIS positions hold ``token`` (the images a concept token came
+    from)."""
     ids = top_tokens(tokens, tis, n)
     return np.flatnonzero((np.asarray(labels) == label) & (ids == token).any(1))
 
@@ -99,7 +121,9 @@ def token_frequencies(tokens, labels, n_classes: int, n_embed: int) -> np.ndarra
     """``(C, K)`` occurrences of every id in every class's token grids."""
     labels = np.asarray(labels).astype(np.int64)
     flat = np.asarray(tokens).reshape(len(labels), -1).astype(np.int64)
-    return np.bincount((labels[:, None] * n_embed + flat).ravel(), minlength=n_classes * n_embed).reshape(n_classes, n_embed)
+    return np.bincount((labels[:, None] * n_embed + flat).ravel(), minlength=n_classes * n_embed).reshape(
+        n_classes, n_embed
+    )
 
 
 def background_tokens(tokens, labels, n_embed: int, share: float = 0.5) -> np.ndarray:
@@ -116,7 +140,9 @@ def background_tokens(tokens, labels, n_embed: int, share: float = 0.5) -> np.nd
         raise ValueError(f"share must lie in [0, 1) (the fraction of all grid positions), got {share}")
     labels = np.asarray(labels).astype(np.int64)
     if len(labels) == 0 or len(labels) != len(tokens):
-        raise ValueError(f"need one label per token grid and at least one grid: {len(tokens)} grids, {len(labels)} labels")
+        raise ValueError(
+            f"need one label per token grid and at least one grid: {len(tokens)} grids, {len(labels)} labels"
+        )
     freq = token_frequencies(tokens, labels, int(labels.max()) + 1, n_embed)
     freq = freq[freq.sum(1) > 0]
     mean_share = (freq / freq.sum(1, keepdims=True)).mean(0)
@@ -125,8 +151,16 @@ def background_tokens(tokens, labels, n_embed: int, share: float = 0.5) -> np.nd
     return np.sort(order[:n])
 
 
-def frequency_tokens(tokens, labels, class_names, n_embed: int, top: int = 100, contrastive: bool = False,
-                     smoothing: float = 1.0, exclude=()) -> pd.DataFrame:
+def frequency_tokens(
+    tokens,
+    labels,
+    class_names,
+    n_embed: int,
+    top: int = 100,
+    contrastive: bool = False,
+    smoothing: float = 1.0,
+    exclude=(),
+) -> pd.DataFrame:
     """The baseline: per class, the ``top`` most frequent ids; with ``contrastive``, ids ranked by how much
     more frequent they are in the class than overall (log ratio of smoothed rates). Ids in ``exclude``
     (e.g. ``background_tokens``) are never ranked; the counts and rates of the others are unchanged."""
@@ -134,7 +168,9 @@ def frequency_tokens(tokens, labels, class_names, n_embed: int, top: int = 100, 
     drop = np.zeros(n_embed, dtype=bool)
     exclude = np.asarray(exclude, dtype=np.int64).ravel()
     if exclude.size and (exclude.min() < 0 or exclude.max() >= n_embed):
-        raise ValueError(f"excluded ids must lie in [0, {n_embed}), got [{int(exclude.min())}, {int(exclude.max())}]")
+        raise ValueError(
+            f"excluded ids must lie in [0, {n_embed}), got [{int(exclude.min())}, {int(exclude.max())}]"
+        )
     drop[exclude] = True
     if not contrastive:
         return _ranked(np.where(drop, 0, freq), class_names, top, "count")
@@ -184,8 +220,10 @@ def arrange_tokens(counts: np.ndarray, ids, region) -> np.ndarray:
     if ids.size == 0:
         raise ValueError("no ids to arrange (an empty token set)")
     if counts.ndim != 3 or counts.shape[:2] != region.shape:
-        raise ValueError(f"counts must be (h, w, K) position counts over the region's grid {region.shape}, "
-                         f"got {counts.shape}")
+        raise ValueError(
+            f"counts must be (h, w, K) position counts over the region's grid {region.shape}, "
+            f"got {counts.shape}"
+        )
     if ids.min() < 0 or ids.max() >= counts.shape[2]:
         raise ValueError(f"ids must lie in [0, {counts.shape[2]}), got [{int(ids.min())}, {int(ids.max())}]")
     best = ids[counts[..., ids].argmax(-1)]  # argmax: the first maximum, so ties (and all-zero) -> earlier id
@@ -207,15 +245,19 @@ def token_crops(images, tokens, token: int, rows=None, max_crops: int = 6) -> np
     h, w = tokens.shape[1:]
     ph, pw = images.shape[2] // h, images.shape[3] // w
     r, y, x = np.nonzero(tokens[rows] == token)
-    crops = [images[rows[i], :, yy * ph:(yy + 1) * ph, xx * pw:(xx + 1) * pw]
-             for i, yy, xx in list(zip(r, y, x, strict=True))[:max_crops]]
+    crops = [
+        images[rows[i], :, yy * ph : (yy + 1) * ph, xx * pw : (xx + 1) * pw]
+        for i, yy, xx in list(zip(r, y, x, strict=True))[:max_crops]
+    ]
     return np.stack(crops) if crops else np.zeros((0, images.shape[1], ph, pw), images.dtype)
 
 
 def top_tis_share(tis, k: int) -> np.ndarray:
-    """Per image: the share of its absolute TIS held by its ``k`` highest-TIS positions (``tis``: ``(N, h, w)``).
+    """Per image: the share of its absolute TIS held by its ``k`` highest-TIS positions (``tis``:
+    ``(N, h, w)``).
 
-    How concentrated an explanation is: ``k / (h * w)`` for a map spread evenly, 1 for a map on ``k`` positions.
+    How concentrated an explanation is: ``k / (h * w)`` for a map spread evenly, 1 for a map on ``k``
+    positions.
     """
     flat = np.abs(np.asarray(tis, dtype=np.float64).reshape(len(tis), -1))
     return np.take_along_axis(flat, topk_positions(tis, k), 1).sum(1) / flat.sum(1).clip(min=1e-30)

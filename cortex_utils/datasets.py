@@ -2,10 +2,12 @@
 
 On disk, one folder per dataset::
 
-    manifest.json            class names, grid, codebook size/dim, source, VQ family and fingerprint, split sizes
-    <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
+    manifest.json            class names, grid, codebook size/dim, source, VQ family and fingerprint, split
+    sizes <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
     <split>_labels.npy       (N,) uint8 / uint16 class ids
     <split>_names.npy        optional (N,) file names (imported / image-folder data)
+    <split>_<column>.npy     optional (N,) integer columns the manifest lists under ``columns`` (e.g. a
+                             composite's target side)
 
 Embeddings are ``codebook[tokens]``, computed on the fly, never stored per image.
 A dataset refers to one codebook: loading it next to another VQ model (of the same family or another) is
@@ -14,17 +16,23 @@ refused.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
+from . import DEFAULT_FAMILY
 from .artifacts import atomic_path, write_json
 from .checkpoints import card_path
+from .vq import fingerprint
 
 FORMAT = "cortex-tokens/1"
 
@@ -38,6 +46,7 @@ class TokenDataset:
     labels: dict[str, np.ndarray]
     names: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
+    columns: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # {split: {column: (N,) ints}}
 
     @property
     def class_names(self) -> list[str]:
@@ -49,9 +58,8 @@ class TokenDataset:
 
     @property
     def vq_family(self) -> str:
-        """The tokenizer family that made the ids (``vq.FAMILIES``; taming for datasets made before families)."""
-        from . import DEFAULT_FAMILY
-
+        """The tokenizer family that made the ids (``vq.FAMILIES``; taming for datasets made before
+        families)."""
         return self.manifest.get("vq_family", DEFAULT_FAMILY)
 
     @property
@@ -62,14 +70,16 @@ class TokenDataset:
         """One row per image: split, position, label, class name, name, and the ids as a list."""
         t, y = self.tokens[split], self.labels[split]
         names = self.names.get(split)
-        return pd.DataFrame({
-            "split": split,
-            "row": np.arange(len(y)),
-            "label": y.astype(np.int64),
-            "class_name": np.asarray(self.class_names, dtype=object)[y],
-            "name": names if names is not None else [f"{split}_{i:06d}" for i in range(len(y))],
-            "indices": list(t.reshape(len(t), -1)),
-        })
+        return pd.DataFrame(
+            {
+                "split": split,
+                "row": np.arange(len(y)),
+                "label": y.astype(np.int64),
+                "class_name": np.asarray(self.class_names, dtype=object)[y],
+                "name": names if names is not None else [f"{split}_{i:06d}" for i in range(len(y))],
+                "indices": list(t.reshape(len(t), -1)),
+            }
+        )
 
 
 def _id_dtype(n: int):
@@ -79,22 +89,41 @@ def _id_dtype(n: int):
 def validate(tokens: np.ndarray, labels: np.ndarray, n_embed: int, n_classes: int, grid, split: str) -> None:
     tokens, labels = np.asarray(tokens), np.asarray(labels)
     if tokens.ndim != 3 or tuple(tokens.shape[1:]) != tuple(grid):
-        raise ValueError(f"{split}: token grids must have shape (N, {grid[0]}, {grid[1]}), got {tokens.shape}")
+        raise ValueError(
+            f"{split}: token grids must have shape (N, {grid[0]}, {grid[1]}), got {tokens.shape}"
+        )
     if len(tokens) != len(labels):
         raise ValueError(f"{split}: {len(tokens)} token grids but {len(labels)} labels")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
-        bad = int(np.argmax((tokens.reshape(len(tokens), -1) >= n_embed).any(1) | (tokens.reshape(len(tokens), -1) < 0).any(1)))
+        bad = int(
+            np.argmax(
+                (tokens.reshape(len(tokens), -1) >= n_embed).any(1)
+                | (tokens.reshape(len(tokens), -1) < 0).any(1)
+            )
+        )
         raise ValueError(f"{split}: row {bad} has a token id outside [0, {n_embed})")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{split}: labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"{split}: labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]"
+        )
 
 
-def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_names: list[str],
-                       vq_meta: dict, source: str, details: dict | None = None,
-                       names: dict[str, np.ndarray] | None = None, classifier_data: bool = True) -> TokenDataset:
+def save_token_dataset(
+    path: str | os.PathLike,
+    splits: dict[str, tuple],
+    class_names: list[str],
+    vq_meta: dict,
+    source: str,
+    details: dict | None = None,
+    names: dict[str, np.ndarray] | None = None,
+    classifier_data: bool = True,
+    columns: dict[str, dict[str, np.ndarray]] | None = None,
+) -> TokenDataset:
     """Write a token dataset folder atomically (a failed or interrupted write leaves nothing behind).
 
     ``splits`` maps split name -> ``(tokens (N,h,w), labels (N,))``; ``vq_meta`` is ``vq.vq_meta(model)``.
+    ``columns`` (optional): per split, named integer arrays with one value per image (e.g. where a composite's
+    target sits); every split needs the same column names.
     Data to train a classifier on (``classifier_data``) needs a train split in which every class has at
     least one image; other token sets (e.g. neutral-prompt generations, labelled by prompt) need not.
     """
@@ -105,15 +134,35 @@ def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_
         raise ValueError("a token dataset needs a 'train' split")
     for s, (t, y) in splits.items():
         validate(t, y, n_embed, len(class_names), grid, s)
-    counts = np.bincount(np.asarray(splits["train"][1]), minlength=len(class_names)) if classifier_data else []
+    counts = (
+        np.bincount(np.asarray(splits["train"][1]), minlength=len(class_names)) if classifier_data else []
+    )
     empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
         raise ValueError(f"class(es) with no training images: {empty[:10]}")
-    manifest = {"format": FORMAT, "class_names": list(class_names), "source": source,
-                **{k: vq_meta[k] for k in ("vq_family", "vq_fingerprint", "n_embed", "embed_dim", "grid", "image_size",
-                                           "image_channels") if k in vq_meta},
-                "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
-                "details": details or {}}
+    column_names = _check_columns(columns, splits)
+    manifest = {
+        "format": FORMAT,
+        "class_names": list(class_names),
+        "source": source,
+        **{
+            k: vq_meta[k]
+            for k in (
+                "vq_family",
+                "vq_fingerprint",
+                "n_embed",
+                "embed_dim",
+                "grid",
+                "image_size",
+                "image_channels",
+            )
+            if k in vq_meta
+        },
+        "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
+        "details": details or {},
+    }
+    if column_names:
+        manifest["columns"] = column_names
     tid, lid = _id_dtype(n_embed), _id_dtype(len(class_names))
     with atomic_path(path) as tmp:
         tmp.mkdir()
@@ -122,8 +171,42 @@ def save_token_dataset(path: str | os.PathLike, splits: dict[str, tuple], class_
             np.save(tmp / f"{s}_labels.npy", np.asarray(y).astype(lid))
             if names and s in names:
                 np.save(tmp / f"{s}_names.npy", np.asarray(names[s]).astype(str))
+            for c in column_names:
+                v = np.asarray(columns[s][c])  # the smallest integer type that holds the values
+                np.save(
+                    tmp / f"{s}_{c}.npy",
+                    v.astype(np.result_type(*map(np.min_scalar_type, (v.min(), v.max()))) if v.size else v),
+                )
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return load_token_dataset(path)
+
+
+_RESERVED_COLUMNS = {"tokens", "labels", "names"}
+
+
+def _check_columns(columns, splits) -> list[str]:
+    """The column names of ``save_token_dataset``'s ``columns``, after checking them (same names in every
+    split, one integer per image, names that cannot clash with the dataset's own files)."""
+    if not columns:
+        return []
+    if set(columns) != set(splits):
+        raise ValueError(f"columns must be given for every split {sorted(splits)}, got {sorted(columns)}")
+    names = sorted(next(iter(columns.values())))
+    for s, cols in columns.items():
+        if sorted(cols) != names:
+            raise ValueError(f"every split needs the same columns: {s} has {sorted(cols)}, another {names}")
+        for c, v in cols.items():
+            v = np.asarray(v)
+            if not c.isidentifier() or c in _RESERVED_COLUMNS:
+                raise ValueError(
+                    f"column name {c!r} must be an identifier other than {sorted(_RESERVED_COLUMNS)}"
+                )
+            if v.shape != (len(splits[s][1]),) or not np.issubdtype(v.dtype, np.integer):
+                raise ValueError(
+                    f"{s}: column {c!r} must hold one integer per image ({len(splits[s][1])}), "
+                    f"got {v.dtype} of shape {v.shape}"
+                )
+    return names
 
 
 def load_token_dataset(path: str | os.PathLike, vq=None) -> TokenDataset:
@@ -135,13 +218,14 @@ def load_token_dataset(path: str | os.PathLike, vq=None) -> TokenDataset:
     manifest = json.loads(mpath.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown dataset format {manifest.get('format')!r} (expected {FORMAT})")
-    tokens, labels, names = {}, {}, {}
+    tokens, labels, names, columns = {}, {}, {}, {}
     for s, n in manifest["splits"].items():
         tokens[s] = _read_array(path / f"{s}_tokens.npy", n)
         labels[s] = _read_array(path / f"{s}_labels.npy", n)
         if (path / f"{s}_names.npy").exists():
             names[s] = _read_array(path / f"{s}_names.npy", n)
-    ds = TokenDataset(manifest, tokens, labels, names, path)
+        columns[s] = {c: _read_array(path / f"{s}_{c}.npy", n) for c in manifest.get("columns", [])}
+    ds = TokenDataset(manifest, tokens, labels, names, path, columns if manifest.get("columns") else {})
     if vq is not None:
         check_matches(ds, vq)
     return ds
@@ -154,7 +238,9 @@ def _read_array(file: Path, rows: int) -> np.ndarray:
     try:
         array = np.load(file)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"token dataset file {file} cannot be read ({err}): it is damaged or truncated") from None
+        raise ValueError(
+            f"token dataset file {file} cannot be read ({err}): it is damaged or truncated"
+        ) from None
     if len(array) != rows:
         raise ValueError(f"token dataset file {file} holds {len(array)} rows, its manifest.json says {rows}")
     return array
@@ -163,37 +249,26 @@ def _read_array(file: Path, rows: int) -> np.ndarray:
 def split_fingerprint(ds: TokenDataset, split: str) -> str:
     """Identity of a split's content (sha256 of its ids and labels, 16 hex digits): which exact images a
     model was trained on."""
-    import hashlib
-
     h = hashlib.sha256(np.ascontiguousarray(ds.tokens[split].astype(np.int64)).tobytes())
     h.update(np.ascontiguousarray(ds.labels[split].astype(np.int64)).tobytes())
     return h.hexdigest()[:16]
 
 
-def codebook_fingerprint(codebook: torch.Tensor) -> str:
-    """Identity of the codebook that token ids refer to: sha256 of its float32 bytes and shape (the
-    ``vq_fingerprint`` of a manifest; ``vq.fingerprint`` for a model)."""
-    import hashlib
-
-    cb = codebook.float().cpu().contiguous().numpy()
-    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
-
-
 def check_matches(ds: TokenDataset, vq) -> None:
     """Raise unless the dataset's token ids were made with ``vq``'s codebook."""
-    from .vq import fingerprint
-
     fp = fingerprint(vq)
     if ds.vq_family != vq.family:
         raise ValueError(
             f"dataset {ds.path} was tokenized by a {ds.vq_family} model (codebook fingerprint "
             f"{ds.manifest['vq_fingerprint']}), but the model in use is a {vq.family} ({fp}): its ids mean "
-            "different embeddings. Re-create the dataset with this model, or load the model it was made with.")
+            "different embeddings. Re-create the dataset with this model, or load the model it was made with."
+        )
     if ds.manifest["vq_fingerprint"] != fp:
         raise ValueError(
             f"dataset {ds.path} was tokenized by a VQ model with codebook fingerprint "
             f"{ds.manifest['vq_fingerprint']}, but the model in use has {fp}: its ids mean different "
-            f"embeddings. Re-create the dataset with this model, or load the model it was made with.")
+            f"embeddings. Re-create the dataset with this model, or load the model it was made with."
+        )
 
 
 def dataset_bytes(path: str | os.PathLike) -> int:
@@ -207,9 +282,8 @@ def dataset_bytes(path: str | os.PathLike) -> int:
 # has a card ``X.json``: the generator and settings that made it, the sha256 of each file, the command that
 # rebuilds it.
 
-def file_digest(file: str | os.PathLike) -> str:
-    import hashlib
 
+def file_digest(file: str | os.PathLike) -> str:
     return hashlib.sha256(Path(file).read_bytes()).hexdigest()
 
 
@@ -224,8 +298,9 @@ def write_dataset_card(path: str | os.PathLike, card: dict) -> Path:
     return card_path(path)
 
 
-def shipped_dataset(path: str | os.PathLike, settings: dict,
-                    vq_fingerprint: str | None = None) -> tuple[TokenDataset | None, str]:
+def shipped_dataset(
+    path: str | os.PathLike, settings: dict, vq_fingerprint: str | None = None
+) -> tuple[TokenDataset | None, str]:
     """``(dataset, why)`` for the shipped dataset at ``path`` if its card says it was made with exactly
     ``settings``; ``(None, why not)`` if it was made otherwise. Raises, naming the file and what to do, when
     the shipped files are missing or damaged or belong to another tokenizer (codebook fingerprint) than
@@ -239,36 +314,45 @@ def shipped_dataset(path: str | os.PathLike, settings: dict,
     diff = sorted(k for k in settings if theirs.get(k) != settings[k])
     if diff:
         return None, f"the shipped {path.name} was made with other settings: " + ", ".join(
-            f"{k} {theirs.get(k)!r} (here {settings[k]!r})" for k in diff)
+            f"{k} {theirs.get(k)!r} (here {settings[k]!r})" for k in diff
+        )
     for name, digest in card["files"].items():
         if not (path / name).exists():
             raise FileNotFoundError(f"shipped dataset file {path / name} is missing: {fix}")
         if file_digest(path / name) != digest:
-            raise ValueError(f"shipped dataset file {path / name} is damaged (its sha256 differs from {card_file.name}): "
-                             f"{fix}")
+            raise ValueError(
+                f"shipped dataset file {path / name} is damaged (its sha256 differs from {card_file.name}): "
+                f"{fix}"
+            )
     ds = load_token_dataset(path)
     if vq_fingerprint is not None and ds.manifest["vq_fingerprint"] != vq_fingerprint:
-        raise ValueError(f"the shipped dataset {path} was tokenized by the shipped VQ model (codebook "
-                         f"{ds.manifest['vq_fingerprint']}), not by this run's ({vq_fingerprint}): its ids would "
-                         "mean other embeddings. Generate the data with this tokenizer instead "
-                         "(regenerate = True, or retrain = True for the whole run).")
+        raise ValueError(
+            f"the shipped dataset {path} was tokenized by the shipped VQ model (codebook "
+            f"{ds.manifest['vq_fingerprint']}), not by this run's ({vq_fingerprint}): its ids would "
+            "mean other embeddings. Generate the data with this tokenizer instead "
+            "(regenerate = True, or retrain = True for the whole run)."
+        )
     return ds, f"the shipped {path.name} was made with these settings"
 
 
 def copy_dataset(ds: TokenDataset, path: str | os.PathLike) -> TokenDataset:
     """Copy a dataset folder to ``path`` (atomically) and return the copy."""
-    import shutil
-
-    from .artifacts import atomic_path
-
     with atomic_path(path) as tmp:
         shutil.copytree(ds.path, tmp)
     return load_token_dataset(path)
 
 
-def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch_size: int = 128,
-                     shuffle: bool = False, seed: int = 0, rows: tuple[int, int] | None = None, sampler=None,
-                     device=None):
+def embedding_loader(
+    ds: TokenDataset,
+    split: str,
+    codebook: torch.Tensor,
+    batch_size: int = 128,
+    shuffle: bool = False,
+    seed: int = 0,
+    rows: tuple[int, int] | None = None,
+    sampler=None,
+    device=None,
+):
     """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, rows (B,) long)`` batches, ``rows``
     the images' row numbers in the split.
 
@@ -279,8 +363,10 @@ def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch
     if split not in ds.tokens:
         raise KeyError(f"split {split!r} not in dataset (has {ds.splits})")
     if codebook.shape != (ds.manifest["n_embed"], ds.manifest["embed_dim"]):
-        raise ValueError(f"codebook shape {tuple(codebook.shape)} does not match the dataset's "
-                         f"({ds.manifest['n_embed']}, {ds.manifest['embed_dim']})")
+        raise ValueError(
+            f"codebook shape {tuple(codebook.shape)} does not match the dataset's "
+            f"({ds.manifest['n_embed']}, {ds.manifest['embed_dim']})"
+        )
     if sampler is not None and (shuffle or rows is not None):
         raise ValueError("a sampler chooses the rows and their order: give it without shuffle or rows")
     t = torch.from_numpy(ds.tokens[split].astype(np.int64))
@@ -297,18 +383,23 @@ def embedding_loader(ds: TokenDataset, split: str, codebook: torch.Tensor, batch
         return codebook[t[i]].permute(0, 3, 1, 2).contiguous(), y[i], idx
 
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(range(start, stop), batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                                       generator=g, collate_fn=collate)
+    return torch.utils.data.DataLoader(
+        range(start, stop),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        generator=g,
+        collate_fn=collate,
+    )
 
 
 # --- the original CORTEX CSV layout ------------------------------------------------------------
+
 
 def _csv_record_lines(csv_path: Path) -> tuple[list[str], list[tuple[int, int]], str]:
     """The header; for every data row as pandas counts them (blank lines skipped) ``(first line, number of
     fields)``, lines 1-based as in an editor; and the csv module's complaint where it stopped (the last row
     then has -1 fields). Only read when a row is bad, to name its line."""
-    import csv
-
     header, rows, last, problem = None, [], 0, ""
     with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh, strict=True)
@@ -332,8 +423,9 @@ def _csv_error(csv_path: Path, line: int | None, what: str, fix: str) -> ValueEr
     return ValueError(f"{where}: {what}. {fix}")
 
 
-def read_cortex_csv(csv_path: str | os.PathLike, grid, n_embed: int,
-                    labelled: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_cortex_csv(
+    csv_path: str | os.PathLike, grid, n_embed: int, labelled: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read a ``filename,label,indices`` CSV (indices: a list literal of ``h*w`` ids, row-major).
 
     Returns ``(tokens (N,h,w), labels (N,), filenames (N,))``. A malformed row (truncated, a field too many,
@@ -349,24 +441,43 @@ def read_cortex_csv(csv_path: str | os.PathLike, grid, n_embed: int,
     try:
         df = pd.read_csv(csv_path, dtype={"indices": str})
     except pd.errors.EmptyDataError:
-        raise _csv_error(csv_path, None, "the file is empty (not even a header line)",
-                         "Write the header `filename,label,indices` and one row per image.") from None
+        raise _csv_error(
+            csv_path,
+            None,
+            "the file is empty (not even a header line)",
+            "Write the header `filename,label,indices` and one row per image.",
+        ) from None
     except pd.errors.ParserError as err:
         header, rows, problem = _csv_record_lines(csv_path)
         bad = [(line, k) for line, k in rows if k != len(header)]
         if bad and bad[0][1] == -1 and "end of data" in problem:
-            raise _csv_error(csv_path, bad[0][0], "a quoted field starts in this row and never ends: the file is "
-                             "truncated", "Export or copy the CSV again, or delete the incomplete last row.") from None
+            raise _csv_error(
+                csv_path,
+                bad[0][0],
+                "a quoted field starts in this row and never ends: the file is truncated",
+                "Export or copy the CSV again, or delete the incomplete last row.",
+            ) from None
         if bad and bad[0][1] == -1:
-            raise _csv_error(csv_path, bad[0][0], f"the row's quoting is malformed ({problem})",
-                             "A quoted field must end with a quote followed by a comma or the end of the "
-                             "line.") from None
+            raise _csv_error(
+                csv_path,
+                bad[0][0],
+                f"the row's quoting is malformed ({problem})",
+                "A quoted field must end with a quote followed by a comma or the end of the line.",
+            ) from None
         if bad:
-            raise _csv_error(csv_path, bad[0][0], f"the row has {bad[0][1]} fields, the header has {len(header)} "
-                             f"({','.join(header)})", "Quote the indices list (\"[12, 7, ...]\") so its commas do "
-                             f"not split it, or remove the extra fields ({len(bad)} such row(s)).") from None
-        raise _csv_error(csv_path, None, f"pandas cannot parse it ({str(err).strip()})",
-                         "Check the file is a comma-separated filename,label,indices table.") from None
+            raise _csv_error(
+                csv_path,
+                bad[0][0],
+                f"the row has {bad[0][1]} fields, the header has {len(header)} ({','.join(header)})",
+                'Quote the indices list ("[12, 7, ...]") so its commas do '
+                f"not split it, or remove the extra fields ({len(bad)} such row(s)).",
+            ) from None
+        raise _csv_error(
+            csv_path,
+            None,
+            f"pandas cannot parse it ({str(err).strip()})",
+            "Check the file is a comma-separated filename,label,indices table.",
+        ) from None
     for col in ("label", "indices") if labelled else ("indices",):
         if col not in df.columns:
             raise ValueError(f"{csv_path}: missing column {col!r} (has {list(df.columns)})")
@@ -379,51 +490,76 @@ def read_cortex_csv(csv_path: str | os.PathLike, grid, n_embed: int,
 
     missing = np.flatnonzero(df["indices"].isna().to_numpy())
     if len(missing):
-        raise _csv_error(csv_path, line(int(missing[0])), "the row has no indices field (empty, or the row ends "
-                         "early)", f"Each row needs a list of {n} token ids; a row cut short means a truncated file: "
-                         f"export or copy it again ({len(missing)} such row(s)).")
+        raise _csv_error(
+            csv_path,
+            line(int(missing[0])),
+            "the row has no indices field (empty, or the row ends early)",
+            f"Each row needs a list of {n} token ids; a row cut short means a truncated file: "
+            f"export or copy it again ({len(missing)} such row(s)).",
+        )
     body = df["indices"].str.strip().str.strip("[]()")
     lengths = body.str.count(",") + 1 - body.str.rstrip().str.endswith(",").astype(int)
     lengths[body.str.strip() == ""] = 0
     bad = np.flatnonzero(lengths.to_numpy() != n)
     if len(bad):
-        raise ValueError(f"{csv_path}: line {line(int(bad[0]))} has {lengths.iloc[bad[0]]} token ids, expected "
-                         f"{n} (= {grid[0]}x{grid[1]} grid, row-major); {len(bad)} such row(s). Every row needs "
-                         "exactly one id per grid position: the row is cut short, or the CSV was made with "
-                         "another tokenizer (grid) than this one.")
+        raise ValueError(
+            f"{csv_path}: line {line(int(bad[0]))} has {lengths.iloc[bad[0]]} token ids, expected "
+            f"{n} (= {grid[0]}x{grid[1]} grid, row-major); {len(bad)} such row(s). Every row needs "
+            "exactly one id per grid position: the row is cut short, or the CSV was made with "
+            "another tokenizer (grid) than this one."
+        )
     try:
         flat = np.array(",".join(body.str.rstrip(",")).split(","), dtype=np.int64)
     except ValueError:
         ok = body.str.fullmatch(r"\s*[+-]?\d+\s*(,\s*[+-]?\d+\s*)*,?\s*").to_numpy()
         row = int(np.flatnonzero(~ok)[0]) if (~ok).any() else 0
-        first = next((t.strip() for t in body.iloc[row].split(",") if not t.strip().lstrip("+-").isdigit()), "?")
-        raise _csv_error(csv_path, line(row), f"indices must be integer token ids, got {first!r}",
-                         f"Write them as a list of integers, e.g. \"[12, 7, ...]\" ({int((~ok).sum())} such "
-                         "row(s)).") from None
+        first = next(
+            (t.strip() for t in body.iloc[row].split(",") if not t.strip().lstrip("+-").isdigit()), "?"
+        )
+        raise _csv_error(
+            csv_path,
+            line(row),
+            f"indices must be integer token ids, got {first!r}",
+            f'Write them as a list of integers, e.g. "[12, 7, ...]" ({int((~ok).sum())} such row(s)).',
+        ) from None
     tokens = flat.reshape(len(df), *grid)
     out = (tokens < 0) | (tokens >= n_embed)
     if out.any():
         row = int(np.flatnonzero(out.reshape(len(df), -1).any(1))[0])
-        raise ValueError(f"{csv_path}: line {line(row)} has a token id outside the codebook [0, {n_embed}): "
-                         "the CSV was made with another tokenizer (codebook size) than this one.")
-    names = df["filename"].astype(str).to_numpy() if "filename" in df.columns else np.array(
-        [f"{csv_path.stem}_{i}" for i in range(len(df))])
+        raise ValueError(
+            f"{csv_path}: line {line(row)} has a token id outside the codebook [0, {n_embed}): "
+            "the CSV was made with another tokenizer (codebook size) than this one."
+        )
+    names = (
+        df["filename"].astype(str).to_numpy()
+        if "filename" in df.columns
+        else np.array([f"{csv_path.stem}_{i}" for i in range(len(df))])
+    )
     if labelled:
         numeric = pd.to_numeric(df["label"], errors="coerce")
         bad = np.flatnonzero((numeric.isna() | (numeric != numeric.round())).to_numpy())
         if len(bad):
             raw = df["label"].iloc[bad[0]]
-            what = "the row has no label" if pd.isna(raw) else f"the label {str(raw)!r} is not an integer class id"
-            raise _csv_error(csv_path, line(int(bad[0])), what,
-                             f"Write each label as an integer 0, 1, ... ({len(bad)} such row(s)).")
+            what = (
+                "the row has no label"
+                if pd.isna(raw)
+                else f"the label {str(raw)!r} is not an integer class id"
+            )
+            raise _csv_error(
+                csv_path,
+                line(int(bad[0])),
+                what,
+                f"Write each label as an integer 0, 1, ... ({len(bad)} such row(s)).",
+            )
         labels = numeric.to_numpy(np.int64)
     else:
         labels = np.full(len(df), -1, dtype=np.int64)
     return tokens, labels, names
 
 
-def import_cortex_csv(out_path, csv_paths: dict[str, str | os.PathLike], vq_meta: dict,
-                      class_names: list[str] | None = None) -> TokenDataset:
+def import_cortex_csv(
+    out_path, csv_paths: dict[str, str | os.PathLike], vq_meta: dict, class_names: list[str] | None = None
+) -> TokenDataset:
     """Import the original's split CSVs (e.g. ``{"train": "train_embeddings.csv", ...}``) into our format.
 
     Every CSV is read and checked before anything is written, and the dataset folder is written atomically
@@ -434,9 +570,15 @@ def import_cortex_csv(out_path, csv_paths: dict[str, str | os.PathLike], vq_meta
     if class_names is None:
         n_classes = int(max(y.max() for _, y, _ in parts.values())) + 1
         class_names = [str(i) for i in range(n_classes)]
-    return save_token_dataset(out_path, {s: (t, y) for s, (t, y, _) in parts.items()}, class_names, vq_meta,
-                              source="imported", details={"csv": {s: str(p) for s, p in csv_paths.items()}},
-                              names={s: n for s, (_, _, n) in parts.items()})
+    return save_token_dataset(
+        out_path,
+        {s: (t, y) for s, (t, y, _) in parts.items()},
+        class_names,
+        vq_meta,
+        source="imported",
+        details={"csv": {s: str(p) for s, p in csv_paths.items()}},
+        names={s: n for s, (_, _, n) in parts.items()},
+    )
 
 
 def write_cortex_csv(csv_path: str | os.PathLike, tokens, labels=None, names=None) -> Path:
@@ -447,7 +589,9 @@ def write_cortex_csv(csv_path: str | os.PathLike, tokens, labels=None, names=Non
     columns = {"filename": names if names is not None else [f"img_{i}.png" for i in range(len(tokens))]}
     if labels is not None:
         columns["label"] = labels
-    columns["indices"] = ["[" + ", ".join(map(str, r.tolist())) + "]" for r in tokens.reshape(len(tokens), -1)]
+    columns["indices"] = [
+        "[" + ", ".join(map(str, r.tolist())) + "]" for r in tokens.reshape(len(tokens), -1)
+    ]
     with atomic_path(csv_path) as tmp:
         pd.DataFrame(columns).to_csv(tmp, index=False)
     return Path(csv_path)
@@ -461,11 +605,10 @@ def export_cortex_csv(ds: TokenDataset, split: str, csv_path: str | os.PathLike)
 
 # --- real images -------------------------------------------------------------------------------
 
+
 def read_image_folder(root: str | os.PathLike, size: int, channels: int = 3):
     """An ImageFolder-layout tree (one sub-folder per class) as uint8 ``(N, C, size, size)``, labels,
     class names and file names. Images are resized (shorter side) and centre-cropped to ``size``."""
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
@@ -481,7 +624,9 @@ def read_image_folder(root: str | os.PathLike, size: int, channels: int = 3):
         for p in files:
             im = Image.open(p).convert("RGB" if channels == 3 else "L")
             scale = size / min(im.size)
-            im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+            im = im.resize(
+                (max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC
+            )
             left, top = (im.width - size) // 2, (im.height - size) // 2
             arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
             images.append(arr.reshape(size, size, -1).transpose(2, 0, 1))

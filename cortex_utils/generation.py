@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import taming_vq
+from . import digits, taming_vq
 from . import vq as vqlib
 from .checkpoints import check_state_dict, load_state_dict
 
@@ -38,9 +38,19 @@ class CondTransformer(torch.nn.Module):
     ``forward(x, c)`` is taming's training objective: ``(logits, target)``.
     """
 
-    def __init__(self, first_stage_model, transformer_config, cond_stage_config, permuter_config=None,
-                 first_stage_key="image", cond_stage_key="depth", downsample_cond_size=-1, pkeep=1.0,
-                 sos_token=0, unconditional=False):
+    def __init__(
+        self,
+        first_stage_model,
+        transformer_config,
+        cond_stage_config,
+        permuter_config=None,
+        first_stage_key="image",
+        cond_stage_key="depth",
+        downsample_cond_size=-1,
+        pkeep=1.0,
+        sos_token=0,
+        unconditional=False,
+    ):
         super().__init__()
         self.be_unconditional = unconditional
         self.sos_token = sos_token
@@ -52,11 +62,14 @@ class CondTransformer(torch.nn.Module):
         elif cond_stage_config == "__is_unconditional__" or unconditional:
             self.be_unconditional = True
             self.cond_stage_key = first_stage_key
-            self.cond_stage_model = taming_vq.instantiate({"target": "taming.modules.util.SOSProvider",
-                                                           "params": {"sos_token": sos_token}})
+            self.cond_stage_model = taming_vq.instantiate(
+                {"target": "taming.modules.util.SOSProvider", "params": {"sos_token": sos_token}}
+            )
         else:
             self.cond_stage_model = taming_vq.instantiate(cond_stage_config).eval()
-        self.permuter = taming_vq.instantiate(permuter_config or {"target": "taming.modules.transformer.permuter.Identity"})
+        self.permuter = taming_vq.instantiate(
+            permuter_config or {"target": "taming.modules.transformer.permuter.Identity"}
+        )
         self.transformer = taming_vq.instantiate(transformer_config)
         self.downsample_cond_size = downsample_cond_size
         self.pkeep = pkeep
@@ -92,15 +105,22 @@ class CondTransformer(torch.nn.Module):
             mask = torch.bernoulli(self.pkeep * torch.ones(z.shape, device=z.device)).round().to(torch.int64)
             a = mask * z + (1 - mask) * torch.randint_like(z, self.transformer.config.vocab_size)
         logits, _ = self.transformer(torch.cat((c, a), 1)[:, :-1])
-        return logits[:, c.shape[1] - 1:], z
+        return logits[:, c.shape[1] - 1 :], z
 
 
-def transformer_config(vq_config: dict, n_classes: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
-                       dropout: float = 0.0) -> dict:
+def transformer_config(
+    vq_config: dict,
+    n_classes: int,
+    n_layer: int = 4,
+    n_head: int = 4,
+    n_embd: int = 128,
+    dropout: float = 0.0,
+) -> dict:
     """A taming ``Net2NetTransformer`` config over ``vq_config``'s tokens, conditioned on ``n_classes``.
 
     No dropout by default: on the small default data a short run underfits rather than overfits, and
-    dropout costs a third of each CPU step (measured: 1,500 steps reached val loss 2.35 without, 2.41 with 0.1).
+    dropout costs a third of each CPU step (measured: 1,500 steps reached val loss 2.35 without, 2.41 with
+    0.1).
     """
     p = taming_vq.read_config(vq_config)["params"]
     h = p["ddconfig"]["resolution"] // 2 ** (len(p["ddconfig"]["ch_mult"]) - 1)
@@ -112,12 +132,22 @@ def transformer_config(vq_config: dict, n_classes: int, n_layer: int = 4, n_head
             "cond_stage_key": "class_label",
             "transformer_config": {
                 "target": "taming.modules.transformer.mingpt.GPT",
-                "params": {"vocab_size": p["n_embed"], "block_size": h * h, "n_layer": n_layer,
-                           "n_head": n_head, "n_embd": n_embd, "embd_pdrop": dropout,
-                           "resid_pdrop": dropout, "attn_pdrop": dropout},
+                "params": {
+                    "vocab_size": p["n_embed"],
+                    "block_size": h * h,
+                    "n_layer": n_layer,
+                    "n_head": n_head,
+                    "n_embd": n_embd,
+                    "embd_pdrop": dropout,
+                    "resid_pdrop": dropout,
+                    "attn_pdrop": dropout,
+                },
             },
             "first_stage_config": taming_vq.read_config(vq_config),
-            "cond_stage_config": {"target": "taming.modules.util.Labelator", "params": {"n_classes": n_classes}},
+            "cond_stage_config": {
+                "target": "taming.modules.util.Labelator",
+                "params": {"n_classes": n_classes},
+            },
         },
     }
 
@@ -132,7 +162,9 @@ def build_transformer(config, vq=None, seed: int | None = None) -> CondTransform
     if config["target"] != NET2NET_TARGET:
         raise ValueError(f"config target {config['target']} is not taming's {NET2NET_TARGET}")
     params = copy.deepcopy(config["params"])
-    params.pop("ckpt_path", None)  # taming would unpickle it without weights_only; load_transformer loads weights
+    params.pop(
+        "ckpt_path", None
+    )  # taming would unpickle it without weights_only; load_transformer loads weights
     params.pop("ignore_keys", None)  # only used with ckpt_path
     first_stage_config = taming_vq.read_config(params.pop("first_stage_config"))
     if seed is not None:
@@ -150,22 +182,37 @@ def load_transformer(config, checkpoint, vq=None, trust_pickle: bool = False):
     the checkpoint's first-stage weights, if any, must describe the same codebook."""
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model = build_transformer(config, vq=vq)
-    gpt_state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
-    check_state_dict(model.transformer, gpt_state, ignore_prefixes=(), what=f"transformer checkpoint {checkpoint}")
+    gpt_state = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
+    check_state_dict(
+        model.transformer, gpt_state, ignore_prefixes=(), what=f"transformer checkpoint {checkpoint}"
+    )
     model.transformer.load_state_dict(gpt_state)
-    first = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
+    first = {
+        k[len("first_stage_model.") :]: v for k, v in state.items() if k.startswith("first_stage_model.")
+    }
     if first:
         if vq is None:
-            model.first_stage_model.load_state_dict(check_state_dict(model.first_stage_model, first,
-                                                                     what=f"first stage of {checkpoint}"))
+            model.first_stage_model.load_state_dict(
+                check_state_dict(model.first_stage_model, first, what=f"first stage of {checkpoint}")
+            )
         elif not torch.equal(first["quantize.embedding.weight"], vqlib.codebook(vq)):
             raise ValueError(f"{checkpoint} was trained on another codebook than the VQ model given")
     return model.eval()
 
 
-def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int = 2000, batch_size: int = 64,
-                      lr: float = 3e-3, seed: int = 0, log_every: int = 50, val=None, warmup: int = 100,
-                      bf16: bool = False) -> pd.DataFrame:
+def train_transformer(
+    model,
+    tokens: np.ndarray,
+    labels: np.ndarray,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    log_every: int = 50,
+    val=None,
+    warmup: int = 100,
+    bf16: bool = False,
+) -> pd.DataFrame:
     """Next-token cross-entropy on ``[class, z_1 .. z_{hw}]`` sequences, as Net2NetTransformer's own
     ``forward``, but on precomputed token grids (no re-encoding each step). ``val``: optional
     ``(tokens, labels)`` for a validation loss in the log. AdamW with a linear warm-up over ``warmup`` steps,
@@ -177,6 +224,7 @@ def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int 
     c = torch.as_tensor(labels).long()[:, None]
     gpt = model.transformer
     opt = torch.optim.AdamW(gpt.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+
     def factor(s):
         cosine = 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, steps) / max(steps, 1)))
         return min(1.0, (s + 1) / max(warmup, 1)) * cosine
@@ -199,8 +247,11 @@ def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int 
             if val is not None:
                 gpt.eval()
                 with torch.no_grad():
-                    row["val_loss"] = sequence_loss(gpt, torch.as_tensor(val[1]).long()[:, None],
-                                                    torch.as_tensor(val[0]).long().flatten(1)).item()
+                    row["val_loss"] = sequence_loss(
+                        gpt,
+                        torch.as_tensor(val[1]).long()[:, None],
+                        torch.as_tensor(val[0]).long().flatten(1),
+                    ).item()
                 gpt.train()
             log.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
@@ -210,7 +261,7 @@ def train_transformer(model, tokens: np.ndarray, labels: np.ndarray, steps: int 
 
 def sequence_loss(gpt, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     logits, _ = gpt(torch.cat([c, z], 1)[:, :-1])
-    logits = logits[:, c.shape[1] - 1:]
+    logits = logits[:, c.shape[1] - 1 :]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), z.reshape(-1))
 
 
@@ -226,27 +277,60 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1)
 
 
-def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 100, batch_size: int = 500,
-                  seed: int = 0, progress: bool = True) -> torch.Tensor:
+def suppression_mask(ids, vocab_size: int) -> torch.Tensor:
+    """``(vocab_size,)`` bool, True at each of ``ids``: the tokens ``sample_tokens(suppress=ids)`` never
+    draws. Refuses an empty set, ids that are not integers or lie outside ``[0, vocab_size)``, and a set that
+    leaves nothing to draw."""
+    ids = np.asarray(ids).ravel()
+    if ids.size == 0:
+        raise ValueError("suppress: an empty set of token ids (give None to suppress nothing)")
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"suppress: token ids must be integers, got dtype {ids.dtype}")
+    bad = sorted({int(i) for i in ids if not 0 <= i < vocab_size})
+    if bad:
+        raise ValueError(f"suppress: id(s) {bad[:10]} outside the codebook [0, {vocab_size})")
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[torch.as_tensor(ids, dtype=torch.long)] = True
+    if mask.all():
+        raise ValueError(f"suppress: all {vocab_size} ids suppressed, nothing left to sample")
+    return mask
+
+
+def sample_tokens(
+    model,
+    labels,
+    temperature: float = 1.0,
+    top_k: int | None = 100,
+    batch_size: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+    suppress=None,
+) -> torch.Tensor:
     """Sample one token grid per entry of ``labels`` -> ``(N, h, w)`` int64.
 
     Uses taming's minGPT key/value cache (``forward_with_past``): one new position per step instead of
     re-running the whole prefix, identical logits, ~``h*w/2`` times less work.
+
+    ``suppress``: token ids that are never drawn (a logit bias of -inf on them at every step, applied before
+    ``top_k``, so the k most likely *allowed* ids remain); ``None`` (the default) changes nothing.
     """
     gpt = model.transformer
     gpt.eval()
     h, w = vqlib.grid_shape(model.tokenizer)
+    banned = None if suppress is None else suppression_mask(suppress, gpt.config.vocab_size)
     labels = torch.as_tensor(labels).long()
     gen = torch.Generator().manual_seed(seed)
     out = []
     bar = tqdm(total=len(labels), desc="sample", disable=not progress)
     for i in range(0, len(labels), batch_size):
-        x = labels[i:i + batch_size, None]
+        x = labels[i : i + batch_size, None]
         past, seq = None, []
         for n in range(h * w):
             logits, _, present = gpt.forward_with_past(x, past=past, past_length=n)
             past = [present] if past is None else past + [present]
             logits = logits[:, -1, :] / temperature
+            if banned is not None:
+                logits = logits.masked_fill(banned, -float("inf"))
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, -float("inf"))
@@ -258,12 +342,11 @@ def sample_tokens(model, labels, temperature: float = 1.0, top_k: int | None = 1
     return torch.cat(out)
 
 
-def colour_augmented_tokens(vq, gray: np.ndarray, labels: np.ndarray, colourings: int = 4, seed: int = 0,
-                            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def colour_augmented_tokens(
+    vq, gray: np.ndarray, labels: np.ndarray, colourings: int = 4, seed: int = 0, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Training data for the transformer: each real training digit drawn in ``colourings`` random palette
     colours and tokenized -> ``(len(gray) * colourings, h, w)`` token grids and their labels."""
-    from . import digits
-
     rng = np.random.default_rng(seed)
     tokens = []
     for _ in tqdm(range(colourings), desc="tokenize colourings", disable=not progress):

@@ -5,7 +5,8 @@ number of classes and width (the original hard-codes 256 x 16 x 16, 1000 classes
 
 1. ``vgg``: 4 conv-BN-ReLU, max-pool, 4 more, max-pool, three FC layers with BN and dropout;
 2. ``vgg_deep``: the same with two more conv layers after the second pool;
-3. ``resnet_se``: residual blocks with squeeze-excitation, two stages of three blocks, global pooling, FC head;
+3. ``resnet_se``: residual blocks with squeeze-excitation, two stages of three blocks, global pooling, FC
+   head;
 4. ``vit``: linear projection of each token embedding, CLS token, learned positions, pre-LN encoder layers
    (BatchNorm on the attention and MLP outputs, as the original), MLP head on CLS.
 """
@@ -33,19 +34,32 @@ def _conv(cin, cout):
 
 
 def _fc_head(n_in, hidden, hidden2, n_classes, dropout=0.5):
-    return [nn.Flatten(), nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden2), nn.BatchNorm1d(hidden2), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden2, n_classes)]
+    return [
+        nn.Flatten(),
+        nn.Linear(n_in, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden2),
+        nn.BatchNorm1d(hidden2),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden2, n_classes),
+    ]
 
 
 def _vgg(in_ch, grid, n_classes, width, deep):
     layers = _conv(in_ch, width) + sum((_conv(width, width) for _ in range(3)), []) + [nn.MaxPool2d(2)]
-    layers += _conv(width, 2 * width) + sum((_conv(2 * width, 2 * width) for _ in range(3)), []) + [nn.MaxPool2d(2)]
+    layers += (
+        _conv(width, 2 * width) + sum((_conv(2 * width, 2 * width) for _ in range(3)), []) + [nn.MaxPool2d(2)]
+    )
     if deep:
         layers += _conv(2 * width, 2 * width) + _conv(2 * width, 2 * width)
     side = (grid[0] // 4) * (grid[1] // 4)
     hidden = 8 * width
-    return nn.Sequential(*layers, *_fc_head(2 * width * side, hidden, hidden // 2 if deep else hidden, n_classes))
+    return nn.Sequential(
+        *layers, *_fc_head(2 * width * side, hidden, hidden // 2 if deep else hidden, n_classes)
+    )
 
 
 class SEBlock(nn.Module):
@@ -53,13 +67,26 @@ class SEBlock(nn.Module):
 
     def __init__(self, cin, cout, stride, reduction=16):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         r = max(cout // reduction, 4)
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cout, r, 1), nn.ReLU(inplace=True),
-                                nn.Conv2d(r, cout, 1), nn.Sigmoid())
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.se = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(cout, r, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(r, cout, 1),
+            nn.Sigmoid(),
+        )
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x):
         y = self.body(x)
@@ -70,10 +97,19 @@ def _resnet_se(in_ch, grid, n_classes, width):
     stages = [SEBlock(width, width, 2)] + [SEBlock(width, width, 1) for _ in range(2)]
     stages += [SEBlock(width, 2 * width, 2)] + [SEBlock(2 * width, 2 * width, 1) for _ in range(2)]
     hidden = 4 * width
-    return nn.Sequential(nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                         *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(2 * width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(0.4),
-                         nn.Linear(hidden, n_classes))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        *stages,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.4),
+        nn.Linear(hidden, n_classes),
+    )
 
 
 class _TokenBN(nn.Module):
@@ -91,12 +127,16 @@ class _TokenBN(nn.Module):
 
 
 def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention of ``(B, T, C)`` tokens with ``attn``'s weights (no dropout, no mask), through
-    ``F.scaled_dot_product_attention``: what ``attn(x, x, x, need_weights=False)[0]`` computes, without its
-    transposes to ``(T, B, C)`` and back (``tests/test_iem_tis.py`` checks the two agree)."""
+    """Multi-head self-attention of ``(B, T, C)`` tokens with ``attn``'s weights (no dropout, no mask),
+    through ``F.scaled_dot_product_attention``: what ``attn(x, x, x, need_weights=False)[0]`` computes,
+    without its transposes to ``(T, B, C)`` and back (``tests/test_iem_tis.py`` checks the two agree)."""
     b, t, c = x.shape
     heads = attn.num_heads
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(b, t, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = (
+        F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        .view(b, t, 3, heads, c // heads)
+        .permute(2, 0, 3, 1, 4)
+    )
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":
         # bfloat16 on the CPU (TIS's fast mode): the explicit softmax(q k^T / sqrt(d)) v; the fused kernel is
         # several times slower there for heads this small (benchmarks/tis_speed.py)
@@ -110,11 +150,13 @@ class EncoderLayer(nn.Module):
     def __init__(self, dim, heads, dropout):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        # the weights' holder (its state-dict keys: attn.in_proj_*, attn.out_proj.*); forward uses self_attention.
-        # No attention dropout: slow on CPU, little gain
+        # the weights' holder (its state-dict keys: attn.in_proj_*, attn.out_proj.*); forward uses
+        # self_attention. No attention dropout: slow on CPU, little gain
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.bn1, self.bn2 = _TokenBN(dim), _TokenBN(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+        )
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -130,7 +172,9 @@ class ViT(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, grid[0] * grid[1] + 1, width) * 0.02)
         self.layers = nn.Sequential(*[EncoderLayer(width, heads, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, n_classes))
+        self.head = nn.Sequential(
+            nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, n_classes)
+        )
 
     def forward(self, x):
         tokens = self.proj(x.flatten(2).transpose(1, 2))
@@ -154,8 +198,13 @@ def build_iem(arch: int | str, in_channels: int, grid, n_classes: int, width: in
         model = _resnet_se(in_channels, grid, n_classes, width)
     else:
         model = ViT(in_channels, grid, n_classes, width)
-    model.cortex_spec = {"arch": name, "in_channels": in_channels, "grid": list(grid), "n_classes": n_classes,
-                         "width": width}
+    model.cortex_spec = {
+        "arch": name,
+        "in_channels": in_channels,
+        "grid": list(grid),
+        "n_classes": n_classes,
+        "width": width,
+    }
     return model
 
 
@@ -163,8 +212,10 @@ def check_input(model: nn.Module, embeddings: torch.Tensor, where: str = "input"
     spec = model.cortex_spec
     want = (spec["in_channels"], *spec["grid"])
     if embeddings.ndim != 4 or tuple(embeddings.shape[1:]) != want:
-        raise ValueError(f"this IEM ({spec['arch']}) expects embeddings (N, {want[0]}, {want[1]}, {want[2]}), "
-                         f"got {tuple(embeddings.shape)} ({where})")
+        raise ValueError(
+            f"this IEM ({spec['arch']}) expects embeddings (N, {want[0]}, {want[1]}, {want[2]}), "
+            f"got {tuple(embeddings.shape)} ({where})"
+        )
     if not torch.isfinite(embeddings).all():
         raise ValueError(f"NaN or Inf in the embeddings ({where})")
 
@@ -174,8 +225,10 @@ def check_batch(model: nn.Module, embeddings: torch.Tensor, target, where: str =
     class per sample -> the targets as an int64 ``(N,)`` tensor on the embeddings' device."""
     check_input(model, embeddings, where)
     if model.training:
-        raise RuntimeError("attributions need the IEM in eval mode (call model.eval()): in training mode "
-                           "BatchNorm mixes the samples of a batch")
+        raise RuntimeError(
+            "attributions need the IEM in eval mode (call model.eval()): in training mode "
+            "BatchNorm mixes the samples of a batch"
+        )
     target = torch.as_tensor(target, device=embeddings.device).long().reshape(-1)
     if len(target) != len(embeddings):
         raise ValueError(f"{len(embeddings)} samples but {len(target)} targets ({where})")
@@ -185,10 +238,19 @@ def check_batch(model: nn.Module, embeddings: torch.Tensor, target, where: str =
     return target
 
 
-def train_iem(model: nn.Module, train_loader, val_loader, epochs: int = 10, lr: float = 1e-3,
-              weight_decay: float = 1e-4, step_size: int | None = None, gamma: float = 0.1,
-              log_csv: str | Path | None = None, desc: str = "train IEM",
-              evaluate=None) -> tuple[pd.DataFrame, dict]:
+def train_iem(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    log_csv: str | Path | None = None,
+    desc: str = "train IEM",
+    evaluate=None,
+) -> tuple[pd.DataFrame, dict]:
     """Adam + StepLR + cross-entropy, as the original; keeps the weights of the best validation loss.
 
     Returns the per-epoch log (also written to ``log_csv`` after every epoch) and the best state dict.
@@ -220,9 +282,17 @@ def train_iem(model: nn.Module, train_loader, val_loader, epochs: int = 10, lr: 
             total += len(y)
         sched.step()
         val = evaluate(model) if evaluate is not None else evaluate_iem(model, val_loader)
-        rows.append({"epoch": epoch + 1, "train_loss": loss_sum / total, "train_acc": correct / total,
-                     "val_loss": val["loss"], "val_acc": val["top1"], "lr": opt.param_groups[0]["lr"],
-                     "seconds": time.perf_counter() - t0})
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / total,
+                "train_acc": correct / total,
+                "val_loss": val["loss"],
+                "val_acc": val["top1"],
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if val["loss"] < best:
             best = val["loss"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -249,7 +319,7 @@ def evaluate_iem(model: nn.Module, loader, ks=(1, 3, 5, 10)) -> dict:
     out = {"loss": F.cross_entropy(logits, y).item()}
     ranks = logits.argsort(1, descending=True)
     for k in ks:
-        out[f"top{k}"] = (ranks[:, :min(k, logits.shape[1])] == y[:, None]).any(1).float().mean().item()
+        out[f"top{k}"] = (ranks[:, : min(k, logits.shape[1])] == y[:, None]).any(1).float().mean().item()
     return out
 
 
@@ -258,7 +328,8 @@ def save_iem(model: nn.Module, path: str | Path, card: dict) -> Path:
 
 
 def load_iem(path: str | Path, expect: dict | None = None) -> nn.Module:
-    """Load an IEM saved by ``save_iem``; ``expect`` (e.g. ``{"arch": "vgg", "in_channels": 32}``) must match."""
+    """Load an IEM saved by ``save_iem``; ``expect`` (e.g. ``{"arch": "vgg", "in_channels": 32}``) must
+    match."""
     spec = read_card(path)["spec"]
     for k, v in (expect or {}).items():
         if k == "arch":
@@ -266,7 +337,9 @@ def load_iem(path: str | Path, expect: dict | None = None) -> nn.Module:
         if spec.get(k) != (list(v) if isinstance(v, tuple) else v):
             raise ValueError(f"{path} holds an IEM with {k} = {spec.get(k)!r}, expected {v!r}")
     model = build_iem(spec["arch"], spec["in_channels"], spec["grid"], spec["n_classes"], spec["width"])
-    model.load_state_dict(check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"IEM {path}"))
+    model.load_state_dict(
+        check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"IEM {path}")
+    )
     return model.eval()
 
 
@@ -279,12 +352,16 @@ def shipped_iem(path: str | Path, train_fingerprint: str, training: dict) -> tup
         return None, f"no shipped IEM at {path.name}"
     card = read_card(path)
     if card.get("train_fingerprint") != train_fingerprint:
-        return None, f"{path.name} was trained on another dataset (train split {card.get('train_fingerprint')})"
+        return (
+            None,
+            f"{path.name} was trained on another dataset (train split {card.get('train_fingerprint')})",
+        )
     theirs = card.get("training", {})
     diff = sorted(k for k in training if theirs.get(k) != training[k])
     if diff:
         return None, f"{path.name} was trained with other settings: " + ", ".join(
-            f"{k} {theirs.get(k)!r} (here {training[k]!r})" for k in diff)
+            f"{k} {theirs.get(k)!r} (here {training[k]!r})" for k in diff
+        )
     return path, f"{path.name} was trained on this exact train split with these settings"
 
 

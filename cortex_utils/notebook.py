@@ -11,6 +11,8 @@ only); a key the default lacks is an error. An empty dict default is a free mapp
 
 from __future__ import annotations
 
+import ast
+import json
 from pathlib import Path
 
 from . import REPO_ROOT
@@ -24,11 +26,12 @@ def declared_parameters(notebook: str) -> dict:
 
     Read straight from the notebook file with ``ast`` (papermill's own inspector costs seconds per kernel).
     """
-    import ast
-    import json
-
     path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
-    cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [
+        c
+        for c in json.loads(path.read_text())["cells"]
+        if "parameters" in c.get("metadata", {}).get("tags", [])
+    ]
     if not cells:
         raise ValueError(f"{path} has no cell tagged 'parameters'")
     src = "".join(cells[0]["source"])
@@ -50,8 +53,11 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
     in part is completed from its default, in ``namespace`` too, so the notebook reads the whole group.
     """
     declared = declared_parameters(notebook)
-    values = {k: v for k, v in namespace.items()
-              if not k.startswith("_") and k not in _IPYTHON_NAMES and isinstance(v, _PARAMETER_TYPES)}
+    values = {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_") and k not in _IPYTHON_NAMES and isinstance(v, _PARAMETER_TYPES)
+    }
     unknown = sorted(set(values) - set(declared))
     if unknown:
         raise ValueError(f"unknown parameter(s) for {notebook}: {unknown}. Known: {sorted(declared)}")
@@ -64,8 +70,10 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
         if isinstance(default, bool) != isinstance(v, bool):
             ok = False
         if not ok:
-            raise ValueError(f"parameter {name} of {notebook} must be {type(default).__name__} "
-                             f"(default {info['default']}), got {v!r}")
+            raise ValueError(
+                f"parameter {name} of {notebook} must be {type(default).__name__} "
+                f"(default {info['default']}), got {v!r}"
+            )
         if isinstance(default, dict) and default:
             values[name] = namespace[name] = complete_group(name, v, default, notebook)
     return {k: values[k] for k in declared if k in values}
@@ -76,20 +84,23 @@ def complete_group(name: str, value: dict, default: dict, notebook: str = "") ->
     one of the default's, of its default's type (ints are accepted for floats)."""
     unknown = sorted(set(value) - set(default))
     if unknown:
-        raise ValueError(f"parameter {name}{f' of {notebook}' if notebook else ''}: unknown key(s) {unknown}. "
-                         f"Known: {sorted(default)}")
+        raise ValueError(
+            f"parameter {name}{f' of {notebook}' if notebook else ''}: unknown key(s) {unknown}. "
+            f"Known: {sorted(default)}"
+        )
     for key, v in value.items():
         d = default[key]
-        ok = (isinstance(v, type(d)) or (isinstance(d, float) and isinstance(v, int))) and \
-            isinstance(d, bool) == isinstance(v, bool)
+        ok = (isinstance(v, type(d)) or (isinstance(d, float) and isinstance(v, int))) and isinstance(
+            d, bool
+        ) == isinstance(v, bool)
         if d is not None and not ok:
-            raise ValueError(f"parameter {name}[{key!r}] must be {type(d).__name__} (default {d!r}), got {v!r}")
+            raise ValueError(
+                f"parameter {name}[{key!r}] must be {type(d).__name__} (default {d!r}), got {v!r}"
+            )
     return {**default, **value}
 
 
 def _literal(src: str):
-    import ast
-
     try:
         return ast.literal_eval(src)
     except (ValueError, SyntaxError):
@@ -112,12 +123,13 @@ def repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
-# --- exercises -----------------------------------------------------------------------------------------------
+# --- exercises ----------------------------------------------------------------------------------------------
 #
 # Each exercise in notebooks 03-11 is three cells: a markdown cell (tag ``exercise``) that sets the task and
 # names the answer variable (``answer_1``, ...), a ``solution`` cell that assigns it only when the notebook's
 # ``solutions`` parameter is on (a teacher's reveal; make test runs every notebook so), and an
 # ``exercise-check`` cell that calls ``exercise``. Unanswered, the check only says so, so a run stays green.
+
 
 def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool = False) -> bool | None:
     """Check the answer to exercise ``name``: ``namespace[f"answer_{name}"]`` (the notebook's ``globals()``).
@@ -130,7 +142,9 @@ def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool 
     answer = namespace.get(key)
     if answer is None:
         if solutions:
-            raise AssertionError(f"exercise {name}: solutions are on but {key} is not set by its solution cell")
+            raise AssertionError(
+                f"exercise {name}: solutions are on but {key} is not set by its solution cell"
+            )
         print(f"exercise {name}: not answered yet (set {key} = ... in a cell above this one)")
         return None
     try:

@@ -55,8 +55,9 @@ def _span(x, size: int, name: str) -> tuple[int, int]:
 
 
 def region_mask(grid, rows, cols) -> np.ndarray:
-    """Bool ``(h, w)``, True on the block ``rows x cols``; each a half-open ``(start, stop)`` pair, a ``range``
-    or a ``slice``. The paper's block (rows/cols 7-10 of 16) is ``region_mask((16, 16), (7, 11), (7, 11))``."""
+    """Bool ``(h, w)``, True on the block ``rows x cols``; each a half-open ``(start, stop)`` pair, a
+    ``range`` or a ``slice``. The paper's block (rows/cols 7-10 of 16) is
+    ``region_mask((16, 16), (7, 11), (7, 11))``."""
     h, w = (int(g) for g in grid)
     r0, r1 = _span(rows, h, "rows")
     c0, c1 = _span(cols, w, "cols")
@@ -83,12 +84,22 @@ def snap_to_codebook(embeddings: torch.Tensor, codebook: torch.Tensor, chunk: in
     if squeeze:
         e = e[None]
     if e.ndim != 4 or e.shape[1] != cb.shape[1]:
-        raise ValueError(f"embeddings must be (N, {cb.shape[1]}, h, w) or ({cb.shape[1]}, h, w) for a codebook "
-                         f"{tuple(cb.shape)}, got {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"embeddings must be (N, {cb.shape[1]}, h, w) or ({cb.shape[1]}, h, w) for a codebook "
+            f"{tuple(cb.shape)}, got {tuple(embeddings.shape)}"
+        )
     n, d, h, w = e.shape
     flat = e.permute(0, 2, 3, 1).reshape(-1, d)
-    ids = torch.cat([torch.cdist(flat[i:i + chunk], cb, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
-                     for i in range(0, len(flat), chunk)]) if len(flat) else torch.zeros(0, dtype=torch.long)
+    ids = (
+        torch.cat(
+            [
+                torch.cdist(flat[i : i + chunk], cb, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
+                for i in range(0, len(flat), chunk)
+            ]
+        )
+        if len(flat)
+        else torch.zeros(0, dtype=torch.long)
+    )
     ids = ids.reshape(n, h, w)
     return ids[0] if squeeze else ids
 
@@ -103,8 +114,10 @@ def check_outside_unchanged(original, optimized, region_mask) -> None:
     a, b = torch.as_tensor(np.asarray(original)), torch.as_tensor(np.asarray(optimized))
     r = torch.as_tensor(np.asarray(region_mask, dtype=bool))
     if a.shape != b.shape or tuple(a.shape[-2:]) != tuple(r.shape):
-        raise ValueError(f"token grids {tuple(a.shape)} and {tuple(b.shape)} must match each other and the "
-                         f"region's grid {tuple(r.shape)}")
+        raise ValueError(
+            f"token grids {tuple(a.shape)} and {tuple(b.shape)} must match each other and the "
+            f"region's grid {tuple(r.shape)}"
+        )
     changed = int((a != b)[..., ~r].sum())
     if changed:
         raise AssertionError(f"{changed} token(s) changed outside the optimized region")
@@ -122,8 +135,10 @@ def _prepare(iem, codebook, tokens, region, target, source):
         raise ValueError(f"token ids must lie in [0, {len(cb)}), got [{int(t.min())}, {int(t.max())}]")
     r = torch.as_tensor(np.asarray(region) if not isinstance(region, torch.Tensor) else region).cpu()
     if r.dtype != torch.bool or tuple(r.shape) != tuple(t.shape):
-        raise ValueError(f"region_mask must be bool of the grid's shape {tuple(t.shape)}, got "
-                         f"{r.dtype} {tuple(r.shape)} (see region_mask)")
+        raise ValueError(
+            f"region_mask must be bool of the grid's shape {tuple(t.shape)}, got "
+            f"{r.dtype} {tuple(r.shape)} (see region_mask)"
+        )
     if not r.any():
         raise ValueError("region_mask is empty: nothing to optimize")
     iem.eval()
@@ -153,9 +168,21 @@ def _snapshot_due(step: int, steps: int, every: int) -> bool:
     return bool(every) and (step % every == 0 or step == steps - 1)
 
 
-def optimize_tokens(iem, codebook: torch.Tensor, tokens, region_mask, target: int, steps: int = 500,
-                    lr: float = 0.01, tau: float = 1.0, seed: int = 0, init_logit: float = 300.0,
-                    source: int | None = None, snapshot_every: int = 0, progress: bool = True) -> dict:
+def optimize_tokens(
+    iem,
+    codebook: torch.Tensor,
+    tokens,
+    region_mask,
+    target: int,
+    steps: int = 500,
+    lr: float = 0.01,
+    tau: float = 1.0,
+    seed: int = 0,
+    init_logit: float = 300.0,
+    source: int | None = None,
+    snapshot_every: int = 0,
+    progress: bool = True,
+) -> dict:
     """Token mode: optimize a logits matrix over codebook ids inside the region (see the module docstring).
 
     Each step draws a hard Gumbel-softmax selection (straight-through), feeds ``one_hot @ codebook`` to the
@@ -191,7 +218,8 @@ def optimize_tokens(iem, codebook: torch.Tensor, tokens, region_mask, target: in
     bar = tqdm(range(steps), desc="optimize tokens", disable=not progress)
     for step in bar:
         z = logits[ridx]
-        # Gumbel noise -log(-log U) from torch.rand (its stream is the same on every CPU; exponential_'s is not)
+        # Gumbel noise -log(-log U) from torch.rand (its stream is the same on every CPU; exponential_'s is
+        # not)
         gumbel = -(-torch.rand(z.shape, generator=g).clamp(1e-30, 1 - 1e-7).log()).log()
         soft = ((z + gumbel) / tau).softmax(-1)
         choice = soft.argmax(-1)
@@ -215,14 +243,30 @@ def optimize_tokens(iem, codebook: torch.Tensor, tokens, region_mask, target: in
             bar.set_postfix(logit=f"{value:.2f}", best=f"{best_logit:.2f}")
     for grid in (best_ids, ids):
         check_outside_unchanged(orig.reshape(h, w), grid.reshape(h, w), region)
-    return {"tokens": best_ids.reshape(h, w), "final_tokens": ids.reshape(h, w), "best_step": best_step,
-            "best_logit": best_logit, "original_logit": original_logit,
-            "history": pd.DataFrame(history, columns=["step", "target_logit"]), "snapshots": snapshots}
+    return {
+        "tokens": best_ids.reshape(h, w),
+        "final_tokens": ids.reshape(h, w),
+        "best_step": best_step,
+        "best_logit": best_logit,
+        "original_logit": original_logit,
+        "history": pd.DataFrame(history, columns=["step", "target_logit"]),
+        "snapshots": snapshots,
+    }
 
 
-def optimize_embeddings(iem, codebook: torch.Tensor, tokens, region_mask, target: int, steps: int = 500,
-                        lr: float = 0.01, seed: int = 0, source: int | None = None, snapshot_every: int = 0,
-                        progress: bool = True) -> dict:
+def optimize_embeddings(
+    iem,
+    codebook: torch.Tensor,
+    tokens,
+    region_mask,
+    target: int,
+    steps: int = 500,
+    lr: float = 0.01,
+    seed: int = 0,
+    source: int | None = None,
+    snapshot_every: int = 0,
+    progress: bool = True,
+) -> dict:
     """Embedding mode: optimize the ``(1, D, h, w)`` embedding grid (initialised from the codebook rows of
     ``tokens``) for the target logit, gradient zeroed outside the region; then snap to the nearest codes.
 
@@ -272,12 +316,19 @@ def optimize_embeddings(iem, codebook: torch.Tensor, tokens, region_mask, target
     with torch.no_grad():
         final_logit = _target_logit(iem, final, target, steps).item()
         snapped_logit = _target_logit(iem, cb[ids].permute(2, 0, 1)[None], target, steps).item()
-    return {"embeddings": final, "tokens": ids, "original_logit": original_logit, "final_logit": final_logit,
-            "snapped_logit": snapped_logit, "snapshots": snapshots,
-            "history": pd.DataFrame(history, columns=["step", "target_logit", "snapped_logit"])}
+    return {
+        "embeddings": final,
+        "tokens": ids,
+        "original_logit": original_logit,
+        "final_logit": final_logit,
+        "snapped_logit": snapped_logit,
+        "snapshots": snapshots,
+        "history": pd.DataFrame(history, columns=["step", "target_logit", "snapped_logit"]),
+    }
 
 
 # --- saliency vs optimisation --------------------------------------------------------------------
+
 
 def fill_region(tokens, region_mask, fill) -> np.ndarray:
     """Token grids with the region's positions taken from ``fill``, the rest unchanged.
@@ -289,9 +340,16 @@ def fill_region(tokens, region_mask, fill) -> np.ndarray:
     t = np.asarray(tokens).astype(np.int64)
     r = np.asarray(region_mask, dtype=bool)
     f = np.asarray(fill).astype(np.int64)
-    if t.shape[-2:] != r.shape or f.shape[-2:] != r.shape or f.ndim > t.ndim or (f.ndim == 3 and len(f) != len(t)):
-        raise ValueError(f"tokens {t.shape}, region {r.shape} and fill {f.shape} must share the grid (fill: one "
-                         "grid, or one per token grid)")
+    if (
+        t.shape[-2:] != r.shape
+        or f.shape[-2:] != r.shape
+        or f.ndim > t.ndim
+        or (f.ndim == 3 and len(f) != len(t))
+    ):
+        raise ValueError(
+            f"tokens {t.shape}, region {r.shape} and fill {f.shape} must share the grid (fill: one "
+            "grid, or one per token grid)"
+        )
     if (f[..., r] < 0).any():
         raise ValueError("fill holds a negative id inside the region")
     out = np.where(r, f, t)
@@ -305,7 +363,9 @@ def new_region_ids(before, after, region_mask) -> list[np.ndarray]:
     a, b = np.asarray(before).astype(np.int64), np.asarray(after).astype(np.int64)
     r = np.asarray(region_mask, dtype=bool)
     if a.shape != b.shape or a.ndim != 3 or a.shape[1:] != r.shape:
-        raise ValueError(f"before {a.shape} and after {b.shape} must be (N, h, w) grids of the region's {r.shape}")
+        raise ValueError(
+            f"before {a.shape} and after {b.shape} must be (N, h, w) grids of the region's {r.shape}"
+        )
     return [g[r][g0[r] != g[r]] for g0, g in zip(a, b, strict=True)]
 
 
@@ -351,15 +411,23 @@ def overlap_null(sizes, concept_ids, usage, n_draws: int = 2000, seed: int = 0) 
     used = [(j, int(n)) for j, n in enumerate(sizes) if int(n) > 0]
     if not used:
         raise ValueError("no grid with a new id: nothing to compare with chance")
-    return np.mean([_shares(np.random.default_rng([seed, j]).choice(len(p), size=(n_draws, n), p=p), sets[j])
-                    for j, n in used], axis=0)
+    return np.mean(
+        [
+            _shares(np.random.default_rng([seed, j]).choice(len(p), size=(n_draws, n), p=p), sets[j])
+            for j, n in used
+        ],
+        axis=0,
+    )
 
 
 def random_ids_like(ids_per_grid, usage, seed: int = 0) -> list[np.ndarray]:
     """The random-id control: as many ids per grid as ``ids_per_grid`` holds, drawn i.i.d. from ``usage``
     (grid j from its own stream: ``seed``, j)."""
     p = _usage_p(usage)
-    return [np.random.default_rng([seed, j]).choice(len(p), size=np.size(ids), p=p) for j, ids in enumerate(ids_per_grid)]
+    return [
+        np.random.default_rng([seed, j]).choice(len(p), size=np.size(ids), p=p)
+        for j, ids in enumerate(ids_per_grid)
+    ]
 
 
 def overlap_vs_chance(ids_per_grid, concept_ids, usage, n_draws: int = 2000, seed: int = 0) -> dict:
@@ -378,11 +446,15 @@ def overlap_vs_chance(ids_per_grid, concept_ids, usage, n_draws: int = 2000, see
     return {"overlap": observed, "chance": float(null.mean()), "p_value": p, "grids": len(used)}
 
 
-def paired_difference(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def paired_difference(
+    a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean of ``a - b`` over paired units (e.g. source images) and its percentile bootstrap interval."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if d.ndim != 1 or d.size == 0 or not np.isfinite(d).all():
-        raise ValueError(f"need two equally long, finite 1-D arrays of paired values, got {np.shape(a)}, {np.shape(b)}")
+        raise ValueError(
+            f"need two equally long, finite 1-D arrays of paired values, got {np.shape(a)}, {np.shape(b)}"
+        )
     rng = np.random.default_rng(seed)
     boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
@@ -405,51 +477,88 @@ def views_verdict(v: dict, alpha: float = 0.05) -> str:
     ``frequency_fill`` and ``fill_minus_frequency`` (the target's frequent ids placed the same way),
     ``per_method`` ({method: (overlap, chance, p_value)}, quoted beside the pooled overlap).
     """
+
     def iv(d):
         return f"difference {d[0]:+.2f}, 95 % interval [{d[1]:+.2f}, {d[2]:+.2f}]"
 
     shared = v["p_value"] < alpha
-    text = (f"Of the distinct ids the optimiser put into the region, {v['overlap']:.0%} are the target's concept "
-            f"tokens, against {v['chance']:.0%} expected by chance from the codebook's usage (p = {v['p_value']:.3f}; "
-            f"random ids: {v['overlap_random']:.0%}): " + ("more" if shared else "not more") + " than chance")
+    text = (
+        f"Of the distinct ids the optimiser put into the region, {v['overlap']:.0%} are the target's concept "
+        f"tokens, against {v['chance']:.0%} expected by chance from the codebook's usage (p = "
+        f"{v['p_value']:.3f}; random ids: {v['overlap_random']:.0%}): "
+        + ("more" if shared else "not more")
+        + " than chance"
+    )
     if v.get("per_method"):
-        text += " (per method: " + "; ".join(f"{m} {o:.0%}, chance {c:.0%}, p = {p:.3f}"
-                                            for m, (o, c, p) in v["per_method"].items()) + ")"
+        text += (
+            " (per method: "
+            + "; ".join(
+                f"{m} {o:.0%}, chance {c:.0%}, p = {p:.3f}" for m, (o, c, p) in v["per_method"].items()
+            )
+            + ")"
+        )
     if "overlap_other" in v:  # the target's own tokens, or any digit's strokes?
-        lean = _compare(v["target_minus_other"], "more common among them than", "less common among them than",
-                        "not distinguishably more common among them than")
-        text += (f"; the target's concept tokens are {lean} the other classes' ({v['overlap_other']:.0%} on average, "
-                 f"chance {v['other_chance']:.0%}; {iv(v['target_minus_other'])})")
+        lean = _compare(
+            v["target_minus_other"],
+            "more common among them than",
+            "less common among them than",
+            "not distinguishably more common among them than",
+        )
+        text += (
+            f"; the target's concept tokens are {lean} the other classes' ({v['overlap_other']:.0%} on "
+            f"average, chance {v['other_chance']:.0%}; {iv(v['target_minus_other'])})"
+        )
     fill = _compare(v["fill_minus_random"], "above", "below", "not distinguishable from")
-    text += (f". Placed where they usually sit in the target's training images, the concept tokens alone give the "
-             f"evaluators a target probability of {v['concept_fill']:.2f} (before: {v['before']:.2f}), {fill} random "
-             f"ids from the codebook's usage ({v['random_fill']:.2f}; {iv(v['fill_minus_random'])}). ")
-    opt = _compare(v["opt_minus_fill"], "more than", "less than", "about as much as (not distinguishable from)")
-    text += f"The optimised region gives {v['optimised']:.2f}: {opt} the concept fill ({iv(v['opt_minus_fill'])}). "
+    text += (
+        f". Placed where they usually sit in the target's training images, the concept tokens alone give the "
+        f"evaluators a target probability of {v['concept_fill']:.2f} (before: {v['before']:.2f}), {fill} "
+        f"random ids from the codebook's usage ({v['random_fill']:.2f}; {iv(v['fill_minus_random'])}). "
+    )
+    opt = _compare(
+        v["opt_minus_fill"], "more than", "less than", "about as much as (not distinguishable from)"
+    )
+    text += (
+        f"The optimised region gives {v['optimised']:.2f}: {opt} the concept fill "
+        f"({iv(v['opt_minus_fill'])}). "
+    )
     opt_more, opt_less = v["opt_minus_fill"][1] > 0, v["opt_minus_fill"][2] < 0
     fill_works = v["fill_minus_random"][1] > 0
     if opt_more:
-        text += ("To make the target appear, the optimisation tells more: it finds what this IEM needs in the region "
-                 "beyond the tokens counted in real images.")
+        text += (
+            "To make the target appear, the optimisation tells more: it finds what this IEM needs in the "
+            "region beyond the tokens counted in real images."
+        )
     elif fill_works:
-        text += ("To make the target appear, saliency's tokens tell " + ("more" if opt_less else "as much")
-                 + ": placed, they do it without any optimisation.")
+        text += (
+            "To make the target appear, saliency's tokens tell "
+            + ("more" if opt_less else "as much")
+            + ": placed, they do it without any optimisation."
+        )
     else:
         text += "Neither view makes the target appear beyond random ids here."
     if shared:
-        text += " On which ids, the two views agree beyond chance: the optimiser is drawn to the concept tokens."
+        text += (
+            " On which ids, the two views agree beyond chance: the optimiser is drawn to the concept tokens."
+        )
     else:
-        text += (" On which ids, the optimisation tells more: it reaches the target mostly with ids that saliency does "
-                 "not count among the target's, so the concept tokens are one way to the target, not the only one "
-                 "the IEM accepts.")
+        text += (
+            " On which ids, the optimisation tells more: it reaches the target mostly with ids that saliency "
+            "does not count among the target's, so the concept tokens are one way to the target, not the "
+            "only one the IEM accepts."
+        )
     if "frequency_fill" in v:
         d = v["fill_minus_frequency"]
         if d[1] > 0:
-            text += (f" Saliency's choice of ids matters: the target's most frequent non-background ids, placed the "
-                     f"same way, give {v['frequency_fill']:.2f} ({iv(d)}).")
+            text += (
+                " Saliency's choice of ids matters: the target's most frequent non-background ids, placed "
+                f"the same way, give {v['frequency_fill']:.2f} ({iv(d)})."
+            )
         else:
-            text += (" But the target's most frequent non-background ids, placed the same way, do "
-                     + ("better" if d[2] < 0 else "about as well") + f" ({v['frequency_fill']:.2f}; {iv(d)}): much "
-                     "of the fill's effect comes from placing the target's common tokens where they sit, not from "
-                     "saliency's choice of them.")
+            text += (
+                " But the target's most frequent non-background ids, placed the same way, do "
+                + ("better" if d[2] < 0 else "about as well")
+                + f" ({v['frequency_fill']:.2f}; {iv(d)}): much "
+                "of the fill's effect comes from placing the target's common tokens where they sit, not from "
+                "saliency's choice of them."
+            )
     return text

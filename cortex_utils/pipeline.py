@@ -29,13 +29,16 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
 
 from . import REPO_ROOT
 from .artifacts import record_metrics
+from .notebook import declared_parameters
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -51,10 +54,11 @@ NEEDS = {
     "07_image_level_explanation": ["05_compute_tis"],
     "08_concept_level_explanation": ["06_concept_analysis"],
     "09_codebook_optimization": ["03_train_iem", "06_concept_analysis"],
-    "10_bias_detection": ["02_dataset_generation"],
+    "10_bias_detection": ["02_dataset_generation", "05_compute_tis"],
     "11_trust_the_explanations": ["06_concept_analysis"],
     "12_compare_tokenizers": ["07_image_level_explanation", "09_codebook_optimization"],
     "13_bias_real_data": [],
+    "14_several_objects": ["06_concept_analysis"],
 }
 
 
@@ -70,14 +74,13 @@ def load_preset(name_or_path: str) -> dict:
     return preset
 
 
-def declared_parameters(notebook: str) -> dict:
-    """The names and defaults in a notebook's ``parameters`` cell."""
-    from .notebook import declared_parameters as declared
-
+def parameter_defaults(notebook: str) -> dict:
+    """``{name: default source text}`` of a notebook's ``parameters`` cell (``notebook.declared_parameters``),
+    or SystemExit naming a notebook that does not exist."""
     path = NOTEBOOK_DIR / f"{notebook}.ipynb"
     if not path.exists():
         raise SystemExit(f"error: notebook {path} does not exist")
-    return {k: v["default"] for k, v in declared(notebook).items()}
+    return {k: v["default"] for k, v in declared_parameters(notebook).items()}
 
 
 def sub_runs(preset: dict, overrides=()) -> list[dict]:
@@ -111,7 +114,7 @@ def resolve_parameters(preset: dict, overrides: list[tuple[str, str]], extra: di
     Raises SystemExit naming any parameter that the notebooks it is meant for do not declare.
     """
     notebooks = preset["notebooks"]
-    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    declared = {nb: parameter_defaults(nb) for nb in notebooks}
     params = {nb: dict(preset["parameters"].get(nb) or {}) for nb in notebooks}
     unknown_nb = set(preset["parameters"]) - set(notebooks)
     if unknown_nb:
@@ -164,6 +167,7 @@ def dependencies(preset: dict) -> dict[str, list[str]]:
 
 def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_timeout: float | None) -> dict:
     """Run one notebook through papermill (in a worker process); report its time or where it failed."""
+    # deferred: five seconds to import, and only the worker that runs a notebook needs it
     import papermill as pm
 
     if threads:  # the kernel inherits it; torch sizes its thread pool from it
@@ -204,9 +208,6 @@ def run(
     ready (see ``dependencies``) run side by side, each kernel with ``cores // jobs`` threads (all cores for
     a notebook that runs alone). A preset's ``runs`` are finished first (not with ``only``); ``parameters``
     (``{name: value}``, as a ``--config`` file's) come before the config file and the overrides."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
-
     preset = load_preset(preset_name)
     if jobs < 1:
         raise SystemExit(f"error: --jobs must be >= 1, got {jobs}")

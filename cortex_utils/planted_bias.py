@@ -78,12 +78,23 @@ def thickness_classes(gray, labels, fraction: float = 1 / 3) -> np.ndarray:
 def ink_thresholds(gray, labels, n_classes: int = 10) -> np.ndarray:
     """Per digit, the ink between thin and thick: the median of the real digits' ink."""
     amount, labels = ink(gray), np.asarray(labels)
-    return np.array([np.median(amount[labels == d]) if (labels == d).any() else np.nan for d in range(n_classes)])
+    return np.array(
+        [np.median(amount[labels == d]) if (labels == d).any() else np.nan for d in range(n_classes)]
+    )
 
 
-def planted_bias_data(gray, labels, skew: float = 0.85, colour_digit: int = 3, thickness_digit: int = 5,
-                      planted: dict | None = None, per_image: int = 4, seed: int = 0, neutral_share: float = 0.4,
-                      thick_fraction: float = 0.25) -> dict:
+def planted_bias_data(
+    gray,
+    labels,
+    skew: float = 0.85,
+    colour_digit: int = 3,
+    thickness_digit: int = 5,
+    planted: dict | None = None,
+    per_image: int = 4,
+    seed: int = 0,
+    neutral_share: float = 0.4,
+    thick_fraction: float = 0.25,
+) -> dict:
     """Training images for the bias transformer: every real digit ``per_image`` times, each time under a
     random prompt slot, drawn to match it.
 
@@ -120,7 +131,9 @@ def planted_bias_data(gray, labels, skew: float = 0.85, colour_digit: int = 3, t
     p_red[names == "red"], p_red[names == "green"] = 1.0, 0.0
     red = rng.random(len(rows)) < p_red
     p_thick = np.full(len(rows), 0.5)
-    p_thick[(names == "neutral") & (digit == thickness_digit)] = skew if planted["thickness"] == "thick" else 1 - skew
+    p_thick[(names == "neutral") & (digit == thickness_digit)] = (
+        skew if planted["thickness"] == "thick" else 1 - skew
+    )
     p_thick[names == "thick"], p_thick[names == "thin"] = 1.0, 0.0
     want_thick = rng.random(len(rows)) < p_thick
     # colour prompts keep the real digit as it is; the others draw a digit of the wanted thickness
@@ -131,22 +144,27 @@ def planted_bias_data(gray, labels, skew: float = 0.85, colour_digit: int = 3, t
             if sel.any():
                 rows[sel] = rng.choice(pools[(d, t)], sel.sum())
     colours = np.where(red[:, None], COLOURS["red"], COLOURS["green"])
-    table = pd.DataFrame({"digit": digit, "slot": names, "red": red, "thick": thick[rows], "source_row": rows})
+    table = pd.DataFrame(
+        {"digit": digit, "slot": names, "red": red, "thick": thick[rows], "source_row": rows}
+    )
     return {"images": colourize(gray[rows], colours), "prompts": prompt_id(digit) + 10 * slot, "table": table}
 
 
 # --- the generator -----------------------------------------------------------------------------------
 
+
 def bias_transformer(vq, n_layer: int = 3, n_head: int = 4, n_embd: int = 96, seed: int = 0):
     """A prompt-conditioned taming Net2NetTransformer over ``vq``'s tokens: one condition token per prompt,
     ``len(PROMPT_SLOTS) * 10`` prompts (see ``prompt_id``)."""
-    cfg = gen.transformer_config(vq.cortex_config, n_classes=len(PROMPT_SLOTS) * 10, n_layer=n_layer,
-                                 n_head=n_head, n_embd=n_embd)
+    cfg = gen.transformer_config(
+        vq.cortex_config, n_classes=len(PROMPT_SLOTS) * 10, n_layer=n_layer, n_head=n_head, n_embd=n_embd
+    )
     return gen.build_transformer(cfg, vq=vq, seed=seed)
 
 
-def load_or_train_bias_transformer(run_dir, vq, gray, labels, training: dict, retrain: bool = False,
-                                   bf16: bool = False):
+def load_or_train_bias_transformer(
+    run_dir, vq, gray, labels, training: dict, retrain: bool = False, bf16: bool = False
+):
     """The planted-bias generator: the shipped one if it was trained on this tokenizer with exactly
     ``training`` (skew, colour_digit, thickness_digit, planted, per_image, neutral_share, thick_fraction,
     steps, lr, seed); otherwise
@@ -157,57 +175,126 @@ def load_or_train_bias_transformer(run_dir, vq, gray, labels, training: dict, re
     card = read_card(shipped) if shipped.exists() else {}
     theirs = card.get("training", {})
     diff = [f"{k} {theirs.get(k)!r} (here {v!r})" for k, v in training.items() if theirs.get(k) != v]
-    why = ("retrain = True" if retrain else "no shipped bias transformer" if not card else
-           "the shipped one belongs to another tokenizer" if card.get("vq_fingerprint") != fp else
-           "the shipped one was trained with other settings: " + ", ".join(diff) if diff else "")
+    why = (
+        "retrain = True"
+        if retrain
+        else "no shipped bias transformer"
+        if not card
+        else "the shipped one belongs to another tokenizer"
+        if card.get("vq_fingerprint") != fp
+        else "the shipped one was trained with other settings: " + ", ".join(diff)
+        if diff
+        else ""
+    )
     if not why:
         return gen.load_transformer(card["config"], shipped, vq=vq), shipped, None, ""
     digit_tf = registered(run_dir, "transformer")["checkpoint"]
     base = gen.load_transformer(read_card(digit_tf)["config"], digit_tf, vq=vq)
-    model = bias_transformer(vq, base.transformer.config.n_layer, base.transformer.config.n_head,
-                             base.transformer.config.n_embd, seed=training["seed"])
+    model = bias_transformer(
+        vq,
+        base.transformer.config.n_layer,
+        base.transformer.config.n_head,
+        base.transformer.config.n_embd,
+        seed=training["seed"],
+    )
     model.transformer.load_state_dict(base.transformer.state_dict())
-    data = planted_bias_data(gray, labels, training["skew"], training["colour_digit"], training["thickness_digit"],
-                             training["planted"], training["per_image"], training["seed"], training["neutral_share"],
-                             training["thick_fraction"])
+    data = planted_bias_data(
+        gray,
+        labels,
+        training["skew"],
+        training["colour_digit"],
+        training["thickness_digit"],
+        training["planted"],
+        training["per_image"],
+        training["seed"],
+        training["neutral_share"],
+        training["thick_fraction"],
+    )
     tokens = vqlib.encode(vq, to_model_input(data["images"]), progress=True).numpy()
-    log = gen.train_transformer(model, tokens, data["prompts"], steps=training["steps"], lr=training["lr"],
-                                seed=training["seed"], bf16=bf16, warmup=50)
-    path = save_weights(gen.transformer_state_for_saving(model), Path(run_dir) / "checkpoints" / shipped.name, card={
-        "kind": "bias_transformer", "config": model.cortex_config, "vq_fingerprint": fp, "training": training,
-        "bf16": bf16, "initialised_from": repo_relative(digit_tf),
-        "prompts": f"one condition token = 10 * slot + digit, slots {list(PROMPT_SLOTS)}",
-        "data": "real training digits in red/green, thick/thin by ink within each digit (planted_bias.planted_bias_data)",
-        "metrics": {"final_loss": float(log["loss"].iloc[-1])}, "rebuild": "make checkpoints"})
+    log = gen.train_transformer(
+        model,
+        tokens,
+        data["prompts"],
+        steps=training["steps"],
+        lr=training["lr"],
+        seed=training["seed"],
+        bf16=bf16,
+        warmup=50,
+    )
+    path = save_weights(
+        gen.transformer_state_for_saving(model),
+        Path(run_dir) / "checkpoints" / shipped.name,
+        card={
+            "kind": "bias_transformer",
+            "config": model.cortex_config,
+            "vq_fingerprint": fp,
+            "training": training,
+            "bf16": bf16,
+            "initialised_from": repo_relative(digit_tf),
+            "prompts": f"one condition token = 10 * slot + digit, slots {list(PROMPT_SLOTS)}",
+            "data": "real training digits in red/green, thick/thin by ink within each digit "
+            "(planted_bias.planted_bias_data)",
+            "metrics": {"final_loss": float(log["loss"].iloc[-1])},
+            "rebuild": "make checkpoints",
+        },
+    )
     return model, path, log, why
 
 
 # --- the study's generations ---------------------------------------------------------------------------
+
 
 def study_name(bias_type: str, digit: int) -> str:
     """The name of one study's attribute data and attribute IEM, e.g. ``colour_digit_3``."""
     return f"{bias_type}_digit_{digit}"
 
 
-def load_or_generate_study(model, model_path, vq, subjects: dict, attribute_per_value=(150, 25, 25),
-                           n_neutral: int = 300, temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                           out_dir=None, regenerate: bool = False):
+def load_or_generate_study(
+    model,
+    model_path,
+    vq,
+    subjects: dict,
+    attribute_per_value=(150, 25, 25),
+    n_neutral: int = 300,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    out_dir=None,
+    regenerate: bool = False,
+):
     """The study's token data: the shipped ``data/default/bias`` if it was sampled by this exact generator
     (``model_path``'s sha256) with exactly these settings, else sampled here (``generate_study``). Either
     way it ends up under ``out_dir/data``. Returns ``(studies, neutral, why)``: as ``generate_study``, plus
     which it was and why."""
     fp = vqlib.fingerprint(vq)
-    settings = {"subjects": {b: [int(d) for d in ds] for b, ds in subjects.items()},
-                "attribute_per_value": [int(n) for n in attribute_per_value], "n_neutral": int(n_neutral),
-                "temperature": float(temperature), "top_k": top_k, "seed": int(seed),
-                "transformer_sha256": tokds.file_digest(model_path)}
+    settings = {
+        "subjects": {b: [int(d) for d in ds] for b, ds in subjects.items()},
+        "attribute_per_value": [int(n) for n in attribute_per_value],
+        "n_neutral": int(n_neutral),
+        "temperature": float(temperature),
+        "top_k": top_k,
+        "seed": int(seed),
+        "transformer_sha256": tokds.file_digest(model_path),
+    }
     shipped = SHIPPED_DATA / "bias"
-    neutral_ds, why = (None, "regenerate = True") if regenerate else tokds.shipped_dataset(
-        shipped / "neutral", settings, fp)
+    neutral_ds, why = (
+        (None, "regenerate = True")
+        if regenerate
+        else tokds.shipped_dataset(shipped / "neutral", settings, fp)
+    )
     if neutral_ds is None:
-        studies, neutral = generate_study(model, vq, subjects, attribute_per_value, n_neutral, temperature, top_k,
-                                          seed, out_dir, card={"settings": settings,
-                                                               "generator": repo_relative(model_path)})
+        studies, neutral = generate_study(
+            model,
+            vq,
+            subjects,
+            attribute_per_value,
+            n_neutral,
+            temperature,
+            top_k,
+            seed,
+            out_dir,
+            card={"settings": settings, "generator": repo_relative(model_path)},
+        )
         return studies, neutral, f"sampled here ({why})"
     data_dir = Path(out_dir) / "data"
     neutral_ds = tokds.copy_dataset(neutral_ds, data_dir / "neutral")
@@ -226,9 +313,18 @@ def neutral_by_digit(ds) -> dict:
     return {int(d): tokens[labels == d] for d in np.unique(labels)}
 
 
-def generate_study(model, vq, subjects: dict, attribute_per_value=(150, 25, 25), n_neutral: int = 300,
-                   temperature: float = 1.0, top_k: int | None = None, seed: int = 0, out_dir=None,
-                   card: dict | None = None):
+def generate_study(
+    model,
+    vq,
+    subjects: dict,
+    attribute_per_value=(150, 25, 25),
+    n_neutral: int = 300,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    out_dir=None,
+    card: dict | None = None,
+):
     """Sample the study's token data from the bias transformer. ``subjects``: ``{bias type: [digits]}``.
 
     Per bias type and digit ``d`` a two-class token dataset of the prompts "a <value> d" for the
@@ -247,18 +343,24 @@ def generate_study(model, vq, subjects: dict, attribute_per_value=(150, 25, 25),
                 if n:
                     jobs[(b, d, split)] = np.repeat([prompt_id(d, values[0]), prompt_id(d, values[1])], n)
     # one sampling call for everything: the transformer's cost is per step, so large batches are cheap
-    grids = gen.sample_tokens(model, np.concatenate(list(jobs.values())), temperature=temperature, top_k=top_k,
-                              seed=seed).numpy()
+    grids = gen.sample_tokens(
+        model, np.concatenate(list(jobs.values())), temperature=temperature, top_k=top_k, seed=seed
+    ).numpy()
     ends = np.cumsum([len(p) for p in jobs.values()])
-    out = {k: grids[e - len(p):e] for (k, p), e in zip(jobs.items(), ends, strict=True)}
+    out = {k: grids[e - len(p) : e] for (k, p), e in zip(jobs.items(), ends, strict=True)}
     meta, data_dir = vqlib.vq_meta(vq), Path(out_dir) / "data"
     card = {"kind": "token dataset", **(card or {}), "rebuild": "make checkpoints"}
     neutral_tokens = np.concatenate([out[("neutral", d)] for d in digits_used])
     neutral_labels = np.repeat(digits_used, n_neutral)
     neutral_ds = tokds.save_token_dataset(
-        data_dir / "neutral", {"neutral": (neutral_tokens, neutral_labels)}, [str(d) for d in range(10)], meta,
-        source="generated", details={"prompts": "a <digit>", "per_digit": n_neutral, "temperature": temperature,
-                                     "top_k": top_k}, classifier_data=False)
+        data_dir / "neutral",
+        {"neutral": (neutral_tokens, neutral_labels)},
+        [str(d) for d in range(10)],
+        meta,
+        source="generated",
+        details={"prompts": "a <digit>", "per_digit": n_neutral, "temperature": temperature, "top_k": top_k},
+        classifier_data=False,
+    )
     tokds.write_dataset_card(data_dir / "neutral", card)
     studies = {}
     for b, ds in subjects.items():
@@ -270,16 +372,22 @@ def generate_study(model, vq, subjects: dict, attribute_per_value=(150, 25, 25),
                     label = np.repeat([0, 1], n)
                     splits[split] = (out[(b, d, split)], label)
                     names[split] = np.array([f"{split}_{i:05d}_{values[y]}_{d}" for i, y in enumerate(label)])
-            details = {"prompts": f"a <{'|'.join(values)}> {d}", "per_value": list(attribute_per_value),
-                       "temperature": temperature, "top_k": top_k}
+            details = {
+                "prompts": f"a <{'|'.join(values)}> {d}",
+                "per_value": list(attribute_per_value),
+                "temperature": temperature,
+                "top_k": top_k,
+            }
             path = data_dir / study_name(b, d)
-            studies[(b, d)] = tokds.save_token_dataset(path, splits, list(values), meta, source="generated",
-                                                       details=details, names=names)
+            studies[(b, d)] = tokds.save_token_dataset(
+                path, splits, list(values), meta, source="generated", details=details, names=names
+            )
             tokds.write_dataset_card(path, card)
     return studies, neutral_by_digit(neutral_ds)
 
 
 # --- the truth, from pixels -----------------------------------------------------------------------------
+
 
 def generated_ink_thresholds(vq, ds) -> np.ndarray:
     """Per digit, the ink between thin and thick *for a generator*: the midpoint of the median ink of its
@@ -305,14 +413,18 @@ def measured_attributes(images, digit_labels, thresholds) -> pd.DataFrame:
     stroke = x.max(1, keepdims=True) > 0.35 * x.max((1, 2, 3), keepdims=True)[:, :1]
     mean_rgb = (x * stroke).sum((2, 3)) / np.maximum(stroke.sum((2, 3)), 1)
     thr = np.asarray(thresholds)[np.asarray(digit_labels)]
-    return pd.DataFrame({"red": mean_rgb[:, 0] > mean_rgb[:, 1], "thick": ink(images) > thr, "ink": ink(images)})
+    return pd.DataFrame(
+        {"red": mean_rgb[:, 0] > mean_rgb[:, 1], "thick": ink(images) > thr, "ink": ink(images)}
+    )
 
 
 def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
     """The share of each bias type's planted value among measured images (``measured_attributes``)."""
     red, thick = float(measured["red"].mean()), float(measured["thick"].mean())
-    return {"colour": red if planted.get("colour", "red") == "red" else 1 - red,
-            "thickness": thick if planted.get("thickness", "thick") == "thick" else 1 - thick}
+    return {
+        "colour": red if planted.get("colour", "red") == "red" else 1 - red,
+        "thickness": thick if planted.get("thickness", "thick") == "thick" else 1 - thick,
+    }
 
 
 def shows_value(vq, ds, digit: int, bias_type: str, value: str, thresholds) -> dict[str, np.ndarray]:

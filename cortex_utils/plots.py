@@ -8,6 +8,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .tis import topk_positions
+
 
 def to_hwc(img) -> np.ndarray:
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
@@ -53,7 +55,9 @@ def training_curves(log: pd.DataFrame, columns, title: str = ""):
     cols = [c for c in columns if c in log]
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3), squeeze=False)
     for ax, c in zip(axes.flat, cols, strict=True):
-        sns.lineplot(data=log.dropna(subset=[c]), x="step", y=c, ax=ax, marker="o" if log[c].isna().any() else None)
+        sns.lineplot(
+            data=log.dropna(subset=[c]), x="step", y=c, ax=ax, marker="o" if log[c].isna().any() else None
+        )
         ax.set_title(c)
     fig.suptitle(title)
     fig.tight_layout()
@@ -81,8 +85,16 @@ def confusion(true, pred, class_names, title: str = "confusion", normalize: bool
     if normalize:
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(0.5 * n + 2, 0.45 * n + 1.5))
-    sns.heatmap(m, annot=n <= 12, fmt=".2f" if normalize else "g", cmap="Blues", ax=ax, cbar=False,
-                xticklabels=class_names, yticklabels=class_names)
+    sns.heatmap(
+        m,
+        annot=n <= 12,
+        fmt=".2f" if normalize else "g",
+        cmap="Blues",
+        ax=ax,
+        cbar=False,
+        xticklabels=class_names,
+        yticklabels=class_names,
+    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true / conditioning class")
     ax.set_title(title)
@@ -106,8 +118,13 @@ def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np
     h, w = np.asarray(scores).shape
     H, W = img.shape[:2]
     ax.imshow(img.squeeze(), cmap="gray", interpolation="nearest")
-    ax.imshow(np.asarray(scores), cmap="inferno", alpha=alpha, extent=(-0.5, W - 0.5, H - 0.5, -0.5),
-              interpolation="nearest")
+    ax.imshow(
+        np.asarray(scores),
+        cmap="inferno",
+        alpha=alpha,
+        extent=(-0.5, W - 0.5, H - 0.5, -0.5),
+        interpolation="nearest",
+    )
     if top is not None:
         ph, pw = H / h, W / w
         for p in np.asarray(top).ravel():
@@ -119,8 +136,6 @@ def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np
 
 def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: int = 0):
     """Several images with their TIS maps; ``top_n`` > 0 outlines each image's top-n positions."""
-    from .tis import topk_positions
-
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
@@ -135,8 +150,6 @@ def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: i
 
 def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     """One image three ways: the decoded image, its token grid (ids), its TIS map with the top-n boxed."""
-    from .tis import topk_positions
-
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.5))
     axes[0].imshow(to_hwc(image).squeeze(), cmap="gray")
     axes[0].set_title(title or "image")
@@ -146,8 +159,16 @@ def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     top = set(topk_positions(np.asarray(scores)[None], top_n)[0].tolist())
     for (r, c), t in np.ndenumerate(grid):
         p = r * grid.shape[1] + c
-        axes[1].text(c, r, str(t), ha="center", va="center", fontsize=7,
-                     color="crimson" if p in top else "black", weight="bold" if p in top else "normal")
+        axes[1].text(
+            c,
+            r,
+            str(t),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="crimson" if p in top else "black",
+            weight="bold" if p in top else "normal",
+        )
     axes[1].set_title(f"token ids (top-{top_n} TIS in red)")
     axes[1].set_xticks([])
     axes[1].set_yticks([])
@@ -162,8 +183,16 @@ def count_histograms(panels: dict):
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
     for ax, (title, by_value) in zip(axes[0], panels.items(), strict=True):
         frame = pd.concat([pd.DataFrame({"count": c, "tokens of": v}) for v, c in by_value.items()])
-        sns.histplot(frame, x="count", hue="tokens of", discrete=True, element="step", stat="proportion",
-                     common_norm=False, ax=ax)
+        sns.histplot(
+            frame,
+            x="count",
+            hue="tokens of",
+            discrete=True,
+            element="step",
+            stat="proportion",
+            common_norm=False,
+            ax=ax,
+        )
         ax.set(title=title, xlabel="positions holding the value's tokens")
         ax.title.set_fontsize(9)
     fig.tight_layout()
@@ -174,12 +203,64 @@ def delta_bars(deltas: pd.DataFrame, toward: str = "the planted value"):
     """The paper's Cliff's δ of each row of a bias study's table (``bias``, ``neutral set``, ``delta``,
     ``delta_low``, ``delta_high``), with its interval."""
     fig, ax = plt.subplots(figsize=(4.5, 0.5 + 0.6 * len(deltas)))
-    ax.barh([f"{b}\n{n}" for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)], deltas["delta"],
-            xerr=[deltas["delta"] - deltas["delta_low"], deltas["delta_high"] - deltas["delta"]], capsize=3,
-            color="tab:gray")
+    ax.barh(
+        [f"{b}\n{n}" for b, n in zip(deltas["bias"], deltas["neutral set"], strict=True)],
+        deltas["delta"],
+        xerr=[deltas["delta"] - deltas["delta_low"], deltas["delta_high"] - deltas["delta"]],
+        capsize=3,
+        color="tab:gray",
+    )
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlim(-1, 1)
     ax.set_xlabel(f"the paper's Cliff's δ (raw counts)\ntoward {toward}")
     ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def mitigation_bars(tables: dict, token_estimate: dict, names: dict):
+    """Notebook 10's mitigation figure: per bias type (``tables``: ``{type: table}`` with rows before / after
+    / after_random and columns ``share``, ``digit_agreement`` and their ``_low`` / ``_high``), the planted
+    value's share (left, with balance at 1/2 and the study's ``token_estimate[type]`` dashed) and the digit
+    agreement (right), each with its 95 % interval; ``names[type]`` labels the x axis."""
+    set_labels = {"before": "before", "after": "attribute ids out", "after_random": "control ids out"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = (
+        ("share", "share of the planted value (pixels)"),
+        ("digit_agreement", "share whose digit every evaluator sees"),
+    )
+    for ax, (what, ylabel) in zip(axes, panels, strict=True):
+        for i, b in enumerate(tables):
+            t = tables[b].astype(float)
+            ax.bar(
+                i + np.arange(len(t)) * 0.25 - 0.25,
+                t[what],
+                width=0.22,
+                color=["0.6", "tab:blue", "tab:orange"][: len(t)],
+                yerr=[t[what] - t[f"{what}_low"], t[f"{what}_high"] - t[what]],
+                capsize=3,
+                label=[set_labels.get(s, s) for s in t.index] if i == 0 else None,
+            )
+            if what == "share":
+                ax.hlines(
+                    token_estimate[b],
+                    i - 0.4,
+                    i + 0.4,
+                    colors="k",
+                    linestyles="--",
+                    lw=1,
+                    label="study's token estimate" if i == 0 else None,
+                )
+        ax.axhline(0.5, color="k", lw=0.7, ls=":", label="balance (½)" if what == "share" else None)
+        ax.set(
+            xticks=range(len(tables)),
+            xticklabels=[names[b] for b in tables],
+            ylim=(0, 1.05),
+            ylabel=ylabel,
+            xlabel="bias type (biased digit, planted value)",
+        )
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_title("does the edit balance the attribute?")
+    axes[1].set_title("is the digit kept?")
     fig.tight_layout()
     return fig

@@ -42,6 +42,7 @@ _NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.
 
 # --- sanity checks: randomized models ----------------------------------------------------------------
 
+
 def cascade_steps(model: torch.nn.Module) -> list[list[str]]:
     """The IEM's parameterized modules grouped into randomization steps, **head first**.
 
@@ -104,9 +105,18 @@ def randomize_full(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return randomize(model, [m for step in cascade_steps(model) for m in step], seed)
 
 
-def shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, epochs: int = 3, lr: float = 2e-3,
-                       batch_size: int = 64, max_images: int = 0, select_images: int = 500, seed: int = 0,
-                       desc: str = "IEM on shuffled labels"):
+def shuffled_label_iem(
+    model: torch.nn.Module,
+    ds,
+    codebook: torch.Tensor,
+    epochs: int = 3,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    max_images: int = 0,
+    select_images: int = 500,
+    seed: int = 0,
+    desc: str = "IEM on shuffled labels",
+):
     """Data randomization: an IEM of ``model``'s architecture trained on the train split with its labels
     permuted (``max_images`` > 0: on that many random rows of the split, drawn with ``seed``).
 
@@ -118,41 +128,96 @@ def shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, epoch
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     rng = np.random.default_rng(seed)
     n = len(ds.labels["train"])
-    sub = np.arange(n) if max_images <= 0 else np.sort(rng.permutation(n)[:max_images])  # splits are ordered by class
+    sub = (
+        np.arange(n) if max_images <= 0 else np.sort(rng.permutation(n)[:max_images])
+    )  # splits are ordered by class
     tokens, labels = ds.tokens["train"][sub], rng.permutation(ds.labels["train"][sub])
     pick = slice(0, select_images if select_images > 0 else len(labels))
-    shuffled = dataclasses.replace(ds, tokens={"train": tokens, "select": tokens[pick]},
-                                   labels={"train": labels, "select": labels[pick]}, names={})
+    shuffled = dataclasses.replace(
+        ds,
+        tokens={"train": tokens, "select": tokens[pick]},
+        labels={"train": labels, "select": labels[pick]},
+        names={},
+    )
     spec = model.cortex_spec
     torch.manual_seed(seed)
     out = build_iem(spec["arch"], spec["in_channels"], spec["grid"], spec["n_classes"], spec["width"])
-    log, _ = train_iem(out, embedding_loader(shuffled, "train", codebook, batch_size, shuffle=True, seed=seed),
-                       embedding_loader(shuffled, "select", codebook, 256), epochs=epochs, lr=lr, step_size=epochs,
-                       desc=desc)  # constant learning rate: memorizing needs every epoch
+    log, _ = train_iem(
+        out,
+        embedding_loader(shuffled, "train", codebook, batch_size, shuffle=True, seed=seed),
+        embedding_loader(shuffled, "select", codebook, 256),
+        epochs=epochs,
+        lr=lr,
+        step_size=epochs,
+        desc=desc,
+    )  # constant learning rate: memorizing needs every epoch
     return out.eval(), log.rename(columns={"val_loss": "select_loss", "val_acc": "select_acc"})
 
 
-def shipped_or_shuffled_label_iem(model: torch.nn.Module, ds, codebook: torch.Tensor, name: str, epochs: int = 3,
-                                  max_images: int = 0, seed: int = 0, retrain: bool = False, out_dir=None):
+def shipped_or_shuffled_label_iem(
+    model: torch.nn.Module,
+    ds,
+    codebook: torch.Tensor,
+    name: str,
+    epochs: int = 3,
+    max_images: int = 0,
+    seed: int = 0,
+    retrain: bool = False,
+    out_dir=None,
+):
     """The shuffled-label IEM of ``shuffled_label_iem``: the shipped ``<name>.safetensors`` of the dataset's
-    tokenizer family (``shipped_checkpoints``: ``checkpoints/`` for the default) when it was trained on exactly this train split with exactly these settings, else trained here and saved to
-    ``out_dir``. Returns ``(model, log, trained)``."""
+    tokenizer family (``shipped_checkpoints``: ``checkpoints/`` for the default) when it was trained on
+    exactly this train split with exactly these settings, else trained here and saved to ``out_dir``. Returns
+    ``(model, log, trained)``."""
     spec = dict(model.cortex_spec)
-    training = {"labels": "shuffled", "arch": spec["arch"], "width": spec["width"], "epochs": epochs,
-                "max_images": max_images, "select_images": 500, "lr": 2e-3, "batch_size": 64, "seed": seed}
+    training = {
+        "labels": "shuffled",
+        "arch": spec["arch"],
+        "width": spec["width"],
+        "epochs": epochs,
+        "max_images": max_images,
+        "select_images": 500,
+        "lr": 2e-3,
+        "batch_size": 64,
+        "seed": seed,
+    }
     fp = split_fingerprint(ds, "train")
-    shipped, _ = (None, "") if retrain else shipped_iem(shipped_checkpoints(ds.vq_family) / f"{name}.safetensors", fp,
-                                                                       training)
+    shipped, _ = (
+        (None, "")
+        if retrain
+        else shipped_iem(shipped_checkpoints(ds.vq_family) / f"{name}.safetensors", fp, training)
+    )
     if shipped:
         log = pd.DataFrame(read_card(shipped)["log"])
-        return load_iem(shipped, expect={k: spec[k] for k in ("arch", "in_channels", "grid", "n_classes")}), log, False
-    out, log = shuffled_label_iem(model, ds, codebook, epochs=epochs, lr=training["lr"],
-                                  batch_size=training["batch_size"], max_images=max_images,
-                                  select_images=training["select_images"], seed=seed)
+        return (
+            load_iem(shipped, expect={k: spec[k] for k in ("arch", "in_channels", "grid", "n_classes")}),
+            log,
+            False,
+        )
+    out, log = shuffled_label_iem(
+        model,
+        ds,
+        codebook,
+        epochs=epochs,
+        lr=training["lr"],
+        batch_size=training["batch_size"],
+        max_images=max_images,
+        select_images=training["select_images"],
+        seed=seed,
+    )
     if out_dir is not None:
-        save_iem(out, Path(out_dir) / f"{name}.safetensors", card={
-            "kind": "shuffled_label_iem", "vq_fingerprint": ds.manifest["vq_fingerprint"], "train_fingerprint": fp,
-            "training": training, "log": log.to_dict("records"), "rebuild": rebuild_command(ds.vq_family)})
+        save_iem(
+            out,
+            Path(out_dir) / f"{name}.safetensors",
+            card={
+                "kind": "shuffled_label_iem",
+                "vq_fingerprint": ds.manifest["vq_fingerprint"],
+                "train_fingerprint": fp,
+                "training": training,
+                "log": log.to_dict("records"),
+                "rebuild": rebuild_command(ds.vq_family),
+            },
+        )
     return out, log, True
 
 
@@ -165,10 +230,9 @@ def spearman(a, b) -> np.ndarray:
     ra = pd.DataFrame(a.reshape(len(a), -1)).rank(axis=1).to_numpy()
     rb = pd.DataFrame(b.reshape(len(b), -1)).rank(axis=1).to_numpy()
     ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
-    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), np.nan)
-
 
 
 def abs_spearman(a, b) -> np.ndarray:
@@ -179,9 +243,10 @@ def abs_spearman(a, b) -> np.ndarray:
 
 
 def top_k_intersection(a, b, k: int = 5, absolute: bool = True) -> np.ndarray:
-    """Share of each image's top-``k`` positions that the two maps have in common: ``(N, h, w)`` x 2 -> ``(N,)``
-    in [0, 1]. ``absolute``: rank by ``|score|`` (else by the signed score, highest first, as ``tis.topk_positions``).
-    Two independent random rankings share ``k / (h*w)`` of them on average (``top_k_chance``)."""
+    """Share of each image's top-``k`` positions that the two maps have in common: ``(N, h, w)`` x 2 ->
+    ``(N,)`` in [0, 1]. ``absolute``: rank by ``|score|`` (else by the signed score, highest first, as
+    ``tis.topk_positions``). Two independent random rankings share ``k / (h*w)`` of them on average
+    (``top_k_chance``)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim < 2:
         raise ValueError(f"need two aligned stacks of maps (N, ...), got {a.shape} and {b.shape}")
@@ -211,13 +276,24 @@ def map_similarity(trained, randomized, k: int = 5) -> pd.DataFrame:
     """Per image, how much of the trained model's map survives in a randomized model's: ``spearman``
     (signed), ``abs_spearman`` and ``top_k`` (``top_k_intersection`` of the absolute maps). One row per
     image: ``image``, ``spearman``, ``abs_spearman``, ``top_k``."""
-    return pd.DataFrame({"image": np.arange(len(trained)), "spearman": spearman(trained, randomized),
-                         "abs_spearman": abs_spearman(trained, randomized),
-                         "top_k": top_k_intersection(trained, randomized, k)})
+    return pd.DataFrame(
+        {
+            "image": np.arange(len(trained)),
+            "spearman": spearman(trained, randomized),
+            "abs_spearman": abs_spearman(trained, randomized),
+            "top_k": top_k_intersection(trained, randomized, k),
+        }
+    )
 
 
-def recommend(table: pd.DataFrame, random_auc: float, default: str, max_rank_corr: float = 0.3,
-              max_auc_ratio: float = 0.8, controls=()) -> tuple[str, pd.DataFrame]:
+def recommend(
+    table: pd.DataFrame,
+    random_auc: float,
+    default: str,
+    max_rank_corr: float = 0.3,
+    max_auc_ratio: float = 0.8,
+    controls=(),
+) -> tuple[str, pd.DataFrame]:
     """The recommendation rule: which attribution can be trusted on this run?
 
     ``table`` has one row per method (index) with ``abs_rank_corr_full`` and ``abs_rank_corr_data`` (mean
@@ -244,7 +320,9 @@ def recommend(table: pd.DataFrame, random_auc: float, default: str, max_rank_cor
     if not np.isfinite(random_auc) or random_auc <= 0:
         raise ValueError(f"the random order's deletion AUC must be a positive number, got {random_auc}")
     if not 0 < max_auc_ratio <= 1 or not 0 < max_rank_corr <= 1:
-        raise ValueError(f"max_auc_ratio and max_rank_corr must lie in (0, 1], got {max_auc_ratio}, {max_rank_corr}")
+        raise ValueError(
+            f"max_auc_ratio and max_rank_corr must lie in (0, 1], got {max_auc_ratio}, {max_rank_corr}"
+        )
     if default not in table.index:
         raise ValueError(f"the default method {default!r} is not in the table ({list(table.index)})")
     out = table.copy()
@@ -257,12 +335,18 @@ def recommend(table: pd.DataFrame, random_auc: float, default: str, max_rank_cor
 
     def reasons(m):
         r = out.loc[m]
-        why = [f"abs. rank corr. {r[f'abs_rank_corr_{kind}']:.2f} > {max_rank_corr:g} under {kind} randomization"
-               if np.isfinite(r[f"abs_rank_corr_{kind}"]) else f"no abs. rank corr. under {kind} randomization (constant maps)"
-               for kind, ok in (("full", full_ok[m]), ("data", data_ok[m])) if not ok]
+        why = [
+            f"abs. rank corr. {r[f'abs_rank_corr_{kind}']:.2f} > {max_rank_corr:g} under {kind} randomization"
+            if np.isfinite(r[f"abs_rank_corr_{kind}"])
+            else f"no abs. rank corr. under {kind} randomization (constant maps)"
+            for kind, ok in (("full", full_ok[m]), ("data", data_ok[m]))
+            if not ok
+        ]
         if not r["faithful"]:
-            why.append(f"deletion AUC {r['deletion_auc']:.3f} = {r['deletion_ratio']:.2f} × random's "
-                       f"({random_auc:.3f}) > {max_auc_ratio:g}")
+            why.append(
+                f"deletion AUC {r['deletion_auc']:.3f} = {r['deletion_ratio']:.2f} × random's "
+                f"({random_auc:.3f}) > {max_auc_ratio:g}"
+            )
         return "; ".join(why)
 
     out["failed"] = [reasons(m) for m in out.index]
@@ -273,7 +357,9 @@ def recommend(table: pd.DataFrame, random_auc: float, default: str, max_rank_cor
         return str(candidates["deletion_ratio"].idxmin()), out
     return "none", out
 
+
 # --- faithfulness: deletion and insertion curves --------------------------------------------------------
+
 
 def curve_steps(n_positions: int, steps: int) -> np.ndarray:
     """How many positions are removed at each point of a curve: ``steps`` + 1 counts from 0 to all."""
@@ -310,9 +396,21 @@ def auc(fractions, values) -> np.ndarray:
     return ((v[1:] + v[:-1]) / 2 * np.diff(f).reshape(-1, *([1] * (v.ndim - 1)))).sum(0)
 
 
-def faithfulness_curves(vq, tokens, labels, scores: dict, evaluators: dict, spaces=evaluation.SPACES,
-                        curves=CURVES, steps: int = 8, neutral: int = 0, seed: int = 0, batch_size: int = 256,
-                        images: torch.Tensor | None = None, progress: bool = True) -> pd.DataFrame:
+def faithfulness_curves(
+    vq,
+    tokens,
+    labels,
+    scores: dict,
+    evaluators: dict,
+    spaces=evaluation.SPACES,
+    curves=CURVES,
+    steps: int = 8,
+    neutral: int = 0,
+    seed: int = 0,
+    batch_size: int = 256,
+    images: torch.Tensor | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Deletion / insertion curves of every attribution in ``scores`` (name -> ``(N, h, w)``) plus a
     ``random`` order (``evaluation.random_positions``, ``seed``), in pixel and/or token space.
 
@@ -324,10 +422,14 @@ def faithfulness_curves(vq, tokens, labels, scores: dict, evaluators: dict, spac
     labels = np.asarray(labels, dtype=np.int64)
     grid, hw = t.shape[1:], t.shape[1] * t.shape[2]
     if len(labels) != len(t) or not len(t):
-        raise ValueError(f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels")
+        raise ValueError(
+            f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels"
+        )
     bad = [m for m, s in scores.items() if np.shape(s) != t.shape]
     if not scores or bad:
-        raise ValueError(f"every attribution must be aligned with the token grids {t.shape}; misaligned: {bad}")
+        raise ValueError(
+            f"every attribution must be aligned with the token grids {t.shape}; misaligned: {bad}"
+        )
     if "random" in scores:
         raise ValueError("'random' is the reference order; give the attributions other names")
     spaces = evaluation.check_spaces(spaces)
@@ -361,6 +463,7 @@ def faithfulness_curves(vq, tokens, labels, scores: dict, evaluators: dict, spac
             if key[1] is not None:
                 cache[key] = out
             return out
+
         return score
 
     frames = []
@@ -368,9 +471,19 @@ def faithfulness_curves(vq, tokens, labels, scores: dict, evaluators: dict, spac
     for space, curve, method in tqdm(jobs, desc="deletion / insertion curves", disable=not progress):
         fractions, values = removal_curve(orders[method], grid, score_in(space), steps, curve)
         for e, name in enumerate(evaluators):
-            frames.append(pd.DataFrame({"space": space, "curve": curve, "method": method, "evaluator": name,
-                                        "fraction": fractions, "k": np.round(fractions * hw).astype(int),
-                                        "mean_prob": values[:, e].mean(1)}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "space": space,
+                        "curve": curve,
+                        "method": method,
+                        "evaluator": name,
+                        "fraction": fractions,
+                        "k": np.round(fractions * hw).astype(int),
+                        "mean_prob": values[:, e].mean(1),
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -378,15 +491,18 @@ def curve_auc(table: pd.DataFrame) -> pd.DataFrame:
     """AUC of every (space, curve, method, evaluator) curve of ``faithfulness_curves``, plus the mean over
     evaluators (``evaluator`` = ``mean``). Deletion: lower is better; insertion: higher is better."""
     keys = ["space", "curve", "method", "evaluator"]
-    rows = [dict(zip(keys, k, strict=True), auc=float(auc(g["fraction"], g["mean_prob"])))
-            for k, g in table.sort_values("fraction").groupby(keys, sort=False)]
+    rows = [
+        dict(zip(keys, k, strict=True), auc=float(auc(g["fraction"], g["mean_prob"])))
+        for k, g in table.sort_values("fraction").groupby(keys, sort=False)
+    ]
     out = pd.DataFrame(rows)
     mean = out.groupby(keys[:3], sort=False)["auc"].mean().reset_index().assign(evaluator="mean")
     return pd.concat([out, mean[out.columns]], ignore_index=True)
 
 
-def verdict_text(verdict: pd.DataFrame, recommended: str, default: str, control: str, space: str,
-                 n_images: int, steps: int) -> list[str]:
+def verdict_text(
+    verdict: pd.DataFrame, recommended: str, default: str, control: str, space: str, n_images: int, steps: int
+) -> list[str]:
     """The verdict of ``recommend`` in words: one Markdown line per method (passes, or what it failed), one
     on the random ``control`` (it should pass randomization and fail faithfulness; otherwise the checks are
     too coarse for ``n_images`` curve images and ``steps`` steps), and the recommendation (with the
@@ -399,22 +515,31 @@ def verdict_text(verdict: pd.DataFrame, recommended: str, default: str, control:
         lines.append(f"* {who}: " + ("passes both conditions" if r["passes"] else f"fails: {r['failed']}"))
     cr = verdict.loc[control]
     if cr["randomization_ok"] and not cr["faithful"]:
-        lines.append(f"The random control passes randomization (abs. rank corr. {cr['abs_rank_corr_full']:.3f} full, "
-                     f"{cr['abs_rank_corr_data']:.3f} data) and fails faithfulness ({cr['deletion_ratio']:.2f} × random), "
-                     f"as a method that knows nothing must: randomization alone would have recommended noise.")
+        lines.append(
+            f"The random control passes randomization (abs. rank corr. {cr['abs_rank_corr_full']:.3f} full, "
+            f"{cr['abs_rank_corr_data']:.3f} data) and fails faithfulness ({cr['deletion_ratio']:.2f} × "
+            f"random), as a method that knows nothing must: randomization alone would have recommended noise."
+        )
     else:
-        lines.append(f"**Warning**: the random control {'passes' if cr['passes'] else 'is judged'} oddly (randomization "
-                     f"{'ok' if cr['randomization_ok'] else 'failed'}, deletion {cr['deletion_ratio']:.2f} × random): with "
-                     f"{n_images} curve images and {steps} steps the checks are too coarse to separate noise from a method.")
+        lines.append(
+            f"**Warning**: the random control {'passes' if cr['passes'] else 'is judged'} oddly "
+            f"(randomization {'ok' if cr['randomization_ok'] else 'failed'}, deletion "
+            f"{cr['deletion_ratio']:.2f} × random): with {n_images} curve images and {steps} steps the "
+            "checks are too coarse to separate noise from a method."
+        )
     if recommended == default:
         lines.append(f"Recommendation: keep **{default}**.")
     elif recommended != "none":
         r, d = verdict.loc[recommended], verdict.loc[default]
-        lines.append(f"Recommendation: **{recommended}**: abs. rank correlation {r['abs_rank_corr_full']:.2f} (full) / "
-                     f"{r['abs_rank_corr_data']:.2f} (data), deletion AUC ({space}) {r['deletion_auc']:.3f} = "
-                     f"{r['deletion_ratio']:.2f} × random (the run's method {d['deletion_auc']:.3f}). "
-                     f"Passing: {', '.join(m for m in verdict.index[verdict.passes] if m != control)}.")
+        lines.append(
+            f"Recommendation: **{recommended}**: abs. rank correlation {r['abs_rank_corr_full']:.2f} (full) "
+            f"/ {r['abs_rank_corr_data']:.2f} (data), deletion AUC ({space}) {r['deletion_auc']:.3f} = "
+            f"{r['deletion_ratio']:.2f} × random (the run's method {d['deletion_auc']:.3f}). "
+            f"Passing: {', '.join(m for m in verdict.index[verdict.passes] if m != control)}."
+        )
     else:
-        lines.append("Recommendation: **none**. No method passes both conditions on this run, so none of the maps, the "
-                     "TIS included, can be read as an explanation of what the IEM learned; read them with care.")
+        lines.append(
+            "Recommendation: **none**. No method passes both conditions on this run, so none of the maps, "
+            "the TIS included, can be read as an explanation of what the IEM learned; read them with care."
+        )
     return lines

@@ -55,9 +55,15 @@ def noise_sigma(embeddings: torch.Tensor, spread: float = 0.2, sigma: str = "bat
     return (spread * rng).reshape(len(embeddings), *([1] * (embeddings.ndim - 1)))
 
 
-def smoothgrad_noise(embeddings: torch.Tensor, nsamples: int = 20, spread: float = 0.2,
-                     generator: torch.Generator | None = None, sigma: str = "batch",
-                     draws: str = "gaussian", chunk: int | None = None) -> torch.Tensor:
+def smoothgrad_noise(
+    embeddings: torch.Tensor,
+    nsamples: int = 20,
+    spread: float = 0.2,
+    generator: torch.Generator | None = None,
+    sigma: str = "batch",
+    draws: str = "gaussian",
+    chunk: int | None = None,
+) -> torch.Tensor:
     """The ``(nsamples, *embeddings.shape)`` noise SmoothGrad adds: standard normal draws times
     ``noise_sigma(embeddings, spread, sigma)`` (the batch's range by default, as the paper; ``"image"``:
     each image's own). The draws are the same for both ``sigma`` choices; only their scale differs.
@@ -78,18 +84,28 @@ def smoothgrad_noise(embeddings: torch.Tensor, nsamples: int = 20, spread: float
     if draws not in DRAWS:
         raise ValueError(f"unknown draws {draws!r}; choose one of {DRAWS}")
     if chunk is not None and (draws != "gaussian" or chunk < 1):
-        raise ValueError(f"chunk orders Gaussian draws and must be >= 1, got chunk={chunk} with draws={draws!r}")
+        raise ValueError(
+            f"chunk orders Gaussian draws and must be >= 1, got chunk={chunk} with draws={draws!r}"
+        )
     scale = noise_sigma(embeddings, spread, sigma)
     shape = (nsamples, *embeddings.shape)
     if draws == "gaussian" and chunk is None:
         eps = torch.randn(shape, generator=generator, dtype=embeddings.dtype)
     elif draws == "gaussian":
         n = len(embeddings)
-        eps = torch.cat([torch.randn((n, min(chunk, nsamples - s), *shape[2:]), generator=generator,
-                                     dtype=embeddings.dtype).transpose(0, 1) for s in range(0, nsamples, chunk)])
+        eps = torch.cat(
+            [
+                torch.randn(
+                    (n, min(chunk, nsamples - s), *shape[2:]), generator=generator, dtype=embeddings.dtype
+                ).transpose(0, 1)
+                for s in range(0, nsamples, chunk)
+            ]
+        )
     elif draws == "antithetic":
         if nsamples % 2:
-            raise ValueError(f"antithetic draws come in pairs (+eps, -eps): nsamples must be even, got {nsamples}")
+            raise ValueError(
+                f"antithetic draws come in pairs (+eps, -eps): nsamples must be even, got {nsamples}"
+            )
         half = torch.randn((nsamples // 2, *embeddings.shape), generator=generator, dtype=embeddings.dtype)
         eps = torch.cat([half, -half])
     else:
@@ -103,14 +119,16 @@ def _sobol_normals(shape, generator: torch.Generator | None) -> torch.Tensor:
     randomised per image by a random digital shift (XOR of the points' binary digits), in float64."""
     nsamples, n, dim = shape[0], shape[1], math.prod(shape[2:])
     if dim > SobolEngine.MAXDIM:
-        raise ValueError(f"Sobol draws cover at most {SobolEngine.MAXDIM} values per image, these images have "
-                         f"{dim}; use draws='antithetic'")
-    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+        raise ValueError(
+            f"Sobol draws cover at most {SobolEngine.MAXDIM} values per image, these images have "
+            f"{dim}; use draws='antithetic'"
+        )
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
     bits = SobolEngine.MAXBIT  # the engine's points are integers / 2 ** bits
     points = SobolEngine(dim, scramble=True, seed=seed).draw(nsamples, dtype=torch.float64)  # (S, dim)
-    shift = torch.randint(2 ** bits, (n, dim), generator=generator)
-    ints = (points * 2 ** bits).long()[:, None] ^ shift[None]  # a digital shift keeps the set's strata
-    return torch.special.ndtri((ints.double() + 0.5) / 2 ** bits).reshape(shape)
+    shift = torch.randint(2**bits, (n, dim), generator=generator)
+    ints = (points * 2**bits).long()[:, None] ^ shift[None]  # a digital shift keeps the set's strata
+    return torch.special.ndtri((ints.double() + 0.5) / 2**bits).reshape(shape)
 
 
 def bf16_supported(device: torch.device | str = "cpu") -> bool:
@@ -126,8 +144,10 @@ def check_precision(precision: str, device: torch.device | str = "cpu") -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if precision == "bfloat16" and not bf16_supported(device):
-        raise ValueError(f"precision='bfloat16' needs a device that computes in bfloat16 (a CPU with AVX512-BF16 "
-                         f"or AMX, a GPU with bf16); {torch.device(device)} here does not: use 'float32'")
+        raise ValueError(
+            f"precision='bfloat16' needs a device that computes in bfloat16 (a CPU with AVX512-BF16 "
+            f"or AMX, a GPU with bf16); {torch.device(device)} here does not: use 'float32'"
+        )
 
 
 def _pass_inputs(x: torch.Tensor, precision: str) -> torch.Tensor:
@@ -139,6 +159,7 @@ def bytes_per_row(model: torch.nn.Module, embeddings: torch.Tensor, precision: s
     """Memory one noisy copy takes in a forward + input-gradient pass: the tensors autograd keeps for the
     backward pass, measured as the difference between passes of two copies and of one (weights and their
     casts cancel), doubled for the backward pass's own temporaries, plus the copy and its gradient."""
+
     def saved(k):
         storages = {}
 
@@ -146,23 +167,34 @@ def bytes_per_row(model: torch.nn.Module, embeddings: torch.Tensor, precision: s
             storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
 
-        x = _pass_inputs(embeddings[:1].repeat(k, *[1] * (embeddings.ndim - 1)), precision).requires_grad_(True)
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        x = _pass_inputs(embeddings[:1].repeat(k, *[1] * (embeddings.ndim - 1)), precision).requires_grad_(
+            True
+        )
+        with (
+            torch.enable_grad(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"),
+        ):
             model(x)
         return sum(storages.values())
 
     return max(2 * (saved(2) - saved(1)), 0) + 2 * embeddings[:1].nbytes
 
 
-def rows_per_pass(model: torch.nn.Module, embeddings: torch.Tensor, memory_mb: float = MEMORY_MB,
-                  precision: str = "float32") -> int:
+def rows_per_pass(
+    model: torch.nn.Module, embeddings: torch.Tensor, memory_mb: float = MEMORY_MB, precision: str = "float32"
+) -> int:
     """How many noisy copies one forward + backward pass may hold within ``memory_mb`` (``bytes_per_row``)."""
-    return max(1, int(memory_mb * 2 ** 20 // bytes_per_row(model, embeddings, precision)))
+    return max(1, int(memory_mb * 2**20 // bytes_per_row(model, embeddings, precision)))
 
 
-def pass_size(model: torch.nn.Module, embeddings: torch.Tensor, copies: int, memory_mb: float = MEMORY_MB,
-              precision: str = "float32") -> int:
+def pass_size(
+    model: torch.nn.Module,
+    embeddings: torch.Tensor,
+    copies: int,
+    memory_mb: float = MEMORY_MB,
+    precision: str = "float32",
+) -> int:
     """Noisy copies per pass when ``smoothgrad`` sizes the passes: ``memory_mb / MAX_WORKERS`` worth
     (``rows_per_pass``) and, on the CPU, at most 1 / ``MIN_PASSES`` of the ``copies`` (but not below
     ``MIN_ROWS``), so that no worker waits long for another."""
@@ -179,10 +211,21 @@ def _workers(device: torch.device, passes: int) -> int:
     return max(1, min(MAX_WORKERS, torch.get_num_threads(), passes)) if device.type == "cpu" else 1
 
 
-def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target, nsamples: int = 20,
-               spread: float = 0.2, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               where: str = "batch", max_batch: int | None = None, sigma: str = "batch",
-               precision: str = "float32", draws: str = "gaussian", memory_mb: float = MEMORY_MB) -> torch.Tensor:
+def smoothgrad(
+    model: torch.nn.Module,
+    embeddings: torch.Tensor,
+    target,
+    nsamples: int = 20,
+    spread: float = 0.2,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    where: str = "batch",
+    max_batch: int | None = None,
+    sigma: str = "batch",
+    precision: str = "float32",
+    draws: str = "gaussian",
+    memory_mb: float = MEMORY_MB,
+) -> torch.Tensor:
     """Mean gradient of each sample's ``target`` logit over noisy copies -> same shape as ``embeddings``.
 
     In eval mode every sample's logit depends on that sample only, so the noisy copies of all draws are
@@ -191,10 +234,10 @@ def smoothgrad(model: torch.nn.Module, embeddings: torch.Tensor, target, nsample
     passes in flight the noise and the gradients of every copy are kept (``2 * nsamples`` times the batch's
     size). On the CPU up to ``MAX_WORKERS`` passes run side by side (``_workers``). The passes depend on the
     batch, the model and ``memory_mb``, not on the number of threads, so neither do the numbers.
-    ``noise``: the ``(S, N, ...)`` noise to add (``smoothgrad_noise``); without it ``nsamples`` draws come from
-    ``generator``. ``sigma``: the noise scale from the batch's range (``"batch"``, the paper's) or each image's
-    own (``"image"``); see ``noise_sigma``. ``draws``: see ``smoothgrad_noise``. Both ignored when ``noise`` is
-    given.
+    ``noise``: the ``(S, N, ...)`` noise to add (``smoothgrad_noise``); without it ``nsamples`` draws come
+    from ``generator``. ``sigma``: the noise scale from the batch's range (``"batch"``, the paper's) or each
+    image's own (``"image"``); see ``noise_sigma``. ``draws``: see ``smoothgrad_noise``. Both ignored when
+    ``noise`` is given.
 
     ``precision="float32"`` (the exact mode) runs the kernels of the original's one gradient per image per
     draw and equals its numbers up to float32 rounding (``tests/test_iem_tis.py``: <= 1e-5); ``"bfloat16"``

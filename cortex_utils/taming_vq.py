@@ -1,4 +1,5 @@
-"""The first tokenizer family: taming-transformers' VQGAN (``VQModel``) behind the tokenizer protocol of ``vq``.
+"""The first tokenizer family: taming-transformers' VQGAN (``VQModel``) behind the tokenizer protocol of
+``vq``.
 
 This is the only module that imports ``taming`` (a test checks it): the class-conditional transformer of
 ``generation`` and the bias study's generator are built from taming classes named in configs and
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
-from .vq import bf16_autocast, psnr, reconstruction_report
+from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "taming_vqgan"
 
@@ -42,7 +43,7 @@ def _transformers_stand_in():
     is not needed otherwise); a stand-in is offered only while the block runs."""
     fake = None
     try:
-        from transformers import top_k_top_p_filtering  # noqa: F401
+        from transformers import top_k_top_p_filtering  # noqa: F401  (deferred: a probe for the old function)
     except ImportError:
         if "transformers" not in sys.modules:
             fake = types.ModuleType("transformers")
@@ -62,9 +63,10 @@ def _import_taming():
 
     * Lightning 2 removed ``pytorch_lightning.utilities.distributed``; taming imports ``rank_zero_only``
       from it, which now lives in ``pytorch_lightning.utilities``.
-    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see ``_transformers_stand_in``).
+    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see
+      ``_transformers_stand_in``).
     """
-    import pytorch_lightning.utilities as plu
+    import pytorch_lightning.utilities as plu  # deferred: Lightning only for a config that names its classes
 
     name = "pytorch_lightning.utilities.distributed"
     if name not in sys.modules:
@@ -74,10 +76,10 @@ def _import_taming():
             shim = types.ModuleType(name)
             shim.rank_zero_only = plu.rank_zero_only
             sys.modules[name] = shim
-    with _transformers_stand_in():
+    with _transformers_stand_in():  # deferred: taming's models import only after the two shims
         import taming.models.cond_transformer  # noqa: F401
-        import taming.models.vqgan  # noqa: F401
-        import taming.modules.transformer.mingpt  # noqa: F401
+        import taming.models.vqgan  # noqa: F401  (deferred, as above)
+        import taming.modules.transformer.mingpt  # noqa: F401  (deferred, as above)
 
 
 def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
@@ -88,10 +90,10 @@ def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
 
 
 def instantiate(config: dict):
-    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as taming's
-    ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning). Only the
-    target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or ``taming.main``
-    target goes through ``_import_taming`` (Lightning)."""
+    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as
+    taming's ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning).
+    Only the target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or
+    ``taming.main`` target goes through ``_import_taming`` (Lightning)."""
     if "target" not in config:
         raise KeyError("Expected key `target` to instantiate.")
     module, name = config["target"].rsplit(".", 1)
@@ -116,14 +118,27 @@ class TamingVQ(torch.nn.Module):
     ``ckpt_path``, ``ignore_keys`` and ``monitor`` only concern taming's Lightning training and are ignored.
     """
 
-    def __init__(self, ddconfig, n_embed, embed_dim, lossconfig=None, ckpt_path=None, ignore_keys=(),
-                 image_key="image", colorize_nlabels=None, monitor=None, remap=None, sane_index_shape=False):
+    def __init__(
+        self,
+        ddconfig,
+        n_embed,
+        embed_dim,
+        lossconfig=None,
+        ckpt_path=None,
+        ignore_keys=(),
+        image_key="image",
+        colorize_nlabels=None,
+        monitor=None,
+        remap=None,
+        sane_index_shape=False,
+    ):
         super().__init__()
         self.image_key = image_key
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
-        self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, remap=remap,
-                                         sane_index_shape=sane_index_shape)
+        self.quantize = VectorQuantizer2(
+            n_embed, embed_dim, beta=0.25, remap=remap, sane_index_shape=sane_index_shape
+        )
         self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
         self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         if colorize_nlabels is not None:
@@ -185,8 +200,13 @@ IMAGENET_F16_16384_CONFIG = {
         },
         "lossconfig": {
             "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-            "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0,
-                       "disc_weight": 0.75, "codebook_weight": 1.0},
+            "params": {
+                "disc_conditional": False,
+                "disc_in_channels": 3,
+                "disc_start": 0,
+                "disc_weight": 0.75,
+                "codebook_weight": 1.0,
+            },
         },
     },
 }
@@ -234,8 +254,6 @@ class TamingTokenizer:
 
     @property
     def fingerprint(self) -> str:
-        from .datasets import codebook_fingerprint
-
         return codebook_fingerprint(self.codebook())
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -258,7 +276,8 @@ class TamingTokenizer:
 
 
 def build(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> TamingTokenizer:
-    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for taming's ``VQModel``.
+    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for taming's
+    ``VQModel``.
 
     Another ``VQModel`` subclass (``GumbelVQ``, ``VQSegmentationModel``, ...) is built by taming itself,
     which imports pytorch_lightning.
@@ -270,7 +289,7 @@ def build(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None
         model = TamingVQ(**_inference_config(config)["params"])
     else:
         model = instantiate(_inference_config(config))  # a taming.models target: imports Lightning
-        from taming.models.vqgan import VQModel
+        from taming.models.vqgan import VQModel  # deferred: a Lightning class (see _import_taming)
 
         if not isinstance(model, VQModel):
             raise ValueError(f"config target {config['target']} is not a taming VQModel")
@@ -287,19 +306,34 @@ def load(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool =
 
 
 def taming_model(vq) -> torch.nn.Module:
-    """The taming module inside a tokenizer (the first stage of taming's transformers); refuses another family."""
+    """The taming module inside a tokenizer (the first stage of taming's transformers); refuses another
+    family."""
     if not isinstance(vq, TamingTokenizer):
-        raise TypeError(f"a taming transformer needs a taming tokenizer as its first stage, got "
-                        f"{type(vq).__name__} (family {getattr(vq, 'family', '?')!r})")
+        raise TypeError(
+            f"a taming transformer needs a taming tokenizer as its first stage, got "
+            f"{type(vq).__name__} (family {getattr(vq, 'family', '?')!r})"
+        )
     return vq.model
 
 
 # --- training the embedded default -------------------------------------------------------------
 
-def train_vq(tok: TamingTokenizer, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 500,
-             batch_size: int = 64, lr: float = 1e-3, seed: int = 0, revive_every: int = 50,
-             l2_weight: float = 1.0, log_every: int = 50, discriminator_weight: float = 0.0,
-             discriminator_start: int = 0, bf16: bool = False) -> pd.DataFrame:
+
+def train_vq(
+    tok: TamingTokenizer,
+    train_gray: np.ndarray,
+    val_images: torch.Tensor,
+    steps: int = 500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    revive_every: int = 50,
+    l2_weight: float = 1.0,
+    log_every: int = 50,
+    discriminator_weight: float = 0.0,
+    discriminator_start: int = 0,
+    bf16: bool = False,
+) -> pd.DataFrame:
     """Train a taming VQModel on digits with fresh colours each batch (no perceptual loss: the LPIPS
     VGG weights cannot be fetched here).
 
@@ -320,8 +354,9 @@ def train_vq(tok: TamingTokenizer, train_gray: np.ndarray, val_images: torch.Ten
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
     disc = disc_opt = None
     if discriminator_weight > 0:
+        # deferred: the GAN loss's modules, needed only when a discriminator is trained
         from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
-        from taming.modules.losses.vqperceptual import hinge_d_loss
+        from taming.modules.losses.vqperceptual import hinge_d_loss  # deferred, as above
 
         disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=32).apply(weights_init)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
@@ -359,14 +394,22 @@ def train_vq(tok: TamingTokenizer, train_gray: np.ndarray, val_images: torch.Ten
                 # move dead codes where the codebook fits worst (k-means++-like), not onto the background
                 # that most positions show and that live codes already represent well
                 err = torch.cdist(flat, vq.quantize.embedding.weight.detach()).min(1).values.pow(2)
-                pick = torch.multinomial(err + 1e-12, len(dead), replacement=len(dead) > len(flat), generator=gen)
+                pick = torch.multinomial(
+                    err + 1e-12, len(dead), replacement=len(dead) > len(flat), generator=gen
+                )
                 with torch.no_grad():
                     vq.quantize.embedding.weight[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
                 revived += len(dead)
             used.zero_()
         if step % log_every == 0 or step == steps - 1:
-            row = {"step": step, "loss": loss.item(), "l1": l1.item(), "qloss": qloss.item(),
-                   "train_psnr_db": psnr(rec.detach(), x).mean().item(), "revived_total": revived}
+            row = {
+                "step": step,
+                "loss": loss.item(),
+                "l1": l1.item(),
+                "qloss": qloss.item(),
+                "train_psnr_db": psnr(rec.detach(), x).mean().item(),
+                "revived_total": revived,
+            }
             if step % (log_every * 4) == 0 or step == steps - 1:
                 vq.eval()
                 row["val_psnr_db"] = reconstruction_report(tok, val_images)["psnr_db"]

@@ -18,6 +18,7 @@ VQGAN (``taming_vq``, the default) and a VQ-VAE with vector-quantize-pytorch's f
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import DEFAULT_FAMILY
+from .artifacts import registered
 
 # family name -> the adapter module that builds and loads it (DEFAULT_FAMILY, taming's, is also the family of
 # datasets and registries made before there were families)
@@ -62,13 +64,18 @@ def check_tokenizer(vq) -> None:
     """Raise a TypeError naming every protocol method or fact that ``vq`` lacks."""
     missing = [f"method {m}()" for m in METHODS if not callable(getattr(vq, m, None))]
     # facts are looked up without being evaluated (a property such as ``fingerprint`` hashes the codebook)
-    missing += [f"attribute {a}" for a in FACTS if a not in getattr(vq, "__dict__", {}) and not hasattr(type(vq), a)]
+    missing += [
+        f"attribute {a}" for a in FACTS if a not in getattr(vq, "__dict__", {}) and not hasattr(type(vq), a)
+    ]
     if missing:
-        raise TypeError(f"{type(vq).__name__} is not a tokenizer: it lacks {', '.join(missing)} "
-                        "(the protocol: cortex_utils.vq.Tokenizer)")
+        raise TypeError(
+            f"{type(vq).__name__} is not a tokenizer: it lacks {', '.join(missing)} "
+            "(the protocol: cortex_utils.vq.Tokenizer)"
+        )
 
 
 # --- building and loading, by family --------------------------------------------------------------
+
 
 def family_of(config) -> str:
     """A config's family: its ``family`` key, else taming (a taming config or a path to its YAML)."""
@@ -90,7 +97,8 @@ def build_vq(config, seed: int | None = None):
 
 
 def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
-    """The tokenizer of ``config`` with the weights in ``checkpoint`` (a taming ``.ckpt`` or our safetensors)."""
+    """The tokenizer of ``config`` with the weights in ``checkpoint`` (a taming ``.ckpt`` or our
+    safetensors)."""
     vq = adapter(family_of(config)).load(config, checkpoint, trust_pickle=trust_pickle)
     check_tokenizer(vq)
     return vq
@@ -98,8 +106,6 @@ def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
 
 def load_run_vq(run_dir: str | Path):
     """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's checkpoint)."""
-    from .artifacts import registered
-
     entry = registered(run_dir, "vq")
     return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
 
@@ -110,6 +116,7 @@ def state_dict_for_saving(vq) -> dict:
 
 
 # --- using a tokenizer ----------------------------------------------------------------------------
+
 
 def resolution(vq) -> int:
     return int(vq.image_size)
@@ -124,29 +131,46 @@ def codebook(vq) -> torch.Tensor:
     check_tokenizer(vq)
     cb = vq.codebook().detach()
     if tuple(cb.shape) != (vq.n_embed, vq.embed_dim):
-        raise ValueError(f"{type(vq).__name__}.codebook() has shape {tuple(cb.shape)}, its n_embed and embed_dim "
-                         f"say ({vq.n_embed}, {vq.embed_dim})")
+        raise ValueError(
+            f"{type(vq).__name__}.codebook() has shape {tuple(cb.shape)}, its n_embed and embed_dim "
+            f"say ({vq.n_embed}, {vq.embed_dim})"
+        )
     return cb
 
 
+def codebook_fingerprint(codebook: torch.Tensor) -> str:
+    """Identity of the codebook that token ids refer to: sha256 of its float32 bytes and shape (the
+    ``vq_fingerprint`` of a manifest; ``fingerprint`` for a model)."""
+    cb = codebook.float().cpu().contiguous().numpy()
+    return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
+
+
 def fingerprint(vq) -> str:
-    """Identity of the codebook that token ids refer to (``datasets.codebook_fingerprint``)."""
+    """Identity of the codebook that token ids refer to (``codebook_fingerprint`` of its codebook)."""
     return str(vq.fingerprint)
 
 
 def vq_meta(vq) -> dict:
     """What a token dataset records about the tokenizer its ids refer to."""
     check_tokenizer(vq)
-    return {"vq_family": str(vq.family), "vq_fingerprint": fingerprint(vq), "n_embed": int(vq.n_embed),
-            "embed_dim": int(vq.embed_dim), "grid": list(grid_shape(vq)), "image_size": resolution(vq),
-            "image_channels": int(vq.image_channels)}
+    return {
+        "vq_family": str(vq.family),
+        "vq_fingerprint": fingerprint(vq),
+        "n_embed": int(vq.n_embed),
+        "embed_dim": int(vq.embed_dim),
+        "grid": list(grid_shape(vq)),
+        "image_size": resolution(vq),
+        "image_channels": int(vq.image_channels),
+    }
 
 
 def check_images(vq, images: torch.Tensor) -> None:
     want = (int(vq.image_channels), resolution(vq), resolution(vq))
     if images.ndim != 4 or tuple(images.shape[1:]) != want:
-        raise ValueError(f"the VQ model expects images of shape (N, {want[0]}, {want[1]}, {want[2]}), "
-                         f"got {tuple(images.shape)}")
+        raise ValueError(
+            f"the VQ model expects images of shape (N, {want[0]}, {want[1]}, {want[2]}), "
+            f"got {tuple(images.shape)}"
+        )
     if not torch.is_floating_point(images):
         raise TypeError(f"images must be float in [-1, 1] (see digits.to_model_input), got {images.dtype}")
 
@@ -155,12 +179,16 @@ def check_ids(vq, ids: torch.Tensor, n: int, what: str = "encode") -> None:
     """Raise a ValueError unless ``ids`` are ``n`` grids of integer ids inside the codebook."""
     name = f"{type(vq).__name__}.{what}"
     if tuple(ids.shape) != (n, *grid_shape(vq)):
-        raise ValueError(f"{name} returned ids of shape {tuple(ids.shape)}, expected ({n}, {vq.grid[0]}, {vq.grid[1]})")
+        raise ValueError(
+            f"{name} returned ids of shape {tuple(ids.shape)}, expected ({n}, {vq.grid[0]}, {vq.grid[1]})"
+        )
     if torch.is_floating_point(ids) or ids.dtype == torch.bool:
         raise ValueError(f"{name} returned {ids.dtype} values, expected integer codebook ids")
     if ids.numel() and (ids.min() < 0 or ids.max() >= vq.n_embed):
-        raise ValueError(f"{name} returned ids outside its codebook [0, {vq.n_embed}): "
-                         f"got [{int(ids.min())}, {int(ids.max())}]")
+        raise ValueError(
+            f"{name} returned ids outside its codebook [0, {vq.n_embed}): "
+            f"got [{int(ids.min())}, {int(ids.max())}]"
+        )
 
 
 @torch.no_grad()
@@ -170,7 +198,7 @@ def encode(vq, images: torch.Tensor, batch_size: int = 256, progress: bool = Fal
     check_images(vq, images)
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc="encode", disable=not progress):
-        batch = images[i:i + batch_size]
+        batch = images[i : i + batch_size]
         ids = vq.encode(batch)
         check_ids(vq, ids, len(batch))
         out.append(ids.long())
@@ -190,12 +218,15 @@ def check_token_grids(tokens, n_embed: int) -> torch.Tensor:
     if tokens.ndim != 3:
         raise ValueError(f"token grids must have shape (N, h, w), got {tuple(tokens.shape)}")
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= n_embed):
-        raise ValueError(f"token ids must lie in [0, {n_embed}), got [{int(tokens.min())}, {int(tokens.max())}]")
+        raise ValueError(
+            f"token ids must lie in [0, {n_embed}), got [{int(tokens.min())}, {int(tokens.max())}]"
+        )
     return tokens
 
 
-def decode(vq, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False,
-           progress: bool = False) -> torch.Tensor:
+def decode(
+    vq, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False, progress: bool = False
+) -> torch.Tensor:
     """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` -> images in [-1, 1].
 
     Embeddings need not be codebook rows (codebook optimization decodes free embeddings);
@@ -213,8 +244,10 @@ def decode(vq, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: b
             raise ValueError(f"expected token grids (N, {h}, {w}), got {tuple(x.shape)}")
         step = vq.decode
     with torch.set_grad_enabled(grad):
-        parts = [step(x[i:i + batch_size]).clamp(-1, 1)
-                 for i in tqdm(range(0, len(x), batch_size), desc="decode", disable=not progress)]
+        parts = [
+            step(x[i : i + batch_size]).clamp(-1, 1)
+            for i in tqdm(range(0, len(x), batch_size), desc="decode", disable=not progress)
+        ]
     return torch.cat(parts)
 
 
@@ -235,11 +268,17 @@ def reconstruction_report(vq, images: torch.Tensor) -> dict:
     tokens = encode(vq, images)
     rec = decode(vq, tokens)
     counts = codebook_usage(tokens, vq.n_embed)
-    return {"psnr_db": float(psnr(rec, images).mean()), "codebook_usage": float((counts > 0).mean()),
-            "tokens": tokens, "reconstructions": rec, "counts": counts}
+    return {
+        "psnr_db": float(psnr(rec, images).mean()),
+        "codebook_usage": float((counts > 0).mean()),
+        "tokens": tokens,
+        "reconstructions": rec,
+        "counts": counts,
+    }
 
 
 # --- shared by the families' training loops and the other models' loaders -------------------------
+
 
 def use_bf16(setting: str = "auto") -> bool:
     """Train in bfloat16 autocast? ``"on"``, ``"off"``, or ``"auto"``: on when the CPU has AMX tiles (as the
@@ -254,4 +293,3 @@ def use_bf16(setting: str = "auto") -> bool:
 def bf16_autocast(enabled: bool):
     """bfloat16 CPU autocast when ``enabled`` (see ``use_bf16``), a no-op otherwise."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-

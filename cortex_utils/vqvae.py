@@ -29,19 +29,26 @@ from tqdm.auto import tqdm
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
-from .vq import bf16_autocast, psnr, reconstruction_report
+from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "vqvae_fsq"
 # The embedded second family: 3x32x32 digits -> 8x8 grid of 240 FSQ tokens (levels 8, 6, 5: the FSQ paper's
 # choice for a ~2^8 codebook), decoder width 32 (= embed_dim, as the taming default's codebook vectors).
-DEFAULT_CONFIG = {"family": FAMILY, "levels": [8, 6, 5], "image_size": 32, "in_channels": 3, "ch": 32,
-                  "z_channels": 32, "downsamples": 2}
+DEFAULT_CONFIG = {
+    "family": FAMILY,
+    "levels": [8, 6, 5],
+    "image_size": 32,
+    "in_channels": 3,
+    "ch": 32,
+    "z_channels": 32,
+    "downsamples": 2,
+}
 
 
 def _fsq():
     """vector-quantize-pytorch's FSQ, imported only when a model of this family is built (the package
     imports all its quantizers: about a second)."""
-    from vector_quantize_pytorch import FSQ
+    from vector_quantize_pytorch import FSQ  # deferred: a second to import, only for this family's models
 
     return FSQ
 
@@ -49,8 +56,14 @@ def _fsq():
 class ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.body = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
-                                  nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+            nn.GroupNorm(8, ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+        )
 
     def forward(self, x):
         return x + self.body(x)
@@ -63,15 +76,30 @@ class FSQVAE(nn.Module):
 
     family = FAMILY
 
-    def __init__(self, levels=(8, 6, 5), image_size: int = 32, in_channels: int = 3, ch: int = 32,
-                 z_channels: int = 32, downsamples: int = 2, family: str = FAMILY):
+    def __init__(
+        self,
+        levels=(8, 6, 5),
+        image_size: int = 32,
+        in_channels: int = 3,
+        ch: int = 32,
+        z_channels: int = 32,
+        downsamples: int = 2,
+        family: str = FAMILY,
+    ):
         super().__init__()
         if family != FAMILY:
             raise ValueError(f"config family {family!r} is not {FAMILY!r}")
-        if image_size % 2 ** downsamples:
+        if image_size % 2**downsamples:
             raise ValueError(f"image_size {image_size} is not divisible by 2^{downsamples}")
-        self.config = {"family": FAMILY, "levels": list(levels), "image_size": image_size,
-                       "in_channels": in_channels, "ch": ch, "z_channels": z_channels, "downsamples": downsamples}
+        self.config = {
+            "family": FAMILY,
+            "levels": list(levels),
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "ch": ch,
+            "z_channels": z_channels,
+            "downsamples": downsamples,
+        }
         wide = 2 * ch
         enc = [nn.Conv2d(in_channels, ch, 3, padding=1)]
         for i in range(downsamples):
@@ -81,7 +109,10 @@ class FSQVAE(nn.Module):
         self.quantize = _fsq()(levels=list(levels), dim=z_channels)
         dec = [nn.Conv2d(z_channels, wide, 3, padding=1)]
         for i in range(downsamples):
-            dec += [ResBlock(wide), nn.ConvTranspose2d(wide, ch if i == downsamples - 1 else wide, 4, stride=2, padding=1)]
+            dec += [
+                ResBlock(wide),
+                nn.ConvTranspose2d(wide, ch if i == downsamples - 1 else wide, 4, stride=2, padding=1),
+            ]
         dec += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
@@ -109,8 +140,6 @@ class FSQVAE(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        from .datasets import codebook_fingerprint
-
         return codebook_fingerprint(self.codebook())
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -143,16 +172,25 @@ def build(config: dict | None = None, seed: int | None = None) -> FSQVAE:
 
 
 def load(config: dict, checkpoint, trust_pickle: bool = False) -> FSQVAE:
-    """Build the model of ``config`` and load its weights (our safetensors; a mismatch names the first keys)."""
+    """Build the model of ``config`` and load its weights (our safetensors; a mismatch names the first
+    keys)."""
     model = build(config)
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model.load_state_dict(check_state_dict(model, state, what=f"checkpoint {checkpoint}"))
     return model.eval()
 
 
-def train_vqvae(model: FSQVAE, train_gray: np.ndarray, val_images: torch.Tensor, steps: int = 600,
-                batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 50,
-                bf16: bool = False) -> pd.DataFrame:
+def train_vqvae(
+    model: FSQVAE,
+    train_gray: np.ndarray,
+    val_images: torch.Tensor,
+    steps: int = 600,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    log_every: int = 50,
+    bf16: bool = False,
+) -> pd.DataFrame:
     """Train on digits in fresh colours each batch: L1 + L2 reconstruction, nothing else (FSQ has no
     codebook to learn and no codes to revive). Adam, cosine learning rate. ``bf16``: encoder and decoder
     in bfloat16 autocast, the quantizer in float32. Returns the training log."""
@@ -177,9 +215,13 @@ def train_vqvae(model: FSQVAE, train_gray: np.ndarray, val_images: torch.Tensor,
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps - 1:
-            row = {"step": step, "loss": loss.item(), "l1": l1.item(),
-                   "train_psnr_db": psnr(rec.detach(), x).mean().item(),
-                   "batch_codes_used": int(ids.unique().numel())}
+            row = {
+                "step": step,
+                "loss": loss.item(),
+                "l1": l1.item(),
+                "train_psnr_db": psnr(rec.detach(), x).mean().item(),
+                "batch_codes_used": int(ids.unique().numel()),
+            }
             if step % (log_every * 4) == 0 or step == steps - 1:
                 model.eval()
                 row["val_psnr_db"] = reconstruction_report(model, val_images)["psnr_db"]

@@ -82,9 +82,8 @@ train_steps = 550  # optimisation steps when retraining (batch of 64 digits each
 batch_size = 64
 learning_rate = 0.001
 revive_every = 50  # taming: steps between dead-code revivals (0: never)
-bf16 = (
-    "auto"  # bfloat16 autocast when retraining: auto (on if the CPU has AMX tiles, ~1.7x faster) | on | off
-)
+# bfloat16 autocast when retraining: auto (on if the CPU has AMX tiles, ~1.7x faster) | on | off
+bf16 = "auto"
 discriminator_weight = 0.0  # taming: > 0 adds taming's patch discriminator (hinge loss)
 checkpoint_out = ""  # where a retrained model is saved ("" -> <run_dir>/checkpoints)
 vq_config = ""  # a taming config YAML, e.g. vqgan_imagenet_f16_16384/configs/model.yaml

@@ -59,13 +59,16 @@ weight_decay = 0.0001
 lr_step = 9  # StepLR step in epochs (0: half the epochs)
 lr_gamma = 0.1
 width = 32  # channels of the first conv stage / ViT width (the original uses 512)
-nproc = 1  # processes: > 1 trains under torchrun + DistributedDataParallel (batch_size per process; docs/scaling.md)
+# processes: > 1 trains under torchrun + DistributedDataParallel (batch_size per process; docs/scaling.md)
+nproc = 1
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "03_train_iem")
-require(len(architectures) > 0 and set(architectures) <= set(iemlib.ARCHITECTURES),
-        f"architectures must be a non-empty subset of {sorted(iemlib.ARCHITECTURES)}, got {architectures}")
+require(
+    len(architectures) > 0 and set(architectures) <= set(iemlib.ARCHITECTURES),
+    f"architectures must be a non-empty subset of {sorted(iemlib.ARCHITECTURES)}, got {architectures}",
+)
 require(epochs >= 1 and batch_size >= 1 and width >= 4, "epochs, batch_size must be >= 1 and width >= 4")
 require(learning_rate > 0 and 0 < lr_gamma <= 1, "learning_rate must be > 0 and lr_gamma in (0, 1]")
 require(nproc >= 1, f"nproc must be >= 1, got {nproc}")
@@ -83,9 +86,14 @@ params
 vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 codebook = vqlib.codebook(vq)
-require(all(s in ds.splits for s in ("train", "val")), f"the dataset needs train and val splits, has {ds.splits}")
+require(
+    all(s in ds.splits for s in ("train", "val")), f"the dataset needs train and val splits, has {ds.splits}"
+)
 shape = (ds.manifest["embed_dim"], *ds.grid)
-print(f"dataset {ds.path.name}: {ds.manifest['splits']} images, {len(ds.class_names)} classes, IEM input {shape}")
+print(
+    f"dataset {ds.path.name}: {ds.manifest['splits']} images, {len(ds.class_names)} classes, IEM input "
+    f"{shape}"
+)
 
 # %% [markdown]
 # ## Train the four IEMs
@@ -94,8 +102,8 @@ print(f"dataset {ds.path.name}: {ds.manifest['splits']} images, {len(ds.class_na
 # the fingerprint of the train split, the per-epoch log), and the log also to `iem<k>_log.csv`.
 #
 # The repository ships the four IEMs trained on the default generated dataset (`checkpoints/`), and those
-# trained on the second tokenizer family's encoded digits (`checkpoints/vqvae_fsq/`). A shipped IEM is used only
-# when it is exactly what this cell would train: same train split (by content fingerprint) and same
+# trained on the second tokenizer family's encoded digits (`checkpoints/vqvae_fsq/`). A shipped IEM is used
+# only when it is exactly what this cell would train: same train split (by content fingerprint) and same
 # settings; anything else, or `retrain = True`, trains here (about two minutes for all four on 2 CPU cores).
 #
 # With `nproc > 1` the training runs as a `torchrun` job of `nproc` processes (gloo on CPU, NCCL on GPUs):
@@ -106,8 +114,16 @@ print(f"dataset {ds.path.name}: {ds.manifest['splits']} images, {len(ds.class_na
 
 # %%
 train_fp = tokds.split_fingerprint(ds, "train")
-training = {"epochs": epochs, "batch_size": batch_size, "lr": learning_rate, "weight_decay": weight_decay,
-            "lr_step": lr_step or max(1, epochs // 2), "lr_gamma": lr_gamma, "width": width, "seed": seed}
+training = {
+    "epochs": epochs,
+    "batch_size": batch_size,
+    "lr": learning_rate,
+    "weight_decay": weight_decay,
+    "lr_step": lr_step or max(1, epochs // 2),
+    "lr_gamma": lr_gamma,
+    "width": width,
+    "seed": seed,
+}
 if nproc > 1:  # another run than the single-process one: a shipped IEM does not match
     training["nproc"] = nproc
 spec = {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
@@ -121,34 +137,73 @@ val = tokds.embedding_loader(ds, "val", codebook, batch_size=512)
 # %%
 shipped = {}
 for arch in architectures:
-    shipped[arch] = (None, "retrain = True") if retrain else iemlib.shipped_iem(
-        shipped_checkpoints(ds.vq_family) / f"iem{arch}.safetensors", train_fp, training)
-    print(f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}): {'load' if shipped[arch][0] else 'train'} ({shipped[arch][1]})")
+    shipped[arch] = (
+        (None, "retrain = True")
+        if retrain
+        else iemlib.shipped_iem(
+            shipped_checkpoints(ds.vq_family) / f"iem{arch}.safetensors", train_fp, training
+        )
+    )
+    print(
+        f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}): {'load' if shipped[arch][0] else 'train'} "
+        f"({shipped[arch][1]})"
+    )
 
 # %% [markdown]
-# Then load those, and train the others: a fresh model (seeded), Adam + StepLR, the best-validation weights kept.
+# Then load those, and train the others: a fresh model (seeded), Adam + StepLR, the best-validation weights
+# kept.
 
 # %%
-models, logs = {}, {}
+todo = [arch for arch in architectures if not shipped[arch][0]]
+models, logs = dict.fromkeys(architectures), dict.fromkeys(architectures)  # in this order, filled below
 for arch in architectures:
-    log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
     if shipped[arch][0]:
         models[arch] = iemlib.load_iem(shipped[arch][0], expect={"arch": arch, **spec})
         logs[arch] = pd.DataFrame(read_card(shipped[arch][0])["log"])
-        logs[arch].to_csv(log_csv, index=False)
-    elif nproc > 1:  # torchrun: the same train_iem on every process, DDP; rank 0 writes weights and log
+        logs[arch].to_csv(run_dir / "iem" / f"iem{arch}_log.csv", index=False)
+
+# %%
+if nproc > 1:  # torchrun: the same train_iem on every process, DDP; rank 0 writes weights and log
+    for arch in todo:
+        log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
         out = run_dir / "iem" / f"iem{arch}.safetensors"
-        distributed.launch("train-iem", nproc=nproc, run_dir=run_dir, arch=arch, out=out, log_csv=log_csv,
-                           width=width, epochs=epochs, batch_size=batch_size, lr=learning_rate,
-                           weight_decay=weight_decay, lr_step=training["lr_step"], lr_gamma=lr_gamma, seed=seed)
+        distributed.launch(
+            "train-iem",
+            nproc=nproc,
+            run_dir=run_dir,
+            arch=arch,
+            out=out,
+            log_csv=log_csv,
+            width=width,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=learning_rate,
+            weight_decay=weight_decay,
+            lr_step=training["lr_step"],
+            lr_gamma=lr_gamma,
+            seed=seed,
+        )
         models[arch] = iemlib.load_iem(out, expect={"arch": arch, **spec})
         logs[arch] = pd.read_csv(log_csv)
-    else:
+
+# %%
+if nproc == 1:
+    for arch in todo:
+        log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
         torch.manual_seed(seed)
         models[arch] = iemlib.build_iem(arch, spec["in_channels"], ds.grid, spec["n_classes"], width=width)
-        logs[arch], _ = iemlib.train_iem(models[arch], train, val, epochs=epochs, lr=learning_rate,
-                                         weight_decay=weight_decay, step_size=training["lr_step"], gamma=lr_gamma,
-                                         log_csv=log_csv, desc=f"IEM {arch} ({iemlib.ARCHITECTURES[arch]})")
+        logs[arch], _ = iemlib.train_iem(
+            models[arch],
+            train,
+            val,
+            epochs=epochs,
+            lr=learning_rate,
+            weight_decay=weight_decay,
+            step_size=training["lr_step"],
+            gamma=lr_gamma,
+            log_csv=log_csv,
+            desc=f"IEM {arch} ({iemlib.ARCHITECTURES[arch]})",
+        )
 
 # %% [markdown]
 # A model trained here is saved with its card: where its data came from, the settings, the per-epoch log.
@@ -159,11 +214,23 @@ for arch in architectures:
     paths[arch] = shipped[arch][0]
     if not paths[arch]:
         best = logs[arch].loc[logs[arch]["val_loss"].idxmin()]
-        paths[arch] = iemlib.save_iem(models[arch], run_dir / "iem" / f"iem{arch}.safetensors", card={
-            "kind": "iem", "dataset": str(ds.path), "vq_fingerprint": ds.manifest["vq_fingerprint"],
-            "train_fingerprint": train_fp, "training": training, "log": logs[arch].to_dict("records"),
-            "metrics": {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])},
-            "rebuild": rebuild_command(ds.vq_family)})
+        paths[arch] = iemlib.save_iem(
+            models[arch],
+            run_dir / "iem" / f"iem{arch}.safetensors",
+            card={
+                "kind": "iem",
+                "dataset": str(ds.path),
+                "vq_fingerprint": ds.manifest["vq_fingerprint"],
+                "train_fingerprint": train_fp,
+                "training": training,
+                "log": logs[arch].to_dict("records"),
+                "metrics": {
+                    "best_val_loss": float(best["val_loss"]),
+                    "val_acc_at_best": float(best["val_acc"]),
+                },
+                "rebuild": rebuild_command(ds.vq_family),
+            },
+        )
         note_trained(run_dir, f"IEM {arch}")
 
 # %% [markdown]
@@ -182,16 +249,26 @@ for arch in architectures:
 summary = []
 for arch in architectures:
     log, best = logs[arch], logs[arch].loc[logs[arch]["val_loss"].idxmin()]
-    summary.append({"IEM": arch, "architecture": iemlib.ARCHITECTURES[arch],
-                    "parameters": iemlib.count_parameters(models[arch]),
-                    "source": "shipped" if shipped[arch][0] else "trained here", "best epoch": int(best["epoch"]),
-                    "val loss": best["val_loss"], "val accuracy": best["val_acc"], "train seconds": log["seconds"].sum()})
+    summary.append(
+        {
+            "IEM": arch,
+            "architecture": iemlib.ARCHITECTURES[arch],
+            "parameters": iemlib.count_parameters(models[arch]),
+            "source": "shipped" if shipped[arch][0] else "trained here",
+            "best epoch": int(best["epoch"]),
+            "val loss": best["val_loss"],
+            "val accuracy": best["val_acc"],
+            "train seconds": log["seconds"].sum(),
+        }
+    )
 display(pd.DataFrame(summary))
 
 # %%
 curves = pd.concat([logs[arch].assign(iem=f"{arch} {iemlib.ARCHITECTURES[arch]}") for arch in architectures])
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-sns.lineplot(data=curves, x="epoch", y="val_acc", hue="iem", marker="o", ax=axes[0]).set_title("validation accuracy")
+sns.lineplot(data=curves, x="epoch", y="val_acc", hue="iem", marker="o", ax=axes[0]).set_title(
+    "validation accuracy"
+)
 sns.lineplot(data=curves, x="epoch", y="train_loss", hue="iem", ax=axes[1]).set_title("training loss")
 fig.tight_layout()
 
@@ -204,7 +281,8 @@ fig.tight_layout()
 # `t.numel()` counts a tensor's numbers). Which architecture is largest, and which part of it holds most of
 # its parameters (look at `models[1]`: is it the convolutions or the fully connected head)?
 #
-# Write your answer as `answer_1 = {arch: count, ...}`: a dict from the IEM number (int) to its parameter count (int).
+# Write your answer as `answer_1 = {arch: count, ...}`: a dict from the IEM number (int) to its parameter
+# count (int).
 
 # %% tags=["solution"]
 if solutions:
@@ -221,16 +299,21 @@ def check_1(a):
     return True
 
 
-exercise("1", globals(), check=check_1, hint="sum t.numel() over model.parameters(), one model at a time",
-         solutions=solutions);
-
+exercise(
+    "1",
+    globals(),
+    check=check_1,
+    hint="sum t.numel() over model.parameters(), one model at a time",
+    solutions=solutions,
+)
 # %% [markdown] tags=["exercise"]
 # **2. Which IEM reached the lowest validation loss, and when?** Read the per-epoch logs (`logs[arch]`, one
 # `pandas` table per IEM, also written to `<run_dir>/iem/iem<k>_log.csv`) and find the IEM and the epoch
 # with the lowest `val_loss` over all of them. Is it the same IEM as the one with the best validation
 # accuracy? Does the best epoch come before or after the learning-rate step (`lr_step`)?
 #
-# Write your answer as `answer_2 = (arch, epoch)`: two ints, the IEM number and the epoch as in the log's `epoch` column.
+# Write your answer as `answer_2 = (arch, epoch)`: two ints, the IEM number and the epoch as in the log's
+# `epoch` column.
 
 # %% tags=["solution"]
 if solutions:
@@ -243,15 +326,23 @@ if solutions:
 # %% tags=["exercise-check"]
 def check_2(a):
     arch, epoch = int(a[0]), int(a[1])
-    on_disk = {k: pd.read_csv(run_dir / "iem" / f"iem{k}_log.csv") for k in architectures}  # the logs as written
+    on_disk = {
+        k: pd.read_csv(run_dir / "iem" / f"iem{k}_log.csv") for k in architectures
+    }  # the logs as written
     assert arch in on_disk, f"IEM {arch} was not trained in this run ({architectures})"
     lowest = min(log["val_loss"].min() for log in on_disk.values())
     row = on_disk[arch].loc[on_disk[arch]["epoch"] == epoch, "val_loss"]
     assert len(row) == 1, f"IEM {arch}'s log has no epoch {epoch}"
     assert abs(float(row.iloc[0]) - lowest) <= 1e-9 * max(1.0, abs(lowest)), (
-        f"IEM {arch} at epoch {epoch} has val_loss {float(row.iloc[0]):.4f}; the lowest is {lowest:.4f}")
+        f"IEM {arch} at epoch {epoch} has val_loss {float(row.iloc[0]):.4f}; the lowest is {lowest:.4f}"
+    )
     return True
 
 
-exercise("2", globals(), check=check_2, hint="take each log's val_loss minimum, then the smallest of those",
-         solutions=solutions);
+exercise(
+    "2",
+    globals(),
+    check=check_2,
+    hint="take each log's val_loss minimum, then the smallest of those",
+    solutions=solutions,
+)

@@ -23,7 +23,6 @@
 # %%
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import display
 
 from cortex_utils import datasets as tokds
@@ -42,8 +41,10 @@ solutions = False  # run the exercises' solution cells (a teacher's reveal; make
 
 # %%
 params = check_parameters(globals(), "04_test_iem")
-require(len(architectures) > 0 and set(architectures) <= set(iemlib.ARCHITECTURES),
-        f"architectures must be a non-empty subset of {sorted(iemlib.ARCHITECTURES)}")
+require(
+    len(architectures) > 0 and set(architectures) <= set(iemlib.ARCHITECTURES),
+    f"architectures must be a non-empty subset of {sorted(iemlib.ARCHITECTURES)}",
+)
 require(batch_size >= 1, "batch_size must be >= 1")
 run_dir = repo_path(run_dir)
 params
@@ -54,8 +55,10 @@ ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 loader = tokds.embedding_loader(ds, split, vqlib.codebook(vq), batch_size=batch_size)
 expect = {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
-models = {arch: iemlib.load_iem(registered(run_dir, f"iem{arch}")["checkpoint"], expect={"arch": arch, **expect})
-          for arch in architectures}
+models = {
+    arch: iemlib.load_iem(registered(run_dir, f"iem{arch}")["checkpoint"], expect={"arch": arch, **expect})
+    for arch in architectures
+}
 
 # %% [markdown]
 # Top-k accuracy: the share of test images whose true class is among the model's k highest logits.
@@ -66,13 +69,21 @@ for arch in architectures:
     res = iemlib.evaluate_iem(models[arch], loader)
     logits_of[arch], labels = iemlib.predict(models[arch], loader)
     preds[arch] = logits_of[arch].argmax(1).numpy()
-    rows.append({"IEM": arch, "architecture": iemlib.ARCHITECTURES[arch],
-                 **{k: res[k] for k in ("top1", "top3", "top5", "top10")}})
+    rows.append(
+        {
+            "IEM": arch,
+            "architecture": iemlib.ARCHITECTURES[arch],
+            **{k: res[k] for k in ("top1", "top3", "top5", "top10")},
+        }
+    )
 table = pd.DataFrame(rows)
 display(table.style.format({k: "{:.3f}" for k in ("top1", "top3", "top5", "top10")}))
 if 1 in architectures:
     top1 = float(table.loc[table["IEM"] == 1, "top1"].iloc[0])
-    print(f"IEM 1 top-1 on {split}: {top1:.3f} (bar 0.95) -> " + ("meets the bar" if top1 >= 0.95 else "BELOW the bar"))
+    print(
+        f"IEM 1 top-1 on {split}: {top1:.3f} (bar 0.95) -> "
+        + ("meets the bar" if top1 >= 0.95 else "BELOW the bar")
+    )
 
 # %% [markdown]
 # Record the headline numbers.
@@ -82,13 +93,21 @@ for arch, top1 in zip(table["IEM"], table["top1"], strict=True):
     record_metrics(run_dir, **{f"iem{arch}_test_top1": round(float(top1), 4)})
 
 # %%
-long = table.melt(id_vars=["IEM", "architecture"], value_vars=["top1", "top3", "top5", "top10"], var_name="k", value_name="accuracy")
-plots.bar_table(long, x="architecture", y="accuracy", hue="k", title=f"IEM accuracy on the {split} split", ylim=(0, 1.02));
-
+long = table.melt(
+    id_vars=["IEM", "architecture"],
+    value_vars=["top1", "top3", "top5", "top10"],
+    var_name="k",
+    value_name="accuracy",
+)
+plots.bar_table(
+    long, x="architecture", y="accuracy", hue="k", title=f"IEM accuracy on the {split} split", ylim=(0, 1.02)
+)
 # %%
 labels = ds.labels[split].astype(np.int64)
 for arch in architectures[:2]:
-    plots.confusion(labels, preds[arch], ds.class_names, title=f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}), {split} split");
+    plots.confusion(
+        labels, preds[arch], ds.class_names, title=f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}), {split} split"
+    )
 
 # %% [markdown]
 # ## Exercises
@@ -105,7 +124,9 @@ for arch in architectures[:2]:
 # %% tags=["solution"]
 if solutions:
     k = 2
-    order = np.argsort(-logits_of[architectures[0]].detach().numpy(), axis=1)  # classes by logit, largest first
+    order = np.argsort(
+        -logits_of[architectures[0]].detach().numpy(), axis=1
+    )  # classes by logit, largest first
     answer_1 = (k, float(np.mean([label in row[:k] for row, label in zip(order, labels, strict=True)])))
     print(answer_1)
 
@@ -119,9 +140,13 @@ def check_1(a):
     return True
 
 
-exercise("1", globals(), check=check_1, hint="np.argsort(-logits, axis=1)[:, :k] are each image's k best classes",
-         solutions=solutions);
-
+exercise(
+    "1",
+    globals(),
+    check=check_1,
+    hint="np.argsort(-logits, axis=1)[:, :k] are each image's k best classes",
+    solutions=solutions,
+)
 # %% [markdown] tags=["exercise"]
 # **2. Which classes does the first IEM mix up most?** From its predictions (`preds[architectures[0]]`)
 # and the true labels (`labels`), count the confusion matrix yourself (rows: true class, columns:
@@ -148,9 +173,16 @@ def check_2(a):
     m = np.zeros((n, n), dtype=int)
     np.add.at(m, (labels, preds[architectures[0]]), 1)
     np.fill_diagonal(m, -1)
-    assert m[true, pred] == m.max(), f"{m[true, pred]} images of class {true} went to {pred}; a pair has {m.max()}"
+    assert m[true, pred] == m.max(), (
+        f"{m[true, pred]} images of class {true} went to {pred}; a pair has {m.max()}"
+    )
     return True
 
 
-exercise("2", globals(), check=check_2, hint="count with np.add.at(m, (labels, preds), 1), ignore the diagonal",
-         solutions=solutions);
+exercise(
+    "2",
+    globals(),
+    check=check_2,
+    hint="count with np.add.at(m, (labels, preds), 1), ignore the diagonal",
+    solutions=solutions,
+)

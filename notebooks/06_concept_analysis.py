@@ -57,8 +57,10 @@ run_dir = repo_path(run_dir)
 vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 n_positions = int(np.prod(ds.grid))
-require(len(top_ns) > 0 and all(1 <= n <= n_positions for n in top_ns),
-        f"top_ns must lie in [1, {n_positions}] (the grid has {n_positions} positions), got {top_ns}")
+require(
+    len(top_ns) > 0 and all(1 <= n <= n_positions for n in top_ns),
+    f"top_ns must lie in [1, {n_positions}] (the grid has {n_positions} positions), got {top_ns}",
+)
 require(show_top_n in top_ns, f"show_top_n ({show_top_n}) must be one of top_ns {top_ns}")
 require(top >= 1 and tokens_per_class >= 1, "top and tokens_per_class must be >= 1")
 tis_entry = registered(run_dir, "tis")
@@ -66,7 +68,10 @@ require("train" in tis_entry["splits"], "notebook 05 must have computed TIS for 
 tis = np.load(repo_path(tis_entry["path"]) / "train.npy")
 tokens, labels = ds.tokens["train"], ds.labels["train"].astype(np.int64)
 require(tis.shape == tokens.shape, f"TIS {tis.shape} is not aligned with the train tokens {tokens.shape}")
-print(f"TIS method: {tis_entry['method']} (notebook 05: IEM {tis_entry['iem_arch']}, {tis_entry['reduction']} over the channels)")
+print(
+    f"TIS method: {tis_entry['method']} (notebook 05: IEM {tis_entry['iem_arch']}, {tis_entry['reduction']} "
+    "over the channels)"
+)
 params
 
 # %% [markdown]
@@ -110,7 +115,9 @@ display(table[(table.top_n == show_top_n) & (table["rank"] <= 3)].head(33))
 # %% tags=["by-hand-check"]
 for c in few:
     lib = table[(table.top_n == n) & (table.label == c)]
-    assert list(zip(lib.token.tolist(), lib["count"].tolist(), strict=True)) == by_hand[c], f"class {c} differs"
+    assert list(zip(lib.token.tolist(), lib["count"].tolist(), strict=True)) == by_hand[c], (
+        f"class {c} differs"
+    )
 print(f"by hand == concepts.concept_tokens (top-n {n}, classes {[ds.class_names[c] for c in few]})")
 
 # %% [markdown]
@@ -124,7 +131,9 @@ for name, df in {"concept_tokens": table, "frequency_tokens": freq, "contrastive
         df.to_csv(tmp, index=False)
     with atomic_path(out / f"{name}.parquet") as tmp:
         df.to_parquet(tmp, index=False)
-register(run_dir, "concepts", path=str(out), top_ns=top_ns, tis=tis_entry["path"], tis_method=tis_entry["method"])
+register(
+    run_dir, "concepts", path=str(out), top_ns=top_ns, tis=tis_entry["path"], tis_method=tis_entry["method"]
+)
 print(f"saved to {out}: concept_tokens / frequency_tokens / contrastive_tokens (.csv, .parquet)")
 
 # %% [markdown]
@@ -137,7 +146,9 @@ print(f"saved to {out}: concept_tokens / frequency_tokens / contrastive_tokens (
 t = table[(table.top_n == show_top_n) & (table.label >= 0)].copy()
 t["cumulative share"] = t.groupby("label")["share"].cumsum()
 fig, ax = plt.subplots(figsize=(6, 3.2))
-sns.lineplot(data=t[t["rank"] <= 30], x="rank", y="cumulative share", hue="class_name", ax=ax, palette="tab10")
+sns.lineplot(
+    data=t[t["rank"] <= 30], x="rank", y="cumulative share", hue="class_name", ax=ax, palette="tab10"
+)
 ax.set_title(f"share of top-{show_top_n} TIS slots covered by the k first concept tokens")
 fig.tight_layout()
 
@@ -151,7 +162,9 @@ fig.tight_layout()
 # %%
 sets = concepts.token_sets(table, tokens_per_class, top_n=show_top_n)
 n_cls = min(len(ds.class_names), 10)
-fig, axes = plt.subplots(n_cls, tokens_per_class * 2, figsize=(tokens_per_class * 2 * 0.9, n_cls * 0.95), squeeze=False)
+fig, axes = plt.subplots(
+    n_cls, tokens_per_class * 2, figsize=(tokens_per_class * 2 * 0.9, n_cls * 0.95), squeeze=False
+)
 for ax in axes.flat:
     ax.axis("off")
 for c in range(n_cls):
@@ -166,7 +179,10 @@ for c in range(n_cls):
         if len(crops):
             axes[c, 2 * j + 1].imshow(plots.to_hwc(np.concatenate(list(crops), axis=2)))
     axes[c, 0].text(-0.6, 0.5, ds.class_names[c], transform=axes[c, 0].transAxes, ha="right", va="center")
-fig.suptitle(f"first {tokens_per_class} concept tokens per class: token tile | crops from images where it is a top-{show_top_n} token")
+fig.suptitle(
+    f"first {tokens_per_class} concept tokens per class: token tile | crops from images where it is a "
+    f"top-{show_top_n} token"
+)
 fig.tight_layout()
 
 # %% [markdown]
@@ -182,12 +198,14 @@ for n in top_ns:
     cs = concepts.token_sets(table, k, top_n=n)
     for base_name, base in (("frequency", freq), ("contrastive", contrast)):
         ov = concepts.overlap(cs, concepts.token_sets(base, k))
-        rows += [{"top_n": n, "baseline": base_name, "class": ds.class_names[c], "overlap": v} for c, v in ov.items()]
+        rows += [
+            {"top_n": n, "baseline": base_name, "class": ds.class_names[c], "overlap": v}
+            for c, v in ov.items()
+        ]
 ov = pd.DataFrame(rows)
 display(ov.groupby(["baseline", "top_n"])["overlap"].mean().unstack().round(3))
 g = sns.catplot(data=ov, x="top_n", y="overlap", hue="baseline", kind="bar", height=3, aspect=1.8)
-g.set_axis_labels("top-n", f"share of first {k} concept tokens in the baseline's first {k}");
-
+g.set_axis_labels("top-n", f"share of first {k} concept tokens in the baseline's first {k}")
 # %% [markdown]
 # ## Exercises
 
@@ -200,7 +218,9 @@ g.set_axis_labels("top-n", f"share of first {k} concept tokens in the baseline's
 # %% tags=["solution"]
 if solutions:
     c = min(3, len(ds.class_names) - 1)
-    counts = np.bincount(concepts.top_tokens(tokens[labels == c], tis[labels == c], show_top_n).ravel(), minlength=K)
+    counts = np.bincount(
+        concepts.top_tokens(tokens[labels == c], tis[labels == c], show_top_n).ravel(), minlength=K
+    )
     order = np.argsort(-counts, kind="stable")[:3]  # ties: the smaller id first
     answer_1 = {c: [int(i) for i in order if counts[i] > 0]}
 
@@ -214,8 +234,13 @@ def check_1(a):
     return True
 
 
-exercise("1", globals(), check=check_1, hint="count per image's top-n ids, then sort by count (ties: smaller id)",
-         solutions=solutions)
+exercise(
+    "1",
+    globals(),
+    check=check_1,
+    hint="count per image's top-n ids, then sort by count (ties: smaller id)",
+    solutions=solutions,
+)
 
 # %% [markdown] tags=["exercise"]
 # **2.** Are concept tokens class-specific? Take each class's first 10 concept tokens at top-n =
@@ -229,5 +254,10 @@ if solutions:
 
 # %% tags=["exercise-check"]
 shared = Counter(np.concatenate(list(concepts.token_sets(table, 10, top_n=show_top_n).values())).tolist())
-exercise("2", globals(), check=lambda a: int(a) == sum(v > 1 for v in shared.values()),
-         hint="concepts.token_sets(table, 10, top_n=show_top_n) gives each class's first 10 ids", solutions=solutions)
+exercise(
+    "2",
+    globals(),
+    check=lambda a: int(a) == sum(v > 1 for v in shared.values()),
+    hint="concepts.token_sets(table, 10, top_n=show_top_n) gives each class's first 10 ids",
+    solutions=solutions,
+)

@@ -64,7 +64,8 @@ embedding_lr = 0.05  # Adam learning rate of the free embeddings
 tau = 1.0  # Gumbel-softmax temperature
 seed = 0
 snapshot_every = 20  # keep the token grid every k steps for the explorer
-concept_top_n = 5  # the concept tokens compared with: notebook 06's analysis at this top-n (one of its top_ns)
+# the concept tokens compared with: notebook 06's analysis at this top-n (one of its top_ns)
+concept_top_n = 5
 concept_k = 10  # ... the target class's first k of them
 chance_draws = 2000  # Monte Carlo draws of the chance level of the overlap
 random_fills = 8  # random-id fills of the region per source image (the control of the concept fill)
@@ -74,13 +75,22 @@ solutions = False  # run the exercises' solution cells (a teacher's reveal; make
 # %%
 params = check_parameters(globals(), "09_codebook_optimization")
 run_dir = repo_path(run_dir)
-require(len(pairs) > 0 and all(len(p) == 2 for p in pairs), f"pairs must be [source, target] pairs, got {pairs}")
-require(len(methods) > 0 and set(methods) <= {"tokens", "embeddings"}, "methods must be a subset of ['tokens', 'embeddings']")
+require(
+    len(pairs) > 0 and all(len(p) == 2 for p in pairs), f"pairs must be [source, target] pairs, got {pairs}"
+)
+require(
+    len(methods) > 0 and set(methods) <= {"tokens", "embeddings"},
+    "methods must be a subset of ['tokens', 'embeddings']",
+)
 require(len(rows) == 2 and len(cols) == 2, "rows and cols are [start, stop) pairs")
-require(images_per_pair >= 1 and steps >= 1 and token_lr > 0 and embedding_lr > 0 and tau > 0,
-        "images_per_pair and steps must be >= 1; learning rates and tau > 0")
-require(concept_k >= 1 and chance_draws >= 100 and random_fills >= 1,
-        "concept_k and random_fills must be >= 1, chance_draws >= 100")
+require(
+    images_per_pair >= 1 and steps >= 1 and token_lr > 0 and embedding_lr > 0 and tau > 0,
+    "images_per_pair and steps must be >= 1; learning rates and tau > 0",
+)
+require(
+    concept_k >= 1 and chance_draws >= 100 and random_fills >= 1,
+    "concept_k and random_fills must be >= 1, chance_draws >= 100",
+)
 params
 
 # %% [markdown]
@@ -93,9 +103,15 @@ vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 n_classes = len(ds.class_names)
-iem = iemlib.load_iem(registered(run_dir, f"iem{iem_arch}")["checkpoint"],
-                      expect={"arch": iem_arch, "in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid),
-                              "n_classes": n_classes})
+iem = iemlib.load_iem(
+    registered(run_dir, f"iem{iem_arch}")["checkpoint"],
+    expect={
+        "arch": iem_arch,
+        "in_channels": ds.manifest["embed_dim"],
+        "grid": list(ds.grid),
+        "n_classes": n_classes,
+    },
+)
 codebook = vqlib.codebook(vq)
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_classes, torchvision_weights)
 tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
@@ -109,17 +125,26 @@ for source, target in pairs:
     opt.check_pair(source, target, n_classes)
 region = opt.region_mask(ds.grid, rows, cols)
 with torch.no_grad():
-    iem_pred = iemlib.predict(iem, tokds.embedding_loader(ds, split, codebook, batch_size=512))[0].argmax(1).numpy()
+    iem_pred = (
+        iemlib.predict(iem, tokds.embedding_loader(ds, split, codebook, batch_size=512))[0].argmax(1).numpy()
+    )
 sources = {}
 for source, target in pairs:
     of_class = np.flatnonzero(labels == source)
     require(len(of_class) > 0, f"the {split} split has no image of class {source}")
     recognised = of_class[iem_pred[of_class] == source]
-    sources[(source, target)] = np.concatenate([recognised, of_class[iem_pred[of_class] != source]])[:images_per_pair]
+    sources[(source, target)] = np.concatenate([recognised, of_class[iem_pred[of_class] != source]])[
+        :images_per_pair
+    ]
     if len(recognised) < images_per_pair:
-        print(f"note: only {len(recognised)} {split} images of class {source} are recognised by the IEM; using others too")
-print(f"region: rows {rows}, cols {cols} ({region.sum()} of {region.size} positions); "
-      f"{sum(len(v) for v in sources.values())} source images; evaluators {list(judges)}")
+        print(
+            f"note: only {len(recognised)} {split} images of class {source} are recognised by the IEM; using "
+            "others too"
+        )
+print(
+    f"region: rows {rows}, cols {cols} ({region.sum()} of {region.size} positions); "
+    f"{sum(len(v) for v in sources.values())} source images; evaluators {list(judges)}"
+)
 
 # %% [markdown]
 # ## This notebook and the original
@@ -127,8 +152,8 @@ print(f"region: rows {rows}, cols {cols} ({region.sum()} of {region.size} positi
 # **The original** (ImageNet VQGAN, 256 px images, 16×16 grid) optimized a fixed 4×4 block, rows and columns
 # 7–10: 16 of 256 positions, **6.25 %** of the image. Both modes ran **5000 Adam steps at lr 0.01**. Every
 # **500 steps** it decoded the current grid and scored it with its four ImageNet classifiers, and it kept,
-# **per classifier, the best target probability** over those checkpoints: the step reported can differ from one
-# classifier to the next, and it is picked by the very judge that then scores it.
+# **per classifier, the best target probability** over those checkpoints: the step reported can differ from
+# one classifier to the next, and it is picked by the very judge that then scores it.
 #
 # **Here** three things differ, each for a reason (the table below reads this run's parameters):
 #
@@ -136,34 +161,39 @@ print(f"region: rows {rows}, cols {cols} ({region.sum()} of {region.size} positi
 #   a quarter of the image. The original's share would be a 2×2 block, 8×8 pixels: a fragment of a stroke, too
 #   little to draw another digit with (try `rows = [3, 5]`, `cols = [3, 5]`).
 # * **Learning rates and steps.** `steps` Adam steps (default 200) at `token_lr` (default 0.1) for the token
-#   scores and `embedding_lr` (default 0.05) for the free embeddings, instead of 5000 at 0.01, so that every pair,
-#   image and method fits the CPU budget of a tutorial. Adam moves a parameter by roughly at most its learning
-#   rate per step, so the larger rates let the short run still move a token score or an embedding a long way
-#   (the table's last row: steps × learning rate).
+#   scores and `embedding_lr` (default 0.05) for the free embeddings, instead of 5000 at 0.01, so that every
+#   pair, image and method fits the CPU budget of a tutorial. Adam moves a parameter by roughly at most its
+#   learning rate per step, so the larger rates let the short run still move a token score or an embedding a
+#   long way (the table's last row: steps × learning rate).
 # * **Which step is reported.** The IEM alone picks it: token mode keeps the step whose hard token selection
 #   had the highest IEM target logit, embedding mode the last step's embeddings, snapped to the codebook. The
-#   evaluators then score that one grid, once. They stay independent judges: choosing per evaluator the best of
-#   several checkpoints selects on that evaluator's own errors, and its score reads high. The last section
+#   evaluators then score that one grid, once. They stay independent judges: choosing per evaluator the best
+#   of several checkpoints selects on that evaluator's own errors, and its score reads high. The last section
 #   applies the original's rule to this run's snapshots, for comparison.
 
 # %%
 gh, gw = ds.grid
-protocol = pd.DataFrame({
-    "the original (ImageNet VQGAN)": {
-        "region": "rows/cols 7-10 of 16x16: 16 of 256 positions (6.25 %)",
-        "Adam learning rate": "0.01 (both modes)",
-        "steps": "5000",
-        "evaluators score": "the decoded grid every 500 steps",
-        "step reported": "per evaluator, the checkpoint with its best target probability",
-        "steps x learning rate": "50 (both modes)"},
-    "this notebook": {
-        "region": f"rows {rows[0]}-{rows[1] - 1}, cols {cols[0]}-{cols[1] - 1} of {gh}x{gw}: "
-                  f"{int(region.sum())} of {region.size} positions ({region.mean():.2%})",
-        "Adam learning rate": f"{token_lr} (tokens), {embedding_lr} (embeddings)",
-        "steps": str(steps),
-        "evaluators score": "the reported grid, once",
-        "step reported": "tokens: the highest IEM target logit; embeddings: the last step, snapped",
-        "steps x learning rate": f"{steps * token_lr:g} (tokens), {steps * embedding_lr:g} (embeddings)"}})
+protocol = pd.DataFrame(
+    {
+        "the original (ImageNet VQGAN)": {
+            "region": "rows/cols 7-10 of 16x16: 16 of 256 positions (6.25 %)",
+            "Adam learning rate": "0.01 (both modes)",
+            "steps": "5000",
+            "evaluators score": "the decoded grid every 500 steps",
+            "step reported": "per evaluator, the checkpoint with its best target probability",
+            "steps x learning rate": "50 (both modes)",
+        },
+        "this notebook": {
+            "region": f"rows {rows[0]}-{rows[1] - 1}, cols {cols[0]}-{cols[1] - 1} of {gh}x{gw}: "
+            f"{int(region.sum())} of {region.size} positions ({region.mean():.2%})",
+            "Adam learning rate": f"{token_lr} (tokens), {embedding_lr} (embeddings)",
+            "steps": str(steps),
+            "evaluators score": "the reported grid, once",
+            "step reported": "tokens: the highest IEM target logit; embeddings: the last step, snapped",
+            "steps x learning rate": f"{steps * token_lr:g} (tokens), {steps * embedding_lr:g} (embeddings)",
+        },
+    }
+)
 with pd.option_context("display.max_colwidth", 90):
     display(protocol)
 
@@ -177,6 +207,7 @@ with pd.option_context("display.max_colwidth", 90):
 # one. For the first region position of the first source image, drawing the same random numbers as
 # `opt.optimize_tokens` (its generator, seeded with `seed`: first the scores, then the noise):
 
+
 # %% tags=["by-hand"]
 def pick(z, gumbel, tau):
     y_soft = ((z + gumbel) / tau).softmax(-1)
@@ -188,14 +219,18 @@ def pick(z, gumbel, tau):
 hand_image = int(next(iter(sources.values()))[0])
 ridx = torch.from_numpy(region).flatten().nonzero()[:, 0]  # the region's flat positions
 g = torch.Generator().manual_seed(seed)
-z = torch.randn(len(ridx), len(codebook), generator=g)[0].requires_grad_(True)  # scores, first region position
+z = torch.randn(len(ridx), len(codebook), generator=g)[0].requires_grad_(
+    True
+)  # scores, first region position
 u = torch.rand(len(ridx), len(codebook), generator=g)[0].clamp(1e-30, 1 - 1e-7)
 gumbel = -(-u.log()).log()  # Gumbel(0, 1) noise
 y = pick(z, gumbel, tau)
 chosen = y @ codebook  # the selected embedding: one codebook row
 soft_weight = float(((z.detach() + gumbel) / tau).softmax(-1).max())
-print(f"position {int(ridx[0])}: id {int(y.argmax())} picked (soft weight {soft_weight:.3f}, hard weight 1); "
-      f"embedding {tuple(chosen.shape)}, differentiable in the scores: {chosen.requires_grad}")
+print(
+    f"position {int(ridx[0])}: id {int(y.argmax())} picked (soft weight {soft_weight:.3f}, hard weight 1); "
+    f"embedding {tuple(chosen.shape)}, differentiable in the scores: {chosen.requires_grad}"
+)
 
 # %% [markdown]
 # The check: one step of `opt.optimize_tokens` picks the same id at that position, and torch's own
@@ -205,8 +240,19 @@ print(f"position {int(ridx[0])}: id {int(y.argmax())} picked (soft weight {soft_
 
 # %% tags=["by-hand-check"]
 _, target_0 = next(iter(sources))
-one = opt.optimize_tokens(iem, codebook, tokens[hand_image], region, target_0, steps=1, lr=token_lr, tau=tau,
-                          seed=seed, snapshot_every=1, progress=False)
+one = opt.optimize_tokens(
+    iem,
+    codebook,
+    tokens[hand_image],
+    region,
+    target_0,
+    steps=1,
+    lr=token_lr,
+    tau=tau,
+    seed=seed,
+    snapshot_every=1,
+    progress=False,
+)
 lib_id = int(one["snapshots"][0][1].flatten()[ridx[0]])
 assert lib_id == int(y.argmax()), f"library picked {lib_id}, by hand {int(y.argmax())}"
 torch.testing.assert_close(chosen.detach(), codebook[lib_id].float())
@@ -226,6 +272,30 @@ print(f"library picked id {lib_id} too; F.gumbel_softmax agrees with the same no
 # codebook. (The original kept, per evaluator, the checkpoint with that evaluator's best target probability;
 # see the end of this notebook.)
 
+
+# %%
+def optimise(source, target, i, method):
+    """One optimisation of image i (class source) toward target by method, as a row of `results`."""
+    common = dict(steps=steps, seed=seed, source=source, snapshot_every=snapshot_every, progress=False)
+    if method == "tokens":
+        r = opt.optimize_tokens(iem, codebook, tokens[i], region, target, lr=token_lr, tau=tau, **common)
+        after_logit = r["best_logit"]
+    else:
+        r = opt.optimize_embeddings(iem, codebook, tokens[i], region, target, lr=embedding_lr, **common)
+        after_logit = r["snapped_logit"]
+    return {
+        "source": source,
+        "target": target,
+        "image": int(i),
+        "method": method,
+        "tokens": r["tokens"].numpy(),
+        "snapshots": r["snapshots"],
+        "history": r["history"],
+        "iem_logit_before": r["original_logit"],
+        "iem_logit_after": after_logit,
+    }
+
+
 # %%
 threads = torch.get_num_threads()
 torch.set_num_threads(1)  # one 1x32x8x8 input per step: a single thread is faster than two
@@ -234,17 +304,7 @@ try:
     for (source, target), idx in sources.items():
         for i in idx:
             for method in methods:
-                if method == "tokens":
-                    r = opt.optimize_tokens(iem, codebook, tokens[i], region, target, steps=steps, lr=token_lr, tau=tau,
-                                            seed=seed, source=source, snapshot_every=snapshot_every, progress=False)
-                    after_logit = r["best_logit"]
-                else:
-                    r = opt.optimize_embeddings(iem, codebook, tokens[i], region, target, steps=steps, lr=embedding_lr,
-                                                seed=seed, source=source, snapshot_every=snapshot_every, progress=False)
-                    after_logit = r["snapped_logit"]
-                results.append({"source": source, "target": target, "image": int(i), "method": method,
-                                "tokens": r["tokens"].numpy(), "snapshots": r["snapshots"], "history": r["history"],
-                                "iem_logit_before": r["original_logit"], "iem_logit_after": after_logit})
+                results.append(optimise(source, target, i, method))
         print(f"{source} -> {target}: done")
 finally:
     torch.set_num_threads(threads)
@@ -262,6 +322,8 @@ inside_changed = (before != after)[:, torch.from_numpy(region)].sum(1).numpy()
 img_before, img_after = vqlib.decode(vq, before), vqlib.decode(vq, after)
 targets = np.array([r["target"] for r in results])
 srcs = np.array([r["source"] for r in results])
+
+# %%
 rows_out = []
 for name, model in judges.items():
     n = np.arange(len(results))
@@ -269,13 +331,22 @@ for name, model in judges.items():
     pa = evaluators.predict_logits(model, img_after).softmax(1).numpy()
     tb, ta, sb, sa = pb[n, targets], pa[n, targets], pb[n, srcs], pa[n, srcs]
     for j, r in enumerate(results):
-        rows_out.append({"pair": f"{r['source']}->{r['target']}", "method": r["method"], "image": r["image"], "evaluator": name,
-                         "target_prob_before": tb[j], "target_prob_after": ta[j],
-                         "source_prob_before": sb[j], "source_prob_after": sa[j],
-                         "iem_logit_before": r["iem_logit_before"], "iem_logit_after": r["iem_logit_after"],
-                         "tokens_changed_in_region": int(inside_changed[j])})
+        rows_out.append(
+            {
+                "pair": f"{r['source']}->{r['target']}",
+                "method": r["method"],
+                "image": r["image"],
+                "evaluator": name,
+                "target_prob_before": tb[j],
+                "target_prob_after": ta[j],
+                "source_prob_before": sb[j],
+                "source_prob_after": sa[j],
+                "iem_logit_before": r["iem_logit_before"],
+                "iem_logit_after": r["iem_logit_after"],
+                "tokens_changed_in_region": int(inside_changed[j]),
+            }
+        )
 scores = pd.DataFrame(rows_out)
-
 # %% [markdown]
 # Saved, and summarised per pair, method and evaluator.
 
@@ -284,26 +355,48 @@ out = run_dir / "evaluation"
 out.mkdir(exist_ok=True)
 with atomic_path(out / "codebook_level.csv") as tmp:
     scores.to_csv(tmp, index=False)
-summary = scores.groupby(["pair", "method", "evaluator"])[["target_prob_before", "target_prob_after",
-                                                          "source_prob_before", "source_prob_after"]].mean()
+summary = scores.groupby(["pair", "method", "evaluator"])[
+    ["target_prob_before", "target_prob_after", "source_prob_before", "source_prob_after"]
+].mean()
 display(summary.round(3))
-long = scores.melt(id_vars=["pair", "method", "evaluator"], value_vars=["target_prob_before", "target_prob_after"],
-                   var_name="when", value_name="target probability")
-long["when"] = long["when"].str.replace("target_prob_", "")
-g = sns.catplot(data=long, x="pair", y="target probability", hue="when", col="method", row="evaluator",
-                kind="bar", height=2.6, aspect=1.5, errorbar=None)
-g.figure.suptitle("evaluators' target-class probability before and after optimization", y=1.02);
+long = scores.melt(
+    id_vars=["pair", "method", "evaluator"],
+    value_vars=["target_prob_before", "target_prob_after"],
+    var_name="when",
+    value_name="target probability",
+)
 
+# %%
+long["when"] = long["when"].str.replace("target_prob_", "")
+g = sns.catplot(
+    data=long,
+    x="pair",
+    y="target probability",
+    hue="when",
+    col="method",
+    row="evaluator",
+    kind="bar",
+    height=2.6,
+    aspect=1.5,
+    errorbar=None,
+)
+g.figure.suptitle("evaluators' target-class probability before and after optimization", y=1.02)
 # %% [markdown]
 # ## Verdict
 
 # %%
 p_before, p_after = float(scores["target_prob_before"].mean()), float(scores["target_prob_after"].mean())
-changed_outside = int((before != after)[:, ~torch.from_numpy(region)].sum())  # counted for the record, then asserted
-opt.check_outside_unchanged(before, after, region)  # an invariant: raises if any token outside the region changed
+changed_outside = int(
+    (before != after)[:, ~torch.from_numpy(region)].sum()
+)  # counted for the record, then asserted
+opt.check_outside_unchanged(
+    before, after, region
+)  # an invariant: raises if any token outside the region changed
 print(f"check: {changed_outside} tokens outside the region changed")
-print(f"mean target probability over pairs, evaluators and methods: {p_before:.3f} before -> {p_after:.3f} after "
-      + ("(rises)" if p_after > p_before else "(does NOT rise)"))
+print(
+    f"mean target probability over pairs, evaluators and methods: {p_before:.3f} before -> {p_after:.3f} "
+    "after " + ("(rises)" if p_after > p_before else "(does NOT rise)")
+)
 per = scores.groupby(["pair", "method"])[["target_prob_before", "target_prob_after"]].mean()
 per["rises"] = per["target_prob_after"] > per["target_prob_before"]
 display(per.round(3))
@@ -312,9 +405,12 @@ display(per.round(3))
 # Record the headline numbers.
 
 # %%
-record_metrics(run_dir, codebook_target_prob_before=round(p_before, 4), codebook_target_prob_after=round(p_after, 4),
-               codebook_tokens_changed_outside_region=changed_outside);
-
+record_metrics(
+    run_dir,
+    codebook_target_prob_before=round(p_before, 4),
+    codebook_target_prob_after=round(p_after, 4),
+    codebook_tokens_changed_outside_region=changed_outside,
+)
 # %% [markdown]
 # ## Before and after
 #
@@ -324,13 +420,16 @@ record_metrics(run_dir, codebook_target_prob_before=round(p_before, 4), codebook
 # %%
 h, w = ds.grid
 ph, pw = vqlib.resolution(vq) // h, vqlib.resolution(vq) // w
+box = ((cols[0] * pw - 0.5, rows[0] * ph - 0.5), (cols[1] - cols[0]) * pw, (rows[1] - rows[0]) * ph)  # region
 first = {}  # (source, target) -> indices of the first source image's results, one per method
 for j, r in enumerate(results):
     js = first.setdefault((r["source"], r["target"]), [])
     if not js or results[js[0]]["image"] == r["image"]:
         js.append(j)
 shown = list(first.items())
-fig, axes = plt.subplots(len(shown), 1 + len(methods), figsize=(2.2 * (1 + len(methods)), 2.3 * len(shown)), squeeze=False)
+fig, axes = plt.subplots(
+    len(shown), 1 + len(methods), figsize=(2.2 * (1 + len(methods)), 2.3 * len(shown)), squeeze=False
+)
 for row, ((s, t), js) in enumerate(shown):
     axes[row, 0].imshow(plots.to_hwc(img_before[js[0]]))
     axes[row, 0].set_title(f"source {ds.class_names[s]}")
@@ -341,8 +440,7 @@ for row, ((s, t), js) in enumerate(shown):
             ax.add_patch(Rectangle((x * pw - 0.5, y * ph - 0.5), pw, ph, fill=False, ec="red", lw=0.8))
         ax.set_title(f"{results[j]['method']} -> {ds.class_names[t]}")
     for ax in axes[row]:
-        ax.add_patch(Rectangle((cols[0] * pw - 0.5, rows[0] * ph - 0.5), (cols[1] - cols[0]) * pw,
-                               (rows[1] - rows[0]) * ph, fill=False, ec="white", lw=1.2, ls="--"))
+        ax.add_patch(Rectangle(*box, fill=False, ec="white", lw=1.2, ls="--"))
         ax.axis("off")
 fig.tight_layout()
 
@@ -353,6 +451,7 @@ fig.tight_layout()
 # Pick a run and a snapshot: the decoded grid at that step and the IEM's target logit along the way. In a
 # live notebook the sliders redraw the one figure in place; a papermill run (no widget front end) shows
 # that figure as first drawn: the last snapshot of the first run.
+
 
 # %%
 def step_through(run=0, snapshot=-1):
@@ -390,10 +489,10 @@ display(widgets.HBox([run_slider, snap_slider]))
 # %% [markdown]
 # ## The original's rule, for comparison
 #
-# The original reported, per evaluator, the best target probability over its checkpoints. Applied to this run's
-# snapshots (every `snapshot_every` steps and the last): each snapshot is decoded and scored, and each evaluator
-# keeps its best. Beside it, what this notebook reports (the grid the IEM picked, scored once). The gap is what
-# letting the judge choose its step adds.
+# The original reported, per evaluator, the best target probability over its checkpoints. Applied to this
+# run's snapshots (every `snapshot_every` steps and the last): each snapshot is decoded and scored, and each
+# evaluator keeps its best. Beside it, what this notebook reports (the grid the IEM picked, scored once). The
+# gap is what letting the judge choose its step adds.
 
 # %%
 n_snaps = [len(r["snapshots"]) for r in results]
@@ -401,21 +500,46 @@ if sum(n_snaps) == 0:
     print("no snapshots (snapshot_every = 0): nothing to compare")
 else:
     owner = np.repeat(np.arange(len(results)), n_snaps)
-    snap_images = vqlib.decode(vq, torch.stack([torch.as_tensor(g) for r in results for _, g in r["snapshots"]]))
+    snap_images = vqlib.decode(
+        vq, torch.stack([torch.as_tensor(g) for r in results for _, g in r["snapshots"]])
+    )
     rule_rows = []
     for name, model in judges.items():
-        p_snap = evaluators.predict_logits(model, snap_images).softmax(1).numpy()[np.arange(len(owner)), targets[owner]]
+        p_snap = (
+            evaluators.predict_logits(model, snap_images)
+            .softmax(1)
+            .numpy()[np.arange(len(owner)), targets[owner]]
+        )
         for j, r in enumerate(results):
             if n_snaps[j]:
-                rule_rows.append({"method": r["method"], "evaluator": name, "run": j,
-                                  "best snapshot per evaluator (the original's rule)": p_snap[owner == j].max()})
-    rule = pd.DataFrame(rule_rows).merge(
-        scores.assign(run=np.tile(np.arange(len(results)), len(judges)))[["run", "evaluator", "target_prob_after"]],
-        on=["run", "evaluator"]).rename(columns={"target_prob_after": "the step the IEM picked (this notebook)"})
+                rule_rows.append(
+                    {
+                        "method": r["method"],
+                        "evaluator": name,
+                        "run": j,
+                        "best snapshot per evaluator (the original's rule)": p_snap[owner == j].max(),
+                    }
+                )
 
 # %%
 if sum(n_snaps):
-    cols_cmp = ["the step the IEM picked (this notebook)", "best snapshot per evaluator (the original's rule)"]
+    rule = (
+        pd.DataFrame(rule_rows)
+        .merge(
+            scores.assign(run=np.tile(np.arange(len(results)), len(judges)))[
+                ["run", "evaluator", "target_prob_after"]
+            ],
+            on=["run", "evaluator"],
+        )
+        .rename(columns={"target_prob_after": "the step the IEM picked (this notebook)"})
+    )
+
+# %%
+if sum(n_snaps):
+    cols_cmp = [
+        "the step the IEM picked (this notebook)",
+        "best snapshot per evaluator (the original's rule)",
+    ]
     by_method = rule.groupby("method")[cols_cmp].mean()
     display(by_method.round(3))
     ax = by_method.plot.bar(rot=0, figsize=(6, 3))
@@ -423,12 +547,16 @@ if sum(n_snaps):
     ax.set_ylabel("evaluators' target probability (mean)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
-    ax.set_title(f"choosing the reported step: by the IEM or by each evaluator ({sum(n_snaps)} snapshots)", fontsize=9)
+    ax.set_title(
+        f"choosing the reported step: by the IEM or by each evaluator ({sum(n_snaps)} snapshots)", fontsize=9
+    )
     plt.tight_layout()
     plt.show()
     ours, theirs = (float(rule[c].mean()) for c in cols_cmp)
-    print(f"mean target probability: {ours:.3f} for the step the IEM picked, {theirs:.3f} with the original's rule "
-          f"(each evaluator's best of {np.mean(n_snaps):.0f} snapshots per run)")
+    print(
+        f"mean target probability: {ours:.3f} for the step the IEM picked, {theirs:.3f} with the original's "
+        f"rule (each evaluator's best of {np.mean(n_snaps):.0f} snapshots per run)"
+    )
 
 # %% [markdown]
 # ## Saliency vs optimisation
@@ -438,13 +566,13 @@ if sum(n_snaps):
 # the ids that make the IEM see the target. Do the two views agree, and when does each tell more? Two
 # measurements, each against a control:
 #
-# * **Which ids.** The ids the optimiser *put* into the region (the region positions it changed), and the share
-#   of those distinct ids that are among the target class's first `concept_k` concept tokens (top-n =
+# * **Which ids.** The ids the optimiser *put* into the region (the region positions it changed), and the
+#   share of those distinct ids that are among the target class's first `concept_k` concept tokens (top-n =
 #   `concept_top_n`). **Chance** is that share for as many ids drawn at random from the codebook's usage: how
 #   often each id sits in the region of the training grids, all classes together (an id the data never puts
-#   there is never drawn; a common one often). A Monte Carlo p-value says how often chance reaches the observed
-#   share. The control: the same number of random ids from that usage, which must sit at chance. And the same
-#   ids against the *other* classes' concept tokens: are they the target's, or any digit's strokes?
+#   there is never drawn; a common one often). A Monte Carlo p-value says how often chance reaches the
+#   observed share. The control: the same number of random ids from that usage, which must sit at chance. And
+#   the same ids against the *other* classes' concept tokens: are they the target's, or any digit's strokes?
 # * **What they do.** Fill the whole region with the target's concept tokens instead of optimised ones, each
 #   position with the concept token that sits there most often in the target's training grids (ties: the
 #   higher-ranked; a position where none ever sits: the first), decode, and ask the evaluators. The placement
@@ -457,23 +585,31 @@ if sum(n_snaps):
 
 # %%
 entry = registered(run_dir, "concepts")
-require(concept_top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = "
-        f"{concept_top_n} is not among them")
+require(
+    concept_top_n in entry["top_ns"],
+    f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = {concept_top_n} is not among them",
+)
 concept_table = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
 print(f"concept tokens of notebook 06; TIS method: {entry['tis_method']} (notebook 05)")
 
 # %%
 K = ds.manifest["n_embed"]
-concept_sets = concepts.token_sets(concept_table, concept_k, top_n=concept_top_n)  # {class: its first concept_k ids}
+concept_sets = concepts.token_sets(
+    concept_table, concept_k, top_n=concept_top_n
+)  # {class: its first concept_k ids}
 for _, target in pairs:
     require(len(concept_sets.get(target, [])) > 0, f"notebook 06 found no concept token for class {target}")
 train_tokens, train_labels = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
 usage = concepts.position_counts(train_tokens, K)[region].sum(0)  # how often each id sits in the region
-print(f"concept tokens: the first {concept_k} at top-n {concept_top_n}; usage: {int((usage > 0).sum())} of {K} "
-      f"ids occur in the region of the {len(train_tokens)} training grids")
+print(
+    f"concept tokens: the first {concept_k} at top-n {concept_top_n}; usage: {int((usage > 0).sum())} of {K} "
+    f"ids occur in the region of the {len(train_tokens)} training grids"
+)
 for _, target in pairs:
-    print(f"  class {ds.class_names[target]}: {concept_sets[target].tolist()}, together "
-          f"{usage[concept_sets[target]].sum() / usage.sum():.1%} of the region's usage")
+    print(
+        f"  class {ds.class_names[target]}: {concept_sets[target].tolist()}, together "
+        f"{usage[concept_sets[target]].sum() / usage.sum():.1%} of the region's usage"
+    )
 
 # %% [markdown]
 # ### By hand: the overlap of one optimised region
@@ -487,8 +623,11 @@ old_ids, new_ids = tokens[r0["image"]][region].tolist(), r0["tokens"][region].to
 put = [n for o, n in zip(old_ids, new_ids, strict=True) if n != o]  # the ids the optimiser put there
 target_ids = set(concept_sets[r0["target"]].tolist())
 share_by_hand = len(set(put) & target_ids) / len(set(put)) if put else float("nan")
-print(f"{r0['source']} -> {r0['target']} ({r0['method']}): {len(put)} of {len(new_ids)} region positions changed, "
-      f"{len(set(put))} distinct ids, of them {sorted(set(put) & target_ids)} concept tokens: share {share_by_hand:.3f}")
+print(
+    f"{r0['source']} -> {r0['target']} ({r0['method']}): {len(put)} of {len(new_ids)} region positions "
+    f"changed, {len(set(put))} distinct ids, of them {sorted(set(put) & target_ids)} concept tokens: share "
+    f"{share_by_hand:.3f}"
+)
 
 # %% [markdown]
 # `opt.new_region_ids` and `opt.concept_share` do the same for every result at once (and count an id the
@@ -512,31 +651,65 @@ print("by hand == opt.new_region_ids + opt.concept_share")
 control_ids = opt.random_ids_like(put_ids, usage, seed=seed)
 target_sets = [concept_sets[r["target"]] for r in results]
 others = [[concept_sets[c] for c in concept_sets if c != r["target"]] for r in results]
-other_share = np.array([np.mean([opt.concept_share(ids, s) for s in sets]) for ids, sets in zip(put_ids, others, strict=True)])
+other_share = np.array(
+    [np.mean([opt.concept_share(ids, s) for s in sets]) for ids, sets in zip(put_ids, others, strict=True)]
+)
 groups = {"all": list(range(len(results)))}
 for key in ("pair", "method"):
     for j, r in enumerate(results):
         groups.setdefault(f"{r['source']}->{r['target']}" if key == "pair" else r["method"], []).append(j)
+
+# %%
 ov_rows = []
 for name, js in groups.items():
     kw = {"usage": usage, "n_draws": chance_draws, "seed": seed}
     o = opt.overlap_vs_chance([put_ids[j] for j in js], [target_sets[j] for j in js], **kw)
     c = opt.overlap_vs_chance([control_ids[j] for j in js], [target_sets[j] for j in js], **kw)
-    ov_rows.append({"results": name, **o, "random ids": c["overlap"], "random ids: chance": c["chance"],
-                    "random ids: p": c["p_value"], "other classes' concept tokens": np.nanmean(other_share[js])})
+    ov_rows.append(
+        {
+            "results": name,
+            **o,
+            "random ids": c["overlap"],
+            "random ids: chance": c["chance"],
+            "random ids: p": c["p_value"],
+            "other classes' concept tokens": np.nanmean(other_share[js]),
+        }
+    )
 overlap = pd.DataFrame(ov_rows).set_index("results")
-other_chance = np.mean([opt.overlap_vs_chance(put_ids, [sets[k] for sets in others], usage, n_draws=chance_draws,
-                                              seed=seed)["chance"] for k in range(len(others[0]))])
 display(overlap.round(3))
-print(f"chance for the other classes' concept tokens (mean over the classes): {other_chance:.3f}")
 
 # %%
-ax = overlap[["overlap", "chance", "random ids", "other classes' concept tokens"]].plot.bar(rot=0, figsize=(8, 3))
+other_chance = np.mean(
+    [
+        opt.overlap_vs_chance(put_ids, [sets[k] for sets in others], usage, n_draws=chance_draws, seed=seed)[
+            "chance"
+        ]
+        for k in range(len(others[0]))
+    ]
+)
+print(f"chance for the other classes' concept tokens (mean over the classes): {other_chance:.3f}")
+# %%
+ax = overlap[["overlap", "chance", "random ids", "other classes' concept tokens"]].plot.bar(
+    rot=0, figsize=(8, 3)
+)
 ax.set_xlabel("results (all; per pair; per method)")
 ax.set_ylabel("share of the distinct new ids\nthat are target concept tokens")
-ax.set_title(f"the optimised ids against the target's first {concept_k} concept tokens (top-n {concept_top_n})", fontsize=9)
-ax.legend(["optimised ids", "chance (the codebook's usage)", "random ids (control)", "optimised ids vs other classes"],
-          fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
+ax.set_title(
+    f"the optimised ids against the target's first {concept_k} concept tokens (top-n {concept_top_n})",
+    fontsize=9,
+)
+ax.legend(
+    [
+        "optimised ids",
+        "chance (the codebook's usage)",
+        "random ids (control)",
+        "optimised ids vs other classes",
+    ],
+    fontsize=7,
+    loc="upper center",
+    bbox_to_anchor=(0.5, -0.22),
+    ncol=4,
+)
 plt.tight_layout()
 plt.show()
 
@@ -547,30 +720,47 @@ plt.show()
 # `random_fills` times with random ids from the usage; decoded and scored by every evaluator.
 
 # %%
-units = sorted({(r["source"], r["target"], r["image"]) for r in results}, key=lambda u: [list(sources).index(u[:2]), u[2]])
+units = sorted(
+    {(r["source"], r["target"], r["image"]) for r in results},
+    key=lambda u: [list(sources).index(u[:2]), u[2]],
+)
 source_grids, unit_targets = np.stack([tokens[i] for *_, i in units]), np.array([t for _, t, _ in units])
-where = {t: concepts.position_counts(train_tokens[train_labels == t], K) for t in set(unit_targets)}  # (h, w, K) each
+where = {
+    t: concepts.position_counts(train_tokens[train_labels == t], K) for t in set(unit_targets)
+}  # (h, w, K) each
 background = concepts.background_tokens(train_tokens, train_labels, K)
-frequent = concepts.frequency_tokens(train_tokens, train_labels, ds.class_names, K, top=concept_k, exclude=background)
+frequent = concepts.frequency_tokens(
+    train_tokens, train_labels, ds.class_names, K, top=concept_k, exclude=background
+)
+
+# %%
 filled = {}
-for what, sets in (("concept fill", concept_sets), ("frequency fill", concepts.token_sets(frequent, concept_k))):
+for what, sets in (
+    ("concept fill", concept_sets),
+    ("frequency fill", concepts.token_sets(frequent, concept_k)),
+):
     arranged = np.stack([concepts.arrange_tokens(where[t], sets[t], region) for t in unit_targets])
     filled[what] = opt.fill_region(source_grids, region, arranged)
 draws = opt.random_ids_like([np.zeros(int(region.sum()))] * (len(units) * random_fills), usage, seed=seed + 1)
 random_grid = np.zeros((len(draws), *region.shape), np.int64)
 random_grid[:, region] = np.stack(draws)
 filled["random fill"] = opt.fill_region(np.repeat(source_grids, random_fills, axis=0), region, random_grid)
-print(f"{len(units)} source images; frequency sets without the {len(background)} background ids; "
-      f"{random_fills} random fills each")
-
+print(
+    f"{len(units)} source images; frequency sets without the {len(background)} background ids; "
+    f"{random_fills} random fills each"
+)
 # %%
 fill_prob = {}
 for what, grids in filled.items():
     targets_of = np.repeat(unit_targets, len(grids) // len(units))
     sc = evaluation.target_scores(judges, vqlib.decode(vq, torch.from_numpy(grids)), targets_of)
     fill_prob[what] = np.mean([p for _, p in sc.values()], axis=0)  # mean over the evaluators
-random_first = fill_prob["random fill"].reshape(len(units), random_fills)[:, 0]  # the first draw (for the figure)
-fill_prob["random fill"] = fill_prob["random fill"].reshape(len(units), random_fills).mean(1)  # and over the draws
+random_first = fill_prob["random fill"].reshape(len(units), random_fills)[
+    :, 0
+]  # the first draw (for the figure)
+fill_prob["random fill"] = (
+    fill_prob["random fill"].reshape(len(units), random_fills).mean(1)
+)  # and over the draws
 
 # %% [markdown]
 # Per source image: the evaluators' target probability before, after the optimisation (mean over the methods),
@@ -579,27 +769,41 @@ fill_prob["random fill"] = fill_prob["random fill"].reshape(len(units), random_f
 
 # %%
 per_unit = scores.groupby(["pair", "image"])
-fills = pd.DataFrame([{"pair": f"{s}->{t}", "image": i,
-                       "before": per_unit["target_prob_before"].mean()[(f"{s}->{t}", i)],
-                       "optimised": per_unit["target_prob_after"].mean()[(f"{s}->{t}", i)],
-                       **{what: fill_prob[what][u] for what in filled}} for u, (s, t, i) in enumerate(units)])
+fills = pd.DataFrame(
+    [
+        {
+            "pair": f"{s}->{t}",
+            "image": i,
+            "before": per_unit["target_prob_before"].mean()[(f"{s}->{t}", i)],
+            "optimised": per_unit["target_prob_after"].mean()[(f"{s}->{t}", i)],
+            **{what: fill_prob[what][u] for what in filled},
+        }
+        for u, (s, t, i) in enumerate(units)
+    ]
+)
 shown_cols = ["before", "optimised", "concept fill", "frequency fill", "random fill"]
 display(fills.groupby("pair", sort=False)[shown_cols].mean().round(3))
+
+# %%
 opt_minus_fill = opt.paired_difference(fills["optimised"], fills["concept fill"], seed=seed)
 fill_minus_random = opt.paired_difference(fills["concept fill"], fills["random fill"], seed=seed)
 fill_minus_frequency = opt.paired_difference(fills["concept fill"], fills["frequency fill"], seed=seed)
 got = [len(i) > 0 for i in put_ids]
-target_minus_other = opt.paired_difference([opt.concept_share(i, s) for i, s, g in zip(put_ids, target_sets, got, strict=True)
-                                            if g], other_share[got], seed=seed)
+target_minus_other = opt.paired_difference(
+    [opt.concept_share(i, s) for i, s, g in zip(put_ids, target_sets, got, strict=True) if g],
+    other_share[got],
+    seed=seed,
+)
 ax = fills.groupby("pair", sort=False)[shown_cols].mean().plot.bar(rot=0, figsize=(7, 3))
 ax.set_xlabel("pair")
 ax.set_ylabel("evaluators' target probability")
 ax.set_ylim(0, 1)
 ax.legend(fontsize=7, loc="upper left")
-ax.set_title("the region optimised, or filled with the target's concept tokens / frequent ids / random ids", fontsize=9)
+ax.set_title(
+    "the region optimised, or filled with the target's concept tokens / frequent ids / random ids", fontsize=9
+)
 plt.tight_layout()
 plt.show()
-
 # %% [markdown]
 # The first source image of each pair: optimised (each method), filled with the concept tokens, and with the
 # first random fill; the titles give the evaluators' mean target probability.
@@ -607,73 +811,115 @@ plt.show()
 # %%
 after_mean = scores.groupby(["pair", "image", "method"])["target_prob_after"].mean()
 firsts = [u for u, (s, t, i) in enumerate(units) if i == sources[(s, t)][0]]
-fig, axes = plt.subplots(len(firsts), 2 + len(methods), figsize=(2.1 * (2 + len(methods)), 2.3 * len(firsts)), squeeze=False)
+
+# %%
+fig, axes = plt.subplots(
+    len(firsts), 2 + len(methods), figsize=(2.1 * (2 + len(methods)), 2.3 * len(firsts)), squeeze=False
+)
 for row, u in enumerate(firsts):
     s, t, i = units[u]
     js = [j for j, r in enumerate(results) if (r["source"], r["target"], r["image"]) == (s, t, i)]
-    panels = [(img_after[j], f"{results[j]['method']}: p {after_mean[(f'{s}->{t}', i, results[j]['method'])]:.2f}")
-              for j in js]
-    decoded = vqlib.decode(vq, torch.from_numpy(np.stack([filled["concept fill"][u], filled["random fill"][u * random_fills]])))
-    panels += [(decoded[0], f"concept fill: p {fill_prob['concept fill'][u]:.2f}"),
-               (decoded[1], f"random fill: p {random_first[u]:.2f}")]
+    panels = [
+        (img_after[j], f"{results[j]['method']}: p {after_mean[(f'{s}->{t}', i, results[j]['method'])]:.2f}")
+        for j in js
+    ]
+    decoded = vqlib.decode(
+        vq, torch.from_numpy(np.stack([filled["concept fill"][u], filled["random fill"][u * random_fills]]))
+    )
+    panels += [
+        (decoded[0], f"concept fill: p {fill_prob['concept fill'][u]:.2f}"),
+        (decoded[1], f"random fill: p {random_first[u]:.2f}"),
+    ]
     for ax, (img, title) in zip(axes[row], panels, strict=True):
         ax.imshow(plots.to_hwc(img))
         ax.set_title(f"{s} -> {t}, {title}", fontsize=7)
-        ax.add_patch(Rectangle((cols[0] * pw - 0.5, rows[0] * ph - 0.5), (cols[1] - cols[0]) * pw,
-                               (rows[1] - rows[0]) * ph, fill=False, ec="white", lw=1.2, ls="--"))
+        ax.add_patch(Rectangle(*box, fill=False, ec="white", lw=1.2, ls="--"))
         ax.axis("off")
 fig.suptitle("p: the evaluators' mean target probability", fontsize=8)
 fig.tight_layout()
-
-
 # %% [markdown]
 # ### When does each view tell more?
 #
-# The paragraph below is written from this run's numbers (`opt.views_verdict`: each comparison's wording follows
-# its interval, or the p-value for the overlap).
+# The paragraph below is written from this run's numbers (`opt.views_verdict`: each comparison's wording
+# follows its interval, or the p-value for the overlap).
 
 # %%
-views = {"overlap": overlap.loc["all", "overlap"], "chance": overlap.loc["all", "chance"],
-         "p_value": overlap.loc["all", "p_value"], "overlap_random": overlap.loc["all", "random ids"],
-         "overlap_other": overlap.loc["all", "other classes' concept tokens"], "other_chance": other_chance,
-         "target_minus_other": target_minus_other, "before": fills["before"].mean(), "optimised": fills["optimised"].mean(),
-         "concept_fill": fills["concept fill"].mean(), "random_fill": fills["random fill"].mean(),
-         "frequency_fill": fills["frequency fill"].mean(), "opt_minus_fill": opt_minus_fill,
-         "fill_minus_random": fill_minus_random, "fill_minus_frequency": fill_minus_frequency,
-         "per_method": {m: tuple(overlap.loc[m, ["overlap", "chance", "p_value"]]) for m in methods if m in overlap.index}}
+views = {
+    "overlap": overlap.loc["all", "overlap"],
+    "chance": overlap.loc["all", "chance"],
+    "p_value": overlap.loc["all", "p_value"],
+    "overlap_random": overlap.loc["all", "random ids"],
+    "overlap_other": overlap.loc["all", "other classes' concept tokens"],
+    "other_chance": other_chance,
+    "target_minus_other": target_minus_other,
+    "before": fills["before"].mean(),
+    "optimised": fills["optimised"].mean(),
+    "concept_fill": fills["concept fill"].mean(),
+    "random_fill": fills["random fill"].mean(),
+    "frequency_fill": fills["frequency fill"].mean(),
+    "opt_minus_fill": opt_minus_fill,
+    "fill_minus_random": fill_minus_random,
+    "fill_minus_frequency": fill_minus_frequency,
+    "per_method": {
+        m: tuple(overlap.loc[m, ["overlap", "chance", "p_value"]]) for m in methods if m in overlap.index
+    },
+}
 display(Markdown(opt.views_verdict(views)))
 
 # %% [markdown]
 # Record the comparison's numbers, and save the grids (source, optimised by each method, the concept fill, the
-# frequency fill and the first random fill; one row per source image) as a token dataset under `<run_dir>/optimization/grids`, for
-# the README's overview figure and anyone who wants to look again.
+# frequency fill and the first random fill; one row per source image) as a token dataset under
+# `<run_dir>/optimization/grids`, for the README's overview figure and anyone who wants to look again.
 
 # %%
-record_metrics(run_dir, codebook_opt_concept_overlap=round(float(views["overlap"]), 4),
-               codebook_opt_concept_overlap_chance=round(float(views["chance"]), 4),
-               codebook_opt_concept_overlap_p=round(float(views["p_value"]), 4),
-               codebook_opt_concept_overlap_random_ids=round(float(views["overlap_random"]), 4),
-               codebook_opt_concept_overlap_other_classes=round(float(views["overlap_other"]), 4),
-               codebook_concept_fill_target_prob=round(float(views["concept_fill"]), 4),
-               codebook_random_fill_target_prob=round(float(views["random_fill"]), 4),
-               codebook_frequency_fill_target_prob=round(float(views["frequency_fill"]), 4));
-
+record_metrics(
+    run_dir,
+    codebook_opt_concept_overlap=round(float(views["overlap"]), 4),
+    codebook_opt_concept_overlap_chance=round(float(views["chance"]), 4),
+    codebook_opt_concept_overlap_p=round(float(views["p_value"]), 4),
+    codebook_opt_concept_overlap_random_ids=round(float(views["overlap_random"]), 4),
+    codebook_opt_concept_overlap_other_classes=round(float(views["overlap_other"]), 4),
+    codebook_concept_fill_target_prob=round(float(views["concept_fill"]), 4),
+    codebook_random_fill_target_prob=round(float(views["random_fill"]), 4),
+    codebook_frequency_fill_target_prob=round(float(views["frequency_fill"]), 4),
+)
 # %%
 by_unit = {(r["source"], r["target"], r["image"], r["method"]): r["tokens"] for r in results}
-splits = {"source": (source_grids, np.array([s for s, _, _ in units])),
-          **{m: (np.stack([by_unit[(*u, m)] for u in units]), unit_targets) for m in methods},
-          "concept_fill": (filled["concept fill"], unit_targets), "frequency_fill": (filled["frequency fill"], unit_targets),
-          "random_fill": (filled["random fill"][::random_fills], unit_targets)}
+splits = {
+    "source": (source_grids, np.array([s for s, _, _ in units])),
+    **{m: (np.stack([by_unit[(*u, m)] for u in units]), unit_targets) for m in methods},
+    "concept_fill": (filled["concept fill"], unit_targets),
+    "frequency_fill": (filled["frequency fill"], unit_targets),
+    "random_fill": (filled["random fill"][::random_fills], unit_targets),
+}
 names = {k: np.array([f"{s}->{t} {split} #{i}" for s, t, i in units]) for k in splits}
-details = {"pairs": pairs, "rows": rows, "cols": cols, "methods": methods, "split": split, "iem_arch": iem_arch,
-           "steps": steps, "concept_top_n": concept_top_n, "concept_k": concept_k,
-           "rows_are": "one row per source image, the same order in every split"}
+details = {
+    "pairs": pairs,
+    "rows": rows,
+    "cols": cols,
+    "methods": methods,
+    "split": split,
+    "iem_arch": iem_arch,
+    "steps": steps,
+    "concept_top_n": concept_top_n,
+    "concept_k": concept_k,
+    "rows_are": "one row per source image, the same order in every split",
+}
+
+# %%
 grids_dir = run_dir / "optimization" / "grids"
-tokds.save_token_dataset(grids_dir, splits, ds.class_names, vqlib.vq_meta(vq), source="optimized",
-                         details=details, names=names, classifier_data=False)
+tokds.save_token_dataset(
+    grids_dir,
+    splits,
+    ds.class_names,
+    vqlib.vq_meta(vq),
+    source="optimized",
+    details=details,
+    names=names,
+    classifier_data=False,
+)
 register(run_dir, "optimization", path=str(grids_dir), splits=list(splits))
 print(f"saved {len(units)} rows x {len(splits)} splits to {grids_dir}")
-
 # %% [markdown]
 # ## Exercises
 
@@ -698,9 +944,13 @@ def check_1(a):
     return True
 
 
-exercise("1", globals(), check=check_1, hint="compare the two grids elementwise, then count inside `region`",
-         solutions=solutions);
-
+exercise(
+    "1",
+    globals(),
+    check=check_1,
+    hint="compare the two grids elementwise, then count inside `region`",
+    solutions=solutions,
+)
 # %% [markdown] tags=["exercise"]
 # **2.** A baseline for the optimizer: fill the whole region of the first source image (`results[0]["image"]`)
 # with **one** codebook id of your choice, decode, and ask the evaluators for the target class
@@ -714,7 +964,9 @@ if solutions:
     grid_2[torch.from_numpy(region)] = fill_id
     img_2 = vqlib.decode(vq, grid_2[None])
     with torch.no_grad():
-        p_2 = [evaluators.predict_logits(m, img_2).softmax(1)[0, results[0]["target"]] for m in judges.values()]
+        p_2 = [
+            evaluators.predict_logits(m, img_2).softmax(1)[0, results[0]["target"]] for m in judges.values()
+        ]
     answer_2 = (fill_id, float(torch.stack(p_2).mean()))
 
 
@@ -723,10 +975,19 @@ def check_2(a):
     fill, p = a
     grid = np.where(region, int(fill), tokens[results[0]["image"]])
     img = vqlib.decode(vq, torch.from_numpy(grid)[None])
-    truth = float(np.mean([v[1][0] for v in evaluation.target_scores(judges, img, [results[0]["target"]]).values()]))
-    assert np.isclose(float(p), truth, atol=1e-4), f"with id {fill} the mean target probability is {truth:.4f}"
+    truth = float(
+        np.mean([v[1][0] for v in evaluation.target_scores(judges, img, [results[0]["target"]]).values()])
+    )
+    assert np.isclose(float(p), truth, atol=1e-4), (
+        f"with id {fill} the mean target probability is {truth:.4f}"
+    )
     return True
 
 
-exercise("2", globals(), check=check_2, hint="set grid[region] = your id, vqlib.decode, softmax of each evaluator",
-         solutions=solutions);
+exercise(
+    "2",
+    globals(),
+    check=check_2,
+    hint="set grid[region] = your id, vqlib.decode, softmax of each evaluator",
+    solutions=solutions,
+)

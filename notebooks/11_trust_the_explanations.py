@@ -27,14 +27,15 @@
 #    project's own, the others from Captum): the paper's **SmoothGrad**, plain **gradient**,
 #    **gradient × input**, **Integrated Gradients** (from an all-neutral-token grid) and **token occlusion**
 #    (replace one token with the neutral token, measure the drop of the target logit). Every one yields one
-#    score per grid position, exactly the TIS format, and any one can be the run's TIS (notebook 05's `method`);
+#    score per grid position, exactly the TIS format, and any one can be the run's TIS (notebook 05's
+#    `method`);
 # 2. **sanity checks**: re-initialise the IEM's layers from the head down (*cascading* randomization) and all
 #    at once (*full*), and train the same IEM on shuffled labels (*data* randomization); compare each
 #    method's maps with the trained model's as Adebayo et al. report it: Spearman rank correlation of the
 #    **signed** and of the **absolute** maps, and the overlap of the top-`overlap_k` positions. A map that
 #    explains the model must change: the bar is a mean rank correlation of the absolute maps ≤
-#    `max_rank_corr` (0.3; the parameter group `bars`) under full **and** under data randomization. A **random control** (uniform
-#    noise) shows why passing is not enough: it passes trivially;
+#    `max_rank_corr` (0.3; the parameter group `bars`) under full **and** under data randomization. A **random
+#    control** (uniform noise) shows why passing is not enough: it passes trivially;
 # 3. **faithfulness**: deletion and insertion curves: the evaluators' target probability as positions are
 #    removed (or revealed) in attribution order vs in random order, in pixel space and token space; the
 #    bar is a deletion AUC ≤ `max_deletion_ratio` (0.8) × the random order's in `faithfulness_space`
@@ -87,10 +88,12 @@ nsamples = 20  # SmoothGrad noisy copies
 spread = 0.2  # SmoothGrad noise sigma as a fraction of the batch's value range
 ig_steps = 16  # Integrated Gradients steps
 occlusion_group = 1  # occlude single tokens (1) or g x g blocks of tokens
-neutral = "background"  # the neutral token of occlusion, IG's baseline and token-space masking: background | mean | an id, e.g. "17"
+# the neutral token of occlusion, IG's baseline and token-space masking: background | mean | an id, e.g. "17"
+neutral = "background"
 cascade_images = 10  # the first of those images for the cascading randomization (maps at every layer step)
 shuffled_iem = {"epochs": 30, "max_images": 300}  # the shuffled-label IEM (see its section)
-retrain = False  # train the shuffled-label IEM even if the shipped one was trained on these data with these settings
+# train the shuffled-label IEM even if the shipped one was trained on these data with these settings
+retrain = False
 overlap_k = 5  # the sanity checks also report how many of each map's top-k positions (by |score|) survive
 bars = {"max_rank_corr": 0.3, "max_deletion_ratio": 0.8, "space": "pixel"}  # the recommendation's two bars
 curve_points = {"images": 20, "steps": 8}  # the curves: the first of those images; points (0, 1/8, ..., all)
@@ -105,29 +108,55 @@ solutions = False  # run the exercises' solution cells (a teacher's reveal; make
 params = check_parameters(globals(), "11_trust_the_explanations")
 run_dir = repo_path(run_dir)
 shuffled_epochs, shuffled_max_images = shuffled_iem["epochs"], shuffled_iem["max_images"]
-max_rank_corr, max_deletion_ratio, faithfulness_space = (bars[k] for k in ("max_rank_corr", "max_deletion_ratio", "space"))
+max_rank_corr, max_deletion_ratio, faithfulness_space = (
+    bars[k] for k in ("max_rank_corr", "max_deletion_ratio", "space")
+)
 curve_images, curve_steps = curve_points["images"], curve_points["steps"]
 concept_top_n, tsne, gallery_tokens = (codebook_map[k] for k in ("top_n", "tsne", "gallery_tokens"))
 choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
 for m in methods:
     choice("methods", m, list(attribution.METHODS))
-require(len(methods) == len(set(methods)) and len(methods) > 0, f"methods must be distinct and non-empty, got {methods}")
+require(
+    len(methods) == len(set(methods)) and len(methods) > 0,
+    f"methods must be distinct and non-empty, got {methods}",
+)
 choice("reduction", reduction, attribution.REDUCTIONS)
-require(neutral.isdigit() or neutral in evaluation.NEUTRAL, f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}")
-require(n_images >= 2 and cascade_images >= 2 and curve_images >= 1, "n_images and cascade_images must be >= 2, curve_images >= 1")
-require(nsamples >= 1 and spread >= 0 and ig_steps >= 1 and occlusion_group >= 1 and batch_size >= 1,
-        "nsamples, ig_steps, occlusion_group and batch_size must be >= 1, spread >= 0")
-require(shuffled_epochs >= 1 and shuffled_max_images >= 0, "shuffled_epochs must be >= 1, shuffled_max_images >= 0")
+
+# %%
+require(
+    neutral.isdigit() or neutral in evaluation.NEUTRAL,
+    f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}",
+)
+require(
+    n_images >= 2 and cascade_images >= 2 and curve_images >= 1,
+    "n_images and cascade_images must be >= 2, curve_images >= 1",
+)
+require(
+    nsamples >= 1 and spread >= 0 and ig_steps >= 1 and occlusion_group >= 1 and batch_size >= 1,
+    "nsamples, ig_steps, occlusion_group and batch_size must be >= 1, spread >= 0",
+)
+require(
+    shuffled_epochs >= 1 and shuffled_max_images >= 0,
+    "shuffled_epochs must be >= 1, shuffled_max_images >= 0",
+)
 require(0 < max_rank_corr <= 1, f"max_rank_corr must lie in (0, 1], got {max_rank_corr}")
 require(0 < max_deletion_ratio <= 1, f"max_deletion_ratio must lie in (0, 1], got {max_deletion_ratio}")
 require(overlap_k >= 1, f"overlap_k must be >= 1, got {overlap_k}")
-
 # %%
 choice("faithfulness_space", faithfulness_space, list(evaluation.SPACES))
-require(faithfulness_space in spaces, f"faithfulness_space {faithfulness_space!r} must be one of the curves' spaces {spaces}")
+require(
+    faithfulness_space in spaces,
+    f"faithfulness_space {faithfulness_space!r} must be one of the curves' spaces {spaces}",
+)
 require(curve_steps >= 1, "curve_steps must be >= 1")
-require(len(spaces) > 0 and set(spaces) <= set(evaluation.SPACES), f"spaces must be a non-empty subset of {evaluation.SPACES}")
-require(len(curves) > 0 and set(curves) <= set(sanity.CURVES), f"curves must be a non-empty subset of {sanity.CURVES}")
+require(
+    len(spaces) > 0 and set(spaces) <= set(evaluation.SPACES),
+    f"spaces must be a non-empty subset of {evaluation.SPACES}",
+)
+require(
+    len(curves) > 0 and set(curves) <= set(sanity.CURVES),
+    f"curves must be a non-empty subset of {sanity.CURVES}",
+)
 require("deletion" in curves, "the deletion curve is needed for the recommendation")
 require(gallery_tokens >= 0 and concept_top_n >= 1, "gallery_tokens must be >= 0, concept_top_n >= 1")
 params
@@ -144,27 +173,50 @@ params
 vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
-model = iemlib.load_iem(registered(run_dir, f"iem{iem_arch}")["checkpoint"],
-                        expect={"arch": iem_arch, "in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid),
-                                "n_classes": len(ds.class_names)})
+model = iemlib.load_iem(
+    registered(run_dir, f"iem{iem_arch}")["checkpoint"],
+    expect={
+        "arch": iem_arch,
+        "in_channels": ds.manifest["embed_dim"],
+        "grid": list(ds.grid),
+        "n_classes": len(ds.class_names),
+    },
+)
 codebook = vqlib.codebook(vq)
 all_tokens = ds.tokens[split].astype(np.int64)
 n = min(n_images, len(all_tokens))
-subset = np.random.default_rng(seed).permutation(len(all_tokens))[:n]  # random rows: splits are ordered by class
+subset = np.random.default_rng(seed).permutation(len(all_tokens))[
+    :n
+]  # random rows: splits are ordered by class
 tokens, labels = all_tokens[subset], ds.labels[split][subset].astype(np.int64)
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names))
-method = registered(run_dir, "tis")["method"]  # the run's TIS (notebook 05): the recommendation keeps it if it passes
+method = registered(run_dir, "tis")[
+    "method"
+]  # the run's TIS (notebook 05): the recommendation keeps it if it passes
 require(method in methods, f"the run's TIS method {method!r} must be one of the methods compared, {methods}")
 
 # %%
 neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, all_tokens, neutral)
 require(neutral_id < len(codebook), f"neutral id {neutral_id} is outside the codebook of {len(codebook)}")
-options = {"reduction": reduction, "nsamples": nsamples, "spread": spread, "steps": ig_steps,
-           "baseline": codebook[neutral_id], "group": occlusion_group, "seed": seed}
+options = {
+    "reduction": reduction,
+    "nsamples": nsamples,
+    "spread": spread,
+    "steps": ig_steps,
+    "baseline": codebook[neutral_id],
+    "group": occlusion_group,
+    "seed": seed,
+}
 n_positions = int(np.prod(ds.grid))
-require(overlap_k <= n_positions, f"overlap_k must be at most the {n_positions} positions of a grid, got {overlap_k}")
-print(f"{n} random {split} images ({np.bincount(labels).min()}-{np.bincount(labels).max()} per class), IEM {iem_arch} ({model.cortex_spec['arch']}), grid {ds.grid}, neutral token {neutral_id}, "
-      f"evaluators {list(judges)}; TIS method: {method} (the run's, notebook 05)")
+require(
+    overlap_k <= n_positions,
+    f"overlap_k must be at most the {n_positions} positions of a grid, got {overlap_k}",
+)
+print(
+    f"{n} random {split} images ({np.bincount(labels).min()}-{np.bincount(labels).max()} per class), IEM "
+    f"{iem_arch} ({model.cortex_spec['arch']}), grid {ds.grid}, neutral token {neutral_id}, evaluators "
+    f"{list(judges)}; TIS method: {method} (the run's, notebook 05)"
+)
 
 # %% [markdown]
 # ## One interface, five attributions
@@ -182,22 +234,36 @@ for bad in ({"method": "lime"}, {"method": "integrated_gradients", "baseline": t
         print(f"{bad} -> ValueError: {err}")
 
 # %% [markdown]
-# SmoothGrad is the project's own (`smoothgrad.smoothgrad`, notebook 05), not Captum's `NoiseTunnel(Saliency)`,
-# which a user would pick instead. Captum draws an image's noisy copies one after another; drawn in that order
-# from the same seed (`noise_chunk`), the two get the very same noise and must agree:
+# SmoothGrad is the project's own (`smoothgrad.smoothgrad`, notebook 05), not Captum's
+# `NoiseTunnel(Saliency)`, which a user would pick instead. Captum draws an image's noisy copies one after
+# another; drawn in that order from the same seed (`noise_chunk`), the two get the very same noise and must
+# agree:
 
 # %%
 from captum.attr import NoiseTunnel, Saliency
 
 x8, y8 = codebook[torch.from_numpy(tokens[:8])].permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels[:8])
-ours = attribution.attribute(model, x8, y8, "smoothgrad", reduction, nsamples, spread, seed=seed, noise_chunk=nsamples)
+ours = attribution.attribute(
+    model, x8, y8, "smoothgrad", reduction, nsamples, spread, seed=seed, noise_chunk=nsamples
+)
 with torch.random.fork_rng(devices=[]):  # Captum draws from the global RNG: seeded here, restored afterwards
     torch.manual_seed(seed)
-    captum_sg = attribution.reduce_channels(NoiseTunnel(Saliency(model)).attribute(
-        x8.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=nsamples, stdevs=float(spread * (x8.max() - x8.min())),
-        target=y8, abs=False), reduction)
+    captum_sg = attribution.reduce_channels(
+        NoiseTunnel(Saliency(model)).attribute(
+            x8.clone().requires_grad_(),
+            nt_type="smoothgrad",
+            nt_samples=nsamples,
+            stdevs=float(spread * (x8.max() - x8.min())),
+            target=y8,
+            abs=False,
+        ),
+        reduction,
+    )
 parity = float((captum_sg - ours).abs().max() / ours.abs().max())
-print(f"Captum's NoiseTunnel(Saliency) vs the project's SmoothGrad, same noise: max |difference| = {parity:.2e} of the largest score")
+print(
+    "Captum's NoiseTunnel(Saliency) vs the project's SmoothGrad, same noise: max |difference| = "
+    f"{parity:.2e} of the largest score"
+)
 assert parity < 1e-4, "the project's SmoothGrad no longer gives Captum's maps for the same noise"
 
 # %% [markdown]
@@ -210,12 +276,16 @@ assert parity < 1e-4, "the project's SmoothGrad no longer gives Captum's maps fo
 maps, seconds = {}, {}
 for m in tqdm(methods, desc="attributions (trained IEM)"):
     t0 = time.perf_counter()
-    maps[m] = attribution.attribute_tokens(model, codebook, tokens, labels, m, batch_size=batch_size, **options)
+    maps[m] = attribution.attribute_tokens(
+        model, codebook, tokens, labels, m, batch_size=batch_size, **options
+    )
     seconds[m] = time.perf_counter() - t0
 display(pd.Series({m: 1000 * s / n for m, s in seconds.items()}, name="ms per image").round(2).to_frame())
 show = np.concatenate([np.flatnonzero(labels == c)[:1] for c in range(min(len(ds.class_names), 6))])
 images = vqlib.decode(vq, torch.from_numpy(tokens[show]))
-fig, axes = plt.subplots(len(methods), len(show), figsize=(1.5 * len(show), 1.6 * len(methods)), squeeze=False)
+fig, axes = plt.subplots(
+    len(methods), len(show), figsize=(1.5 * len(show), 1.6 * len(methods)), squeeze=False
+)
 for r, m in enumerate(methods):
     for c, i in enumerate(show):
         plots.tis_overlay(axes[r, c], images[c], maps[m][i], f"{m}" if c == 0 else "")
@@ -226,11 +296,15 @@ compared = [*methods, control]  # every table below has the control as its last 
 maps[control] = sanity.random_attribution(maps[methods[0]].shape, seed=seed)
 
 
+# %%
 def maps_of(some_model, m, rows, draw):
-    """Maps of the first `rows` images by method `m` for `some_model`; the control draws fresh noise (seed `draw`)."""
+    """Maps of the first `rows` images by method `m` for `some_model`; the control draws fresh noise (seed
+    `draw`)."""
     if m == control:
         return sanity.random_attribution((rows, *ds.grid), seed=draw)
-    return attribution.attribute_tokens(some_model, codebook, tokens[:rows], labels[:rows], m, batch_size=batch_size, **options)
+    return attribution.attribute_tokens(
+        some_model, codebook, tokens[:rows], labels[:rows], m, batch_size=batch_size, **options
+    )
 
 
 # %% [markdown]
@@ -254,7 +328,7 @@ random_iem.eval()
 def gradient_map(some_model, x, y):
     """d logit_y / d embeddings, reduced over the channels like the TIS: (N, h, w)."""
     x = x.clone().requires_grad_(True)
-    grad, = torch.autograd.grad(some_model(x)[torch.arange(len(x)), y].sum(), x)
+    (grad,) = torch.autograd.grad(some_model(x)[torch.arange(len(x)), y].sum(), x)
     return grad.amax(1) if reduction == "max" else grad.mean(1)
 
 
@@ -267,6 +341,7 @@ random3 = gradient_map(random_iem, x3, y3).abs().flatten(1).double().numpy()
 # are smaller, plus one (tied values share their mean rank); without ties it equals the textbook
 # 1 − 6Σd² / (n(n² − 1)), d the rank differences.
 
+
 # %% tags=["by-hand"]
 def ranks(row):
     """Rank of each value in its row, 1 = smallest; tied values share their mean rank."""
@@ -277,12 +352,12 @@ def ranks(row):
 
 def pearson(a, b):
     a, b = a - a.mean(), b - b.mean()
-    return (a * b).sum() / np.sqrt((a ** 2).sum() * (b ** 2).sum())
+    return (a * b).sum() / np.sqrt((a**2).sum() * (b**2).sum())
 
 
 rho_by_hand = np.array([pearson(ranks(t), ranks(r)) for t, r in zip(trained3, random3, strict=True)])
 d_rank = np.array([ranks(t) - ranks(r) for t, r in zip(trained3, random3, strict=True)])
-textbook = 1 - 6 * (d_rank ** 2).sum(1) / (n_positions * (n_positions ** 2 - 1))  # exact only without ties
+textbook = 1 - 6 * (d_rank**2).sum(1) / (n_positions * (n_positions**2 - 1))  # exact only without ties
 print(f"|gradient| maps, trained vs re-initialised IEM, {n_positions} positions each")
 print("Spearman by hand (Pearson of ranks):", rho_by_hand.round(4), " textbook formula:", textbook.round(4))
 
@@ -292,11 +367,19 @@ print("Spearman by hand (Pearson of ranks):", rho_by_hand.round(4), " textbook f
 
 # %% tags=["by-hand-check"]
 stack = (3, *ds.grid)
-np.testing.assert_allclose(sanity.abs_spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
-np.testing.assert_allclose(sanity.spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12)
-library3 = attribution.attribute(model, x3, y3, "gradient", reduction=reduction).abs().flatten(1).double().numpy()
+np.testing.assert_allclose(
+    sanity.abs_spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12
+)
+np.testing.assert_allclose(
+    sanity.spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12
+)
+library3 = (
+    attribution.attribute(model, x3, y3, "gradient", reduction=reduction).abs().flatten(1).double().numpy()
+)
 np.testing.assert_allclose(library3, trained3, rtol=1e-5, atol=1e-6 * trained3.max())
-print("by hand == sanity.abs_spearman / spearman on the same maps; the gradient maps == attribution.attribute")
+print(
+    "by hand == sanity.abs_spearman / spearman on the same maps; the gradient maps == attribution.attribute"
+)
 
 # %% [markdown]
 # At scale, `sanity.map_similarity` does this for every image and method at once: pandas ranks all
@@ -328,10 +411,23 @@ for step, (_, rand_model) in enumerate(tqdm(cascade, desc="cascading randomizati
         rows.append(sim.assign(step=step + 1, layer=layer_names[step], method=m))
         example[m, step] = rand_maps[0]
 cascade_table = pd.concat(rows, ignore_index=True)
+
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), sharey=True)
 for ax, col, what in zip(axes, ["spearman", "abs_spearman"], ["signed maps", "absolute maps"], strict=True):
-    sns.lineplot(data=cascade_table, x="step", y=col, hue="method", style="method", hue_order=compared,
-                 style_order=compared, markers=True, errorbar="sd", ax=ax, legend=ax is axes[-1])
+    sns.lineplot(
+        data=cascade_table,
+        x="step",
+        y=col,
+        hue="method",
+        style="method",
+        hue_order=compared,
+        style_order=compared,
+        markers=True,
+        errorbar="sd",
+        ax=ax,
+        legend=ax is axes[-1],
+    )
     ax.set_xticks(range(1, len(cascade) + 1), layer_names, rotation=60, ha="right", fontsize=7)
     ax.axhline(0, color="gray", lw=0.6)
     ax.set_xlabel(f"layers re-initialised so far (the head first; {model.cortex_spec['arch']} module names)")
@@ -341,11 +437,12 @@ axes[1].axhline(max_rank_corr, color="crimson", ls="--", lw=1, label=f"bar {max_
 axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.suptitle(f"cascading randomization: rank correlation with the trained IEM's maps ({k} images, mean ± sd)")
 fig.tight_layout()
-
 # %%
 picked = sorted({0, len(cascade) // 4, len(cascade) // 2, 3 * len(cascade) // 4, len(cascade) - 1})
 i = 0
-fig, axes = plt.subplots(len(methods), len(picked) + 1, figsize=(1.5 * (len(picked) + 1), 1.6 * len(methods)), squeeze=False)
+fig, axes = plt.subplots(
+    len(methods), len(picked) + 1, figsize=(1.5 * (len(picked) + 1), 1.6 * len(methods)), squeeze=False
+)
 for r, m in enumerate(methods):
     axes[r, 0].imshow(maps[m][i], cmap="inferno")
     axes[r, 0].set_title("trained" if r == 0 else "", fontsize=8)
@@ -364,10 +461,11 @@ fig.tight_layout()
 #
 # *Full*: every layer re-initialised at once. *Data*: an IEM of the same architecture trained from scratch
 # on `shuffled_max_images` training images with **shuffled labels**, long enough to memorize them (its
-# weights are kept where it fits those random labels best); whatever it learned cannot be the digit concepts, so maps that still look like the trained model's
-# do not reflect what the trained model learned. Means over the `n_images` images. The repository ships this
-# IEM, trained once on the default data (`checkpoints/iem1_shuffled_labels`), so every CPU compares against
-# the same one; it is trained here when the data or the settings differ, or with `retrain = True`.
+# weights are kept where it fits those random labels best); whatever it learned cannot be the digit concepts,
+# so maps that still look like the trained model's do not reflect what the trained model learned. Means over
+# the `n_images` images. The repository ships this IEM, trained once on the default data
+# (`checkpoints/iem1_shuffled_labels`), so every CPU compares against the same one; it is trained here when
+# the data or the settings differ, or with `retrain = True`.
 #
 # Three measures, as Adebayo et al. report them: Spearman of the **signed** maps, Spearman of the
 # **absolute** maps, and the share of each map's **top-`overlap_k` positions** (by |score|) that the
@@ -384,39 +482,71 @@ fig.tight_layout()
 # %%
 full_model = sanity.randomize_full(model, seed=seed)
 shuffled_model, shuffled_log, trained = sanity.shipped_or_shuffled_label_iem(
-    model, ds, codebook, f"iem{iem_arch}_shuffled_labels", epochs=shuffled_epochs, max_images=shuffled_max_images,
-    seed=seed, retrain=retrain, out_dir=run_dir / "iem")
+    model,
+    ds,
+    codebook,
+    f"iem{iem_arch}_shuffled_labels",
+    epochs=shuffled_epochs,
+    max_images=shuffled_max_images,
+    seed=seed,
+    retrain=retrain,
+    out_dir=run_dir / "iem",
+)
 if trained:
     note_trained(run_dir, "the shuffled-label IEM")
-test_acc = iemlib.evaluate_iem(shuffled_model, tokds.embedding_loader(ds, split, codebook, batch_size=256))["top1"]
+test_acc = iemlib.evaluate_iem(shuffled_model, tokds.embedding_loader(ds, split, codebook, batch_size=256))[
+    "top1"
+]
 kept = shuffled_log.loc[shuffled_log["select_loss"].idxmin()]
-print(f"shuffled-label IEM ({len(shuffled_log)} epochs): fits {kept['select_acc']:.1%} of its shuffled training labels "
-      f"(epoch {int(kept['epoch'])} kept); {test_acc:.1%} on the true {split} labels (chance {1 / len(ds.class_names):.0%})")
+print(
+    f"shuffled-label IEM ({len(shuffled_log)} epochs): fits {kept['select_acc']:.1%} of its shuffled "
+    f"training labels (epoch {int(kept['epoch'])} kept); {test_acc:.1%} on the true {split} labels (chance "
+    f"{1 / len(ds.class_names):.0%})"
+)
 
 # %% [markdown]
 # Each method's maps under both randomized models, compared image by image with the trained model's maps:
 
 # %%
 rows = []
-for j, (kind, rand_model) in enumerate(tqdm([("full", full_model), ("data", shuffled_model)], desc="randomized models")):
+for j, (kind, rand_model) in enumerate(
+    tqdm([("full", full_model), ("data", shuffled_model)], desc="randomized models")
+):
     for m in compared:
         rand_maps = maps_of(rand_model, m, n, draw=seed + 1 + len(cascade) + j)
         rows.append(sanity.map_similarity(maps[m], rand_maps, overlap_k).assign(randomization=kind, method=m))
 similarity = pd.concat(rows, ignore_index=True)
-measures = {"spearman": "Spearman, signed maps", "abs_spearman": "Spearman, absolute maps",
-            "top_k": f"top-{overlap_k} overlap (absolute maps)"}
+measures = {
+    "spearman": "Spearman, signed maps",
+    "abs_spearman": "Spearman, absolute maps",
+    "top_k": f"top-{overlap_k} overlap (absolute maps)",
+}
 means = similarity.groupby(["randomization", "method"])[list(measures)].mean()
 summary = means.unstack(0).reindex(compared)[[(c, kind) for c in measures for kind in ("full", "data")]]
-summary.columns = pd.MultiIndex.from_tuples([(measures[c], kind) for c, kind in summary.columns], names=["measure", "randomization"])
+summary.columns = pd.MultiIndex.from_tuples(
+    [(measures[c], kind) for c, kind in summary.columns], names=["measure", "randomization"]
+)
 display(summary.round(3))
-print("share of negative scores in the trained IEM's maps: " + ", ".join(f"{m} {(maps[m] < 0).mean():.1%}" for m in compared))
+print(
+    "share of negative scores in the trained IEM's maps: "
+    + ", ".join(f"{m} {(maps[m] < 0).mean():.1%}" for m in compared)
+)
 
 # %%
 chance = sanity.top_k_chance(overlap_k, n_positions)
 fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.6), sharey=True)
 for ax, (col, label) in zip(axes, measures.items(), strict=True):
-    sns.barplot(data=similarity, x="method", y=col, hue="randomization", order=compared, hue_order=["full", "data"],
-                errorbar="sd", ax=ax, legend=ax is axes[0])
+    sns.barplot(
+        data=similarity,
+        x="method",
+        y=col,
+        hue="randomization",
+        order=compared,
+        hue_order=["full", "data"],
+        errorbar="sd",
+        ax=ax,
+        legend=ax is axes[0],
+    )
     ax.axhline(0, color="gray", lw=0.6)
     ax.set_xlabel("attribution method")
     ax.set_ylabel("similarity to the trained IEM's maps")
@@ -434,9 +564,17 @@ fig.tight_layout()
 
 # %%
 prefix = {"full": "sanity_", "data": "sanity_data_"}
-record_metrics(run_dir, **{f"{prefix[kind]}{'abs_' if col == 'abs_spearman' else ''}rank_corr_{m}": round(float(means.loc[(kind, m), col]), 4)
-                           for kind in prefix for m in compared for col in ("spearman", "abs_spearman")});
-
+record_metrics(
+    run_dir,
+    **{
+        f"{prefix[kind]}{'abs_' if col == 'abs_spearman' else ''}rank_corr_{m}": round(
+            float(means.loc[(kind, m), col]), 4
+        )
+        for kind in prefix
+        for m in compared
+        for col in ("spearman", "abs_spearman")
+    },
+)
 # %% [markdown]
 # ## Faithfulness: deletion and insertion curves
 #
@@ -446,33 +584,69 @@ record_metrics(run_dir, **{f"{prefix[kind]}{'abs_' if col == 'abs_spearman' else
 # AUC**. **Insertion** starts from the fully masked image and reveals the top k: a **high insertion AUC**.
 # A random order is the reference. Unlike notebook 07, exactly the ranked positions are masked (not every
 # position holding their ids), so the curves compare rankings. The random control runs through the same
-# curves: ranking positions by noise *is* a random order, so its curves should lie near the random order's (two
-# random orders differ by chance over `curve_images` images).
+# curves: ranking positions by noise *is* a random order, so its curves should lie near the random order's
+# (two random orders differ by chance over `curve_images` images).
 
 # %%
 c = min(curve_images, n)
-curve_table = sanity.faithfulness_curves(vq, tokens[:c], labels[:c], {m: maps[m][:c] for m in compared}, judges,
-                                              spaces=spaces, curves=curves, steps=curve_steps, neutral=neutral_id,
-                                              seed=seed, batch_size=batch_size)
+curve_table = sanity.faithfulness_curves(
+    vq,
+    tokens[:c],
+    labels[:c],
+    {m: maps[m][:c] for m in compared},
+    judges,
+    spaces=spaces,
+    curves=curves,
+    steps=curve_steps,
+    neutral=neutral_id,
+    seed=seed,
+    batch_size=batch_size,
+)
 aucs = sanity.curve_auc(curve_table)
 out = run_dir / "evaluation"
 out.mkdir(exist_ok=True)
 with atomic_path(out / "faithfulness_curves.csv") as tmp:
     curve_table.to_csv(tmp, index=False)
-mean_curves = curve_table.groupby(["space", "curve", "method", "fraction"], sort=False)["mean_prob"].mean().reset_index()
-g = sns.relplot(data=mean_curves, x="fraction", y="mean_prob", hue="method", style="method", col="space", row="curve",
-                kind="line", markers=True, height=2.7, aspect=1.3, facet_kws={"ylim": (0, 1.02)},
-                hue_order=[*compared, "random"])
-g.set_axis_labels("fraction of positions removed / revealed", "target probability")
-g.figure.suptitle(f"faithfulness curves ({c} images, mean over the evaluators)", y=1.02);
 
+# %%
+mean_curves = (
+    curve_table.groupby(["space", "curve", "method", "fraction"], sort=False)["mean_prob"]
+    .mean()
+    .reset_index()
+)
+g = sns.relplot(
+    data=mean_curves,
+    x="fraction",
+    y="mean_prob",
+    hue="method",
+    style="method",
+    col="space",
+    row="curve",
+    kind="line",
+    markers=True,
+    height=2.7,
+    aspect=1.3,
+    facet_kws={"ylim": (0, 1.02)},
+    hue_order=[*compared, "random"],
+)
+g.set_axis_labels("fraction of positions removed / revealed", "target probability")
+g.figure.suptitle(f"faithfulness curves ({c} images, mean over the evaluators)", y=1.02)
 # %%
 table = aucs[aucs.evaluator == "mean"].pivot_table(index="method", columns=["curve", "space"], values="auc")
 table = table.reindex([*compared, "random"])
 display(table.round(3))
-fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves) + 1, 0.45 * len(table) + 1.2), squeeze=False)
+fig, axes = plt.subplots(
+    1, len(curves), figsize=(3.2 * len(curves) + 1, 0.45 * len(table) + 1.2), squeeze=False
+)
 for ax, cv in zip(axes[0], curves, strict=True):
-    sns.heatmap(table[cv], annot=True, fmt=".3f", cmap="viridis_r" if cv == "deletion" else "viridis", cbar=False, ax=ax)
+    sns.heatmap(
+        table[cv],
+        annot=True,
+        fmt=".3f",
+        cmap="viridis_r" if cv == "deletion" else "viridis",
+        cbar=False,
+        ax=ax,
+    )
     ax.set_title(f"{cv} AUC ({'lower' if cv == 'deletion' else 'higher'} is better)")
     ax.set_ylabel("")
 fig.tight_layout()
@@ -482,8 +656,14 @@ deletion = table["deletion"]
 # Record the headline numbers: every method's deletion AUC in every space.
 
 # %%
-record_metrics(run_dir, **{f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, s]), 4) for m in [*compared, "random"] for s in spaces});
-
+record_metrics(
+    run_dir,
+    **{
+        f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, s]), 4)
+        for m in [*compared, "random"]
+        for s in spaces
+    },
+)
 # %% [markdown]
 # ## Verdict and recommendation
 #
@@ -507,28 +687,45 @@ record_metrics(run_dir, **{f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, 
 # %%
 space = faithfulness_space
 random_auc = float(deletion.loc["random", space])
-recommended, verdict = sanity.recommend(pd.DataFrame({
-    "abs_rank_corr_full": means.loc["full", "abs_spearman"].reindex(compared),
-    "abs_rank_corr_data": means.loc["data", "abs_spearman"].reindex(compared),
-    "deletion_auc": deletion.loc[compared, space]}), random_auc, method, max_rank_corr, max_deletion_ratio,
-    controls=[control])
-shown = pd.DataFrame({
-    "rank corr. (full)": means.loc["full", "spearman"].reindex(compared),
-    "abs rank corr. (full)": verdict["abs_rank_corr_full"],
-    "rank corr. (data)": means.loc["data", "spearman"].reindex(compared),
-    "abs rank corr. (data)": verdict["abs_rank_corr_data"],
-    **{f"deletion AUC ({s})": deletion.loc[compared, s] for s in spaces},
-    **{f"÷ random ({s})": deletion.loc[compared, s] / deletion.loc["random", s] for s in spaces},
-    "randomization ok": verdict["randomization_ok"], "faithful": verdict["faithful"], "passes": verdict["passes"]})
-display(shown.round(3))
+recommended, verdict = sanity.recommend(
+    pd.DataFrame(
+        {
+            "abs_rank_corr_full": means.loc["full", "abs_spearman"].reindex(compared),
+            "abs_rank_corr_data": means.loc["data", "abs_spearman"].reindex(compared),
+            "deletion_auc": deletion.loc[compared, space],
+        }
+    ),
+    random_auc,
+    method,
+    max_rank_corr,
+    max_deletion_ratio,
+    controls=[control],
+)
 
+# %%
+shown = pd.DataFrame(
+    {
+        "rank corr. (full)": means.loc["full", "spearman"].reindex(compared),
+        "abs rank corr. (full)": verdict["abs_rank_corr_full"],
+        "rank corr. (data)": means.loc["data", "spearman"].reindex(compared),
+        "abs rank corr. (data)": verdict["abs_rank_corr_data"],
+        **{f"deletion AUC ({s})": deletion.loc[compared, s] for s in spaces},
+        **{f"÷ random ({s})": deletion.loc[compared, s] / deletion.loc["random", s] for s in spaces},
+        "randomization ok": verdict["randomization_ok"],
+        "faithful": verdict["faithful"],
+        "passes": verdict["passes"],
+    }
+)
+display(shown.round(3))
 # %% [markdown]
 # The two conditions as one picture: each method is a segment between its full (●) and data (□)
 # randomization scores, at the height of its deletion AUC ratio; the green corner passes both.
 
 # %%
 fig, ax = plt.subplots(figsize=(8.5, 4.2))
-ax.fill_between([-1, max_rank_corr], 0, max_deletion_ratio, color="palegreen", alpha=0.5, zorder=0, label="passes both")
+ax.fill_between(
+    [-1, max_rank_corr], 0, max_deletion_ratio, color="palegreen", alpha=0.5, zorder=0, label="passes both"
+)
 palette = dict(zip(compared, sns.color_palette("tab10", len(compared)), strict=True))
 for m, r in verdict.iterrows():
     lo, hi = sorted([r["abs_rank_corr_full"], r["abs_rank_corr_data"]])
@@ -544,7 +741,9 @@ ax.set_xlim(min(-0.1, np.nanmin(xs) - 0.05), max(1.0, np.nanmax(xs) + 0.05))
 ax.set_ylim(0, max(1.1, verdict["deletion_ratio"].max() + 0.1))
 ax.set_xlabel("mean Spearman of the absolute maps, trained vs randomized IEM")
 ax.set_ylabel(f"deletion AUC ({space}) ÷ random order's")
-ax.set_title(f"the two conditions: pass = left of {max_rank_corr} and below {max_deletion_ratio}", fontsize=10)
+ax.set_title(
+    f"the two conditions: pass = left of {max_rank_corr} and below {max_deletion_ratio}", fontsize=10
+)
 ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
 
@@ -556,8 +755,7 @@ display(Markdown("\n\n".join(lines)))
 # Record the headline number: the recommended method.
 
 # %%
-record_metrics(run_dir, recommended_method=recommended);
-
+record_metrics(run_dir, recommended_method=recommended)
 # %% [markdown]
 # ## Token space: the codebook and its concepts (reviewer Q1)
 #
@@ -569,7 +767,10 @@ record_metrics(run_dir, recommended_method=recommended);
 
 # %%
 entry = registered(run_dir, "concepts")
-require(concept_top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = {concept_top_n} is not among them")
+require(
+    concept_top_n in entry["top_ns"],
+    f"notebook 06 analysed top_ns {entry['top_ns']}; concept_top_n = {concept_top_n} is not among them",
+)
 concept_table = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
 
 # %%
@@ -585,23 +786,41 @@ share[best.index.to_numpy()] = best["share"].to_numpy()
 cb = codebook.detach().double().numpy()
 centred = cb - cb.mean(0)
 _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-views = {f"PCA ({(sv[:2] ** 2).sum() / (sv ** 2).sum():.1%} of the variance)": centred @ vt[:2].T}
+views = {f"PCA ({(sv[:2] ** 2).sum() / (sv**2).sum():.1%} of the variance)": centred @ vt[:2].T}
 if tsne:
     try:
         from sklearn.manifold import TSNE
 
-        views["t-SNE"] = TSNE(2, perplexity=min(30.0, (K - 1) / 3), init="pca", random_state=seed).fit_transform(cb)
+        views["t-SNE"] = TSNE(
+            2, perplexity=min(30.0, (K - 1) / 3), init="pca", random_state=seed
+        ).fit_transform(cb)
     except ImportError:
         print("scikit-learn is not installed: t-SNE skipped")
 
 # %%
 order = ["none", *ds.class_names]
-palette = {"none": "lightgray", **dict(zip(ds.class_names, sns.color_palette("tab10", len(ds.class_names)), strict=True))}
+palette = {
+    "none": "lightgray",
+    **dict(zip(ds.class_names, sns.color_palette("tab10", len(ds.class_names)), strict=True)),
+}
+
+# %%
 fig, axes = plt.subplots(1, len(views), figsize=(5.2 * len(views) + 1, 4.4), squeeze=False)
 for ax, (title, xy) in zip(axes[0], views.items(), strict=True):
     df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "class": assoc, "share": share})
-    sns.scatterplot(data=df, x="x", y="y", hue="class", hue_order=order, palette=palette, size="share",
-                    sizes=(12, 140), ax=ax, legend="auto" if ax is axes[0, -1] else False, edgecolor="none")
+    sns.scatterplot(
+        data=df,
+        x="x",
+        y="y",
+        hue="class",
+        hue_order=order,
+        palette=palette,
+        size="share",
+        sizes=(12, 140),
+        ax=ax,
+        legend="auto" if ax is axes[0, -1] else False,
+        edgecolor="none",
+    )
     ax.set_title(f"codebook, {title}")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -609,7 +828,6 @@ if len(axes[0][-1].get_legend_handles_labels()[0]):
     axes[0, -1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
 print(f"{(assoc != 'none').sum()} of {K} codebook ids are a top-{concept_top_n} concept token of some class")
-
 # %% [markdown]
 # A gallery of concept tokens as image patches: for each class its first `gallery_tokens` concept tokens
 # (top-`concept_top_n`), each shown by crops of training images where it sits among the top positions.
@@ -620,21 +838,37 @@ if gallery_tokens:
     train_tokens, train_labels = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
     sets = concepts.token_sets(concept_table, gallery_tokens, top_n=concept_top_n)
     n_cls = min(len(ds.class_names), 10)
-    where = {(cls, int(tok)): concepts.images_with_token(train_tokens, train_labels, train_tis, concept_top_n, cls, tok)[:3]
-             for cls in range(n_cls) for tok in sets.get(cls, [])[:gallery_tokens]}
+    where = {
+        (cls, int(tok)): concepts.images_with_token(
+            train_tokens, train_labels, train_tis, concept_top_n, cls, tok
+        )[:3]
+        for cls in range(n_cls)
+        for tok in sets.get(cls, [])[:gallery_tokens]
+    }
     needed = np.unique(np.concatenate([np.zeros(0, np.int64), *where.values()]))
     decoded = vqlib.decode(vq, torch.from_numpy(train_tokens[needed])).numpy() if len(needed) else None
-    fig, axes = plt.subplots(n_cls, gallery_tokens, figsize=(1.9 * gallery_tokens, 0.8 * n_cls), squeeze=False)
+
+# %%
+if gallery_tokens:
+    fig, axes = plt.subplots(
+        n_cls, gallery_tokens, figsize=(1.9 * gallery_tokens, 0.8 * n_cls), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for (cls, tok), rows in where.items():
         j = list(sets[cls]).index(tok)
-        crops = concepts.token_crops(decoded[np.searchsorted(needed, rows)], train_tokens[rows], tok, max_crops=3) if len(rows) else []
+        crops = (
+            concepts.token_crops(decoded[np.searchsorted(needed, rows)], train_tokens[rows], tok, max_crops=3)
+            if len(rows)
+            else []
+        )
         if len(crops):
             axes[cls, j].imshow(plots.to_hwc(np.concatenate(list(crops), axis=2)))
         axes[cls, j].set_title(f"id {tok}", fontsize=7)
     for cls in range(n_cls):
-        axes[cls, 0].text(-0.1, 0.5, ds.class_names[cls], transform=axes[cls, 0].transAxes, ha="right", va="center")
+        axes[cls, 0].text(
+            -0.1, 0.5, ds.class_names[cls], transform=axes[cls, 0].transAxes, ha="right", va="center"
+        )
     fig.suptitle(f"concept tokens (top-{concept_top_n}) as patches")
     fig.tight_layout()
 
@@ -650,22 +884,39 @@ if gallery_tokens:
 
 # %% tags=["solution"]
 if solutions:
-    one = [attribution.attribute_tokens(mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size, **options)
-           for mdl in (model, full_model)]
+    one = [
+        attribution.attribute_tokens(
+            mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size, **options
+        )
+        for mdl in (model, full_model)
+    ]
     answer_1 = round(overlap_k * float(sanity.top_k_intersection(*one, k=overlap_k)[0]))
 
 
 # %% tags=["exercise-check"]
 def check_1(answer):
-    a, b = (np.abs(attribution.attribute_tokens(mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size,
-                                                **options)).ravel() for mdl in (model, full_model))
+    a, b = (
+        np.abs(
+            attribution.attribute_tokens(
+                mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size, **options
+            )
+        ).ravel()
+        for mdl in (model, full_model)
+    )
     top = [set(np.argsort(-v, kind="stable")[:overlap_k].tolist()) for v in (a, b)]
-    assert int(answer) == len(top[0] & top[1]), "recount the shared positions of the two top-k sets (by |score|)"
+    assert int(answer) == len(top[0] & top[1]), (
+        "recount the shared positions of the two top-k sets (by |score|)"
+    )
     return True
 
 
-exercise("1", globals(), check=check_1, hint="rank by np.abs(map), take the first overlap_k of each, intersect", solutions=solutions);
-
+exercise(
+    "1",
+    globals(),
+    check=check_1,
+    hint="rank by np.abs(map), take the first overlap_k of each, intersect",
+    solutions=solutions,
+)
 # %% [markdown] tags=["exercise"]
 # **2. The most faithful ranking.** Which attribution method (one of `methods`, not the control) has the
 # lowest deletion AUC in `faithfulness_space`? Is it the one recommended above, and if not, why not?
@@ -678,15 +929,29 @@ if solutions:
 
 # %% tags=["exercise-check"]
 def check_2(answer):
-    sub = curve_table[(curve_table.space == faithfulness_space) & (curve_table.curve == "deletion")].sort_values("fraction")
-    per = {m: np.mean([np.trapezoid(g["mean_prob"], g["fraction"]) for _, g in sub[sub.method == m].groupby("evaluator")])
-           for m in methods}  # the AUCs recomputed from the curves: trapezoids, mean over the evaluators
+    sub = curve_table[
+        (curve_table.space == faithfulness_space) & (curve_table.curve == "deletion")
+    ].sort_values("fraction")
+    per = {
+        m: np.mean(
+            [
+                np.trapezoid(g["mean_prob"], g["fraction"])
+                for _, g in sub[sub.method == m].groupby("evaluator")
+            ]
+        )
+        for m in methods
+    }  # the AUCs recomputed from the curves: trapezoids, mean over the evaluators
     assert answer in per, f"name one of {methods}"
     return per[answer] <= min(per.values()) + 1e-9  # a tie: either name holds
 
 
-exercise("2", globals(), check=check_2, hint="the deletion table above, column faithfulness_space; lower is better", solutions=solutions);
-
+exercise(
+    "2",
+    globals(),
+    check=check_2,
+    hint="the deletion table above, column faithfulness_space; lower is better",
+    solutions=solutions,
+)
 # %% [markdown] tags=["exercise"]
 # **3. Delete the least important positions first.** Negate the run's method's maps
 # (`-maps[method]`) for the first 5 images, and compute their deletion AUC in `faithfulness_space`
@@ -696,14 +961,25 @@ exercise("2", globals(), check=check_2, hint="the deletion table above, column f
 
 # %% tags=["solution"]
 if solutions:
-    neg = sanity.faithfulness_curves(vq, tokens[:5], labels[:5], {"negated": -maps[method][:5]}, judges,
-                                          spaces=[faithfulness_space], curves=["deletion"], steps=curve_steps,
-                                          neutral=neutral_id, seed=seed, batch_size=batch_size, progress=False)
+    neg = sanity.faithfulness_curves(
+        vq,
+        tokens[:5],
+        labels[:5],
+        {"negated": -maps[method][:5]},
+        judges,
+        spaces=[faithfulness_space],
+        curves=["deletion"],
+        steps=curve_steps,
+        neutral=neutral_id,
+        seed=seed,
+        batch_size=batch_size,
+        progress=False,
+    )
     neg_auc = sanity.curve_auc(neg)
     answer_3 = float(neg_auc[(neg_auc.method == "negated") & (neg_auc.evaluator == "mean")]["auc"].iloc[0])
 
 
-# %% tags=["exercise-check"]
+# %%
 def check_3(answer):
     t, y = tokens[:5], labels[:5]
     order = np.argsort(maps[method][:5].reshape(len(t), -1), axis=1, kind="stable")  # lowest score first
@@ -711,12 +987,24 @@ def check_3(answer):
     probs = []  # (K, evaluators): mean target probability after deleting the first k positions
     for kk in ks:
         mask = evaluation.positions_mask(order[:, :kk], ds.grid)
-        imgs = (evaluation.mask_pixels(originals, mask) if faithfulness_space == "pixel"
-                else vqlib.decode(vq, torch.from_numpy(evaluation.mask_tokens(t, mask, neutral_id))))
+        imgs = (
+            evaluation.mask_pixels(originals, mask)
+            if faithfulness_space == "pixel"
+            else vqlib.decode(vq, torch.from_numpy(evaluation.mask_tokens(t, mask, neutral_id)))
+        )
         probs.append([p.mean() for _, p in evaluation.target_scores(judges, imgs, y).values()])
     truth = float(np.trapezoid(np.array(probs), ks / n_positions, axis=0).mean())
-    assert abs(float(answer) - truth) < 1e-3, "recompute: rank by the negated map, delete, trapezoid AUC, mean over evaluators"
+    assert abs(float(answer) - truth) < 1e-3, (
+        "recompute: rank by the negated map, delete, trapezoid AUC, mean over evaluators"
+    )
     return True
 
 
-exercise("3", globals(), check=check_3, hint="faithfulness_curves(..., {'negated': -maps[method][:5]}, ...)", solutions=solutions);
+# %% tags=["exercise-check"]
+exercise(
+    "3",
+    globals(),
+    check=check_3,
+    hint="faithfulness_curves(..., {'negated': -maps[method][:5]}, ...)",
+    solutions=solutions,
+)

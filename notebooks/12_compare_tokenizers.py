@@ -26,16 +26,16 @@
 # same split, so test image *i* is the same digit in both). Every number below is read from the runs'
 # `metrics.json` and result files, or computed here from their saved TIS; nothing is typed in.
 #
-# | question | from |
-# |---|---|
-# | how faithful is the tokenizer, how much of its codebook is used? | notebook 01: `vq_test_psnr_db`,
-# `vq_codebook_usage` |
-# | can the IEM read the digit from the tokens? | notebook 04: `iem1_test_top1` |
-# | how concentrated is the explanation? | notebook 05's test TIS: share of an image's TIS mass in its top-5
-# positions |
-# | does hiding the top-TIS tokens hurt more than hiding random ones? | notebook 07:
-# `image_level_tis_beats_random`, its table |
-# | can a region be rewritten into another digit? | notebook 09: `codebook_target_prob_before` / `_after` |
+# The questions, and where each answer comes from:
+#
+# * how faithful is the tokenizer, how much of its codebook is used? From notebook 01: `vq_test_psnr_db`,
+#   `vq_codebook_usage`.
+# * can the IEM read the digit from the tokens? From notebook 04: `iem1_test_top1`.
+# * how concentrated is the explanation? From notebook 05's test TIS: share of an image's TIS mass in its
+#   top-5 positions.
+# * does hiding the top-TIS tokens hurt more than hiding random ones? From notebook 07:
+#   `image_level_tis_beats_random`, its table.
+# * can a region be rewritten into another digit? From notebook 09: `codebook_target_prob_before` / `_after`.
 #
 # With `codebook_size_study = True` (`make codebook-sizes`: the same taming model with 64, 256 and 1,024
 # codes) the last section puts the runs in one table, one row per codebook size, every figure beside its

@@ -22,7 +22,8 @@
 # paper's study of "doctor" images by skin colour and gender:
 #
 # ```
-# <real_data["dir"]>/<bias type>/train.csv      filename,label,indices   attribute-labelled generations (labels 0/1)
+# <real_data["dir"]>/<bias type>/train.csv      filename,label,indices   attribute-labelled generations
+# (labels 0/1)
 #                                /val.csv        the same (held out: the token rule's error rates)
 #                                /test.csv       optional, the same
 #                                /neutral.csv    indices                  the neutral-prompt generations
@@ -47,7 +48,6 @@
 # any generator. The tests run this notebook on such CSVs with a randomly initialised f16-16384 VQGAN.
 
 # %%
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -76,27 +76,44 @@ from cortex_utils.notebook import check_parameters, choice, repo_path, require
 run_dir = "runs/interactive"  # the results go to <run_dir>/bias_real (nothing of earlier notebooks is read)
 real_data = {"dir": "", "vq_config": "", "vq_checkpoint": "", "trust_pickle": False}  # dir "": the demo
 bias_types = ["colour", "thickness"]  # sub-folders of real_data["dir"], one study each
-demo = {"shares": [0.8, 0.5], "train": 600, "held_out": 100, "neutral": 300}  # synthetic CSVs without real data
-attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}  # arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
+# synthetic CSVs without real data
+demo = {"shares": [0.8, 0.5], "train": 600, "held_out": 100, "neutral": 300}
+# arch: 1 vgg 2 vgg_deep 3 resnet_se 4 vit
+attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}
 nsamples = 20  # SmoothGrad noisy copies
 selection = {"top_n": 5, "token_num": 20, "specificity": 2.0}  # the attribute tokens (notebook 10's knobs)
-statistics = {"n_boot": 1000, "min_youden": 0.1, "reselect_tokens": True, "not_found_width": 0.25}  # as notebook 10's
+# as notebook 10's
+statistics = {"n_boot": 1000, "min_youden": 0.1, "reselect_tokens": True, "not_found_width": 0.25}
 seed = 0
 
 # %%
 params = check_parameters(globals(), "13_bias_real_data")
 given = bool(real_data["dir"])
 require(len(bias_types) >= 1 and len(set(bias_types)) == len(bias_types), "bias_types: name each study once")
-require(not given or bool(real_data["vq_checkpoint"]),
-        "real_data: dir needs vq_checkpoint (and vq_config for a taming .ckpt): the codebook its ids refer to")
-require(given or (len(demo["shares"]) >= len(bias_types) and all(0 <= s <= 1 for s in demo["shares"])),
-        f"demo: one share in [0, 1] per bias type ({bias_types}), got {demo['shares']}")
-require(given or min(demo["train"], demo["held_out"], demo["neutral"]) >= 2,
-        f"demo: train, held_out and neutral must be >= 2, got {demo}")
-require(min(nsamples, selection["top_n"], selection["token_num"], statistics["n_boot"], attribute_iem["epochs"]) >= 1,
-        "nsamples, selection's top_n and token_num, statistics' n_boot and attribute_iem's epochs must be >= 1")
-require(selection["specificity"] >= 0 and 0 <= statistics["min_youden"] < 1 and 0 < statistics["not_found_width"] <= 1,
-        f"selection: specificity >= 0; statistics: min_youden in [0, 1), not_found_width in (0, 1]; got {statistics}")
+require(
+    not given or bool(real_data["vq_checkpoint"]),
+    "real_data: dir needs vq_checkpoint (and vq_config for a taming .ckpt): the codebook its ids refer to",
+)
+require(
+    given or (len(demo["shares"]) >= len(bias_types) and all(0 <= s <= 1 for s in demo["shares"])),
+    f"demo: one share in [0, 1] per bias type ({bias_types}), got {demo['shares']}",
+)
+require(
+    given or min(demo["train"], demo["held_out"], demo["neutral"]) >= 2,
+    f"demo: train, held_out and neutral must be >= 2, got {demo}",
+)
+require(
+    min(nsamples, selection["top_n"], selection["token_num"], statistics["n_boot"], attribute_iem["epochs"])
+    >= 1,
+    "nsamples, selection's top_n and token_num, statistics' n_boot and attribute_iem's epochs must be >= 1",
+)
+require(
+    selection["specificity"] >= 0
+    and 0 <= statistics["min_youden"] < 1
+    and 0 < statistics["not_found_width"] <= 1,
+    "selection: specificity >= 0; statistics: min_youden in [0, 1), not_found_width in (0, 1]; got "
+    f"{statistics}",
+)
 choice("attribute_iem arch", attribute_iem["arch"], [1, 2, 3, 4])
 run_dir = repo_path(run_dir)
 out_dir = run_dir / "bias_real"
@@ -117,23 +134,47 @@ else:  # the demo's tokenizer: the shipped default one (notebook 01's)
     checkpoint = SHIPPED_CHECKPOINTS / "vq_mnist.safetensors"
     config = read_card(checkpoint)["config"]
 vq = vqlib.load_vq(config, checkpoint, trust_pickle=real_data["trust_pickle"])
-print(f"tokenizer {checkpoint.name}: a {vq.family} with {vq.n_embed} codes of {vq.embed_dim} dims, "
-      f"grid {vqlib.grid_shape(vq)}")
+print(
+    f"tokenizer {checkpoint.name}: a {vq.family} with {vq.n_embed} codes of {vq.embed_dim} dims, "
+    f"grid {vqlib.grid_shape(vq)}"
+)
 
 # %%
 if given:
     root = repo_path(real_data["dir"])
 else:
     root = out_dir / "synthetic"
-    shares = dict(zip(bias_types, demo["shares"][:len(bias_types)], strict=True))
-    truth = bias.write_synthetic_study(root, vqlib.grid_shape(vq), vq.n_embed, shares, demo["train"], demo["held_out"],
-                                       demo["neutral"], seed=seed)
-    display(Markdown(f"**No `real_data['dir']` given: a demonstration on synthetic CSVs** ({root}), whose neutral "
-                     "grids are value 0's in these shares (the truth): " +
-                     ", ".join(f"{b} {share:.3f}" for b, share in truth.items())))
+    shares = dict(zip(bias_types, demo["shares"][: len(bias_types)], strict=True))
+    truth = bias.write_synthetic_study(
+        root,
+        vqlib.grid_shape(vq),
+        vq.n_embed,
+        shares,
+        demo["train"],
+        demo["held_out"],
+        demo["neutral"],
+        seed=seed,
+    )
+    display(
+        Markdown(
+            f"**No `real_data['dir']` given: a demonstration on synthetic CSVs** ({root}), whose neutral "
+            "grids are value 0's in these shares (the truth): "
+            + ", ".join(f"{b} {share:.3f}" for b, share in truth.items())
+        )
+    )
 studies, neutral = bias.load_real_study(root, bias_types, vqlib.vq_meta(vq), out_dir)
-display(pd.DataFrame({b: {**{s: len(y) for s, y in ds.labels.items()}, "neutral": len(neutral[b]),
-                          "values": " / ".join(ds.class_names)} for b, ds in studies.items()}).T)
+display(
+    pd.DataFrame(
+        {
+            b: {
+                **{s: len(y) for s, y in ds.labels.items()},
+                "neutral": len(neutral[b]),
+                "values": " / ".join(ds.class_names),
+            }
+            for b, ds in studies.items()
+        }
+    ).T
+)
 
 # %% [markdown]
 # ## The study, step by step (notebook 10's steps)
@@ -145,13 +186,21 @@ display(pd.DataFrame({b: {**{s: len(y) for s, y in ds.labels.items()}, "neutral"
 # %%
 codebook = vqlib.codebook(vq)
 iem_training = {**attribute_iem, "batch_size": 64, "seed": seed}
-fitted = {b: bias.attribute_iem(ds, codebook, f"{b}_real", iem_training, out_dir=out_dir) for b, ds in studies.items()}
+fitted = {
+    b: bias.attribute_iem(ds, codebook, f"{b}_real", iem_training, out_dir=out_dir)
+    for b, ds in studies.items()
+}
 iems, iem_info = {b: model for b, (model, _) in fitted.items()}, {b: info for b, (_, info) in fitted.items()}
 held_out = {b: bias.iem_accuracy(iems[b], ds, codebook) for b, ds in studies.items()}  # (accuracy, split)
 accuracy = {b: acc for b, (acc, _) in held_out.items()}
-pd.DataFrame({"IEM": {b: "trained here" if i["trained"] else "loaded" for b, i in iem_info.items()},
-              "why": {b: i["why"] for b, i in iem_info.items()}, "accuracy": accuracy,
-              "on split": {b: split for b, (_, split) in held_out.items()}})
+pd.DataFrame(
+    {
+        "IEM": {b: "trained here" if i["trained"] else "loaded" for b, i in iem_info.items()},
+        "why": {b: i["why"] for b, i in iem_info.items()},
+        "accuracy": accuracy,
+        "on split": {b: split for b, (_, split) in held_out.items()},
+    }
+)
 
 # %%
 for b, info in iem_info.items():
@@ -162,11 +211,14 @@ for b, info in iem_info.items():
 
 # %% [markdown]
 # **2. The TIS of its training images** (notebook 05's SmoothGrad), **3. each value's attribute tokens**
-# (notebook 06's concept counts at `selection["top_n"]`, the `token_num` most counted ids specific to the value):
+# (notebook 06's concept counts at `selection["top_n"]`, the `token_num` most counted ids specific to the
+# value):
 
 # %%
-tis = {b: bias.attribute_tis(iems[b], ds, codebook, nsamples, seed, out=out_dir / b / "tis_train.npy")
-       for b, ds in studies.items()}
+tis = {
+    b: bias.attribute_tis(iems[b], ds, codebook, nsamples, seed, out=out_dir / b / "tis_train.npy")
+    for b, ds in studies.items()
+}
 ids = {b: bias.select_attribute_tokens(ds, tis[b], **selection)[1] for b, ds in studies.items()}
 for b, ds in studies.items():
     display(Markdown(f"**{b}**: each value's attribute tokens"))
@@ -178,27 +230,62 @@ for b, ds in studies.items():
 
 # %%
 counts = {b: bias.study_counts(ds, ids[b], neutral[b], planted=0) for b, ds in studies.items()}
-plots.count_histograms({f"{b}: neutral prompt": dict(zip(ds.class_names, counts[b]["neutral"], strict=True))
-                        for b, ds in studies.items()});
-
+plots.count_histograms(
+    {
+        f"{b}: neutral prompt": dict(zip(ds.class_names, counts[b]["neutral"], strict=True))
+        for b, ds in studies.items()
+    }
+)
 # %% [markdown]
 # **5. δ and the share estimate**, signed toward the first value (label 0): the paper's Cliff's δ of the
 # neutral counts, and the share of neutral images the token rule calls value 0, corrected for the rule's error
 # rates on the held-out images (Rogan–Gladen), with a bootstrap interval that re-selects the tokens in every
-# resample (`statistics["reselect_tokens"]`). Notebook 10 explains both, and why the verdict rests on the share.
+# resample (`statistics["reselect_tokens"]`). Notebook 10 explains both, and why the verdict rests on the
+# share.
 
 # %%
 estimates = {}
 for b, ds in studies.items():
-    recount = bias.recount_on(ds, tis[b], neutral[b], 0, **selection) if statistics["reselect_tokens"] else None
-    estimates[b] = bias.estimate_bias(counts[b], statistics["n_boot"], statistics["min_youden"], seed, recount)
-deltas = pd.DataFrame([{"bias": b, "neutral set": "neutral prompt", **estimates[b], "toward": ds.class_names[0],
-                        "iem_accuracy": accuracy[b]} for b, ds in studies.items()])
+    recount = (
+        bias.recount_on(ds, tis[b], neutral[b], 0, **selection) if statistics["reselect_tokens"] else None
+    )
+    estimates[b] = bias.estimate_bias(
+        counts[b], statistics["n_boot"], statistics["min_youden"], seed, recount
+    )
+deltas = pd.DataFrame(
+    [
+        {
+            "bias": b,
+            "neutral set": "neutral prompt",
+            **estimates[b],
+            "toward": ds.class_names[0],
+            "iem_accuracy": accuracy[b],
+        }
+        for b, ds in studies.items()
+    ]
+)
 deltas.to_csv(out_dir / "deltas.csv", index=False)
 metrics = bias.real_data_metrics(deltas) if given else {}  # the demo's numbers are not a finding
-plots.delta_bars(deltas, toward="value 0");
-deltas[["bias", "toward", "share", "share_low", "share_high", "q", "sens", "spec", "delta", "delta_low", "delta_high",
-        "delta_paper_half_scale", "tokens_a", "tokens_b", "iem_accuracy"]].round(3)
+plots.delta_bars(deltas, toward="value 0")
+deltas[
+    [
+        "bias",
+        "toward",
+        "share",
+        "share_low",
+        "share_high",
+        "q",
+        "sens",
+        "spec",
+        "delta",
+        "delta_low",
+        "delta_high",
+        "delta_paper_half_scale",
+        "tokens_a",
+        "tokens_b",
+        "iem_accuracy",
+    ]
+].round(3)
 
 # %% [markdown]
 # Record the headline numbers (real data only, as `bias_real_<type>_...`):
@@ -215,10 +302,17 @@ record_metrics(run_dir, **metrics)
 
 # %%
 lines = [bias.verdict_line(row, row["bias"], statistics["not_found_width"]) for _, row in deltas.iterrows()]
-lines += [f"- *{b}: the attribute IEM is close to chance (accuracy {acc:.2f}); the tokens owe most to the "
-          "`specificity` filter, not to what the IEM learned.*" for b, acc in accuracy.items() if acc < 0.65]
+lines += [
+    f"- *{b}: the attribute IEM is close to chance (accuracy {acc:.2f}); the tokens owe most to the "
+    "`specificity` filter, not to what the IEM learned.*"
+    for b, acc in accuracy.items()
+    if acc < 0.65
+]
 if not given:
-    lines += [f"- demo, {row['bias']}: the known share {truth[row['bias']]:.3f} lies "
-              f"{'inside' if row['share_low'] <= truth[row['bias']] <= row['share_high'] else '**outside**'} "
-              f"the interval [{row['share_low']:.2f}, {row['share_high']:.2f}]" for _, row in deltas.iterrows()]
+    lines += [
+        f"- demo, {row['bias']}: the known share {truth[row['bias']]:.3f} lies "
+        f"{'inside' if row['share_low'] <= truth[row['bias']] <= row['share_high'] else '**outside**'} "
+        f"the interval [{row['share_low']:.2f}, {row['share_high']:.2f}]"
+        for _, row in deltas.iterrows()
+    ]
 display(Markdown("\n".join(lines)))

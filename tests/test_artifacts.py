@@ -54,9 +54,11 @@ def test_loading_an_iem_imports_no_model_library(tmp_path):
     code = (
         "import sys\n"
         "from cortex_utils import checkpoints, iem\n"
-        f"p = iem.save_iem(iem.build_iem(1, 4, (4, 4), 2, width=8), {str(tmp_path / 'i.safetensors')!r}, card={{}})\n"
+        f"p = iem.save_iem(iem.build_iem(1, 4, (4, 4), 2, width=8), {str(tmp_path / 'i.safetensors')!r}, "
+        f"card={{}})\n"
         "iem.load_iem(p, expect={'in_channels': 4})\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'taming', 'pytorch_lightning', 'lightning', "
-        "'vector_quantize_pytorch'}))\n")
+        "'vector_quantize_pytorch'}))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -68,7 +68,9 @@ def test_ig_baseline_of_the_wrong_shape_is_refused(tiny_iem, batch):
     # one embedding at every position == the full grid of it
     e = torch.randn(D)
     a = A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=e, steps=4)
-    b = A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=e[:, None, None].expand(D, *GRID), steps=4)
+    b = A.attribute(
+        tiny_iem, x, y, "integrated_gradients", baseline=e[:, None, None].expand(D, *GRID), steps=4
+    )
     assert close(a, b)
 
 
@@ -82,17 +84,27 @@ def test_smoothgrad_equals_captums_noise_tunnel_given_its_noise(tiny_iem, batch,
 
     x, y = batch
     S, seed = 7, 11
-    ours = A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, spread=0.2, seed=seed, noise_chunk=chunk)
+    ours = A.attribute(
+        tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, spread=0.2, seed=seed, noise_chunk=chunk
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         grad = NoiseTunnel(Saliency(tiny_iem)).attribute(
-            x.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=S, nt_samples_batch_size=chunk,
-            stdevs=float(0.2 * (x.max() - x.min())), target=y, abs=False)
+            x.clone().requires_grad_(),
+            nt_type="smoothgrad",
+            nt_samples=S,
+            nt_samples_batch_size=chunk,
+            stdevs=float(0.2 * (x.max() - x.min())),
+            target=y,
+            abs=False,
+        )
     assert close(ours, A.reduce_channels(grad, "mean")), (ours - grad.mean(1)).abs().max()
     # and not by accident: other noise gives other scores; the seed reproduces them
     other = A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, seed=seed + 1, noise_chunk=chunk)
     assert not close(ours, other, rel=1e-2)
-    assert torch.equal(ours, A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, seed=seed, noise_chunk=chunk))
+    assert torch.equal(
+        ours, A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, seed=seed, noise_chunk=chunk)
+    )
 
 
 def test_smoothgrad_noise_in_chunks_is_a_reordering_of_captums_draws(batch):
@@ -116,8 +128,10 @@ def test_attribute_tokens_draws_smoothgrads_noise_as_captum_did(tiny_iem):
     tokens, y = rng.integers(0, 10, (7, *GRID)), rng.integers(0, C, 7)
     got = A.attribute_tokens(tiny_iem, codebook, tokens, y, nsamples=6, seed=3, batch_size=4, max_batch=8)
     x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2).contiguous()
-    want = [A.attribute(tiny_iem, x[:4], y[:4], nsamples=6, seed=3, noise_chunk=2),  # 8 // 4 copies at a time
-            A.attribute(tiny_iem, x[4:], y[4:], nsamples=6, seed=4, noise_chunk=2)]  # 8 // 3
+    want = [
+        A.attribute(tiny_iem, x[:4], y[:4], nsamples=6, seed=3, noise_chunk=2),  # 8 // 4 copies at a time
+        A.attribute(tiny_iem, x[4:], y[4:], nsamples=6, seed=4, noise_chunk=2),
+    ]  # 8 // 3
     np.testing.assert_array_equal(got, torch.cat(want).numpy())
 
 
@@ -258,8 +272,9 @@ def test_faithfulness_curves_in_both_spaces(tiny_vq, one_thread):
     tokens = rng.integers(0, 32, (3, h, w))
     labels = np.zeros(3, dtype=np.int64)
     scores = {"a": rng.normal(size=tokens.shape), "b": rng.normal(size=tokens.shape)}
-    table = S.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, steps=4, neutral=0,
-                                  progress=False)
+    table = S.faithfulness_curves(
+        tiny_vq, tokens, labels, scores, {"judge": _Judge()}, steps=4, neutral=0, progress=False
+    )
     assert set(table.method) == {"a", "b", "random"} and set(table.space) == {"pixel", "token"}
     assert set(table.curve) == set(S.CURVES)
     assert table.mean_prob.between(0, 1).all()
@@ -269,11 +284,17 @@ def test_faithfulness_curves_in_both_spaces(tiny_vq, one_thread):
     auc = S.curve_auc(table)
     assert len(auc) == 2 * 2 * 3 * 2  # spaces x curves x methods x (judge + mean)
     with pytest.raises(ValueError, match="reference order"):
-        S.faithfulness_curves(tiny_vq, tokens, labels, {"random": scores["a"]}, {"judge": _Judge()}, progress=False)
+        S.faithfulness_curves(
+            tiny_vq, tokens, labels, {"random": scores["a"]}, {"judge": _Judge()}, progress=False
+        )
     with pytest.raises(ValueError, match="aligned"):
-        S.faithfulness_curves(tiny_vq, tokens, labels, {"a": scores["a"][:2]}, {"judge": _Judge()}, progress=False)
+        S.faithfulness_curves(
+            tiny_vq, tokens, labels, {"a": scores["a"][:2]}, {"judge": _Judge()}, progress=False
+        )
     with pytest.raises(ValueError, match="curve"):
-        S.faithfulness_curves(tiny_vq, tokens, labels, scores, {"judge": _Judge()}, curves=["sideways"], progress=False)
+        S.faithfulness_curves(
+            tiny_vq, tokens, labels, scores, {"judge": _Judge()}, curves=["sideways"], progress=False
+        )
 
 
 def test_attribute_tokens_batches_like_one_call(tiny_iem):
@@ -290,10 +311,14 @@ def test_attribute_tokens_batches_like_one_call(tiny_iem):
 def test_shuffled_label_iem_trains_on_permuted_labels(tiny_iem):
     rng = np.random.default_rng(0)
     n = {"train": 24, "val": 6}
-    ds = TokenDataset(manifest={"n_embed": 10, "embed_dim": D, "grid": list(GRID), "class_names": ["a", "b", "c"]},
-                      tokens={s: rng.integers(0, 10, (k, *GRID)).astype(np.uint8) for s, k in n.items()},
-                      labels={s: np.arange(k) % C for s, k in n.items()})
-    model, log = S.shuffled_label_iem(tiny_iem, ds, torch.randn(10, D), epochs=1, batch_size=8, select_images=6)
+    ds = TokenDataset(
+        manifest={"n_embed": 10, "embed_dim": D, "grid": list(GRID), "class_names": ["a", "b", "c"]},
+        tokens={s: rng.integers(0, 10, (k, *GRID)).astype(np.uint8) for s, k in n.items()},
+        labels={s: np.arange(k) % C for s, k in n.items()},
+    )
+    model, log = S.shuffled_label_iem(
+        tiny_iem, ds, torch.randn(10, D), epochs=1, batch_size=8, select_images=6
+    )
     assert model.cortex_spec == tiny_iem.cortex_spec and not model.training
     assert len(log) == 1 and "select_acc" in log
     assert np.array_equal(ds.labels["train"], np.arange(24) % C)  # the dataset itself is untouched
@@ -341,22 +366,31 @@ def test_random_control_passes_randomization_and_is_reproducible():
 
 
 def _table(**rows):
-    return pd.DataFrame.from_dict(rows, orient="index", columns=["abs_rank_corr_full", "abs_rank_corr_data", "deletion_auc"])
+    return pd.DataFrame.from_dict(
+        rows, orient="index", columns=["abs_rank_corr_full", "abs_rank_corr_data", "deletion_auc"]
+    )
 
 
 def test_recommend_needs_both_randomization_and_faithfulness():
-    table = _table(sg=[0.62, 0.70, 0.20],  # faithful, but survives randomization
-                   good=[0.10, 0.25, 0.30],  # passes both
-                   better=[0.05, 0.05, 0.25],  # passes both, lower deletion AUC
-                   data_only=[0.10, 0.45, 0.20],  # fails data randomization only
-                   unfaithful=[0.02, 0.01, 0.45],  # passes randomization, deletion AUC 0.9 x random's
-                   random_control=[0.0, 0.0, 0.1])  # a lucky control: judged, never recommended
+    table = _table(
+        sg=[0.62, 0.70, 0.20],  # faithful, but survives randomization
+        good=[0.10, 0.25, 0.30],  # passes both
+        better=[0.05, 0.05, 0.25],  # passes both, lower deletion AUC
+        data_only=[0.10, 0.45, 0.20],  # fails data randomization only
+        unfaithful=[0.02, 0.01, 0.45],  # passes randomization, deletion AUC 0.9 x random's
+        random_control=[0.0, 0.0, 0.1],
+    )  # a lucky control: judged, never recommended
     best, judged = S.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
     assert best == "better"
     assert list(judged.index[judged.passes]) == ["good", "better", "random_control"]
-    assert judged.loc["sg", "failed"] == ("abs. rank corr. 0.62 > 0.3 under full randomization; "
-                                          "abs. rank corr. 0.70 > 0.3 under data randomization")
-    assert "data randomization" in judged.loc["data_only", "failed"] and "full" not in judged.loc["data_only", "failed"]
+    assert judged.loc["sg", "failed"] == (
+        "abs. rank corr. 0.62 > 0.3 under full randomization; "
+        "abs. rank corr. 0.70 > 0.3 under data randomization"
+    )
+    assert (
+        "data randomization" in judged.loc["data_only", "failed"]
+        and "full" not in judged.loc["data_only", "failed"]
+    )
     assert judged.loc["unfaithful", "failed"] == "deletion AUC 0.450 = 0.90 × random's (0.500) > 0.8"
     assert judged.loc["good", "failed"] == ""
     assert np.isclose(judged.loc["good", "deletion_ratio"], 0.6)
@@ -367,8 +401,13 @@ def test_recommend_needs_both_randomization_and_faithfulness():
 
 
 def test_recommend_none_when_nothing_passes():
-    table = _table(sg=[0.62, 0.70, 0.20], occlusion=[0.42, 0.05, 0.28], unfaithful=[0.0, 0.0, 0.49],
-                   constant=[np.nan, 0.1, 0.1], random_control=[0.01, 0.0, 0.52])
+    table = _table(
+        sg=[0.62, 0.70, 0.20],
+        occlusion=[0.42, 0.05, 0.28],
+        unfaithful=[0.0, 0.0, 0.49],
+        constant=[np.nan, 0.1, 0.1],
+        random_control=[0.01, 0.0, 0.52],
+    )
     best, judged = S.recommend(table, random_auc=0.52, default="sg", controls=["random_control"])
     assert best == "none" and not judged.passes.any()
     assert judged.loc["occlusion", "failed"] == "abs. rank corr. 0.42 > 0.3 under full randomization"
@@ -400,7 +439,8 @@ def test_verdict_text_says_what_recommend_decided():
 
 
 def test_spearman_is_pearson_of_ranks_by_hand():
-    """The notebook's by-hand Spearman (rank = values below + (ties + 1) / 2, then Pearson) equals ``spearman``."""
+    """The notebook's by-hand Spearman (rank = values below + (ties + 1) / 2, then Pearson) equals
+    ``spearman``."""
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 4, 4)), rng.normal(size=(3, 4, 4))
     a[0, 0, :2] = a[0, 1, :2] = 0.0  # ties share their mean rank

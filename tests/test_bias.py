@@ -71,6 +71,7 @@ def test_bootstrap_interval_contains_delta_and_shrinks_with_n():
 
 # --- the planted-bias world ------------------------------------------------------------------------
 
+
 def _gray_digits(n_per_class=60, seed=0):
     """Synthetic gray digits: a bar whose width varies (so ink varies), ten classes."""
     rng = np.random.default_rng(seed)
@@ -78,12 +79,16 @@ def _gray_digits(n_per_class=60, seed=0):
     gray = np.zeros((len(labels), 32, 32), np.uint8)
     widths = rng.integers(1, 8, len(labels))
     for i, w in enumerate(widths):
-        gray[i, 4:28, 12:12 + w] = 255
+        gray[i, 4:28, 12 : 12 + w] = 255
     return gray, labels, widths
 
 
 def test_prompt_ids_and_unknown_attribute():
-    assert planted_bias.prompt_id(3) == 3 and planted_bias.prompt_id(3, "red") == 13 and planted_bias.prompt_id(0, "thin") == 40
+    assert (
+        planted_bias.prompt_id(3) == 3
+        and planted_bias.prompt_id(3, "red") == 13
+        and planted_bias.prompt_id(0, "thin") == 40
+    )
     np.testing.assert_array_equal(planted_bias.prompt_id(np.arange(3), "green"), [20, 21, 22])
     with pytest.raises(ValueError, match="unknown attribute value 'blue'"):
         planted_bias.prompt_id(1, "blue")
@@ -101,20 +106,32 @@ def test_thickness_classes_split_each_digit_in_thirds_by_ink():
 
 def test_planted_bias_data_has_the_planted_shares():
     gray, labels, _ = _gray_digits(n_per_class=100)
-    out = planted_bias.planted_bias_data(gray, labels, skew=0.9, colour_digit=3, thickness_digit=5, per_image=20, seed=1)
+    out = planted_bias.planted_bias_data(
+        gray, labels, skew=0.9, colour_digit=3, thickness_digit=5, per_image=20, seed=1
+    )
     t = out["table"]
     assert len(out["images"]) == len(t) == len(out["prompts"]) == 20 * len(labels)
-    np.testing.assert_array_equal(out["prompts"], t["digit"] + 10 * t["slot"].map(planted_bias.PROMPT_SLOTS.index))
+    np.testing.assert_array_equal(
+        out["prompts"], t["digit"] + 10 * t["slot"].map(planted_bias.PROMPT_SLOTS.index)
+    )
     assert abs((t["slot"] == "neutral").mean() - 0.4) < 0.02
     neutral = t[t["slot"] == "neutral"]
     share = neutral.groupby("digit")[["red"]].mean()["red"]
     assert abs(share[3] - 0.9) < 0.05 and abs(share[7] - 0.5) < 0.08 and abs(share[5] - 0.5) < 0.08
-    thick_share = (neutral[neutral["thick"] != 0].groupby("digit")["thick"].apply(lambda s: (s == 1).mean()))
-    assert abs(thick_share[5] - 0.9) < 0.05 and abs(thick_share[7] - 0.5) < 0.08 and abs(thick_share[3] - 0.5) < 0.08
+    thick_share = neutral[neutral["thick"] != 0].groupby("digit")["thick"].apply(lambda s: (s == 1).mean())
+    assert (
+        abs(thick_share[5] - 0.9) < 0.05
+        and abs(thick_share[7] - 0.5) < 0.08
+        and abs(thick_share[3] - 0.5) < 0.08
+    )
     assert (t.loc[t["slot"] == "red", "red"]).all() and not (t.loc[t["slot"] == "green", "red"]).any()
-    assert (t.loc[t["slot"] == "thick", "thick"] == 1).all() and (t.loc[t["slot"] == "thin", "thick"] == -1).all()
+    assert (t.loc[t["slot"] == "thick", "thick"] == 1).all() and (
+        t.loc[t["slot"] == "thin", "thick"] == -1
+    ).all()
     # the pixels say what the table says
-    m = planted_bias.measured_attributes(out["images"], t["digit"].to_numpy(), planted_bias.ink_thresholds(gray, labels))
+    m = planted_bias.measured_attributes(
+        out["images"], t["digit"].to_numpy(), planted_bias.ink_thresholds(gray, labels)
+    )
     np.testing.assert_array_equal(m["red"].to_numpy(), t["red"].to_numpy())
     sure = t["thick"] != 0
     assert (m["thick"][sure].to_numpy() == (t["thick"][sure] == 1).to_numpy()).mean() > 0.95
@@ -153,13 +170,14 @@ def test_token_counts_and_the_papers_delta_value():
     r = bias_stats.count_delta(bias.token_counts(lean_a, [1]), bias.token_counts(lean_a, [2]), n_boot=200)
     # A images hold (16, 0), B images (0, 16): δ = P(a > b) - P(a < b) = p² - (1 - p)² = 2p - 1
     p = is_a.mean()
-    assert r["delta"] == pytest.approx(p ** 2 - (1 - p) ** 2)
+    assert r["delta"] == pytest.approx(p**2 - (1 - p) ** 2)
     assert r["low"] <= r["delta"] <= r["high"]
     with pytest.raises(ValueError, match="no neutral generations"):
         bias_stats.count_delta(np.zeros(0, int), np.zeros(0, int))
 
 
 # --- the share estimate ----------------------------------------------------------------------------
+
 
 def test_rogan_gladen_by_hand():
     # q = 0.6 of the neutral images classified A by a rule of sensitivity 0.9 and specificity 0.8:
@@ -172,7 +190,11 @@ def test_rogan_gladen_by_hand():
 
 def test_share_estimate_by_hand_with_ties_counted_half():
     # fit: A images score +3, B images -3: every threshold between gives J = 1; the middle one is t = 0
-    fit = (np.r_[np.full(10, 3), np.zeros(10)], np.r_[np.zeros(10), np.full(10, 3)], np.repeat([True, False], 10))
+    fit = (
+        np.r_[np.full(10, 3), np.zeros(10)],
+        np.r_[np.zeros(10), np.full(10, 3)],
+        np.repeat([True, False], 10),
+    )
     assert bias_stats.fit_threshold(*fit) == 0.0
     # held out: 8 of 10 A images score +3 (sens 0.8), 1 of 10 B images does (spec 0.9)
     cal_a = np.r_[np.full(8, 3), np.zeros(2), np.full(1, 3), np.zeros(9)]
@@ -182,7 +204,9 @@ def test_share_estimate_by_hand_with_ties_counted_half():
     neutral = (np.r_[np.full(5, 3), [1, 1], np.zeros(3)], np.r_[np.zeros(5), [1, 1], np.full(3, 3)])
     r = bias_stats.bias_share(neutral, fit, cal, n_boot=200)
     assert r["threshold"] == 0.0
-    assert r["q"] == pytest.approx(0.6) and r["sens"] == pytest.approx(0.8) and r["spec"] == pytest.approx(0.9)
+    assert (
+        r["q"] == pytest.approx(0.6) and r["sens"] == pytest.approx(0.8) and r["spec"] == pytest.approx(0.9)
+    )
     assert r["share"] == pytest.approx((0.6 + 0.9 - 1) / (0.8 + 0.9 - 1))
     assert r["low"] <= r["share"] <= r["high"] and not r["inconclusive"]
 
@@ -194,17 +218,26 @@ def test_share_estimate_is_inconclusive_when_the_rule_cannot_separate():
         return rng.poisson(1.0, n), rng.poisson(1.0, n)
 
     y = np.repeat([True, False], 300)
-    r = bias_stats.bias_share(same(300), (*same(600), y), (*same(200), np.repeat([True, False], 100)), n_boot=200)
+    r = bias_stats.bias_share(
+        same(300), (*same(600), y), (*same(200), np.repeat([True, False], 100)), n_boot=200
+    )
     assert r["inconclusive"] and np.isnan(r["share"]) and (r["low"], r["high"]) == (0.0, 1.0)
     assert bias_stats.share_verdict(r["low"], r["high"]) == "inconclusive"
     assert bias_stats.share_verdict(0.55, 0.7) == "found" and bias_stats.share_verdict(0.2, 0.45) == "found"
-    assert bias_stats.share_verdict(0.42, 0.6) == "not found" and bias_stats.share_verdict(0.3, 0.7) == "inconclusive"
+    assert (
+        bias_stats.share_verdict(0.42, 0.6) == "not found"
+        and bias_stats.share_verdict(0.3, 0.7) == "inconclusive"
+    )
 
 
 def _draw(rng, is_a, own, cross, spread=None):
-    """Per image the count of A's tokens and of B's; ``spread``: A's counts negative binomial (overdispersed)."""
-    a_own = rng.poisson(own[0], is_a.size) if spread is None else rng.negative_binomial(spread, spread / (spread + own[0]),
-                                                                                         is_a.size)
+    """Per image the count of A's tokens and of B's; ``spread``: A's counts negative binomial
+    (overdispersed)."""
+    a_own = (
+        rng.poisson(own[0], is_a.size)
+        if spread is None
+        else rng.negative_binomial(spread, spread / (spread + own[0]), is_a.size)
+    )
     a = np.where(is_a, a_own, rng.poisson(cross[0], is_a.size))
     b = np.where(is_a, rng.poisson(cross[1], is_a.size), rng.poisson(own[1], is_a.size))
     return a, b
@@ -275,7 +308,9 @@ def test_share_with_a_leaking_reference_labelled_by_what_it_shows_holds_the_true
 
         (fa, fb, _), fit_prompt = labelled(300)
         cal, cal_prompt = labelled(100)
-        r = bias_stats.bias_share(neutral, (fa, fb, fit_prompt), cal, n_boot=200, seed=i, calibration_prompts=cal_prompt)
+        r = bias_stats.bias_share(
+            neutral, (fa, fb, fit_prompt), cal, n_boot=200, seed=i, calibration_prompts=cal_prompt
+        )
         covered += r["low"] <= 0.7 <= r["high"]
         flagged += r["check_p"] < 0.05
     assert covered >= 16 and flagged <= 3
@@ -285,7 +320,11 @@ def test_error_rate_check_by_hand_and_on_a_graded_attribute():
     # one value drawn under both prompts: calls 1, 1 (prompted A) and 0, 0 (prompted B). The excess of A calls
     # among the A-prompted is 2 - 2 * 0.5 = 1; of the 6 ways to pick 2 of the 4 as "prompted A", 2 give an
     # excess of +-1 or more: p = 1/3. The other value was drawn under one prompt only and adds nothing.
-    calls, shows, prompts = np.r_[1, 1, 0, 0, 0, 1], np.r_[True, True, True, True, False, False], np.r_[1, 1, 0, 0, 0, 0]
+    calls, shows, prompts = (
+        np.r_[1, 1, 0, 0, 0, 1],
+        np.r_[True, True, True, True, False, False],
+        np.r_[1, 1, 0, 0, 0, 0],
+    )
     r = bias_stats.error_rate_check(calls, shows, prompts.astype(bool), n_perm=20000)
     assert r["p"] == pytest.approx(1 / 3, abs=0.015)
     assert r["rates"]["A"] == (1.0, 0.0, 4) and np.isnan(r["rates"]["B"][0])
@@ -331,6 +370,7 @@ def test_share_bootstrap_reselects_the_tokens():
 def test_unequal_token_sets_give_the_exact_share():
     """Value A is marked by six copies of id 1, value B by one copy of id 2: the paper's δ on raw counts calls
     a half-and-half set biased (δ = 0.25); the share estimate gives ½, and 0.85 for an 85 % set."""
+
     def grids(labels):
         g = np.zeros((len(labels), 4, 4), int)
         g.reshape(len(labels), -1)[labels == 0, :6] = 1
@@ -353,8 +393,14 @@ def test_unequal_token_sets_give_the_exact_share():
 def test_specific_tokens_keep_only_ids_specific_to_their_value():
     import pandas as pd
 
-    table = pd.DataFrame({"top_n": 5, "label": [0, 0, 0, 1, 1, 1, -1], "rank": [1, 2, 3, 1, 2, 3, 1],
-                          "token": [7, 1, 2, 7, 3, 4, 7]})
+    table = pd.DataFrame(
+        {
+            "top_n": 5,
+            "label": [0, 0, 0, 1, 1, 1, -1],
+            "rank": [1, 2, 3, 1, 2, 3, 1],
+            "token": [7, 1, 2, 7, 3, 4, 7],
+        }
+    )
     # id 7 is everywhere; 1, 2 only in value 0's grids; 3, 4 only in value 1's
     tokens = np.array([[7, 1, 2], [7, 1, 2], [7, 3, 4], [7, 3, 4]]).reshape(4, 1, 3)
     labels = np.array([0, 0, 1, 1])
@@ -392,7 +438,10 @@ def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, on
     ds = tokds.save_token_dataset(tmp_path / "ds", splits, ["a", "b"], meta, source="synthetic")
     codebook = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
     leaning_labels = (rng.random(300) > 0.85).astype(int)  # 85 % "a"
-    neutral = {"leaning": _marked_grids(leaning_labels, rng), "balanced": _marked_grids(np.repeat([0, 1], 150), rng)}
+    neutral = {
+        "leaning": _marked_grids(leaning_labels, rng),
+        "balanced": _marked_grids(np.repeat([0, 1], 150), rng),
+    }
     training = {"arch": 1, "width": 16, "epochs": 15, "lr": 5e-3, "batch_size": 32, "seed": 0}
     model, info = bias.attribute_iem(ds, codebook, "synthetic", training, out_dir=tmp_path / "iem")
     assert info["trained"] and info["path"] == tmp_path / "iem" / "attribute_iem_synthetic.safetensors"
@@ -408,13 +457,14 @@ def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, on
         assert counts["n_tokens"] == (1, 1) and counts["calibration_prompts"] is None
         recount = bias.recount_on(ds, tis, neutral[name], 0, top_n=3, token_num=1)
         # on every training row the re-selection finds the same tokens, so the same counts
-        for got, want in zip(recount(np.arange(200)), (counts["neutral"], counts["fit"], counts["calibration"]),
-                             strict=True):
+        for got, want in zip(
+            recount(np.arange(200)), (counts["neutral"], counts["fit"], counts["calibration"]), strict=True
+        ):
             assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
         r = bias.estimate_bias(counts, n_boot=200, recount=recount)
         # the paper's δ is 2p - 1 (p² - (1 - p)²), and the rule separates the values perfectly, so the share
         # estimate is the share itself
-        assert r["delta"] == pytest.approx(share ** 2 - (1 - share) ** 2)
+        assert r["delta"] == pytest.approx(share**2 - (1 - share) ** 2)
         assert r["delta_paper_half_scale"] == pytest.approx(r["delta"] / 2)
         assert r["share"] == pytest.approx(share) and r["share_low"] <= share <= r["share_high"]
         assert r["images"] == 300 and (r["tokens_a"], r["tokens_b"]) == (1, 1)
@@ -437,23 +487,38 @@ def test_the_study_steps_refuse_bad_input(tmp_path):
     rng = np.random.default_rng(0)
     meta = {"vq_fingerprint": "synthetic", "n_embed": 16, "embed_dim": 8, "grid": [8, 8]}
     y = np.zeros(10, int)
-    three = tokds.save_token_dataset(tmp_path / "three", {"train": (_marked_grids(y, rng), np.arange(10) % 3)},
-                                     ["a", "b", "c"], meta, source="synthetic")
+    three = tokds.save_token_dataset(
+        tmp_path / "three",
+        {"train": (_marked_grids(y, rng), np.arange(10) % 3)},
+        ["a", "b", "c"],
+        meta,
+        source="synthetic",
+    )
     codebook, ids, grids = torch.randn(16, 8), {0: np.array([1]), 1: np.array([2])}, _marked_grids(y, rng)
     with pytest.raises(ValueError, match="two attribute values"):
         bias.study_counts(three, ids, grids, planted=0)
     with pytest.raises(ValueError, match="two attribute values"):
         bias.select_attribute_tokens(three, np.zeros((10, 8, 8)))
     with pytest.raises(ValueError, match="two attribute values"):
-        bias.attribute_iem(three, codebook, "three", {"arch": 1, "width": 8, "epochs": 1, "lr": 1e-3, "batch_size": 8,
-                                                      "seed": 0})
+        bias.attribute_iem(
+            three,
+            codebook,
+            "three",
+            {"arch": 1, "width": 8, "epochs": 1, "lr": 1e-3, "batch_size": 8, "seed": 0},
+        )
     labels = y % 2 + (np.arange(10) % 2)
-    train_only = tokds.save_token_dataset(tmp_path / "train_only", {"train": (_marked_grids(y, rng), labels)},
-                                          ["a", "b"], meta, source="s")
+    train_only = tokds.save_token_dataset(
+        tmp_path / "train_only", {"train": (_marked_grids(y, rng), labels)}, ["a", "b"], meta, source="s"
+    )
     with pytest.raises(ValueError, match="needs a val or test split"):
         bias.study_counts(train_only, ids, grids, planted=0)
-    two = tokds.save_token_dataset(tmp_path / "two", {"train": (_marked_grids(y, rng), labels),
-                                                      "val": (_marked_grids(y, rng), y)}, ["a", "b"], meta, source="s")
+    two = tokds.save_token_dataset(
+        tmp_path / "two",
+        {"train": (_marked_grids(y, rng), labels), "val": (_marked_grids(y, rng), y)},
+        ["a", "b"],
+        meta,
+        source="s",
+    )
     with pytest.raises(ValueError, match="one TIS map per training image: 10 images, 9 maps"):
         bias.select_attribute_tokens(two, np.zeros((9, 8, 8)))
     with pytest.raises(ValueError, match="empty neutral set"):
@@ -472,11 +537,13 @@ def test_the_study_steps_refuse_bad_input(tmp_path):
 
 # --- the real DALL·E-mini layout --------------------------------------------------------------------
 
+
 def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thickness"), truth=None):
     """``bias.write_synthetic_study`` with 80 % of the neutral grids value 0's and the colour values named
     light / dark; ``truth`` receives the exact share per bias type."""
-    found = bias.write_synthetic_study(root, grid, n_embed, {t: 0.8 for t in types},
-                                       class_names={"colour": ["light", "dark"]})
+    found = bias.write_synthetic_study(
+        root, grid, n_embed, {t: 0.8 for t in types}, class_names={"colour": ["light", "dark"]}
+    )
     if truth is not None:
         truth.update(found)
     return root
@@ -488,7 +555,10 @@ def test_real_layout_loads_and_bad_files_are_named(tmp_path):
     meta = {"vq_fingerprint": "f", "n_embed": 64, "embed_dim": 4, "grid": [4, 4]}
     root = write_dalle_layout(tmp_path / "real", grid=(4, 4), n_embed=64)
     studies, neutral = bias.load_real_study(root, ["colour", "thickness"], meta, tmp_path / "out")
-    assert studies["colour"].class_names == ["light", "dark"] and studies["thickness"].class_names == ["0", "1"]
+    assert studies["colour"].class_names == ["light", "dark"] and studies["thickness"].class_names == [
+        "0",
+        "1",
+    ]
     assert neutral["colour"].shape == (30, 4, 4) and len(studies["colour"].labels["train"]) == 40
     with pytest.raises(ValueError, match="bias type 'gender' is not in"):
         bias.load_real_study(root, ["gender"], meta, tmp_path / "o2")
@@ -529,13 +599,25 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
     truth = {}
     root = write_dalle_layout(tmp_path / "real", truth=truth)
     run = tmp_path / "run"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "13_bias_real_data.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"run_dir": str(run), "nsamples": 2, "selection": {"token_num": 2, "top_n": 3},
-                                    "statistics": {"n_boot": 50}, "real_data": {"dir": str(root), "vq_config": str(tmp_path / "model.yaml"),
-                                                  "vq_checkpoint": str(tmp_path / "last.ckpt")},
-                                    "attribute_iem": {"width": 8, "epochs": 3}},
-                        kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
-                        )
+    pm.execute_notebook(
+        str(REPO_ROOT / "notebooks" / "13_bias_real_data.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={
+            "run_dir": str(run),
+            "nsamples": 2,
+            "selection": {"token_num": 2, "top_n": 3},
+            "statistics": {"n_boot": 50},
+            "real_data": {
+                "dir": str(root),
+                "vq_config": str(tmp_path / "model.yaml"),
+                "vq_checkpoint": str(tmp_path / "last.ckpt"),
+            },
+            "attribute_iem": {"width": 8, "epochs": 3},
+        },
+        kernel_name="python3",
+        cwd=str(REPO_ROOT / "notebooks"),
+        progress_bar=False,
+    )
     import pandas as pd
 
     metrics = json.loads((run / "metrics.json").read_text())
@@ -546,13 +628,15 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
         # the specificity filter: whichever of them the (near-random) IEM's TIS found, both statistics are
         # exact functions of the share p of value 0 among the neutral grids
         p, row = truth[t], table.loc[t]
-        expected = {(1, 1): p ** 2 - (1 - p) ** 2, (1, 0): p, (0, 1): -(1 - p), (0, 0): 0.0}
+        expected = {(1, 1): p**2 - (1 - p) ** 2, (1, 0): p, (0, 1): -(1 - p), (0, 0): 0.0}
         got = metrics[f"bias_real_{t}_delta"]
         assert got == pytest.approx(expected[(row["tokens_a"] > 0, row["tokens_b"] > 0)], abs=1e-4)
         if row["tokens_a"] or row["tokens_b"]:  # the rule separates the held-out images perfectly
             assert metrics[f"bias_real_{t}_share_est"] == pytest.approx(p, abs=1e-4)
         assert metrics[f"bias_real_{t}_share_low"] <= p <= metrics[f"bias_real_{t}_share_high"]
-    assert not any(k.startswith("bias_") and not k.startswith("bias_real_") for k in metrics)  # notebook 10's keys
+    assert not any(
+        k.startswith("bias_") and not k.startswith("bias_real_") for k in metrics
+    )  # notebook 10's keys
 
 
 def test_notebook_13_without_data_demonstrates_on_synthetic_csvs(tmp_path):
@@ -566,30 +650,72 @@ def test_notebook_13_without_data_demonstrates_on_synthetic_csvs(tmp_path):
     from cortex_utils import REPO_ROOT
 
     run = tmp_path / "run"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "13_bias_real_data.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"run_dir": str(run), "nsamples": 2, "selection": {"token_num": 2, "top_n": 3},
-                                    "statistics": {"n_boot": 50}, "demo": {"train": 60, "held_out": 10, "neutral": 100},
-                                    "attribute_iem": {"width": 8, "epochs": 4}},
-                        kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+    pm.execute_notebook(
+        str(REPO_ROOT / "notebooks" / "13_bias_real_data.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={
+            "run_dir": str(run),
+            "nsamples": 2,
+            "selection": {"token_num": 2, "top_n": 3},
+            "statistics": {"n_boot": 50},
+            "demo": {"train": 60, "held_out": 10, "neutral": 100},
+            "attribute_iem": {"width": 8, "epochs": 4},
+        },
+        kernel_name="python3",
+        cwd=str(REPO_ROOT / "notebooks"),
+        progress_bar=False,
+    )
     assert (run / "bias_real" / "synthetic" / "colour" / "neutral.csv").exists()
     assert not any(k.startswith("bias_") for k in json.loads((run / "metrics.json").read_text()))
-    text = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in nbformat.read(tmp_path / "out.ipynb", 4).cells
-                   if c.cell_type == "code" for o in c.outputs)
+    text = "".join(
+        str(o.get("data", {}).get("text/markdown", ""))
+        for c in nbformat.read(tmp_path / "out.ipynb", 4).cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert "No `real_data['dir']` given" in text and "demo, colour: the known share" in text
 
 
 def _deltas_table():
     import pandas as pd
 
-    row = {"bias": "colour", "toward": "red", "share": 0.8, "share_low": 0.7, "share_high": 0.9,
-           "inconclusive": False, "delta": 0.3, "delta_low": 0.1, "delta_high": 0.5,
-           "delta_paper_half_scale": 0.15, "trained share": 0.85, "pixel truth": 0.82,
-           "A drawn as B": 0.0, "B drawn as A": 0.0, "why": "", "unchecked_low": 0.7, "unchecked_high": 0.9,
-           "check_p": 0.4, "iem_accuracy": 0.91234}
-    control = {**row, "share": 0.5, "share_low": 0.45, "share_high": 0.55, "pixel truth": 0.5,
-               "trained share": 0.5, "delta": float("nan"), "iem_accuracy": 0.8}
-    return pd.DataFrame([{**row, "neutral set": "biased (digit 3)", "digit": 3},
-                         {**control, "neutral set": "control (digit 7)", "digit": 7}])
+    row = {
+        "bias": "colour",
+        "toward": "red",
+        "share": 0.8,
+        "share_low": 0.7,
+        "share_high": 0.9,
+        "inconclusive": False,
+        "delta": 0.3,
+        "delta_low": 0.1,
+        "delta_high": 0.5,
+        "delta_paper_half_scale": 0.15,
+        "trained share": 0.85,
+        "pixel truth": 0.82,
+        "A drawn as B": 0.0,
+        "B drawn as A": 0.0,
+        "why": "",
+        "unchecked_low": 0.7,
+        "unchecked_high": 0.9,
+        "check_p": 0.4,
+        "iem_accuracy": 0.91234,
+    }
+    control = {
+        **row,
+        "share": 0.5,
+        "share_low": 0.45,
+        "share_high": 0.55,
+        "pixel truth": 0.5,
+        "trained share": 0.5,
+        "delta": float("nan"),
+        "iem_accuracy": 0.8,
+    }
+    return pd.DataFrame(
+        [
+            {**row, "neutral set": "biased (digit 3)", "digit": 3},
+            {**control, "neutral set": "control (digit 7)", "digit": 7},
+        ]
+    )
 
 
 def test_headline_metrics_and_verdict_lines():
@@ -599,8 +725,13 @@ def test_headline_metrics_and_verdict_lines():
     assert m["bias_colour_delta_control"] is None  # NaN is recorded as None
     assert m["bias_colour_iem_accuracy"] == 0.9123 and m["bias_colour_iem_accuracy_control"] == 0.8
     real = bias.real_data_metrics(deltas.iloc[:1])  # notebook 13: one row per bias type, its own keys
-    assert real == {"bias_real_colour_delta": 0.3, "bias_real_colour_share_est": 0.8, "bias_real_colour_share_low": 0.7,
-                    "bias_real_colour_share_high": 0.9, "bias_real_colour_iem_accuracy": 0.9123}
+    assert real == {
+        "bias_real_colour_delta": 0.3,
+        "bias_real_colour_share_est": 0.8,
+        "bias_real_colour_share_low": 0.7,
+        "bias_real_colour_share_high": 0.9,
+        "bias_real_colour_iem_accuracy": 0.9123,
+    }
     biased, control = (row for _, row in deltas.iterrows())
     line = bias.verdict_line(biased, "colour", 0.25, biased=True)
     assert "**found**" in line and "the planted bias is found" in line and "inside the interval" in line
@@ -608,7 +739,13 @@ def test_headline_metrics_and_verdict_lines():
     assert "Pixel truth" not in bias.verdict_line(biased, "colour", 0.25, biased=None)  # real data: no truth
     # the error-rate check failed: no interval, and the line says what the interval before it would have said
     flagged = biased.copy()
-    flagged[["share_low", "share_high", "unchecked_low", "unchecked_high", "inconclusive"]] = [0.0, 1.0, 0.85, 0.95, True]
+    flagged[["share_low", "share_high", "unchecked_low", "unchecked_high", "inconclusive"]] = [
+        0.0,
+        1.0,
+        0.85,
+        0.95,
+        True,
+    ]
     flagged["why"] = "the rule's error rates differ between images of the same value (p = 0.004)"
     line = bias.verdict_line(flagged, "colour", 0.25, biased=True)
     assert "no interval, because the rule's error rates differ" in line and "**inconclusive**" in line

@@ -69,7 +69,11 @@ def test_background_tokens_are_the_commonest_ids_across_classes():
     # mean share over classes: id 0 (6/8 + 2/8) / 2 = 1/2, id 3 3/8, ids 1, 2 1/16 each
     assert concepts.background_tokens(tokens, labels, 4, share=0.5).tolist() == [0]
     assert concepts.background_tokens(tokens, labels, 4, share=0.6).tolist() == [0, 3]
-    assert concepts.background_tokens(tokens, labels, 4, share=0.9).tolist() == [0, 1, 3]  # tie 1/2: smaller id
+    assert concepts.background_tokens(tokens, labels, 4, share=0.9).tolist() == [
+        0,
+        1,
+        3,
+    ]  # tie 1/2: smaller id
     assert concepts.background_tokens(tokens, labels, 4, share=0.0).tolist() == []
     # every class weighs the same: a third image of class 1 changes nothing about its shares
     more = np.concatenate([tokens, tokens[2:3]])
@@ -85,7 +89,9 @@ def test_frequency_baseline_without_the_background():
     labels = np.array([0, 0, 1, 1])
     plain = concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=3)
     assert plain[plain.label == 0]["token"].tolist() == [0, 1, 2]
-    pd.testing.assert_frame_equal(concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=3, exclude=[]), plain)
+    pd.testing.assert_frame_equal(
+        concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=3, exclude=[]), plain
+    )
     background = concepts.background_tokens(tokens, labels, 4, share=0.5)
     fg = concepts.frequency_tokens(tokens, labels, ["a", "b"], 4, top=3, exclude=background)
     assert fg[fg.label == 0]["token"].tolist() == [1, 2] and fg[fg.label == 1]["token"].tolist() == [3]

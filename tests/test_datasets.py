@@ -8,8 +8,14 @@ import torch
 from cortex_utils import datasets as tokds
 from cortex_utils import vq as vqlib
 
-META = {"vq_fingerprint": "abc123", "n_embed": 32, "embed_dim": 8, "grid": [4, 4], "image_size": 16,
-        "image_channels": 3}
+META = {
+    "vq_fingerprint": "abc123",
+    "n_embed": 32,
+    "embed_dim": 8,
+    "grid": [4, 4],
+    "image_size": 16,
+    "image_channels": 3,
+}
 CLASSES = ["a", "b", "c"]
 
 
@@ -56,14 +62,25 @@ def test_fingerprint_mismatch_is_refused(tmp_path, tiny_vq):
         tokds.load_token_dataset(tmp_path / "ds", vq=tiny_vq)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda s: {**s, "val": (s["val"][0][:, :3], s["val"][1])}, r"val: token grids must have shape \(N, 4, 4\)"),
-    (lambda s: {**s, "test": (np.where(np.arange(16).reshape(4, 4) == 5, 32, s["test"][0]), s["test"][1])},
-     r"test: row 0 has a token id outside \[0, 32\)"),
-    (lambda s: {**s, "train": (s["train"][0], s["train"][1] % 2)}, r"no training images: \['c'\]"),
-    (lambda s: {**s, "train": (s["train"][0], s["train"][1][:-1])}, "30 token grids but 29 labels"),
-    (lambda s: {"val": s["val"]}, "needs a 'train' split"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            lambda s: {**s, "val": (s["val"][0][:, :3], s["val"][1])},
+            r"val: token grids must have shape \(N, 4, 4\)",
+        ),
+        (
+            lambda s: {
+                **s,
+                "test": (np.where(np.arange(16).reshape(4, 4) == 5, 32, s["test"][0]), s["test"][1]),
+            },
+            r"test: row 0 has a token id outside \[0, 32\)",
+        ),
+        (lambda s: {**s, "train": (s["train"][0], s["train"][1] % 2)}, r"no training images: \['c'\]"),
+        (lambda s: {**s, "train": (s["train"][0], s["train"][1][:-1])}, "30 token grids but 29 labels"),
+        (lambda s: {"val": s["val"]}, "needs a 'train' split"),
+    ],
+)
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
         tokds.save_token_dataset(tmp_path / "ds", bad(_splits()), CLASSES, META, source="generated")
@@ -111,8 +128,11 @@ def test_cortex_csv_import_export_round_trip(tmp_path):
     rows = [(f"img_{i}.npy", i % 3, str(list(map(int, rng.integers(0, 32, 16))))) for i in range(9)]
     _write_csv(tmp_path / "train_embeddings.csv", rows)
     _write_csv(tmp_path / "test_embeddings.csv", rows[:4])
-    ds = tokds.import_cortex_csv(tmp_path / "ds", {"train": tmp_path / "train_embeddings.csv",
-                                                   "test": tmp_path / "test_embeddings.csv"}, META)
+    ds = tokds.import_cortex_csv(
+        tmp_path / "ds",
+        {"train": tmp_path / "train_embeddings.csv", "test": tmp_path / "test_embeddings.csv"},
+        META,
+    )
     assert ds.class_names == ["0", "1", "2"] and ds.manifest["source"] == "imported"
     assert ds.tokens["train"][2].ravel().tolist() == json.loads(rows[2][2])
     assert ds.names["train"][3] == "img_3.npy"
@@ -160,7 +180,9 @@ def test_image_folder(tmp_path):
         tokds.read_image_folder(tmp_path / "imgs", 16)
 
 
-# --- malformed CSV rows: the error names the file, the editor line (1-based) and what to fix; nothing is written ---
+# --- malformed CSV rows -----------------------------------------------------------------------------------
+# the error names the file, the editor line (1-based) and what to fix; nothing is written
+
 
 def _ids(k):
     return '"' + str(list(range(k))) + '"'
@@ -178,40 +200,59 @@ def _import_fails(tmp_path, text, match):
 
 
 def test_csv_truncated_inside_the_indices_names_the_line(tmp_path):
-    msg = _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\n\nb,1,\"[0, 1, 2, 3",
-                        r"line 4: a quoted field starts in this row and never ends: the file is truncated")
+    msg = _import_fails(
+        tmp_path,
+        f'filename,label,indices\na,0,{_ids(16)}\n\nb,1,"[0, 1, 2, 3',
+        r"line 4: a quoted field starts in this row and never ends: the file is truncated",
+    )
     assert "copy the CSV again" in msg
 
 
 def test_csv_row_without_indices_field_names_the_line(tmp_path):
-    _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\nb,1\nc,2,{_ids(16)}\n",
-                  r"line 3: the row has no indices field")
+    _import_fails(
+        tmp_path,
+        f"filename,label,indices\na,0,{_ids(16)}\nb,1\nc,2,{_ids(16)}\n",
+        r"line 3: the row has no indices field",
+    )
 
 
 def test_csv_row_with_a_field_too_many_names_the_line(tmp_path):
     # an unquoted list: its commas split it into fields (pandas' "Error tokenizing data")
-    msg = _import_fails(tmp_path, f"filename,label,indices\n\na,0,{_ids(16)}\nb,1,[0, 1]\n",
-                        r"line 4: the row has 4 fields, the header has 3")
+    msg = _import_fails(
+        tmp_path,
+        f"filename,label,indices\n\na,0,{_ids(16)}\nb,1,[0, 1]\n",
+        r"line 4: the row has 4 fields, the header has 3",
+    )
     assert "Quote the indices list" in msg
 
 
 def test_csv_wrong_number_of_ids_counts_lines_as_an_editor(tmp_path):
     # a blank line and an indices list spread over two lines: the bad row starts on line 6
-    text = (f"filename,label,indices\na,0,{_ids(16)}\n\nb,1,\"[0, 1, 2, 3,\n 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\"\n"
-            f"c,2,{_ids(15)}\n")
+    text = (
+        f'filename,label,indices\na,0,{_ids(16)}\n\nb,1,"[0, 1, 2, 3,\n'
+        ' 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]"\n'
+        f"c,2,{_ids(15)}\n"
+    )
     _import_fails(tmp_path, text, r"line 6 has 15 token ids, expected 16 \(= 4x4 grid")
 
 
 @pytest.mark.parametrize("bad, shown", [("1.5", "'1.5'"), ("x", "'x'")])
 def test_csv_non_integer_id_names_the_line_and_the_value(tmp_path, bad, shown):
     ids = ", ".join(["0", bad] + [str(i) for i in range(2, 16)])
-    _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\nb,1,\"[{ids}]\"\n",
-                  rf"line 3: indices must be integer token ids, got {shown}")
+    _import_fails(
+        tmp_path,
+        f'filename,label,indices\na,0,{_ids(16)}\nb,1,"[{ids}]"\n',
+        rf"line 3: indices must be integer token ids, got {shown}",
+    )
 
 
-@pytest.mark.parametrize("label, what", [("cat", "the label 'cat' is not an integer class id"), ("", "the row has no label")])
+@pytest.mark.parametrize(
+    "label, what", [("cat", "the label 'cat' is not an integer class id"), ("", "the row has no label")]
+)
 def test_csv_bad_label_names_the_line(tmp_path, label, what):
-    _import_fails(tmp_path, f"filename,label,indices\na,0,{_ids(16)}\nb,{label},{_ids(16)}\n", rf"line 3: {what}")
+    _import_fails(
+        tmp_path, f"filename,label,indices\na,0,{_ids(16)}\nb,{label},{_ids(16)}\n", rf"line 3: {what}"
+    )
 
 
 def test_csv_empty_file(tmp_path):

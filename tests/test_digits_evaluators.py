@@ -25,7 +25,7 @@ def test_model_input_range():
     assert (digits.to_uint8(x) == np.array([[[[0, 255]]]])).all()
 
 
-@pytest.mark.parametrize("arch", evaluators.ARCHITECTURES)
+@pytest.mark.parametrize("arch", evaluators.EVALUATORS)
 def test_evaluator_checkpoint_round_trip_and_size_check(arch, tmp_path):
     from cortex_utils.checkpoints import save_weights
 
@@ -33,12 +33,14 @@ def test_evaluator_checkpoint_round_trip_and_size_check(arch, tmp_path):
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     model(x)
     model.eval()
-    p = save_weights(model.state_dict(), tmp_path / "e.safetensors", card={"arch": arch, "image_size": 32, "n_classes": 10})
+    p = save_weights(
+        model.state_dict(), tmp_path / "e.safetensors", card={"arch": arch, "image_size": 32, "n_classes": 10}
+    )
     again = evaluators.load_evaluator(p, arch)
     torch.testing.assert_close(evaluators.predict_logits(again, x), evaluators.predict_logits(model, x))
     with pytest.raises(ValueError, match="trained on 32px"):
         evaluators.load_evaluator(p, arch, image_size=256)
-    other = [a for a in evaluators.ARCHITECTURES if a != arch][0]
+    other = [a for a in evaluators.EVALUATORS if a != arch][0]
     with pytest.raises(ValueError, match=f"holds a '{arch}' evaluator"):
         evaluators.load_evaluator(p, other)
 

@@ -18,11 +18,14 @@ from cortex_utils import vq as vqlib
 from cortex_utils.checkpoints import save_weights
 
 C, K, DIM, GRID = 4, 16, 8, (8, 8)
-TRAIN = dict(arch=1, width=8, epochs=10, batch_size=64, lr=0.01, lr_step=8, lr_gamma=0.1, weight_decay=0.0001, seed=0)
+TRAIN = dict(
+    arch=1, width=8, epochs=10, batch_size=64, lr=0.01, lr_step=8, lr_gamma=0.1, weight_decay=0.0001, seed=0
+)
 
 
 def _grids(rng, labels):
-    """Random ids, and at 40 random positions ids of the class's own quarter of the codebook (easy to learn)."""
+    """Random ids, and at 40 random positions ids of the class's own quarter of the codebook (easy to
+    learn)."""
     t = rng.integers(0, K, size=(len(labels), *GRID))
     for i, c in enumerate(labels):
         pos = rng.choice(GRID[0] * GRID[1], 40, replace=False)
@@ -39,14 +42,17 @@ def tiny(tmp_path_factory):
     rng = np.random.default_rng(0)
     config = tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16)
     vq = vqlib.build_vq(config, seed=0)
-    vq.model.quantize.embedding.weight.data.copy_(torch.from_numpy(rng.normal(size=(K, DIM)).astype(np.float32)))
+    vq.model.quantize.embedding.weight.data.copy_(
+        torch.from_numpy(rng.normal(size=(K, DIM)).astype(np.float32))
+    )
     save_weights(vqlib.state_dict_for_saving(vq), root / "vq.safetensors", card={"config": config})
     splits = {}
     for s, n in {"train": 1200, "val": 200, "test": 400}.items():
         y = np.arange(n) % C
         splits[s] = (_grids(rng, y), y)
-    ds = tokds.save_token_dataset(root / "ds", splits, [f"c{i}" for i in range(C)], vqlib.vq_meta(vq),
-                                  source="synthetic")
+    ds = tokds.save_token_dataset(
+        root / "ds", splits, [f"c{i}" for i in range(C)], vqlib.vq_meta(vq), source="synthetic"
+    )
     return root, ds, vqlib.codebook(vq)
 
 
@@ -60,12 +66,21 @@ def _single_process_iem(ds, cb):
     model = iemlib.build_iem(TRAIN["arch"], DIM, GRID, C, width=TRAIN["width"])
     train = tokds.embedding_loader(ds, "train", cb, batch_size=TRAIN["batch_size"], shuffle=True, seed=0)
     val = tokds.embedding_loader(ds, "val", cb, batch_size=512)
-    iemlib.train_iem(model, train, val, epochs=TRAIN["epochs"], lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"],
-                     step_size=TRAIN["lr_step"], gamma=TRAIN["lr_gamma"])
+    iemlib.train_iem(
+        model,
+        train,
+        val,
+        epochs=TRAIN["epochs"],
+        lr=TRAIN["lr"],
+        weight_decay=TRAIN["weight_decay"],
+        step_size=TRAIN["lr_step"],
+        gamma=TRAIN["lr_gamma"],
+    )
     return model
 
 
 # --- shards (no processes) ---------------------------------------------------------------------
+
 
 def test_shards_are_contiguous_batch_aligned_and_cover_every_row():
     for n, shards, bs in [(200, 2, 30), (200, 3, 30), (7, 7, 1), (1000, 4, 100), (101, 2, 100)]:
@@ -106,7 +121,9 @@ def test_sharded_concept_counts_merge_to_the_full_table(tiny):
     rng = np.random.default_rng(1)
     t, y = ds.tokens["train"], ds.labels["train"]
     tis = rng.normal(size=t.shape).astype(np.float32)
-    parts = [D.concept_counts(t[a:b], y[a:b], tis[a:b], C, K, (1, 5)) for a, b in D.shard_ranges(len(y), 3, 50)]
+    parts = [
+        D.concept_counts(t[a:b], y[a:b], tis[a:b], C, K, (1, 5)) for a, b in D.shard_ranges(len(y), 3, 50)
+    ]
     got = D.concept_table(D.merge_counts(parts), ds.class_names, (1, 5), top=10)
     want = concepts.concept_tokens(t, y, tis, ds.class_names, K, top_ns=(1, 5), top=10)
     pd.testing.assert_frame_equal(got, want)
@@ -145,12 +162,21 @@ def test_jobs_read_the_dataset_with_its_own_tokenizer(tiny, tmp_path):
     import argparse
 
     root, ds, cb = tiny
-    a = argparse.Namespace(run_dir=None, dataset=ds.path, vq_checkpoint=root / "vq.safetensors", vq_config=None,
-                           trust_pickle=False)
+    a = argparse.Namespace(
+        run_dir=None,
+        dataset=ds.path,
+        vq_checkpoint=root / "vq.safetensors",
+        vq_config=None,
+        trust_pickle=False,
+    )
     got, codebook = D.resolve_inputs(a)
     assert torch.equal(codebook, cb) and got.manifest == ds.manifest
     other = vqlib.build_vq(tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16), seed=1)
-    save_weights(vqlib.state_dict_for_saving(other), tmp_path / "other.safetensors", card={"config": other.cortex_config})
+    save_weights(
+        vqlib.state_dict_for_saving(other),
+        tmp_path / "other.safetensors",
+        card={"config": other.cortex_config},
+    )
     with pytest.raises(ValueError, match="tokenized by a VQ model with codebook fingerprint"):
         D.resolve_inputs(argparse.Namespace(**{**vars(a), "vq_checkpoint": tmp_path / "other.safetensors"}))
     with pytest.raises(ValueError, match="give --run-dir, or --vq-checkpoint"):
@@ -159,12 +185,22 @@ def test_jobs_read_the_dataset_with_its_own_tokenizer(tiny, tmp_path):
 
 # --- torchrun, 2 processes, gloo ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ddp_iem(tiny):
     root, ds, _ = tiny
     out = root / "iem_ddp.safetensors"
-    res = D.launch("train-iem", nproc=2, threads=1, quiet=True, dataset=ds.path, vq_checkpoint=root / "vq.safetensors",
-                   out=out, log_csv=root / "iem_ddp_log.csv", **TRAIN)
+    res = D.launch(
+        "train-iem",
+        nproc=2,
+        threads=1,
+        quiet=True,
+        dataset=ds.path,
+        vq_checkpoint=root / "vq.safetensors",
+        out=out,
+        log_csv=root / "iem_ddp_log.csv",
+        **TRAIN,
+    )
     return out, res
 
 
@@ -173,7 +209,9 @@ def test_ddp_training_syncs_ranks_and_matches_single_process_accuracy(tiny, ddp_
     path, res = ddp_iem
     by_rank = {i["rank"]: i for i in res["info"]}
     assert sorted(by_rank) == [0, 1]
-    assert by_rank[0]["state_sha"] == by_rank[1]["state_sha"]  # the same weights and BN statistics on both ranks
+    assert (
+        by_rank[0]["state_sha"] == by_rank[1]["state_sha"]
+    )  # the same weights and BN statistics on both ranks
     assert by_rank[0]["rows_per_epoch"] + by_rank[1]["rows_per_epoch"] == 1200  # each rank saw half the data
     ddp_model = iemlib.load_iem(path)
     log = pd.read_csv(path.with_name("iem_ddp_log.csv"))
@@ -190,8 +228,16 @@ def ddp_tis(tiny, ddp_iem):
     rank 1 dies (test hook) after rank 0 finished its shard."""
     root, ds, _ = tiny
     out_dir = root / "tis_ddp"
-    opts = dict(dataset=ds.path, vq_checkpoint=root / "vq.safetensors", iem=ddp_iem[0], out_dir=out_dir,
-                splits=["test", "val"], nsamples=3, batch_size=30, seed=2)
+    opts = dict(
+        dataset=ds.path,
+        vq_checkpoint=root / "vq.safetensors",
+        iem=ddp_iem[0],
+        out_dir=out_dir,
+        splits=["test", "val"],
+        nsamples=3,
+        batch_size=30,
+        seed=2,
+    )
     try:
         D.launch("tis", nproc=2, threads=1, quiet=True, env={D.FAIL_RANK_ENV: "1:val"}, shards=3, **opts)
     except D.DistributedJobError as err:
@@ -200,8 +246,13 @@ def ddp_tis(tiny, ddp_iem):
 
 
 def _reference_tis(ds, cb, path, split):
-    return tislib.compute_tis(iemlib.load_iem(path), tokds.embedding_loader(ds, split, cb, batch_size=30),
-                              len(ds.labels[split]), nsamples=3, seed=2)
+    return tislib.compute_tis(
+        iemlib.load_iem(path),
+        tokds.embedding_loader(ds, split, cb, batch_size=30),
+        len(ds.labels[split]),
+        nsamples=3,
+        seed=2,
+    )
 
 
 def test_ddp_tis_equals_single_process_exactly(tiny, ddp_iem, ddp_tis, one_thread):

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _evaluators(size=16, n_classes=3):
     torch.manual_seed(0)
-    return {name: nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, n_classes)).eval() for name in ("a", "b")}
+    return {
+        name: nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, n_classes)).eval() for name in ("a", "b")
+    }
 
 
 def _scores(model, images, labels):
@@ -26,6 +28,7 @@ def _scores(model, images, labels):
 
 # --- masking ---------------------------------------------------------------------------------------
 
+
 def test_mask_pixels_blacks_out_exactly_the_masked_patches():
     rng = np.random.default_rng(0)
     images = torch.tensor(rng.uniform(-0.9, 0.9, (2, 3, 8, 12)), dtype=torch.float32)
@@ -34,7 +37,7 @@ def test_mask_pixels_blacks_out_exactly_the_masked_patches():
     out = ev.mask_pixels(images, mask)
     expected = images.clone()
     for n, y, x in zip(*np.nonzero(mask), strict=True):
-        expected[n, :, 2 * y:2 * y + 2, 4 * x:4 * x + 4] = -1
+        expected[n, :, 2 * y : 2 * y + 2, 4 * x : 4 * x + 4] = -1
     assert torch.equal(out, expected)
     assert (out == -1).sum() == 3 * 3 * 2 * 4  # three patches of 2x4 pixels in 3 channels, nothing else
     assert (images > -1).all()  # the input is untouched
@@ -50,15 +53,23 @@ def test_mask_pixels_blacks_out_exactly_the_masked_patches():
 def test_positions_holding_shared_and_per_image_sets():
     tokens = np.array([[[1, 2], [3, 1]], [[2, 2], [5, 1]], [[0, 4], [4, 3]]], dtype=np.uint8)
     shared = ev.positions_holding(tokens, [1, 4])
-    assert shared.tolist() == [[[True, False], [False, True]], [[False, False], [False, True]],
-                               [[False, True], [True, False]]]
+    assert shared.tolist() == [
+        [[True, False], [False, True]],
+        [[False, False], [False, True]],
+        [[False, True], [True, False]],
+    ]
     assert ev.positions_holding(tokens, 2).sum() == 3
     ragged = ev.positions_holding(tokens, [np.array([1]), np.array([2, 5]), np.array([], dtype=int)])
     loop = np.stack([np.isin(t, s) for t, s in zip(tokens, [[1], [2, 5], []], strict=True)])
     assert np.array_equal(ragged, loop)
-    per_row = ev.positions_holding(torch.as_tensor(tokens.astype(np.int64)), np.array([[3, 3], [1, 9], [0, 4]]))
-    assert per_row.tolist() == [[[False, False], [True, False]], [[False, False], [False, True]],
-                                [[True, True], [True, False]]]
+    per_row = ev.positions_holding(
+        torch.as_tensor(tokens.astype(np.int64)), np.array([[3, 3], [1, 9], [0, 4]])
+    )
+    assert per_row.tolist() == [
+        [[False, False], [True, False]],
+        [[False, False], [False, True]],
+        [[True, True], [True, False]],
+    ]
     with pytest.raises(ValueError, match="3 sets for 2 token grids|2 sets for 3 token grids"):
         ev.positions_holding(tokens, [np.array([1]), np.array([2])])
     with pytest.raises(ValueError, match=">= 0"):
@@ -85,7 +96,9 @@ def test_mask_tokens_changes_exactly_the_masked_positions():
     assert (tokens > 0).all()  # the input is untouched
     tt = torch.as_tensor(tokens.astype(np.int64))
     out_t = ev.mask_tokens(tt, torch.from_numpy(mask), 7)
-    assert out_t.dtype == torch.int64 and torch.equal(out_t[~torch.from_numpy(mask)], tt[~torch.from_numpy(mask)])
+    assert out_t.dtype == torch.int64 and torch.equal(
+        out_t[~torch.from_numpy(mask)], tt[~torch.from_numpy(mask)]
+    )
     assert (out_t[torch.from_numpy(mask)] == 7).all()
     with pytest.raises(ValueError, match="does not fit"):
         ev.mask_tokens(tokens, mask, 300)
@@ -120,6 +133,7 @@ def test_random_positions_are_seeded_unique_and_nested():
 
 # --- experiments -----------------------------------------------------------------------------------
 
+
 def _data(n=6, grid=(8, 8), k=32, seed=0):
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, k, (n, *grid))
@@ -130,9 +144,22 @@ def _data(n=6, grid=(8, 8), k=32, seed=0):
 def test_image_level_experiment_table(tiny_vq):
     tokens, labels, tis = _data()
     evals = _evaluators()
-    table = ev.image_level_experiment(tiny_vq, tokens, labels, tis, evals, ns=(0, 2, 5), seed=1, progress=False)
-    assert list(table.columns) == ["space", "evaluator", "n", "selection", "n_images", "mean_masked",
-                                   "masked_fraction", "mean_logit", "mean_prob", "logit_drop", "prob_drop"]
+    table = ev.image_level_experiment(
+        tiny_vq, tokens, labels, tis, evals, ns=(0, 2, 5), seed=1, progress=False
+    )
+    assert list(table.columns) == [
+        "space",
+        "evaluator",
+        "n",
+        "selection",
+        "n_images",
+        "mean_masked",
+        "masked_fraction",
+        "mean_logit",
+        "mean_prob",
+        "logit_drop",
+        "prob_drop",
+    ]
     assert len(table) == 2 * 2 * 3 * 3 and (table.n_images == 6).all()
     assert set(table.selection) == {"original", "tis", "random"}
 
@@ -147,21 +174,30 @@ def test_image_level_experiment_table(tiny_vq):
     # TIS, pixel space, n = 5, by hand: all positions holding the ids at the top-5 TIS positions
     mask = np.stack([np.isin(t, ids) for t, ids in zip(tokens, top_tokens(tokens, tis, 5), strict=True)])
     logit, prob = _scores(evals["a"], ev.mask_pixels(originals, mask), labels)
-    row = table[(table.space == "pixel") & (table.evaluator == "a") & (table.n == 5) & (table.selection == "tis")].iloc[0]
+    row = table[
+        (table.space == "pixel") & (table.evaluator == "a") & (table.n == 5) & (table.selection == "tis")
+    ].iloc[0]
     assert row.mean_logit == pytest.approx(logit.mean(), abs=1e-5)
     assert row.mean_masked == pytest.approx(mask.reshape(6, -1).sum(1).mean())
     assert row.mean_masked > 5  # the frequent id 5 brings extra positions along
     # random, token space, n = 2, by hand (neutral = the most frequent id, 5)
     pos = ev.random_positions(6, (8, 8), 2, seed=1)
-    mask = np.stack([np.isin(t.ravel(), t.ravel()[p]).reshape(8, 8) for t, p in zip(tokens, pos, strict=True)])
+    mask = np.stack(
+        [np.isin(t.ravel(), t.ravel()[p]).reshape(8, 8) for t, p in zip(tokens, pos, strict=True)]
+    )
     masked = np.where(mask, 5, tokens)
     logit, prob = _scores(evals["b"], vqlib.decode(tiny_vq, torch.as_tensor(masked)), labels)
-    row = table[(table.space == "token") & (table.evaluator == "b") & (table.n == 2) & (table.selection == "random")].iloc[0]
+    row = table[
+        (table.space == "token") & (table.evaluator == "b") & (table.n == 2) & (table.selection == "random")
+    ].iloc[0]
     assert row.mean_prob == pytest.approx(prob.mean(), abs=1e-6)
 
-    per = ev.image_level_experiment(tiny_vq, tokens, labels, tis, evals, ns=(0, 3), spaces="pixel", per_image=True,
-                                    progress=False)
-    assert len(per) == 1 * 2 * 2 * 3 * 6 and {"image", "label", "logit", "prob", "n_masked"} <= set(per.columns)
+    per = ev.image_level_experiment(
+        tiny_vq, tokens, labels, tis, evals, ns=(0, 3), spaces="pixel", per_image=True, progress=False
+    )
+    assert len(per) == 1 * 2 * 2 * 3 * 6 and {"image", "label", "logit", "prob", "n_masked"} <= set(
+        per.columns
+    )
     with pytest.raises(ValueError, match=r"every n must lie in \[0, 64\]"):
         ev.image_level_experiment(tiny_vq, tokens, labels, tis, evals, ns=(0, 65), progress=False)
     with pytest.raises(ValueError, match="aligned"):
@@ -171,14 +207,21 @@ def test_image_level_experiment_table(tiny_vq):
 def test_tis_beats_random_on_a_hand_made_table():
     rows = []
     # (evaluator, n): original, tis, random probabilities
-    cells = {("a", 0): (0.9, 0.9, 0.9), ("a", 5): (0.9, 0.5, 0.7), ("a", 10): (0.9, 0.6, 0.4),
-             ("b", 5): (0.8, 0.1, 0.2), ("b", 10): (0.8, 0.8, 0.8)}
+    cells = {
+        ("a", 0): (0.9, 0.9, 0.9),
+        ("a", 5): (0.9, 0.5, 0.7),
+        ("a", 10): (0.9, 0.6, 0.4),
+        ("b", 5): (0.8, 0.1, 0.2),
+        ("b", 10): (0.8, 0.8, 0.8),
+    }
     for (name, n), probs in cells.items():
         for sel, p in zip(("original", "tis", "random"), probs, strict=True):
             rows.append({"space": "pixel", "evaluator": name, "n": n, "selection": sel, "mean_prob": p})
             rows.append({"space": "token", "evaluator": name, "n": n, "selection": sel, "mean_prob": 1 - p})
     table = pd.DataFrame(rows)
-    assert ev.tis_beats_random(table, "pixel") == pytest.approx(2 / 4)  # n = 0 is not counted; a tie is no win
+    assert ev.tis_beats_random(table, "pixel") == pytest.approx(
+        2 / 4
+    )  # n = 0 is not counted; a tie is no win
     assert ev.tis_beats_random(table, "token") == pytest.approx(1 / 4)
     with pytest.raises(ValueError, match="no rows"):
         ev.tis_beats_random(table, "latent")
@@ -187,12 +230,31 @@ def test_tis_beats_random_on_a_hand_made_table():
 def test_concept_level_overall_is_the_mean_over_classes(tiny_vq):
     tokens, labels, _ = _data(n=9)
     evals = _evaluators()
-    sets = {"cortex": {0: np.array([5, 7, 9]), 1: np.array([3]), 2: np.array([11, 12])},
-            "frequency": {0: np.array([5]), 1: np.array([1, 2])}}
-    table = ev.concept_level_experiment(tiny_vq, tokens, labels, sets, evals, token_num=2, spaces=("pixel", "token"),
-                                        class_names=["zero", "one", "two"], progress=False)
+    sets = {
+        "cortex": {0: np.array([5, 7, 9]), 1: np.array([3]), 2: np.array([11, 12])},
+        "frequency": {0: np.array([5]), 1: np.array([1, 2])},
+    }
+    table = ev.concept_level_experiment(
+        tiny_vq,
+        tokens,
+        labels,
+        sets,
+        evals,
+        token_num=2,
+        spaces=("pixel", "token"),
+        class_names=["zero", "one", "two"],
+        progress=False,
+    )
     assert len(table) == 2 * 2 * 2 * 4
-    metrics = ["original_logit", "masked_logit", "logit_drop", "original_prob", "masked_prob", "prob_drop", "mean_masked"]
+    metrics = [
+        "original_logit",
+        "masked_logit",
+        "logit_drop",
+        "original_prob",
+        "masked_prob",
+        "prob_drop",
+        "mean_masked",
+    ]
     for _, g in table.groupby(["space", "method", "evaluator"]):
         overall = g[g.label == -1]
         assert len(overall) == 1 and overall.class_name.iloc[0] == "overall" and g.label.iloc[-1] == -1
@@ -204,7 +266,9 @@ def test_concept_level_overall_is_the_mean_over_classes(tiny_vq):
     sel = labels == 0
     originals = vqlib.decode(tiny_vq, torch.as_tensor(tokens[sel]))
     logit, _ = _scores(evals["a"], ev.mask_pixels(originals, np.isin(tokens[sel], [5, 7])), labels[sel])
-    row = table[(table.space == "pixel") & (table.method == "cortex") & (table.evaluator == "a") & (table.label == 0)].iloc[0]
+    row = table[
+        (table.space == "pixel") & (table.method == "cortex") & (table.evaluator == "a") & (table.label == 0)
+    ].iloc[0]
     assert row.masked_logit == pytest.approx(logit.mean(), abs=1e-5) and row.n_tokens == 2
     missing = table[(table.method == "frequency") & (table.label == 2)]  # no ids given: nothing masked
     assert (missing.n_tokens == 0).all() and np.allclose(missing.logit_drop, 0, atol=1e-6)
@@ -212,14 +276,25 @@ def test_concept_level_overall_is_the_mean_over_classes(tiny_vq):
         ev.concept_level_experiment(tiny_vq, tokens, labels, {0: np.array([1])}, evals, progress=False)
     # pre-decoded images (a sweep decodes once) give the same table; a wrong count is refused
     decoded = vqlib.decode(tiny_vq, torch.as_tensor(tokens))
-    again = ev.concept_level_experiment(tiny_vq, tokens, labels, sets, evals, token_num=2, spaces=("pixel", "token"),
-                                        class_names=["zero", "one", "two"], progress=False, images=decoded)
+    again = ev.concept_level_experiment(
+        tiny_vq,
+        tokens,
+        labels,
+        sets,
+        evals,
+        token_num=2,
+        spaces=("pixel", "token"),
+        class_names=["zero", "one", "two"],
+        progress=False,
+        images=decoded,
+    )
     pd.testing.assert_frame_equal(again, table)
     with pytest.raises(ValueError, match="decoded images"):
         ev.concept_level_experiment(tiny_vq, tokens, labels, sets, evals, progress=False, images=decoded[:3])
 
 
 # --- torchvision evaluators ------------------------------------------------------------------------
+
 
 def test_load_torchvision_resizes_normalizes_and_checks(tmp_path):
     import torchvision
@@ -251,6 +326,7 @@ def test_load_torchvision_resizes_normalizes_and_checks(tmp_path):
 
 # --- fair concept-level comparison ---------------------------------------------------------------
 
+
 def test_concept_level_positions_masked_and_drop_per_position(tiny_vq):
     # 3 images of 2 classes, 8x8 grids; class 0 holds id 5 at 3 and 1 positions, class 1 id 7 at 4
     tokens = np.zeros((3, 8, 8), dtype=np.int64)
@@ -258,10 +334,21 @@ def test_concept_level_positions_masked_and_drop_per_position(tiny_vq):
     tokens[1, 4, 4] = 5
     tokens[2, 2:4, 2:4] = 7
     labels = np.array([0, 0, 1])
-    sets = {"narrow": {0: np.array([5]), 1: np.array([7])}, "background": {0: np.array([0]), 1: np.array([0])},
-            "none": {}}
-    table = ev.concept_level_experiment(tiny_vq, tokens, labels, sets, _evaluators(n_classes=2), spaces=("pixel",),
-                                        class_names=["a", "b"], progress=False)
+    sets = {
+        "narrow": {0: np.array([5]), 1: np.array([7])},
+        "background": {0: np.array([0]), 1: np.array([0])},
+        "none": {},
+    }
+    table = ev.concept_level_experiment(
+        tiny_vq,
+        tokens,
+        labels,
+        sets,
+        _evaluators(n_classes=2),
+        spaces=("pixel",),
+        class_names=["a", "b"],
+        progress=False,
+    )
     got = table.set_index(["method", "evaluator", "label"])["mean_masked"]
     assert got[("narrow", "a", 0)] == 2 and got[("narrow", "a", 1)] == 4 and got[("narrow", "a", -1)] == 3
     assert got[("background", "b", 0)] == 62 and got[("background", "b", 1)] == 60
@@ -275,13 +362,23 @@ def test_concept_level_positions_masked_and_drop_per_position(tiny_vq):
 
 
 def test_drop_at_positions_interpolates_each_sweep_curve():
-    sweep = pd.DataFrame({"space": "pixel", "evaluator": "a", "label": -1,
-                          "method": ["x", "x", "x", "y", "y"], "token_num": [1, 3, 8, 1, 3],
-                          "mean_masked": [1.0, 2.0, 4.0, 0.5, 0.5], "logit_drop": [0.2, 0.6, 1.0, 0.3, 0.3]})
+    sweep = pd.DataFrame(
+        {
+            "space": "pixel",
+            "evaluator": "a",
+            "label": -1,
+            "method": ["x", "x", "x", "y", "y"],
+            "token_num": [1, 3, 8, 1, 3],
+            "mean_masked": [1.0, 2.0, 4.0, 0.5, 0.5],
+            "logit_drop": [0.2, 0.6, 1.0, 0.3, 0.3],
+        }
+    )
     at = ev.drop_at_positions(sweep, 3.0).set_index("method")
     assert at.loc["x", "logit_drop"] == pytest.approx(0.8) and at.loc["x", "max_masked"] == 4
     assert np.isnan(at.loc["y", "logit_drop"])  # y never masks 3 positions: no extrapolation
-    low = ev.drop_at_positions(sweep, 0.25).set_index("method")["logit_drop"]  # between (0, 0) and the first point
+    low = ev.drop_at_positions(sweep, 0.25).set_index("method")[
+        "logit_drop"
+    ]  # between (0, 0) and the first point
     assert low["x"] == pytest.approx(0.05) and low["y"] == pytest.approx(0.15)
     with pytest.raises(ValueError, match="positions must be >= 0"):
         ev.drop_at_positions(sweep, -1)

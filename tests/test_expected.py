@@ -327,8 +327,10 @@ def test_readme_says_when_the_error_rate_check_withheld_the_interval():
         bias_colour_share_unchecked_low=0.7,
         bias_colour_share_unchecked_high=1.0,
     )
-    text = "<!-- expected:begin bias -->\n<!-- expected:end bias -->\n<!-- expected:begin results -->\n"
-    "<!-- expected:end results -->\n"
+    text = (
+        "<!-- expected:begin bias -->\n<!-- expected:end bias -->\n<!-- expected:begin results -->\n"
+        "<!-- expected:end results -->\n"
+    )
     out, _ = readme_results.render_readme(text, e)
     assert (
         "| thickness | 5 | 0.65, withheld (check p = 0.004) | [0.85, 0.95] | 0.80 | — (before the check: "

@@ -75,9 +75,18 @@ def test_training_lowers_the_loss_and_checkpoint_round_trip(tiny_tf, tiny_vq, tm
     tf, cfg = tiny_tf
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 3
-    tokens = (labels[:, None, None] * 10 + rng.integers(0, 2, (60, 8, 8)))  # class-dependent tokens
-    log = gen.train_transformer(tf, tokens, labels, steps=60, batch_size=16, lr=3e-3, log_every=10, warmup=5,
-                                val=(tokens[:12], labels[:12]))
+    tokens = labels[:, None, None] * 10 + rng.integers(0, 2, (60, 8, 8))  # class-dependent tokens
+    log = gen.train_transformer(
+        tf,
+        tokens,
+        labels,
+        steps=60,
+        batch_size=16,
+        lr=3e-3,
+        log_every=10,
+        warmup=5,
+        val=(tokens[:12], labels[:12]),
+    )
     assert log["val_loss"].iloc[-1] < log["val_loss"].iloc[0] - 1.0
     path = save_weights(gen.transformer_state_for_saving(tf), tmp_path / "tf.safetensors", card={})
     again = gen.load_transformer(cfg, path, vq=tiny_vq)
@@ -86,7 +95,9 @@ def test_training_lowers_the_loss_and_checkpoint_round_trip(tiny_tf, tiny_vq, tm
     # the condition steers the samples: class 2's grids hold far more of class 2's tokens than class 0's do
     share = [(s1[labels[:6] == c] >= 20).float().mean().item() for c in (0, 2)]
     assert share[1] > share[0] + 0.2, share
-    shallower = gen.transformer_config(cfg["params"]["first_stage_config"], n_classes=3, n_layer=1, n_head=2, n_embd=32)
+    shallower = gen.transformer_config(
+        cfg["params"]["first_stage_config"], n_classes=3, n_layer=1, n_head=2, n_embd=32
+    )
     with pytest.raises(ValueError, match="unexpected keys"):
         gen.load_transformer(shallower, path, vq=tiny_vq)
 
@@ -100,12 +111,18 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
     """taming's ImageNet cin_transformer layout (VQGAN f16-16384 first stage, Labelator over 1000 classes,
     vocabulary 16384, 256 positions), with a 1-layer GPT so the test stays small. Random weights:
     the real checkpoint was not available here."""
-    cfg = gen.transformer_config(taming_vq.IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32)
-    cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = "logs/vqgan_imagenet_f16_16384/checkpoints/last.ckpt"
+    cfg = gen.transformer_config(
+        taming_vq.IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32
+    )
+    cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = (
+        "logs/vqgan_imagenet_f16_16384/checkpoints/last.ckpt"
+    )
     model = gen.build_transformer(cfg, seed=0)
     with torch.device("meta"):  # taming's own Net2NetTransformer has the same keys and shapes
         theirs = _tamings_net2net(cfg, seed=0)
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
     torch.save({"state_dict": model.state_dict(), "epoch": 1}, tmp_path / "last.ckpt")
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": cfg}))
     del model
@@ -123,11 +140,14 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
 
 
 def test_import_does_not_load_lightning():
-    """Kernel start-up: generation uses taming's plain torch modules only (taming.models.* import Lightning)."""
-    code = ("import sys, cortex_utils.generation as g, cortex_utils.taming_vq as v; "
-            "g.build_transformer(g.transformer_config(v.DEFAULT_VQ_CONFIG, 10, n_layer=1), seed=0); "
-            "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
-            "if m in sys.modules))")
+    """Kernel start-up: generation uses taming's plain torch modules only (taming.models.* import
+    Lightning)."""
+    code = (
+        "import sys, cortex_utils.generation as g, cortex_utils.taming_vq as v; "
+        "g.build_transformer(g.transformer_config(v.DEFAULT_VQ_CONFIG, 10, n_layer=1), seed=0); "
+        "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
@@ -135,7 +155,10 @@ def test_import_does_not_load_lightning():
 def _tamings_net2net(cfg, seed):
     """taming's own Lightning ``Net2NetTransformer`` for ``cfg`` (the loss swapped for DummyLoss, offline)."""
     params = {**cfg["params"], "first_stage_config": {**cfg["params"]["first_stage_config"]}}
-    params["first_stage_config"]["params"] = {**params["first_stage_config"]["params"], "lossconfig": taming_vq.DUMMY_LOSS}
+    params["first_stage_config"]["params"] = {
+        **params["first_stage_config"]["params"],
+        "lossconfig": taming_vq.DUMMY_LOSS,
+    }
     params["first_stage_config"]["params"].pop("ckpt_path", None)
     torch.manual_seed(seed)
     return taming_vq.instantiate({"target": cfg["target"], "params": params}).eval()
@@ -176,6 +199,16 @@ def test_bf16_training_lowers_the_loss(tiny_tf):
     tf, _ = tiny_tf
     labels = np.arange(48) % 3
     tokens = labels[:, None, None] * 10 + np.random.default_rng(1).integers(0, 2, (48, 8, 8))
-    log = gen.train_transformer(tf, tokens, labels, steps=40, batch_size=16, lr=3e-3, log_every=10, warmup=5,
-                                val=(tokens[:12], labels[:12]), bf16=True)
+    log = gen.train_transformer(
+        tf,
+        tokens,
+        labels,
+        steps=40,
+        batch_size=16,
+        lr=3e-3,
+        log_every=10,
+        warmup=5,
+        val=(tokens[:12], labels[:12]),
+        bf16=True,
+    )
     assert np.isfinite(log["val_loss"]).all() and log["val_loss"].iloc[-1] < log["val_loss"].iloc[0] - 1.0

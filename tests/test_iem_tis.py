@@ -63,15 +63,21 @@ def test_unknown_reduction():
 
 
 def _ten_grids(tmp_path):
-    """A small IEM (vgg, 6-dim embeddings, 3 classes), a token dataset of 10 train grids and a codebook of 16."""
+    """A small IEM (vgg, 6-dim embeddings, 3 classes), a token dataset of 10 train grids and a codebook of
+    16."""
     from cortex_utils import datasets as tokds
 
     torch.manual_seed(0)
     model = iemlib.build_iem(1, 6, GRID, 3, width=8).eval()
     rng = np.random.default_rng(0)
     meta = {"vq_fingerprint": "x", "n_embed": 16, "embed_dim": 6, "grid": list(GRID)}
-    ds = tokds.save_token_dataset(tmp_path / "ds", {"train": (rng.integers(0, 16, (10, 8, 8)), np.arange(10) % 3)},
-                                  ["a", "b", "c"], meta, source="t")
+    ds = tokds.save_token_dataset(
+        tmp_path / "ds",
+        {"train": (rng.integers(0, 16, (10, 8, 8)), np.arange(10) % 3)},
+        ["a", "b", "c"],
+        meta,
+        source="t",
+    )
     cb = torch.randn(16, 6)
     return model, ds, cb
 
@@ -100,13 +106,21 @@ def test_compute_tis_takes_any_attribution_method(tmp_path):
     model, ds, cb = _ten_grids(tmp_path)
     x = cb[torch.from_numpy(ds.tokens["train"].astype(np.int64))].permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(ds.labels["train"].astype(np.int64))
-    for method, options in [("occlusion", {"baseline": cb[3]}), ("integrated_gradients", {"steps": 4}),
-                            ("gradient", {})]:
-        got = tislib.compute_tis(model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, method=method,
-                                 **options)
-        want = torch.cat([attribution.attribute(model, x[i:i + 4], y[i:i + 4], method, **options) for i in (0, 4, 8)])
+    for method, options in [
+        ("occlusion", {"baseline": cb[3]}),
+        ("integrated_gradients", {"steps": 4}),
+        ("gradient", {}),
+    ]:
+        got = tislib.compute_tis(
+            model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, method=method, **options
+        )
+        want = torch.cat(
+            [attribution.attribute(model, x[i : i + 4], y[i : i + 4], method, **options) for i in (0, 4, 8)]
+        )
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-6)
-    default = tislib.compute_tis(model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, nsamples=3, seed=2)
+    default = tislib.compute_tis(
+        model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, nsamples=3, seed=2
+    )
     first = attribution.attribute(model, x[:4], y[:4], "smoothgrad", nsamples=3, seed=2 * 1_000_003)
     np.testing.assert_array_equal(default[:4], first.numpy())
     with pytest.raises(ValueError, match="unknown attribution method 'lime'"):
@@ -115,7 +129,9 @@ def test_compute_tis_takes_any_attribution_method(tmp_path):
 
 def test_topk_positions_ranks_every_position_or_none():
     a = np.array([[[1.0, 3.0], [3.0, 2.0]]])
-    np.testing.assert_array_equal(tislib.topk_positions(a, None), [[1, 2, 3, 0]])  # ties: the smaller position
+    np.testing.assert_array_equal(
+        tislib.topk_positions(a, None), [[1, 2, 3, 0]]
+    )  # ties: the smaller position
     assert tislib.topk_positions(a, 0).shape == (1, 0)
     with pytest.raises(ValueError, match="k must be >= 1"):
         tislib.topk_agreement(a, a, k=0)
@@ -155,14 +171,18 @@ def test_per_image_sigma_is_each_images_own_range():
     by_hand = torch.tensor([0.2 * (float(im.max()) - float(im.min())) for im in x])  # 0.8, 0.2, 2.0
     torch.testing.assert_close(sglib.noise_sigma(x, 0.2, "image").flatten(), by_hand)
     torch.testing.assert_close(sglib.noise_sigma(x, 0.2, "image").flatten(), torch.tensor([0.8, 0.2, 2.0]))
-    noise = sglib.smoothgrad_noise(x, nsamples=3, spread=0.2, generator=torch.Generator().manual_seed(5), sigma="image")
+    noise = sglib.smoothgrad_noise(
+        x, nsamples=3, spread=0.2, generator=torch.Generator().manual_seed(5), sigma="image"
+    )
     draws = torch.randn((3, *x.shape), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(noise, draws * by_hand.view(1, 3, 1, 1, 1))
     # the same draws, only the scale differs from the per-batch sigma (0.2 * 10 = 2 for every image)
     batch = sglib.smoothgrad_noise(x, nsamples=3, spread=0.2, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(batch, draws * 2.0)
     # an image's per-image sigma does not depend on its neighbours
-    torch.testing.assert_close(sglib.noise_sigma(x[1:2], 0.2, "image"), sglib.noise_sigma(x, 0.2, "image")[1:2])
+    torch.testing.assert_close(
+        sglib.noise_sigma(x[1:2], 0.2, "image"), sglib.noise_sigma(x, 0.2, "image")[1:2]
+    )
 
 
 def test_per_batch_sigma_is_the_default_and_unchanged():
@@ -195,20 +215,30 @@ def test_batched_token_importance_follows_compute_tis_seeding(model):
 
 
 def test_topk_agreement_on_hand_made_maps():
-    a = np.array([[[9, 8], [7, 0]],    # top-2: positions 0, 1
-                  [[0, 1], [2, 3]],    # top-2: 3, 2
-                  [[5, 5], [5, 1]]],   # top-2 with a tie: 0, 1 (the smaller positions)
-                 dtype=np.float32)
-    b = np.array([[[9, 0], [8, 1]],    # top-2: 0, 2 -> shares 1 of 2
-                  [[3, 2], [1, 0]],    # top-2: 0, 1 -> shares none
-                  [[5, 4], [5, 6]]],   # top-2: 3, then 0 (tie with 2, the smaller) -> shares 1
-                 dtype=np.float32)
+    a = np.array(
+        [
+            [[9, 8], [7, 0]],  # top-2: positions 0, 1
+            [[0, 1], [2, 3]],  # top-2: 3, 2
+            [[5, 5], [5, 1]],
+        ],  # top-2 with a tie: 0, 1 (the smaller positions)
+        dtype=np.float32,
+    )
+    b = np.array(
+        [
+            [[9, 0], [8, 1]],  # top-2: 0, 2 -> shares 1 of 2
+            [[3, 2], [1, 0]],  # top-2: 0, 1 -> shares none
+            [[5, 4], [5, 6]],
+        ],  # top-2: 3, then 0 (tie with 2, the smaller) -> shares 1
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal(tislib.topk_positions(a, 2), [[0, 1], [3, 2], [0, 1]])
     np.testing.assert_array_equal(tislib.topk_agreement(a, b, k=2), [0.5, 0.0, 0.5])
     np.testing.assert_array_equal(tislib.topk_agreement(b, a, k=2), [0.5, 0.0, 0.5])  # symmetric
     np.testing.assert_array_equal(tislib.topk_agreement(a, a, k=3), [1.0, 1.0, 1.0])
     np.testing.assert_array_equal(tislib.topk_agreement(a, b, k=4), [1.0, 1.0, 1.0])  # every position
-    np.testing.assert_array_equal(tislib.topk_agreement(a, -a + 0.5 * np.arange(4).reshape(2, 2), k=1)[:2], [0.0, 0.0])
+    np.testing.assert_array_equal(
+        tislib.topk_agreement(a, -a + 0.5 * np.arange(4).reshape(2, 2), k=1)[:2], [0.0, 0.0]
+    )
     with pytest.raises(ValueError, match="different shapes"):
         tislib.topk_agreement(a, b[:2])
     with pytest.raises(ValueError, match=r"k must lie in \[0, 4\]"):
@@ -236,16 +266,29 @@ def test_compute_tis_splits_in_process_is_compute_tis(tmp_path):
     model = iemlib.build_iem(1, 6, GRID, 3, width=8).eval()
     rng = np.random.default_rng(0)
     meta = {"vq_fingerprint": "x", "n_embed": 16, "embed_dim": 6, "grid": list(GRID)}
-    ds = tokds.save_token_dataset(tmp_path / "ds", {"train": (rng.integers(0, 16, (10, 8, 8)), np.arange(10) % 3),
-                                                    "test": (rng.integers(0, 16, (6, 8, 8)), np.arange(6) % 3)},
-                                  ["a", "b", "c"], meta, source="t")
+    ds = tokds.save_token_dataset(
+        tmp_path / "ds",
+        {
+            "train": (rng.integers(0, 16, (10, 8, 8)), np.arange(10) % 3),
+            "test": (rng.integers(0, 16, (6, 8, 8)), np.arange(6) % 3),
+        },
+        ["a", "b", "c"],
+        meta,
+        source="t",
+    )
     cb = torch.randn(16, 6)
-    tis, seconds = distributed.compute_tis_splits(model, ds, cb, ["train", "test"], tmp_path / "tis", nsamples=3,
-                                                  batch_size=4, seed=1)
+    tis, seconds = distributed.compute_tis_splits(
+        model, ds, cb, ["train", "test"], tmp_path / "tis", nsamples=3, batch_size=4, seed=1
+    )
     assert set(tis) == set(seconds) == {"train", "test"}
     for split in ("train", "test"):
-        ref = tislib.compute_tis(model, tokds.embedding_loader(ds, split, cb, batch_size=4), len(ds.labels[split]),
-                                 nsamples=3, seed=1)
+        ref = tislib.compute_tis(
+            model,
+            tokds.embedding_loader(ds, split, cb, batch_size=4),
+            len(ds.labels[split]),
+            nsamples=3,
+            seed=1,
+        )
         np.testing.assert_array_equal(tis[split], ref)
         np.testing.assert_array_equal(np.load(tmp_path / "tis" / f"{split}.npy"), ref)
     with pytest.raises(ValueError, match='SmoothGrad with sigma = "batch" only'):
@@ -267,12 +310,15 @@ def test_smoothgrad_by_hand_matches_the_batched_pass(model):
     torch.testing.assert_close(fast, (grad / 4).amax(1), atol=1e-5, rtol=0)
 
 
-# --- the ViT's attention through scaled_dot_product_attention --------------------------------------------------
+# --- the ViT's attention through scaled_dot_product_attention -----------------------------------------------
+
 
 def _attention_as_before(layer, x):
     """An encoder layer with its attention through nn.MultiheadAttention's own forward (the code before)."""
     h = layer.ln1(x)
-    x = x + layer.drop(layer.bn1.bn(layer.attn(h, h, h, need_weights=False)[0].transpose(1, 2)).transpose(1, 2))
+    x = x + layer.drop(
+        layer.bn1.bn(layer.attn(h, h, h, need_weights=False)[0].transpose(1, 2)).transpose(1, 2)
+    )
     return x + layer.drop(layer.bn2.bn(layer.mlp(layer.ln2(x)).transpose(1, 2)).transpose(1, 2))
 
 
@@ -282,8 +328,9 @@ def test_vit_attention_is_multihead_attention():
     layer(torch.randn(8, 5, 16))  # touch BatchNorm statistics
     layer.eval()
     x = torch.randn(3, 5, 16)
-    torch.testing.assert_close(iemlib.self_attention(layer.attn, x), layer.attn(x, x, x, need_weights=False)[0],
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        iemlib.self_attention(layer.attn, x), layer.attn(x, x, x, need_weights=False)[0], atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(layer(x), _attention_as_before(layer, x), atol=1e-6, rtol=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the fast mode's explicit attention: bfloat16 rounding
         fast = iemlib.self_attention(layer.attn, x).float()
@@ -299,12 +346,23 @@ def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
 
     model = iemlib.load_iem(REPO_ROOT / "checkpoints" / shipped, expect={"arch": 4})
     if shipped == "iem4.safetensors":
-        codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")["quantize.embedding.weight"]
-        tokens = np.load(REPO_ROOT / "data" / "default" / "generated" / "test_tokens.npy")[:16].astype(np.int64)
+        codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")[
+            "quantize.embedding.weight"
+        ]
+        tokens = np.load(REPO_ROOT / "data" / "default" / "generated" / "test_tokens.npy")[:16].astype(
+            np.int64
+        )
         x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2)
     else:
-        x = torch.randn(16, model.cortex_spec["in_channels"], *model.cortex_spec["grid"], generator=torch.Generator().manual_seed(0))
-    tokens_in = torch.cat([model.cls.expand(len(x), -1, -1), model.proj(x.flatten(2).transpose(1, 2))], 1) + model.pos
+        x = torch.randn(
+            16,
+            model.cortex_spec["in_channels"],
+            *model.cortex_spec["grid"],
+            generator=torch.Generator().manual_seed(0),
+        )
+    tokens_in = (
+        torch.cat([model.cls.expand(len(x), -1, -1), model.proj(x.flatten(2).transpose(1, 2))], 1) + model.pos
+    )
     h = tokens_in
     for layer in model.layers:
         h = _attention_as_before(layer, h)
@@ -312,7 +370,8 @@ def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
         torch.testing.assert_close(model(x), model.head(model.norm(h)[:, 0]), atol=1e-5, rtol=0)
 
 
-# --- the exact mode's passes, the memory budget, the fast mode and reduced-variance draws ----------------------
+# --- the exact mode's passes, the memory budget, the fast mode and reduced-variance draws -------------------
+
 
 def test_threads_do_not_change_the_numbers_and_passes_only_the_last_bits(model):
     """The passes (set by the batch, the model and the memory budget, not by the threads) hold the same
@@ -332,15 +391,18 @@ def test_threads_do_not_change_the_numbers_and_passes_only_the_last_bits(model):
     assert torch.get_num_threads() == before  # the workers' thread setting does not leak
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
     for max_batch in (1, 7, 30):
-        torch.testing.assert_close(sglib.smoothgrad(model, x, y, noise=noise, max_batch=max_batch), one[0],
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            sglib.smoothgrad(model, x, y, noise=noise, max_batch=max_batch), one[0], atol=1e-5, rtol=0
+        )
 
 
 def test_smoothgrad_works_inside_no_grad(model):
     x, y = torch.randn(2, 6, *GRID), torch.tensor([0, 1])
     with torch.no_grad():
         got = sglib.smoothgrad(model, x, y, nsamples=2, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(got, sglib.smoothgrad(model, x, y, nsamples=2, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(
+        got, sglib.smoothgrad(model, x, y, nsamples=2, generator=torch.Generator().manual_seed(0))
+    )
 
 
 def test_bytes_per_row_on_a_layer_counted_by_hand():
@@ -349,7 +411,7 @@ def test_bytes_per_row_on_a_layer_counted_by_hand():
     conv = torch.nn.Conv2d(2, 3, 3, padding=1)
     x = torch.randn(5, 2, 4, 4)
     assert sglib.bytes_per_row(conv, x) == 2 * 128 + 2 * 128
-    assert sglib.rows_per_pass(conv, x, memory_mb=1) == 2 ** 20 // 512
+    assert sglib.rows_per_pass(conv, x, memory_mb=1) == 2**20 // 512
     assert sglib.rows_per_pass(conv, x, memory_mb=1e-9) == 1
 
 
@@ -358,10 +420,18 @@ def test_the_memory_budget_sizes_the_passes(model, monkeypatch):
     per_row = sglib.bytes_per_row(model, x)
     sizes = []
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda inp: sizes.append(len(inp)) or forward(inp))  # (list.append is atomic)
+    monkeypatch.setattr(
+        model, "forward", lambda inp: sizes.append(len(inp)) or forward(inp)
+    )  # (list.append is atomic)
     # a pass gets 1 / MAX_WORKERS of the budget: here 3.5 copies' worth -> passes of 3 of the 40 noisy copies
-    sglib.smoothgrad(model, x, y, nsamples=10, memory_mb=sglib.MAX_WORKERS * 3.5 * per_row / 2 ** 20,
-                      generator=torch.Generator().manual_seed(0))
+    sglib.smoothgrad(
+        model,
+        x,
+        y,
+        nsamples=10,
+        memory_mb=sglib.MAX_WORKERS * 3.5 * per_row / 2**20,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert sizes[:2] == [2, 1]  # bytes_per_row's two probes
     assert sorted(sizes[2:], reverse=True) == [3] * 13 + [1]
     sizes.clear()  # a large budget: at least MIN_PASSES passes on the CPU, of at least MIN_ROWS copies
@@ -419,7 +489,8 @@ def test_sobol_draws_are_standard_normal_and_evenly_spread():
 
 
 class _Quadratic(torch.nn.Module):
-    """logit_c = x^T A_c x: its input gradient is linear in x, so SmoothGrad's truth is the noise-free gradient."""
+    """logit_c = x^T A_c x: its input gradient is linear in x, so SmoothGrad's truth is the noise-free
+    gradient."""
 
     def __init__(self, dim=6 * 4 * 4, classes=3):
         super().__init__()
@@ -433,12 +504,24 @@ class _Quadratic(torch.nn.Module):
 
 def test_reduced_variance_draws_where_the_truth_is_known():
     """On a model whose gradient is linear in its input, the mean gradient over antithetic pairs is the
-    noise-free gradient exactly (each pair's noise cancels); Gaussian draws scatter around it, Sobol draws less."""
+    noise-free gradient exactly (each pair's noise cancels); Gaussian draws scatter around it, Sobol draws
+    less."""
     torch.manual_seed(5)
     model = _Quadratic().eval()
     x, y = torch.randn(4, 6, 4, 4), torch.tensor([0, 1, 2, 0])
     truth = sglib.smoothgrad(model, x, y, nsamples=1, spread=0.0)
-    err = {d: float((sglib.smoothgrad(model, x, y, nsamples=16, draws=d, generator=torch.Generator().manual_seed(1))
-                     - truth).abs().mean()) for d in sglib.DRAWS}
+    err = {
+        d: float(
+            (
+                sglib.smoothgrad(
+                    model, x, y, nsamples=16, draws=d, generator=torch.Generator().manual_seed(1)
+                )
+                - truth
+            )
+            .abs()
+            .mean()
+        )
+        for d in sglib.DRAWS
+    }
     assert err["antithetic"] < 1e-5 * float(truth.abs().mean())
     assert err["sobol"] < 0.5 * err["gaussian"]

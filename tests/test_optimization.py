@@ -24,7 +24,9 @@ def _setup(seed=1):
 def test_region_mask_and_its_errors():
     m = opt.region_mask((16, 16), (7, 11), range(7, 11))
     assert m.dtype == bool and m.sum() == 16 and m[7:11, 7:11].all()
-    assert np.array_equal(opt.region_mask((4, 4), slice(1, 3), (0, 4)), np.repeat([[0], [1], [1], [0]], 4, 1) > 0)
+    assert np.array_equal(
+        opt.region_mask((4, 4), slice(1, 3), (0, 4)), np.repeat([[0], [1], [1], [0]], 4, 1) > 0
+    )
     with pytest.raises(ValueError, match=r"rows \[3, 5\) lies \(partly\) outside the grid's \[0, 4\)"):
         opt.region_mask((4, 4), (3, 5), (0, 2))
     with pytest.raises(ValueError, match=r"cols \[-1, 2\) lies"):
@@ -76,8 +78,9 @@ def test_nan_in_the_iem_output_names_the_step():
 def test_token_optimization_finds_the_linear_optimum_and_keeps_the_outside():
     cb, linear, _, tokens = _setup()
     region = opt.region_mask(GRID, (1, 3), (1, 3))
-    res = opt.optimize_tokens(linear, cb, tokens, region, target=2, steps=60, lr=0.5, seed=1, snapshot_every=20,
-                              progress=False)
+    res = opt.optimize_tokens(
+        linear, cb, tokens, region, target=2, steps=60, lr=0.5, seed=1, snapshot_every=20, progress=False
+    )
     # a linear IEM's best id per position is argmax_k w_pos . codebook_k
     w = linear[1].weight[2].detach().reshape(D, *GRID)
     best_ids = torch.einsum("dhw,kd->hwk", w, cb).argmax(-1)
@@ -94,14 +97,18 @@ def test_token_optimization_finds_the_linear_optimum_and_keeps_the_outside():
     with torch.no_grad():  # the recorded best logit is that of the returned grid
         logit = linear(cb[res["tokens"]].permute(2, 0, 1)[None])[0, 2].item()
     assert logit == pytest.approx(res["best_logit"], abs=1e-5)
-    again = opt.optimize_tokens(linear, cb, tokens, region, target=2, steps=60, lr=0.5, seed=1, progress=False)
+    again = opt.optimize_tokens(
+        linear, cb, tokens, region, target=2, steps=60, lr=0.5, seed=1, progress=False
+    )
     assert again["history"].equals(hist)  # seeded
 
 
 def test_token_optimization_increases_a_nonlinear_iem_logit():
     cb, _, conv, tokens = _setup()
     region = opt.region_mask(GRID, (1, 3), (0, 3))
-    res = opt.optimize_tokens(conv, cb, tokens, region, target=0, source=1, steps=60, lr=0.5, seed=1, progress=False)
+    res = opt.optimize_tokens(
+        conv, cb, tokens, region, target=0, source=1, steps=60, lr=0.5, seed=1, progress=False
+    )
     logits = res["history"].target_logit.to_numpy()
     assert res["best_logit"] > res["original_logit"]
     assert logits[-10:].mean() > logits[:10].mean()  # it learns, not only random search
@@ -113,8 +120,9 @@ def test_tokens_outside_the_region_never_change_with_a_real_iem_and_small_init_l
     cb, _, _, tokens = _setup()
     iem = build_iem("resnet_se", D, GRID, 3, width=4)
     region = opt.region_mask(GRID, (0, 2), (2, 4))
-    res = opt.optimize_tokens(iem, cb, tokens, region, target=1, steps=15, lr=0.5, init_logit=0.1,
-                              snapshot_every=1, progress=False)
+    res = opt.optimize_tokens(
+        iem, cb, tokens, region, target=1, steps=15, lr=0.5, init_logit=0.1, snapshot_every=1, progress=False
+    )
     r = torch.from_numpy(region)
     assert all(torch.equal(g[~r], tokens[~r]) for _, g in res["snapshots"])
     assert any(not torch.equal(g[r], tokens[r]) for _, g in res["snapshots"])  # the region does change
@@ -127,7 +135,9 @@ def test_snap_to_codebook_matches_brute_force():
     brute = ((e.permute(0, 2, 3, 1)[..., None, :] - cb) ** 2).sum(-1).argmin(-1)
     assert torch.equal(opt.snap_to_codebook(e, cb, chunk=7), brute)
     assert torch.equal(opt.snap_to_codebook(e[1], cb), brute[1])
-    assert torch.equal(opt.snap_to_codebook(cb[brute[0]].permute(2, 0, 1), cb), brute[0])  # codebook rows snap to themselves
+    assert torch.equal(
+        opt.snap_to_codebook(cb[brute[0]].permute(2, 0, 1), cb), brute[0]
+    )  # codebook rows snap to themselves
     with pytest.raises(ValueError, match="embeddings must be"):
         opt.snap_to_codebook(torch.randn(2, 5, 4, 4), cb)
 
@@ -137,8 +147,9 @@ def test_embedding_optimization_increases_the_logit_and_keeps_the_outside():
     region = opt.region_mask(GRID, (1, 3), (1, 3))
     r = torch.from_numpy(region)
     for iem in (linear, conv):
-        res = opt.optimize_embeddings(iem, cb, tokens, region, target=2, steps=30, lr=0.1, snapshot_every=10,
-                                      progress=False)
+        res = opt.optimize_embeddings(
+            iem, cb, tokens, region, target=2, steps=30, lr=0.1, snapshot_every=10, progress=False
+        )
         emb0 = cb[tokens].permute(2, 0, 1)[None]
         assert res["embeddings"].shape == (1, D, *GRID)
         assert torch.equal(res["embeddings"][..., ~r], emb0[..., ~r])
@@ -159,7 +170,9 @@ def test_check_outside_unchanged_raises_only_for_changes_outside_the_region():
     inside = before.clone()
     inside[1, 2] = 15  # inside the region: allowed
     opt.check_outside_unchanged(before, inside, region)
-    opt.check_outside_unchanged(np.stack([before.numpy()] * 2), np.stack([inside.numpy(), before.numpy()]), region)
+    opt.check_outside_unchanged(
+        np.stack([before.numpy()] * 2), np.stack([inside.numpy(), before.numpy()]), region
+    )
     outside = inside.clone()
     outside[0, 0], outside[3, 3] = 5, 5  # two positions outside
     with pytest.raises(AssertionError, match=r"2 token\(s\) changed outside"):
@@ -171,6 +184,7 @@ def test_check_outside_unchanged_raises_only_for_changes_outside_the_region():
 
 
 # --- saliency vs optimisation -----------------------------------------------------------------------
+
 
 def test_fill_region_and_new_region_ids():
     region = opt.region_mask(GRID, (1, 3), (1, 3))
@@ -216,7 +230,9 @@ def test_the_chance_level_holds_where_the_ids_are_random():
         observed.append(r["overlap"])
         chance.append(r["chance"])
         p_null.append(r["p_value"])
-        planted = [np.where(rng.random(n) < 0.5, rng.choice(concept, n), i) for n, i in zip(sizes, ids, strict=True)]
+        planted = [
+            np.where(rng.random(n) < 0.5, rng.choice(concept, n), i) for n, i in zip(sizes, ids, strict=True)
+        ]
         p_planted.append(opt.overlap_vs_chance(planted, concept, usage, n_draws=400, seed=study)["p_value"])
     assert abs(np.mean(observed) - np.mean(chance)) < 0.01  # the random-id control sits at chance
     fpr = np.mean(np.array(p_null) < 0.05)
@@ -241,9 +257,18 @@ def test_paired_difference():
 
 
 def test_views_verdict_words_follow_the_numbers():
-    base = {"overlap": 0.4, "chance": 0.1, "p_value": 0.001, "overlap_random": 0.11, "before": 0.02,
-            "optimised": 0.85, "concept_fill": 0.30, "random_fill": 0.05,
-            "opt_minus_fill": (0.55, 0.3, 0.8), "fill_minus_random": (0.25, 0.1, 0.4)}
+    base = {
+        "overlap": 0.4,
+        "chance": 0.1,
+        "p_value": 0.001,
+        "overlap_random": 0.11,
+        "before": 0.02,
+        "optimised": 0.85,
+        "concept_fill": 0.30,
+        "random_fill": 0.05,
+        "opt_minus_fill": (0.55, 0.3, 0.8),
+        "fill_minus_random": (0.25, 0.1, 0.4),
+    }
     text = opt.views_verdict(base)
     assert "40% are the target's concept tokens" in text and "more than chance" in text
     assert "more than the concept fill" in text and "above random ids" in text
@@ -251,19 +276,27 @@ def test_views_verdict_words_follow_the_numbers():
     flipped = opt.views_verdict({**base, "p_value": 0.4, "opt_minus_fill": (-0.2, -0.4, -0.05)})
     assert "not more than chance" in flipped and "less than the concept fill" in flipped
     assert "saliency's tokens tell more" in flipped and "On which ids, the optimisation tells more" in flipped
-    tie = opt.views_verdict({**base, "opt_minus_fill": (0.05, -0.1, 0.2), "fill_minus_random": (0.0, -0.1, 0.1)})
+    tie = opt.views_verdict(
+        {**base, "opt_minus_fill": (0.05, -0.1, 0.2), "fill_minus_random": (0.0, -0.1, 0.1)}
+    )
     assert "not distinguishable from) the concept fill" in tie and "not distinguishable from random" in tie
     assert "Neither view makes the target appear" in tie
     same = opt.views_verdict({**base, "opt_minus_fill": (0.05, -0.1, 0.2)})
     assert "saliency's tokens tell as much" in same
     other = {**base, "overlap_other": 0.2, "other_chance": 0.1, "target_minus_other": (0.2, 0.1, 0.3)}
-    assert "more common among them than the other classes' (20% on average, chance 10%" in opt.views_verdict(other)
-    assert "not distinguishably more common" in opt.views_verdict({**other, "target_minus_other": (0.1, -0.1, 0.3)})
+    assert "more common among them than the other classes' (20% on average, chance 10%" in opt.views_verdict(
+        other
+    )
+    assert "not distinguishably more common" in opt.views_verdict(
+        {**other, "target_minus_other": (0.1, -0.1, 0.3)}
+    )
     freq = {**base, "frequency_fill": 0.1, "fill_minus_frequency": (0.2, 0.1, 0.3)}
     assert "Saliency's choice of ids matters" in opt.views_verdict(freq)
     assert "do about as well" in opt.views_verdict({**freq, "fill_minus_frequency": (0.0, -0.1, 0.1)})
     assert "do better" in opt.views_verdict({**freq, "fill_minus_frequency": (-0.2, -0.3, -0.1)})
-    per = opt.views_verdict({**base, "per_method": {"tokens": (0.17, 0.1, 0.015), "embeddings": (0.06, 0.1, 0.9)}})
+    per = opt.views_verdict(
+        {**base, "per_method": {"tokens": (0.17, 0.1, 0.015), "embeddings": (0.06, 0.1, 0.9)}}
+    )
     assert "(per method: tokens 17%, chance 10%, p = 0.015; embeddings 6%, chance 10%, p = 0.900)" in per
 
 

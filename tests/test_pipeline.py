@@ -14,15 +14,19 @@ NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_every_preset_notebook_exists():
-    """The smoke preset runs every notebook; the default every one but those that need what a default run does not
-    have: two runs to compare (12) and real token data (13); the presets of the encoded real digits (vqvae,
-    encoded) also leave out the planted bias study (10), which needs a generator."""
+    """The smoke preset runs every notebook; the default every one but those that need what a default run does
+    not have: two runs to compare (12) and real token data (13); the presets of the encoded real digits
+    (vqvae, encoded) also leave out the planted bias study (10), which needs a generator, and the composites
+    (14), whose shipped data and IEM belong to the default tokenizer."""
     stems = [nb.stem for nb in NOTEBOOKS]
     assert pipeline.load_preset("smoke")["notebooks"] == stems
-    assert pipeline.load_preset("default")["notebooks"] == [s for s in stems if not s.startswith(("12_", "13_"))]
+    assert pipeline.load_preset("default")["notebooks"] == [
+        s for s in stems if not s.startswith(("12_", "13_"))
+    ]
     for preset in ("vqvae", "encoded"):
-        assert pipeline.load_preset(preset)["notebooks"] == [s for s in stems
-                                                             if not s.startswith(("10_", "12_", "13_"))]
+        assert pipeline.load_preset(preset)["notebooks"] == [
+            s for s in stems if not s.startswith(("10_", "12_", "13_", "14_"))
+        ]
     assert pipeline.load_preset("compare")["notebooks"] == ["12_compare_tokenizers"]
     assert pipeline.load_preset("bias_real")["notebooks"] == ["13_bias_real_data"]
 
@@ -36,27 +40,39 @@ def test_notebook_shape(path):
     assert len(tagged) == 1
     after = nb.cells[tagged[0] + 1]
     assert after.cell_type == "code" and f'check_parameters(globals(), "{path.stem}")' in after.source
+    import ast
     import re
 
     import papermill as pm
 
     assigned = re.findall(r"^(\w+) = ", nb.cells[tagged[0]].source, flags=re.M)
-    assert sorted(assigned) == sorted(pm.inspect_notebook(str(path))), "papermill must parse every parameter line"
+    assert sorted(assigned) == sorted(pm.inspect_notebook(str(path))), (
+        "papermill must parse every parameter line"
+    )
     from cortex_utils.notebook import declared_parameters
 
-    ours = {k: v["default"] for k, v in declared_parameters(path.stem).items()}
-    assert ours == {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
+    def value(text):  # a default spread over lines (the formatter's layout) reaches papermill joined
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    ours = {k: value(v["default"]) for k, v in declared_parameters(path.stem).items()}
+    assert ours == {k: value(v["default"]) for k, v in pm.inspect_notebook(str(path)).items()}
     assert nb.cells[0].cell_type == "markdown"
 
 
 def test_a_group_parameter_given_in_part_keeps_its_other_defaults():
     """A parameter whose default is a non-empty dict is a group: a value naming some of its keys is completed
-    from the default, in the notebook's namespace too; an unknown key or a wrong type is an error naming it."""
+    from the default, in the notebook's namespace too; an unknown key or a wrong type is an error naming
+    it."""
     from cortex_utils.notebook import check_parameters
 
     ns = {"attribute_iem": {"epochs": 3}, "seed": 1}
     params = check_parameters(ns, "10_bias_detection")
-    assert ns["attribute_iem"] == params["attribute_iem"] == {"arch": 1, "width": 32, "epochs": 3, "lr": 0.002}
+    assert (
+        ns["attribute_iem"] == params["attribute_iem"] == {"arch": 1, "width": 32, "epochs": 3, "lr": 0.002}
+    )
     ns = {"real_data": {"dir": "x"}}
     check_parameters(ns, "13_bias_real_data")
     assert ns["real_data"] == {"dir": "x", "vq_config": "", "vq_checkpoint": "", "trust_pickle": False}
@@ -84,9 +100,11 @@ def test_unknown_parameter_is_an_error():
 
 def test_overrides_apply_where_declared():
     preset = pipeline.load_preset("smoke")
-    p = pipeline.resolve_parameters(preset, [("seed", "3"), ("01_vq_model.train_steps", "7"),
-                                             ("02_dataset_generation.source", "encoded")],
-                                    extra={"n_show": 5, "02_dataset_generation": {"top_k": 9}})
+    p = pipeline.resolve_parameters(
+        preset,
+        [("seed", "3"), ("01_vq_model.train_steps", "7"), ("02_dataset_generation.source", "encoded")],
+        extra={"n_show": 5, "02_dataset_generation": {"top_k": 9}},
+    )
     assert p["01_vq_model"]["seed"] == 3 and p["02_dataset_generation"]["seed"] == 3
     assert p["01_vq_model"]["train_steps"] == 7 and p["02_dataset_generation"]["source"] == "encoded"
     assert p["01_vq_model"]["n_show"] == 5 and p["02_dataset_generation"]["top_k"] == 9
@@ -95,7 +113,10 @@ def test_overrides_apply_where_declared():
 def test_needs_order_the_notebooks():
     preset = pipeline.load_preset("default")
     needs = pipeline.dependencies(preset)
-    assert needs["01_vq_model"] == [] and needs["10_bias_detection"] == ["02_dataset_generation"]
+    assert needs["01_vq_model"] == [] and needs["10_bias_detection"] == [
+        "02_dataset_generation",
+        "05_compute_tis",
+    ]
     order = preset["notebooks"]
     assert all(order.index(n) < order.index(nb) for nb, ns in needs.items() for n in ns)
     # without 'needs' each notebook waits for the one before it
@@ -129,50 +150,127 @@ def test_side_by_side_writers_lose_no_metric(tmp_path):
 
 def _run(args, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "cortex_utils.pipeline", *args, "--run-dir", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "cortex_utils.pipeline", *args, "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=900,
+    )
 
 
 def _printed(path) -> str:
-    """Everything an executed notebook printed or displayed as text (stream, plain text and Markdown outputs)."""
+    """Everything an executed notebook printed or displayed as text (stream, plain text and Markdown
+    outputs)."""
     nb = nbformat.read(path, as_version=4)
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    return "\n".join(o.get("text", "") + "".join(str(o.get("data", {}).get(k, "")) for k in ("text/plain", "text/markdown"))
-                     for o in outs)
+    return "\n".join(
+        o.get("text", "")
+        + "".join(str(o.get("data", {}).get(k, "")) for k in ("text/plain", "text/markdown"))
+        for o in outs
+    )
 
 
 def test_smoke_preset_runs_every_notebook(tmp_path):
-    r = _run(["--preset", "smoke", "--jobs", "2", "-p", "solutions", "true"], tmp_path)  # exercises' solutions on
+    r = _run(
+        ["--preset", "smoke", "--jobs", "2", "-p", "solutions", "true"], tmp_path
+    )  # exercises' solutions on
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "run"
     for nb in NOTEBOOKS:
         assert (run / nb.name).exists()
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ["vq_test_psnr_db", "vq_codebook_usage", "generated_evaluator_accuracy", "dataset_bytes_per_image",
-                "dataset_load_seconds", "iem1_test_top1", "iem2_test_top1", "iem3_test_top1", "iem4_test_top1",
-                "tis_seconds_per_image", "tis_top5_seed_agreement_antithetic_2", "tis_top5_seed_agreement_sobol_2",
-                "image_level_tis_beats_random", "image_level_tis_beats_random_token_space",
-                "concept_level_tis_drop", "concept_level_frequency_drop", "codebook_target_prob_before",
-                "codebook_target_prob_after", "codebook_opt_concept_overlap", "codebook_opt_concept_overlap_chance",
-                "codebook_opt_concept_overlap_random_ids", "codebook_concept_fill_target_prob",
-                "codebook_random_fill_target_prob", "codebook_frequency_fill_target_prob", "bias_colour_delta_biased", "bias_colour_delta_control",
-                "bias_thickness_delta_biased", "bias_thickness_delta_control", "bias_colour_truth_share",
-                "bias_thickness_truth_share", "sanity_rank_corr_smoothgrad", "deletion_auc_smoothgrad_pixel",
-                "deletion_auc_occlusion_token", "recommended_method", "tis_method", "pipeline_seconds",
-                *[f"{nb.stem}_seconds" for nb in NOTEBOOKS]]:
+    for key in [
+        "vq_test_psnr_db",
+        "vq_codebook_usage",
+        "generated_evaluator_accuracy",
+        "dataset_bytes_per_image",
+        "dataset_load_seconds",
+        "iem1_test_top1",
+        "iem2_test_top1",
+        "iem3_test_top1",
+        "iem4_test_top1",
+        "tis_seconds_per_image",
+        "tis_top5_seed_agreement_antithetic_2",
+        "tis_top5_seed_agreement_sobol_2",
+        "image_level_tis_beats_random",
+        "image_level_tis_beats_random_token_space",
+        "concept_level_tis_drop",
+        "concept_level_frequency_drop",
+        "codebook_target_prob_before",
+        "codebook_target_prob_after",
+        "codebook_opt_concept_overlap",
+        "codebook_opt_concept_overlap_chance",
+        "codebook_opt_concept_overlap_random_ids",
+        "codebook_concept_fill_target_prob",
+        "codebook_random_fill_target_prob",
+        "codebook_frequency_fill_target_prob",
+        "bias_colour_delta_biased",
+        "bias_colour_delta_control",
+        "bias_thickness_delta_biased",
+        "bias_thickness_delta_control",
+        "bias_colour_truth_share",
+        "bias_thickness_truth_share",
+        *[
+            f"mitigation_{b}_{k}"
+            for b in ("colour", "thickness")
+            for k in (
+                "share_before",
+                "share_after",
+                "share_after_random",
+                "digit_agreement_after",
+                "share_after_high",
+                "digit_agreement_after_low",
+            )
+        ],
+        "sanity_rank_corr_smoothgrad",
+        "deletion_auc_smoothgrad_pixel",
+        "deletion_auc_occlusion_token",
+        "recommended_method",
+        "tis_method",
+        "pipeline_seconds",
+        "multiobject_pointing_top5",
+        "multiobject_pointing_top5_low",
+        "multiobject_pointing_top5_high",
+        "multiobject_pointing_chance",
+        "multiobject_pointing_random_iem",
+        "multiobject_concept_overlap_top5",
+        "multiobject_concept_overlap_top5_chance",
+        *[f"{nb.stem}_seconds" for nb in NOTEBOOKS],
+    ]:
         assert key in metrics, key
     assert metrics["tis_method"] == "smoothgrad"  # the paper's, the default
-    assert metrics["models_trained_in_run"] >= 10  # the smoke preset retrains every model (note_trained counts them)
+    assert (
+        metrics["models_trained_in_run"] >= 10
+    )  # the smoke preset retrains every model (note_trained counts them)
     image_level = pd.read_csv(run / "evaluation" / "image_level.csv")
     assert set(image_level["n"]) == {0, 1, 2} and set(image_level["space"]) == {"pixel", "token"}
-    assert set(pd.read_csv(run / "evaluation" / "concept_level.csv")["method"]) == {"CORTEX concept", "frequency",
-                                                                                    "frequency w/o background", "contrastive"}
-    assert len(pd.read_csv(run / "evaluation" / "codebook_level.csv")) == 2 * 2  # 1 image x 2 methods x 2 evaluators
+    assert set(pd.read_csv(run / "evaluation" / "concept_level.csv")["method"]) == {
+        "CORTEX concept",
+        "frequency",
+        "frequency w/o background",
+        "contrastive",
+    }
+    assert (
+        len(pd.read_csv(run / "evaluation" / "codebook_level.csv")) == 2 * 2
+    )  # 1 image x 2 methods x 2 evaluators
     from cortex_utils import datasets as tokds
 
-    grids = tokds.load_token_dataset(run / "optimization" / "grids")  # notebook 09's grids, for the overview figure
-    assert set(grids.splits) == {"source", "tokens", "embeddings", "concept_fill", "frequency_fill", "random_fill"}
-    assert all(len(grids.labels[s]) == 1 for s in grids.splits) and str(grids.names["source"][0]).startswith("3->8 ")
+    grids = tokds.load_token_dataset(
+        run / "optimization" / "grids"
+    )  # notebook 09's grids, for the overview figure
+    assert set(grids.splits) == {
+        "source",
+        "tokens",
+        "embeddings",
+        "concept_fill",
+        "frequency_fill",
+        "random_fill",
+    }
+    assert all(len(grids.labels[s]) == 1 for s in grids.splits) and str(grids.names["source"][0]).startswith(
+        "3->8 "
+    )
     assert metrics["dataset_bytes_per_image"] <= 4 * 8 * 8
     tis = np.load(run / "tis" / "iem1_max" / "train.npy")
     assert tis.shape == (30, 8, 8) and np.isfinite(tis).all()
@@ -181,15 +279,29 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     assert "results in" in r.stdout
     # the tutorial on another attribution method: the notebooks that compute or read TIS again, on this run's
     # models and data, with -p method occlusion (notebook 05 declares it; the others read it from the run)
-    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 9 or nb.stem.startswith("11_")]
+    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 11 or nb.stem.startswith("14_")]
     for nb in tis_notebooks:
         assert "TIS method: smoothgrad" in _printed(run / nb.name), nb.stem
-    r = _run(["--preset", "smoke", "--only", ",".join(nb.stem for nb in tis_notebooks), "-p", "method", "occlusion"],
-             tmp_path)
+    r = _run(
+        [
+            "--preset",
+            "smoke",
+            "--only",
+            ",".join(nb.stem for nb in tis_notebooks),
+            "-p",
+            "method",
+            "occlusion",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for nb in tis_notebooks:  # each names the method its scores came from
         assert "TIS method: occlusion" in _printed(run / nb.name), nb.stem
     assert json.loads((run / "metrics.json").read_text())["tis_method"] == "occlusion"
+    assert np.load(run / "bias" / "colour" / "digit_3" / "tis_train.npy").shape[1:] == (
+        8,
+        8,
+    )  # notebook 10's, by occlusion
     entry = json.loads((run / "registry.json").read_text())["tis"]
     assert entry["method"] == "occlusion" and entry["path"].endswith("iem1_max_occlusion")
     assert np.load(run / "tis" / "iem1_max_occlusion" / "train.npy").shape == (30, 8, 8)
@@ -199,8 +311,24 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     enc = tokds.load_token_dataset(run / "datasets" / "encoded")
     assert enc.manifest["splits"] == {"train": 3500, "val": 750, "test": 750}
     csv = run / "exports" / "encoded_test_embeddings.csv"
-    r = _run(["--preset", "smoke", "--only", "02_dataset_generation", "-p", "source", "imported",
-              "-p", "csv_train", str(csv), "-p", "dataset_name", "reimported"], tmp_path)
+    r = _run(
+        [
+            "--preset",
+            "smoke",
+            "--only",
+            "02_dataset_generation",
+            "-p",
+            "source",
+            "imported",
+            "-p",
+            "csv_train",
+            str(csv),
+            "-p",
+            "dataset_name",
+            "reimported",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     imp = tokds.load_token_dataset(run / "datasets" / "reimported")
     assert (imp.tokens["train"] == enc.tokens["test"]).all()
@@ -224,9 +352,14 @@ def test_unknown_parameter_injected_by_papermill_directly(tmp_path):
     import papermill as pm
 
     with pytest.raises(pm.PapermillExecutionError, match="unknown parameter"):
-        pm.execute_notebook(str(REPO_ROOT / "notebooks" / "01_vq_model.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"run_dir": str(tmp_path), "trian_steps": 5}, kernel_name="python3",
-                            cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+        pm.execute_notebook(
+            str(REPO_ROOT / "notebooks" / "01_vq_model.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"run_dir": str(tmp_path), "trian_steps": 5},
+            kernel_name="python3",
+            cwd=str(REPO_ROOT / "notebooks"),
+            progress_bar=False,
+        )
 
 
 def test_a_cell_over_the_time_limit_stops_its_notebook(tmp_path):
@@ -244,8 +377,11 @@ def test_default_run_matches_the_expected_metrics(tmp_path):
         pytest.skip("docs/expected_metrics.json not made yet (benchmarks/make_expected.py)")
     r = _run(["--preset", "default"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    v = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "verify_expected.py"), str(tmp_path / "run")],
-                       capture_output=True, text=True)
+    v = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "verify_expected.py"), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
     assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
 
 
@@ -257,8 +393,17 @@ def test_vqvae_run_matches_its_expected_metrics(tmp_path):
         pytest.skip("docs/expected_metrics_vqvae.json not made yet (benchmarks/make_expected.py)")
     r = _run(["--preset", "vqvae"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    v = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "verify_expected.py"), str(tmp_path / "run"),
-                        "--expected", str(expected)], capture_output=True, text=True)
+    v = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "verify_expected.py"),
+            str(tmp_path / "run"),
+            "--expected",
+            str(expected),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
     assert v.stdout.strip().splitlines()[-1].endswith("verify_off=0")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["models_trained_in_run"] == 0
@@ -267,7 +412,8 @@ def test_vqvae_run_matches_its_expected_metrics(tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_and_its_text_form_agree(path):
     """Each notebook is paired with a text form (jupytext percent format, notebooks/NN_name.py) that a review
-    reads as a diff; the two must hold the same cells (make sync-notebooks brings the older one up to date)."""
+    reads as a diff; the two must hold the same cells (make sync-notebooks brings the older one up to
+    date)."""
     import jupytext
 
     text = path.with_suffix(".py")
@@ -277,7 +423,8 @@ def test_notebook_and_its_text_form_agree(path):
         return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
 
     assert cells(jupytext.read(path)) == cells(jupytext.read(text)), (
-        f"{path.name} and {text.name} differ: run make sync-notebooks (the newer file wins)")
+        f"{path.name} and {text.name} differ: run make sync-notebooks (the newer file wins)"
+    )
 
 
 def test_exercise_checks(capsys):
@@ -296,8 +443,8 @@ def test_exercise_checks(capsys):
 
 # --- teaching conventions (issue "Teach the method in the open"); tags as papermill's `parameters` ---------
 
-TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11]
-METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11]
+TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
+METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
 
 
 def _tagged(nb, tag):
@@ -315,9 +462,11 @@ def test_cells_stay_short_and_plumbing_stays_apart(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert [len(c.source.splitlines()) for c in code if len(c.source.splitlines()) > 25] == []
-    method = re.compile(r"\b(tislib|conceptlib|concepts|evaluation|opt|optimization|bias|bias_stats|planted_bias|"
-                        r"attribution|iemlib|gen|"
-                        r"generation|evaluators|distributed)\.(?!load_)\w+\(")
+    method = re.compile(
+        r"\b(tislib|conceptlib|concepts|evaluation|opt|optimization|bias|bias_stats|planted_bias|"
+        r"attribution|iemlib|gen|"
+        r"generation|evaluators|distributed)\.(?!load_)\w+\("
+    )
     plumbing = [c.source for c in code if re.search(r"\b(record_metrics|register|registered)\(", c.source)]
     assert [s for s in plumbing if method.search(s)] == []
 
@@ -329,7 +478,7 @@ def test_every_notebook_ends_with_checked_exercises(path):
     assert len(tasks) >= 2 and all(c.cell_type == "markdown" for c in tasks)
     assert len(checks) >= len(tasks) and all("exercise(" in c.source for c in checks)
     assert len(solutions) >= len(tasks) and all("if solutions" in c.source for c in solutions)
-    assert "solutions" in pipeline.declared_parameters(path.stem)
+    assert "solutions" in pipeline.parameter_defaults(path.stem)
 
 
 @pytest.mark.parametrize("path", METHOD, ids=lambda p: p.stem)
@@ -348,19 +497,40 @@ def test_a_library_that_stops_matching_its_by_hand_version_fails_the_run(tmp_pat
 
     copy = tmp_path / "repo"
     for folder in ("cortex_utils", "notebooks", "checkpoints", "data"):
-        shutil.copytree(REPO_ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__", "cache"))
+        shutil.copytree(
+            REPO_ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__", "cache")
+        )
     concepts = copy / "cortex_utils" / "concepts.py"
-    concepts.write_text(concepts.read_text() + (
-        "\n\n_concept_tokens = concept_tokens\n\n\n"
-        "def concept_tokens(*args, **kwargs):  # broken on purpose by the test\n"
-        "    table = _concept_tokens(*args, **kwargs)\n"
-        "    table['count'] = table['count'] + 1\n"
-        "    return table\n"))
+    concepts.write_text(
+        concepts.read_text()
+        + (
+            "\n\n_concept_tokens = concept_tokens\n\n\n"
+            "def concept_tokens(*args, **kwargs):  # broken on purpose by the test\n"
+            "    table = _concept_tokens(*args, **kwargs)\n"
+            "    table['count'] = table['count'] + 1\n"
+            "    return table\n"
+        )
+    )
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(copy)}
     only = "01_vq_model,02_dataset_generation,03_train_iem,05_compute_tis,06_concept_analysis"
-    r = subprocess.run([sys.executable, "-m", "cortex_utils.pipeline", "--preset", "smoke", "--only", only,
-                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=copy,
-                       timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cortex_utils.pipeline",
+            "--preset",
+            "smoke",
+            "--only",
+            only,
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=copy,
+        timeout=900,
+    )
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "notebook 06_concept_analysis failed in cell" in out and "AssertionError" in out, out[-3000:]

@@ -18,7 +18,9 @@ def _shipped(tmp_path):
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 3)
     path = tmp_path / "generated"
-    tokds.save_token_dataset(path, {"train": (rng.integers(0, 16, (6, 2, 2)), y)}, ["a", "b"], META, source="generated")
+    tokds.save_token_dataset(
+        path, {"train": (rng.integers(0, 16, (6, 2, 2)), y)}, ["a", "b"], META, source="generated"
+    )
     tokds.write_dataset_card(path, {"settings": SETTINGS, "rebuild": "make checkpoints"})
     return path
 
@@ -68,8 +70,18 @@ def test_the_repository_ships_the_default_data_intact():
     """Every shipped dataset folder has its card, and every file its card lists is there, unchanged."""
     cards = sorted(SHIPPED_DATA.rglob("*.json"))
     cards = [c for c in cards if c.name != "manifest.json"]
-    assert {c.stem for c in cards} >= {"generated", "neutral", "colour_digit_3", "colour_digit_7",
-                                       "thickness_digit_5", "thickness_digit_7"}
+    assert {c.stem for c in cards} >= {
+        "generated",
+        "neutral",
+        "colour_digit_3",
+        "colour_digit_7",
+        "thickness_digit_5",
+        "thickness_digit_7",
+        "mitigation_colour",
+        "mitigation_colour_random",
+        "mitigation_thickness",
+        "mitigation_thickness_random",
+    }
     for card in cards:
         files = json.loads(card.read_text())["files"]
         assert files == tokds.file_digests(card.with_suffix("")), card
@@ -83,9 +95,9 @@ def test_note_trained_counts(tmp_path, capsys):
 
 
 def test_the_second_familys_shipped_files_belong_together():
-    """data/vqvae_fsq/encoded was encoded by the shipped FSQ VQ-VAE (its card's settings and digests hold), and
-    the IEMs shipped beside that tokenizer were trained on exactly its train split: the vqvae preset loads them
-    all and trains nothing."""
+    """data/vqvae_fsq/encoded was encoded by the shipped FSQ VQ-VAE (its card's settings and digests hold),
+    and the IEMs shipped beside that tokenizer were trained on exactly its train split: the vqvae preset loads
+    them all and trains nothing."""
     from cortex_utils import shipped_checkpoints, shipped_data
     from cortex_utils import vq as vqlib
     from cortex_utils.checkpoints import read_card

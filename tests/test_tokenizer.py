@@ -11,8 +11,15 @@ from cortex_utils import REPO_ROOT, vqvae
 from cortex_utils import datasets as tokds
 from cortex_utils import vq as vqlib
 
-TINY_FSQ = {"family": "vqvae_fsq", "levels": [5, 4, 3], "image_size": 16, "in_channels": 3, "ch": 8,
-            "z_channels": 8, "downsamples": 1}
+TINY_FSQ = {
+    "family": "vqvae_fsq",
+    "levels": [5, 4, 3],
+    "image_size": 16,
+    "in_channels": 3,
+    "ch": 8,
+    "z_channels": 8,
+    "downsamples": 1,
+}
 
 
 @pytest.fixture
@@ -23,8 +30,12 @@ def tiny_fsq():
 def test_no_module_outside_the_taming_adapter_imports_taming():
     """Every notebook and module reaches taming only through cortex_utils/taming_vq.py."""
     pattern = re.compile(r"^\s*(import taming\b|from taming[\s.])", re.M)
-    files = [*(REPO_ROOT / "cortex_utils").glob("*.py"), *(REPO_ROOT / "notebooks").glob("*.py"),
-             *(REPO_ROOT / "benchmarks").glob("*.py"), *(REPO_ROOT / "docs").glob("*.py")]
+    files = [
+        *(REPO_ROOT / "cortex_utils").glob("*.py"),
+        *(REPO_ROOT / "notebooks").glob("*.py"),
+        *(REPO_ROOT / "benchmarks").glob("*.py"),
+        *(REPO_ROOT / "docs").glob("*.py"),
+    ]
     assert len(files) > 30
     importing = sorted(str(f.relative_to(REPO_ROOT)) for f in files if pattern.search(f.read_text()))
     assert importing == ["cortex_utils/taming_vq.py"], importing
@@ -46,8 +57,11 @@ class Incomplete:
 
 
 def test_a_tokenizer_missing_protocol_methods_is_named():
-    with pytest.raises(TypeError, match=r"lacks method codebook\(\), method decode\(\), method "
-                                        r"decode_embeddings\(\), attribute fingerprint"):
+    with pytest.raises(
+        TypeError,
+        match=r"lacks method codebook\(\), method decode\(\), method "
+        r"decode_embeddings\(\), attribute fingerprint",
+    ):
         vqlib.encode(Incomplete(), torch.zeros(1, 3, 8, 8))
     with pytest.raises(TypeError, match="not a tokenizer"):
         vqlib.vq_meta(object())
@@ -72,12 +86,18 @@ class OutOfRange(Incomplete):
         return torch.zeros(len(embeddings), 3, 8, 8)
 
 
-@pytest.mark.parametrize("ids, match", [
-    (torch.full((1, 2, 2), 4), r"OutOfRange.encode returned ids outside its codebook \[0, 4\): got \[4, 4\]"),
-    (torch.full((1, 2, 2), -1), r"outside its codebook \[0, 4\)"),
-    (torch.zeros(1, 4), r"returned ids of shape \(1, 4\), expected \(1, 2, 2\)"),
-    (torch.zeros(1, 2, 2), "returned torch.float32 values, expected integer codebook ids"),
-])
+@pytest.mark.parametrize(
+    "ids, match",
+    [
+        (
+            torch.full((1, 2, 2), 4),
+            r"OutOfRange.encode returned ids outside its codebook \[0, 4\): got \[4, 4\]",
+        ),
+        (torch.full((1, 2, 2), -1), r"outside its codebook \[0, 4\)"),
+        (torch.zeros(1, 4), r"returned ids of shape \(1, 4\), expected \(1, 2, 2\)"),
+        (torch.zeros(1, 2, 2), "returned torch.float32 values, expected integer codebook ids"),
+    ],
+)
 def test_ids_outside_the_codebook_or_of_another_shape_are_refused(ids, match):
     with pytest.raises(ValueError, match=match):
         vqlib.encode(OutOfRange(ids), torch.zeros(1, 3, 8, 8))
@@ -103,7 +123,9 @@ def test_fsq_tokens_are_lattice_points(tiny_fsq):
     levels = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(4), torch.arange(5), indexing="ij"), -1)
     levels = levels.flip(-1).reshape(-1, 3)
     torch.testing.assert_close(lattice, (levels - torch.tensor([2, 2, 1])) / torch.tensor([2, 2, 1]))
-    torch.testing.assert_close(vqlib.decode(tiny_fsq, ids), vqlib.decode(tiny_fsq, vqlib.embed(tiny_fsq, ids)))
+    torch.testing.assert_close(
+        vqlib.decode(tiny_fsq, ids), vqlib.decode(tiny_fsq, vqlib.embed(tiny_fsq, ids))
+    )
     with torch.no_grad():
         zq, own_ids = tiny_fsq.quantize(tiny_fsq.encoder(x))
     assert torch.equal(own_ids.long(), ids)
@@ -119,8 +141,9 @@ def test_fsq_free_embeddings_decode_with_gradient(tiny_fsq):
 def test_fsq_safetensors_round_trip_and_fingerprint(tiny_fsq, tmp_path):
     from cortex_utils.checkpoints import read_card, save_weights
 
-    path = save_weights(vqlib.state_dict_for_saving(tiny_fsq), tmp_path / "fsq.safetensors",
-                        card={"config": tiny_fsq.config})
+    path = save_weights(
+        vqlib.state_dict_for_saving(tiny_fsq), tmp_path / "fsq.safetensors", card={"config": tiny_fsq.config}
+    )
     loaded = vqlib.load_vq(read_card(path)["config"], path)
     assert isinstance(loaded, vqvae.FSQVAE) and loaded.fingerprint == tiny_fsq.fingerprint
     x = torch.rand(2, 3, 16, 16) * 2 - 1
@@ -133,16 +156,22 @@ def test_fsq_safetensors_round_trip_and_fingerprint(tiny_fsq, tmp_path):
 
 
 def test_a_dataset_of_one_family_is_refused_by_the_other(tiny_vq, tiny_fsq, tmp_path):
-    tokens = vqlib.encode(tiny_vq, torch.rand(6, 3, 16, 16) * 2 - 1).numpy() % 60  # ids valid in both codebooks
+    tokens = (
+        vqlib.encode(tiny_vq, torch.rand(6, 3, 16, 16) * 2 - 1).numpy() % 60
+    )  # ids valid in both codebooks
     labels = np.array([0, 1, 0, 1, 0, 1])
-    ds = tokds.save_token_dataset(tmp_path / "ds", {"train": (tokens, labels)}, ["a", "b"], vqlib.vq_meta(tiny_vq),
-                                  source="encoded")
+    ds = tokds.save_token_dataset(
+        tmp_path / "ds", {"train": (tokens, labels)}, ["a", "b"], vqlib.vq_meta(tiny_vq), source="encoded"
+    )
     assert ds.manifest["vq_family"] == "taming_vqgan" == ds.vq_family
     tokds.load_token_dataset(ds.path, vq=tiny_vq)
-    with pytest.raises(ValueError, match="tokenized by a taming_vqgan model .* the model in use is a vqvae_fsq"):
+    with pytest.raises(
+        ValueError, match="tokenized by a taming_vqgan model .* the model in use is a vqvae_fsq"
+    ):
         tokds.load_token_dataset(ds.path, vq=tiny_fsq)
-    fsq_ds = tokds.save_token_dataset(tmp_path / "fsq", {"train": (tokens, labels)}, ["a", "b"],
-                                      vqlib.vq_meta(tiny_fsq), source="encoded")
+    fsq_ds = tokds.save_token_dataset(
+        tmp_path / "fsq", {"train": (tokens, labels)}, ["a", "b"], vqlib.vq_meta(tiny_fsq), source="encoded"
+    )
     with pytest.raises(ValueError, match="codebook fingerprint"):  # same family, another model
         tokds.load_token_dataset(fsq_ds.path, vq=vqlib.build_vq(TINY_FSQ, seed=1))
 
@@ -150,8 +179,13 @@ def test_a_dataset_of_one_family_is_refused_by_the_other(tiny_vq, tiny_fsq, tmp_
 def test_a_manifest_without_family_is_taming(tiny_vq, tmp_path):
     import json
 
-    ds = tokds.save_token_dataset(tmp_path / "ds", {"train": (np.zeros((2, 8, 8), int), np.array([0, 1]))}, ["a", "b"],
-                                  vqlib.vq_meta(tiny_vq), source="encoded")
+    ds = tokds.save_token_dataset(
+        tmp_path / "ds",
+        {"train": (np.zeros((2, 8, 8), int), np.array([0, 1]))},
+        ["a", "b"],
+        vqlib.vq_meta(tiny_vq),
+        source="encoded",
+    )
     manifest = json.loads((ds.path / "manifest.json").read_text())
     del manifest["vq_family"]
     (ds.path / "manifest.json").write_text(json.dumps(manifest))

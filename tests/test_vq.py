@@ -12,10 +12,13 @@ from cortex_utils import vq as vqlib
 
 
 def test_import_does_not_load_lightning():
-    """Kernel start-up: the VQ seam uses taming's plain torch modules only (taming.models.* import Lightning)."""
-    code = ("import sys, cortex_utils.vq as v, cortex_utils.taming_vq as t; v.build_vq(t.DEFAULT_VQ_CONFIG); "
-            "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
-            "if m in sys.modules))")
+    """Kernel start-up: the VQ seam uses taming's plain torch modules only (taming.models.* import
+    Lightning)."""
+    code = (
+        "import sys, cortex_utils.vq as v, cortex_utils.taming_vq as t; v.build_vq(t.DEFAULT_VQ_CONFIG); "
+        "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
@@ -38,7 +41,9 @@ def test_same_weights_keys_and_outputs_as_tamings_lightning_vqmodel(tiny_config)
 
     ours = vqlib.build_vq(tiny_config, seed=0)
     torch.manual_seed(0)
-    theirs = taming_vq.instantiate({**tiny_config, "params": {**tiny_config["params"], "lossconfig": taming_vq.DUMMY_LOSS}})
+    theirs = taming_vq.instantiate(
+        {**tiny_config, "params": {**tiny_config["params"], "lossconfig": taming_vq.DUMMY_LOSS}}
+    )
     assert isinstance(theirs, VQModel) and not isinstance(ours.model, VQModel)
     theirs.eval()
     a, b = ours.state_dict(), theirs.state_dict()
@@ -57,7 +62,9 @@ def test_imagenet_f16_16384_keys_match_tamings_vqmodel():
     with torch.device("meta"):
         ours = vqlib.build_vq(cfg).model
         theirs = VQModel(**{**cfg["params"], "lossconfig": taming_vq.DUMMY_LOSS})
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
 
 
 def test_another_taming_vq_class_is_built_by_taming(tiny_config, tiny_vq):
@@ -124,7 +131,9 @@ def test_missing_checkpoint(tiny_config, tmp_path):
 
 def _lightning_ckpt(model, path, **extra):
     sd = {k: v for k, v in model.state_dict().items()}
-    sd["loss.discriminator.main.0.weight"] = torch.zeros(4, 3, 4, 4)  # real taming checkpoints carry their loss
+    sd["loss.discriminator.main.0.weight"] = torch.zeros(
+        4, 3, 4, 4
+    )  # real taming checkpoints carry their loss
     torch.save({"state_dict": sd, "epoch": 3, "global_step": 1000, **extra}, path)
 
 
@@ -161,7 +170,9 @@ def test_config_checkpoint_mismatch_names_keys_and_shapes(tiny_vq, tmp_path):
 def test_safetensors_round_trip(tiny_config, tiny_vq, tmp_path):
     from cortex_utils.checkpoints import read_card, save_weights
 
-    path = save_weights(vqlib.state_dict_for_saving(tiny_vq), tmp_path / "vq.safetensors", card={"config": tiny_config})
+    path = save_weights(
+        vqlib.state_dict_for_saving(tiny_vq), tmp_path / "vq.safetensors", card={"config": tiny_config}
+    )
     loaded = vqlib.load_vq(read_card(path)["config"], path)
     assert vqlib.fingerprint(loaded) == vqlib.fingerprint(tiny_vq)
 
@@ -174,9 +185,17 @@ def test_fingerprint_follows_the_codebook(tiny_vq):
 
 
 def test_taming_yaml_config_with_lpips_loss_and_ckpt_path_builds_offline(tmp_path, tiny_config):
-    cfg = {"model": {"base_learning_rate": 4.5e-6, "target": tiny_config["target"],
-                     "params": {**tiny_config["params"], "ckpt_path": "/nonexistent/last.ckpt",
-                                "lossconfig": taming_vq.IMAGENET_F16_16384_CONFIG["params"]["lossconfig"]}}}
+    cfg = {
+        "model": {
+            "base_learning_rate": 4.5e-6,
+            "target": tiny_config["target"],
+            "params": {
+                **tiny_config["params"],
+                "ckpt_path": "/nonexistent/last.ckpt",
+                "lossconfig": taming_vq.IMAGENET_F16_16384_CONFIG["params"]["lossconfig"],
+            },
+        }
+    }
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(cfg))
     model = vqlib.build_vq(tmp_path / "model.yaml")
     assert vqlib.grid_shape(model) == (8, 8)
@@ -188,12 +207,19 @@ def test_imagenet_f16_16384_checkpoint_path(tmp_path):
     torch.manual_seed(0)
     model = vqlib.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "model.yaml").write_text(yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG}))
+    (tmp_path / "configs" / "model.yaml").write_text(
+        yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG})
+    )
     _lightning_ckpt(model, tmp_path / "last.ckpt")
     del model
     vq = vqlib.load_vq(tmp_path / "configs" / "model.yaml", tmp_path / "last.ckpt")
     meta = vqlib.vq_meta(vq)
-    assert (meta["n_embed"], meta["embed_dim"], meta["grid"], meta["image_size"]) == (16384, 256, [16, 16], 256)
+    assert (meta["n_embed"], meta["embed_dim"], meta["grid"], meta["image_size"]) == (
+        16384,
+        256,
+        [16, 16],
+        256,
+    )
     x = torch.rand(1, 3, 256, 256) * 2 - 1
     tokens = vqlib.encode(vq, x)
     assert tokens.shape == (1, 16, 16) and int(tokens.max()) < 16384
@@ -217,7 +243,9 @@ def test_short_training_improves_reconstruction(tiny_config, bf16):
     gray = digits.load_gray_digits()[0][:200, ::2, ::2]  # 16x16 digits
     val = digits.augment_batch(gray[:32], np.random.default_rng(1))
     before = vqlib.reconstruction_report(vq, val)["psnr_db"]
-    log = taming_vq.train_vq(vq, gray, val, steps=40, batch_size=16, lr=2e-3, revive_every=10, log_every=10, bf16=bf16)
+    log = taming_vq.train_vq(
+        vq, gray, val, steps=40, batch_size=16, lr=2e-3, revive_every=10, log_every=10, bf16=bf16
+    )
     after = vqlib.reconstruction_report(vq, val)["psnr_db"]
     assert after > before + 3, (before, after)
     assert log["revived_total"].iloc[-1] > 0

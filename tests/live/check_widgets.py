@@ -5,9 +5,9 @@ Papermill has no widget front end, so the smoke run cannot see what a slider doe
 by Playwright, runs all its cells, and then, in the explorer cell: counts the figures (there must be exactly
 one); for each slider presses the arrow key three times (the one figure must be redrawn in place: still one,
 another picture), three times back (it must come back to the first picture: the figure follows the slider,
-not a redraw still queued), then drags it with the mouse and, once the figure has settled, steps one value away
-and back (the settled picture must be the slider's final value's). How many redraws one drag caused and how
-long the figure took to settle are reported, not judged (ipywidgets coalesces a drag's values into a few
+not a redraw still queued), then drags it with the mouse and, once the figure has settled, steps one value
+away and back (the settled picture must be the slider's final value's). How many redraws one drag caused and
+how long the figure took to settle are reported, not judged (ipywidgets coalesces a drag's values into a few
 updates). Screenshots of the explorer cell are saved after the moves. Every other cell must show as many
 figures live as in the run's papermill copy (``RUN_DIR/<notebook>.ipynb``): no figure shown twice, none lost.
 
@@ -21,8 +21,8 @@ then, on a finished default run (the notebooks run on a copy of it, so the run i
     .venv/bin/python tests/live/check_widgets.py runs/d --out runs/live-check
 
 Last line: key=value pairs per notebook and slider (``figures_after``, ``changed``, ``returns``,
-``figures_after_drag``, ``drag_final_matches``; informational: ``drag_redraws``, ``drag_settle_seconds``, from the
-start of the drag to the last redraw) and ``live_widgets_ok``; the exit status is 1 if any check
+``figures_after_drag``, ``drag_final_matches``; informational: ``drag_redraws``, ``drag_settle_seconds``, from
+the start of the drag to the last redraw) and ``live_widgets_ok``; the exit status is 1 if any check
 failed.
 """
 
@@ -45,8 +45,15 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # notebook -> (a line that only its explorer cell holds, the sliders' descriptions in the order they appear)
 NOTEBOOKS = {
     "05_compute_tis": ("explorer = display(explore_figure(", ["index", "top_n"]),
@@ -61,11 +68,16 @@ def free_port() -> int:
 
 
 def parameterised_copy(name: str, run_dir: Path, folder: Path) -> Path:
-    """The notebook with its ``parameters`` cell's run_dir pointed at ``run_dir`` (as papermill would inject)."""
+    """The notebook with its ``parameters`` cell's run_dir pointed at ``run_dir`` (as papermill would
+    inject)."""
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = "\n".join(f'run_dir = "{run_dir}"  # set by tests/live/check_widgets.py' if line.startswith("run_dir = ")
-                            else line for line in cell.source.splitlines())
+    cell.source = "\n".join(
+        f'run_dir = "{run_dir}"  # set by tests/live/check_widgets.py'
+        if line.startswith("run_dir = ")
+        else line
+        for line in cell.source.splitlines()
+    )
     out = folder / f"{name}.ipynb"
     nbformat.write(nb, out)
     return out
@@ -74,17 +86,31 @@ def parameterised_copy(name: str, run_dir: Path, folder: Path) -> Path:
 def start_lab(root: Path, port: int, token: str, log) -> subprocess.Popen:
     # every cell in the page (JupyterLab 4 otherwise renders only the cells near the viewport), no news pop-up
     settings = root / ".settings"
-    for plugin, values in {"notebook-extension/tracker": {"windowingMode": "none"},
-                           "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}.items():
+    for plugin, values in {
+        "notebook-extension/tracker": {"windowingMode": "none"},
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }.items():
         folder, name = plugin.split("/")
         f = settings / "@jupyterlab" / folder / f"{name}.jupyterlab-settings"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(values))
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    cmd = [str(ROOT / ".venv" / "bin" / "jupyter"), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", f"--LabApp.workspaces_dir={root / '.ws'}",
-           f"--LabApp.user_settings_dir={settings}",
-           "--ServerApp.disable_check_xsrf=True"] + (["--allow-root"] if os.geteuid() == 0 else [])
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "jupyter"),
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        f"--LabApp.workspaces_dir={root / '.ws'}",
+        f"--LabApp.user_settings_dir={settings}",
+        "--ServerApp.disable_check_xsrf=True",
+    ] + (["--allow-root"] if os.geteuid() == 0 else [])
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     for _ in range(120):
         try:
@@ -92,7 +118,9 @@ def start_lab(root: Path, port: int, token: str, log) -> subprocess.Popen:
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"jupyter lab exited early (status {proc.returncode}); see its log") from None
+                raise SystemExit(
+                    f"jupyter lab exited early (status {proc.returncode}); see its log"
+                ) from None
             time.sleep(1)
     proc.terminate()
     raise SystemExit("jupyter lab did not answer within 120 s")
@@ -192,7 +220,9 @@ def drag(page, handle, dx: float) -> None:
     page.mouse.up()
 
 
-def check_slider(page, cell, description: str, start: list[str], out: Path, stem: str) -> tuple[dict, list[str]]:
+def check_slider(
+    page, cell, description: str, start: list[str], out: Path, stem: str
+) -> tuple[dict, list[str]]:
     """Keys away and back (the figure must change, then return to the first picture), then a mouse drag (how
     many redraws one drag causes, and how long the figure takes to settle)."""
     away, back = ("ArrowLeft", "ArrowRight") if description == "snapshot" else ("ArrowRight", "ArrowLeft")
@@ -213,7 +243,9 @@ def check_slider(page, cell, description: str, start: list[str], out: Path, stem
     r["figures_after_drag"] = len(dragged)
     shots.append(out / f"{stem}_{description}_2_drag.png")
     cell.screenshot(path=shots[-1])
-    press(page, handle, away, 1)  # one step away and back: the picture after the drag is the slider's own value's
+    press(
+        page, handle, away, 1
+    )  # one step away and back: the picture after the drag is the slider's own value's
     settle(page, cell)
     press(page, handle, back, 1)
     again, _ = settle(page, cell)
@@ -221,7 +253,9 @@ def check_slider(page, cell, description: str, start: list[str], out: Path, stem
     return r, shots
 
 
-def check_notebook(browser, base: str, token: str, name: str, out: Path, timeout_s: float, executed: Path) -> dict:
+def check_notebook(
+    browser, base: str, token: str, name: str, out: Path, timeout_s: float, executed: Path
+) -> dict:
     page = browser.new_page()
     page.goto(f"{base}/lab/tree/{name}.ipynb?token={token}&reset")
     try:
@@ -244,8 +278,11 @@ def papermill_figure_counts(executed: Path) -> list[int] | None:
     if not executed.is_file():
         return None
     nb = nbformat.read(executed, as_version=4)
-    return [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells
-            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    return [
+        sum("image/png" in o.get("data", {}) for o in c.outputs)
+        for c in nb.cells
+        if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+    ]
 
 
 def _check(page, name: str, out: Path, timeout_s: float, executed: Path) -> dict:
@@ -254,9 +291,12 @@ def _check(page, name: str, out: Path, timeout_s: float, executed: Path) -> dict
     result = {"errors": errors_shown(page)}
     live, batch = live_figure_counts(page), papermill_figure_counts(executed)
     result["figures_per_cell_live"], result["figures_per_cell_papermill"] = live, batch
-    result["cells_whose_figures_differ"] = (None if batch is None else
-                                            [i for i, (a, b) in enumerate(zip(live, batch, strict=False)) if a != b]
-                                            + ([] if len(live) == len(batch) else ["cell counts differ"]))
+    result["cells_whose_figures_differ"] = (
+        None
+        if batch is None
+        else [i for i, (a, b) in enumerate(zip(live, batch, strict=False)) if a != b]
+        + ([] if len(live) == len(batch) else ["cell counts differ"])
+    )
     cell = explorer_cell(page, marker)
     cell.scroll_into_view_if_needed()
     start, _ = settle(page, cell)
@@ -276,7 +316,9 @@ def _check(page, name: str, out: Path, timeout_s: float, executed: Path) -> dict
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", help="a finished default run (copied; the copy is what the notebooks write into)")
+    ap.add_argument(
+        "run_dir", help="a finished default run (copied; the copy is what the notebooks write into)"
+    )
     ap.add_argument("--out", default="runs/live-check", help="screenshots and the lab's log go here")
     ap.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS), choices=list(NOTEBOOKS))
     ap.add_argument("--timeout", type=float, default=1200, help="seconds a notebook may take to run")
@@ -301,13 +343,27 @@ def main(argv=None) -> int:
         with open(out / "jupyter_lab.log", "w") as log:
             lab = start_lab(work, port, token, log)
             try:
-                with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-                    browser = pw.chromium.launch_persistent_context(profile, executable_path=args.chromium,
-                                                                    args=CHROMIUM_FLAGS, headless=True,
-                                                                    viewport={"width": 1400, "height": 1000})
+                with (
+                    sync_playwright() as pw,
+                    tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile,
+                ):
+                    browser = pw.chromium.launch_persistent_context(
+                        profile,
+                        executable_path=args.chromium,
+                        args=CHROMIUM_FLAGS,
+                        headless=True,
+                        viewport={"width": 1400, "height": 1000},
+                    )
                     for name in args.notebooks:
-                        results[name] = check_notebook(browser, f"http://127.0.0.1:{port}", token, name, out,
-                                                       args.timeout, src / f"{name}.ipynb")
+                        results[name] = check_notebook(
+                            browser,
+                            f"http://127.0.0.1:{port}",
+                            token,
+                            name,
+                            out,
+                            args.timeout,
+                            src / f"{name}.ipynb",
+                        )
                     browser.close()
             finally:
                 lab.terminate()
@@ -325,17 +381,32 @@ def main(argv=None) -> int:
         differ = r["cells_whose_figures_differ"]
         nb_ok = r["figures_before"] == 1 and not r["errors"] and not differ
         pairs.append(f"nb{short}_figures_before={r['figures_before']}")
-        pairs.append(f"nb{short}_cells_whose_figures_differ_from_papermill="
-                     + ("unchecked" if differ is None else str(len(differ))))
+        pairs.append(
+            f"nb{short}_cells_whose_figures_differ_from_papermill="
+            + ("unchecked" if differ is None else str(len(differ)))
+        )
         if differ:
-            print(f"{name}: figures per cell, live {r['figures_per_cell_live']} vs papermill "
-                  f"{r['figures_per_cell_papermill']}: cells {differ} differ")
+            print(
+                f"{name}: figures per cell, live {r['figures_per_cell_live']} vs papermill "
+                f"{r['figures_per_cell_papermill']}: cells {differ} differ"
+            )
         for d in NOTEBOOKS[name][1]:
-            nb_ok &= all(r[f"{k}_{d}"] == 1 for k in ("figures_after", "changed", "returns", "figures_after_drag",
-                                                      "drag_final_matches"))
-            pairs += [f"nb{short}_{k}_{d}={r[f'{k}_{d}']}" for k in ("figures_after", "changed", "returns",
-                                                                    "figures_after_drag", "drag_final_matches",
-                                                                    "drag_redraws", "drag_settle_seconds")]
+            nb_ok &= all(
+                r[f"{k}_{d}"] == 1
+                for k in ("figures_after", "changed", "returns", "figures_after_drag", "drag_final_matches")
+            )
+            pairs += [
+                f"nb{short}_{k}_{d}={r[f'{k}_{d}']}"
+                for k in (
+                    "figures_after",
+                    "changed",
+                    "returns",
+                    "figures_after_drag",
+                    "drag_final_matches",
+                    "drag_redraws",
+                    "drag_settle_seconds",
+                )
+            ]
         if r["errors"]:
             print(f"{name}: error output shown: {r['errors'][:3]}")
         ok &= nb_ok
