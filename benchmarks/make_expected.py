@@ -205,6 +205,15 @@ RULES = [
         0.01,
         "seeded Monte Carlo mean against sets a concept-token near-tie can change",
     ),
+    # notebook 10's mitigation: shares of 300 shipped generations (planted value from pixels, digit kept by
+    # the evaluators) and their differences; decoded pixels differ in the last bits, so only an image on a
+    # threshold's edge can flip: six images' worth, as the study's shares
+    (
+        r"^mitigation_.*_(share|digit_agreement|change|change_vs_random|digit_change)_?",
+        "share_300",
+        0.02,
+        "share of 300 generated images (or a difference of two): a few generations' worth",
+    ),
     # mean Spearman correlation of 100 images' maps: rank near-ties between positions
     (
         r"^sanity_(data_)?(abs_)?rank_corr_",

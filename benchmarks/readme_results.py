@@ -402,6 +402,81 @@ def render_views(v: Values) -> str:
     return "\n".join(lines) + "\n" + provisional_note(v)
 
 
+def interval(v: Values, key: str, as_pct: bool = False, sign: bool = False) -> str:
+    """``value [low, high]`` of a key recorded with ``_low`` / ``_high``."""
+    if as_pct:
+        return f"{pct(v[key])} [{100 * v[key + '_low']:.1f}, {100 * v[key + '_high']:.1f}]"
+    return f"{num(v[key], sign=sign)} [{num(v[key + '_low'], sign=sign)}, {num(v[key + '_high'], sign=sign)}]"
+
+
+def render_multiobject(v: Values) -> str:
+    """Notebook 14: the pointing game on composites and the concept-token overlap, each beside its control."""
+    lines = [
+        "| question (750 test composites) | measured | control |",
+        "|---|---|---|",
+        "| does the composites' IEM name the target? | "
+        f"{pct(v['multiobject_iem_test_top1'])} of the images | "
+        f"names the distractor: {pct(v['multiobject_iem_predicts_distractor'])} |",
+        "| share of the top-5 TIS positions on the target's half (95 % bootstrap over images) | "
+        f"**{interval(v, 'multiobject_pointing_top5', as_pct=True)}** | chance "
+        f"{pct(v['multiobject_pointing_chance'])}; the same IEM with every layer re-initialised "
+        f"{interval(v, 'multiobject_pointing_random_iem', as_pct=True)} |",
+        "| a class's first 5 concept ids from the composites' target halves that are also among its first 5 "
+        f"from single digits (notebook 06) | {pct(v['multiobject_concept_overlap_top5'], 0)} | "
+        f"ids drawn by their usage: {pct(v['multiobject_concept_overlap_top5_chance'], 0)}; "
+        "two halves of the test composites "
+        f"with each other: {pct(v['multiobject_concept_overlap_top5_split_half'], 0)} |",
+    ]
+    return "\n".join(lines) + "\n" + provisional_note(v)
+
+
+MITIGATION = {"colour": "colour (digit 3, red)", "thickness": "thickness (digit 5, thick)"}
+
+
+def render_mitigation(v: Values) -> str:
+    """Notebook 10's token edit: shares before / after / after the control edit with Wilson intervals, and
+    the differences (Newcombe) the verdict reads."""
+    head = [
+        "bias",
+        "share of the planted value: before",
+        "after the edit",
+        "after the control edit",
+        "digit kept: before",
+        "after the edit",
+        "after the control edit",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b, name in MITIGATION.items():
+        cells = [
+            interval(v, f"mitigation_{b}_{what}_{s}")
+            for what in ("share", "digit_agreement")
+            for s in ("before", "after", "after_random")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for b, name in MITIGATION.items():
+        p0, p1 = v[f"mitigation_{b}_share_before"], v[f"mitigation_{b}_share_after"]
+        toward = v[f"mitigation_{b}_change_high"] < 0 and abs(p1 - 0.5) < abs(p0 - 0.5)
+        beyond = v[f"mitigation_{b}_change_vs_random_high"] < 0
+        kept = v[f"mitigation_{b}_digit_change_low"] >= -0.1
+        works = toward and beyond and kept
+        lines.append(
+            f"* **{name}**: change {interval(v, f'mitigation_{b}_change', sign=True)} "
+            f"({'toward balance' if toward else 'not toward balance'}); against the control edit "
+            f"{interval(v, f'mitigation_{b}_change_vs_random', sign=True)} "
+            f"({'beyond it' if beyond else 'not beyond it'}); digit agreement "
+            f"{interval(v, f'mitigation_{b}_digit_change', sign=True)} "
+            f"({'kept' if kept else 'a drop beyond 0.10 not ruled out'}). "
+            + ("**The edit works.**" if works else "**The edit does not work here.**")
+            + (
+                " The share stays above balance."
+                if works and v[f"mitigation_{b}_share_after_low"] > 0.5
+                else ""
+            )
+        )
+    return "\n".join(lines) + "\n" + provisional_note(v)
+
+
 def render_vqvae(v: Values, w: Values) -> str:
     """The two tokenizer families, each from its own preset's expected run (``v`` default, ``w`` vqvae)."""
 
@@ -483,6 +558,8 @@ TEMPLATES = {
     "results": render_results,
     "bias": render_bias,
     "views": render_views,
+    "multiobject": render_multiobject,
+    "mitigation": render_mitigation,
     "vqvae": render_vqvae,
     "codebook_sizes": render_codebook_sizes,
 }

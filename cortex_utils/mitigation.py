@@ -198,10 +198,24 @@ def summary(measured: dict, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def metrics(table: pd.DataFrame | None, bias_type: str) -> dict:
+def changes(measured: dict, level: float = 0.95) -> dict:
+    """The three differences the verdict reads, each ``(difference, low, high)`` (Newcombe's interval):
+    ``change`` (the share after the edit minus before), ``change_vs_random`` (after the edit minus after the
+    control edit) and ``digit_change`` (the digit agreement after the edit minus before)."""
+    before, after, rand = (measured[s] for s in SETS)
+    pairs = {
+        "change": (after["shows"], before["shows"]),
+        "change_vs_random": (after["shows"], rand["shows"]),
+        "digit_change": (after["kept"], before["kept"]),
+    }
+    return {k: tuple(float(x) for x in difference_interval(a, b, level)) for k, (a, b) in pairs.items()}
+
+
+def metrics(table: pd.DataFrame | None, bias_type: str, measured: dict | None = None) -> dict:
     """The recorded numbers of one bias type's ``summary`` (rows ``SETS``): ``mitigation_<type>_share_<set>``
-    and ``mitigation_<type>_digit_agreement_<set>``, each with ``_low`` / ``_high``; rounded to 4 places.
-    ``table`` None (no edit was possible): every key None."""
+    and ``mitigation_<type>_digit_agreement_<set>``, each with ``_low`` / ``_high``, and with ``measured`` the
+    ``changes`` (``mitigation_<type>_change``, ``_change_vs_random``, ``_digit_change``, each with ``_low`` /
+    ``_high``); rounded to 4 places. ``table`` None (no edit was possible): every key None."""
     out = {}
     for s in SETS:
         for what in ("share", "digit_agreement"):
@@ -209,6 +223,12 @@ def metrics(table: pd.DataFrame | None, bias_type: str) -> dict:
                 out[f"mitigation_{bias_type}_{what}_{s}{suffix}"] = (
                     None if table is None else round(float(table.loc[s, what + suffix]), 4)
                 )
+    if table is not None and measured is None:
+        return out
+    diffs = changes(measured) if table is not None else {}
+    for name in ("change", "change_vs_random", "digit_change"):
+        for i, suffix in enumerate(("", "_low", "_high")):
+            out[f"mitigation_{bias_type}_{name}{suffix}"] = round(diffs[name][i], 4) if diffs else None
     return out
 
 
@@ -222,14 +242,7 @@ def verdict(
     all three hold."""
     before, after, rand = (measured[s] for s in SETS)
     p0, p1 = before["shows"].mean(), after["shows"].mean()
-    d_edit, d_rand, d_digit = (
-        difference_interval(a, b, level)
-        for a, b in (
-            (after["shows"], before["shows"]),
-            (after["shows"], rand["shows"]),
-            (after["kept"], before["kept"]),
-        )
-    )
+    d_edit, d_rand, d_digit = changes(measured, level).values()
     toward = d_edit[2] < 0 and abs(p1 - 0.5) < abs(p0 - 0.5)
     beyond, kept = d_rand[2] < 0, d_digit[1] >= -max_digit_drop
     works = toward and beyond and kept

@@ -801,7 +801,9 @@ mitigation_lines = [
 ]
 mitigation_lines += [f"- **{b}**: no attribute tokens, no edit" for b in bias_types if b not in measured]
 display(Markdown("\n".join(mitigation_lines)))
-mitigation_metrics = {k: v for b in bias_types for k, v in mitlib.metrics(mitigation_table.get(b), b).items()}
+mitigation_metrics = {
+    k: v for b in bias_types for k, v in mitlib.metrics(mitigation_table.get(b), b, measured.get(b)).items()
+}
 
 # %%
 record_metrics(run_dir, **mitigation_metrics)

@@ -185,6 +185,11 @@ def test_verdict_and_metrics():
         < m["mitigation_colour_share_after"]
         < m["mitigation_colour_share_after_high"]
     )
+    m = mitigation.metrics(table, "colour", works)  # with the differences the verdict reads
+    assert len(m) == 27
+    assert abs(m["mitigation_colour_change"] - (0.55 - 0.85)) < 1e-4
+    assert m["mitigation_colour_change_vs_random_low"] < m["mitigation_colour_change_vs_random"] < 0
+    assert all(v is None for v in mitigation.metrics(None, "colour", works).values())
 
 
 class _AlwaysTwo(torch.nn.Module):
