@@ -550,7 +550,37 @@ def render_codebook_sizes(study: dict) -> str:
             f"{pct(r['image_mask_tis_beats_random'], 0)} | "
             f"{num(r['concept_mask_logit_drop_concept'])} ({num(r['concept_mask_logit_drop_frequency'])}) |"
         )
-    return "\n".join(lines) + f"\n\nMeasured on {study['machine']}.\n"
+    reading = codebook_sizes_reading(study)
+    return "\n".join(lines) + f"\n\n{reading}\n\nMeasured on {study['machine']}.\n"
+
+
+def codebook_sizes_reading(study: dict) -> str:
+    """What the table says, computed from it: at which sizes each figure beats its control (a size whose run
+    did not measure the figure, None, is named apart)."""
+    rows = sorted(study["rows"].items(), key=lambda kv: int(kv[0]))
+
+    def sizes(holds, *figures) -> str:
+        unmeasured = [k for k, r in rows if any(r.get(f) is None for f in figures)]
+        yes = [k for k, r in rows if k not in unmeasured and holds(*(r[f] for f in figures))]
+        no = [k for k, r in rows if k not in unmeasured + yes]
+        notes = [f"not at {', '.join(no)}"] * bool(no)
+        notes += [f"not measured at {', '.join(unmeasured)}"] * bool(unmeasured)
+        return (", ".join(yes) or "no size") + (f" ({'; '.join(notes)})" if notes else "")
+
+    return (
+        "Top-TIS masking beats random masking in every cell at "
+        + sizes(lambda share: share == 1, "image_mask_tis_beats_random")
+        + " codes; the top-5 positions hold more than twice an even share of the |TIS| at "
+        + sizes(lambda top, even: top > 2 * even, "tis_top_share", "tis_top_share_even")
+        + "; masking a class's concept tokens lowers the evaluators' target logit more than masking its "
+        + "most frequent tokens at "
+        + sizes(
+            lambda concept, frequent: concept > frequent,
+            "concept_mask_logit_drop_concept",
+            "concept_mask_logit_drop_frequency",
+        )
+        + "."
+    )
 
 
 TEMPLATES = {

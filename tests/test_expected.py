@@ -378,6 +378,12 @@ def test_readme_codebook_sizes_block_renders_the_study_file():
         "| 1024 | 25.0 dB | 50.0 % | 90.0 % | 20.0 % (7.8 %)"
     )
     assert "| 40.0 (50.0) | 0.30 (0.10) | 100 % | 0.70 (nan) |" in lines[4]
+    # the sentence under the table is computed from the rows: a comparison that fails, and one not measured
+    study["rows"]["64"] |= {"tis_top_share": 0.1, "concept_mask_logit_drop_frequency": 0.5}
+    out, _ = readme_results.render_readme(block, _full_expected(), codebook_sizes=study)
+    assert "in every cell at 64, 1024 codes;" in out
+    assert "even share of the |TIS| at 1024 (not at 64);" in out
+    assert "most frequent tokens at 64 (not measured at 1024)." in out
 
 
 def test_readme_missing_key_is_named():
