@@ -7,6 +7,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from nbclient import NotebookClient
 
 from cortex_utils import REPO_ROOT, pipeline
 
@@ -172,6 +173,31 @@ def _printed(path) -> str:
     )
 
 
+def _move_a_slider(path, move: str):
+    """Run an executed notebook again in a live kernel, as JupyterLab runs it, then run ``move`` (a line that
+    moves a slider) in that kernel: the images of the cell that displays the figure through a display handle
+    (``display_id=True``) before and after the move, and the outputs of the cell that moved it. The client
+    applies the kernel's display updates to the cell that made the display, as a front end does."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}}
+    )
+
+    def images(cell):
+        return [o["data"]["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # a front end's kernel: inline figures
+    with client.setup_kernel(env=env):
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type == "code":
+                client.execute_cell(cell, i)
+        (view,) = [c for c in nb.cells if "display_id=True" in c.source]
+        before = images(view)
+        nb.cells.append(nbformat.v4.new_code_cell(move))
+        client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+    return before, images(view), nb.cells[-1].outputs
+
+
 def test_smoke_preset_runs_every_notebook(tmp_path):
     r = _run(
         ["--preset", "smoke", "--jobs", "2", "-p", "solutions", "true"], tmp_path
@@ -277,6 +303,13 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     table = pd.read_parquet(run / "concepts" / "concept_tokens.parquet")
     assert set(table["top_n"]) == {1, 5} and (table.groupby(["top_n", "label"])["count"].sum() > 0).all()
     assert "results in" in r.stdout
+    # live use of the notebooks with sliders: the figure is shown once, and a slider redraws it in place
+    for name, move in (
+        ("05_compute_tis", "index_slider.value = 1"),
+        ("09_codebook_optimization", "snap_slider.value = snap_slider.min"),
+    ):
+        before, after, moved = _move_a_slider(run / f"{name}.ipynb", move)
+        assert len(before) == 1 and len(after) == 1 and before != after and moved == [], name
     # the tutorial on another attribution method: the notebooks that compute or read TIS again, on this run's
     # models and data, with -p method occlusion (notebook 05 declares it; the others read it from the run)
     tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 11 or nb.stem.startswith("14_")]
