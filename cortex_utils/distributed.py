@@ -257,14 +257,7 @@ def cmd_tis(a) -> None:
     device = init(a.backend)
     ds, codebook = resolve_inputs(a)
     iem_path = a.iem or registered(a.run_dir, f"iem{a.iem_arch}")["checkpoint"]
-    model = iemlib.load_iem(
-        iem_path,
-        expect={
-            "in_channels": ds.manifest["embed_dim"],
-            "grid": list(ds.grid),
-            "n_classes": len(ds.class_names),
-        },
-    ).to(device)
+    model = iemlib.load_iem(iem_path, expect=iemlib.dataset_spec(ds)).to(device)
     out_dir = Path(a.out_dir or Path(a.run_dir) / "tis" / f"iem{a.iem_arch}_{a.reduction}")
     r, w = rank(), world_size()
     barrier()

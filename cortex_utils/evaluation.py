@@ -254,8 +254,18 @@ def _score_batches(evaluators, targets, make_images, n_images: int, batch_size: 
     }
 
 
-def _resolve_neutral(vq, tokens, neutral) -> int:
-    if isinstance(neutral, str):
+def check_neutral(neutral) -> None:
+    """A neutral-token parameter must be an id (an int, or its digits as text, e.g. ``"17"``) or a name from
+    ``NEUTRAL``; anything else is refused (the id's range is checked by ``resolve_neutral``)."""
+    if not (isinstance(neutral, int) or str(neutral).isdigit() or neutral in NEUTRAL):
+        raise ValueError(f"neutral must be an id (e.g. '17') or one of {NEUTRAL}, got {neutral!r}")
+
+
+def resolve_neutral(vq, tokens, neutral) -> int:
+    """The neutral id to mask with: ``neutral`` itself when it is an id (an int or its digits as text),
+    else ``neutral_token(vq, tokens, neutral)``; an id outside the codebook is refused."""
+    check_neutral(neutral)
+    if isinstance(neutral, str) and not neutral.isdigit():
         return neutral_token(vq, tokens, neutral)
     if not 0 <= int(neutral) < len(codebook(vq)):
         raise ValueError(f"neutral id {neutral} is outside the codebook [0, {len(codebook(vq))})")
@@ -325,7 +335,7 @@ def image_level_experiment(
     bad = [n for n in ns if not 0 <= n <= h * w]
     if bad or not ns:
         raise ValueError(f"every n must lie in [0, {h * w}] (the grid is {h}x{w}), got {bad or ns}")
-    neutral_id = _resolve_neutral(vq, t, neutral) if "token" in spaces else None
+    neutral_id = resolve_neutral(vq, t, neutral) if "token" in spaces else None
 
     tokens_t = torch.from_numpy(t)
     originals = decode_tokens(vq, tokens_t, batch_size)
@@ -481,7 +491,7 @@ def concept_level_experiment(
         class_names = [str(c) for c in range(classes.max() + 1)]
     if classes.max() >= len(class_names):
         raise ValueError(f"label {classes.max()} has no name among {len(class_names)} class names")
-    neutral_id = _resolve_neutral(vq, t, neutral) if "token" in spaces else None
+    neutral_id = resolve_neutral(vq, t, neutral) if "token" in spaces else None
 
     if images is not None and len(images) != len(t):
         raise ValueError(f"{len(images)} decoded images for {len(t)} token grids")

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .artifacts import registered
 from .checkpoints import check_state_dict, load_state_dict, read_card, save_weights
 
 ARCHITECTURES = {1: "vgg", 2: "vgg_deep", 3: "resnet_se", 4: "vit"}
@@ -341,6 +342,20 @@ def load_iem(path: str | Path, expect: dict | None = None) -> nn.Module:
         check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"IEM {path}")
     )
     return model.eval()
+
+
+def dataset_spec(ds) -> dict:
+    """What an IEM must match to read the token dataset ``ds``: its embedding size, grid and classes (the
+    ``expect`` of ``load_iem``)."""
+    return {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
+
+
+def load_run_iem(run_dir: str | Path, arch: int, ds) -> nn.Module:
+    """The IEM of architecture ``arch`` that notebook 03 registered in ``run_dir`` (``iem<arch>``), checked
+    against the token dataset ``ds`` it is to read (``dataset_spec``)."""
+    return load_iem(
+        registered(run_dir, f"iem{arch}")["checkpoint"], expect={"arch": arch, **dataset_spec(ds)}
+    )
 
 
 def shipped_iem(path: str | Path, train_fingerprint: str, training: dict) -> tuple[Path | None, str]:

@@ -54,11 +54,7 @@ vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 loader = tokds.embedding_loader(ds, split, vqlib.codebook(vq), batch_size=batch_size)
-expect = {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
-models = {
-    arch: iemlib.load_iem(registered(run_dir, f"iem{arch}")["checkpoint"], expect={"arch": arch, **expect})
-    for arch in architectures
-}
+models = {arch: iemlib.load_run_iem(run_dir, arch, ds) for arch in architectures}
 
 # %% [markdown]
 # Top-k accuracy: the share of test images whose true class is among the model's k highest logits.

@@ -115,15 +115,7 @@ params
 vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(set(splits) <= set(ds.splits), f"splits {splits} not all in the dataset ({ds.splits})")
-model = iemlib.load_iem(
-    registered(run_dir, f"iem{iem_arch}")["checkpoint"],
-    expect={
-        "arch": iem_arch,
-        "in_channels": ds.manifest["embed_dim"],
-        "grid": list(ds.grid),
-        "n_classes": len(ds.class_names),
-    },
-)
+model = iemlib.load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)
 out_dir = (
     run_dir

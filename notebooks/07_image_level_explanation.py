@@ -65,14 +65,8 @@ run_dir = repo_path(run_dir)
 require(
     len(ns) > 0 and all(isinstance(n, int) and n >= 0 for n in ns), f"ns must be non-negative ints, got {ns}"
 )
-require(
-    len(spaces) > 0 and set(spaces) <= set(evaluation.SPACES),
-    f"spaces must be a subset of {evaluation.SPACES}",
-)
-require(
-    neutral.isdigit() or neutral in evaluation.NEUTRAL,
-    f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}",
-)
+spaces = evaluation.check_spaces(spaces)
+evaluation.check_neutral(neutral)
 require(max_images >= 0, "max_images must be >= 0")
 params
 
@@ -110,11 +104,7 @@ judges = evaluators.load_run_evaluators(
 # the background code (`neutral`).
 
 # %%
-neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, tokens, neutral)
-require(
-    neutral_id < ds.manifest["n_embed"],
-    f"neutral id {neutral_id} is outside the codebook of {ds.manifest['n_embed']}",
-)
+neutral_id = evaluation.resolve_neutral(vq, tokens, neutral)
 print(
     f"{len(labels)} {split} images; TIS method: {tis_entry['method']} (IEM {tis_entry['iem_arch']}, "
     f"{tis_entry['reduction']}); evaluators {list(judges)}, neutral token {neutral_id}"

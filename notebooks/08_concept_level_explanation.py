@@ -62,14 +62,8 @@ run_dir = repo_path(run_dir)
 require(
     token_num >= 1 and len(token_nums) > 0 and min(token_nums) >= 1, "token_num and token_nums must be >= 1"
 )
-require(
-    len(spaces) > 0 and set(spaces) <= set(evaluation.SPACES),
-    f"spaces must be a subset of {evaluation.SPACES}",
-)
-require(
-    neutral.isdigit() or neutral in evaluation.NEUTRAL,
-    f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}",
-)
+spaces = evaluation.check_spaces(spaces)
+evaluation.check_neutral(neutral)
 require(
     0 <= background_share < 1,
     f"background_share must lie in [0, 1) (a share of the grid positions), got {background_share}",
@@ -124,7 +118,7 @@ sets = {
     "frequency w/o background": concepts.token_sets(tables["frequency w/o background"], k_max),
     "contrastive": concepts.token_sets(tables["contrastive"], k_max),
 }
-neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, tokens, neutral)
+neutral_id = evaluation.resolve_neutral(vq, tokens, neutral)
 print(
     f"background: {len(background)} of {K} ids, filling {np.isin(train_tokens, background).mean():.0%} of "
     f"the train grid positions (background_share = {background_share})"

@@ -103,15 +103,7 @@ vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 n_classes = len(ds.class_names)
-iem = iemlib.load_iem(
-    registered(run_dir, f"iem{iem_arch}")["checkpoint"],
-    expect={
-        "arch": iem_arch,
-        "in_channels": ds.manifest["embed_dim"],
-        "grid": list(ds.grid),
-        "n_classes": n_classes,
-    },
-)
+iem = iemlib.load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_classes, torchvision_weights)
 tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)

@@ -173,15 +173,7 @@ params
 vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
-model = iemlib.load_iem(
-    registered(run_dir, f"iem{iem_arch}")["checkpoint"],
-    expect={
-        "arch": iem_arch,
-        "in_channels": ds.manifest["embed_dim"],
-        "grid": list(ds.grid),
-        "n_classes": len(ds.class_names),
-    },
-)
+model = iemlib.load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)
 all_tokens = ds.tokens[split].astype(np.int64)
 n = min(n_images, len(all_tokens))
