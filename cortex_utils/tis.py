@@ -162,6 +162,17 @@ def topk_agreement(a, b, k: int = 5) -> np.ndarray:
     return np.array([len(np.intersect1d(x, y)) for x, y in zip(ta, tb, strict=True)], dtype=np.float64) / k
 
 
+def paired_difference(a, b, bar: float = 2.0) -> tuple[float, float, int]:
+    """Per-image values ``a`` against ``b`` of the same images (e.g. two top-5 agreements): the mean of the
+    paired differences ``a - b``, its standard error, and the direction: ``1`` when the mean lies more than
+    ``bar`` standard errors above 0, ``-1`` more than that below, ``0`` within (one image: no standard error,
+    direction 0)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean = float(diff.mean())
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    return mean, se, 1 if mean > bar * se else -1 if mean < -bar * se else 0
+
+
 def batched_token_importance(
     model,
     embeddings,

@@ -380,15 +380,8 @@ print(
 )
 for name, per_ns in list(keeps.items())[1:]:
     for ns, v in per_ns.items():
-        diff = v - keeps["another noise seed"][ns]  # paired by image
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
-        verdict = (
-            "more than"
-            if diff.mean() > 2 * se
-            else "fewer than"
-            if diff.mean() < -2 * se
-            else "as many as (within two standard errors)"
-        )
+        _, _, sign = tislib.paired_difference(v, keeps["another noise seed"][ns])  # paired by image
+        verdict = {1: "more than", -1: "fewer than", 0: "as many as (within two standard errors)"}[sign]
         print(
             f"{name}, nsamples = {ns}: keeps {v.mean():.0%}, {verdict} another noise seed "
             f"({seed_agree[ns]:.0%})."
@@ -484,18 +477,15 @@ plt.show()
 # %%
 for d in sglib.DRAWS[1:]:
     for ns in var_ns:
-        diff = var_agree[d, ns] - var_agree["gaussian", ns]
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
-        verdict = (
-            "more reproducible"
-            if diff.mean() > 2 * se
-            else "less reproducible"
-            if diff.mean() < -2 * se
-            else "as reproducible (within two standard errors)"
-        )
+        diff, se, sign = tislib.paired_difference(var_agree[d, ns], var_agree["gaussian", ns])
+        verdict = {
+            1: "more reproducible",
+            -1: "less reproducible",
+            0: "as reproducible (within two standard errors)",
+        }[sign]
         print(
             f"{d} draws, nsamples = {ns}: agreement {var_agree[d, ns].mean():.3f} vs Gaussian "
-            f"{var_agree['gaussian', ns].mean():.3f} ({diff.mean():+.3f} ± {se:.3f} per image): {verdict}; "
+            f"{var_agree['gaussian', ns].mean():.3f} ({diff:+.3f} ± {se:.3f} per image): {verdict}; "
             f"Gaussian draws for the same agreement: {gaussian_draws_for(var_agree[d, ns].mean())}"
         )
 

@@ -256,6 +256,15 @@ def test_seed_agreement_averages_every_pair():
         tislib.seed_agreement([a])
 
 
+def test_paired_difference_reads_the_direction_against_two_standard_errors():
+    b = np.zeros(4)
+    mean, se, sign = tislib.paired_difference([1.0, 1.2, 0.8, 1.0], b)  # mean 1, sd 0.163, se 0.082
+    assert np.isclose(mean, 1.0) and np.isclose(se, np.std([1.0, 1.2, 0.8, 1.0], ddof=1) / 2) and sign == 1
+    assert tislib.paired_difference(b, [1.0, 1.2, 0.8, 1.0])[2] == -1
+    assert tislib.paired_difference([1.0, -1.0, 0.5, -0.4], b)[2] == 0  # mean 0.025, within 2 se
+    assert tislib.paired_difference([3.0], [1.0]) == (2.0, float("inf"), 0)  # one image: no standard error
+
+
 def test_compute_tis_splits_in_process_is_compute_tis(tmp_path):
     """The notebook's one call (``distributed.compute_tis_splits``) with nproc = 1 gives compute_tis's scores,
     writes ``<out_dir>/<split>.npy``, and refuses sigma="image" for a torchrun job."""
