@@ -123,10 +123,7 @@ require(
 choice("reduction", reduction, attribution.REDUCTIONS)
 
 # %%
-require(
-    neutral.isdigit() or neutral in evaluation.NEUTRAL,
-    f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}",
-)
+evaluation.check_neutral(neutral)
 require(
     n_images >= 2 and cascade_images >= 2 and curve_images >= 1,
     "n_images and cascade_images must be >= 2, curve_images >= 1",
@@ -149,10 +146,7 @@ require(
     f"faithfulness_space {faithfulness_space!r} must be one of the curves' spaces {spaces}",
 )
 require(curve_steps >= 1, "curve_steps must be >= 1")
-require(
-    len(spaces) > 0 and set(spaces) <= set(evaluation.SPACES),
-    f"spaces must be a non-empty subset of {evaluation.SPACES}",
-)
+spaces = evaluation.check_spaces(spaces)
 require(
     len(curves) > 0 and set(curves) <= set(sanity.CURVES),
     f"curves must be a non-empty subset of {sanity.CURVES}",
@@ -188,8 +182,7 @@ method = registered(run_dir, "tis")[
 require(method in methods, f"the run's TIS method {method!r} must be one of the methods compared, {methods}")
 
 # %%
-neutral_id = int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, all_tokens, neutral)
-require(neutral_id < len(codebook), f"neutral id {neutral_id} is outside the codebook of {len(codebook)}")
+neutral_id = evaluation.resolve_neutral(vq, all_tokens, neutral)
 options = {
     "reduction": reduction,
     "nsamples": nsamples,
