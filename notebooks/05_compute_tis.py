@@ -89,10 +89,7 @@ require(
     nsamples >= 1 and spread >= 0 and batch_size >= 1, "nsamples and batch_size must be >= 1, spread >= 0"
 )
 require(ig_steps >= 1 and occlusion_group >= 1, "ig_steps and occlusion_group must be >= 1")
-require(
-    neutral.isdigit() or neutral in evaluation.NEUTRAL,
-    f"neutral must be an id (e.g. '17') or one of {evaluation.NEUTRAL}",
-)
+evaluation.check_neutral(neutral)
 require(nproc >= 1, f"nproc must be >= 1, got {nproc}")
 
 # %%
@@ -188,9 +185,7 @@ print(f"by hand = library: max |difference| {float((tis_lib - tis_hand).abs().ma
 # The time then includes starting the processes (several seconds).
 
 # %%
-neutral_id = (
-    int(neutral) if neutral.isdigit() else evaluation.neutral_token(vq, ds.tokens[hand_split], neutral)
-)
+neutral_id = evaluation.resolve_neutral(vq, ds.tokens[hand_split], neutral)
 options = {
     "steps": ig_steps,
     "baseline": codebook[neutral_id],
