@@ -118,6 +118,16 @@ def test_neutral_token_choices():
         ev.neutral_token(cb, tokens, how="median")
 
 
+def test_neutral_parameter_is_checked_and_resolved(tiny_vq):
+    tokens = np.array([[[3, 3], [3, 1]], [[1, 2], [3, 0]]])
+    assert ev.resolve_neutral(tiny_vq, tokens, "17") == ev.resolve_neutral(tiny_vq, tokens, 17) == 17
+    assert ev.resolve_neutral(tiny_vq, tokens, "background") == 3  # the most frequent id
+    with pytest.raises(ValueError, match=r"neutral must be an id \(e.g. '17'\) or one of"):
+        ev.check_neutral("median")
+    with pytest.raises(ValueError, match=r"neutral id 32 is outside the codebook \[0, 32\)"):
+        ev.resolve_neutral(tiny_vq, tokens, "32")
+
+
 def test_random_positions_are_seeded_unique_and_nested():
     a = ev.random_positions(50, (4, 4), 10, seed=3)
     assert a.shape == (50, 10)
