@@ -31,7 +31,10 @@ images).
 ``--steps`` measures instead what each change of the exact mode bought (IEM 1 and the ViT at batch 100): one
 pass on the intra-op threads vs passes side by side, the ViT's attention through ``nn.MultiheadAttention`` vs
 ``scaled_dot_product_attention``, channels-last float32 (faster, but not exact), and ``torch.compile``
-(when a C++ compiler is present; compile time reported apart).
+(when a C++ compiler is present; compile time reported apart), and a profile of one pass (the operators'
+shares of its time); then, per conv IEM, on ``--exact-images`` test
+images in batches of 100, the exact mode's max |difference| to the original loop and channels-last's to the
+exact mode, batch by batch.
 
 Last line: tis_speedup=<ours vs loop, IEM 1, batch 25> tis_floor_ratio=<ours / 20 plain passes>
 tis_max_abs_diff=<max over architectures vs the loop> tis_vs_captum_min=<min over archs and batches of captum
@@ -57,6 +60,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from cortex_utils import REPO_ROOT, attribution
 from cortex_utils import iem as iemlib
@@ -322,12 +326,72 @@ def mha_forward(layer, h):
     return h + layer.drop(layer.bn2(layer.mlp(layer.ln2(h))))
 
 
-def steps(rounds: int) -> None:
-    """What each change of the exact mode bought, IEM 1 and the ViT at batch 100 (printed, not summarised)."""
+def steps(rounds: int, exact_images: int) -> None:
+    """What each change of the exact mode bought, IEM 1 and the ViT at batch 100, and how far channels-last
+    float32 moves the conv IEMs' scores (printed, not summarised)."""
     x, y = test_batch(100)
     noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
     for arch in (1, 4):
         steps_one(arch, shipped_iem(arch), x, y, noise, rounds)
+        profile_pass(arch, shipped_iem(arch), x, y)
+    if exact_images:
+        x, y = test_batch(exact_images)
+        for arch in (1, 2, 3):
+            channels_last_drift(arch, x, y)
+
+
+def profile_pass(arch: int, model, x, y, rows: int = 250, top: int = 8) -> None:
+    """Where one pass's time goes: ``rows`` noisy copies' forward + input gradient on one thread (as a
+    worker runs it), the operators with the largest share of the profiled time."""
+    reps = -(-rows // len(x))
+    xx, target = x.repeat(reps, 1, 1, 1)[:rows], y.repeat(reps)[:rows, None]
+
+    def one():
+        inp = xx.clone().requires_grad_(True)
+        torch.autograd.grad(model(inp).gather(1, target).sum(), inp)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one()
+        with torch.profiler.profile() as prof:
+            for _ in range(3):
+                one()
+    finally:
+        torch.set_num_threads(threads)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(
+        f"IEM {arch}, one pass of {rows} noisy copies on one thread: "
+        + ", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.0f} %" for e in ops[:top]),
+        flush=True,
+    )
+
+
+def channels_last_drift(arch: int, x_all, y_all, batch: int = 100) -> None:
+    """Max |difference| per batch of 100 test images: the exact mode against the original loop, and
+    channels-last float32 against the exact mode (same noise). One batch can agree to 1e-8 where the next
+    does not: a ReLU whose input lies within rounding of zero in some noisy copy switches its gradient on
+    or off."""
+    model = shipped_iem(arch)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    loop, drift, agree, largest = [], [], [], 0.0
+    for i in tqdm(range(0, len(x_all), batch), desc=f"IEM {arch}: exactness", leave=False):
+        x, y = x_all[i : i + batch], y_all[i : i + batch]
+        noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(i))
+        ours = sglib.smoothgrad(model, x, y, noise=noise)
+        loop.append(float((ours - smoothgrad_per_sample(model, x, y, noise)).abs().max()))
+        moved = sglib.smoothgrad(cl, x.contiguous(memory_format=torch.channels_last), y, noise=noise)
+        drift.append(float((moved - ours).abs().max()))
+        agree.append(tislib.topk_agreement(top5(moved), top5(ours)))
+        largest = max(largest, float(ours.abs().max()))
+    print(
+        f"IEM {arch}, {len(x_all)} test images in batches of {batch}: max |diff| exact mode vs the original "
+        f"loop {' '.join(f'{d:.0e}' for d in loop)}; channels-last float32 vs the exact mode "
+        f"{' '.join(f'{d:.0e}' for d in drift)} (largest |gradient| {largest:.2f}; top-5 TIS agreement "
+        f"{np.concatenate(agree).mean():.4f})",
+        flush=True,
+    )
 
 
 def steps_one(arch, model, x, y, noise, rounds):
@@ -367,13 +431,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (best of)")
     ap.add_argument("--f16-batch", type=int, default=100, help="images in the ImageNet-shape batch")
     ap.add_argument("--steps", action="store_true", help="measure each change of the exact mode instead")
+    ap.add_argument(
+        "--exact-images",
+        type=int,
+        default=500,
+        help="with --steps: test images on which channels-last is compared with the exact mode (0: skip)",
+    )
     ap.add_argument("--f16-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.f16_child:
         f16_child(args.f16_child)
         return 0
     if args.steps:
-        steps(args.rounds)
+        steps(args.rounds, args.exact_images)
         return 0
     print(
         f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
