@@ -7,7 +7,7 @@ PRESET ?= default
 ARGS ?=
 
 .PHONY: install pipeline smoke test lint benchmarks lab checkpoints checkpoints-vqvae clean-runs verify verify-isa \
-	verify-vqvae verify-vqvae-isa compare codebook-sizes sync-notebooks
+	verify-vqvae verify-vqvae-isa compare codebook-sizes sync-notebooks student
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ smoke: install
 
 # ruff lints the notebooks in both forms and formats their text forms (pyproject: format excludes *.ipynb)
 lint: install
-	$(BIN)/ruff check cortex_utils tests benchmarks notebooks
-	$(BIN)/ruff format --check cortex_utils tests benchmarks notebooks
+	$(BIN)/ruff check cortex_utils tests benchmarks tools notebooks
+	$(BIN)/ruff format --check cortex_utils tests benchmarks tools notebooks
 
 test: lint
 	$(BIN)/python -m pytest
@@ -37,6 +37,11 @@ test: lint
 BENCHMARKS := tis_speed cliff_delta bias_calibration sampling_cache ddp_tis isa_kernels
 benchmarks: install
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
+
+# A student's copy of the notebooks in student/: the solution cells replaced by blank answer cells
+# (tools/student_copy.py); the teacher keeps notebooks/ (run with -p solutions true to reveal).
+student: install
+	$(BIN)/python tools/student_copy.py --out student
 
 lab: install
 	cd notebooks && ../$(BIN)/jupyter lab

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .iem import check_batch
+from .progress import tqdm
 from .smoothgrad import smoothgrad, smoothgrad_noise
 
 REDUCTIONS = ("max", "mean")

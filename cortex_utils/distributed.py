@@ -47,7 +47,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from . import REPO_ROOT
 from . import datasets as tokds
@@ -57,6 +56,7 @@ from . import vq as vqlib
 from .artifacts import atomic_path, registered
 from .checkpoints import read_card
 from .concepts import concept_counts, concept_table
+from .progress import tqdm
 
 COMMANDS = ("train-iem", "tis", "concepts", "generate")
 PROGRESS, INFO, FAILED = "CORTEX_PROGRESS ", "CORTEX_INFO ", "CORTEX_FAILED "

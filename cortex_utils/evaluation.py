@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .evaluators import predict_logits
+from .progress import tqdm
 from .tis import topk_positions
 from .vq import codebook, decode
 

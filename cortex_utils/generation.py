@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import digits, taming_vq
 from . import vq as vqlib
 from .checkpoints import check_state_dict, load_state_dict
+from .progress import tqdm
 
 NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
 

@@ -15,6 +15,8 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
+
 from . import REPO_ROOT
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -134,9 +136,11 @@ def repo_path(p: str | Path) -> Path:
 def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool = False) -> bool | None:
     """Check the answer to exercise ``name``: ``namespace[f"answer_{name}"]`` (the notebook's ``globals()``).
 
-    ``check(answer)`` returns True when the answer holds (or raises AssertionError with a message). Prints
-    what it found and returns True / False, or None when the answer variable is not set yet. With
-    ``solutions`` on, a missing or wrong answer is an error: the solution cells must pass their own checks.
+    ``check(answer)`` returns True when the answer holds (or raises AssertionError with a message saying what
+    is wrong or which step to re-check, never the true value). Prints what it found and returns True / False,
+    or None when the answer variable is not set yet. With ``solutions`` on, a missing or wrong answer is an
+    error (the solution cells must pass their own checks), and so is a check whose message, for a wrong
+    answer made from the solution's (``wrong_answers``), shows the solution's value (``truth_texts``).
     """
     key = f"answer_{name}"
     answer = namespace.get(key)
@@ -147,15 +151,80 @@ def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool 
             )
         print(f"exercise {name}: not answered yet (set {key} = ... in a cell above this one)")
         return None
-    try:
-        ok = bool(check(answer))
-        why = ""
-    except AssertionError as err:
-        ok, why = False, f" ({err})"
+    ok, why = _run_check(check, answer)
     if ok:
         print(f"exercise {name}: your answer holds")
     else:
         print(f"exercise {name}: not yet{why}" + (f" - hint: {hint}" if hint else ""))
         if solutions:
             raise AssertionError(f"exercise {name}: the solution does not pass its own check{why}")
+    if solutions:
+        truths = truth_texts(answer)
+        for wrong in wrong_answers(answer):
+            passed, message = _run_check(check, wrong)
+            leaked = [t for t in truths if t in message + hint]
+            if not passed and leaked:
+                raise AssertionError(
+                    f"exercise {name}: a wrong answer's message shows the solution's value {leaked[0]!r}"
+                )
     return ok
+
+
+def _run_check(check, answer) -> tuple[bool, str]:
+    """``(passed, message)``: a check that raises anything but AssertionError on a malformed answer counts
+    as failed with that error's text."""
+    try:
+        return bool(check(answer)), ""
+    except AssertionError as err:
+        return False, f" ({err})"
+    except Exception as err:  # a wrong answer of another shape
+        return False, f" ({type(err).__name__}: {err})"
+
+
+def wrong_answers(answer) -> list:
+    """A few wrong answers made from a right one: every number moved (x -> 1.5 x + 1, an int -> x + 1), a
+    string changed, a sequence's numbers moved one at a time and all together."""
+
+    def move(x):
+        if isinstance(x, bool):
+            return not x
+        if isinstance(x, int | np.integer):
+            return int(x) + 1
+        if isinstance(x, float | np.floating):
+            return float(x) * 1.5 + 1.0
+        if isinstance(x, str):
+            return x + "?"
+        return x
+
+    if isinstance(answer, list | tuple):
+        out = [type(answer)(move(v) for v in answer)]
+        for i in range(len(answer)):
+            out.append(type(answer)(move(v) if j == i else v for j, v in enumerate(answer)))
+        return out
+    if isinstance(answer, dict):
+        return [{k: move(v) for k, v in answer.items()}]
+    return [move(answer)]
+
+
+def truth_texts(answer) -> list[str]:
+    """How a solution's numbers would read in a message: each float at 2-6 decimals and as ``repr``, each int
+    of two or more digits (one-digit ints, such as class indices, appear in messages for other reasons), and
+    strings of three or more characters."""
+    values = (
+        list(answer.values())
+        if isinstance(answer, dict)
+        else list(answer)
+        if isinstance(answer, list | tuple)
+        else [answer]
+    )
+    texts = set()
+    for v in values:
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, float | np.floating) and np.isfinite(v) and v not in (0.0, 1.0):
+            texts |= {f"{float(v):.{d}f}" for d in range(2, 7)} | {repr(float(v))}
+        elif isinstance(v, int | np.integer) and abs(int(v)) >= 10:
+            texts.add(str(int(v)))
+        elif isinstance(v, str) and len(v) >= 3:
+            texts.add(v)
+    return sorted(texts)

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from .progress import tqdm
 
 
 def _span(x, size: int, name: str) -> tuple[int, int]:

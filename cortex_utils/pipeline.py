@@ -59,6 +59,10 @@ NEEDS = {
     "12_compare_tokenizers": ["07_image_level_explanation", "09_codebook_optimization"],
     "13_bias_real_data": [],
     "14_several_objects": ["06_concept_analysis"],
+    "15_tis_deeper": ["05_compute_tis"],
+    "16_bias_deeper": ["10_bias_detection"],
+    "17_masking_deeper": ["07_image_level_explanation", "08_concept_level_explanation"],
+    "18_data_and_iem_deeper": ["04_test_iem"],
 }
 
 
@@ -172,6 +176,13 @@ def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_time
 
     if threads:  # the kernel inherits it; torch sizes its thread pool from it
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    # The kernel's own log (its start-up warning about TCP transport, the "KeyboardInterrupt caught" of its
+    # shutdown) goes to <run>/logs/<notebook>.log, not to the terminal: a clean run prints only its progress.
+    # This worker process runs this one notebook (max_tasks_per_child=1), so its stderr is free to move.
+    log = Path(out).parent / "logs" / f"{nb}.log"
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "w") as f:
+        os.dup2(f.fileno(), 2)
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(
@@ -233,8 +244,10 @@ def run(
     print(f"run directory: {run_dir}")
     if not only:  # a whole run starts counting the models it trains afresh (artifacts.note_trained)
         record_metrics(run_dir, models_trained_in_run=0)
-    # kernels inherit the environment: a headless MPLBACKEND=Agg would keep figures out of the notebooks
+    # kernels inherit the environment: a headless MPLBACKEND=Agg would keep figures out of the notebooks;
+    # no one watches a widget progress bar in a batch run, and papermill saves it at "0%" (see progress.py)
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    os.environ["CORTEX_PLAIN_PROGRESS"] = "1"
     cores = os.cpu_count() or 1
     t_all = time.perf_counter()
     waiting, running, done, errors = list(preset["notebooks"]), {}, set(), []
@@ -280,7 +293,10 @@ def run(
                     failed = out.with_suffix(".failed.ipynb")
                     if out.exists():
                         out.replace(failed)
-                    errors.append(f"{result['error']}\n  executed copy: {failed}")
+                    errors.append(
+                        f"{result['error']}\n  executed copy: {failed}"
+                        f"\n  kernel log: {run_dir / 'logs' / f'{nb}.log'}"
+                    )
                     print(f"[{nb}] FAILED", flush=True)
                     continue
                 done.add(nb)

@@ -450,3 +450,59 @@ def drawn_as_other(ds, shows_a: dict, planted_label: int) -> tuple[float, float]
     shows = np.concatenate([shows_a[s] for s in ds.splits])
     is_a = y == planted_label
     return float(1 - shows[is_a].mean()), float(shows[~is_a].mean())
+
+
+# --- notebook 10's parameter checks ----------------------------------------------------------------------
+
+
+def check_study_parameters(p: dict) -> tuple[int, int, int]:
+    """Notebook 10's checks of its parameters (``p``: the dict ``notebook.check_parameters`` returns); raises
+    ValueError naming the first bad one. Returns the colour, the thickness and the control digit of
+    ``study_digits``."""
+    from .notebook import choice, require
+
+    bias_types, digits, gen_p, sampling = p["bias_types"], p["study_digits"], p["generator"], p["sampling"]
+    require(
+        len(bias_types) >= 1 and len(set(bias_types)) == len(bias_types), "bias_types: name each study once"
+    )
+    for b in bias_types:
+        choice("bias_types entry", b, list(ATTRIBUTES))
+    for b, v in p["planted"].items():
+        choice("planted key", b, list(ATTRIBUTES))
+        choice(f"planted[{b!r}]", v, ATTRIBUTES[b])
+    picked = tuple(digits[k] for k in ("colour", "thickness", "control"))
+    require(
+        len(set(picked)) == 3 and all(0 <= d <= 9 for d in picked),
+        f"study_digits must name three different digits 0-9, got {digits}",
+    )
+    require(0 <= p["skew"] <= 1, f"skew must lie in [0, 1], got {p['skew']}")
+    require(
+        gen_p["steps"] >= 1 and gen_p["lr"] > 0 and gen_p["per_image"] >= 1,
+        f"generator: steps, per_image >= 1 and lr > 0, got {gen_p}",
+    )
+    require(
+        0 < gen_p["neutral_share"] < 1 and 0 < gen_p["thick_fraction"] <= 0.5,
+        f"generator: neutral_share must lie in (0, 1), thick_fraction in (0, 0.5], got {gen_p}",
+    )
+    require(
+        sampling["temperature"] > 0 and sampling["top_k"] >= 0,
+        f"sampling: temperature > 0 and top_k >= 0, got {sampling}",
+    )
+    per_value = p["attribute_per_value"]
+    require(
+        len(per_value) == 3 and min(per_value[:2]) >= 1 and per_value[2] >= 0,
+        "attribute_per_value: [train, val, test] with train and val >= 1",
+    )
+    require(p["specificity"] >= 0, "specificity must be >= 0")
+    require(
+        0 <= p["min_youden"] < 1 and 0 < p["not_found_width"] <= 1,
+        "min_youden must lie in [0, 1), not_found_width in (0, 1]",
+    )
+    counts = ("n_neutral", "nsamples", "top_n", "token_num", "n_boot")
+    require(
+        all(p[k] >= 1 for k in counts) and p["attribute_iem"]["epochs"] >= 1,
+        "n_neutral, nsamples, top_n, token_num, attribute_iem epochs and n_boot must be >= 1",
+    )
+    choice("attribute_iem arch", p["attribute_iem"]["arch"], [1, 2, 3, 4])
+    choice("bf16", p["bf16"], ["auto", "on", "off"])
+    return picked

@@ -1,4 +1,8 @@
-"""Figures shared by the notebooks (matplotlib / seaborn)."""
+"""Figures shared by the notebooks (matplotlib / seaborn).
+
+Each function draws its figure and returns nothing, so a cell that ends with one shows the figure once (the
+inline backend shows it); ``tis_grid`` and ``tis_explorer`` return theirs, for a title or a display handle
+(end such a cell with ``;``). Every heat map has a colorbar with a label."""
 
 from __future__ import annotations
 
@@ -33,7 +37,6 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, suptitle:
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    return fig
 
 
 def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1):
@@ -48,7 +51,6 @@ def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1):
                 ax.imshow(to_hwc(imgs[c]).squeeze(), cmap="gray", interpolation="nearest")
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
-    return fig
 
 
 def training_curves(log: pd.DataFrame, columns, title: str = ""):
@@ -61,7 +63,6 @@ def training_curves(log: pd.DataFrame, columns, title: str = ""):
         ax.set_title(c)
     fig.suptitle(title)
     fig.tight_layout()
-    return fig
 
 
 def codebook_usage(counts: np.ndarray, title: str = "codebook usage"):
@@ -75,7 +76,6 @@ def codebook_usage(counts: np.ndarray, title: str = "codebook usage"):
     ax.set_ylabel("occurrences")
     ax.set_title(f"{title}: {used:.0%} of {len(counts)} entries used")
     fig.tight_layout()
-    return fig
 
 
 def confusion(true, pred, class_names, title: str = "confusion", normalize: bool = True):
@@ -91,7 +91,7 @@ def confusion(true, pred, class_names, title: str = "confusion", normalize: bool
         fmt=".2f" if normalize else "g",
         cmap="Blues",
         ax=ax,
-        cbar=False,
+        cbar_kws={"label": "share of the true class" if normalize else "images"},
         xticklabels=class_names,
         yticklabels=class_names,
     )
@@ -99,7 +99,6 @@ def confusion(true, pred, class_names, title: str = "confusion", normalize: bool
     ax.set_ylabel("true / conditioning class")
     ax.set_title(title)
     fig.tight_layout()
-    return fig
 
 
 def bar_table(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", ylim=None):
@@ -107,23 +106,37 @@ def bar_table(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: s
     sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
     if ylim:
         ax.set_ylim(*ylim)
+    if hue:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=hue, frameon=False)
     ax.set_title(title)
     fig.tight_layout()
-    return fig
 
 
-def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np.ndarray | None = None):
-    """An image with its per-position scores laid over it (upsampled to the image), optional top-n boxes."""
+def tis_overlay(
+    ax,
+    image,
+    scores,
+    title: str = "",
+    alpha: float = 0.55,
+    top: np.ndarray | None = None,
+    vmax: float | None = None,
+):
+    """An image with its per-position scores laid over it (upsampled to the image), optional top-n boxes; the
+    colour scale runs from 0 to ``vmax`` (default: the map's largest score). Returns the map's image, for a
+    colorbar (``plt.colorbar(handle, ax=ax, label="TIS")``)."""
     img = to_hwc(image)
     h, w = np.asarray(scores).shape
     H, W = img.shape[:2]
     ax.imshow(img.squeeze(), cmap="gray", interpolation="nearest")
-    ax.imshow(
-        np.asarray(scores),
+    scores = np.asarray(scores, dtype=float)
+    handle = ax.imshow(
+        scores,
         cmap="inferno",
         alpha=alpha,
         extent=(-0.5, W - 0.5, H - 0.5, -0.5),
         interpolation="nearest",
+        vmin=min(0.0, float(scores.min())),
+        vmax=vmax if vmax is not None else float(scores.max()),
     )
     if top is not None:
         ph, pw = H / h, W / w
@@ -132,19 +145,28 @@ def tis_overlay(ax, image, scores, title: str = "", alpha: float = 0.55, top: np
             ax.add_patch(plt.Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, ec="cyan", lw=1.2))
     ax.set_title(title, fontsize=8)
     ax.axis("off")
+    return handle
 
 
-def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: int = 0):
-    """Several images with their TIS maps; ``top_n`` > 0 outlines each image's top-n positions."""
+def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: int = 0, suptitle: str = ""):
+    """Several images with their TIS maps; ``top_n`` > 0 outlines each image's top-n positions. Each map is
+    divided by its own largest score, so one colorbar (0 to 1) reads every panel. Returns the Figure."""
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
     tops = topk_positions(scores, top_n) if top_n else [None] * n
     for ax in axes.flat:
         ax.axis("off")
+    handle = None
     for i in range(n):
-        tis_overlay(axes.flat[i], images[i], scores[i], str(titles[i]), top=tops[i])
+        m = np.asarray(scores[i], dtype=float)
+        m = m / m.max() if m.max() > 0 else m
+        handle = tis_overlay(axes.flat[i], images[i], m, str(titles[i]), top=tops[i], vmax=1.0)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
+    if handle is not None:
+        fig.colorbar(handle, ax=axes, fraction=0.02, pad=0.01, label="TIS ÷ the image's largest")
     return fig
 
 
@@ -172,8 +194,9 @@ def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     axes[1].set_title(f"token ids (top-{top_n} TIS in red)")
     axes[1].set_xticks([])
     axes[1].set_yticks([])
-    tis_overlay(axes[2], image, scores, f"TIS, top-{top_n} boxed", top=sorted(top))
+    handle = tis_overlay(axes[2], image, scores, f"TIS, top-{top_n} boxed", top=sorted(top))
     fig.tight_layout()
+    fig.colorbar(handle, ax=axes[2], fraction=0.046, pad=0.02, label="TIS")
     return fig
 
 
@@ -196,7 +219,6 @@ def count_histograms(panels: dict):
         ax.set(title=title, xlabel="positions holding the value's tokens")
         ax.title.set_fontsize(9)
     fig.tight_layout()
-    return fig
 
 
 def delta_bars(deltas: pd.DataFrame, toward: str = "the planted value"):
@@ -215,7 +237,6 @@ def delta_bars(deltas: pd.DataFrame, toward: str = "the planted value"):
     ax.set_xlabel(f"the paper's Cliff's δ (raw counts)\ntoward {toward}")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    return fig
 
 
 def mitigation_bars(tables: dict, token_estimate: dict, names: dict):
@@ -259,8 +280,62 @@ def mitigation_bars(tables: dict, token_estimate: dict, names: dict):
             ylabel=ylabel,
             xlabel="bias type (biased digit, planted value)",
         )
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     axes[0].set_title("does the edit balance the attribute?")
     axes[1].set_title("is the digit kept?")
     fig.tight_layout()
-    return fig
+
+
+def outlined_grid(images, masks, titles=None, ncols: int = 8, size: float = 1.6, color: str = "red"):
+    """Show images (``(N, C, H, W)``, uint8 or [-1, 1]) with the grid cells of ``masks`` (bool ``(N, h, w)``,
+    the token grid) outlined: the border of each masked region is drawn, so a masked patch stays visible
+    even where masking made it black on black. Returns None."""
+    from matplotlib.collections import LineCollection
+
+    masks = np.asarray(masks, dtype=bool)
+    nrows = max(1, int(np.ceil(len(images) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.12), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(len(images)):
+        ax, img = axes.flat[i], to_hwc(images[i]).squeeze()
+        ax.imshow(img, cmap="gray", interpolation="nearest")
+        m = np.pad(masks[i], 1)  # a border of False: every region's edge is a change
+        ph, pw = img.shape[0] / masks.shape[1], img.shape[1] / masks.shape[2]
+        segs = []
+        for y, x in zip(*np.nonzero(m[1:-1, 1:-1]), strict=True):
+            x0, y0, x1, y1 = x * pw - 0.5, y * ph - 0.5, (x + 1) * pw - 0.5, (y + 1) * ph - 0.5
+            segs += [[(x0, y0), (x1, y0)]] if not m[y, x + 1] else []  # cell above unmasked
+            segs += [[(x0, y1), (x1, y1)]] if not m[y + 2, x + 1] else []  # below
+            segs += [[(x0, y0), (x0, y1)]] if not m[y + 1, x] else []  # left
+            segs += [[(x1, y0), (x1, y1)]] if not m[y + 1, x + 2] else []  # right
+        ax.add_collection(LineCollection(segs, colors=color, linewidths=1.5))
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+
+
+def share_vs_truth(deltas: pd.DataFrame):
+    """Notebook 10's check against the planted truth: per study (rows of ``deltas`` with ``bias``, ``digit``,
+    ``share``, ``share_low``, ``share_high``, ``pixel truth``) the share estimated from tokens with its 95 %
+    interval against the share measured from pixels; a study with no estimate is a dashed line over [0, 1]."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for b, marker in zip(deltas["bias"].unique(), "osd^", strict=False):
+        sub = deltas[deltas["bias"] == b]
+        ok = sub[np.isfinite(sub["share"].astype(float))]
+        err = [ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]]
+        bars = ax.errorbar(ok["pixel truth"], ok["share"], yerr=err, fmt=marker, label=b, capsize=3)
+        none = sub[~np.isfinite(sub["share"].astype(float))]
+        ax.vlines(none["pixel truth"], 0, 1, color=bars[0].get_color(), ls="--", lw=1)
+        for _, row in sub.iterrows():
+            y = row["share"] if np.isfinite(row["share"]) else 0.5
+            ax.annotate(f"digit {row['digit']}", (row["pixel truth"], y), xytext=(5, -10),
+                        textcoords="offset points", fontsize=7)  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="k", lw=0.7, ls="--", label="estimate = truth")
+    ax.axhline(0.5, color="k", lw=0.5, ls=":")
+    ax.axvline(0.5, color="k", lw=0.5, ls=":")
+    ax.set(xlim=(0, 1), ylim=(0, 1), title="share estimate vs ground truth")
+    ax.set_xlabel("share of the planted value by pixels (truth)")
+    ax.set_ylabel("share estimated from tokens (95 % interval)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()

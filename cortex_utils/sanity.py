@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import evaluation, rebuild_command, shipped_checkpoints
 from .checkpoints import read_card
 from .datasets import embedding_loader, split_fingerprint
 from .iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
+from .progress import tqdm
 from .tis import topk_positions
 
 CURVES = ("deletion", "insertion")
@@ -543,3 +543,76 @@ def verdict_text(
             "the TIS included, can be read as an explanation of what the IEM learned; read them with care."
         )
     return lines
+
+
+def carried_verdict(run_dir, method: str) -> dict:
+    """Notebook 11's verdict on ``method``, for a notebook that states it before (or without) running 11.
+
+    The numbers come from ``<run_dir>/metrics.json`` when notebook 11 recorded them there, else from the
+    reference default run (``docs/expected_metrics.json``); ``source`` says which. The bars are notebook
+    11's ``bars`` parameter (its default, or the run's value in ``parameters.yaml``). Returns ``{"source",
+    "recommended", "rank_corr_full", "rank_corr_data", "deletion_auc", "random_auc", "deletion_ratio",
+    "randomization_ok", "faithful", "max_rank_corr", "max_deletion_ratio", "space"}``.
+    """
+    import ast
+    import json
+
+    import yaml
+
+    from . import REPO_ROOT
+    from .notebook import declared_parameters
+
+    bars = ast.literal_eval(declared_parameters("11_trust_the_explanations")["bars"]["default"])
+    params = Path(run_dir) / "parameters.yaml"
+    if params.exists():
+        given = yaml.safe_load(params.read_text()).get("parameters", {}) or {}
+        bars.update((given.get("11_trust_the_explanations") or {}).get("bars", {}))
+    space = bars["space"]
+    keys = {
+        "rank_corr_full": f"sanity_abs_rank_corr_{method}",
+        "rank_corr_data": f"sanity_data_abs_rank_corr_{method}",
+        "deletion_auc": f"deletion_auc_{method}_{space}",
+        "random_auc": f"deletion_auc_random_{space}",
+        "recommended": "recommended_method",
+    }
+    p = Path(run_dir) / "metrics.json"
+    metrics = json.loads(p.read_text()) if p.exists() else {}
+    source = "this run's metrics.json"
+    if not all(k in metrics for k in keys.values()):
+        expected = json.loads((REPO_ROOT / "docs" / "expected_metrics.json").read_text())["checked"]
+        metrics = {k: v["value"] for k, v in expected.items()}
+        source = "the reference default run, docs/expected_metrics.json: notebook 11 has not run here"
+    out = {name: metrics[k] for name, k in keys.items()}
+    out["deletion_ratio"] = out["deletion_auc"] / out["random_auc"]
+    out["randomization_ok"] = max(out["rank_corr_full"], out["rank_corr_data"]) <= bars["max_rank_corr"]
+    out["faithful"] = out["deletion_ratio"] <= bars["max_deletion_ratio"]
+    return {"source": source, **out, **bars}
+
+
+def carried_verdict_text(v: dict, method: str, what: str = "the TIS maps") -> str:
+    """Notebook 11's verdict (``carried_verdict``) in a few sentences of markdown, with how to read ``what``
+    in its light."""
+    verdict = (
+        "no attribution passes both checks, the TIS included"
+        if v["recommended"] == "none"
+        else f"it recommends **{v['recommended']}**"
+    )
+    head = (
+        f"Notebook 11 finds that {verdict} (numbers from {v['source']}). "
+        "**Randomization** (Adebayo et al. 2018): "
+        f"{method}'s maps keep a rank correlation of {v['rank_corr_full']:.2f} with those of an IEM with "
+        f"random weights and {v['rank_corr_data']:.2f} with one trained on shuffled labels (bar: "
+        f"≤ {v['max_rank_corr']:g}). **Deletion**: masking the top positions first leaves an area under the "
+        f"class-probability curve of {v['deletion_ratio']:.2f} × a random order's (bar: "
+        f"≤ {v['max_deletion_ratio']:g})."
+    )
+    reading = {
+        (False, True): f"So the top positions of {what} hold evidence the decision uses, but much of a map's "
+        "shape follows the image, not what the IEM learned: read the few highest positions, not the pattern.",
+        (True, False): f"So {what} follow what the IEM learned, but their top positions matter little more "
+        "than random ones: read their ranking with care.",
+        (False, False): f"Neither check supports {what}: treat them as hypotheses for masking (notebooks 07, "
+        "08) to test.",
+        (True, True): f"Both checks support {what}.",
+    }[v["randomization_ok"], v["faithful"]]
+    return head + " " + reading

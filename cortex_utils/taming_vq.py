@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import io
 import sys
 import types
 from pathlib import Path
@@ -28,10 +29,10 @@ import torch
 import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
-from tqdm.auto import tqdm
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
+from .progress import tqdm
 from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "taming_vqgan"
@@ -104,7 +105,8 @@ def instantiate(config: dict):
     else:
         with _transformers_stand_in():
             obj = getattr(importlib.import_module(module), name)
-    return obj(**config.get("params", {}))
+    with contextlib.redirect_stdout(io.StringIO()):  # taming's constructors print their shapes
+        return obj(**config.get("params", {}))
 
 
 VQMODEL_TARGET = "taming.models.vqgan.VQModel"
@@ -135,7 +137,8 @@ class TamingVQ(torch.nn.Module):
         super().__init__()
         self.image_key = image_key
         self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
+        with contextlib.redirect_stdout(io.StringIO()):  # taming prints "Working with z of shape ..."
+            self.decoder = Decoder(**ddconfig)
         self.quantize = VectorQuantizer2(
             n_embed, embed_dim, beta=0.25, remap=remap, sane_index_shape=sane_index_shape
         )

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .attribution import attribute, check_method
+from .progress import tqdm
 from .smoothgrad import DRAWS, SIGMAS, check_precision
 
 

@@ -25,10 +25,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import DEFAULT_FAMILY
 from .artifacts import registered
+from .progress import tqdm
 
 # family name -> the adapter module that builds and loads it (DEFAULT_FAMILY, taming's, is also the family of
 # datasets and registries made before there were families)

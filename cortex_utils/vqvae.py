@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
+from .progress import tqdm
 from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "vqvae_fsq"
