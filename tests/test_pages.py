@@ -159,6 +159,13 @@ def test_a_check_that_shows_the_truth_fails_with_solutions_on(capsys):
     assert exercise("1", {"answer_1": 0.5}, fair) is False
     out = capsys.readouterr().out
     assert "re-check the denominator" in out and "0.93" not in out
+
+    def echoes(a):  # repeating the student's own numbers is not a leak, even where one of them is right
+        if abs(a[1] - truth) >= 5e-4 or a[0] != 3:
+            raise AssertionError(f"top-{a[0]} accuracy {a[1]:.4f} does not hold: re-check k")
+        return True
+
+    assert exercise("1", {"answer_1": (3, truth)}, echoes, solutions=True) is True
     assert "0.931" in truth_texts((3, 0.9312)) and "3" not in truth_texts((3, 0.9312))
     assert wrong_answers((3, 0.5)) == [(4, 1.75), (4, 0.5), (3, 1.75)]
 
