@@ -66,6 +66,14 @@ def test_a_clean_page_passes(tmp_path):
     bar = "sample:   0%|   | 0/8 [00:00<?, ?it/s]\rsample: 100%|###| 8/8 [00:01<00:00, 7.9it/s]\n"
     cells = [_code(_stream("IEM 1 top-1: 0.970\n"), _stream(bar)), _code(_result("0.5")), *END]
     assert _page(cells, tmp_path) == []
+    # papermill saves each redraw of a plain bar as an output of its own; a front end joins them
+    parts = [
+        _stream("\rTIS:   0%|   | 0/9"),
+        _stream("\rTIS:  44%|#  | 4/9"),
+        _stream("\rTIS: 100%|###| 9/9\n"),
+    ]
+    assert _page([_code(*parts), *END], tmp_path) == []
+    assert "progress bar" in _page([_code(*parts[:2]), *END], tmp_path)[0]
 
 
 @pytest.mark.parametrize(

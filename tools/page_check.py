@@ -42,6 +42,20 @@ def _shown(text: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
+def _merged(outputs) -> list:
+    """The outputs as a front end shows them: consecutive stream outputs of one name joined (papermill saves
+    each write of a progress bar as an output of its own)."""
+    merged = []
+    for out in outputs:
+        last = merged[-1] if merged else None
+        if out.get("output_type") == "stream" and last and last.get("output_type") == "stream":
+            if last.get("name") == out.get("name"):
+                merged[-1] = {**last, "text": last.get("text", "") + out.get("text", "")}
+                continue
+        merged.append(out)
+    return merged
+
+
 def problems(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
     found = []
@@ -51,7 +65,7 @@ def problems(path: Path) -> list[str]:
         where = f"{path.name} cell {i}"
         demo = "demonstration" in cell.metadata.get("tags", [])
         images = []
-        for out in cell.get("outputs", []):
+        for out in _merged(cell.get("outputs", [])):
             data = out.get("data", {})
             text = _text(out)
             shown = _shown(text).strip("\n")
