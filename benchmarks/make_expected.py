@@ -107,7 +107,7 @@ RULES = [
         0.02,
         "positions per image over 500 images: a token changed on a TIS near-tie",
     ),
-    # notebook 05's fast mode against float32: bfloat16 kernels differ between CPUs (AMX, AVX512-BF16,
+    # notebook 15's fast mode against float32 (notebook 05's before the class path split it off): bfloat16 kernels differ between CPUs (AMX, AVX512-BF16,
     # oneDNN's ISA setting) far more than float32 ones do, and a CPU without bfloat16 does not record the key
     # at all
     (

@@ -20,6 +20,8 @@ planted_bias the planted-bias world of the default: prompts, the bias generator,
 sanity      can we trust an attribution? sanity checks, deletion / insertion curves
 composites  several objects with known places: two digits side by side, the pointing game
 distributed the same stages as torchrun / DDP jobs, sharded by rank
+prepare     a run's models and data, shipped or made (notebooks 01-03): load when the card matches, else train
+progress    tqdm bars: widgets in JupyterLab, plain text in a pipeline run
 plots       figures shared by the notebooks
 notebook    parameter checks used by every notebook's validation cell
 pipeline    run the numbered notebooks through papermill

@@ -80,8 +80,9 @@ def read_metrics(run_dir: str | os.PathLike) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def record_metrics(run_dir: str | os.PathLike, **values) -> dict:
-    """Merge headline numbers into ``<run_dir>/metrics.json`` (one flat JSON object)."""
+def record_metrics(run_dir: str | os.PathLike, **values) -> None:
+    """Merge headline numbers into ``<run_dir>/metrics.json`` (one flat JSON object). Returns nothing, so a
+    notebook cell that ends with it shows nothing (read them back with ``read_metrics``)."""
     for k, v in values.items():
         if isinstance(v, (dict, list, tuple)):
             raise TypeError(f"metric {k} must be a scalar, got {type(v).__name__}")
@@ -89,7 +90,6 @@ def record_metrics(run_dir: str | os.PathLike, **values) -> dict:
         metrics = read_metrics(run_dir)
         metrics.update({k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()})
         write_json(Path(run_dir) / "metrics.json", metrics)
-    return metrics
 
 
 def note_trained(run_dir: str | os.PathLike, what: str, n: int = 1) -> int:

@@ -133,12 +133,13 @@ def repo_path(p: str | Path) -> Path:
 # ``exercise-check`` cell that calls ``exercise``. Unanswered, the check only says so, so a run stays green.
 
 
-def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool = False) -> bool | None:
+def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool = False) -> None:
     """Check the answer to exercise ``name``: ``namespace[f"answer_{name}"]`` (the notebook's ``globals()``).
 
     ``check(answer)`` returns True when the answer holds (or raises AssertionError with a message saying what
-    is wrong or which step to re-check, never the true value). Prints what it found and returns True / False,
-    or None when the answer variable is not set yet. With ``solutions`` on, a missing or wrong answer is an
+    is wrong or which step to re-check, never the true value). Prints what it found ("your answer holds",
+    "not yet (...)" or "not answered yet") and returns nothing, so the check cell shows only that line. With
+    ``solutions`` on, a missing or wrong answer is an
     error (the solution cells must pass their own checks), and so is a check whose message, for a wrong
     answer made from the solution's (``wrong_answers``), shows the solution's value (``truth_texts``).
     """
@@ -150,7 +151,7 @@ def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool 
                 f"exercise {name}: solutions are on but {key} is not set by its solution cell"
             )
         print(f"exercise {name}: not answered yet (set {key} = ... in a cell above this one)")
-        return None
+        return
     ok, why = _run_check(check, answer)
     if ok:
         print(f"exercise {name}: your answer holds")
@@ -168,7 +169,6 @@ def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool 
                 raise AssertionError(
                     f"exercise {name}: a wrong answer's message shows the solution's value {leaked[0]!r}"
                 )
-    return ok
 
 
 def _run_check(check, answer) -> tuple[bool, str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.collections import LineCollection
 
 from .tis import topk_positions
 
@@ -218,6 +219,7 @@ def count_histograms(panels: dict):
         )
         ax.set(title=title, xlabel="positions holding the value's tokens")
         ax.title.set_fontsize(9)
+        sns.move_legend(ax, "lower center", bbox_to_anchor=(0.5, 1.12), ncol=2, frameon=False, fontsize=7)
     fig.tight_layout()
 
 
@@ -290,7 +292,6 @@ def outlined_grid(images, masks, titles=None, ncols: int = 8, size: float = 1.6,
     """Show images (``(N, C, H, W)``, uint8 or [-1, 1]) with the grid cells of ``masks`` (bool ``(N, h, w)``,
     the token grid) outlined: the border of each masked region is drawn, so a masked patch stays visible
     even where masking made it black on black. Returns None."""
-    from matplotlib.collections import LineCollection
 
     masks = np.asarray(masks, dtype=bool)
     nrows = max(1, int(np.ceil(len(images) / ncols)))

@@ -20,18 +20,22 @@ decode) with the masking helpers of ``evaluation``; ``curve_auc`` integrates the
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
-from . import evaluation, rebuild_command, shipped_checkpoints
+from . import REPO_ROOT, evaluation, rebuild_command, shipped_checkpoints
 from .checkpoints import read_card
 from .datasets import embedding_loader, split_fingerprint
 from .iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
+from .notebook import declared_parameters
 from .progress import tqdm
 from .tis import topk_positions
 
@@ -554,14 +558,6 @@ def carried_verdict(run_dir, method: str) -> dict:
     "recommended", "rank_corr_full", "rank_corr_data", "deletion_auc", "random_auc", "deletion_ratio",
     "randomization_ok", "faithful", "max_rank_corr", "max_deletion_ratio", "space"}``.
     """
-    import ast
-    import json
-
-    import yaml
-
-    from . import REPO_ROOT
-    from .notebook import declared_parameters
-
     bars = ast.literal_eval(declared_parameters("11_trust_the_explanations")["bars"]["default"])
     params = Path(run_dir) / "parameters.yaml"
     if params.exists():

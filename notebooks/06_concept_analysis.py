@@ -16,31 +16,23 @@
 # %% [markdown]
 # # 06 · Concept tokens
 #
-# A token is part of a concept if it keeps showing up where the IEM looks. For every training image we
-# take the codebook ids at its **top-n TIS positions** (n ∈ 1, 5, 10, 20) and count them per class: the
-# ranked ids are the class's **concept tokens**, with how often and in how many images they occur. The same
-# counting over all classes gives the global ranking.
-#
-# A natural baseline is plain **frequency**: the ids that occur most in a class's images (the original's
-# baseline), and a **class-contrastive** variant: ids much more frequent in the class than overall. If the
-# concept tokens were just the frequent ones, CORTEX would add nothing; the overlap plot shows how much
-# they differ.
-#
-# The scores are the run's TIS from notebook 05, by the attribution method it was given (`method`; the
-# paper's SmoothGrad by default); the cell that loads them says which.
+# The paper (Yang, Shi, Du, Wu, Tan, Sun, Liu: *Concept-Centric Token Interpretation for Vector-Quantized
+# Generative Models*) calls a codebook id a **concept token** of a class if it keeps showing up where the
+# IEM looks. For every training image we read the ids at its **top-n TIS positions** (notebook 05) and count
+# them per class; the most counted ids are the class's concept tokens.
 
 # %%
-import matplotlib.pyplot as plt
+from collections import Counter
+
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from cortex_utils import concepts, plots
+from cortex_utils import concepts, evaluation, plots
 from cortex_utils import datasets as tokds
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, register, registered
+from cortex_utils.artifacts import atomic_path, record_metrics, register, registered
 from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
@@ -48,7 +40,9 @@ run_dir = "runs/interactive"  # the run directory of notebooks 01-05 (relative t
 top_ns = [1, 5, 10, 20]  # how many of each image's highest-TIS positions to read
 top = 100  # ranked ids kept per class (concept and frequency tables)
 show_top_n = 5  # the top-n used in the figures
-tokens_per_class = 6  # concept tokens drawn per class
+tokens_per_class = 3  # concept tokens drawn per class in the gallery
+gallery_classes = [0, 3, 7]  # the classes the gallery shows
+background_share = 0.5  # the background: the commonest ids, filling this share of the grids (as notebook 08)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -56,34 +50,27 @@ params = check_parameters(globals(), "06_concept_analysis")
 run_dir = repo_path(run_dir)
 vq = vqlib.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
-n_positions = int(np.prod(ds.grid))
-require(
-    len(top_ns) > 0 and all(1 <= n <= n_positions for n in top_ns),
-    f"top_ns must lie in [1, {n_positions}] (the grid has {n_positions} positions), got {top_ns}",
-)
+n_positions, K = int(np.prod(ds.grid)), ds.manifest["n_embed"]
+require(all(1 <= n <= n_positions for n in top_ns), f"top_ns must lie in [1, {n_positions}], got {top_ns}")
 require(show_top_n in top_ns, f"show_top_n ({show_top_n}) must be one of top_ns {top_ns}")
-require(top >= 1 and tokens_per_class >= 1, "top and tokens_per_class must be >= 1")
+require(
+    top >= 1 and tokens_per_class >= 1 and 0 <= background_share < 1,
+    "check top, tokens_per_class, background_share",
+)
 tis_entry = registered(run_dir, "tis")
 require("train" in tis_entry["splits"], "notebook 05 must have computed TIS for the train split")
 tis = np.load(repo_path(tis_entry["path"]) / "train.npy")
 tokens, labels = ds.tokens["train"], ds.labels["train"].astype(np.int64)
 require(tis.shape == tokens.shape, f"TIS {tis.shape} is not aligned with the train tokens {tokens.shape}")
-print(
-    f"TIS method: {tis_entry['method']} (notebook 05: IEM {tis_entry['iem_arch']}, {tis_entry['reduction']} "
-    "over the channels)"
-)
-params
+print(f"{len(labels)} train images; TIS by {tis_entry['method']} (IEM {tis_entry['iem_arch']}, notebook 05)")
 
 # %% [markdown]
 # ## By hand: count the ids at the most important positions
 #
-# The whole idea fits in a few plain lines. For every training image of a class: sort its TIS, take the
-# `show_top_n` highest positions, read the codebook ids sitting there and add them to a counter. The ids
-# counted most often are the class's concept tokens (ties: the smaller id first). Here for three classes.
+# For each training image of a class: sort its TIS, read the ids at the `show_top_n` highest positions,
+# count them. Ties: the smaller id first.
 
 # %% tags=["by-hand"]
-from collections import Counter
-
 n, few = show_top_n, list(range(min(3, len(ds.class_names))))
 by_hand = {}
 for c in few:
@@ -98,19 +85,23 @@ for c in few:
 # %% [markdown]
 # ## At scale: every class and every top-n at once
 #
-# `concepts.concept_tokens` does the same counting for all classes and all top-n values together: one stable
-# `argsort` over every image's TIS (`tis.topk_positions`), then one `bincount` over (class, id) pairs, instead
-# of a Python loop per image. It also counts in how many images each id occurs and the global ranking.
+# With $t_{i,p}$ the id at position $p$ of image $i$ and $y_i$ its class, the count
+# of id $k$ for class $c$ is
+#
+# $$\mathrm{count}_c(k) = \sum_{i:\, y_i = c} \; \sum_{p \,\in\, \mathrm{top}_n(\mathrm{TIS}_i)}
+# \mathbb{1}\left[t_{i,p} = k\right],$$
+#
+# and the concept tokens of $c$ are the ids sorted by $\mathrm{count}_c$, highest first.
+# `concepts.concept_tokens` computes it for all classes and top-n values with one `bincount`; notebook 08's
+# baselines (the most **frequent** and most **class-specific** ids per class) are counted too.
 
 # %%
-K = ds.manifest["n_embed"]
 table = concepts.concept_tokens(tokens, labels, tis, ds.class_names, K, top_ns=top_ns, top=top)
 freq = concepts.frequency_tokens(tokens, labels, ds.class_names, K, top=top)
 contrast = concepts.frequency_tokens(tokens, labels, ds.class_names, K, top=top, contrastive=True)
-display(table[(table.top_n == show_top_n) & (table["rank"] <= 3)].head(33))
 
 # %% [markdown]
-# The by-hand counts must equal the library's table for that top-n: the same ids, counts and order.
+# The by-hand counts must equal the library's: same ids, counts and order.
 
 # %% tags=["by-hand-check"]
 for c in few:
@@ -134,86 +125,82 @@ for name, df in {"concept_tokens": table, "frequency_tokens": freq, "contrastive
 register(
     run_dir, "concepts", path=str(out), top_ns=top_ns, tis=tis_entry["path"], tis_method=tis_entry["method"]
 )
-print(f"saved to {out}: concept_tokens / frequency_tokens / contrastive_tokens (.csv, .parquet)")
 
 # %% [markdown]
-# ## Concentrated or spread out?
+# ## How many concept tokens are background?
 #
-# If a class has a concept, a few ids should take a large share of its top-n slots. The curve shows, per
-# class, the share of all top-n slots covered by its k highest-ranked ids.
+# Digits are drawn on black, so most grid positions hold a few black **background** codes, defined as in
+# notebook 08 (`concepts.background_tokens`): the commonest ids over all classes, until they fill
+# `background_share` of the grids. Marked with * among each class's first 10 concept tokens:
 
 # %%
-t = table[(table.top_n == show_top_n) & (table.label >= 0)].copy()
-t["cumulative share"] = t.groupby("label")["share"].cumsum()
-fig, ax = plt.subplots(figsize=(6, 3.2))
-sns.lineplot(
-    data=t[t["rank"] <= 30], x="rank", y="cumulative share", hue="class_name", ax=ax, palette="tab10"
-)
-ax.set_title(f"share of top-{show_top_n} TIS slots covered by the k first concept tokens")
-fig.tight_layout()
+background = concepts.background_tokens(tokens, labels, K, share=background_share)
+first10 = concepts.token_sets(table, 10, top_n=show_top_n)
+kept = table[~table.token.isin(background)].sort_values(["top_n", "label", "rank"])
+kept["rank"] = kept.groupby(["top_n", "label"]).cumcount() + 1  # the ranks once the background is skipped
+no_bg = concepts.token_sets(kept, 10, top_n=show_top_n)
+n_bg = {c: int(np.isin(ids, background).sum()) for c, ids in first10.items()}
+bg_share = sum(n_bg.values()) / sum(map(len, first10.values()))
+neutral_id = evaluation.resolve_neutral(vq, ds.tokens["test"], "background")  # notebook 07's neutral token
+marked = {c: " ".join(f"{t}*" if t in background else f"{t}" for t in ids) for c, ids in first10.items()}
+bg_table = pd.DataFrame({"first 10 concept tokens (* = background)": marked, "background": n_bg})
+bg_table["first 10 without background"] = pd.Series({c: " ".join(map(str, v)) for c, v in no_bg.items()})
+display(bg_table.set_axis([ds.class_names[c] for c in bg_table.index]))
+print(f"{len(background)} background ids: {bg_share:.0%} of the classes' first 10 concept tokens")
+
+# %%
+_ = record_metrics(run_dir, concept_tokens_background_share=round(bg_share, 4))
 
 # %% [markdown]
+# Why would a black code be a concept token? Where a digit has **no** stroke is part of its shape too (the
+# open side of a 7, the hole of a 0). It matters later: notebooks 07-08 black out the concept tokens'
+# patches, and blacking out a black patch hides nothing, so masking cannot show that a background concept
+# token matters.
+#
 # ## What the concept tokens look like
 #
-# Each row is a class; each column one of its first concept tokens (top-n = `show_top_n`). The large tile
-# decodes a grid made only of that token; the small crops are patches of training images where the token
-# sits among the top-n positions.
+# A few classes' first concept tokens, each in two training digits where it is a top-n token, its cells
+# outlined in red ("bg": a background id).
 
 # %%
 sets = concepts.token_sets(table, tokens_per_class, top_n=show_top_n)
-n_cls = min(len(ds.class_names), 10)
-fig, axes = plt.subplots(
-    n_cls, tokens_per_class * 2, figsize=(tokens_per_class * 2 * 0.9, n_cls * 0.95), squeeze=False
+picked = [(c, int(t)) for c in gallery_classes if c in sets for t in sets[c]]
+rows = np.concatenate(
+    [np.resize(concepts.images_with_token(tokens, labels, tis, show_top_n, c, t), 2) for c, t in picked]
 )
-for ax in axes.flat:
-    ax.axis("off")
-for c in range(n_cls):
-    ids = sets.get(c, [])
-    tiles = concepts.token_tiles(vq, ids) if len(ids) else []
-    for j, tok in enumerate(ids):
-        axes[c, 2 * j].imshow(plots.to_hwc(tiles[j]))
-        axes[c, 2 * j].set_title(f"{tok}", fontsize=7)
-        rows = concepts.images_with_token(tokens, labels, tis, show_top_n, c, tok)[:4]  # decode only these
-        decoded = vqlib.decode(vq, torch.from_numpy(tokens[rows].astype(np.int64))).numpy()
-        crops = concepts.token_crops(decoded, tokens[rows], tok, max_crops=4)
-        if len(crops):
-            axes[c, 2 * j + 1].imshow(plots.to_hwc(np.concatenate(list(crops), axis=2)))
-    axes[c, 0].text(-0.6, 0.5, ds.class_names[c], transform=axes[c, 0].transAxes, ha="right", va="center")
-fig.suptitle(
-    f"first {tokens_per_class} concept tokens per class: token tile | crops from images where it is a "
-    f"top-{show_top_n} token"
-)
-fig.tight_layout()
+shown = vqlib.decode(vq, torch.from_numpy(tokens[rows].astype(np.int64)))
+outlined = tokens[rows] == np.repeat([t for _, t in picked], 2)[:, None, None]
+titles = [f"class {ds.class_names[c]}: id {t}" + " bg" * (t in background) for c, t in picked for _ in (0, 1)]
+plots.outlined_grid(shown, outlined, titles, ncols=2 * tokens_per_class, size=1.7)
 
 # %% [markdown]
-# ## Concept tokens vs frequency tokens
-#
-# For every class and top-n: the fraction of the first 20 concept tokens that are also among the class's
-# 20 most frequent ids (the original baseline) or its 20 most class-specific ids (contrastive).
+# ## Summary
 
 # %%
-k = 20
-rows = []
-for n in top_ns:
-    cs = concepts.token_sets(table, k, top_n=n)
-    for base_name, base in (("frequency", freq), ("contrastive", contrast)):
-        ov = concepts.overlap(cs, concepts.token_sets(base, k))
-        rows += [
-            {"top_n": n, "baseline": base_name, "class": ds.class_names[c], "overlap": v}
-            for c, v in ov.items()
-        ]
-ov = pd.DataFrame(rows)
-display(ov.groupby(["baseline", "top_n"])["overlap"].mean().unstack().round(3))
-g = sns.catplot(data=ov, x="top_n", y="overlap", hue="baseline", kind="bar", height=3, aspect=1.8)
-g.set_axis_labels("top-n", f"share of first {k} concept tokens in the baseline's first {k}")
+c7 = min(len(ds.class_names) - 1, 7)
+summary = f"""
+* Concept tokens: the ids counted most at the top-{show_top_n} TIS positions of {len(labels)} training
+  images; the by-hand count equals `concepts.concept_tokens`.
+* {len(background)} of {K} ids are background: {bg_share:.0%} of the classes' first 10 concept tokens.
+* Class {ds.class_names[c7]}: {n_bg.get(c7, 0)} of its first 10 are background, its first is id
+  {first10[c7][0] if c7 in first10 else "-"}; notebook 07's neutral token is id {neutral_id}.
+"""
+display(Markdown(summary))
+
 # %% [markdown]
+# ## Questions
+#
+# 1. What is counted to find a class's concept tokens, and at which positions?
+# 2. What does $\mathrm{count}_c(k)$ add up, and over which images?
+# 3. How does notebook 08 decide which ids are background?
+# 4. Why can a black background code be a concept token of a digit?
+# 5. Why can blacking out a background concept token not show that it matters?
+#
 # ## Exercises
 
 # %% [markdown] tags=["exercise"]
-# **1.** Pick a class `c` and find its 3 most frequent concept tokens at top-n = `show_top_n` (5 by
-# default) without reading `table`: count the ids at each of its images' top-n TIS positions yourself
-# (`concepts.top_tokens` and `np.bincount` help). Write your answer as `answer_1 = {c: [id, id, id]}` (a dict
-# from the class label to a list of 3 ids, most frequent first).
+# **1.** Without reading `table`, find a class `c`'s first 3 concept tokens at top-n = `show_top_n`
+# (`concepts.top_tokens` and `np.bincount` help). Answer `answer_1 = {c: [id, id, id]}`, most counted first.
 
 # %% tags=["solution"]
 if solutions:
@@ -230,7 +217,9 @@ def check_1(a):
     assert isinstance(a, dict) and a, "answer_1 must be a non-empty dict {label: [3 ids]}"
     truth = concepts.token_sets(table, 3, top_n=show_top_n)
     for c, ids in a.items():
-        assert list(ids) == truth[int(c)].tolist(), f"class {c}: expected other ids (or order)"
+        assert list(ids) == truth[int(c)].tolist(), (
+            f"class {c}: other ids or another order; re-check the ties"
+        )
     return True
 
 
@@ -243,9 +232,8 @@ exercise(
 )
 
 # %% [markdown] tags=["exercise"]
-# **2.** Are concept tokens class-specific? Take each class's first 10 concept tokens at top-n =
-# `show_top_n`. How many distinct ids are a concept token of more than one class? Write your answer as
-# `answer_2 = ...` (a number).
+# **2.** Are concept tokens class-specific? Among the classes' first 10 concept tokens (top-n =
+# `show_top_n`), how many distinct ids belong to more than one class? Answer `answer_2 = ...` (a number).
 
 # %% tags=["solution"]
 if solutions:

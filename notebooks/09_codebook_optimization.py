@@ -19,7 +19,10 @@
 # Notebooks 05–08 read explanations off existing images. Here we **write** them: keep a digit's token grid,
 # free one region of it, and let the optimizer choose codebook tokens for that region that maximise the
 # IEM's logit for another class. Decoding the result shows what the IEM associates with the target class
-# in that region, and the independent evaluators tell whether a human-like judge sees it too.
+# in that region, and the independent evaluators (classifiers trained on pixels, notebook 02) tell whether a
+# judge that never saw the tokens sees it too. This is the codebook-level explanation of the paper,
+# *Concept-Centric Token Interpretation for Vector-Quantized Generative Models* (Yang, Shi, Du, Wu, Tan, Sun,
+# Liu); "the original" below is its code, run on ImageNet.
 #
 # As the original, two ways:
 #
@@ -73,7 +76,7 @@ torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"vit_b_16
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
-params = check_parameters(globals(), "09_codebook_optimization")
+check_parameters(globals(), "09_codebook_optimization")
 run_dir = repo_path(run_dir)
 require(
     len(pairs) > 0 and all(len(p) == 2 for p in pairs), f"pairs must be [source, target] pairs, got {pairs}"
@@ -91,7 +94,6 @@ require(
     concept_k >= 1 and chance_draws >= 100 and random_fills >= 1,
     "concept_k and random_fills must be >= 1, chance_draws >= 100",
 )
-params
 
 # %% [markdown]
 # ## The ingredients
@@ -141,11 +143,12 @@ print(
 # %% [markdown]
 # ## This notebook and the original
 #
-# **The original** (ImageNet VQGAN, 256 px images, 16×16 grid) optimized a fixed 4×4 block, rows and columns
-# 7–10: 16 of 256 positions, **6.25 %** of the image. Both modes ran **5000 Adam steps at lr 0.01**. Every
-# **500 steps** it decoded the current grid and scored it with its four ImageNet classifiers, and it kept,
-# **per classifier, the best target probability** over those checkpoints: the step reported can differ from
-# one classifier to the next, and it is picked by the very judge that then scores it.
+# **The original** (the ImageNet VQGAN of taming transformers, Esser et al. 2021, CVPR; 256 px images, 16×16
+# grid) optimized a fixed 4×4 block, rows and columns 7–10: 16 of 256 positions, **6.25 %** of the image. Both
+# modes ran **5000 Adam steps at lr 0.01**. Every **500 steps** it decoded the current grid and scored it with
+# its four ImageNet classifiers, and it kept, **per classifier, the best target probability** over those
+# checkpoints: the step reported can differ from one classifier to the next, and it is picked by the very
+# judge that then scores it.
 #
 # **Here** three things differ, each for a reason (the table below reads this run's parameters):
 #
@@ -186,8 +189,8 @@ protocol = pd.DataFrame(
         },
     }
 )
-with pd.option_context("display.max_colwidth", 90):
-    display(protocol)
+rows_md = [f"| {k} | {' | '.join(protocol.loc[k])} |" for k in protocol.index]
+display(Markdown("\n".join(["| | " + " | ".join(protocol.columns) + " |", "|---|---|---|", *rows_md])))
 
 # %% [markdown]
 # ## By hand: picking one token with a hard Gumbel-softmax
@@ -373,6 +376,7 @@ g = sns.catplot(
     errorbar=None,
 )
 g.figure.suptitle("evaluators' target-class probability before and after optimization", y=1.02)
+plt.show()
 # %% [markdown]
 # ## Verdict
 
@@ -397,7 +401,7 @@ display(per.round(3))
 # Record the headline numbers.
 
 # %%
-record_metrics(
+_ = record_metrics(
     run_dir,
     codebook_target_prob_before=round(p_before, 4),
     codebook_target_prob_after=round(p_after, 4),
@@ -668,7 +672,15 @@ for name, js in groups.items():
         }
     )
 overlap = pd.DataFrame(ov_rows).set_index("results")
-display(overlap.round(3))
+shown_overlap = [
+    "overlap",
+    "chance",
+    "p_value",
+    "random ids",
+    "random ids: p",
+    "other classes' concept tokens",
+]
+display(overlap[shown_overlap].round(3))
 
 # %%
 other_chance = np.mean(
@@ -790,7 +802,7 @@ ax = fills.groupby("pair", sort=False)[shown_cols].mean().plot.bar(rot=0, figsiz
 ax.set_xlabel("pair")
 ax.set_ylabel("evaluators' target probability")
 ax.set_ylim(0, 1)
-ax.legend(fontsize=7, loc="upper left")
+ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 ax.set_title(
     "the region optimised, or filled with the target's concept tokens / frequent ids / random ids", fontsize=9
 )
@@ -864,7 +876,7 @@ display(Markdown(opt.views_verdict(views)))
 # `<run_dir>/optimization/grids`, for the README's overview figure and anyone who wants to look again.
 
 # %%
-record_metrics(
+_ = record_metrics(
     run_dir,
     codebook_opt_concept_overlap=round(float(views["overlap"]), 4),
     codebook_opt_concept_overlap_chance=round(float(views["chance"]), 4),
@@ -913,6 +925,47 @@ tokds.save_token_dataset(
 register(run_dir, "optimization", path=str(grids_dir), splits=list(splits))
 print(f"saved {len(units)} rows x {len(splits)} splits to {grids_dir}")
 # %% [markdown]
+# ## Summary
+
+# %%
+rule_line = (
+    f"Letting each evaluator pick its best of the snapshots (the original's rule) reads {theirs:.3f}, "
+    f"against {ours:.3f} for the step the IEM picked"
+    + (": choosing the step by the judge inflates its score." if theirs > ours + 0.005 else ".")
+    if sum(n_snaps)
+    else "No snapshots were kept (`snapshot_every = 0`), so the original's rule was not compared."
+)
+display(
+    Markdown(
+        f"""
+* Optimising a {int(region.sum())}-position region ({region.mean():.0%} of the grid) toward another
+  digit moves the evaluators' mean target probability from {p_before:.3f} to {p_after:.3f}
+  ({len(results)} optimisations: {len(units)} source image(s) × {len(methods)} methods);
+  {changed_outside} tokens outside the region changed.
+* {rule_line}
+* A share {views["overlap"]:.3f} of the distinct ids the optimiser put into the region is among the
+  target's first {concept_k} concept tokens (notebook 06), against {views["chance"]:.3f} by chance
+  (p = {views["p_value"]:.3f}) and {views["overlap_random"]:.3f} for random ids.
+* Filling the region with the target's concept tokens gives a target probability of
+  {views["concept_fill"]:.3f}, against {views["frequency_fill"]:.3f} with its most frequent ids and
+  {views["random_fill"]:.3f} with random ids.
+"""
+    )
+)
+
+# %% [markdown]
+# ## Questions
+#
+# 1. What is kept fixed and what is optimised in a codebook-level explanation?
+# 2. How does token mode keep every region position a real codebook token while still passing gradients?
+# 3. What does embedding mode do before decoding, and why is that step needed?
+# 4. Which three things differ from the original's protocol here, and why?
+# 5. Why does this notebook let the IEM, not the evaluators, pick the reported step?
+# 6. How is the chance level of the overlap with the concept tokens computed?
+# 7. Why is the concept fill compared with a random fill *and* a frequency fill?
+# 8. What does the explorer's logit curve show as the steps go by?
+
+# %% [markdown]
 # ## Exercises
 
 # %% [markdown] tags=["exercise"]
@@ -932,7 +985,7 @@ def check_1(a):
     grid_after = np.asarray(results[0]["tokens"])
     truth = int(np.logical_and(grid_before != grid_after, region).sum())
     assert int(scores["tokens_changed_in_region"].iloc[0]) == truth  # the saved table says the same
-    assert int(a) == truth, f"expected {truth} of {int(region.sum())}"
+    assert int(a) == truth, "not the count: compare the grids elementwise, then count only inside `region`"
     return True
 
 
@@ -970,8 +1023,9 @@ def check_2(a):
     truth = float(
         np.mean([v[1][0] for v in evaluation.target_scores(judges, img, [results[0]["target"]]).values()])
     )
-    assert np.isclose(float(p), truth, atol=1e-4), (
-        f"with id {fill} the mean target probability is {truth:.4f}"
+    assert np.isclose(float(p), truth, atol=5e-4), (
+        "not what the evaluators give for your id's fill: re-check the fill, the decode and the mean of "
+        "the evaluators' softmax at the target class"
     )
     return True
 

@@ -16,10 +16,13 @@
 # %% [markdown]
 # # 11 · Can we trust the explanations? Sanity checks and alternative attributions
 #
-# The token importance scores (notebook 05) are SmoothGrad saliency maps, and gradient saliency has a known
-# failure: Adebayo et al. (2018, *Sanity Checks for Saliency Maps*) showed that some saliency maps barely
-# change when the model's weights are replaced by random ones, so they describe the input, not the model.
-# If that happened here, the concept tokens of notebook 06 would say little about what the IEM learned.
+# The token importance scores (TIS, notebook 05) of *Concept-Centric Token Interpretation for Vector-Quantized
+# Generative Models* (Yang, Shi, Du, Wu, Tan, Sun, Liu; "the paper" below) are SmoothGrad saliency maps
+# (Smilkov et al. 2017, *SmoothGrad: removing noise by adding noise*, arXiv:1706.03825), and gradient saliency
+# has a known failure: Adebayo et al. (2018, *Sanity Checks for Saliency Maps*, NeurIPS) showed that some
+# saliency maps barely change when the model's weights are replaced by random ones, so they describe the
+# input, not the model. If that happened here, the concept tokens of notebook 06 would say little about what
+# the IEM learned.
 #
 # This notebook checks, on a subset of the test images:
 #
@@ -53,7 +56,6 @@ import pandas as pd
 import seaborn as sns
 import torch
 from IPython.display import Markdown, display
-from tqdm.auto import tqdm
 
 from cortex_utils import attribution, concepts, evaluation, evaluators, plots, sanity
 from cortex_utils import datasets as tokds
@@ -105,7 +107,7 @@ seed = 0
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
-params = check_parameters(globals(), "11_trust_the_explanations")
+check_parameters(globals(), "11_trust_the_explanations")
 run_dir = repo_path(run_dir)
 shuffled_epochs, shuffled_max_images = shuffled_iem["epochs"], shuffled_iem["max_images"]
 max_rank_corr, max_deletion_ratio, faithfulness_space = (
@@ -153,7 +155,6 @@ require(
 )
 require("deletion" in curves, "the deletion curve is needed for the recommendation")
 require(gallery_tokens >= 0 and concept_top_n >= 1, "gallery_tokens must be >= 0, concept_top_n >= 1")
-params
 
 # %% [markdown]
 # ## The ingredients
@@ -212,11 +213,14 @@ print(
 
 # %%
 x0 = codebook[torch.from_numpy(tokens[:2])].permute(0, 3, 1, 2)
-for bad in ({"method": "lime"}, {"method": "integrated_gradients", "baseline": torch.zeros(3, 3)}):
+for what, bad in (
+    ("method 'lime'", {"method": "lime"}),
+    ("IG with a 3x3 baseline", {"method": "integrated_gradients", "baseline": torch.zeros(3, 3)}),
+):
     try:
         attribution.attribute(model, x0, labels[:2], **bad)
     except ValueError as err:
-        print(f"{bad} -> ValueError: {err}")
+        print(f"{what} -> ValueError: {err}")
 
 # %% [markdown]
 # SmoothGrad is the project's own (`smoothgrad.smoothgrad`, notebook 05), not Captum's
@@ -259,13 +263,18 @@ assert parity < 1e-4, "the project's SmoothGrad no longer gives Captum's maps fo
 
 # %%
 maps, seconds = {}, {}
-for m in tqdm(methods, desc="attributions (trained IEM)"):
+for m in methods:
     t0 = time.perf_counter()
     maps[m] = attribution.attribute_tokens(
         model, codebook, tokens, labels, m, batch_size=batch_size, **options
     )
     seconds[m] = time.perf_counter() - t0
 display(pd.Series({m: 1000 * s / n for m, s in seconds.items()}, name="ms per image").round(2).to_frame())
+control = sanity.RANDOM_CONTROL
+compared = [*methods, control]  # every table below has the control as its last row
+maps[control] = sanity.random_attribution(maps[methods[0]].shape, seed=seed)
+
+# %%
 show = np.concatenate([np.flatnonzero(labels == c)[:1] for c in range(min(len(ds.class_names), 6))])
 images = vqlib.decode(vq, torch.from_numpy(tokens[show]))
 fig, axes = plt.subplots(
@@ -273,12 +282,12 @@ fig, axes = plt.subplots(
 )
 for r, m in enumerate(methods):
     for c, i in enumerate(show):
-        plots.tis_overlay(axes[r, c], images[c], maps[m][i], f"{m}" if c == 0 else "")
+        a = np.abs(maps[m][i]) / max(np.abs(maps[m][i]).max(), 1e-12)  # each map on its own scale, 0 to 1
+        handle = plots.tis_overlay(axes[r, c], images[c], a, f"{m}" if c == 0 else "", vmax=1.0)
 fig.suptitle("attribution maps of the trained IEM (one image per class)")
 fig.tight_layout()
-control = sanity.RANDOM_CONTROL
-compared = [*methods, control]  # every table below has the control as its last row
-maps[control] = sanity.random_attribution(maps[methods[0]].shape, seed=seed)
+fig.colorbar(handle, ax=axes, shrink=0.6, label="|score| ÷ the map's largest")
+plt.show()
 
 
 # %%
@@ -389,7 +398,7 @@ k = min(cascade_images, n)
 cascade = sanity.randomize_cascade(model, seed=seed)
 layer_names = [f"{type(model.get_submodule(layer)).__name__} {layer}" for layer, _ in cascade]
 rows, example = [], {}  # example: the first image's map at every step, for the figure below
-for step, (_, rand_model) in enumerate(tqdm(cascade, desc="cascading randomization")):
+for step, (_, rand_model) in enumerate(cascade):
     for m in compared:
         rand_maps = maps_of(rand_model, m, k, draw=seed + 1 + step)
         sim = sanity.map_similarity(maps[m][:k], rand_maps, overlap_k)
@@ -429,17 +438,19 @@ fig, axes = plt.subplots(
     len(methods), len(picked) + 1, figsize=(1.5 * (len(picked) + 1), 1.6 * len(methods)), squeeze=False
 )
 for r, m in enumerate(methods):
-    axes[r, 0].imshow(maps[m][i], cmap="inferno")
-    axes[r, 0].set_title("trained" if r == 0 else "", fontsize=8)
+    for c, a in enumerate([maps[m][i], *(example[m, s] for s in picked)]):
+        im = axes[r, c].imshow(np.abs(a) / max(np.abs(a).max(), 1e-12), cmap="inferno", vmin=0, vmax=1)
+        axes[r, c].set_title(
+            ("trained" if c == 0 else f"to {layer_names[picked[c - 1]]}") if r == 0 else "", fontsize=7
+        )
     axes[r, 0].set_ylabel(m, fontsize=8)
-    for c, s in enumerate(picked, start=1):
-        axes[r, c].imshow(example[m, s], cmap="inferno")
-        axes[r, c].set_title(f"to {layer_names[s]}" if r == 0 else "", fontsize=7)
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
 fig.suptitle(f"one {split} image (class {ds.class_names[labels[i]]}) as the cascade proceeds")
 fig.tight_layout()
+fig.colorbar(im, ax=axes, shrink=0.6, label="|score| ÷ the map's largest")
+plt.show()
 
 # %% [markdown]
 # ## Sanity checks 2 and 3: full model randomization and data randomization
@@ -494,9 +505,7 @@ print(
 
 # %%
 rows = []
-for j, (kind, rand_model) in enumerate(
-    tqdm([("full", full_model), ("data", shuffled_model)], desc="randomized models")
-):
+for j, (kind, rand_model) in enumerate([("full", full_model), ("data", shuffled_model)]):
     for m in compared:
         rand_maps = maps_of(rand_model, m, n, draw=seed + 1 + len(cascade) + j)
         rows.append(sanity.map_similarity(maps[m], rand_maps, overlap_k).assign(randomization=kind, method=m))
@@ -549,7 +558,7 @@ fig.tight_layout()
 
 # %%
 prefix = {"full": "sanity_", "data": "sanity_data_"}
-record_metrics(
+_ = record_metrics(
     run_dir,
     **{
         f"{prefix[kind]}{'abs_' if col == 'abs_spearman' else ''}rank_corr_{m}": round(
@@ -616,10 +625,10 @@ g = sns.relplot(
 )
 g.set_axis_labels("fraction of positions removed / revealed", "target probability")
 g.figure.suptitle(f"faithfulness curves ({c} images, mean over the evaluators)", y=1.02)
+plt.show()
 # %%
 table = aucs[aucs.evaluator == "mean"].pivot_table(index="method", columns=["curve", "space"], values="auc")
 table = table.reindex([*compared, "random"])
-display(table.round(3))
 fig, axes = plt.subplots(
     1, len(curves), figsize=(3.2 * len(curves) + 1, 0.45 * len(table) + 1.2), squeeze=False
 )
@@ -629,7 +638,7 @@ for ax, cv in zip(axes[0], curves, strict=True):
         annot=True,
         fmt=".3f",
         cmap="viridis_r" if cv == "deletion" else "viridis",
-        cbar=False,
+        cbar_kws={"label": f"{cv} AUC"},
         ax=ax,
     )
     ax.set_title(f"{cv} AUC ({'lower' if cv == 'deletion' else 'higher'} is better)")
@@ -641,7 +650,7 @@ deletion = table["deletion"]
 # Record the headline numbers: every method's deletion AUC in every space.
 
 # %%
-record_metrics(
+_ = record_metrics(
     run_dir,
     **{
         f"deletion_auc_{m}_{s}": round(float(deletion.loc[m, s]), 4)
@@ -701,7 +710,7 @@ shown = pd.DataFrame(
         "passes": verdict["passes"],
     }
 )
-display(shown.round(3))
+display(shown.round(3).T)  # one column per method: the table fits the page
 # %% [markdown]
 # The two conditions as one picture: each method is a segment between its full (●) and data (□)
 # randomization scores, at the height of its deletion AUC ratio; the green corner passes both.
@@ -740,9 +749,9 @@ display(Markdown("\n\n".join(lines)))
 # Record the headline number: the recommended method.
 
 # %%
-record_metrics(run_dir, recommended_method=recommended)
+_ = record_metrics(run_dir, recommended_method=recommended)
 # %% [markdown]
-# ## Token space: the codebook and its concepts (reviewer Q1)
+# ## Token space: the codebook and its concepts (a question of the paper's reviewers)
 #
 # Every codebook vector embedded in 2-D (PCA, and t-SNE), coloured by the class it is most strongly
 # associated with: the class in whose images it most often sits among the top-`concept_top_n` TIS positions
@@ -858,6 +867,55 @@ if gallery_tokens:
     fig.tight_layout()
 
 # %% [markdown]
+# ## Summary
+
+# %%
+real = verdict.drop(index=control)
+names = {
+    key: ", ".join(real.index[real[key].astype(bool)]) or "none"
+    for key in ("randomization_ok", "faithful", "passes")
+}
+v = verdict.loc[method]
+passing = (
+    f"**No attribution passes both checks, the TIS ({method}) included**: none of them both changes enough "
+    "when the model is randomized and ranks positions faithfully in deletion."
+    if names["passes"] == "none"
+    else f"Passing both checks: {names['passes']}; recommended: **{recommended}**."
+)
+
+# %%
+display(
+    Markdown(
+        f"""
+* {passing}
+* The TIS ({method}): mean Spearman of its absolute maps with the trained IEM's {v["abs_rank_corr_full"]:.3f}
+  under full and {v["abs_rank_corr_data"]:.3f} under data randomization (bar ≤ {max_rank_corr}); deletion AUC
+  {v["deletion_ratio"]:.3f} × the random order's in {space} space (bar ≤ {max_deletion_ratio}).
+* Maps that change enough under both randomizations: {names["randomization_ok"]}; faithful rankings
+  (deletion): {names["faithful"]}. The random control changes completely (mean
+  Spearman {verdict.loc[control, "abs_rank_corr_full"]:.3f} under full randomization) and explains nothing:
+  passing randomization alone means little.
+* The shuffled-label IEM fits {kept["select_acc"]:.1%} of its random training labels and {test_acc:.1%} of
+  the true {split} labels (chance {1 / len(ds.class_names):.0%}): it learned nothing about the digits.
+* {(assoc != "none").sum()} of {K} codebook ids are a top-{concept_top_n} concept token of some class.
+"""
+    )
+)
+
+# %% [markdown]
+# ## Questions
+#
+# 1. What failure of saliency maps did Adebayo et al. (2018) show, and why does it matter for concept tokens?
+# 2. What is re-initialised in cascading, in full and in data randomization?
+# 3. Why is the bar on the rank correlation of the *absolute* maps, not the signed ones?
+# 4. Why must a method pass the randomization checks *and* the deletion check?
+# 5. What does the random control pass, and what does that teach about the randomization checks?
+# 6. What does a low deletion AUC mean, and what is it compared with?
+# 7. Why is the deletion bar judged in pixel space by default?
+# 8. How is Spearman's ρ computed by hand, and how are ties ranked?
+# 9. What would codebook vectors clustered by class in the PCA view have suggested?
+
+# %% [markdown]
 # ## Exercises
 
 # %% [markdown] tags=["exercise"]
@@ -926,7 +984,7 @@ def check_2(answer):
         )
         for m in methods
     }  # the AUCs recomputed from the curves: trapezoids, mean over the evaluators
-    assert answer in per, f"name one of {methods}"
+    assert answer in per, "name one of the attribution methods in `methods` (not the control)"
     return per[answer] <= min(per.values()) + 1e-9  # a tie: either name holds
 
 
@@ -979,7 +1037,7 @@ def check_3(answer):
         )
         probs.append([p.mean() for _, p in evaluation.target_scores(judges, imgs, y).values()])
     truth = float(np.trapezoid(np.array(probs), ks / n_positions, axis=0).mean())
-    assert abs(float(answer) - truth) < 1e-3, (
+    assert abs(float(answer) - truth) < 5e-4, (
         "recompute: rank by the negated map, delete, trapezoid AUC, mean over evaluators"
     )
     return True

@@ -16,15 +16,18 @@
 # %% [markdown]
 # # 12 · Two tokenizer families, side by side
 #
-# The reviewers asked whether CORTEX applies to "any model with a codebook". Notebooks 01–11 reach the
-# tokenizer only through `cortex_utils.vq.Tokenizer`, so the same notebooks run on a second family: a VQ-VAE
-# whose quantizer is **finite scalar quantization** (FSQ, from `vector-quantize-pytorch`), where a token is a
-# point of a fixed 8×6×5 lattice instead of a learned codebook vector (notebook 01 says why we chose it).
+# CORTEX is the method of *Concept-Centric Token Interpretation for Vector-Quantized Generative Models*
+# (Yang, Shi, Du, Wu, Tan, Sun, Liu); its reviewers asked whether it applies to "any model with a codebook".
+# Notebooks 01–11 reach the tokenizer only through `cortex_utils.vq.Tokenizer`, so the same notebooks run on
+# a second family: a VQ-VAE whose quantizer is **finite scalar quantization** (FSQ, from
+# `vector-quantize-pytorch`), where a token is a point of a fixed 8×6×5 lattice instead of a learned codebook
+# vector (notebook 01 says why we chose it).
 #
 # This notebook puts finished runs side by side: by default `make compare`'s two runs, the taming VQGAN
-# (`--preset encoded`) and the FSQ VQ-VAE (`--preset vqvae`), both on **the same real digits**, encoded (the
-# same split, so test image *i* is the same digit in both). Every number below is read from the runs'
-# `metrics.json` and result files, or computed here from their saved TIS; nothing is typed in.
+# (taming transformers, Esser et al. 2021, CVPR; `--preset encoded`) and the FSQ VQ-VAE (`--preset vqvae`),
+# both on **the same real digits**, encoded (the same split, so test image *i* is the same digit in both).
+# Every number below is read from the runs' `metrics.json` and result files, or computed here from their saved
+# TIS; nothing is typed in.
 #
 # The questions, and where each answer comes from:
 #
@@ -42,14 +45,13 @@
 # control.
 
 # %%
-import json
 import re
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from cortex_utils import compare, concepts, plots
 from cortex_utils import datasets as tokds
@@ -66,7 +68,7 @@ codebook_size_study = False  # the runs differ only in codebook size: one row pe
 results_out = ""  # the study's table also as JSON here (relative to the repo root; "" -> none)
 
 # %%
-params = check_parameters(globals(), "12_compare_tokenizers")
+check_parameters(globals(), "12_compare_tokenizers")
 run_dir = repo_path(run_dir)
 runs = {str(k): repo_path(v) for k, v in (runs or {"this run": run_dir}).items()}
 missing = [f"{k}: {v}" for k, v in runs.items() if not (v / "metrics.json").is_file()]
@@ -76,7 +78,6 @@ require(
     not results_out or codebook_size_study,
     "results_out writes the codebook-size table: set codebook_size_study",
 )
-params
 
 # %% [markdown]
 # ## The runs
@@ -143,7 +144,7 @@ for k, s in shares.items():
 ax.axvline(top / first["tis"][0].size, color="k", ls="--", label="even spread")
 ax.set_xlabel(f"share of an image's |TIS| in its top-{top} positions")
 ax.set_ylabel("test images")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 fig.tight_layout()
 
 # %% [markdown]
@@ -187,7 +188,7 @@ for ax, (k, v) in zip(axes[0], runs.items(), strict=True):
     ax.set_xlabel("n (positions whose ids are masked)")
     ax.set_ylabel("evaluators' target probability")
     ax.set_title(k)
-    ax.legend()
+    ax.legend(title="masked positions", fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
@@ -204,6 +205,7 @@ for k, i in info.items():
         i["vq"], torch.from_numpy(i["ds"].tokens["test"][picked[k]].astype(np.int64))
     )
 plots.rows_of_images(panels, ncols=min(len(p) for p in picked.values()))
+plt.show()
 # %%
 ncols = min(len(p) for p in picked.values())
 fig, axes = plt.subplots(len(info), ncols, figsize=(1.4 * ncols, 1.5 * len(info)), squeeze=False)
@@ -217,6 +219,7 @@ for row, (k, i) in zip(axes, info.items(), strict=True):
     row[0].set_ylabel(k, fontsize=8)
 fig.colorbar(im, ax=axes, shrink=0.8, label="TIS / the run's largest shown")
 fig.suptitle("TIS maps")
+plt.show()
 # %% [markdown]
 # ## What the runs say
 #
@@ -255,14 +258,13 @@ print("\n".join(lines))
 # characters as `_`).
 
 # %%
-record_metrics(
+_ = record_metrics(
     run_dir,
     **{
         f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
         for k, s in shares.items()
     },
 )
-print(json.dumps({k: round(float(s.mean()), 4) for k, s in shares.items()}))
 
 # %% [markdown]
 # ## Codebook size
@@ -305,7 +307,7 @@ if codebook_size_study:
 sizes_table = compare.runs_table({k: compare.read_run(v, top=top) for k, v in runs.items()})
 if codebook_size_study:
     sizes_table = sizes_table.drop(columns="family").set_index("codebook_size").sort_index()
-display(sizes_table.round(3))
+display(sizes_table.round(3).T)  # one column per run: the table fits the page
 for figure, control in compare.CONTROLS.items():
     above = [str(k) for k, r in sizes_table.iterrows() if r[figure] > r[control]]
     print(
@@ -376,10 +378,48 @@ if codebook_size_study:
     print(f"wrote {run_dir / 'codebook_sizes.csv'}")
 
 # %% [markdown]
+# ## Summary
+
+# %%
+bullets = [
+    f"* **{k}** ({info[k]['vq'].family}): PSNR {metrics[k].get('vq_test_psnr_db', float('nan')):.1f} dB, "
+    f"{metrics[k].get('vq_codebook_usage', float('nan')):.0%} of {info[k]['vq'].n_embed} codes used, IEM 1 "
+    f"test top-1 {metrics[k].get('iem1_test_top1', float('nan')):.3f}; the top-{top} positions hold "
+    f"{shares[k].mean():.1%} of an image's |TIS| (even spread {top / first['tis'][0].size:.1%})"
+    for k in list(runs)[:4]
+]
+beats = {k: m.get("image_level_tis_beats_random") for k, m in metrics.items()}
+bullets.append(
+    "* Top-TIS masking beats random masking (notebook 07, pixel space) in "
+    + ", ".join(f"{v:.0%} of the cells for {k}" for k, v in beats.items() if v is not None)
+    if any(v is not None for v in beats.values())
+    else "* Notebook 07 was not run on these runs: no masking comparison."
+)
+above = {f: sum(bool(r[f] > r[c]) for _, r in sizes_table.iterrows()) for f, c in compare.CONTROLS.items()}
+bullets.append(
+    f"* Each figure above its control, of {len(sizes_table)} runs: "
+    + "; ".join(f"{f} {n}" for f, n in above.items())
+)
+display(Markdown("\n".join(bullets)))
+
+# %% [markdown]
 # ## Questions
 #
+# 1. What is the difference between a learned codebook (taming VQGAN) and an FSQ lattice?
+# 2. Why can the same notebooks 01–11 run on both tokenizer families?
+# 3. How is the share of an image's |TIS| in its top positions computed, and what is it for an even spread?
+# 4. Which notebook's numbers say whether hiding the top-TIS tokens hurts more than hiding random ones?
+# 5. What does `class_distinct_ids_tis` count, and what is its control?
+# 6. Why must the two runs hold the same encoded real digits for column *j* to be the same digit?
+
+# %% [markdown]
+# ## Exercises
+#
+# Open questions, no checks.
+#
 # 1. The FSQ codebook spans only 3 of its 32 dimensions (notebook 01). Why can the IEM still tell the digits
-#    apart, and what does SmoothGrad's noise (added in all 32 dimensions) do to a 3-dimensional codebook?
+#    apart, and what does SmoothGrad's noise (Smilkov et al. 2017; added in all 32 dimensions) do to a
+#    3-dimensional codebook?
 # 2. Two FSQ tokens whose lattice points differ in one level are neighbours by construction. Look at the
 #    concept tokens of notebook 06 in the `vqvae` run: are a class's concept tokens neighbours on the lattice?
 # 3. Look at the decoded digits above, drawn in colour: which family keeps each digit's colour? Compute the

@@ -19,7 +19,8 @@
 # Notebook 10 measures a generator's bias where the truth is planted. This notebook runs **the same steps,
 # through the same functions** of `cortex_utils.bias` (attribute IEM → TIS of its training images → attribute
 # tokens → counts → δ and share), on token data in the original CORTEX code's layout for DALL·E-mini, as the
-# paper's study of "doctor" images by skin colour and gender:
+# study of "doctor" images by skin colour and gender in the paper, *Concept-Centric Token Interpretation for
+# Vector-Quantized Generative Models* (Yang, Shi, Du, Wu, Tan, Sun, Liu):
 #
 # ```
 # <real_data["dir"]>/<bias type>/train.csv      filename,label,indices   attribute-labelled generations
@@ -32,7 +33,7 @@
 #
 # The ids refer to the codebook of `real_data["vq_checkpoint"]` (with `real_data["vq_config"]`, taming's YAML,
 # for a taming `.ckpt`; this project's safetensors carry their config on their card). DALL·E-mini decodes with
-# the VQGAN f16-16384: 256-dim codes, a 16×16 grid.
+# the VQGAN f16-16384 of taming transformers (Esser et al. 2021, CVPR): 256-dim codes, a 16×16 grid.
 #
 # What differs from notebook 10: there is no pixel truth. δ is signed toward the first value (label 0) and the
 # share is that value's. The held-out images count as the value their label names, so if the labels are
@@ -48,6 +49,7 @@
 # any generator. The tests run this notebook on such CSVs with a randomly initialised f16-16384 VQGAN.
 
 # %%
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -66,11 +68,12 @@ from cortex_utils.notebook import check_parameters, choice, repo_path, require
 # * `bias_types`: the sub-folders of `real_data["dir"]` to study (one study each).
 # * `demo`: without real data, the synthetic CSVs: value 0's share of the neutral grids per bias type (in the
 #   order of `bias_types`) and how many grids per value and split.
-# * The study's knobs, as notebook 10's of the same names: the attribute IEM, SmoothGrad's `nsamples`, the
-#   tokens (`selection`: `top_n` TIS positions per image, at most `token_num` ids per value, each at least
-#   `specificity` times as frequent per image of its value as of the other) and the `statistics` (`n_boot`
-#   bootstrap resamples, `reselect_tokens` in each, `min_youden` the least separation a token rule needs,
-#   `not_found_width` the widest interval around ½ that still rules a lean out).
+# * The study's knobs, as notebook 10's of the same names: the attribute IEM, SmoothGrad's (Smilkov et al.
+#   2017, arXiv:1706.03825) `nsamples`, the tokens (`selection`: `top_n` TIS positions per image, at most
+#   `token_num` ids per value, each at least `specificity` times as frequent per image of its value as of the
+#   other) and the `statistics` (`n_boot` bootstrap resamples, `reselect_tokens` in each, `min_youden` the
+#   least separation a token rule needs, `not_found_width` the widest interval around ½ that still rules a
+#   lean out).
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the results go to <run_dir>/bias_real (nothing of earlier notebooks is read)
@@ -87,7 +90,7 @@ statistics = {"n_boot": 1000, "min_youden": 0.1, "reselect_tokens": True, "not_f
 seed = 0
 
 # %%
-params = check_parameters(globals(), "13_bias_real_data")
+check_parameters(globals(), "13_bias_real_data")
 given = bool(real_data["dir"])
 require(len(bias_types) >= 1 and len(set(bias_types)) == len(bias_types), "bias_types: name each study once")
 require(
@@ -117,7 +120,6 @@ require(
 choice("attribute_iem arch", attribute_iem["arch"], [1, 2, 3, 4])
 run_dir = repo_path(run_dir)
 out_dir = run_dir / "bias_real"
-params
 
 # %% [markdown]
 # ## The tokenizer and the token data
@@ -193,13 +195,15 @@ fitted = {
 iems, iem_info = {b: model for b, (model, _) in fitted.items()}, {b: info for b, (_, info) in fitted.items()}
 held_out = {b: bias.iem_accuracy(iems[b], ds, codebook) for b, ds in studies.items()}  # (accuracy, split)
 accuracy = {b: acc for b, (acc, _) in held_out.items()}
-pd.DataFrame(
-    {
-        "IEM": {b: "trained here" if i["trained"] else "loaded" for b, i in iem_info.items()},
-        "why": {b: i["why"] for b, i in iem_info.items()},
-        "accuracy": accuracy,
-        "on split": {b: split for b, (_, split) in held_out.items()},
-    }
+display(
+    pd.DataFrame(
+        {
+            "IEM": {b: "trained here" if i["trained"] else "loaded" for b, i in iem_info.items()},
+            "why": {b: i["why"] for b, i in iem_info.items()},
+            "accuracy": accuracy,
+            "on split": {b: split for b, (_, split) in held_out.items()},
+        }
+    ).round(3)
 )
 
 # %%
@@ -220,9 +224,12 @@ tis = {
     for b, ds in studies.items()
 }
 ids = {b: bias.select_attribute_tokens(ds, tis[b], **selection)[1] for b, ds in studies.items()}
-for b, ds in studies.items():
-    display(Markdown(f"**{b}**: each value's attribute tokens"))
-    display(pd.DataFrame({ds.class_names[c]: pd.Series(v, dtype="Int64") for c, v in ids[b].items()}).T)
+lines = [
+    f"- **{b}**, {ds.class_names[c]}: " + (", ".join(str(int(t)) for t in v) or "none")
+    for b, ds in studies.items()
+    for c, v in ids[b].items()
+]
+display(Markdown("Each value's attribute tokens (ids, most counted first):\n\n" + "\n".join(lines)))
 
 # %% [markdown]
 # **4. Counts**: per image, how many positions hold each value's tokens; the histograms show the neutral
@@ -236,12 +243,13 @@ plots.count_histograms(
         for b, ds in studies.items()
     }
 )
+plt.show()
 # %% [markdown]
-# **5. δ and the share estimate**, signed toward the first value (label 0): the paper's Cliff's δ of the
-# neutral counts, and the share of neutral images the token rule calls value 0, corrected for the rule's error
-# rates on the held-out images (Rogan–Gladen), with a bootstrap interval that re-selects the tokens in every
-# resample (`statistics["reselect_tokens"]`). Notebook 10 explains both, and why the verdict rests on the
-# share.
+# **5. δ and the share estimate**, signed toward the first value (label 0): the paper's Cliff's δ (Cliff 1993,
+# *Psychological Bulletin*) of the neutral counts, and the share of neutral images the token rule calls value
+# 0, corrected for the rule's error rates on the held-out images (Rogan & Gladen 1978, *American Journal of
+# Epidemiology*), with a bootstrap interval that re-selects the tokens in every resample
+# (`statistics["reselect_tokens"]`). Notebook 10 explains both, and why the verdict rests on the share.
 
 # %%
 estimates = {}
@@ -266,32 +274,25 @@ deltas = pd.DataFrame(
 )
 deltas.to_csv(out_dir / "deltas.csv", index=False)
 metrics = bias.real_data_metrics(deltas) if given else {}  # the demo's numbers are not a finding
+
+# %% [markdown]
+# δ and the share with their 95 % intervals, then the table: `q` is the share of neutral images the token rule
+# calls value 0 before the correction, `sens` / `spec` the rule's sensitivity and specificity on the held-out
+# images, `delta_paper_half_scale` δ/2 (the number the original code prints), `tokens_a` / `tokens_b` how
+# many attribute tokens each value has.
+
+# %%
 plots.delta_bars(deltas, toward="value 0")
-deltas[
-    [
-        "bias",
-        "toward",
-        "share",
-        "share_low",
-        "share_high",
-        "q",
-        "sens",
-        "spec",
-        "delta",
-        "delta_low",
-        "delta_high",
-        "delta_paper_half_scale",
-        "tokens_a",
-        "tokens_b",
-        "iem_accuracy",
-    ]
-].round(3)
+plt.show()
+shown = ["toward", "share", "share_low", "share_high", "q", "sens", "spec", "delta", "delta_low"]
+shown += ["delta_high", "delta_paper_half_scale", "tokens_a", "tokens_b", "iem_accuracy"]
+display(deltas.set_index("bias")[shown].round(3).T)  # one column per bias type: the table fits the page
 
 # %% [markdown]
 # Record the headline numbers (real data only, as `bias_real_<type>_...`):
 
 # %%
-record_metrics(run_dir, **metrics)
+_ = record_metrics(run_dir, **metrics)
 
 # %% [markdown]
 # ## Verdict
@@ -316,3 +317,31 @@ if not given:
         for _, row in deltas.iterrows()
     ]
 display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# ## Summary
+
+# %%
+bullets = [
+    f"* {'Real data' if given else 'A demonstration on synthetic CSVs (no real data given)'}: "
+    f"{len(studies)} bias types, {', '.join(f'{b} {len(neutral[b])}' for b in studies)} neutral grids."
+]
+bullets += [
+    f"* **{row['bias']}**: share of the first value ({row['toward']}) {row['share']:.3f}, 95 % interval "
+    f"[{row['share_low']:.3f}, {row['share_high']:.3f}]"
+    + (f" (known share {truth[row['bias']]:.3f})" if not given else "")
+    + f"; Cliff's δ {row['delta']:+.3f}; attribute IEM accuracy {row['iem_accuracy']:.3f}."
+    for _, row in deltas.head(4).iterrows()
+]
+display(Markdown("\n".join(bullets)))
+
+# %% [markdown]
+# ## Questions
+#
+# 1. Which files does the DALL·E-mini layout hold per bias type, and what does each row carry?
+# 2. Why is the attribute IEM's held-out accuracy checked before its TIS is used?
+# 3. How are a value's attribute tokens chosen from the TIS of the training images?
+# 4. What does Cliff's δ compare, and toward which value is it signed here?
+# 5. Why is the share corrected with the Rogan–Gladen estimator, and from which images are the error rates?
+# 6. When is a bias called found, not found or inconclusive?
+# 7. Why does the demonstration on synthetic CSVs say nothing about any generator?

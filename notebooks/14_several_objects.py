@@ -29,15 +29,18 @@
 #
 # The **pointing game**: the share of each test composite's top-k TIS positions that fall on the target's
 # half, averaged with a bootstrap 95 % interval over images, against **chance** (the half's share of the
-# positions, ½) and against **the same IEM with randomised weights** (Adebayo et al.'s control: a map that
-# points at the target without a trained model only describes the input). Then: are the concept tokens a
-# class gets from composites the same as from single digits (notebook 06)?
+# positions, ½) and against **the same IEM with randomised weights** (the control of Adebayo et al. 2018,
+# *Sanity Checks for Saliency Maps*, NeurIPS: a map that points at the target without a trained model only
+# describes the input). Then: are the concept tokens a class gets from composites the same as from single
+# digits (notebook 06)? The method is the paper's, *Concept-Centric Token Interpretation for Vector-Quantized
+# Generative Models* (Yang, Shi, Du, Wu, Tan, Sun, Liu); its images hold one main object, this notebook asks
+# what its TIS does with two.
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from cortex_utils import SHIPPED_CHECKPOINTS, SHIPPED_DATA, composites, concepts, digits, plots, sanity
 from cortex_utils import datasets as tokds
@@ -73,7 +76,7 @@ n_show = 8  # composites drawn with their TIS
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
-params = check_parameters(globals(), "14_several_objects")
+check_parameters(globals(), "14_several_objects")
 require(
     set(sizes) == {"train", "val", "test"} and min(sizes.values()) >= 2,
     f"sizes needs train, val and test, each >= 2 composites, got {sizes}",
@@ -89,7 +92,6 @@ require(
     "n_boot must be >= 100; chance_draws, batch_size and n_show >= 1",
 )
 run_dir = repo_path(run_dir)
-params
 
 # %% [markdown]
 # ## The composites
@@ -161,7 +163,7 @@ register(run_dir, "composites", path=str(ds.path))
 register(run_dir, "iem1_composites", checkpoint=str(iem_path), arch="vgg")
 if trained:
     note_trained(run_dir, "the IEM on composites")
-record_metrics(
+_ = record_metrics(
     run_dir,
     multiobject_iem_test_top1=round(accuracy, 4),
     multiobject_iem_predicts_distractor=round(to_distractor, 4),
@@ -193,8 +195,9 @@ loader = tokds.embedding_loader(ds, "test", codebook, batch_size=batch_size)
 randomized = sanity.randomize_full(model, seed=seed)
 tis = tislib.compute_tis(model, loader, len(labels), desc="TIS, trained IEM", **options)
 tis_random = tislib.compute_tis(randomized, loader, len(labels), desc="TIS, randomised IEM", **options)
-fig = plots.tis_grid(images, tis[:n_show], titles[:n_show], ncols=4, size=2.4, top_n=top_k)
-fig.suptitle(f"TIS of the trained IEM; its top-{top_k} positions boxed", fontsize=9)
+suptitle = f"TIS of the trained IEM; its top-{top_k} positions boxed"
+plots.tis_grid(images, tis[:n_show], titles[:n_show], ncols=4, size=2.4, top_n=top_k, suptitle=suptitle)
+plt.show()
 # %%
 out = run_dir / "tis" / f"composites_{entry['method']}"
 out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +253,7 @@ with atomic_path(run_dir / "evaluation" / "pointing.csv") as tmp:
 display(pointing.round(3))
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.4))
+fig, ax = plt.subplots(figsize=(9, 3.4))
 for (who, g), colour in zip(pointing.groupby("IEM", sort=False), ("tab:blue", "tab:gray"), strict=True):
     ax.errorbar(
         g["k"],
@@ -265,15 +268,14 @@ ax.axhline(chance, color="k", ls="--", lw=1, label="chance (the half's share of 
 ax.set(
     xlabel="k (top-k TIS positions per composite)",
     ylabel="share on the target's half",
-    ylim=(0, 1.02),
     title="pointing game on the test composites (95 % bootstrap intervals)",
 )
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 fig.tight_layout()
 
 # %%
 head = pointing[pointing["k"] == top_k].set_index("IEM")
-record_metrics(
+_ = record_metrics(
     run_dir,
     multiobject_pointing_top5=round(head.loc["trained IEM", "share on target"], 4),
     multiobject_pointing_top5_low=round(head.loc["trained IEM", "low"], 4),
@@ -340,7 +342,7 @@ display(
 print(f"mean overlap {per_class.mean():.2f}; chance {overlap_chance:.2f}; split-half {split_half.mean():.2f}")
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(10, 3))
 x = np.arange(len(per_class))
 ax.bar(x - 0.2, per_class.values, 0.4, color="tab:blue", label="composites vs single digits")
 ax.bar(
@@ -355,14 +357,13 @@ ax.axhline(overlap_chance, color="k", ls="--", lw=1, label="chance (ids drawn by
 ax.set(
     xlabel="class (digit)",
     ylabel=f"overlap of the first {concept_ids} ids",
-    ylim=(0, 1.02),
     title="concept tokens: composites' target halves vs single digits",
 )
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 fig.tight_layout()
 
 # %%
-record_metrics(
+_ = record_metrics(
     run_dir,
     multiobject_concept_overlap_top5=round(float(per_class.mean()), 4),
     multiobject_concept_overlap_top5_chance=round(overlap_chance, 4),
@@ -395,6 +396,37 @@ print(
 )
 
 # %% [markdown]
+# ## Summary
+
+# %%
+display(
+    Markdown(
+        f"""
+* On {len(labels)} test composites (two digits side by side, the coloured one the label) the IEM names the
+  target's digit in {accuracy:.1%} of them and the distractor's in {to_distractor:.1%}.
+* A share {t["share on target"]:.3f} of each composite's top-{top_k} TIS positions falls on the target's
+  half (95 % interval [{t["low"]:.3f}, {t["high"]:.3f}]): {verdict}.
+* Chance is {chance:.3f}; the same IEM with random weights points {r["share on target"]:.3f} of them at
+  the target ([{r["low"]:.3f}, {r["high"]:.3f}]).
+* A class's first {concept_ids} concept tokens from the composites' target halves share {per_class.mean():.2f}
+  with those from single digits (notebook 06), against {overlap_chance:.2f} by chance and
+  {split_half.mean():.2f} between two halves of the composites themselves.
+"""
+    )
+)
+
+# %% [markdown]
+# ## Questions
+#
+# 1. How does the IEM know which of the two digits carries the label?
+# 2. Why is each half of a composite encoded on its own rather than the 32×64 image at once?
+# 3. What is the pointing game's share, and what is its chance level?
+# 4. Why is the same IEM with randomised weights a control for the pointing game?
+# 5. How are the concept tokens of composites counted so that they compare like for like with notebook 06's?
+# 6. What does the split-half overlap measure, and why is it a ceiling?
+# 7. Why are the background ids left out of the overlap's chance?
+
+# %% [markdown]
 # ## Exercises
 
 # %% [markdown] tags=["exercise"]
@@ -410,14 +442,15 @@ if solutions:
     answer_1 = float(
         composites.pointing_share(tis_random, np.zeros(len(tis_random), dtype=int), top_k).mean()
     )
-    print(answer_1)
 
 
 # %% tags=["exercise-check"]
 def check_1(a):
     flat = np.argsort(-tis_random.reshape(len(tis_random), -1), axis=1, kind="stable")[:, :top_k]
     truth = float(((flat % tis_random.shape[2]) < tis_random.shape[2] // 2).mean())
-    assert abs(float(a) - truth) < 1e-9, f"{float(a):.4f} is not the left share"
+    assert abs(float(a) - truth) < 5e-4, (
+        "not the left share: rank the randomised IEM's maps, take the top_k, count columns < half the width"
+    )
     return True
 
 
@@ -440,7 +473,6 @@ if solutions:
         float(share[right].mean()) if right.any() else float("nan"),
         float(share[~right].mean()) if (~right).any() else float("nan"),
     )
-    print(answer_2)
 
 
 # %% tags=["exercise-check"]
@@ -448,7 +480,9 @@ def check_2(a):
     share, right = composites.pointing_share(tis, side, top_k), pred == labels
     for got, group in zip(a, (right, ~right), strict=True):
         want = share[group].mean() if group.any() else float("nan")
-        assert np.isclose(float(got), want, equal_nan=True), f"{float(got):.4f} vs the group's mean"
+        assert np.isclose(float(got), want, atol=5e-4, rtol=0, equal_nan=True), (
+            "a group's mean is off: re-check the split by pred == labels and the pointing shares"
+        )
     return True
 
 

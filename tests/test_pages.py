@@ -143,7 +143,7 @@ def test_make_student_writes_every_notebook(tmp_path):
 
 
 def test_an_unanswered_exercise_in_the_student_copy_says_so(capsys):
-    assert exercise("1", {"answer_1": None}, lambda a: a == 2) is None
+    exercise("1", {"answer_1": None}, lambda a: a == 2)
     assert "not answered yet" in capsys.readouterr().out
 
 
@@ -163,17 +163,19 @@ def test_a_check_that_shows_the_truth_fails_with_solutions_on(capsys):
 
     with pytest.raises(AssertionError, match="shows the solution's value '0.93"):
         exercise("1", {"answer_1": truth}, leaky, solutions=True)
-    assert exercise("1", {"answer_1": truth}, fair, solutions=True) is True
-    assert exercise("1", {"answer_1": 0.5}, fair) is False
+    exercise("1", {"answer_1": truth}, fair, solutions=True)
+    assert "your answer holds" in capsys.readouterr().out
+    exercise("1", {"answer_1": 0.5}, fair)
     out = capsys.readouterr().out
-    assert "re-check the denominator" in out and "0.93" not in out
+    assert "not yet" in out and "re-check the denominator" in out and "0.93" not in out
 
     def echoes(a):  # repeating the student's own numbers is not a leak, even where one of them is right
         if abs(a[1] - truth) >= 5e-4 or a[0] != 3:
             raise AssertionError(f"top-{a[0]} accuracy {a[1]:.4f} does not hold: re-check k")
         return True
 
-    assert exercise("1", {"answer_1": (3, truth)}, echoes, solutions=True) is True
+    exercise("1", {"answer_1": (3, truth)}, echoes, solutions=True)
+    assert "your answer holds" in capsys.readouterr().out
     assert "0.931" in truth_texts((3, 0.9312)) and "3" not in truth_texts((3, 0.9312))
     assert wrong_answers((3, 0.5)) == [(4, 1.75), (4, 0.5), (3, 1.75)]
 

@@ -486,11 +486,13 @@ def test_notebook_and_its_text_form_agree(path):
 def test_exercise_checks(capsys):
     from cortex_utils.notebook import exercise
 
-    assert exercise("1", {}, lambda a: a == 2) is None
+    assert exercise("1", {}, lambda a: a == 2) is None  # says, and shows no value under the cell
     assert "not answered yet" in capsys.readouterr().out
-    assert exercise("1", {"answer_1": 2}, lambda a: a == 2) is True
-    assert exercise("1", {"answer_1": 3}, lambda a: a == 2, hint="two") is False
-    assert "hint: two" in capsys.readouterr().out
+    assert exercise("1", {"answer_1": 2}, lambda a: a == 2) is None
+    assert "your answer holds" in capsys.readouterr().out
+    exercise("1", {"answer_1": 3}, lambda a: a == 2, hint="two")
+    out = capsys.readouterr().out
+    assert "not yet" in out and "hint: two" in out
     with pytest.raises(AssertionError, match="not set"):
         exercise("1", {}, lambda a: a == 2, solutions=True)
     with pytest.raises(AssertionError, match="does not pass"):
