@@ -35,6 +35,7 @@ from .artifacts import repo_relative
 from .bias_stats import bias_share, count_delta, share_verdict
 from .checkpoints import read_card
 
+CONCEPT_TABLE_TOP = 100  # ids per value in the attribute concept table, before the specificity filter
 TIS_BATCH = 100  # SmoothGrad's noise scale is set per batch: the study's TIS, and its numbers, depend on it
 
 
@@ -169,7 +170,13 @@ def select_attribute_tokens(
     rows = np.arange(len(train_y)) if rows is None else np.asarray(rows)
     tokens, labels = ds.tokens["train"][rows], train_y[rows]
     table = conceptlib.concept_tokens(
-        tokens, labels, tis[rows], ds.class_names, ds.manifest["n_embed"], top_ns=(top_n,)
+        tokens,
+        labels,
+        tis[rows],
+        ds.class_names,
+        ds.manifest["n_embed"],
+        top_ns=(top_n,),
+        top=CONCEPT_TABLE_TOP,
     )
     return table, specific_tokens(table, top_n, token_num, tokens, labels, specificity)
 
@@ -185,6 +192,38 @@ def specific_tokens(
     value. ``specificity`` 0 keeps the plain TIS ranking."""
     t = concepts[(concepts["top_n"] == top_n) & (concepts["label"] >= 0)]
     ranked = {int(c): g.sort_values("rank")["token"].to_numpy() for c, g in t.groupby("label")}
+    return _specific(ranked, token_num, tokens, labels, specificity)
+
+
+def attribute_token_ids(
+    ds, tis, top_n: int = 5, token_num: int = 20, specificity: float = 2.0, rows=None
+) -> dict[int, np.ndarray]:
+    """``select_attribute_tokens``'s ids without its table, for the bootstrap, which selects the tokens again
+    on every resample (building the table costs most of the time there): the same ranking, each value's ids
+    by their TIS concept count (``concepts.concept_counts``; ties: the smaller id; the table's first
+    ``CONCEPT_TABLE_TOP`` with a count), then ``specific_tokens``'s filter."""
+    train_y = check_attribute_data(ds)
+    tis = np.asarray(tis)
+    if len(tis) != len(train_y):
+        raise ValueError(f"one TIS map per training image: {len(train_y)} images, {len(tis)} maps")
+    rows = np.arange(len(train_y)) if rows is None else np.asarray(rows)
+    tokens, labels = ds.tokens["train"][rows], train_y[rows]
+    present = np.bincount(np.asarray(labels).astype(np.int64), minlength=len(ds.class_names))
+    if (present == 0).any():
+        raise ValueError(
+            f"class(es) with no images: {[ds.class_names[i] for i in np.flatnonzero(present == 0)]}"
+        )
+    counts = conceptlib.concept_counts(
+        tokens, labels, tis[rows], len(ds.class_names), ds.manifest["n_embed"], top_ns=(top_n,)
+    )[f"counts{top_n}"]
+    order = np.argsort(-counts, axis=1, kind="stable")[:, :CONCEPT_TABLE_TOP]
+    ranked = {c: order[c][counts[c, order[c]] > 0] for c in range(len(counts))}
+    ranked = {c: v for c, v in ranked.items() if len(v)}
+    return _specific(ranked, token_num, tokens, labels, specificity)
+
+
+def _specific(ranked: dict, token_num: int, tokens, labels, specificity: float) -> dict[int, np.ndarray]:
+    """``specific_tokens`` from each value's ranked ids."""
     if len(ranked) != 2:
         raise ValueError(
             f"attribute tokens need two attribute values with concept tokens, got {sorted(ranked)}"
@@ -283,7 +322,7 @@ def recount_on(
     ``fit`` and ``calibration`` with the new tokens."""
 
     def recount(rows):
-        _, ids = select_attribute_tokens(ds, tis, top_n, token_num, specificity, rows=rows)
+        ids = attribute_token_ids(ds, tis, top_n, token_num, specificity, rows=rows)
         counts = study_counts(ds, ids, neutral, planted, held_truth)
         return counts["neutral"], counts["fit"], counts["calibration"]
 

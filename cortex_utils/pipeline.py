@@ -211,15 +211,17 @@ def run(
     config: str | None = None,
     run_dir: str | None = None,
     only: list[str] | None = None,
-    jobs: int = 1,
+    jobs: int | None = 1,
     cell_timeout: float = 3600,
     parameters: dict | None = None,
 ) -> Path:
-    """Execute the preset's notebooks into one run directory. With ``jobs`` > 1, notebooks whose inputs are
-    ready (see ``dependencies``) run side by side, each kernel with ``cores // jobs`` threads (all cores for
-    a notebook that runs alone). A preset's ``runs`` are finished first (not with ``only``); ``parameters``
-    (``{name: value}``, as a ``--config`` file's) come before the config file and the overrides."""
+    """Execute the preset's notebooks into one run directory. ``jobs`` None takes the preset's ``jobs`` (else
+    1). With ``jobs`` > 1, notebooks whose inputs are ready (see ``dependencies``) run side by side, each
+    kernel with ``cores // jobs`` threads (all cores for a notebook that runs alone). A preset's ``runs``
+    are finished first (not with ``only``); ``parameters`` (``{name: value}``, as a ``--config`` file's)
+    come before the config file and the overrides."""
     preset = load_preset(preset_name)
+    jobs = preset.get("jobs", 1) if jobs is None else jobs
     if jobs < 1:
         raise SystemExit(f"error: --jobs must be >= 1, got {jobs}")
     needs = dependencies(preset)
@@ -340,9 +342,9 @@ def main(argv=None) -> int:
         "-j",
         "--jobs",
         type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="notebooks to run side by side when their inputs are ready (default: 2 on a machine "
-        "with 2 or more cores; 1 runs them one after another)",
+        default=None,
+        help="notebooks to run side by side when their inputs are ready (default: the preset's 'jobs', "
+        "else 2 on a machine with 2 or more cores; 1 runs them one after another)",
     )
     ap.add_argument(
         "--cell-timeout",
@@ -351,6 +353,8 @@ def main(argv=None) -> int:
         help="seconds one cell may run before its notebook fails (default 3600; 0: no limit)",
     )
     a = ap.parse_args(argv)
+    if a.jobs is None and "jobs" not in load_preset(a.preset):
+        a.jobs = min(2, os.cpu_count() or 1)
     run(
         a.preset,
         [tuple(p) for p in a.parameter],

@@ -34,6 +34,7 @@ from . import vq as vqlib
 from .artifacts import registered, repo_relative
 from .checkpoints import read_card, save_weights
 from .digits import colourize, to_model_input, to_uint8
+from .notebook import choice, require
 
 # --- prompts and the generator's training data ------------------------------------------------------
 
@@ -459,7 +460,6 @@ def check_study_parameters(p: dict) -> tuple[int, int, int]:
     """Notebook 10's checks of its parameters (``p``: the dict ``notebook.check_parameters`` returns); raises
     ValueError naming the first bad one. Returns the colour, the thickness and the control digit of
     ``study_digits``."""
-    from .notebook import choice, require
 
     bias_types, digits, gen_p, sampling = p["bias_types"], p["study_digits"], p["generator"], p["sampling"]
     require(

@@ -160,7 +160,8 @@ _ = record_metrics(run_dir, concept_tokens_background_share=round(bg_share, 4))
 # ## What the concept tokens look like
 #
 # A few classes' first concept tokens, each in two training digits where it is a top-n token, its cells
-# outlined in red ("bg": a background id).
+# outlined in red ("bg": a background id). A token is a patch of a digit *in its colour*: the same stroke
+# drawn in another colour is another id, so one class's concept tokens can share a colour.
 
 # %%
 sets = concepts.token_sets(table, tokens_per_class, top_n=show_top_n)

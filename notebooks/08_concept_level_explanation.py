@@ -20,7 +20,8 @@
 # ids a "3" contains most? As in Table 2 of the paper (Yang et al., *Concept-Centric Token Interpretation
 # for Vector-Quantized Generative Models*), we mask in each test image every position holding one of its
 # class's first `token_num` concept tokens, and compare with its `token_num` **most frequent** ids. Those
-# are mostly black background, and blacking out black hides nothing, so a third set skips the background.
+# are mostly black background, and blacking out black hides nothing, so a third set skips the background
+# (the commonest ids until they fill half the grids: rarer black ids remain, so it can still mask black).
 
 # %%
 import numpy as np

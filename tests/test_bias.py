@@ -750,3 +750,24 @@ def test_headline_metrics_and_verdict_lines():
     line = bias.verdict_line(flagged, "colour", 0.25, biased=True)
     assert "no interval, because the rule's error rates differ" in line and "**inconclusive**" in line
     assert "inside the interval" in line and "**would have missed it**" in line
+
+
+@pytest.mark.parametrize("specificity", [0.0, 2.0])
+def test_the_bootstraps_token_ids_are_the_tables(tmp_path, specificity):
+    """attribute_token_ids (the bootstrap's re-selection, no table) picks exactly the ids that
+    select_attribute_tokens picks through notebook 06's concept table, ties and the table's cut included:
+    few ids (many ties in the counts), TIS maps with tied positions, resampled rows."""
+    from cortex_utils import datasets as tokds
+
+    rng = np.random.default_rng(1)
+    meta = {"vq_fingerprint": "synthetic", "n_embed": 160, "embed_dim": 8, "grid": [8, 8]}
+    y = np.repeat([0, 1], 60)
+    grids = rng.integers(0, 160, (120, 8, 8))
+    grids[y == 0, :2] = rng.integers(0, 6, (60, 2, 8))  # a few ids shared often: ties in the counts
+    splits = {"train": (grids, y), "val": (_marked_grids(np.repeat([0, 1], 5), rng), np.repeat([0, 1], 5))}
+    ds = tokds.save_token_dataset(tmp_path / "ds", splits, ["a", "b"], meta, source="synthetic")
+    tis = rng.integers(0, 4, (120, 8, 8)).astype(float)  # tied scores within a map
+    for rows in [None, *(rng.integers(0, 120, 120) for _ in range(20))]:
+        _, want = bias.select_attribute_tokens(ds, tis, 5, 20, specificity, rows=rows)
+        got = bias.attribute_token_ids(ds, tis, 5, 20, specificity, rows=rows)
+        assert sorted(got) == sorted(want) and all(np.array_equal(got[c], want[c]) for c in want)

@@ -329,7 +329,7 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
         assert len(before) == 1 and len(after) == 1 and before != after and moved == [], name
     # the tutorial on another attribution method: the notebooks that compute or read TIS again, on this run's
     # models and data, with -p method occlusion (notebook 05 declares it; the others read it from the run)
-    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 11 or nb.stem.startswith("14_")]
+    tis_notebooks = [nb for nb in NOTEBOOKS if 5 <= int(nb.stem[:2]) <= 11 or 14 <= int(nb.stem[:2]) <= 16]
     for nb in tis_notebooks:
         assert "TIS method: smoothgrad" in _printed(run / nb.name), nb.stem
     r = _run(
@@ -501,8 +501,8 @@ def test_exercise_checks(capsys):
 
 # --- teaching conventions (issue "Teach the method in the open"); tags as papermill's `parameters` ---------
 
-TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
-METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11 or int(p.stem[:2]) == 14]
+TEACHING = [p for p in NOTEBOOKS if 3 <= int(p.stem[:2]) <= 11 or 14 <= int(p.stem[:2]) <= 16]
+METHOD = [p for p in NOTEBOOKS if 5 <= int(p.stem[:2]) <= 11 or 14 <= int(p.stem[:2]) <= 16]
 
 
 def _tagged(nb, tag):
