@@ -73,6 +73,8 @@ require(tis.shape == tokens.shape and np.isfinite(tis).all(), f"the {split} TIS 
 n_positions = int(np.prod(ds.grid))
 size, n_classes = vqlib.resolution(vq), len(ds.class_names)
 judges = evaluators.load_run_evaluators(run_dir, size, n_classes, torchvision_weights)
+
+# %%
 neutral_id = evaluation.resolve_neutral(vq, tokens, neutral)
 print(f"{len(labels)} {split} images, TIS {tis_entry['method']}, judges {list(judges)}, neutral {neutral_id}")
 

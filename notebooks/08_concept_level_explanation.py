@@ -71,6 +71,8 @@ frequency = pd.read_parquet(repo_path(entry["path"]) / "frequency_tokens.parquet
 train = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
 tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_cls, torchvision_weights)
+
+# %%
 background = concepts.background_tokens(*train, K, share=background_share)
 no_bg = concepts.frequency_tokens(*train, ds.class_names, K, top=token_num, exclude=background)
 sets = {
@@ -151,6 +153,8 @@ decoded = vqlib.decode(vq, torch.from_numpy(tokens))
 table = evaluation.concept_level_experiment(
     vq, tokens, labels, sets, judges, token_num, spaces, neutral_id, ds.class_names, images=decoded
 )
+
+# %%
 out = run_dir / "evaluation"
 out.mkdir(exist_ok=True)
 with atomic_path(out / "concept_level.csv") as tmp:
