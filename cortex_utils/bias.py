@@ -163,22 +163,28 @@ def select_attribute_tokens(
     """Each attribute value's tokens, from the TIS of the training images: notebook 06's concept table
     (``concepts.concept_tokens`` at ``top_n``) of the train split's ``rows`` (default all of them; the
     bootstrap passes a resample), then ``specific_tokens``. Returns ``(table, {label: ids})``."""
-    train_y = check_attribute_data(ds)
-    tis = np.asarray(tis)
-    if len(tis) != len(train_y):
-        raise ValueError(f"one TIS map per training image: {len(train_y)} images, {len(tis)} maps")
-    rows = np.arange(len(train_y)) if rows is None else np.asarray(rows)
-    tokens, labels = ds.tokens["train"][rows], train_y[rows]
+    tokens, labels, tis = _training_rows(ds, tis, rows)
     table = conceptlib.concept_tokens(
         tokens,
         labels,
-        tis[rows],
+        tis,
         ds.class_names,
         ds.manifest["n_embed"],
         top_ns=(top_n,),
         top=CONCEPT_TABLE_TOP,
     )
     return table, specific_tokens(table, top_n, token_num, tokens, labels, specificity)
+
+
+def _training_rows(ds, tis, rows=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The train split's token grids, labels and TIS maps at ``rows`` (default all), the maps checked
+    against the images."""
+    train_y = check_attribute_data(ds)
+    tis = np.asarray(tis)
+    if len(tis) != len(train_y):
+        raise ValueError(f"one TIS map per training image: {len(train_y)} images, {len(tis)} maps")
+    rows = np.arange(len(train_y)) if rows is None else np.asarray(rows)
+    return ds.tokens["train"][rows], train_y[rows], tis[rows]
 
 
 def specific_tokens(
@@ -202,19 +208,14 @@ def attribute_token_ids(
     on every resample (building the table costs most of the time there): the same ranking, each value's ids
     by their TIS concept count (``concepts.concept_counts``; ties: the smaller id; the table's first
     ``CONCEPT_TABLE_TOP`` with a count), then ``specific_tokens``'s filter."""
-    train_y = check_attribute_data(ds)
-    tis = np.asarray(tis)
-    if len(tis) != len(train_y):
-        raise ValueError(f"one TIS map per training image: {len(train_y)} images, {len(tis)} maps")
-    rows = np.arange(len(train_y)) if rows is None else np.asarray(rows)
-    tokens, labels = ds.tokens["train"][rows], train_y[rows]
+    tokens, labels, tis = _training_rows(ds, tis, rows)
     present = np.bincount(np.asarray(labels).astype(np.int64), minlength=len(ds.class_names))
     if (present == 0).any():
         raise ValueError(
             f"class(es) with no images: {[ds.class_names[i] for i in np.flatnonzero(present == 0)]}"
         )
     counts = conceptlib.concept_counts(
-        tokens, labels, tis[rows], len(ds.class_names), ds.manifest["n_embed"], top_ns=(top_n,)
+        tokens, labels, tis, len(ds.class_names), ds.manifest["n_embed"], top_ns=(top_n,)
     )[f"counts{top_n}"]
     order = np.argsort(-counts, axis=1, kind="stable")[:, :CONCEPT_TABLE_TOP]
     ranked = {c: order[c][counts[c, order[c]] > 0] for c in range(len(counts))}
