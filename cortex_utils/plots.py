@@ -319,19 +319,34 @@ def outlined_grid(images, masks, titles=None, ncols: int = 8, size: float = 1.6,
 def share_vs_truth(deltas: pd.DataFrame):
     """Notebook 10's check against the planted truth: per study (rows of ``deltas`` with ``bias``, ``digit``,
     ``share``, ``share_low``, ``share_high``, ``pixel truth``) the share estimated from tokens with its 95 %
-    interval against the share measured from pixels; a study with no estimate is a dashed line over [0, 1]."""
+    interval against the share measured from pixels. A study whose interval was withheld ([0, 1]) is a hollow
+    marker with no bar; one with no estimate at all, a dashed line over [0, 1]."""
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
-    for b, marker in zip(deltas["bias"].unique(), "osd^", strict=False):
+    for k, (b, marker) in enumerate(zip(deltas["bias"].unique(), "osd^", strict=False)):
         sub = deltas[deltas["bias"] == b]
-        ok = sub[np.isfinite(sub["share"].astype(float))]
+        share = sub["share"].astype(float)
+        withheld = (sub["share_low"] <= 0) & (sub["share_high"] >= 1)
+        ok = sub[np.isfinite(share) & ~withheld]
         err = [ok["share"] - ok["share_low"], ok["share_high"] - ok["share"]]
-        bars = ax.errorbar(ok["pixel truth"], ok["share"], yerr=err, fmt=marker, label=b, capsize=3)
-        none = sub[~np.isfinite(sub["share"].astype(float))]
-        ax.vlines(none["pixel truth"], 0, 1, color=bars[0].get_color(), ls="--", lw=1)
-        for _, row in sub.iterrows():
+        bars = ax.errorbar(
+            ok["pixel truth"], ok["share"], yerr=err, fmt=marker, label=b if len(ok) else None, capsize=3
+        )
+        colour = bars[0].get_color()
+        held = sub[np.isfinite(share) & withheld]
+        ax.scatter(held["pixel truth"], held["share"], marker=marker, facecolors="none", edgecolors=colour,
+                   label=f"{b}: interval withheld" if len(held) else None)  # fmt: skip
+        ax.vlines(sub[~np.isfinite(share)]["pixel truth"], 0, 1, color=colour, ls="--", lw=1)
+        for _, row in sub.iterrows():  # labels right of the first type's markers, left of the next's
             y = row["share"] if np.isfinite(row["share"]) else 0.5
-            ax.annotate(f"digit {row['digit']}", (row["pixel truth"], y), xytext=(5, -10),
-                        textcoords="offset points", fontsize=7)  # fmt: skip
+            right = k % 2 == 0
+            ax.annotate(
+                f"digit {row['digit']}",
+                (row["pixel truth"], y),
+                xytext=(6, -12) if right else (-8, 4),
+                ha="left" if right else "right",
+                textcoords="offset points",
+                fontsize=7,
+            )
     ax.plot([0, 1], [0, 1], color="k", lw=0.7, ls="--", label="estimate = truth")
     ax.axhline(0.5, color="k", lw=0.5, ls=":")
     ax.axvline(0.5, color="k", lw=0.5, ls=":")
