@@ -62,7 +62,7 @@ require("train" in tis_entry["splits"], "notebook 05 must have computed TIS for 
 tis = np.load(repo_path(tis_entry["path"]) / "train.npy")
 tokens, labels = ds.tokens["train"], ds.labels["train"].astype(np.int64)
 require(tis.shape == tokens.shape, f"TIS {tis.shape} is not aligned with the train tokens {tokens.shape}")
-print(f"{len(labels)} train images; TIS by {tis_entry['method']} (IEM {tis_entry['iem_arch']}, notebook 05)")
+print(f"{len(labels)} train images; TIS method: {tis_entry['method']} (IEM {tis_entry['iem_arch']})")
 
 # %% [markdown]
 # ## By hand: count the ids at the most important positions

@@ -76,7 +76,7 @@ judges = evaluators.load_run_evaluators(run_dir, size, n_classes, torchvision_we
 
 # %%
 neutral_id = evaluation.resolve_neutral(vq, tokens, neutral)
-print(f"{len(labels)} {split} images, TIS {tis_entry['method']}, judges {list(judges)}, neutral {neutral_id}")
+print(f"{len(labels)} {split} images, TIS method: {tis_entry['method']}, neutral id {neutral_id}")
 
 # %% [markdown]
 # ## By hand: mask the top-n ids and black out their patches

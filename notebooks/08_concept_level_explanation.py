@@ -84,7 +84,7 @@ neutral_id = evaluation.resolve_neutral(vq, tokens, neutral)
 shown = {m: {ds.class_names[c]: " ".join(map(str, ids)) for c, ids in s.items()} for m, s in sets.items()}
 display(pd.DataFrame(shown).rename_axis("class"))
 share06 = read_metrics(run_dir).get("concept_tokens_background_share", float("nan"))
-print(f"{len(background)} background ids; notebook 06 found {share06:.0%} of the concept tokens among them")
+print(f"TIS method: {entry['tis_method']}; {len(background)} background ids ({share06:.0%} of 06's tokens)")
 
 # %% [markdown]
 # ## By hand: one class, three images, one evaluator

@@ -289,12 +289,13 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     )  # the smoke preset retrains every model (note_trained counts them)
     image_level = pd.read_csv(run / "evaluation" / "image_level.csv")
     assert set(image_level["n"]) == {0, 1, 2} and set(image_level["space"]) == {"pixel", "token"}
+    # notebook 08's Table 2 (the class-contrastive baseline is notebook 17's, in its metrics)
     assert set(pd.read_csv(run / "evaluation" / "concept_level.csv")["method"]) == {
         "CORTEX concept",
         "frequency",
         "frequency w/o background",
-        "contrastive",
     }
+    assert "concept_level_contrastive_drop" in metrics
     assert (
         len(pd.read_csv(run / "evaluation" / "codebook_level.csv")) == 2 * 2
     )  # 1 image x 2 methods x 2 evaluators
@@ -554,7 +555,7 @@ def test_a_library_that_stops_matching_its_by_hand_version_fails_the_run(tmp_pat
     import shutil
 
     copy = tmp_path / "repo"
-    for folder in ("cortex_utils", "notebooks", "checkpoints", "data"):
+    for folder in ("cortex_utils", "notebooks", "checkpoints", "data", "docs"):  # docs: 05's reference for 11
         shutil.copytree(
             REPO_ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__", "cache")
         )
