@@ -109,7 +109,8 @@ for arch, model in judges.items():
 # %% [markdown]
 # ## The prior: a class-conditional transformer
 #
-# It writes a grid one token at a time after the class token. The shipped one learned from the training
+# The **prior** is the generative half of the VQGM: a model of which token grids are likely, here given a
+# class. It writes a grid one token at a time after the class token. The shipped one learned from the training
 # digits' token grids; `retrain = True` trains it here (needed with a retrained tokenizer).
 
 # %%

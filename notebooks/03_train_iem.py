@@ -18,8 +18,9 @@
 #
 # CORTEX explains a VQGM through a classifier that sees **only tokens**: the **IEM** reads an image's grid
 # of token embeddings (`embed_dim × h × w`, each cell its token's codebook row) and predicts the concept,
-# here the digit. What it relies on must be in the tokens, so its saliency (notebook 05) tells which tokens
-# carry the concept. The four architectures of the CORTEX code:
+# here the digit. What it relies on must be in the tokens, so its saliency (how much its output moves
+# when a token's embedding moves; notebook 05) tells which tokens carry the concept. The four architectures
+# of the CORTEX code:
 #
 # | # | architecture | idea |
 # |---|---|---|
