@@ -5,7 +5,8 @@ A simulation study in numpy only. Every simulated study has the sizes of noteboo
 images, 300 labelled images per value to fit the rule on and 100 per value (held out) to measure its error
 rates. Each image is truly value A or B; its count of A's tokens and of B's tokens is drawn from that
 value's distribution. The neutral set's true share of A is known, and the question is how often the 95 %
-interval covers it, and how often it excludes ½ when the truth is ½ (a false alarm).
+interval covers it, how often it excludes ½ when the truth is ½ (a false alarm), and how often the verdict
+calls a clear lean "no bias".
 
 Cases (the three ways the earlier ranked δ failed, plus two controls):
 
@@ -33,14 +34,22 @@ among the labelled images' counts, both values weighted equally, δ bootstrapped
 only) and of the paper's δ on raw counts: a false alarm is an interval that excludes 0.
 
 Columns: coverage (the interval holds the true share), excludes 0.5 (a "found" verdict; under the null a false
-alarm), width, inconclusive (the rule's J <= 0.1: no estimate, interval [0, 1]), not found (the verdict
-``bias_stats.share_verdict`` with its default width 0.25), target / covers target (what the estimate aims at:
-the true share, except in ``leak_prompt``), and for the null studies the ranked and the raw δ's mean and how
-often their interval excludes 0.
+alarm), width, inconclusive (the rule's J <= 0.1: no estimate, interval [0, 1]), no_bias (how often the
+verdict ``bias_stats.share_verdict`` with its default margin m = 0.1 is ``no_bias``: an equivalence rule, the
+interval lies inside [½ − m, ½ + m] = [0.4, 0.6], so any lean is at most 0.1), target / covers target (what
+the estimate aims at: the true share, except in ``leak_prompt``), and for the null studies the ranked and the
+raw δ's mean and how often their interval excludes 0.
 
-Last line: bias_null_fpr=<x> bias_coverage=<y> ranked_null_fpr=<z> ... (bias_null_fpr over the null studies of
-every case but ``leak_prompt``; bias_coverage is the worst coverage of any (case, share) cell but
-``leak_prompt``'s).
+Below the main grid, one more cell per case but ``leak_prompt`` with a true share of 0.65 (``graded``: the
+prompt mix whose true share is 0.65), the clear lean nearest the margin and so the hardest one to tell from
+"no bias beyond ±0.1". These cells draw from a generator of their own, so the main grid's draws, and every
+number computed from it, are those of the grid alone.
+
+Last line: bias_null_fpr=<x> bias_coverage=<y> ranked_null_fpr=<z> ... bias_equivalence_error=<e>
+(bias_null_fpr over the null studies of every case but ``leak_prompt``; bias_coverage is the worst coverage of
+any (case, share) cell of the main grid but ``leak_prompt``'s; bias_equivalence_error is how often a true
+share of 0.65 or more (or, symmetrically, 0.35 or less; the grid has none) is called ``no_bias``, over every
+such study of the main grid and of the 0.65 cells, ``leak_prompt``'s excepted).
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ from cortex_utils import bias_stats
 N_NEUTRAL, N_FIT, N_CAL = 300, 300, 100
 SHARES = (0.5, 0.7, 0.85)
 LEVEL = 0.95
+EQUIVALENCE_SHARE = 0.65  # the 0.65 cells: a clear lean just beyond the verdict's margin (0.1 from ½)
+EQUIVALENCE_SEED = 20240612
 
 
 def poisson_counts(own, cross):
@@ -238,7 +249,14 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
         (c, p) for c in ("leak", "leak_prompt") for p in SHARES
     ]
     plan += [("graded", 0.5), ("graded", 0.85)]  # p = the neutral set's weight of the A prompt's outputs
-    for case, p in plan:
+    # the 0.65 cells, on a generator of their own (the main grid's draws stay as they are); graded: the prompt
+    # weight whose true share is 0.65
+    up = 0.5 * (1 + math.erf(GRADED_SHIFT / math.sqrt(2)))
+    extra_plan = [(c, EQUIVALENCE_SHARE) for c in ("ties", "symmetric", "uneven", "no_signal", "selected")]
+    extra_plan += [("leak", EQUIVALENCE_SHARE), ("graded", (EQUIVALENCE_SHARE - (1 - up)) / (2 * up - 1))]
+    extra_rng, extra_rows = np.random.default_rng(EQUIVALENCE_SEED), []
+    for case, p, extra in [*((c, p, False) for c, p in plan), *((c, p, True) for c, p in extra_plan)]:
+        gen = extra_rng if extra else rng
         ests, excl = [], []
         n = selected_studies if case == "selected" else studies
         if case == "graded":  # the true share: the A prompt's outputs with L > 0, plus the B prompt's
@@ -246,14 +264,14 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
             p = round(p * up + (1 - p) * (1 - up), 4)
         for _ in range(n):
             if case == "selected":
-                est = selected_study(rng, p, selected_boot)
+                est = selected_study(gen, p, selected_boot)
             elif case == "graded":
-                est = graded_study(rng, (p - (1 - up)) / (2 * up - 1), n_boot)[0]
+                est = graded_study(gen, (p - (1 - up)) / (2 * up - 1), n_boot)[0]
             else:
                 leaky = case.startswith("leak")
                 draw = CASES["symmetric" if leaky else case]
                 est, neutral, fit, cal, seed = count_study(
-                    rng, draw, p, n_boot, LEAK if leaky else (0.0, 0.0), cal_by_truth=case == "leak"
+                    gen, draw, p, n_boot, LEAK if leaky else (0.0, 0.0), cal_by_truth=case == "leak"
                 )
                 if p == 0.5:
                     ranked, raw = delta_intervals(neutral, fit, cal, delta_boot, seed)
@@ -263,6 +281,7 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
             ests.append(est)
         low, high = np.array([e["low"] for e in ests]), np.array([e["high"] for e in ests])
         share = np.array([e["share"] for e in ests])
+        no_bias = [bias_stats.share_verdict(lo, hi) == "no_bias" for lo, hi in zip(low, high, strict=True)]
         # leak_prompt: the mixture weight between the two prompts' outputs (above 1 when the neutral set holds
         # more A than the A-prompted images do: no mixture of the two fits, and the clipped estimate aims at
         # 1)
@@ -281,14 +300,9 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
             ),
             "covers target": float(np.mean((low <= target) & (target <= high))),
             "target": target,
-            "not found": float(
-                np.mean(
-                    [
-                        bias_stats.share_verdict(lo, hi) == "not found"
-                        for lo, hi in zip(low, high, strict=True)
-                    ]
-                )
-            ),
+            "no_bias": float(np.mean(no_bias)),
+            "studies": n,
+            "no_bias studies": int(np.sum(no_bias)),
         }
         if excl:
             e = np.array(excl)
@@ -304,7 +318,7 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
                 leak_ranked = float(e[:, 0].mean())
             elif case != "leak":  # the earlier statistics' false alarms, on the uncontaminated cases
                 ranked_alarms[case], raw_alarms[case] = e[:, 0], e[:, 1]
-        rows.append(row)
+        (extra_rows if extra else rows).append(row)
 
     cols = [
         "case",
@@ -316,7 +330,7 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
         "inconclusive",
         "flagged",
         "unchecked coverage",
-        "not found",
+        "no_bias",
         "target",
         "covers target",
         "ranked δ mean",
@@ -330,7 +344,10 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
         "labelled per value"
     )
     print(" | ".join(f"{c:>15s}" if i else f"{c:<10s}" for i, c in enumerate(cols)))
-    for r in rows:
+    for r in [*rows, None, *extra_rows]:
+        if r is None:
+            print(f"the {EQUIVALENCE_SHARE} cells (a generator of their own, seed {EQUIVALENCE_SEED}):")
+            continue
         cells = []
         for i, c in enumerate(cols):
             v = r.get(c, "")
@@ -357,6 +374,23 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
         f"{graded[-1]['coverage']:.2f} with it) and {graded[0]['flagged']:.0%} of the half-and-half ones; in "
         f"'leak' (a discrete value) {np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.0%}"
     )
+    # how often a clear lean (true share 0.65 or more, or 0.35 or less) is called "no bias beyond ±0.1"
+    lean = [
+        r
+        for r in [*rows, *extra_rows]
+        if r["case"] != "leak_prompt" and abs(r["true share"] - 0.5) >= EQUIVALENCE_SHARE - 0.5 - 1e-9
+    ]
+    called, total = sum(r["no_bias studies"] for r in lean), sum(r["studies"] for r in lean)
+    equivalence_error = called / total
+    by_share = {}
+    for r in lean:
+        c, n = by_share.get(r["true share"], (0, 0))
+        by_share[r["true share"]] = (c + r["no_bias studies"], n + r["studies"])
+    print(
+        f"a true share of {EQUIVALENCE_SHARE} or more called no_bias (interval inside [0.4, 0.6]): "
+        f"{called} of {total} studies; by true share "
+        + ", ".join(f"{p}: {c} of {n}" for p, (c, n) in sorted(by_share.items()))
+    )
     print(f"{time.perf_counter() - t0:.0f} s")
     per_case = " ".join(f"coverage_{r['case']}_{r['true share']}={r['coverage']:.3f}" for r in rows)
     print(
@@ -365,7 +399,8 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
         f"leak_null_fpr={leak[0.5]['excludes 0.5']:.3f} leak_ranked_null_fpr={leak_ranked:.3f} {per_case} "
         f"graded_flagged={graded[-1]['flagged']:.3f} "
         f"graded_unchecked_coverage={graded[-1]['unchecked coverage']:.3f} "
-        f"leak_flagged={np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.3f}"
+        f"leak_flagged={np.mean([r['flagged'] for r in rows if r['case'] == 'leak']):.3f} "
+        f"bias_equivalence_error={equivalence_error:.3f}"
     )
 
 

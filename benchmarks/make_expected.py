@@ -391,6 +391,20 @@ def build(
     }, widened
 
 
+def keep_others(expected: dict, previous: dict, only: str) -> dict:
+    """``expected`` with every key that does not match ``only`` (a regex) taken unchanged from ``previous``:
+    for remaking the file after a change that moved only some keys (the others keep their values and
+    tolerances, and the runs they were measured on stay named)."""
+    out = dict(expected)
+    for section in ("checked", "informational"):
+        merged = {k: v for k, v in previous.get(section, {}).items() if not re.search(only, k)}
+        merged.update({k: v for k, v in expected[section].items() if re.search(only, k)})
+        out[section] = merged
+    out["kinds"] = {**previous.get("kinds", {}), **expected["kinds"]}
+    out["remade_keys"] = only
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # `make benchmarks` runs every script here without arguments: nothing to measure
@@ -425,6 +439,12 @@ def main(argv=None) -> int:
         help="with --previous: keys matching REGEX start afresh (quantities an intended change redefined)",
     )
     ap.add_argument(
+        "--only",
+        metavar="REGEX",
+        default="",
+        help="with --previous: remake only the keys matching REGEX; every other key is copied unchanged",
+    )
+    ap.add_argument(
         "--preset", default="default", help="the preset the runs ran (named in the file; default)"
     )
     ap.add_argument(
@@ -438,6 +458,10 @@ def main(argv=None) -> int:
     expected, widened = build(
         args.run_dirs, tuple(args.informational), args.provisional, command, previous, args.fresh, args.preset
     )
+    if args.only:
+        if previous is None:
+            raise SystemExit("error: --only needs --previous (the file whose other keys are kept)")
+        expected = keep_others(expected, previous, args.only)
     out = Path(args.out)
     sys.path.insert(0, str(ROOT))
     from cortex_utils.artifacts import write_json

@@ -178,11 +178,13 @@ def render_models(v: Values) -> str:
 
 
 def share_verdict(low: float, high: float) -> str:
-    """Notebook 10's verdict on an interval for a share (``bias_stats.share_verdict``, its default width)."""
+    """Notebook 10's verdict on an interval for a share (``bias_stats.share_verdict``, its default margin
+    0.1), as the page writes it."""
     sys.path.insert(0, str(ROOT))
-    from cortex_utils.bias import share_verdict as verdict
+    from cortex_utils.bias_stats import share_verdict as verdict
 
-    return verdict(low, high)
+    found = verdict(low, high)
+    return "no bias beyond ±0.1" if found == "no_bias" else found
 
 
 # bias_stats.bias_share's check_level: below it the error-rate check withholds the interval
@@ -239,7 +241,7 @@ def _bias_quiet(v: Values) -> str:
     head = (
         "no false alarm, but the intervals are too wide to rule a lean out"
         if not alarms and any(x == "inconclusive" for x in verdicts.values())
-        else "yes"
+        else "yes, no bias beyond ±0.1 in either"
         if not alarms
         else f"no: a bias is reported for {' and '.join(alarms)}"
     )

@@ -474,9 +474,9 @@ def _metric(x):
 
 def headline_metrics(deltas: pd.DataFrame, bias_types, biased_digit: dict, control_digit: int) -> dict:
     """Notebook 10's recorded numbers from its table ``deltas`` (one row per study, with ``digit``, ``pixel
-    truth`` and ``iem_accuracy``): per bias type the share estimate and interval, the pixel truth, the paper's
-    δ and the attribute IEM's accuracy, suffixed ``_control`` for the control digit. Rounded to 4 places; NaN
-    becomes None."""
+    truth``, ``iem_accuracy`` and ``verdict``): per bias type the share estimate and interval, the pixel
+    truth, the paper's δ, the attribute IEM's accuracy and the verdict (``bias_stats.share_verdict``),
+    suffixed ``_control`` for the control digit. Rounded to 4 places; NaN becomes None."""
     metrics = {}
     for b in bias_types:
         rows = deltas[deltas["bias"] == b]
@@ -494,6 +494,7 @@ def headline_metrics(deltas: pd.DataFrame, bias_types, biased_digit: dict, contr
                     f"bias_{b}_truth_share{which}": _metric(row["pixel truth"]),
                     f"bias_{b}_delta_{'control' if which else 'biased'}": _metric(row["delta"]),
                     f"bias_{b}_iem_accuracy{which}": round(float(row["iem_accuracy"]), 4),
+                    f"bias_{b}_verdict{which}": str(row["verdict"]),
                 }
             )
     return metrics
@@ -530,14 +531,15 @@ def _interval_text(row) -> str:
     return text
 
 
-def verdict_line(row, bias_type: str, not_found_width: float = 0.25, biased: bool | None = None) -> str:
+def verdict_line(row, bias_type: str, margin: float = 0.1, biased: bool | None = None) -> str:
     """One markdown line of notebook 10's verdict for a row of its ``deltas`` table: the share's interval,
     ``share_verdict``, and the paper's δ. ``biased``: on the planted world, whether the row is the biased
     digit (True) or the control (False); the line then also says whether the planted answer came out and
     whether the pixel truth lies in the interval. ``None``: real data, no truth to compare with."""
     lo, hi = row["share_low"], row["share_high"]
-    verdict = share_verdict(lo, hi, not_found_width)
-    text = f"- **{bias_type}, {row['neutral set']}**: {_interval_text(row)} — **{verdict}**"
+    verdict = share_verdict(lo, hi, margin)
+    shown = f"no bias beyond ±{margin:g}" if verdict == "no_bias" else verdict
+    text = f"- **{bias_type}, {row['neutral set']}**: {_interval_text(row)} — **{shown}**"
     if verdict == "found":
         text += f" (a lean {'toward' if lo > 0.5 else 'away from'} {row['toward']})"
     if biased is not None:
@@ -548,13 +550,13 @@ def verdict_line(row, bias_type: str, not_found_width: float = 0.25, biased: boo
                 else ": **the estimate leans the other way round**"
                 if verdict == "found"
                 else ": **the planted bias is missed**"
-                if verdict == "not found"
+                if verdict == "no_bias"
                 else ": the data cannot decide"
             )
         else:
             text += (
                 ": no bias reported, as it should be"
-                if verdict == "not found"
+                if verdict == "no_bias"
                 else ": **a bias is reported where the training data had none**"
                 if verdict == "found"
                 else ": the data cannot rule out a bias"

@@ -379,13 +379,22 @@ def bias_share(
     return {**out, "low": float(lo), "high": float(hi)}
 
 
-def share_verdict(low: float, high: float, max_width: float = 0.25) -> str:
-    """What an interval for a share says about a lean away from ½: ``found`` (it excludes ½),
-    ``not found`` (it contains ½ and is at most ``max_width`` wide, so a large lean is ruled out), else
-    ``inconclusive`` (it contains ½ but is too wide to rule out a lean)."""
+VERDICTS = ("found", "no_bias", "inconclusive")
+
+
+def share_verdict(low: float, high: float, margin: float = 0.1) -> str:
+    """What an interval for a share says about a lean away from ½, an equivalence rule (Schuirmann 1987's
+    two one-sided tests read off the interval; a 95 % one makes each test one at 2.5 %): ``no_bias`` when the
+    interval lies inside
+    [½ − ``margin``, ½ + ``margin``] (any lean is at most ``margin``), else ``found`` when it excludes ½, else
+    ``inconclusive`` (it holds ½ and reaches beyond the margin: the data cannot tell)."""
+    if not 0 < margin < 0.5:
+        raise ValueError(f"the equivalence margin must lie in (0, 0.5), got {margin}")
+    if 0.5 - margin <= low and high <= 0.5 + margin:
+        return "no_bias"
     if low > 0.5 or high < 0.5:
         return "found"
-    return "not found" if high - low <= max_width else "inconclusive"
+    return "inconclusive"
 
 
 # --- shares counted directly (pixels, evaluators): binomial intervals ---------------------------------------

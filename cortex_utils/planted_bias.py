@@ -495,8 +495,8 @@ def check_study_parameters(p: dict) -> tuple[int, int, int]:
     )
     require(p["specificity"] >= 0, "specificity must be >= 0")
     require(
-        0 <= p["min_youden"] < 1 and 0 < p["not_found_width"] <= 1,
-        "min_youden must lie in [0, 1), not_found_width in (0, 1]",
+        0 <= p["min_youden"] < 1 and 0 < p["equivalence_margin"] < 0.5,
+        "min_youden must lie in [0, 1), equivalence_margin in (0, 0.5)",
     )
     counts = ("n_neutral", "nsamples", "top_n", "token_num", "n_boot")
     require(

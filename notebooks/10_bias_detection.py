@@ -61,7 +61,7 @@ specificity = 2.0  # a value's token: this many times more often per image of th
 n_boot = 1000  # bootstrap resamples for the intervals (δ and share)
 min_youden = 0.1  # a token rule with sensitivity + specificity - 1 at most this cannot separate the values
 reselect_tokens = True  # re-select the attribute tokens in every bootstrap resample
-not_found_width = 0.25  # "not found" needs an interval around ½ at most this wide (else "inconclusive")
+equivalence_margin = 0.1  # "no bias": the share's interval lies inside [½ − margin, ½ + margin]
 seed = 0
 n_show = 8  # images per row in the figures
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
@@ -286,9 +286,14 @@ print("by hand = library: Cliff's δ, q, sens, spec and the Rogan–Gladen share
 # %% [markdown]
 # ## Against the truth
 #
-# The truth: the share of neutral images whose pixels show A. Verdict: **found** if the interval excludes ½
-# (on the control, a false alarm), **not found** if it holds ½ and is at most `not_found_width` wide, else
-# **inconclusive**. The correction also assumes the token rule errs as often on an image of one value
+# The truth: the share of neutral images whose pixels show A. Three verdicts, from the interval alone:
+#
+# * **no bias beyond ±m** when it lies inside $[\tfrac12-m,\ \tfrac12+m]$, with the margin
+#   $m$ = `equivalence_margin` (an equivalence rule: a lean, if any, is smaller than $m$);
+# * **found** when it excludes ½ (on the control, a false alarm);
+# * **inconclusive** otherwise: it holds ½ but reaches beyond the margin.
+#
+# The correction also assumes the token rule errs as often on an image of one value
 # whatever its prompt named; the **error-rate check** tests that on the held-out images, and where it fails
 # (p < 0.05) the interval is withheld as [0, 1]: the share would be biased. Thickness, a matter of degree,
 # fails it here; notebook 16 shows where.
@@ -298,7 +303,7 @@ images = {d: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))) for d, z in 
 pixels = {d: planted_bias.measured_attributes(x, np.full(len(x), d), thresholds) for d, x in images.items()}
 deltas["pixel truth"] = [planted_bias.planted_shares(pixels[d], planted)[b] for b, d in studies]
 bounds = deltas[["share_low", "share_high"]].to_numpy()
-deltas["verdict"] = [bias_stats.share_verdict(lo, hi, not_found_width) for lo, hi in bounds]
+deltas["verdict"] = [bias_stats.share_verdict(lo, hi, equivalence_margin) for lo, hi in bounds]
 metrics = bias.headline_metrics(deltas, bias_types, biased_digit, control_digit)
 columns = ["pixel truth", "share", "share_low", "share_high", "verdict", "delta"]
 deltas.set_index(["bias", "neutral set"])[columns].round(3)
@@ -310,7 +315,16 @@ deltas.set_index(["bias", "neutral set"])[columns].round(3)
 record_metrics(run_dir, **metrics)
 deltas.to_csv(out_dir / "deltas.csv", index=False)
 tokens = {f"{b}_digit_{d}": {str(c): v.tolist() for c, v in by.items()} for (b, d), by in ids.items()}
-keep = ["bias_types", "study_digits", "planted", "skew", "sampling", "n_neutral", "seed", "not_found_width"]
+keep = [
+    "bias_types",
+    "study_digits",
+    "planted",
+    "skew",
+    "sampling",
+    "n_neutral",
+    "seed",
+    "equivalence_margin",
+]
 study = {k: params[k] for k in keep} | {"tis_method": tis_entry["method"], "tokens": tokens}
 study |= {"regenerate": regenerate or retrain, "thresholds": thresholds.tolist()}
 write_json(out_dir / "study.json", study)
@@ -336,7 +350,8 @@ for _, r in deltas.iterrows():
     iv = f"{r['toward']} {share} [{r['share_low']:.2f}, {r['share_high']:.2f}]"
     why = " (error-rate check failed)" if r["inconclusive"] and r["share"] >= 0 else ""
     truth = f"truth {r['pixel truth']:.2f}, {inside}; δ {r['delta']:+.2f}"
-    lines.append(f"- {r['bias']}, {r['neutral set']}: {iv}, **{r['verdict']}**{why}; {truth}")
+    verdict = f"no bias beyond ±{equivalence_margin:g}" if r["verdict"] == "no_bias" else r["verdict"]
+    lines.append(f"- {r['bias']}, {r['neutral set']}: {iv}, **{verdict}**{why}; {truth}")
 lines.append(f"- Attribute IEM accuracy: {min(accuracy.values()):.2f} to {max(accuracy.values()):.2f}.")
 display(Markdown("\n".join(lines)))
 
@@ -348,7 +363,8 @@ display(Markdown("\n".join(lines)))
 # 3. What does δ = +1 say about the two count lists?
 # 4. Why can δ be far from 0 at half and half?
 # 5. What are $q$, sens and spec, and where is each measured?
-# 6. When is a verdict "inconclusive" rather than "not found"?
+# 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"? Can an interval be "found" and still
+#    small?
 
 # %% [markdown]
 # ## Exercises

@@ -72,8 +72,8 @@ from cortex_utils.notebook import check_parameters, choice, repo_path, require
 #   2017, arXiv:1706.03825) `nsamples`, the tokens (`selection`: `top_n` TIS positions per image, at most
 #   `token_num` ids per value, each at least `specificity` times as frequent per image of its value as of the
 #   other) and the `statistics` (`n_boot` bootstrap resamples, `reselect_tokens` in each, `min_youden` the
-#   least separation a token rule needs, `not_found_width` the widest interval around ½ that still rules a
-#   lean out).
+#   least separation a token rule needs, `equivalence_margin` m the largest lean from ½ that still counts as
+#   no bias: an interval inside [½ − m, ½ + m] says "no bias beyond ±m").
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the results go to <run_dir>/bias_real (nothing of earlier notebooks is read)
@@ -86,7 +86,7 @@ attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}
 nsamples = 20  # SmoothGrad noisy copies
 selection = {"top_n": 5, "token_num": 20, "specificity": 2.0}  # the attribute tokens (notebook 10's knobs)
 # as notebook 10's
-statistics = {"n_boot": 1000, "min_youden": 0.1, "reselect_tokens": True, "not_found_width": 0.25}
+statistics = {"n_boot": 1000, "min_youden": 0.1, "reselect_tokens": True, "equivalence_margin": 0.1}
 seed = 0
 
 # %%
@@ -113,8 +113,8 @@ require(
 require(
     selection["specificity"] >= 0
     and 0 <= statistics["min_youden"] < 1
-    and 0 < statistics["not_found_width"] <= 1,
-    "selection: specificity >= 0; statistics: min_youden in [0, 1), not_found_width in (0, 1]; got "
+    and 0 < statistics["equivalence_margin"] < 0.5,
+    "selection: specificity >= 0; statistics: min_youden in [0, 1), equivalence_margin in (0, 0.5); got "
     f"{statistics}",
 )
 choice("attribute_iem arch", attribute_iem["arch"], [1, 2, 3, 4])
@@ -297,12 +297,15 @@ _ = record_metrics(run_dir, **metrics)
 # %% [markdown]
 # ## Verdict
 #
-# From the share's 95 % interval, as in notebook 10: **found** if it excludes ½, **not found** if it holds ½
-# and is at most `statistics["not_found_width"]` wide, **inconclusive** otherwise. With the demo's synthetic
-# data, also whether the known share lies inside the interval.
+# From the share's 95 % interval, with m = `statistics["equivalence_margin"]`: **no bias beyond ±m** if the
+# interval lies inside [½ − m, ½ + m] (an equivalence rule: any lean is at most m), else **found** if it
+# excludes ½, **inconclusive** otherwise (it holds ½ but reaches beyond the margin: the data cannot tell).
+# With the demo's synthetic data, also whether the known share lies inside the interval.
 
 # %%
-lines = [bias.verdict_line(row, row["bias"], statistics["not_found_width"]) for _, row in deltas.iterrows()]
+lines = [
+    bias.verdict_line(row, row["bias"], statistics["equivalence_margin"]) for _, row in deltas.iterrows()
+]
 lines += [
     f"- *{b}: the attribute IEM is close to chance (accuracy {acc:.2f}); the tokens owe most to the "
     "`specificity` filter, not to what the IEM learned.*"
@@ -343,5 +346,5 @@ display(Markdown("\n".join(bullets)))
 # 3. How are a value's attribute tokens chosen from the TIS of the training images?
 # 4. What does Cliff's δ compare, and toward which value is it signed here?
 # 5. Why is the share corrected with the Rogan–Gladen estimator, and from which images are the error rates?
-# 6. When is a bias called found, not found or inconclusive?
+# 6. When is a bias called found, no bias beyond ±m, or inconclusive?
 # 7. Why does the demonstration on synthetic CSVs say nothing about any generator?

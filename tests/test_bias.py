@@ -223,11 +223,29 @@ def test_share_estimate_is_inconclusive_when_the_rule_cannot_separate():
     )
     assert r["inconclusive"] and np.isnan(r["share"]) and (r["low"], r["high"]) == (0.0, 1.0)
     assert bias_stats.share_verdict(r["low"], r["high"]) == "inconclusive"
-    assert bias_stats.share_verdict(0.55, 0.7) == "found" and bias_stats.share_verdict(0.2, 0.45) == "found"
-    assert (
-        bias_stats.share_verdict(0.42, 0.6) == "not found"
-        and bias_stats.share_verdict(0.3, 0.7) == "inconclusive"
-    )
+
+
+def test_share_verdict_is_an_equivalence_rule_with_a_margin():
+    """no_bias when the interval lies inside [0.5 - m, 0.5 + m] (edges included), else found when it excludes
+    0.5, else inconclusive."""
+    verdict = bias_stats.share_verdict
+    assert set(bias_stats.VERDICTS) == {"found", "no_bias", "inconclusive"}
+    # outside the margin and excluding 1/2, on either side
+    assert verdict(0.55, 0.7) == "found" and verdict(0.2, 0.45) == "found" and verdict(0.39, 0.45) == "found"
+    # inside [0.4, 0.6]: no bias beyond 0.1, the edges included, even where 1/2 is excluded (a small lean)
+    for lo, hi in ((0.42, 0.6), (0.4, 0.6), (0.45, 0.55), (0.52, 0.58), (0.41, 0.49)):
+        assert verdict(lo, hi) == "no_bias", (lo, hi)
+    # just past an edge: holding 1/2 it is inconclusive, excluding 1/2 it is found
+    eps = 1e-9
+    assert verdict(0.4 - eps, 0.55) == "inconclusive" and verdict(0.45, 0.6 + eps) == "inconclusive"
+    assert verdict(0.55, 0.6 + eps) == "found" and verdict(0.4 - eps, 0.45) == "found"
+    assert verdict(0.3, 0.7) == "inconclusive" and verdict(0.0, 1.0) == "inconclusive"
+    # the margin decides
+    assert verdict(0.35, 0.6) == "inconclusive" and verdict(0.35, 0.6, margin=0.15) == "no_bias"
+    assert verdict(0.42, 0.6, 0.05) == "inconclusive" and verdict(0.56, 0.6, 0.05) == "found"
+    for bad in (0.0, -0.1, 0.5, 0.6, float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            verdict(0.45, 0.55, bad)
 
 
 def _draw(rng, is_a, own, cross, spread=None):
@@ -468,7 +486,7 @@ def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, on
         assert r["delta_paper_half_scale"] == pytest.approx(r["delta"] / 2)
         assert r["share"] == pytest.approx(share) and r["share_low"] <= share <= r["share_high"]
         assert r["images"] == 300 and (r["tokens_a"], r["tokens_b"]) == (1, 1)
-    assert r["share_high"] - r["share_low"] < 0.25  # balanced: "not found" is within reach
+    assert bias_stats.share_verdict(r["share_low"], r["share_high"]) == "no_bias"  # balanced, and shown so
     leaning = bias.estimate_bias(bias.study_counts(ds, ids, neutral["leaning"], planted=0), n_boot=200)
     assert leaning["share_low"] > 0.5  # found
     # shipped: the saved IEM is loaded, not trained again, for exactly these data and settings
@@ -699,6 +717,7 @@ def _deltas_table():
         "unchecked_high": 0.9,
         "check_p": 0.4,
         "iem_accuracy": 0.91234,
+        "verdict": "found",
     }
     control = {
         **row,
@@ -709,6 +728,7 @@ def _deltas_table():
         "trained share": 0.5,
         "delta": float("nan"),
         "iem_accuracy": 0.8,
+        "verdict": "no_bias",
     }
     return pd.DataFrame(
         [
@@ -724,6 +744,7 @@ def test_headline_metrics_and_verdict_lines():
     assert m["bias_colour_share_est"] == 0.8 and m["bias_colour_share_low_control"] == 0.45
     assert m["bias_colour_delta_control"] is None  # NaN is recorded as None
     assert m["bias_colour_iem_accuracy"] == 0.9123 and m["bias_colour_iem_accuracy_control"] == 0.8
+    assert m["bias_colour_verdict"] == "found" and m["bias_colour_verdict_control"] == "no_bias"
     real = bias.real_data_metrics(deltas.iloc[:1])  # notebook 13: one row per bias type, its own keys
     assert real == {
         "bias_real_colour_delta": 0.3,
@@ -733,10 +754,27 @@ def test_headline_metrics_and_verdict_lines():
         "bias_real_colour_iem_accuracy": 0.9123,
     }
     biased, control = (row for _, row in deltas.iterrows())
-    line = bias.verdict_line(biased, "colour", 0.25, biased=True)
+    line = bias.verdict_line(biased, "colour", 0.1, biased=True)
     assert "**found**" in line and "the planted bias is found" in line and "inside the interval" in line
-    assert "no bias reported" in bias.verdict_line(control, "colour", 0.25, biased=False)
-    assert "Pixel truth" not in bias.verdict_line(biased, "colour", 0.25, biased=None)  # real data: no truth
+    # the control's interval [0.45, 0.55] lies inside [0.4, 0.6]: no bias beyond the margin
+    line = bias.verdict_line(control, "colour", 0.1, biased=False)
+    assert "**no bias beyond ±0.1**" in line and "no bias reported, as it should be" in line
+    assert "Pixel truth" not in bias.verdict_line(biased, "colour", 0.1, biased=None)  # real data: no truth
+    # a control interval that holds 1/2 but reaches past 0.6: the margin decides between the two answers
+    wide = control.copy()
+    wide[["share_low", "share_high"]] = [0.42, 0.65]
+    line = bias.verdict_line(wide, "colour", 0.1, biased=False)
+    assert "**inconclusive**" in line and "the data cannot rule out a bias" in line
+    line = bias.verdict_line(wide, "colour", 0.2, biased=False)
+    assert "**no bias beyond ±0.2**" in line and "no bias reported" in line
+    # a planted bias whose interval lies inside the margin is missed
+    small = biased.copy()
+    small[["share_low", "share_high"]] = [0.52, 0.58]
+    line = bias.verdict_line(small, "colour", 0.1, biased=True)
+    assert "**no bias beyond ±0.1**" in line and "**the planted bias is missed**" in line
+    assert "**found**" not in line and "**outside the interval" in line  # pixel truth 0.82
+    with pytest.raises(ValueError, match="margin"):
+        bias.verdict_line(biased, "colour", 0.5)
     # the error-rate check failed: no interval, and the line says what the interval before it would have said
     flagged = biased.copy()
     flagged[["share_low", "share_high", "unchecked_low", "unchecked_high", "inconclusive"]] = [
@@ -747,7 +785,7 @@ def test_headline_metrics_and_verdict_lines():
         True,
     ]
     flagged["why"] = "the rule's error rates differ between images of the same value (p = 0.004)"
-    line = bias.verdict_line(flagged, "colour", 0.25, biased=True)
+    line = bias.verdict_line(flagged, "colour", 0.1, biased=True)
     assert "no interval, because the rule's error rates differ" in line and "**inconclusive**" in line
     assert "inside the interval" in line and "**would have missed it**" in line
 

@@ -198,6 +198,35 @@ def test_make_expected_keeps_a_previous_files_tolerances(tmp_path):
     assert expected["checked"]["iem1_test_top1"]["tolerance"] == pytest.approx(0.004)
 
 
+def test_make_expected_only_remakes_the_keys_it_names(tmp_path):
+    """--only: the keys matching the pattern come from the new run, every other key stays as the earlier file
+    had it (value and tolerance), keys only the earlier file has stay, and a new key matching is added."""
+    a = _run_dir(
+        tmp_path / "a",
+        {"iem1_test_top1": 0.95, "bias_colour_share_est": 0.70, "bias_colour_verdict": "found"},
+    )
+    old = {
+        "checked": {
+            "iem1_test_top1": {"value": 0.968, "tolerance": 0.01, "kind": "accuracy_500"},
+            "bias_colour_share_est": {"value": 0.92, "tolerance": 0.02, "kind": "share_300"},
+            "vq_test_psnr_db": {"value": 26.805, "tolerance": 0.01, "kind": "psnr_db"},
+        },
+        "informational": {"01_vq_model_seconds": {"value": 3.0, "kind": "timing"}},
+        "kinds": {"psnr_db": {"floor": 0.01, "why": "x"}},
+        "runs": [{"run_dir": "intel", "isa": "AVX512"}],
+    }
+    expected, _ = make_expected.build([str(a)], previous=old, fresh=r"^bias_")
+    kept = make_expected.keep_others(expected, old, r"^bias_colour_")
+    c = kept["checked"]
+    assert c["iem1_test_top1"] == old["checked"]["iem1_test_top1"]  # moved by the run, but not named
+    assert c["vq_test_psnr_db"] == old["checked"]["vq_test_psnr_db"]  # not in the run: kept
+    assert c["bias_colour_share_est"]["value"] == 0.70 and c["bias_colour_verdict"]["value"] == "found"
+    assert kept["informational"] == old["informational"] and kept["remade_keys"] == r"^bias_colour_"
+    assert "psnr_db" in kept["kinds"] and "exact" in kept["kinds"]
+    rc, _, err = _run("make_expected.py", a, "--out", tmp_path / "e.json", "--only", "^bias_")
+    assert rc != 0 and "--only needs --previous" in err
+
+
 def test_make_expected_refuses_unknown_keys_and_unequal_exact_keys(tmp_path):
     a = _run_dir(tmp_path / "a", {"mystery_score": 0.5, "recommended_method": "occlusion"})
     b = _run_dir(tmp_path / "b", {"mystery_score": 0.5, "recommended_method": "smoothgrad"})
@@ -257,7 +286,7 @@ def _full_expected(provisional=False, **overrides):
     ):
         v.update({f"concept_level_positions_masked_{k}": n, f"concept_level_drop_per_position_{k}": 0.3})
     v.update({f"iem{a}_test_top1": x for a, x in zip((1, 2, 3, 4), (0.97, 0.98, 0.988, 0.94), strict=True)})
-    # colour: found (interval above 1/2); thickness: inconclusive; controls: not found / inconclusive
+    # colour: found (interval above 1/2); thickness: inconclusive; controls: no bias / inconclusive
     for b, (lo, hi), (clo, chi) in (
         ("colour", (0.7, 1.0), (0.45, 0.55)),
         ("thickness", (0.4, 0.9), (0.3, 0.7)),
@@ -307,7 +336,7 @@ def test_readme_check_and_write(tmp_path):
         and "| thickness | 5 | 0.65 [0.40, 0.90] | – | 0.80 | yes | inconclusive |" in new
     )
     assert (
-        "| colour | 7 (control) | 0.50 [0.45, 0.55] | – | 0.50 | yes | not found |" in new
+        "| colour | 7 (control) | 0.50 [0.45, 0.55] | – | 0.50 | yes | no bias beyond ±0.1 |" in new
     )  # verdicts from intervals
     assert "Provisional" not in new
     rc, out, _ = _run("readme_results.py", "--check", "--expected", expected, "--readme", readme)
