@@ -531,6 +531,11 @@ def _interval_text(row) -> str:
     return text
 
 
+def verdict_words(verdict: str, margin: float = 0.1) -> str:
+    """A ``share_verdict`` as the pages write it: ``no_bias`` becomes "no bias beyond ±margin"."""
+    return f"no bias beyond ±{margin:g}" if verdict == "no_bias" else verdict
+
+
 def verdict_line(row, bias_type: str, margin: float = 0.1, biased: bool | None = None) -> str:
     """One markdown line of notebook 10's verdict for a row of its ``deltas`` table: the share's interval,
     ``share_verdict``, and the paper's δ. ``biased``: on the planted world, whether the row is the biased
@@ -538,7 +543,7 @@ def verdict_line(row, bias_type: str, margin: float = 0.1, biased: bool | None =
     whether the pixel truth lies in the interval. ``None``: real data, no truth to compare with."""
     lo, hi = row["share_low"], row["share_high"]
     verdict = share_verdict(lo, hi, margin)
-    shown = f"no bias beyond ±{margin:g}" if verdict == "no_bias" else verdict
+    shown = verdict_words(verdict, margin)
     text = f"- **{bias_type}, {row['neutral set']}**: {_interval_text(row)} — **{shown}**"
     if verdict == "found":
         text += f" (a lean {'toward' if lo > 0.5 else 'away from'} {row['toward']})"

@@ -385,9 +385,9 @@ VERDICTS = ("found", "no_bias", "inconclusive")
 def share_verdict(low: float, high: float, margin: float = 0.1) -> str:
     """What an interval for a share says about a lean away from ½, an equivalence rule (Schuirmann 1987's
     two one-sided tests read off the interval; a 95 % one makes each test one at 2.5 %): ``no_bias`` when the
-    interval lies inside
-    [½ − ``margin``, ½ + ``margin``] (any lean is at most ``margin``), else ``found`` when it excludes ½, else
-    ``inconclusive`` (it holds ½ and reaches beyond the margin: the data cannot tell)."""
+    interval lies inside [½ − ``margin``, ½ + ``margin``] (any lean is at most ``margin``), else ``found``
+    when it excludes ½, else ``inconclusive`` (it holds ½ and reaches beyond the margin: the data cannot
+    tell)."""
     if not 0 < margin < 0.5:
         raise ValueError(f"the equivalence margin must lie in (0, 0.5), got {margin}")
     if 0.5 - margin <= low and high <= 0.5 + margin:

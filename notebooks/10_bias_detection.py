@@ -350,7 +350,7 @@ for _, r in deltas.iterrows():
     iv = f"{r['toward']} {share} [{r['share_low']:.2f}, {r['share_high']:.2f}]"
     why = " (error-rate check failed)" if r["inconclusive"] and r["share"] >= 0 else ""
     truth = f"truth {r['pixel truth']:.2f}, {inside}; δ {r['delta']:+.2f}"
-    verdict = f"no bias beyond ±{equivalence_margin:g}" if r["verdict"] == "no_bias" else r["verdict"]
+    verdict = bias.verdict_words(r["verdict"], equivalence_margin)
     lines.append(f"- {r['bias']}, {r['neutral set']}: {iv}, **{verdict}**{why}; {truth}")
 lines.append(f"- Attribute IEM accuracy: {min(accuracy.values()):.2f} to {max(accuracy.values()):.2f}.")
 display(Markdown("\n".join(lines)))
