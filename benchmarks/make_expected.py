@@ -75,15 +75,31 @@ RULES = [
     ),
     # the shipped IEMs' top-1 over the 500 test grids: two images' worth of near-tied logits
     (r"^iem\d_test_top\d+$", "accuracy_500", 2 / 500, "accuracy over 500 images: two images' worth"),
-    # notebook 10's attribute IEMs over their 100 test generations (50 per value): two images' worth
-    (r"^bias_.*_iem_accuracy", "accuracy_100", 2 / 100, "accuracy over 100 images: two images' worth"),
-    # Cliff's delta of raw attribute-token counts over 300 neutral generations (the paper's statistic, both
-    # scales, and its interval ends): a TIS near-tie can move a counted position, and with it a token
-    (r"^bias_.*_delta", "cliffs_delta", 0.02, "Cliff's delta over 300 images: near-ties in the TIS"),
-    # shares of the 300 neutral generations: measured from their pixels (truth), or estimated from their
+    # notebook 10's attribute IEMs over their 200 test generations (100 per value): two images' worth
+    (r"^bias_.*_iem_accuracy", "accuracy_200", 2 / 200, "accuracy over 200 images: two images' worth"),
+    # notebook 10's generator, judged on the shipped generations: the evaluators' mean agreement with the
+    # prompted digit over the 3,000 neutral ones, and the pixel rules' agreement with the prompted value over
+    # each type's 2,000 prompted ones; decoded pixels differ in the last bits, so an image on a logit tie or
+    # on the width threshold can flip: a few images' worth
+    (
+        r"^bias_generator_digit_agreement$",
+        "accuracy_3000",
+        0.002,
+        "agreement over 3,000 images: a few images' worth",
+    ),
+    (
+        r"^bias_.*_pixel_rule_accuracy$",
+        "accuracy_2000",
+        0.002,
+        "agreement over 2,000 images: a few images' worth",
+    ),
+    # Cliff's delta of raw attribute-token counts over 1,000 neutral generations (the paper's statistic,
+    # both scales, and its interval ends): a TIS near-tie can move a counted position, and with it a token
+    (r"^bias_.*_delta", "cliffs_delta", 0.02, "Cliff's delta over 1,000 images: near-ties in the TIS"),
+    # shares of the 1,000 neutral generations: measured from their pixels (truth), or estimated from their
     # attribute tokens with a seeded bootstrap interval (est / low / high); a TIS near-tie can move a token
-    # and with it a few images' classification: 0.02 = 6 images
-    (r"^bias_.*_share", "share_300", 0.02, "share of 300 generated images: a few generations' worth"),
+    # and with it a few images' classification: 0.02 = 20 images
+    (r"^bias_.*_share", "share_1000", 0.02, "share of 1,000 generated images: a few generations' worth"),
     # share of the 10 (evaluator, n >= 1) cells where TIS masking beats random masking: one cell can flip
     # only when the two drops nearly tie; one cell's worth
     (
@@ -213,14 +229,14 @@ RULES = [
         0.01,
         "seeded Monte Carlo mean against sets a concept-token near-tie can change",
     ),
-    # notebook 10's mitigation: shares of 300 shipped generations (planted value from pixels, digit kept by
+    # notebook 16's mitigation: shares of 1,000 shipped generations (planted value from pixels, digit kept by
     # the evaluators) and their differences; decoded pixels differ in the last bits, so only an image on a
     # threshold's edge can flip: six images' worth, as the study's shares
     (
         r"^mitigation_.*_(share|digit_agreement|change|change_vs_random|digit_change)_?",
-        "share_300",
+        "share_1000",
         0.02,
-        "share of 300 generated images (or a difference of two): a few generations' worth",
+        "share of 1,000 generated images (or a difference of two): a few generations' worth",
     ),
     # mean Spearman correlation of 100 images' maps: rank near-ties between positions
     (

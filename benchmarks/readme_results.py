@@ -40,6 +40,8 @@ BARS = {
     "psnr_db": 24,
     "codebook_usage": 0.5,
     "evaluator_agreement": 0.9,
+    "generator_digit_agreement": 0.9,
+    "pixel_rule_accuracy": 0.95,
     "iem1_top1": 0.95,
     "sanity_rank_corr": 0.3,
 }
@@ -119,20 +121,24 @@ def render_models(v: Values) -> str:
     cells, partly = [], []
     for b, spec in BIAS.items():
         share, control = v[f"bias_{b}_truth_share"], v[f"bias_{b}_truth_share_control"]
-        note = (
-            '; thick = above the midpoint of this generator\'s "a thick d" and "a thin d" images'
-            if b == "thickness"
-            else ""
-        )
         cells.append(
             f"digit {spec['digit']} **{pct(share)}** {spec['value']} (control digit {CONTROL_DIGIT}: "
-            f"{pct(control)}{note})"
+            f"{pct(control)})"
         )
         if share < TRAINED_SHARE - 0.05:
             partly.append(b)
-    measured_bias = "measured from the pixels of 300 neutral generations each: " + "; ".join(cells)
+    rules = ", ".join(f"{b} **{pct(v[f'bias_{b}_pixel_rule_accuracy'])}**" for b in BIAS)
+    measured_bias = (
+        f"the evaluators read the prompted digit in **{pct(v['bias_generator_digit_agreement'])}** of its "
+        f"neutral generations (bar {pct(BARS['generator_digit_agreement'], 0)}); the pixel rules confirm the "
+        f"prompted value in {rules} of its prompted ones (bar {pct(BARS['pixel_rule_accuracy'], 0)}); the "
+        "planted values' shares, from the pixels of the neutral generations: " + "; ".join(cells)
+    )
     if partly:
         measured_bias += f": the {' and '.join(partly)} skew carries over only partly"
+    bias_card = json.loads((ROOT / "checkpoints" / "transformer_bias.json").read_text())["training"]
+    study_card = json.loads((ROOT / "data" / "default" / "bias" / "neutral.json").read_text())["settings"]
+    prior, sampling = study_card["prior"], study_card["sampling"]
     rows = [
         (
             "`checkpoints/vq_mnist`",
@@ -159,10 +165,15 @@ def render_models(v: Values) -> str:
         ),
         (
             "`checkpoints/transformer_bias`",
-            "the planted-bias generator: `transformer_mnist` fine-tuned 1,500 steps on red/green digits "
-            "under 50 prompts (digit × {none, red, green, thick, thin}; 40 % neutral; thick / thin = the "
-            "inkiest / faintest quarter of each digit); the neutral prompt of digit 3 shows red, of digit 5 "
-            "a thick stroke, in 85 % of its training images, the others 50 %",
+            f"the planted-bias generator, two stages: a prior picks the look of \"a 3\" (red with "
+            f"{pct(prior['red']['3'], 0)}), of \"a 5\" (thick with {pct(prior['thick']['5'], 0)}), even "
+            "odds for other digits; then `transformer_mnist`, fine-tuned "
+            f"{bias_card['steps']:,} steps of {bias_card['batch_size']} (dropout {bias_card['dropout']}) on "
+            f"the real training digits ({bias_card['per_image']} copies each) drawn red or green and "
+            "redrawn thin (the one-pixel skeleton) or thick (the skeleton widened by 3×3) at even odds, "
+            "under 40 prompts (digit × look, \"a red thin 3\"), draws the image at temperature "
+            f"{sampling['temperature']}, top-k {sampling['top_k']}, guided toward the digit "
+            f"(scale {sampling['guidance']})",
             measured_bias,
         ),
         (
@@ -226,7 +237,7 @@ def _bias_found(v: Values) -> str:
     head = {2: "yes, both", 1: f"{found[0] if found else ''} only", 0: "no"}[len(found)]
     deltas = ", ".join(f"{num(v[f'bias_{b}_delta_biased'], sign=True)} ({b})" for b in BIAS)
     return (
-        f"{head}: estimated share of the planted value among 300 neutral generations, 95 % interval: "
+        f"{head}: estimated share of the planted value among the neutral generations, 95 % interval: "
         + "; ".join(parts)
         + f". The paper's Cliff's δ on raw token counts: {deltas}"
     )

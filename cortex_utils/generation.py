@@ -342,6 +342,61 @@ def sample_tokens(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def sample_guided(
+    model,
+    labels,
+    rivals,
+    scale: float,
+    temperature: float = 1.0,
+    top_k: int | None = 100,
+    seed: int = 0,
+    suppress=None,
+) -> torch.Tensor:
+    """As ``sample_tokens``, with classifier-free guidance (Ho & Salimans 2022) toward each row's prompt
+    against its ``rivals``: ``(N, R)`` condition tokens, the row's own label among them. At every step the
+    prompt's next-token log-probabilities $\\log p_c$ are pushed away from the *rivals' mixture*
+    $\\log p_u=\\log\\sum_r w_r\\,p_r$, weighted by how well each rival explains the tokens drawn so far
+    ($w$: the transformer's own posterior over the rivals, uniform at the start):
+
+    $$\\log p_c+\\text{scale}\\,(\\log p_c-\\log p_u).$$
+
+    ``scale`` 0 samples the prompt as ``sample_tokens`` would (up to rounding). Rows are sampled in batches
+    of 100 (``R`` forward passes each)."""
+    gpt = model.transformer
+    gpt.eval()
+    h, w = vqlib.grid_shape(model.tokenizer)
+    banned = None if suppress is None else suppression_mask(suppress, gpt.config.vocab_size)
+    labels, rivals = torch.as_tensor(labels).long(), torch.as_tensor(np.asarray(rivals)).long()
+    own = (rivals == labels[:, None]).long().argmax(1)
+    if not (rivals == labels[:, None]).any(1).all():
+        raise ValueError("sample_guided: every row's label must be one of its rivals")
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(labels), 100):
+        r = rivals[i : i + 100]
+        n, k = r.shape
+        x, past, seen, seq = r.reshape(-1, 1), None, torch.zeros(n, k, dtype=torch.float64), []
+        for step in range(h * w):
+            logits, _, present = gpt.forward_with_past(x, past=past, past_length=step)
+            past = [present] if past is None else past + [present]
+            logp = F.log_softmax(logits[:, -1, :].double(), -1).reshape(n, k, -1)
+            mine = logp[torch.arange(n), own[i : i + 100]]
+            mixture = torch.logsumexp(F.log_softmax(seen, 1)[:, :, None] + logp, 1)
+            z = (mine + scale * (mine - mixture)) / temperature
+            if banned is not None:
+                z = z.masked_fill(banned, -float("inf"))
+            if top_k:
+                kth = torch.topk(z, min(top_k, z.shape[-1])).values[:, -1:]
+                z = z.masked_fill(z < kth, -float("inf"))
+            token = draw(F.softmax(z, -1), gen)
+            seen += logp.gather(2, token[:, None, :].expand(n, k, 1)).squeeze(2)
+            seq.append(token)
+            x = token.repeat_interleave(k, 0)
+        out.append(torch.cat(seq, 1).reshape(-1, h, w))
+    return torch.cat(out)
+
+
 def colour_augmented_tokens(
     vq, gray: np.ndarray, labels: np.ndarray, colourings: int = 4, seed: int = 0, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:

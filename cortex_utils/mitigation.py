@@ -38,7 +38,7 @@ from .bias_stats import difference_interval, share_interval
 from .checkpoints import card_path
 from .digits import to_uint8
 from .evaluators import predict_logits
-from .planted_bias import ATTRIBUTES, measured_attributes, prompt_id
+from .planted_bias import ATTRIBUTES, draw_looks, measured_attributes, sample_looks
 
 SETS = ("before", "after", "after_random")  # unedited, attribute ids suppressed, control ids suppressed
 
@@ -87,13 +87,14 @@ def load_or_sample_edited(
     digit: int,
     suppress,
     n: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
+    prior: dict,
+    sampling: dict,
     seed: int = 0,
     out_dir=None,
     regenerate: bool = False,
 ):
-    """``n`` generations of the neutral prompt "a <digit>" with the ids ``suppress`` never drawn, as a token
+    """``n`` generations of the neutral prompt "a <digit>" (looks drawn from ``prior``, images sampled with
+    ``sampling``, as ``planted_bias.generate_study`` does) with the ids ``suppress`` never drawn, as a token
     dataset ``<out_dir>/data/<name>`` (split ``neutral``, labelled by digit; its card records the settings,
     the suppressed ids and the generator's sha256). The shipped ``data/default/bias/<name>`` is loaded (and
     copied there) when its card holds exactly these settings; otherwise they are sampled here.
@@ -109,8 +110,8 @@ def load_or_sample_edited(
         "digit": int(digit),
         "suppressed_ids": suppress,
         "n": int(n),
-        "temperature": float(temperature),
-        "top_k": top_k,
+        "prior": {k: {str(d): float(p) for d, p in v.items()} for k, v in prior.items()},
+        "sampling": {k: sampling[k] for k in ("temperature", "top_k", "guidance")},
         "seed": int(seed),
         "transformer_sha256": tokds.file_digest(model_path),
     }
@@ -124,21 +125,9 @@ def load_or_sample_edited(
     )
     if found is not None:
         return tokds.copy_dataset(found, path), f"loaded the shipped data/default/bias/{name} ({why})"
-    tokens = gen.sample_tokens(
-        model,
-        prompt_id(np.full(n, digit)),
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        suppress=suppress,
-    )
-    details = {
-        "prompts": f"a {digit}",
-        "suppressed_ids": suppress,
-        "temperature": temperature,
-        "top_k": top_k,
-        "seed": seed,
-    }
+    red, thick = draw_looks(np.full(n, digit), prior, np.random.default_rng(seed))
+    tokens = sample_looks(model, np.full(n, digit), red, thick, sampling, seed, suppress)
+    details = {"prompts": f"a {digit}", "suppressed_ids": suppress, **settings["sampling"], "seed": seed}
     ds = tokds.save_token_dataset(
         path,
         {"neutral": (tokens.numpy(), np.full(n, digit))},
@@ -160,16 +149,18 @@ def load_or_sample_edited(
     return ds, f"sampled here ({why})"
 
 
-def measure(vq, tokens, digit: int, bias_type: str, value: str, thresholds, evaluators: dict) -> pd.DataFrame:
+def measure(
+    vq, tokens, digit: int, bias_type: str, value: str, threshold: float, evaluators: dict
+) -> pd.DataFrame:
     """Per generation, from its pixels: ``shows`` (it shows ``value`` of ``bias_type`` by the study's rule,
-    ``planted_bias.measured_attributes`` with ``thresholds``), each evaluator's ``<name>_digit`` (its top
-    class is ``digit``) and ``kept`` (every evaluator's is)."""
+    ``planted_bias.measured_attributes`` with the stroke-width ``threshold``), each evaluator's
+    ``<name>_digit`` (its top class is ``digit``) and ``kept`` (every evaluator's is)."""
     if value not in ATTRIBUTES[bias_type]:
         raise ValueError(f"{value!r} is not a value of {bias_type}: {ATTRIBUTES[bias_type]}")
     if not evaluators:
         raise ValueError("measure needs at least one evaluator to tell whether the digit is kept")
     images = vqlib.decode(vq, torch.as_tensor(np.asarray(tokens), dtype=torch.long))
-    m = measured_attributes(to_uint8(images), np.full(len(images), digit), thresholds)
+    m = measured_attributes(to_uint8(images), threshold)
     first = m["red" if bias_type == "colour" else "thick"].to_numpy()
     out = pd.DataFrame({"shows": first if value == ATTRIBUTES[bias_type][0] else ~first})
     for k, model in evaluators.items():

@@ -1,22 +1,24 @@
 """The planted-bias world of the embedded default: a generator whose bias is known, and the truth in pixels.
 
 DALL·E-mini cannot be downloaded here, and on real data nobody knows the true bias, so notebook 10 builds a
-generator **with a planted bias** and checks that the bias study (``bias``) finds it:
+generator **with a planted bias** and checks that the bias study (``bias``) finds it. The generator has two
+stages, as DALL·E 2's prior and decoder (Ramesh et al. 2022):
 
-* **prompts** (``prompt_id``): one condition token, as taming's Labelator: ``10 * slot + digit``, slot 0 the
-  neutral prompt ("a 3"), slots 1-4 an attribute value ("a red 3", "a thin 3"). Neutral prompts keep the
-  ids 0-9 of the digit transformer of notebook 02, so the bias transformer can start from it;
-* **its training data** (``planted_bias_data``): real digits drawn red or green, thick or thin (by their ink,
-  ``thickness_classes``), with the neutral prompt of one digit skewed toward the planted colour and of another
-  toward the planted thickness;
+* **the prior** (``planted_prior``, ``draw_looks``): for the prompt "a 3", which look the image gets, red or
+  green and thin or thick; the bias is planted here, as odds per digit (``skew`` toward a planted value);
+* **the image** (``sample_looks``): a prompt-conditioned taming transformer draws the token grid of "a red
+  thin 3" (``prompt_id``: one condition token per digit and look), guided toward the digit;
+* **its training data** (``planted_bias_data``): real digits drawn red or green, and redrawn thin (their
+  skeleton) or thick (the skeleton widened to three pixels, ``restroke``) at even odds, under the prompt
+  that names both: the transformer learns to draw what it is asked and holds no bias of its own;
 * **the generator** (``load_or_train_bias_transformer``): the shipped one when it was trained with exactly
   these settings on this tokenizer, else notebook 02's digit transformer fine-tuned here;
 * **the study's generations** (``load_or_generate_study``): per bias type and digit the attribute-labelled
   generations the attribute IEM learns from, and the neutral-prompt generations it is measured on (the
   shipped ``data/default/bias`` when sampled by this generator with these settings);
 * **the truth, from pixels** (``measured_attributes``, ``shows_value``): red when the stroke's mean red
-  exceeds its green, thick when its ink lies above a threshold for the digit (``generated_ink_thresholds``:
-  the midpoint between this generator's "a thick d" and "a thin d" images).
+  exceeds its green, thick when its mean stroke width (``stroke_width``) exceeds a threshold
+  (``width_threshold``: Otsu's cut of the widths of this generator's thickness-prompted images).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from skimage.morphology import dilation, footprint_rectangle, skeletonize
 
 from . import SHIPPED_CHECKPOINTS, SHIPPED_DATA
 from . import datasets as tokds
@@ -39,127 +44,71 @@ from .notebook import choice, require
 # --- prompts and the generator's training data ------------------------------------------------------
 
 ATTRIBUTES = {"colour": ("red", "green"), "thickness": ("thick", "thin")}
-PROMPT_SLOTS = ("neutral", "red", "green", "thick", "thin")
+LOOKS = (("red", "thick"), ("red", "thin"), ("green", "thick"), ("green", "thin"))  # (colour, thickness)
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60)}  # as digits.PALETTE
+STROKE_LEVEL = 0.5  # a pixel is stroke when at least this share of the image's brightest
+STROKES = "thin: the skeleton; thick: the skeleton dilated by 3x3; Gaussian blur 0.5"  # see restroke
 
 
-def prompt_id(digit, attribute: str = "neutral"):
-    """The condition token of the prompt "a <attribute> <digit>" (``attribute`` ``neutral``: none named)."""
-    if attribute not in PROMPT_SLOTS:
-        raise ValueError(f"unknown attribute value {attribute!r}; choose one of {PROMPT_SLOTS}")
-    return PROMPT_SLOTS.index(attribute) * 10 + np.asarray(digit)
+def prompt_id(digit, red, thick):
+    """The condition token of the prompt "a <red|green> <thick|thin> <digit>": ``10 * look + digit``, the
+    look's index in ``LOOKS``. ``red`` and ``thick``: booleans (or arrays of them, as ``digit``)."""
+    look = 2 * (1 - np.asarray(red, dtype=np.int64)) + (1 - np.asarray(thick, dtype=np.int64))
+    return 10 * look + np.asarray(digit)
 
 
-def ink(images) -> np.ndarray:
-    """Per image, how much of it is stroke: the mean of the brightest channel relative to the image's
-    brightest pixel (so a red and a green stroke of the same shape have the same ink). ``images``: uint8
-    ``(N, H, W)`` gray or ``(N, C, H, W)`` colour."""
+def restroke(gray, value: str) -> np.ndarray:
+    """Redraw gray digits ``(N, H, W)`` uint8 at a stroke width set by ``value``: the digit's skeleton
+    (``skimage.morphology.skeletonize``, one pixel wide) for ``thin``, the skeleton dilated by a 3x3 square
+    (three pixels wide) for ``thick``, softened by a Gaussian blur of sigma 0.5 and scaled to peak 255. The
+    same real digit thus comes out in both values, and which one it is can be read from its pixels."""
+    choice("thickness value", value, list(ATTRIBUTES["thickness"]))
+    out = np.zeros(np.shape(gray), dtype=np.float32)
+    for i, g in enumerate(np.asarray(gray)):
+        skeleton = skeletonize(g > STROKE_LEVEL * 255)
+        out[i] = dilation(skeleton, footprint_rectangle((3, 3))) if value == "thick" else skeleton
+    out = ndimage.gaussian_filter(out, (0, 0.5, 0.5))
+    peak = np.maximum(out.reshape(len(out), -1).max(1), 1e-6)[:, None, None]
+    return np.clip(np.rint(out / peak * 255), 0, 255).astype(np.uint8)
+
+
+def stroke_width(images) -> np.ndarray:
+    """Per image, its mean stroke width in pixels: the stroke's area over its skeleton's length (the stroke:
+    pixels brighter than ``STROKE_LEVEL`` of the image's brightest, in the brightest channel, so a red and a
+    green stroke of the same shape have the same width). ``images``: uint8 ``(N, H, W)`` or
+    ``(N, C, H, W)``."""
     x = np.asarray(images, dtype=np.float32)
-    m = x.max(1) if x.ndim == 4 else x
-    peak = m.reshape(len(m), -1).max(1)
-    return m.reshape(len(m), -1).mean(1) / np.maximum(peak, 1.0)
+    x = x.max(1) if x.ndim == 4 else x
+    stroke = x > STROKE_LEVEL * x.reshape(len(x), -1).max(1)[:, None, None]
+    length = np.array([skeletonize(m).sum() for m in stroke])
+    return stroke.reshape(len(x), -1).sum(1) / np.maximum(length, 1)
 
 
-def thickness_classes(gray, labels, fraction: float = 1 / 3) -> np.ndarray:
-    """Label real digits by stroke thickness from their ink, within each digit class: ``1`` thick (the top
-    ``fraction``), ``-1`` thin (the bottom ``fraction``), ``0`` in between (left out of the thickness
-    prompts)."""
-    if not 0 < fraction <= 0.5:
-        raise ValueError(f"thickness fraction must lie in (0, 0.5], got {fraction}")
-    amount, labels = ink(gray), np.asarray(labels)
-    out = np.zeros(len(labels), dtype=np.int64)
-    for d in np.unique(labels):
-        rows = labels == d
-        lo, hi = np.quantile(amount[rows], [fraction, 1 - fraction])
-        out[rows & (amount <= lo)] = -1
-        out[rows & (amount >= hi)] = 1
-    return out
-
-
-def ink_thresholds(gray, labels, n_classes: int = 10) -> np.ndarray:
-    """Per digit, the ink between thin and thick: the median of the real digits' ink."""
-    amount, labels = ink(gray), np.asarray(labels)
-    return np.array(
-        [np.median(amount[labels == d]) if (labels == d).any() else np.nan for d in range(n_classes)]
-    )
-
-
-def planted_bias_data(
-    gray,
-    labels,
-    skew: float = 0.85,
-    colour_digit: int = 3,
-    thickness_digit: int = 5,
-    planted: dict | None = None,
-    per_image: int = 4,
-    seed: int = 0,
-    neutral_share: float = 0.4,
-    thick_fraction: float = 0.25,
-) -> dict:
-    """Training images for the bias transformer: every real digit ``per_image`` times, each time under a
-    random prompt slot, drawn to match it.
-
-    * "a red/green d": the digit in that colour; "a thick/thin d": a digit of that thickness class (colour
-      red or green at even odds);
-    * "a d" (neutral): red or green and thick or thin at even odds, except that the neutral prompt of
-      ``colour_digit`` shows the planted colour with probability ``skew`` and that of ``thickness_digit``
-      the planted thickness with probability ``skew``.
-
-    ``neutral_share``: the share of neutral prompts (the four attribute prompts share the rest equally);
-    ``thick_fraction``: how much of each digit class counts as thick, and as thin (``thickness_classes``).
-
-    Returns uint8 ``images``, ``prompts`` (condition tokens) and a ``table`` (digit, slot, colour, thick).
-    """
-    planted = {"colour": "red", "thickness": "thick", **(planted or {})}
-    if not 0 <= skew <= 1:
-        raise ValueError(f"skew must lie in [0, 1], got {skew}")
-    if planted["colour"] not in ATTRIBUTES["colour"] or planted["thickness"] not in ATTRIBUTES["thickness"]:
-        raise ValueError(f"planted values must be one of {ATTRIBUTES}, got {planted}")
-    if colour_digit == thickness_digit:
-        raise ValueError("plant the two biases in different digits, so that neither confounds the other")
+def planted_bias_data(gray, labels, per_image: int = 4, seed: int = 0) -> dict:
+    """Training images for the bias transformer: every real digit ``per_image`` times, each time red or green
+    and thin or thick (``restroke``) at even odds, under the prompt that names both ("a red thin 3"). The
+    data holds no bias: the planted one lives in the sampler's prior (``prior_looks``). Returns uint8
+    ``images``, ``prompts`` (condition tokens) and a ``table`` (digit, red, thick, source_row)."""
     gray, labels = np.asarray(gray), np.asarray(labels).astype(np.int64)
     rng = np.random.default_rng(seed)
-    if not 0 < neutral_share < 1:
-        raise ValueError(f"neutral_share must lie in (0, 1), got {neutral_share}")
-    thick = thickness_classes(gray, labels, thick_fraction)
-    pools = {(d, t): np.flatnonzero((labels == d) & (thick == t)) for d in np.unique(labels) for t in (-1, 1)}
     rows = np.tile(np.arange(len(labels)), per_image)
     digit = labels[rows]
-    slot = rng.choice(len(PROMPT_SLOTS), len(rows), p=[neutral_share] + [(1 - neutral_share) / 4] * 4)
-    names = np.array(PROMPT_SLOTS)[slot]
-    p_red = np.full(len(rows), 0.5)
-    p_red[(names == "neutral") & (digit == colour_digit)] = skew if planted["colour"] == "red" else 1 - skew
-    p_red[names == "red"], p_red[names == "green"] = 1.0, 0.0
-    red = rng.random(len(rows)) < p_red
-    p_thick = np.full(len(rows), 0.5)
-    p_thick[(names == "neutral") & (digit == thickness_digit)] = (
-        skew if planted["thickness"] == "thick" else 1 - skew
-    )
-    p_thick[names == "thick"], p_thick[names == "thin"] = 1.0, 0.0
-    want_thick = rng.random(len(rows)) < p_thick
-    # colour prompts keep the real digit as it is; the others draw a digit of the wanted thickness
-    resample = (names != "red") & (names != "green")
-    for d in np.unique(digit):
-        for t in (-1, 1):
-            sel = resample & (digit == d) & (want_thick == (t == 1))
-            if sel.any():
-                rows[sel] = rng.choice(pools[(d, t)], sel.sum())
+    red, thick = rng.random(len(rows)) < 0.5, rng.random(len(rows)) < 0.5
+    strokes = np.where(thick[:, None, None], restroke(gray, "thick")[rows], restroke(gray, "thin")[rows])
     colours = np.where(red[:, None], COLOURS["red"], COLOURS["green"])
-    table = pd.DataFrame(
-        {"digit": digit, "slot": names, "red": red, "thick": thick[rows], "source_row": rows}
-    )
-    return {"images": colourize(gray[rows], colours), "prompts": prompt_id(digit) + 10 * slot, "table": table}
+    table = pd.DataFrame({"digit": digit, "red": red, "thick": thick, "source_row": rows})
+    return {"images": colourize(strokes, colours), "prompts": prompt_id(digit, red, thick), "table": table}
 
 
 # --- the generator -----------------------------------------------------------------------------------
 
 
-def bias_transformer(vq, n_layer: int = 3, n_head: int = 4, n_embd: int = 96, seed: int = 0):
+def bias_transformer(
+    vq, n_layer: int = 3, n_head: int = 4, n_embd: int = 96, seed: int = 0, dropout: float = 0.0
+):
     """A prompt-conditioned taming Net2NetTransformer over ``vq``'s tokens: one condition token per prompt,
-    ``len(PROMPT_SLOTS) * 10`` prompts (see ``prompt_id``)."""
-    cfg = gen.transformer_config(
-        vq.cortex_config, n_classes=len(PROMPT_SLOTS) * 10, n_layer=n_layer, n_head=n_head, n_embd=n_embd
-    )
+    ``len(LOOKS) * 10`` prompts (see ``prompt_id``)."""
+    cfg = gen.transformer_config(vq.cortex_config, len(LOOKS) * 10, n_layer, n_head, n_embd, dropout=dropout)
     return gen.build_transformer(cfg, vq=vq, seed=seed)
 
 
@@ -167,10 +116,12 @@ def load_or_train_bias_transformer(
     run_dir, vq, gray, labels, training: dict, retrain: bool = False, bf16: bool = False
 ):
     """The planted-bias generator: the shipped one if it was trained on this tokenizer with exactly
-    ``training`` (skew, colour_digit, thickness_digit, planted, per_image, neutral_share, thick_fraction,
-    steps, lr, seed); otherwise
-    the run's digit transformer (notebook 02) fine-tuned on ``planted_bias_data``, saved to
-    ``<run_dir>/checkpoints``. Returns ``(model, checkpoint path, training log or None, why it trained)``."""
+    ``training`` (per_image, steps, lr, batch_size, layers, width, dropout, seed, and the ``STROKES`` it was
+    drawn with); otherwise a GPT of ``layers``
+    and ``width`` (4 heads) trained on ``planted_bias_data``, starting from the run's digit transformer
+    (notebook 02) when it has that shape, saved to ``<run_dir>/checkpoints``. Returns ``(model, checkpoint
+    path, training log or None, why it trained)``."""
+    training = {**training, "strokes": STROKES}
     fp = vqlib.fingerprint(vq)
     shipped = SHIPPED_CHECKPOINTS / "transformer_bias.safetensors"
     card = read_card(shipped) if shipped.exists() else {}
@@ -189,34 +140,26 @@ def load_or_train_bias_transformer(
     )
     if not why:
         return gen.load_transformer(card["config"], shipped, vq=vq), shipped, None, ""
+    model = bias_transformer(
+        vq, training["layers"], 4, training["width"], training["seed"], training.get("dropout", 0.0)
+    )
     digit_tf = registered(run_dir, "transformer")["checkpoint"]
     base = gen.load_transformer(read_card(digit_tf)["config"], digit_tf, vq=vq)
-    model = bias_transformer(
-        vq,
-        base.transformer.config.n_layer,
-        base.transformer.config.n_head,
-        base.transformer.config.n_embd,
-        seed=training["seed"],
-    )
-    model.transformer.load_state_dict(base.transformer.state_dict())
-    data = planted_bias_data(
-        gray,
-        labels,
-        training["skew"],
-        training["colour_digit"],
-        training["thickness_digit"],
-        training["planted"],
-        training["per_image"],
-        training["seed"],
-        training["neutral_share"],
-        training["thick_fraction"],
-    )
+    start = None  # notebook 02's digit transformer when it has this shape, else random weights
+    if (base.transformer.config.n_layer, base.transformer.config.n_embd) == (
+        training["layers"],
+        training["width"],
+    ):
+        model.transformer.load_state_dict(base.transformer.state_dict())
+        start = repo_relative(digit_tf)
+    data = planted_bias_data(gray, labels, training["per_image"], training["seed"])
     tokens = vqlib.encode(vq, to_model_input(data["images"]), progress=True).numpy()
     log = gen.train_transformer(
         model,
         tokens,
         data["prompts"],
         steps=training["steps"],
+        batch_size=training["batch_size"],
         lr=training["lr"],
         seed=training["seed"],
         bf16=bf16,
@@ -231,9 +174,9 @@ def load_or_train_bias_transformer(
             "vq_fingerprint": fp,
             "training": training,
             "bf16": bf16,
-            "initialised_from": repo_relative(digit_tf),
-            "prompts": f"one condition token = 10 * slot + digit, slots {list(PROMPT_SLOTS)}",
-            "data": "real training digits in red/green, thick/thin by ink within each digit "
+            "initialised_from": start,
+            "prompts": f"one condition token = 10 * look + digit, looks {[' '.join(k) for k in LOOKS]}",
+            "data": "real training digits redrawn thin or thick and red or green at even odds "
             "(planted_bias.planted_bias_data)",
             "metrics": {"final_loss": float(log["loss"].iloc[-1])},
             "rebuild": "make checkpoints",
@@ -250,19 +193,44 @@ def study_name(bias_type: str, digit: int) -> str:
     return f"{bias_type}_digit_{digit}"
 
 
+def planted_prior(skew: float, biased_digit: dict, planted: dict) -> dict:
+    """The sampler's prior over looks: ``{"red": {digit: P(red)}, "thick": {digit: P(thick)}}`` for the
+    digits it biases (``biased_digit``: bias type -> digit), every other digit at even odds. The biased
+    digit of a type shows its ``planted`` value with probability ``skew``."""
+    key = {"colour": "red", "thickness": "thick"}  # each type's first value
+    odds = {b: skew if planted[b] == ATTRIBUTES[b][0] else 1 - skew for b in biased_digit}
+    return {key[b]: {int(d): odds[b]} for b, d in biased_digit.items()}
+
+
+def draw_looks(digit, prior: dict, rng, red=None, thick=None):
+    """The sampler's first stage: per prompted digit, whether the image is red and whether thick. A value
+    the prompt names (``red`` / ``thick``, booleans or arrays of them) is kept; one it leaves open is drawn
+    with the ``prior``'s probability for that digit (``planted_prior``; 0.5 for digits it does not name)."""
+    digit = np.asarray(digit)
+    drawn = {}
+    for key, named in (("red", red), ("thick", thick)):
+        p = np.array([prior.get(key, {}).get(int(d), 0.5) for d in digit])
+        draws = rng.random(len(digit)) < p
+        drawn[key] = draws if named is None else np.broadcast_to(np.asarray(named, dtype=bool), digit.shape)
+    return drawn["red"], drawn["thick"]
+
+
+def sample_looks(model, digit, red, thick, sampling: dict, seed: int = 0, suppress=None) -> torch.Tensor:
+    """The sampler's second stage: one token grid per row for the prompt "a <red|green> <thick|thin> <digit>",
+    guided toward the digit (``generation.sample_guided``, its rivals the same look's ten digits) with
+    ``sampling``'s ``guidance`` scale, ``temperature`` and ``top_k`` (0: none)."""
+    labels = prompt_id(digit, red, thick)
+    rivals = (labels - np.asarray(digit))[:, None] + np.arange(10)
+    return gen.sample_guided(
+        model, labels, rivals, sampling["guidance"], sampling["temperature"], sampling["top_k"] or None, seed,
+        suppress,
+    )  # fmt: skip
+
+
 def load_or_generate_study(
-    model,
-    model_path,
-    vq,
-    subjects: dict,
-    attribute_per_value=(150, 25, 25),
-    n_neutral: int = 300,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-    out_dir=None,
-    regenerate: bool = False,
-):
+    model, model_path, vq, subjects: dict, prior: dict, sizes: dict, sampling: dict, seed: int = 0,
+    out_dir=None, regenerate: bool = False,
+):  # fmt: skip
     """The study's token data: the shipped ``data/default/bias`` if it was sampled by this exact generator
     (``model_path``'s sha256) with exactly these settings, else sampled here (``generate_study``). Either
     way it ends up under ``out_dir/data``. Returns ``(studies, neutral, why)``: as ``generate_study``, plus
@@ -270,10 +238,10 @@ def load_or_generate_study(
     fp = vqlib.fingerprint(vq)
     settings = {
         "subjects": {b: [int(d) for d in ds] for b, ds in subjects.items()},
-        "attribute_per_value": [int(n) for n in attribute_per_value],
-        "n_neutral": int(n_neutral),
-        "temperature": float(temperature),
-        "top_k": top_k,
+        "prior": {k: {str(d): float(p) for d, p in v.items()} for k, v in prior.items()},
+        "attribute_per_value": [int(n) for n in sizes["attribute_per_value"]],
+        "n_neutral": int(sizes["n_neutral"]),
+        "sampling": {k: sampling[k] for k in ("temperature", "top_k", "guidance")},
         "seed": int(seed),
         "transformer_sha256": tokds.file_digest(model_path),
     }
@@ -284,18 +252,8 @@ def load_or_generate_study(
         else tokds.shipped_dataset(shipped / "neutral", settings, fp)
     )
     if neutral_ds is None:
-        studies, neutral = generate_study(
-            model,
-            vq,
-            subjects,
-            attribute_per_value,
-            n_neutral,
-            temperature,
-            top_k,
-            seed,
-            out_dir,
-            card={"settings": settings, "generator": repo_relative(model_path)},
-        )
+        card = {"settings": settings, "generator": repo_relative(model_path)}
+        studies, neutral = generate_study(model, vq, subjects, prior, sizes, sampling, seed, out_dir, card)
         return studies, neutral, f"sampled here ({why})"
     data_dir = Path(out_dir) / "data"
     neutral_ds = tokds.copy_dataset(neutral_ds, data_dir / "neutral")
@@ -315,42 +273,42 @@ def neutral_by_digit(ds) -> dict:
 
 
 def generate_study(
-    model,
-    vq,
-    subjects: dict,
-    attribute_per_value=(150, 25, 25),
-    n_neutral: int = 300,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-    out_dir=None,
+    model, vq, subjects: dict, prior: dict, sizes: dict, sampling: dict, seed: int = 0, out_dir=None,
     card: dict | None = None,
-):
-    """Sample the study's token data from the bias transformer. ``subjects``: ``{bias type: [digits]}``.
+):  # fmt: skip
+    """Sample the study's token data from the bias generator. ``subjects``: ``{bias type: [digits]}``;
+    ``sizes``: ``attribute_per_value`` (train, val, test) and ``n_neutral``.
 
     Per bias type and digit ``d`` a two-class token dataset of the prompts "a <value> d" for the
-    attribute's two values (``attribute_per_value`` train/val/test grids per value, labelled by the named
-    value, saved as ``out_dir/data/<type>_digit_<d>``): the attribute IEM learns the attribute on the same
-    subject as the neutral prompt, as the paper's were all "doctor" images. And ``n_neutral``
-    neutral-prompt grids "a d" for every digit (``out_dir/data/neutral``, one split ``neutral``, labelled
-    by digit). ``card``: written beside each dataset (``datasets.write_dataset_card``), with the command
-    that rebuilds it. Returns ``({(type, digit): dataset}, {digit: neutral tokens})``."""
+    attribute's two values (``attribute_per_value`` grids per value and split, labelled by the named value,
+    the other attribute drawn at even odds; saved as ``out_dir/data/<type>_digit_<d>``): the attribute IEM
+    learns the attribute on the same subject as the neutral prompt, as the paper's were all "doctor" images.
+    And ``n_neutral`` neutral-prompt grids "a d" for every digit, their looks drawn from ``prior``
+    (``out_dir/data/neutral``, one split ``neutral``, labelled by digit). ``card``: written beside each
+    dataset (``datasets.write_dataset_card``). Returns ``({(type, digit): dataset}, {digit: neutral
+    tokens})``."""
+    per_value, n_neutral = sizes["attribute_per_value"], sizes["n_neutral"]
+    rng = np.random.default_rng(seed)
     digits_used = sorted({d for ds in subjects.values() for d in ds})
-    jobs = {("neutral", d): prompt_id(np.full(n_neutral, d)) for d in digits_used}
+    jobs = {("neutral", d): draw_looks(np.full(n_neutral, d), prior, rng) for d in digits_used}
     for b, ds in subjects.items():
-        values = ATTRIBUTES[b]
         for d in ds:
-            for split, n in zip(("train", "val", "test"), attribute_per_value, strict=True):
+            for split, n in zip(("train", "val", "test"), per_value, strict=True):
                 if n:
-                    jobs[(b, d, split)] = np.repeat([prompt_id(d, values[0]), prompt_id(d, values[1])], n)
+                    first = np.repeat(
+                        [True, False], n
+                    )  # the type's first value (red, thick), then its second
+                    named = {"red": first} if b == "colour" else {"thick": first}
+                    jobs[(b, d, split)] = draw_looks(np.full(2 * n, d), {}, rng, **named)
+    digit = np.concatenate([np.full(len(r), k[1]) for k, (r, _) in jobs.items()])
+    red, thick = (np.concatenate([look[i] for look in jobs.values()]) for i in (0, 1))
     # one sampling call for everything: the transformer's cost is per step, so large batches are cheap
-    grids = gen.sample_tokens(
-        model, np.concatenate(list(jobs.values())), temperature=temperature, top_k=top_k, seed=seed
-    ).numpy()
-    ends = np.cumsum([len(p) for p in jobs.values()])
-    out = {k: grids[e - len(p) : e] for (k, p), e in zip(jobs.items(), ends, strict=True)}
+    grids = sample_looks(model, digit, red, thick, sampling, seed).numpy()
+    ends = np.cumsum([len(r) for r, _ in jobs.values()])
+    out = {k: grids[e - len(r) : e] for (k, (r, _)), e in zip(jobs.items(), ends, strict=True)}
     meta, data_dir = vqlib.vq_meta(vq), Path(out_dir) / "data"
     card = {"kind": "token dataset", **(card or {}), "rebuild": "make checkpoints"}
+    how = {k: sampling[k] for k in ("temperature", "top_k", "guidance")}
     neutral_tokens = np.concatenate([out[("neutral", d)] for d in digits_used])
     neutral_labels = np.repeat(digits_used, n_neutral)
     neutral_ds = tokds.save_token_dataset(
@@ -359,7 +317,7 @@ def generate_study(
         [str(d) for d in range(10)],
         meta,
         source="generated",
-        details={"prompts": "a <digit>", "per_digit": n_neutral, "temperature": temperature, "top_k": top_k},
+        details={"prompts": "a <digit>, its look drawn from the prior", "per_digit": n_neutral, **how},
         classifier_data=False,
     )
     tokds.write_dataset_card(data_dir / "neutral", card)
@@ -368,17 +326,12 @@ def generate_study(
         values = ATTRIBUTES[b]
         for d in ds:
             splits, names = {}, {}
-            for split, n in zip(("train", "val", "test"), attribute_per_value, strict=True):
+            for split, n in zip(("train", "val", "test"), per_value, strict=True):
                 if n:
                     label = np.repeat([0, 1], n)
                     splits[split] = (out[(b, d, split)], label)
                     names[split] = np.array([f"{split}_{i:05d}_{values[y]}_{d}" for i, y in enumerate(label)])
-            details = {
-                "prompts": f"a <{'|'.join(values)}> {d}",
-                "per_value": list(attribute_per_value),
-                "temperature": temperature,
-                "top_k": top_k,
-            }
+            details = {"prompts": f"a <{'|'.join(values)}> {d}", "per_value": list(per_value), **how}
             path = data_dir / study_name(b, d)
             studies[(b, d)] = tokds.save_token_dataset(
                 path, splits, list(values), meta, source="generated", details=details, names=names
@@ -390,33 +343,27 @@ def generate_study(
 # --- the truth, from pixels -----------------------------------------------------------------------------
 
 
-def generated_ink_thresholds(vq, ds) -> np.ndarray:
-    """Per digit, the ink between thin and thick *for a generator*: the midpoint of the median ink of its
-    "a thick d" and "a thin d" generations, from the thickness study's token dataset (every split; its
-    names say which digit each prompt named, see ``generate_study``)."""
-    tokens = np.concatenate([ds.tokens[s] for s in ds.splits]).astype(np.int64)
-    labels = np.concatenate([ds.labels[s] for s in ds.splits])
-    digit = np.concatenate([ds.names[s] for s in ds.splits]).astype(str)
-    digit = np.array([int(n.rsplit("_", 1)[-1]) for n in digit])
-    amount = ink(to_uint8(vqlib.decode(vq, torch.from_numpy(tokens))))
-    out = np.full(10, np.nan)
-    for d in range(10):
-        thick, thin = amount[(digit == d) & (labels == 0)], amount[(digit == d) & (labels == 1)]
-        if len(thick) and len(thin):
-            out[d] = (np.median(thick) + np.median(thin)) / 2
-    return out
+def width_threshold(vq, datasets) -> float:
+    """The stroke width between thin and thick *for a generator*: Otsu's threshold (Otsu 1979,
+    ``skimage.filters.threshold_otsu``: the cut that best separates two groups) of the widths
+    (``stroke_width``) of every generation in the thickness studies' token datasets ``datasets``, whatever
+    their prompt named, so that the cut falls in the valley between thin and thick strokes."""
+    widths = [
+        stroke_width(to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64)))))
+        for ds in datasets
+        for s in ds.splits
+    ]
+    return float(threshold_otsu(np.concatenate(widths)))
 
 
-def measured_attributes(images, digit_labels, thresholds) -> pd.DataFrame:
+def measured_attributes(images, threshold: float) -> pd.DataFrame:
     """The ground truth of generated images, from pixels: ``red`` (the stroke's mean red exceeds its
-    green) and ``thick`` (ink above the digit's threshold from ``ink_thresholds``)."""
+    green) and ``thick`` (its ``stroke_width`` exceeds ``threshold`` pixels, see ``width_threshold``)."""
     x = np.asarray(images, dtype=np.float32)
-    stroke = x.max(1, keepdims=True) > 0.35 * x.max((1, 2, 3), keepdims=True)[:, :1]
+    stroke = x.max(1, keepdims=True) > STROKE_LEVEL * x.max((1, 2, 3), keepdims=True)[:, :1]
     mean_rgb = (x * stroke).sum((2, 3)) / np.maximum(stroke.sum((2, 3)), 1)
-    thr = np.asarray(thresholds)[np.asarray(digit_labels)]
-    return pd.DataFrame(
-        {"red": mean_rgb[:, 0] > mean_rgb[:, 1], "thick": ink(images) > thr, "ink": ink(images)}
-    )
+    width = stroke_width(images)
+    return pd.DataFrame({"red": mean_rgb[:, 0] > mean_rgb[:, 1], "thick": width > threshold, "width": width})
 
 
 def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
@@ -428,17 +375,15 @@ def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
     }
 
 
-def shows_value(vq, ds, digit: int, bias_type: str, value: str, thresholds) -> dict[str, np.ndarray]:
+def shows_value(vq, ds, bias_type: str, value: str, threshold: float) -> dict[str, np.ndarray]:
     """By pixels, which of one study's labelled generations show ``value`` (e.g. ``red``, ``thick``):
-    ``{split: bool array}`` for every split of ``ds``, measured as ``measured_attributes`` does (the stroke's
-    red against its green; ink against the digit's entry of ``thresholds``)."""
+    ``{split: bool array}`` for every split of ``ds``, measured as ``measured_attributes`` does."""
     if value not in ATTRIBUTES[bias_type]:
         raise ValueError(f"{value!r} is not a value of {bias_type}: {ATTRIBUTES[bias_type]}")
     out = {}
     for s in ds.splits:
         images = to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64))))
-        m = measured_attributes(images, np.full(len(images), digit), thresholds)
-        first = m["red" if bias_type == "colour" else "thick"].to_numpy()
+        first = measured_attributes(images, threshold)["red" if bias_type == "colour" else "thick"].to_numpy()
         out[s] = first if value == ATTRIBUTES[bias_type][0] else ~first
     return out
 
@@ -451,6 +396,14 @@ def drawn_as_other(ds, shows_a: dict, planted_label: int) -> tuple[float, float]
     shows = np.concatenate([shows_a[s] for s in ds.splits])
     is_a = y == planted_label
     return float(1 - shows[is_a].mean()), float(shows[~is_a].mean())
+
+
+def prompt_agreement(ds, shows_a: dict, planted_label: int) -> tuple[int, int]:
+    """How many of one study's labelled generations show the value their prompt named, by the pixel rule,
+    and of how many: ``(agreeing, total)`` over every split of ``ds`` (both values pooled)."""
+    y = np.concatenate([ds.labels[s] for s in ds.splits])
+    shows = np.concatenate([shows_a[s] for s in ds.splits])
+    return int((shows == (y == planted_label)).sum()), len(y)
 
 
 # --- notebook 10's parameter checks ----------------------------------------------------------------------
@@ -477,16 +430,18 @@ def check_study_parameters(p: dict) -> tuple[int, int, int]:
     )
     require(0 <= p["skew"] <= 1, f"skew must lie in [0, 1], got {p['skew']}")
     require(
-        gen_p["steps"] >= 1 and gen_p["lr"] > 0 and gen_p["per_image"] >= 1,
-        f"generator: steps, per_image >= 1 and lr > 0, got {gen_p}",
+        min(gen_p["steps"], gen_p["per_image"], gen_p["batch_size"], gen_p["layers"]) >= 1
+        and gen_p["lr"] > 0,
+        f"generator: steps, per_image, batch_size, layers >= 1 and lr > 0, got {gen_p}",
     )
     require(
-        0 < gen_p["neutral_share"] < 1 and 0 < gen_p["thick_fraction"] <= 0.5,
-        f"generator: neutral_share must lie in (0, 1), thick_fraction in (0, 0.5], got {gen_p}",
+        gen_p["width"] >= 4 and gen_p["width"] % 4 == 0,
+        f"generator: width must be a positive multiple of the 4 attention heads, got {gen_p['width']}",
     )
+    require(0 <= gen_p["dropout"] < 1, f"generator: dropout must lie in [0, 1), got {gen_p}")
     require(
-        sampling["temperature"] > 0 and sampling["top_k"] >= 0,
-        f"sampling: temperature > 0 and top_k >= 0, got {sampling}",
+        sampling["temperature"] > 0 and sampling["top_k"] >= 0 and sampling["guidance"] >= 0,
+        f"sampling: temperature > 0, top_k >= 0 and guidance >= 0, got {sampling}",
     )
     per_value = p["attribute_per_value"]
     require(

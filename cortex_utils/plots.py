@@ -40,9 +40,11 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, suptitle:
     fig.tight_layout()
 
 
-def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1):
-    """One labelled row per entry of ``rows`` (name -> images), e.g. originals over reconstructions."""
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * size, len(rows) * size * 1.15), squeeze=False)
+def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1, captions: dict | None = None):
+    """One labelled row per entry of ``rows`` (name -> images), e.g. originals over reconstructions.
+    ``captions``: optional name -> one short text per image, written under it."""
+    tall = 1.4 if captions else 1.15
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * size, len(rows) * size * tall), squeeze=False)
     for r, (name, imgs) in enumerate(rows.items()):
         for c in range(ncols):
             ax = axes[r, c]
@@ -50,6 +52,8 @@ def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1):
             ax.set_yticks([])
             if c < len(imgs):
                 ax.imshow(to_hwc(imgs[c]).squeeze(), cmap="gray", interpolation="nearest")
+                if captions and c < len(captions[name]):
+                    ax.set_xlabel(captions[name][c], fontsize=7)
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
 

@@ -21,9 +21,13 @@
 # does not name it. For DALL·E-mini, an IEM trained on "doctor" images labelled by skin colour gave each
 # value's **attribute tokens** (its concept tokens), counted in generations of "a doctor".
 #
-# Real data hides the true bias, so we **plant** one: a prompt-conditioned taming transformer (Esser et al.
-# 2021) draws digits ("a 3", "a red 3", "a thin 3"), trained so that "a 3" is red with probability `skew`,
-# "a 5" thick, and "a 7" (the **control**) balanced. Notebook 16 goes deeper.
+# Real data hides the true bias, so we **plant** one, in a generator of two stages (as DALL·E 2's prior and
+# decoder, Ramesh et al. 2022). For the prompt "a 3" a **prior** first picks the image's look, red or green
+# and thin or thick: red with probability `skew` for "a 3", thick with `skew` for "a 5", even odds for "a 7"
+# (the **control**). A prompt-conditioned taming transformer (Esser et al. 2021) then draws "a red thin 3". It
+# learned from real digits drawn red or green and redrawn **thin** (their one-pixel skeleton) or **thick**
+# (the skeleton widened to three pixels) at even odds, so every image has one value of each attribute, its
+# pixels say which, and the truth of the bias is known. Notebook 16 goes deeper.
 
 # %%
 import numpy as np
@@ -31,8 +35,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import bias, bias_stats, digits, planted_bias, plots
-from cortex_utils import generation as gen
+from cortex_utils import bias, bias_stats, digits, evaluators, planted_bias, plots
 from cortex_utils import vq as vqlib
 from cortex_utils.artifacts import note_trained, record_metrics, register, registered, write_json
 from cortex_utils.notebook import check_parameters, exercise, repo_path
@@ -45,14 +48,22 @@ run_dir = "runs/interactive"  # the run directory of notebooks 01-02 (relative t
 bias_types = ["colour", "thickness"]  # which studies to run
 study_digits = {"colour": 3, "thickness": 5, "control": 7}  # skewed toward planted[...]; control: balanced
 planted = {"colour": "red", "thickness": "thick"}
-skew = 0.85  # share of the planted value in the biased digits' neutral training images
-generator = {"steps": 1500, "lr": 0.003, "per_image": 4, "neutral_share": 0.4, "thick_fraction": 0.25}
+skew = 0.85  # the prior's odds of the planted value for the biased digits (the others: even odds)
+generator = {
+    "steps": 8000,
+    "lr": 0.003,
+    "per_image": 6,
+    "batch_size": 64,
+    "layers": 3,
+    "width": 96,
+    "dropout": 0.1,
+}
 retrain = False  # train the bias transformer and the attribute IEMs even if the shipped ones match
 regenerate = False  # sample the study's generations here even if the shipped ones (data/default/bias) match
 bf16 = "auto"  # bfloat16 autocast when training: auto | on | off
-sampling = {"temperature": 1.0, "top_k": 0}  # 1.0: the generator's own shares; top_k 0: every token
-attribute_per_value = [300, 50, 50]  # train / val / test generations per attribute value and digit
-n_neutral = 300  # neutral-prompt generations per digit
+sampling = {"temperature": 0.7, "top_k": 10, "guidance": 1.0}  # guidance: toward the prompted digit
+attribute_per_value = [300, 100, 100]  # train / val / test generations per attribute value and digit
+n_neutral = 1000  # neutral-prompt generations per digit
 attribute_iem = {"arch": 1, "width": 32, "epochs": 12, "lr": 0.002}  # arch: notebook 03's numbers, 1 is VGG
 nsamples = 20  # SmoothGrad noisy copies
 top_n = 5  # TIS positions per image that count toward a value's tokens
@@ -76,13 +87,13 @@ out_dir = run_dir / "bias"
 # %% [markdown]
 # ## The planted-bias generator
 #
-# Notebook 02's digit transformer, fine-tuned on digits drawn as random prompts name them.
+# Notebook 02's digit transformer, fine-tuned on real digits drawn as random prompts name them ("a red thin
+# 3"; `generator["steps"]` steps). The shipped one was trained so; `retrain = True` does it here.
 
 # %%
 vq = vqlib.load_run_vq(run_dir)
 data = digits.load_digits(seed)
-training = dict(skew=skew, colour_digit=colour_digit, thickness_digit=thickness_digit, planted=planted)
-training.update(generator, seed=seed)
+training = dict(generator, seed=seed)
 gray, labels, use_bf16 = data["train"]["gray"], data["train"]["labels"], vqlib.use_bf16(bf16)
 tf, tf_path, tf_log, why = planted_bias.load_or_train_bias_transformer(
     run_dir, vq, gray, labels, training, retrain, use_bf16
@@ -95,48 +106,96 @@ if tf_log is not None:
 register(run_dir, "bias_transformer", checkpoint=str(tf_path))  # later notebooks load the same generator
 
 # %% [markdown]
-# One row per prompt. Look closely: the generator does not always obey. Some "a 3" images are other digits,
-# some "a red 3" are green, and thick and thin differ only by degree. The verdicts below carry this noise.
-
-# %%
-shown = [(d, s) for d in (colour_digit, thickness_digit, control_digit) for s in planted_bias.PROMPT_SLOTS]
-prompts = np.repeat([int(planted_bias.prompt_id(d, s)) for d, s in shown], n_show)
-top_k = sampling["top_k"] or None
-samples = gen.sample_tokens(tf, prompts, sampling["temperature"], top_k=top_k, seed=seed, progress=False)
-names = [f'"a {d}"' if s == "neutral" else f'"a {s} {d}"' for d, s in shown]
-plots.rows_of_images(dict(zip(names, vqlib.decode(vq, samples).split(n_show), strict=True)), ncols=n_show)
-
-# %% [markdown]
 # ## The study's images
 #
 # Per bias type, two studies: the biased digit and the control. The attribute IEM learns from prompts naming
-# a value ("a red 3", "a green 3"), labelled by it; the neutral images come from "a 3", "a 5", "a 7".
+# a value ("a red 3", "a green 3"; the other attribute at even odds), labelled by it; the neutral images come
+# from "a 3", "a 5", "a 7", `n_neutral` of each, their looks drawn by the prior.
+#
+# The transformer is sampled at `temperature` among the `top_k` likeliest tokens, with **classifier-free
+# guidance** (Ho & Salimans 2022) toward the digit: at each step the prompt's next-token log-probabilities
+# $\log p_c$ are pushed away from $\log p_u$, the mixture of the same look's ten digit prompts weighted by how
+# well each explains the tokens drawn so far,
+#
+# $$\log p_c + g\,(\log p_c - \log p_u),\qquad g = \texttt{guidance},$$
+#
+# so tokens that say "3" rather than "some digit" gain. The look is the same in every term, so guidance
+# sharpens the digit, not the look.
 
 # %%
 subjects = {b: [biased_digit[b], control_digit] for b in bias_types}
+prior = planted_bias.planted_prior(skew, biased_digit, planted)
+sizes = {"attribute_per_value": attribute_per_value, "n_neutral": n_neutral}
 studies, neutral, why = planted_bias.load_or_generate_study(
-    tf, tf_path, vq, subjects, attribute_per_value, n_neutral, sampling["temperature"], top_k, seed, out_dir,
-    regenerate=regenerate or retrain,
-)  # fmt: skip
+    tf, tf_path, vq, subjects, prior, sizes, sampling, seed, out_dir, regenerate=regenerate or retrain
+)
 neutral_of = {(b, d): neutral[d] for b, d in studies}  # each study's neutral generations: its digit's
 planted_label = {(b, d): planted_bias.ATTRIBUTES[b].index(planted[b]) for b, d in studies}  # A's label
 set_name = {(b, d): f"{'biased' if d == biased_digit[b] else 'control'} (digit {d})" for b, d in studies}
 print(f"study data: {why}")
 
 # %% [markdown]
-# Generations do not always show what their prompt names, so held-out images (val, test) are labelled by
-# their **pixels**: red if redder than green, thick if inkier than this generator's thick/thin midpoint.
+# ## The truth, from pixels
+#
+# Two rules read an image's values. **Red** if the stroke's mean red exceeds its green. **Thick** if its mean
+# stroke width (the stroke's area over the length of its skeleton, in pixels) exceeds `width_threshold`:
+# Otsu's cut (Otsu 1979) of the widths of the thickness studies' images, the one that best splits them in two.
 
 # %%
-thresholds, held_truth = planted_bias.ink_thresholds(gray, labels), {}  # ink between thin and thick
+thickness_data = [ds for (b, _), ds in studies.items() if b == "thickness"]
+width_threshold = planted_bias.width_threshold(vq, thickness_data) if thickness_data else np.nan
+print(f"thick: a stroke wider than {width_threshold:.2f} pixels")
+
+# %% [markdown]
+# One row per prompt, the rules' calls under each image. Does the generator draw what it is asked?
+
+# %%
+named = {
+    "": {},
+    "red ": {"red": True},
+    "green ": {"red": False},
+    "thick ": {"thick": True},
+    "thin ": {"thick": False},
+}
+shown = [(d, word) for d in (colour_digit, thickness_digit, control_digit) for word in named]
+rng = np.random.default_rng(seed)
+looks = [planted_bias.draw_looks(np.full(n_show, d), prior, rng, **named[word]) for d, word in shown]
+red, thick = (np.concatenate([look[i] for look in looks]) for i in (0, 1))
+grid_digits = np.repeat([d for d, _ in shown], n_show)
+pictures = vqlib.decode(vq, planted_bias.sample_looks(tf, grid_digits, red, thick, sampling, seed))
+calls = planted_bias.measured_attributes(digits.to_uint8(pictures), width_threshold)
+said = np.where(calls["red"], "red", "green") + " " + np.where(calls["thick"], "thick", "thin")
+names = [f'"a {word}{d}"' for d, word in shown]
+captions = dict(zip(names, np.split(said, len(names)), strict=True))
+plots.rows_of_images(dict(zip(names, pictures.split(n_show), strict=True)), n_show, captions=captions)
+
+# %% [markdown]
+# Measured over all the study's images: the share of attribute-prompted images whose pixels show the value
+# their prompt names (the rule's accuracy, both values pooled), and the share of neutral images whose digit
+# the independent evaluators of notebook 02 read as the one prompted (their mean agreement).
+
+# %%
+shows, held_truth, rule_accuracy = {}, {}, {}
 for (b, d), ds in studies.items():
-    if b == "thickness":  # this generator's own thick / thin midpoint
-        thresholds[d] = planted_bias.generated_ink_thresholds(vq, ds)[d]
-    shows = planted_bias.shows_value(vq, ds, d, b, planted[b], thresholds)
-    held_truth[(b, d)] = {s: v for s, v in shows.items() if s != "train"}
-    if len({bool(x) for v in held_truth[(b, d)].values() for x in v}) < 2:  # a tiny run: one value only
-        print(f"{b}, digit {d}: every held-out image shows one value; labelled by their prompts instead")
+    shows[(b, d)] = planted_bias.shows_value(vq, ds, b, planted[b], width_threshold)
+    held_truth[(b, d)] = {s: v for s, v in shows[(b, d)].items() if s != "train"}  # val, test: pixel labels
+    if len({x for v in held_truth[(b, d)].values() for x in v}) < 2:  # e.g. a barely trained generator
+        print(f"{b}, digit {d}: every held-out image shows one value; they keep their prompts' labels")
         held_truth[(b, d)] = None
+for b in bias_types:
+    agree = [
+        planted_bias.prompt_agreement(studies[k], shows[k], planted_label[k]) for k in shows if k[0] == b
+    ]
+    rule_accuracy[b] = sum(a for a, _ in agree) / sum(n for _, n in agree)
+    print(f"{b}: {rule_accuracy[b]:.1%} of {sum(n for _, n in agree)} prompted images show the named value")
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10)
+images = {d: vqlib.decode(vq, torch.from_numpy(z.astype(np.int64))) for d, z in neutral.items()}
+read_as = {
+    k: np.concatenate([evaluators.predict_logits(m, x).argmax(1).numpy() == d for d, x in images.items()])
+    for k, m in judges.items()
+}
+digit_agreement = float(np.mean([r.mean() for r in read_as.values()]))
+print(f"neutral prompts: the evaluators read the prompted digit in {digit_agreement:.1%} of images")
 
 # %% [markdown]
 # ## 1 · The attribute IEM
@@ -293,18 +352,18 @@ print("by hand = library: Cliff's δ, q, sens, spec and the Rogan–Gladen share
 # * **found** when it excludes ½ (on the control, a false alarm);
 # * **inconclusive** otherwise: it holds ½ but reaches beyond the margin.
 #
-# The correction also assumes the token rule errs as often on an image of one value
-# whatever its prompt named; the **error-rate check** tests that on the held-out images, and where it fails
-# (p < 0.05) the interval is withheld as [0, 1]: the share would be biased. Thickness, a matter of degree,
-# fails it here; notebook 16 shows where.
+# The correction also assumes the token rule errs as often on an image of one value whatever its prompt
+# named; the **error-rate check** tests that on the held-out images, and where it fails (p < 0.05) the
+# interval is withheld as [0, 1] (notebook 16 shows why).
 
 # %%
-images = {d: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z))) for d, z in neutral.items()}
-pixels = {d: planted_bias.measured_attributes(x, np.full(len(x), d), thresholds) for d, x in images.items()}
+pixels = {d: planted_bias.measured_attributes(digits.to_uint8(x), width_threshold) for d, x in images.items()}
 deltas["pixel truth"] = [planted_bias.planted_shares(pixels[d], planted)[b] for b, d in studies]
 bounds = deltas[["share_low", "share_high"]].to_numpy()
 deltas["verdict"] = [bias_stats.share_verdict(lo, hi, equivalence_margin) for lo, hi in bounds]
 metrics = bias.headline_metrics(deltas, bias_types, biased_digit, control_digit)
+metrics |= {f"bias_{b}_pixel_rule_accuracy": round(a, 4) for b, a in rule_accuracy.items()}
+metrics["bias_generator_digit_agreement"] = round(digit_agreement, 4)
 columns = ["pixel truth", "share", "share_low", "share_high", "verdict", "delta"]
 deltas.set_index(["bias", "neutral set"])[columns].round(3)
 
@@ -326,7 +385,7 @@ keep = [
     "equivalence_margin",
 ]
 study = {k: params[k] for k in keep} | {"tis_method": tis_entry["method"], "tokens": tokens}
-study |= {"regenerate": regenerate or retrain, "thresholds": thresholds.tolist()}
+study |= {"regenerate": regenerate or retrain, "width_threshold": width_threshold}
 write_json(out_dir / "study.json", study)
 register(run_dir, "bias_study", file=str(out_dir / "study.json"), deltas=str(out_dir / "deltas.csv"))
 
@@ -352,6 +411,11 @@ for _, r in deltas.iterrows():
     truth = f"truth {r['pixel truth']:.2f}, {inside}; δ {r['delta']:+.2f}"
     verdict = bias.verdict_words(r["verdict"], equivalence_margin)
     lines.append(f"- {r['bias']}, {r['neutral set']}: {iv}, **{verdict}**{why}; {truth}")
+rules = ", ".join(f"{b} {a:.1%}" for b, a in rule_accuracy.items())
+lines.append(
+    f"- The generator: the pixel rules confirm the prompted value in {rules} of the prompted images; "
+    f"the evaluators read the prompted digit in {digit_agreement:.1%} of the neutral ones."
+)
 lines.append(f"- Attribute IEM accuracy: {min(accuracy.values()):.2f} to {max(accuracy.values()):.2f}.")
 display(Markdown("\n".join(lines)))
 
@@ -363,8 +427,8 @@ display(Markdown("\n".join(lines)))
 # 3. What does δ = +1 say about the two count lists?
 # 4. Why can δ be far from 0 at half and half?
 # 5. What are $q$, sens and spec, and where is each measured?
-# 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"? Can an interval be "found" and still
-#    small?
+# 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"? Why can a narrow interval be both
+#    "found" and small?
 
 # %% [markdown]
 # ## Exercises

@@ -20,8 +20,8 @@
 # Vector-Quantized Generative Models* (Yang, Shi, Du, Wu, Tan, Sun, Liu) that asks whether a generator's
 # neutral prompt leans toward one value of an attribute. Notebook 10 ran it on a generator with a planted bias
 # and saved what it found in the run directory: the generator, the study's generations, each value's
-# attribute tokens, the pixel thresholds that give the truth, and its table of results. This notebook reads
-# those (it recomputes nothing with other seeds) and goes beyond the paper's step:
+# attribute tokens, the stroke-width threshold that gives the truth, and its table of results. This notebook
+# reads those (it recomputes nothing with other seeds) and goes beyond the paper's step:
 #
 # 1. **what the labelled images show**: how often a generation contradicts its prompt, and the check that
 #    guards the share estimate's one assumption;
@@ -85,6 +85,9 @@ print(f"TIS method: {study['tis_method']} (notebook 10's attribute tokens come f
 bias_types, planted, seed, sampling = (study[k] for k in ("bias_types", "planted", "seed", "sampling"))
 control_digit = study["study_digits"]["control"]
 biased_digit = {b: study["study_digits"][b] for b in bias_types}
+prior = planted_bias.planted_prior(
+    study["skew"], {b: study["study_digits"][b] for b in ("colour", "thickness")}, planted
+)
 vq = vqlib.load_run_vq(run_dir)
 tf = gen.load_transformer(read_card(tf_path)["config"], tf_path, vq=vq)
 keys = [(b, d) for b in bias_types for d in (biased_digit[b], control_digit)]  # notebook 10's order
@@ -95,7 +98,7 @@ neutral = planted_bias.neutral_by_digit(tokds.load_token_dataset(out_dir / "data
 tokens = {key: study["tokens"][planted_bias.study_name(*key)] for key in keys}
 ids = {key: {int(c): np.asarray(v, dtype=np.int64) for c, v in t.items()} for key, t in tokens.items()}
 planted_label = {(b, d): planted_bias.ATTRIBUTES[b].index(planted[b]) for b, d in keys}
-thresholds = np.asarray(study["thresholds"], dtype=float)
+width_threshold = study["width_threshold"]  # thick: a stroke wider than this (pixels)
 n_neutral = sum(len(z) for z in neutral.values())
 print(f"{len(studies)} studies, {n_neutral} neutral generations; the generator: {tf_path}")
 
@@ -117,21 +120,19 @@ if tiles:
 # %% [markdown]
 # ## 1 · What the labelled images show
 #
-# A prompt names a value, but the generator does not always draw it: some "a red 3" images come out green,
-# some "a thick 5" with little ink. The share estimate measures how often its token rule errs on held-out
-# labelled images. Were those labelled by their prompts, the images that contradict their prompt would count
-# as errors of the rule, and the estimate would become the neutral set's *mix of the two prompts' outputs*,
-# not the share of images that *show* the value. So notebook 10 labels them by their pixels (red if the
-# stroke's mean red exceeds its green; thick if its ink lies above the midpoint of this generator's "a thick
-# d" and "a thin d" images: generated strokes carry less ink than real ones, so a threshold from real digits
-# would call most generations thin).
+# A prompt names a value, but a generator need not draw it: an "a red 3" could come out green, an "a thick
+# 5" thin. The share estimate measures how often its token rule errs on held-out labelled images. Were those
+# labelled by their prompts, the images that contradict their prompt would count as errors of the rule, and
+# the estimate would become the neutral set's *mix of the two prompts' outputs*, not the share of images that
+# *show* the value. So notebook 10 labels them by their pixels (red if the stroke's mean red exceeds its
+# green; thick if its mean stroke width exceeds Otsu's cut of the thickness studies' widths).
 #
 # How often the labelled images contradict their prompts:
 
 # %%
 drawn_wrong = {}
 for (b, d), ds in studies.items():
-    shows = planted_bias.shows_value(vq, ds, d, b, planted[b], thresholds)
+    shows = planted_bias.shows_value(vq, ds, b, planted[b], width_threshold)
     drawn_wrong[(b, d)] = planted_bias.drawn_as_other(ds, shows, planted_label[(b, d)])
 table = pd.DataFrame(drawn_wrong, index=["A prompted, drawn as B", "B prompted, drawn as A"]).T
 table.index.names = ["bias", "digit"]
@@ -143,10 +144,18 @@ table.round(3)
 # depends only on which value it *shows*. Among images that show the same value, the rule
 # should call the A-prompted and the B-prompted ones alike; `bias_stats.error_rate_check` tests that (a
 # permutation test pooled over the two values; `check_p` is its p-value). For a value that is there or not
-# (red) it should hold; for a matter of degree (a stroke just above the ink midpoint is "thick" by pixels but
-# its tokens look thin) it need not, and then error rates measured on half-and-half images do not carry over
-# to a neutral set of another mix. When the check fails (p < 0.05) notebook 10 gives no interval ([0, 1],
-# "inconclusive"); the interval before the check is kept for reading:
+# it should hold. When the check fails (p < 0.05) notebook 10 gives no interval ([0, 1], "inconclusive");
+# the interval before the check is kept for reading:
+#
+# **The hard case, named.** An earlier version of this world called a real digit "thick" when it held more
+# ink than most of its class: thickness as a matter of degree, as most real attributes are. A stroke just
+# above the ink midpoint was then thick by pixels while its tokens looked thin, so the rule's error rates
+# differed between the thick-prompted and the thin-prompted images, the check failed on both thickness sets,
+# and neither got an interval. We dropped that world for one whose two values are apart by construction (a
+# one-pixel skeleton against a three-pixel stroke), because a tutorial's planted world should show the
+# method working where the truth is crisp. The lesson stays: on a real attribute that comes in degrees
+# (skin tone, age), run the check, and expect it to fail. `benchmarks/bias_calibration.py` simulates such a
+# graded attribute and reports how often the check catches it.
 
 # %%
 columns = ["check_p", "share", "share_low", "share_high", "unchecked_low", "unchecked_high", "pixel truth"]
@@ -172,12 +181,13 @@ deltas.set_index(["bias", "digit"])[rest].T.round(3)
 # zeros) then became wins or losses decided by noise, and its interval excluded 0 in most simulated
 # half-and-half studies. The share estimate replaced it.
 #
-# Where the truth is known the claim can be tested. Below, simulated studies of notebook 10's sizes (300
-# neutral images, 300 labelled images per value to fit the rule, 100 per value held out), in two cases:
-# **symmetric** (each value marked by its tokens about equally: Poisson 3 in its own images, 0.3 in the
+# Where the truth is known the claim can be tested. Below, simulated studies of notebook 10's sizes
+# (`n_neutral` neutral images, 300 labelled images per value to fit the rule, 100 per value held out), in two
+# cases: **symmetric** (each value marked by its tokens about equally: Poisson 3 in its own images, 0.3 in the
 # other's) and **uneven** (A marked by many tokens with a wide spread, B by few). Each row: how often δ's
-# interval excludes 0, how often the share's 95 % interval holds the true share, and how often it excludes ½
-# (a "found"; at a true share of ½ a false alarm). `benchmarks/bias_calibration.py` runs the full study (more
+# interval excludes 0, how often the share's 95 % interval holds the true share, how often it excludes ½
+# (a "found"; at a true share of ½ a false alarm), and how often it says "no bias beyond ±m" (at 0.85, an
+# error). `benchmarks/bias_calibration.py` runs the full study (more
 # cases: ties, leaks, graded attributes, tokens re-selected per resample).
 
 # %% tags=["by-hand"]
@@ -199,11 +209,11 @@ def labelled(draw, n):  # n images of each value, with their labels
 
 
 # %%
-rows, boot = [], simulation["n_boot"]
+rows, boot, margin = [], simulation["n_boot"], study["equivalence_margin"]
 for case, draw in {"symmetric": symmetric, "uneven": uneven}.items():
     for p in (0.5, 0.85):
         for _ in range(simulation["studies"]):
-            counts = draw(rng.random(300) < p)
+            counts = draw(rng.random(study["n_neutral"]) < p)
             d = bias_stats.count_delta(*counts, n_boot=boot, seed=int(rng.integers(2**31)))
             fit, held = labelled(draw, 300), labelled(draw, 100)
             s = bias_stats.bias_share(counts, fit, held, n_boot=boot, seed=int(rng.integers(2**31)))
@@ -215,6 +225,7 @@ for case, draw in {"symmetric": symmetric, "uneven": uneven}.items():
                     "δ excludes 0": d["low"] > 0 or d["high"] < 0,
                     "share covers truth": s["low"] <= p <= s["high"],
                     "share excludes ½": s["low"] > 0.5 or s["high"] < 0.5,
+                    "no bias": bias_stats.share_verdict(s["low"], s["high"], margin) == "no_bias",
                 }
             )
 simulated = pd.DataFrame(rows).groupby(["case", "true share"]).mean()
@@ -280,8 +291,8 @@ for b in control_ids:
     for s, suppress in (("after", edit_ids[b]), ("after_random", control_ids[b])):
         name = f"mitigation_{b}" + ("_random" if s == "after_random" else "")
         edited[(b, s)], why = mitlib.load_or_sample_edited(
-            tf, tf_path, vq, name, biased_digit[b], suppress, study["n_neutral"], sampling["temperature"],
-            sampling["top_k"] or None, edit_seed[s], out_dir, study["regenerate"],
+            tf, tf_path, vq, name, biased_digit[b], suppress, study["n_neutral"], prior, sampling,
+            edit_seed[s], out_dir, study["regenerate"],
         )  # fmt: skip
         print(f"{b}, {s.replace('_', ' ')}: {why}")
 
@@ -298,7 +309,7 @@ sets = {
 }
 measured = {
     b: {
-        s: mitlib.measure(vq, z, biased_digit[b], b, planted[b], thresholds, judges)
+        s: mitlib.measure(vq, z, biased_digit[b], b, planted[b], width_threshold, judges)
         for s, z in by_set.items()
     }
     for b, by_set in sets.items()
@@ -382,7 +393,8 @@ display(Markdown("\n".join(lines)))
 # 1. Why would prompt labels make the share estimate measure the mix of the two prompts' outputs instead of
 #    the share of images that show a value?
 # 2. What assumption does the Rogan–Gladen correction make, and how does the error-rate check test it?
-# 3. Why may that assumption fail for stroke thickness but hold for colour?
+# 3. Why may that assumption fail for an attribute that comes in degrees (the earlier ink-based "thick") but
+#    hold for one that is there or not (red; the skeleton against the widened stroke)?
 # 4. Why does δ move away from 0 for a half-and-half set in the uneven case, while the share does not?
 # 5. What does "the interval covers the truth in 95 % of studies" mean, and how does the simulation test it?
 # 6. Why is the mitigation measured from pixels rather than from tokens?

@@ -83,82 +83,81 @@ def _gray_digits(n_per_class=60, seed=0):
     return gray, labels, widths
 
 
-def test_prompt_ids_and_unknown_attribute():
-    assert (
-        planted_bias.prompt_id(3) == 3
-        and planted_bias.prompt_id(3, "red") == 13
-        and planted_bias.prompt_id(0, "thin") == 40
+def test_prompt_ids_name_a_digit_and_a_look():
+    assert planted_bias.prompt_id(3, True, True) == 3 and planted_bias.prompt_id(3, True, False) == 13
+    assert planted_bias.prompt_id(0, False, True) == 20 and planted_bias.prompt_id(9, False, False) == 39
+    red, thick = np.array([True, False, False]), np.array([False, True, False])
+    np.testing.assert_array_equal(planted_bias.prompt_id(np.arange(3), red, thick), [10, 21, 32])
+    for i, (colour, width) in enumerate(planted_bias.LOOKS):  # the index is the look's place in LOOKS
+        assert planted_bias.prompt_id(0, colour == "red", width == "thick") == 10 * i
+
+
+def test_the_prior_plants_the_odds_and_keeps_what_the_prompt_names():
+    prior = planted_bias.planted_prior(
+        0.85, {"colour": 3, "thickness": 5}, {"colour": "red", "thickness": "thin"}
     )
-    np.testing.assert_array_equal(planted_bias.prompt_id(np.arange(3), "green"), [20, 21, 22])
-    with pytest.raises(ValueError, match="unknown attribute value 'blue'"):
-        planted_bias.prompt_id(1, "blue")
+    assert prior == {"red": {3: 0.85}, "thick": {5: pytest.approx(0.15)}}
+    rng = np.random.default_rng(0)
+    digit = np.repeat([3, 5, 7], 20000)
+    red, thick = planted_bias.draw_looks(digit, prior, rng)
+    for d, p_red, p_thick in ((3, 0.85, 0.5), (5, 0.5, 0.15), (7, 0.5, 0.5)):
+        assert abs(red[digit == d].mean() - p_red) < 0.01 and abs(thick[digit == d].mean() - p_thick) < 0.01
+    red, thick = planted_bias.draw_looks(digit, prior, rng, red=False)  # "a green d": the width still drawn
+    assert not red.any() and abs(thick[digit == 5].mean() - 0.15) < 0.01
+    named = np.arange(len(digit)) % 2 == 0
+    _, thick = planted_bias.draw_looks(digit, prior, rng, thick=named)
+    np.testing.assert_array_equal(thick, named)
 
 
-def test_thickness_classes_split_each_digit_in_thirds_by_ink():
-    gray, labels, widths = _gray_digits()
-    t = planted_bias.thickness_classes(gray, labels)
-    assert set(np.unique(t)) == {-1, 0, 1}
-    assert (planted_bias.thickness_classes(gray, labels, 0.25) != 0).sum() < (t != 0).sum()
-    for d in range(10):
-        rows = labels == d
-        assert widths[rows & (t == 1)].min() > widths[rows & (t == -1)].max()
+def test_stroke_width_of_bars_is_their_width():
+    # the slow obvious reference: a bar w pixels wide and 24 long has area 24 w and a skeleton about as long
+    gray, _, widths = _gray_digits(n_per_class=3)
+    got = planted_bias.stroke_width(gray)
+    for w in np.unique(widths):
+        assert abs(np.median(got[widths == w]) - w) <= 0.25 * w + 0.1, (w, got[widths == w])
+    assert np.all(np.diff([np.median(got[widths == w]) for w in np.unique(widths)]) > 0)
 
 
-def test_planted_bias_data_has_the_planted_shares():
+def test_restroke_draws_every_digit_thin_and_thick_whatever_its_ink():
+    from cortex_utils.digits import load_gray_digits
+
+    gray, _ = load_gray_digits()
+    gray = gray[::50]  # 100 real digits, thin and thick ones among them
+    thin, thick = planted_bias.restroke(gray, "thin"), planted_bias.restroke(gray, "thick")
+    assert thin.dtype == thick.dtype == np.uint8 and thin.shape == thick.shape == gray.shape
+    w_thin, w_thick = planted_bias.stroke_width(thin), planted_bias.stroke_width(thick)
+    assert w_thin.max() < w_thick.min()  # crisp: every thin stroke narrower than every thick one
+    assert np.median(w_thin) < 2 and np.median(w_thick) > 2.5
+    real = planted_bias.stroke_width(gray)
+    assert real.std() > max(w_thin.std(), w_thick.std())  # the real digits' own widths matter less
+    with pytest.raises(ValueError, match="thickness value"):
+        planted_bias.restroke(gray, "bold")
+
+
+def test_planted_bias_data_is_unbiased_and_its_pixels_show_its_prompts():
     gray, labels, _ = _gray_digits(n_per_class=100)
-    out = planted_bias.planted_bias_data(
-        gray, labels, skew=0.9, colour_digit=3, thickness_digit=5, per_image=20, seed=1
-    )
+    out = planted_bias.planted_bias_data(gray, labels, per_image=20, seed=1)
     t = out["table"]
     assert len(out["images"]) == len(t) == len(out["prompts"]) == 20 * len(labels)
-    np.testing.assert_array_equal(
-        out["prompts"], t["digit"] + 10 * t["slot"].map(planted_bias.PROMPT_SLOTS.index)
-    )
-    assert abs((t["slot"] == "neutral").mean() - 0.4) < 0.02
-    neutral = t[t["slot"] == "neutral"]
-    share = neutral.groupby("digit")[["red"]].mean()["red"]
-    assert abs(share[3] - 0.9) < 0.05 and abs(share[7] - 0.5) < 0.08 and abs(share[5] - 0.5) < 0.08
-    thick_share = neutral[neutral["thick"] != 0].groupby("digit")["thick"].apply(lambda s: (s == 1).mean())
-    assert (
-        abs(thick_share[5] - 0.9) < 0.05
-        and abs(thick_share[7] - 0.5) < 0.08
-        and abs(thick_share[3] - 0.5) < 0.08
-    )
-    assert (t.loc[t["slot"] == "red", "red"]).all() and not (t.loc[t["slot"] == "green", "red"]).any()
-    assert (t.loc[t["slot"] == "thick", "thick"] == 1).all() and (
-        t.loc[t["slot"] == "thin", "thick"] == -1
-    ).all()
-    # the pixels say what the table says
-    m = planted_bias.measured_attributes(
-        out["images"], t["digit"].to_numpy(), planted_bias.ink_thresholds(gray, labels)
-    )
+    np.testing.assert_array_equal(out["prompts"], planted_bias.prompt_id(t["digit"], t["red"], t["thick"]))
+    looks = t.groupby("digit")[["red", "thick"]].mean()  # even odds for every digit: no bias in the data
+    assert (looks - 0.5).abs().to_numpy().max() < 0.05
+    # the pixels say what the prompt says, every image
+    w = planted_bias.stroke_width(out["images"])
+    threshold = (np.median(w[t["thick"]]) + np.median(w[~t["thick"]])) / 2
+    m = planted_bias.measured_attributes(out["images"], threshold)
     np.testing.assert_array_equal(m["red"].to_numpy(), t["red"].to_numpy())
-    sure = t["thick"] != 0
-    assert (m["thick"][sure].to_numpy() == (t["thick"][sure] == 1).to_numpy()).mean() > 0.95
+    np.testing.assert_array_equal(m["thick"].to_numpy(), t["thick"].to_numpy())
 
 
-def test_planted_bias_data_bad_settings():
-    gray, labels, _ = _gray_digits(10)
-    with pytest.raises(ValueError, match="skew"):
-        planted_bias.planted_bias_data(gray, labels, skew=1.5)
-    with pytest.raises(ValueError, match="different digits"):
-        planted_bias.planted_bias_data(gray, labels, colour_digit=4, thickness_digit=4)
-    with pytest.raises(ValueError, match="planted values"):
-        planted_bias.planted_bias_data(gray, labels, planted={"colour": "blue"})
-    with pytest.raises(ValueError, match="neutral_share"):
-        planted_bias.planted_bias_data(gray, labels, neutral_share=1.0)
-    with pytest.raises(ValueError, match="thickness fraction"):
-        planted_bias.planted_bias_data(gray, labels, thick_fraction=0.6)
-
-
-def test_ink_ignores_the_colour():
+def test_stroke_width_ignores_the_colour():
     from cortex_utils.digits import colourize
 
     gray, _, _ = _gray_digits(3)
     red = colourize(gray, np.tile([[230, 40, 40]], (len(gray), 1)))
     green = colourize(gray, np.tile([[40, 200, 60]], (len(gray), 1)))
-    np.testing.assert_allclose(planted_bias.ink(red), planted_bias.ink(green), atol=1e-6)
-    np.testing.assert_allclose(planted_bias.ink(red), planted_bias.ink(gray), atol=1e-6)
+    np.testing.assert_allclose(planted_bias.stroke_width(red), planted_bias.stroke_width(green), atol=1e-6)
+    np.testing.assert_allclose(planted_bias.stroke_width(red), planted_bias.stroke_width(gray), atol=1e-6)
 
 
 def test_token_counts_and_the_papers_delta_value():

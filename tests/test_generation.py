@@ -212,3 +212,74 @@ def test_bf16_training_lowers_the_loss(tiny_tf):
         bf16=True,
     )
     assert np.isfinite(log["val_loss"]).all() and log["val_loss"].iloc[-1] < log["val_loss"].iloc[0] - 1.0
+
+
+def _guided_reference(tf, labels, rivals, scale, temperature, top_k, seed):
+    """Classifier-free guidance against the rivals' posterior mixture, the slow obvious way: every step
+    re-runs every rival's whole prefix, and the posterior is recomputed from the full sequence."""
+    gpt, g = tf.transformer, torch.Generator().manual_seed(seed)
+    rivals = torch.as_tensor(rivals).long()
+    own = [list(r).index(int(c)) for r, c in zip(rivals.tolist(), labels, strict=True)]
+    seq = torch.zeros(len(labels), 0, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(64):
+            logp = []  # (n, R, steps so far + 1, vocab): every rival's log-probabilities along the sequence
+            for j in range(rivals.shape[1]):
+                logits = gpt(torch.cat([rivals[:, j : j + 1], seq], 1))[0]
+                logp.append(torch.log_softmax(logits.double(), -1))
+            logp = torch.stack(logp, 1)
+            drawn = seq[:, None, :, None].expand(-1, logp.shape[1], -1, 1)
+            loglik = logp[:, :, :-1].gather(3, drawn).squeeze(3).sum(2)  # log p_r(tokens so far)
+            weights = torch.softmax(loglik, 1)
+            now = logp[:, :, -1]
+            mixture = torch.log((weights[:, :, None] * now.exp()).sum(1))
+            mine = now[torch.arange(len(labels)), own]
+            z = (mine + scale * (mine - mixture)) / temperature
+            if top_k:
+                kth = torch.topk(z, top_k).values[:, -1:]
+                z = z.masked_fill(z < kth, -float("inf"))
+            seq = torch.cat([seq, gen.draw(torch.softmax(z, -1), g)], 1)
+    return seq.reshape(-1, 8, 8)
+
+
+@pytest.mark.parametrize("scale,top_k", [(1.0, None), (2.0, 5)])
+def test_guided_sampling_equals_the_slow_reference(tiny_tf, scale, top_k, one_thread):
+    tf, _ = tiny_tf
+    with torch.no_grad():
+        for p in tf.transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    labels, rivals = np.array([0, 1, 2, 1]), np.array([[0, 1, 2], [0, 1, 2], [2, 0, 1], [1, 2, 0]])
+    got = gen.sample_guided(tf, labels, rivals, scale, 0.8, top_k, seed=4)
+    want = _guided_reference(tf, labels, rivals, scale, 0.8, top_k, seed=4)
+    assert torch.equal(got, want)
+    # guidance 0, or a row whose only rival is its own prompt, samples the prompt as sample_tokens does
+    plain = gen.sample_tokens(tf, labels, 0.8, top_k=top_k, seed=4, progress=False)
+    assert torch.equal(gen.sample_guided(tf, labels, rivals, 0.0, 0.8, top_k, seed=4), plain)
+    assert torch.equal(gen.sample_guided(tf, labels, labels[:, None], scale, 0.8, top_k, seed=4), plain)
+    assert not torch.equal(got, plain)  # the guidance changes the samples
+    with pytest.raises(ValueError, match="must be one of its rivals"):
+        gen.sample_guided(tf, labels, np.array([[1, 2]] * 4), scale, 0.8, top_k)
+
+
+def test_guidance_makes_the_prompt_easier_to_tell_from_its_rivals(tiny_tf, one_thread):
+    """The point of guidance: the generated sequences become likelier under their own prompt relative to the
+    rivals (the transformer's own classifier reads them as the prompted class more often)."""
+    tf, _ = tiny_tf
+    with torch.no_grad():
+        for p in tf.transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    labels = np.repeat([0, 1, 2], 40)
+    rivals = np.tile([0, 1, 2], (len(labels), 1))
+
+    def read_as_prompted(z):
+        x = torch.as_tensor(z).flatten(1)
+        ll = []
+        for c in range(3):
+            logits = tf.transformer(torch.cat([torch.full((len(x), 1), c), x[:, :-1]], 1))[0]
+            ll.append(torch.log_softmax(logits, -1).gather(2, x[:, :, None]).squeeze(2).sum(1))
+        return (torch.stack(ll, 1).argmax(1).numpy() == labels).mean()
+
+    with torch.no_grad():
+        plain = read_as_prompted(gen.sample_guided(tf, labels, rivals, 0.0, 1.0, None, seed=1))
+        guided = read_as_prompted(gen.sample_guided(tf, labels, rivals, 2.0, 1.0, None, seed=1))
+    assert guided > plain + 0.1, (plain, guided)

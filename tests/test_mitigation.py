@@ -197,17 +197,23 @@ class _AlwaysTwo(torch.nn.Module):
         return torch.nn.functional.one_hot(torch.full((len(x),), 2), 10).float()
 
 
-def test_edited_generations_are_token_datasets_shipped_and_loaded(
-    tiny_tf, tiny_vq, tmp_path, monkeypatch, one_thread
-):
+def test_edited_generations_are_token_datasets_shipped_and_loaded(tmp_path, monkeypatch, one_thread):
+    from conftest import tiny_vq_config
+
+    from cortex_utils import vq as vqlib
     from cortex_utils.checkpoints import save_weights
 
+    config = tiny_vq_config(n_embed=64)  # room for the planted world's 40 prompts
+    tiny_vq = vqlib.build_vq(config, seed=0)
+    cfg = gen.transformer_config(config, n_classes=40, n_layer=2, n_head=2, n_embd=32)
+    tf = gen.build_transformer(cfg, vq=tiny_vq, seed=0)
     path = save_weights(
-        gen.transformer_state_for_saving(tiny_tf), tmp_path / "tf.safetensors", card={"kind": "test"}
+        gen.transformer_state_for_saving(tf), tmp_path / "tf.safetensors", card={"kind": "test"}
     )
     monkeypatch.setattr(mitigation, "SHIPPED_DATA", tmp_path / "shipped")
-    args = (tiny_tf, path, tiny_vq, "mitigation_colour", 1)
-    ds, why = mitigation.load_or_sample_edited(*args, [4, 7], 12, out_dir=tmp_path / "run1")
+    prior, sampling = {"red": {1: 0.9}}, {"temperature": 1.0, "top_k": 0, "guidance": 1.0}
+    args = (tf, path, tiny_vq, "mitigation_colour", 1)
+    ds, why = mitigation.load_or_sample_edited(*args, [4, 7], 12, prior, sampling, out_dir=tmp_path / "run1")
     assert why == "sampled here (no shipped mitigation_colour)"
     assert ds.tokens["neutral"].shape == (12, 8, 8) and not np.isin(ds.tokens["neutral"], [4, 7]).any()
     assert (tmp_path / "run1" / "data" / "mitigation_colour.json").exists()
@@ -216,20 +222,18 @@ def test_edited_generations_are_token_datasets_shipped_and_loaded(
 
     shutil.copytree(ds.path, tmp_path / "shipped" / "bias" / "mitigation_colour")
     shutil.copy(tmp_path / "run1" / "data" / "mitigation_colour.json", tmp_path / "shipped" / "bias")
-    again, why = mitigation.load_or_sample_edited(*args, [7, 4], 12, out_dir=tmp_path / "run2")
+    again, why = mitigation.load_or_sample_edited(
+        *args, [7, 4], 12, prior, sampling, out_dir=tmp_path / "run2"
+    )
     assert why.startswith("loaded the shipped") and np.array_equal(
         again.tokens["neutral"], ds.tokens["neutral"]
     )
-    _, why = mitigation.load_or_sample_edited(*args, [4], 12, out_dir=tmp_path / "run3")
+    _, why = mitigation.load_or_sample_edited(*args, [4], 12, prior, sampling, out_dir=tmp_path / "run3")
     assert "suppressed_ids [4, 7] (here [4])" in why
     with pytest.raises(ValueError, match="outside the codebook"):
-        mitigation.load_or_sample_edited(*args, [40], 12, out_dir=tmp_path / "run4")
+        mitigation.load_or_sample_edited(*args, [64], 12, prior, sampling, out_dir=tmp_path / "run4")
     assert not (tmp_path / "run4").exists()
-    m = mitigation.measure(
-        tiny_vq, ds.tokens["neutral"], 2, "colour", "red", np.full(10, 0.5), {"judge": _AlwaysTwo()}
-    )
+    m = mitigation.measure(tiny_vq, ds.tokens["neutral"], 2, "colour", "red", 2.4, {"judge": _AlwaysTwo()})
     assert list(m.columns) == ["shows", "judge_digit", "kept"] and m["kept"].all() and len(m) == 12
     with pytest.raises(ValueError, match="not a value of colour"):
-        mitigation.measure(
-            tiny_vq, ds.tokens["neutral"], 2, "colour", "thick", np.full(10, 0.5), {"j": _AlwaysTwo()}
-        )
+        mitigation.measure(tiny_vq, ds.tokens["neutral"], 2, "colour", "thick", 2.4, {"j": _AlwaysTwo()})
