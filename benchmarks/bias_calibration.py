@@ -1,7 +1,7 @@
 """Does the bias share estimate (cortex_utils.bias_stats.bias_share) keep its promises where the truth is
 known?
 
-A simulation study in numpy only. Every simulated study has the sizes of notebook 10's default: 300 neutral
+A simulation study in numpy only. Every simulated study has the sizes of notebook 10's default: 1,000 neutral
 images, 300 labelled images per value to fit the rule on and 100 per value (held out) to measure its error
 rates. Each image is truly value A or B; its count of A's tokens and of B's tokens is drawn from that
 value's distribution. The neutral set's true share of A is known, and the question is how often the 95 %
@@ -61,7 +61,7 @@ import numpy as np
 
 from cortex_utils import bias_stats
 
-N_NEUTRAL, N_FIT, N_CAL = 300, 300, 100
+N_NEUTRAL, N_FIT, N_CAL = 1000, 300, 100
 SHARES = (0.5, 0.7, 0.85)
 LEVEL = 0.95
 EQUIVALENCE_SHARE = 0.65  # the 0.65 cells: a clear lean just beyond the verdict's margin (0.1 from ½)
@@ -340,8 +340,8 @@ def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta
     ]
     print(
         f"{studies} studies per cell ({selected_studies} for 'selected'), {n_boot} bootstrap resamples "
-        f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); 300 neutral, 300 + 100 "
-        "labelled per value"
+        f"({selected_boot} for 'selected', {delta_boot} for the δ intervals); {N_NEUTRAL} neutral, "
+        f"{N_FIT} + {N_CAL} labelled per value"
     )
     print(" | ".join(f"{c:>15s}" if i else f"{c:<10s}" for i, c in enumerate(cols)))
     for r in [*rows, None, *extra_rows]:

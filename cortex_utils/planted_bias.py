@@ -18,7 +18,8 @@ stages, as DALL·E 2's prior and decoder (Ramesh et al. 2022):
   shipped ``data/default/bias`` when sampled by this generator with these settings);
 * **the truth, from pixels** (``measured_attributes``, ``shows_value``): red when the stroke's mean red
   exceeds its green, thick when its mean stroke width (``stroke_width``) exceeds a threshold
-  (``width_threshold``: Otsu's cut of the widths of this generator's thickness-prompted images).
+  (``width_threshold``: the valley between the two peaks of the widths of this generator's
+  thickness-prompted images).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_minimum, threshold_otsu
 from skimage.morphology import dilation, footprint_rectangle, skeletonize
 
 from . import SHIPPED_CHECKPOINTS, SHIPPED_DATA
@@ -46,7 +47,8 @@ from .notebook import choice, require
 ATTRIBUTES = {"colour": ("red", "green"), "thickness": ("thick", "thin")}
 LOOKS = (("red", "thick"), ("red", "thin"), ("green", "thick"), ("green", "thin"))  # (colour, thickness)
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60)}  # as digits.PALETTE
-STROKE_LEVEL = 0.5  # a pixel is stroke when at least this share of the image's brightest
+SKELETON_LEVEL = 0.5  # restroke: a real digit's pixels at least this share of 255 make its shape
+STROKE_LEVEL = 0.4  # measuring: a pixel is stroke when at least this share of the image's brightest
 STROKES = "thin: the skeleton; thick: the skeleton dilated by 3x3; Gaussian blur 0.5"  # see restroke
 
 
@@ -65,7 +67,7 @@ def restroke(gray, value: str) -> np.ndarray:
     choice("thickness value", value, list(ATTRIBUTES["thickness"]))
     out = np.zeros(np.shape(gray), dtype=np.float32)
     for i, g in enumerate(np.asarray(gray)):
-        skeleton = skeletonize(g > STROKE_LEVEL * 255)
+        skeleton = skeletonize(g > SKELETON_LEVEL * 255)
         out[i] = dilation(skeleton, footprint_rectangle((3, 3))) if value == "thick" else skeleton
     out = ndimage.gaussian_filter(out, (0, 0.5, 0.5))
     peak = np.maximum(out.reshape(len(out), -1).max(1), 1e-6)[:, None, None]
@@ -73,15 +75,18 @@ def restroke(gray, value: str) -> np.ndarray:
 
 
 def stroke_width(images) -> np.ndarray:
-    """Per image, its mean stroke width in pixels: the stroke's area over its skeleton's length (the stroke:
-    pixels brighter than ``STROKE_LEVEL`` of the image's brightest, in the brightest channel, so a red and a
-    green stroke of the same shape have the same width). ``images``: uint8 ``(N, H, W)`` or
-    ``(N, C, H, W)``."""
+    """Per image, its mean stroke width in pixels, from the stroke's area $A$ and its skeleton's length $S$
+    (the stroke: pixels brighter than ``STROKE_LEVEL`` of the image's brightest, in the brightest channel, so
+    a red and a green stroke of the same shape have the same width). A stroke of width $w$ covers about
+    $w\\,(S + w)$ pixels (half a width beyond each end of its skeleton), so $w = (\\sqrt{S^2 + 4A} - S)/2$;
+    $A/S$ alone would call a short stroke wider than a long one of the same width. ``images``: uint8
+    ``(N, H, W)`` or ``(N, C, H, W)``."""
     x = np.asarray(images, dtype=np.float32)
     x = x.max(1) if x.ndim == 4 else x
     stroke = x > STROKE_LEVEL * x.reshape(len(x), -1).max(1)[:, None, None]
-    length = np.array([skeletonize(m).sum() for m in stroke])
-    return stroke.reshape(len(x), -1).sum(1) / np.maximum(length, 1)
+    area = stroke.reshape(len(x), -1).sum(1).astype(np.float64)
+    length = np.array([skeletonize(m).sum() for m in stroke], dtype=np.float64)
+    return (np.sqrt(length**2 + 4 * area) - length) / 2
 
 
 def planted_bias_data(gray, labels, per_image: int = 4, seed: int = 0) -> dict:
@@ -343,17 +348,24 @@ def generate_study(
 # --- the truth, from pixels -----------------------------------------------------------------------------
 
 
-def width_threshold(vq, datasets) -> float:
-    """The stroke width between thin and thick *for a generator*: Otsu's threshold (Otsu 1979,
-    ``skimage.filters.threshold_otsu``: the cut that best separates two groups) of the widths
-    (``stroke_width``) of every generation in the thickness studies' token datasets ``datasets``, whatever
-    their prompt named, so that the cut falls in the valley between thin and thick strokes."""
-    widths = [
-        stroke_width(to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64)))))
-        for ds in datasets
-        for s in ds.splits
-    ]
-    return float(threshold_otsu(np.concatenate(widths)))
+def width_threshold(vq, datasets) -> tuple[float, str]:
+    """The stroke width between thin and thick *for a generator*, and how it was found: the valley between
+    the two peaks of the histogram of the widths (``stroke_width``) of every generation in the thickness
+    studies' token datasets ``datasets``, whatever their prompt named (Prewitt & Mendelsohn 1966,
+    ``skimage.filters.threshold_minimum``: the histogram is smoothed until it has two peaks, and the cut is the
+    lowest point between them), so the fewest images lie near it. When the histogram will not smooth to two
+    peaks (a generator that barely draws two widths), Otsu's cut (Otsu 1979) instead, and ``how`` says so."""
+    widths = np.concatenate(
+        [
+            stroke_width(to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64)))))
+            for ds in datasets
+            for s in ds.splits
+        ]
+    )
+    try:
+        return float(threshold_minimum(widths)), "the valley between the histogram's two peaks"
+    except RuntimeError:
+        return float(threshold_otsu(widths)), "Otsu's cut: the widths' histogram has no two peaks"
 
 
 def measured_attributes(images, threshold: float) -> pd.DataFrame:

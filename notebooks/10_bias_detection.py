@@ -139,12 +139,13 @@ print(f"study data: {why}")
 #
 # Two rules read an image's values. **Red** if the stroke's mean red exceeds its green. **Thick** if its mean
 # stroke width (the stroke's area over the length of its skeleton, in pixels) exceeds `width_threshold`:
-# Otsu's cut (Otsu 1979) of the widths of the thickness studies' images, the one that best splits them in two.
+# the valley between the two peaks of the histogram of the thickness studies' widths (Prewitt & Mendelsohn
+# 1966), where the fewest images lie.
 
 # %%
 thickness_data = [ds for (b, _), ds in studies.items() if b == "thickness"]
-width_threshold = planted_bias.width_threshold(vq, thickness_data) if thickness_data else np.nan
-print(f"thick: a stroke wider than {width_threshold:.2f} pixels")
+width_threshold, how = planted_bias.width_threshold(vq, thickness_data) if thickness_data else (np.nan, "")
+print(f"thick: a stroke wider than {width_threshold:.2f} pixels ({how})")
 
 # %% [markdown]
 # One row per prompt, the rules' calls under each image. Does the generator draw what it is asked?
@@ -187,7 +188,7 @@ for b in bias_types:
         planted_bias.prompt_agreement(studies[k], shows[k], planted_label[k]) for k in shows if k[0] == b
     ]
     rule_accuracy[b] = sum(a for a, _ in agree) / sum(n for _, n in agree)
-    print(f"{b}: {rule_accuracy[b]:.1%} of {sum(n for _, n in agree)} prompted images show the named value")
+    print(f"{b}: {rule_accuracy[b]:.2%} of {sum(n for _, n in agree)} prompted images show the named value")
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10)
 images = {d: vqlib.decode(vq, torch.from_numpy(z.astype(np.int64))) for d, z in neutral.items()}
 read_as = {
@@ -411,7 +412,7 @@ for _, r in deltas.iterrows():
     truth = f"truth {r['pixel truth']:.2f}, {inside}; δ {r['delta']:+.2f}"
     verdict = bias.verdict_words(r["verdict"], equivalence_margin)
     lines.append(f"- {r['bias']}, {r['neutral set']}: {iv}, **{verdict}**{why}; {truth}")
-rules = ", ".join(f"{b} {a:.1%}" for b, a in rule_accuracy.items())
+rules = ", ".join(f"{b} {a:.2%}" for b, a in rule_accuracy.items())
 lines.append(
     f"- The generator: the pixel rules confirm the prompted value in {rules} of the prompted images; "
     f"the evaluators read the prompted digit in {digit_agreement:.1%} of the neutral ones."
@@ -429,6 +430,9 @@ display(Markdown("\n".join(lines)))
 # 5. What are $q$, sens and spec, and where is each measured?
 # 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"? Why can a narrow interval be both
 #    "found" and small?
+# 7. The bias here sits in the generator's prior, not in the transformer's weights. Which of the study's steps
+#    would change if it sat in the weights? (What does the study look at?)
+# 8. Why does guidance toward the digit leave the share of red alone?
 
 # %% [markdown]
 # ## Exercises

@@ -125,7 +125,7 @@ if tiles:
 # labelled by their prompts, the images that contradict their prompt would count as errors of the rule, and
 # the estimate would become the neutral set's *mix of the two prompts' outputs*, not the share of images that
 # *show* the value. So notebook 10 labels them by their pixels (red if the stroke's mean red exceeds its
-# green; thick if its mean stroke width exceeds Otsu's cut of the thickness studies' widths).
+# green; thick if its mean stroke width lies above the valley of the thickness studies' width histogram).
 #
 # How often the labelled images contradict their prompts:
 
@@ -266,6 +266,12 @@ print(f"half-and-half, uneven tokens: δ = {delta_by_hand:+.3f} (by hand = libra
 # other seeds than the study's (`seed` + 1, + 2): with the same seed their first token would be drawn from the
 # same random numbers as the unedited set's, and the sets would not be the independent samples the intervals
 # of their differences assume.
+#
+# What to expect in this world: the look is decided before any token is drawn. The prior picks red for "a 3",
+# and the prompt "a red 3" then tells the transformer to draw red, so the edit only takes away the ids the
+# study found for red, not the instruction. Whether the transformer still draws red without them (with other
+# ids that carry the colour) is what the measurement below shows. A generator whose bias sits in its weights,
+# as DALL·E-mini's, has no such instruction to follow.
 
 # %%
 edit_ids, control_ids = {}, {}
