@@ -127,7 +127,7 @@ def render_models(v: Values) -> str:
         )
         if share < TRAINED_SHARE - 0.05:
             partly.append(b)
-    rules = ", ".join(f"{b} **{pct(v[f'bias_{b}_pixel_rule_accuracy'])}**" for b in BIAS)
+    rules = ", ".join(f"{b} **{pct(v[f'bias_{b}_pixel_rule_accuracy'], 2)}**" for b in BIAS)
     measured_bias = (
         f"the evaluators read the prompted digit in **{pct(v['bias_generator_digit_agreement'])}** of its "
         f"neutral generations (bar {pct(BARS['generator_digit_agreement'], 0)}); the pixel rules confirm the "

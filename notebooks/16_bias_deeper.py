@@ -376,8 +376,9 @@ print(f"recorded {len(mitigation_metrics)} mitigation numbers in metrics.json")
 sim = simulated.reset_index()
 uneven = sim[(sim["true share"] == 0.5) & (sim["case"] == "uneven")].iloc[0]
 lines = [
-    f"- Labelled generations contradict their prompt in up to {table.to_numpy().max():.0%} of the images "
-    "(by pixels), which is why notebook 10 labels its held-out images by their pixels.",
+    f"- Labelled generations contradict their prompt in at most {table.to_numpy().max():.1%} of the images "
+    "(by pixels); notebook 10 labels its held-out images by their pixels all the same, so that a generator "
+    "that disobeys cannot move the estimate.",
     f"- Simulated half-and-half studies: δ's interval excludes 0 in {uneven['δ excludes 0']:.0%} of "
     f"the uneven ones (mean δ {uneven['mean δ']:+.2f}); the share's excludes ½ in "
     f"{uneven['share excludes ½']:.0%}.",

@@ -305,8 +305,10 @@ def _full_expected(provisional=False, **overrides):
                 f"bias_{b}_share_est_control": 0.5,
                 f"bias_{b}_share_low_control": clo,
                 f"bias_{b}_share_high_control": chi,
+                f"bias_{b}_pixel_rule_accuracy": 0.97,
             }
         )
+    v["bias_generator_digit_agreement"] = 0.92
     for m in readme_results.METHODS:
         v.update({f"sanity_rank_corr_{m}": 0.5, f"sanity_abs_rank_corr_{m}": 0.5})
         v.update({f"deletion_auc_{m}_pixel": 0.2, f"deletion_auc_{m}_token": 0.2})
