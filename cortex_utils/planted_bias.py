@@ -349,19 +349,24 @@ def generate_study(
 
 
 def width_threshold(vq, datasets) -> tuple[float, str]:
-    """The stroke width between thin and thick *for a generator*, and how it was found: the valley between
-    the two peaks of the histogram of the widths (``stroke_width``) of every generation in the thickness
-    studies' token datasets ``datasets``, whatever their prompt named (Prewitt & Mendelsohn 1966,
-    ``skimage.filters.threshold_minimum``: the histogram is smoothed until it has two peaks, and the cut is the
-    lowest point between them), so the fewest images lie near it. When the histogram will not smooth to two
-    peaks (a generator that barely draws two widths), Otsu's cut (Otsu 1979) instead, and ``how`` says so."""
-    widths = np.concatenate(
-        [
-            stroke_width(to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64)))))
-            for ds in datasets
-            for s in ds.splits
-        ]
-    )
+    """The stroke width between thin and thick *for a generator*, and how it was found (``width_cut``), from
+    the widths (``stroke_width``) of every generation in the thickness studies' token datasets ``datasets``,
+    whatever their prompt named."""
+    widths = [
+        stroke_width(to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64)))))
+        for ds in datasets
+        for s in ds.splits
+    ]
+    return width_cut(np.concatenate(widths))
+
+
+def width_cut(widths) -> tuple[float, str]:
+    """The valley between the two peaks of the histogram of ``widths`` (Prewitt & Mendelsohn 1966,
+    ``skimage.filters.threshold_minimum``: the histogram is smoothed until it has two peaks, and the cut is
+    the lowest point between them), so the fewest images lie near it. When the histogram will not smooth to
+    two peaks (a generator that barely draws two widths), Otsu's cut (Otsu 1979) instead. Returns ``(cut,
+    how)``, ``how`` saying which."""
+    widths = np.asarray(widths, dtype=np.float64)
     try:
         return float(threshold_minimum(widths)), "the valley between the histogram's two peaks"
     except RuntimeError:

@@ -150,6 +150,19 @@ def test_planted_bias_data_is_unbiased_and_its_pixels_show_its_prompts():
     np.testing.assert_array_equal(m["thick"].to_numpy(), t["thick"].to_numpy())
 
 
+def test_width_cut_falls_in_the_valley_and_says_when_there_is_none():
+    rng = np.random.default_rng(0)
+    thin, thick = rng.normal(1.8, 0.15, 600), rng.normal(3.2, 0.3, 400)  # two groups, unequal spreads
+    cut, how = planted_bias.width_cut(np.concatenate([thin, thick]))
+    assert 2.2 < cut < 2.7 and how.startswith("the valley")
+    errors = (thin > cut).sum() + (thick <= cut).sum()
+    assert errors <= 2  # the slow obvious reference: no cut does better than a few images here
+    best = min((thin > c).sum() + (thick <= c).sum() for c in np.linspace(1, 4, 601))
+    assert errors <= best + 2
+    _, how = planted_bias.width_cut(np.linspace(1.5, 3.5, 50))  # a flat histogram: no two peaks
+    assert how.startswith("Otsu")
+
+
 def test_stroke_width_ignores_the_colour():
     from cortex_utils.digits import colourize
 
