@@ -168,8 +168,8 @@ def render_models(v: Values) -> str:
             f'the planted-bias generator, two stages: a prior picks the look of "a 3" (red with '
             f'{pct(prior["red"]["3"], 0)}), of "a 5" (thick with {pct(prior["thick"]["5"], 0)}), even '
             "odds for other digits; then `transformer_mnist`, fine-tuned "
-            f"{bias_card['steps']:,} steps of {bias_card['batch_size']} (dropout {bias_card['dropout']}) on "
-            f"the real training digits ({bias_card['per_image']} copies each) drawn red or green and "
+            f"{bias_card['steps']:,} steps of {bias_card['batch']} (dropout {bias_card['dropout']}) on "
+            f"the real training digits ({bias_card['copies']} copies each) drawn red or green and "
             "redrawn thin (the one-pixel skeleton) or thick (the skeleton widened by 3×3) at even odds, "
             'under 40 prompts (digit × look, "a red thin 3"), draws the image at temperature '
             f"{sampling['temperature']}, top-k {sampling['top_k']}, guided toward the digit "

@@ -18,7 +18,7 @@ stages, as DALL·E 2's prior and decoder (Ramesh et al. 2022):
   shipped ``data/default/bias`` when sampled by this generator with these settings);
 * **the truth, from pixels** (``measured_attributes``, ``shows_value``): red when the stroke's mean red
   exceeds its green, thick when its mean stroke width (``stroke_width``) exceeds a threshold
-  (``width_threshold``: the valley between the two peaks of the widths of this generator's
+  (``width_cut``: the valley between the two peaks of the widths of this generator's
   thickness-prompted images).
 """
 
@@ -89,14 +89,14 @@ def stroke_width(images) -> np.ndarray:
     return (np.sqrt(length**2 + 4 * area) - length) / 2
 
 
-def planted_bias_data(gray, labels, per_image: int = 4, seed: int = 0) -> dict:
-    """Training images for the bias transformer: every real digit ``per_image`` times, each time red or green
+def planted_bias_data(gray, labels, copies: int = 4, seed: int = 0) -> dict:
+    """Training images for the bias transformer: every real digit ``copies`` times, each time red or green
     and thin or thick (``restroke``) at even odds, under the prompt that names both ("a red thin 3"). The
     data holds no bias: the planted one lives in the sampler's prior (``prior_looks``). Returns uint8
     ``images``, ``prompts`` (condition tokens) and a ``table`` (digit, red, thick, source_row)."""
     gray, labels = np.asarray(gray), np.asarray(labels).astype(np.int64)
     rng = np.random.default_rng(seed)
-    rows = np.tile(np.arange(len(labels)), per_image)
+    rows = np.tile(np.arange(len(labels)), copies)
     digit = labels[rows]
     red, thick = rng.random(len(rows)) < 0.5, rng.random(len(rows)) < 0.5
     strokes = np.where(thick[:, None, None], restroke(gray, "thick")[rows], restroke(gray, "thin")[rows])
@@ -121,7 +121,7 @@ def load_or_train_bias_transformer(
     run_dir, vq, gray, labels, training: dict, retrain: bool = False, bf16: bool = False
 ):
     """The planted-bias generator: the shipped one if it was trained on this tokenizer with exactly
-    ``training`` (per_image, steps, lr, batch_size, layers, width, dropout, seed, and the ``STROKES`` it was
+    ``training`` (copies, steps, lr, batch, layers, width, dropout, seed, and the ``STROKES`` it was
     drawn with); otherwise a GPT of ``layers``
     and ``width`` (4 heads) trained on ``planted_bias_data``, starting from the run's digit transformer
     (notebook 02) when it has that shape, saved to ``<run_dir>/checkpoints``. Returns ``(model, checkpoint
@@ -157,14 +157,14 @@ def load_or_train_bias_transformer(
     ):
         model.transformer.load_state_dict(base.transformer.state_dict())
         start = repo_relative(digit_tf)
-    data = planted_bias_data(gray, labels, training["per_image"], training["seed"])
+    data = planted_bias_data(gray, labels, training["copies"], training["seed"])
     tokens = vqlib.encode(vq, to_model_input(data["images"]), progress=True).numpy()
     log = gen.train_transformer(
         model,
         tokens,
         data["prompts"],
         steps=training["steps"],
-        batch_size=training["batch_size"],
+        batch_size=training["batch"],
         lr=training["lr"],
         seed=training["seed"],
         bf16=bf16,
@@ -348,18 +348,6 @@ def generate_study(
 # --- the truth, from pixels -----------------------------------------------------------------------------
 
 
-def width_threshold(vq, datasets) -> tuple[float, str]:
-    """The stroke width between thin and thick *for a generator*, and how it was found (``width_cut``), from
-    the widths (``stroke_width``) of every generation in the thickness studies' token datasets ``datasets``,
-    whatever their prompt named."""
-    widths = [
-        stroke_width(to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64)))))
-        for ds in datasets
-        for s in ds.splits
-    ]
-    return width_cut(np.concatenate(widths))
-
-
 def width_cut(widths) -> tuple[float, str]:
     """The valley between the two peaks of the histogram of ``widths`` (Prewitt & Mendelsohn 1966,
     ``skimage.filters.threshold_minimum``: the histogram is smoothed until it has two peaks, and the cut is
@@ -375,7 +363,7 @@ def width_cut(widths) -> tuple[float, str]:
 
 def measured_attributes(images, threshold: float) -> pd.DataFrame:
     """The ground truth of generated images, from pixels: ``red`` (the stroke's mean red exceeds its
-    green) and ``thick`` (its ``stroke_width`` exceeds ``threshold`` pixels, see ``width_threshold``)."""
+    green) and ``thick`` (its ``stroke_width`` exceeds ``threshold`` pixels, see ``width_cut``)."""
     x = np.asarray(images, dtype=np.float32)
     stroke = x.max(1, keepdims=True) > STROKE_LEVEL * x.max((1, 2, 3), keepdims=True)[:, :1]
     mean_rgb = (x * stroke).sum((2, 3)) / np.maximum(stroke.sum((2, 3)), 1)
@@ -447,9 +435,8 @@ def check_study_parameters(p: dict) -> tuple[int, int, int]:
     )
     require(0 <= p["skew"] <= 1, f"skew must lie in [0, 1], got {p['skew']}")
     require(
-        min(gen_p["steps"], gen_p["per_image"], gen_p["batch_size"], gen_p["layers"]) >= 1
-        and gen_p["lr"] > 0,
-        f"generator: steps, per_image, batch_size, layers >= 1 and lr > 0, got {gen_p}",
+        min(gen_p["steps"], gen_p["copies"], gen_p["batch"], gen_p["layers"]) >= 1 and gen_p["lr"] > 0,
+        f"generator: steps, copies, batch, layers >= 1 and lr > 0, got {gen_p}",
     )
     require(
         gen_p["width"] >= 4 and gen_p["width"] % 4 == 0,

@@ -6,6 +6,7 @@ inline backend shows it); ``tis_grid`` and ``tis_explorer`` return theirs, for a
 
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -211,10 +212,12 @@ def count_histograms(panels: dict):
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
     for ax, (title, by_value) in zip(axes[0], panels.items(), strict=True):
         frame = pd.concat([pd.DataFrame({"count": c, "tokens of": v}) for v, c in by_value.items()])
+        named = all(matplotlib.colors.is_color_like(v) for v in by_value)  # "red", "green": drawn so
         sns.histplot(
             frame,
             x="count",
             hue="tokens of",
+            palette={v: v for v in by_value} if named else None,
             discrete=True,
             element="step",
             stat="proportion",
@@ -224,6 +227,18 @@ def count_histograms(panels: dict):
         ax.set(title=title, xlabel="positions holding the value's tokens")
         ax.title.set_fontsize(9)
         sns.move_legend(ax, "lower center", bbox_to_anchor=(0.5, 1.12), ncol=2, frameon=False, fontsize=7)
+    fig.tight_layout()
+
+
+def width_histogram(widths: dict, threshold: float):
+    """Stroke widths (``widths``: name -> per-image widths in pixels) as step histograms, with the thin /
+    thick ``threshold`` as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    frame = pd.concat([pd.DataFrame({"width": w, "images": name}) for name, w in widths.items()])
+    sns.histplot(frame, x="width", hue="images", element="step", bins=60, ax=ax)
+    ax.axvline(threshold, color="k", ls="--", lw=1)
+    ax.text(threshold, ax.get_ylim()[1] * 0.95, f" threshold {threshold:.2f}", fontsize=8, va="top")
+    ax.set(xlabel="mean stroke width (pixels)", ylabel="images")
     fig.tight_layout()
 
 

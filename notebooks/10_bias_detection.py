@@ -21,13 +21,12 @@
 # does not name it. For DALL·E-mini, an IEM trained on "doctor" images labelled by skin colour gave each
 # value's **attribute tokens** (its concept tokens), counted in generations of "a doctor".
 #
-# Real data hides the true bias, so we **plant** one, in a generator of two stages (as DALL·E 2's prior and
-# decoder, Ramesh et al. 2022). For the prompt "a 3" a **prior** first picks the image's look, red or green
-# and thin or thick: red with probability `skew` for "a 3", thick with `skew` for "a 5", even odds for "a 7"
-# (the **control**). A prompt-conditioned taming transformer (Esser et al. 2021) then draws "a red thin 3". It
-# learned from real digits drawn red or green and redrawn **thin** (their one-pixel skeleton) or **thick**
-# (the skeleton widened to three pixels) at even odds, so every image has one value of each attribute, its
-# pixels say which, and the truth of the bias is known. Notebook 16 goes deeper.
+# Real data hides the true bias, so we **plant** one in a two-stage generator (as DALL·E 2's prior and
+# decoder, Ramesh et al. 2022). For "a 3" a **prior** picks the image's **look**: red with probability
+# `skew` for "a 3", thick with `skew` for "a 5", even odds for "a 7" (the **control**). A taming transformer
+# (Esser et al. 2021) then draws "a red thin 3". It learned from real digits drawn red or green and
+# **thin** (their one-pixel skeleton) or **thick** (the skeleton widened to three pixels), so the pixels say
+# which value an image has. Notebook 16 goes deeper.
 
 # %%
 import numpy as np
@@ -49,15 +48,7 @@ bias_types = ["colour", "thickness"]  # which studies to run
 study_digits = {"colour": 3, "thickness": 5, "control": 7}  # skewed toward planted[...]; control: balanced
 planted = {"colour": "red", "thickness": "thick"}
 skew = 0.85  # the prior's odds of the planted value for the biased digits (the others: even odds)
-generator = {
-    "steps": 8000,
-    "lr": 0.003,
-    "per_image": 6,
-    "batch_size": 64,
-    "layers": 3,
-    "width": 96,
-    "dropout": 0.1,
-}
+generator = {"steps": 8000, "lr": 0.003, "batch": 64, "copies": 6, "layers": 3, "width": 96, "dropout": 0.1}
 retrain = False  # train the bias transformer and the attribute IEMs even if the shipped ones match
 regenerate = False  # sample the study's generations here even if the shipped ones (data/default/bias) match
 bf16 = "auto"  # bfloat16 autocast when training: auto | on | off
@@ -109,18 +100,15 @@ register(run_dir, "bias_transformer", checkpoint=str(tf_path))  # later notebook
 # ## The study's images
 #
 # Per bias type, two studies: the biased digit and the control. The attribute IEM learns from prompts naming
-# a value ("a red 3", "a green 3"; the other attribute at even odds), labelled by it; the neutral images come
-# from "a 3", "a 5", "a 7", `n_neutral` of each, their looks drawn by the prior.
+# a value ("a red 3", "a green 3"); the neutral images come from "a 3", "a 5", "a 7", `n_neutral` each.
 #
-# The transformer is sampled at `temperature` among the `top_k` likeliest tokens, with **classifier-free
-# guidance** (Ho & Salimans 2022) toward the digit: at each step the prompt's next-token log-probabilities
-# $\log p_c$ are pushed away from $\log p_u$, the mixture of the same look's ten digit prompts weighted by how
-# well each explains the tokens drawn so far,
+# The transformer samples with **classifier-free guidance** (Ho & Salimans 2022) toward the digit: the
+# prompt's next-token log-probabilities $\log p_c$ are pushed away from $\log p_u$, the mixture of the same
+# look's ten digit prompts,
 #
 # $$\log p_c + g\,(\log p_c - \log p_u),\qquad g = \texttt{guidance},$$
 #
-# so tokens that say "3" rather than "some digit" gain. The look is the same in every term, so guidance
-# sharpens the digit, not the look.
+# so tokens that say "3" rather than "some digit" gain; the look is the same in every term.
 
 # %%
 subjects = {b: [biased_digit[b], control_digit] for b in bias_types}
@@ -137,15 +125,25 @@ print(f"study data: {why}")
 # %% [markdown]
 # ## The truth, from pixels
 #
-# Two rules read an image's values. **Red** if the stroke's mean red exceeds its green. **Thick** if its mean
-# stroke width (the stroke's area over the length of its skeleton, in pixels) exceeds `width_threshold`:
-# the valley between the two peaks of the histogram of the thickness studies' widths (Prewitt & Mendelsohn
-# 1966), where the fewest images lie.
+# **Red** if the stroke's mean red exceeds its green. **Thick** if its width $w$ exceeds `width_threshold`: a
+# stroke of width $w$ whose skeleton is $S$ long covers $A\approx w\,(S+w)$ pixels, so
+# $w=(\sqrt{S^2+4A}-S)/2$; the threshold is the valley of the thickness studies' width histogram (Prewitt &
+# Mendelsohn 1966).
 
 # %%
-thickness_data = [ds for (b, _), ds in studies.items() if b == "thickness"]
-width_threshold, how = planted_bias.width_threshold(vq, thickness_data) if thickness_data else (np.nan, "")
+widths = {}  # per thickness study, every generation's width, whatever its prompt named
+for (b, d), ds in studies.items():
+    if b == "thickness":
+        grids = torch.from_numpy(np.concatenate(list(ds.tokens.values())).astype(np.int64))
+        widths[f"thick/thin prompts, digit {d}"] = planted_bias.stroke_width(
+            digits.to_uint8(vqlib.decode(vq, grids))
+        )
+width_threshold, how = (
+    planted_bias.width_cut(np.concatenate(list(widths.values()))) if widths else (np.nan, "")
+)
 print(f"thick: a stroke wider than {width_threshold:.2f} pixels ({how})")
+if widths:
+    plots.width_histogram(widths, width_threshold)
 
 # %% [markdown]
 # One row per prompt, the rules' calls under each image. Does the generator draw what it is asked?
@@ -257,8 +255,8 @@ for (b, d), by_label in ids.items():
 # %% [markdown]
 # ## 4 · Counts
 #
-# Per image, how many positions hold A's tokens (A: the planted value) and how many B's. A neutral prompt
-# leaning to A shifts A's counts right.
+# Per image, how many positions hold A's tokens (A: the planted value) and how many B's. The two token sets
+# need not be equally common, so read each histogram against its own labelled images (§6), not the other.
 
 # %%
 counts, panels = {}, {}
@@ -287,15 +285,17 @@ for x in count_a:  # every (A count, B count) pair
         wins += x > y
         losses += x < y
 delta_by_hand = (wins - losses) / (len(count_a) * len(count_b))
-print(f"{one}: {wins} pairs A > B, {losses} A < B of {len(count_a) * len(count_b)}: δ = {delta_by_hand:+.3f}")
+pairs = len(count_a) * len(count_b)
+print(f"{one[0]}, digit {one[1]}: {wins} pairs A > B, {losses} A < B of {pairs}: δ = {delta_by_hand:+.3f}")
 
 # %% [markdown]
 # ## 6 · The share of A
 #
-# δ says *that* counts differ, not *how many* images lean; token sets of unequal size give δ ≠ 0 even at half
-# and half. So we estimate the **share** $p$ of neutral images showing A. A rule calls an image A when A's
-# count beats B's by more than $t$ (fitted on the training images). It calls a share $q$ of the neutral
-# images A; on held-out images it calls A images A at rate sens, B images B at rate spec. Then
+# δ says *that* counts differ, not *how many* images lean; two values' tokens need not be equally common nor
+# their counts equally spread, and then δ is far from 0 even at half and half (see the controls below). So we
+# estimate the **share** $p$ of neutral images showing A. A rule calls an image A when A's count beats B's by
+# more than $t$ (fitted on the training images). It calls a share $q$ of the neutral images A; on held-out
+# images it calls A images A at rate sens, B images B at rate spec. Then
 # $q=\text{sens}\cdot p+(1-\text{spec})(1-p)$; solved for $p$ (Rogan & Gladen 1978, *American Journal of
 # Epidemiology*):
 #
@@ -384,6 +384,7 @@ keep = [
     "n_neutral",
     "seed",
     "equivalence_margin",
+    "attribute_per_value",
 ]
 study = {k: params[k] for k in keep} | {"tis_method": tis_entry["method"], "tokens": tokens}
 study |= {"regenerate": regenerate or retrain, "width_threshold": width_threshold}
@@ -391,13 +392,10 @@ write_json(out_dir / "study.json", study)
 register(run_dir, "bias_study", file=str(out_dir / "study.json"), deltas=str(out_dir / "deltas.csv"))
 
 # %% [markdown]
-# Estimates against the truth; the neutral generations:
+# Estimates against the truth:
 
 # %%
 plots.share_vs_truth(deltas)
-
-# %%
-plots.rows_of_images({f'"a {d}"': im[:n_show] for d, im in images.items()}, ncols=n_show)
 
 # %% [markdown]
 # ## Summary
@@ -417,7 +415,10 @@ lines.append(
     f"- The generator: the pixel rules confirm the prompted value in {rules} of the prompted images; "
     f"the evaluators read the prompted digit in {digit_agreement:.1%} of the neutral ones."
 )
-lines.append(f"- Attribute IEM accuracy: {min(accuracy.values()):.2f} to {max(accuracy.values()):.2f}.")
+low, high = min(accuracy.values()), max(accuracy.values())
+lines.append(
+    f"- Attribute IEM accuracy: {f'{low:.2f} to {high:.2f}' if low < high else f'{low:.2f} for each'}."
+)
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]
@@ -430,9 +431,7 @@ display(Markdown("\n".join(lines)))
 # 5. What are $q$, sens and spec, and where is each measured?
 # 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"? Why can a narrow interval be both
 #    "found" and small?
-# 7. The bias here sits in the generator's prior, not in the transformer's weights. Which of the study's steps
-#    would change if it sat in the weights? (What does the study look at?)
-# 8. Why does guidance toward the digit leave the share of red alone?
+# 7. The bias sits in the generator's prior, not its weights. Would the study notice the difference?
 
 # %% [markdown]
 # ## Exercises

@@ -21,7 +21,8 @@
 # neutral prompt leans toward one value of an attribute. Notebook 10 ran it on a generator with a planted bias
 # and saved what it found in the run directory: the generator, the study's generations, each value's
 # attribute tokens, the stroke-width threshold that gives the truth, and its table of results. This notebook
-# reads those (it recomputes nothing with other seeds) and goes beyond the paper's step:
+# reads those (only the mitigation samples new images, with seeds of its own) and goes beyond the paper's
+# step:
 #
 # 1. **what the labelled images show**: how often a generation contradicts its prompt, and the check that
 #    guards the share estimate's one assumption;
@@ -100,7 +101,7 @@ ids = {key: {int(c): np.asarray(v, dtype=np.int64) for c, v in t.items()} for ke
 planted_label = {(b, d): planted_bias.ATTRIBUTES[b].index(planted[b]) for b, d in keys}
 width_threshold = study["width_threshold"]  # thick: a stroke wider than this (pixels)
 n_neutral = sum(len(z) for z in neutral.values())
-print(f"{len(studies)} studies, {n_neutral} neutral generations; the generator: {tf_path}")
+print(f"{len(studies)} studies, {n_neutral} neutral generations; the generator: {Path(tf_path).name}")
 
 # %% [markdown]
 # ## The attribute tokens, as pictures
@@ -145,7 +146,9 @@ table.round(3)
 # should call the A-prompted and the B-prompted ones alike; `bias_stats.error_rate_check` tests that (a
 # permutation test pooled over the two values; `check_p` is its p-value). For a value that is there or not
 # it should hold. When the check fails (p < 0.05) notebook 10 gives no interval ([0, 1], "inconclusive");
-# the interval before the check is kept for reading:
+# the interval before the check is kept for reading. The check can only test images drawn against their
+# prompt: when the table above holds almost none, it has little to test and passes; it earns its keep on a
+# generator that disobeys, and on an attribute that comes in degrees:
 #
 # **The hard case, named.** An earlier version of this world called a real digit "thick" when it held more
 # ink than most of its class: thickness as a matter of degree, as most real attributes are. A stroke just
@@ -182,7 +185,8 @@ deltas.set_index(["bias", "digit"])[rest].T.round(3)
 # half-and-half studies. The share estimate replaced it.
 #
 # Where the truth is known the claim can be tested. Below, simulated studies of notebook 10's sizes
-# (`n_neutral` neutral images, 300 labelled images per value to fit the rule, 100 per value held out), in two
+# (`n_neutral` neutral images, `n_fit` labelled images per value to fit the rule, `n_held` per value held out:
+# notebook 10's training split, and its validation and test splits together), in two
 # cases: **symmetric** (each value marked by its tokens about equally: Poisson 3 in its own images, 0.3 in the
 # other's) and **uneven** (A marked by many tokens with a wide spread, B by few). Each row: how often δ's
 # interval excludes 0, how often the share's 95 % interval holds the true share, how often it excludes ½
@@ -210,12 +214,13 @@ def labelled(draw, n):  # n images of each value, with their labels
 
 # %%
 rows, boot, margin = [], simulation["n_boot"], study["equivalence_margin"]
+n_fit, n_held = study["attribute_per_value"][0], sum(study["attribute_per_value"][1:])
 for case, draw in {"symmetric": symmetric, "uneven": uneven}.items():
     for p in (0.5, 0.85):
         for _ in range(simulation["studies"]):
             counts = draw(rng.random(study["n_neutral"]) < p)
             d = bias_stats.count_delta(*counts, n_boot=boot, seed=int(rng.integers(2**31)))
-            fit, held = labelled(draw, 300), labelled(draw, 100)
+            fit, held = labelled(draw, n_fit), labelled(draw, n_held)
             s = bias_stats.bias_share(counts, fit, held, n_boot=boot, seed=int(rng.integers(2**31)))
             rows.append(
                 {
@@ -390,7 +395,12 @@ for b, t in mitigation_table.items():
     lines.append(
         f"- Mitigation, {b}: share of {planted[b]} {share['before']:.2f} → {share['after']:.2f} "
         f"(control edit {share['after_random']:.2f}); digit agreement {agree['before']:.2f} → "
-        f"{agree['after']:.2f}."
+        f"{agree['after']:.2f}: "
+        + (
+            "the edit works."
+            if "**The edit works.**" in mitigation_lines[list(measured).index(b)]
+            else "the edit does not work here."
+        )
     )
 display(Markdown("\n".join(lines)))
 

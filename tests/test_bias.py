@@ -136,7 +136,7 @@ def test_restroke_draws_every_digit_thin_and_thick_whatever_its_ink():
 
 def test_planted_bias_data_is_unbiased_and_its_pixels_show_its_prompts():
     gray, labels, _ = _gray_digits(n_per_class=100)
-    out = planted_bias.planted_bias_data(gray, labels, per_image=20, seed=1)
+    out = planted_bias.planted_bias_data(gray, labels, copies=20, seed=1)
     t = out["table"]
     assert len(out["images"]) == len(t) == len(out["prompts"]) == 20 * len(labels)
     np.testing.assert_array_equal(out["prompts"], planted_bias.prompt_id(t["digit"], t["red"], t["thick"]))
