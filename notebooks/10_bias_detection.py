@@ -353,9 +353,9 @@ print("by hand = library: Cliff's δ, q, sens, spec and the Rogan–Gladen share
 # * **found** when it excludes ½ (on the control, a false alarm);
 # * **inconclusive** otherwise: it holds ½ but reaches beyond the margin.
 #
-# The correction also assumes the token rule errs as often on an image of one value whatever its prompt
-# named; the **error-rate check** tests that on the held-out images, and where it fails (p < 0.05) the
-# interval is withheld as [0, 1] (notebook 16 shows why).
+# The correction assumes the token rule errs alike on every image of a value, whatever its prompt; the
+# **error-rate check** tests that on the held-out images and withholds the interval where it fails (p < 0.05;
+# notebook 16).
 
 # %%
 pixels = {d: planted_bias.measured_attributes(digits.to_uint8(x), width_threshold) for d, x in images.items()}
@@ -429,8 +429,7 @@ display(Markdown("\n".join(lines)))
 # 3. What does δ = +1 say about the two count lists?
 # 4. Why can δ be far from 0 at half and half?
 # 5. What are $q$, sens and spec, and where is each measured?
-# 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"? Why can a narrow interval be both
-#    "found" and small?
+# 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"?
 # 7. The bias sits in the generator's prior, not its weights. Would the study notice the difference?
 
 # %% [markdown]
