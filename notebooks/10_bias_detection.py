@@ -16,10 +16,9 @@
 # %% [markdown]
 # # 10 · Bias detection
 #
-# The paper, *Concept-Centric Token Interpretation for Vector-Quantized Generative Models* (Yang, Shi, Du, Wu,
-# Tan, Sun, Liu), ends by asking whether a generator leans toward one value of an attribute when the prompt
-# does not name it. For DALL·E-mini, an IEM trained on "doctor" images labelled by skin colour gave each
-# value's **attribute tokens** (its concept tokens), counted in generations of "a doctor".
+# The paper (*Concept-Centric Token Interpretation for Vector-Quantized Generative Models*, Yang et al.) ends
+# by asking whether a generator leans toward one value of an attribute the prompt does not name: an IEM on
+# "doctor" images labelled by skin colour gave each value's **attribute tokens**, counted in "a doctor".
 #
 # Real data hides the true bias, so we **plant** one in a two-stage generator (as DALL·E 2's prior and
 # decoder, Ramesh et al. 2022). For "a 3" a **prior** picks the image's **look**: red with probability
@@ -78,8 +77,7 @@ out_dir = run_dir / "bias"
 # %% [markdown]
 # ## The planted-bias generator
 #
-# Notebook 02's digit transformer, fine-tuned on real digits drawn as random prompts name them ("a red thin
-# 3"; `generator["steps"]` steps). The shipped one was trained so; `retrain = True` does it here.
+# Notebook 02's digit transformer, fine-tuned on "a red thin 3" prompts (shipped; `retrain = True` trains it).
 
 # %%
 vq = vqlib.load_run_vq(run_dir)
@@ -99,8 +97,8 @@ register(run_dir, "bias_transformer", checkpoint=str(tf_path))  # later notebook
 # %% [markdown]
 # ## The study's images
 #
-# Per bias type, two studies: the biased digit and the control. The attribute IEM learns from prompts naming
-# a value ("a red 3", "a green 3"); the neutral images come from "a 3", "a 5", "a 7", `n_neutral` each.
+# Per bias type, two studies: the biased digit and the control. The attribute IEM learns from "a red 3" and
+# "a green 3"; the neutral images are `n_neutral` each of "a 3", "a 5", "a 7".
 #
 # The transformer samples with **classifier-free guidance** (Ho & Salimans 2022) toward the digit: the
 # prompt's next-token log-probabilities $\log p_c$ are pushed away from $\log p_u$, the mixture of the same
@@ -169,9 +167,8 @@ captions = dict(zip(names, np.split(said, len(names)), strict=True))
 plots.rows_of_images(dict(zip(names, pictures.split(n_show), strict=True)), n_show, captions=captions)
 
 # %% [markdown]
-# Measured over all the study's images: the share of attribute-prompted images whose pixels show the value
-# their prompt names (the rule's accuracy, both values pooled), and the share of neutral images whose digit
-# the independent evaluators of notebook 02 read as the one prompted (their mean agreement).
+# Over all the study's images: how often the pixels show the value a prompt names (the rules' accuracy), and
+# how often notebook 02's independent evaluators read the prompted digit in the neutral images.
 
 # %%
 shows, held_truth, rule_accuracy = {}, {}, {}
@@ -241,9 +238,9 @@ tis = {
 # %% [markdown]
 # ## 3 · Attribute tokens
 #
-# Notebook 06's concept count: per value, the ids at each training image's top-`top_n` TIS positions; the
-# `token_num` most counted are kept if `specificity` times as frequent per image of their value as of the
-# other (an IEM may spot a value by the *absence* of marks, and lend it background ids).
+# Notebook 06's concept count per value (the ids at each training image's top-`top_n` TIS positions, the
+# `token_num` most counted), keeping an id only if `specificity` times as frequent per image of its value as
+# of the other: an IEM may spot a value by the *absence* of marks.
 
 # %%
 selection = {"top_n": top_n, "token_num": token_num, "specificity": specificity}
@@ -255,8 +252,8 @@ for (b, d), by_label in ids.items():
 # %% [markdown]
 # ## 4 · Counts
 #
-# Per image, how many positions hold A's tokens (A: the planted value) and how many B's. The two token sets
-# need not be equally common, so read each histogram against its own labelled images (§6), not the other.
+# Per image, how many positions hold A's tokens (A: the planted value) and B's. The two token sets differ, so
+# compare each histogram with its own labelled images (§6), not with the other.
 
 # %%
 counts, panels = {}, {}
@@ -291,11 +288,11 @@ print(f"{one[0]}, digit {one[1]}: {wins} pairs A > B, {losses} A < B of {pairs}:
 # %% [markdown]
 # ## 6 · The share of A
 #
-# δ says *that* counts differ, not *how many* images lean; two values' tokens need not be equally common nor
-# their counts equally spread, and then δ is far from 0 even at half and half (see the controls below). So we
-# estimate the **share** $p$ of neutral images showing A. A rule calls an image A when A's count beats B's by
-# more than $t$ (fitted on the training images). It calls a share $q$ of the neutral images A; on held-out
-# images it calls A images A at rate sens, B images B at rate spec. Then
+# δ says *that* counts differ, not *how many* images lean, and strays from 0 at half and half when the two
+# token sets differ (the controls below). So we estimate the **share** $p$ of neutral images showing A. A
+# rule calls an image A when A's count beats B's by more than $t$ (fitted on the training images). It calls
+# a share $q$ of the neutral images A; on held-out images it calls A images A at rate sens, B images B at
+# rate spec. Then
 # $q=\text{sens}\cdot p+(1-\text{spec})(1-p)$; solved for $p$ (Rogan & Gladen 1978, *American Journal of
 # Epidemiology*):
 #
@@ -348,14 +345,12 @@ print("by hand = library: Cliff's δ, q, sens, spec and the Rogan–Gladen share
 #
 # The truth: the share of neutral images whose pixels show A. Three verdicts, from the interval alone:
 #
-# * **no bias beyond ±m** when it lies inside $[\tfrac12-m,\ \tfrac12+m]$, with the margin
-#   $m$ = `equivalence_margin` (an equivalence rule: a lean, if any, is smaller than $m$);
+# * **no bias beyond ±m** when it lies inside $[\tfrac12-m,\ \tfrac12+m]$ ($m$ = `equivalence_margin`);
 # * **found** when it excludes ½ (on the control, a false alarm);
-# * **inconclusive** otherwise: it holds ½ but reaches beyond the margin.
+# * **inconclusive** otherwise.
 #
-# The correction assumes the token rule errs alike on every image of a value, whatever its prompt; the
-# **error-rate check** tests that on the held-out images and withholds the interval where it fails (p < 0.05;
-# notebook 16).
+# An **error-rate check** on the held-out images withholds the interval when the token rule errs differently
+# on images of one value (p < 0.05; notebook 16).
 
 # %%
 pixels = {d: planted_bias.measured_attributes(digits.to_uint8(x), width_threshold) for d, x in images.items()}
@@ -375,17 +370,8 @@ deltas.set_index(["bias", "neutral set"])[columns].round(3)
 record_metrics(run_dir, **metrics)
 deltas.to_csv(out_dir / "deltas.csv", index=False)
 tokens = {f"{b}_digit_{d}": {str(c): v.tolist() for c, v in by.items()} for (b, d), by in ids.items()}
-keep = [
-    "bias_types",
-    "study_digits",
-    "planted",
-    "skew",
-    "sampling",
-    "n_neutral",
-    "seed",
-    "equivalence_margin",
-    "attribute_per_value",
-]
+keep = ["bias_types", "study_digits", "planted", "skew", "sampling", "n_neutral", "seed"]
+keep += ["equivalence_margin", "attribute_per_value"]
 study = {k: params[k] for k in keep} | {"tis_method": tis_entry["method"], "tokens": tokens}
 study |= {"regenerate": regenerate or retrain, "width_threshold": width_threshold}
 write_json(out_dir / "study.json", study)
@@ -412,8 +398,8 @@ for _, r in deltas.iterrows():
     lines.append(f"- {r['bias']}, {r['neutral set']}: {iv}, **{verdict}**{why}; {truth}")
 rules = ", ".join(f"{b} {a:.2%}" for b, a in rule_accuracy.items())
 lines.append(
-    f"- The generator: the pixel rules confirm the prompted value in {rules} of the prompted images; "
-    f"the evaluators read the prompted digit in {digit_agreement:.1%} of the neutral ones."
+    f"- The generator: the pixel rules confirm the prompted value in {rules}; the evaluators read the "
+    f"prompted digit in {digit_agreement:.1%} of the neutral images."
 )
 low, high = min(accuracy.values()), max(accuracy.values())
 lines.append(
@@ -426,17 +412,16 @@ display(Markdown("\n".join(lines)))
 #
 # 1. Why plant a bias rather than study a real generator?
 # 2. How are attribute tokens chosen? What does `specificity` guard against?
-# 3. What does δ = +1 say about the two count lists?
-# 4. Why can δ be far from 0 at half and half?
-# 5. What are $q$, sens and spec, and where is each measured?
-# 6. When is a verdict "inconclusive" rather than "no bias beyond ±m"?
-# 7. The bias sits in the generator's prior, not its weights. Would the study notice the difference?
+# 3. Why can δ be far from 0 at half and half?
+# 4. What are $q$, sens and spec, and where is each measured?
+# 5. When is a verdict "inconclusive" rather than "no bias beyond ±m"?
+# 6. The bias sits in the generator's prior, not its weights. Would the study notice the difference?
 
 # %% [markdown]
 # ## Exercises
 #
-# For the first bias type: `biased_key` is its biased study, `control_key` its control; a study's neutral
-# counts are `counts[key]["neutral"]` (A counts, B counts).
+# `biased_key` and `control_key`: the first bias type's two studies; `counts[key]["neutral"]`: their neutral
+# (A, B) counts.
 
 # %%
 biased_key, control_key = (bias_types[0], biased_digit[bias_types[0]]), (bias_types[0], control_digit)
