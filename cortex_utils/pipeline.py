@@ -169,6 +169,22 @@ def dependencies(preset: dict) -> dict[str, list[str]]:
     return {nb: list(needs[nb]) if nb in needs else notebooks[i - 1 : i] for i, nb in enumerate(notebooks)}
 
 
+def downstream(needs: dict[str, list[str]]) -> dict[str, int]:
+    """How many notebooks wait, directly or through others, for each one: the runner starts the ready
+    notebook with the most first, so a long chain (10 -> 16) does not start last."""
+    waiting_on = {nb: {m for m, deps in needs.items() if nb in deps} for nb in needs}
+    out = {}
+    for nb in needs:
+        seen, todo = set(), list(waiting_on[nb])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(waiting_on[m])
+        out[nb] = len(seen)
+    return out
+
+
 def _execute(nb: str, out: str, parameters: dict, threads: int | None, cell_timeout: float | None) -> dict:
     """Run one notebook through papermill (in a worker process); report its time or where it failed."""
     # deferred: five seconds to import, and only the worker that runs a notebook needs it
@@ -253,6 +269,7 @@ def run(
     cores = os.cpu_count() or 1
     t_all = time.perf_counter()
     waiting, running, done, errors = list(preset["notebooks"]), {}, set(), []
+    chain = downstream(needs)
     # a fresh process per notebook (spawned, not forked: a kernel client shares nothing with another)
     with ProcessPoolExecutor(
         max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1
@@ -262,7 +279,9 @@ def run(
                 ready = [nb for nb in waiting if set(needs[nb]) <= done]
                 if not ready:
                     break
-                nb = ready[0]
+                nb = max(
+                    ready, key=lambda n: (chain[n], -waiting.index(n))
+                )  # longest wait first, then in order
                 waiting.remove(nb)
                 # alone (nothing else ready or running, so nothing can start beside it): every core
                 threads = (

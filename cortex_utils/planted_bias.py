@@ -39,7 +39,7 @@ from . import generation as gen
 from . import vq as vqlib
 from .artifacts import registered, repo_relative
 from .checkpoints import read_card, save_weights
-from .digits import colourize, to_model_input, to_uint8
+from .digits import colourize, to_model_input
 from .notebook import choice, require
 
 # --- prompts and the generator's training data ------------------------------------------------------
@@ -380,15 +380,15 @@ def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
     }
 
 
-def shows_value(vq, ds, bias_type: str, value: str, threshold: float) -> dict[str, np.ndarray]:
+def shows_value(images: dict, bias_type: str, value: str, threshold: float) -> dict[str, np.ndarray]:
     """By pixels, which of one study's labelled generations show ``value`` (e.g. ``red``, ``thick``):
-    ``{split: bool array}`` for every split of ``ds``, measured as ``measured_attributes`` does."""
+    ``images`` ``{split: uint8 images}`` -> ``{split: bool array}``, measured as ``measured_attributes``
+    does."""
     if value not in ATTRIBUTES[bias_type]:
         raise ValueError(f"{value!r} is not a value of {bias_type}: {ATTRIBUTES[bias_type]}")
     out = {}
-    for s in ds.splits:
-        images = to_uint8(vqlib.decode(vq, torch.from_numpy(ds.tokens[s].astype(np.int64))))
-        first = measured_attributes(images, threshold)["red" if bias_type == "colour" else "thick"].to_numpy()
+    for s, x in images.items():
+        first = measured_attributes(x, threshold)["red" if bias_type == "colour" else "thick"].to_numpy()
         out[s] = first if value == ATTRIBUTES[bias_type][0] else ~first
     return out
 

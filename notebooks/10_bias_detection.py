@@ -129,13 +129,19 @@ print(f"study data: {why}")
 # Mendelsohn 1966).
 
 # %%
-widths = {}  # per thickness study, every generation's width, whatever its prompt named
-for (b, d), ds in studies.items():
-    if b == "thickness":
-        grids = torch.from_numpy(np.concatenate(list(ds.tokens.values())).astype(np.int64))
-        widths[f"thick/thin prompts, digit {d}"] = planted_bias.stroke_width(
-            digits.to_uint8(vqlib.decode(vq, grids))
-        )
+pictures = {}  # every study's images, decoded once: {(type, digit): {split: uint8 images}}
+for key, ds in studies.items():
+    pictures[key] = {
+        s: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z.astype(np.int64))))
+        for s, z in ds.tokens.items()
+    }
+widths = {  # per thickness study, every generation's width, whatever its prompt named
+    f"thick/thin prompts, digit {d}": planted_bias.stroke_width(
+        np.concatenate(list(pictures[(b, d)].values()))
+    )
+    for b, d in studies
+    if b == "thickness"
+}
 width_threshold, how = (
     planted_bias.width_cut(np.concatenate(list(widths.values()))) if widths else (np.nan, "")
 )
@@ -147,24 +153,18 @@ if widths:
 # One row per prompt, the rules' calls under each image. Does the generator draw what it is asked?
 
 # %%
-named = {
-    "": {},
-    "red ": {"red": True},
-    "green ": {"red": False},
-    "thick ": {"thick": True},
-    "thin ": {"thick": False},
-}
+named = {"": {}, "red ": {"red": 1}, "green ": {"red": 0}, "thick ": {"thick": 1}, "thin ": {"thick": 0}}
 shown = [(d, word) for d in (colour_digit, thickness_digit, control_digit) for word in named]
 rng = np.random.default_rng(seed)
 looks = [planted_bias.draw_looks(np.full(n_show, d), prior, rng, **named[word]) for d, word in shown]
 red, thick = (np.concatenate([look[i] for look in looks]) for i in (0, 1))
 grid_digits = np.repeat([d for d, _ in shown], n_show)
-pictures = vqlib.decode(vq, planted_bias.sample_looks(tf, grid_digits, red, thick, sampling, seed))
-calls = planted_bias.measured_attributes(digits.to_uint8(pictures), width_threshold)
+grid = vqlib.decode(vq, planted_bias.sample_looks(tf, grid_digits, red, thick, sampling, seed))
+calls = planted_bias.measured_attributes(digits.to_uint8(grid), width_threshold)
 said = np.where(calls["red"], "red", "green") + " " + np.where(calls["thick"], "thick", "thin")
 names = [f'"a {word}{d}"' for d, word in shown]
 captions = dict(zip(names, np.split(said, len(names)), strict=True))
-plots.rows_of_images(dict(zip(names, pictures.split(n_show), strict=True)), n_show, captions=captions)
+plots.rows_of_images(dict(zip(names, grid.split(n_show), strict=True)), n_show, captions=captions)
 
 # %% [markdown]
 # Over all the study's images: how often the pixels show the value a prompt names (the rules' accuracy), and
@@ -172,8 +172,8 @@ plots.rows_of_images(dict(zip(names, pictures.split(n_show), strict=True)), n_sh
 
 # %%
 shows, held_truth, rule_accuracy = {}, {}, {}
-for (b, d), ds in studies.items():
-    shows[(b, d)] = planted_bias.shows_value(vq, ds, b, planted[b], width_threshold)
+for b, d in studies:
+    shows[(b, d)] = planted_bias.shows_value(pictures[(b, d)], b, planted[b], width_threshold)
     held_truth[(b, d)] = {s: v for s, v in shows[(b, d)].items() if s != "train"}  # val, test: pixel labels
     if len({x for v in held_truth[(b, d)].values() for x in v}) < 2:  # e.g. a barely trained generator
         print(f"{b}, digit {d}: every held-out image shows one value; they keep their prompts' labels")
@@ -310,6 +310,8 @@ rows = [{"digit": d, "neutral set": set_name[(b, d)], **estimates[(b, d)]} for b
 deltas = pd.DataFrame(rows)
 deltas["iem_accuracy"] = [accuracy[key] for key in studies]
 deltas["toward"] = [studies[key].class_names[planted_label[key]] for key in studies]
+drawn = [planted_bias.drawn_as_other(studies[k], shows[k], planted_label[k]) for k in studies]  # notebook 16
+deltas["A prompted, drawn as B"], deltas["B prompted, drawn as A"] = zip(*drawn, strict=True)
 
 # %% [markdown]
 # By hand for the first study, with its fitted $t$:

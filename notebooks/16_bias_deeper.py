@@ -131,13 +131,8 @@ if tiles:
 # How often the labelled images contradict their prompts:
 
 # %%
-drawn_wrong = {}
-for (b, d), ds in studies.items():
-    shows = planted_bias.shows_value(vq, ds, b, planted[b], width_threshold)
-    drawn_wrong[(b, d)] = planted_bias.drawn_as_other(ds, shows, planted_label[(b, d)])
-table = pd.DataFrame(drawn_wrong, index=["A prompted, drawn as B", "B prompted, drawn as A"]).T
-table.index.names = ["bias", "digit"]
-table.round(3)
+table = deltas.set_index(["bias", "digit"])[["A prompted, drawn as B", "B prompted, drawn as A"]]
+table.round(3)  # measured by notebook 10 (planted_bias.drawn_as_other), from the images' pixels
 
 # %% [markdown]
 # The images drawn against their prompt also test the one assumption of the Rogan–Gladen correction
