@@ -596,3 +596,13 @@ def test_a_library_that_stops_matching_its_by_hand_version_fails_the_run(tmp_pat
     nb = nbformat.read(tmp_path / "run" / "06_concept_analysis.failed.ipynb", as_version=4)
     failed = [c for c in nb.cells if c.metadata.get("papermill", {}).get("exception")]
     assert len(failed) == 1 and "by-hand-check" in failed[0].metadata.get("tags", [])
+
+
+def test_the_runner_counts_the_notebooks_waiting_behind_each():
+    """The runner starts the ready notebook with the most notebooks waiting behind it (directly or through
+    others) first; counted by hand on a small chain and on the default preset."""
+    needs = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": []}
+    assert pipeline.downstream(needs) == {"a": 3, "b": 1, "c": 0, "d": 0, "e": 0}
+    chain = pipeline.downstream(pipeline.dependencies(pipeline.load_preset("default")))
+    assert chain["10_bias_detection"] == 1 and chain["16_bias_deeper"] == 0
+    assert chain["05_compute_tis"] > chain["06_concept_analysis"] > chain["10_bias_detection"]
