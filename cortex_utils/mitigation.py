@@ -38,7 +38,7 @@ from .bias_stats import difference_interval, share_interval
 from .checkpoints import card_path
 from .digits import to_uint8
 from .evaluators import predict_logits
-from .planted_bias import ATTRIBUTES, draw_looks, measured_attributes, sample_looks
+from .planted_bias import ATTRIBUTES, draw_looks, sample_looks, shows_value
 
 SETS = ("before", "after", "after_random")  # unedited, attribute ids suppressed, control ids suppressed
 
@@ -153,16 +153,15 @@ def measure(
     vq, tokens, digit: int, bias_type: str, value: str, threshold: float, evaluators: dict
 ) -> pd.DataFrame:
     """Per generation, from its pixels: ``shows`` (it shows ``value`` of ``bias_type`` by the study's rule,
-    ``planted_bias.measured_attributes`` with the stroke-width ``threshold``), each evaluator's
+    ``planted_bias.shows_value`` with the stroke-width ``threshold``), each evaluator's
     ``<name>_digit`` (its top class is ``digit``) and ``kept`` (every evaluator's is)."""
     if value not in ATTRIBUTES[bias_type]:
         raise ValueError(f"{value!r} is not a value of {bias_type}: {ATTRIBUTES[bias_type]}")
     if not evaluators:
         raise ValueError("measure needs at least one evaluator to tell whether the digit is kept")
     images = vqlib.decode(vq, torch.as_tensor(np.asarray(tokens), dtype=torch.long))
-    m = measured_attributes(to_uint8(images), threshold)
-    first = m["red" if bias_type == "colour" else "thick"].to_numpy()
-    out = pd.DataFrame({"shows": first if value == ATTRIBUTES[bias_type][0] else ~first})
+    shows = shows_value({"all": to_uint8(images)}, bias_type, value, threshold)["all"]
+    out = pd.DataFrame({"shows": shows})
     for k, model in evaluators.items():
         with torch.no_grad():
             out[f"{k}_digit"] = predict_logits(model, images).argmax(1).numpy() == digit
