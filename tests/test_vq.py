@@ -56,6 +56,7 @@ def test_same_weights_keys_and_outputs_as_tamings_lightning_vqmodel(tiny_config)
 
 
 def test_imagenet_f16_16384_keys_match_tamings_vqmodel():
+    taming_vq._import_taming()  # the shims first: this test may run alone
     from taming.models.vqgan import VQModel
 
     cfg = taming_vq.IMAGENET_F16_16384_CONFIG
