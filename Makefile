@@ -20,15 +20,15 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 pipeline: install
-	$(BIN)/python -m cortex_utils.pipeline --preset $(PRESET) $(ARGS)
+	$(BIN)/python -m cortex_run.pipeline --preset $(PRESET) $(ARGS)
 
 smoke: install
-	$(BIN)/python -m cortex_utils.pipeline --preset smoke $(ARGS)
+	$(BIN)/python -m cortex_run.pipeline --preset smoke $(ARGS)
 
 # ruff lints the notebooks in both forms and formats their text forms (pyproject: format excludes *.ipynb)
 lint: install
-	$(BIN)/ruff check cortex_utils tests benchmarks tools notebooks
-	$(BIN)/ruff format --check cortex_utils tests benchmarks tools notebooks
+	$(BIN)/ruff check cortex_utils cortex_run tests benchmarks tools notebooks
+	$(BIN)/ruff format --check cortex_utils cortex_run tests benchmarks tools notebooks
 
 test: lint
 	$(BIN)/python -m pytest
@@ -52,7 +52,7 @@ lab: install
 REBUILD := runs/rebuild-checkpoints
 checkpoints: install
 	rm -rf $(REBUILD)
-	$(BIN)/python -m cortex_utils.pipeline --preset default -p retrain true --run-dir $(REBUILD) $(ARGS)
+	$(BIN)/python -m cortex_run.pipeline --preset default -p retrain true --run-dir $(REBUILD) $(ARGS)
 	cp $(REBUILD)/checkpoints/*.safetensors $(REBUILD)/checkpoints/*.json checkpoints/
 	cp $(REBUILD)/iem/iem*.safetensors $(REBUILD)/iem/iem*.json checkpoints/
 	cp $(REBUILD)/bias/attribute_iem_*.safetensors $(REBUILD)/bias/attribute_iem_*.json checkpoints/
@@ -68,7 +68,7 @@ VERIFY_PRESET ?= default
 VERIFY_DIR ?= runs/verify
 verify: install
 	rm -rf $(VERIFY_DIR)
-	$(BIN)/python -m cortex_utils.pipeline --preset $(VERIFY_PRESET) --run-dir $(VERIFY_DIR) $(ARGS)
+	$(BIN)/python -m cortex_run.pipeline --preset $(VERIFY_PRESET) --run-dir $(VERIFY_DIR) $(ARGS)
 	$(BIN)/python benchmarks/isa_kernels.py --describe > $(VERIFY_DIR)/isa.txt
 	$(BIN)/python benchmarks/verify_expected.py $(VERIFY_DIR) --expected $(EXPECTED)
 
@@ -80,7 +80,7 @@ verify-isa: install
 	rm -rf $(VERIFY_DIR)-isa
 	isa="$(or $(ISA_ENV),$$($(BIN)/python benchmarks/isa_kernels.py --print-verify-setting))" && \
 	echo "verify-isa: $$isa" && \
-	env $$isa $(BIN)/python -m cortex_utils.pipeline --preset $(VERIFY_PRESET) --run-dir $(VERIFY_DIR)-isa $(ARGS) && \
+	env $$isa $(BIN)/python -m cortex_run.pipeline --preset $(VERIFY_PRESET) --run-dir $(VERIFY_DIR)-isa $(ARGS) && \
 	env $$isa $(BIN)/python benchmarks/isa_kernels.py --describe > $(VERIFY_DIR)-isa/isa.txt
 	$(BIN)/python benchmarks/verify_expected.py $(VERIFY_DIR)-isa --expected $(EXPECTED)
 
@@ -98,9 +98,9 @@ verify-vqvae-isa:
 REBUILD_VQVAE := runs/rebuild-vqvae
 checkpoints-vqvae: install
 	rm -rf $(REBUILD_VQVAE) && mkdir -p checkpoints/vqvae_fsq
-	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --only 01_vq_model -p retrain true \
+	$(BIN)/python -m cortex_run.pipeline --preset vqvae --only 01_vq_model -p retrain true \
 		-p checkpoint_out checkpoints/vqvae_fsq --run-dir $(REBUILD_VQVAE) $(ARGS)
-	$(BIN)/python -m cortex_utils.pipeline --preset vqvae -p regenerate true -p 03_train_iem.retrain true \
+	$(BIN)/python -m cortex_run.pipeline --preset vqvae -p regenerate true -p 03_train_iem.retrain true \
 		-p 11_trust_the_explanations.retrain true --run-dir $(REBUILD_VQVAE) $(ARGS)
 	cp $(REBUILD_VQVAE)/iem/iem*.safetensors $(REBUILD_VQVAE)/iem/iem*.json checkpoints/vqvae_fsq/
 	rm -rf data/vqvae_fsq && mkdir -p data/vqvae_fsq
@@ -108,15 +108,15 @@ checkpoints-vqvae: install
 
 # The two families side by side on the same real digits (notebook 12): a taming run and an FSQ run, encoded.
 compare: install
-	$(BIN)/python -m cortex_utils.pipeline --preset encoded --run-dir runs/compare/taming_vqgan $(ARGS)
-	$(BIN)/python -m cortex_utils.pipeline --preset vqvae --run-dir runs/compare/vqvae_fsq $(ARGS)
-	$(BIN)/python -m cortex_utils.pipeline --preset compare --run-dir runs/compare
+	$(BIN)/python -m cortex_run.pipeline --preset encoded --run-dir runs/compare/taming_vqgan $(ARGS)
+	$(BIN)/python -m cortex_run.pipeline --preset vqvae --run-dir runs/compare/vqvae_fsq $(ARGS)
+	$(BIN)/python -m cortex_run.pipeline --preset compare --run-dir runs/compare
 
 # The codebook-size study (--preset codebook-sizes): notebooks 01-08 with the taming VQ model of 64, 256 and 1,024
 # codes (checkpoints/vq_mnist*.json) into runs/codebook-sizes/k<size>, then notebook 12's table of them
 # (runs/codebook-sizes/codebook_sizes.csv, docs/codebook_sizes.json).
 codebook-sizes: install
-	$(BIN)/python -m cortex_utils.pipeline --preset codebook-sizes --run-dir runs/codebook-sizes $(ARGS)
+	$(BIN)/python -m cortex_run.pipeline --preset codebook-sizes --run-dir runs/codebook-sizes $(ARGS)
 
 # Notebooks and their text forms (notebooks/NN_name.py, jupytext percent format): the newer of each pair wins.
 sync-notebooks: install

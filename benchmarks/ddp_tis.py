@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cortex_utils import REPO_ROOT
-from cortex_utils import datasets as tokds
-from cortex_utils import distributed as D
+from cortex_run import REPO_ROOT
+from cortex_run import datasets as tokds
+from cortex_run import distributed as D
 from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
 
@@ -30,9 +30,7 @@ from cortex_utils import tis as tislib
 def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=20):
     run_dir = (REPO_ROOT / run_dir).resolve()
     if not (run_dir / "registry.json").exists():
-        sys.exit(
-            f"error: no run at {run_dir}: run `python -m cortex_utils.pipeline --run-dir {run_dir}` first"
-        )
+        sys.exit(f"error: no run at {run_dir}: run `python -m cortex_run.pipeline --run-dir {run_dir}` first")
     iem = REPO_ROOT / "checkpoints" / "iem1.safetensors"
     opts = dict(run_dir=run_dir, iem=iem, splits=list(splits), batch_size=batch_size, nsamples=nsamples)
     a = argparse.Namespace(

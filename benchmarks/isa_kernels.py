@@ -105,15 +105,16 @@ def worker(out: str, n_images: int = 64, seed: int = 0) -> None:
     import numpy as np
     import torch
 
+    from cortex_run import tokenizers
+    from cortex_run.checkpoints import read_card
     from cortex_utils import iem as iemlib
     from cortex_utils import smoothgrad as sglib
     from cortex_utils import tis as tislib
     from cortex_utils import vq as vqlib
-    from cortex_utils.checkpoints import read_card
 
     torch.set_num_threads(1)
     card = read_card(CKPT / "vq_mnist.safetensors")
-    vq = vqlib.load_vq(card["config"], CKPT / "vq_mnist.safetensors")
+    vq = tokenizers.load_vq(card["config"], CKPT / "vq_mnist.safetensors")
     codebook = vqlib.codebook(vq)
     h, w = vqlib.grid_shape(vq)
     g = torch.Generator().manual_seed(seed)

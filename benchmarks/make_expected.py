@@ -387,7 +387,7 @@ def build(
     return {
         "format": FORMAT,
         "about": (
-            f"Expected metrics of the {preset} run (`python -m cortex_utils.pipeline --preset {preset}`: "
+            f"Expected metrics of the {preset} run (`python -m cortex_run.pipeline --preset {preset}`: "
             f"shipped data and models). A run passes when every key under `checked` is within "
             "|got - value| <= tolerance (exact for kind `exact`); keys under `informational` are not "
             "checked. Check a run: benchmarks/verify_expected.py RUN_DIR. Format and how to regenerate: "
@@ -480,7 +480,7 @@ def main(argv=None) -> int:
         expected = keep_others(expected, previous, args.only)
     out = Path(args.out)
     sys.path.insert(0, str(ROOT))
-    from cortex_utils.artifacts import write_json
+    from cortex_run.artifacts import write_json
 
     write_json(out, expected)
     for key, e in expected["checked"].items():

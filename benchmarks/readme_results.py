@@ -700,7 +700,7 @@ def main(argv=None) -> int:
     if args.write:
         if new != text:
             sys.path.insert(0, str(ROOT))
-            from cortex_utils.artifacts import atomic_path
+            from cortex_run.artifacts import atomic_path
 
             with atomic_path(readme) as tmp:
                 tmp.write_text(new)

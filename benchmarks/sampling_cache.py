@@ -10,10 +10,10 @@ import time
 
 import torch
 
-from cortex_utils import SHIPPED_CHECKPOINTS
-from cortex_utils import generation as gen
+from cortex_run import SHIPPED_CHECKPOINTS, tokenizers
+from cortex_run import generation as gen
+from cortex_run.checkpoints import read_card
 from cortex_utils import vq as vqlib
-from cortex_utils.checkpoints import read_card
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def main(batch: int = 200, repeats: int = 3) -> None:
         SHIPPED_CHECKPOINTS / "vq_mnist.safetensors",
         SHIPPED_CHECKPOINTS / "transformer_mnist.safetensors",
     )
-    vq = vqlib.load_vq(read_card(vq_path)["config"], vq_path)
+    vq = tokenizers.load_vq(read_card(vq_path)["config"], vq_path)
     tf = gen.load_transformer(read_card(tf_path)["config"], tf_path, vq=vq)
     labels = torch.arange(batch) % 10
     steps = vqlib.grid_shape(vq)[0] * vqlib.grid_shape(vq)[1]

@@ -62,11 +62,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from cortex_utils import REPO_ROOT, attribution
+from cortex_run import REPO_ROOT
+from cortex_run.checkpoints import load_state_dict
+from cortex_utils import attribution
 from cortex_utils import iem as iemlib
 from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
-from cortex_utils.checkpoints import load_state_dict
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from tis_reference import smoothgrad_per_sample  # noqa: E402  (the reference loop lives with the tests)

@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import SHIPPED_CHECKPOINTS
+from cortex_run import SHIPPED_CHECKPOINTS
+from cortex_run import datasets as tokds
+from cortex_run.artifacts import repo_relative
+from cortex_run.checkpoints import read_card
+
 from . import concepts as conceptlib
-from . import datasets as tokds
 from . import iem as iemlib
 from . import tis as tislib
-from .artifacts import repo_relative
 from .bias_stats import bias_share, count_delta, share_verdict
-from .checkpoints import read_card
 
 CONCEPT_TABLE_TOP = 100  # ids per value in the attribute concept table, before the specificity filter
 TIS_BATCH = 100  # SmoothGrad's noise scale is set per batch: the study's TIS, and its numbers, depend on it

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .evaluators import predict_logits
+from cortex_run.evaluators import predict_logits
+
 from .progress import tqdm
 from .tis import topk_positions
 from .vq import codebook, decode

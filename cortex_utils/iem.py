@@ -23,8 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import registered
-from .checkpoints import check_state_dict, load_state_dict, read_card, save_weights
+from cortex_run.artifacts import registered
+from cortex_run.checkpoints import check_state_dict, load_state_dict, read_card, save_weights
+
 from .progress import tqdm
 
 ARCHITECTURES = {1: "vgg", 2: "vgg_deep", 3: "resnet_se", 4: "vit"}

@@ -31,11 +31,13 @@ import pandas as pd
 import torch
 import yaml
 
-from . import REPO_ROOT, evaluation, rebuild_command, shipped_checkpoints
-from .checkpoints import read_card
-from .datasets import embedding_loader, split_fingerprint
+from cortex_run import REPO_ROOT, rebuild_command, shipped_checkpoints
+from cortex_run.checkpoints import read_card
+from cortex_run.datasets import embedding_loader, split_fingerprint
+from cortex_run.notebook import declared_parameters
+
+from . import evaluation
 from .iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
-from .notebook import declared_parameters
 from .progress import tqdm
 from .tis import topk_positions
 

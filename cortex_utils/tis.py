@@ -51,7 +51,7 @@ def compute_tis(
     stopped. Each batch's noise comes from ``seed`` and the batch's first row, so a resumed or re-chunked
     run gives the same numbers.
 
-    ``rows=(start, stop)``: only those rows of the ``n_images`` (a shard, ``cortex_utils.distributed``); the
+    ``rows=(start, stop)``: only those rows of the ``n_images`` (a shard, ``cortex_run.distributed``); the
     loader must yield exactly them, and the result (and ``out``) holds ``stop - start`` rows. With ``start``
     a multiple of the loader's batch size the batches, and so the scores, are those of the full run.
 

@@ -26,16 +26,21 @@ from matplotlib.patches import Rectangle  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cortex_utils import datasets as tokds  # noqa: E402
-from cortex_utils import evaluation, evaluators, plots  # noqa: E402
+from cortex_run import datasets as tokds  # noqa: E402
+from cortex_run import evaluators, plots, tokenizers  # noqa: E402
+from cortex_run.artifacts import registered  # noqa: E402
+from cortex_utils import evaluation  # noqa: E402
 from cortex_utils import tis as tislib  # noqa: E402
 from cortex_utils import vq as vqlib  # noqa: E402
-from cortex_utils.artifacts import registered  # noqa: E402
 
 CLASSES, TOP_N = (2, 3, 5, 8), 5
 PAIR = (3, 8)  # the codebook-optimisation row: source -> target
-PANELS = {"source": "a test {s}", "tokens": "tokens optimised", "embeddings": "embeddings optimised",
-          "concept_fill": "{t}'s concept tokens"}
+PANELS = {
+    "source": "a test {s}",
+    "tokens": "tokens optimised",
+    "embeddings": "embeddings optimised",
+    "concept_fill": "{t}'s concept tokens",
+}
 
 
 def optimisation_row(run: Path, vq, judge, axes) -> None:
@@ -49,7 +54,9 @@ def optimisation_row(run: Path, vq, judge, axes) -> None:
         raise SystemExit(f"the run's notebook 09 optimised no {s} -> {t} pair (rows: {names})")
     j = matches[0]
     shown = [k for k in PANELS if k in grids.tokens]
-    images = vqlib.decode(vq, torch.from_numpy(np.stack([grids.tokens[k][j].astype(np.int64) for k in shown])))
+    images = vqlib.decode(
+        vq, torch.from_numpy(np.stack([grids.tokens[k][j].astype(np.int64) for k in shown]))
+    )
     p = evaluation.target_scores(judge, images, [t] * len(shown))["cnn"][1]
     size = vqlib.resolution(vq)
     (r0, r1), (c0, c1) = details["rows"], details["cols"]
@@ -58,20 +65,31 @@ def optimisation_row(run: Path, vq, judge, axes) -> None:
         ax.imshow(plots.to_hwc(img))
         ax.set_title(f"{PANELS[k].format(s=s, t=t)}\np({t}) = {pk:.2f}", fontsize=8.5)
         if k != "source":
-            ax.add_patch(Rectangle((c0 * pw - 0.5, r0 * ph - 0.5), (c1 - c0) * pw, (r1 - r0) * ph, fill=False,
-                                   ec="white", lw=1.2, ls="--"))
+            ax.add_patch(
+                Rectangle(
+                    (c0 * pw - 0.5, r0 * ph - 0.5),
+                    (c1 - c0) * pw,
+                    (r1 - r0) * ph,
+                    fill=False,
+                    ec="white",
+                    lw=1.2,
+                    ls="--",
+                )
+            )
 
 
 def main(run_dir: str, out: str = str(ROOT / "docs" / "overview.png")) -> None:
     run = Path(run_dir)
-    vq = vqlib.load_run_vq(run)
+    vq = tokenizers.load_run_vq(run)
     ds = tokds.load_token_dataset(registered(run, "dataset")["path"], vq=vq)
     tokens, labels = ds.tokens["test"].astype(np.int64), ds.labels["test"].astype(np.int64)
     tis = np.load(run / "tis" / "iem1_max" / "test.npy")
     rows = np.array([np.flatnonzero(labels == c)[0] for c in CLASSES])
     images = vqlib.decode(vq, torch.from_numpy(tokens[rows]))
     top = tislib.topk_positions(tis[rows], TOP_N)
-    masked = evaluation.mask_pixels(images, evaluation.positions_holding(tokens[rows], evaluation.ids_at(tokens[rows], top)))
+    masked = evaluation.mask_pixels(
+        images, evaluation.positions_holding(tokens[rows], evaluation.ids_at(tokens[rows], top))
+    )
     judge = {"cnn": evaluators.load_run_evaluators(run, vqlib.resolution(vq), len(ds.class_names))["cnn"]}
     before = evaluation.target_scores(judge, images, labels[rows])["cnn"][1]
     after = evaluation.target_scores(judge, masked, labels[rows])["cnn"][1]
@@ -79,14 +97,23 @@ def main(run_dir: str, out: str = str(ROOT / "docs" / "overview.png")) -> None:
     for j in range(len(rows)):
         axes[0, j].imshow(plots.to_hwc(images[j]))
         axes[0, j].set_title(f"digit {labels[rows[j]]}: p = {before[j]:.2f}", fontsize=9)
-        plots.tis_overlay(axes[1, j], images[j], tis[rows[j]], title=f"TIS (brighter: higher)\ntop {TOP_N} boxed", top=top[j])
+        plots.tis_overlay(
+            axes[1, j],
+            images[j],
+            tis[rows[j]],
+            title=f"TIS (brighter: higher)\ntop {TOP_N} boxed",
+            top=top[j],
+        )
         axes[2, j].imshow(plots.to_hwc(masked[j]))
         axes[2, j].set_title(f"their ids masked: p = {after[j]:.2f}", fontsize=9)
     optimisation_row(run, vq, judge, axes[3])
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle("which tokens carry the digit? (p: an independent classifier's probability of the digit)\n"
-                 f"bottom row: a {PAIR[0]} whose dashed region is rewritten so that the IEM sees an {PAIR[1]}", fontsize=9)
+    fig.suptitle(
+        "which tokens carry the digit? (p: an independent classifier's probability of the digit)\n"
+        f"bottom row: a {PAIR[0]} whose dashed region is rewritten so that the IEM sees an {PAIR[1]}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")

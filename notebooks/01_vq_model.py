@@ -27,7 +27,7 @@
 #
 # Our tokenizer is a small `VQModel` from taming transformers (Esser et al. 2021, *Taming Transformers for
 # High-Resolution Image Synthesis*, CVPR). Parameters swap in a second family (`vqvae_fsq`: tokens are points
-# of a fixed lattice), another codebook size, your checkpoint, or retraining (see `cortex_utils/prepare.py`).
+# of a fixed lattice), another codebook size, your checkpoint, or retraining (see `cortex_run/prepare.py`).
 
 # %%
 import time
@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from cortex_utils import digits, plots, prepare
+from cortex_run import digits, plots, prepare, tokenizers
+from cortex_run.artifacts import record_metrics, register
+from cortex_run.notebook import check_parameters, choice, repo_path, require
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import record_metrics, register
-from cortex_utils.notebook import check_parameters, choice, repo_path, require
 
 _import_seconds = time.perf_counter() - _t0
 
@@ -69,7 +69,7 @@ check_parameters(globals(), "01_vq_model")
 require(train_steps >= 1 and batch_size >= 1, "train_steps and batch_size must be >= 1")
 require(learning_rate > 0, "learning_rate must be > 0")
 choice("bf16", bf16, ["auto", "on", "off"])
-choice("family", family, list(vqlib.FAMILIES))
+choice("family", family, list(tokenizers.FAMILIES))
 require(bool(vq_config) == bool(vq_checkpoint), "give both vq_config and vq_checkpoint, or neither")
 run_dir = repo_path(run_dir)
 run_dir.mkdir(parents=True, exist_ok=True)

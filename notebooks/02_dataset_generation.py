@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import datasets as tokds
-from cortex_utils import digits, evaluators, plots, prepare
-from cortex_utils import generation as gen
+from cortex_run import datasets as tokds
+from cortex_run import digits, evaluators, plots, prepare, tokenizers
+from cortex_run import generation as gen
+from cortex_run.artifacts import record_metrics
+from cortex_run.notebook import check_parameters, choice, repo_path, require
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import record_metrics
-from cortex_utils.notebook import check_parameters, choice, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory notebook 01 wrote (relative to the repo root)
@@ -96,7 +96,7 @@ _ = torch.manual_seed(seed)
 # will judge whether generated grids show their class; their accuracy on real test digits is the ceiling.
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 meta = vqlib.vq_meta(vq)
 data = digits.load_digits(seed=seed)
 judges = prepare.evaluators_for_run(

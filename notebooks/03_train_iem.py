@@ -36,12 +36,12 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import prepare, tokenizers
+from cortex_run.artifacts import registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
 from cortex_utils import iem as iemlib
-from cortex_utils import prepare
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-02 (relative to the repo root)
@@ -75,7 +75,7 @@ run_dir = repo_path(run_dir)
 # Notebook 02's dataset; the loader looks up `codebook[ids]` per batch.
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(all(s in ds.splits for s in ("train", "val")), f"the dataset needs train and val splits: {ds.splits}")
 emb, y, _ = next(iter(tokds.embedding_loader(ds, "val", vqlib.codebook(vq), 8, shuffle=True, seed=seed)))

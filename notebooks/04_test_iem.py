@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import plots, tokenizers
+from cortex_run.artifacts import record_metrics, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
 from cortex_utils import iem as iemlib
-from cortex_utils import plots
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import record_metrics, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-03 (relative to the repo root)
@@ -46,7 +46,7 @@ require(len(architectures) > 0 and batch_size >= 1, "architectures must not be e
 run_dir = repo_path(run_dir)
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 loader = tokds.embedding_loader(ds, split, vqlib.codebook(vq), batch_size=batch_size)

@@ -40,14 +40,15 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import attribution, distributed, evaluation, plots, sanity
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import distributed, plots, tokenizers
+from cortex_run.artifacts import record_metrics, register, registered
+from cortex_run.notebook import check_parameters, choice, exercise, repo_path, require
+from cortex_utils import attribution, evaluation, sanity
 from cortex_utils import iem as iemlib
 from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import record_metrics, register, registered
-from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-04 (relative to the repo root)
@@ -84,7 +85,7 @@ evaluation.check_neutral(neutral)
 run_dir = repo_path(run_dir)
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(set(splits) <= set(ds.splits), f"splits {splits} not all in the dataset ({ds.splits})")
 model = iemlib.load_run_iem(run_dir, iem_arch, ds)

@@ -29,11 +29,12 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import concepts, evaluation, plots
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import plots, tokenizers
+from cortex_run.artifacts import atomic_path, record_metrics, register, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_utils import concepts, evaluation
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, record_metrics, register, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-05 (relative to the repo root)
@@ -48,7 +49,7 @@ solutions = False  # run the exercises' solution cells (a teacher's reveal; make
 # %%
 params = check_parameters(globals(), "06_concept_analysis")
 run_dir = repo_path(run_dir)
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 n_positions, K = int(np.prod(ds.grid)), ds.manifest["n_embed"]
 require(all(1 <= n <= n_positions for n in top_ns), f"top_ns must lie in [1, {n_positions}], got {top_ns}")

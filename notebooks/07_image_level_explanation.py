@@ -30,12 +30,13 @@ import torch
 from IPython.display import Markdown, display
 from matplotlib import pyplot as plt
 
-from cortex_utils import datasets as tokds
-from cortex_utils import evaluation, evaluators, plots, sanity
+from cortex_run import datasets as tokds
+from cortex_run import evaluators, plots, tokenizers
+from cortex_run.artifacts import atomic_path, record_metrics, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_utils import evaluation, sanity
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, record_metrics, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
@@ -62,7 +63,7 @@ require(max_images >= 0, "max_images must be >= 0")
 # The split's token grids, their TIS (notebook 05), the evaluators and the neutral token.
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 tis_entry = registered(run_dir, "tis")
 require(split in tis_entry["splits"], f"notebook 05 computed TIS for {tis_entry['splits']}, not {split!r}")

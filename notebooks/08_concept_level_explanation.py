@@ -29,11 +29,12 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import concepts, evaluation, evaluators, plots
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import evaluators, plots, tokenizers
+from cortex_run.artifacts import atomic_path, read_metrics, record_metrics, register, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_utils import concepts, evaluation
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, read_metrics, record_metrics, register, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
@@ -62,7 +63,7 @@ evaluation.check_neutral(neutral)
 # grids).
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 entry, K, n_cls = registered(run_dir, "concepts"), ds.manifest["n_embed"], len(ds.class_names)
 require(top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}, not top_n = {top_n}")

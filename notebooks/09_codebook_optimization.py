@@ -44,13 +44,14 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from matplotlib.patches import Rectangle
 
-from cortex_utils import concepts, evaluation, evaluators, plots
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import evaluators, plots, tokenizers
+from cortex_run.artifacts import atomic_path, record_metrics, register, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_utils import concepts, evaluation
 from cortex_utils import iem as iemlib
 from cortex_utils import optimization as opt
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, record_metrics, register, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
@@ -101,7 +102,7 @@ require(
 # The IEM (whose logit is maximised), the source images, the region, and the evaluators.
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 n_classes = len(ds.class_names)

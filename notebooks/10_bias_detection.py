@@ -33,10 +33,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import bias, bias_stats, digits, evaluators, planted_bias, plots
+from cortex_run import digits, evaluators, planted_bias, plots, tokenizers
+from cortex_run.artifacts import note_trained, record_metrics, register, registered, write_json
+from cortex_run.notebook import check_parameters, exercise, repo_path
+from cortex_utils import bias, bias_stats
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import note_trained, record_metrics, register, registered, write_json
-from cortex_utils.notebook import check_parameters, exercise, repo_path
 
 # %% [markdown]
 # The knobs. A dict is a group: set only the keys you change, e.g. `-p attribute_iem '{epochs: 3}'`.
@@ -80,7 +81,7 @@ out_dir = run_dir / "bias"
 # Notebook 02's digit transformer, fine-tuned on "a red thin 3" prompts (shipped; `retrain = True` trains it).
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 data = digits.load_digits(seed)
 training = dict(generator, seed=seed)
 gray, labels, use_bf16 = data["train"]["gray"], data["train"]["labels"], vqlib.use_bf16(bf16)

@@ -57,12 +57,13 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import attribution, concepts, evaluation, evaluators, plots, sanity
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import evaluators, plots, tokenizers
+from cortex_run.artifacts import atomic_path, note_trained, record_metrics, registered
+from cortex_run.notebook import check_parameters, choice, exercise, repo_path, require
+from cortex_utils import attribution, concepts, evaluation, sanity
 from cortex_utils import iem as iemlib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, note_trained, record_metrics, registered
-from cortex_utils.notebook import check_parameters, choice, exercise, repo_path, require
 
 # %% [markdown]
 # The knobs. Some travel together as a group (a dict): set only the keys you change, e.g.
@@ -165,7 +166,7 @@ require(gallery_tokens >= 0 and concept_top_n >= 1, "gallery_tokens must be >= 0
 # neutral token at the occluded position: both baselines are real tokens, not zero vectors.
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 model = iemlib.load_run_iem(run_dir, iem_arch, ds)

@@ -53,11 +53,12 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import compare, concepts, plots
-from cortex_utils import datasets as tokds
+from cortex_run import compare, plots, tokenizers
+from cortex_run import datasets as tokds
+from cortex_run.artifacts import read_metrics, record_metrics, registered, write_json
+from cortex_run.notebook import check_parameters, repo_path, require
+from cortex_utils import concepts
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import read_metrics, record_metrics, registered, write_json
-from cortex_utils.notebook import check_parameters, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # where this notebook records its own numbers (relative to the repo root)
@@ -88,7 +89,7 @@ require(
 metrics = {k: read_metrics(v) for k, v in runs.items()}
 info = {}
 for k, v in runs.items():
-    vq = vqlib.load_run_vq(v)
+    vq = tokenizers.load_run_vq(v)
     ds = tokds.load_token_dataset(registered(v, "dataset")["path"], vq=vq)
     tis_entry = registered(v, "tis")
     require("test" in tis_entry["splits"], f"{k}: notebook 05 computed no test TIS")
@@ -360,7 +361,7 @@ if codebook_size_study:
         write_json(
             repo_path(results_out),
             {
-                "about": "python -m cortex_utils.pipeline --preset codebook-sizes (make codebook-sizes), "
+                "about": "python -m cortex_run.pipeline --preset codebook-sizes (make codebook-sizes), "
                 "notebook 12",
                 "machine": compare.machine(),
                 "top": top,

@@ -53,11 +53,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from cortex_utils import SHIPPED_CHECKPOINTS, bias, plots
+from cortex_run import SHIPPED_CHECKPOINTS, plots, tokenizers
+from cortex_run.artifacts import note_trained, record_metrics, register
+from cortex_run.checkpoints import read_card
+from cortex_run.notebook import check_parameters, choice, repo_path, require
+from cortex_utils import bias
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import note_trained, record_metrics, register
-from cortex_utils.checkpoints import read_card
-from cortex_utils.notebook import check_parameters, choice, repo_path, require
 
 # %% [markdown]
 # The knobs. `real_data` and `demo` are groups (dicts): set only the keys you change, e.g.
@@ -135,7 +136,7 @@ if real_data["vq_checkpoint"]:
 else:  # the demo's tokenizer: the shipped default one (notebook 01's)
     checkpoint = SHIPPED_CHECKPOINTS / "vq_mnist.safetensors"
     config = read_card(checkpoint)["config"]
-vq = vqlib.load_vq(config, checkpoint, trust_pickle=real_data["trust_pickle"])
+vq = tokenizers.load_vq(config, checkpoint, trust_pickle=real_data["trust_pickle"])
 print(
     f"tokenizer {checkpoint.name}: a {vq.family} with {vq.n_embed} codes of {vq.embed_dim} dims, "
     f"grid {vqlib.grid_shape(vq)}"

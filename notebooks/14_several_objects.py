@@ -42,13 +42,14 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from cortex_utils import SHIPPED_CHECKPOINTS, SHIPPED_DATA, composites, concepts, digits, plots, sanity
-from cortex_utils import datasets as tokds
+from cortex_run import SHIPPED_CHECKPOINTS, SHIPPED_DATA, composites, digits, plots, tokenizers
+from cortex_run import datasets as tokds
+from cortex_run.artifacts import atomic_path, note_trained, record_metrics, register, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_utils import concepts, sanity
 from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import atomic_path, note_trained, record_metrics, register, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 # iem: the VGG-like IEM's training on the composites (notebook 03's settings)
@@ -103,7 +104,7 @@ run_dir = repo_path(run_dir)
 # each digit came from are columns of the dataset, one value per image.
 
 # %%
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 codebook = vqlib.codebook(vq)
 data = digits.load_digits(seed)
 ds, why, made = composites.composite_dataset(

@@ -48,13 +48,14 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import tokenizers
+from cortex_run.artifacts import record_metrics, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
 from cortex_utils import iem as iemlib
 from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import record_metrics, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-05 (relative to the repo root)
@@ -87,7 +88,7 @@ run_dir = repo_path(run_dir)
 entry = registered(run_dir, "tis")
 method, iem_arch, reduction = entry["method"], entry["iem_arch"], entry["reduction"]
 nsamples, spread, seed = entry["nsamples"], entry["spread"], entry.get("seed", 0)
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 model = iemlib.load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)

@@ -40,15 +40,16 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import bias_stats, evaluators, planted_bias, plots
+from cortex_run import datasets as tokds
+from cortex_run import evaluators, planted_bias, plots, tokenizers
+from cortex_run import generation as gen
+from cortex_run import mitigation as mitlib
+from cortex_run.artifacts import record_metrics, registered
+from cortex_run.checkpoints import read_card
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_utils import bias_stats
 from cortex_utils import concepts as conceptlib
-from cortex_utils import datasets as tokds
-from cortex_utils import generation as gen
-from cortex_utils import mitigation as mitlib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import record_metrics, registered
-from cortex_utils.checkpoints import read_card
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% [markdown]
 # The knobs: `mitigation` (how the control edit picks its ids, and how large a drop in digit agreement the
@@ -89,7 +90,7 @@ biased_digit = {b: study["study_digits"][b] for b in bias_types}
 prior = planted_bias.planted_prior(
     study["skew"], {b: study["study_digits"][b] for b in ("colour", "thickness")}, planted
 )
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 tf = gen.load_transformer(read_card(tf_path)["config"], tf_path, vq=vq)
 keys = [(b, d) for b in bias_types for d in (biased_digit[b], control_digit)]  # notebook 10's order
 studies = {
@@ -249,7 +250,7 @@ print(f"half-and-half, uneven tokens: δ = {delta_by_hand:+.3f} (by hand = libra
 # If the planted value's attribute tokens really carry it, a generator that may not draw them should show the
 # value less often: detection would then also give a cure. So the neutral prompt of each biased digit is
 # sampled again with those ids **suppressed** (a logit of −∞ on them at every step; the generator draws its
-# next most likely allowed id instead, `cortex_utils.mitigation`), and the result is measured **from pixels**
+# next most likely allowed id instead, `cortex_run.mitigation`), and the result is measured **from pixels**
 # with the rule that gave the truth, not from tokens (a token edit scores itself well by construction).
 #
 # Two things could fake a success. Taking *any* ids out changes the images (the **control**: the same edit

@@ -37,12 +37,13 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from cortex_utils import concepts, evaluation, evaluators, plots
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import evaluators, plots, tokenizers
+from cortex_run.artifacts import record_metrics, registered
+from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_utils import concepts, evaluation
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
-from cortex_utils.artifacts import record_metrics, registered
-from cortex_utils.notebook import check_parameters, exercise, repo_path, require
 
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory of notebooks 01-08 (relative to the repo root)
@@ -57,7 +58,7 @@ run_dir = repo_path(run_dir)
 require(len(token_nums) > 0 and min(token_nums) >= 1, f"token_nums must be ints >= 1, got {token_nums}")
 s08 = registered(run_dir, "concept_level")  # notebook 08's settings and Table 2
 spaces, top_n, token_num = evaluation.check_spaces(s08["spaces"]), s08["top_n"], s08["token_num"]
-vq = vqlib.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 K, n_cls = ds.manifest["n_embed"], len(ds.class_names)
 folder = repo_path(registered(run_dir, "concepts")["path"])

@@ -9,8 +9,7 @@ matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-from cortex_utils import taming_vq  # noqa: E402
-from cortex_utils import vq as vqlib  # noqa: E402
+from cortex_run import taming_vq, tokenizers  # noqa: E402
 
 
 def tiny_vq_config(n_embed=32, embed_dim=8, resolution=16):
@@ -27,7 +26,7 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_vq(tiny_config):
-    return vqlib.build_vq(tiny_config, seed=0)
+    return tokenizers.build_vq(tiny_config, seed=0)
 
 
 @pytest.fixture

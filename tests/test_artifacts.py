@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from cortex_utils import artifacts, checkpoints
+from cortex_run import artifacts, checkpoints
 
 
 def test_record_metrics_merges_flat_values(tmp_path):
@@ -53,7 +53,7 @@ def test_loading_an_iem_imports_no_model_library(tmp_path):
 
     code = (
         "import sys\n"
-        "from cortex_utils import checkpoints, iem\n"
+        "from cortex_run import checkpoints\nfrom cortex_utils import iem\n"
         f"p = iem.save_iem(iem.build_iem(1, 4, (4, 4), 2, width=8), {str(tmp_path / 'i.safetensors')!r}, "
         f"card={{}})\n"
         "iem.load_iem(p, expect={'in_channels': 4})\n"

@@ -3,12 +3,12 @@ import pandas as pd
 import pytest
 import torch
 
+from cortex_run.datasets import TokenDataset
 from cortex_utils import attribution as A
 from cortex_utils import iem as iemlib
 from cortex_utils import sanity as S
 from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
-from cortex_utils.datasets import TokenDataset
 
 D, GRID, C = 4, (4, 4), 3
 

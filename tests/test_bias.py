@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cortex_utils import bias, bias_stats, planted_bias
+from cortex_run import planted_bias, tokenizers
+from cortex_utils import bias, bias_stats
 
 
 def standard_delta(a, b):
@@ -119,7 +120,7 @@ def test_stroke_width_of_bars_is_their_width():
 
 
 def test_restroke_draws_every_digit_thin_and_thick_whatever_its_ink():
-    from cortex_utils.digits import load_gray_digits
+    from cortex_run.digits import load_gray_digits
 
     gray, _ = load_gray_digits()
     gray = gray[::50]  # 100 real digits, thin and thick ones among them
@@ -164,7 +165,7 @@ def test_width_cut_falls_in_the_valley_and_says_when_there_is_none():
 
 
 def test_stroke_width_ignores_the_colour():
-    from cortex_utils.digits import colourize
+    from cortex_run.digits import colourize
 
     gray, _, _ = _gray_digits(3)
     red = colourize(gray, np.tile([[230, 40, 40]], (len(gray), 1)))
@@ -457,7 +458,7 @@ def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, on
     """Attribute IEM -> TIS of its training images -> attribute tokens -> counts -> δ and share, each step
     one call, on grids whose truth is known: every image holds 4 marks of its value's id and none of the
     other's."""
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     rng = np.random.default_rng(0)
     meta = {"vq_fingerprint": "synthetic", "n_embed": 16, "embed_dim": 8, "grid": [8, 8]}
@@ -512,7 +513,7 @@ def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, on
 
 
 def test_the_study_steps_refuse_bad_input(tmp_path):
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     rng = np.random.default_rng(0)
     meta = {"vq_fingerprint": "synthetic", "n_embed": 16, "embed_dim": 8, "grid": [8, 8]}
@@ -580,7 +581,7 @@ def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thi
 
 
 def test_real_layout_loads_and_bad_files_are_named(tmp_path):
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     meta = {"vq_fingerprint": "f", "n_embed": 64, "embed_dim": 4, "grid": [4, 4]}
     root = write_dalle_layout(tmp_path / "real", grid=(4, 4), n_embed=64)
@@ -618,11 +619,10 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
     import papermill as pm
     import yaml
 
-    from cortex_utils import REPO_ROOT, taming_vq
-    from cortex_utils import vq as vqlib
+    from cortex_run import REPO_ROOT, taming_vq
 
     torch.manual_seed(0)
-    model = vqlib.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
+    model = tokenizers.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG}))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "last.ckpt")
     del model
@@ -677,7 +677,7 @@ def test_notebook_13_without_data_demonstrates_on_synthetic_csvs(tmp_path):
     import nbformat
     import papermill as pm
 
-    from cortex_utils import REPO_ROOT
+    from cortex_run import REPO_ROOT
 
     run = tmp_path / "run"
     pm.execute_notebook(
@@ -807,7 +807,7 @@ def test_the_bootstraps_token_ids_are_the_tables(tmp_path, specificity):
     """attribute_token_ids (the bootstrap's re-selection, no table) picks exactly the ids that
     select_attribute_tokens picks through notebook 06's concept table, ties and the table's cut included:
     few ids (many ties in the counts), TIS maps with tied positions, resampled rows."""
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     rng = np.random.default_rng(1)
     meta = {"vq_fingerprint": "synthetic", "n_embed": 160, "embed_dim": 8, "grid": [8, 8]}

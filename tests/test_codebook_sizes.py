@@ -8,8 +8,8 @@ import sys
 import pytest
 from safetensors import safe_open
 
-from cortex_utils import REPO_ROOT, SHIPPED_CHECKPOINTS, codebook_sizes, pipeline, taming_vq
-from cortex_utils.checkpoints import read_card
+from cortex_run import REPO_ROOT, SHIPPED_CHECKPOINTS, codebook_sizes, pipeline, taming_vq
+from cortex_run.checkpoints import read_card
 
 SIZES = [64, 256, 1024]
 
@@ -117,7 +117,7 @@ def test_notebook_01_refuses_an_unshipped_size(tmp_path):
         [
             sys.executable,
             "-m",
-            "cortex_utils.pipeline",
+            "cortex_run.pipeline",
             "--preset",
             "default",
             "--only",

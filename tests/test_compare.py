@@ -1,12 +1,12 @@
-"""Notebook 12's table of finished runs (cortex_utils.compare) on fake run directories."""
+"""Notebook 12's table of finished runs (cortex_run.compare) on fake run directories."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cortex_utils import compare
-from cortex_utils import datasets as tokds
-from cortex_utils.artifacts import record_metrics, register
+from cortex_run import compare
+from cortex_run import datasets as tokds
+from cortex_run.artifacts import record_metrics, register
 
 
 def _fake_run(path, n_embed, seed):

@@ -1,12 +1,12 @@
-"""Several objects with known places (cortex_utils.composites): composition, the pointing game, the shipped
+"""Several objects with known places (cortex_run.composites): composition, the pointing game, the shipped
 files."""
 
 import numpy as np
 import pytest
 import torch
 
-from cortex_utils import SHIPPED_CHECKPOINTS, SHIPPED_DATA, composites, digits
-from cortex_utils import datasets as tokds
+from cortex_run import SHIPPED_CHECKPOINTS, SHIPPED_DATA, composites, digits, tokenizers
+from cortex_run import datasets as tokds
 from cortex_utils import vq as vqlib
 
 WHITE = list(digits.PALETTE).index("white")
@@ -170,11 +170,11 @@ def test_bad_columns_are_refused_and_nothing_is_written(tmp_path, columns, messa
 def test_the_shipped_composite_iem_matches_the_shipped_composites():
     """data/default/composites was made by the shipped VQ model with the notebook's default settings, and the
     shipped IEM on composites was trained on exactly its train split: the default run loads both."""
-    from cortex_utils.checkpoints import read_card
+    from cortex_run.checkpoints import read_card
     from cortex_utils.iem import load_iem
 
     vq_card = read_card(SHIPPED_CHECKPOINTS / "vq_mnist.safetensors")
-    vq = vqlib.load_vq(vq_card["config"], SHIPPED_CHECKPOINTS / "vq_mnist.safetensors")
+    vq = tokenizers.load_vq(vq_card["config"], SHIPPED_CHECKPOINTS / "vq_mnist.safetensors")
     settings = {
         "sizes": {"train": 7000, "val": 750, "test": 750},
         "seed": 0,

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
 from cortex_utils import vq as vqlib
 
 META = {

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cortex_utils import digits, evaluators
+from cortex_run import digits, evaluators
 
 
 def test_default_data_is_stratified_deterministic_and_coloured():
@@ -27,7 +27,7 @@ def test_model_input_range():
 
 @pytest.mark.parametrize("arch", evaluators.EVALUATORS)
 def test_evaluator_checkpoint_round_trip_and_size_check(arch, tmp_path):
-    from cortex_utils.checkpoints import save_weights
+    from cortex_run.checkpoints import save_weights
 
     model = evaluators.build_evaluator(arch)
     x = torch.rand(4, 3, 32, 32) * 2 - 1

@@ -9,13 +9,14 @@ import pytest
 import torch
 from conftest import tiny_vq_config
 
+from cortex_run import datasets as tokds
+from cortex_run import distributed as D
+from cortex_run import tokenizers
+from cortex_run.checkpoints import save_weights
 from cortex_utils import concepts
-from cortex_utils import datasets as tokds
-from cortex_utils import distributed as D
 from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
-from cortex_utils.checkpoints import save_weights
 
 C, K, DIM, GRID = 4, 16, 8, (8, 8)
 TRAIN = dict(
@@ -41,11 +42,11 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     rng = np.random.default_rng(0)
     config = tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16)
-    vq = vqlib.build_vq(config, seed=0)
+    vq = tokenizers.build_vq(config, seed=0)
     vq.model.quantize.embedding.weight.data.copy_(
         torch.from_numpy(rng.normal(size=(K, DIM)).astype(np.float32))
     )
-    save_weights(vqlib.state_dict_for_saving(vq), root / "vq.safetensors", card={"config": config})
+    save_weights(tokenizers.state_dict_for_saving(vq), root / "vq.safetensors", card={"config": config})
     splits = {}
     for s, n in {"train": 1200, "val": 200, "test": 400}.items():
         y = np.arange(n) % C
@@ -171,9 +172,9 @@ def test_jobs_read_the_dataset_with_its_own_tokenizer(tiny, tmp_path):
     )
     got, codebook = D.resolve_inputs(a)
     assert torch.equal(codebook, cb) and got.manifest == ds.manifest
-    other = vqlib.build_vq(tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16), seed=1)
+    other = tokenizers.build_vq(tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16), seed=1)
     save_weights(
-        vqlib.state_dict_for_saving(other),
+        tokenizers.state_dict_for_saving(other),
         tmp_path / "other.safetensors",
         card={"config": other.cortex_config},
     )

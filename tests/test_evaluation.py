@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from cortex_run.evaluators import load_torchvision
 from cortex_utils import evaluation as ev
 from cortex_utils import vq as vqlib
 from cortex_utils.concepts import top_tokens
-from cortex_utils.evaluators import load_torchvision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cortex_utils import generation as gen
-from cortex_utils import taming_vq
+from cortex_run import generation as gen
+from cortex_run import taming_vq, tokenizers
+from cortex_run.checkpoints import save_weights
 from cortex_utils import vq as vqlib
-from cortex_utils.checkpoints import save_weights
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
     vq = tf.tokenizer
     again = gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=vq)
     assert again.tokenizer is vq and again.first_stage_model is vq.model
-    other = vqlib.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG, seed=1)
+    other = tokenizers.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG, seed=1)
     with pytest.raises(ValueError, match="another codebook"):
         gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=other)
 
@@ -143,7 +143,7 @@ def test_import_does_not_load_lightning():
     """Kernel start-up: generation uses taming's plain torch modules only (taming.models.* import
     Lightning)."""
     code = (
-        "import sys, cortex_utils.generation as g, cortex_utils.taming_vq as v; "
+        "import sys, cortex_run.generation as g, cortex_run.taming_vq as v; "
         "g.build_transformer(g.transformer_config(v.DEFAULT_VQ_CONFIG, 10, n_layer=1), seed=0); "
         "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
         "if m in sys.modules))"

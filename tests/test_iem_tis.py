@@ -65,7 +65,7 @@ def test_unknown_reduction():
 def _ten_grids(tmp_path):
     """A small IEM (vgg, 6-dim embeddings, 3 classes), a token dataset of 10 train grids and a codebook of
     16."""
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     torch.manual_seed(0)
     model = iemlib.build_iem(1, 6, GRID, 3, width=8).eval()
@@ -83,7 +83,7 @@ def _ten_grids(tmp_path):
 
 
 def test_compute_tis_resumes_and_matches(tmp_path):
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     model, ds, cb = _ten_grids(tmp_path)
     full = tislib.compute_tis(model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, nsamples=3)
@@ -101,7 +101,7 @@ def test_compute_tis_resumes_and_matches(tmp_path):
 def test_compute_tis_takes_any_attribution_method(tmp_path):
     """compute_tis(method=...) gives, batch by batch, the method's scores from the one interface; the default
     is SmoothGrad (the paper's); an unknown method is refused before any work."""
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     model, ds, cb = _ten_grids(tmp_path)
     x = cb[torch.from_numpy(ds.tokens["train"].astype(np.int64))].permute(0, 3, 1, 2).contiguous()
@@ -268,8 +268,8 @@ def test_paired_difference_reads_the_direction_against_two_standard_errors():
 def test_compute_tis_splits_in_process_is_compute_tis(tmp_path):
     """The notebook's one call (``distributed.compute_tis_splits``) with nproc = 1 gives compute_tis's scores,
     writes ``<out_dir>/<split>.npy``, and refuses sigma="image" for a torchrun job."""
-    from cortex_utils import datasets as tokds
-    from cortex_utils import distributed
+    from cortex_run import datasets as tokds
+    from cortex_run import distributed
 
     torch.manual_seed(0)
     model = iemlib.build_iem(1, 6, GRID, 3, width=8).eval()
@@ -350,8 +350,8 @@ def test_vit_attention_is_multihead_attention():
 def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
     """The shipped ViTs load with every key (load_iem checks them) and the new attention gives their logits
     (the taming family's on its real test grids, the FSQ family's on random embeddings of its shape)."""
-    from cortex_utils import REPO_ROOT
-    from cortex_utils.checkpoints import load_state_dict
+    from cortex_run import REPO_ROOT
+    from cortex_run.checkpoints import load_state_dict
 
     model = iemlib.load_iem(REPO_ROOT / "checkpoints" / shipped, expect={"arch": 4})
     if shipped == "iem4.safetensors":

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cortex_utils import bias_stats, mitigation
-from cortex_utils import generation as gen
+from cortex_run import generation as gen
+from cortex_run import mitigation, tokenizers
+from cortex_utils import bias_stats
 
 
 @pytest.fixture
@@ -200,11 +201,10 @@ class _AlwaysTwo(torch.nn.Module):
 def test_edited_generations_are_token_datasets_shipped_and_loaded(tmp_path, monkeypatch, one_thread):
     from conftest import tiny_vq_config
 
-    from cortex_utils import vq as vqlib
-    from cortex_utils.checkpoints import save_weights
+    from cortex_run.checkpoints import save_weights
 
     config = tiny_vq_config(n_embed=64)  # room for the planted world's 40 prompts
-    tiny_vq = vqlib.build_vq(config, seed=0)
+    tiny_vq = tokenizers.build_vq(config, seed=0)
     cfg = gen.transformer_config(config, n_classes=40, n_layer=2, n_head=2, n_embd=32)
     tf = gen.build_transformer(cfg, vq=tiny_vq, seed=0)
     path = save_weights(

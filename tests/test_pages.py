@@ -7,8 +7,8 @@ import sys
 import nbformat
 import pytest
 
-from cortex_utils import REPO_ROOT, pipeline
-from cortex_utils.notebook import exercise, truth_texts, wrong_answers
+from cortex_run import REPO_ROOT, pipeline
+from cortex_run.notebook import exercise, truth_texts, wrong_answers
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import page_check  # noqa: E402  (tools/ is not a package)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from cortex_utils import REPO_ROOT, pipeline
+from cortex_run import REPO_ROOT, pipeline
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 sys.path.insert(0, str(REPO_ROOT / "tools"))
@@ -65,7 +65,7 @@ def test_notebook_shape(path):
     assert sorted(assigned) == sorted(pm.inspect_notebook(str(path))), (
         "papermill must parse every parameter line"
     )
-    from cortex_utils.notebook import declared_parameters
+    from cortex_run.notebook import declared_parameters
 
     def value(text):  # a default spread over lines (the formatter's layout) reaches papermill joined
         try:
@@ -82,7 +82,7 @@ def test_a_group_parameter_given_in_part_keeps_its_other_defaults():
     """A parameter whose default is a non-empty dict is a group: a value naming some of its keys is completed
     from the default, in the notebook's namespace too; an unknown key or a wrong type is an error naming
     it."""
-    from cortex_utils.notebook import check_parameters
+    from cortex_run.notebook import check_parameters
 
     ns = {"attribute_iem": {"epochs": 3}, "seed": 1}
     params = check_parameters(ns, "10_bias_detection")
@@ -143,7 +143,7 @@ def test_needs_order_the_notebooks():
 
 
 def _count_up(run_dir, i):
-    from cortex_utils.artifacts import record_metrics, register
+    from cortex_run.artifacts import record_metrics, register
 
     for k in range(20):
         record_metrics(run_dir, **{f"p{i}_{k}": k})
@@ -153,7 +153,7 @@ def _count_up(run_dir, i):
 def test_side_by_side_writers_lose_no_metric(tmp_path):
     from multiprocessing import get_context
 
-    from cortex_utils.artifacts import read_metrics
+    from cortex_run.artifacts import read_metrics
 
     procs = [get_context("fork").Process(target=_count_up, args=(tmp_path, i)) for i in range(3)]
     for p in procs:
@@ -167,7 +167,7 @@ def test_side_by_side_writers_lose_no_metric(tmp_path):
 def _run(args, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     return subprocess.run(
-        [sys.executable, "-m", "cortex_utils.pipeline", *args, "--run-dir", str(tmp_path / "run")],
+        [sys.executable, "-m", "cortex_run.pipeline", *args, "--run-dir", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         env=env,
@@ -299,7 +299,7 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     assert (
         len(pd.read_csv(run / "evaluation" / "codebook_level.csv")) == 2 * 2
     )  # 1 image x 2 methods x 2 evaluators
-    from cortex_utils import datasets as tokds
+    from cortex_run import datasets as tokds
 
     grids = tokds.load_token_dataset(
         run / "optimization" / "grids"
@@ -485,7 +485,7 @@ def test_notebook_and_its_text_form_agree(path):
 
 
 def test_exercise_checks(capsys):
-    from cortex_utils.notebook import exercise
+    from cortex_run.notebook import exercise
 
     assert exercise("1", {}, lambda a: a == 2) is None  # says, and shows no value under the cell
     assert "not answered yet" in capsys.readouterr().out
@@ -576,7 +576,7 @@ def test_a_library_that_stops_matching_its_by_hand_version_fails_the_run(tmp_pat
         [
             sys.executable,
             "-m",
-            "cortex_utils.pipeline",
+            "cortex_run.pipeline",
             "--preset",
             "smoke",
             "--only",

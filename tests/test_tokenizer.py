@@ -1,14 +1,12 @@
-"""The tokenizer protocol (cortex_utils.vq) and its second family (cortex_utils.vqvae: FSQ from
+"""The tokenizer protocol (cortex_utils.vq) and its second family (cortex_run.vqvae: FSQ from
 vector-quantize-pytorch)."""
-
-import re
 
 import numpy as np
 import pytest
 import torch
 
-from cortex_utils import REPO_ROOT, vqvae
-from cortex_utils import datasets as tokds
+from cortex_run import datasets as tokds
+from cortex_run import tokenizers, vqvae
 from cortex_utils import vq as vqlib
 
 TINY_FSQ = {
@@ -24,22 +22,7 @@ TINY_FSQ = {
 
 @pytest.fixture
 def tiny_fsq():
-    return vqlib.build_vq(TINY_FSQ, seed=0)
-
-
-def test_no_module_outside_the_taming_adapter_imports_taming():
-    """Every notebook and module reaches taming only through cortex_utils/taming_vq.py."""
-    pattern = re.compile(r"^\s*(import taming\b|from taming[\s.])", re.M)
-    files = [
-        *(REPO_ROOT / "cortex_utils").glob("*.py"),
-        *(REPO_ROOT / "notebooks").glob("*.py"),
-        *(REPO_ROOT / "benchmarks").glob("*.py"),
-        *(REPO_ROOT / "docs").glob("*.py"),
-    ]
-    assert len(files) > 30
-    importing = sorted(str(f.relative_to(REPO_ROOT)) for f in files if pattern.search(f.read_text()))
-    assert importing == ["cortex_utils/taming_vq.py"], importing
-    assert pattern.search("x = 1\n    from taming.modules.util import SOSProvider\n")  # the pattern finds one
+    return tokenizers.build_vq(TINY_FSQ, seed=0)
 
 
 def test_both_families_implement_the_protocol(tiny_vq, tiny_fsq):
@@ -106,7 +89,7 @@ def test_ids_outside_the_codebook_or_of_another_shape_are_refused(ids, match):
 
 def test_unknown_family_is_named():
     with pytest.raises(ValueError, match="unknown tokenizer family 'nope'.*taming_vqgan, vqvae_fsq"):
-        vqlib.build_vq({**TINY_FSQ, "family": "nope"})
+        tokenizers.build_vq({**TINY_FSQ, "family": "nope"})
 
 
 def test_fsq_tokens_are_lattice_points(tiny_fsq):
@@ -139,20 +122,22 @@ def test_fsq_free_embeddings_decode_with_gradient(tiny_fsq):
 
 
 def test_fsq_safetensors_round_trip_and_fingerprint(tiny_fsq, tmp_path):
-    from cortex_utils.checkpoints import read_card, save_weights
+    from cortex_run.checkpoints import read_card, save_weights
 
     path = save_weights(
-        vqlib.state_dict_for_saving(tiny_fsq), tmp_path / "fsq.safetensors", card={"config": tiny_fsq.config}
+        tokenizers.state_dict_for_saving(tiny_fsq),
+        tmp_path / "fsq.safetensors",
+        card={"config": tiny_fsq.config},
     )
-    loaded = vqlib.load_vq(read_card(path)["config"], path)
+    loaded = tokenizers.load_vq(read_card(path)["config"], path)
     assert isinstance(loaded, vqvae.FSQVAE) and loaded.fingerprint == tiny_fsq.fingerprint
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(vqlib.encode(loaded, x), vqlib.encode(tiny_fsq, x))
-    other = vqlib.build_vq(TINY_FSQ, seed=1)  # the same lattice, another projection: other embeddings
+    other = tokenizers.build_vq(TINY_FSQ, seed=1)  # the same lattice, another projection: other embeddings
     assert torch.equal(other.quantize.implicit_codebook, tiny_fsq.quantize.implicit_codebook)
     assert other.fingerprint != tiny_fsq.fingerprint
     with pytest.raises(ValueError, match="missing keys"):
-        vqlib.load_vq({**TINY_FSQ, "downsamples": 2}, path)
+        tokenizers.load_vq({**TINY_FSQ, "downsamples": 2}, path)
 
 
 def test_a_dataset_of_one_family_is_refused_by_the_other(tiny_vq, tiny_fsq, tmp_path):
@@ -173,7 +158,7 @@ def test_a_dataset_of_one_family_is_refused_by_the_other(tiny_vq, tiny_fsq, tmp_
         tmp_path / "fsq", {"train": (tokens, labels)}, ["a", "b"], vqlib.vq_meta(tiny_fsq), source="encoded"
     )
     with pytest.raises(ValueError, match="codebook fingerprint"):  # same family, another model
-        tokds.load_token_dataset(fsq_ds.path, vq=vqlib.build_vq(TINY_FSQ, seed=1))
+        tokds.load_token_dataset(fsq_ds.path, vq=tokenizers.build_vq(TINY_FSQ, seed=1))
 
 
 def test_a_manifest_without_family_is_taming(tiny_vq, tmp_path):
@@ -193,19 +178,19 @@ def test_a_manifest_without_family_is_taming(tiny_vq, tmp_path):
 
 
 def test_the_run_registry_loads_the_registered_family(tiny_fsq, tmp_path):
-    from cortex_utils.artifacts import register
-    from cortex_utils.checkpoints import save_weights
+    from cortex_run.artifacts import register
+    from cortex_run.checkpoints import save_weights
 
     path = save_weights(tiny_fsq.state_dict(), tmp_path / "fsq.safetensors", card={"config": tiny_fsq.config})
     register(tmp_path / "run", "vq", family="vqvae_fsq", config=tiny_fsq.config, checkpoint=str(path))
-    loaded = vqlib.load_run_vq(tmp_path / "run")
+    loaded = tokenizers.load_run_vq(tmp_path / "run")
     assert loaded.family == "vqvae_fsq" and loaded.fingerprint == tiny_fsq.fingerprint
 
 
 def test_short_fsq_training_improves_reconstruction():
-    from cortex_utils import digits
+    from cortex_run import digits
 
-    vq = vqlib.build_vq(TINY_FSQ, seed=0)
+    vq = tokenizers.build_vq(TINY_FSQ, seed=0)
     gray = digits.load_gray_digits()[0][:200, ::2, ::2]  # 16x16 digits
     val = digits.augment_batch(gray[:32], np.random.default_rng(1))
     before = vqlib.reconstruction_report(vq, val)["psnr_db"]

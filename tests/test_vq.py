@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from cortex_utils import taming_vq
+from cortex_run import taming_vq, tokenizers
 from cortex_utils import vq as vqlib
 
 
@@ -15,7 +15,7 @@ def test_import_does_not_load_lightning():
     """Kernel start-up: the VQ seam uses taming's plain torch modules only (taming.models.* import
     Lightning)."""
     code = (
-        "import sys, cortex_utils.vq as v, cortex_utils.taming_vq as t; v.build_vq(t.DEFAULT_VQ_CONFIG); "
+        "import sys, cortex_run.tokenizers as v, cortex_run.taming_vq as t; v.build_vq(t.DEFAULT_VQ_CONFIG); "
         "print(sorted(m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'taming.main') "
         "if m in sys.modules))"
     )
@@ -39,7 +39,7 @@ def test_same_weights_keys_and_outputs_as_tamings_lightning_vqmodel(tiny_config)
     (keys, shapes, values) and the same tokens and images."""
     from taming.models.vqgan import VQModel
 
-    ours = vqlib.build_vq(tiny_config, seed=0)
+    ours = tokenizers.build_vq(tiny_config, seed=0)
     torch.manual_seed(0)
     theirs = taming_vq.instantiate(
         {**tiny_config, "params": {**tiny_config["params"], "lossconfig": taming_vq.DUMMY_LOSS}}
@@ -61,7 +61,7 @@ def test_imagenet_f16_16384_keys_match_tamings_vqmodel():
 
     cfg = taming_vq.IMAGENET_F16_16384_CONFIG
     with torch.device("meta"):
-        ours = vqlib.build_vq(cfg).model
+        ours = tokenizers.build_vq(cfg).model
         theirs = VQModel(**{**cfg["params"], "lossconfig": taming_vq.DUMMY_LOSS})
     assert {k: v.shape for k, v in ours.state_dict().items()} == {
         k: v.shape for k, v in theirs.state_dict().items()
@@ -73,13 +73,13 @@ def test_another_taming_vq_class_is_built_by_taming(tiny_config, tiny_vq):
     loads our weights."""
     from taming.models.vqgan import VQNoDiscModel
 
-    model = vqlib.build_vq({**tiny_config, "target": "taming.models.vqgan.VQNoDiscModel"})
+    model = tokenizers.build_vq({**tiny_config, "target": "taming.models.vqgan.VQNoDiscModel"})
     assert isinstance(model.model, VQNoDiscModel) and vqlib.grid_shape(model) == (8, 8)
-    model.model.load_state_dict(vqlib.state_dict_for_saving(tiny_vq))
+    model.model.load_state_dict(tokenizers.state_dict_for_saving(tiny_vq))
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(vqlib.encode(model, x), vqlib.encode(tiny_vq, x))
     with pytest.raises(ValueError, match="is not a taming VQModel"):
-        vqlib.build_vq({**tiny_config, "target": "torch.nn.Identity"})
+        tokenizers.build_vq({**tiny_config, "target": "torch.nn.Identity"})
 
 
 def test_encode_embed_decode_shapes_and_consistency(tiny_vq):
@@ -125,9 +125,9 @@ def test_token_ids_outside_codebook(tiny_vq):
 
 def test_missing_checkpoint(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        vqlib.load_vq(tiny_config, tmp_path / "nope.ckpt")
+        tokenizers.load_vq(tiny_config, tmp_path / "nope.ckpt")
     with pytest.raises(FileNotFoundError, match="config not found"):
-        vqlib.load_vq(tmp_path / "nope.yaml", tmp_path / "nope.ckpt")
+        tokenizers.load_vq(tmp_path / "nope.yaml", tmp_path / "nope.ckpt")
 
 
 def _lightning_ckpt(model, path, **extra):
@@ -140,7 +140,7 @@ def _lightning_ckpt(model, path, **extra):
 
 def test_lightning_checkpoint_round_trip(tiny_config, tiny_vq, tmp_path):
     _lightning_ckpt(tiny_vq, tmp_path / "last.ckpt")
-    loaded = vqlib.load_vq(tiny_config, tmp_path / "last.ckpt")
+    loaded = tokenizers.load_vq(tiny_config, tmp_path / "last.ckpt")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(vqlib.encode(loaded, x), vqlib.encode(tiny_vq, x))
     assert vqlib.fingerprint(loaded) == vqlib.fingerprint(tiny_vq)
@@ -149,8 +149,8 @@ def test_lightning_checkpoint_round_trip(tiny_config, tiny_vq, tmp_path):
 def test_pickled_checkpoint_needs_trust_flag(tiny_config, tiny_vq, tmp_path):
     _lightning_ckpt(tiny_vq, tmp_path / "pickled.ckpt", hyper_parameters=argparse.Namespace(lr=1.0))
     with pytest.raises(ValueError, match="trust_pickle=True"):
-        vqlib.load_vq(tiny_config, tmp_path / "pickled.ckpt")
-    loaded = vqlib.load_vq(tiny_config, tmp_path / "pickled.ckpt", trust_pickle=True)
+        tokenizers.load_vq(tiny_config, tmp_path / "pickled.ckpt")
+    loaded = tokenizers.load_vq(tiny_config, tmp_path / "pickled.ckpt", trust_pickle=True)
     assert vqlib.fingerprint(loaded) == vqlib.fingerprint(tiny_vq)
 
 
@@ -159,22 +159,22 @@ def test_config_checkpoint_mismatch_names_keys_and_shapes(tiny_vq, tmp_path):
 
     _lightning_ckpt(tiny_vq, tmp_path / "last.ckpt")
     with pytest.raises(ValueError) as err:
-        vqlib.load_vq(tiny_vq_config(n_embed=64), tmp_path / "last.ckpt")
+        tokenizers.load_vq(tiny_vq_config(n_embed=64), tmp_path / "last.ckpt")
     msg = str(err.value)
     assert "quantize.embedding.weight" in msg and "(32, 8)" in msg and "(64, 8)" in msg
     other = tiny_vq_config()
     other["params"]["ddconfig"]["ch_mult"] = [1, 2, 2]
     with pytest.raises(ValueError, match="missing keys"):
-        vqlib.load_vq(other, tmp_path / "last.ckpt")
+        tokenizers.load_vq(other, tmp_path / "last.ckpt")
 
 
 def test_safetensors_round_trip(tiny_config, tiny_vq, tmp_path):
-    from cortex_utils.checkpoints import read_card, save_weights
+    from cortex_run.checkpoints import read_card, save_weights
 
     path = save_weights(
-        vqlib.state_dict_for_saving(tiny_vq), tmp_path / "vq.safetensors", card={"config": tiny_config}
+        tokenizers.state_dict_for_saving(tiny_vq), tmp_path / "vq.safetensors", card={"config": tiny_config}
     )
-    loaded = vqlib.load_vq(read_card(path)["config"], path)
+    loaded = tokenizers.load_vq(read_card(path)["config"], path)
     assert vqlib.fingerprint(loaded) == vqlib.fingerprint(tiny_vq)
 
 
@@ -198,7 +198,7 @@ def test_taming_yaml_config_with_lpips_loss_and_ckpt_path_builds_offline(tmp_pat
         }
     }
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(cfg))
-    model = vqlib.build_vq(tmp_path / "model.yaml")
+    model = tokenizers.build_vq(tmp_path / "model.yaml")
     assert vqlib.grid_shape(model) == (8, 8)
 
 
@@ -206,14 +206,14 @@ def test_imagenet_f16_16384_checkpoint_path(tmp_path):
     """The published ImageNet VQGAN architecture, random weights, saved as a Lightning checkpoint
     beside its YAML config and loaded through the seam (the real weights were not available here)."""
     torch.manual_seed(0)
-    model = vqlib.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
+    model = tokenizers.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "model.yaml").write_text(
         yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG})
     )
     _lightning_ckpt(model, tmp_path / "last.ckpt")
     del model
-    vq = vqlib.load_vq(tmp_path / "configs" / "model.yaml", tmp_path / "last.ckpt")
+    vq = tokenizers.load_vq(tmp_path / "configs" / "model.yaml", tmp_path / "last.ckpt")
     meta = vqlib.vq_meta(vq)
     assert (meta["n_embed"], meta["embed_dim"], meta["grid"], meta["image_size"]) == (
         16384,
@@ -237,10 +237,10 @@ def test_psnr_and_usage():
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
 def test_short_training_improves_reconstruction(tiny_config, bf16):
-    from cortex_utils import digits
+    from cortex_run import digits
 
     torch.manual_seed(0)
-    vq = vqlib.build_vq(tiny_config, seed=0)
+    vq = tokenizers.build_vq(tiny_config, seed=0)
     gray = digits.load_gray_digits()[0][:200, ::2, ::2]  # 16x16 digits
     val = digits.augment_batch(gray[:32], np.random.default_rng(1))
     before = vqlib.reconstruction_report(vq, val)["psnr_db"]

@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cortex_utils.concepts import top_tis_share, top_tokens
+from cortex_utils.evaluation import ids_at, random_positions
+
 from .artifacts import read_metrics, registered
-from .concepts import top_tis_share, top_tokens
 from .datasets import load_token_dataset
-from .evaluation import ids_at, random_positions
 
 # figure -> its control (the column read beside it)
 CONTROLS = {

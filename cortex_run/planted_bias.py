@@ -33,10 +33,11 @@ from scipy import ndimage
 from skimage.filters import threshold_minimum, threshold_otsu
 from skimage.morphology import dilation, footprint_rectangle, skeletonize
 
+from cortex_utils import vq as vqlib
+
 from . import SHIPPED_CHECKPOINTS, SHIPPED_DATA
 from . import datasets as tokds
 from . import generation as gen
-from . import vq as vqlib
 from .artifacts import registered, repo_relative
 from .checkpoints import read_card, save_weights
 from .digits import colourize, to_model_input

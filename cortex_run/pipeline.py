@@ -1,12 +1,12 @@
 """Run the numbered notebooks through papermill, each after those whose results it reads, with a named preset
 plus overrides.
 
-    python -m cortex_utils.pipeline --preset default
-    python -m cortex_utils.pipeline --preset smoke -p seed 1 -p 01_vq_model.train_steps 20
-    python -m cortex_utils.pipeline --preset default --config my_overrides.yaml --only 02_dataset_generation
-    python -m cortex_utils.pipeline --preset default --jobs 1     # strictly one notebook after another
+    python -m cortex_run.pipeline --preset default
+    python -m cortex_run.pipeline --preset smoke -p seed 1 -p 01_vq_model.train_steps 20
+    python -m cortex_run.pipeline --preset default --config my_overrides.yaml --only 02_dataset_generation
+    python -m cortex_run.pipeline --preset default --jobs 1     # strictly one notebook after another
 
-A preset (``cortex_utils/presets/<name>.yaml``) lists the notebooks and their parameters. ``-p NAME VALUE``
+A preset (``cortex_run/presets/<name>.yaml``) lists the notebooks and their parameters. ``-p NAME VALUE``
 sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one); values are YAML
 (``true``, ``3``, ``[1, 5]``). A name no notebook declares is an error. Executed notebooks, artifacts and
 ``metrics.json`` go to one run directory.
@@ -336,7 +336,7 @@ def run(
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m cortex_utils.pipeline",
+        prog="python -m cortex_run.pipeline",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

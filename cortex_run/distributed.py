@@ -3,10 +3,10 @@
 Thin helpers, no framework. The same functions run in one process (no ``torchrun``: rank 0 of 1) and
 under ``torchrun``, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous::
 
-    torchrun --standalone --nproc-per-node 2 -m cortex_utils.distributed tis --run-dir runs/final --iem-arch 1
-    torchrun --standalone --nproc-per-node 2 -m cortex_utils.distributed train-iem --run-dir runs/final \\
+    torchrun --standalone --nproc-per-node 2 -m cortex_run.distributed tis --run-dir runs/final --iem-arch 1
+    torchrun --standalone --nproc-per-node 2 -m cortex_run.distributed train-iem --run-dir runs/final \\
         --arch 1 --out runs/final/iem/iem1_ddp.safetensors
-    torchrun --standalone --nproc-per-node 2 -m cortex_utils.distributed generate --run-dir runs/final \\
+    torchrun --standalone --nproc-per-node 2 -m cortex_run.distributed generate --run-dir runs/final \\
         --out runs/final/datasets/generated_ddp
 
 * **Shards** are contiguous row ranges of a split, aligned to the batch size: a TIS batch's noise
@@ -48,15 +48,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from . import REPO_ROOT
+from cortex_utils import iem as iemlib
+from cortex_utils import tis as tislib
+from cortex_utils import vq as vqlib
+from cortex_utils.concepts import concept_counts, concept_table
+from cortex_utils.progress import tqdm
+
+from . import REPO_ROOT, tokenizers
 from . import datasets as tokds
-from . import iem as iemlib
-from . import tis as tislib
-from . import vq as vqlib
 from .artifacts import atomic_path, registered
 from .checkpoints import read_card
-from .concepts import concept_counts, concept_table
-from .progress import tqdm
 
 COMMANDS = ("train-iem", "tis", "concepts", "generate")
 PROGRESS, INFO, FAILED = "CORTEX_PROGRESS ", "CORTEX_INFO ", "CORTEX_FAILED "
@@ -207,10 +208,10 @@ def load_tokenizer(a):
     from its card), or the run directory's (``vq.load_run_vq``)."""
     if a.vq_checkpoint:
         config = a.vq_config or read_card(a.vq_checkpoint)["config"]
-        return vqlib.load_vq(config, a.vq_checkpoint, trust_pickle=a.trust_pickle)
+        return tokenizers.load_vq(config, a.vq_checkpoint, trust_pickle=a.trust_pickle)
     if not a.run_dir:
         raise ValueError("give --run-dir, or --vq-checkpoint (the tokenizer the dataset's ids refer to)")
-    return vqlib.load_run_vq(a.run_dir)
+    return tokenizers.load_run_vq(a.run_dir)
 
 
 def resolve_inputs(a) -> tuple:
@@ -488,7 +489,7 @@ def cmd_generate(a) -> None:
     from . import generation as gen  # deferred on purpose: it imports taming, which only this command needs
 
     init(a.backend)
-    vq = vqlib.load_run_vq(a.run_dir)
+    vq = tokenizers.load_run_vq(a.run_dir)
     tf_path = a.transformer or registered(a.run_dir, "transformer")["checkpoint"]
     tf = gen.load_transformer(a.transformer_config or read_card(tf_path)["config"], tf_path, vq=vq)
     n_classes = tf.cond_stage_model.n_classes
@@ -557,7 +558,7 @@ def cmd_generate(a) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m cortex_utils.distributed",
+        prog="python -m cortex_run.distributed",
         description="Run under torchrun (or alone as one process). " + __doc__.split("\n")[0],
     )
     sub = ap.add_subparsers(dest="command", required=True)
@@ -714,7 +715,7 @@ def torchrun_command(
         ]
         if node_rank is not None:
             argv.append(f"--node-rank={node_rank}")
-    return argv + ["-m", "cortex_utils.distributed", command, *_cli_options(options)]
+    return argv + ["-m", "cortex_run.distributed", command, *_cli_options(options)]
 
 
 def check_world(n_rows: int, batch_size: int, world: int, shards: int = 0) -> None:

@@ -42,7 +42,7 @@ def train_command(codebook_size: int) -> str:
     machine where ``auto`` turns it on)."""
     size = "" if codebook_size == DEFAULT_SIZE else f" -p codebook_size {codebook_size}"
     return (
-        f"python -m cortex_utils.pipeline --preset default --only 01_vq_model -p retrain true{size}"
+        f"python -m cortex_run.pipeline --preset default --only 01_vq_model -p retrain true{size}"
         " -p bf16 \"'on'\" -p checkpoint_out checkpoints"
     )
 

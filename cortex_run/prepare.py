@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cortex_utils import iem as iemlib
+from cortex_utils import vq as vqlib
+
 from . import (
     REPO_ROOT,
     SHIPPED_CHECKPOINTS,
@@ -33,12 +36,11 @@ from . import (
     shipped_checkpoints,
     shipped_data,
     taming_vq,
+    tokenizers,
     vqvae,
 )
 from . import datasets as tokds
 from . import generation as gen
-from . import iem as iemlib
-from . import vq as vqlib
 from .artifacts import note_trained, register, registered, repo_relative
 from .checkpoints import read_card, save_weights
 from .codebook_sizes import check_size, shipped_name, train_command
@@ -76,7 +78,7 @@ def tokenizer(
     out = {"shipped": shipped, "log": None, "training": None, "family": family, "seed": seed}
     if vq_checkpoint:
         config, weights = str(repo_path(vq_config)), repo_path(vq_checkpoint)
-        vq = vqlib.load_vq(config, weights, trust_pickle=trust_pickle)
+        vq = tokenizers.load_vq(config, weights, trust_pickle=trust_pickle)
         origin = f"your checkpoint {weights}"
     elif retrain:
         t = dict(training or {})
@@ -86,18 +88,18 @@ def tokenizer(
         if family == "taming_vqgan":
             config = taming_vq.read_config(taming_vq.DEFAULT_VQ_CONFIG)
             config["params"]["n_embed"] = codebook_size
-            vq = vqlib.build_vq(config, seed=seed)
+            vq = tokenizers.build_vq(config, seed=seed)
             common.update(revive_every=t["revive_every"], discriminator_weight=t["discriminator_weight"])
             out["log"] = taming_vq.train_vq(vq, data["train"]["gray"], val_images, **common)
         else:
             config = dict(vqvae.DEFAULT_CONFIG)
-            vq = vqlib.build_vq(config, seed=seed)
+            vq = tokenizers.build_vq(config, seed=seed)
             out["log"] = vqvae.train_vqvae(vq, data["train"]["gray"], val_images, **common)
         weights, out["training"] = None, common  # saved by save_tokenizer, with its test metrics
         origin = f"retrained here for {t['steps']} steps"
     else:
         config, weights = read_card(shipped)["config"], shipped
-        vq = vqlib.load_vq(config, weights)
+        vq = tokenizers.load_vq(config, weights)
         origin = f"shipped checkpoint {weights.relative_to(SHIPPED_CHECKPOINTS.parent)}"
     return {**out, "vq": vq, "config": config, "weights": weights, "origin": origin}
 
@@ -112,11 +114,11 @@ def save_tokenizer(
         return Path(tok["weights"])
     out_dir = repo_path(checkpoint_out) if checkpoint_out else Path(run_dir) / "checkpoints"
     rebuild = (
-        "python -m cortex_utils.pipeline --preset {} --only 01_vq_model -p retrain true -p checkpoint_out {}"
+        "python -m cortex_run.pipeline --preset {} --only 01_vq_model -p retrain true -p checkpoint_out {}"
     )
     preset = ("default", "checkpoints") if family == "taming_vqgan" else ("vqvae", f"checkpoints/{family}")
     weights = save_weights(
-        vqlib.state_dict_for_saving(tok["vq"]),
+        tokenizers.state_dict_for_saving(tok["vq"]),
         out_dir / tok["shipped"].name,
         card={
             "kind": "vq",

@@ -29,10 +29,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from cortex_utils.vq import fingerprint
+
 from . import DEFAULT_FAMILY
 from .artifacts import atomic_path, write_json
 from .checkpoints import card_path
-from .vq import fingerprint
 
 FORMAT = "cortex-tokens/1"
 

@@ -30,10 +30,11 @@ import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 
+from cortex_utils.progress import tqdm
+from cortex_utils.vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
+
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
-from .progress import tqdm
-from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "taming_vqgan"
 

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cortex_utils import vq as vqlib
+from cortex_utils.iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
+from cortex_utils.tis import topk_positions
+
 from . import datasets as tokds
 from . import rebuild_command
-from . import vq as vqlib
 from .digits import CLASS_NAMES, PALETTE, colourize, to_model_input
-from .iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
-from .tis import topk_positions
 
 SIDES = ("left", "right")  # side 0 / 1 of a composite
 DISTRACTOR_COLOUR = "white"

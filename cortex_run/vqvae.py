@@ -26,10 +26,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cortex_utils.progress import tqdm
+from cortex_utils.vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
+
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
-from .progress import tqdm
-from .vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
 
 FAMILY = "vqvae_fsq"
 # The embedded second family: 3x32x32 digits -> 8x8 grid of 240 FSQ tokens (levels 8, 6, 5: the FSQ paper's

@@ -14,7 +14,7 @@ import seaborn as sns
 import torch
 from matplotlib.collections import LineCollection
 
-from .tis import topk_positions
+from cortex_utils.tis import topk_positions
 
 
 def to_hwc(img) -> np.ndarray:

@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cortex_utils import vq as vqlib
+from cortex_utils.bias_stats import difference_interval, share_interval
+
 from . import SHIPPED_DATA
 from . import datasets as tokds
 from . import generation as gen
-from . import vq as vqlib
 from .artifacts import repo_relative
-from .bias_stats import difference_interval, share_interval
 from .checkpoints import card_path
 from .digits import to_uint8
 from .evaluators import predict_logits

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cortex_utils import vq as vqlib
+from cortex_utils.progress import tqdm
+
 from . import digits, taming_vq
-from . import vq as vqlib
 from .checkpoints import check_state_dict, load_state_dict
-from .progress import tqdm
 
 NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
 

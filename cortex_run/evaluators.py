@@ -16,10 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from cortex_utils.progress import tqdm
+
 from . import digits
 from .artifacts import registered
 from .checkpoints import check_state_dict, load_state_dict, read_card
-from .progress import tqdm
 
 EVALUATORS = ("cnn", "resnet")
 

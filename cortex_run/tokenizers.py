@@ -1,0 +1,59 @@
+"""Tokenizers by family: build and load any model that implements ``cortex_utils.vq.Tokenizer``.
+
+Two families implement the protocol: taming's VQGAN (``taming_vq``, the default) and a VQ-VAE with
+vector-quantize-pytorch's finite scalar quantizer (``vqvae``). Another model joins by a module with a class
+implementing the protocol and two functions, ``build(config, seed)`` and ``load(config, checkpoint,
+trust_pickle)``, named in ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from cortex_utils.vq import check_tokenizer
+
+from . import DEFAULT_FAMILY
+from .artifacts import registered
+
+# family name -> the adapter module that builds and loads it (DEFAULT_FAMILY, taming's, is also the family of
+# datasets and registries made before there were families)
+FAMILIES = {"taming_vqgan": "cortex_run.taming_vq", "vqvae_fsq": "cortex_run.vqvae"}
+
+
+def family_of(config) -> str:
+    """A config's family: its ``family`` key, else taming (a taming config or a path to its YAML)."""
+    return config.get("family", DEFAULT_FAMILY) if isinstance(config, dict) else DEFAULT_FAMILY
+
+
+def adapter(family: str):
+    """The module that builds and loads tokenizers of ``family``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tokenizer family {family!r} (known: {', '.join(FAMILIES)})")
+    return importlib.import_module(FAMILIES[family])
+
+
+def build_vq(config, seed: int | None = None):
+    """A randomly initialised tokenizer (eval mode) of ``config``'s family."""
+    vq = adapter(family_of(config)).build(config, seed=seed)
+    check_tokenizer(vq)
+    return vq
+
+
+def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
+    """The tokenizer of ``config`` with the weights in ``checkpoint`` (a taming ``.ckpt`` or our
+    safetensors)."""
+    vq = adapter(family_of(config)).load(config, checkpoint, trust_pickle=trust_pickle)
+    check_tokenizer(vq)
+    return vq
+
+
+def load_run_vq(run_dir: str | Path):
+    """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's checkpoint)."""
+    entry = registered(run_dir, "vq")
+    return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
+
+
+def state_dict_for_saving(vq) -> dict:
+    """The weights to save (each family's ``state_dict`` leaves out what inference does not need)."""
+    return vq.state_dict()
