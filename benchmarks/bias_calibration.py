@@ -1,7 +1,7 @@
 """Does the bias share estimate (cortex_utils.bias_stats.bias_share) keep its promises where the truth is
 known?
 
-A simulation study in numpy only. Every simulated study has the sizes of notebook 10's default: 1,000 neutral
+A simulation study, no model. Every simulated study has the sizes of notebook 10's default: 1,000 neutral
 images, 300 labelled images per value to fit the rule on and 100 per value (held out) to measure its error
 rates. Each image is truly value A or B; its count of A's tokens and of B's tokens is drawn from that
 value's distribution. The neutral set's true share of A is known, and the question is how often the 95 %
@@ -58,6 +58,7 @@ import math
 import time
 
 import numpy as np
+from scipy.stats import bootstrap, mannwhitneyu
 
 from cortex_utils import bias_stats
 
@@ -114,9 +115,8 @@ def count_study(rng, draw, p, n_boot, leak=(0.0, 0.0), cal_by_truth=False):
     # labelled by what they show, the held-out images also say which prompt drew them: the error-rate check
     # runs
     prompts = np.repeat([True, False], N_CAL) if cal_by_truth else None
-    est = bias_stats.bias_share(
-        neutral, fit, cal, n_boot=n_boot, level=LEVEL, seed=seed, calibration_prompts=prompts
-    )
+    options = bias_stats.ShareOptions(n_boot=n_boot, level=LEVEL, seed=seed)
+    est = bias_stats.bias_share(neutral, fit, cal, calibration_prompts=prompts, options=options)
     return est, neutral, fit, cal, seed
 
 
@@ -148,14 +148,9 @@ def graded_study(rng, w, n_boot):
     na, nb, _, neutral_shows = prompted(n_a, N_NEUTRAL - n_a)
     fa, fb, fit_y, _ = prompted(N_FIT, N_FIT)
     ca, cb, cal_prompt, cal_shows = prompted(N_CAL, N_CAL)
+    options = bias_stats.ShareOptions(n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)))
     est = bias_stats.bias_share(
-        (na, nb),
-        (fa, fb, fit_y),
-        (ca, cb, cal_shows),
-        n_boot=n_boot,
-        level=LEVEL,
-        seed=int(rng.integers(2**31)),
-        calibration_prompts=cal_prompt,
+        (na, nb), (fa, fb, fit_y), (ca, cb, cal_shows), calibration_prompts=cal_prompt, options=options
     )
     return est, float(neutral_shows.mean())
 
@@ -203,9 +198,8 @@ def selected_study(rng, p, n_boot):
         return n, (*f, fit_y), (*c, cal_y)
 
     n, f, c = recount(np.arange(2 * N_FIT))
-    return bias_stats.bias_share(
-        n, f, c, n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)), recount=recount
-    )
+    options = bias_stats.ShareOptions(n_boot=n_boot, level=LEVEL, seed=int(rng.integers(2**31)))
+    return bias_stats.bias_share(n, f, c, recount=recount, options=options)
 
 
 # --- the earlier ranked δ and the paper's δ, on the same null studies ----------------------------------
@@ -221,20 +215,29 @@ def balanced_rank(counts, ref_counts, ref_labels):
     return out / len(np.unique(ref_labels))
 
 
+def delta_with_interval(a, b, n_boot, seed):
+    """``(δ, low, high)``: Cliff's δ (``bias_stats.cliffs_delta``, from the Mann–Whitney U) and its percentile
+    bootstrap interval, ``a`` and ``b`` resampled as independent samples."""
+
+    def delta(x, y, axis=-1):
+        nm = x.shape[axis] * y.shape[axis]
+        return (2 * mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic - nm) / nm
+
+    ci = bootstrap(
+        (a, b), delta, n_resamples=n_boot, confidence_level=LEVEL, method="percentile", rng=seed
+    ).confidence_interval
+    return bias_stats.cliffs_delta(a, b), float(ci.low), float(ci.high)
+
+
 def delta_intervals(neutral, fit, cal, n_boot, seed):
     """(ranked δ interval, raw δ interval), as the notebook computed them before: the reference is every
     labelled image; the two count lists are bootstrapped as independent samples of the neutral set."""
     ref_a, ref_b = np.concatenate([fit[0], cal[0]]), np.concatenate([fit[1], cal[1]])
     ref_y = np.concatenate([fit[2], cal[2]])
-    ranked = bias_stats.bootstrap_delta(
-        balanced_rank(neutral[0], ref_a, ref_y),
-        balanced_rank(neutral[1], ref_b, ref_y),
-        n_boot=n_boot,
-        level=LEVEL,
-        seed=seed,
+    ranked = delta_with_interval(
+        balanced_rank(neutral[0], ref_a, ref_y), balanced_rank(neutral[1], ref_b, ref_y), n_boot, seed
     )
-    raw = bias_stats.bootstrap_delta(neutral[0], neutral[1], n_boot=n_boot, level=LEVEL, seed=seed)
-    return ranked, raw
+    return ranked, delta_with_interval(neutral[0], neutral[1], n_boot, seed)
 
 
 def main(studies=200, n_boot=400, selected_studies=100, selected_boot=200, delta_boot=200):

@@ -5,7 +5,7 @@ run's generated dataset (``runs/final``: 500 + 500 images, 8x8 grids of 32-dim e
 20 noisy copies, batches of 100. Both jobs get the same cores: 1 process x 2 threads vs 2 processes x 1
 thread (gloo). Reported: the sharded work's wall time on rank 0 (after start-up: the throughput figure)
 and the whole job's wall time (with ``torchrun`` and the imports of every process). The scores of both
-jobs are compared with one in-process ``compute_tis`` run (``np.array_equal``).
+jobs are compared with one in-process ``tis.dataset_tis`` run (``np.array_equal``).
 
 Last line: ddp_equal=<0|1> ddp_speedup=<x>   (speedup of the sharded work, 2 processes vs 1)
 """
@@ -23,7 +23,7 @@ import torch
 from cortex_run import REPO_ROOT
 from cortex_run import datasets as tokds
 from cortex_run import distributed as D
-from cortex_utils import iem as iemlib
+from cortex_run.checkpoints import load_iem
 from cortex_utils import tis as tislib
 
 
@@ -41,14 +41,14 @@ def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=
     cores = os.cpu_count() or 1
 
     torch.set_num_threads(cores)
-    model = iemlib.load_iem(iem)
+    model = load_iem(iem)
     t0 = time.perf_counter()
     ref = {
-        s: tislib.compute_tis(
+        s: tislib.dataset_tis(
             model,
             tokds.embedding_loader(ds, s, cb, batch_size=batch_size),
             len(ds.labels[s]),
-            nsamples=nsamples,
+            noise=tislib.Noise(nsamples),
         )
         for s in splits
     }
@@ -69,7 +69,7 @@ def main(run_dir="runs/final", splits=("val", "test"), batch_size=100, nsamples=
                 f"images/s), identical to one process: {same}"
             )
     print(
-        f"in-process compute_tis, {cores} threads: {t_inproc:.2f} s ({n / t_inproc:.0f} images/s) for {n} "
+        f"in-process dataset_tis, {cores} threads: {t_inproc:.2f} s ({n / t_inproc:.0f} images/s) for {n} "
         "images"
     )
     speedup = results[1][0] / results[2][0]

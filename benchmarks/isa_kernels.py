@@ -11,7 +11,7 @@ torch 2.14 on x86 draws on three kernel libraries, each with its own instruction
 For each setting a fresh subprocess (one thread, so only the instruction set differs) loads the shipped VQ
 codebook (``checkpoints/vq_mnist``) and IEMs (``checkpoints/iem1`` ... ``iem4``), builds a fixed batch of
 token grids (random ids from seed 0) as ``codebook[ids]`` embeddings, and computes the IEM logits, the batched
-SmoothGrad gradients (``smoothgrad.smoothgrad``) and the TIS (``tis.compute_tis``) of IEM 1, and the VQ
+SmoothGrad gradients (``tis.smoothgrad``) and the TIS (``tis.dataset_tis``) of IEM 1, and the VQ
 decoder's images of the same grids. Each library's own report of the instruction set it picked is read from
 its verbose output (``ONEDNN_VERBOSE``, ``MKL_VERBOSE``). The outputs are compared with the unrestricted run:
 a setting "changes kernels" when any output differs in any bit. The unrestricted run is repeated once: it
@@ -106,9 +106,7 @@ def worker(out: str, n_images: int = 64, seed: int = 0) -> None:
     import torch
 
     from cortex_run import tokenizers
-    from cortex_run.checkpoints import read_card
-    from cortex_utils import iem as iemlib
-    from cortex_utils import smoothgrad as sglib
+    from cortex_run.checkpoints import load_iem, read_card
     from cortex_utils import tis as tislib
     from cortex_utils import vq as vqlib
 
@@ -125,16 +123,17 @@ def worker(out: str, n_images: int = 64, seed: int = 0) -> None:
     arrays = {}
     with torch.no_grad():
         for arch in (1, 2, 3, 4):
-            model = iemlib.load_iem(CKPT / f"iem{arch}.safetensors")
+            model = load_iem(CKPT / f"iem{arch}.safetensors")
             arrays[f"logits_iem{arch}"] = model(x).numpy()
-    model = iemlib.load_iem(CKPT / "iem1.safetensors")
-    noise = sglib.smoothgrad_noise(x, 20, 0.2, torch.Generator().manual_seed(seed))
-    arrays["smoothgrad"] = sglib.smoothgrad(model, x, target, noise=noise).numpy()
+    model = load_iem(CKPT / "iem1.safetensors")
+    arrays["smoothgrad"] = tislib.smoothgrad(model, x, target, tislib.Noise(20, 0.2), seed).numpy()
     loader = [
         (x[i : i + 32], target[i : i + 32], torch.arange(i, min(i + 32, n_images)))
         for i in range(0, n_images, 32)
     ]
-    arrays["tis"] = tislib.compute_tis(model, loader, n_images, nsamples=20, spread=0.2, seed=seed, desc="")
+    arrays["tis"] = tislib.dataset_tis(
+        model, loader, n_images, desc="", noise=tislib.Noise(20, 0.2), seed=seed
+    )
     arrays["decode"] = vqlib.decode(vq, ids[:16]).numpy()
     np.savez(out, **arrays)
     Path(out).with_suffix(".json").write_text(json.dumps(results))

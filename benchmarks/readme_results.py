@@ -192,12 +192,13 @@ def share_verdict(low: float, high: float) -> str:
     """Notebook 10's verdict on an interval for a share (``bias_stats.share_verdict``, its default margin
     0.1), as the page writes it."""
     sys.path.insert(0, str(ROOT))
-    from cortex_utils.bias import share_verdict, verdict_words
+    from cortex_run.report import verdict_words
+    from cortex_utils.bias_stats import share_verdict
 
     return verdict_words(share_verdict(low, high))
 
 
-# bias_stats.bias_share's check_level: below it the error-rate check withholds the interval
+# bias_stats.ShareOptions.check_level: below it the error-rate check withholds the interval
 CHECK_LEVEL = 0.05
 
 

@@ -6,7 +6,7 @@ classes) on the first test images of the shipped generated dataset (``data/defau
 the shipped VQ codebook), SmoothGrad with 20 noisy copies, sigma = 0.2 * (max - min) of the batch, one fixed
 noise tensor. For each architecture, at batches of 25 and 100:
 
-* ``ours``: ``smoothgrad.smoothgrad`` in the exact mode (float32; the default);
+* ``ours``: ``tis.smoothgrad`` in the exact mode (float32; the default; passes: ``passes.rows_per_pass``);
 * ``captum``: ``NoiseTunnel(Saliency(model)).attribute(nt_type="smoothgrad", abs=False)`` with the same sigma
   and number of draws on the model as loaded, at its best ``nt_samples_batch_size`` (each candidate timed
   once, the best two timed with the rest, the faster kept);
@@ -62,19 +62,18 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from cortex_run import REPO_ROOT
-from cortex_run.checkpoints import load_state_dict
-from cortex_utils import attribution
+from cortex_run import REPO_ROOT, passes
+from cortex_run.checkpoints import load_iem, load_state_dict
 from cortex_utils import iem as iemlib
-from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
+from cortex_utils.tis import Noise
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from tis_reference import smoothgrad_per_sample  # noqa: E402  (the reference loop lives with the tests)
 
 ARCHS, BATCHES, NSAMPLES, SPREAD = (1, 2, 3, 4), (25, 100), 20, 0.2
 NT_BATCH = (1, 2, 4, 5, 10, 20)  # Captum nt_samples_batch_size candidates (divisors of the 20 draws)
-RV_DRAWS, RV_NSAMPLES, RV_SEEDS = sglib.DRAWS, (4, 10, 20, 40), (1, 2, 3)
+RV_DRAWS, RV_NSAMPLES, RV_SEEDS = tislib.DRAWS, (4, 10, 20, 40), (1, 2, 3)
 
 
 def test_batch(n: int):
@@ -89,7 +88,7 @@ def test_batch(n: int):
 
 
 def shipped_iem(arch: int) -> torch.nn.Module:
-    return iemlib.load_iem(REPO_ROOT / "checkpoints" / f"iem{arch}.safetensors")
+    return load_iem(REPO_ROOT / "checkpoints" / f"iem{arch}.safetensors")
 
 
 def load() -> str:
@@ -143,27 +142,37 @@ def gemm(a, b):
 
 
 def top5(grad):
-    return attribution.reduce_channels(grad, "max").numpy()
+    return tislib.reduce_channels(grad, "max").numpy()
+
+
+def one_pass(model, x, target, noise):
+    """SmoothGrad with every noisy copy in one forward + backward pass on the intra-op threads (before the
+    passes side by side)."""
+    rows = (x.unsqueeze(0) + noise).reshape(-1, *x.shape[1:]).requires_grad_(True)
+    logits = model(rows).gather(1, target.repeat(len(noise)).view(-1, 1))
+    (grad,) = torch.autograd.grad(logits.sum(), rows)
+    return grad.reshape(len(noise), *x.shape).mean(0)
 
 
 def measure_one(arch: int, model, x, y, rounds: int, a, b) -> dict:
     """One architecture at one batch: ours, Captum at its best nt_samples_batch_size, the gemm, (batch 25) the
     original loop, (batch 100) the fast mode and a second float32 noise seed."""
     batch = len(x)
-    noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
-    sigma = float(sglib.noise_sigma(x, SPREAD))
+    noise = Noise(NSAMPLES, SPREAD).draw(x, torch.Generator().manual_seed(0))
+    sigma = float(tislib.noise_sigma(x, SPREAD))
+    cap = {p: passes.rows_per_pass(model, x, precision=p) for p in tislib.PRECISIONS}
     trial = {nb: timed(lambda nb=nb: captum_smoothgrad(model, x, y, sigma, nb))[0] for nb in NT_BATCH}
     two = sorted(NT_BATCH, key=trial.get)[:2]
     # ours as a user calls it: the noise drawn inside (from the seed that drew `noise`), as Captum draws its
     # own
     fns = {
-        "ours": lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)),
+        "ours": lambda: tislib.smoothgrad(model, x, y, Noise(NSAMPLES, SPREAD), seed=0, batch=cap["float32"]),
         "gemm": lambda: gemm(a, b),
     }
     fns |= {f"captum{nb}": (lambda nb=nb: captum_smoothgrad(model, x, y, sigma, nb)) for nb in two}
     if batch == max(BATCHES):
-        fns["bf16"] = lambda: sglib.smoothgrad(
-            model, x, y, generator=torch.Generator().manual_seed(0), precision="bfloat16"
+        fns["bf16"] = lambda: tislib.smoothgrad(
+            model, x, y, Noise(NSAMPLES, SPREAD), 0, cap["bfloat16"], precision="bfloat16"
         )
     best, out = best_of_rounds(fns, rounds)
     nb = min(two, key=lambda k: best[f"captum{k}"])
@@ -178,15 +187,13 @@ def measure_one(arch: int, model, x, y, rounds: int, a, b) -> dict:
     }
     r["vs_captum"] = r["captum_ms"] / r["ours_ms"]
     r["peak_fraction"] = r["tis_gflop"] / (r["ours_ms"] / 1e3) / r["gemm_gflops"]
-    if not torch.equal(out["ours"], sglib.smoothgrad(model, x, y, noise=noise)):
-        raise RuntimeError("smoothgrad drew other noise than smoothgrad_noise from the same seed")
+    if not torch.equal(out["ours"], tislib.smoothgrad(model, x, y, noise, batch=cap["float32"])):
+        raise RuntimeError("smoothgrad drew other noise than Noise.draw from the same seed")
     if batch == min(BATCHES):
         t_loop, ref = timed(lambda: smoothgrad_per_sample(model, x, y, noise))
         r["loop_ms"], r["max_abs_diff"] = 1e3 * t_loop, float((out["ours"] - ref).abs().max())
     if "bf16" in out:
-        other = sglib.smoothgrad(
-            model, x, y, noise=sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(1))
-        )
+        other = tislib.smoothgrad(model, x, y, Noise(NSAMPLES, SPREAD), seed=1, batch=cap["float32"])
         r["bf16_ms"] = 1e3 * best["bf16"]
         r["bf16_top5"] = float(tislib.topk_agreement(top5(out["bf16"]), top5(out["ours"])).mean())
         r["seed_top5"] = float(tislib.topk_agreement(top5(other), top5(out["ours"])).mean())
@@ -220,16 +227,14 @@ def measure(rounds: int) -> dict:
 
     # the original benchmark's floor: 20 plain forward + input-gradient passes of IEM 1's batch of 25
     model, x, y = shipped_iem(1), x_all[: min(BATCHES)], y_all[: min(BATCHES)]
-    noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    noise = Noise(NSAMPLES, SPREAD).draw(x, torch.Generator().manual_seed(0))
 
     def floor():
         for eps in noise:
             xx = (x + eps).requires_grad_(True)
             torch.autograd.grad(model(xx).sum(), xx)
 
-    best, _ = best_of_rounds(
-        {"ours": lambda: sglib.smoothgrad(model, x, y, noise=noise), "floor": floor}, rounds
-    )
+    best, _ = best_of_rounds({"ours": lambda: tislib.smoothgrad(model, x, y, noise), "floor": floor}, rounds)
     res["floor_ratio"] = best["ours"] / best["floor"]
     one = next(r for r in rows if r["arch"] == 1 and r["batch"] == min(BATCHES))
     res["speedup"] = one["loop_ms"] / one["ours_ms"]
@@ -244,10 +249,8 @@ def variance_curve(n_images: int = 100) -> dict:
     curve = {}
     for draws in RV_DRAWS:
         for ns in RV_NSAMPLES:
-            maps = [
-                tislib.batched_token_importance(model, x, y, n_images, ns, SPREAD, seed=s, draws=draws)
-                for s in RV_SEEDS
-            ]
+            noise = Noise(ns, SPREAD, draws=draws)  # each seed as dataset_tis seeds a first batch
+            maps = [tislib.attribute(model, x, y, noise=noise, seed=s * 1_000_003).numpy() for s in RV_SEEDS]
             curve[draws, ns] = float(tislib.seed_agreement(maps).mean())
         print(
             f"{draws:>10}: top-5 agreement of {len(RV_SEEDS)} noise seeds, {n_images} images, nsamples "
@@ -265,19 +268,16 @@ def f16_child(batch: int) -> None:
     model(torch.randn(8, 256, 16, 16))  # touch BatchNorm's running statistics
     model.eval()
     x, y = torch.randn(batch, 256, 16, 16), torch.arange(batch) % 1000
-    per_pass = sglib.pass_size(model, x, NSAMPLES * batch)
-    t, _ = timed(lambda: sglib.smoothgrad(model, x, y, generator=torch.Generator().manual_seed(0)))
+    per_pass = passes.rows_per_pass(model, x)
+    t, _ = timed(lambda: tislib.smoothgrad(model, x, y, Noise(NSAMPLES, SPREAD), seed=0, batch=per_pass))
     peak = peak_rss_mb()  # before the fast mode and the FLOP count below
-    t_fast = (
-        timed(
-            lambda: sglib.smoothgrad(
-                model, x, y, generator=torch.Generator().manual_seed(0), precision="bfloat16"
-            )
-        )[0]
-        if sglib.bf16_supported()
-        else float("nan")
-    )
-    noise = sglib.smoothgrad_noise(x[:1], NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    t_fast = float("nan")
+    if tislib.bf16_supported():
+        fast = passes.rows_per_pass(model, x, precision="bfloat16")
+        t_fast, _ = timed(
+            lambda: tislib.smoothgrad(model, x, y, Noise(NSAMPLES, SPREAD), 0, fast, precision="bfloat16")
+        )
+    noise = Noise(NSAMPLES, SPREAD).draw(x[:1], torch.Generator().manual_seed(0))
     print(
         json.dumps(
             {
@@ -313,7 +313,7 @@ def f16(batch: int, gemm_gflops: float) -> dict:
         f"ImageNet VQGAN shape (256 x 16 x 16, IEM 1 at width 64, 1000 classes), batch {batch}, {NSAMPLES} "
         f"draws: {r['images_per_s']:.2f} images/s ({r['seconds']:.1f} s; {r['gflop_per_image']:.1f} GFLOP "
         f"per image, {rate:.0f} GFLOP/s = {rate / gemm_gflops:.2f} of the best gemm rate above), passes of "
-        f"{r['rows_per_pass']} noisy copies from the {sglib.MEMORY_MB} MB budget, peak resident memory "
+        f"<= {r['rows_per_pass']} noisy copies from the {passes.MEMORY_MB} MB budget, peak resident memory "
         f"{r['peak_mb']:.0f} MB; bfloat16 {r['bf16_images_per_s']:.2f} images/s",
         flush=True,
     )
@@ -331,7 +331,7 @@ def steps(rounds: int, exact_images: int) -> None:
     """What each change of the exact mode bought, IEM 1 and the ViT at batch 100, and how far channels-last
     float32 moves the conv IEMs' scores (printed, not summarised)."""
     x, y = test_batch(100)
-    noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(0))
+    noise = Noise(NSAMPLES, SPREAD).draw(x, torch.Generator().manual_seed(0))
     for arch in (1, 4):
         steps_one(arch, shipped_iem(arch), x, y, noise, rounds)
         profile_pass(arch, shipped_iem(arch), x, y)
@@ -379,10 +379,10 @@ def channels_last_drift(arch: int, x_all, y_all, batch: int = 100) -> None:
     loop, drift, agree, largest = [], [], [], 0.0
     for i in tqdm(range(0, len(x_all), batch), desc=f"IEM {arch}: exactness", leave=False):
         x, y = x_all[i : i + batch], y_all[i : i + batch]
-        noise = sglib.smoothgrad_noise(x, NSAMPLES, SPREAD, torch.Generator().manual_seed(i))
-        ours = sglib.smoothgrad(model, x, y, noise=noise)
+        noise = Noise(NSAMPLES, SPREAD).draw(x, torch.Generator().manual_seed(i))
+        ours = tislib.smoothgrad(model, x, y, noise)
         loop.append(float((ours - smoothgrad_per_sample(model, x, y, noise)).abs().max()))
-        moved = sglib.smoothgrad(cl, x.contiguous(memory_format=torch.channels_last), y, noise=noise)
+        moved = tislib.smoothgrad(cl, x.contiguous(memory_format=torch.channels_last), y, noise)
         drift.append(float((moved - ours).abs().max()))
         agree.append(tislib.topk_agreement(top5(moved), top5(ours)))
         largest = max(largest, float(ours.abs().max()))
@@ -396,26 +396,25 @@ def channels_last_drift(arch: int, x_all, y_all, batch: int = 100) -> None:
 
 
 def steps_one(arch, model, x, y, noise, rounds):
-    rows = len(noise) * len(x)
     fns = {
-        "one pass, intra-op threads": lambda: sglib.smoothgrad(model, x, y, noise=noise, max_batch=rows),
-        "passes side by side (default)": lambda: sglib.smoothgrad(model, x, y, noise=noise),
+        "one pass, intra-op threads": lambda: one_pass(model, x, y, noise),
+        "passes side by side (default)": lambda: tislib.smoothgrad(model, x, y, noise),
     }
     if arch == 4:
         old = copy.deepcopy(model)
         for layer in old.layers:
             layer.forward = lambda h, layer=layer: mha_forward(layer, h)
-        fns["attention via nn.MultiheadAttention"] = lambda: sglib.smoothgrad(old, x, y, noise=noise)
+        fns["attention via nn.MultiheadAttention"] = lambda: tislib.smoothgrad(old, x, y, noise)
     else:
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        fns["channels-last float32"] = lambda: sglib.smoothgrad(
-            cl, x.contiguous(memory_format=torch.channels_last), y, noise=noise
+        fns["channels-last float32"] = lambda: tislib.smoothgrad(
+            cl, x.contiguous(memory_format=torch.channels_last), y, noise
         )
     if shutil.which("g++") or shutil.which("clang++"):
         compiled = torch.compile(model)
-        t_compile, _ = timed(lambda: sglib.smoothgrad(compiled, x, y, noise=noise))
-        fns[f"torch.compile (first call {t_compile:.0f} s)"] = lambda: sglib.smoothgrad(
-            compiled, x, y, noise=noise
+        t_compile, _ = timed(lambda: tislib.smoothgrad(compiled, x, y, noise))
+        fns[f"torch.compile (first call {t_compile:.0f} s)"] = lambda: tislib.smoothgrad(
+            compiled, x, y, noise
         )
     best, out = best_of_rounds(fns, rounds)
     base = out["passes side by side (default)"]
@@ -448,7 +447,7 @@ def main(argv=None) -> int:
         return 0
     print(
         f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"bfloat16 {'native' if sglib.bf16_supported() else 'not native'}; load average {load()} "
+        f"bfloat16 {'native' if tislib.bf16_supported() else 'not native'}; load average {load()} "
         "(other jobs on the machine slow every timing; the ratios are measured side by side)",
         flush=True,
     )

@@ -1,23 +1,14 @@
-"""Finished runs side by side (notebook 12): one row of headline numbers per run, each beside its control.
+"""Finished runs side by side (notebook 12): one row of headline numbers per run (``read_run``), each beside
+the control it is read against (``CONTROLS``):
 
-``read_run(run_dir, top)`` reads one finished run's row from what it saved (``metrics.json``, its registered
-dataset's test token grids and test TIS, notebook 07's ``evaluation/image_level.csv``); ``run_row`` computes
-it from those pieces (the two concentration figures are computed there); ``runs_table`` puts rows side by
-side. ``CONTROLS`` pairs every figure with the control it is read against.
-
-* reconstruction PSNR and codebook usage (notebook 01), the accuracy of the IEM the run explained (notebook
-  04);
+* PSNR, codebook usage (notebook 01) and the IEM's accuracy (04), from ``metrics.json``;
 * the share of an image's |TIS| at its ``top`` positions, against an even spread (``top / positions``);
-* per class, the number of distinct ids at its test images' ``top`` TIS positions (mean over classes), against
-  the same count at ``top`` random positions per image (``evaluation.random_positions``);
-* masking, image level (notebook 07, pixel space, mean over evaluators and n >= 1): the drop of the
-  evaluators' target probability when the ids at the top-TIS positions are masked, against random positions;
-* masking, concept level (notebook 08): the target-logit drop when a class's concept tokens are masked,
-  against its most frequent tokens.
+* per class, the distinct ids at the top TIS positions (mean over classes), against ``top`` random positions;
+* masking (07, pixel space, n >= 1; 08): the target's drop with the top-TIS ids masked, against random
+  positions; with a class's concept tokens masked, against its most frequent tokens.
 """
 
-from __future__ import annotations
-
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -50,8 +41,7 @@ FROM_METRICS = {
 
 
 def class_distinct_ids(ids: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over classes of how many distinct ids a class's images hold at the selected positions (``ids``:
-    (N, n))."""
+    """Mean over classes of the distinct ids a class's images hold at the chosen positions (``ids``: N, n)."""
     ids, labels = np.asarray(ids), np.asarray(labels)
     if len(ids) != len(labels) or not len(ids):
         raise ValueError(f"ids ({len(ids)} images) and labels ({len(labels)}) must be aligned and non-empty")
@@ -99,8 +89,7 @@ def run_row(
 
 
 def read_run(run_dir: str | os.PathLike, top: int = 5, seed: int = 0) -> dict:
-    """``run_row`` of a finished run (notebooks 01-05 at least), with its tokenizer's family and codebook
-    size."""
+    """``run_row`` of a finished run (notebooks 01-05 at least), with its tokenizer's family and size."""
     run_dir = Path(run_dir)
     ds = load_token_dataset(registered(run_dir, "dataset")["path"])
     tis_entry = registered(run_dir, "tis")
@@ -143,13 +132,10 @@ def runs_table(rows: dict) -> pd.DataFrame:
 
 
 def machine() -> str:
-    """The CPU, its cores, the torch version and the load: where (and how busy) a table's numbers were
-    measured."""
+    """Where (and how busy) a table's numbers were measured: CPU, cores, torch version, load."""
     cpu = platform.machine()
-    try:
+    with contextlib.suppress(OSError):
         names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
         cpu = names[0] if names else cpu
-    except OSError:
-        pass
     load = f", 1-min load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.system()}{load}"

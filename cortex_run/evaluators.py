@@ -1,11 +1,6 @@
-"""Independent judges: pixel classifiers trained on *real* training digits only (never on generated
-images or token embeddings). They score generated images and, later, masked and optimized ones.
-
-Two architectures that see images differently: ``cnn`` (plain conv stack, max-pooling) and
-``resnet`` (residual blocks, global average pooling).
-"""
-
-from __future__ import annotations
+"""Independent judges: pixel classifiers trained on real training digits only (never on generated images or
+token embeddings), two that see differently: ``cnn`` (conv stack, max-pooling) and ``resnet`` (residual
+blocks, global average pooling); and torchvision's ImageNet classifiers from local weights."""
 
 from pathlib import Path
 
@@ -14,8 +9,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
+from cortex_utils.evaluation import predict_logits
 from cortex_utils.progress import tqdm
 
 from . import digits
@@ -25,24 +20,21 @@ from .checkpoints import check_state_dict, load_state_dict, read_card
 EVALUATORS = ("cnn", "resnet")
 
 
-def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def build_evaluator(arch: str, n_classes: int = 10) -> nn.Module:
+    """An untrained ``cnn`` or ``resnet`` for RGB images (the cnn's first linear layer is lazy)."""
+    w = 16  # channels of the first layers
     if arch == "cnn":
-        w = width
         return nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
-            nn.BatchNorm2d(w),
-            nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1),
-            nn.BatchNorm2d(w),
-            nn.ReLU(),
+            *_conv(3, w),
+            *_conv(w, w),
             nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1),
-            nn.BatchNorm2d(2 * w),
-            nn.ReLU(),
+            *_conv(w, 2 * w),
             nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
-            nn.BatchNorm2d(2 * w),
-            nn.ReLU(),
+            *_conv(2 * w, 2 * w),
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.LazyLinear(128),
@@ -51,18 +43,13 @@ def build_evaluator(arch: str, n_classes: int = 10, in_channels: int = 3, width:
             nn.Linear(128, n_classes),
         )
     if arch == "resnet":
-        w = width
-
-        def block(cin, cout, stride):
-            return _Residual(cin, cout, stride)
-
         return nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1, bias=False),
+            nn.Conv2d(3, w, 3, padding=1, bias=False),
             nn.BatchNorm2d(w),
             nn.ReLU(),
-            block(w, w, 2),
-            block(w, 2 * w, 2),
-            block(2 * w, 2 * w, 1),
+            _Residual(w, w, 2),
+            _Residual(w, 2 * w, 2),
+            _Residual(2 * w, 2 * w, 1),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(2 * w, n_classes),
@@ -131,13 +118,6 @@ def train_evaluator(
     return model, pd.DataFrame(log)
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits for images in [-1, 1] ``(N, 3, H, W)``."""
-    model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
 def accuracy(model: nn.Module, images: torch.Tensor, labels) -> float:
     pred = predict_logits(model, images).argmax(1).numpy()
     return float((pred == np.asarray(labels)).mean())
@@ -161,8 +141,7 @@ def load_evaluator(path, arch: str, n_classes: int = 10, image_size: int = 32) -
     return model.eval()
 
 
-# --- ImageNet classifiers (torchvision), as the original's evaluators ----------------------------
-
+# ImageNet classifiers (torchvision), as the original's evaluators
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -172,7 +151,7 @@ class _ImageNetInput(nn.Module):
 
     def __init__(self, image_size: int):
         super().__init__()
-        self.image_size = int(image_size)
+        self.size = (int(image_size), int(image_size))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -180,25 +159,15 @@ class _ImageNetInput(nn.Module):
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected images (N, 3, H, W) (or 1 channel) in [-1, 1], got {tuple(x.shape)}")
         x = (x.expand(-1, 3, -1, -1) + 1) / 2
-        if tuple(x.shape[2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(
-                x,
-                size=(self.image_size, self.image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+        if tuple(x.shape[2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean) / self.std
 
 
 def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Module:
-    """A torchvision classifier (e.g. ``resnet18``, ``resnet50``, ``vit_b_16``, ``vit_b_32``) built with
-    ``weights=None`` and loaded from a local state dict (``torch.load(..., weights_only=True)``; a
-    ``.safetensors`` file also works). Never downloads anything.
-
-    Returns ``nn.Sequential(preprocess, model)`` in eval mode: it takes images in [-1, 1] at any size,
-    resizes them to ``image_size`` (bilinear) and applies ImageNet normalization before the model.
-    """
+    """A torchvision classifier (``resnet18``, ``vit_b_16``, ...) from a local state dict (``.pth`` or
+    ``.safetensors``); never downloads. In eval mode, it takes images in [-1, 1] at any size, resized to
+    ``image_size`` (bilinear) and ImageNet-normalized."""
     import torchvision  # deferred: five seconds to import, and only ImageNet judges need it
 
     path = Path(weights_path)
@@ -212,15 +181,8 @@ def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Modul
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
     except ValueError as e:
         raise ValueError(f"unknown torchvision architecture {arch!r}: {e}") from None
-    if path.suffix == ".safetensors":
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and len(state) == 1 and next(iter(state)) in ("state_dict", "model"):
-        state = next(iter(state.values()))
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    model.load_state_dict(check_state_dict(model, state, ignore_prefixes=(), what=f"{arch} weights {path}"))
+    state = check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"{arch} weights {path}")
+    model.load_state_dict(state)
     return nn.Sequential(_ImageNetInput(image_size), model).eval()
 
 

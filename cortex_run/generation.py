@@ -1,15 +1,7 @@
 """Dataset generation, as in the paper: a class-conditional taming ``Net2NetTransformer`` (Labelator
-condition, minGPT) samples token grids per class; the VQ decoder turns them into images.
-
-The transformer is trained on the token grids of real training images. The condition token is the
-class id itself (taming's Labelator), sharing the vocabulary with the codebook ids, as in taming's
-ImageNet ``cin_transformer``.
-
-The model is ``CondTransformer``: taming's ``Net2NetTransformer`` layout (first stage, condition stage,
-permuter, minGPT) from taming's own classes in a plain ``torch.nn.Module``, without Lightning (see
-``taming_vq``, which instantiates them). Its first stage is a taming tokenizer: the transformer is taming's
-prior over taming's tokens (the other family, ``vqvae``, has none).
-"""
+condition, minGPT) samples token grids per class; the VQ decoder turns them into images. The condition token
+is the class id itself, sharing the vocabulary with the codebook ids (taming's ImageNet ``cin_transformer``).
+Only the taming family has this prior; ``vqvae`` has none."""
 
 from __future__ import annotations
 
@@ -30,14 +22,9 @@ NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
 
 
 class CondTransformer(torch.nn.Module):
-    """taming's ``Net2NetTransformer`` without Lightning, for sampling and our plain-PyTorch training.
-
-    The same submodules under the same names (``first_stage_model``, ``cond_stage_model``, ``permuter``,
-    ``transformer``), built in the same order from taming's own classes (so a seed gives the same weights,
-    and taming's ``.ckpt`` files and our safetensors load unchanged). Takes ``Net2NetTransformer``'s config
-    parameters, except that the first stage comes built (``first_stage_model``) instead of as a config.
-    ``forward(x, c)`` is taming's training objective: ``(logits, target)``.
-    """
+    """taming's ``Net2NetTransformer`` without Lightning: the same submodules, names and build order (a seed
+    gives the same weights; taming's ``.ckpt`` and our safetensors load unchanged), the first stage given
+    built. ``forward(x, c)`` is taming's training objective: ``(logits, target)``."""
 
     def __init__(
         self,
@@ -97,8 +84,7 @@ class CondTransformer(torch.nn.Module):
         return quant_c, indices
 
     def forward(self, x, c):
-        """Next-token logits for ``[c, z]`` and their targets ``z``, as ``Net2NetTransformer.forward``
-        (with its ``pkeep`` token corruption in training mode)."""
+        """Next-token logits for ``[c, z]`` and their targets ``z`` (``pkeep``: corruption in training)."""
         _, z = self.encode_to_z(x)
         _, c = self.encode_to_c(c)
         a = z
@@ -117,87 +103,65 @@ def transformer_config(
     n_embd: int = 128,
     dropout: float = 0.0,
 ) -> dict:
-    """A taming ``Net2NetTransformer`` config over ``vq_config``'s tokens, conditioned on ``n_classes``.
-
-    No dropout by default: on the small default data a short run underfits rather than overfits, and
-    dropout costs a third of each CPU step (measured: 1,500 steps reached val loss 2.35 without, 2.41 with
-    0.1).
-    """
-    p = taming_vq.read_config(vq_config)["params"]
+    """A taming ``Net2NetTransformer`` config over ``vq_config``'s tokens, conditioned on ``n_classes``. No
+    dropout by default: short runs underfit, and it costs a third of each CPU step (val loss 2.35 vs 2.41)."""
+    first_stage = taming_vq.read_config(vq_config)
+    p = first_stage["params"]
     h = p["ddconfig"]["resolution"] // 2 ** (len(p["ddconfig"]["ch_mult"]) - 1)
     if n_classes > p["n_embed"]:
         raise ValueError(f"{n_classes} condition tokens do not fit a vocabulary of {p['n_embed']} codes")
-    return {
-        "target": "taming.models.cond_transformer.Net2NetTransformer",
-        "params": {
-            "cond_stage_key": "class_label",
-            "transformer_config": {
-                "target": "taming.modules.transformer.mingpt.GPT",
-                "params": {
-                    "vocab_size": p["n_embed"],
-                    "block_size": h * h,
-                    "n_layer": n_layer,
-                    "n_head": n_head,
-                    "n_embd": n_embd,
-                    "embd_pdrop": dropout,
-                    "resid_pdrop": dropout,
-                    "attn_pdrop": dropout,
-                },
-            },
-            "first_stage_config": taming_vq.read_config(vq_config),
-            "cond_stage_config": {
-                "target": "taming.modules.util.Labelator",
-                "params": {"n_classes": n_classes},
-            },
-        },
-    }
+    gpt = {"vocab_size": p["n_embed"], "block_size": h * h, "n_layer": n_layer, "n_head": n_head}
+    gpt.update(n_embd=n_embd, embd_pdrop=dropout, resid_pdrop=dropout, attn_pdrop=dropout)
+    labelator = {"target": "taming.modules.util.Labelator", "params": {"n_classes": n_classes}}
+    params = {"cond_stage_key": "class_label"}
+    params["transformer_config"] = {"target": "taming.modules.transformer.mingpt.GPT", "params": gpt}
+    params.update(first_stage_config=first_stage, cond_stage_config=labelator)
+    return {"target": NET2NET_TARGET, "params": params}
 
 
 def build_transformer(config, vq=None, seed: int | None = None) -> CondTransformer:
-    """A ``CondTransformer`` from a taming ``Net2NetTransformer`` config (dict or YAML path, e.g. taming's
-    cin_transformer).
-
-    With ``vq`` given, it becomes the first stage (no second copy of the tokenizer is built).
-    """
+    """A ``CondTransformer`` from a taming ``Net2NetTransformer`` config (dict or YAML path). With ``vq``
+    given, it is the first stage (no second copy of the tokenizer is built)."""
     config = taming_vq.read_config(config)
     if config["target"] != NET2NET_TARGET:
         raise ValueError(f"config target {config['target']} is not taming's {NET2NET_TARGET}")
     params = copy.deepcopy(config["params"])
-    params.pop(
-        "ckpt_path", None
-    )  # taming would unpickle it without weights_only; load_transformer loads weights
+    params.pop("ckpt_path", None)  # taming would unpickle it without weights_only; load_transformer loads
     params.pop("ignore_keys", None)  # only used with ckpt_path
     first_stage_config = taming_vq.read_config(params.pop("first_stage_config"))
     if seed is not None:
         torch.manual_seed(seed)
     tokenizer = vq if vq is not None else taming_vq.build(first_stage_config)
-    model = CondTransformer(taming_vq.taming_model(tokenizer), **params)
+    if not isinstance(tokenizer, taming_vq.TamingTokenizer):
+        raise TypeError(
+            f"a taming transformer needs a taming tokenizer as its first stage, got "
+            f"{type(tokenizer).__name__} (family {getattr(tokenizer, 'family', '?')!r})"
+        )
+    model = CondTransformer(tokenizer.model, **params)
     model.tokenizer = tokenizer  # the first stage behind the tokenizer protocol (grid, encode, decode)
     model.cortex_config = config
     return model.eval()
 
 
 def load_transformer(config, checkpoint, vq=None, trust_pickle: bool = False):
-    """Load a Net2NetTransformer from a Lightning ``.ckpt`` (taming's cin_transformer layout) or our
-    safetensors (transformer weights only). With ``vq`` given, that tokenizer is used as first stage and
-    the checkpoint's first-stage weights, if any, must describe the same codebook."""
+    """Load a Net2NetTransformer from a Lightning ``.ckpt`` (cin_transformer layout) or our safetensors
+    (transformer weights only). With ``vq`` given, it is the first stage, and the checkpoint's first-stage
+    weights, if any, must hold the same codebook."""
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model = build_transformer(config, vq=vq)
-    gpt_state = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
-    check_state_dict(
-        model.transformer, gpt_state, ignore_prefixes=(), what=f"transformer checkpoint {checkpoint}"
-    )
-    model.transformer.load_state_dict(gpt_state)
-    first = {
-        k[len("first_stage_model.") :]: v for k, v in state.items() if k.startswith("first_stage_model.")
-    }
-    if first:
-        if vq is None:
-            model.first_stage_model.load_state_dict(
-                check_state_dict(model.first_stage_model, first, what=f"first stage of {checkpoint}")
-            )
-        elif not torch.equal(first["quantize.embedding.weight"], vqlib.codebook(vq)):
-            raise ValueError(f"{checkpoint} was trained on another codebook than the VQ model given")
+
+    def under(prefix):
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    what = f"transformer checkpoint {checkpoint}"
+    model.transformer.load_state_dict(check_state_dict(model.transformer, under("transformer."), (), what))
+    first = under("first_stage_model.")
+    if first and vq is None:
+        model.first_stage_model.load_state_dict(
+            check_state_dict(model.first_stage_model, first, what=f"first stage of {checkpoint}")
+        )
+    elif first and not torch.equal(first["quantize.embedding.weight"], vqlib.codebook(vq)):
+        raise ValueError(f"{checkpoint} was trained on another codebook than the VQ model given")
     return model.eval()
 
 
@@ -214,11 +178,9 @@ def train_transformer(
     warmup: int = 100,
     bf16: bool = False,
 ) -> pd.DataFrame:
-    """Next-token cross-entropy on ``[class, z_1 .. z_{hw}]`` sequences, as Net2NetTransformer's own
-    ``forward``, but on precomputed token grids (no re-encoding each step). ``val``: optional
-    ``(tokens, labels)`` for a validation loss in the log. AdamW with a linear warm-up over ``warmup`` steps,
-    then cosine decay to 5 % of ``lr``. ``bf16``: the GPT runs in bfloat16 autocast (weights and optimizer
-    stay float32; see ``vq.use_bf16``)."""
+    """Next-token cross-entropy on ``[class, z_1 .. z_{hw}]`` (taming's objective on precomputed token
+    grids). ``val``: optional ``(tokens, labels)`` for a validation loss in the log. AdamW, linear warm-up
+    over ``warmup`` steps, then cosine decay to 5 % of ``lr``. ``bf16``: the GPT in bfloat16 autocast."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     z = torch.as_tensor(tokens).long().flatten(1)
@@ -231,12 +193,14 @@ def train_transformer(
         return min(1.0, (s + 1) / max(warmup, 1)) * cosine
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    if val is not None:
+        val_c, val_z = torch.as_tensor(val[1]).long()[:, None], torch.as_tensor(val[0]).long().flatten(1)
     log = []
     gpt.train()
     bar = tqdm(range(steps), desc="train transformer")
     for step in bar:
         i = torch.as_tensor(rng.integers(0, len(z), batch_size))
-        with vqlib.bf16_autocast(bf16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             loss = sequence_loss(gpt, c[i], z[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -248,11 +212,7 @@ def train_transformer(
             if val is not None:
                 gpt.eval()
                 with torch.no_grad():
-                    row["val_loss"] = sequence_loss(
-                        gpt,
-                        torch.as_tensor(val[1]).long()[:, None],
-                        torch.as_tensor(val[0]).long().flatten(1),
-                    ).item()
+                    row["val_loss"] = sequence_loss(gpt, val_c, val_z).item()
                 gpt.train()
             log.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
@@ -268,20 +228,16 @@ def sequence_loss(gpt, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One index per row of ``probs`` ``(N, K)`` by inverse CDF: ``(N, 1)`` int64.
-
-    The uniforms come from ``torch.rand``, whose stream is the same on every CPU; ``torch.multinomial``'s
-    draws were seen to differ between two machines (same weights, same seed, another generated dataset),
-    which made the shipped IEMs, trained on the generated dataset, look foreign."""
+    """One index per row of ``probs`` ``(N, K)`` by inverse CDF: ``(N, 1)`` int64. ``torch.rand``'s stream is
+    the same on every CPU; ``torch.multinomial``'s draws differed between machines (same weights and seed)."""
     u = torch.rand(len(probs), 1, generator=generator, dtype=torch.float64)
     cdf = probs.double().cumsum(-1)
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1)
 
 
 def suppression_mask(ids, vocab_size: int) -> torch.Tensor:
-    """``(vocab_size,)`` bool, True at each of ``ids``: the tokens ``sample_tokens(suppress=ids)`` never
-    draws. Refuses an empty set, ids that are not integers or lie outside ``[0, vocab_size)``, and a set that
-    leaves nothing to draw."""
+    """``(vocab_size,)`` bool, True at each of ``ids`` (the tokens ``suppress=ids`` never draws). Refuses an
+    empty set, non-integer ids, ids outside ``[0, vocab_size)``, and a set that leaves nothing to draw."""
     ids = np.asarray(ids).ravel()
     if ids.size == 0:
         raise ValueError("suppress: an empty set of token ids (give None to suppress nothing)")
@@ -297,6 +253,16 @@ def suppression_mask(ids, vocab_size: int) -> torch.Tensor:
     return mask
 
 
+def _allowed(logits: torch.Tensor, banned, top_k) -> torch.Tensor:
+    """``logits`` with the ``banned`` ids, then all but the ``top_k`` largest, set to -inf."""
+    if banned is not None:
+        logits = logits.masked_fill(banned, -float("inf"))
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    return logits
+
+
 def sample_tokens(
     model,
     labels,
@@ -307,16 +273,9 @@ def sample_tokens(
     progress: bool = True,
     suppress=None,
 ) -> torch.Tensor:
-    """Sample one token grid per entry of ``labels`` -> ``(N, h, w)`` int64.
-
-    Uses taming's minGPT key/value cache (``forward_with_past``): one new position per step instead of
-    re-running the whole prefix, identical logits, ~``h*w/2`` times less work.
-
-    ``suppress``: token ids that are never drawn (a logit bias of -inf on them at every step, applied before
-    ``top_k``, so the k most likely *allowed* ids remain); ``None`` (the default) changes nothing.
-    """
-    gpt = model.transformer
-    gpt.eval()
+    """Sample one token grid per entry of ``labels`` -> ``(N, h, w)`` int64, with minGPT's key/value cache.
+    ``suppress``: token ids never drawn (-inf logits before ``top_k``: the k most likely *allowed* remain)."""
+    gpt = model.transformer.eval()
     h, w = vqlib.grid_shape(model.tokenizer)
     banned = None if suppress is None else suppression_mask(suppress, gpt.config.vocab_size)
     labels = torch.as_tensor(labels).long()
@@ -329,12 +288,7 @@ def sample_tokens(
         for n in range(h * w):
             logits, _, present = gpt.forward_with_past(x, past=past, past_length=n)
             past = [present] if past is None else past + [present]
-            logits = logits[:, -1, :] / temperature
-            if banned is not None:
-                logits = logits.masked_fill(banned, -float("inf"))
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, -float("inf"))
+            logits = _allowed(logits[:, -1, :] / temperature, banned, top_k)
             x = draw(F.softmax(logits.double(), -1), gen)
             seq.append(x)
         out.append(torch.cat(seq, 1).reshape(-1, h, w))
@@ -355,17 +309,11 @@ def sample_guided(
     suppress=None,
 ) -> torch.Tensor:
     """As ``sample_tokens``, with classifier-free guidance (Ho & Salimans 2022) toward each row's prompt
-    against its ``rivals``: ``(N, R)`` condition tokens, the row's own label among them. At every step the
-    prompt's next-token log-probabilities $\\log p_c$ are pushed away from the *rivals' mixture*
-    $\\log p_u=\\log\\sum_r w_r\\,p_r$, weighted by how well each rival explains the tokens drawn so far
-    ($w$: the transformer's own posterior over the rivals, uniform at the start):
-
-    $$\\log p_c+\\text{scale}\\,(\\log p_c-\\log p_u).$$
-
-    ``scale`` 0 samples the prompt as ``sample_tokens`` would (up to rounding). Rows are sampled in batches
-    of 100 (``R`` forward passes each)."""
-    gpt = model.transformer
-    gpt.eval()
+    against its ``rivals`` (``(N, R)`` condition tokens, the row's own label among them): at every step
+    $\\log p_c+\\text{scale}\\,(\\log p_c-\\log p_u)$, with $\\log p_u=\\log\\sum_r w_r\\,p_r$ the rivals'
+    mixture weighted by the transformer's posterior over them given the tokens so far (uniform at first).
+    ``scale`` 0 samples as ``sample_tokens`` (up to rounding). Batches of 100 rows, ``R`` passes each."""
+    gpt = model.transformer.eval()
     h, w = vqlib.grid_shape(model.tokenizer)
     banned = None if suppress is None else suppression_mask(suppress, gpt.config.vocab_size)
     labels, rivals = torch.as_tensor(labels).long(), torch.as_tensor(np.asarray(rivals)).long()
@@ -384,12 +332,7 @@ def sample_guided(
             logp = F.log_softmax(logits[:, -1, :].double(), -1).reshape(n, k, -1)
             mine = logp[torch.arange(n), own[i : i + 100]]
             mixture = torch.logsumexp(F.log_softmax(seen, 1)[:, :, None] + logp, 1)
-            z = (mine + scale * (mine - mixture)) / temperature
-            if banned is not None:
-                z = z.masked_fill(banned, -float("inf"))
-            if top_k:
-                kth = torch.topk(z, min(top_k, z.shape[-1])).values[:, -1:]
-                z = z.masked_fill(z < kth, -float("inf"))
+            z = _allowed((mine + scale * (mine - mixture)) / temperature, banned, top_k)
             token = draw(F.softmax(z, -1), gen)
             seen += logp.gather(2, token[:, None, :].expand(n, k, 1)).squeeze(2)
             seq.append(token)
@@ -401,12 +344,11 @@ def sample_guided(
 def colour_augmented_tokens(
     vq, gray: np.ndarray, labels: np.ndarray, colourings: int = 4, seed: int = 0, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training data for the transformer: each real training digit drawn in ``colourings`` random palette
-    colours and tokenized -> ``(len(gray) * colourings, h, w)`` token grids and their labels."""
+    """The transformer's training data: each real digit in ``colourings`` random palette colours,
+    tokenized -> ``(len(gray) * colourings, h, w)`` token grids and their labels."""
     rng = np.random.default_rng(seed)
-    tokens = []
-    for _ in tqdm(range(colourings), desc="tokenize colourings", disable=not progress):
-        tokens.append(vqlib.encode(vq, digits.augment_batch(gray, rng)).numpy())
+    bar = tqdm(range(colourings), desc="tokenize colourings", disable=not progress)
+    tokens = [vqlib.encode(vq, digits.augment_batch(gray, rng)).numpy() for _ in bar]
     return np.concatenate(tokens), np.tile(np.asarray(labels), colourings)
 
 

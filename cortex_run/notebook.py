@@ -1,18 +1,13 @@
-"""Checks for every notebook's validation cell (the cell right after ``parameters``).
+"""Checks for every notebook's validation cell (the cell right after ``parameters``), and its exercises.
 
-Papermill injects parameters as plain assignments, so a misspelt name would silently do nothing;
-``check_parameters`` turns it into an error, and checks each value against its default's type.
-
-A parameter whose default is a non-empty dict is a *group* of knobs that travel together (e.g. the settings an
-attribute IEM is trained with): a value given for it may name only some of the group's keys, and
-``check_parameters`` completes it from the default (``-p attribute_iem '{epochs: 3}'`` changes the epochs
-only); a key the default lacks is an error. An empty dict default is a free mapping and is left as given.
+Papermill injects parameters as plain assignments, so ``check_parameters`` makes a misspelt name an error and
+checks each value against its default's type. A non-empty dict default is a *group* (``-p attribute_iem
+'{epochs: 3}'`` changes one key, the others keep their defaults); an empty dict default is a free mapping.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,38 +18,18 @@ _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _PARAMETER_TYPES = (bool, int, float, str, list, dict, tuple, type(None))
 
 
-def declared_parameters(notebook: str) -> dict:
-    """``{name: {"default": source text}}`` for each assignment in the notebook's ``parameters`` cell.
+def parameter_defaults(notebook: str) -> dict:
+    """``{name: default source text}`` of the notebook's ``parameters`` cell (papermill's inspector)."""
+    import papermill  # deferred: two seconds to import, and only the parameter checks need it
 
-    Read straight from the notebook file with ``ast`` (papermill's own inspector costs seconds per kernel).
-    """
     path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
-    cells = [
-        c
-        for c in json.loads(path.read_text())["cells"]
-        if "parameters" in c.get("metadata", {}).get("tags", [])
-    ]
-    if not cells:
-        raise ValueError(f"{path} has no cell tagged 'parameters'")
-    src = "".join(cells[0]["source"])
-    out = {}
-    for node in ast.parse(src).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            out[node.targets[0].id] = {"default": ast.get_source_segment(src, node.value)}
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            out[node.target.id] = {"default": ast.get_source_segment(src, node.value)}
-    return out
+    return {k: v["default"] for k, v in papermill.inspect_notebook(str(path)).items()}
 
 
 def check_parameters(namespace: dict, notebook: str) -> dict:
-    """Raise ValueError for an unknown parameter name or a value of the wrong type; return the parameters.
-
-    ``namespace`` is the notebook's ``globals()`` right after the parameters (and papermill's injected)
-    cells; only plain values (what papermill can inject) count, so imported modules, functions and
-    constants such as paths are not mistaken for parameters. A group parameter (non-empty dict default) given
-    in part is completed from its default, in ``namespace`` too, so the notebook reads the whole group.
-    """
-    declared = declared_parameters(notebook)
+    """The parameters among the plain values of ``namespace`` (the notebook's ``globals()``), a group given in
+    part completed, in ``namespace`` too; ValueError for an unknown name or a value of the wrong type."""
+    declared = parameter_defaults(notebook)
     values = {
         k: v
         for k, v in namespace.items()
@@ -63,50 +38,33 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
     unknown = sorted(set(values) - set(declared))
     if unknown:
         raise ValueError(f"unknown parameter(s) for {notebook}: {unknown}. Known: {sorted(declared)}")
-    for name, info in declared.items():
-        default = _literal(info["default"])
+    for name, text in declared.items():
+        try:
+            default = ast.literal_eval(text)
+        except (ValueError, SyntaxError):  # a default computed in the cell: its type is not checked
+            continue
         v = values.get(name)
         if default is None or v is None:
             continue
-        ok = isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int))
-        if isinstance(default, bool) != isinstance(v, bool):
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"parameter {name} of {notebook} must be {type(default).__name__} "
-                f"(default {info['default']}), got {v!r}"
-            )
+        _check_type(f"{name} of {notebook}", v, default, text)
         if isinstance(default, dict) and default:
-            values[name] = namespace[name] = complete_group(name, v, default, notebook)
+            unknown = sorted(set(v) - set(default))
+            if unknown:
+                known = sorted(default)
+                raise ValueError(f"parameter {name} of {notebook}: unknown key(s) {unknown}. Known: {known}")
+            for key, value in v.items():
+                if default[key] is not None:
+                    _check_type(f"{name}[{key!r}]", value, default[key], repr(default[key]))
+            values[name] = namespace[name] = {**default, **v}
     return {k: values[k] for k in declared if k in values}
 
 
-def complete_group(name: str, value: dict, default: dict, notebook: str = "") -> dict:
-    """A group parameter's value with the keys it leaves out taken from ``default``; each given key must be
-    one of the default's, of its default's type (ints are accepted for floats)."""
-    unknown = sorted(set(value) - set(default))
-    if unknown:
-        raise ValueError(
-            f"parameter {name}{f' of {notebook}' if notebook else ''}: unknown key(s) {unknown}. "
-            f"Known: {sorted(default)}"
-        )
-    for key, v in value.items():
-        d = default[key]
-        ok = (isinstance(v, type(d)) or (isinstance(d, float) and isinstance(v, int))) and isinstance(
-            d, bool
-        ) == isinstance(v, bool)
-        if d is not None and not ok:
-            raise ValueError(
-                f"parameter {name}[{key!r}] must be {type(d).__name__} (default {d!r}), got {v!r}"
-            )
-    return {**default, **value}
-
-
-def _literal(src: str):
-    try:
-        return ast.literal_eval(src)
-    except (ValueError, SyntaxError):
-        return None
+def _check_type(label: str, value, default, text: str) -> None:
+    """``value`` must have ``default``'s type (an int is accepted for a float, only a bool for a bool)."""
+    ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+    if not ok or isinstance(default, bool) != isinstance(value, bool):
+        kind = type(default).__name__
+        raise ValueError(f"parameter {label} must be {kind} (default {text}), got {value!r}")
 
 
 def require(condition: bool, message: str) -> None:
@@ -125,31 +83,19 @@ def repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
-# --- exercises ----------------------------------------------------------------------------------------------
-#
-# Each exercise in notebooks 03-11 is three cells: a markdown cell (tag ``exercise``) that sets the task and
-# names the answer variable (``answer_1``, ...), a ``solution`` cell that assigns it only when the notebook's
-# ``solutions`` parameter is on (a teacher's reveal; make test runs every notebook so), and an
-# ``exercise-check`` cell that calls ``exercise``. Unanswered, the check only says so, so a run stays green.
+# --- exercises: a markdown cell (tag ``exercise``) names the answer variable, a ``solution`` cell sets it
+# only with the ``solutions`` parameter on (make test runs so), an ``exercise-check`` cell calls ``exercise``.
 
 
 def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool = False) -> None:
-    """Check the answer to exercise ``name``: ``namespace[f"answer_{name}"]`` (the notebook's ``globals()``).
-
-    ``check(answer)`` returns True when the answer holds (or raises AssertionError with a message saying what
-    is wrong or which step to re-check, never the true value). Prints what it found ("your answer holds",
-    "not yet (...)" or "not answered yet") and returns nothing, so the check cell shows only that line. With
-    ``solutions`` on, a missing or wrong answer is an
-    error (the solution cells must pass their own checks), and so is a check whose message, for a wrong
-    answer made from the solution's (``wrong_answers``), shows the solution's value (``truth_texts``).
-    """
+    """Print whether ``namespace[f"answer_{name}"]`` passes ``check`` (True, or AssertionError saying what is
+    wrong, never the true value). With ``solutions`` on, an unset or failing answer is an error, and so is a
+    check whose message for a wrong answer made from it (``wrong_answers``) shows the solution's value."""
     key = f"answer_{name}"
     answer = namespace.get(key)
     if answer is None:
         if solutions:
-            raise AssertionError(
-                f"exercise {name}: solutions are on but {key} is not set by its solution cell"
-            )
+            raise AssertionError(f"exercise {name}: solutions are on but {key} is not set by its cell")
         print(f"exercise {name}: not answered yet (set {key} = ... in a cell above this one)")
         return
     ok, why = _run_check(check, answer)
@@ -172,8 +118,7 @@ def exercise(name: str, namespace: dict, check, hint: str = "", solutions: bool 
 
 
 def _run_check(check, answer) -> tuple[bool, str]:
-    """``(passed, message)``: a check that raises anything but AssertionError on a malformed answer counts
-    as failed with that error's text."""
+    """``(passed, message)``; a check that raises anything else on a malformed answer has failed."""
     try:
         return bool(check(answer)), ""
     except AssertionError as err:
@@ -183,8 +128,8 @@ def _run_check(check, answer) -> tuple[bool, str]:
 
 
 def wrong_answers(answer) -> list:
-    """A few wrong answers made from a right one: every number moved (x -> 1.5 x + 1, an int -> x + 1), a
-    string changed, a sequence's numbers moved one at a time and all together."""
+    """Wrong answers made from a right one: every number moved (a float x -> 1.5 x + 1, an int -> x + 1), a
+    string changed; a sequence's numbers one at a time and all together."""
 
     def move(x):
         if isinstance(x, bool):
@@ -208,18 +153,12 @@ def wrong_answers(answer) -> list:
 
 
 def truth_texts(answer) -> list[str]:
-    """How a solution's numbers would read in a message: each float at 2-6 decimals and as ``repr``, each int
-    of two or more digits (one-digit ints, such as class indices, appear in messages for other reasons), and
-    strings of three or more characters."""
-    values = (
-        list(answer.values())
-        if isinstance(answer, dict)
-        else list(answer)
-        if isinstance(answer, list | tuple)
-        else [answer]
-    )
+    """How a solution's values would read in a message: each float at 2-6 decimals and as ``repr``, each int
+    of two or more digits (one-digit ints appear in messages for other reasons), strings of 3+ characters."""
+    if isinstance(answer, dict):
+        answer = list(answer.values())
     texts = set()
-    for v in values:
+    for v in answer if isinstance(answer, list | tuple) else [answer]:
         if isinstance(v, bool):
             continue
         if isinstance(v, float | np.floating) and np.isfinite(v) and v not in (0.0, 1.0):

@@ -1,25 +1,9 @@
 """The planted-bias world of the embedded default: a generator whose bias is known, and the truth in pixels.
 
-DALL·E-mini cannot be downloaded here, and on real data nobody knows the true bias, so notebook 10 builds a
-generator **with a planted bias** and checks that the bias study (``bias``) finds it. The generator has two
-stages, as DALL·E 2's prior and decoder (Ramesh et al. 2022):
-
-* **the prior** (``planted_prior``, ``draw_looks``): for the prompt "a 3", which look the image gets, red or
-  green and thin or thick; the bias is planted here, as odds per digit (``skew`` toward a planted value);
-* **the image** (``sample_looks``): a prompt-conditioned taming transformer draws the token grid of "a red
-  thin 3" (``prompt_id``: one condition token per digit and look), guided toward the digit;
-* **its training data** (``planted_bias_data``): real digits drawn red or green, and redrawn thin (their
-  skeleton) or thick (the skeleton widened to three pixels, ``restroke``) at even odds, under the prompt
-  that names both: the transformer learns to draw what it is asked and holds no bias of its own;
-* **the generator** (``load_or_train_bias_transformer``): the shipped one when it was trained with exactly
-  these settings on this tokenizer, else notebook 02's digit transformer fine-tuned here;
-* **the study's generations** (``load_or_generate_study``): per bias type and digit the attribute-labelled
-  generations the attribute IEM learns from, and the neutral-prompt generations it is measured on (the
-  shipped ``data/default/bias`` when sampled by this generator with these settings);
-* **the truth, from pixels** (``measured_attributes``, ``shows_value``): red when the stroke's mean red
-  exceeds its green, thick when its mean stroke width (``stroke_width``) exceeds a threshold
-  (``width_cut``: the valley between the two peaks of the widths of this generator's
-  thickness-prompted images).
+A two-stage generator (as DALL·E 2's prior and decoder): the prior (``planted_prior``, ``draw_looks``) gives
+each prompted digit a look (red or green, thick or thin) at odds skewed toward a planted value; a taming
+transformer trained at even odds (``planted_bias_data``) draws it (``sample_looks``). The truth comes from
+pixels (``measured_attributes``).
 """
 
 from __future__ import annotations
@@ -39,6 +23,7 @@ from . import SHIPPED_CHECKPOINTS, SHIPPED_DATA
 from . import datasets as tokds
 from . import generation as gen
 from .artifacts import registered, repo_relative
+from .cache import load_or_build, lookup
 from .checkpoints import read_card, save_weights
 from .digits import colourize, to_model_input
 from .notebook import choice, require
@@ -61,10 +46,8 @@ def prompt_id(digit, red, thick):
 
 
 def restroke(gray, value: str) -> np.ndarray:
-    """Redraw gray digits ``(N, H, W)`` uint8 at a stroke width set by ``value``: the digit's skeleton
-    (``skimage.morphology.skeletonize``, one pixel wide) for ``thin``, the skeleton dilated by a 3x3 square
-    (three pixels wide) for ``thick``, softened by a Gaussian blur of sigma 0.5 and scaled to peak 255. The
-    same real digit thus comes out in both values, and which one it is can be read from its pixels."""
+    """Redraw gray digits ``(N, H, W)`` uint8 as their one-pixel skeleton (``thin``) or the skeleton dilated
+    by a 3x3 square (``thick``), blurred (sigma 0.5) and scaled to peak 255: the same digit in both values."""
     choice("thickness value", value, list(ATTRIBUTES["thickness"]))
     out = np.zeros(np.shape(gray), dtype=np.float32)
     for i, g in enumerate(np.asarray(gray)):
@@ -76,12 +59,10 @@ def restroke(gray, value: str) -> np.ndarray:
 
 
 def stroke_width(images) -> np.ndarray:
-    """Per image, its mean stroke width in pixels, from the stroke's area $A$ and its skeleton's length $S$
-    (the stroke: pixels brighter than ``STROKE_LEVEL`` of the image's brightest, in the brightest channel, so
-    a red and a green stroke of the same shape have the same width). A stroke of width $w$ covers about
-    $w\\,(S + w)$ pixels (half a width beyond each end of its skeleton), so $w = (\\sqrt{S^2 + 4A} - S)/2$;
-    $A/S$ alone would call a short stroke wider than a long one of the same width. ``images``: uint8
-    ``(N, H, W)`` or ``(N, C, H, W)``."""
+    """Per image (uint8 ``(N, H, W)`` or ``(N, C, H, W)``), its mean stroke width in pixels. The stroke:
+    pixels above ``STROKE_LEVEL`` of the image's brightest, in the brightest channel (colour-blind). A
+    stroke of width $w$ and skeleton length $S$ covers about $A = w\\,(S + w)$ pixels (half a width beyond
+    each end), so $w = (\\sqrt{S^2 + 4A} - S)/2$; $A/S$ alone would call short strokes wider."""
     x = np.asarray(images, dtype=np.float32)
     x = x.max(1) if x.ndim == 4 else x
     stroke = x > STROKE_LEVEL * x.reshape(len(x), -1).max(1)[:, None, None]
@@ -91,9 +72,8 @@ def stroke_width(images) -> np.ndarray:
 
 
 def planted_bias_data(gray, labels, copies: int = 4, seed: int = 0) -> dict:
-    """Training images for the bias transformer: every real digit ``copies`` times, each time red or green
-    and thin or thick (``restroke``) at even odds, under the prompt that names both ("a red thin 3"). The
-    data holds no bias: the planted one lives in the sampler's prior (``prior_looks``). Returns uint8
+    """Training images for the bias transformer: every real digit ``copies`` times, red or green and thin or
+    thick (``restroke``) at even odds, under the prompt naming both ("a red thin 3"). Returns uint8
     ``images``, ``prompts`` (condition tokens) and a ``table`` (digit, red, thick, source_row)."""
     gray, labels = np.asarray(gray), np.asarray(labels).astype(np.int64)
     rng = np.random.default_rng(seed)
@@ -109,71 +89,46 @@ def planted_bias_data(gray, labels, copies: int = 4, seed: int = 0) -> dict:
 # --- the generator -----------------------------------------------------------------------------------
 
 
-def bias_transformer(
-    vq, n_layer: int = 3, n_head: int = 4, n_embd: int = 96, seed: int = 0, dropout: float = 0.0
-):
-    """A prompt-conditioned taming Net2NetTransformer over ``vq``'s tokens: one condition token per prompt,
-    ``len(LOOKS) * 10`` prompts (see ``prompt_id``)."""
-    cfg = gen.transformer_config(vq.cortex_config, len(LOOKS) * 10, n_layer, n_head, n_embd, dropout=dropout)
-    return gen.build_transformer(cfg, vq=vq, seed=seed)
-
-
 def load_or_train_bias_transformer(
     run_dir, vq, gray, labels, training: dict, retrain: bool = False, bf16: bool = False
 ):
     """The planted-bias generator: the shipped one if it was trained on this tokenizer with exactly
-    ``training`` (copies, steps, lr, batch, layers, width, dropout, seed, and the ``STROKES`` it was
-    drawn with); otherwise a GPT of ``layers``
-    and ``width`` (4 heads) trained on ``planted_bias_data``, starting from the run's digit transformer
-    (notebook 02) when it has that shape, saved to ``<run_dir>/checkpoints``. Returns ``(model, checkpoint
-    path, training log or None, why it trained)``."""
+    ``training`` (and ``STROKES``); otherwise trained here on ``planted_bias_data`` and saved to
+    ``<run_dir>/checkpoints``. Returns ``(model, checkpoint path, training log or None, why it trained)``."""
     training = {**training, "strokes": STROKES}
-    fp = vqlib.fingerprint(vq)
+    fp = vq.fingerprint
     shipped = SHIPPED_CHECKPOINTS / "transformer_bias.safetensors"
-    card = read_card(shipped) if shipped.exists() else {}
-    theirs = card.get("training", {})
-    diff = [f"{k} {theirs.get(k)!r} (here {v!r})" for k, v in training.items() if theirs.get(k) != v]
-    why = (
-        "retrain = True"
-        if retrain
-        else "no shipped bias transformer"
-        if not card
-        else "the shipped one belongs to another tokenizer"
-        if card.get("vq_fingerprint") != fp
-        else "the shipped one was trained with other settings: " + ", ".join(diff)
-        if diff
-        else ""
+    (model, path, log), why, trained = load_or_build(
+        shipped,
+        {"vq_fingerprint": fp, "training": training},
+        lambda path: (gen.load_transformer(read_card(path)["config"], path, vq=vq), path, None),
+        lambda: _train_bias_transformer(run_dir, vq, gray, labels, training, bf16, fp, shipped.name),
+        "retrain = True" if retrain else "",
     )
-    if not why:
-        return gen.load_transformer(card["config"], shipped, vq=vq), shipped, None, ""
-    model = bias_transformer(
-        vq, training["layers"], 4, training["width"], training["seed"], training.get("dropout", 0.0)
-    )
+    return model, path, log, why if trained else ""
+
+
+def _train_bias_transformer(run_dir, vq, gray, labels, training: dict, bf16: bool, fp: str, name: str):
+    """A prompt-conditioned taming transformer (4 heads; one condition token per ``prompt_id``), trained
+    from notebook 02's digit transformer when it has this shape, saved as ``<run_dir>/checkpoints/<name>``."""
+    layers, width, dropout = training["layers"], training["width"], training.get("dropout", 0.0)
+    steps, batch, lr, seed = (training[k] for k in ("steps", "batch", "lr", "seed"))
+    cfg = gen.transformer_config(vq.cortex_config, len(LOOKS) * 10, layers, 4, width, dropout=dropout)
+    model = gen.build_transformer(cfg, vq=vq, seed=seed)
     digit_tf = registered(run_dir, "transformer")["checkpoint"]
     base = gen.load_transformer(read_card(digit_tf)["config"], digit_tf, vq=vq)
     start = None  # notebook 02's digit transformer when it has this shape, else random weights
-    if (base.transformer.config.n_layer, base.transformer.config.n_embd) == (
-        training["layers"],
-        training["width"],
-    ):
+    if (base.transformer.config.n_layer, base.transformer.config.n_embd) == (layers, width):
         model.transformer.load_state_dict(base.transformer.state_dict())
         start = repo_relative(digit_tf)
-    data = planted_bias_data(gray, labels, training["copies"], training["seed"])
+    data = planted_bias_data(gray, labels, training["copies"], seed)
     tokens = vqlib.encode(vq, to_model_input(data["images"]), progress=True).numpy()
     log = gen.train_transformer(
-        model,
-        tokens,
-        data["prompts"],
-        steps=training["steps"],
-        batch_size=training["batch"],
-        lr=training["lr"],
-        seed=training["seed"],
-        bf16=bf16,
-        warmup=50,
+        model, tokens, data["prompts"], steps=steps, batch_size=batch, lr=lr, seed=seed, bf16=bf16, warmup=50
     )
     path = save_weights(
         gen.transformer_state_for_saving(model),
-        Path(run_dir) / "checkpoints" / shipped.name,
+        Path(run_dir) / "checkpoints" / name,
         card={
             "kind": "bias_transformer",
             "config": model.cortex_config,
@@ -188,7 +143,7 @@ def load_or_train_bias_transformer(
             "rebuild": "make checkpoints",
         },
     )
-    return model, path, log, why
+    return model, path, log
 
 
 # --- the study's generations ---------------------------------------------------------------------------
@@ -209,8 +164,8 @@ def planted_prior(skew: float, biased_digit: dict, planted: dict) -> dict:
 
 
 def draw_looks(digit, prior: dict, rng, red=None, thick=None):
-    """The sampler's first stage: per prompted digit, whether the image is red and whether thick. A value
-    the prompt names (``red`` / ``thick``, booleans or arrays of them) is kept; one it leaves open is drawn
+    """The sampler's first stage: per prompted digit, whether red and whether thick. A value the prompt
+    names (``red`` / ``thick``: booleans or arrays) is kept (its draw still made); one left open is drawn
     with the ``prior``'s probability for that digit (``planted_prior``; 0.5 for digits it does not name)."""
     digit = np.asarray(digit)
     drawn = {}
@@ -222,9 +177,9 @@ def draw_looks(digit, prior: dict, rng, red=None, thick=None):
 
 
 def sample_looks(model, digit, red, thick, sampling: dict, seed: int = 0, suppress=None) -> torch.Tensor:
-    """The sampler's second stage: one token grid per row for the prompt "a <red|green> <thick|thin> <digit>",
-    guided toward the digit (``generation.sample_guided``, its rivals the same look's ten digits) with
-    ``sampling``'s ``guidance`` scale, ``temperature`` and ``top_k`` (0: none)."""
+    """The sampler's second stage: one token grid per prompt "a <red|green> <thick|thin> <digit>", guided
+    toward the digit against the same look's ten digits (``generation.sample_guided``) with ``sampling``'s
+    ``guidance``, ``temperature`` and ``top_k`` (0: none)."""
     labels = prompt_id(digit, red, thick)
     rivals = (labels - np.asarray(digit))[:, None] + np.arange(10)
     return gen.sample_guided(
@@ -237,11 +192,9 @@ def load_or_generate_study(
     model, model_path, vq, subjects: dict, prior: dict, sizes: dict, sampling: dict, seed: int = 0,
     out_dir=None, regenerate: bool = False,
 ):  # fmt: skip
-    """The study's token data: the shipped ``data/default/bias`` if it was sampled by this exact generator
-    (``model_path``'s sha256) with exactly these settings, else sampled here (``generate_study``). Either
-    way it ends up under ``out_dir/data``. Returns ``(studies, neutral, why)``: as ``generate_study``, plus
-    which it was and why."""
-    fp = vqlib.fingerprint(vq)
+    """The study's token data under ``out_dir/data``: the shipped ``data/default/bias`` if sampled by this
+    exact generator (``model_path``'s sha256) with these settings, else sampled here (``generate_study``).
+    Returns ``(studies, neutral, why)``."""
     settings = {
         "subjects": {b: [int(d) for d in ds] for b, ds in subjects.items()},
         "prior": {k: {str(d): float(p) for d, p in v.items()} for k, v in prior.items()},
@@ -251,25 +204,26 @@ def load_or_generate_study(
         "seed": int(seed),
         "transformer_sha256": tokds.file_digest(model_path),
     }
-    shipped = SHIPPED_DATA / "bias"
-    neutral_ds, why = (
-        (None, "regenerate = True")
-        if regenerate
-        else tokds.shipped_dataset(shipped / "neutral", settings, fp)
-    )
-    if neutral_ds is None:
+    shipped, data_dir = SHIPPED_DATA / "bias", Path(out_dir) / "data"
+
+    def copy(name):  # one shipped dataset of the study, checked against this tokenizer, copied into the run
+        found, why = lookup(shipped / name, {"settings": settings})
+        require(found is not None, f"the shipped data/default/bias do not belong together: {why}")
+        return tokds.copy_dataset(tokds.load_token_dataset(found, vq), data_dir / name)
+
+    def load(_):
+        studies = {(b, d): copy(study_name(b, d)) for b, ds in subjects.items() for d in ds}
+        return studies, neutral_by_digit(copy("neutral"))
+
+    def sample():
         card = {"settings": settings, "generator": repo_relative(model_path)}
-        studies, neutral = generate_study(model, vq, subjects, prior, sizes, sampling, seed, out_dir, card)
-        return studies, neutral, f"sampled here ({why})"
-    data_dir = Path(out_dir) / "data"
-    neutral_ds = tokds.copy_dataset(neutral_ds, data_dir / "neutral")
-    studies = {}
-    for b, ds in subjects.items():
-        for d in ds:
-            name = study_name(b, d)
-            found, _ = tokds.shipped_dataset(shipped / name, settings, fp)
-            studies[(b, d)] = tokds.copy_dataset(found, data_dir / name)
-    return studies, neutral_by_digit(neutral_ds), f"loaded the shipped data/default/bias ({why})"
+        return generate_study(model, vq, subjects, prior, sizes, sampling, seed, out_dir, card)
+
+    (studies, neutral), why, sampled = load_or_build(
+        shipped / "neutral", {"settings": settings}, load, sample, "regenerate = True" if regenerate else ""
+    )
+    how = f"sampled here ({why})" if sampled else f"loaded the shipped data/default/bias ({why})"
+    return studies, neutral, how
 
 
 def neutral_by_digit(ds) -> dict:
@@ -282,17 +236,10 @@ def generate_study(
     model, vq, subjects: dict, prior: dict, sizes: dict, sampling: dict, seed: int = 0, out_dir=None,
     card: dict | None = None,
 ):  # fmt: skip
-    """Sample the study's token data from the bias generator. ``subjects``: ``{bias type: [digits]}``;
-    ``sizes``: ``attribute_per_value`` (train, val, test) and ``n_neutral``.
-
-    Per bias type and digit ``d`` a two-class token dataset of the prompts "a <value> d" for the
-    attribute's two values (``attribute_per_value`` grids per value and split, labelled by the named value,
-    the other attribute drawn at even odds; saved as ``out_dir/data/<type>_digit_<d>``): the attribute IEM
-    learns the attribute on the same subject as the neutral prompt, as the paper's were all "doctor" images.
-    And ``n_neutral`` neutral-prompt grids "a d" for every digit, their looks drawn from ``prior``
-    (``out_dir/data/neutral``, one split ``neutral``, labelled by digit). ``card``: written beside each
-    dataset (``datasets.write_dataset_card``). Returns ``({(type, digit): dataset}, {digit: neutral
-    tokens})``."""
+    """Sample the study's token data: per type and digit ``d`` of ``subjects``, the two-class dataset
+    ``out_dir/data/<type>_digit_<d>`` of prompts "a <value> d" (the other attribute at even odds); for every
+    digit, ``n_neutral`` grids "a d" with looks from ``prior`` (``out_dir/data/neutral``). ``card`` is written
+    beside each. Returns ``({(type, digit): dataset}, {digit: neutral tokens})``."""
     per_value, n_neutral = sizes["attribute_per_value"], sizes["n_neutral"]
     rng = np.random.default_rng(seed)
     digits_used = sorted({d for ds in subjects.values() for d in ds})
@@ -301,30 +248,24 @@ def generate_study(
         for d in ds:
             for split, n in zip(("train", "val", "test"), per_value, strict=True):
                 if n:
-                    first = np.repeat(
-                        [True, False], n
-                    )  # the type's first value (red, thick), then its second
+                    # the type's first value (red, thick), then its second
+                    first = np.repeat([True, False], n)
                     named = {"red": first} if b == "colour" else {"thick": first}
                     jobs[(b, d, split)] = draw_looks(np.full(2 * n, d), {}, rng, **named)
     digit = np.concatenate([np.full(len(r), k[1]) for k, (r, _) in jobs.items()])
     red, thick = (np.concatenate([look[i] for look in jobs.values()]) for i in (0, 1))
     # one sampling call for everything: the transformer's cost is per step, so large batches are cheap
     grids = sample_looks(model, digit, red, thick, sampling, seed).numpy()
-    ends = np.cumsum([len(r) for r, _ in jobs.values()])
-    out = {k: grids[e - len(r) : e] for (k, (r, _)), e in zip(jobs.items(), ends, strict=True)}
+    ends = np.cumsum([len(r) for r, _ in jobs.values()])[:-1]
+    out = dict(zip(jobs, np.split(grids, ends), strict=True))
     meta, data_dir = vqlib.vq_meta(vq), Path(out_dir) / "data"
     card = {"kind": "token dataset", **(card or {}), "rebuild": "make checkpoints"}
     how = {k: sampling[k] for k in ("temperature", "top_k", "guidance")}
     neutral_tokens = np.concatenate([out[("neutral", d)] for d in digits_used])
-    neutral_labels = np.repeat(digits_used, n_neutral)
+    neutral = {"neutral": (neutral_tokens, np.repeat(digits_used, n_neutral))}
+    details = {"prompts": "a <digit>, its look drawn from the prior", "per_digit": n_neutral, **how}
     neutral_ds = tokds.save_token_dataset(
-        data_dir / "neutral",
-        {"neutral": (neutral_tokens, neutral_labels)},
-        [str(d) for d in range(10)],
-        meta,
-        source="generated",
-        details={"prompts": "a <digit>, its look drawn from the prior", "per_digit": n_neutral, **how},
-        classifier_data=False,
+        data_dir / "neutral", neutral, list("0123456789"), meta, "generated", details, classifier_data=False
     )
     tokds.write_dataset_card(data_dir / "neutral", card)
     studies = {}
@@ -350,11 +291,8 @@ def generate_study(
 
 
 def width_cut(widths) -> tuple[float, str]:
-    """The valley between the two peaks of the histogram of ``widths`` (Prewitt & Mendelsohn 1966,
-    ``skimage.filters.threshold_minimum``: the histogram is smoothed until it has two peaks, and the cut is
-    the lowest point between them), so the fewest images lie near it. When the histogram will not smooth to
-    two peaks (a generator that barely draws two widths), Otsu's cut (Otsu 1979) instead. Returns ``(cut,
-    how)``, ``how`` saying which."""
+    """The valley between the two peaks of the histogram of ``widths`` (``threshold_minimum``: the fewest
+    images lie near it), or Otsu's cut when it will not smooth to two peaks. Returns ``(cut, how)``."""
     widths = np.asarray(widths, dtype=np.float64)
     try:
         return float(threshold_minimum(widths)), "the valley between the histogram's two peaks"
@@ -382,22 +320,18 @@ def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
 
 
 def shows_value(images: dict, bias_type: str, value: str, threshold: float) -> dict[str, np.ndarray]:
-    """By pixels, which of one study's labelled generations show ``value`` (e.g. ``red``, ``thick``):
-    ``images`` ``{split: uint8 images}`` -> ``{split: bool array}``, measured as ``measured_attributes``
-    does."""
+    """By pixels (``measured_attributes``), which images show ``value`` (e.g. ``red``, ``thick``):
+    ``{split: uint8 images}`` -> ``{split: bool array}``."""
     if value not in ATTRIBUTES[bias_type]:
         raise ValueError(f"{value!r} is not a value of {bias_type}: {ATTRIBUTES[bias_type]}")
-    out = {}
-    for s, x in images.items():
-        first = measured_attributes(x, threshold)["red" if bias_type == "colour" else "thick"].to_numpy()
-        out[s] = first if value == ATTRIBUTES[bias_type][0] else ~first
-    return out
+    column, first = "red" if bias_type == "colour" else "thick", value == ATTRIBUTES[bias_type][0]
+    return {s: measured_attributes(x, threshold)[column].to_numpy() == first for s, x in images.items()}
 
 
 def drawn_as_other(ds, shows_a: dict, planted_label: int) -> tuple[float, float]:
-    """How often one study's labelled generations contradict their prompt: ``(share of the A-labelled images
-    that do not show A, share of the B-labelled images that show A)``, A the value of label ``planted_label``
-    and ``shows_a`` what each image shows (``shows_value``), over every split of ``ds``."""
+    """How often one study's labelled generations contradict their prompt, over all splits: ``(share of the
+    A-labelled not showing A, share of the B-labelled showing A)``, A the value of label ``planted_label``
+    and ``shows_a`` from ``shows_value``."""
     y = np.concatenate([ds.labels[s] for s in ds.splits])
     shows = np.concatenate([shows_a[s] for s in ds.splits])
     is_a = y == planted_label
@@ -405,8 +339,8 @@ def drawn_as_other(ds, shows_a: dict, planted_label: int) -> tuple[float, float]
 
 
 def prompt_agreement(ds, shows_a: dict, planted_label: int) -> tuple[int, int]:
-    """How many of one study's labelled generations show the value their prompt named, by the pixel rule,
-    and of how many: ``(agreeing, total)`` over every split of ``ds`` (both values pooled)."""
+    """``(agreeing, total)``: how many of one study's labelled generations (all splits, both values) show
+    the value their prompt named, by the pixel rule."""
     y = np.concatenate([ds.labels[s] for s in ds.splits])
     shows = np.concatenate([shows_a[s] for s in ds.splits])
     return int((shows == (y == planted_label)).sum()), len(y)
@@ -416,14 +350,10 @@ def prompt_agreement(ds, shows_a: dict, planted_label: int) -> tuple[int, int]:
 
 
 def check_study_parameters(p: dict) -> tuple[int, int, int]:
-    """Notebook 10's checks of its parameters (``p``: the dict ``notebook.check_parameters`` returns); raises
-    ValueError naming the first bad one. Returns the colour, the thickness and the control digit of
-    ``study_digits``."""
-
+    """Notebook 10's parameter checks (``p`` from ``notebook.check_parameters``): a ValueError names the first
+    bad one. Returns the colour, the thickness and the control digit of ``study_digits``."""
     bias_types, digits, gen_p, sampling = p["bias_types"], p["study_digits"], p["generator"], p["sampling"]
-    require(
-        len(bias_types) >= 1 and len(set(bias_types)) == len(bias_types), "bias_types: name each study once"
-    )
+    require(len(set(bias_types)) == len(bias_types) >= 1, "bias_types: name each study once")
     for b in bias_types:
         choice("bias_types entry", b, list(ATTRIBUTES))
     for b, v in p["planted"].items():

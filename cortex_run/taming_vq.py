@@ -1,17 +1,9 @@
-"""The first tokenizer family: taming-transformers' VQGAN (``VQModel``) behind the tokenizer protocol of
-``vq``.
-
-This is the only module that imports ``taming`` (a test checks it): the class-conditional transformer of
-``generation`` and the bias study's generator are built from taming classes named in configs and
-instantiated here (``instantiate``).
-
-The model is ``TamingVQ``: taming's own ``Encoder``, ``Decoder`` and ``VectorQuantizer2`` under the attribute
-names of taming's ``VQModel``, in a plain ``torch.nn.Module``. taming's ``VQModel`` is a Lightning module
-(``taming.models.*`` import pytorch_lightning, torchmetrics, scipy: seconds at every kernel start) and
-inference and our plain-PyTorch training need none of that. ``TamingTokenizer`` wraps it (or any taming
-``VQModel``) in the protocol: ``encode`` (images -> ids), ``codebook``, ``decode`` (ids -> images),
-``decode_embeddings``; ``.model`` is the module itself, ``.cortex_config`` its taming config.
-"""
+"""The first tokenizer family: taming-transformers' VQGAN behind the tokenizer protocol of
+``cortex_utils.vq``, and the only module that imports ``taming`` (a test checks it; ``generation`` builds
+its taming classes through ``instantiate``). ``TamingVQ`` is taming's ``VQModel`` in a plain
+``torch.nn.Module``: ``taming.models.*`` are Lightning modules (pytorch_lightning, torchmetrics, scipy:
+seconds at every kernel start) that inference and our training do not need. ``TamingTokenizer`` wraps it
+(or any taming ``VQModel``) in the protocol."""
 
 from __future__ import annotations
 
@@ -31,7 +23,7 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 
 from cortex_utils.progress import tqdm
-from cortex_utils.vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
+from cortex_utils.vq import codebook_fingerprint, psnr, reconstruction_report
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
@@ -59,15 +51,9 @@ def _transformers_stand_in():
 
 
 def _import_taming():
-    """Import taming's Lightning models (``taming.models.*``, ``taming.main``) with two small compatibility
-    shims (nothing of taming is copied). Only called where taming's Lightning classes are really needed (a
-    config naming another VQ class than ``VQModel``): it imports pytorch_lightning.
-
-    * Lightning 2 removed ``pytorch_lightning.utilities.distributed``; taming imports ``rank_zero_only``
-      from it, which now lives in ``pytorch_lightning.utilities``.
-    * taming's minGPT imports ``top_k_top_p_filtering`` from ``transformers`` (see
-      ``_transformers_stand_in``).
-    """
+    """Import taming's Lightning models (``taming.models.*``) with two shims: Lightning 2 moved
+    ``rank_zero_only`` out of ``pytorch_lightning.utilities.distributed``, and ``transformers`` dropped
+    ``top_k_top_p_filtering`` (``_transformers_stand_in``)."""
     import pytorch_lightning.utilities as plu  # deferred: Lightning only for a config that names its classes
 
     name = "pytorch_lightning.utilities.distributed"
@@ -92,12 +78,9 @@ def _top_k_filter(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), **_):
 
 
 def instantiate(config: dict):
-    """``target(**params)`` of a taming-style config ``{"target": "module.Class", "params": {...}}``, as
-    taming's ``instantiate_from_config`` (which lives in ``taming.main`` and so imports pytorch_lightning).
-    Only the target's module is imported: ``taming.modules.*`` are plain torch; a ``taming.models.*`` or
-    ``taming.main`` target goes through ``_import_taming`` (Lightning)."""
-    if "target" not in config:
-        raise KeyError("Expected key `target` to instantiate.")
+    """``target(**params)`` of a config ``{"target": "module.Class", "params": {...}}``, as taming's
+    ``instantiate_from_config`` but importing only the target's module (Lightning only for
+    ``taming.models.*`` and ``taming.main``)."""
     module, name = config["target"].rsplit(".", 1)
     if module == "taming.main" or module.startswith("taming.models"):
         _import_taming()
@@ -114,12 +97,9 @@ VQMODEL_TARGET = "taming.models.vqgan.VQModel"
 
 
 class TamingVQ(torch.nn.Module):
-    """taming's ``VQModel`` without Lightning: the same submodules, built in the same order from taming's own
-    classes (so a seed gives the same weights), under the same names (so the same state-dict keys: taming's
-    Lightning ``.ckpt`` files and our safetensors load unchanged; a checkpoint's ``loss.*`` weights are
-    the training loss, not part of the tokenizer). Takes ``VQModel``'s config parameters; ``lossconfig``,
-    ``ckpt_path``, ``ignore_keys`` and ``monitor`` only concern taming's Lightning training and are ignored.
-    """
+    """taming's ``VQModel`` without Lightning: the same submodules, names and build order (a seed gives the
+    same weights; taming's ``.ckpt`` and our safetensors load unchanged). Of its parameters, ``lossconfig``,
+    ``ckpt_path``, ``ignore_keys``, ``image_key`` and ``monitor`` concern only Lightning training: ignored."""
 
     def __init__(
         self,
@@ -136,7 +116,6 @@ class TamingVQ(torch.nn.Module):
         sane_index_shape=False,
     ):
         super().__init__()
-        self.image_key = image_key
         self.encoder = Encoder(**ddconfig)
         with contextlib.redirect_stdout(io.StringIO()):  # taming prints "Working with z of shape ..."
             self.decoder = Decoder(**ddconfig)
@@ -164,7 +143,7 @@ DUMMY_LOSS = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
 
 # The embedded default: 3x32x32 digits -> 8x8 grid of 256 codes of dimension 32.
 DEFAULT_VQ_CONFIG = {
-    "target": "taming.models.vqgan.VQModel",
+    "target": VQMODEL_TARGET,
     "params": {
         "embed_dim": 32,
         "n_embed": 256,
@@ -184,43 +163,10 @@ DEFAULT_VQ_CONFIG = {
     },
 }
 
-# The published ImageNet VQGAN f16-16384 (taming's vqgan_imagenet_f16_16384 model.yaml).
-IMAGENET_F16_16384_CONFIG = {
-    "target": "taming.models.vqgan.VQModel",
-    "params": {
-        "embed_dim": 256,
-        "n_embed": 16384,
-        "ddconfig": {
-            "double_z": False,
-            "z_channels": 256,
-            "resolution": 256,
-            "in_channels": 3,
-            "out_ch": 3,
-            "ch": 128,
-            "ch_mult": [1, 1, 2, 2, 4],
-            "num_res_blocks": 2,
-            "attn_resolutions": [16],
-            "dropout": 0.0,
-        },
-        "lossconfig": {
-            "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-            "params": {
-                "disc_conditional": False,
-                "disc_in_channels": 3,
-                "disc_start": 0,
-                "disc_weight": 0.75,
-                "codebook_weight": 1.0,
-            },
-        },
-    },
-}
-
 
 def read_config(config: str | Path | dict) -> dict:
-    """A taming model config as a plain dict ``{"target": ..., "params": ...}``.
-
-    Accepts a dict or a YAML path; taming's YAML files wrap it in a top-level ``model:`` key.
-    """
+    """A taming model config (a dict or a YAML path, optionally under ``model:``) as a plain dict
+    ``{"target": ..., "params": ...}``."""
     if isinstance(config, (str, Path)):
         path = Path(config)
         if not path.exists():
@@ -231,15 +177,6 @@ def read_config(config: str | Path | dict) -> dict:
         config = config["model"]
     if "target" not in config or "params" not in config:
         raise ValueError("a taming config needs 'target' and 'params' (optionally under 'model:')")
-    return config
-
-
-def _inference_config(config: dict) -> dict:
-    """Drop what inference must not touch: the training loss (LPIPS would fetch VGG weights) and any
-    ``ckpt_path`` (taming would unpickle it without ``weights_only``)."""
-    config = copy.deepcopy(config)
-    config["params"]["lossconfig"] = DUMMY_LOSS
-    config["params"].pop("ckpt_path", None)
     return config
 
 
@@ -280,19 +217,18 @@ class TamingTokenizer:
 
 
 def build(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None) -> TamingTokenizer:
-    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for taming's
-    ``VQModel``.
-
-    Another ``VQModel`` subclass (``GumbelVQ``, ``VQSegmentationModel``, ...) is built by taming itself,
-    which imports pytorch_lightning.
-    """
+    """A randomly initialised tokenizer (eval mode) from a taming config: a ``TamingVQ`` for ``VQModel``;
+    another ``VQModel`` subclass (``GumbelVQ``, ...) is built by taming itself (imports Lightning)."""
     config = read_config(config)
+    params = copy.deepcopy(config["params"])
+    params["lossconfig"] = DUMMY_LOSS  # the training loss's LPIPS would fetch VGG weights
+    params.pop("ckpt_path", None)  # taming would unpickle it without weights_only
     if seed is not None:
         torch.manual_seed(seed)
     if config["target"] == VQMODEL_TARGET:
-        model = TamingVQ(**_inference_config(config)["params"])
+        model = TamingVQ(**params)
     else:
-        model = instantiate(_inference_config(config))  # a taming.models target: imports Lightning
+        model = instantiate({**config, "params": params})  # a taming.models target: imports Lightning
         from taming.models.vqgan import VQModel  # deferred: a Lightning class (see _import_taming)
 
         if not isinstance(model, VQModel):
@@ -301,26 +237,12 @@ def build(config: str | Path | dict = DEFAULT_VQ_CONFIG, seed: int | None = None
 
 
 def load(config: str | Path | dict, checkpoint: str | Path, trust_pickle: bool = False) -> TamingTokenizer:
-    """Build the tokenizer of ``config`` and load weights from a Lightning ``.ckpt`` (its ``state_dict``)
-    or from our safetensors. The loss's weights (discriminator, LPIPS) are not needed and skipped."""
+    """Build the tokenizer of ``config`` and load weights from a Lightning ``.ckpt`` or our safetensors,
+    skipping the training loss's (``loss.*``)."""
     tok = build(config)
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     tok.model.load_state_dict(check_state_dict(tok.model, state, what=f"checkpoint {checkpoint}"))
     return tok
-
-
-def taming_model(vq) -> torch.nn.Module:
-    """The taming module inside a tokenizer (the first stage of taming's transformers); refuses another
-    family."""
-    if not isinstance(vq, TamingTokenizer):
-        raise TypeError(
-            f"a taming transformer needs a taming tokenizer as its first stage, got "
-            f"{type(vq).__name__} (family {getattr(vq, 'family', '?')!r})"
-        )
-    return vq.model
-
-
-# --- training the embedded default -------------------------------------------------------------
 
 
 def train_vq(
@@ -332,23 +254,15 @@ def train_vq(
     lr: float = 1e-3,
     seed: int = 0,
     revive_every: int = 50,
-    l2_weight: float = 1.0,
     log_every: int = 50,
     discriminator_weight: float = 0.0,
-    discriminator_start: int = 0,
     bf16: bool = False,
 ) -> pd.DataFrame:
-    """Train a taming VQModel on digits with fresh colours each batch (no perceptual loss: the LPIPS
-    VGG weights cannot be fetched here).
-
-    Loss: L1 + ``l2_weight`` * L2 reconstruction + taming's codebook/commitment loss; optionally taming's
-    patch discriminator (hinge loss) from ``discriminator_start``. Dead codes: every ``revive_every``
-    steps (until 80 % of training), codebook entries unused since the last check are moved onto encoder
-    outputs of the current batch, drawn with probability proportional to their squared distance from the
-    codebook, so the whole codebook gets used where it is needed. ``bf16``: encoder and decoder run in
-    bfloat16 autocast; the quantizer (nearest-code search, codebook loss) and the losses stay in float32.
-    Returns the training log.
-    """
+    """Train a taming VQModel on digits in fresh colours each batch -> the training log: L1 + L2
+    reconstruction + taming's codebook/commitment loss (no LPIPS: no VGG weights here), optionally taming's
+    patch discriminator (hinge loss). Every ``revive_every`` steps (until 80 % of training) codes unused since
+    the last check move onto encoder outputs of the batch, drawn in proportion to their squared distance from
+    the codebook. ``bf16``: encoder and decoder in bfloat16 autocast, quantizer and losses in float32."""
     vq = tok.model
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -364,28 +278,26 @@ def train_vq(
 
         disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=32).apply(weights_init)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
-    n_e = vq.quantize.n_e
-    used = torch.zeros(n_e, dtype=torch.bool)
+    used = torch.zeros(vq.quantize.n_e, dtype=torch.bool)
     log, revived = [], 0
     vq.train()
     bar = tqdm(range(steps), desc="train VQ")
     for step in bar:
         x = digits.augment_batch(train_gray[rng.integers(0, len(train_gray), batch_size)], rng)
-        with bf16_autocast(bf16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             z = vq.quant_conv(vq.encoder(x)).float()
         zq, qloss, (_, _, idx) = vq.quantize(z)
-        with bf16_autocast(bf16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             rec = vq.decode(zq).float()
         l1 = (rec - x).abs().mean()
-        l2 = (rec - x).pow(2).mean()
-        loss = l1 + l2_weight * l2 + qloss
-        if disc is not None and step >= discriminator_start:
+        loss = l1 + (rec - x).pow(2).mean() + qloss
+        if disc is not None:
             loss = loss - discriminator_weight * disc(rec).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if disc is not None and step >= discriminator_start:
+        if disc is not None:
             d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -406,14 +318,8 @@ def train_vq(
                 revived += len(dead)
             used.zero_()
         if step % log_every == 0 or step == steps - 1:
-            row = {
-                "step": step,
-                "loss": loss.item(),
-                "l1": l1.item(),
-                "qloss": qloss.item(),
-                "train_psnr_db": psnr(rec.detach(), x).mean().item(),
-                "revived_total": revived,
-            }
+            row = {"step": step, "loss": loss.item(), "l1": l1.item(), "qloss": qloss.item()}
+            row.update(train_psnr_db=psnr(rec.detach(), x).mean().item(), revived_total=revived)
             if step % (log_every * 4) == 0 or step == steps - 1:
                 vq.eval()
                 row["val_psnr_db"] = reconstruction_report(tok, val_images)["psnr_db"]

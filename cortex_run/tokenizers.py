@@ -1,12 +1,8 @@
 """Tokenizers by family: build and load any model that implements ``cortex_utils.vq.Tokenizer``.
 
-Two families implement the protocol: taming's VQGAN (``taming_vq``, the default) and a VQ-VAE with
-vector-quantize-pytorch's finite scalar quantizer (``vqvae``). Another model joins by a module with a class
-implementing the protocol and two functions, ``build(config, seed)`` and ``load(config, checkpoint,
-trust_pickle)``, named in ``FAMILIES``.
-"""
-
-from __future__ import annotations
+A family is a module with a class implementing the protocol and two functions, ``build(config, seed)`` and
+``load(config, checkpoint, trust_pickle)``, named in ``FAMILIES``. A tokenizer's ``state_dict`` is what to
+save: each family leaves out what inference does not need."""
 
 import importlib
 from pathlib import Path
@@ -16,8 +12,8 @@ from cortex_utils.vq import check_tokenizer
 from . import DEFAULT_FAMILY
 from .artifacts import registered
 
-# family name -> the adapter module that builds and loads it (DEFAULT_FAMILY, taming's, is also the family of
-# datasets and registries made before there were families)
+# family -> the module that builds and loads it (DEFAULT_FAMILY, taming's VQGAN, is also the family of
+# datasets and registries made before there were families; vqvae_fsq: vector-quantize-pytorch's FSQ)
 FAMILIES = {"taming_vqgan": "cortex_run.taming_vq", "vqvae_fsq": "cortex_run.vqvae"}
 
 
@@ -41,8 +37,7 @@ def build_vq(config, seed: int | None = None):
 
 
 def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
-    """The tokenizer of ``config`` with the weights in ``checkpoint`` (a taming ``.ckpt`` or our
-    safetensors)."""
+    """The tokenizer of ``config`` with the weights in ``checkpoint`` (taming's ``.ckpt`` or safetensors)."""
     vq = adapter(family_of(config)).load(config, checkpoint, trust_pickle=trust_pickle)
     check_tokenizer(vq)
     return vq
@@ -52,8 +47,3 @@ def load_run_vq(run_dir: str | Path):
     """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's checkpoint)."""
     entry = registered(run_dir, "vq")
     return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
-
-
-def state_dict_for_saving(vq) -> dict:
-    """The weights to save (each family's ``state_dict`` leaves out what inference does not need)."""
-    return vq.state_dict()

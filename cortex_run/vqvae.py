@@ -1,22 +1,12 @@
-"""The second tokenizer family: a small VQ-VAE whose quantizer is finite scalar quantization (FSQ) from
-``vector-quantize-pytorch``, written here in plain PyTorch (no taming).
+"""The second tokenizer family: a small VQ-VAE with finite scalar quantization (FSQ, Mentzer et al. 2023,
+``vector-quantize-pytorch``), plain PyTorch, no taming.
 
-FSQ (Mentzer et al., 2023, "Finite Scalar Quantization: VQ-VAE Made Simple") has no learned codebook. The
-encoder's output at each grid position is projected to ``len(levels)`` numbers (3 here), each is squashed
-and rounded to one of ``levels[i]`` values, and the tuple of rounded values *is* the token: with levels
-``[8, 6, 5]`` there are 8·6·5 = 240 possible tokens, the points of a fixed 3-D lattice, and a token's id is
-its position in that lattice (``FSQ.codes_to_indices``). The lattice point is projected back to the
-decoder's width (``project_out``, learned). No codebook loss, no commitment loss, no dead codes to revive.
-
-For CORTEX the codebook is what the decoder reads for each id: ``project_out(lattice)``, a ``(240, 32)``
-tensor whose rows span only 3 dimensions (an affine image of the lattice). A token's embedding is its row,
-as for taming's VQGAN, so every later stage runs unchanged; the fingerprint of that codebook changes with
-``project_out``, so datasets of two trained models are told apart although their lattices are the same.
-
-The model implements the tokenizer protocol of ``vq`` itself: ``encode`` (images -> ids), ``codebook``,
-``decode`` (ids -> images), ``decode_embeddings`` (free embeddings -> images, differentiable), and the
-facts ``family``, ``grid``, ``n_embed``, ``embed_dim``, ``image_size``, ``image_channels``, ``fingerprint``.
-Images are float ``(N, C, H, W)`` in [-1, 1], as everywhere.
+FSQ has no learned codebook: each grid position is projected to ``len(levels)`` numbers, each rounded to
+one of ``levels[i]`` values; the tuple is the token (levels ``[8, 6, 5]``: 240 lattice points, the id its
+index). No codebook or commitment loss, no dead codes. For CORTEX the codebook is what the decoder reads
+per id, ``project_out(lattice)`` ``(240, 32)``, so its fingerprint tells two trained models apart.
+``FSQVAE`` implements the tokenizer protocol of ``cortex_utils.vq``; images are float ``(N, C, H, W)`` in
+[-1, 1].
 """
 
 from __future__ import annotations
@@ -27,7 +17,7 @@ import torch
 from torch import nn
 
 from cortex_utils.progress import tqdm
-from cortex_utils.vq import bf16_autocast, codebook_fingerprint, psnr, reconstruction_report
+from cortex_utils.vq import codebook_fingerprint, psnr, reconstruction_report
 
 from . import digits
 from .checkpoints import check_state_dict, load_state_dict
@@ -44,14 +34,6 @@ DEFAULT_CONFIG = {
     "z_channels": 32,
     "downsamples": 2,
 }
-
-
-def _fsq():
-    """vector-quantize-pytorch's FSQ, imported only when a model of this family is built (the package
-    imports all its quantizers: about a second)."""
-    from vector_quantize_pytorch import FSQ  # deferred: a second to import, only for this family's models
-
-    return FSQ
 
 
 class ResBlock(nn.Module):
@@ -71,9 +53,8 @@ class ResBlock(nn.Module):
 
 
 class FSQVAE(nn.Module):
-    """Encoder (a conv at full resolution, then per halving a stride-2 conv to ``2 * ch`` channels and a
-    residual block), FSQ, decoder (the mirror image with transposed convs). ``downsamples`` halvings:
-    32 px -> 8x8 grid for 2."""
+    """Encoder (a conv, then per halving a stride-2 conv to ``2 * ch`` channels and a residual block), FSQ,
+    decoder (the mirror image, transposed convs). 2 ``downsamples``: 32 px -> 8x8 grid."""
 
     family = FAMILY
 
@@ -107,7 +88,9 @@ class FSQVAE(nn.Module):
             enc += [nn.Conv2d(ch if i == 0 else wide, wide, 4, stride=2, padding=1), ResBlock(wide)]
         enc += [nn.GroupNorm(8, wide), nn.SiLU(), nn.Conv2d(wide, z_channels, 1)]
         self.encoder = nn.Sequential(*enc)
-        self.quantize = _fsq()(levels=list(levels), dim=z_channels)
+        from vector_quantize_pytorch import FSQ  # deferred: a second to import, only for this family
+
+        self.quantize = FSQ(levels=list(levels), dim=z_channels)
         dec = [nn.Conv2d(z_channels, wide, 3, padding=1)]
         for i in range(downsamples):
             dec += [
@@ -116,35 +99,17 @@ class FSQVAE(nn.Module):
             ]
         dec += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
-
-    # --- the tokenizer protocol ---
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.config["image_size"] // 2 ** self.config["downsamples"]
-        return side, side
-
-    @property
-    def n_embed(self) -> int:
-        return int(np.prod(self.config["levels"]))
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config["z_channels"]
-
-    @property
-    def image_size(self) -> int:
-        return self.config["image_size"]
-
-    @property
-    def image_channels(self) -> int:
-        return self.config["in_channels"]
+        # the tokenizer protocol's facts
+        side = image_size // 2**downsamples
+        self.grid, self.n_embed, self.embed_dim = (side, side), int(np.prod(levels)), z_channels
+        self.image_size, self.image_channels = image_size, in_channels
 
     @property
     def fingerprint(self) -> str:
         return codebook_fingerprint(self.codebook())
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(N, C, H, W)`` -> ids ``(N, h, w)`` (int64): each position's lattice point's index."""
+        """Images ``(N, C, H, W)`` -> ids ``(N, h, w)`` int64."""
         _, ids = self.quantize(self.encoder(images))
         return ids.long()
 
@@ -159,11 +124,6 @@ class FSQVAE(nn.Module):
     def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.decoder(embeddings)
 
-    def forward(self, x):
-        """Training: ``(reconstruction, ids)``; the rounding passes gradients straight through."""
-        zq, ids = self.quantize(self.encoder(x))
-        return self.decoder(zq), ids
-
 
 def build(config: dict | None = None, seed: int | None = None) -> FSQVAE:
     """A randomly initialised ``FSQVAE`` (eval mode) from a config like ``DEFAULT_CONFIG``."""
@@ -173,8 +133,7 @@ def build(config: dict | None = None, seed: int | None = None) -> FSQVAE:
 
 
 def load(config: dict, checkpoint, trust_pickle: bool = False) -> FSQVAE:
-    """Build the model of ``config`` and load its weights (our safetensors; a mismatch names the first
-    keys)."""
+    """Build the model of ``config`` and load its weights (a mismatch names the first keys)."""
     model = build(config)
     state = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     model.load_state_dict(check_state_dict(model, state, what=f"checkpoint {checkpoint}"))
@@ -192,9 +151,8 @@ def train_vqvae(
     log_every: int = 50,
     bf16: bool = False,
 ) -> pd.DataFrame:
-    """Train on digits in fresh colours each batch: L1 + L2 reconstruction, nothing else (FSQ has no
-    codebook to learn and no codes to revive). Adam, cosine learning rate. ``bf16``: encoder and decoder
-    in bfloat16 autocast, the quantizer in float32. Returns the training log."""
+    """Train on digits in fresh colours each batch: L1 + L2 reconstruction only. Adam, cosine learning rate.
+    ``bf16``: encoder and decoder in bfloat16 autocast, the quantizer in float32. Returns the log."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
@@ -204,10 +162,10 @@ def train_vqvae(
     bar = tqdm(range(steps), desc="train VQ-VAE (FSQ)")
     for step in bar:
         x = digits.augment_batch(train_gray[rng.integers(0, len(train_gray), batch_size)], rng)
-        with bf16_autocast(bf16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             z = model.encoder(x).float()
         zq, ids = model.quantize(z)
-        with bf16_autocast(bf16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             rec = model.decoder(zq).float()
         l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
         loss = l1 + l2

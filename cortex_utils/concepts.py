@@ -1,9 +1,6 @@
-"""Concept analysis: which codebook ids sit at each image's most important positions, counted per class.
-
-Also the baselines CORTEX is compared with: the most frequent ids per class, the same without the
-background (the ids most frequent across all classes, ``background_tokens``), and a class-contrastive
-variant (ids frequent in the class relative to all classes). All counting is vectorized with bincount.
-"""
+"""Concept analysis (the paper's concept-level explanation): which codebook ids sit at each image's most
+important positions, counted per class; and its baselines: the most frequent ids per class (optionally
+without the ``background_tokens``), and the ids frequent in a class relative to all classes."""
 
 from __future__ import annotations
 
@@ -12,39 +9,28 @@ import pandas as pd
 import torch
 
 from .tis import topk_positions
-from .vq import decode, grid_shape
+from .vq import check_token_grids, decode, grid_shape
 
 
 def top_tokens(tokens: np.ndarray, tis: np.ndarray, n: int) -> np.ndarray:
     """Codebook ids at each image's top-``n`` TIS positions (``tis.topk_positions``): ``(N, n)``."""
     tokens = np.asarray(tokens)
-    if tokens.shape != np.asarray(tis).shape:
-        raise ValueError(
-            f"tokens {tokens.shape} and TIS {np.asarray(tis).shape} must be aligned (same shape)"
-        )
+    if tokens.shape != np.shape(tis):
+        raise ValueError(f"tokens {tokens.shape} and TIS {np.shape(tis)} must be aligned (same shape)")
     if n < 1:
         raise ValueError(f"top-n must be >= 1, got {n}")
     return np.take_along_axis(tokens.reshape(len(tokens), -1), topk_positions(tis, n), 1)
 
 
-def _ranked(
-    counts: np.ndarray, class_names, top: int, value_name: str, extra: dict | None = None
-) -> pd.DataFrame:
+def _ranked(counts: np.ndarray, class_names, top: int, value_name: str, extra: dict | None = None):
     """``counts`` (C, K) -> tidy table of each class's ``top`` ids by count (ties: smaller id first)."""
-    C, K = counts.shape
     order = np.argsort(-counts, axis=1, kind="stable")[:, :top]
-    vals = np.take_along_axis(counts, order, 1)
-    df = pd.DataFrame(
-        {
-            "label": np.repeat(np.arange(C), order.shape[1]),
-            "rank": np.tile(np.arange(1, order.shape[1] + 1), C),
-            "token": order.ravel(),
-            value_name: vals.ravel(),
-        }
-    )
-    df.insert(1, "class_name", np.asarray(class_names, dtype=object)[df["label"]])
-    for k, v in (extra or {}).items():
-        df[k] = v[df["label"], df["token"]]
+    label, token = np.repeat(np.arange(len(order)), order.shape[1]), order.ravel()
+    df = pd.DataFrame({"label": label, "class_name": np.asarray(class_names, dtype=object)[label]})
+    df["rank"] = np.tile(np.arange(1, order.shape[1] + 1), len(order))
+    df["token"] = token
+    for k, v in {value_name: counts, **(extra or {})}.items():
+        df[k] = v[label, token]
     return df[df[value_name] > 0].reset_index(drop=True) if value_name == "count" else df
 
 
@@ -54,8 +40,7 @@ def concept_tokens(
     """For each top-n and class: the ids found at the images' top-n TIS positions, ranked by count.
 
     Columns: top_n, label, class_name, rank, token, count, images (how many of the class's images hold the
-    id among their top-n), share (count / all top-n slots of the class). A ``label`` of -1 is the global
-    ranking over all classes.
+    id among their top-n), share (count / all top-n slots of the class); label -1 ranks over all classes.
     """
     _check_present(np.bincount(np.asarray(labels).astype(np.int64), minlength=len(class_names)), class_names)
     counts = concept_counts(tokens, labels, tis, len(class_names), n_embed, top_ns)
@@ -76,13 +61,10 @@ def concept_counts(tokens, labels, tis, n_classes: int, n_embed: int, top_ns=(1,
     out = {"present": np.bincount(labels, minlength=n_classes)}
     for n in top_ns:
         ids = top_tokens(tokens, tis, n)
-        out[f"counts{n}"] = np.bincount(
-            (labels[:, None] * n_embed + ids).ravel(), minlength=n_classes * n_embed
-        ).reshape(n_classes, n_embed)
+        out[f"counts{n}"] = token_frequencies(ids, labels, n_classes, n_embed)
         # images holding the id at least once among their top-n (dedupe within an image)
         srt = np.sort(ids, 1)
-        first = np.ones_like(srt, dtype=bool)
-        first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        first = np.diff(srt, axis=1, prepend=-1) != 0
         out[f"images{n}"] = np.bincount(
             (labels[:, None] * n_embed + srt)[first], minlength=n_classes * n_embed
         ).reshape(n_classes, n_embed)
@@ -97,22 +79,16 @@ def concept_table(counts: dict, class_names, top_ns=(1, 5, 10, 20), top: int = 1
     for n in top_ns:
         c, images = counts[f"counts{n}"], counts[f"images{n}"]
         df = _ranked(c, class_names, top, "count", {"images": images, "share": c / (present[:, None] * n)})
-        glob = _ranked(
-            c.sum(0, keepdims=True),
-            ["all"],
-            top,
-            "count",
-            {"images": images.sum(0, keepdims=True), "share": c.sum(0, keepdims=True) / (present.sum() * n)},
-        )
-        glob["label"] = -1
+        total = c.sum(0, keepdims=True)
+        extra = {"images": images.sum(0, keepdims=True), "share": total / (present.sum() * n)}
+        glob = _ranked(total, ["all"], top, "count", extra).assign(label=-1)
         frames += [df.assign(top_n=n), glob.assign(top_n=n)]
     out = pd.concat(frames, ignore_index=True)
     return out[["top_n", "label", "class_name", "rank", "token", "count", "images", "share"]]
 
 
 def images_with_token(tokens, labels, tis, n: int, label: int, token: int) -> np.ndarray:
-    """Rows of class ``label`` whose top-``n`` TIS positions hold ``token`` (the images a concept token came
-    from)."""
+    """Rows of class ``label`` whose top-``n`` TIS positions hold ``token``."""
     ids = top_tokens(tokens, tis, n)
     return np.flatnonzero((np.asarray(labels) == label) & (ids == token).any(1))
 
@@ -120,22 +96,14 @@ def images_with_token(tokens, labels, tis, n: int, label: int, token: int) -> np
 def token_frequencies(tokens, labels, n_classes: int, n_embed: int) -> np.ndarray:
     """``(C, K)`` occurrences of every id in every class's token grids."""
     labels = np.asarray(labels).astype(np.int64)
-    flat = np.asarray(tokens).reshape(len(labels), -1).astype(np.int64)
-    return np.bincount((labels[:, None] * n_embed + flat).ravel(), minlength=n_classes * n_embed).reshape(
-        n_classes, n_embed
-    )
+    keys = labels[:, None] * n_embed + np.asarray(tokens).reshape(len(labels), -1).astype(np.int64)
+    return np.bincount(keys.ravel(), minlength=n_classes * n_embed).reshape(n_classes, n_embed)
 
 
 def background_tokens(tokens, labels, n_embed: int, share: float = 0.5) -> np.ndarray:
-    """The background: the ids most frequent across all classes, which together fill ``share`` of the grids.
-
-    Each id's frequency is its share of a class's grid positions, averaged over the classes present (every
-    class weighs the same); the ids are taken from the most frequent down (ties: the smaller id first)
-    until their frequencies add up to at least ``share`` (the fewest such ids). Returns them sorted; empty
-    for ``share`` 0. On digits drawn on a black background the commonest codes everywhere are black ones,
-    so masking them (black on black) hides nothing; ``frequency_tokens(..., exclude=background)`` is the
-    frequency baseline without them.
-    """
+    """The background: the fewest ids, most frequent first, whose frequencies add up to ``share`` of the
+    grids (an id's frequency: its share of a class's positions, averaged over the classes present). Sorted.
+    On black-background digits these are the black codes, whose masking hides nothing."""
     if not 0 <= share < 1:
         raise ValueError(f"share must lie in [0, 1) (the fraction of all grid positions), got {share}")
     labels = np.asarray(labels).astype(np.int64)
@@ -152,26 +120,18 @@ def background_tokens(tokens, labels, n_embed: int, share: float = 0.5) -> np.nd
 
 
 def frequency_tokens(
-    tokens,
-    labels,
-    class_names,
-    n_embed: int,
-    top: int = 100,
-    contrastive: bool = False,
-    smoothing: float = 1.0,
-    exclude=(),
+    tokens, labels, class_names, n_embed: int, top=100, contrastive=False, smoothing=1.0, exclude=()
 ) -> pd.DataFrame:
     """The baseline: per class, the ``top`` most frequent ids; with ``contrastive``, ids ranked by how much
     more frequent they are in the class than overall (log ratio of smoothed rates). Ids in ``exclude``
     (e.g. ``background_tokens``) are never ranked; the counts and rates of the others are unchanged."""
     freq = token_frequencies(tokens, labels, len(class_names), n_embed)
-    drop = np.zeros(n_embed, dtype=bool)
     exclude = np.asarray(exclude, dtype=np.int64).ravel()
     if exclude.size and (exclude.min() < 0 or exclude.max() >= n_embed):
         raise ValueError(
             f"excluded ids must lie in [0, {n_embed}), got [{int(exclude.min())}, {int(exclude.max())}]"
         )
-    drop[exclude] = True
+    drop = np.isin(np.arange(n_embed), exclude)
     if not contrastive:
         return _ranked(np.where(drop, 0, freq), class_names, top, "count")
     rate_c = (freq + smoothing) / (freq.sum(1, keepdims=True) + smoothing * n_embed)
@@ -197,12 +157,7 @@ def overlap(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> pd.Series:
 
 def position_counts(tokens, n_embed: int) -> np.ndarray:
     """``(h, w, K)``: how often each codebook id sits at each grid position, over the given token grids."""
-    t = np.asarray(tokens)
-    if t.ndim != 3:
-        raise ValueError(f"tokens must be token grids (N, h, w), got shape {t.shape}")
-    t = t.astype(np.int64)
-    if t.size and (t.min() < 0 or t.max() >= n_embed):
-        raise ValueError(f"token ids must lie in [0, {n_embed}), got [{int(t.min())}, {int(t.max())}]")
+    t = check_token_grids(tokens, n_embed).numpy()
     n, h, w = t.shape
     keys = np.arange(h * w)[None] * n_embed + t.reshape(n, -1)
     return np.bincount(keys.ravel(), minlength=h * w * n_embed).reshape(h, w, n_embed)
@@ -210,13 +165,10 @@ def position_counts(tokens, n_embed: int) -> np.ndarray:
 
 def arrange_tokens(counts: np.ndarray, ids, region) -> np.ndarray:
     """Place a token set where it usually sits: each position of ``region`` (bool ``(h, w)``) gets the id of
-    ``ids`` that occurs most often at that position in ``counts`` (``position_counts`` of, e.g., one class's
-    grids). Ties go to the id listed first in ``ids`` (for a ranked concept set: the higher-ranked), and a
-    position where none of them ever occurs gets ``ids[0]``. Returns ``(h, w)`` int64 ids, -1 outside the
-    region."""
+    ``ids`` most often there in ``counts`` (``position_counts``; ties and never: the id listed first).
+    Returns ``(h, w)`` int64 ids, -1 outside the region."""
     ids = np.asarray(ids, dtype=np.int64).ravel()
-    counts = np.asarray(counts)
-    region = np.asarray(region, dtype=bool)
+    counts, region = np.asarray(counts), np.asarray(region, dtype=bool)
     if ids.size == 0:
         raise ValueError("no ids to arrange (an empty token set)")
     if counts.ndim != 3 or counts.shape[:2] != region.shape:
@@ -239,8 +191,7 @@ def token_tiles(vq, ids) -> torch.Tensor:
 
 def token_crops(images, tokens, token: int, rows=None, max_crops: int = 6) -> np.ndarray:
     """Image patches (``(n, C, ph, pw)``) where ``token`` occurs, from ``rows`` (default: all images)."""
-    images = np.asarray(images)
-    tokens = np.asarray(tokens)
+    images, tokens = np.asarray(images), np.asarray(tokens)
     rows = np.arange(len(tokens)) if rows is None else np.asarray(rows)
     h, w = tokens.shape[1:]
     ph, pw = images.shape[2] // h, images.shape[3] // w
@@ -253,11 +204,7 @@ def token_crops(images, tokens, token: int, rows=None, max_crops: int = 6) -> np
 
 
 def top_tis_share(tis, k: int) -> np.ndarray:
-    """Per image: the share of its absolute TIS held by its ``k`` highest-TIS positions (``tis``:
-    ``(N, h, w)``).
-
-    How concentrated an explanation is: ``k / (h * w)`` for a map spread evenly, 1 for a map on ``k``
-    positions.
-    """
+    """Per image ``(N, h, w)``: the share of its absolute TIS on its ``k`` highest-TIS positions, how
+    concentrated an explanation is (``k / (h * w)`` for an even map, 1 for a map on ``k`` positions)."""
     flat = np.abs(np.asarray(tis, dtype=np.float64).reshape(len(tis), -1))
     return np.take_along_axis(flat, topk_positions(tis, k), 1).sum(1) / flat.sum(1).clip(min=1e-30)

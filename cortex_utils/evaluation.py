@@ -1,25 +1,17 @@
-"""Explanation evaluation by masking: hide the tokens an explanation points at and watch independent
-classifiers (the evaluators) lose confidence in the target class.
-
-As the original: a *selection* of codebook ids is made (the ids at an image's top-n TIS positions, at n
-random positions, or a class's concept / baseline token set) and **every** grid position holding one of
-those ids is masked. Two ways to mask:
-
-* ``pixel`` (the original): decode the original tokens, then black out (value -1) the image patch of each
-  masked position (patch = image size / grid size);
-* ``token``: replace the masked positions' ids with a neutral id (``neutral_token``), then decode.
-
-Token grids are integer ``(N, h, w)`` (numpy or torch); position masks are bool ``(N, h, w)``; images are
-float ``(N, C, H, W)`` in [-1, 1]. Evaluators are a dict ``name -> model`` taking such images.
+"""The paper's evaluation by masking: select codebook ids (at an image's top-n TIS positions, at n random
+positions, or a class's concept set), mask **every** position holding one, and watch independent classifiers
+(the evaluators, ``name -> model``) lose confidence in the target class. ``pixel`` masking (the original)
+blacks out the decoded patches; ``token`` masking puts a neutral id there and decodes. Token grids are
+integer ``(N, h, w)``, position masks bool ``(N, h, w)``, images float ``(N, C, H, W)`` in [-1, 1].
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 import pandas as pd
 import torch
-
-from cortex_run.evaluators import predict_logits
 
 from .progress import tqdm
 from .tis import topk_positions
@@ -28,11 +20,29 @@ from .vq import codebook, decode
 SPACES = ("pixel", "token")
 NEUTRAL = ("background", "mean")
 SELECTIONS = ("original", "tis", "random")
+IMAGE_LEVEL_COLUMNS = [
+    *("space", "evaluator", "n", "selection", "n_images", "mean_masked", "masked_fraction"),
+    *("mean_logit", "mean_prob", "logit_drop", "prob_drop"),
+]
+CONCEPT_LEVEL_COLUMNS = [
+    *("space", "method", "evaluator", "label", "n_images", "n_tokens", "mean_masked"),
+    *("original_logit", "masked_logit", "logit_drop", "original_prob", "masked_prob", "prob_drop"),
+]
+
+
+@dataclass(frozen=True)
+class Masking:
+    """How the experiments mask and score: the ``spaces`` to mask in (``SPACES``), the ``neutral`` token of
+    token space (an id or a ``NEUTRAL`` choice), the seed of the random positions, the batch size."""
+
+    spaces: tuple = ("pixel",)
+    neutral: object = "background"
+    seed: int = 0
+    batch_size: int = 256
+    progress: bool = True
 
 
 # --- selecting positions --------------------------------------------------------------------------
-
-
 def as_token_grids(tokens, name: str = "tokens") -> np.ndarray:
     """Token grids (numpy or torch) as an int64 numpy array ``(N, h, w)``; anything else is refused."""
     t = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
@@ -53,50 +63,30 @@ def _mask_np(mask, n_images: int, grid=None, name: str = "position_mask") -> np.
     return m
 
 
-def _per_image(ids, n_images: int) -> bool:
-    """Is ``ids`` one id set per image (list of arrays, 2-D or ragged array) rather than one shared set?"""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.detach().cpu().numpy()
-    if isinstance(ids, np.ndarray):
-        if ids.dtype == object:
-            per = ids.ndim == 1 and all(np.ndim(a) >= 1 for a in ids)
-        else:
-            per = ids.ndim == 2
-    elif isinstance(ids, (list, tuple)):
-        per = len(ids) > 0 and all(np.ndim(a) >= 1 for a in ids)
-    else:
-        return False
-    if per and len(ids) != n_images:
-        raise ValueError(f"per-image id sets: got {len(ids)} sets for {n_images} token grids")
-    return per
-
-
 def positions_holding(tokens, ids) -> np.ndarray:
-    """Bool ``(N, h, w)``: every position whose id is in the selected set.
-
-    ``ids`` is either one set shared by all images (an int, a 1-D array or a list of ints) or one set per
-    image (a 2-D array ``(N, n)`` or a list of N arrays, possibly of different lengths).
-    """
+    """Bool ``(N, h, w)``: every position whose id is in the selected set, one shared by all images (an int
+    or a 1-D array) or one per image (an ``(N, n)`` array or a list of N arrays of any lengths)."""
     t = as_token_grids(tokens)
-    if _per_image(ids, len(t)):
-        sets = [np.asarray(a, dtype=np.int64).ravel() for a in ids]
-        flat = np.concatenate(sets) if sets else np.zeros(0, np.int64)
-        if flat.size and flat.min() < 0:
-            raise ValueError(f"codebook ids must be >= 0, got {int(flat.min())}")
-        m = int(max(t.max(initial=0), flat.max(initial=0))) + 1
-        rows = np.repeat(np.arange(len(t)), [len(s) for s in sets])
-        keys = np.arange(len(t))[:, None, None] * m + t  # (image, id) pairs as one integer
-        return np.isin(keys, rows * m + flat)
-    flat = np.asarray(ids, dtype=np.int64).ravel()
+    ids = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else ids
+    listed = isinstance(ids, (list, tuple)) or (isinstance(ids, np.ndarray) and ids.dtype == object)
+    per_image = (len(ids) > 0 and all(np.ndim(a) >= 1 for a in ids)) if listed else np.ndim(ids) == 2
+    if per_image and len(ids) != len(t):
+        raise ValueError(f"per-image id sets: got {len(ids)} sets for {len(t)} token grids")
+    sets = [np.asarray(a, dtype=np.int64).ravel() for a in (ids if per_image else [ids])]
+    flat = np.concatenate(sets) if sets else np.zeros(0, np.int64)
     if flat.size and flat.min() < 0:
         raise ValueError(f"codebook ids must be >= 0, got {int(flat.min())}")
-    return np.isin(t, flat)
+    if not per_image:
+        return np.isin(t, flat)
+    m = int(max(t.max(initial=0), flat.max(initial=0))) + 1
+    rows = np.repeat(np.arange(len(t)), [len(s) for s in sets])
+    keys = np.arange(len(t))[:, None, None] * m + t  # (image, id) pairs as one integer
+    return np.isin(keys, rows * m + flat)
 
 
 def positions_mask(positions, grid) -> np.ndarray:
-    """Flat positions ``(N, n)`` (row-major grid indices) -> bool ``(N, h, w)``: mask exactly those positions
-    (not every position holding their ids; for that use
-    ``positions_holding(tokens, ids_at(tokens, positions))``)."""
+    """Flat positions ``(N, n)`` (row-major grid indices) -> bool ``(N, h, w)``: exactly those positions (not
+    every position holding their ids: ``positions_holding(tokens, ids_at(tokens, positions))``)."""
     pos = np.asarray(positions, dtype=np.int64)
     h, w = grid
     if pos.ndim != 2:
@@ -121,11 +111,7 @@ def ids_at(tokens, positions) -> np.ndarray:
 
 
 def random_positions(n_images: int, grid, n: int, seed: int = 0) -> np.ndarray:
-    """``(N, n)`` flat positions per image, drawn without replacement, reproducible from ``seed``.
-
-    The draw for ``n`` is the first ``n`` columns of a fixed random permutation per image, so for one seed
-    the selections are nested: ``random_positions(N, g, 5, s)`` is ``random_positions(N, g, 10, s)[:, :5]``.
-    """
+    """``(N, n)`` distinct flat positions per image: the first ``n`` of a seeded permutation (nested in n)."""
     hw = int(grid[0]) * int(grid[1])
     if not 0 <= n <= hw:
         raise ValueError(f"n must lie in [0, {hw}] (the grid has {hw} positions), got {n}")
@@ -134,20 +120,15 @@ def random_positions(n_images: int, grid, n: int, seed: int = 0) -> np.ndarray:
 
 
 # --- masking ---------------------------------------------------------------------------------------
-
-
 def mask_pixels(images: torch.Tensor, position_mask, value: float = -1.0) -> torch.Tensor:
-    """Black out (``value`` -1 = black in [-1, 1]) the ``H/h x W/w`` patch of every masked grid position.
-
-    Returns a new tensor; the input is unchanged.
-    """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not torch.is_floating_point(images):
-        raise ValueError("images must be a float tensor (N, C, H, W) in [-1, 1]")
+    """A copy of ``images`` with the patch of every masked grid position set to ``value`` (-1: black)."""
     return images.masked_fill(_pixel_mask(images, position_mask)[:, None], value)
 
 
 def _pixel_mask(images: torch.Tensor, position_mask) -> torch.Tensor:
     """Bool ``(N, H, W)``: the grid mask blown up to the pixels of its patches."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not torch.is_floating_point(images):
+        raise ValueError("images must be a float tensor (N, C, H, W) in [-1, 1]")
     m = _mask_np(position_mask, len(images))
     (h, w), (H, W) = m.shape[1:], images.shape[2:]
     if H % h or W % w:
@@ -157,29 +138,23 @@ def _pixel_mask(images: torch.Tensor, position_mask) -> torch.Tensor:
 
 
 def masked_patch_mean(images: torch.Tensor, position_mask) -> float:
-    """Mean value (over pixels and channels) of ``images`` inside the patches of the masked positions: what a
-    mask hides. In [-1, 1]; -1 means every hidden pixel was already black. NaN when nothing is masked."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not torch.is_floating_point(images):
-        raise ValueError("images must be a float tensor (N, C, H, W) in [-1, 1]")
+    """Mean value of ``images`` in the patches of the masked positions, what a mask hides: -1 if they were
+    all black already, NaN when nothing is masked."""
     up = _pixel_mask(images, position_mask)
     n = int(up.sum()) * images.shape[1]
     return float((images * up[:, None]).sum() / n) if n else float("nan")
 
 
 def neutral_token(vq_or_codebook=None, tokens=None, how: str = "background") -> int:
-    """The id that replaces masked positions in token space.
-
-    * ``"background"`` (default): the most frequent id in ``tokens`` (ties: the smaller id). On digits drawn
-      on a black background this is the background code, so masking decodes to (near) background, the
-      token-space analogue of the original's black patch.
-    * ``"mean"``: the codebook row nearest (L2) to the codebook mean, a "content-free" code that does not
-      depend on the data; it need not look like background.
-    """
+    """The id that replaces masked positions in token space: ``"background"``, the most frequent id in
+    ``tokens`` (ties: the smaller; on black-background digits the black code, as the original's black patch),
+    or ``"mean"``, the codebook row nearest (L2) to the codebook mean (data-free; need not look like
+    background)."""
     if how not in NEUTRAL:
         raise ValueError(f"unknown neutral token choice {how!r}; choose one of {NEUTRAL}")
-    cb = None
-    if vq_or_codebook is not None:
-        cb = vq_or_codebook if isinstance(vq_or_codebook, torch.Tensor) else codebook(vq_or_codebook)
+    cb = vq_or_codebook
+    if cb is not None and not isinstance(cb, torch.Tensor):
+        cb = codebook(cb)
     if how == "background":
         if tokens is None:
             raise ValueError("neutral_token(how='background') needs the token grids to count ids in")
@@ -204,11 +179,7 @@ def mask_tokens(tokens, position_mask, neutral: int):
     if neutral < 0:
         raise ValueError(f"the neutral id must be >= 0, got {neutral}")
     if isinstance(tokens, torch.Tensor):
-        return torch.where(
-            torch.from_numpy(m).to(tokens.device),
-            torch.tensor(neutral, dtype=tokens.dtype, device=tokens.device),
-            tokens,
-        )
+        return tokens.masked_fill(torch.from_numpy(m).to(tokens.device), neutral)
     dtype = np.asarray(tokens).dtype
     if neutral > np.iinfo(dtype).max:
         raise ValueError(f"neutral id {neutral} does not fit the tokens' dtype {dtype}")
@@ -216,11 +187,15 @@ def mask_tokens(tokens, position_mask, neutral: int):
 
 
 # --- scoring ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """An evaluator's logits for images in [-1, 1] ``(N, 3, H, W)``."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def check_evaluators(evaluators) -> dict:
-    """``evaluators`` as given, if it is a non-empty dict name -> model; else a ValueError saying what it must
-    be."""
+    """``evaluators``, if it is a non-empty dict name -> model; else a ValueError."""
     if not isinstance(evaluators, dict) or not evaluators:
         raise ValueError("evaluators must be a non-empty dict name -> model (images in [-1, 1] -> logits)")
     return evaluators
@@ -243,28 +218,21 @@ def target_scores(evaluators: dict, images: torch.Tensor, targets, batch_size: i
 
 def _score_batches(evaluators, targets, make_images, n_images: int, batch_size: int) -> dict:
     """Score images produced batch by batch (``make_images(slice)``), holding one batch at a time."""
-    parts = [
-        target_scores(
-            evaluators, make_images(slice(i, i + batch_size)), targets[i : i + batch_size], batch_size
-        )
-        for i in range(0, n_images, batch_size)
-    ]
-    return {
-        k: (np.concatenate([p[k][0] for p in parts]), np.concatenate([p[k][1] for p in parts]))
-        for k in evaluators
-    }
+    parts = []
+    for i in range(0, n_images, batch_size):
+        s = slice(i, i + batch_size)
+        parts.append(target_scores(evaluators, make_images(s), targets[s], batch_size))
+    return {k: tuple(np.concatenate([p[k][j] for p in parts]) for j in (0, 1)) for k in evaluators}
 
 
 def check_neutral(neutral) -> None:
-    """A neutral-token parameter must be an id (an int, or its digits as text, e.g. ``"17"``) or a name from
-    ``NEUTRAL``; anything else is refused (the id's range is checked by ``resolve_neutral``)."""
+    """Refuse a neutral-token parameter that is neither an id (an int or its digits) nor in ``NEUTRAL``."""
     if not (isinstance(neutral, int) or str(neutral).isdigit() or neutral in NEUTRAL):
         raise ValueError(f"neutral must be an id (e.g. '17') or one of {NEUTRAL}, got {neutral!r}")
 
 
 def resolve_neutral(vq, tokens, neutral) -> int:
-    """The neutral id to mask with: ``neutral`` itself when it is an id (an int or its digits as text),
-    else ``neutral_token(vq, tokens, neutral)``; an id outside the codebook is refused."""
+    """The id to mask with: ``neutral`` itself if an id inside the codebook, else ``neutral_token``."""
     check_neutral(neutral)
     if isinstance(neutral, str) and not neutral.isdigit():
         return neutral_token(vq, tokens, neutral)
@@ -283,86 +251,67 @@ def check_spaces(spaces) -> tuple:
 
 
 def decode_tokens(vq, tokens_t: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Token grids ``(N, h, w)`` (a tensor) decoded to images, in batches of at most 64."""
-    return decode(
-        vq, tokens_t, batch_size=min(batch_size, 64)
-    )  # the decoder is fastest on small batches (CPU cache)
+    """Token grids decoded in batches of at most 64 (the decoder is fastest on small batches: CPU cache)."""
+    return decode(vq, tokens_t, batch_size=min(batch_size, 64))
+
+
+def _check_grids(tokens, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Token grids and one label per grid (at least one grid)."""
+    t, labels = as_token_grids(tokens), np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(t) or len(t) == 0:
+        raise ValueError(
+            f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels"
+        )
+    return t, labels
+
+
+def _masked_scores(vq, t, originals, mask, labels, evaluators, neutral_id, options) -> dict:
+    """``{space: target_scores}`` of the images with ``mask`` masked, in each space of ``options``."""
+    n, b, out = len(t), options.batch_size, {}
+    if "pixel" in options.spaces:
+        out["pixel"] = _score_batches(evaluators, labels, lambda s: mask_pixels(originals[s], mask[s]), n, b)
+    if "token" in options.spaces:
+        masked = torch.from_numpy(mask_tokens(t, mask, neutral_id))
+        out["token"] = _score_batches(evaluators, labels, lambda s: decode_tokens(vq, masked[s], b), n, b)
+    return out
 
 
 # --- image level -----------------------------------------------------------------------------------
-
-
 def image_level_experiment(
-    vq,
-    tokens,
-    labels,
-    tis,
-    evaluators: dict,
-    ns=tuple(range(0, 55, 5)),
-    spaces=SPACES,
-    neutral="background",
-    seed: int = 0,
-    batch_size: int = 256,
-    per_image: bool = False,
-    progress: bool = True,
+    vq, tokens, labels, tis, evaluators: dict, ns=tuple(range(0, 55, 5)), options=Masking(), per_image=False
 ) -> pd.DataFrame:
-    """Mask the ids at each image's top-n TIS positions vs at n random positions; score with every evaluator.
+    """Mask, in each image, every position holding an id found at its top-n TIS positions, vs at n random
+    positions (nested over n); score each image's label with every evaluator.
 
-    For each ``n`` and selection, the ids found at the selected positions are collected per image and every
-    position of that image holding one of them is masked (as the original). ``neutral`` (token space) is an
-    id or a ``neutral_token`` choice computed on ``tokens``. Random positions use ``random_positions(...,
-    seed)`` (nested over n). The target is each image's label.
-
-    Returns one row per (space, evaluator, n, selection) with columns ``space, evaluator, n, selection,
-    n_images, mean_masked`` (mean number of masked positions per image), ``masked_fraction`` (of the grid),
-    ``mean_logit, mean_prob`` (target logit / softmax probability) and ``logit_drop, prob_drop`` (original
-    minus this row; 0 for the original). The ``original`` rows repeat for every n; at n = 0 nothing is
-    masked. With ``per_image`` the unaggregated rows are returned instead (``image, label, logit, prob,
-    n_masked``).
+    Returns one row per (space, evaluator, n, selection) with ``IMAGE_LEVEL_COLUMNS`` (the ``original``
+    rows repeat for every n); with ``per_image`` the rows per image (``image, label, logit, prob, n_masked``).
     """
-    t = as_token_grids(tokens)
+    t, labels = _check_grids(tokens, labels)
     n_img, (h, w) = len(t), t.shape[1:]
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) != n_img or n_img == 0:
-        raise ValueError(
-            f"need one label per token grid and at least one grid: {n_img} grids, {len(labels)} labels"
-        )
     tis = np.asarray(tis)
     if tis.size != t.size or len(tis) != n_img:
         raise ValueError(f"TIS {tis.shape} must be aligned with the token grids {t.shape}")
     check_evaluators(evaluators)
-    spaces = check_spaces(spaces)
+    options = replace(options, spaces=check_spaces(options.spaces))
+    spaces, batch_size = options.spaces, options.batch_size
     ns = [int(n) for n in ns]
     bad = [n for n in ns if not 0 <= n <= h * w]
     if bad or not ns:
         raise ValueError(f"every n must lie in [0, {h * w}] (the grid is {h}x{w}), got {bad or ns}")
-    neutral_id = resolve_neutral(vq, t, neutral) if "token" in spaces else None
+    neutral_id = resolve_neutral(vq, t, options.neutral) if "token" in spaces else None
 
-    tokens_t = torch.from_numpy(t)
-    originals = decode_tokens(vq, tokens_t, batch_size)
+    originals = decode_tokens(vq, torch.from_numpy(t), batch_size)
     orig = _score_batches(evaluators, labels, lambda s: originals[s], n_img, batch_size)
-    rand_all = random_positions(n_img, (h, w), max(ns), seed)
+    rand_all = random_positions(n_img, (h, w), max(ns), options.seed)
     frames = []
 
     def add(space, n, selection, scores, n_masked):
         for name, (logit, prob) in scores.items():
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "space": space,
-                        "evaluator": name,
-                        "n": n,
-                        "selection": selection,
-                        "image": np.arange(n_img),
-                        "label": labels,
-                        "logit": logit,
-                        "prob": prob,
-                        "n_masked": n_masked,
-                    }
-                )
-            )
+            key = {"space": space, "evaluator": name, "n": n, "selection": selection}
+            per = {"image": np.arange(n_img), "label": labels, "logit": logit, "prob": prob}
+            frames.append(pd.DataFrame({**key, **per, "n_masked": n_masked}))
 
-    for n in tqdm(ns, desc="image-level masking", disable=not progress):
+    for n in tqdm(ns, desc="image-level masking", disable=not options.progress):
         zero = np.zeros(n_img, dtype=np.int64)
         for space in spaces:
             add(space, n, "original", orig, zero)
@@ -373,55 +322,27 @@ def image_level_experiment(
                 continue
             mask = positions_holding(t, ids_at(t, pos))
             n_masked = mask.reshape(n_img, -1).sum(1)
-            if "pixel" in spaces:
-                scores = _score_batches(
-                    evaluators, labels, lambda s, m=mask: mask_pixels(originals[s], m[s]), n_img, batch_size
-                )
-                add("pixel", n, selection, scores, n_masked)
-            if "token" in spaces:
-                masked = torch.from_numpy(mask_tokens(t, mask, neutral_id))
-                scores = _score_batches(
-                    evaluators,
-                    labels,
-                    lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
-                    n_img,
-                    batch_size,
-                )
-                add("token", n, selection, scores, n_masked)
+            masked = _masked_scores(vq, t, originals, mask, labels, evaluators, neutral_id, options)
+            for space, scores in masked.items():
+                add(space, n, selection, scores, n_masked)
     rows = pd.concat(frames, ignore_index=True)
     if per_image:
         return rows
+    return _image_level_means(rows, h * w)
+
+
+def _image_level_means(rows: pd.DataFrame, n_positions: int) -> pd.DataFrame:
+    """Per (space, evaluator, n, selection): means over the images, and the drops from the original."""
     keys = ["space", "evaluator", "n", "selection"]
-    table = (
-        rows.groupby(keys, sort=False)
-        .agg(
-            n_images=("image", "size"),
-            mean_masked=("n_masked", "mean"),
-            mean_logit=("logit", "mean"),
-            mean_prob=("prob", "mean"),
-        )
-        .reset_index()
-    )
-    table["masked_fraction"] = table["mean_masked"] / (h * w)
-    base = table[table.selection == "original"].set_index(["space", "evaluator", "n"])
-    idx = pd.MultiIndex.from_frame(table[["space", "evaluator", "n"]])
-    table["logit_drop"] = base["mean_logit"].reindex(idx).to_numpy() - table["mean_logit"]
-    table["prob_drop"] = base["mean_prob"].reindex(idx).to_numpy() - table["mean_prob"]
-    return table[
-        [
-            "space",
-            "evaluator",
-            "n",
-            "selection",
-            "n_images",
-            "mean_masked",
-            "masked_fraction",
-            "mean_logit",
-            "mean_prob",
-            "logit_drop",
-            "prob_drop",
-        ]
-    ]
+    agg = {"n_images": ("image", "size"), "mean_masked": ("n_masked", "mean")}
+    agg |= {"mean_logit": ("logit", "mean"), "mean_prob": ("prob", "mean")}
+    table = rows.groupby(keys, sort=False).agg(**agg).reset_index()
+    table["masked_fraction"] = table["mean_masked"] / n_positions
+    base = table[table.selection == "original"].set_index(keys[:3])
+    idx = pd.MultiIndex.from_frame(table[keys[:3]])
+    for v in ("logit", "prob"):
+        table[f"{v}_drop"] = base[f"mean_{v}"].reindex(idx).to_numpy() - table[f"mean_{v}"]
+    return table[IMAGE_LEVEL_COLUMNS]
 
 
 def tis_beats_random(table: pd.DataFrame, space: str = "pixel") -> float:
@@ -431,150 +352,77 @@ def tis_beats_random(table: pd.DataFrame, space: str = "pixel") -> float:
     if t.empty:
         raise ValueError(f"the table has no rows with space = {space!r} and n >= 1")
     p = t.pivot_table(index=["evaluator", "n"], columns="selection", values="mean_prob", aggfunc="mean")
-    missing = [s for s in SELECTIONS if s not in p.columns]
-    if missing:
-        raise ValueError(f"the table lacks selection(s) {missing} for space {space!r}")
-    p = p.dropna(subset=list(SELECTIONS))
+    p = p.reindex(columns=list(SELECTIONS)).dropna()
     if p.empty:
         raise ValueError(f"no (evaluator, n) cell of space {space!r} has all of {SELECTIONS}")
-    drop_tis = p["original"] - p["tis"]
-    drop_random = p["original"] - p["random"]
-    return float((drop_tis > drop_random).mean())
+    return float(((p["original"] - p["tis"]) > (p["original"] - p["random"])).mean())
 
 
 # --- concept level ---------------------------------------------------------------------------------
-
-
 def concept_level_experiment(
-    vq,
-    tokens,
-    labels,
-    token_sets: dict,
-    evaluators: dict,
-    token_num: int | None = None,
-    spaces=("pixel",),
-    neutral="background",
-    class_names=None,
-    batch_size: int = 256,
-    progress: bool = True,
-    images: torch.Tensor | None = None,
+    vq, tokens, labels, token_sets: dict, evaluators: dict, token_num=None, options=Masking(), images=None
 ) -> pd.DataFrame:
-    """Mask, in each class's images, every position holding one of the class's first ``token_num`` ids.
+    """Mask, in each class's images, every position holding one of the class's first ``token_num`` ids (all
+    if None) of each method's ``token_sets`` (``{method: {label: ids}}``, ranked: ``concepts.token_sets``);
+    score each image's label with every evaluator.
 
-    ``token_sets`` maps a method name to ``{label: ids}`` (ranked, e.g. ``concepts.token_sets``), e.g.
-    ``{"cortex": ..., "frequency": ..., "contrastive": ...}``; a class missing from a method's dict gets
-    no ids (nothing masked). ``token_num=None`` uses every id given. The target is each image's label.
-
-    Returns one row per (space, method, evaluator, class) with columns ``space, method, evaluator, label,
-    class_name, n_images, n_tokens, mean_masked, original_logit, masked_logit, logit_drop, original_prob,
-    masked_prob, prob_drop`` (class means), plus per (space, method, evaluator) an ``overall`` row
-    (label -1): the unweighted mean over the class rows (``n_images`` is their sum). ``images``: the
-    decoded ``tokens``, if already at hand (a sweep over ``token_num`` decodes them once).
+    Returns one row per (space, method, evaluator, class) with ``CONCEPT_LEVEL_COLUMNS`` (class means), then
+    an ``overall`` row (label -1) per (space, method, evaluator). ``images``: the decoded ``tokens``, if at
+    hand.
     """
-    t = as_token_grids(tokens)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) != len(t) or len(t) == 0:
-        raise ValueError(
-            f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels"
-        )
-    if (
-        not isinstance(token_sets, dict)
-        or not token_sets
-        or not all(isinstance(v, dict) for v in token_sets.values())
-    ):
+    t, labels = _check_grids(tokens, labels)
+    dicts = isinstance(token_sets, dict) and all(isinstance(v, dict) for v in token_sets.values())
+    if not dicts or not token_sets:
         raise ValueError("token_sets must be a non-empty dict method name -> {label: ids}")
     if token_num is not None and token_num < 1:
         raise ValueError(f"token_num must be >= 1 (or None for all ids), got {token_num}")
     check_evaluators(evaluators)
-    spaces = check_spaces(spaces)
+    options = replace(options, spaces=check_spaces(options.spaces))
+    spaces, batch_size = options.spaces, options.batch_size
     classes = np.unique(labels)
-    if class_names is None:
-        class_names = [str(c) for c in range(classes.max() + 1)]
-    if classes.max() >= len(class_names):
-        raise ValueError(f"label {classes.max()} has no name among {len(class_names)} class names")
-    neutral_id = resolve_neutral(vq, t, neutral) if "token" in spaces else None
+    neutral_id = resolve_neutral(vq, t, options.neutral) if "token" in spaces else None
 
     if images is not None and len(images) != len(t):
         raise ValueError(f"{len(images)} decoded images for {len(t)} token grids")
     originals = decode_tokens(vq, torch.from_numpy(t), batch_size) if images is None else images
     orig = _score_batches(evaluators, labels, lambda s: originals[s], len(t), batch_size)
     rows = []
-    for method, sets in tqdm(token_sets.items(), desc="concept-level masking", disable=not progress):
+    for method, sets in tqdm(token_sets.items(), desc="concept-level masking", disable=not options.progress):
         chosen = {c: np.asarray(sets.get(int(c), []), dtype=np.int64).ravel()[:token_num] for c in classes}
         mask = positions_holding(t, [chosen[c] for c in labels])
         n_masked = mask.reshape(len(t), -1).sum(1)
+        masked = _masked_scores(vq, t, originals, mask, labels, evaluators, neutral_id, options)
         for space in spaces:
-            if space == "pixel":
-                scores = _score_batches(
-                    evaluators, labels, lambda s, m=mask: mask_pixels(originals[s], m[s]), len(t), batch_size
-                )
-            else:
-                masked = torch.from_numpy(mask_tokens(t, mask, neutral_id))
-                scores = _score_batches(
-                    evaluators,
-                    labels,
-                    lambda s, m=masked: decode_tokens(vq, m[s], batch_size),
-                    len(t),
-                    batch_size,
-                )
+            scores = masked[space]
             for name in evaluators:
                 for c in classes:
                     sel = labels == c
                     ol, op = orig[name][0][sel].mean(), orig[name][1][sel].mean()
                     ml, mp = scores[name][0][sel].mean(), scores[name][1][sel].mean()
-                    rows.append(
-                        {
-                            "space": space,
-                            "method": method,
-                            "evaluator": name,
-                            "label": int(c),
-                            "class_name": class_names[c],
-                            "n_images": int(sel.sum()),
-                            "n_tokens": len(chosen[c]),
-                            "mean_masked": float(n_masked[sel].mean()),
-                            "original_logit": ol,
-                            "masked_logit": ml,
-                            "logit_drop": ol - ml,
-                            "original_prob": op,
-                            "masked_prob": mp,
-                            "prob_drop": op - mp,
-                        }
-                    )
-    table = pd.DataFrame(rows)
+                    counts = (int(sel.sum()), len(chosen[c]), float(n_masked[sel].mean()))
+                    rows.append((space, method, name, int(c), *counts, ol, ml, ol - ml, op, mp, op - mp))
+    return _with_overall_rows(pd.DataFrame(rows, columns=CONCEPT_LEVEL_COLUMNS))
+
+
+def _with_overall_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (space, method, evaluator), after its class rows, their mean (``n_images``: sum) as label -1."""
     keys = ["space", "method", "evaluator"]
-    overall = (
-        table.groupby(keys, sort=False)
-        .agg(
-            n_images=("n_images", "sum"),
-            **{c: (c, "mean") for c in table.columns if c not in (*keys, "label", "class_name", "n_images")},
-        )
-        .reset_index()
-    )
-    overall["label"], overall["class_name"] = -1, "overall"
+    means = {c: (c, "mean") for c in table.columns if c not in (*keys, "label", "n_images")}
+    overall = table.groupby(keys, sort=False).agg(n_images=("n_images", "sum"), **means).reset_index()
+    overall["label"] = -1
     out = pd.concat([table, overall[table.columns]], ignore_index=True)
-    out["_group"] = out.groupby(keys, sort=False).ngroup()  # groups in order of appearance, overall row last
-    out["_overall"] = out["label"] < 0
-    return (
-        out.sort_values(["_group", "_overall"], kind="stable")
-        .drop(columns=["_group", "_overall"])
-        .reset_index(drop=True)
-    )
+    group = out.groupby(keys, sort=False).ngroup()  # in order of appearance
+    return out.iloc[np.lexsort((out["label"] < 0, group))].reset_index(drop=True)  # lexsort is stable
 
 
 def drop_per_position(table: pd.DataFrame) -> pd.DataFrame:
-    """Normalise a ``concept_level_experiment`` table by how much each method hides.
-
-    From the overall rows (label -1), per (space, method, evaluator): ``logit_drop``, ``prob_drop``,
-    ``positions_masked`` (the overall ``mean_masked``: masked positions per image, averaged as the drop is,
-    over the classes' means) and ``drop_per_position`` = ``logit_drop / positions_masked``, the ratio of
-    the two means over the same images (NaN when nothing is masked).
-    """
-    need = {"space", "method", "evaluator", "label", "logit_drop", "prob_drop", "mean_masked"}
-    if not need <= set(table.columns):
-        raise ValueError(f"not a concept_level_experiment table: lacks {sorted(need - set(table.columns))}")
-    out = table[table["label"] < 0][
-        ["space", "method", "evaluator", "logit_drop", "prob_drop", "mean_masked"]
-    ]
+    """The overall rows (label -1) of a ``concept_level_experiment`` table normalised by how much each method
+    hides: ``drop_per_position`` = ``logit_drop / positions_masked`` (the overall ``mean_masked``; NaN when
+    nothing is masked)."""
+    cols = ["space", "method", "evaluator", "logit_drop", "prob_drop", "mean_masked"]
+    if missing := sorted({*cols, "label"} - set(table.columns)):
+        raise ValueError(f"not a concept_level_experiment table: lacks {missing}")
+    out = table.loc[table["label"] < 0, cols]
     if out.empty:
         raise ValueError("the table has no overall rows (label -1)")
     out = out.rename(columns={"mean_masked": "positions_masked"}).reset_index(drop=True)
@@ -583,19 +431,14 @@ def drop_per_position(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def drop_at_positions(sweep: pd.DataFrame, positions: float, value: str = "logit_drop") -> pd.DataFrame:
-    """A matched comparison: each method's ``value`` at the same number of masked positions per image.
-
-    ``sweep`` holds the overall rows (label -1) of ``concept_level_experiment`` at several ``token_num``;
-    per (space, method, evaluator) its points (``mean_masked``, ``value``), plus (0, 0) (nothing masked,
-    nothing lost), are linearly interpolated at ``positions``. NaN where the curve does not reach that far
-    (no extrapolation). Returns ``space, method, evaluator, positions, <value>, max_masked``.
+    """Each method's ``value`` at the same number of masked positions per image: per (space, method,
+    evaluator), the overall rows of a ``concept_level_experiment`` sweep over ``token_num`` (points
+    ``(mean_masked, value)``, plus (0, 0)) interpolated linearly at ``positions``; NaN beyond the last point.
     """
     if positions < 0:
         raise ValueError(f"positions must be >= 0, got {positions}")
-    rows = []
-    for (space, method, ev), g in sweep[sweep["label"] < 0].groupby(
-        ["space", "method", "evaluator"], sort=False
-    ):
+    rows, keys = [], ["space", "method", "evaluator"]
+    for key, g in sweep[sweep["label"] < 0].groupby(keys, sort=False):
         x = np.concatenate([[0.0], g["mean_masked"].to_numpy(float)])
         y = np.concatenate([[0.0], g[value].to_numpy(float)])
         order = np.argsort(x, kind="stable")
@@ -603,14 +446,5 @@ def drop_at_positions(sweep: pd.DataFrame, positions: float, value: str = "logit
         keep = np.r_[x[1:] != x[:-1], True]  # equal positions masked: the last point (same mask, same drop)
         x, y = x[keep], y[keep]
         at = float(np.interp(positions, x, y)) if positions <= x[-1] else float("nan")
-        rows.append(
-            {
-                "space": space,
-                "method": method,
-                "evaluator": ev,
-                "positions": float(positions),
-                value: at,
-                "max_masked": float(x[-1]),
-            }
-        )
-    return pd.DataFrame(rows, columns=["space", "method", "evaluator", "positions", value, "max_masked"])
+        rows.append((*key, float(positions), at, float(x[-1])))
+    return pd.DataFrame(rows, columns=[*keys, "positions", value, "max_masked"])

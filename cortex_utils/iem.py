@@ -1,30 +1,21 @@
-"""The information extractor model (IEM): a classifier on token-embedding grids ``(N, D, h, w)``.
-
-The paper's four architectures, parameterized by input channels (the codebook's embed_dim), grid size,
-number of classes and width (the original hard-codes 256 x 16 x 16, 1000 classes and 512 channels):
-
-1. ``vgg``: 4 conv-BN-ReLU, max-pool, 4 more, max-pool, three FC layers with BN and dropout;
-2. ``vgg_deep``: the same with two more conv layers after the second pool;
-3. ``resnet_se``: residual blocks with squeeze-excitation, two stages of three blocks, global pooling, FC
-   head;
-4. ``vit``: linear projection of each token embedding, CLS token, learned positions, pre-LN encoder layers
-   (BatchNorm on the attention and MLP outputs, as the original), MLP head on CLS.
+"""The paper's information extractor model (IEM): a classifier on token-embedding grids ``(N, D, h, w)``, in
+the paper's four architectures (``ARCHITECTURES``), sized by the codebook's embed_dim, the grid, the classes
+and a width (the original hard-codes 256 x 16 x 16, 1000 classes and 512 channels): ``vgg`` (two blocks of 4
+conv-BN-ReLU and a max-pool, three FC layers), ``vgg_deep`` (two more convs), ``resnet_se`` (two stages of
+three squeeze-excitation residual blocks) and ``vit`` (pre-LN encoder, BatchNorm on the sub-layer outputs).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from cortex_run.artifacts import registered
-from cortex_run.checkpoints import check_state_dict, load_state_dict, read_card, save_weights
 
 from .progress import tqdm
 
@@ -35,33 +26,19 @@ def _conv(cin, cout):
     return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def _fc_head(n_in, hidden, hidden2, n_classes, dropout=0.5):
-    return [
-        nn.Flatten(),
-        nn.Linear(n_in, hidden),
-        nn.BatchNorm1d(hidden),
-        nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, hidden2),
-        nn.BatchNorm1d(hidden2),
-        nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
-        nn.Linear(hidden2, n_classes),
-    ]
+def _fc(n_in, n_out, dropout):
+    return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU(inplace=True), nn.Dropout(dropout)]
 
 
 def _vgg(in_ch, grid, n_classes, width, deep):
-    layers = _conv(in_ch, width) + sum((_conv(width, width) for _ in range(3)), []) + [nn.MaxPool2d(2)]
-    layers += (
-        _conv(width, 2 * width) + sum((_conv(2 * width, 2 * width) for _ in range(3)), []) + [nn.MaxPool2d(2)]
-    )
+    w, w2, hidden = width, 2 * width, 8 * width
+    layers = _conv(in_ch, w) + _conv(w, w) + _conv(w, w) + _conv(w, w) + [nn.MaxPool2d(2)]
+    layers += _conv(w, w2) + _conv(w2, w2) + _conv(w2, w2) + _conv(w2, w2) + [nn.MaxPool2d(2)]
     if deep:
-        layers += _conv(2 * width, 2 * width) + _conv(2 * width, 2 * width)
-    side = (grid[0] // 4) * (grid[1] // 4)
-    hidden = 8 * width
-    return nn.Sequential(
-        *layers, *_fc_head(2 * width * side, hidden, hidden // 2 if deep else hidden, n_classes)
-    )
+        layers += _conv(w2, w2) + _conv(w2, w2)
+    n_in, hidden2 = w2 * (grid[0] // 4) * (grid[1] // 4), hidden // 2 if deep else hidden
+    head = [nn.Flatten(), *_fc(n_in, hidden, 0.5), *_fc(hidden, hidden2, 0.5), nn.Linear(hidden2, n_classes)]
+    return nn.Sequential(*layers, *head)
 
 
 class SEBlock(nn.Module):
@@ -69,26 +46,14 @@ class SEBlock(nn.Module):
 
     def __init__(self, cin, cout, stride, reduction=16):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
+        conv = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*conv, nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
         r = max(cout // reduction, 4)
-        self.se = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(cout, r, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(r, cout, 1),
-            nn.Sigmoid(),
-        )
-        self.skip = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
+        gate = [nn.Conv2d(cout, r, 1), nn.ReLU(inplace=True), nn.Conv2d(r, cout, 1), nn.Sigmoid()]
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), *gate)
+        self.skip = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         y = self.body(x)
@@ -106,19 +71,13 @@ def _resnet_se(in_ch, grid, n_classes, width):
         *stages,
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(2 * width, hidden),
-        nn.BatchNorm1d(hidden),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.4),
+        *_fc(2 * width, hidden, 0.4),
         nn.Linear(hidden, n_classes),
     )
 
 
 class _TokenBN(nn.Module):
-    """BatchNorm over the channel of ``(B, T, C)`` token features (the original normalises sub-layer outputs).
-
-    The ``B * T`` tokens are the rows of one ``(B * T, C)`` batch: the same statistics as normalising
-    ``(B, C, T)``, without the two transposed copies."""
+    """BatchNorm over the channel of ``(B, T, C)`` token features, as rows of one ``(B * T, C)`` batch."""
 
     def __init__(self, dim):
         super().__init__()
@@ -129,9 +88,8 @@ class _TokenBN(nn.Module):
 
 
 def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention of ``(B, T, C)`` tokens with ``attn``'s weights (no dropout, no mask),
-    through ``F.scaled_dot_product_attention``: what ``attn(x, x, x, need_weights=False)[0]`` computes,
-    without its transposes to ``(T, B, C)`` and back (``tests/test_iem_tis.py`` checks the two agree)."""
+    """``attn(x, x, x, need_weights=False)[0]`` for ``(B, T, C)`` tokens (no dropout, no mask), without its
+    transposes to ``(T, B, C)`` and back."""
     b, t, c = x.shape
     heads = attn.num_heads
     q, k, v = (
@@ -152,8 +110,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, dim, heads, dropout):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        # the weights' holder (its state-dict keys: attn.in_proj_*, attn.out_proj.*); forward uses
-        # self_attention. No attention dropout: slow on CPU, little gain
+        # holds the weights (state-dict keys attn.*) for self_attention; no attention dropout (slow on CPU)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.bn1, self.bn2 = _TokenBN(dim), _TokenBN(dim)
         self.mlp = nn.Sequential(
@@ -192,21 +149,14 @@ def build_iem(arch: int | str, in_channels: int, grid, n_classes: int, width: in
     grid = tuple(grid)
     if name in ("vgg", "vgg_deep") and (grid[0] < 4 or grid[1] < 4):
         raise ValueError(f"the VGG IEMs pool twice and need a grid of at least 4x4, got {grid}")
-    if name == "vgg":
-        model = _vgg(in_channels, grid, n_classes, width, deep=False)
-    elif name == "vgg_deep":
-        model = _vgg(in_channels, grid, n_classes, width, deep=True)
+    if name in ("vgg", "vgg_deep"):
+        model = _vgg(in_channels, grid, n_classes, width, deep=name == "vgg_deep")
     elif name == "resnet_se":
         model = _resnet_se(in_channels, grid, n_classes, width)
     else:
         model = ViT(in_channels, grid, n_classes, width)
-    model.cortex_spec = {
-        "arch": name,
-        "in_channels": in_channels,
-        "grid": list(grid),
-        "n_classes": n_classes,
-        "width": width,
-    }
+    spec = dict(arch=name, in_channels=in_channels, grid=list(grid), n_classes=n_classes, width=width)
+    model.cortex_spec = spec
     return model
 
 
@@ -240,30 +190,36 @@ def check_batch(model: nn.Module, embeddings: torch.Tensor, target, where: str =
     return target
 
 
+@dataclass(frozen=True)
+class Training:
+    """``train_iem``'s recipe: ``epochs`` of Adam (``lr``, ``weight_decay``), the learning rate times
+    ``lr_gamma`` every ``lr_step`` epochs (None: half of them)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_step: int | None = None
+    lr_gamma: float = 0.1
+
+
 def train_iem(
     model: nn.Module,
     train_loader,
     val_loader,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    step_size: int | None = None,
-    gamma: float = 0.1,
+    training: Training = Training(),
     log_csv: str | Path | None = None,
     desc: str = "train IEM",
     evaluate=None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Adam + StepLR + cross-entropy, as the original; keeps the weights of the best validation loss.
-
-    Returns the per-epoch log (also written to ``log_csv`` after every epoch) and the best state dict.
-    ``evaluate(model) -> {"loss", "top1", ...}`` replaces ``evaluate_iem(model, val_loader)`` (the
-    distributed run evaluates each rank's share of the validation split and sums); a train loader whose
-    sampler has ``set_epoch`` (``DistributedSampler``) is told the epoch, so each epoch is shuffled anew.
-    """
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size or max(1, epochs // 2), gamma=gamma)
+    """Adam + StepLR + cross-entropy, as the original; keeps the weights of the best validation loss (by
+    ``evaluate(model) -> {"loss", "top1"}``, default ``evaluate_iem`` on ``val_loader``). Returns the
+    per-epoch log (also written to ``log_csv``) and the best state dict."""
+    t = training
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    step = t.lr_step or max(1, t.epochs // 2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=t.lr_gamma)
     best, best_state, rows = math.inf, None, []
-    for epoch in tqdm(range(epochs), desc=desc):
+    for epoch in tqdm(range(t.epochs), desc=desc):
         model.train()
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
@@ -284,17 +240,9 @@ def train_iem(
             total += len(y)
         sched.step()
         val = evaluate(model) if evaluate is not None else evaluate_iem(model, val_loader)
-        rows.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / total,
-                "train_acc": correct / total,
-                "val_loss": val["loss"],
-                "val_acc": val["top1"],
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-            }
-        )
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / total, "train_acc": correct / total}
+        row |= {"val_loss": val["loss"], "val_acc": val["top1"], "lr": opt.param_groups[0]["lr"]}
+        rows.append(row | {"seconds": time.perf_counter() - t0})
         if val["loss"] < best:
             best = val["loss"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -325,66 +273,5 @@ def evaluate_iem(model: nn.Module, loader, ks=(1, 3, 5, 10)) -> dict:
     return out
 
 
-def save_iem(model: nn.Module, path: str | Path, card: dict) -> Path:
-    return save_weights(model.state_dict(), path, card={**card, "spec": model.cortex_spec})
-
-
-def load_iem(path: str | Path, expect: dict | None = None) -> nn.Module:
-    """Load an IEM saved by ``save_iem``; ``expect`` (e.g. ``{"arch": "vgg", "in_channels": 32}``) must
-    match."""
-    spec = read_card(path)["spec"]
-    for k, v in (expect or {}).items():
-        if k == "arch":
-            v = ARCHITECTURES.get(v, v)
-        if spec.get(k) != (list(v) if isinstance(v, tuple) else v):
-            raise ValueError(f"{path} holds an IEM with {k} = {spec.get(k)!r}, expected {v!r}")
-    model = build_iem(spec["arch"], spec["in_channels"], spec["grid"], spec["n_classes"], spec["width"])
-    model.load_state_dict(
-        check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"IEM {path}")
-    )
-    return model.eval()
-
-
-def dataset_spec(ds) -> dict:
-    """What an IEM must match to read the token dataset ``ds``: its embedding size, grid and classes (the
-    ``expect`` of ``load_iem``)."""
-    return {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
-
-
-def load_run_iem(run_dir: str | Path, arch: int, ds) -> nn.Module:
-    """The IEM of architecture ``arch`` that notebook 03 registered in ``run_dir`` (``iem<arch>``), checked
-    against the token dataset ``ds`` it is to read (``dataset_spec``)."""
-    return load_iem(
-        registered(run_dir, f"iem{arch}")["checkpoint"], expect={"arch": arch, **dataset_spec(ds)}
-    )
-
-
-def shipped_iem(path: str | Path, train_fingerprint: str, training: dict) -> tuple[Path | None, str]:
-    """``(path, why)`` if the IEM at ``path`` is exactly what training here would produce: trained on the
-    split with ``train_fingerprint`` (``datasets.split_fingerprint``) with the same ``training`` settings
-    (and spec); else ``(None, why not)``."""
-    path = Path(path)
-    if not path.exists():
-        return None, f"no shipped IEM at {path.name}"
-    card = read_card(path)
-    if card.get("train_fingerprint") != train_fingerprint:
-        return (
-            None,
-            f"{path.name} was trained on another dataset (train split {card.get('train_fingerprint')})",
-        )
-    theirs = card.get("training", {})
-    diff = sorted(k for k in training if theirs.get(k) != training[k])
-    if diff:
-        return None, f"{path.name} was trained with other settings: " + ", ".join(
-            f"{k} {theirs.get(k)!r} (here {training[k]!r})" for k in diff
-        )
-    return path, f"{path.name} was trained on this exact train split with these settings"
-
-
 def count_parameters(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)

@@ -1,17 +1,5 @@
-"""The tokenizer seam: what CORTEX needs from any model with a codebook, and everything it does with one.
-
-The method needs four things from a tokenizer, and a few facts about it (``Tokenizer``):
-
-    encode(images (N, C, H, W) in [-1, 1])   -> ids (N, h, w), int64 in [0, n_embed)
-    codebook()                               -> (n_embed, embed_dim) float: a token's embedding is its row
-    decode(ids (N, h, w))                    -> images (N, C, H, W)
-    decode_embeddings(emb (N, embed_dim, h, w)) -> images, differentiable (free embeddings, notebook 09)
-    family, grid, n_embed, embed_dim, image_size, image_channels, fingerprint (the codebook's identity)
-
-The method reaches a tokenizer only through this module's functions, which batch, check shapes and ids and
-clamp images, and which call nothing but the protocol. Building and loading one by family is
-``cortex_run.tokenizers``.
-"""
+"""The tokenizer seam: what CORTEX needs from any VQ model with a codebook (``Tokenizer``), and the batched,
+checked calls through which the method uses one (building one by family: ``cortex_run.tokenizers``)."""
 
 from __future__ import annotations
 
@@ -26,7 +14,8 @@ from .progress import tqdm
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """What CORTEX needs from a VQ model (see the module docstring for shapes)."""
+    """What CORTEX needs from a VQ model. Images are ``(N, C, H, W)`` in [-1, 1]; ids ``(N, h, w)`` int64 in
+    ``[0, n_embed)``; a token's embedding is its codebook row."""
 
     family: str
     grid: tuple[int, int]
@@ -34,15 +23,12 @@ class Tokenizer(Protocol):
     embed_dim: int
     image_size: int
     image_channels: int
-    fingerprint: str
+    fingerprint: str  # the codebook's identity (``codebook_fingerprint``)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def codebook(self) -> torch.Tensor: ...
-
-    def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
-
-    def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...  # images -> ids
+    def codebook(self) -> torch.Tensor: ...  # (n_embed, embed_dim)
+    def decode(self, ids: torch.Tensor) -> torch.Tensor: ...  # ids -> images
+    def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor: ...  # differentiable
 
 
 METHODS = ("encode", "codebook", "decode", "decode_embeddings")
@@ -61,9 +47,6 @@ def check_tokenizer(vq) -> None:
             f"{type(vq).__name__} is not a tokenizer: it lacks {', '.join(missing)} "
             "(the protocol: cortex_utils.vq.Tokenizer)"
         )
-
-
-# --- using a tokenizer ----------------------------------------------------------------------------
 
 
 def resolution(vq) -> int:
@@ -87,15 +70,9 @@ def codebook(vq) -> torch.Tensor:
 
 
 def codebook_fingerprint(codebook: torch.Tensor) -> str:
-    """Identity of the codebook that token ids refer to: sha256 of its float32 bytes and shape (the
-    ``vq_fingerprint`` of a manifest; ``fingerprint`` for a model)."""
+    """Identity of the codebook that token ids refer to: sha256 of its float32 bytes and shape."""
     cb = codebook.float().cpu().contiguous().numpy()
     return hashlib.sha256(cb.tobytes() + str(cb.shape).encode()).hexdigest()[:16]
-
-
-def fingerprint(vq) -> str:
-    """Identity of the codebook that token ids refer to (``codebook_fingerprint`` of its codebook)."""
-    return str(vq.fingerprint)
 
 
 def vq_meta(vq) -> dict:
@@ -103,7 +80,7 @@ def vq_meta(vq) -> dict:
     check_tokenizer(vq)
     return {
         "vq_family": str(vq.family),
-        "vq_fingerprint": fingerprint(vq),
+        "vq_fingerprint": str(vq.fingerprint),
         "n_embed": int(vq.n_embed),
         "embed_dim": int(vq.embed_dim),
         "grid": list(grid_shape(vq)),
@@ -175,11 +152,8 @@ def check_token_grids(tokens, n_embed: int) -> torch.Tensor:
 def decode(
     vq, tokens_or_embeddings: torch.Tensor, batch_size: int = 64, grad: bool = False, progress: bool = False
 ) -> torch.Tensor:
-    """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` -> images in [-1, 1].
-
-    Embeddings need not be codebook rows (codebook optimization decodes free embeddings);
-    ``grad=True`` keeps the graph.
-    """
+    """Token grids ``(N, h, w)`` or embeddings ``(N, D, h, w)`` (not necessarily codebook rows) -> images in
+    [-1, 1]; ``grad=True`` keeps the graph."""
     check_tokenizer(vq)
     x, (h, w) = tokens_or_embeddings, grid_shape(vq)
     if torch.is_floating_point(x):
@@ -225,9 +199,6 @@ def reconstruction_report(vq, images: torch.Tensor) -> dict:
     }
 
 
-# --- shared by the families' training loops and the other models' loaders -------------------------
-
-
 def use_bf16(setting: str = "auto") -> bool:
     """Train in bfloat16 autocast? ``"on"``, ``"off"``, or ``"auto"``: on when the CPU has AMX tiles (as the
     reference machine: ~1.7x faster training steps), off elsewhere (emulated bfloat16 is slower)."""
@@ -236,8 +207,3 @@ def use_bf16(setting: str = "auto") -> bool:
     if setting == "auto":
         return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
     return setting == "on"
-
-
-def bf16_autocast(enabled: bool):
-    """bfloat16 CPU autocast when ``enabled`` (see ``use_bf16``), a no-op otherwise."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)

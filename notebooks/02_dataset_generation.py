@@ -41,6 +41,7 @@ from cortex_run import digits, evaluators, plots, prepare, tokenizers
 from cortex_run import generation as gen
 from cortex_run.artifacts import record_metrics
 from cortex_run.notebook import check_parameters, choice, repo_path, require
+from cortex_utils import evaluation
 from cortex_utils import vq as vqlib
 
 # %% tags=["parameters"]
@@ -171,7 +172,7 @@ labels = ds.labels[shown].astype(np.int64)
 images = vqlib.decode(vq, torch.from_numpy(ds.tokens[shown].astype(np.int64)))
 judged = meta["image_size"] == 32 and meta["image_channels"] == 3 and ds.class_names == digits.CLASS_NAMES
 preds = (
-    {a: evaluators.predict_logits(m, images).argmax(1).numpy() for a, m in judges.items()} if judged else {}
+    {a: evaluation.predict_logits(m, images).argmax(1).numpy() for a, m in judges.items()} if judged else {}
 )
 mean_acc = float(np.mean([(p == labels).mean() for p in preds.values()])) if judged else float("nan")
 print(f"mean evaluator accuracy on the {source} {shown} grids: {mean_acc:.3f}" if judged else "not digits")

@@ -28,6 +28,7 @@ from IPython.display import Markdown, display
 from cortex_run import datasets as tokds
 from cortex_run import plots, tokenizers
 from cortex_run.artifacts import record_metrics, registered
+from cortex_run.checkpoints import load_run_iem
 from cortex_run.notebook import check_parameters, exercise, repo_path, require
 from cortex_utils import iem as iemlib
 from cortex_utils import vq as vqlib
@@ -50,7 +51,7 @@ vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 loader = tokds.embedding_loader(ds, split, vqlib.codebook(vq), batch_size=batch_size)
-models = {arch: iemlib.load_run_iem(run_dir, arch, ds) for arch in architectures}
+models = {arch: load_run_iem(run_dir, arch, ds) for arch in architectures}
 
 # %%
 ks = ["top1", "top3", "top5", "top10"]

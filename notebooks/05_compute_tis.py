@@ -33,6 +33,7 @@
 
 # %%
 import copy
+import time
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -41,12 +42,12 @@ import torch
 from IPython.display import Markdown, display
 
 from cortex_run import datasets as tokds
-from cortex_run import distributed, plots, tokenizers
+from cortex_run import distributed, passes, plots, report, tokenizers
 from cortex_run.artifacts import record_metrics, register, registered
+from cortex_run.checkpoints import load_run_iem
 from cortex_run.notebook import check_parameters, choice, exercise, repo_path, require
-from cortex_utils import attribution, evaluation, sanity
+from cortex_utils import evaluation
 from cortex_utils import iem as iemlib
-from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 
@@ -71,10 +72,10 @@ solutions = False  # run the exercises' solution cells (a teacher's reveal)
 
 # %%
 check_parameters(globals(), "05_compute_tis")
-choice("method", method, list(attribution.METHODS))
-choice("reduction", reduction, attribution.REDUCTIONS)
+choice("method", method, list(tislib.METHODS))
+choice("reduction", reduction, tislib.REDUCTIONS)
 choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
-choice("sigma", sigma, sglib.SIGMAS)
+choice("sigma", sigma, tislib.SIGMAS)
 require(
     nsamples >= 1 and spread >= 0 and batch_size >= 1, "nsamples and batch_size must be >= 1, spread >= 0"
 )
@@ -88,7 +89,7 @@ run_dir = repo_path(run_dir)
 vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(set(splits) <= set(ds.splits), f"splits {splits} not all in the dataset ({ds.splits})")
-model = iemlib.load_run_iem(run_dir, iem_arch, ds)
+model = load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)
 folder = f"iem{iem_arch}_{reduction}" + ("" if sigma == "batch" else "_sigma-image")
 out_dir = run_dir / "tis" / (folder + ("" if method == "smoothgrad" else f"_{method}"))
@@ -120,11 +121,11 @@ print(
 )
 
 # %% [markdown]
-# The library draws the same noise from the same seed, so it must agree; it is faster because all noisy
-# copies go through one forward and one backward pass.
+# The library's `tislib.smoothgrad` draws the same noise from the same seed (`tislib.Noise`: $N$ draws, $s$),
+# so it must agree; it is faster because all noisy copies go through one forward and one backward pass.
 
 # %% tags=["by-hand-check"]
-tis_lib = attribution.attribute(model64, x_few, y_few, "smoothgrad", "max", nsamples, spread, seed=seed)
+tis_lib = tislib.smoothgrad(model64, x_few, y_few, tislib.Noise(nsamples, spread), seed).amax(1)
 np.testing.assert_allclose(
     tis_lib.numpy(), tis_hand.numpy(), rtol=1e-9, atol=1e-9 * float(tis_hand.abs().max())
 )
@@ -134,19 +135,30 @@ print(f"by hand = library: max |difference| {hand_diff:.2e}")
 # %% [markdown]
 # ## Every image
 #
-# `method` picks the run's scores (the later notebooks read it from the run). They are saved per split in
-# `<run_dir>/tis/`, row for row with the dataset.
+# `method` picks the run's scores (the later notebooks read it from the run), with its own options. They are
+# saved per split in `<run_dir>/tis/`, row for row with the dataset.
 
 # %%
 neutral_id = evaluation.resolve_neutral(vq, ds.tokens[hand_split], neutral)  # IG's and occlusion's
-options = {"steps": ig_steps, "baseline": codebook[neutral_id], "group": occlusion_group}
-tis, seconds = distributed.compute_tis_splits(
-    model, ds, codebook, splits, out_dir, nproc=nproc, run_dir=run_dir, iem_arch=iem_arch,
-    nsamples=nsamples, spread=spread, reduction=reduction, batch_size=batch_size, seed=seed, sigma=sigma,
-    method=method, **options,
-)  # fmt: skip
+noise = tislib.Noise(nsamples, spread, sigma)
+options = tislib.method_options(method, noise, seed, ig_steps, occlusion_group, codebook[neutral_id])
+if method == "smoothgrad":  # noisy copies per backward pass, from a memory budget (the size of one copy)
+    options["batch"] = passes.rows_per_pass(model, x_few.float())
+t0 = time.perf_counter()
+if nproc > 1:  # a torchrun job of nproc processes: the same scores (docs/scaling.md)
+    tis = distributed.tis_job(
+        ds, splits, out_dir, nproc, batch_size, run_dir=run_dir, iem_arch=iem_arch, nsamples=nsamples,
+        spread=spread, reduction=reduction, seed=seed,
+    )  # fmt: skip
+else:
+    tis = {}
+    for s in splits:  # batch by batch into <out_dir>/<split>.npy (an interrupted run resumes)
+        loader, path = tokds.embedding_loader(ds, s, codebook, batch_size), out_dir / f"{s}.npy"
+        tis[s] = tislib.dataset_tis(
+            model, loader, len(ds.labels[s]), method, reduction, path, f"TIS {s}", **options
+        )
 n_scored = {s: len(ds.labels[s]) for s in splits}
-per_image = sum(seconds.values()) / sum(n_scored.values())
+per_image = (time.perf_counter() - t0) / sum(n_scored.values())
 print(f"TIS method: {method}; scored {n_scored} images, {per_image * 1000:.2f} ms per image")
 
 # %% [markdown]
@@ -194,8 +206,8 @@ cbar = fig.colorbar(handle, ax=axes, shrink=0.9, label="mean TIS")
 # A map always looks like an answer; notebook 11 (a later session) tests whether it is one.
 
 # %%
-trust = sanity.carried_verdict(run_dir, method)
-display(Markdown(sanity.carried_verdict_text(trust, method)))
+trust = report.carried_verdict(run_dir, method)
+display(Markdown(report.carried_verdict_text(trust, method)))
 
 # %% [markdown]
 # ## Explore
@@ -227,7 +239,7 @@ for slider in (index_slider, top_slider):
 
 # %%
 bullets = [
-    f"SmoothGrad by hand matches `attribution.attribute` to {hand_diff:.1e} ({len(x_few)} images, float64).",
+    f"SmoothGrad by hand matches `tislib.smoothgrad` to {hand_diff:.1e} ({len(x_few)} images, float64).",
     f"TIS method **{method}**: {sum(n_scored.values())} images scored, {per_image * 1000:.2f} ms per image.",
     f"Randomization: rank correlation {trust['rank_corr_full']:.2f} with a random IEM's maps (bar "
     f"{trust['max_rank_corr']:g}); deletion: {trust['deletion_ratio']:.2f} × random's area (bar "
@@ -255,7 +267,8 @@ display(Markdown("\n".join(f"- {b}" for b in bullets)))
 # %% tags=["solution"]
 if solutions:
     x5 = codebook[tokens[:5]].permute(0, 3, 1, 2)
-    tis0 = attribution.attribute(model, x5, labels[:5], "smoothgrad", reduction, nsamples, 0.0).numpy()
+    no_noise = tislib.Noise(nsamples, 0.0)
+    tis0 = tislib.attribute(model, x5, labels[:5], "smoothgrad", reduction, noise=no_noise).numpy()
     answer_1 = [int(round(5 * a)) for a in tislib.topk_agreement(tis[split][:5], tis0, 5)]
     print(answer_1)
 
@@ -263,7 +276,8 @@ if solutions:
 # %% tags=["exercise-check"]
 def check_1(answer):
     x5 = codebook[tokens[:5]].permute(0, 3, 1, 2)
-    plain = attribution.attribute(model, x5, labels[:5], "smoothgrad", reduction, nsamples, 0.0).numpy()
+    no_noise = tislib.Noise(nsamples, 0.0)
+    plain = tislib.attribute(model, x5, labels[:5], "smoothgrad", reduction, noise=no_noise).numpy()
     kept = np.round(5 * tislib.topk_agreement(tis[split][:5], plain)).astype(int)
     assert len(answer) == 5 and all(0 <= int(a) <= 5 for a in answer), "give 5 counts, each from 0 to 5"
     wrong = [i for i in range(5) if int(answer[i]) != kept[i]]

@@ -31,10 +31,10 @@ from IPython.display import Markdown, display
 from matplotlib import pyplot as plt
 
 from cortex_run import datasets as tokds
-from cortex_run import evaluators, plots, tokenizers
+from cortex_run import evaluators, plots, report, tokenizers
 from cortex_run.artifacts import atomic_path, record_metrics, registered
 from cortex_run.notebook import check_parameters, exercise, repo_path, require
-from cortex_utils import evaluation, sanity
+from cortex_utils import evaluation
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 
@@ -121,7 +121,7 @@ print(f"by hand == evaluation.positions_holding + mask_pixels (images {few.tolis
 
 # %%
 table = evaluation.image_level_experiment(
-    vq, tokens, labels, tis, judges, ns=ns, spaces=spaces, neutral=neutral_id, seed=seed
+    vq, tokens, labels, tis, judges, ns, evaluation.Masking(spaces, neutral_id, seed)
 )
 out = run_dir / "evaluation"
 out.mkdir(exist_ok=True)
@@ -158,7 +158,7 @@ _ = record_metrics(run_dir, **metrics)
 # **deletion** (masking the top positions first should hurt clearly faster than random).
 
 # %%
-v = sanity.carried_verdict(run_dir, tis_entry["method"])
+v = report.carried_verdict(run_dir, tis_entry["method"])
 full, data, ratio = v["rank_corr_full"], v["rank_corr_data"], v["deletion_ratio"]
 print(f"notebook 11 recommends: {v['recommended']} (none: no method passes both checks); from {v['source']}")
 print(f"the TIS: rank correlation {full:.2f} (weights), {data:.2f} (labels); bar <= {v['max_rank_corr']:g}")

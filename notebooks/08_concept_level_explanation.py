@@ -152,7 +152,7 @@ plots.outlined_grid(images, masks, titles, ncols=1 + len(sets), size=1.8)
 # %%
 decoded = vqlib.decode(vq, torch.from_numpy(tokens))
 table = evaluation.concept_level_experiment(
-    vq, tokens, labels, sets, judges, token_num, spaces, neutral_id, ds.class_names, images=decoded
+    vq, tokens, labels, sets, judges, token_num, evaluation.Masking(spaces, neutral_id), images=decoded
 )
 
 # %%

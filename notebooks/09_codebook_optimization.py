@@ -45,8 +45,9 @@ from IPython.display import Markdown, display
 from matplotlib.patches import Rectangle
 
 from cortex_run import datasets as tokds
-from cortex_run import evaluators, plots, tokenizers
+from cortex_run import evaluators, plots, report, tokenizers
 from cortex_run.artifacts import atomic_path, record_metrics, register, registered
+from cortex_run.checkpoints import load_run_iem
 from cortex_run.notebook import check_parameters, exercise, repo_path, require
 from cortex_utils import concepts, evaluation
 from cortex_utils import iem as iemlib
@@ -106,7 +107,7 @@ vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 n_classes = len(ds.class_names)
-iem = iemlib.load_run_iem(run_dir, iem_arch, ds)
+iem = load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_classes, torchvision_weights)
 tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
@@ -242,12 +243,7 @@ one = opt.optimize_tokens(
     tokens[hand_image],
     region,
     target_0,
-    steps=1,
-    lr=token_lr,
-    tau=tau,
-    seed=seed,
-    snapshot_every=1,
-    progress=False,
+    options=opt.TokenSearch(steps=1, lr=token_lr, tau=tau, seed=seed, snapshot_every=1, progress=False),
 )
 lib_id = int(one["snapshots"][0][1].flatten()[ridx[0]])
 assert lib_id == int(y.argmax()), f"library picked {lib_id}, by hand {int(y.argmax())}"
@@ -272,12 +268,14 @@ print(f"library picked id {lib_id} too; F.gumbel_softmax agrees with the same no
 # %%
 def optimise(source, target, i, method):
     """One optimisation of image i (class source) toward target by method, as a row of `results`."""
-    common = dict(steps=steps, seed=seed, source=source, snapshot_every=snapshot_every, progress=False)
+    common = dict(steps=steps, snapshot_every=snapshot_every, progress=False)
     if method == "tokens":
-        r = opt.optimize_tokens(iem, codebook, tokens[i], region, target, lr=token_lr, tau=tau, **common)
+        how = opt.TokenSearch(lr=token_lr, tau=tau, seed=seed, **common)
+        r = opt.optimize_tokens(iem, codebook, tokens[i], region, target, how, source)
         after_logit = r["best_logit"]
     else:
-        r = opt.optimize_embeddings(iem, codebook, tokens[i], region, target, lr=embedding_lr, **common)
+        how = opt.Search(lr=embedding_lr, **common)
+        r = opt.optimize_embeddings(iem, codebook, tokens[i], region, target, how, source)
         after_logit = r["snapped_logit"]
     return {
         "source": source,
@@ -323,8 +321,8 @@ srcs = np.array([r["source"] for r in results])
 rows_out = []
 for name, model in judges.items():
     n = np.arange(len(results))
-    pb = evaluators.predict_logits(model, img_before).softmax(1).numpy()
-    pa = evaluators.predict_logits(model, img_after).softmax(1).numpy()
+    pb = evaluation.predict_logits(model, img_before).softmax(1).numpy()
+    pa = evaluation.predict_logits(model, img_after).softmax(1).numpy()
     tb, ta, sb, sa = pb[n, targets], pa[n, targets], pb[n, srcs], pa[n, srcs]
     for j, r in enumerate(results):
         rows_out.append(
@@ -503,7 +501,7 @@ else:
     rule_rows = []
     for name, model in judges.items():
         p_snap = (
-            evaluators.predict_logits(model, snap_images)
+            evaluation.predict_logits(model, snap_images)
             .softmax(1)
             .numpy()[np.arange(len(owner)), targets[owner]]
         )
@@ -790,11 +788,11 @@ shown_cols = ["before", "optimised", "concept fill", "frequency fill", "random f
 display(fills.groupby("pair", sort=False)[shown_cols].mean().round(3))
 
 # %%
-opt_minus_fill = opt.paired_difference(fills["optimised"], fills["concept fill"], seed=seed)
-fill_minus_random = opt.paired_difference(fills["concept fill"], fills["random fill"], seed=seed)
-fill_minus_frequency = opt.paired_difference(fills["concept fill"], fills["frequency fill"], seed=seed)
+opt_minus_fill = opt.mean_difference_interval(fills["optimised"], fills["concept fill"], seed=seed)
+fill_minus_random = opt.mean_difference_interval(fills["concept fill"], fills["random fill"], seed=seed)
+fill_minus_frequency = opt.mean_difference_interval(fills["concept fill"], fills["frequency fill"], seed=seed)
 got = [len(i) > 0 for i in put_ids]
-target_minus_other = opt.paired_difference(
+target_minus_other = opt.mean_difference_interval(
     [opt.concept_share(i, s) for i, s, g in zip(put_ids, target_sets, got, strict=True) if g],
     other_share[got],
     seed=seed,
@@ -845,7 +843,7 @@ fig.tight_layout()
 # %% [markdown]
 # ### When does each view tell more?
 #
-# The paragraph below is written from this run's numbers (`opt.views_verdict`: each comparison's wording
+# The paragraph below is written from this run's numbers (`report.views_verdict`: each comparison's wording
 # follows its interval, or the p-value for the overlap).
 
 # %%
@@ -869,7 +867,7 @@ views = {
         m: tuple(overlap.loc[m, ["overlap", "chance", "p_value"]]) for m in methods if m in overlap.index
     },
 }
-display(Markdown(opt.views_verdict(views)))
+display(Markdown(report.views_verdict(views)))
 
 # %% [markdown]
 # Record the comparison's numbers, and save the grids (source, optimised by each method, the concept fill, the
@@ -1011,7 +1009,7 @@ if solutions:
     img_2 = vqlib.decode(vq, grid_2[None])
     with torch.no_grad():
         p_2 = [
-            evaluators.predict_logits(m, img_2).softmax(1)[0, results[0]["target"]] for m in judges.values()
+            evaluation.predict_logits(m, img_2).softmax(1)[0, results[0]["target"]] for m in judges.values()
         ]
     answer_2 = (fill_id, float(torch.stack(p_2).mean()))
 

@@ -33,10 +33,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from cortex_run import digits, evaluators, planted_bias, plots, tokenizers
+from cortex_run import digits, evaluators, planted_bias, plots, prepare, report, tokenizers
 from cortex_run.artifacts import note_trained, record_metrics, register, registered, write_json
 from cortex_run.notebook import check_parameters, exercise, repo_path
-from cortex_utils import bias, bias_stats
+from cortex_utils import bias, bias_stats, evaluation
+from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 
 # %% [markdown]
@@ -188,7 +189,7 @@ for b in bias_types:
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10)
 images = {d: vqlib.decode(vq, torch.from_numpy(z.astype(np.int64))) for d, z in neutral.items()}
 read_as = {
-    k: np.concatenate([evaluators.predict_logits(m, x).argmax(1).numpy() == d for d, x in images.items()])
+    k: np.concatenate([evaluation.predict_logits(m, x).argmax(1).numpy() == d for d, x in images.items()])
     for k, m in judges.items()
 }
 digit_agreement = float(np.mean([r.mean() for r in read_as.values()]))
@@ -204,8 +205,8 @@ codebook, iem_training = vqlib.codebook(vq), {**attribute_iem, "batch_size": 64,
 iems, iem_info, accuracy = {}, {}, {}
 for (b, d), ds in studies.items():
     name = planted_bias.study_name(b, d)
-    iems[(b, d)], iem_info[name] = bias.attribute_iem(ds, codebook, name, iem_training, retrain, out_dir)
-    accuracy[(b, d)], split = bias.iem_accuracy(iems[(b, d)], ds, codebook)
+    iems[(b, d)], iem_info[name] = prepare.attribute_iem(ds, codebook, name, iem_training, retrain, out_dir)
+    accuracy[(b, d)], split = prepare.iem_accuracy(iems[(b, d)], ds, codebook)
     how = f"trained here ({iem_info[name]['why']})" if iem_info[name]["trained"] else "loaded"
     print(f"attribute IEM {name}: {how}; accuracy {accuracy[(b, d)]:.3f} on its {split} split")
 
@@ -223,15 +224,17 @@ for name, info in iem_info.items():
 
 # %%
 tis_entry = registered(run_dir, "tis")  # IG and occlusion start from notebook 05's neutral token
-tis_options = {"method": tis_entry["method"], "steps": tis_entry["ig_steps"]}
-tis_options["group"] = tis_entry["occlusion_group"]
 print(f"TIS method: {tis_entry['method']} (notebook 05's)")
 
 # %%
+tis_options = tislib.method_options(  # the run's method with its own options (SmoothGrad: this nsamples)
+    tis_entry["method"], tislib.Noise(nsamples), seed, tis_entry["ig_steps"], tis_entry["occlusion_group"],
+    codebook[tis_entry["neutral_id"]],
+)  # fmt: skip
 tis = {
-    (b, d): bias.attribute_tis(
-        iems[(b, d)], ds, codebook, nsamples, seed, **tis_options, baseline=codebook[tis_entry["neutral_id"]],
-        out=out_dir / b / f"digit_{d}" / "tis_train.npy",
+    (b, d): prepare.attribute_tis(
+        iems[(b, d)], ds, codebook, tis_entry["method"], out_dir / b / f"digit_{d}" / "tis_train.npy",
+        **tis_options,
     )
     for (b, d), ds in studies.items()
 }  # fmt: skip
@@ -360,7 +363,7 @@ pixels = {d: planted_bias.measured_attributes(digits.to_uint8(x), width_threshol
 deltas["pixel truth"] = [planted_bias.planted_shares(pixels[d], planted)[b] for b, d in studies]
 bounds = deltas[["share_low", "share_high"]].to_numpy()
 deltas["verdict"] = [bias_stats.share_verdict(lo, hi, equivalence_margin) for lo, hi in bounds]
-metrics = bias.headline_metrics(deltas, bias_types, biased_digit, control_digit)
+metrics = report.headline_metrics(deltas, bias_types, biased_digit, control_digit)
 metrics |= {f"bias_{b}_pixel_rule_accuracy": round(a, 4) for b, a in rule_accuracy.items()}
 metrics["bias_generator_digit_agreement"] = round(digit_agreement, 4)
 columns = ["pixel truth", "share", "share_low", "share_high", "verdict", "delta"]
@@ -397,7 +400,7 @@ for _, r in deltas.iterrows():
     iv = f"{r['toward']} {share} [{r['share_low']:.2f}, {r['share_high']:.2f}]"
     why = " (error-rate check failed)" if r["inconclusive"] and r["share"] >= 0 else ""
     truth = f"truth {r['pixel truth']:.2f}, {inside}; δ {r['delta']:+.2f}"
-    verdict = bias.verdict_words(r["verdict"], equivalence_margin)
+    verdict = report.verdict_words(r["verdict"], equivalence_margin)
     lines.append(f"- {r['bias']}, {r['neutral set']}: {iv}, **{verdict}**{why}; {truth}")
 rules = ", ".join(f"{b} {a:.2%}" for b, a in rule_accuracy.items())
 lines.append(

@@ -26,7 +26,7 @@
 #
 # This notebook checks, on a subset of the test images:
 #
-# 1. **five attributions behind one interface** (`cortex_utils.attribution.attribute`; SmoothGrad the
+# 1. **five attributions behind one interface** (`cortex_utils.tis.attribute`; SmoothGrad the
 #    project's own, the others from Captum): the paper's **SmoothGrad**, plain **gradient**,
 #    **gradient × input**, **Integrated Gradients** (from an all-neutral-token grid) and **token occlusion**
 #    (replace one token with the neutral token, measure the drop of the target logit). Every one yields one
@@ -58,11 +58,13 @@ import torch
 from IPython.display import Markdown, display
 
 from cortex_run import datasets as tokds
-from cortex_run import evaluators, plots, tokenizers
+from cortex_run import evaluators, plots, prepare, report, tokenizers
 from cortex_run.artifacts import atomic_path, note_trained, record_metrics, registered
+from cortex_run.checkpoints import load_run_iem
 from cortex_run.notebook import check_parameters, choice, exercise, repo_path, require
-from cortex_utils import attribution, concepts, evaluation, sanity
+from cortex_utils import concepts, evaluation, sanity
 from cortex_utils import iem as iemlib
+from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 
 # %% [markdown]
@@ -118,12 +120,12 @@ curve_images, curve_steps = curve_points["images"], curve_points["steps"]
 concept_top_n, tsne, gallery_tokens = (codebook_map[k] for k in ("top_n", "tsne", "gallery_tokens"))
 choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
 for m in methods:
-    choice("methods", m, list(attribution.METHODS))
+    choice("methods", m, list(tislib.METHODS))
 require(
     len(methods) == len(set(methods)) and len(methods) > 0,
     f"methods must be distinct and non-empty, got {methods}",
 )
-choice("reduction", reduction, attribution.REDUCTIONS)
+choice("reduction", reduction, tislib.REDUCTIONS)
 
 # %%
 evaluation.check_neutral(neutral)
@@ -169,7 +171,7 @@ require(gallery_tokens >= 0 and concept_top_n >= 1, "gallery_tokens must be >= 0
 vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
-model = iemlib.load_run_iem(run_dir, iem_arch, ds)
+model = load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)
 all_tokens = ds.tokens[split].astype(np.int64)
 n = min(n_images, len(all_tokens))
@@ -185,15 +187,8 @@ require(method in methods, f"the run's TIS method {method!r} must be one of the 
 
 # %%
 neutral_id = evaluation.resolve_neutral(vq, all_tokens, neutral)
-options = {
-    "reduction": reduction,
-    "nsamples": nsamples,
-    "spread": spread,
-    "steps": ig_steps,
-    "baseline": codebook[neutral_id],
-    "group": occlusion_group,
-    "seed": seed,
-}
+settings = (tislib.Noise(nsamples, spread), seed, ig_steps, occlusion_group, codebook[neutral_id])
+options = {m: tislib.method_options(m, *settings) | {"reduction": reduction} for m in tislib.METHODS}
 n_positions = int(np.prod(ds.grid))
 require(
     overlap_k <= n_positions,
@@ -208,37 +203,38 @@ print(
 # %% [markdown]
 # ## One interface, five attributions
 #
-# `attribution.attribute(model, embeddings, target, method=...)` returns `(N, h, w)` scores for any method;
-# `attribute_tokens` does the same from token grids in batches. A method name that does not exist, or an IG
-# baseline of the wrong shape, is refused with the valid choices:
+# `tislib.attribute(model, embeddings, target, method=..., **options)` returns `(N, h, w)` scores for any
+# method, each with its own options (`options[m]` above); `attribute_tokens` does the same from token grids
+# in batches. A method name that does not exist, an option the method does not take, or an IG baseline of
+# the wrong shape, is refused with the valid choices:
 
 # %%
 x0 = codebook[torch.from_numpy(tokens[:2])].permute(0, 3, 1, 2)
 for what, bad in (
     ("method 'lime'", {"method": "lime"}),
+    ("the gradient with SmoothGrad's noise", {"method": "gradient", "noise": tislib.Noise(100)}),
     ("IG with a 3x3 baseline", {"method": "integrated_gradients", "baseline": torch.zeros(3, 3)}),
 ):
     try:
-        attribution.attribute(model, x0, labels[:2], **bad)
+        tislib.attribute(model, x0, labels[:2], **bad)
     except ValueError as err:
         print(f"{what} -> ValueError: {err}")
 
 # %% [markdown]
-# SmoothGrad is the project's own (`smoothgrad.smoothgrad`, notebook 05), not Captum's
+# SmoothGrad is the project's own (`tislib.smoothgrad`, notebook 05), not Captum's
 # `NoiseTunnel(Saliency)`, which a user would pick instead. Captum draws an image's noisy copies one after
-# another; drawn in that order from the same seed (`noise_chunk`), the two get the very same noise and must
-# agree:
+# another; drawn in that order from the same seed (`Noise(..., chunk=nsamples)`), the two get the very same
+# noise and must agree:
 
 # %%
 from captum.attr import NoiseTunnel, Saliency
 
 x8, y8 = codebook[torch.from_numpy(tokens[:8])].permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels[:8])
-ours = attribution.attribute(
-    model, x8, y8, "smoothgrad", reduction, nsamples, spread, seed=seed, noise_chunk=nsamples
-)
+in_captums_order = tislib.Noise(nsamples, spread, chunk=nsamples)
+ours = tislib.attribute(model, x8, y8, "smoothgrad", reduction, noise=in_captums_order, seed=seed)
 with torch.random.fork_rng(devices=[]):  # Captum draws from the global RNG: seeded here, restored afterwards
     torch.manual_seed(seed)
-    captum_sg = attribution.reduce_channels(
+    captum_sg = tislib.reduce_channels(
         NoiseTunnel(Saliency(model)).attribute(
             x8.clone().requires_grad_(),
             nt_type="smoothgrad",
@@ -266,9 +262,7 @@ assert parity < 1e-4, "the project's SmoothGrad no longer gives Captum's maps fo
 maps, seconds = {}, {}
 for m in methods:
     t0 = time.perf_counter()
-    maps[m] = attribution.attribute_tokens(
-        model, codebook, tokens, labels, m, batch_size=batch_size, **options
-    )
+    maps[m] = tislib.attribute_tokens(model, codebook, tokens, labels, m, batch_size, **options[m])
     seconds[m] = time.perf_counter() - t0
 display(pd.Series({m: 1000 * s / n for m, s in seconds.items()}, name="ms per image").round(2).to_frame())
 control = sanity.RANDOM_CONTROL
@@ -297,8 +291,8 @@ def maps_of(some_model, m, rows, draw):
     `draw`)."""
     if m == control:
         return sanity.random_attribution((rows, *ds.grid), seed=draw)
-    return attribution.attribute_tokens(
-        some_model, codebook, tokens[:rows], labels[:rows], m, batch_size=batch_size, **options
+    return tislib.attribute_tokens(
+        some_model, codebook, tokens[:rows], labels[:rows], m, batch_size=batch_size, **options[m]
     )
 
 
@@ -358,7 +352,7 @@ print("Spearman by hand (Pearson of ranks):", rho_by_hand.round(4), " textbook f
 
 # %% [markdown]
 # The same numbers from the library the rest of the notebook uses, on the very same maps (and the
-# gradient maps themselves against `attribution.attribute(..., "gradient")`):
+# gradient maps themselves against `tislib.attribute(..., "gradient")`):
 
 # %% tags=["by-hand-check"]
 stack = (3, *ds.grid)
@@ -368,18 +362,14 @@ np.testing.assert_allclose(
 np.testing.assert_allclose(
     sanity.spearman(trained3.reshape(stack), random3.reshape(stack)), rho_by_hand, rtol=1e-9, atol=1e-12
 )
-library3 = (
-    attribution.attribute(model, x3, y3, "gradient", reduction=reduction).abs().flatten(1).double().numpy()
-)
+library3 = tislib.attribute(model, x3, y3, "gradient", reduction=reduction).abs().flatten(1).double().numpy()
 np.testing.assert_allclose(library3, trained3, rtol=1e-5, atol=1e-6 * trained3.max())
-print(
-    "by hand == sanity.abs_spearman / spearman on the same maps; the gradient maps == attribution.attribute"
-)
+print("by hand == sanity.abs_spearman / spearman on the same maps; the gradient maps == tislib.attribute")
 
 # %% [markdown]
 # At scale, `sanity.map_similarity` does this for every image and method at once: pandas ranks all
 # rows of an `(N, h·w)` stack in one call (mean ranks for ties, no n² comparison), the correlation is one
-# vectorised expression over the rows, and the maps come from `attribution.attribute_tokens` in batches;
+# vectorised expression over the rows, and the maps come from `tislib.attribute_tokens` in batches;
 # `sanity.randomize_full` also re-initialises parameters that have no initializer (e.g. a ViT's position
 # table) and names every step.
 
@@ -478,14 +468,12 @@ plt.show()
 
 # %%
 full_model = sanity.randomize_full(model, seed=seed)
-shuffled_model, shuffled_log, trained = sanity.shipped_or_shuffled_label_iem(
+shuffled_model, shuffled_log, trained = prepare.shuffled_label_iem(
     model,
     ds,
     codebook,
     f"iem{iem_arch}_shuffled_labels",
-    epochs=shuffled_epochs,
-    max_images=shuffled_max_images,
-    seed=seed,
+    {"epochs": shuffled_epochs, "max_images": shuffled_max_images, "seed": seed},
     retrain=retrain,
     out_dir=run_dir / "iem",
 )
@@ -528,7 +516,7 @@ print(
 )
 
 # %%
-chance = sanity.top_k_chance(overlap_k, n_positions)
+chance = overlap_k / n_positions  # two independent random rankings share k / n of their top k
 fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.6), sharey=True)
 for ax, (col, label) in zip(axes, measures.items(), strict=True):
     sns.barplot(
@@ -590,12 +578,9 @@ curve_table = sanity.faithfulness_curves(
     labels[:c],
     {m: maps[m][:c] for m in compared},
     judges,
-    spaces=spaces,
+    options=evaluation.Masking(spaces=spaces, neutral=neutral_id, seed=seed, batch_size=batch_size),
     curves=curves,
     steps=curve_steps,
-    neutral=neutral_id,
-    seed=seed,
-    batch_size=batch_size,
 )
 aucs = sanity.curve_auc(curve_table)
 out = run_dir / "evaluation"
@@ -743,7 +728,7 @@ ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
 
 # %%
-lines = sanity.verdict_text(verdict, recommended, method, control, space, c, curve_steps)
+lines = report.verdict_text(verdict, recommended, method, control, space, c, curve_steps)
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -922,27 +907,27 @@ display(
 # %% [markdown] tags=["exercise"]
 # **1. One image's top positions under full randomization.** Compute the SmoothGrad maps of the first
 # image (`tokens[:1]`, target `labels[:1]`) for the trained IEM (`model`) and for the fully randomized one
-# (`full_model`), with `attribution.attribute_tokens(..., "smoothgrad", **options)`. How many of the
+# (`full_model`), with `tislib.attribute_tokens(..., "smoothgrad", **options["smoothgrad"])`. How many of the
 # `overlap_k` positions with the largest |score| do the two maps share? Compare with chance
 # (`overlap_k` × `overlap_k` / (h·w)). Write your answer as `answer_1 = ...` (an int from 0 to `overlap_k`).
 
 # %% tags=["solution"]
 if solutions:
     one = [
-        attribution.attribute_tokens(
-            mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size, **options
+        tislib.attribute_tokens(
+            mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size, **options["smoothgrad"]
         )
         for mdl in (model, full_model)
     ]
-    answer_1 = round(overlap_k * float(sanity.top_k_intersection(*one, k=overlap_k)[0]))
+    answer_1 = round(overlap_k * float(tislib.topk_agreement(*one, k=overlap_k, absolute=True)[0]))
 
 
 # %% tags=["exercise-check"]
 def check_1(answer):
     a, b = (
         np.abs(
-            attribution.attribute_tokens(
-                mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size=batch_size, **options
+            tislib.attribute_tokens(
+                mdl, codebook, tokens[:1], labels[:1], "smoothgrad", batch_size, **options["smoothgrad"]
             )
         ).ravel()
         for mdl in (model, full_model)
@@ -1011,13 +996,11 @@ if solutions:
         labels[:5],
         {"negated": -maps[method][:5]},
         judges,
-        spaces=[faithfulness_space],
+        options=evaluation.Masking(
+            spaces=[faithfulness_space], neutral=neutral_id, seed=seed, batch_size=batch_size, progress=False
+        ),
         curves=["deletion"],
         steps=curve_steps,
-        neutral=neutral_id,
-        seed=seed,
-        batch_size=batch_size,
-        progress=False,
     )
     neg_auc = sanity.curve_auc(neg)
     answer_3 = float(neg_auc[(neg_auc.method == "negated") & (neg_auc.evaluator == "mean")]["auc"].iloc[0])

@@ -42,23 +42,25 @@
 # show"); the error-rate check needs a second labelling, so it does not run.
 #
 # **Without real data** (`real_data["dir"]` empty, the default: DALL·E-mini's weights and generations cannot
-# be downloaded here) the notebook writes synthetic CSVs of exactly this layout (`bias.write_synthetic_study`)
-# for the shipped default tokenizer and runs on them: a grid of value 0 carries id 1 at six positions, a
-# grid of value 1 id 2, and a share `demo["shares"]` of each bias type's neutral grids are value 0's. There
-# the answer is known by construction, so the run checks the plumbing against it; it says nothing about
-# any generator. The tests run this notebook on such CSVs with a randomly initialised f16-16384 VQGAN.
+# be downloaded here) the notebook writes synthetic CSVs of exactly this layout
+# (`prepare.write_synthetic_study`) for the shipped default tokenizer and runs on them: a grid of value 0
+# carries id 1 at six positions, a grid of value 1 id 2, and a share `demo["shares"]` of each bias type's
+# neutral grids are value 0's. There the answer is known by construction, so the run checks the plumbing
+# against it; it says nothing about any generator. The tests run this notebook on such CSVs with a randomly
+# initialised f16-16384 VQGAN.
 
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from cortex_run import SHIPPED_CHECKPOINTS, plots, tokenizers
+from cortex_run import SHIPPED_CHECKPOINTS, plots, prepare, report, tokenizers
 from cortex_run.artifacts import note_trained, record_metrics, register
 from cortex_run.checkpoints import read_card
 from cortex_run.notebook import check_parameters, choice, repo_path, require
 from cortex_utils import bias
 from cortex_utils import vq as vqlib
+from cortex_utils.tis import Noise
 
 # %% [markdown]
 # The knobs. `real_data` and `demo` are groups (dicts): set only the keys you change, e.g.
@@ -148,16 +150,7 @@ if given:
 else:
     root = out_dir / "synthetic"
     shares = dict(zip(bias_types, demo["shares"][: len(bias_types)], strict=True))
-    truth = bias.write_synthetic_study(
-        root,
-        vqlib.grid_shape(vq),
-        vq.n_embed,
-        shares,
-        demo["train"],
-        demo["held_out"],
-        demo["neutral"],
-        seed=seed,
-    )
+    truth = prepare.write_synthetic_study(root, vqlib.grid_shape(vq), vq.n_embed, shares, demo, seed=seed)
     display(
         Markdown(
             f"**No `real_data['dir']` given: a demonstration on synthetic CSVs** ({root}), whose neutral "
@@ -165,7 +158,7 @@ else:
             + ", ".join(f"{b} {share:.3f}" for b, share in truth.items())
         )
     )
-studies, neutral = bias.load_real_study(root, bias_types, vqlib.vq_meta(vq), out_dir)
+studies, neutral = prepare.load_real_study(root, bias_types, vqlib.vq_meta(vq), out_dir)
 display(
     pd.DataFrame(
         {
@@ -190,11 +183,11 @@ display(
 codebook = vqlib.codebook(vq)
 iem_training = {**attribute_iem, "batch_size": 64, "seed": seed}
 fitted = {
-    b: bias.attribute_iem(ds, codebook, f"{b}_real", iem_training, out_dir=out_dir)
+    b: prepare.attribute_iem(ds, codebook, f"{b}_real", iem_training, out_dir=out_dir)
     for b, ds in studies.items()
 }
 iems, iem_info = {b: model for b, (model, _) in fitted.items()}, {b: info for b, (_, info) in fitted.items()}
-held_out = {b: bias.iem_accuracy(iems[b], ds, codebook) for b, ds in studies.items()}  # (accuracy, split)
+held_out = {b: prepare.iem_accuracy(iems[b], ds, codebook) for b, ds in studies.items()}  # (accuracy, split)
 accuracy = {b: acc for b, (acc, _) in held_out.items()}
 display(
     pd.DataFrame(
@@ -221,7 +214,9 @@ for b, info in iem_info.items():
 
 # %%
 tis = {
-    b: bias.attribute_tis(iems[b], ds, codebook, nsamples, seed, out=out_dir / b / "tis_train.npy")
+    b: prepare.attribute_tis(
+        iems[b], ds, codebook, out=out_dir / b / "tis_train.npy", noise=Noise(nsamples), seed=seed
+    )
     for b, ds in studies.items()
 }
 ids = {b: bias.select_attribute_tokens(ds, tis[b], **selection)[1] for b, ds in studies.items()}
@@ -274,7 +269,7 @@ deltas = pd.DataFrame(
     ]
 )
 deltas.to_csv(out_dir / "deltas.csv", index=False)
-metrics = bias.real_data_metrics(deltas) if given else {}  # the demo's numbers are not a finding
+metrics = report.real_data_metrics(deltas) if given else {}  # the demo's numbers are not a finding
 
 # %% [markdown]
 # δ and the share with their 95 % intervals, then the table: `q` is the share of neutral images the token rule
@@ -305,7 +300,7 @@ _ = record_metrics(run_dir, **metrics)
 
 # %%
 lines = [
-    bias.verdict_line(row, row["bias"], statistics["equivalence_margin"]) for _, row in deltas.iterrows()
+    report.verdict_line(row, row["bias"], statistics["equivalence_margin"]) for _, row in deltas.iterrows()
 ]
 lines += [
     f"- *{b}: the attribute IEM is close to chance (accuracy {acc:.2f}); the tokens owe most to the "

@@ -181,21 +181,14 @@ entry = registered(run_dir, "tis")
 print(f"TIS method: {entry['method']} (settings of notebook 05: {entry['reduction']} over the channels)")
 
 # %%
-options = {
-    "nsamples": entry["nsamples"],
-    "spread": entry["spread"],
-    "reduction": entry["reduction"],
-    "seed": seed,
-    "sigma": entry["sigma"],
-    "method": entry["method"],
-    "steps": entry["ig_steps"],
-    "group": entry["occlusion_group"],
-    "baseline": codebook[entry["neutral_id"]],
-}
+noise = tislib.Noise(entry["nsamples"], entry["spread"], entry["sigma"])
+settings = (noise, seed, entry["ig_steps"], entry["occlusion_group"], codebook[entry["neutral_id"]])
+options = tislib.method_options(entry["method"], *settings) | {"reduction": entry["reduction"]}
 loader = tokds.embedding_loader(ds, "test", codebook, batch_size=batch_size)
 randomized = sanity.randomize_full(model, seed=seed)
-tis = tislib.compute_tis(model, loader, len(labels), desc="TIS, trained IEM", **options)
-tis_random = tislib.compute_tis(randomized, loader, len(labels), desc="TIS, randomised IEM", **options)
+n, method = len(labels), entry["method"]
+tis = tislib.dataset_tis(model, loader, n, method, desc="TIS, trained IEM", **options)
+tis_random = tislib.dataset_tis(randomized, loader, n, method, desc="TIS, randomised IEM", **options)
 suptitle = f"TIS of the trained IEM; its top-{top_k} positions boxed"
 plots.tis_grid(images, tis[:n_show], titles[:n_show], ncols=4, size=2.4, top_n=top_k, suptitle=suptitle)
 plt.show()
@@ -235,7 +228,7 @@ print("by hand == composites.pointing_share")
 # ## At scale: every test composite, several k
 #
 # `composites.pointing_share` for all test composites at each k, its mean with a bootstrap 95 % interval over
-# images (`composites.bootstrap_mean`), for the trained and the randomised IEM; chance is the target half's
+# images (`composites.mean_interval`), for the trained and the randomised IEM; chance is the target half's
 # share of the positions (`composites.pointing_chance`: ½, whatever k).
 
 # %%
@@ -243,7 +236,7 @@ chance = composites.pointing_chance(ds.grid)
 rows = []
 for k in ks:
     for who, maps in (("trained IEM", tis), ("randomised IEM", tis_random)):
-        mean, low, high = composites.bootstrap_mean(
+        mean, low, high = composites.mean_interval(
             composites.pointing_share(maps, side, k), n_boot, seed=seed
         )
         rows.append({"k": k, "IEM": who, "share on target": mean, "low": low, "high": high, "chance": chance})

@@ -51,9 +51,8 @@ from IPython.display import Markdown, display
 from cortex_run import datasets as tokds
 from cortex_run import tokenizers
 from cortex_run.artifacts import record_metrics, registered
+from cortex_run.checkpoints import load_run_iem
 from cortex_run.notebook import check_parameters, exercise, repo_path, require
-from cortex_utils import iem as iemlib
-from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 
@@ -90,7 +89,7 @@ method, iem_arch, reduction = entry["method"], entry["iem_arch"], entry["reducti
 nsamples, spread, seed = entry["nsamples"], entry["spread"], entry.get("seed", 0)
 vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
-model = iemlib.load_run_iem(run_dir, iem_arch, ds)
+model = load_run_iem(run_dir, iem_arch, ds)
 codebook = vqlib.codebook(vq)
 tis = {s: np.load(Path(entry["path"]) / f"{s}.npy") for s in entry["splits"]}
 split = "test" if "test" in tis else entry["splits"][0]
@@ -120,9 +119,11 @@ y_stab = torch.from_numpy(labels[stab_rows])
 
 # %%
 def stab_tis(ns, noise_seed, how="batch", draws="gaussian", precision="float32"):
-    """TIS of the stability images as one batch, noise from `noise_seed`, sigma per batch or per image."""
-    args = (model, x_stab, y_stab, n_stab, ns, spread, reduction, noise_seed, how)
-    return tislib.batched_token_importance(*args, draws=draws, precision=precision)
+    """TIS of the stability images as one batch, sigma per batch or per image; the noise from `noise_seed` as
+    `dataset_tis` seeds a batch at row 0 (`noise_seed * 1_000_003`)."""
+    noise, seeded = tislib.Noise(ns, spread, how, draws), noise_seed * 1_000_003
+    options = {"noise": noise, "seed": seeded, "precision": precision}
+    return tislib.attribute(model, x_stab, y_stab, "smoothgrad", reduction, **options).numpy()
 
 
 curve_ns = sorted(set(stability_nsamples) | {nsamples})
@@ -208,7 +209,7 @@ print(
 )
 for name, per_ns in list(keeps.items())[1:]:
     for ns, v in per_ns.items():
-        _, _, sign = tislib.paired_difference(v, keeps["another noise seed"][ns])  # paired by image
+        _, _, sign = tislib.paired_mean_se(v, keeps["another noise seed"][ns])  # paired by image
         verdict = {1: "more than", -1: "fewer than", 0: "as many as (within two standard errors)"}[sign]
         print(
             f"{name}, nsamples = {ns}: keeps {v.mean():.0%}, {verdict} another noise seed "
@@ -249,10 +250,10 @@ print(
 )
 
 # %% [markdown]
-# The library's `smoothgrad_noise(..., draws="antithetic")` must give the same draws from the same seed.
+# The library's `tislib.Noise(..., draws="antithetic")` must give the same draws from the same seed.
 
 # %% tags=["by-hand-check"]
-pairs_lib = sglib.smoothgrad_noise(x_few, 8, spread, torch.Generator().manual_seed(seed), draws="antithetic")
+pairs_lib = tislib.Noise(8, spread, draws="antithetic").draw(x_few, torch.Generator().manual_seed(seed))
 torch.testing.assert_close(pairs_lib, pairs_hand)
 print("by hand = library: the same 8 antithetic draws")
 
@@ -271,14 +272,14 @@ var_maps = {
         if d == "gaussian" and ns in seed_maps
         else [stab_tis(ns, seed + 1, draws=d), stab_tis(ns, seed + 2, draws=d)]
     )
-    for d in sglib.DRAWS
+    for d in tislib.DRAWS
     for ns in var_ns
 }
 var_agree = {key: tislib.seed_agreement(m) for key, m in var_maps.items()}  # per image
 var_seconds = time.perf_counter() - t_var
 gauss_curve = np.array([var_agree["gaussian", ns].mean() for ns in var_ns])
 var_table = pd.DataFrame(
-    {d: {f"nsamples {ns}": float(var_agree[d, ns].mean()) for ns in var_ns} for d in sglib.DRAWS}
+    {d: {f"nsamples {ns}": float(var_agree[d, ns].mean()) for ns in var_ns} for d in tislib.DRAWS}
 )
 print(f"top-5 agreement of two noise seeds, {n_stab} {split} images ({var_seconds:.1f} s)")
 display(var_table.round(3))
@@ -297,7 +298,7 @@ def gaussian_draws_for(agreement):
 
 var_values = [float(v.mean()) for v in var_agree.values()]
 fig, ax = plt.subplots(figsize=(6.4, 3.2))
-for d, marker in zip(sglib.DRAWS, "osd", strict=True):
+for d, marker in zip(tislib.DRAWS, "osd", strict=True):
     ax.plot(var_ns, [var_agree[d, ns].mean() for ns in var_ns], marker=marker, label=f"{d} draws")
 ax.set_xscale("log")
 ax.set_xticks(var_ns, [str(ns) for ns in var_ns])
@@ -314,9 +315,9 @@ fig.tight_layout()
 # recorded.
 
 # %%
-for d in sglib.DRAWS[1:]:
+for d in tislib.DRAWS[1:]:
     for ns in var_ns:
-        diff, se, sign = tislib.paired_difference(var_agree[d, ns], var_agree["gaussian", ns])
+        diff, se, sign = tislib.paired_mean_se(var_agree[d, ns], var_agree["gaussian", ns])
         verdict = {1: "more reproducible", -1: "less reproducible", 0: "as reproducible (within 2 s.e.)"}[
             sign
         ]
@@ -332,14 +333,14 @@ if method == "smoothgrad" and nsamples in var_ns:
         run_dir,
         **{
             f"tis_top5_seed_agreement_{d}_{nsamples}": round(float(var_agree[d, nsamples].mean()), 4)
-            for d in sglib.DRAWS[1:]
+            for d in tislib.DRAWS[1:]
         },
     )
 
 # %% [markdown]
 # The paper's Gaussian draws stay the default: another kind of draws changes the noise, so every map (and
 # what later notebooks count from it) would change as much as with another seed; `draws="antithetic"` or
-# `"sobol"` (`tislib.compute_tis`, `smoothgrad.smoothgrad`) is the option where the lines above show a gain.
+# `"sobol"` (`tislib.Noise`) is the option where the lines above show a gain.
 #
 # ## The fast mode: bfloat16
 #
@@ -350,7 +351,7 @@ if method == "smoothgrad" and nsamples in var_ns:
 # float32 map and count the top-5 positions they share, beside what another noise seed shares.
 
 # %%
-fast_native = sglib.bf16_supported()
+fast_native = tislib.bf16_supported()
 if fast_native:
     t0 = time.perf_counter()
     exact_maps = stab_tis(nsamples, seed + 1)
@@ -411,7 +412,7 @@ bullets = [
     *(
         f"{d} draws at nsamples {ns}: agreement {var_agree[d, ns].mean():.3f} vs Gaussian "
         f"{var_agree['gaussian', ns].mean():.3f}."
-        for d in sglib.DRAWS[1:]
+        for d in tislib.DRAWS[1:]
         for ns in [nsamples if nsamples in var_ns else var_ns[-1]]
     ),
     (

@@ -217,7 +217,8 @@ for case, draw in {"symmetric": symmetric, "uneven": uneven}.items():
             counts = draw(rng.random(study["n_neutral"]) < p)
             d = bias_stats.count_delta(*counts, n_boot=boot, seed=int(rng.integers(2**31)))
             fit, held = labelled(draw, n_fit), labelled(draw, n_held)
-            s = bias_stats.bias_share(counts, fit, held, n_boot=boot, seed=int(rng.integers(2**31)))
+            options = bias_stats.ShareOptions(n_boot=boot, seed=int(rng.integers(2**31)))
+            s = bias_stats.bias_share(counts, fit, held, options=options)
             rows.append(
                 {
                     "case": case,
@@ -326,17 +327,6 @@ truth = deltas.set_index(["bias", "digit"])["pixel truth"]
 for b, t in mitigation_table.items():  # the same pixel rule as notebook 10's truth, on the same images
     np.testing.assert_allclose(t.loc["before", "share"], truth[(b, biased_digit[b])], rtol=0, atol=1e-9)
 pd.concat(mitigation_table, names=["bias", "set"]).astype(float).T.round(3) if mitigation_table else None
-
-# %% [markdown]
-# The same numbers as a figure: the planted value's share (left; ½ is balance, the dashed line what notebook
-# 10's token estimate said before) and the digit agreement (right), each with its 95 % interval.
-
-# %%
-estimate = deltas.set_index(["bias", "digit"])["share"]
-token_estimate = {b: estimate[(b, biased_digit[b])] for b in mitigation_table}
-names = {b: f"{b} (digit {biased_digit[b]}, {planted[b]})" for b in mitigation_table}
-if mitigation_table:
-    plots.mitigation_bars(mitigation_table, token_estimate, names)
 
 # %% [markdown]
 # What the edit does to the images (the first `n_show` of each set):

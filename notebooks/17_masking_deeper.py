@@ -183,10 +183,7 @@ extra = evaluation.concept_level_experiment(
     {"contrastive": sets["contrastive"]},
     judges,
     token_num,
-    spaces,
-    s08["neutral"],
-    ds.class_names,
-    progress=False,
+    evaluation.Masking(spaces, s08["neutral"], progress=False),
     images=decoded,
 )
 table = pd.concat([pd.read_csv(repo_path(s08["path"])), extra], ignore_index=True)
@@ -255,9 +252,7 @@ sweep = pd.concat(
             sets,
             judges,
             token_num=k,
-            spaces=("pixel",),
-            class_names=ds.class_names,
-            progress=False,
+            options=evaluation.Masking(progress=False),
             images=decoded,
         ).assign(token_num=k)
         for k in token_nums

@@ -3,12 +3,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cortex_run.datasets import TokenDataset
-from cortex_utils import attribution as A
+from cortex_run import report
 from cortex_utils import iem as iemlib
 from cortex_utils import sanity as S
-from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
+from cortex_utils.evaluation import SPACES, Masking
+from cortex_utils.tis import Noise
 
 D, GRID, C = 4, (4, 4), 3
 
@@ -38,8 +38,8 @@ def batch():
 
 def test_every_method_gives_one_finite_score_per_position(tiny_iem, batch):
     x, y = batch
-    for method in A.METHODS:
-        s = A.attribute(tiny_iem, x, y, method, nsamples=3, steps=4)
+    for method in tislib.METHODS:
+        s = tislib.attribute(tiny_iem, x, y, method, **tislib.method_options(method, Noise(3), steps=4))
         assert s.shape == (5, *GRID), method
         assert torch.isfinite(s).all(), method
         assert s.abs().sum() > 0, method
@@ -48,27 +48,27 @@ def test_every_method_gives_one_finite_score_per_position(tiny_iem, batch):
 def test_unknown_method_and_bad_input_are_refused(tiny_iem, batch):
     x, y = batch
     with pytest.raises(ValueError, match="choose one of.*smoothgrad.*occlusion"):
-        A.attribute(tiny_iem, x, y, "lime")
+        tislib.attribute(tiny_iem, x, y, "lime")
     with pytest.raises(ValueError, match="reduction"):
-        A.attribute(tiny_iem, x, y, "gradient", reduction="median")
+        tislib.attribute(tiny_iem, x, y, "gradient", reduction="median")
     with pytest.raises(ValueError, match="targets"):
-        A.attribute(tiny_iem, x, y[:3], "gradient")
+        tislib.attribute(tiny_iem, x, y[:3], "gradient")
     with pytest.raises(ValueError, match="expects embeddings"):
-        A.attribute(tiny_iem, x[:, :2], y, "gradient")
+        tislib.attribute(tiny_iem, x[:, :2], y, "gradient")
     tiny_iem.train()
     with pytest.raises(RuntimeError, match="eval mode"):
-        A.attribute(tiny_iem, x, y, "gradient")
+        tislib.attribute(tiny_iem, x, y, "gradient")
 
 
 def test_ig_baseline_of_the_wrong_shape_is_refused(tiny_iem, batch):
     x, y = batch
     for bad in (torch.zeros(D + 1), torch.zeros(D, 3, 4), torch.zeros(2, D, *GRID), torch.zeros(5, D)):
         with pytest.raises(ValueError, match="baseline must have shape"):
-            A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=bad, steps=4)
+            tislib.attribute(tiny_iem, x, y, "integrated_gradients", baseline=bad, steps=4)
     # one embedding at every position == the full grid of it
     e = torch.randn(D)
-    a = A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=e, steps=4)
-    b = A.attribute(
+    a = tislib.attribute(tiny_iem, x, y, "integrated_gradients", baseline=e, steps=4)
+    b = tislib.attribute(
         tiny_iem, x, y, "integrated_gradients", baseline=e[:, None, None].expand(D, *GRID), steps=4
     )
     assert close(a, b)
@@ -77,16 +77,14 @@ def test_ig_baseline_of_the_wrong_shape_is_refused(tiny_iem, batch):
 @pytest.mark.parametrize("chunk", [7, 3])
 def test_smoothgrad_equals_captums_noise_tunnel_given_its_noise(tiny_iem, batch, chunk):
     """Captum's NoiseTunnel(Saliency) draws the noise of its passes of nt_samples_batch_size copies per image
-    image by image; smoothgrad_noise(..., chunk=k) draws the same normals from a generator seeded as Captum's
+    image by image; Noise(..., chunk=k) draws the same normals from a generator seeded as Captum's
     global one, so the project's one SmoothGrad gives Captum's maps (here S = 7 copies: in one pass, and in
     passes of 3, 3 and 1)."""
     from captum.attr import NoiseTunnel, Saliency
 
     x, y = batch
     S, seed = 7, 11
-    ours = A.attribute(
-        tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, spread=0.2, seed=seed, noise_chunk=chunk
-    )
+    ours = tislib.attribute(tiny_iem, x, y, "smoothgrad", "mean", noise=Noise(S, 0.2, chunk=chunk), seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         grad = NoiseTunnel(Saliency(tiny_iem)).attribute(
@@ -98,19 +96,19 @@ def test_smoothgrad_equals_captums_noise_tunnel_given_its_noise(tiny_iem, batch,
             target=y,
             abs=False,
         )
-    assert close(ours, A.reduce_channels(grad, "mean")), (ours - grad.mean(1)).abs().max()
+    assert close(ours, tislib.reduce_channels(grad, "mean")), (ours - grad.mean(1)).abs().max()
     # and not by accident: other noise gives other scores; the seed reproduces them
-    other = A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, seed=seed + 1, noise_chunk=chunk)
+    other = tislib.attribute(tiny_iem, x, y, "smoothgrad", "mean", noise=Noise(S, chunk=chunk), seed=seed + 1)
     assert not close(ours, other, rel=1e-2)
     assert torch.equal(
-        ours, A.attribute(tiny_iem, x, y, "smoothgrad", "mean", nsamples=S, seed=seed, noise_chunk=chunk)
+        ours, tislib.attribute(tiny_iem, x, y, "smoothgrad", "mean", noise=Noise(S, chunk=chunk), seed=seed)
     )
 
 
-def test_smoothgrad_noise_in_chunks_is_a_reordering_of_captums_draws(batch):
+def test_noise_in_chunks_is_a_reordering_of_captums_draws(batch):
     x, _ = batch
     g = torch.Generator().manual_seed(0)
-    chunked = sglib.smoothgrad_noise(x, 5, 0.2, torch.Generator().manual_seed(0), chunk=2)
+    chunked = Noise(5, 0.2, chunk=2).draw(x, torch.Generator().manual_seed(0))
     sigma = 0.2 * (x.max() - x.min())
     first, second, last = (torch.randn(len(x) * k, *x.shape[1:], generator=g) * sigma for k in (2, 2, 1))
     assert torch.equal(chunked[:2], first.reshape(len(x), 2, *x.shape[1:]).transpose(0, 1))
@@ -118,34 +116,35 @@ def test_smoothgrad_noise_in_chunks_is_a_reordering_of_captums_draws(batch):
     assert torch.equal(chunked[4], last)
     for bad in ({"chunk": 0}, {"chunk": 2, "draws": "antithetic"}):
         with pytest.raises(ValueError, match="chunk orders Gaussian draws"):
-            sglib.smoothgrad_noise(x, 4, **bad)
+            Noise(4, **bad)
 
 
-def test_attribute_tokens_draws_smoothgrads_noise_as_captum_did(tiny_iem):
-    """Batch b's noise: seed + b, max_batch // len(batch) copies per image at a time (notebook 11's maps)."""
+def test_attribute_tokens_draws_smoothgrads_noise_as_captum_did(tiny_iem, monkeypatch):
+    """Batch b's noise: seed + b, CAPTUM_ROWS // len(batch) draws per image at a time (notebook 11's maps)."""
     rng = np.random.default_rng(0)
     codebook = torch.randn(10, D)
     tokens, y = rng.integers(0, 10, (7, *GRID)), rng.integers(0, C, 7)
-    got = A.attribute_tokens(tiny_iem, codebook, tokens, y, nsamples=6, seed=3, batch_size=4, max_batch=8)
+    monkeypatch.setattr(tislib, "CAPTUM_ROWS", 8)  # Captum's passes of 8 rows (1024 in notebook 11)
+    got = tislib.attribute_tokens(tiny_iem, codebook, tokens, y, noise=Noise(6), seed=3, batch_size=4)
     x = codebook[torch.from_numpy(tokens)].permute(0, 3, 1, 2).contiguous()
     want = [
-        A.attribute(tiny_iem, x[:4], y[:4], nsamples=6, seed=3, noise_chunk=2),  # 8 // 4 copies at a time
-        A.attribute(tiny_iem, x[4:], y[4:], nsamples=6, seed=4, noise_chunk=2),
+        tislib.attribute(tiny_iem, x[:4], y[:4], noise=Noise(6, chunk=2), seed=3),  # 8 // 4 copies at a time
+        tislib.attribute(tiny_iem, x[4:], y[4:], noise=Noise(6, chunk=2), seed=4),
     ]  # 8 // 3
     np.testing.assert_array_equal(got, torch.cat(want).numpy())
 
 
 def test_smoothgrad_without_noise_is_the_gradient(tiny_iem, batch):
     x, y = batch
-    a = A.attribute(tiny_iem, x, y, "smoothgrad", nsamples=3, spread=0.0)
-    assert close(a, A.attribute(tiny_iem, x, y, "gradient"))
+    a = tislib.attribute(tiny_iem, x, y, "smoothgrad", noise=Noise(3, spread=0.0))
+    assert close(a, tislib.attribute(tiny_iem, x, y, "gradient"))
 
 
 def test_integrated_gradients_is_complete(tiny_iem, batch):
     """IG's attributions sum to f(x) - f(baseline) (mean over channels * D * positions = the full sum)."""
     x, y = batch
     base = torch.randn(D)
-    s = A.attribute(tiny_iem, x, y, "integrated_gradients", baseline=base, steps=64, reduction="mean")
+    s = tislib.attribute(tiny_iem, x, y, "integrated_gradients", baseline=base, steps=64, reduction="mean")
     with torch.no_grad():
         fx = tiny_iem(x).gather(1, y[:, None])[:, 0]
         fb = tiny_iem(base[None, :, None, None].expand_as(x).contiguous()).gather(1, y[:, None])[:, 0]
@@ -155,7 +154,7 @@ def test_integrated_gradients_is_complete(tiny_iem, batch):
 def test_occlusion_is_the_logit_drop_of_replacing_a_position(tiny_iem, batch):
     x, y = batch
     base = torch.randn(D)
-    s = A.attribute(tiny_iem, x, y, "occlusion", baseline=base)
+    s = tislib.attribute(tiny_iem, x, y, "occlusion", baseline=base)
     with torch.no_grad():
         fx = tiny_iem(x).gather(1, y[:, None])[:, 0]
         for r, c in [(0, 0), (2, 3)]:
@@ -163,12 +162,12 @@ def test_occlusion_is_the_logit_drop_of_replacing_a_position(tiny_iem, batch):
             xm[:, :, r, c] = base[None, :]
             drop = fx - tiny_iem(xm).gather(1, y[:, None])[:, 0]
             assert close(s[:, r, c], drop)
-    blocks = A.attribute(tiny_iem, x, y, "occlusion", baseline=base, group=2)
+    blocks = tislib.attribute(tiny_iem, x, y, "occlusion", baseline=base, group=2)
     assert torch.equal(blocks[:, 0, 0], blocks[:, 1, 1]) and torch.equal(blocks[:, 2, 2], blocks[:, 3, 3])
     assert not close(blocks[:, 0, 0], blocks[:, 2, 2], rel=1e-2)
-    assert A.position_groups(GRID, 2).unique().numel() == 4
+    assert tislib.position_groups(GRID, 2).unique().numel() == 4
     with pytest.raises(ValueError, match="group size"):
-        A.position_groups(GRID, 0)
+        tislib.position_groups(GRID, 0)
 
 
 def _weights(model):
@@ -242,12 +241,14 @@ def test_deletion_auc_is_lower_for_the_model_aligned_order():
     _, dele_rev = S.removal_curve(reverse, GRID, score, steps=16, curve="deletion")
     assert f[0] == 0 and f[-1] == 1 and len(f) == 17
     assert np.allclose(dele[0], 1) and np.allclose(dele[-1], 0)
-    assert (S.auc(f, dele) < S.auc(f, dele_rev)).all()
+    assert (np.trapezoid(dele, f, axis=0) < np.trapezoid(dele_rev, f, axis=0)).all()
     _, ins = S.removal_curve(aligned, GRID, score, steps=16, curve="insertion")
     _, ins_rev = S.removal_curve(reverse, GRID, score, steps=16, curve="insertion")
     assert np.allclose(ins[0], 0) and np.allclose(ins[-1], 1)
-    assert (S.auc(f, ins) > S.auc(f, ins_rev)).all()
-    assert np.isclose(S.auc([0, 0.5, 1], [1, 1, 0]), 0.75)
+    assert (np.trapezoid(ins, f, axis=0) > np.trapezoid(ins_rev, f, axis=0)).all()
+    one = {"space": "token", "curve": "deletion", "method": "m", "evaluator": "e"}
+    table = pd.DataFrame({**one, "fraction": [1, 0, 0.5], "mean_prob": np.float32([0, 1, 1])})
+    assert S.curve_auc(table)["auc"].tolist() == [0.75, 0.75]  # the trapezoid rule; the mean over evaluators
     with pytest.raises(ValueError, match="curve"):
         S.removal_curve(aligned, GRID, score, curve="both")
     with pytest.raises(ValueError, match="steps"):
@@ -273,7 +274,13 @@ def test_faithfulness_curves_in_both_spaces(tiny_vq, one_thread):
     labels = np.zeros(3, dtype=np.int64)
     scores = {"a": rng.normal(size=tokens.shape), "b": rng.normal(size=tokens.shape)}
     table = S.faithfulness_curves(
-        tiny_vq, tokens, labels, scores, {"judge": _Judge()}, steps=4, neutral=0, progress=False
+        tiny_vq,
+        tokens,
+        labels,
+        scores,
+        {"judge": _Judge()},
+        options=Masking(SPACES, neutral=0, progress=False),
+        steps=4,
     )
     assert set(table.method) == {"a", "b", "random"} and set(table.space) == {"pixel", "token"}
     assert set(table.curve) == set(S.CURVES)
@@ -285,15 +292,31 @@ def test_faithfulness_curves_in_both_spaces(tiny_vq, one_thread):
     assert len(auc) == 2 * 2 * 3 * 2  # spaces x curves x methods x (judge + mean)
     with pytest.raises(ValueError, match="reference order"):
         S.faithfulness_curves(
-            tiny_vq, tokens, labels, {"random": scores["a"]}, {"judge": _Judge()}, progress=False
+            tiny_vq,
+            tokens,
+            labels,
+            {"random": scores["a"]},
+            {"judge": _Judge()},
+            options=Masking(progress=False),
         )
     with pytest.raises(ValueError, match="aligned"):
         S.faithfulness_curves(
-            tiny_vq, tokens, labels, {"a": scores["a"][:2]}, {"judge": _Judge()}, progress=False
+            tiny_vq,
+            tokens,
+            labels,
+            {"a": scores["a"][:2]},
+            {"judge": _Judge()},
+            options=Masking(progress=False),
         )
     with pytest.raises(ValueError, match="curve"):
         S.faithfulness_curves(
-            tiny_vq, tokens, labels, scores, {"judge": _Judge()}, curves=["sideways"], progress=False
+            tiny_vq,
+            tokens,
+            labels,
+            scores,
+            {"judge": _Judge()},
+            options=Masking(progress=False),
+            curves=["sideways"],
         )
 
 
@@ -302,26 +325,10 @@ def test_attribute_tokens_batches_like_one_call(tiny_iem):
     codebook = torch.randn(10, D)
     tokens = rng.integers(0, 10, (7, *GRID))
     y = rng.integers(0, C, 7)
-    whole = A.attribute_tokens(tiny_iem, codebook, tokens, y, "gradient", batch_size=100)
-    parts = A.attribute_tokens(tiny_iem, codebook, tokens, y, "gradient", batch_size=3)
+    whole = tislib.attribute_tokens(tiny_iem, codebook, tokens, y, "gradient", batch_size=100)
+    parts = tislib.attribute_tokens(tiny_iem, codebook, tokens, y, "gradient", batch_size=3)
     assert whole.shape == (7, *GRID) and whole.dtype == np.float32
     assert close(torch.from_numpy(whole), torch.from_numpy(parts))
-
-
-def test_shuffled_label_iem_trains_on_permuted_labels(tiny_iem):
-    rng = np.random.default_rng(0)
-    n = {"train": 24, "val": 6}
-    ds = TokenDataset(
-        manifest={"n_embed": 10, "embed_dim": D, "grid": list(GRID), "class_names": ["a", "b", "c"]},
-        tokens={s: rng.integers(0, 10, (k, *GRID)).astype(np.uint8) for s, k in n.items()},
-        labels={s: np.arange(k) % C for s, k in n.items()},
-    )
-    model, log = S.shuffled_label_iem(
-        tiny_iem, ds, torch.randn(10, D), epochs=1, batch_size=8, select_images=6
-    )
-    assert model.cortex_spec == tiny_iem.cortex_spec and not model.training
-    assert len(log) == 1 and "select_acc" in log
-    assert np.array_equal(ds.labels["train"], np.arange(24) % C)  # the dataset itself is untouched
 
 
 def test_abs_spearman_sees_magnitudes_through_random_signs():
@@ -338,19 +345,19 @@ def test_abs_spearman_sees_magnitudes_through_random_signs():
         S.abs_spearman(trained, flipped[:3])
 
 
-def test_top_k_intersection():
+def test_topk_agreement_of_absolute_scores():
     a = np.arange(16, dtype=float).reshape(1, 4, 4)  # top-3: positions 15, 14, 13
-    assert S.top_k_intersection(a, a, 3) == [1.0]
+    assert tislib.topk_agreement(a, a, 3, absolute=True) == [1.0]
     b = a.copy()
     b[0, 3, 3] = -100  # position 15 is now the least by sign but the largest by magnitude
-    assert S.top_k_intersection(a, b, 3, absolute=True) == [1.0]
-    assert np.isclose(S.top_k_intersection(a, b, 3, absolute=False)[0], 2 / 3)
-    assert S.top_k_intersection(a, -a, 3, absolute=False) == [0.0]
+    assert tislib.topk_agreement(a, b, 3, absolute=True) == [1.0]
+    assert np.isclose(tislib.topk_agreement(a, b, 3)[0], 2 / 3)
+    assert tislib.topk_agreement(a, -a, 3) == [0.0]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(2000, 8, 8)), rng.normal(size=(2000, 8, 8))
-    assert abs(S.top_k_intersection(x, y, 5).mean() - S.top_k_chance(5, 64)) < 0.01
+    assert abs(tislib.topk_agreement(x, y, 5, absolute=True).mean() - 5 / 64) < 0.01  # chance: k / n
     with pytest.raises(ValueError, match="k must lie"):
-        S.top_k_intersection(a, a, 17)
+        tislib.topk_agreement(a, a, 17, absolute=True)
 
 
 def test_random_control_passes_randomization_and_is_reproducible():
@@ -424,17 +431,17 @@ def test_recommend_none_when_nothing_passes():
 def test_verdict_text_says_what_recommend_decided():
     table = _table(sg=[0.62, 0.70, 0.20], better=[0.05, 0.05, 0.25], random_control=[0.0, 0.0, 0.5])
     best, judged = S.recommend(table, random_auc=0.5, default="sg", controls=["random_control"])
-    lines = S.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
+    lines = report.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
     assert len(lines) == len(table) + 2
     assert lines[0].startswith("* **sg** (the run's method): fails: abs. rank corr. 0.62")
     assert lines[1] == "* **better**: passes both conditions"
     assert "passes randomization" in lines[3] and "1.00 × random" in lines[3]
     assert lines[-1].startswith("Recommendation: **better**") and "Passing: better." in lines[-1]
-    keep = S.verdict_text(judged, "better", "better", "random_control", "pixel", 20, 8)
+    keep = report.verdict_text(judged, "better", "better", "random_control", "pixel", 20, 8)
     assert keep[-1] == "Recommendation: keep **better**."
     lucky = _table(sg=[0.62, 0.70, 0.20], random_control=[0.0, 0.0, 0.1])
     best, judged = S.recommend(lucky, 0.5, default="sg", controls=["random_control"])
-    lines = S.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
+    lines = report.verdict_text(judged, best, "sg", "random_control", "pixel", 20, 8)
     assert lines[-2].startswith("**Warning**") and lines[-1].startswith("Recommendation: **none**")
 
 
@@ -451,3 +458,22 @@ def test_spearman_is_pearson_of_ranks_by_hand():
     by_hand = [np.corrcoef(ranks(x.ravel()), ranks(y.ravel()))[0, 1] for x, y in zip(a, b, strict=True)]
     np.testing.assert_allclose(S.spearman(a, b), by_hand, rtol=1e-12)
     np.testing.assert_allclose(S.abs_spearman(a, b), S.spearman(np.abs(a), np.abs(b)), rtol=1e-12)
+
+
+def test_spearman_is_the_former_pandas_ranking():
+    """``spearman`` ranks with ``scipy.stats.rankdata``; the former code ranked with pandas, then the same
+    Pearson: the same numbers, ties (small integers) and a constant map (NaN) included."""
+
+    def reference_rank_correlation(a, b):
+        ra = pd.DataFrame(a.reshape(len(a), -1)).rank(axis=1).to_numpy()
+        rb = pd.DataFrame(b.reshape(len(b), -1)).rank(axis=1).to_numpy()
+        ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+        den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), np.nan)
+
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 4, (20, 8, 8)).astype(float), rng.normal(size=(20, 8, 8))
+    b[3] = 1.0
+    np.testing.assert_array_equal(S.spearman(a, b), reference_rank_correlation(a, b))
+    np.testing.assert_array_equal(S.abs_spearman(b, a), reference_rank_correlation(np.abs(b), np.abs(a)))

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from cortex_run import planted_bias, tokenizers
+from cortex_run import planted_bias, prepare, report, tokenizers
 from cortex_utils import bias, bias_stats
+from cortex_utils.tis import Noise
 
 
 def standard_delta(a, b):
@@ -21,6 +22,21 @@ def original_delta(a, b):
     return (greater + 0.5 * ties - nm / 2) / nm
 
 
+def delta_by_binary_search(a, b):
+    """The former ``cliffs_delta``: each ``a_i`` located in the sorted ``b`` by binary search."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.sort(np.asarray(b, dtype=np.float64).ravel())
+    below = np.searchsorted(b, a, side="left")  # b_j < a_i
+    above = b.size - np.searchsorted(b, a, side="right")  # b_j > a_i
+    return float((below.sum() - above.sum()) / (a.size * b.size))
+
+
+def resampled_by_hand(statistic, n_boot, seed, level=0.95):
+    """The former hand-written percentile bootstrap: quantiles of ``n_boot`` draws of ``statistic(rng)``."""
+    rng = np.random.default_rng(seed)
+    boots = [statistic(rng) for _ in range(n_boot)]
+    return tuple(np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2]))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_cliffs_delta_is_the_standard_delta_and_twice_the_originals(seed):
     rng = np.random.default_rng(seed)
@@ -28,7 +44,9 @@ def test_cliffs_delta_is_the_standard_delta_and_twice_the_originals(seed):
     b = rng.integers(0, 8, rng.integers(1, 60))
     assert bias_stats.cliffs_delta(a, b) == pytest.approx(standard_delta(a, b), abs=1e-12)
     assert bias_stats.cliffs_delta(a, b) / 2 == pytest.approx(original_delta(a, b), abs=1e-12)
+    assert bias_stats.cliffs_delta(a, b) == delta_by_binary_search(a, b)  # the Mann–Whitney U: the same δ
     x, y = rng.normal(size=37), rng.normal(0.5, size=23)
+    assert bias_stats.cliffs_delta(x, y) == delta_by_binary_search(x, y)
     assert bias_stats.cliffs_delta(x, y) == pytest.approx(standard_delta(x, y), abs=1e-12)
     assert bias_stats.cliffs_delta(x, y) / 2 == pytest.approx(original_delta(x, y), abs=1e-12)
 
@@ -60,14 +78,23 @@ def test_cliffs_delta_bad_input():
         bias_stats.cliffs_delta([1.0, np.nan], [1, 2])
 
 
-def test_bootstrap_interval_contains_delta_and_shrinks_with_n():
+def test_count_delta_interval_is_the_former_resampling_and_shrinks_with_n():
+    """``scipy.stats.bootstrap`` over the images draws the rows the former loop drew: the same interval."""
     rng = np.random.default_rng(1)
-    small = bias_stats.bootstrap_delta(rng.poisson(3, 40), rng.poisson(2, 40), n_boot=300)
-    large = bias_stats.bootstrap_delta(rng.poisson(3, 1000), rng.poisson(2, 1000), n_boot=300)
-    for d, lo, hi in (small, large):
-        assert lo <= d <= hi
-    assert (large[2] - large[1]) < (small[2] - small[1])
-    assert large[1] > 0  # a real shift is detected
+    out = []
+    for n, seed in ((40, 0), (41, 3), (1000, 7)):
+        a, b = rng.poisson(3, n), rng.poisson(2, n)
+        r = bias_stats.count_delta(a, b, n_boot=300, seed=seed)
+
+        def one(g, a=a, b=b):
+            rows = g.integers(0, len(a), len(a))
+            return delta_by_binary_search(a[rows], b[rows])
+
+        assert (r["low"], r["high"]) == pytest.approx(resampled_by_hand(one, 300, seed), abs=1e-12)
+        assert r["low"] <= r["delta"] <= r["high"]
+        out.append(r)
+    assert out[2]["high"] - out[2]["low"] < out[0]["high"] - out[0]["low"]
+    assert out[2]["low"] > 0  # a real shift is detected
 
 
 # --- the planted-bias world ------------------------------------------------------------------------
@@ -208,20 +235,66 @@ def test_share_estimate_by_hand_with_ties_counted_half():
         np.r_[np.zeros(10), np.full(10, 3)],
         np.repeat([True, False], 10),
     )
-    assert bias_stats.fit_threshold(*fit) == 0.0
     # held out: 8 of 10 A images score +3 (sens 0.8), 1 of 10 B images does (spec 0.9)
     cal_a = np.r_[np.full(8, 3), np.zeros(2), np.full(1, 3), np.zeros(9)]
     cal_b = np.r_[np.zeros(8), np.full(2, 3), np.zeros(1), np.full(9, 3)]
     cal = (cal_a, cal_b, np.repeat([True, False], 10))
     # neutral: 5 images score +3, 2 score exactly 0 (one token of each: a tie, counted half), 3 score -3
     neutral = (np.r_[np.full(5, 3), [1, 1], np.zeros(3)], np.r_[np.zeros(5), [1, 1], np.full(3, 3)])
-    r = bias_stats.bias_share(neutral, fit, cal, n_boot=200)
+    r = bias_stats.bias_share(neutral, fit, cal, options=bias_stats.ShareOptions(n_boot=200))
     assert r["threshold"] == 0.0
     assert (
         r["q"] == pytest.approx(0.6) and r["sens"] == pytest.approx(0.8) and r["spec"] == pytest.approx(0.9)
     )
     assert r["share"] == pytest.approx((0.6 + 0.9 - 1) / (0.8 + 0.9 - 1))
     assert r["low"] <= r["share"] <= r["high"] and not r["inconclusive"]
+
+
+def share_by_hand(n, fa, fb, ca, cb, ts, min_youden=0.1):
+    """The share estimate the slow obvious way, on the scores count_A - count_B of the neutral images (``n``),
+    the fit images of each value and the held-out ones: every threshold ``ts`` tried, the middle one of those
+    with the largest J kept, then Rogan-Gladen. Returns the share and the threshold."""
+
+    def called_a(x, t):  # the rule's A calls, a tie at the threshold counted half
+        return np.mean((x > t) + 0.5 * (x == t))
+
+    j = np.array([called_a(fa, t) - called_a(fb, t) for t in ts])
+    best = ts[j >= j.max() - 1e-12]
+    t = best[(len(best) - 1) // 2]
+    sens, fpr, q = called_a(ca, t), called_a(cb, t), called_a(n, t)
+    return np.nan if sens - fpr <= min_youden else float(np.clip((q - fpr) / (sens - fpr), 0, 1)), t
+
+
+def test_share_interval_is_the_former_resampling_by_hand():
+    """``scipy.stats.bootstrap`` resamples each image set's rows as the former code did (in this order, from
+    one generator): the interval equals the quantiles of the slow estimate over the former resamples, a
+    resample whose rule cannot separate the values counted half 0 and half 1."""
+    rng = np.random.default_rng(3)
+
+    def counts(is_a):
+        return rng.poisson(np.where(is_a, 1.0, 0.6)), rng.poisson(np.where(is_a, 0.6, 1.0))
+
+    # held-out sizes 37 and 41: J = sens - fpr can never be exactly the cut 0.1, so rounding cannot flip it
+    neutral = counts(rng.random(150) < 0.7)
+    fit_y, cal_y = np.repeat([True, False], 60), np.repeat([True, False], [37, 41])
+    fit, cal = (*counts(fit_y), fit_y), (*counts(cal_y), cal_y)
+    fs, cs = fit[0] - fit[1], cal[0] - cal[1]
+    sets = [neutral[0] - neutral[1], fs[fit_y], fs[~fit_y], cs[cal_y], cs[~cal_y]]  # SETS' order
+    every = np.concatenate(sets)  # the thresholds: every half-integer from below all scores to above them
+    ts = every.min() - 0.5 + np.arange(2 * (every.max() - every.min() + 2)) / 2
+    for seed in (0, 1):
+        r = bias_stats.bias_share(neutral, fit, cal, options=bias_stats.ShareOptions(n_boot=150, seed=seed))
+        share, t = share_by_hand(*sets, ts)
+        assert r["share"] == pytest.approx(share, abs=1e-12) and r["threshold"] == t
+        g = np.random.default_rng(seed)
+        rows = [g.integers(0, x.size, (150, x.size)) for x in sets]
+        boots = np.array(
+            [share_by_hand(*(x[r_[i]] for x, r_ in zip(sets, rows, strict=True)), ts)[0] for i in range(150)]
+        )
+        un = int(np.isnan(boots).sum())
+        values = np.concatenate([np.repeat(boots[~np.isnan(boots)], 2), np.zeros(un), np.ones(un)])
+        assert 0 < un < 150 and r["informative"] == pytest.approx(1 - un / 150)
+        assert (r["low"], r["high"]) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])), abs=1e-12)
 
 
 def test_share_estimate_is_inconclusive_when_the_rule_cannot_separate():
@@ -232,7 +305,10 @@ def test_share_estimate_is_inconclusive_when_the_rule_cannot_separate():
 
     y = np.repeat([True, False], 300)
     r = bias_stats.bias_share(
-        same(300), (*same(600), y), (*same(200), np.repeat([True, False], 100)), n_boot=200
+        same(300),
+        (*same(600), y),
+        (*same(200), np.repeat([True, False], 100)),
+        options=bias_stats.ShareOptions(n_boot=200),
     )
     assert r["inconclusive"] and np.isnan(r["share"]) and (r["low"], r["high"]) == (0.0, 1.0)
     assert bias_stats.share_verdict(r["low"], r["high"]) == "inconclusive"
@@ -242,7 +318,6 @@ def test_share_verdict_is_an_equivalence_rule_with_a_margin():
     """no_bias when the interval lies inside [0.5 - m, 0.5 + m] (edges included), else found when it excludes
     0.5, else inconclusive."""
     verdict = bias_stats.share_verdict
-    assert set(bias_stats.VERDICTS) == {"found", "no_bias", "inconclusive"}
     # outside the margin and excluding 1/2, on either side
     assert verdict(0.55, 0.7) == "found" and verdict(0.2, 0.45) == "found" and verdict(0.39, 0.45) == "found"
     # inside [0.4, 0.6]: no bias beyond 0.1, the edges included, even where 1/2 is excluded (a small lean)
@@ -285,7 +360,8 @@ def _studies(p, own, cross, spread=None, leak=0.0, n=20, seed=0):
             y = np.repeat([True, False], m)
             return (*_draw(rng, y | (rng.random(2 * m) < leak), own, cross, spread), y)
 
-        r = bias_stats.bias_share(neutral, labelled(300), labelled(100), n_boot=200, seed=i)
+        options = bias_stats.ShareOptions(n_boot=200, seed=i)
+        r = bias_stats.bias_share(neutral, labelled(300), labelled(100), options=options)
         out.append((r["low"], r["high"], r["share"]))
     return np.array(out)
 
@@ -339,8 +415,9 @@ def test_share_with_a_leaking_reference_labelled_by_what_it_shows_holds_the_true
 
         (fa, fb, _), fit_prompt = labelled(300)
         cal, cal_prompt = labelled(100)
+        options = bias_stats.ShareOptions(n_boot=200, seed=i)
         r = bias_stats.bias_share(
-            neutral, (fa, fb, fit_prompt), cal, n_boot=200, seed=i, calibration_prompts=cal_prompt
+            neutral, (fa, fb, fit_prompt), cal, calibration_prompts=cal_prompt, options=options
         )
         covered += r["low"] <= 0.7 <= r["high"]
         flagged += r["check_p"] < 0.05
@@ -375,7 +452,7 @@ def test_error_rate_check_by_hand_and_on_a_graded_attribute():
         bias_stats.error_rate_check(calls[:3], shows, prompts)
 
 
-def test_share_bootstrap_reselects_the_tokens():
+def test_share_interval_reselects_the_tokens():
     """With ``recount`` every resample re-selects the tokens from its resampled fit rows: a selection that
     depends on the rows widens the interval."""
     rng = np.random.default_rng(0)
@@ -390,8 +467,9 @@ def test_share_bootstrap_reselects_the_tokens():
         scale = 1 if keep else 0
         return (neutral[0] * scale, neutral[1] * scale), (fit_a * scale, fit_b * scale, fit_y), None
 
-    plain = bias_stats.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100)
-    r = bias_stats.bias_share(neutral, (fit_a, fit_b, fit_y), n_boot=100, recount=recount)
+    options = bias_stats.ShareOptions(n_boot=100)
+    plain = bias_stats.bias_share(neutral, (fit_a, fit_b, fit_y), options=options)
+    r = bias_stats.bias_share(neutral, (fit_a, fit_b, fit_y), recount=recount, options=options)
     assert len(calls) == 100 and all(len(c) == 100 for c in calls)
     assert r["share"] == plain["share"]
     assert 0 < r["informative"] < 1 and plain["informative"] == 1
@@ -415,9 +493,10 @@ def test_unequal_token_sets_give_the_exact_share():
     ref = np.repeat([0, 1], 50)
     half = np.repeat([0, 1], 100)
     assert bias_stats.count_delta(*counts(half), n_boot=20)["delta"] == pytest.approx(0.25)
-    r = bias_stats.bias_share(counts(half), (*counts(ref), ref == 0), n_boot=50)
+    options = bias_stats.ShareOptions(n_boot=50)
+    r = bias_stats.bias_share(counts(half), (*counts(ref), ref == 0), options=options)
     assert r["share"] == pytest.approx(0.5) and r["sens"] == 1 and r["spec"] == 1
-    r = bias_stats.bias_share(counts(np.repeat([0, 1], [170, 30])), (*counts(ref), ref == 0), n_boot=50)
+    r = bias_stats.bias_share(counts(np.repeat([0, 1], [170, 30])), (*counts(ref), ref == 0), options=options)
     assert r["share"] == pytest.approx(0.85)
 
 
@@ -474,11 +553,11 @@ def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, on
         "balanced": _marked_grids(np.repeat([0, 1], 150), rng),
     }
     training = {"arch": 1, "width": 16, "epochs": 15, "lr": 5e-3, "batch_size": 32, "seed": 0}
-    model, info = bias.attribute_iem(ds, codebook, "synthetic", training, out_dir=tmp_path / "iem")
+    model, info = prepare.attribute_iem(ds, codebook, "synthetic", training, out_dir=tmp_path / "iem")
     assert info["trained"] and info["path"] == tmp_path / "iem" / "attribute_iem_synthetic.safetensors"
-    accuracy, split = bias.iem_accuracy(model, ds, codebook)
+    accuracy, split = prepare.iem_accuracy(model, ds, codebook)
     assert accuracy > 0.9 and split == "val"
-    tis = bias.attribute_tis(model, ds, codebook, nsamples=4, out=tmp_path / "tis.npy")
+    tis = prepare.attribute_tis(model, ds, codebook, out=tmp_path / "tis.npy", noise=Noise(4))
     assert tis.shape == (200, 8, 8) and np.array_equal(np.load(tmp_path / "tis.npy"), tis)
     _, ids = bias.select_attribute_tokens(ds, tis, top_n=3, token_num=1)
     assert list(ids[0]) == [1] and list(ids[1]) == [2]
@@ -503,12 +582,12 @@ def test_the_study_steps_find_a_planted_lean_and_not_a_balanced_one(tmp_path, on
     leaning = bias.estimate_bias(bias.study_counts(ds, ids, neutral["leaning"], planted=0), n_boot=200)
     assert leaning["share_low"] > 0.5  # found
     # shipped: the saved IEM is loaded, not trained again, for exactly these data and settings
-    monkeypatch.setattr(bias, "SHIPPED_CHECKPOINTS", tmp_path / "iem")
-    again, info = bias.attribute_iem(ds, codebook, "synthetic", training)
-    assert not info["trained"] and "this exact train split" in info["why"]
+    monkeypatch.setattr(prepare, "SHIPPED_CHECKPOINTS", tmp_path / "iem")
+    again, info = prepare.attribute_iem(ds, codebook, "synthetic", training)
+    assert not info["trained"] and "these exact inputs" in info["why"]
     x = torch.randn(3, 8, 8, 8)
     torch.testing.assert_close(again(x), model.eval()(x))
-    _, info = bias.attribute_iem(ds, codebook, "synthetic", {**training, "epochs": 14})
+    _, info = prepare.attribute_iem(ds, codebook, "synthetic", {**training, "epochs": 14})
     assert info["trained"] and "other settings: epochs 15 (here 14)" in info["why"]
 
 
@@ -531,7 +610,7 @@ def test_the_study_steps_refuse_bad_input(tmp_path):
     with pytest.raises(ValueError, match="two attribute values"):
         bias.select_attribute_tokens(three, np.zeros((10, 8, 8)))
     with pytest.raises(ValueError, match="two attribute values"):
-        bias.attribute_iem(
+        prepare.attribute_iem(
             three,
             codebook,
             "three",
@@ -570,9 +649,9 @@ def test_the_study_steps_refuse_bad_input(tmp_path):
 
 
 def write_dalle_layout(root, grid=(16, 16), n_embed=16384, types=("colour", "thickness"), truth=None):
-    """``bias.write_synthetic_study`` with 80 % of the neutral grids value 0's and the colour values named
+    """``prepare.write_synthetic_study`` with 80 % of the neutral grids value 0's and the colour values named
     light / dark; ``truth`` receives the exact share per bias type."""
-    found = bias.write_synthetic_study(
+    found = prepare.write_synthetic_study(
         root, grid, n_embed, {t: 0.8 for t in types}, class_names={"colour": ["light", "dark"]}
     )
     if truth is not None:
@@ -585,30 +664,30 @@ def test_real_layout_loads_and_bad_files_are_named(tmp_path):
 
     meta = {"vq_fingerprint": "f", "n_embed": 64, "embed_dim": 4, "grid": [4, 4]}
     root = write_dalle_layout(tmp_path / "real", grid=(4, 4), n_embed=64)
-    studies, neutral = bias.load_real_study(root, ["colour", "thickness"], meta, tmp_path / "out")
+    studies, neutral = prepare.load_real_study(root, ["colour", "thickness"], meta, tmp_path / "out")
     assert studies["colour"].class_names == ["light", "dark"] and studies["thickness"].class_names == [
         "0",
         "1",
     ]
     assert neutral["colour"].shape == (30, 4, 4) and len(studies["colour"].labels["train"]) == 40
     with pytest.raises(ValueError, match="bias type 'gender' is not in"):
-        bias.load_real_study(root, ["gender"], meta, tmp_path / "o2")
+        prepare.load_real_study(root, ["gender"], meta, tmp_path / "o2")
     # wrong grid length, ids beyond the codebook
     with pytest.raises(ValueError, match="token ids, expected 9"):
-        bias.load_real_study(root, ["colour"], {**meta, "grid": [3, 3]}, tmp_path / "o3")
+        prepare.load_real_study(root, ["colour"], {**meta, "grid": [3, 3]}, tmp_path / "o3")
     with pytest.raises(ValueError, match="outside the codebook"):
-        bias.load_real_study(root, ["colour"], {**meta, "n_embed": 4}, tmp_path / "o4")
+        prepare.load_real_study(root, ["colour"], {**meta, "n_embed": 4}, tmp_path / "o4")
     # only one attribute value present
     one = write_dalle_layout(tmp_path / "one", grid=(4, 4), n_embed=64, types=("colour",))
     tokds.write_cortex_csv(one / "colour" / "train.csv", np.full((5, 4, 4), 3), np.zeros(5, int))
     with pytest.raises(ValueError, match="both attribute values"):
-        bias.load_real_study(one, ["colour"], meta, tmp_path / "o5")
+        prepare.load_real_study(one, ["colour"], meta, tmp_path / "o5")
     assert not (tmp_path / "o5" / "colour" / "dataset").exists()
     # empty neutral set
     empty = write_dalle_layout(tmp_path / "empty", grid=(4, 4), n_embed=64, types=("colour",))
     (empty / "colour" / "neutral.csv").write_text("indices\n")
     with pytest.raises(ValueError, match="no rows"):
-        bias.load_real_study(empty, ["colour"], meta, tmp_path / "o6")
+        prepare.load_real_study(empty, ["colour"], meta, tmp_path / "o6")
 
 
 def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_path):
@@ -618,12 +697,13 @@ def test_notebook_runs_on_the_dalle_layout_with_a_random_f16_16384_model(tmp_pat
 
     import papermill as pm
     import yaml
+    from conftest import IMAGENET_F16_16384_CONFIG
 
-    from cortex_run import REPO_ROOT, taming_vq
+    from cortex_run import REPO_ROOT
 
     torch.manual_seed(0)
-    model = tokenizers.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG}))
+    model = tokenizers.build_vq(IMAGENET_F16_16384_CONFIG)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": IMAGENET_F16_16384_CONFIG}))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "last.ckpt")
     del model
     truth = {}
@@ -752,12 +832,12 @@ def _deltas_table():
 
 def test_headline_metrics_and_verdict_lines():
     deltas = _deltas_table()
-    m = bias.headline_metrics(deltas, ["colour"], {"colour": 3}, 7)
+    m = report.headline_metrics(deltas, ["colour"], {"colour": 3}, 7)
     assert m["bias_colour_share_est"] == 0.8 and m["bias_colour_share_low_control"] == 0.45
     assert m["bias_colour_delta_control"] is None  # NaN is recorded as None
     assert m["bias_colour_iem_accuracy"] == 0.9123 and m["bias_colour_iem_accuracy_control"] == 0.8
     assert m["bias_colour_verdict"] == "found" and m["bias_colour_verdict_control"] == "no_bias"
-    real = bias.real_data_metrics(deltas.iloc[:1])  # notebook 13: one row per bias type, its own keys
+    real = report.real_data_metrics(deltas.iloc[:1])  # notebook 13: one row per bias type, its own keys
     assert real == {
         "bias_real_colour_delta": 0.3,
         "bias_real_colour_share_est": 0.8,
@@ -766,27 +846,27 @@ def test_headline_metrics_and_verdict_lines():
         "bias_real_colour_iem_accuracy": 0.9123,
     }
     biased, control = (row for _, row in deltas.iterrows())
-    line = bias.verdict_line(biased, "colour", 0.1, biased=True)
+    line = report.verdict_line(biased, "colour", 0.1, biased=True)
     assert "**found**" in line and "the planted bias is found" in line and "inside the interval" in line
     # the control's interval [0.45, 0.55] lies inside [0.4, 0.6]: no bias beyond the margin
-    line = bias.verdict_line(control, "colour", 0.1, biased=False)
+    line = report.verdict_line(control, "colour", 0.1, biased=False)
     assert "**no bias beyond ±0.1**" in line and "no bias reported, as it should be" in line
-    assert "Pixel truth" not in bias.verdict_line(biased, "colour", 0.1, biased=None)  # real data: no truth
+    assert "Pixel truth" not in report.verdict_line(biased, "colour", 0.1, biased=None)  # real data: no truth
     # a control interval that holds 1/2 but reaches past 0.6: the margin decides between the two answers
     wide = control.copy()
     wide[["share_low", "share_high"]] = [0.42, 0.65]
-    line = bias.verdict_line(wide, "colour", 0.1, biased=False)
+    line = report.verdict_line(wide, "colour", 0.1, biased=False)
     assert "**inconclusive**" in line and "the data cannot rule out a bias" in line
-    line = bias.verdict_line(wide, "colour", 0.2, biased=False)
+    line = report.verdict_line(wide, "colour", 0.2, biased=False)
     assert "**no bias beyond ±0.2**" in line and "no bias reported" in line
     # a planted bias whose interval lies inside the margin is missed
     small = biased.copy()
     small[["share_low", "share_high"]] = [0.52, 0.58]
-    line = bias.verdict_line(small, "colour", 0.1, biased=True)
+    line = report.verdict_line(small, "colour", 0.1, biased=True)
     assert "**no bias beyond ±0.1**" in line and "**the planted bias is missed**" in line
     assert "**found**" not in line and "**outside the interval" in line  # pixel truth 0.82
     with pytest.raises(ValueError, match="margin"):
-        bias.verdict_line(biased, "colour", 0.5)
+        report.verdict_line(biased, "colour", 0.5)
     # the error-rate check failed: no interval, and the line says what the interval before it would have said
     flagged = biased.copy()
     flagged[["share_low", "share_high", "unchecked_low", "unchecked_high", "inconclusive"]] = [
@@ -797,13 +877,13 @@ def test_headline_metrics_and_verdict_lines():
         True,
     ]
     flagged["why"] = "the rule's error rates differ between images of the same value (p = 0.004)"
-    line = bias.verdict_line(flagged, "colour", 0.1, biased=True)
+    line = report.verdict_line(flagged, "colour", 0.1, biased=True)
     assert "no interval, because the rule's error rates differ" in line and "**inconclusive**" in line
     assert "inside the interval" in line and "**would have missed it**" in line
 
 
 @pytest.mark.parametrize("specificity", [0.0, 2.0])
-def test_the_bootstraps_token_ids_are_the_tables(tmp_path, specificity):
+def test_the_resamples_token_ids_are_the_tables(tmp_path, specificity):
     """attribute_token_ids (the bootstrap's re-selection, no table) picks exactly the ids that
     select_attribute_tokens picks through notebook 06's concept table, ties and the table's cut included:
     few ids (many ties in the counts), TIS maps with tied positions, resampled rows."""

@@ -43,13 +43,6 @@ def test_large_codebook_uses_uint16(tmp_path):
     assert ds.tokens["train"].dtype == np.uint16 and int(ds.tokens["train"].max()) == 16383
 
 
-def test_frame_view(tmp_path):
-    ds = tokds.save_token_dataset(tmp_path / "ds", _splits(), CLASSES, META, source="generated")
-    f = ds.frame("test")
-    assert list(f.columns) == ["split", "row", "label", "class_name", "name", "indices"]
-    assert len(f) == 30 and f["class_name"].iloc[4] == "b" and len(f["indices"].iloc[0]) == 16
-
-
 def test_fingerprint_mismatch_is_refused(tmp_path, tiny_vq):
     meta = vqlib.vq_meta(tiny_vq)
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cortex_run import digits, evaluators
+from cortex_utils import evaluation
 
 
 def test_default_data_is_stratified_deterministic_and_coloured():
@@ -37,7 +38,7 @@ def test_evaluator_checkpoint_round_trip_and_size_check(arch, tmp_path):
         model.state_dict(), tmp_path / "e.safetensors", card={"arch": arch, "image_size": 32, "n_classes": 10}
     )
     again = evaluators.load_evaluator(p, arch)
-    torch.testing.assert_close(evaluators.predict_logits(again, x), evaluators.predict_logits(model, x))
+    torch.testing.assert_close(evaluation.predict_logits(again, x), evaluation.predict_logits(model, x))
     with pytest.raises(ValueError, match="trained on 32px"):
         evaluators.load_evaluator(p, arch, image_size=256)
     other = [a for a in evaluators.EVALUATORS if a != arch][0]

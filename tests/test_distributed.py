@@ -12,7 +12,7 @@ from conftest import tiny_vq_config
 from cortex_run import datasets as tokds
 from cortex_run import distributed as D
 from cortex_run import tokenizers
-from cortex_run.checkpoints import save_weights
+from cortex_run.checkpoints import load_iem, save_weights
 from cortex_utils import concepts
 from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
@@ -46,7 +46,7 @@ def tiny(tmp_path_factory):
     vq.model.quantize.embedding.weight.data.copy_(
         torch.from_numpy(rng.normal(size=(K, DIM)).astype(np.float32))
     )
-    save_weights(tokenizers.state_dict_for_saving(vq), root / "vq.safetensors", card={"config": config})
+    save_weights(vq.state_dict(), root / "vq.safetensors", card={"config": config})
     splits = {}
     for s, n in {"train": 1200, "val": 200, "test": 400}.items():
         y = np.arange(n) % C
@@ -67,16 +67,10 @@ def _single_process_iem(ds, cb):
     model = iemlib.build_iem(TRAIN["arch"], DIM, GRID, C, width=TRAIN["width"])
     train = tokds.embedding_loader(ds, "train", cb, batch_size=TRAIN["batch_size"], shuffle=True, seed=0)
     val = tokds.embedding_loader(ds, "val", cb, batch_size=512)
-    iemlib.train_iem(
-        model,
-        train,
-        val,
-        epochs=TRAIN["epochs"],
-        lr=TRAIN["lr"],
-        weight_decay=TRAIN["weight_decay"],
-        step_size=TRAIN["lr_step"],
-        gamma=TRAIN["lr_gamma"],
+    recipe = iemlib.Training(
+        TRAIN["epochs"], TRAIN["lr"], TRAIN["weight_decay"], TRAIN["lr_step"], TRAIN["lr_gamma"]
     )
+    iemlib.train_iem(model, train, val, recipe)
     return model
 
 
@@ -111,10 +105,10 @@ def test_more_shards_than_batches_or_ranks_than_shards_is_an_error():
 def test_single_process_fallback(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    assert (D.rank(), D.world_size(), D.local_rank(), D.is_main()) == (0, 1, 0, True)
+    assert (D.rank(), D.world_size(), D.local_rank()) == (0, 1, 0)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert (D.rank(), D.world_size(), D.is_main()) == (3, 4, False)
+    assert (D.rank(), D.world_size()) == (3, 4)
 
 
 def test_sharded_concept_counts_merge_to_the_full_table(tiny):
@@ -123,9 +117,11 @@ def test_sharded_concept_counts_merge_to_the_full_table(tiny):
     t, y = ds.tokens["train"], ds.labels["train"]
     tis = rng.normal(size=t.shape).astype(np.float32)
     parts = [
-        D.concept_counts(t[a:b], y[a:b], tis[a:b], C, K, (1, 5)) for a, b in D.shard_ranges(len(y), 3, 50)
+        concepts.concept_counts(t[a:b], y[a:b], tis[a:b], C, K, (1, 5))
+        for a, b in D.shard_ranges(len(y), 3, 50)
     ]
-    got = D.concept_table(D.merge_counts(parts), ds.class_names, (1, 5), top=10)
+    merged = {k: sum(p[k] for p in parts) for k in parts[0]}
+    got = concepts.concept_table(merged, ds.class_names, (1, 5), top=10)
     want = concepts.concept_tokens(t, y, tis, ds.class_names, K, top_ns=(1, 5), top=10)
     pd.testing.assert_frame_equal(got, want)
 
@@ -136,7 +132,7 @@ def test_tis_rows_argument_checks_the_loader(tiny):
     model = iemlib.build_iem(1, DIM, GRID, C, width=8).eval()
     loader = tokds.embedding_loader(ds, "test", cb, batch_size=50)
     with pytest.raises(ValueError, match="outside rows 50-99"):
-        tislib.compute_tis(model, loader, 200, nsamples=1, rows=(50, 100))
+        tislib.dataset_tis(model, loader, (50, 100), noise=tislib.Noise(1))
 
 
 def test_shard_loaders_are_the_one_process_loader(tiny):
@@ -174,7 +170,7 @@ def test_jobs_read_the_dataset_with_its_own_tokenizer(tiny, tmp_path):
     assert torch.equal(codebook, cb) and got.manifest == ds.manifest
     other = tokenizers.build_vq(tiny_vq_config(n_embed=K, embed_dim=DIM, resolution=16), seed=1)
     save_weights(
-        tokenizers.state_dict_for_saving(other),
+        other.state_dict(),
         tmp_path / "other.safetensors",
         card={"config": other.cortex_config},
     )
@@ -214,7 +210,7 @@ def test_ddp_training_syncs_ranks_and_matches_single_process_accuracy(tiny, ddp_
         by_rank[0]["state_sha"] == by_rank[1]["state_sha"]
     )  # the same weights and BN statistics on both ranks
     assert by_rank[0]["rows_per_epoch"] + by_rank[1]["rows_per_epoch"] == 1200  # each rank saw half the data
-    ddp_model = iemlib.load_iem(path)
+    ddp_model = load_iem(path)
     log = pd.read_csv(path.with_name("iem_ddp_log.csv"))
     assert len(log) == TRAIN["epochs"] and log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
     acc_ddp, acc_single = _accuracy(ddp_model, ds, cb), _accuracy(_single_process_iem(ds, cb), ds, cb)
@@ -223,11 +219,38 @@ def test_ddp_training_syncs_ranks_and_matches_single_process_accuracy(tiny, ddp_
     assert abs(acc_ddp - acc_single) <= 0.01
 
 
+# the job's sitecustomize.py (on its PYTHONPATH): rank 1 dies in split val once rank 0 finished its shards
+DYING_RANK = """
+import os
+
+if os.environ.get("RANK") == "1":
+    import time
+    from pathlib import Path
+
+    from cortex_utils import tis
+
+    dataset_tis = tis.dataset_tis
+
+    def dying(model, loader, rows, method="smoothgrad", reduction="max", out=None, *args, **options):
+        if out is not None and Path(out).name.startswith("val."):
+            t0 = time.time()
+            while len([p for p in Path(out).parent.glob("val.*[0-9].npy")]) < 2 and time.time() - t0 < 120:
+                time.sleep(0.2)
+            raise RuntimeError("rank 1 fails on purpose")
+        return dataset_tis(model, loader, rows, method, reduction, out, *args, **options)
+
+    tis.dataset_tis = dying
+"""
+
+
 @pytest.fixture(scope="module")
 def ddp_tis(tiny, ddp_iem):
     """One launch for two tests: split test (3 shards over 2 ranks) completes and is merged; in split val
-    rank 1 dies (test hook) after rank 0 finished its shard."""
+    rank 1 dies (``DYING_RANK`` patches its ``tis.dataset_tis``) after rank 0 finished its shards."""
     root, ds, _ = tiny
+    hook = root / "dying_rank"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(DYING_RANK)
     out_dir = root / "tis_ddp"
     opts = dict(
         dataset=ds.path,
@@ -240,20 +263,15 @@ def ddp_tis(tiny, ddp_iem):
         seed=2,
     )
     try:
-        D.launch("tis", nproc=2, threads=1, quiet=True, env={D.FAIL_RANK_ENV: "1:val"}, shards=3, **opts)
+        D.launch("tis", nproc=2, threads=1, quiet=True, env={"PYTHONPATH": str(hook)}, shards=3, **opts)
     except D.DistributedJobError as err:
         return opts, err
     return opts, None
 
 
 def _reference_tis(ds, cb, path, split):
-    return tislib.compute_tis(
-        iemlib.load_iem(path),
-        tokds.embedding_loader(ds, split, cb, batch_size=30),
-        len(ds.labels[split]),
-        nsamples=3,
-        seed=2,
-    )
+    loader = tokds.embedding_loader(ds, split, cb, batch_size=30)
+    return tislib.dataset_tis(load_iem(path), loader, len(ds.labels[split]), noise=tislib.Noise(3), seed=2)
 
 
 def test_ddp_tis_equals_single_process_exactly(tiny, ddp_iem, ddp_tis, one_thread):

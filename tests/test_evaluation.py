@@ -151,11 +151,20 @@ def _data(n=6, grid=(8, 8), k=32, seed=0):
     return tokens, np.arange(n) % 3, rng.random((n, *grid)).astype(np.float32)
 
 
+QUIET = ev.Masking(spaces=ev.SPACES, progress=False)  # both spaces, no bar
+
+
 def test_image_level_experiment_table(tiny_vq):
     tokens, labels, tis = _data()
     evals = _evaluators()
     table = ev.image_level_experiment(
-        tiny_vq, tokens, labels, tis, evals, ns=(0, 2, 5), seed=1, progress=False
+        tiny_vq,
+        tokens,
+        labels,
+        tis,
+        evals,
+        ns=(0, 2, 5),
+        options=ev.Masking(ev.SPACES, seed=1, progress=False),
     )
     assert list(table.columns) == [
         "space",
@@ -203,15 +212,15 @@ def test_image_level_experiment_table(tiny_vq):
     assert row.mean_prob == pytest.approx(prob.mean(), abs=1e-6)
 
     per = ev.image_level_experiment(
-        tiny_vq, tokens, labels, tis, evals, ns=(0, 3), spaces="pixel", per_image=True, progress=False
+        tiny_vq, tokens, labels, tis, evals, (0, 3), ev.Masking("pixel", progress=False), per_image=True
     )
     assert len(per) == 1 * 2 * 2 * 3 * 6 and {"image", "label", "logit", "prob", "n_masked"} <= set(
         per.columns
     )
     with pytest.raises(ValueError, match=r"every n must lie in \[0, 64\]"):
-        ev.image_level_experiment(tiny_vq, tokens, labels, tis, evals, ns=(0, 65), progress=False)
+        ev.image_level_experiment(tiny_vq, tokens, labels, tis, evals, (0, 65), QUIET)
     with pytest.raises(ValueError, match="aligned"):
-        ev.image_level_experiment(tiny_vq, tokens, labels, tis[:, :4], evals, ns=(1,), progress=False)
+        ev.image_level_experiment(tiny_vq, tokens, labels, tis[:, :4], evals, (1,), QUIET)
 
 
 def test_tis_beats_random_on_a_hand_made_table():
@@ -251,9 +260,7 @@ def test_concept_level_overall_is_the_mean_over_classes(tiny_vq):
         sets,
         evals,
         token_num=2,
-        spaces=("pixel", "token"),
-        class_names=["zero", "one", "two"],
-        progress=False,
+        options=QUIET,
     )
     assert len(table) == 2 * 2 * 2 * 4
     metrics = [
@@ -267,7 +274,7 @@ def test_concept_level_overall_is_the_mean_over_classes(tiny_vq):
     ]
     for _, g in table.groupby(["space", "method", "evaluator"]):
         overall = g[g.label == -1]
-        assert len(overall) == 1 and overall.class_name.iloc[0] == "overall" and g.label.iloc[-1] == -1
+        assert len(overall) == 1 and g.label.iloc[-1] == -1
         per_class = g[g.label >= 0]
         assert np.allclose(overall[metrics].to_numpy()[0], per_class[metrics].mean().to_numpy())
         assert overall.n_images.iloc[0] == 9
@@ -283,7 +290,7 @@ def test_concept_level_overall_is_the_mean_over_classes(tiny_vq):
     missing = table[(table.method == "frequency") & (table.label == 2)]  # no ids given: nothing masked
     assert (missing.n_tokens == 0).all() and np.allclose(missing.logit_drop, 0, atol=1e-6)
     with pytest.raises(ValueError, match="method name"):
-        ev.concept_level_experiment(tiny_vq, tokens, labels, {0: np.array([1])}, evals, progress=False)
+        ev.concept_level_experiment(tiny_vq, tokens, labels, {0: np.array([1])}, evals, options=QUIET)
     # pre-decoded images (a sweep decodes once) give the same table; a wrong count is refused
     decoded = vqlib.decode(tiny_vq, torch.as_tensor(tokens))
     again = ev.concept_level_experiment(
@@ -293,14 +300,12 @@ def test_concept_level_overall_is_the_mean_over_classes(tiny_vq):
         sets,
         evals,
         token_num=2,
-        spaces=("pixel", "token"),
-        class_names=["zero", "one", "two"],
-        progress=False,
+        options=QUIET,
         images=decoded,
     )
     pd.testing.assert_frame_equal(again, table)
     with pytest.raises(ValueError, match="decoded images"):
-        ev.concept_level_experiment(tiny_vq, tokens, labels, sets, evals, progress=False, images=decoded[:3])
+        ev.concept_level_experiment(tiny_vq, tokens, labels, sets, evals, options=QUIET, images=decoded[:3])
 
 
 # --- torchvision evaluators ------------------------------------------------------------------------
@@ -355,9 +360,7 @@ def test_concept_level_positions_masked_and_drop_per_position(tiny_vq):
         labels,
         sets,
         _evaluators(n_classes=2),
-        spaces=("pixel",),
-        class_names=["a", "b"],
-        progress=False,
+        options=ev.Masking(progress=False),
     )
     got = table.set_index(["method", "evaluator", "label"])["mean_masked"]
     assert got[("narrow", "a", 0)] == 2 and got[("narrow", "a", 1)] == 4 and got[("narrow", "a", -1)] == 3

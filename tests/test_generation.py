@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import IMAGENET_F16_16384_CONFIG
 
 from cortex_run import generation as gen
 from cortex_run import taming_vq, tokenizers
@@ -111,9 +112,7 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
     """taming's ImageNet cin_transformer layout (VQGAN f16-16384 first stage, Labelator over 1000 classes,
     vocabulary 16384, 256 positions), with a 1-layer GPT so the test stays small. Random weights:
     the real checkpoint was not available here."""
-    cfg = gen.transformer_config(
-        taming_vq.IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32
-    )
+    cfg = gen.transformer_config(IMAGENET_F16_16384_CONFIG, n_classes=1000, n_layer=1, n_head=2, n_embd=32)
     cfg["params"]["first_stage_config"]["params"]["ckpt_path"] = (
         "logs/vqgan_imagenet_f16_16384/checkpoints/last.ckpt"
     )
@@ -134,7 +133,7 @@ def test_cin_transformer_layout_lightning_checkpoint(tmp_path):
     vq = tf.tokenizer
     again = gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=vq)
     assert again.tokenizer is vq and again.first_stage_model is vq.model
-    other = tokenizers.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG, seed=1)
+    other = tokenizers.build_vq(IMAGENET_F16_16384_CONFIG, seed=1)
     with pytest.raises(ValueError, match="another codebook"):
         gen.load_transformer(tmp_path / "model.yaml", tmp_path / "last.ckpt", vq=other)
 

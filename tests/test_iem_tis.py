@@ -3,10 +3,10 @@ import pytest
 import torch
 from tis_reference import smoothgrad_per_sample
 
-from cortex_utils import attribution
+from cortex_run import passes
 from cortex_utils import iem as iemlib
-from cortex_utils import smoothgrad as sglib
 from cortex_utils import tis as tislib
+from cortex_utils.tis import Noise
 
 GRID = (8, 8)
 
@@ -29,7 +29,7 @@ def test_wrong_input_shape_and_nan_are_named(model):
     x = torch.randn(2, 6, *GRID)
     x[1, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf in the embeddings \\(batch 3\\)"):
-        attribution.attribute(model, x, torch.tensor([0, 1]), nsamples=2, where="batch 3")
+        tislib.attribute(model, x, torch.tensor([0, 1]), noise=Noise(2), where="batch 3")
 
 
 @pytest.mark.parametrize("reduction", ["max", "mean"])
@@ -37,9 +37,9 @@ def test_batched_tis_equals_per_sample_loop(model, reduction):
     torch.manual_seed(1)
     x = torch.randn(5, 6, *GRID)
     target = torch.tensor([0, 1, 2, 3, 4])
-    noise = sglib.smoothgrad_noise(x, nsamples=4, spread=0.2, generator=torch.Generator().manual_seed(0))
-    fast = attribution.attribute(model, x, target, reduction=reduction, noise=noise)
-    ref = attribution.reduce_channels(smoothgrad_per_sample(model, x, target, noise), reduction)
+    noise = Noise(4, 0.2).draw(x, torch.Generator().manual_seed(0))
+    fast = tislib.attribute(model, x, target, reduction=reduction, noise=noise)
+    ref = tislib.reduce_channels(smoothgrad_per_sample(model, x, target, noise), reduction)
     assert fast.shape == (5, *GRID)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
 
@@ -47,19 +47,19 @@ def test_batched_tis_equals_per_sample_loop(model, reduction):
 def test_noise_scale_follows_batch_range():
     x = torch.zeros(2, 3, 4, 4)
     x[0, 0, 0, 0] = 5.0
-    noise = sglib.smoothgrad_noise(x, nsamples=200, spread=0.2, generator=torch.Generator().manual_seed(0))
+    noise = Noise(200, 0.2).draw(x, torch.Generator().manual_seed(0))
     assert abs(noise.std().item() - 1.0) < 0.02  # 0.2 * (5 - 0)
 
 
 def test_training_mode_is_refused(model):
     model.train()
     with pytest.raises(RuntimeError, match="eval mode"):
-        attribution.attribute(model, torch.randn(2, 6, *GRID), torch.tensor([0, 1]), nsamples=1)
+        tislib.attribute(model, torch.randn(2, 6, *GRID), torch.tensor([0, 1]), noise=Noise(1))
 
 
 def test_unknown_reduction():
     with pytest.raises(ValueError, match="choose one of"):
-        attribution.reduce_channels(torch.zeros(1, 2, 3, 3), "ave")
+        tislib.reduce_channels(torch.zeros(1, 2, 3, 3), "ave")
 
 
 def _ten_grids(tmp_path):
@@ -82,24 +82,26 @@ def _ten_grids(tmp_path):
     return model, ds, cb
 
 
-def test_compute_tis_resumes_and_matches(tmp_path):
+def test_dataset_tis_resumes_and_matches(tmp_path):
     from cortex_run import datasets as tokds
 
     model, ds, cb = _ten_grids(tmp_path)
-    full = tislib.compute_tis(model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, nsamples=3)
+    full = tislib.dataset_tis(
+        model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, noise=Noise(3)
+    )
     # interrupt after the first chunk, then resume into the same file
     loader = tokds.embedding_loader(ds, "train", cb, batch_size=4)
     first = [next(iter(loader))]
     with pytest.raises(RuntimeError, match="missing for 6 images"):
-        tislib.compute_tis(model, first, 10, nsamples=3, out=tmp_path / "tis.npy")
+        tislib.dataset_tis(model, first, 10, out=tmp_path / "tis.npy", noise=Noise(3))
     assert (tmp_path / "tis.done.npy").exists()
-    resumed = tislib.compute_tis(model, loader, 10, nsamples=3, out=tmp_path / "tis.npy")
+    resumed = tislib.dataset_tis(model, loader, 10, out=tmp_path / "tis.npy", noise=Noise(3))
     np.testing.assert_allclose(resumed, full, atol=1e-6)
     assert not (tmp_path / "tis.done.npy").exists()
 
 
-def test_compute_tis_takes_any_attribution_method(tmp_path):
-    """compute_tis(method=...) gives, batch by batch, the method's scores from the one interface; the default
+def test_dataset_tis_takes_any_attribution_method(tmp_path):
+    """dataset_tis(method=...) gives, batch by batch, the method's scores from the one interface; the default
     is SmoothGrad (the paper's); an unknown method is refused before any work."""
     from cortex_run import datasets as tokds
 
@@ -111,20 +113,46 @@ def test_compute_tis_takes_any_attribution_method(tmp_path):
         ("integrated_gradients", {"steps": 4}),
         ("gradient", {}),
     ]:
-        got = tislib.compute_tis(
-            model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, method=method, **options
+        got = tislib.dataset_tis(
+            model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, method, **options
         )
         want = torch.cat(
-            [attribution.attribute(model, x[i : i + 4], y[i : i + 4], method, **options) for i in (0, 4, 8)]
+            [tislib.attribute(model, x[i : i + 4], y[i : i + 4], method, **options) for i in (0, 4, 8)]
         )
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-6)
-    default = tislib.compute_tis(
-        model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, nsamples=3, seed=2
+    default = tislib.dataset_tis(
+        model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, noise=Noise(3), seed=2
     )
-    first = attribution.attribute(model, x[:4], y[:4], "smoothgrad", nsamples=3, seed=2 * 1_000_003)
+    first = tislib.attribute(model, x[:4], y[:4], "smoothgrad", noise=Noise(3), seed=2 * 1_000_003)
     np.testing.assert_array_equal(default[:4], first.numpy())
     with pytest.raises(ValueError, match="unknown attribution method 'lime'"):
-        tislib.compute_tis(model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, method="lime")
+        tislib.dataset_tis(model, tokds.embedding_loader(ds, "train", cb, batch_size=4), 10, method="lime")
+
+
+def test_an_option_the_method_does_not_take_is_an_error_naming_it(tmp_path):
+    """Every method takes its own options (its signature); another method's option is refused, named, before
+    any work: SmoothGrad's noise for the gradient, IG's steps for occlusion or SmoothGrad."""
+    from cortex_run import datasets as tokds
+
+    model, ds, cb = _ten_grids(tmp_path)
+    x, y = torch.randn(2, 6, *GRID), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="gradient takes no option noise; its options: none"):
+        tislib.attribute(model, x, y, "gradient", noise=Noise(100))
+    with pytest.raises(
+        ValueError, match="occlusion takes no option steps; its options: baseline, group, batch"
+    ):
+        tislib.attribute(model, x, y, "occlusion", steps=4)
+    loader = tokds.embedding_loader(ds, "train", cb, batch_size=4)
+    with pytest.raises(ValueError, match="smoothgrad takes no option nsamples, steps"):
+        tislib.dataset_tis(model, loader, 10, nsamples=3, steps=4)
+    with pytest.raises(ValueError, match="integrated_gradients takes no option seed"):
+        tislib.attribute_tokens(
+            model, cb, ds.tokens["train"], ds.labels["train"], "integrated_gradients", seed=1
+        )
+    # a run's settings for every method: each method gets its own
+    assert tislib.method_options("gradient", Noise(5), 1, 8, 2, cb[0]) == {}
+    assert tislib.method_options("occlusion", Noise(5), 1, 8, 2, None) == {"group": 2, "baseline": None}
+    assert tislib.method_options("smoothgrad", Noise(5), 1) == {"noise": Noise(5), "seed": 1}
 
 
 def test_topk_positions_ranks_every_position_or_none():
@@ -135,18 +163,6 @@ def test_topk_positions_ranks_every_position_or_none():
     assert tislib.topk_positions(a, 0).shape == (1, 0)
     with pytest.raises(ValueError, match="k must be >= 1"):
         tislib.topk_agreement(a, a, k=0)
-
-
-def test_iem_checkpoint_round_trip_and_architecture_check(tmp_path):
-    m = iemlib.build_iem(3, 6, GRID, 5, width=16).eval()
-    p = iemlib.save_iem(m, tmp_path / "iem.safetensors", card={"epochs": 1})
-    again = iemlib.load_iem(p, expect={"arch": 3, "in_channels": 6, "grid": GRID})
-    x = torch.randn(2, 6, *GRID)
-    torch.testing.assert_close(again(x), m(x))
-    with pytest.raises(ValueError, match="arch = 'resnet_se', expected 'vgg'"):
-        iemlib.load_iem(p, expect={"arch": 1})
-    with pytest.raises(ValueError, match="in_channels = 6, expected 32"):
-        iemlib.load_iem(p, expect={"in_channels": 32})
 
 
 def test_unknown_architecture_and_small_grid():
@@ -169,48 +185,49 @@ def _ranged_batch():
 def test_per_image_sigma_is_each_images_own_range():
     x = _ranged_batch()
     by_hand = torch.tensor([0.2 * (float(im.max()) - float(im.min())) for im in x])  # 0.8, 0.2, 2.0
-    torch.testing.assert_close(sglib.noise_sigma(x, 0.2, "image").flatten(), by_hand)
-    torch.testing.assert_close(sglib.noise_sigma(x, 0.2, "image").flatten(), torch.tensor([0.8, 0.2, 2.0]))
-    noise = sglib.smoothgrad_noise(
-        x, nsamples=3, spread=0.2, generator=torch.Generator().manual_seed(5), sigma="image"
-    )
+    torch.testing.assert_close(tislib.noise_sigma(x, 0.2, "image").flatten(), by_hand)
+    torch.testing.assert_close(tislib.noise_sigma(x, 0.2, "image").flatten(), torch.tensor([0.8, 0.2, 2.0]))
+    noise = Noise(3, 0.2, sigma="image").draw(x, torch.Generator().manual_seed(5))
     draws = torch.randn((3, *x.shape), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(noise, draws * by_hand.view(1, 3, 1, 1, 1))
     # the same draws, only the scale differs from the per-batch sigma (0.2 * 10 = 2 for every image)
-    batch = sglib.smoothgrad_noise(x, nsamples=3, spread=0.2, generator=torch.Generator().manual_seed(5))
+    batch = Noise(3, 0.2).draw(x, torch.Generator().manual_seed(5))
     torch.testing.assert_close(batch, draws * 2.0)
     # an image's per-image sigma does not depend on its neighbours
     torch.testing.assert_close(
-        sglib.noise_sigma(x[1:2], 0.2, "image"), sglib.noise_sigma(x, 0.2, "image")[1:2]
+        tislib.noise_sigma(x[1:2], 0.2, "image"), tislib.noise_sigma(x, 0.2, "image")[1:2]
     )
 
 
 def test_per_batch_sigma_is_the_default_and_unchanged():
     x = _ranged_batch()
-    assert float(sglib.noise_sigma(x, 0.2)) == pytest.approx(2.0)
+    assert float(tislib.noise_sigma(x, 0.2)) == pytest.approx(2.0)
     g = torch.Generator().manual_seed(3)
     expected = torch.randn((4, *x.shape), generator=g) * (0.2 * (x.max() - x.min()))  # the paper's formula
-    assert torch.equal(sglib.smoothgrad_noise(x, 4, 0.2, torch.Generator().manual_seed(3)), expected)
+    assert torch.equal(Noise(4, 0.2).draw(x, torch.Generator().manual_seed(3)), expected)
     with pytest.raises(ValueError, match="unknown sigma 'pixel'"):
-        sglib.noise_sigma(x, 0.2, "pixel")
+        tislib.noise_sigma(x, 0.2, "pixel")
+    with pytest.raises(ValueError, match="unknown sigma 'pixel'"):
+        Noise(sigma="pixel")
 
 
 def test_per_image_sigma_reaches_the_scores(model):
     x = torch.randn(4, 6, *GRID) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1)
     y = torch.tensor([0, 1, 2, 3])
-    image = attribution.attribute(model, x, y, nsamples=3, seed=0, sigma="image")
-    noise = sglib.smoothgrad_noise(x, 3, 0.2, torch.Generator().manual_seed(0), sigma="image")
-    torch.testing.assert_close(image, attribution.attribute(model, x, y, noise=noise))
-    batch = attribution.attribute(model, x, y, nsamples=3, seed=0)
+    image = tislib.attribute(model, x, y, noise=Noise(3, sigma="image"), seed=0)
+    noise = Noise(3, 0.2, sigma="image").draw(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(image, tislib.attribute(model, x, y, noise=noise))
+    batch = tislib.attribute(model, x, y, noise=Noise(3), seed=0)
     assert not torch.allclose(image, batch)
 
 
-def test_batched_token_importance_follows_compute_tis_seeding(model):
+def test_dataset_tis_seeds_each_batch_from_its_first_row(model):
     torch.manual_seed(2)
     x, y = torch.randn(6, 6, *GRID), torch.tensor([0, 1, 2, 3, 4, 0])
-    got = tislib.batched_token_importance(model, x, y, batch_size=4, nsamples=2, seed=7)
-    first = attribution.attribute(model, x[:4], y[:4], nsamples=2, seed=7 * 1_000_003)
-    second = attribution.attribute(model, x[4:], y[4:], nsamples=2, seed=7 * 1_000_003 + 4)
+    batches = [(x[:4], y[:4], torch.arange(4)), (x[4:], y[4:], torch.arange(4, 6))]
+    got = tislib.dataset_tis(model, batches, 6, noise=Noise(2), seed=7)
+    first = tislib.attribute(model, x[:4], y[:4], noise=Noise(2), seed=7 * 1_000_003)
+    second = tislib.attribute(model, x[4:], y[4:], noise=Noise(2), seed=7 * 1_000_003 + 4)
     np.testing.assert_array_equal(got, torch.cat([first, second]).numpy())
 
 
@@ -256,57 +273,28 @@ def test_seed_agreement_averages_every_pair():
         tislib.seed_agreement([a])
 
 
-def test_paired_difference_reads_the_direction_against_two_standard_errors():
+def test_paired_mean_se_reads_the_direction_against_two_standard_errors():
     b = np.zeros(4)
-    mean, se, sign = tislib.paired_difference([1.0, 1.2, 0.8, 1.0], b)  # mean 1, sd 0.163, se 0.082
+    mean, se, sign = tislib.paired_mean_se([1.0, 1.2, 0.8, 1.0], b)  # mean 1, sd 0.163, se 0.082
     assert np.isclose(mean, 1.0) and np.isclose(se, np.std([1.0, 1.2, 0.8, 1.0], ddof=1) / 2) and sign == 1
-    assert tislib.paired_difference(b, [1.0, 1.2, 0.8, 1.0])[2] == -1
-    assert tislib.paired_difference([1.0, -1.0, 0.5, -0.4], b)[2] == 0  # mean 0.025, within 2 se
-    assert tislib.paired_difference([3.0], [1.0]) == (2.0, float("inf"), 0)  # one image: no standard error
+    assert tislib.paired_mean_se(b, [1.0, 1.2, 0.8, 1.0])[2] == -1
+    assert tislib.paired_mean_se([1.0, -1.0, 0.5, -0.4], b)[2] == 0  # mean 0.025, within 2 se
+    assert tislib.paired_mean_se([3.0], [1.0]) == (2.0, float("inf"), 0)  # one image: no standard error
 
 
-def test_compute_tis_splits_in_process_is_compute_tis(tmp_path):
-    """The notebook's one call (``distributed.compute_tis_splits``) with nproc = 1 gives compute_tis's scores,
-    writes ``<out_dir>/<split>.npy``, and refuses sigma="image" for a torchrun job."""
-    from cortex_run import datasets as tokds
+def test_the_torchrun_job_refuses_more_processes_than_batches_before_launching(tmp_path):
+    """Notebook 05's nproc > 1 (``distributed.tis_job``) checks the world against each split's batches
+    before it starts torchrun: 10 rows in batches of 4 are 3 batches, so at most 3 processes."""
     from cortex_run import distributed
 
-    torch.manual_seed(0)
-    model = iemlib.build_iem(1, 6, GRID, 3, width=8).eval()
-    rng = np.random.default_rng(0)
-    meta = {"vq_fingerprint": "x", "n_embed": 16, "embed_dim": 6, "grid": list(GRID)}
-    ds = tokds.save_token_dataset(
-        tmp_path / "ds",
-        {
-            "train": (rng.integers(0, 16, (10, 8, 8)), np.arange(10) % 3),
-            "test": (rng.integers(0, 16, (6, 8, 8)), np.arange(6) % 3),
-        },
-        ["a", "b", "c"],
-        meta,
-        source="t",
-    )
-    cb = torch.randn(16, 6)
-    tis, seconds = distributed.compute_tis_splits(
-        model, ds, cb, ["train", "test"], tmp_path / "tis", nsamples=3, batch_size=4, seed=1
-    )
-    assert set(tis) == set(seconds) == {"train", "test"}
-    for split in ("train", "test"):
-        ref = tislib.compute_tis(
-            model,
-            tokds.embedding_loader(ds, split, cb, batch_size=4),
-            len(ds.labels[split]),
-            nsamples=3,
-            seed=1,
-        )
-        np.testing.assert_array_equal(tis[split], ref)
-        np.testing.assert_array_equal(np.load(tmp_path / "tis" / f"{split}.npy"), ref)
-    with pytest.raises(ValueError, match='SmoothGrad with sigma = "batch" only'):
-        distributed.compute_tis_splits(model, ds, cb, ["train"], tmp_path / "t2", nproc=2, sigma="image")
+    _, ds, _ = _ten_grids(tmp_path)
+    with pytest.raises(ValueError, match="at most 3 shards"):
+        distributed.tis_job(ds, ["train"], tmp_path / "tis", nproc=4, batch_size=4)
 
 
 def test_smoothgrad_by_hand_matches_the_batched_pass(model):
     """The notebook's by-hand SmoothGrad (one forward and backward per copy per image, sigma from the batch)
-    equals attribution.attribute given the same seed."""
+    equals tis.smoothgrad given the same seed."""
     x, y = torch.randn(3, 6, *GRID), torch.tensor([0, 2, 4])
     draws = torch.randn((4, *x.shape), generator=torch.Generator().manual_seed(5))
     sd = 0.2 * (x.max() - x.min())
@@ -315,7 +303,7 @@ def test_smoothgrad_by_hand_matches_the_batched_pass(model):
         for i in range(len(x)):
             noisy = (x[i] + sd * eps[i]).unsqueeze(0).requires_grad_(True)
             grad[i] += torch.autograd.grad(model(noisy)[0, y[i]], noisy)[0][0]
-    fast = attribution.attribute(model, x, y, "smoothgrad", "max", 4, 0.2, seed=5)
+    fast = tislib.attribute(model, x, y, "smoothgrad", "max", noise=Noise(4, 0.2), seed=5)
     torch.testing.assert_close(fast, (grad / 4).amax(1), atol=1e-5, rtol=0)
 
 
@@ -351,9 +339,9 @@ def test_shipped_vit_loads_and_gives_the_logits_of_multihead_attention(shipped):
     """The shipped ViTs load with every key (load_iem checks them) and the new attention gives their logits
     (the taming family's on its real test grids, the FSQ family's on random embeddings of its shape)."""
     from cortex_run import REPO_ROOT
-    from cortex_run.checkpoints import load_state_dict
+    from cortex_run.checkpoints import load_iem, load_state_dict
 
-    model = iemlib.load_iem(REPO_ROOT / "checkpoints" / shipped, expect={"arch": 4})
+    model = load_iem(REPO_ROOT / "checkpoints" / shipped, expect={"arch": 4})
     if shipped == "iem4.safetensors":
         codebook = load_state_dict(REPO_ROOT / "checkpoints" / "vq_mnist.safetensors")[
             "quantize.embedding.weight"
@@ -388,30 +376,28 @@ def test_threads_do_not_change_the_numbers_and_passes_only_the_last_bits(model):
     Another cut into passes may take other kernels (e.g. matrix-vector products for passes of one copy)."""
     torch.manual_seed(3)
     x, y = torch.randn(6, 6, *GRID), torch.tensor([0, 1, 2, 3, 4, 0])
-    noise = sglib.smoothgrad_noise(x, 5, 0.2, torch.Generator().manual_seed(0))
+    noise = Noise(5, 0.2).draw(x, torch.Generator().manual_seed(0))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # two workers
-        two = [sglib.smoothgrad(model, x, y, noise=noise, max_batch=m) for m in (4, None)]
+        two = [tislib.smoothgrad(model, x, y, noise, batch=m) for m in (4, None)]
         torch.set_num_threads(1)  # one worker
-        one = [sglib.smoothgrad(model, x, y, noise=noise, max_batch=m) for m in (4, None)]
+        one = [tislib.smoothgrad(model, x, y, noise, batch=m) for m in (4, None)]
     finally:
         torch.set_num_threads(before)
     assert torch.get_num_threads() == before  # the workers' thread setting does not leak
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
-    for max_batch in (1, 7, 30):
+    for batch in (1, 7, 30):
         torch.testing.assert_close(
-            sglib.smoothgrad(model, x, y, noise=noise, max_batch=max_batch), one[0], atol=1e-5, rtol=0
+            tislib.smoothgrad(model, x, y, noise, batch=batch), one[0], atol=1e-5, rtol=0
         )
 
 
 def test_smoothgrad_works_inside_no_grad(model):
     x, y = torch.randn(2, 6, *GRID), torch.tensor([0, 1])
     with torch.no_grad():
-        got = sglib.smoothgrad(model, x, y, nsamples=2, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(
-        got, sglib.smoothgrad(model, x, y, nsamples=2, generator=torch.Generator().manual_seed(0))
-    )
+        got = tislib.smoothgrad(model, x, y, Noise(2), seed=0)
+    torch.testing.assert_close(got, tislib.smoothgrad(model, x, y, Noise(2), seed=0))
 
 
 def test_bytes_per_row_on_a_layer_counted_by_hand():
@@ -419,82 +405,76 @@ def test_bytes_per_row_on_a_layer_counted_by_hand():
     the backward pass's temporaries, plus the copy and its gradient (2 x 128): 512 bytes."""
     conv = torch.nn.Conv2d(2, 3, 3, padding=1)
     x = torch.randn(5, 2, 4, 4)
-    assert sglib.bytes_per_row(conv, x) == 2 * 128 + 2 * 128
-    assert sglib.rows_per_pass(conv, x, memory_mb=1) == 2**20 // 512
-    assert sglib.rows_per_pass(conv, x, memory_mb=1e-9) == 1
+    assert passes.bytes_per_row(conv, x) == 2 * 128 + 2 * 128
+    assert passes.rows_per_pass(conv, x, memory_mb=tislib.MAX_WORKERS) == 2**20 // 512  # 1 MB per pass
+    assert passes.rows_per_pass(conv, x, memory_mb=1e-9) == 1
 
 
 def test_the_memory_budget_sizes_the_passes(model, monkeypatch):
     x, y = torch.randn(4, 6, *GRID), torch.tensor([0, 1, 2, 3])
-    per_row = sglib.bytes_per_row(model, x)
+    per_row = passes.bytes_per_row(model, x)
     sizes = []
     forward = model.forward
     monkeypatch.setattr(
         model, "forward", lambda inp: sizes.append(len(inp)) or forward(inp)
     )  # (list.append is atomic)
     # a pass gets 1 / MAX_WORKERS of the budget: here 3.5 copies' worth -> passes of 3 of the 40 noisy copies
-    sglib.smoothgrad(
-        model,
-        x,
-        y,
-        nsamples=10,
-        memory_mb=sglib.MAX_WORKERS * 3.5 * per_row / 2**20,
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert sizes[:2] == [2, 1]  # bytes_per_row's two probes
+    batch = passes.rows_per_pass(model, x, memory_mb=tislib.MAX_WORKERS * 3.5 * per_row / 2**20)
+    tislib.smoothgrad(model, x, y, Noise(10), batch=batch)
+    assert batch == 3 and sizes[:2] == [2, 1]  # bytes_per_row's two probes
     assert sorted(sizes[2:], reverse=True) == [3] * 13 + [1]
     sizes.clear()  # a large budget: at least MIN_PASSES passes on the CPU, of at least MIN_ROWS copies
     x, y = torch.randn(70, 6, *GRID), torch.arange(70) % 5
-    sglib.smoothgrad(model, x, y, nsamples=20, generator=torch.Generator().manual_seed(0))
-    assert sizes[2:] == [175] * 8  # 1400 copies: ceil(1400 / 8)
+    tislib.smoothgrad(model, x, y, Noise(20))
+    assert sizes == [175] * 8  # 1400 copies: ceil(1400 / 8)
     sizes.clear()
-    sglib.smoothgrad(model, x[:10], y[:10], nsamples=20, generator=torch.Generator().manual_seed(0))
-    assert sorted(sizes[2:], reverse=True) == [128, 72]  # 200 copies: passes of MIN_ROWS (run side by side)
+    tislib.smoothgrad(model, x[:10], y[:10], Noise(20))
+    assert sorted(sizes, reverse=True) == [128, 72]  # 200 copies: passes of MIN_ROWS (run side by side)
 
 
 def test_fast_mode_is_close_and_refused_where_bfloat16_is_not_native(model, monkeypatch):
     torch.manual_seed(4)
     x, y = torch.randn(8, 6, *GRID), torch.arange(8) % 5
-    noise = sglib.smoothgrad_noise(x, 4, 0.2, torch.Generator().manual_seed(0))
-    exact = sglib.smoothgrad(model, x, y, noise=noise)
-    if sglib.bf16_supported():
-        fast = sglib.smoothgrad(model, x, y, noise=noise, precision="bfloat16")
+    noise = Noise(4, 0.2).draw(x, torch.Generator().manual_seed(0))
+    exact = tislib.smoothgrad(model, x, y, noise)
+    if tislib.bf16_supported():
+        fast = tislib.smoothgrad(model, x, y, noise, precision="bfloat16")
         assert fast.dtype == torch.float32 and fast.shape == exact.shape
         assert float(torch.nn.functional.cosine_similarity(fast.flatten(), exact.flatten(), 0)) > 0.95
         assert not torch.equal(fast, exact)  # it is another computation
     with pytest.raises(ValueError, match="unknown precision 'float16'"):
-        sglib.smoothgrad(model, x, y, noise=noise, precision="float16")
-    monkeypatch.setattr(sglib, "bf16_supported", lambda device="cpu": False)
+        tislib.smoothgrad(model, x, y, noise, precision="float16")
+    monkeypatch.setattr(tislib, "bf16_supported", lambda device="cpu": False)
     with pytest.raises(ValueError, match="needs a device that computes in bfloat16"):
-        sglib.smoothgrad(model, x, y, noise=noise, precision="bfloat16")
+        tislib.smoothgrad(model, x, y, noise, precision="bfloat16")
 
 
 def test_antithetic_draws_come_in_pairs():
     x = torch.randn(3, 2, 4, 4)
-    noise = sglib.smoothgrad_noise(x, 6, 0.2, torch.Generator().manual_seed(0), draws="antithetic")
+    noise = Noise(6, 0.2, draws="antithetic").draw(x, torch.Generator().manual_seed(0))
     assert noise.shape == (6, *x.shape)
     assert torch.equal(noise[:3], -noise[3:])
     with pytest.raises(ValueError, match="nsamples must be even, got 5"):
-        sglib.smoothgrad_noise(x, 5, draws="antithetic")
+        Noise(5, draws="antithetic")
     with pytest.raises(ValueError, match="unknown draws 'halton'"):
-        sglib.smoothgrad_noise(x, 4, draws="halton")
+        Noise(4, draws="halton")
 
 
 def test_sobol_draws_are_standard_normal_and_evenly_spread():
     x = torch.zeros(50, 4, 4, 4)
     x[0, 0, 0, 0] = 5.0  # sigma = 0.2 * 5 = 1
-    sobol = sglib.smoothgrad_noise(x, 16, 0.2, torch.Generator().manual_seed(0), draws="sobol")
-    gauss = sglib.smoothgrad_noise(x, 16, 0.2, torch.Generator().manual_seed(0))
+    sobol = Noise(16, 0.2, draws="sobol").draw(x, torch.Generator().manual_seed(0))
+    gauss = Noise(16, 0.2).draw(x, torch.Generator().manual_seed(0))
     assert sobol.shape == gauss.shape and sobol.dtype == torch.float32
     assert abs(float(sobol.mean())) < 0.02 and abs(float(sobol.std()) - 1) < 0.02  # N(0, 1) per value
     # each value's 16 draws: a scrambled Sobol set is stratified in every coordinate, so the mean of a value's
     # draws is far closer to 0 than that of 16 independent draws (whose standard error is 1/4)
     assert float(sobol.mean(0).abs().mean()) < 0.3 * float(gauss.mean(0).abs().mean())
     assert not torch.equal(sobol[:, 0], sobol[:, 1])  # each image its own randomisation
-    again = sglib.smoothgrad_noise(x, 16, 0.2, torch.Generator().manual_seed(0), draws="sobol")
+    again = Noise(16, 0.2, draws="sobol").draw(x, torch.Generator().manual_seed(0))
     assert torch.equal(sobol, again)
     with pytest.raises(ValueError, match="at most 21201 values per image"):
-        sglib.smoothgrad_noise(torch.zeros(1, 256, 16, 16), 4, draws="sobol")
+        Noise(4, draws="sobol").draw(torch.zeros(1, 256, 16, 16))
 
 
 class _Quadratic(torch.nn.Module):
@@ -518,19 +498,10 @@ def test_reduced_variance_draws_where_the_truth_is_known():
     torch.manual_seed(5)
     model = _Quadratic().eval()
     x, y = torch.randn(4, 6, 4, 4), torch.tensor([0, 1, 2, 0])
-    truth = sglib.smoothgrad(model, x, y, nsamples=1, spread=0.0)
+    truth = tislib.smoothgrad(model, x, y, Noise(1, 0.0))
     err = {
-        d: float(
-            (
-                sglib.smoothgrad(
-                    model, x, y, nsamples=16, draws=d, generator=torch.Generator().manual_seed(1)
-                )
-                - truth
-            )
-            .abs()
-            .mean()
-        )
-        for d in sglib.DRAWS
+        d: float((tislib.smoothgrad(model, x, y, Noise(16, draws=d), seed=1) - truth).abs().mean())
+        for d in tislib.DRAWS
     }
     assert err["antithetic"] < 1e-5 * float(truth.abs().mean())
     assert err["sobol"] < 0.5 * err["gaussian"]

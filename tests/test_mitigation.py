@@ -91,30 +91,49 @@ def test_token_share():
     assert mitigation.token_share(np.array([[1, 2], [2, 3]]), [2]) == 0.5
 
 
+def reference_interval(successes, n, level=0.95):
+    """The former hand-written Wilson score interval: ``(share, low, high)``."""
+    from statistics import NormalDist
+
+    k, z = int(successes), NormalDist().inv_cdf(1 - (1 - level) / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if k == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if k == n else max(p, min(1.0, centre + half))
+    return p, float(low), float(high)
+
+
+def counted(k, n, level=0.95):
+    """``share_interval`` of ``k`` successes in ``n``."""
+    return bias_stats.share_interval(np.arange(n) < k, level)
+
+
 def _coverage(n, p, reps, rng, interval):
     k = rng.binomial(n, p, reps)
-    return np.mean([lo <= p <= hi for lo, hi in (interval(int(x), n)[1:] for x in k)])
+    hit = {}
+    for x in np.unique(k):  # one interval per count
+        _, lo, hi = interval(int(x), n)
+        hit[x] = lo <= p <= hi
+    return np.mean([hit[x] for x in k])
 
 
-def test_wilson_interval_by_hand_and_its_coverage_by_simulation():
+def test_share_interval_by_hand_and_its_coverage_by_simulation():
     # by hand: 8 of 10, z = 1.96: centre (0.8 + 1.9208/10) / 1.38416, half 1.96/1.38416 * sqrt(0.016 +
     # 0.00960)
     z = 1.959963984540054
     centre = (0.8 + z * z / 20) / (1 + z * z / 10)
     half = z / (1 + z * z / 10) * np.sqrt(0.8 * 0.2 / 10 + z * z / 400)
-    assert bias_stats.wilson_interval(8, 10) == pytest.approx((0.8, centre - half, centre + half))
+    assert counted(8, 10) == pytest.approx((0.8, centre - half, centre + half))
     for n in range(1, 40):  # the ends are exact, and the share lies inside (no rounding past it)
-        assert bias_stats.wilson_interval(0, n)[:2] == (0, 0) and bias_stats.wilson_interval(n, n)[::2] == (
-            1,
-            1,
-        )
-        assert all(lo <= p <= hi for p, lo, hi in (bias_stats.wilson_interval(k, n) for k in range(n + 1)))
+        assert counted(0, n)[:2] == (0, 0) and counted(n, n)[::2] == (1, 1)
+        assert all(lo <= p <= hi for p, lo, hi in (counted(k, n) for k in range(n + 1)))
+    for level in (0.8, 0.95, 0.99):  # scipy's Wilson interval is the former one
+        for n in (1, 2, 7, 30, 101):
+            for k in range(n + 1):
+                assert counted(k, n, level) == pytest.approx(reference_interval(k, n, level), abs=1e-14)
     rng = np.random.default_rng(0)
-    cov = {
-        (n, p): _coverage(n, p, 2000, rng, bias_stats.wilson_interval)
-        for n in (10, 30, 300)
-        for p in (0.05, 0.3, 0.5, 0.85)
-    }
+    cov = {(n, p): _coverage(n, p, 2000, rng, counted) for n in (10, 30, 300) for p in (0.05, 0.3, 0.5, 0.85)}
     assert min(cov.values()) >= 0.91 and np.mean(list(cov.values())) >= 0.935, cov
 
     def wald(k, n):  # the textbook interval, for contrast: the simulation can fail an interval
@@ -125,7 +144,15 @@ def test_wilson_interval_by_hand_and_its_coverage_by_simulation():
     assert _coverage(10, 0.05, 2000, rng, wald) < 0.7
 
 
-def test_difference_interval_coverage_by_simulation():
+def test_difference_interval_coverage_by_simulation(monkeypatch):
+    # scipy's binomtest takes ms: each share's interval is computed once per count (it depends on no more)
+    once, share_interval = {}, bias_stats.share_interval
+
+    def cached(outcomes, level=0.95):
+        key = (int(np.sum(outcomes)), np.size(outcomes), level)
+        return once[key] if key in once else once.setdefault(key, share_interval(outcomes, level))
+
+    monkeypatch.setattr(bias_stats, "share_interval", cached)
     rng = np.random.default_rng(1)
     for n1, n2, p1, p2 in (
         (300, 300, 0.85, 0.6),
@@ -134,20 +161,22 @@ def test_difference_interval_coverage_by_simulation():
         (30, 300, 0.95, 0.7),
     ):
         hits = 0
-        for _ in range(1000):
+        for i in range(1000):
             a, b = rng.random(n1) < p1, rng.random(n2) < p2
-            _, lo, hi = bias_stats.difference_interval(a, b)
+            d, lo, hi = bias_stats.difference_interval(a, b)
             hits += lo <= p1 - p2 <= hi
+            if i < 20:  # Newcombe's hybrid score interval, by hand from the former Wilson intervals
+                (q1, l1, u1), (q2, l2, u2) = (reference_interval(x.sum(), x.size) for x in (a, b))
+                want = (q1 - q2, q1 - q2 - np.hypot(q1 - l1, u2 - q2), q1 - q2 + np.hypot(u1 - q1, q2 - l2))
+                assert (d, lo, hi) == pytest.approx(want, abs=1e-14)
         assert hits / 1000 >= 0.925, (n1, n2, p1, p2, hits)
 
 
 def test_intervals_refuse_bad_input():
-    with pytest.raises(ValueError, match="n >= 1"):
-        bias_stats.wilson_interval(0, 0)
-    with pytest.raises(ValueError, match="0 <= successes <= n"):
-        bias_stats.wilson_interval(4, 3)
+    with pytest.raises(ValueError, match="not less than 1"):
+        bias_stats.share_interval([])
     with pytest.raises(ValueError, match="level"):
-        bias_stats.wilson_interval(1, 3, level=1.0)
+        bias_stats.share_interval([True, False, False], level=1.0)
 
 
 def _measured(share, kept, n, rng):
@@ -214,7 +243,7 @@ def test_edited_generations_are_token_datasets_shipped_and_loaded(tmp_path, monk
     prior, sampling = {"red": {1: 0.9}}, {"temperature": 1.0, "top_k": 0, "guidance": 1.0}
     args = (tf, path, tiny_vq, "mitigation_colour", 1)
     ds, why = mitigation.load_or_sample_edited(*args, [4, 7], 12, prior, sampling, out_dir=tmp_path / "run1")
-    assert why == "sampled here (no shipped mitigation_colour)"
+    assert why == f"sampled here (nothing at {tmp_path / 'shipped' / 'bias' / 'mitigation_colour'})"
     assert ds.tokens["neutral"].shape == (12, 8, 8) and not np.isin(ds.tokens["neutral"], [4, 7]).any()
     assert (tmp_path / "run1" / "data" / "mitigation_colour.json").exists()
     (tmp_path / "shipped" / "bias").mkdir(parents=True)  # ship it, as make checkpoints does

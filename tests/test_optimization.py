@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from cortex_run import report
 from cortex_utils import optimization as opt
 from cortex_utils.iem import build_iem
 
@@ -44,13 +45,31 @@ def test_check_pair_and_input_errors():
     cb, linear, _, tokens = _setup()
     region = opt.region_mask(GRID, (1, 3), (1, 3))
     with pytest.raises(ValueError, match=r"target class 5 is outside"):
-        opt.optimize_tokens(linear, cb, tokens, region, target=5, steps=2, progress=False)
+        opt.optimize_tokens(
+            linear, cb, tokens, region, options=opt.TokenSearch(steps=2, progress=False), target=5
+        )
     with pytest.raises(ValueError, match="same class"):
-        opt.optimize_embeddings(linear, cb, tokens, region, target=1, source=1, steps=2, progress=False)
+        opt.optimize_embeddings(
+            linear, cb, tokens, region, options=opt.Search(steps=2, progress=False), target=1, source=1
+        )
     with pytest.raises(ValueError, match="region_mask must be bool"):
-        opt.optimize_tokens(linear, cb, tokens, np.ones((3, 3), bool), target=1, steps=2, progress=False)
+        opt.optimize_tokens(
+            linear,
+            cb,
+            tokens,
+            np.ones((3, 3), bool),
+            options=opt.TokenSearch(steps=2, progress=False),
+            target=1,
+        )
     with pytest.raises(ValueError, match="empty"):
-        opt.optimize_tokens(linear, cb, tokens, np.zeros(GRID, bool), target=1, steps=2, progress=False)
+        opt.optimize_tokens(
+            linear,
+            cb,
+            tokens,
+            np.zeros(GRID, bool),
+            options=opt.TokenSearch(steps=2, progress=False),
+            target=1,
+        )
 
 
 class _NaNAfter(nn.Module):
@@ -70,16 +89,30 @@ def test_nan_in_the_iem_output_names_the_step():
     cb, linear, _, tokens = _setup()
     region = opt.region_mask(GRID, (1, 3), (1, 3))
     with pytest.raises(FloatingPointError, match="at step 2"):
-        opt.optimize_tokens(_NaNAfter(linear, 3), cb, tokens, region, target=1, steps=5, progress=False)
+        opt.optimize_tokens(
+            _NaNAfter(linear, 3),
+            cb,
+            tokens,
+            region,
+            options=opt.TokenSearch(steps=5, progress=False),
+            target=1,
+        )
     with pytest.raises(FloatingPointError, match="at step 1"):
-        opt.optimize_embeddings(_NaNAfter(linear, 2), cb, tokens, region, target=1, steps=5, progress=False)
+        opt.optimize_embeddings(
+            _NaNAfter(linear, 2), cb, tokens, region, options=opt.Search(steps=5, progress=False), target=1
+        )
 
 
 def test_token_optimization_finds_the_linear_optimum_and_keeps_the_outside():
     cb, linear, _, tokens = _setup()
     region = opt.region_mask(GRID, (1, 3), (1, 3))
     res = opt.optimize_tokens(
-        linear, cb, tokens, region, target=2, steps=60, lr=0.5, seed=1, snapshot_every=20, progress=False
+        linear,
+        cb,
+        tokens,
+        region,
+        options=opt.TokenSearch(steps=60, lr=0.5, seed=1, snapshot_every=20, progress=False),
+        target=2,
     )
     # a linear IEM's best id per position is argmax_k w_pos . codebook_k
     w = linear[1].weight[2].detach().reshape(D, *GRID)
@@ -98,7 +131,12 @@ def test_token_optimization_finds_the_linear_optimum_and_keeps_the_outside():
         logit = linear(cb[res["tokens"]].permute(2, 0, 1)[None])[0, 2].item()
     assert logit == pytest.approx(res["best_logit"], abs=1e-5)
     again = opt.optimize_tokens(
-        linear, cb, tokens, region, target=2, steps=60, lr=0.5, seed=1, progress=False
+        linear,
+        cb,
+        tokens,
+        region,
+        options=opt.TokenSearch(steps=60, lr=0.5, seed=1, progress=False),
+        target=2,
     )
     assert again["history"].equals(hist)  # seeded
 
@@ -107,7 +145,13 @@ def test_token_optimization_increases_a_nonlinear_iem_logit():
     cb, _, conv, tokens = _setup()
     region = opt.region_mask(GRID, (1, 3), (0, 3))
     res = opt.optimize_tokens(
-        conv, cb, tokens, region, target=0, source=1, steps=60, lr=0.5, seed=1, progress=False
+        conv,
+        cb,
+        tokens,
+        region,
+        options=opt.TokenSearch(steps=60, lr=0.5, seed=1, progress=False),
+        target=0,
+        source=1,
     )
     logits = res["history"].target_logit.to_numpy()
     assert res["best_logit"] > res["original_logit"]
@@ -121,7 +165,12 @@ def test_tokens_outside_the_region_never_change_with_a_real_iem_and_small_init_l
     iem = build_iem("resnet_se", D, GRID, 3, width=4)
     region = opt.region_mask(GRID, (0, 2), (2, 4))
     res = opt.optimize_tokens(
-        iem, cb, tokens, region, target=1, steps=15, lr=0.5, init_logit=0.1, snapshot_every=1, progress=False
+        iem,
+        cb,
+        tokens,
+        region,
+        options=opt.TokenSearch(steps=15, lr=0.5, init_logit=0.1, snapshot_every=1, progress=False),
+        target=1,
     )
     r = torch.from_numpy(region)
     assert all(torch.equal(g[~r], tokens[~r]) for _, g in res["snapshots"])
@@ -148,7 +197,12 @@ def test_embedding_optimization_increases_the_logit_and_keeps_the_outside():
     r = torch.from_numpy(region)
     for iem in (linear, conv):
         res = opt.optimize_embeddings(
-            iem, cb, tokens, region, target=2, steps=30, lr=0.1, snapshot_every=10, progress=False
+            iem,
+            cb,
+            tokens,
+            region,
+            options=opt.Search(steps=30, lr=0.1, snapshot_every=10, progress=False),
+            target=2,
         )
         emb0 = cb[tokens].permute(2, 0, 1)[None]
         assert res["embeddings"].shape == (1, D, *GRID)
@@ -248,12 +302,28 @@ def test_the_chance_level_holds_where_the_ids_are_random():
         opt.overlap_null([3], concept, np.zeros(64))
 
 
-def test_paired_difference():
-    mean, lo, hi = opt.paired_difference([0.9, 0.8, 0.7], [0.1, 0.1, 0.1])
+def resampled_by_hand(d, n_boot=2000, level=0.95, seed=0):
+    """The former hand-written percentile bootstrap of the mean of ``d``: ``(mean, low, high)``."""
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def test_mean_difference_interval():
+    mean, lo, hi = opt.mean_difference_interval([0.9, 0.8, 0.7], [0.1, 0.1, 0.1])
     assert mean == pytest.approx(0.7) and 0.6 - 1e-9 <= lo <= mean <= hi <= 0.8 + 1e-9
-    assert opt.paired_difference([0.5, 0.5], [0.5, 0.5]) == (0.0, 0.0, 0.0)
+    assert opt.mean_difference_interval([0.5, 0.5], [0.5, 0.5]) == (0.0, 0.0, 0.0)
+    assert opt.mean_difference_interval([0.75], [0.5]) == (0.25, 0.25, 0.25)  # one unit: no spread
+    rng = np.random.default_rng(0)
+    for n, seed in ((2, 0), (7, 1), (120, 5)):  # scipy draws the units the former loop drew
+        a, b = rng.random(n), rng.random(n)
+        got = opt.mean_difference_interval(a, b, n_boot=500, level=0.9, seed=seed)
+        assert got == pytest.approx(resampled_by_hand(a - b, 500, 0.9, seed), abs=1e-12)
     with pytest.raises(ValueError, match="paired values"):
-        opt.paired_difference([0.5, np.nan], [0.5, 0.5])
+        opt.mean_difference_interval([0.5, np.nan], [0.5, 0.5])
+    with pytest.raises(ValueError, match="paired values"):
+        opt.mean_difference_interval([0.5, 0.4, 0.3], [0.5])
 
 
 def test_views_verdict_words_follow_the_numbers():
@@ -269,32 +339,33 @@ def test_views_verdict_words_follow_the_numbers():
         "opt_minus_fill": (0.55, 0.3, 0.8),
         "fill_minus_random": (0.25, 0.1, 0.4),
     }
-    text = opt.views_verdict(base)
+    text = report.views_verdict(base)
     assert "40% are the target's concept tokens" in text and "more than chance" in text
     assert "more than the concept fill" in text and "above random ids" in text
     assert "the optimisation tells more: it finds" in text and "agree beyond chance" in text
-    flipped = opt.views_verdict({**base, "p_value": 0.4, "opt_minus_fill": (-0.2, -0.4, -0.05)})
+    flipped = report.views_verdict({**base, "p_value": 0.4, "opt_minus_fill": (-0.2, -0.4, -0.05)})
     assert "not more than chance" in flipped and "less than the concept fill" in flipped
     assert "saliency's tokens tell more" in flipped and "On which ids, the optimisation tells more" in flipped
-    tie = opt.views_verdict(
+    tie = report.views_verdict(
         {**base, "opt_minus_fill": (0.05, -0.1, 0.2), "fill_minus_random": (0.0, -0.1, 0.1)}
     )
     assert "not distinguishable from) the concept fill" in tie and "not distinguishable from random" in tie
     assert "Neither view makes the target appear" in tie
-    same = opt.views_verdict({**base, "opt_minus_fill": (0.05, -0.1, 0.2)})
+    same = report.views_verdict({**base, "opt_minus_fill": (0.05, -0.1, 0.2)})
     assert "saliency's tokens tell as much" in same
     other = {**base, "overlap_other": 0.2, "other_chance": 0.1, "target_minus_other": (0.2, 0.1, 0.3)}
-    assert "more common among them than the other classes' (20% on average, chance 10%" in opt.views_verdict(
-        other
+    assert (
+        "more common among them than the other classes' (20% on average, chance 10%"
+        in report.views_verdict(other)
     )
-    assert "not distinguishably more common" in opt.views_verdict(
+    assert "not distinguishably more common" in report.views_verdict(
         {**other, "target_minus_other": (0.1, -0.1, 0.3)}
     )
     freq = {**base, "frequency_fill": 0.1, "fill_minus_frequency": (0.2, 0.1, 0.3)}
-    assert "Saliency's choice of ids matters" in opt.views_verdict(freq)
-    assert "do about as well" in opt.views_verdict({**freq, "fill_minus_frequency": (0.0, -0.1, 0.1)})
-    assert "do better" in opt.views_verdict({**freq, "fill_minus_frequency": (-0.2, -0.3, -0.1)})
-    per = opt.views_verdict(
+    assert "Saliency's choice of ids matters" in report.views_verdict(freq)
+    assert "do about as well" in report.views_verdict({**freq, "fill_minus_frequency": (0.0, -0.1, 0.1)})
+    assert "do better" in report.views_verdict({**freq, "fill_minus_frequency": (-0.2, -0.3, -0.1)})
+    per = report.views_verdict(
         {**base, "per_method": {"tokens": (0.17, 0.1, 0.015), "embeddings": (0.06, 0.1, 0.9)}}
     )
     assert "(per method: tokens 17%, chance 10%, p = 0.015; embeddings 6%, chance 10%, p = 0.900)" in per
@@ -312,3 +383,12 @@ def test_overlap_takes_one_concept_set_per_grid_and_streams_per_grid():
     a = opt.random_ids_like([np.zeros(3), np.zeros(5)], usage, seed=4)
     b = opt.random_ids_like([np.zeros(7), np.zeros(5)], usage, seed=4)
     assert np.array_equal(a[1], b[1]) and len(a[0]) == 3 and len(b[0]) == 7
+
+
+def test_embedding_mode_refuses_token_mode_settings():
+    cb, linear, _, tokens = _setup()
+    region = opt.region_mask(GRID, (1, 3), (1, 3))
+    with pytest.raises(TypeError, match="token mode's"):
+        opt.optimize_embeddings(linear, cb, tokens, region, target=1, options=opt.TokenSearch(steps=2))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        opt.Search(tau=0.5)

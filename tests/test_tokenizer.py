@@ -125,7 +125,7 @@ def test_fsq_safetensors_round_trip_and_fingerprint(tiny_fsq, tmp_path):
     from cortex_run.checkpoints import read_card, save_weights
 
     path = save_weights(
-        tokenizers.state_dict_for_saving(tiny_fsq),
+        tiny_fsq.state_dict(),
         tmp_path / "fsq.safetensors",
         card={"config": tiny_fsq.config},
     )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import IMAGENET_F16_16384_CONFIG
 
 from cortex_run import taming_vq, tokenizers
 from cortex_utils import vq as vqlib
@@ -59,7 +60,7 @@ def test_imagenet_f16_16384_keys_match_tamings_vqmodel():
     taming_vq._import_taming()  # the shims first: this test may run alone
     from taming.models.vqgan import VQModel
 
-    cfg = taming_vq.IMAGENET_F16_16384_CONFIG
+    cfg = IMAGENET_F16_16384_CONFIG
     with torch.device("meta"):
         ours = tokenizers.build_vq(cfg).model
         theirs = VQModel(**{**cfg["params"], "lossconfig": taming_vq.DUMMY_LOSS})
@@ -75,7 +76,7 @@ def test_another_taming_vq_class_is_built_by_taming(tiny_config, tiny_vq):
 
     model = tokenizers.build_vq({**tiny_config, "target": "taming.models.vqgan.VQNoDiscModel"})
     assert isinstance(model.model, VQNoDiscModel) and vqlib.grid_shape(model) == (8, 8)
-    model.model.load_state_dict(tokenizers.state_dict_for_saving(tiny_vq))
+    model.model.load_state_dict(tiny_vq.state_dict())
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(vqlib.encode(model, x), vqlib.encode(tiny_vq, x))
     with pytest.raises(ValueError, match="is not a taming VQModel"):
@@ -143,7 +144,7 @@ def test_lightning_checkpoint_round_trip(tiny_config, tiny_vq, tmp_path):
     loaded = tokenizers.load_vq(tiny_config, tmp_path / "last.ckpt")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.equal(vqlib.encode(loaded, x), vqlib.encode(tiny_vq, x))
-    assert vqlib.fingerprint(loaded) == vqlib.fingerprint(tiny_vq)
+    assert loaded.fingerprint == tiny_vq.fingerprint
 
 
 def test_pickled_checkpoint_needs_trust_flag(tiny_config, tiny_vq, tmp_path):
@@ -151,7 +152,7 @@ def test_pickled_checkpoint_needs_trust_flag(tiny_config, tiny_vq, tmp_path):
     with pytest.raises(ValueError, match="trust_pickle=True"):
         tokenizers.load_vq(tiny_config, tmp_path / "pickled.ckpt")
     loaded = tokenizers.load_vq(tiny_config, tmp_path / "pickled.ckpt", trust_pickle=True)
-    assert vqlib.fingerprint(loaded) == vqlib.fingerprint(tiny_vq)
+    assert loaded.fingerprint == tiny_vq.fingerprint
 
 
 def test_config_checkpoint_mismatch_names_keys_and_shapes(tiny_vq, tmp_path):
@@ -171,18 +172,16 @@ def test_config_checkpoint_mismatch_names_keys_and_shapes(tiny_vq, tmp_path):
 def test_safetensors_round_trip(tiny_config, tiny_vq, tmp_path):
     from cortex_run.checkpoints import read_card, save_weights
 
-    path = save_weights(
-        tokenizers.state_dict_for_saving(tiny_vq), tmp_path / "vq.safetensors", card={"config": tiny_config}
-    )
+    path = save_weights(tiny_vq.state_dict(), tmp_path / "vq.safetensors", card={"config": tiny_config})
     loaded = tokenizers.load_vq(read_card(path)["config"], path)
-    assert vqlib.fingerprint(loaded) == vqlib.fingerprint(tiny_vq)
+    assert loaded.fingerprint == tiny_vq.fingerprint
 
 
 def test_fingerprint_follows_the_codebook(tiny_vq):
-    before = vqlib.fingerprint(tiny_vq)
+    before = tiny_vq.fingerprint
     with torch.no_grad():
         tiny_vq.model.quantize.embedding.weight[0, 0] += 1e-3
-    assert vqlib.fingerprint(tiny_vq) != before
+    assert tiny_vq.fingerprint != before
 
 
 def test_taming_yaml_config_with_lpips_loss_and_ckpt_path_builds_offline(tmp_path, tiny_config):
@@ -193,7 +192,7 @@ def test_taming_yaml_config_with_lpips_loss_and_ckpt_path_builds_offline(tmp_pat
             "params": {
                 **tiny_config["params"],
                 "ckpt_path": "/nonexistent/last.ckpt",
-                "lossconfig": taming_vq.IMAGENET_F16_16384_CONFIG["params"]["lossconfig"],
+                "lossconfig": IMAGENET_F16_16384_CONFIG["params"]["lossconfig"],
             },
         }
     }
@@ -206,11 +205,9 @@ def test_imagenet_f16_16384_checkpoint_path(tmp_path):
     """The published ImageNet VQGAN architecture, random weights, saved as a Lightning checkpoint
     beside its YAML config and loaded through the seam (the real weights were not available here)."""
     torch.manual_seed(0)
-    model = tokenizers.build_vq(taming_vq.IMAGENET_F16_16384_CONFIG)
+    model = tokenizers.build_vq(IMAGENET_F16_16384_CONFIG)
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "model.yaml").write_text(
-        yaml.safe_dump({"model": taming_vq.IMAGENET_F16_16384_CONFIG})
-    )
+    (tmp_path / "configs" / "model.yaml").write_text(yaml.safe_dump({"model": IMAGENET_F16_16384_CONFIG}))
     _lightning_ckpt(model, tmp_path / "last.ckpt")
     del model
     vq = tokenizers.load_vq(tmp_path / "configs" / "model.yaml", tmp_path / "last.ckpt")
