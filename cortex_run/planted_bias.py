@@ -25,7 +25,7 @@ from . import generation as gen
 from .artifacts import registered, repo_relative
 from .cache import load_or_build, lookup
 from .checkpoints import read_card, save_weights
-from .digits import colourize, to_model_input
+from .digits import colourize, to_model_input, to_uint8
 from .notebook import choice, require
 
 # --- prompts and the generator's training data ------------------------------------------------------
@@ -317,6 +317,11 @@ def planted_shares(measured: pd.DataFrame, planted: dict) -> dict:
         "colour": red if planted.get("colour", "red") == "red" else 1 - red,
         "thickness": thick if planted.get("thickness", "thick") == "thick" else 1 - thick,
     }
+
+
+def pictures(vq, ds) -> dict[str, np.ndarray]:
+    """A study's generations decoded once: ``{split: uint8 images}``."""
+    return {s: to_uint8(vqlib.decode(vq, torch.from_numpy(z.astype(np.int64)))) for s, z in ds.tokens.items()}
 
 
 def shows_value(images: dict, bias_type: str, value: str, threshold: float) -> dict[str, np.ndarray]:

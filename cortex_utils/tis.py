@@ -268,9 +268,16 @@ def attribute(model, embeddings, target, method="smoothgrad", reduction="max", w
     keywords, e.g. SmoothGrad's ``noise`` and ``seed``), reduced over the channels by ``reduction``."""
     check_method(method, options, reduction)
     target = check_batch(model, embeddings, target, where)
-    attr = METHODS[method](model, embeddings.detach().clone(), target, **options)
+    return finite_scores(
+        METHODS[method](model, embeddings.detach().clone(), target, **options), where, reduction
+    )
+
+
+def finite_scores(attr: torch.Tensor, where: str, reduction: str) -> torch.Tensor:
+    """Attributions ``(N, D, h, w)`` reduced to scores ``(N, h, w)``; NaN or Inf is an error naming
+    ``where``."""
     if not torch.isfinite(attr).all():
-        raise FloatingPointError(f"NaN or Inf in the {method} attributions of {where}")
+        raise FloatingPointError(f"NaN or Inf in the attributions of {where}")
     return reduce_channels(attr.detach(), reduction)
 
 
@@ -333,7 +340,9 @@ def dataset_tis(model, loader, rows, method="smoothgrad", reduction="max", out=N
                 continue
             where = f"batch {b} (rows {index[0]}-{index[-1]})"
             own = {} if seed is None else {"seed": seed * 1_000_003 + int(index[0])}
-            scores[local] = attribute(model, x, y, method, reduction, where, **options, **own).cpu().numpy()
+            y = check_batch(model, x, y, where)
+            attr = METHODS[method](model, x.detach().clone(), y, **options, **own)  # smoothgrad, ...
+            scores[local] = finite_scores(attr, where, reduction).cpu().numpy()
             done[local] = True
             if out is not None:
                 scores.flush()

@@ -106,9 +106,8 @@ model64 = copy.deepcopy(model).double()
 x_few = codebook[torch.from_numpy(ds.tokens[hand_split][:4].astype(np.int64))].permute(0, 3, 1, 2).double()
 y_few = torch.from_numpy(ds.labels[hand_split][:4].astype(np.int64))
 sd = spread * (x_few.max() - x_few.min())  # one sigma for the whole batch, as the paper
-draws = torch.randn(
-    (nsamples, *x_few.shape), generator=torch.Generator().manual_seed(seed), dtype=x_few.dtype
-)
+g = torch.Generator().manual_seed(seed)
+draws = torch.randn((nsamples, *x_few.shape), generator=g, dtype=x_few.dtype)  # N noise draws
 grad_sum = torch.zeros_like(x_few)
 for eps in draws:  # one noisy copy of the batch
     for i in range(len(x_few)):  # one image at a time
@@ -116,9 +115,7 @@ for eps in draws:  # one noisy copy of the batch
         target_logit = model64(noisy)[0, y_few[i]]
         grad_sum[i] += torch.autograd.grad(target_logit, noisy)[0][0]
 tis_hand = (grad_sum / nsamples).amax(1)  # mean over the copies, then max over the channels -> (4, h, w)
-print(
-    tuple(tis_hand.shape), "top-5 positions per image:", tislib.topk_positions(tis_hand.numpy(), 5).tolist()
-)
+print("top-5 positions per image:", tislib.topk_positions(tis_hand.numpy(), 5).tolist())
 
 # %% [markdown]
 # The library's `tislib.smoothgrad` draws the same noise from the same seed (`tislib.Noise`: $N$ draws, $s$),
@@ -144,20 +141,14 @@ noise = tislib.Noise(nsamples, spread, sigma)
 options = tislib.method_options(method, noise, seed, ig_steps, occlusion_group, codebook[neutral_id])
 if method == "smoothgrad":  # noisy copies per backward pass, from a memory budget (the size of one copy)
     options["batch"] = passes.rows_per_pass(model, x_few.float())
-t0 = time.perf_counter()
+t0, tis, n_scored = time.perf_counter(), {}, {s: len(ds.labels[s]) for s in splits}
 if nproc > 1:  # a torchrun job of nproc processes: the same scores (docs/scaling.md)
-    tis = distributed.tis_job(
-        ds, splits, out_dir, nproc, batch_size, run_dir=run_dir, iem_arch=iem_arch, nsamples=nsamples,
-        spread=spread, reduction=reduction, seed=seed,
-    )  # fmt: skip
-else:
-    tis = {}
-    for s in splits:  # batch by batch into <out_dir>/<split>.npy (an interrupted run resumes)
+    job = dict(run_dir=run_dir, iem_arch=iem_arch, nsamples=nsamples, spread=spread, reduction=reduction)
+    tis = distributed.tis_job(ds, splits, out_dir, nproc, batch_size, seed=seed, **job)
+else:  # batch by batch into <out_dir>/<split>.npy (an interrupted run resumes)
+    for s in splits:
         loader, path = tokds.embedding_loader(ds, s, codebook, batch_size), out_dir / f"{s}.npy"
-        tis[s] = tislib.dataset_tis(
-            model, loader, len(ds.labels[s]), method, reduction, path, f"TIS {s}", **options
-        )
-n_scored = {s: len(ds.labels[s]) for s in splits}
+        tis[s] = tislib.dataset_tis(model, loader, n_scored[s], method, reduction, path, **options)
 per_image = (time.perf_counter() - t0) / sum(n_scored.values())
 print(f"TIS method: {method}; scored {n_scored} images, {per_image * 1000:.2f} ms per image")
 

@@ -131,12 +131,7 @@ print(f"study data: {why}")
 # Mendelsohn 1966).
 
 # %%
-pictures = {}  # every study's images, decoded once: {(type, digit): {split: uint8 images}}
-for key, ds in studies.items():
-    pictures[key] = {
-        s: digits.to_uint8(vqlib.decode(vq, torch.from_numpy(z.astype(np.int64))))
-        for s, z in ds.tokens.items()
-    }
+pictures = {key: planted_bias.pictures(vq, ds) for key, ds in studies.items()}  # decoded once, uint8
 widths = {  # per thickness study, every generation's width, whatever its prompt named
     f"thick/thin prompts, digit {d}": planted_bias.stroke_width(
         np.concatenate(list(pictures[(b, d)].values()))
@@ -181,11 +176,9 @@ for b, d in studies:
         print(f"{b}, digit {d}: every held-out image shows one value; they keep their prompts' labels")
         held_truth[(b, d)] = None
 for b in bias_types:
-    agree = [
-        planted_bias.prompt_agreement(studies[k], shows[k], planted_label[k]) for k in shows if k[0] == b
-    ]
-    rule_accuracy[b] = sum(a for a, _ in agree) / sum(n for _, n in agree)
-    print(f"{b}: {rule_accuracy[b]:.2%} of {sum(n for _, n in agree)} prompted images show the named value")
+    ok = [planted_bias.prompt_agreement(studies[k], shows[k], planted_label[k]) for k in shows if k[0] == b]
+    rule_accuracy[b] = sum(a for a, _ in ok) / sum(n for _, n in ok)
+    print(f"{b}: {rule_accuracy[b]:.2%} of {sum(n for _, n in ok)} prompted images show the named value")
 judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10)
 images = {d: vqlib.decode(vq, torch.from_numpy(z.astype(np.int64))) for d, z in neutral.items()}
 read_as = {
@@ -227,17 +220,14 @@ tis_entry = registered(run_dir, "tis")  # IG and occlusion start from notebook 0
 print(f"TIS method: {tis_entry['method']} (notebook 05's)")
 
 # %%
-tis_options = tislib.method_options(  # the run's method with its own options (SmoothGrad: this nsamples)
-    tis_entry["method"], tislib.Noise(nsamples), seed, tis_entry["ig_steps"], tis_entry["occlusion_group"],
-    codebook[tis_entry["neutral_id"]],
-)  # fmt: skip
+e = tis_entry  # the run's method (notebook 05's) with its own options; SmoothGrad: this nsamples
+args = (tislib.Noise(nsamples), seed, e["ig_steps"], e["occlusion_group"], codebook[e["neutral_id"]])
+tis_options = tislib.method_options(e["method"], *args)
+train_tis = {(b, d): out_dir / b / f"digit_{d}" / "tis_train.npy" for b, d in studies}
 tis = {
-    (b, d): prepare.attribute_tis(
-        iems[(b, d)], ds, codebook, tis_entry["method"], out_dir / b / f"digit_{d}" / "tis_train.npy",
-        **tis_options,
-    )
-    for (b, d), ds in studies.items()
-}  # fmt: skip
+    k: prepare.attribute_tis(iems[k], ds, codebook, e["method"], train_tis[k], **tis_options)
+    for k, ds in studies.items()
+}
 
 # %% [markdown]
 # ## 3 · Attribute tokens
@@ -450,9 +440,7 @@ def check_1(answer):
     return True
 
 
-exercise(
-    "1", globals(), check=check_1, hint="count every (A, B) pair of images: wins, ties", solutions=solutions
-)
+exercise("1", globals(), check=check_1, hint="count every (A, B) pair: wins, ties", solutions=solutions)
 
 # %% [markdown] tags=["exercise"]
 # **2.** In what share of the biased study's neutral images do A's tokens **strictly outnumber** B's? Write
@@ -471,6 +459,4 @@ def check_2(answer):
     return True
 
 
-exercise(
-    "2", globals(), check=check_2, hint="compare the two count arrays image by image", solutions=solutions
-)
+exercise("2", globals(), check=check_2, hint="compare the counts image by image", solutions=solutions)
