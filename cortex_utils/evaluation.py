@@ -255,7 +255,7 @@ def decode_tokens(vq, tokens_t: torch.Tensor, batch_size: int = 256) -> torch.Te
     return decode(vq, tokens_t, batch_size=min(batch_size, 64))
 
 
-def _check_grids(tokens, labels) -> tuple[np.ndarray, np.ndarray]:
+def check_grids(tokens, labels) -> tuple[np.ndarray, np.ndarray]:
     """Token grids and one label per grid (at least one grid)."""
     t, labels = as_token_grids(tokens), np.asarray(labels, dtype=np.int64)
     if len(labels) != len(t) or len(t) == 0:
@@ -286,7 +286,7 @@ def image_level_experiment(
     Returns one row per (space, evaluator, n, selection) with ``IMAGE_LEVEL_COLUMNS`` (the ``original``
     rows repeat for every n); with ``per_image`` the rows per image (``image, label, logit, prob, n_masked``).
     """
-    t, labels = _check_grids(tokens, labels)
+    t, labels = check_grids(tokens, labels)
     n_img, (h, w) = len(t), t.shape[1:]
     tis = np.asarray(tis)
     if tis.size != t.size or len(tis) != n_img:
@@ -370,7 +370,7 @@ def concept_level_experiment(
     an ``overall`` row (label -1) per (space, method, evaluator). ``images``: the decoded ``tokens``, if at
     hand.
     """
-    t, labels = _check_grids(tokens, labels)
+    t, labels = check_grids(tokens, labels)
     dicts = isinstance(token_sets, dict) and all(isinstance(v, dict) for v in token_sets.values())
     if not dicts or not token_sets:
         raise ValueError("token_sets must be a non-empty dict method name -> {label: ids}")

@@ -206,12 +206,7 @@ def removal_curve(order, grid, score, steps: int = 8, curve: str = "deletion"):
 
 def _check_curve_inputs(tokens, labels, scores: dict, curves):
     """Token grids, labels and curve names, checked: one label per grid, maps aligned with the grids."""
-    t = evaluation.as_token_grids(tokens)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) != len(t) or not len(t):
-        raise ValueError(
-            f"need one label per token grid and at least one grid: {len(t)} grids, {len(labels)} labels"
-        )
+    t, labels = evaluation.check_grids(tokens, labels)
     bad = [m for m, s in scores.items() if np.shape(s) != t.shape]
     if not scores or bad:
         raise ValueError(
