@@ -91,6 +91,9 @@ def record_metrics(run_dir: str | os.PathLike, **values) -> None:
         if isinstance(v, (dict, list, tuple)):
             raise TypeError(f"metric {k} must be a scalar, got {type(v).__name__}")
     with _updating(run_dir, "metrics.json") as metrics:
+        if metrics.get("device", values.get("device")) != values.get("device", metrics.get("device")):
+            # notebooks of one run on different devices: all of them, e.g. "cpu+cuda:0"
+            values["device"] = "+".join(sorted({*metrics["device"].split("+"), values["device"]}))
         metrics.update({k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()})
 
 

@@ -112,7 +112,8 @@ def dataset_spec(ds) -> dict:
     return {"in_channels": ds.manifest["embed_dim"], "grid": list(ds.grid), "n_classes": len(ds.class_names)}
 
 
-def load_run_iem(run_dir: str | os.PathLike, arch: int, ds) -> torch.nn.Module:
-    """The IEM ``iem<arch>`` notebook 03 registered in ``run_dir``, checked against the dataset ``ds``."""
+def load_run_iem(run_dir: str | os.PathLike, arch: int, ds, device: str = "cpu") -> torch.nn.Module:
+    """The IEM ``iem<arch>`` notebook 03 registered in ``run_dir``, checked against the dataset ``ds``, on
+    ``device``."""
     path = registered(run_dir, f"iem{arch}")["checkpoint"]
-    return load_iem(path, expect={"arch": arch, **dataset_spec(ds)})
+    return load_iem(path, expect={"arch": arch, **dataset_spec(ds)}).to(device)

@@ -128,16 +128,20 @@ def composite_dataset(vq, data: dict, sizes: dict, path, shipped_path, seed: int
     return load_or_build(shipped_path, expect, copy, make, "rebuild = True" if rebuild else "")
 
 
-def composite_iem(ds, codebook: torch.Tensor, training: dict, path, shipped_path, retrain: bool = False):
+def composite_iem(
+    ds, codebook: torch.Tensor, training: dict, path, shipped_path, retrain=False, device="cpu"
+):
     """A VGG-like IEM (architecture 1) on the composites: the shipped one when it was trained on exactly this
     train split with exactly ``training`` (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``lr_step``,
-    ``lr_gamma``, ``width``, ``seed``), else trained here. Returns ``(model, weights path, why, trained)``."""
+    ``lr_gamma``, ``width``, ``seed``), else trained here; on ``device``. Returns ``(model, weights path,
+    why, trained)``."""
     expect = {"train_fingerprint": tokds.split_fingerprint(ds, "train"), "training": training}
     spec = {"arch": 1, **dataset_spec(ds)}
 
     def train():
         torch.manual_seed(training["seed"])
         model = build_iem(1, spec["in_channels"], ds.grid, spec["n_classes"], width=training["width"])
+        model.to(device)
         train = tokds.embedding_loader(
             ds, "train", codebook, training["batch_size"], shuffle=True, seed=training["seed"]
         )
@@ -158,7 +162,7 @@ def composite_iem(ds, codebook: torch.Tensor, training: dict, path, shipped_path
         train,
         "retrain = True" if retrain else "",
     )
-    return model, where, why, trained
+    return model.to(device), where, why, trained
 
 
 # --- the pointing game ----------------------------------------------------------------------------------

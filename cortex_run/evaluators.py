@@ -90,12 +90,15 @@ def train_evaluator(
     lr: float = 3e-3,
     seed: int = 0,
     n_classes: int = 10,
+    device: str = "cpu",
 ) -> tuple[nn.Module, pd.DataFrame]:
-    """Train on real digits in random palette colours, with small random shifts."""
+    """Train on real digits in random palette colours, with small random shifts, on ``device`` (the weights
+    initialised and the batches drawn on the host, as on the CPU)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_evaluator(arch, n_classes)
     model(torch.zeros(2, 3, *train_gray.shape[1:]))  # materialise lazy layers
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2))
     y_all = torch.as_tensor(train_labels).long()
@@ -104,7 +107,7 @@ def train_evaluator(
     for step in tqdm(range(steps), desc=f"train evaluator ({arch})"):
         i = rng.integers(0, len(train_gray), batch_size)
         x = _shift(digits.augment_batch(train_gray[i], rng), rng)
-        loss = F.cross_entropy(model(x), y_all[i])
+        loss = F.cross_entropy(model(x.to(device)), y_all[i].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,7 +122,7 @@ def train_evaluator(
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels) -> float:
-    pred = predict_logits(model, images).argmax(1).numpy()
+    pred = predict_logits(model, images).argmax(1).cpu().numpy()
     return float((pred == np.asarray(labels)).mean())
 
 
@@ -187,11 +190,11 @@ def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Modul
 
 
 def load_run_evaluators(
-    run_dir, image_size: int, n_classes: int, torchvision_weights: dict | None = None
+    run_dir, image_size: int, n_classes: int, torchvision_weights: dict | None = None, device: str = "cpu"
 ) -> dict:
-    """The judges of a run: the evaluators notebook 02 registered (``evaluator_cnn``, ``evaluator_resnet``),
-    checked against this data's image size and class count, plus any ``{arch: local weights path}`` of
-    torchvision ImageNet classifiers (for real taming checkpoints; never downloaded)."""
+    """The judges of a run, on ``device``: the evaluators notebook 02 registered (``evaluator_cnn``,
+    ``evaluator_resnet``), checked against this data's image size and class count, plus any ``{arch: local
+    weights path}`` of torchvision ImageNet classifiers (for real taming checkpoints; never downloaded)."""
     judges, skipped = {}, []
     for arch in EVALUATORS:
         entry = registered(run_dir, f"evaluator_{arch}")
@@ -209,4 +212,4 @@ def load_run_evaluators(
             + "; ".join(skipped)
             + ". Give local torchvision weights (e.g. {'resnet18': 'data/resnet18.pth'})."
         )
-    return judges
+    return {name: model.to(device) for name, model in judges.items()}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cortex_utils import vq as vqlib
+from cortex_utils.devices import device_of
 from cortex_utils.progress import tqdm
 
 from . import digits, taming_vq
@@ -186,6 +187,7 @@ def train_transformer(
     z = torch.as_tensor(tokens).long().flatten(1)
     c = torch.as_tensor(labels).long()[:, None]
     gpt = model.transformer
+    device = device_of(gpt)  # batches move there; the draws of rows stay numpy's on the host
     opt = torch.optim.AdamW(gpt.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
 
     def factor(s):
@@ -194,14 +196,15 @@ def train_transformer(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if val is not None:
-        val_c, val_z = torch.as_tensor(val[1]).long()[:, None], torch.as_tensor(val[0]).long().flatten(1)
+        val_c = torch.as_tensor(val[1]).long()[:, None].to(device)
+        val_z = torch.as_tensor(val[0]).long().flatten(1).to(device)
     log = []
     gpt.train()
     bar = tqdm(range(steps), desc="train transformer")
     for step in bar:
         i = torch.as_tensor(rng.integers(0, len(z), batch_size))
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            loss = sequence_loss(gpt, c[i], z[i])
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            loss = sequence_loss(gpt, c[i].to(device), z[i].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
@@ -229,8 +232,9 @@ def sequence_loss(gpt, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One index per row of ``probs`` ``(N, K)`` by inverse CDF: ``(N, 1)`` int64. ``torch.rand``'s stream is
-    the same on every CPU; ``torch.multinomial``'s draws differed between machines (same weights and seed)."""
-    u = torch.rand(len(probs), 1, generator=generator, dtype=torch.float64)
+    the same on every CPU; ``torch.multinomial``'s draws differed between machines (same weights and seed).
+    The uniforms come from the CPU ``generator`` and move to ``probs``' device: the same on a GPU."""
+    u = torch.rand(len(probs), 1, generator=generator, dtype=torch.float64).to(probs.device)
     cdf = probs.double().cumsum(-1)
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1)
 
@@ -279,11 +283,12 @@ def sample_tokens(
     h, w = vqlib.grid_shape(model.tokenizer)
     banned = None if suppress is None else suppression_mask(suppress, gpt.config.vocab_size)
     labels = torch.as_tensor(labels).long()
-    gen = torch.Generator().manual_seed(seed)
+    gen, device = torch.Generator().manual_seed(seed), device_of(gpt)
+    banned = None if banned is None else banned.to(device)
     out = []
     bar = tqdm(total=len(labels), desc="sample", disable=not progress)
     for i in range(0, len(labels), batch_size):
-        x = labels[i : i + batch_size, None]
+        x = labels[i : i + batch_size, None].to(device)
         past, seq = None, []
         for n in range(h * w):
             logits, _, present = gpt.forward_with_past(x, past=past, past_length=n)
@@ -291,7 +296,7 @@ def sample_tokens(
             logits = _allowed(logits[:, -1, :] / temperature, banned, top_k)
             x = draw(F.softmax(logits.double(), -1), gen)
             seq.append(x)
-        out.append(torch.cat(seq, 1).reshape(-1, h, w))
+        out.append(torch.cat(seq, 1).reshape(-1, h, w).cpu())
         bar.update(len(x))
     bar.close()
     return torch.cat(out)
@@ -320,24 +325,26 @@ def sample_guided(
     own = (rivals == labels[:, None]).long().argmax(1)
     if not (rivals == labels[:, None]).any(1).all():
         raise ValueError("sample_guided: every row's label must be one of its rivals")
-    gen = torch.Generator().manual_seed(seed)
+    gen, device = torch.Generator().manual_seed(seed), device_of(gpt)
+    banned, own = None if banned is None else banned.to(device), own.to(device)
     out = []
     for i in range(0, len(labels), 100):
-        r = rivals[i : i + 100]
+        r = rivals[i : i + 100].to(device)
         n, k = r.shape
-        x, past, seen, seq = r.reshape(-1, 1), None, torch.zeros(n, k, dtype=torch.float64), []
+        x, past, seq = r.reshape(-1, 1), None, []
+        seen = torch.zeros(n, k, dtype=torch.float64, device=device)
         for step in range(h * w):
             logits, _, present = gpt.forward_with_past(x, past=past, past_length=step)
             past = [present] if past is None else past + [present]
             logp = F.log_softmax(logits[:, -1, :].double(), -1).reshape(n, k, -1)
-            mine = logp[torch.arange(n), own[i : i + 100]]
+            mine = logp[torch.arange(n, device=device), own[i : i + 100]]
             mixture = torch.logsumexp(F.log_softmax(seen, 1)[:, :, None] + logp, 1)
             z = _allowed((mine + scale * (mine - mixture)) / temperature, banned, top_k)
             token = draw(F.softmax(z, -1), gen)
             seen += logp.gather(2, token[:, None, :].expand(n, k, 1)).squeeze(2)
             seq.append(token)
             x = token.repeat_interleave(k, 0)
-        out.append(torch.cat(seq, 1).reshape(-1, h, w))
+        out.append(torch.cat(seq, 1).reshape(-1, h, w).cpu())
     return torch.cat(out)
 
 

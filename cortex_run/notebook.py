@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import REPO_ROOT
+from . import REPO_ROOT, device
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _PARAMETER_TYPES = (bool, int, float, str, list, dict, tuple, type(None))
@@ -42,6 +42,8 @@ def check_parameters(namespace: dict, notebook: str) -> dict:
     unknown = sorted(set(values) - set(declared))
     if unknown:
         raise ValueError(f"unknown parameter(s) for {notebook}: {unknown}. Known: {sorted(declared)}")
+    if "device" in values:  # "auto" or a name -> the device of this machine it names ("cpu", "cuda:0")
+        values["device"] = namespace["device"] = device.resolve(values.get("device"), f"device of {notebook}")
     for name, text in declared.items():
         try:
             default = ast.literal_eval(text)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import torch
 
+from cortex_utils.devices import device_of
 from cortex_utils.tis import MAX_WORKERS
 
+from . import device
+
 MEMORY_MB = 1024  # the budget of the passes in flight (up to tis.MAX_WORKERS side by side on the CPU)
+GPU_SHARE = 0.5  # on a GPU: this share of its free memory (the rest: the model, gradients, fragmentation)
 
 
 def bytes_per_row(model: torch.nn.Module, embeddings: torch.Tensor, precision: str = "float32") -> int:
@@ -36,8 +40,15 @@ def bytes_per_row(model: torch.nn.Module, embeddings: torch.Tensor, precision: s
     return max(2 * (saved(2) - saved(1)), 0) + 2 * embeddings[:1].nbytes
 
 
-def rows_per_pass(
-    model: torch.nn.Module, embeddings: torch.Tensor, memory_mb: float = MEMORY_MB, precision: str = "float32"
-) -> int:
-    """Noisy copies per SmoothGrad pass when ``MAX_WORKERS`` passes share ``memory_mb``: its ``batch``."""
-    return max(1, int(memory_mb / MAX_WORKERS * 2**20 // bytes_per_row(model, embeddings, precision)))
+def rows_per_pass(model: torch.nn.Module, embeddings, memory_mb=None, precision: str = "float32") -> int:
+    """Noisy copies per SmoothGrad pass (its ``batch``) on the model's device: on the CPU ``MAX_WORKERS``
+    passes side by side share ``memory_mb`` (default ``MEMORY_MB``); on a GPU one pass at a time takes
+    ``memory_mb`` (default ``GPU_SHARE`` of the device's free memory)."""
+    where = device_of(model)
+    free = device.free_memory_mb(where)
+    if free is None:  # the CPU (and MPS): a fixed budget
+        budget = (MEMORY_MB if memory_mb is None else memory_mb) / MAX_WORKERS
+    else:
+        budget = GPU_SHARE * free if memory_mb is None else memory_mb
+    x = embeddings[:1].to(where)
+    return max(1, int(budget * 2**20 // bytes_per_row(model, x, precision)))

@@ -48,7 +48,7 @@ NEEDS = {
     "15_tis_deeper": ["05_compute_tis"],
     "16_bias_deeper": ["10_bias_detection"],
     "17_masking_deeper": ["07_image_level_explanation", "08_concept_level_explanation"],
-    "18_data_and_iem_deeper": ["04_test_iem"],
+    "18_real_shape": [],
 }
 
 

@@ -18,6 +18,7 @@ from skimage.filters import threshold_minimum, threshold_otsu
 from skimage.morphology import dilation, footprint_rectangle, skeletonize
 
 from cortex_utils import vq as vqlib
+from cortex_utils.devices import device_of
 
 from . import SHIPPED_CHECKPOINTS, SHIPPED_DATA
 from . import datasets as tokds
@@ -94,7 +95,8 @@ def load_or_train_bias_transformer(
 ):
     """The planted-bias generator: the shipped one if it was trained on this tokenizer with exactly
     ``training`` (and ``STROKES``); otherwise trained here on ``planted_bias_data`` and saved to
-    ``<run_dir>/checkpoints``. Returns ``(model, checkpoint path, training log or None, why it trained)``."""
+    ``<run_dir>/checkpoints``, on ``vq``'s device. Returns ``(model, checkpoint path, training log or None,
+    why it trained)``."""
     training = {**training, "strokes": STROKES}
     fp = vq.fingerprint
     shipped = SHIPPED_CHECKPOINTS / "transformer_bias.safetensors"
@@ -105,7 +107,7 @@ def load_or_train_bias_transformer(
         lambda: _train_bias_transformer(run_dir, vq, gray, labels, training, bf16, fp, shipped.name),
         "retrain = True" if retrain else "",
     )
-    return model, path, log, why if trained else ""
+    return model.to(device_of(vq)), path, log, why if trained else ""
 
 
 def _train_bias_transformer(run_dir, vq, gray, labels, training: dict, bf16: bool, fp: str, name: str):
@@ -121,6 +123,7 @@ def _train_bias_transformer(run_dir, vq, gray, labels, training: dict, bf16: boo
     if (base.transformer.config.n_layer, base.transformer.config.n_embd) == (layers, width):
         model.transformer.load_state_dict(base.transformer.state_dict())
         start = repo_relative(digit_tf)
+    model.to(device_of(vq))  # initialised on the host, trained where the tokenizer is
     data = planted_bias_data(gray, labels, training["copies"], seed)
     tokens = vqlib.encode(vq, to_model_input(data["images"]), progress=True).numpy()
     log = gen.train_transformer(

@@ -19,6 +19,7 @@ from cortex_utils import iem as iemlib
 from cortex_utils import tis as tislib
 from cortex_utils import vq as vqlib
 from cortex_utils.bias import check_attribute_data, held_out_splits
+from cortex_utils.devices import device_of
 
 from . import (
     REPO_ROOT,
@@ -121,9 +122,11 @@ def save_tokenizer(
     return weights
 
 
-def evaluators_for_run(run_dir: Path, data: dict, *, retrain: bool, steps: int, seed: int) -> dict:
+def evaluators_for_run(
+    run_dir: Path, data: dict, *, retrain: bool, steps: int, seed: int, device: str = "cpu"
+) -> dict:
     """Notebook 02's two independent pixel classifiers (trained on real digits only): the shipped ones, or
-    trained here with ``retrain``. Registers each; returns ``{arch: model}``."""
+    trained here with ``retrain``, on ``device``. Registers each; returns ``{arch: model}``."""
     judges, train, val = {}, data["train"], data["val"]
     real_test = digits.to_model_input(data["test"]["images"])
     for arch in evaluators.EVALUATORS:
@@ -131,7 +134,14 @@ def evaluators_for_run(run_dir: Path, data: dict, *, retrain: bool, steps: int, 
         if retrain:
             val_images = digits.to_model_input(val["images"])
             model, _ = evaluators.train_evaluator(
-                arch, train["gray"], train["labels"], val_images, val["labels"], steps=steps, seed=seed
+                arch,
+                train["gray"],
+                train["labels"],
+                val_images,
+                val["labels"],
+                steps=steps,
+                seed=seed,
+                device=device,
             )
             acc = evaluators.accuracy(model, real_test, data["test"]["labels"])
             card = {"kind": "evaluator", "arch": arch, "image_size": 32, "n_classes": 10, "seed": seed}
@@ -144,7 +154,7 @@ def evaluators_for_run(run_dir: Path, data: dict, *, retrain: bool, steps: int, 
             note_trained(run_dir, f"the {arch} evaluator")
         else:
             model = evaluators.load_evaluator(path, arch)
-        judges[arch] = model
+        judges[arch] = model.to(device)
         register(run_dir, f"evaluator_{arch}", arch=arch, checkpoint=str(path))
     return judges
 
@@ -163,8 +173,8 @@ def transformer_for_run(
 ):
     """Notebook 02's class-conditional prior: your taming ``Net2NetTransformer`` (``config`` +
     ``checkpoint``), one trained here on the training digits' token grids (``retrain``, with ``training``), or
-    the shipped one (only for the tokenizer it was trained on). Registers it; returns ``(transformer, its
-    path, training log or None, class names)``."""
+    the shipped one (only for the tokenizer it was trained on), on ``vq``'s device. Registers it; returns
+    ``(transformer, its path, training log or None, class names)``."""
     meta = vqlib.vq_meta(vq)
     require(
         checkpoint or meta["vq_family"] == "taming_vqgan",
@@ -176,7 +186,9 @@ def transformer_for_run(
     log, class_names = None, digits.CLASS_NAMES
     if checkpoint:
         path = repo_path(checkpoint)
-        tf = gen.load_transformer(str(repo_path(config)), path, vq=vq, trust_pickle=trust_pickle)
+        tf = gen.load_transformer(str(repo_path(config)), path, vq=vq, trust_pickle=trust_pickle).to(
+            device_of(vq)
+        )
         class_names = [str(i) for i in range(tf.cond_stage_model.n_classes)]
     elif retrain:
         require(
@@ -191,7 +203,7 @@ def transformer_for_run(
         cfg = gen.transformer_config(
             vq.cortex_config, n_classes=10, n_layer=t["layers"], n_head=t["heads"], n_embd=t["width"]
         )
-        tf = gen.build_transformer(cfg, vq=vq, seed=seed)
+        tf = gen.build_transformer(cfg, vq=vq, seed=seed).to(device_of(vq))
         log = gen.train_transformer(
             tf, tokens, labels, steps=t["steps"], lr=t["lr"], seed=seed, val=val, bf16=bf16
         )
@@ -211,7 +223,7 @@ def transformer_for_run(
             "the shipped transformer was trained on another tokenizer than this run's (fingerprint "
             f"{card['vq_fingerprint']} vs {meta['vq_fingerprint']}); set retrain = True",
         )
-        tf, path = gen.load_transformer(card["config"], shipped, vq=vq), shipped
+        tf, path = gen.load_transformer(card["config"], shipped, vq=vq).to(device_of(vq)), shipped
     register(run_dir, "transformer", checkpoint=str(path))
     return tf, path, log, class_names
 
@@ -335,9 +347,12 @@ def _cached_iem(shipped: Path, ds, training: dict, spec: dict, fit, retrain: boo
 
 def _fit_iem(ds, codebook, t: dict, spec: dict, val: str, val_batch: int, desc: str, log_csv=None, **recipe):
     """``(model, log)``: an IEM of ``t``'s arch and width for ``spec``'s inputs, trained as the original
-    (``iem.train_iem``, seed ``t["seed"]``) on ``ds``'s train split, validated on its split ``val``."""
+    (``iem.train_iem``, seed ``t["seed"]``) on ``ds``'s train split, validated on its split ``val``, on
+    ``recipe["device"]`` (default the CPU; initialised on the host: the same weights everywhere)."""
     torch.manual_seed(t["seed"])
+    device = recipe.pop("device", "cpu")
     model = iemlib.build_iem(t["arch"], spec["in_channels"], spec["grid"], spec["n_classes"], t["width"])
+    model.to(device)
     train = tokds.embedding_loader(ds, "train", codebook, t["batch_size"], shuffle=True, seed=t["seed"])
     names = {f.name for f in dataclasses.fields(iemlib.Training)}  # the recipe: the keys of t it has
     training = iemlib.Training(**{k: v for k, v in {**t, **recipe}.items() if k in names})
@@ -360,10 +375,19 @@ def _save_trained(model, log, path: Path | None, ds, training: dict, head: dict,
 
 
 def iems_for_run(
-    run_dir: Path, ds, vq, architectures, training: dict, *, retrain: bool, nproc: int = 1
+    run_dir: Path,
+    ds,
+    vq,
+    architectures,
+    training: dict,
+    *,
+    retrain: bool,
+    nproc: int = 1,
+    device: str = "cpu",
 ) -> tuple:
     """Notebook 03's IEMs, each registered: the shipped one when its card holds this train split and
-    ``training``, else trained here (``nproc > 1``: as torchrun, docs/scaling.md) into ``<run_dir>/iem/``.
+    ``training``, else trained here on ``device`` (``nproc > 1``: as torchrun, docs/scaling.md) into
+    ``<run_dir>/iem/``.
     Returns ``({arch: model}, {arch: log (also iem<k>_log.csv)}, {arch: "shipped" | "trained here"})``."""
     run_dir = Path(run_dir)
     (run_dir / "iem").mkdir(parents=True, exist_ok=True)
@@ -373,9 +397,10 @@ def iems_for_run(
     for arch in architectures:
         log_csv = run_dir / "iem" / f"iem{arch}_log.csv"
         shipped = shipped_checkpoints(ds.vq_family) / f"iem{arch}.safetensors"
-        fit = functools.partial(_train_one, run_dir, ds, codebook, arch, training, nproc, log_csv)
+        fit = functools.partial(_train_one, run_dir, ds, codebook, arch, training, nproc, log_csv, device)
         spec = {"arch": arch, **dataset_spec(ds)}
         (models[arch], logs[arch], path), _, trained = _cached_iem(shipped, ds, training, spec, fit, retrain)
+        models[arch] = models[arch].to(device)
         if not trained:
             logs[arch].to_csv(log_csv, index=False)
         origin[arch] = "trained here" if trained else "shipped"
@@ -383,7 +408,7 @@ def iems_for_run(
     return models, logs, origin
 
 
-def _train_one(run_dir, ds, codebook, arch, t, nproc, log_csv):
+def _train_one(run_dir, ds, codebook, arch, t, nproc, log_csv, device="cpu"):
     """One of notebook 03's IEMs trained here with the settings ``t``, in this process or as torchrun (DDP;
     rank 0 writes weights and log), saved beside ``log_csv`` with its card."""
     spec, out = dataset_spec(ds), log_csv.with_name(f"iem{arch}.safetensors")
@@ -394,7 +419,9 @@ def _train_one(run_dir, ds, codebook, arch, t, nproc, log_csv):
         model, log = load_iem(out, expect={"arch": arch, **spec}), pd.read_csv(log_csv)
     else:
         desc = f"IEM {arch} ({iemlib.ARCHITECTURES[arch]})"
-        model, log = _fit_iem(ds, codebook, {**t, "arch": arch}, spec, "val", 512, desc, log_csv)
+        model, log = _fit_iem(
+            ds, codebook, {**t, "arch": arch}, spec, "val", 512, desc, log_csv, device=device
+        )
     _save_trained(model, log, out, ds, t, {"kind": "iem", "dataset": str(ds.path)})
     note_trained(run_dir, f"IEM {arch}")
     return model, log, out
@@ -405,7 +432,7 @@ def shuffled_label_iem(model, ds, codebook, name: str, options: dict, *, retrain
     its labels permuted (``options``: epochs, max_images (> 0: that many random rows), seed), keeping the
     weights that fit 500 of its shuffled rows best (a constant learning rate: memorizing needs every epoch):
     the family's shipped ``<name>.safetensors`` when its card matches. Returns ``(model, log, trained)``."""
-    spec = dict(model.cortex_spec)
+    spec, device = dict(model.cortex_spec), device_of(model)  # trained where ``model`` is
     epochs, seed = options["epochs"], options["seed"]
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -420,7 +447,9 @@ def shuffled_label_iem(model, ds, codebook, name: str, options: dict, *, retrain
         tokens, labels = {"train": tokens, "select": tokens[pick]}, {"train": labels, "select": labels[pick]}
         shuffled = dataclasses.replace(ds, tokens=tokens, labels=labels, names={})
         desc = "IEM on shuffled labels"
-        out, log = _fit_iem(shuffled, codebook, training, spec, "select", 256, desc, lr_step=epochs)
+        out, log = _fit_iem(
+            shuffled, codebook, training, spec, "select", 256, desc, lr_step=epochs, device=device
+        )
         log = log.rename(columns={"val_loss": "select_loss", "val_acc": "select_acc"})
         path = None if out_dir is None else Path(out_dir) / f"{name}.safetensors"
         _save_trained(out, log, path, ds, training, {"kind": "shuffled_label_iem"})
@@ -429,20 +458,22 @@ def shuffled_label_iem(model, ds, codebook, name: str, options: dict, *, retrain
     shipped = shipped_checkpoints(ds.vq_family) / f"{name}.safetensors"
     spec_keys = {k: spec[k] for k in ("arch", "in_channels", "grid", "n_classes")}
     (out, log, _), _, trained = _cached_iem(shipped, ds, training, spec_keys, train, retrain)
-    return out, log, trained
+    return out.to(device), log, trained
 
 
-def attribute_iem(ds, codebook, name: str, training: dict, retrain: bool = False, out_dir=None):
+def attribute_iem(ds, codebook, name: str, training: dict, retrain: bool = False, out_dir=None, device="cpu"):
     """The attribute IEM of one bias study (``name``, e.g. ``colour_digit_3``): the shipped
     ``checkpoints/attribute_iem_<name>.safetensors`` if its card holds this train split and ``training``
     (arch, width, epochs, lr, batch_size, seed), else trained here and saved to ``out_dir``. Returns
-    ``(model, info)``, ``info`` = ``{"path": weights or None, "log", "trained", "why"}``."""
+    ``(model, info)``, the model on ``device``, ``info`` = ``{"path": weights or None, "log", "trained",
+    "why"}``."""
     check_attribute_data(ds)
     spec = {"arch": training["arch"], **dataset_spec(ds)}
 
     def train():
         np.random.seed(training["seed"])
-        model, log = _fit_iem(ds, codebook, training, spec, "val", 256, f"train attribute IEM {name}")
+        desc = f"train attribute IEM {name}"
+        model, log = _fit_iem(ds, codebook, training, spec, "val", 256, desc, device=device)
         path = None if out_dir is None else Path(out_dir) / f"attribute_iem_{name}.safetensors"
         dataset = repo_relative(ds.path) if ds.path else None
         head = {"kind": "attribute_iem", "study": name, "dataset": dataset}
@@ -450,7 +481,7 @@ def attribute_iem(ds, codebook, name: str, training: dict, retrain: bool = False
 
     shipped = SHIPPED_CHECKPOINTS / f"attribute_iem_{name}.safetensors"
     (model, log, path), why, trained = _cached_iem(shipped, ds, training, spec, train, retrain)
-    return model, {"path": path, "log": log, "trained": trained, "why": why}
+    return model.to(device), {"path": path, "log": log, "trained": trained, "why": why}
 
 
 TIS_BATCH = 100  # SmoothGrad's noise scale is set per batch: the study's TIS, and its numbers, depend on it

@@ -163,6 +163,39 @@ DEFAULT_VQ_CONFIG = {
     },
 }
 
+# The published ImageNet VQGAN f16-16384 (taming's vqgan_imagenet_f16_16384 model.yaml): 3x256x256 images ->
+# 16x16 grid of 16,384 codes of dimension 256, the paper's tokenizer (notebook 18 builds it with random
+# weights; its training loss is never built: ``build`` swaps in DUMMY_LOSS).
+IMAGENET_F16_16384_CONFIG = {
+    "target": VQMODEL_TARGET,
+    "params": {
+        "embed_dim": 256,
+        "n_embed": 16384,
+        "ddconfig": {
+            "double_z": False,
+            "z_channels": 256,
+            "resolution": 256,
+            "in_channels": 3,
+            "out_ch": 3,
+            "ch": 128,
+            "ch_mult": [1, 1, 2, 2, 4],
+            "num_res_blocks": 2,
+            "attn_resolutions": [16],
+            "dropout": 0.0,
+        },
+        "lossconfig": {
+            "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+            "params": {
+                "disc_conditional": False,
+                "disc_in_channels": 3,
+                "disc_start": 0,
+                "disc_weight": 0.75,
+                "codebook_weight": 1.0,
+            },
+        },
+    },
+}
+
 
 def read_config(config: str | Path | dict) -> dict:
     """A taming model config (a dict or a YAML path, optionally under ``model:``) as a plain dict
@@ -210,6 +243,17 @@ class TamingTokenizer:
 
     def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.model.decode(embeddings)
+
+    def to(self, device) -> TamingTokenizer:
+        """The module moved to ``device`` (in place, as ``nn.Module.to``); returns the tokenizer."""
+        self.model.to(device)
+        return self
+
+    def parameters(self):  # where the weights are: cortex_utils.devices.device_of
+        return self.model.parameters()
+
+    def buffers(self):
+        return self.model.buffers()
 
     def state_dict(self) -> dict:
         """The tokenizer's weights, without a checkpoint's training loss (``loss.*``)."""

@@ -43,7 +43,9 @@ def load_vq(config, checkpoint: str | Path, trust_pickle: bool = False):
     return vq
 
 
-def load_run_vq(run_dir: str | Path):
-    """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's checkpoint)."""
+def load_run_vq(run_dir: str | Path, device: str = "cpu"):
+    """The tokenizer notebook 01 registered in ``run_dir`` (shipped, retrained or a user's checkpoint), on
+    ``device``."""
     entry = registered(run_dir, "vq")
-    return load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
+    vq = load_vq(entry["config"], entry["checkpoint"], trust_pickle=entry.get("trust_pickle", False))
+    return vq.to(device)

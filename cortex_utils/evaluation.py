@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .devices import device_of
 from .progress import tqdm
 from .tis import topk_positions
 from .vq import codebook, decode
@@ -189,9 +190,11 @@ def mask_tokens(tokens, position_mask, neutral: int):
 # --- scoring ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """An evaluator's logits for images in [-1, 1] ``(N, 3, H, W)``."""
+    """An evaluator's logits for images in [-1, 1] ``(N, 3, H, W)``, computed on the model's device,
+    returned on the images'."""
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    device, batches = device_of(model), range(0, len(images), batch_size)
+    return torch.cat([model(images[i : i + batch_size].to(device)).to(images.device) for i in batches])
 
 
 def check_evaluators(evaluators) -> dict:

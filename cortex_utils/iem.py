@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .devices import device_of
 from .progress import tqdm
 
 ARCHITECTURES = {1: "vgg", 2: "vgg_deep", 3: "resnet_se", 4: "vit"}
@@ -218,7 +219,7 @@ def train_iem(
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     step = t.lr_step or max(1, t.epochs // 2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=t.lr_gamma)
-    best, best_state, rows = math.inf, None, []
+    best, best_state, rows, device = math.inf, None, [], device_of(model)
     for epoch in tqdm(range(t.epochs), desc=desc):
         model.train()
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
@@ -228,6 +229,7 @@ def train_iem(
             if len(y) < 2:  # BatchNorm cannot train on a single sample
                 continue
             check_input(model, x, f"training batch {b}")
+            x, y = x.to(device), y.to(device)
             out = model(x)
             loss = F.cross_entropy(out, y)
             if not torch.isfinite(loss):
@@ -255,12 +257,12 @@ def train_iem(
 
 @torch.no_grad()
 def predict(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over a loader, in loader order."""
+    """Logits and labels over a loader, in loader order (on the host)."""
     model.eval()
-    logits, labels = [], []
+    logits, labels, device = [], [], device_of(model)
     for x, y, _ in loader:
-        logits.append(model(x))
-        labels.append(y)
+        logits.append(model(x.to(device)).cpu())
+        labels.append(y.cpu())
     return torch.cat(logits), torch.cat(labels)
 
 

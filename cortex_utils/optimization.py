@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import bootstrap
 
+from .devices import device_of
 from .progress import tqdm
 
 
@@ -86,7 +87,8 @@ def check_outside_unchanged(original, optimized, region_mask) -> None:
 
 
 def _prepare(iem, codebook, tokens, region, target, source, steps):
-    """Validate the inputs; the IEM in eval mode; the original embedding grid and its logits."""
+    """Validate the inputs; the IEM in eval mode; the codebook, grid, region and original embedding grid on
+    the IEM's device, and the original target logit."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     cb = codebook.detach().float()
@@ -106,6 +108,8 @@ def _prepare(iem, codebook, tokens, region, target, source, steps):
     if not r.any():
         raise ValueError("region_mask is empty: nothing to optimize")
     iem.eval()
+    device = device_of(iem)
+    cb, t, r = cb.to(device), t.to(device), r.to(device)
     emb0 = cb[t].permute(2, 0, 1)[None].contiguous()  # (1, D, h, w)
     with torch.no_grad():
         out = iem(emb0)
@@ -151,7 +155,8 @@ class TokenSearch(Search):
 def gumbel_pick(z: torch.Tensor, tau: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A hard, straight-through Gumbel-softmax selection per row of ``z`` and the chosen ids; the noise
     -log(-log U) comes from ``torch.rand``, whose stream (not ``exponential_``'s) is the same on every CPU."""
-    gumbel = -(-torch.rand(z.shape, generator=g).clamp(1e-30, 1 - 1e-7).log()).log()
+    u = torch.rand(z.shape, generator=g).to(z.device)  # drawn on the CPU: the same noise on every device
+    gumbel = -(-u.clamp(1e-30, 1 - 1e-7).log()).log()
     soft = ((z + gumbel) / tau).softmax(-1)
     choice = soft.argmax(-1)
     hard = F.one_hot(choice, z.shape[-1]).to(soft.dtype)
@@ -172,9 +177,9 @@ def optimize_tokens(
     orig, inside = t.flatten(), region.flatten()
     ridx = inside.nonzero()[:, 0]
     g = torch.Generator().manual_seed(options.seed)
-    logits = torch.full((h * w, K), -float(init_logit))
-    logits[torch.arange(h * w), orig] = float(init_logit)
-    logits[ridx] = torch.randn(len(ridx), K, generator=g)
+    logits = torch.full((h * w, K), -float(init_logit), device=cb.device)
+    logits[torch.arange(h * w, device=cb.device), orig] = float(init_logit)
+    logits[ridx] = torch.randn(len(ridx), K, generator=g).to(cb.device)
     logits.requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=options.lr)
     base = cb[orig]  # (h*w, D): one_hot(original) @ codebook
@@ -192,13 +197,14 @@ def optimize_tokens(
         if value > best_logit:
             best_logit, best_ids, best_step = value, ids, step
         if _snapshot_due(step, steps, options.snapshot_every):
-            snapshots.append((step, ids.reshape(h, w).clone()))
+            snapshots.append((step, ids.reshape(h, w).clone().cpu()))
         (grad,) = torch.autograd.grad(-logit, logits)
         grad[~inside] = 0  # the original masks the gradient to the block's rows
         logits.grad = grad
         opt.step()
         if step % max(1, steps // 100) == 0:
             bar.set_postfix(logit=f"{value:.2f}", best=f"{best_logit:.2f}")
+    orig, best_ids, ids, region = orig.cpu(), best_ids.cpu(), ids.cpu(), region.cpu()  # results: on the host
     for grid in (best_ids, ids):
         check_outside_unchanged(orig.reshape(h, w), grid.reshape(h, w), region)
     return {
@@ -239,7 +245,7 @@ def optimize_embeddings(
         value, snap_value = logit.item(), np.nan
         if _snapshot_due(step, steps, options.snapshot_every):
             ids, snap_value = snapped(emb.detach(), step)
-            snapshots.append((step, ids))
+            snapshots.append((step, ids.cpu()))
         history.append((step, value, snap_value))
         (grad,) = torch.autograd.grad(-logit, emb)
         emb.grad = grad.masked_fill(keep, 0.0)
@@ -250,11 +256,12 @@ def optimize_embeddings(
     if not torch.equal(final.masked_select(keep), emb0.masked_select(keep)):
         raise AssertionError("the embeddings changed outside the region")
     ids, snapped_logit = snapped(final, steps)
-    check_outside_unchanged(t, ids, region)
+    ids = ids.cpu()  # results: on the host
+    check_outside_unchanged(t.cpu(), ids, region.cpu())
     with torch.no_grad():
         final_logit = _target_logit(iem, final, target, steps).item()
     return {
-        "embeddings": final,
+        "embeddings": final.cpu(),
         "tokens": ids,
         "original_logit": original_logit,
         "final_logit": final_logit,

@@ -15,6 +15,7 @@ import torch
 from scipy.stats import rankdata
 
 from . import evaluation
+from .devices import device_of
 from .progress import tqdm
 from .tis import check_choice, topk_agreement, topk_positions
 
@@ -55,7 +56,8 @@ def _reinit(module: torch.nn.Module) -> None:
 
 def randomize(model: torch.nn.Module, modules, seed: int = 0) -> torch.nn.Module:
     """A copy of ``model`` (eval mode) with ``modules`` (names) re-initialised by their own initializers."""
-    out = copy.deepcopy(model)
+    device = device_of(model)
+    out = copy.deepcopy(model).cpu()  # re-initialised by the CPU's generator: the same weights anywhere
     known = dict(out.named_modules())
     missing = [m for m in modules if m not in known]
     if missing:
@@ -64,7 +66,7 @@ def randomize(model: torch.nn.Module, modules, seed: int = 0) -> torch.nn.Module
         torch.manual_seed(seed)
         for name in modules:
             _reinit(known[name])
-    return out.eval()
+    return out.to(device).eval()
 
 
 def randomize_cascade(model: torch.nn.Module, seed: int = 0) -> list[tuple[str, torch.nn.Module]]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.quasirandom import SobolEngine
 
+from .devices import device_of
 from .iem import check_batch
 from .progress import tqdm
 
@@ -117,7 +118,9 @@ def smoothgrad(
     """SmoothGrad: the mean gradient of each image's ``target`` logit over its noisy copies (``noise``: an
     ``(S, N, ...)`` tensor, or a ``Noise`` drawn with ``seed``). An image's logit depends on that image only
     (eval mode), so one backward pass of the summed logits gives every copy's gradient; a pass takes at most
-    ``batch`` copies. ``precision="bfloat16"`` (the fast mode) runs the passes in bfloat16 autocast."""
+    ``batch`` copies. ``precision="bfloat16"`` (the fast mode) runs the passes in bfloat16 autocast. Runs on
+    the model's device; the gradients stay there."""
+    embeddings = embeddings.to(device_of(model))
     target = check_batch(model, embeddings, target)[:, None]
     check_choice(precision, PRECISIONS, "precision")
     if precision == "bfloat16" and not bf16_supported(embeddings.device):
@@ -195,8 +198,9 @@ def occlusion(model, embeddings, target, baseline=None, group: int = 1, batch: i
     replaced by ``baseline``: Captum's ``FeatureAblation``."""
     from captum.attr import FeatureAblation  # deferred: as in gradient
 
-    mask = position_groups(embeddings.shape[2:], group)[None, None].expand(1, embeddings.shape[1], -1, -1)
-    per_eval = max(1, min(int(mask.max()) + 1, batch // max(len(embeddings), 1)))
+    groups = position_groups(embeddings.shape[2:], group)  # on the host: its size needs no device sync
+    per_eval = max(1, min(int(groups.max()) + 1, batch // max(len(embeddings), 1)))
+    mask = groups.to(embeddings.device)[None, None].expand(1, embeddings.shape[1], -1, -1)
     return FeatureAblation(model).attribute(
         embeddings,
         baselines=expand_baseline(baseline, embeddings),
@@ -219,7 +223,7 @@ def expand_baseline(baseline, embeddings: torch.Tensor) -> torch.Tensor | None:
     ``(N, D, h, w)`` broadcast to ``embeddings`` ``(N, D, h, w)``; ``None`` (zeros) stays None."""
     if baseline is None:
         return None
-    b = torch.as_tensor(baseline, dtype=embeddings.dtype)
+    b = torch.as_tensor(baseline, dtype=embeddings.dtype, device=embeddings.device)
     N, D, h, w = embeddings.shape
     if b.shape == (D,):
         b = b[:, None, None].expand(D, h, w)
@@ -265,12 +269,12 @@ def reduce_channels(grad: torch.Tensor, reduction: str = "max") -> torch.Tensor:
 
 def attribute(model, embeddings, target, method="smoothgrad", reduction="max", where="batch", **options):
     """Scores ``(N, h, w)`` of one batch by ``method`` with its own ``options`` (``METHODS[method]``'s
-    keywords, e.g. SmoothGrad's ``noise`` and ``seed``), reduced over the channels by ``reduction``."""
+    keywords, e.g. SmoothGrad's ``noise`` and ``seed``), reduced over the channels by ``reduction``; computed
+    on the model's device, returned on the embeddings'."""
     check_method(method, options, reduction)
-    target = check_batch(model, embeddings, target, where)
-    return finite_scores(
-        METHODS[method](model, embeddings.detach().clone(), target, **options), where, reduction
-    )
+    x = embeddings.detach().to(device_of(model), copy=True)
+    target = check_batch(model, x, target, where)
+    return finite_scores(METHODS[method](model, x, target, **options), where, reduction).to(embeddings.device)
 
 
 def finite_scores(attr: torch.Tensor, where: str, reduction: str) -> torch.Tensor:
@@ -316,7 +320,7 @@ def dataset_tis(model, loader, rows, method="smoothgrad", reduction="max", out=N
     if not 0 <= start < stop:
         raise ValueError(f"rows {rows} must be n >= 1 or (start, stop) with 0 <= start < stop")
     model.eval()
-    shape = (stop - start, *model.cortex_spec["grid"])
+    device, shape = device_of(model), (stop - start, *model.cortex_spec["grid"])
     done = np.zeros(shape[0], dtype=bool)
     if out is None:
         scores = np.zeros(shape, dtype=np.float32)
@@ -340,8 +344,9 @@ def dataset_tis(model, loader, rows, method="smoothgrad", reduction="max", out=N
                 continue
             where = f"batch {b} (rows {index[0]}-{index[-1]})"
             own = {} if seed is None else {"seed": seed * 1_000_003 + int(index[0])}
+            x = x.detach().to(device, copy=True)  # the batch to the model's device
             y = check_batch(model, x, y, where)
-            attr = METHODS[method](model, x.detach().clone(), y, **options, **own)  # smoothgrad, ...
+            attr = METHODS[method](model, x, y, **options, **own)  # smoothgrad, ...
             scores[local] = finite_scores(attr, where, reduction).cpu().numpy()
             done[local] = True
             if out is not None:

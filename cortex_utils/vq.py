@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .devices import device_of
 from .progress import tqdm
 
 
@@ -58,9 +59,9 @@ def grid_shape(vq) -> tuple[int, int]:
 
 
 def codebook(vq) -> torch.Tensor:
-    """The codebook ``(n_embed, embed_dim)``: a token's embedding is its row."""
+    """The codebook ``(n_embed, embed_dim)`` on the host: a token's embedding is its row."""
     check_tokenizer(vq)
-    cb = vq.codebook().detach()
+    cb = vq.codebook().detach().cpu()  # data: on the host, as the token grids
     if tuple(cb.shape) != (vq.n_embed, vq.embed_dim):
         raise ValueError(
             f"{type(vq).__name__}.codebook() has shape {tuple(cb.shape)}, its n_embed and embed_dim "
@@ -121,12 +122,12 @@ def encode(vq, images: torch.Tensor, batch_size: int = 256, progress: bool = Fal
     """Images in [-1, 1] ``(N, C, H, W)`` -> token grids ``(N, h, w)`` (int64 codebook ids)."""
     check_tokenizer(vq)
     check_images(vq, images)
-    out = []
+    out, device = [], device_of(vq)
     for i in tqdm(range(0, len(images), batch_size), desc="encode", disable=not progress):
         batch = images[i : i + batch_size]
-        ids = vq.encode(batch)
+        ids = vq.encode(batch.to(device))
         check_ids(vq, ids, len(batch))
-        out.append(ids.long())
+        out.append(ids.long().to(images.device))
     return torch.cat(out) if out else torch.empty(0, *grid_shape(vq), dtype=torch.long)
 
 
@@ -165,9 +166,10 @@ def decode(
         if tuple(x.shape[1:]) != (h, w):
             raise ValueError(f"expected token grids (N, {h}, {w}), got {tuple(x.shape)}")
         step = vq.decode
+    device = device_of(vq)  # batches decoded there, images back on the device of the input
     with torch.set_grad_enabled(grad):
         parts = [
-            step(x[i : i + batch_size]).clamp(-1, 1)
+            step(x[i : i + batch_size].to(device)).clamp(-1, 1).to(x.device)
             for i in tqdm(range(0, len(x), batch_size), desc="decode", disable=not progress)
         ]
     return torch.cat(parts)

@@ -49,6 +49,7 @@ _import_seconds = time.perf_counter() - _t0
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # where this run's artifacts and metrics.json go (relative to the repo root)
 seed = 0  # data split and colours, model initialisation
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 family = "taming_vqgan"  # the tokenizer family: taming_vqgan (the default) | vqvae_fsq (VQ-VAE with FSQ)
 codebook_size = 256  # taming: how many codes (shipped: 64, 256 the default, 1024; retrain for another size)
 retrain = False  # train the family's model here instead of loading the shipped checkpoint
@@ -96,7 +97,7 @@ training = {"steps": train_steps, "batch_size": batch_size, "lr": learning_rate,
 training.update(revive_every=revive_every, discriminator_weight=discriminator_weight)
 options = dict(retrain=retrain, vq_config=vq_config, vq_checkpoint=vq_checkpoint, trust_pickle=trust_pickle)
 tok = prepare.tokenizer(family, codebook_size, data, seed=seed, training=training, **options)
-vq, meta = tok["vq"], vqlib.vq_meta(tok["vq"])
+vq, meta = tok["vq"].to(device), vqlib.vq_meta(tok["vq"])
 print(f"{meta['vq_family']}, {tok['origin']}: {meta['n_embed']} codes of width {meta['embed_dim']}")
 if tok["log"] is not None:
     curves = ("loss", "train_psnr_db", "val_psnr_db", "revived_total", "batch_codes_used")
@@ -117,7 +118,7 @@ report = vqlib.reconstruction_report(vq, test)
 one = [int(np.flatnonzero(data["test"]["labels"] == c)[0]) for c in range(10)]  # a digit per class
 psnr, usage = round(report["psnr_db"], 3), round(report["codebook_usage"], 4)
 record_metrics(run_dir, vq_family=meta["vq_family"], vq_test_psnr_db=psnr, vq_codebook_usage=usage)
-record_metrics(run_dir, kernel_import_seconds=round(_import_seconds, 2))
+record_metrics(run_dir, kernel_import_seconds=round(_import_seconds, 2), device=device)
 print(f"test PSNR {report['psnr_db']:.2f} dB, codebook usage {report['codebook_usage']:.1%}")
 
 # %%

@@ -47,6 +47,7 @@ from cortex_utils import vq as vqlib
 # %% tags=["parameters"]
 run_dir = "runs/interactive"  # the run directory notebook 01 wrote (relative to the repo root)
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 source = "generated"  # generated | encoded | imported
 dataset_name = ""  # folder name under <run_dir>/datasets ("" -> the source's name)
 retrain = False  # retrain the transformer and the evaluators instead of loading the shipped ones
@@ -80,9 +81,7 @@ choice("source", source, ["generated", "encoded", "imported"])
 choice("bf16", bf16, ["auto", "on", "off"])
 require(min(per_class_train, per_class_val, per_class_test) >= 1, "per_class_* must be >= 1")
 require(temperature > 0 and top_k >= 0 and transformer_lr > 0, "temperature, transformer_lr > 0, top_k >= 0")
-require(
-    min(transformer_steps, evaluator_steps, colourings) >= 1, "training steps and colourings must be >= 1"
-)
+require(min(transformer_steps, evaluator_steps, colourings) >= 1, "training steps, colourings must be >= 1")
 require(bool(transformer_config) == bool(transformer_checkpoint), "give both transformer_* files, or neither")
 require(source != "imported" or bool(csv_train), "source=imported needs at least csv_train")
 run_dir = repo_path(run_dir)
@@ -97,11 +96,11 @@ _ = torch.manual_seed(seed)
 # will judge whether generated grids show their class; their accuracy on real test digits is the ceiling.
 
 # %%
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 meta = vqlib.vq_meta(vq)
 data = digits.load_digits(seed=seed)
 judges = prepare.evaluators_for_run(
-    run_dir, data, retrain=retrain and not keep_evaluators, steps=evaluator_steps, seed=seed
+    run_dir, data, retrain=retrain and not keep_evaluators, steps=evaluator_steps, seed=seed, device=device
 )
 real = digits.to_model_input(data["test"]["images"])
 for arch, model in judges.items():
@@ -194,9 +193,8 @@ t0 = time.perf_counter()
 loaded = tokds.load_token_dataset(dataset_dir, vq=vq)
 load_seconds = time.perf_counter() - t0
 bytes_per_image = tokds.dataset_bytes(dataset_dir) / sum(len(y) for y in loaded.labels.values())
-record_metrics(
-    run_dir, dataset_bytes_per_image=round(bytes_per_image, 2), dataset_load_seconds=round(load_seconds, 4)
-)
+record_metrics(run_dir, dataset_bytes_per_image=round(bytes_per_image, 2), device=device)
+record_metrics(run_dir, dataset_load_seconds=round(load_seconds, 4))
 print(f"{bytes_per_image:.1f} bytes an image, all splits loaded in {load_seconds * 1000:.1f} ms")
 csv = tokds.export_cortex_csv(
     loaded, shown, run_dir / "exports" / f"{dataset_dir.name}_{shown}_embeddings.csv"

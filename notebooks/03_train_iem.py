@@ -47,6 +47,7 @@ from cortex_utils import vq as vqlib
 run_dir = "runs/interactive"  # the run directory of notebooks 01-02 (relative to the repo root)
 retrain = False  # train even if a shipped IEM was trained on this exact dataset with these settings
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 architectures = [1, 2, 3, 4]  # which IEMs to train (1 VGG, 2 deeper VGG, 3 ResNet-SE, 4 ViT)
 epochs = 12
 batch_size = 128
@@ -64,9 +65,8 @@ require(
     len(architectures) > 0 and set(architectures) <= set(iemlib.ARCHITECTURES),
     f"architectures must be a non-empty subset of {sorted(iemlib.ARCHITECTURES)}, got {architectures}",
 )
-require(epochs >= 1 and batch_size >= 1 and width >= 4, "epochs, batch_size must be >= 1 and width >= 4")
+require(min(epochs, batch_size, nproc) >= 1 and width >= 4, "epochs, batch_size, nproc >= 1 and width >= 4")
 require(learning_rate > 0 and 0 < lr_gamma <= 1, "learning_rate must be > 0 and lr_gamma in (0, 1]")
-require(nproc >= 1, f"nproc must be >= 1, got {nproc}")
 run_dir = repo_path(run_dir)
 
 # %% [markdown]
@@ -91,7 +91,7 @@ print(f"{ds.path.name}: {ds.manifest['splits']}; a batch of 8 embeddings: {tuple
 training = {"epochs": epochs, "batch_size": batch_size, "lr": learning_rate, "weight_decay": weight_decay}
 training.update(lr_step=lr_step or max(1, epochs // 2), lr_gamma=lr_gamma, width=width, seed=seed)
 models, logs, origin = prepare.iems_for_run(
-    run_dir, ds, vq, architectures, training, retrain=retrain, nproc=nproc
+    run_dir, ds, vq, architectures, training, retrain=retrain, nproc=nproc, device=device
 )
 for arch in architectures:
     print(f"IEM {arch} ({iemlib.ARCHITECTURES[arch]}): {origin[arch]}")
@@ -102,7 +102,7 @@ for arch in architectures:
 # %%
 first = models[architectures[0]].eval()
 with torch.no_grad():
-    logits = first(emb)
+    logits = first(emb.to(device))
 print(f"logits {tuple(logits.shape)}; predicted {logits.argmax(1).tolist()}, true {y.tolist()}")
 
 # %% [markdown]

@@ -38,6 +38,7 @@ run_dir = "runs/interactive"  # the run directory of notebooks 01-03 (relative t
 architectures = [1, 2, 3, 4]  # which trained IEMs to test
 split = "test"
 batch_size = 512
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -51,7 +52,7 @@ vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 loader = tokds.embedding_loader(ds, split, vqlib.codebook(vq), batch_size=batch_size)
-models = {arch: load_run_iem(run_dir, arch, ds) for arch in architectures}
+models = {arch: load_run_iem(run_dir, arch, ds, device) for arch in architectures}
 
 # %%
 ks = ["top1", "top3", "top5", "top10"]
@@ -66,7 +67,7 @@ display(table.style.format("{:.3f}"))
 
 # %%
 for arch, top1 in zip(architectures, table["top1"], strict=True):
-    record_metrics(run_dir, **{f"iem{arch}_test_top1": round(float(top1), 4)})
+    record_metrics(run_dir, device=device, **{f"iem{arch}_test_top1": round(float(top1), 4)})
 
 # %% [markdown]
 # Top-k accuracy rises with k (the y axis starts just below the lowest bar).

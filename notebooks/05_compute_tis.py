@@ -66,6 +66,8 @@ neutral = "background"  # IG's baseline and occlusion's token: background | mean
 batch_size = 100
 splits = ["train", "test"]
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
+precision = "float32"  # float32 | bfloat16: SmoothGrad's fast mode, where the device computes in bf16
 n_show = 2  # test images per class in the figure
 nproc = 1  # > 1: a torchrun job of nproc processes (the same scores; docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal)
@@ -76,9 +78,7 @@ choice("method", method, list(tislib.METHODS))
 choice("reduction", reduction, tislib.REDUCTIONS)
 choice("iem_arch", iem_arch, list(iemlib.ARCHITECTURES))
 choice("sigma", sigma, tislib.SIGMAS)
-require(
-    nsamples >= 1 and spread >= 0 and batch_size >= 1, "nsamples and batch_size must be >= 1, spread >= 0"
-)
+require(nsamples >= 1 and spread >= 0 and batch_size >= 1, "nsamples, batch_size must be >= 1, spread >= 0")
 require(ig_steps >= 1 and occlusion_group >= 1, "ig_steps and occlusion_group must be >= 1")
 require(n_show >= 1 and nproc >= 1, f"n_show and nproc must be >= 1, got {n_show}, {nproc}")
 require(nproc == 1 or (sigma, method) == ("batch", "smoothgrad"), "nproc > 1: smoothgrad, sigma batch only")
@@ -89,7 +89,7 @@ run_dir = repo_path(run_dir)
 vq = tokenizers.load_run_vq(run_dir)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(set(splits) <= set(ds.splits), f"splits {splits} not all in the dataset ({ds.splits})")
-model = load_run_iem(run_dir, iem_arch, ds)
+model = load_run_iem(run_dir, iem_arch, ds, device)
 codebook = vqlib.codebook(vq)
 folder = f"iem{iem_arch}_{reduction}" + ("" if sigma == "batch" else "_sigma-image")
 out_dir = run_dir / "tis" / (folder + ("" if method == "smoothgrad" else f"_{method}"))
@@ -102,7 +102,7 @@ out_dir = run_dir / "tis" / (folder + ("" if method == "smoothgrad" else f"_{met
 
 # %% tags=["by-hand"]
 hand_split = "test" if "test" in ds.splits else ds.splits[0]
-model64 = copy.deepcopy(model).double()
+model64 = copy.deepcopy(model).double().cpu()  # by hand on the CPU
 x_few = codebook[torch.from_numpy(ds.tokens[hand_split][:4].astype(np.int64))].permute(0, 3, 1, 2).double()
 y_few = torch.from_numpy(ds.labels[hand_split][:4].astype(np.int64))
 sd = spread * (x_few.max() - x_few.min())  # one sigma for the whole batch, as the paper
@@ -140,7 +140,8 @@ neutral_id = evaluation.resolve_neutral(vq, ds.tokens[hand_split], neutral)  # I
 noise = tislib.Noise(nsamples, spread, sigma)
 options = tislib.method_options(method, noise, seed, ig_steps, occlusion_group, codebook[neutral_id])
 if method == "smoothgrad":  # noisy copies per backward pass, from a memory budget (the size of one copy)
-    options["batch"] = passes.rows_per_pass(model, x_few.float())
+    options["batch"] = passes.rows_per_pass(model, x_few.float(), precision=precision)
+    options["precision"] = precision
 t0, tis, n_scored = time.perf_counter(), {}, {s: len(ds.labels[s]) for s in splits}
 if nproc > 1:  # a torchrun job of nproc processes: the same scores (docs/scaling.md)
     job = dict(run_dir=run_dir, iem_arch=iem_arch, nsamples=nsamples, spread=spread, reduction=reduction)
@@ -156,11 +157,11 @@ print(f"TIS method: {method}; scored {n_scored} images, {per_image * 1000:.2f} m
 # Record where the scores are and how they were made.
 
 # %%
-record_metrics(run_dir, tis_method=method, tis_seconds_per_image=round(per_image, 5))
+record_metrics(run_dir, tis_method=method, tis_seconds_per_image=round(per_image, 5), device=device)
 register(
     run_dir, "tis", path=str(out_dir), method=method, iem_arch=iem_arch, reduction=reduction,
     nsamples=nsamples, spread=spread, sigma=sigma, ig_steps=ig_steps, occlusion_group=occlusion_group,
-    neutral_id=neutral_id, splits=splits, seed=seed,
+    neutral_id=neutral_id, splits=splits, seed=seed, precision=precision,
 )  # fmt: skip
 
 # %% [markdown]

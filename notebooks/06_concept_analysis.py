@@ -44,20 +44,19 @@ show_top_n = 5  # the top-n used in the figures
 tokens_per_class = 3  # concept tokens drawn per class in the gallery
 gallery_classes = [0, 3, 7]  # the classes the gallery shows
 background_share = 0.5  # the background: the commonest ids, filling this share of the grids (as notebook 08)
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
 params = check_parameters(globals(), "06_concept_analysis")
 run_dir = repo_path(run_dir)
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 n_positions, K = int(np.prod(ds.grid)), ds.manifest["n_embed"]
 require(all(1 <= n <= n_positions for n in top_ns), f"top_ns must lie in [1, {n_positions}], got {top_ns}")
 require(show_top_n in top_ns, f"show_top_n ({show_top_n}) must be one of top_ns {top_ns}")
-require(
-    top >= 1 and tokens_per_class >= 1 and 0 <= background_share < 1,
-    "check top, tokens_per_class, background_share",
-)
+require(min(top, tokens_per_class) >= 1, "top and tokens_per_class must be >= 1")
+require(0 <= background_share < 1, "background_share must lie in [0, 1)")
 tis_entry = registered(run_dir, "tis")
 require("train" in tis_entry["splits"], "notebook 05 must have computed TIS for the train split")
 tis = np.load(repo_path(tis_entry["path"]) / "train.npy")
@@ -150,7 +149,7 @@ display(bg_table.set_axis([ds.class_names[c] for c in bg_table.index]))
 print(f"{len(background)} background ids: {bg_share:.0%} of the classes' first 10 concept tokens")
 
 # %%
-_ = record_metrics(run_dir, concept_tokens_background_share=round(bg_share, 4))
+_ = record_metrics(run_dir, concept_tokens_background_share=round(bg_share, 4), device=device)
 
 # %% [markdown]
 # Why would a black code be a concept token? Where a digit has **no** stroke is part of its shape too (the

@@ -46,6 +46,7 @@ spaces = ["pixel", "token"]  # pixel: black patches; token: neutral token, then 
 # background (most frequent id) | mean (code nearest the codebook mean) | an id, e.g. "17"
 neutral = "background"
 seed = 0  # random positions
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 max_images = 0  # use the first max_images images of the split (0: all)
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"resnet18": "data/resnet18.pth"}
 example = 0  # the image the exercises use
@@ -63,7 +64,7 @@ require(max_images >= 0, "max_images must be >= 0")
 # The split's token grids, their TIS (notebook 05), the evaluators and the neutral token.
 
 # %%
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 tis_entry = registered(run_dir, "tis")
 require(split in tis_entry["splits"], f"notebook 05 computed TIS for {tis_entry['splits']}, not {split!r}")
@@ -73,7 +74,7 @@ tokens, labels = ds.tokens[split][rows].astype(np.int64), ds.labels[split][rows]
 require(tis.shape == tokens.shape and np.isfinite(tis).all(), f"the {split} TIS is misaligned or not finite")
 n_positions = int(np.prod(ds.grid))
 size, n_classes = vqlib.resolution(vq), len(ds.class_names)
-judges = evaluators.load_run_evaluators(run_dir, size, n_classes, torchvision_weights)
+judges = evaluators.load_run_evaluators(run_dir, size, n_classes, torchvision_weights, device)
 
 # %%
 neutral_id = evaluation.resolve_neutral(vq, tokens, neutral)
@@ -108,9 +109,7 @@ plots.outlined_grid(torch.cat([decoded, torch.stack(hand_images)]), hand_masks *
 lib_ids = evaluation.ids_at(tokens[few], tislib.topk_positions(tis[few], n))
 lib_mask = evaluation.positions_holding(tokens[few], lib_ids)
 np.testing.assert_array_equal(lib_mask, np.stack(hand_masks))
-assert torch.equal(evaluation.mask_pixels(decoded, lib_mask), torch.stack(hand_images)), (
-    "masked images differ"
-)
+assert torch.equal(evaluation.mask_pixels(decoded, lib_mask), torch.stack(hand_images)), "images differ"
 print(f"by hand == evaluation.positions_holding + mask_pixels (images {few.tolist()}, n = {n})")
 
 # %% [markdown]
@@ -148,7 +147,7 @@ if "token" in frac:
     metrics["image_level_tis_beats_random_token_space"] = round(frac["token"], 4)
 
 # %%
-_ = record_metrics(run_dir, **metrics)
+_ = record_metrics(run_dir, **metrics, device=device)
 
 # %% [markdown]
 # ## Notebook 11's verdict

@@ -46,6 +46,7 @@ neutral = "background"  # background (most frequent id) | mean | an id, e.g. "17
 # the background: the ids most frequent across classes, filling this share of the train grids (0: none)
 background_share = 0.5
 torchvision_weights = {}  # extra judges for real ImageNet data, e.g. {"resnet50": "data/resnet50.pth"}
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -63,7 +64,7 @@ evaluation.check_neutral(neutral)
 # grids).
 
 # %%
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 entry, K, n_cls = registered(run_dir, "concepts"), ds.manifest["n_embed"], len(ds.class_names)
 require(top_n in entry["top_ns"], f"notebook 06 analysed top_ns {entry['top_ns']}, not top_n = {top_n}")
@@ -71,7 +72,7 @@ concept = pd.read_parquet(repo_path(entry["path"]) / "concept_tokens.parquet")
 frequency = pd.read_parquet(repo_path(entry["path"]) / "frequency_tokens.parquet")
 train = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
 tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_cls, torchvision_weights)
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_cls, torchvision_weights, device)
 
 # %%
 background = concepts.background_tokens(*train, K, share=background_share)
@@ -186,7 +187,7 @@ keys = {
     "frequency w/o background": "frequency_no_background",
 }
 drops = {f"concept_level_{k}_drop": round(float(drop[m]), 4) for m, k in keys.items()}
-_ = record_metrics(run_dir, **drops, concept_level_background_ids=len(background))
+_ = record_metrics(run_dir, **drops, concept_level_background_ids=len(background), device=device)
 
 # %% [markdown]
 # The sets hide different amounts of the image: a set that masks more can lower the logit more without

@@ -68,6 +68,7 @@ token_lr = 0.1  # Adam learning rate of the token scores
 embedding_lr = 0.05  # Adam learning rate of the free embeddings
 tau = 1.0  # Gumbel-softmax temperature
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 snapshot_every = 20  # keep the token grid every k steps for the explorer
 # the concept tokens compared with: notebook 06's analysis at this top-n (one of its top_ns)
 concept_top_n = 5
@@ -103,13 +104,13 @@ require(
 # The IEM (whose logit is maximised), the source images, the region, and the evaluators.
 
 # %%
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
 n_classes = len(ds.class_names)
-iem = load_run_iem(run_dir, iem_arch, ds)
+iem = load_run_iem(run_dir, iem_arch, ds, device)
 codebook = vqlib.codebook(vq)
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_classes, torchvision_weights)
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_classes, torchvision_weights, device)
 tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.int64)
 
 # %% [markdown]
@@ -402,6 +403,7 @@ display(per.round(3))
 # %%
 _ = record_metrics(
     run_dir,
+    device=device,
     codebook_target_prob_before=round(p_before, 4),
     codebook_target_prob_after=round(p_after, 4),
     codebook_tokens_changed_outside_region=changed_outside,

@@ -66,6 +66,7 @@ min_youden = 0.1  # a token rule with sensitivity + specificity - 1 at most this
 reselect_tokens = True  # re-select the attribute tokens in every bootstrap resample
 equivalence_margin = 0.1  # "no bias": the share's interval lies inside [½ − margin, ½ + margin]
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 n_show = 8  # images per row in the figures
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
@@ -82,7 +83,7 @@ out_dir = run_dir / "bias"
 # Notebook 02's digit transformer, fine-tuned on "a red thin 3" prompts (shipped; `retrain = True` trains it).
 
 # %%
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)  # the generator and its decoder run there
 data = digits.load_digits(seed)
 training = dict(generator, seed=seed)
 gray, labels, use_bf16 = data["train"]["gray"], data["train"]["labels"], vqlib.use_bf16(bf16)
@@ -139,9 +140,7 @@ widths = {  # per thickness study, every generation's width, whatever its prompt
     for b, d in studies
     if b == "thickness"
 }
-width_threshold, how = (
-    planted_bias.width_cut(np.concatenate(list(widths.values()))) if widths else (np.nan, "")
-)
+width_threshold, how = planted_bias.width_cut(np.concatenate([*widths.values()])) if widths else (np.nan, "")
 print(f"thick: a stroke wider than {width_threshold:.2f} pixels ({how})")
 if widths:
     plots.width_histogram(widths, width_threshold)
@@ -179,7 +178,7 @@ for b in bias_types:
     ok = [planted_bias.prompt_agreement(studies[k], shows[k], planted_label[k]) for k in shows if k[0] == b]
     rule_accuracy[b] = sum(a for a, _ in ok) / sum(n for _, n in ok)
     print(f"{b}: {rule_accuracy[b]:.2%} of {sum(n for _, n in ok)} prompted images show the named value")
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10)
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10, device=device)
 images = {d: vqlib.decode(vq, torch.from_numpy(z.astype(np.int64))) for d, z in neutral.items()}
 read_as = {
     k: np.concatenate([evaluation.predict_logits(m, x).argmax(1).numpy() == d for d, x in images.items()])
@@ -194,11 +193,11 @@ print(f"neutral prompts: the evaluators read the prompted digit in {digit_agreem
 # Two classes, the attribute's values (notebook 03's architectures). An IEM at chance has nothing to explain.
 
 # %%
-codebook, iem_training = vqlib.codebook(vq), {**attribute_iem, "batch_size": 64, "seed": seed}
+codebook, recipe = vqlib.codebook(vq), {**attribute_iem, "batch_size": 64, "seed": seed}
 iems, iem_info, accuracy = {}, {}, {}
 for (b, d), ds in studies.items():
     name = planted_bias.study_name(b, d)
-    iems[(b, d)], iem_info[name] = prepare.attribute_iem(ds, codebook, name, iem_training, retrain, out_dir)
+    iems[(b, d)], iem_info[name] = prepare.attribute_iem(ds, codebook, name, recipe, retrain, out_dir, device)
     accuracy[(b, d)], split = prepare.iem_accuracy(iems[(b, d)], ds, codebook)
     how = f"trained here ({iem_info[name]['why']})" if iem_info[name]["trained"] else "loaded"
     print(f"attribute IEM {name}: {how}; accuracy {accuracy[(b, d)]:.3f} on its {split} split")
@@ -363,7 +362,7 @@ deltas.set_index(["bias", "neutral set"])[columns].round(3)
 # Record the results (notebook 16 reads them):
 
 # %%
-record_metrics(run_dir, **metrics)
+record_metrics(run_dir, **metrics, device=device)
 deltas.to_csv(out_dir / "deltas.csv", index=False)
 tokens = {f"{b}_digit_{d}": {str(c): v.tolist() for c, v in by.items()} for (b, d), by in ids.items()}
 keep = ["bias_types", "study_digits", "planted", "skew", "sampling", "n_neutral", "seed"]

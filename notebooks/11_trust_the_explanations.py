@@ -97,8 +97,7 @@ occlusion_group = 1  # occlude single tokens (1) or g x g blocks of tokens
 neutral = "background"
 cascade_images = 10  # the first of those images for the cascading randomization (maps at every layer step)
 shuffled_iem = {"epochs": 30, "max_images": 300}  # the shuffled-label IEM (see its section)
-# train the shuffled-label IEM even if the shipped one was trained on these data with these settings
-retrain = False
+retrain = False  # train the shuffled-label IEM even if the shipped one matches these data and settings
 overlap_k = 5  # the sanity checks also report how many of each map's top-k positions (by |score|) survive
 bars = {"max_rank_corr": 0.3, "max_deletion_ratio": 0.8, "space": "pixel"}  # the recommendation's two bars
 curve_points = {"images": 20, "steps": 8}  # the curves: the first of those images; points (0, 1/8, ..., all)
@@ -107,6 +106,7 @@ curves = ["deletion", "insertion"]
 codebook_map = {"top_n": 5, "tsne": True, "gallery_tokens": 3}  # the codebook views (see their section)
 batch_size = 100
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -168,10 +168,10 @@ require(gallery_tokens >= 0 and concept_top_n >= 1, "gallery_tokens must be >= 0
 # neutral token at the occluded position: both baselines are real tokens, not zero vectors.
 
 # %%
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 require(split in ds.splits, f"split {split!r} not in the dataset ({ds.splits})")
-model = load_run_iem(run_dir, iem_arch, ds)
+model = load_run_iem(run_dir, iem_arch, ds, device)
 codebook = vqlib.codebook(vq)
 all_tokens = ds.tokens[split].astype(np.int64)
 n = min(n_images, len(all_tokens))
@@ -179,7 +179,7 @@ subset = np.random.default_rng(seed).permutation(len(all_tokens))[
     :n
 ]  # random rows: splits are ordered by class
 tokens, labels = all_tokens[subset], ds.labels[split][subset].astype(np.int64)
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names))
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), len(ds.class_names), device=device)
 method = registered(run_dir, "tis")[
     "method"
 ]  # the run's TIS (notebook 05): the recommendation keeps it if it passes
@@ -235,7 +235,7 @@ ours = tislib.attribute(model, x8, y8, "smoothgrad", reduction, noise=in_captums
 with torch.random.fork_rng(devices=[]):  # Captum draws from the global RNG: seeded here, restored afterwards
     torch.manual_seed(seed)
     captum_sg = tislib.reduce_channels(
-        NoiseTunnel(Saliency(model)).attribute(
+        NoiseTunnel(Saliency(copy.deepcopy(model).cpu())).attribute(  # Captum's noise: the CPU's RNG
             x8.clone().requires_grad_(),
             nt_type="smoothgrad",
             nt_samples=nsamples,
@@ -305,7 +305,8 @@ def maps_of(some_model, m, rows, draw):
 # does, and keep the absolute values: how strongly each position matters, whatever the sign.
 
 # %% tags=["by-hand"]
-random_iem = copy.deepcopy(model)  # a copy: the trained IEM stays as it is
+cpu_model = copy.deepcopy(model).cpu()  # by hand on the CPU, whatever the run's device
+random_iem = copy.deepcopy(cpu_model)  # a copy: the trained IEM stays as it is
 with torch.random.fork_rng(devices=[]):  # leave the global RNG alone (the numbers below do not move)
     torch.manual_seed(seed)
     for layer in random_iem.modules():
@@ -322,7 +323,9 @@ def gradient_map(some_model, x, y):
 
 
 x3, y3 = codebook[torch.from_numpy(tokens[:3])].permute(0, 3, 1, 2), torch.from_numpy(labels[:3])
-trained3 = gradient_map(model, x3, y3).abs().flatten(1).double().numpy()  # one row of h*w positions per image
+trained3 = (
+    gradient_map(cpu_model, x3, y3).abs().flatten(1).double().numpy()
+)  # one row of h*w positions per image
 random3 = gradient_map(random_iem, x3, y3).abs().flatten(1).double().numpy()
 
 # %% [markdown]
@@ -735,7 +738,7 @@ display(Markdown("\n\n".join(lines)))
 # Record the headline number: the recommended method.
 
 # %%
-_ = record_metrics(run_dir, recommended_method=recommended)
+_ = record_metrics(run_dir, recommended_method=recommended, device=device)
 # %% [markdown]
 # ## Token space: the codebook and its concepts (a question of the paper's reviewers)
 #

@@ -67,6 +67,7 @@ top = 5  # the top positions whose share of the TIS mass is measured
 n_show = 6  # test digits shown per run
 codebook_size_study = False  # the runs differ only in codebook size: one row per size (codebook_sizes.csv)
 results_out = ""  # the study's table also as JSON here (relative to the repo root; "" -> none)
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 
 # %%
 check_parameters(globals(), "12_compare_tokenizers")
@@ -89,7 +90,7 @@ require(
 metrics = {k: read_metrics(v) for k, v in runs.items()}
 info = {}
 for k, v in runs.items():
-    vq = tokenizers.load_run_vq(v)
+    vq = tokenizers.load_run_vq(v, device)
     ds = tokds.load_token_dataset(registered(v, "dataset")["path"], vq=vq)
     tis_entry = registered(v, "tis")
     require("test" in tis_entry["splits"], f"{k}: notebook 05 computed no test TIS")
@@ -261,6 +262,7 @@ print("\n".join(lines))
 # %%
 _ = record_metrics(
     run_dir,
+    device=device,
     **{
         f"compare_{re.sub(r'[^0-9A-Za-z]+', '_', k)}_tis_top{top}_mass_share": round(float(s.mean()), 4)
         for k, s in shares.items()

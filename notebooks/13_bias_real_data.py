@@ -91,6 +91,7 @@ selection = {"top_n": 5, "token_num": 20, "specificity": 2.0}  # the attribute t
 # as notebook 10's
 statistics = {"n_boot": 1000, "min_youden": 0.1, "reselect_tokens": True, "equivalence_margin": 0.1}
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 
 # %%
 check_parameters(globals(), "13_bias_real_data")
@@ -183,7 +184,7 @@ display(
 codebook = vqlib.codebook(vq)
 iem_training = {**attribute_iem, "batch_size": 64, "seed": seed}
 fitted = {
-    b: prepare.attribute_iem(ds, codebook, f"{b}_real", iem_training, out_dir=out_dir)
+    b: prepare.attribute_iem(ds, codebook, f"{b}_real", iem_training, out_dir=out_dir, device=device)
     for b, ds in studies.items()
 }
 iems, iem_info = {b: model for b, (model, _) in fitted.items()}, {b: info for b, (_, info) in fitted.items()}
@@ -288,7 +289,7 @@ display(deltas.set_index("bias")[shown].round(3).T)  # one column per bias type:
 # Record the headline numbers (real data only, as `bias_real_<type>_...`):
 
 # %%
-_ = record_metrics(run_dir, **metrics)
+_ = record_metrics(run_dir, **metrics, device=device)
 
 # %% [markdown]
 # ## Verdict

@@ -56,6 +56,7 @@ from cortex_utils import vq as vqlib
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
 retrain = False  # make the composites and train their IEM here instead of loading the shipped ones
 seed = 0
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 sizes = {"train": 7000, "val": 750, "test": 750}  # composites per split (both digits from that split)
 iem = {
     "epochs": 12,
@@ -104,7 +105,7 @@ run_dir = repo_path(run_dir)
 # each digit came from are columns of the dataset, one value per image.
 
 # %%
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 codebook = vqlib.codebook(vq)
 data = digits.load_digits(seed)
 ds, why, made = composites.composite_dataset(
@@ -152,6 +153,7 @@ model, iem_path, why, trained = composites.composite_iem(
     run_dir / "iem" / "iem1_composites.safetensors",
     SHIPPED_CHECKPOINTS / "iem1_composites.safetensors",
     retrain=retrain,
+    device=device,
 )
 print(f"IEM on composites: {'trained here' if trained else 'loaded'} {iem_path} ({why})")
 logits, _ = iemlib.predict(model, tokds.embedding_loader(ds, "test", codebook, batch_size=512))
@@ -166,6 +168,7 @@ if trained:
     note_trained(run_dir, "the IEM on composites")
 _ = record_metrics(
     run_dir,
+    device=device,
     multiobject_iem_test_top1=round(accuracy, 4),
     multiobject_iem_predicts_distractor=round(to_distractor, 4),
 )

@@ -66,6 +66,7 @@ variance_nsamples = [
     20,
     40,
 ]  # even nsamples of the reduced-variance curve (the run's is added if even)
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal)
 
 # %%
@@ -87,9 +88,9 @@ run_dir = repo_path(run_dir)
 entry = registered(run_dir, "tis")
 method, iem_arch, reduction = entry["method"], entry["iem_arch"], entry["reduction"]
 nsamples, spread, seed = entry["nsamples"], entry["spread"], entry.get("seed", 0)
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
-model = load_run_iem(run_dir, iem_arch, ds)
+model = load_run_iem(run_dir, iem_arch, ds, device)
 codebook = vqlib.codebook(vq)
 tis = {s: np.load(Path(entry["path"]) / f"{s}.npy") for s in entry["splits"]}
 split = "test" if "test" in tis else entry["splits"][0]
@@ -182,6 +183,7 @@ display(table.round(3).astype(object).fillna("–"))
 if method == "smoothgrad":
     record_metrics(
         run_dir,
+        device=device,
         **{f"tis_top5_seed_agreement_{ns}": round(seed_agree[ns], 4) for ns in sorted({nsamples, n_big})},
         tis_top5_sigma_batch_vs_image=round(float(keeps["σ per image (same draws)"][nsamples].mean()), 4),
     )
@@ -351,7 +353,7 @@ if method == "smoothgrad" and nsamples in var_ns:
 # float32 map and count the top-5 positions they share, beside what another noise seed shares.
 
 # %%
-fast_native = tislib.bf16_supported()
+fast_native = tislib.bf16_supported(device)
 if fast_native:
     t0 = time.perf_counter()
     exact_maps = stab_tis(nsamples, seed + 1)
@@ -368,7 +370,7 @@ if fast_native:
         f"with another float32 noise seed: {seed_agree[nsamples]:.1%}"
     )
 else:
-    print("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): the fast mode is not available here")
+    print(f"{device} has no bfloat16 instructions (AVX512-BF16 or AMX on a CPU): no fast mode here")
 
 # %%
 if fast_native and method == "smoothgrad":

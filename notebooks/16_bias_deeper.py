@@ -61,6 +61,7 @@ run_dir = "runs/interactive"  # the run directory of notebook 10 (relative to th
 mitigation = {"control_pool": 3, "max_digit_drop": 0.1}  # control ids: among this many of similar frequency
 simulation = {"studies": 100, "n_boot": 200, "seed": 0}  # simulated studies per case and share
 n_show = 8  # images per row in the figures
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -90,8 +91,8 @@ biased_digit = {b: study["study_digits"][b] for b in bias_types}
 prior = planted_bias.planted_prior(
     study["skew"], {b: study["study_digits"][b] for b in ("colour", "thickness")}, planted
 )
-vq = tokenizers.load_run_vq(run_dir)
-tf = gen.load_transformer(read_card(tf_path)["config"], tf_path, vq=vq)
+vq = tokenizers.load_run_vq(run_dir, device)
+tf = gen.load_transformer(read_card(tf_path)["config"], tf_path, vq=vq).to(device)
 keys = [(b, d) for b in bias_types for d in (biased_digit[b], control_digit)]  # notebook 10's order
 studies = {
     (b, d): tokds.load_token_dataset(out_dir / "data" / planted_bias.study_name(b, d)) for b, d in keys
@@ -310,7 +311,7 @@ for b in control_ids:
 # after the control edit:
 
 # %%
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10)  # notebook 02's independent judges
+judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), 10, device=device)  # notebook 02's
 sets = {
     b: {"before": neutral[biased_digit[b]], **{s: edited[(b, s)].tokens["neutral"] for s in mitlib.SETS[1:]}}
     for b in control_ids
@@ -358,7 +359,7 @@ mitigation_metrics = {
 }
 
 # %%
-record_metrics(run_dir, **mitigation_metrics)
+record_metrics(run_dir, **mitigation_metrics, device=device)
 print(f"recorded {len(mitigation_metrics)} mitigation numbers in metrics.json")
 # %% [markdown]
 # ## Summary

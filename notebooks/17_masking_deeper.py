@@ -50,6 +50,7 @@ run_dir = "runs/interactive"  # the run directory of notebooks 01-08 (relative t
 token_nums = [1, 3, 8, 16]  # the sweep over the number of ids masked per class (pixel space)
 example = 0  # the test image of the token-space picture
 seed = 0  # its random positions (notebook 07's default seed)
+device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
 
 # %%
@@ -58,14 +59,16 @@ run_dir = repo_path(run_dir)
 require(len(token_nums) > 0 and min(token_nums) >= 1, f"token_nums must be ints >= 1, got {token_nums}")
 s08 = registered(run_dir, "concept_level")  # notebook 08's settings and Table 2
 spaces, top_n, token_num = evaluation.check_spaces(s08["spaces"]), s08["top_n"], s08["token_num"]
-vq = tokenizers.load_run_vq(run_dir)
+vq = tokenizers.load_run_vq(run_dir, device)
 ds = tokds.load_token_dataset(registered(run_dir, "dataset")["path"], vq=vq)
 K, n_cls = ds.manifest["n_embed"], len(ds.class_names)
 folder = repo_path(registered(run_dir, "concepts")["path"])
 tables = {m: pd.read_parquet(folder / f"{m}_tokens.parquet") for m in ("concept", "frequency", "contrastive")}
 train = ds.tokens["train"].astype(np.int64), ds.labels["train"].astype(np.int64)
 tokens, labels = ds.tokens[s08["split"]].astype(np.int64), ds.labels[s08["split"]].astype(np.int64)
-judges = evaluators.load_run_evaluators(run_dir, vqlib.resolution(vq), n_cls, s08["torchvision_weights"])
+judges = evaluators.load_run_evaluators(
+    run_dir, vqlib.resolution(vq), n_cls, s08["torchvision_weights"], device
+)
 print(f"notebook 08's settings: top_n {top_n}, token_num {token_num}, spaces {spaces}, split {s08['split']}")
 
 # %% [markdown]
@@ -343,6 +346,7 @@ keys = {
 }
 _ = record_metrics(
     run_dir,
+    device=device,
     concept_level_contrastive_drop=num(head.loc["contrastive", "logit_drop"]),
     concept_level_matched_positions=num(matched_at),
     **{f"concept_level_positions_masked_{keys[m]}": num(head.loc[m, "positions_masked"]) for m in sets},

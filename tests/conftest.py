@@ -11,36 +11,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from cortex_run import taming_vq, tokenizers  # noqa: E402
 
-# The published ImageNet VQGAN f16-16384 (taming's vqgan_imagenet_f16_16384 model.yaml).
-IMAGENET_F16_16384_CONFIG = {
-    "target": "taming.models.vqgan.VQModel",
-    "params": {
-        "embed_dim": 256,
-        "n_embed": 16384,
-        "ddconfig": {
-            "double_z": False,
-            "z_channels": 256,
-            "resolution": 256,
-            "in_channels": 3,
-            "out_ch": 3,
-            "ch": 128,
-            "ch_mult": [1, 1, 2, 2, 4],
-            "num_res_blocks": 2,
-            "attn_resolutions": [16],
-            "dropout": 0.0,
-        },
-        "lossconfig": {
-            "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-            "params": {
-                "disc_conditional": False,
-                "disc_in_channels": 3,
-                "disc_start": 0,
-                "disc_weight": 0.75,
-                "codebook_weight": 1.0,
-            },
-        },
-    },
-}
+# The published ImageNet VQGAN f16-16384 (taming's model.yaml), the architecture notebook 18 builds.
+IMAGENET_F16_16384_CONFIG = taming_vq.IMAGENET_F16_16384_CONFIG
 
 
 def tiny_vq_config(n_embed=32, embed_dim=8, resolution=16):

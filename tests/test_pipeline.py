@@ -31,20 +31,30 @@ def _clean_terminal(r) -> None:
 
 def test_every_preset_notebook_exists():
     """The smoke preset runs every notebook; the default every one but those that need what a default run does
-    not have: two runs to compare (12) and real token data (13); the presets of the encoded real digits
-    (vqvae, encoded) also leave out the planted bias study (10), which needs a generator, and the composites
-    (14), whose shipped data and IEM belong to the default tokenizer."""
+    not have: two runs to compare (12) and real token data (13), and the run at the real models' shape (18,
+    its own preset: minutes of a random f16 VQGAN); the presets of the encoded real digits (vqvae, encoded)
+    also leave out the planted bias study (10), which needs a generator, and the composites (14), whose
+    shipped data and IEM belong to the default tokenizer."""
     stems = [nb.stem for nb in NOTEBOOKS]
     assert pipeline.load_preset("smoke")["notebooks"] == stems
     assert pipeline.load_preset("default")["notebooks"] == [
-        s for s in stems if not s.startswith(("12_", "13_"))
+        s for s in stems if not s.startswith(("12_", "13_", "18_"))
     ]
     for preset in ("vqvae", "encoded"):  # nor the deeper bias notebook (16), which reads 10's study
         assert pipeline.load_preset(preset)["notebooks"] == [
-            s for s in stems if not s.startswith(("10_", "12_", "13_", "14_", "16_"))
+            s for s in stems if not s.startswith(("10_", "12_", "13_", "14_", "16_", "18_"))
         ]
     assert pipeline.load_preset("compare")["notebooks"] == ["12_compare_tokenizers"]
     assert pipeline.load_preset("bias_real")["notebooks"] == ["13_bias_real_data"]
+    assert pipeline.load_preset("real-shape")["notebooks"] == ["18_real_shape"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_takes_a_device(path):
+    """Issue 28: every notebook computes, so every one declares ``device``, default "auto" (resolved by
+    ``check_parameters``: CUDA, else MPS, else the CPU), and its validation cell is where it is resolved."""
+    assert pipeline.parameter_defaults(path.stem).get("device") == '"auto"', path.stem
+    assert f'check_parameters(globals(), "{path.stem}")' in path.with_suffix(".py").read_text()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -219,8 +229,8 @@ def _move_a_slider(path, move: str):
 
 def test_smoke_preset_runs_every_notebook(tmp_path):
     r = _run(
-        ["--preset", "smoke", "--jobs", "2", "-p", "solutions", "true"], tmp_path
-    )  # exercises' solutions on
+        ["--preset", "smoke", "--jobs", "2", "-p", "solutions", "true", "-p", "device", "cpu"], tmp_path
+    )  # exercises' solutions on; the device given by name (issue 28: every notebook takes it)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _clean_terminal(r)
     run = tmp_path / "run"
@@ -285,9 +295,11 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
         "multiobject_concept_overlap_top5",
         "multiobject_concept_overlap_top5_chance",
         *[f"{nb.stem}_seconds" for nb in NOTEBOOKS],
+        *[f"realshape_{k}" for k in ("tis_images_per_s", "iem_step_seconds", "peak_mb", "paper_hours")],
     ]:
         assert key in metrics, key
     assert metrics["tis_method"] == "smoothgrad"  # the paper's, the default
+    assert metrics["device"] == "cpu"  # recorded by the notebooks that computed, all on the device given
     assert (
         metrics["models_trained_in_run"] >= 10
     )  # the smoke preset retrains every model (note_trained counts them)

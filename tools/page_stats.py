@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.preset:
         root = Path(__file__).resolve().parents[1]
-        names = yaml.safe_load((root / "cortex_utils" / "presets" / f"{a.preset}.yaml").read_text())[
+        names = yaml.safe_load((root / "cortex_run" / "presets" / f"{a.preset}.yaml").read_text())[
             "notebooks"
         ]
         paths = [Path(a.paths[0]) / f"{n}.ipynb" for n in names]
