@@ -75,13 +75,14 @@ class _Residual(nn.Module):
 
 
 def _shift(x: torch.Tensor, rng: np.random.Generator, max_shift: int = 2) -> torch.Tensor:
+    max_shift = max(max_shift, x.shape[-1] // 16)  # 2 pixels at 32 px, in proportion above
     dx, dy = rng.integers(-max_shift, max_shift + 1, 2)
     return torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
 
 
 def train_evaluator(
     arch: str,
-    train_gray: np.ndarray,
+    train_images: np.ndarray,
     train_labels: np.ndarray,
     val_images: torch.Tensor,
     val_labels: np.ndarray,
@@ -92,12 +93,14 @@ def train_evaluator(
     n_classes: int = 10,
     device: str = "cpu",
 ) -> tuple[nn.Module, pd.DataFrame]:
-    """Train on real digits in random palette colours, with small random shifts, on ``device`` (the weights
-    initialised and the batches drawn on the host, as on the CPU)."""
+    """Train on real images with small random shifts, on ``device`` (the weights initialised and the batches
+    drawn on the host, as on the CPU). ``train_images``: gray digits ``(N, H, W)``, each batch drawn in random
+    palette colours, or uint8 images ``(N, 3, H, W)`` (a user's image folder) as they are."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    gray = train_images.ndim == 3
     model = build_evaluator(arch, n_classes)
-    model(torch.zeros(2, 3, *train_gray.shape[1:]))  # materialise lazy layers
+    model(torch.zeros(2, 3, *train_images.shape[-2:]))  # materialise lazy layers
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2))
@@ -105,8 +108,9 @@ def train_evaluator(
     log = []
     model.train()
     for step in tqdm(range(steps), desc=f"train evaluator ({arch})"):
-        i = rng.integers(0, len(train_gray), batch_size)
-        x = _shift(digits.augment_batch(train_gray[i], rng), rng)
+        i = rng.integers(0, len(train_images), batch_size)
+        x = digits.augment_batch(train_images[i], rng) if gray else digits.to_model_input(train_images[i])
+        x = _shift(x, rng)
         loss = F.cross_entropy(model(x.to(device)), y_all[i].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -169,8 +173,9 @@ class _ImageNetInput(nn.Module):
 
 def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Module:
     """A torchvision classifier (``resnet18``, ``vit_b_16``, ...) from a local state dict (``.pth`` or
-    ``.safetensors``); never downloads. In eval mode, it takes images in [-1, 1] at any size, resized to
-    ``image_size`` (bilinear) and ImageNet-normalized."""
+    ``.safetensors``); never downloads. Its class count is its head's (the state dict's last matrix): 1,000
+    for ImageNet weights, K for a model fine-tuned on your K classes. In eval mode, it takes images in
+    [-1, 1] at any size, resized to ``image_size`` (bilinear) and ImageNet-normalized."""
     import torchvision  # deferred: five seconds to import, and only ImageNet judges need it
 
     path = Path(weights_path)
@@ -179,12 +184,15 @@ def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Modul
             f"no weights file at {path} (torchvision weights are never downloaded here; "
             f"save a state dict there first)"
         )
+    raw = load_state_dict(path)
+    matrices = [v for k, v in raw.items() if k.endswith("weight") and v.ndim == 2]
     try:
         kwargs = {"image_size": image_size} if arch.startswith("vit_") else {}
+        kwargs["num_classes"] = int(matrices[-1].shape[0]) if matrices else 1000
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
     except ValueError as e:
         raise ValueError(f"unknown torchvision architecture {arch!r}: {e}") from None
-    state = check_state_dict(model, load_state_dict(path), ignore_prefixes=(), what=f"{arch} weights {path}")
+    state = check_state_dict(model, raw, ignore_prefixes=(), what=f"{arch} weights {path}")
     model.load_state_dict(state)
     return nn.Sequential(_ImageNetInput(image_size), model).eval()
 
@@ -193,8 +201,10 @@ def load_run_evaluators(
     run_dir, image_size: int, n_classes: int, torchvision_weights: dict | None = None, device: str = "cpu"
 ) -> dict:
     """The judges of a run, on ``device``: the evaluators notebook 02 registered (``evaluator_cnn``,
-    ``evaluator_resnet``), checked against this data's image size and class count, plus any ``{arch: local
-    weights path}`` of torchvision ImageNet classifiers (for real taming checkpoints; never downloaded)."""
+    ``evaluator_resnet``: the shipped digit ones, or those trained on the run's image folder), checked
+    against this data's image size and class count (one below its accuracy floor is named as a weak judge),
+    plus any ``{arch: local weights path}`` of torchvision ImageNet classifiers (for real taming
+    checkpoints; never downloaded)."""
     judges, skipped = {}, []
     for arch in EVALUATORS:
         entry = registered(run_dir, f"evaluator_{arch}")
@@ -204,8 +214,19 @@ def load_run_evaluators(
             )
         except ValueError as e:  # e.g. the digit evaluators next to a real ImageNet tokenizer
             skipped.append(str(e))
+            continue
+        acc, floor = entry.get("test_accuracy"), entry.get("floor")
+        if acc is not None and floor is not None and acc < floor:
+            print(
+                f"weak judge: the {arch} evaluator classifies {acc:.1%} of the held-out test images right, "
+                f"below the floor of {floor:.0%} (notebook 02): the verdicts it judges here are weak"
+            )
     for arch, path in (torchvision_weights or {}).items():
         judges[arch] = load_torchvision(arch, path)
+        heads = [m for m in judges[arch].modules() if isinstance(m, nn.Linear)]
+        if heads and heads[-1].out_features != n_classes:
+            k = heads[-1].out_features
+            raise ValueError(f"{path}: a {arch} of {k} classes cannot judge data of {n_classes} classes")
     if not judges:
         raise ValueError(
             "no evaluator fits this data: "

@@ -174,3 +174,24 @@ def truth_texts(answer) -> list[str]:
         elif isinstance(v, str) and len(v) >= 3:
             texts.add(v)
     return sorted(texts)
+
+
+def class_ids(values, class_names, parameter: str = "classes") -> list[int]:
+    """``values`` (class indices, or the dataset's class names) as class indices; ValueError naming
+    ``parameter`` and this dataset's classes for a value that is neither (e.g. a digit on a folder of 3)."""
+    names = [str(c) for c in class_names]
+    out = []
+    for v in values:
+        if isinstance(v, str) and v in names:
+            out.append(names.index(v))
+        elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
+            out.append(v)
+        else:
+            some = ", ".join(f"{i} {n!r}" for i, n in enumerate(names[:12])) + (
+                ", ..." if len(names) > 12 else ""
+            )
+            raise ValueError(
+                f"{parameter}: {v!r} is not a class of this dataset, which has {len(names)} classes "
+                f"({some}); give class indices or class names"
+            )
+    return out

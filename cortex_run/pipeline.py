@@ -8,6 +8,8 @@ named preset (``cortex_run/presets/<name>.yaml``) plus overrides, into one run d
 ``-p NAME VALUE`` sets NAME in every notebook that declares it (``-p NOTEBOOK.NAME VALUE`` in one; VALUE is
 YAML: ``true``, ``3``, ``[1, 5]``); a name no notebook declares is an error. A preset's ``runs`` (whole runs
 of other presets, with the ``-p`` overrides) finish before its own notebooks; ``--only`` runs just its own.
+A preset's ``requires`` names parameters the user must give (``-p image_folder PATH``): without them the run
+stops before it starts; its ``skipped`` ({notebook: why}) is printed at the start of the run's log.
 """
 
 from __future__ import annotations
@@ -61,7 +63,26 @@ def load_preset(name_or_path: str) -> dict:
         raise SystemExit(f"error: unknown preset {name_or_path!r} (known: {', '.join(known)})")
     preset = yaml.safe_load(path.read_text()) or {}
     preset.setdefault("parameters", {})
+    skipped = preset.get("skipped") or {}
+    wrong = sorted(set(skipped) - (set(NEEDS) - set(preset.get("notebooks") or [])))
+    if wrong or not all(isinstance(why, str) and why for why in skipped.values()):
+        raise SystemExit(
+            f"error: preset {name_or_path!r}: 'skipped' maps notebooks it does not run to a reason each"
+            + (f"; not such a notebook: {wrong}" if wrong else "")
+        )
     return preset
+
+
+def check_required(preset: dict, params: dict, name: str = "") -> None:
+    """SystemExit, before anything runs, when a parameter the preset ``requires`` is not given (or empty) in
+    the notebooks of this run that declare it."""
+    for key in preset.get("requires") or []:
+        declared = [nb for nb in params if key in parameter_defaults(nb)]
+        if declared and not any(params[nb].get(key) not in (None, "", [], {}) for nb in declared):
+            raise SystemExit(
+                f"error: preset {name!r} requires -p {key} (a parameter of {', '.join(declared)}), e.g. "
+                f"python -m cortex_run.pipeline --preset {name} -p {key} PATH"
+            )
 
 
 def sub_runs(preset: dict, overrides=()) -> list[dict]:
@@ -199,6 +220,7 @@ def run(
     extra = {**(parameters or {}), **(yaml.safe_load(Path(config).read_text()) if config else {})}
     # with runs to finish first, the -p overrides are theirs (with --only, the preset's own notebooks')
     params = resolve_parameters(preset, [] if preset.get("runs") and not only else list(overrides), extra)
+    check_required(preset, params, Path(preset_name).stem)
     for sub in [] if only else sub_runs(preset, overrides):
         print(f"=== run {sub['run_dir']} (preset {sub['preset']}) ===", flush=True)
         run(sub["preset"], overrides, None, str(sub["run_dir"]), None, jobs, cell_timeout, sub["parameters"])
@@ -207,6 +229,8 @@ def run(
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)  # the kernels' logs (_execute)
     (run_dir / "parameters.yaml").write_text(yaml.safe_dump({"preset": preset_name, "parameters": params}))
     print(f"run directory: {run_dir}")
+    for nb, why in (preset.get("skipped") or {}).items():
+        print(f"[{nb}] skipped by preset {Path(preset_name).stem}: {why}", flush=True)
     if not only:  # a whole run starts counting the models it trains afresh (artifacts.note_trained)
         record_metrics(run_dir, models_trained_in_run=0)
     # the kernels inherit these: inline figures (not Agg), progress as lines (papermill saves a bar at "0%")

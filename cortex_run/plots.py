@@ -96,7 +96,8 @@ def confusion(true, pred, class_names, title: str = "confusion", normalize: bool
     np.add.at(m, (np.asarray(true), np.asarray(pred)), 1)
     if normalize:
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(0.5 * n + 2, 0.45 * n + 1.5))
+    side = min(n, 24)  # many classes: a figure of bounded size, labelled where the names still fit
+    fig, ax = plt.subplots(figsize=(0.5 * side + 2, 0.45 * side + 1.5))
     sns.heatmap(
         m,
         annot=n <= 12,
@@ -104,8 +105,8 @@ def confusion(true, pred, class_names, title: str = "confusion", normalize: bool
         cmap="Blues",
         ax=ax,
         cbar_kws={"label": "share of the true class" if normalize else "images"},
-        xticklabels=class_names,
-        yticklabels=class_names,
+        xticklabels=list(class_names) if n <= 40 else "auto",
+        yticklabels=list(class_names) if n <= 40 else "auto",
     )
     ax.set(xlabel="predicted", ylabel="true / conditioning class", title=title)
     fig.tight_layout()

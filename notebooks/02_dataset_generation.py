@@ -65,7 +65,7 @@ per_class_val = 50
 per_class_test = 50
 temperature = 0.7  # sampling temperature (below 1: fewer off-class samples, less variety)
 top_k = 10  # sample among the k most likely tokens (0: all)
-evaluator_steps = 400  # training steps (batch of 64 digits) of each evaluator when retraining
+evaluator = {"steps": 400, "floor": 0.8}  # evaluators: training steps (batch 64); held-out accuracy floor
 transformer_config = ""  # a taming Net2NetTransformer config YAML (e.g. cin_transformer), with...
 transformer_checkpoint = ""  # ...its .ckpt; "" -> the embedded default
 trust_pickle = False  # allow a .ckpt that needs full unpickling (only for files you trust)
@@ -81,7 +81,8 @@ choice("source", source, ["generated", "encoded", "imported"])
 choice("bf16", bf16, ["auto", "on", "off"])
 require(min(per_class_train, per_class_val, per_class_test) >= 1, "per_class_* must be >= 1")
 require(temperature > 0 and top_k >= 0 and transformer_lr > 0, "temperature, transformer_lr > 0, top_k >= 0")
-require(min(transformer_steps, evaluator_steps, colourings) >= 1, "training steps, colourings must be >= 1")
+require(min(transformer_steps, evaluator["steps"], colourings) >= 1, "steps and colourings must be >= 1")
+require(0 <= evaluator["floor"] <= 1, "the evaluator floor must lie in [0, 1]")
 require(bool(transformer_config) == bool(transformer_checkpoint), "give both transformer_* files, or neither")
 require(source != "imported" or bool(csv_train), "source=imported needs at least csv_train")
 run_dir = repo_path(run_dir)
@@ -92,19 +93,20 @@ _ = torch.manual_seed(seed)
 # ## The tokenizer and two independent judges
 #
 # Token ids mean something only with *their* codebook, so the dataset records the fingerprint of notebook
-# 01's tokenizer. Two **evaluators**, pixel classifiers (a CNN and a ResNet) trained only on real digits,
-# will judge whether generated grids show their class; their accuracy on real test digits is the ceiling.
+# 01's tokenizer. Two **evaluators**, pixel classifiers (a CNN and a ResNet) trained only on real images (the
+# digits, or your `image_folder`'s), will judge whether grids show their class; their held-out accuracy is the
+# ceiling.
 
 # %%
 vq = tokenizers.load_run_vq(run_dir, device)
 meta = vqlib.vq_meta(vq)
-data = digits.load_digits(seed=seed)
+data, class_names = prepare.images_for_run(image_folder if source == "encoded" else "", meta, seed)
 judges = prepare.evaluators_for_run(
-    run_dir, data, retrain=retrain and not keep_evaluators, steps=evaluator_steps, seed=seed, device=device
+    run_dir, data, retrain=retrain and not keep_evaluators, evaluator=evaluator, seed=seed, device=device
 )
 real = digits.to_model_input(data["test"]["images"])
 for arch, model in judges.items():
-    print(f"{arch} on real test digits: {evaluators.accuracy(model, real, data['test']['labels']):.3f}")
+    print(f"{arch} on the real test images: {evaluators.accuracy(model, real, data['test']['labels']):.3f}")
 
 # %% [markdown]
 # ## The prior: a class-conditional transformer
@@ -114,7 +116,7 @@ for arch, model in judges.items():
 # digits' token grids; `retrain = True` trains it here (needed with a retrained tokenizer).
 
 # %%
-tf, tf_path, class_names = None, None, digits.CLASS_NAMES
+tf, tf_path = None, None
 if source == "generated":
     recipe = {"steps": transformer_steps, "lr": transformer_lr, "layers": transformer_layers}
     recipe.update(heads=transformer_heads, width=transformer_width, colourings=colourings, bf16=bf16)
@@ -169,12 +171,14 @@ print(", ".join(f"{s}: {len(y)} grids" for s, y in ds.labels.items()), f"over {l
 shown = "test" if "test" in ds.tokens else next(iter(ds.tokens))  # an import may hold only some splits
 labels = ds.labels[shown].astype(np.int64)
 images = vqlib.decode(vq, torch.from_numpy(ds.tokens[shown].astype(np.int64)))
-judged = meta["image_size"] == 32 and meta["image_channels"] == 3 and ds.class_names == digits.CLASS_NAMES
-preds = (
-    {a: evaluation.predict_logits(m, images).argmax(1).numpy() for a, m in judges.items()} if judged else {}
-)
+judged = ds.class_names == class_names and data["test"]["images"].shape[1:] == images.shape[1:]
+preds = {a: evaluation.predict_logits(m, images).argmax(1).numpy() for a, m in judges.items() if judged}
 mean_acc = float(np.mean([(p == labels).mean() for p in preds.values()])) if judged else float("nan")
-print(f"mean evaluator accuracy on the {source} {shown} grids: {mean_acc:.3f}" if judged else "not digits")
+print(
+    f"mean evaluator accuracy on the {source} {shown} grids: {mean_acc:.3f}"
+    if judged
+    else "no evaluator fits"
+)
 if judged:
     plots.confusion(labels, preds["cnn"], ds.class_names, title=f"cnn evaluator on {source} {shown} grids")
 
@@ -196,9 +200,7 @@ bytes_per_image = tokds.dataset_bytes(dataset_dir) / sum(len(y) for y in loaded.
 record_metrics(run_dir, dataset_bytes_per_image=round(bytes_per_image, 2), device=device)
 record_metrics(run_dir, dataset_load_seconds=round(load_seconds, 4))
 print(f"{bytes_per_image:.1f} bytes an image, all splits loaded in {load_seconds * 1000:.1f} ms")
-csv = tokds.export_cortex_csv(
-    loaded, shown, run_dir / "exports" / f"{dataset_dir.name}_{shown}_embeddings.csv"
-)
+csv = tokds.export_cortex_csv(loaded, shown, run_dir / f"exports/{dataset_dir.name}_{shown}_embeddings.csv")
 print(f"the {shown} split in the original CSV layout: exports/{csv.name}")
 
 # %% [markdown]

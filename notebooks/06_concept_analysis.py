@@ -32,7 +32,7 @@ from IPython.display import Markdown, display
 from cortex_run import datasets as tokds
 from cortex_run import plots, tokenizers
 from cortex_run.artifacts import atomic_path, record_metrics, register, registered
-from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_run.notebook import check_parameters, class_ids, exercise, repo_path, require
 from cortex_utils import concepts, evaluation
 from cortex_utils import vq as vqlib
 
@@ -42,7 +42,7 @@ top_ns = [1, 5, 10, 20]  # how many of each image's highest-TIS positions to rea
 top = 100  # ranked ids kept per class (concept and frequency tables)
 show_top_n = 5  # the top-n used in the figures
 tokens_per_class = 3  # concept tokens drawn per class in the gallery
-gallery_classes = [0, 3, 7]  # the classes the gallery shows
+gallery_classes = [0, 3, 7]  # the classes the gallery shows (indices or class names)
 background_share = 0.5  # the background: the commonest ids, filling this share of the grids (as notebook 08)
 device = "auto"  # where models compute: auto (CUDA, else MPS, else CPU) | cpu | cuda:1 (docs/scaling.md)
 solutions = False  # run the exercises' solution cells (a teacher's reveal; make test runs them)
@@ -165,7 +165,7 @@ _ = record_metrics(run_dir, concept_tokens_background_share=round(bg_share, 4), 
 
 # %%
 sets = concepts.token_sets(table, tokens_per_class, top_n=show_top_n)
-picked = [(c, int(t)) for c in gallery_classes if c in sets for t in sets[c]]
+picked = [(c, int(t)) for c in class_ids(gallery_classes, ds.class_names, "gallery_classes") for t in sets[c]]
 rows = np.concatenate(
     [np.resize(concepts.images_with_token(tokens, labels, tis, show_top_n, c, t), 2) for c, t in picked]
 )

@@ -48,7 +48,7 @@ from cortex_run import datasets as tokds
 from cortex_run import evaluators, plots, report, tokenizers
 from cortex_run.artifacts import atomic_path, record_metrics, register, registered
 from cortex_run.checkpoints import load_run_iem
-from cortex_run.notebook import check_parameters, exercise, repo_path, require
+from cortex_run.notebook import check_parameters, class_ids, exercise, repo_path, require
 from cortex_utils import concepts, evaluation
 from cortex_utils import iem as iemlib
 from cortex_utils import optimization as opt
@@ -58,7 +58,7 @@ from cortex_utils import vq as vqlib
 run_dir = "runs/interactive"  # the run directory of notebooks 01-06 (relative to the repo root)
 iem_arch = 1  # which trained IEM is maximised (1-4)
 split = "test"  # where the source images come from
-pairs = [[3, 8], [1, 7], [5, 6]]  # [source class, target class]
+pairs = [[3, 8], [1, 7], [5, 6]]  # [source class, target class] (indices or class names)
 images_per_pair = 2  # source images per pair (first those the IEM classifies as the source)
 rows = [2, 6]  # the optimized region: grid rows [start, stop) ...
 cols = [2, 6]  # ... and columns [start, stop) (the original: rows/cols 7-10 of 16x16)
@@ -118,6 +118,7 @@ tokens, labels = ds.tokens[split].astype(np.int64), ds.labels[split].astype(np.i
 # source class that the IEM itself recognises (others only if too few are).
 
 # %%
+pairs = [class_ids(pair, ds.class_names, "pairs") for pair in pairs]
 for source, target in pairs:
     opt.check_pair(source, target, n_classes)
 region = opt.region_mask(ds.grid, rows, cols)
@@ -940,7 +941,7 @@ display(
     Markdown(
         f"""
 * Optimising a {int(region.sum())}-position region ({region.mean():.0%} of the grid) toward another
-  digit moves the evaluators' mean target probability from {p_before:.3f} to {p_after:.3f}
+  class moves the evaluators' mean target probability from {p_before:.3f} to {p_after:.3f}
   ({len(results)} optimisations: {len(units)} source image(s) × {len(methods)} methods);
   {changed_outside} tokens outside the region changed.
 * {rule_line}

@@ -270,7 +270,7 @@ compared = [*methods, control]  # every table below has the control as its last 
 maps[control] = sanity.random_attribution(maps[methods[0]].shape, seed=seed)
 
 # %%
-show = np.concatenate([np.flatnonzero(labels == c)[:1] for c in range(min(len(ds.class_names), 6))])
+show = np.unique(labels, return_index=True)[1][:6]  # the first image of each class in the sample, six at most
 images = vqlib.decode(vq, torch.from_numpy(tokens[show]))
 fig, axes = plt.subplots(
     len(methods), len(show), figsize=(1.5 * len(show), 1.6 * len(methods)), squeeze=False
@@ -279,7 +279,8 @@ for r, m in enumerate(methods):
     for c, i in enumerate(show):
         a = np.abs(maps[m][i]) / max(np.abs(maps[m][i]).max(), 1e-12)  # each map on its own scale, 0 to 1
         handle = plots.tis_overlay(axes[r, c], images[c], a, f"{m}" if c == 0 else "", vmax=1.0)
-fig.suptitle("attribution maps of the trained IEM (one image per class)")
+first = "" if len(show) == len(ds.class_names) else f", {len(show)} of {len(ds.class_names)} classes"
+fig.suptitle(f"attribution maps of the trained IEM (one image per class{first})")
 fig.tight_layout()
 fig.colorbar(handle, ax=axes, shrink=0.6, label="|score| ÷ the map's largest")
 plt.show()
@@ -782,9 +783,10 @@ if tsne:
 
 # %%
 order = ["none", *ds.class_names]
+colours = "tab10" if len(ds.class_names) <= 10 else "husl"  # tab10 repeats after ten classes
 palette = {
     "none": "lightgray",
-    **dict(zip(ds.class_names, sns.color_palette("tab10", len(ds.class_names)), strict=True)),
+    **dict(zip(ds.class_names, sns.color_palette(colours, len(ds.class_names)), strict=True)),
 }
 
 # %%
@@ -801,7 +803,7 @@ for ax, (title, xy) in zip(axes[0], views.items(), strict=True):
         size="share",
         sizes=(12, 140),
         ax=ax,
-        legend="auto" if ax is axes[0, -1] else False,
+        legend="auto" if ax is axes[0, -1] and len(order) <= 21 else False,  # a legend of at most 20 classes
         edgecolor="none",
     )
     ax.set_title(f"codebook, {title}")
@@ -885,7 +887,7 @@ display(
   Spearman {verdict.loc[control, "abs_rank_corr_full"]:.3f} under full randomization) and explains nothing:
   passing randomization alone means little.
 * The shuffled-label IEM fits {kept["select_acc"]:.1%} of its random training labels and {test_acc:.1%} of
-  the true {split} labels (chance {1 / len(ds.class_names):.0%}): it learned nothing about the digits.
+  the true {split} labels (chance {1 / len(ds.class_names):.0%}): it learned nothing about the classes.
 * {(assoc != "none").sum()} of {K} codebook ids are a top-{concept_top_n} concept token of some class.
 """
     )

@@ -82,11 +82,18 @@ t = tables["concept"]
 t = t[(t.top_n == top_n) & (t.label >= 0)].copy()
 t["cumulative share"] = t.groupby("label")["share"].cumsum()
 fig, ax = plt.subplots(figsize=(7, 3.2))
-sns.lineplot(
-    data=t[t["rank"] <= 30], x="rank", y="cumulative share", hue="class_name", ax=ax, palette="tab10"
+sns.lineplot(  # the first ten classes (all of the digits)
+    data=t[(t["rank"] <= 30) & (t.label < 10)],
+    x="rank",
+    y="cumulative share",
+    hue="class_name",
+    ax=ax,
+    palette="tab10",
 )
 ax.set(xlabel="k (first concept tokens)", ylabel=f"share of the top-{top_n} slots")
-sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title="class")
+sns.move_legend(
+    ax, "upper left", bbox_to_anchor=(1.01, 1), title="class" if n_cls <= 10 else "class (first 10)"
+)
 fig.tight_layout()
 plt.show()
 first10 = t[t["rank"] == 10].set_index("class_name")["cumulative share"]

@@ -49,3 +49,86 @@ def test_evaluator_checkpoint_round_trip_and_size_check(arch, tmp_path):
 def test_unknown_evaluator():
     with pytest.raises(ValueError, match="choose one of"):
         evaluators.build_evaluator("vit")
+
+
+def _shape_folder(root, counts, size=40, seed=0):
+    """An ImageFolder tree of filled shapes (not digits): ``counts`` = {class: images}, RGB PNGs."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 60, 3)))
+            x, y, r = (int(v) for v in (*rng.integers(12, size - 12, 2), rng.integers(7, 11)))
+            fill = tuple(int(v) for v in rng.integers(120, 256, 3))
+            draw = ImageDraw.Draw(im)
+            if cls == "circle":
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+            elif cls == "square":
+                draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+            else:
+                draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+            im.save(root / cls / f"{i:03d}.png")
+    return root
+
+
+def test_images_for_run_reads_splits_and_names_a_folder(tmp_path):
+    """Issue 30: a folder of K classes, another image size, split 70/15/15 within each class as the digits,
+    resized to the tokenizer's input; too few images in a class, or one class, is refused by name."""
+    from cortex_run import prepare
+
+    meta = {"image_size": 32, "image_channels": 3}
+    root = _shape_folder(tmp_path / "shapes", {"circle": 20, "square": 20, "triangle": 20})
+    data, names = prepare.images_for_run(str(root), meta, seed=0)
+    assert names == ["circle", "square", "triangle"]
+    assert [len(data[s]["labels"]) for s in digits.SPLITS] == [42, 9, 9]
+    for s in digits.SPLITS:
+        assert data[s]["images"].shape[1:] == (3, 32, 32) and data[s]["images"].dtype == np.uint8
+        assert (np.bincount(data[s]["labels"], minlength=3) == len(data[s]["labels"]) // 3).all()
+        assert all(
+            n.split("/")[0] == names[y] for n, y in zip(data[s]["names"], data[s]["labels"], strict=True)
+        )
+    assert not set(data["train"]["names"]) & set(data["test"]["names"])
+    digits_data, digit_names = prepare.images_for_run("", meta, seed=0)
+    assert digit_names == digits.CLASS_NAMES and "gray" in digits_data["train"]
+    few = _shape_folder(tmp_path / "few", {"circle": 20, "square": 5})
+    with pytest.raises(ValueError, match=r"square \(5\)"):
+        prepare.images_for_run(str(few), meta, seed=0)
+    one = _shape_folder(tmp_path / "one", {"circle": 20})
+    with pytest.raises(ValueError, match="1 class folders"):
+        prepare.images_for_run(str(one), meta, seed=0)
+
+
+def test_evaluators_trained_on_a_folder_judge_its_classes(tmp_path, capsys):
+    """With a folder, notebook 02's evaluators are trained here on its classes (not the shipped digit ones),
+    saved under the run, registered with their held-out accuracy and floor, recorded in metrics.json; the
+    judges the later notebooks load are those, and one below its floor is called a weak judge."""
+    import json
+
+    from cortex_run import prepare
+    from cortex_run.artifacts import register
+
+    root = _shape_folder(tmp_path / "shapes", {"circle": 30, "square": 30, "triangle": 30})
+    data, names = prepare.images_for_run(str(root), {"image_size": 32, "image_channels": 3}, seed=0)
+    run = tmp_path / "run"
+    judges = prepare.evaluators_for_run(
+        run, data, retrain=False, evaluator={"steps": 50, "floor": 0.8}, seed=0
+    )
+    registry = json.loads((run / "registry.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    for arch, model in judges.items():
+        entry = registry[f"evaluator_{arch}"]
+        assert entry["checkpoint"].startswith(str(run)) and entry["floor"] == 0.8
+        assert entry["test_accuracy"] == metrics[f"evaluator_{arch}_test_accuracy"]
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    assert max(metrics[f"evaluator_{a}_test_accuracy"] for a in judges) > 0.5  # shapes are easy; chance 1/3
+    capsys.readouterr()
+    register(run, "evaluator_cnn", **{**registry["evaluator_cnn"], "test_accuracy": 0.5})  # below the floor
+    loaded = evaluators.load_run_evaluators(run, 32, 3)
+    assert set(loaded) == set(judges)
+    out = capsys.readouterr().out
+    assert "weak judge: the cnn evaluator classifies 50.0% of the held-out test images right" in out
+    assert "resnet" not in out or registry["evaluator_resnet"]["test_accuracy"] < 0.8
+    with pytest.raises(ValueError, match="no evaluator fits this data"):
+        evaluators.load_run_evaluators(run, 32, 10)  # the digits' class count: these judges do not fit

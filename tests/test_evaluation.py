@@ -339,6 +339,37 @@ def test_load_torchvision_resizes_normalizes_and_checks(tmp_path):
         load_torchvision("resnet_nope", path)
 
 
+def test_a_torchvision_classifier_of_your_own_classes_judges_them(tmp_path):
+    """Issue 30: a torchvision model fine-tuned on K classes (its head says K) loads with K outputs, and
+    judges a run's data only when the class counts agree (an ImageNet head on 3 classes is refused)."""
+    import torchvision
+
+    from cortex_run.artifacts import register
+    from cortex_run.checkpoints import save_weights
+    from cortex_run.evaluators import build_evaluator, load_run_evaluators
+
+    torch.manual_seed(0)
+    mine = tmp_path / "r18_mine.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=3).state_dict(), mine)
+    assert load_torchvision("resnet18", mine, image_size=32)(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    run = tmp_path / "run"  # a run whose notebook 02 trained its evaluators on 3 classes
+    for arch in ("cnn", "resnet"):
+        model = build_evaluator(arch, 3)
+        model(torch.zeros(2, 3, 32, 32))
+        card = {"kind": "evaluator", "arch": arch, "image_size": 32, "n_classes": 3}
+        register(
+            run,
+            f"evaluator_{arch}",
+            checkpoint=str(save_weights(model.state_dict(), run / f"evaluator_{arch}.safetensors", card)),
+        )
+    judges = load_run_evaluators(run, 32, 3, {"resnet18": str(mine)})
+    assert sorted(judges) == ["cnn", "resnet", "resnet18"]
+    imagenet = tmp_path / "r18_imagenet.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), imagenet)
+    with pytest.raises(ValueError, match="a resnet18 of 1000 classes cannot judge data of 3 classes"):
+        load_run_evaluators(run, 32, 3, {"resnet18": str(imagenet)})
+
+
 # --- fair concept-level comparison ---------------------------------------------------------------
 
 

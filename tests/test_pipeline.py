@@ -34,16 +34,21 @@ def test_every_preset_notebook_exists():
     not have: two runs to compare (12) and real token data (13), and the run at the real models' shape (18,
     its own preset: minutes of a random f16 VQGAN); the presets of the encoded real digits (vqvae, encoded)
     also leave out the planted bias study (10), which needs a generator, and the composites (14), whose
-    shipped data and IEM belong to the default tokenizer."""
+    shipped data and IEM belong to the default tokenizer; own-images (a researcher's folder) leaves out the
+    same and says why in its 'skipped'."""
     stems = [nb.stem for nb in NOTEBOOKS]
     assert pipeline.load_preset("smoke")["notebooks"] == stems
     assert pipeline.load_preset("default")["notebooks"] == [
         s for s in stems if not s.startswith(("12_", "13_", "18_"))
     ]
-    for preset in ("vqvae", "encoded"):  # nor the deeper bias notebook (16), which reads 10's study
+    for preset in ("vqvae", "encoded", "own-images"):  # nor the deeper bias study (16), which reads 10's
         assert pipeline.load_preset(preset)["notebooks"] == [
             s for s in stems if not s.startswith(("10_", "12_", "13_", "14_", "16_", "18_"))
         ]
+    own = pipeline.load_preset("own-images")
+    assert own["requires"] == ["image_folder"] and sorted(own["skipped"]) == sorted(
+        set(stems) - set(own["notebooks"])
+    )
     assert pipeline.load_preset("compare")["notebooks"] == ["12_compare_tokenizers"]
     assert pipeline.load_preset("bias_real")["notebooks"] == ["13_bias_real_data"]
     assert pipeline.load_preset("real-shape")["notebooks"] == ["18_real_shape"]
