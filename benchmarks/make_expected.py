@@ -73,6 +73,13 @@ RULES = [
         2 / 500,
         "accuracy over 500 images: two images' worth",
     ),
+    # the shipped evaluators' accuracy on the 750 real test digits (notebook 02): two images' worth
+    (
+        r"^evaluator_(cnn|resnet)_test_accuracy$",
+        "accuracy_750",
+        2 / 750,
+        "accuracy over 750 images: two images' worth",
+    ),
     # the shipped IEMs' top-1 over the 500 test grids: two images' worth of near-tied logits
     (r"^iem\d_test_top\d+$", "accuracy_500", 2 / 500, "accuracy over 500 images: two images' worth"),
     # notebook 10's attribute IEMs over their 200 test generations (100 per value): two images' worth

@@ -1,6 +1,9 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from test_own_images import shape_folder  # the shapes the own-images test makes
 
 from cortex_run import digits, evaluators
 from cortex_utils import evaluation
@@ -51,35 +54,13 @@ def test_unknown_evaluator():
         evaluators.build_evaluator("vit")
 
 
-def _shape_folder(root, counts, size=40, seed=0):
-    """An ImageFolder tree of filled shapes (not digits): ``counts`` = {class: images}, RGB PNGs."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    for cls, n in counts.items():
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 60, 3)))
-            x, y, r = (int(v) for v in (*rng.integers(12, size - 12, 2), rng.integers(7, 11)))
-            fill = tuple(int(v) for v in rng.integers(120, 256, 3))
-            draw = ImageDraw.Draw(im)
-            if cls == "circle":
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-            elif cls == "square":
-                draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
-            else:
-                draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
-            im.save(root / cls / f"{i:03d}.png")
-    return root
-
-
 def test_images_for_run_reads_splits_and_names_a_folder(tmp_path):
     """Issue 30: a folder of K classes, another image size, split 70/15/15 within each class as the digits,
     resized to the tokenizer's input; too few images in a class, or one class, is refused by name."""
     from cortex_run import prepare
 
     meta = {"image_size": 32, "image_channels": 3}
-    root = _shape_folder(tmp_path / "shapes", {"circle": 20, "square": 20, "triangle": 20})
+    root = shape_folder(tmp_path / "shapes", per_class=20, size=40)  # 40 px, resized to 32
     data, names = prepare.images_for_run(str(root), meta, seed=0)
     assert names == ["circle", "square", "triangle"]
     assert [len(data[s]["labels"]) for s in digits.SPLITS] == [42, 9, 9]
@@ -92,12 +73,14 @@ def test_images_for_run_reads_splits_and_names_a_folder(tmp_path):
     assert not set(data["train"]["names"]) & set(data["test"]["names"])
     digits_data, digit_names = prepare.images_for_run("", meta, seed=0)
     assert digit_names == digits.CLASS_NAMES and "gray" in digits_data["train"]
-    few = _shape_folder(tmp_path / "few", {"circle": 20, "square": 5})
+    for extra in sorted((root / "square").iterdir())[5:]:
+        extra.unlink()
     with pytest.raises(ValueError, match=r"square \(5\)"):
-        prepare.images_for_run(str(few), meta, seed=0)
-    one = _shape_folder(tmp_path / "one", {"circle": 20})
+        prepare.images_for_run(str(root), meta, seed=0)
+    for cls in ("square", "triangle"):
+        shutil.rmtree(root / cls)
     with pytest.raises(ValueError, match="1 class folders"):
-        prepare.images_for_run(str(one), meta, seed=0)
+        prepare.images_for_run(str(root), meta, seed=0)
 
 
 def test_evaluators_trained_on_a_folder_judge_its_classes(tmp_path, capsys):
@@ -109,7 +92,7 @@ def test_evaluators_trained_on_a_folder_judge_its_classes(tmp_path, capsys):
     from cortex_run import prepare
     from cortex_run.artifacts import register
 
-    root = _shape_folder(tmp_path / "shapes", {"circle": 30, "square": 30, "triangle": 30})
+    root = shape_folder(tmp_path / "shapes", per_class=30)
     data, names = prepare.images_for_run(str(root), {"image_size": 32, "image_channels": 3}, seed=0)
     run = tmp_path / "run"
     judges = prepare.evaluators_for_run(
