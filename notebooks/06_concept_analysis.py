@@ -129,7 +129,7 @@ register(
 # %% [markdown]
 # ## How many concept tokens are background?
 #
-# Digits are drawn on black, so most grid positions hold a few black **background** codes, defined as in
+# Backgrounds fill most grid positions with a few **background** codes (black ones on the digits), as in
 # notebook 08 (`concepts.background_tokens`): the commonest ids over all classes, until they fill
 # `background_share` of the grids. Marked with * among each class's first 10 concept tokens:
 

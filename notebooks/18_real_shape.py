@@ -168,7 +168,7 @@ def validate(m):  # train_iem's validation pass after the epoch, timed
 train = realshape.token_batches(grids, labels, codebook, train_rows, B, device, stamps=stamps)
 with realshape.stage(seconds, "iem", device):
     log, _ = iemlib.train_iem(
-        model, train, None, iemlib.Training(epochs=1), desc="IEM steps", evaluate=validate
+        model, train, None, iemlib.Training(epochs=1), desc="IEM, one epoch of the steps", evaluate=validate
     )
 
 # %%
@@ -227,8 +227,8 @@ with realshape.stage(seconds, "masking", device):
 print(
     f"{m} grids, {hidden.reshape(m, -1).sum(1).mean():.1f} positions masked per grid: "
     f"{seconds['masking']:.1f} s "
-    f"({seconds['masking'] / m:.2f} s per image); the judge's probability of the label {prob.mean():.4f} "
-    f"(random weights: about 1 / {iem['classes']})"
+    f"({seconds['masking'] / m:.2f} s per image); the judge's probability of the label {prob.mean():.2e} "
+    f"(random weights: a meaningless number, not even 1 / {iem['classes']}: a random network is not uniform)"
 )
 
 # %% [markdown]
@@ -253,7 +253,8 @@ print(
 
 # %% [markdown]
 # What the random VQGAN makes of the digits: the inputs at 256 px, the masked grids decoded, and the grid
-# whose block was optimised. Noise, as it should be from random weights; only the shapes are real.
+# whose block was optimised. Noise, as it should be from random weights; only the tensor shapes, and so the
+# costs, are real.
 
 # %%
 shown = [*pics[:m], *digits.to_uint8(masked), *digits.to_uint8(optimized)]
