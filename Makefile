@@ -7,7 +7,7 @@ PRESET ?= default
 ARGS ?=
 
 .PHONY: install pipeline smoke test lint benchmarks lab checkpoints checkpoints-vqvae clean-runs verify verify-isa \
-	verify-vqvae verify-vqvae-isa compare codebook-sizes sync-notebooks student
+	verify-vqvae verify-vqvae-isa compare codebook-sizes sync-notebooks student book
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ smoke: install
 
 # ruff lints the notebooks in both forms and formats their text forms (pyproject: format excludes *.ipynb)
 lint: install
-	$(BIN)/ruff check cortex_utils cortex_run tests benchmarks tools notebooks
-	$(BIN)/ruff format --check cortex_utils cortex_run tests benchmarks tools notebooks
+	$(BIN)/ruff check cortex_utils cortex_run tests benchmarks tools notebooks book
+	$(BIN)/ruff format --check cortex_utils cortex_run tests benchmarks tools notebooks book
 
 test: lint
 	$(BIN)/python -m pytest
@@ -42,6 +42,11 @@ benchmarks: install
 # (tools/student_copy.py); the teacher keeps notebooks/ (run with -p solutions true to reveal).
 student: install
 	$(BIN)/python tools/student_copy.py --out student
+
+# The executed notebooks of the newest finished default run (or RUN=<dir>) as a static site, built offline:
+# open book/_build/html/index.html in a browser (cortex_run/book.py; checked in Chromium by tests/live/check_book.py)
+book: install
+	$(BIN)/python -m cortex_run.book $(if $(RUN),--run $(RUN))
 
 lab: install
 	cd notebooks && ../$(BIN)/jupyter lab

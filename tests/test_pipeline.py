@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from cortex_run import REPO_ROOT, pipeline
+from cortex_run import REPO_ROOT, book, pipeline
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import page_check  # noqa: E402  (tools/ is not a package)
 import page_stats  # noqa: E402
+from test_book import assert_book  # noqa: E402
 
 
 def _clean_pages(run_dir, names) -> list[str]:
@@ -242,6 +243,8 @@ def test_smoke_preset_runs_every_notebook(tmp_path):
     for nb in NOTEBOOKS:
         assert (run / nb.name).exists()
     assert _clean_pages(run, [nb.stem for nb in NOTEBOOKS]) == []
+    # make book on this run (issue 29): every notebook has its page, nothing fetched, bars, sliders, solutions
+    assert_book(run, book.build(run, tmp_path / "book").parent)
     metrics = json.loads((run / "metrics.json").read_text())
     for key in [
         "vq_test_psnr_db",

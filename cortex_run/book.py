@@ -1,0 +1,198 @@
+"""``make book``: a finished run's executed notebooks as a static site a reader opens from the file system.
+
+Sphinx with MyST-NB (the notebook reader of Jupyter Book 1) and sphinx-book-theme (its sidebar, page tables of
+contents and search) read the saved outputs; nothing is executed and nothing is downloaded. Before Sphinx sees
+a notebook, ``for_the_page`` makes it a page: papermill's injected parameters go, progress bars show
+finished or not at all, the sliders papermill could not keep become a note (the figure they draw at their
+starting position is saved beside them), and the exercises' solutions are folded behind a "Show solution"
+button. The landing page (``book/index.md``) takes its opening, commands, glossary and references from the
+README.
+
+    python -m cortex_run.book [--run runs/<dir>] [--out book/_build]   # the site: <out>/html/index.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jupyter_server_mathjax
+import nbformat
+import yaml
+from sphinx.cmd.build import build_main
+
+from . import REPO_ROOT
+from .artifacts import read_json
+from .pipeline import load_preset
+
+BOOK = REPO_ROOT / "book"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+BAR = re.compile(r"(\d+)%\|")  # a tqdm progress line: "name:  40%|####      | 2/5 [...]"
+SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+
+
+def latest_run(runs: Path = REPO_ROOT / "runs") -> Path:
+    """The newest finished default run under ``runs``: its parameters say preset default, and metrics.json
+    and every notebook of the preset are there."""
+    notebooks = load_preset("default")["notebooks"]
+    done = (
+        [
+            d
+            for d in runs.glob("*/")
+            if (d / "metrics.json").exists()
+            and (yaml.safe_load((d / "parameters.yaml").read_text()) or {}).get("preset") == "default"
+            and all((d / f"{nb}.ipynb").exists() for nb in notebooks)
+        ]
+        if runs.is_dir()
+        else []
+    )
+    if not done:
+        raise SystemExit(
+            f"no finished default run under {runs}: run `make pipeline` first, or give RUN=<dir>"
+        )
+    return max(done, key=lambda d: (d / "metrics.json").stat().st_mtime)
+
+
+def chapters(run: Path) -> tuple[list[str], list[str]]:
+    """The run's executed notebooks: the class path's (in its preset's order), then the others by number."""
+    executed = sorted(p.stem for p in run.glob("[0-9][0-9]_*.ipynb"))
+    if not executed:
+        raise SystemExit(f"{run}: no executed notebooks (NN_name.ipynb) in this run directory")
+    first = [nb for nb in load_preset("class")["notebooks"] if nb in executed]
+    return first, [nb for nb in executed if nb not in first]
+
+
+def finished_lines(text: str) -> str:
+    """A saved stream as a terminal would have left it: each line's last carriage-return segment, and no
+    progress bar short of 100 %."""
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    kept = [line for line in lines if not ((m := BAR.search(line)) and m.group(1) != "100")]
+    return "\n".join(kept)
+
+
+def slider_note(view: dict, state: dict) -> str:
+    """The line that stands for a row of sliders: each slider at the value its figure was drawn with."""
+    box = state.get(view["model_id"], {}).get("state", {})
+    children = [state.get(c.removeprefix("IPY_MODEL_"), {}).get("state", {}) for c in box.get("children", [])]
+    sliders = [
+        f"<b>{html.escape(s['description'])}</b> = {s['value']} (of {s['min']} to {s['max']})"
+        for s in children
+        if {"description", "value", "min", "max"} <= s.keys()
+    ] or ["sliders"]
+    where = "the figure shows these positions; in JupyterLab (<code>make lab</code>) the sliders move it"
+    return f'<p class="book-sliders">Sliders at {", ".join(sliders)}: {where}.</p>'
+
+
+def for_the_page(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of an executed notebook made ready to read as a page (see the module's docstring)."""
+    nb = nbformat.from_dict(nb)
+    state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                out.text = finished_lines(out.text)
+                if not out.text.strip():
+                    continue
+            elif WIDGET_VIEW in out.get("data", {}):
+                out = nbformat.v4.new_output(
+                    "display_data", {"text/html": slider_note(out.data[WIDGET_VIEW], state)}
+                )
+            outputs.append(out)
+        cell.outputs = outputs
+        if "solution" in cell.metadata.get("tags", []):
+            cell.metadata.tags = [*cell.metadata.tags, "hide-cell" if outputs else "hide-input"]
+            cell.metadata["mystnb"] = dict(SOLUTION_PROMPTS)
+    return nb
+
+
+def readme_parts(readme: str) -> dict[str, str]:
+    """The parts of the README the landing page shows: its opening paragraph, the fresh-machine commands
+    ``make pipeline`` and ``make test``, the glossary and the references."""
+
+    def section(title):
+        return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0].strip()
+
+    commands = [
+        line
+        for line in section("On a fresh machine").splitlines()
+        if line.startswith(("make pipeline ", "make test "))
+    ]
+    return {
+        "opening": readme.split("\n", 1)[1].strip().split("\n\n", 1)[0],
+        "commands": "\n".join(commands),
+        "glossary": section("Glossary"),
+        "references": section("References"),
+    }
+
+
+def landing(run: Path, first: list[str], deeper: list[str]) -> str:
+    """``book/index.md`` with the README's parts, the run it shows and the two tables of contents."""
+    metrics = read_json(run / "metrics.json", {})
+    preset = (yaml.safe_load((run / "parameters.yaml").read_text()) or {}).get("preset", "?")
+    about = f"That run: `{run.name}` (preset {preset}, device {metrics.get('device', '?')}"
+    seconds = metrics.get("pipeline_seconds")
+    about += f", {seconds:.0f} s" if isinstance(seconds, int | float) else ""
+    about += time.strftime(", %d %B %Y).", time.localtime((run / "metrics.json").stat().st_mtime))
+
+    def toc(caption, names):  # the sidebar's group (hidden here) and the page's own list of the notebooks
+        listed = "\n".join(f"* {{doc}}`{name}`" for name in names)
+        return f"```{{toctree}}\n:caption: {caption}\n:hidden:\n\n" + "\n".join(names) + "\n```\n\n" + listed
+
+    text = (BOOK / "index.md").read_text()
+    parts = {**readme_parts((REPO_ROOT / "README.md").read_text()), "run": about}
+    parts |= {"class": toc("The class path", first), "deeper": toc("Going deeper", deeper)}
+    for key, value in parts.items():
+        text = text.replace(f"<!-- {key} -->", value)
+    return text
+
+
+def build(run: Path, out: Path, quiet: bool = True) -> Path:
+    """Build the site of ``run`` into ``out/html`` (replaced whole only once Sphinx succeeded); returns the
+    landing page. Sphinx's warnings are errors: a page that cannot be read fails the build, by name."""
+    run, out = Path(run), Path(out)
+    first, deeper = chapters(run)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".building-") as tmp:
+        src, site = Path(tmp) / "src", Path(tmp) / "html"
+        shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", src / "_assets" / "mathjax")
+        shutil.copy(BOOK / "conf.py", src / "conf.py")
+        (src / "index.md").write_text(landing(run, first, deeper))
+        for name in first + deeper:
+            nb = nbformat.read(run / f"{name}.ipynb", as_version=4)
+            nbformat.write(for_the_page(nb), src / f"{name}.ipynb")
+        args = [str(src), str(site), "-b", "html", "-W", "--keep-going", "-j", "1"] + (
+            ["-q"] if quiet else []
+        )
+        if build_main(args) != 0:
+            raise SystemExit(f"make book: Sphinx could not build the pages of {run} (its messages above)")
+        shutil.rmtree(out / "html", ignore_errors=True)
+        site.rename(out / "html")
+    return out / "html" / "index.html"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, help="a finished run directory (default: the newest default run)")
+    ap.add_argument("--out", type=Path, default=BOOK / "_build", help="where the site goes (<out>/html)")
+    args = ap.parse_args(argv)
+    run = args.run or latest_run()
+    if not (run / "metrics.json").exists():
+        raise SystemExit(f"--run {run}: not a finished run (no metrics.json)")
+    index = build(run, args.out)
+    print(f"book of {run}: open {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
