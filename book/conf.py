@@ -3,8 +3,8 @@
 ``cortex_run/book.py`` copies this file beside the notebooks it prepares and runs Sphinx there; MyST-NB reads
 each notebook's saved outputs (nothing is executed), sphinx-book-theme draws the sidebar and each page's table
 of contents. Offline by construction: the theme comes with the installed package, and the formulas are typeset
-by the MathJax 2 that the ``jupyter-server-mathjax`` package ships (copied into ``_static/mathjax`` by the
-builder; HTML-CSS output with the STIX-Web fonts it ships).
+by the MathJax 3 that the ``sphinx-mathjax-offline`` package ships (copied into ``_static/mathjax`` by the
+builder; SVG output, which draws its own glyphs: no web font is fetched).
 """
 
 project = "CORTEX tutorial"
@@ -15,8 +15,8 @@ extensions = ["myst_nb"]
 exclude_patterns = ["_build"]
 nb_execution_mode = "off"  # the pages show what the run computed
 nb_ipywidgets_js = {}  # no widget manager from a CDN: the builder replaces the sliders by a note
+nb_render_markdown_format = "myst"  # a notebook's Markdown outputs (tables, formulas) as its Markdown cells
 myst_enable_extensions = ["dollarmath", "amsmath"]
-myst_update_mathjax = False  # MyST's MathJax 3 settings would confuse the local MathJax 2
 myst_heading_anchors = 3
 suppress_warnings = ["mystnb.unknown_mime_type"]
 
@@ -34,18 +34,6 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 
-# MathJax 2 from the book's own _static (its one combined configuration: TeX in, HTML-CSS out with the
-# STIX-Web fonts it ships); Sphinx writes \( \) and \[ \] inside elements of class math
-mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
-mathjax2_config = {
-    "HTML-CSS": {"availableFonts": ["STIX"], "preferredFont": "STIX", "webFont": "STIX-Web", "imageFont": None},
-    "tex2jax": {
-        "inlineMath": [["\\(", "\\)"]],
-        "displayMath": [["\\[", "\\]"]],
-        "processEscapes": True,
-        "ignoreClass": "document",
-        "processClass": "math|output_area",
-    },
-    "messageStyle": "none",
-    "showMathMenu": False,
-}
+# MathJax 3 from the book's own _static (sphinx-mathjax-offline's copy): SVG output, so no web fonts to fetch
+mathjax_path = "mathjax/tex-svg.js"
+html_css_files = ["book.css"]

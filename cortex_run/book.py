@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib
 import re
 import shutil
 import sys
@@ -22,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import jupyter_server_mathjax
 import nbformat
 import yaml
 from sphinx.cmd.build import build_main
@@ -34,8 +34,19 @@ from .pipeline import load_preset
 BOOK = REPO_ROOT / "book"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-BAR = re.compile(r"(\d+)%\|")  # a tqdm progress line: "name:  40%|####      | 2/5 [...]"
-SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+BAR = re.compile(r"\d+%\|")  # a tqdm progress line: "name:  40%|####      | 2/5 [...]"
+HEADING = re.compile(r"^## (.+)$", re.M)
+# MathJax 3 as sphinx-mathjax-offline ships it: the one script the pages load (TeX in, SVG out) and the
+# parts it loads on demand
+MATHJAX = ("tex-svg.js", "input", "output", "ui", "a11y")
+# cells folded on the page (MyST-NB's hide-input, with these buttons): the exercises' solutions and checks
+# (a check recomputes the answer), the code above a notebook's first section, the code that writes its summary
+FOLDS = {
+    "solution": "solution",
+    "exercise-check": "check",
+    "set-up": "set-up code (imports, parameters, loading)",
+    "summary": "code",
+}
 
 
 def latest_run(runs: Path = REPO_ROOT / "runs") -> Path:
@@ -69,12 +80,11 @@ def chapters(run: Path) -> tuple[list[str], list[str]]:
     return first, [nb for nb in executed if nb not in first]
 
 
-def finished_lines(text: str) -> str:
-    """A saved stream as a terminal would have left it: each line's last carriage-return segment, and no
-    progress bar short of 100 %."""
+def without_progress_bars(text: str) -> str:
+    """A saved stream as a reader should see it: each line's last carriage-return segment (what a terminal
+    left on screen), and no progress bar: a finished bar says only that the run waited."""
     lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-    kept = [line for line in lines if not ((m := BAR.search(line)) and m.group(1) != "100")]
-    return "\n".join(kept)
+    return "\n".join(line for line in lines if not BAR.search(line))
 
 
 def slider_note(view: dict, state: dict) -> str:
@@ -86,33 +96,62 @@ def slider_note(view: dict, state: dict) -> str:
         for s in children
         if {"description", "value", "min", "max"} <= s.keys()
     ] or ["sliders"]
-    where = "the figure shows these positions; in JupyterLab (<code>make lab</code>) the sliders move it"
+    where = "the figure is drawn at these values; in JupyterLab (<code>make lab</code>) the sliders redraw it"
     return f'<p class="book-sliders">Sliders at {", ".join(sliders)}: {where}.</p>'
+
+
+def sections(cells):
+    """Each cell with the title of the ``##`` section it sits in (lower case; "set-up" above the first)."""
+    section = "set-up"
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            section = ([h.strip().lower() for h in HEADING.findall(cell.source)] or [section])[-1]
+        yield section, cell
+
+
+def readable(outputs: list, state: dict) -> list:
+    """A code cell's outputs as the page shows them: streams without progress bars (gone when nothing else is
+    left), a row of sliders as the line that names their values."""
+    shown = []
+    for out in outputs:
+        if out.output_type == "stream":
+            out.text = without_progress_bars(out.text)
+            if not out.text.strip():
+                continue
+        elif WIDGET_VIEW in out.get("data", {}):
+            note = slider_note(out.data[WIDGET_VIEW], state)
+            out = nbformat.v4.new_output("display_data", {"text/html": note})
+        shown.append(out)
+    return shown
+
+
+def fold(cell, what: str) -> None:
+    """Fold a code cell behind a "Show <what>" button: its input (and the output of a solution or check)."""
+    whole = what in ("solution", "check") and cell.outputs  # the answer, or "not answered yet"
+    cell.metadata.tags = [*cell.metadata.get("tags", []), "hide-cell" if whole else "hide-input"]
+    cell.metadata["mystnb"] = {"code_prompt_show": f"Show {what}", "code_prompt_hide": f"Hide {what}"}
 
 
 def for_the_page(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of an executed notebook made ready to read as a page (see the module's docstring)."""
     nb = nbformat.from_dict(nb)
     state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-    for cell in nb.cells:
-        if cell.cell_type != "code":
+    cells = []
+    for section, cell in sections(nb.cells):
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags:
             continue
-        outputs = []
-        for out in cell.outputs:
-            if out.output_type == "stream":
-                out.text = finished_lines(out.text)
-                if not out.text.strip():
-                    continue
-            elif WIDGET_VIEW in out.get("data", {}):
-                out = nbformat.v4.new_output(
-                    "display_data", {"text/html": slider_note(out.data[WIDGET_VIEW], state)}
-                )
-            outputs.append(out)
-        cell.outputs = outputs
-        if "solution" in cell.metadata.get("tags", []):
-            cell.metadata.tags = [*cell.metadata.tags, "hide-cell" if outputs else "hide-input"]
-            cell.metadata["mystnb"] = dict(SOLUTION_PROMPTS)
+        if cell.cell_type == "code":
+            cell.outputs = readable(cell.outputs, state)
+            if section == "set-up" and cells and cells[-1].cell_type == "code":
+                cells[-1].source += "\n\n" + cell.source  # the set-up code in one fold
+                cells[-1].outputs += cell.outputs
+                continue
+            kind = next((t for t in tags if t in FOLDS), section)
+            if kind in FOLDS:
+                fold(cell, FOLDS[kind])
+        cells.append(cell)
+    nb.cells = cells
     return nb
 
 
@@ -140,10 +179,14 @@ def landing(run: Path, first: list[str], deeper: list[str]) -> str:
     """``book/index.md`` with the README's parts, the run it shows and the two tables of contents."""
     metrics = read_json(run / "metrics.json", {})
     preset = (yaml.safe_load((run / "parameters.yaml").read_text()) or {}).get("preset", "?")
-    about = f"That run: `{run.name}` (preset {preset}, device {metrics.get('device', '?')}"
+    about = f"That run: `runs/{run.name}` (preset {preset}, device {metrics.get('device', '?')}"
     seconds = metrics.get("pipeline_seconds")
     about += f", {seconds:.0f} s" if isinstance(seconds, int | float) else ""
     about += time.strftime(", %d %B %Y).", time.localtime((run / "metrics.json").stat().st_mtime))
+    missing = [p.stem for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    missing = [nb.replace("_", " ", 1) for nb in missing if nb not in first + deeper]
+    if missing:
+        about += f" Not in this run (other presets, see the README): {', '.join(missing)}."
 
     def toc(caption, names):  # the sidebar's group (hidden here) and the page's own list of the notebooks
         listed = "\n".join(f"* {{doc}}`{name}`" for name in names)
@@ -165,7 +208,14 @@ def build(run: Path, out: Path, quiet: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".building-") as tmp:
         src, site = Path(tmp) / "src", Path(tmp) / "html"
-        shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", src / "_assets" / "mathjax")
+        mathjax = (
+            Path(importlib.import_module("sphinx-mathjax-offline").__file__).parent / "static" / "mathjax"
+        )
+        (src / "_assets" / "mathjax").mkdir(parents=True)
+        for part in MATHJAX:
+            copy = shutil.copytree if (mathjax / part).is_dir() else shutil.copy
+            copy(mathjax / part, src / "_assets" / "mathjax" / part)
+        shutil.copy(BOOK / "book.css", src / "_assets")
         shutil.copy(BOOK / "conf.py", src / "conf.py")
         (src / "index.md").write_text(landing(run, first, deeper))
         for name in first + deeper:

@@ -925,7 +925,7 @@ tokds.save_token_dataset(
     classifier_data=False,
 )
 register(run_dir, "optimization", path=str(grids_dir), splits=list(splits))
-print(f"saved {len(units)} rows x {len(splits)} splits to {grids_dir}")
+print(f"saved {len(units)} rows x {len(splits)} splits to the run's {grids_dir.relative_to(run_dir)}")
 # %% [markdown]
 # ## Summary
 

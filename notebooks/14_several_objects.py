@@ -155,7 +155,7 @@ model, iem_path, why, trained = composites.composite_iem(
     retrain=retrain,
     device=device,
 )
-print(f"IEM on composites: {'trained here' if trained else 'loaded'} {iem_path} ({why})")
+print(f"IEM on composites: {'trained here' if trained else 'loaded'} {iem_path.name} ({why})")
 logits, _ = iemlib.predict(model, tokds.embedding_loader(ds, "test", codebook, batch_size=512))
 pred = logits.argmax(1).numpy()
 accuracy, to_distractor = float((pred == labels).mean()), float((pred == distractor).mean())

@@ -29,17 +29,18 @@ SLIDERS = {
     "b": {"model_name": "IntSliderModel", "state": {"description": "top_n", "value": 5, "min": 1, "max": 20}},
 }
 EXTERNAL = re.compile(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="(?:https?:)?//', re.I)
-UNFINISHED_BAR = re.compile(r"\b(?!100%)\d{1,2}%\|")
 
 
 def executed_notebook(title: str, solution_output: bool = False) -> nbformat.NotebookNode:
-    """A small executed notebook with what the book must handle: injected parameters, a progress bar saved at
-    0 % then 100 %, a figure, a row of sliders, a formula, a solution cell."""
+    """A small executed notebook with what the book must handle: set-up cells and injected parameters, a
+    progress bar saved at 0 % then 100 %, a figure, a row of sliders, a formula, a summary, an exercise with
+    its solution and check."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
     nb.metadata["widgets"] = {book.WIDGET_STATE: {"state": SLIDERS, "version_major": 2, "version_minor": 0}}
     bars = "scoring:   0%|          | 0/5 [00:00<?, ?it/s]\rscoring: 100%|##########| 5/5 [00:01<00:00]\n"
+    bars += "scored 5 images\n"
     view = {
         book.WIDGET_VIEW: {"model_id": "box", "version_major": 2, "version_minor": 0},
         "text/plain": "HBox(children=(IntSlider(value=3)))",
@@ -49,7 +50,11 @@ def executed_notebook(title: str, solution_output: bool = False) -> nbformat.Not
         solution.outputs = [nbformat.v4.new_output("stream", name="stdout", text="42\n")]
     nb.cells = [
         nbformat.v4.new_markdown_cell(f"# {title}\n\nThe score $s = \\max_d g_d$:\n\n$$\\sum_n x_n$$"),
+        nbformat.v4.new_code_cell("import numpy as np"),
+        nbformat.v4.new_code_cell("run_dir = 'runs/x'", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("run_dir = 'x'", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("check_parameters(globals())"),
+        nbformat.v4.new_markdown_cell("## Scores"),
         nbformat.v4.new_code_cell(
             "tis = score()", outputs=[nbformat.v4.new_output("stream", name="stdout", text=bars)]
         ),
@@ -58,8 +63,13 @@ def executed_notebook(title: str, solution_output: bool = False) -> nbformat.Not
             outputs=[nbformat.v4.new_output("display_data", {"image/png": PNG, "text/plain": "<Figure>"})],
         ),
         nbformat.v4.new_code_cell("display(sliders)", outputs=[nbformat.v4.new_output("display_data", view)]),
-        nbformat.v4.new_markdown_cell("## Exercises\n\nAnswer in `answer_1`."),
+        nbformat.v4.new_markdown_cell("## Summary"),
+        nbformat.v4.new_code_cell("display(Markdown(f'* {n} images'))"),
+        nbformat.v4.new_markdown_cell(
+            "## Exercises\n\nAnswer in `answer_1`.", metadata={"tags": ["exercise"]}
+        ),
         solution,
+        nbformat.v4.new_code_cell("check_1(answer_1)", metadata={"tags": ["exercise-check"]}),
     ]
     return nb
 
@@ -88,35 +98,55 @@ def assert_book(run: Path, site: Path) -> None:
         assert f'href="{name}.html"' in landing, name
         assert not EXTERNAL.search(page), name
         outputs = " ".join(re.findall(r'<div class="cell_output.*?</div>\s*</div>', page, re.S))
-        assert not UNFINISHED_BAR.search(outputs), name
+        assert not book.BAR.search(outputs), name
         assert "HBox(children" not in page and "widget-view+json" not in page, name
         solutions = nbformat.read(run / f"{name}.ipynb", as_version=4).cells
         n = sum("solution" in c.metadata.get("tags", []) for c in solutions)
         assert page.count("tag_solution") == n, name
         assert page.count("Show solution") == n and "<details open" not in page, name
-    assert (site / "_static" / "mathjax" / "MathJax.js").exists()
+    assert (site / "_static" / "mathjax" / "tex-svg.js").exists()  # the formulas typeset from the site itself
 
 
-def test_progress_bars_show_finished_or_not_at_all():
+def test_progress_bars_are_left_out():
     saved = "a:   0%|   | 0/5\ra:  60%|## | 3/5\ra: 100%|###| 5/5\nb:  40%|#  | 2/5\ndone: 7 images\n"
-    assert book.finished_lines(saved) == "a: 100%|###| 5/5\ndone: 7 images\n"
-    assert book.finished_lines("plain text, 50% of it\n") == "plain text, 50% of it\n"
+    assert book.without_progress_bars(saved) == "done: 7 images\n"
+    assert book.without_progress_bars("tick\rtock: 3 of 3\n") == "tock: 3 of 3\n"
+    assert book.without_progress_bars("plain text, 50% of it\n") == "plain text, 50% of it\n"
 
 
-def test_a_page_drops_injected_parameters_folds_solutions_and_names_its_sliders():
+def test_a_page_folds_its_set_up_solutions_and_checks_and_names_its_sliders():
     page = book.for_the_page(executed_notebook("01 · First", solution_output=True))
     assert "widgets" not in page.metadata
-    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in page.cells)
-    (stream,) = page.cells[1].outputs
-    assert stream.text == "scoring: 100%|##########| 5/5 [00:01<00:00]\n"
-    (note,) = page.cells[3].outputs
+    code = {c.source.split("\n")[0]: c for c in page.cells if c.cell_type == "code"}
+    assert list(code) == [
+        "import numpy as np",  # with the parameters and their check, one fold; the injected cell gone
+        "tis = score()",
+        "show()",
+        "display(sliders)",
+        "display(Markdown(f'* {n} images'))",
+        "if solutions:",
+        "check_1(answer_1)",
+    ]
+    set_up = code["import numpy as np"]
+    assert "check_parameters" in set_up.source and "run_dir = 'x'" not in set_up.source
+    folds = {
+        k: (c.metadata.get("mystnb", {}).get("code_prompt_show"), c.metadata.get("tags"))
+        for k, c in code.items()
+    }
+    assert folds["import numpy as np"][0].startswith("Show set-up code")
+    assert folds["display(Markdown(f'* {n} images'))"][0] == "Show code"
+    assert folds["check_1(answer_1)"][0] == "Show check"
+    assert folds["if solutions:"] == (
+        "Show solution",
+        ["solution", "hide-cell"],
+    )  # with its output, both folded
+    assert folds["tis = score()"] == (None, None) and folds["show()"] == (None, None)
+    assert [o.text for o in code["tis = score()"].outputs] == ["scored 5 images\n"]
+    (note,) = code["display(sliders)"].outputs
     html = note.data["text/html"]
     assert set(note.data) == {"text/html"} and "<b>index</b> = 3 (of 0 to 9)" in html and "top_n" in html
-    solution = page.cells[-1]
-    assert "hide-cell" in solution.metadata.tags  # with its output: input and output folded
-    assert solution.metadata.mystnb["code_prompt_show"] == "Show solution"
     quiet = book.for_the_page(executed_notebook("01 · First"))
-    assert "hide-input" in quiet.cells[-1].metadata.tags
+    assert quiet.cells[-2].metadata.tags == ["solution", "hide-input"]
 
 
 def test_the_book_of_a_small_run(tmp_path):
