@@ -243,9 +243,11 @@ def views_verdict(v: dict, alpha: float = 0.05) -> str:
             "less common among them than",
             "not distinguishably more common among them than",
         )
+        # "more common than" a share below chance: say so
+        chance = "below their chance of" if v["overlap_other"] < v["other_chance"] else "chance"
         text += (
             f"; the target's concept tokens are {lean} the other classes' ({v['overlap_other']:.0%} on "
-            f"average, chance {v['other_chance']:.0%}; {iv(v['target_minus_other'])})"
+            f"average, {chance} {v['other_chance']:.0%}; {iv(v['target_minus_other'])})"
         )
     fill = _compare(v["fill_minus_random"], "above", "below", "not distinguishable from")
     text += (

@@ -122,6 +122,15 @@ def map_similarity(trained, randomized, k: int = 5) -> pd.DataFrame:
     )
 
 
+def _above(value: float, bar: float) -> str:
+    """``value`` with two decimals, or with as many more as it takes to read as above ``bar`` (0.3004 > 0.3,
+    not 0.30 > 0.3)."""
+    digits = 2
+    while round(value, digits) <= bar and digits < 6:
+        digits += 1
+    return f"{value:.{digits}f}"
+
+
 def recommend(
     table: pd.DataFrame,
     random_auc: float,
@@ -158,7 +167,8 @@ def recommend(
     def reasons(m):
         r = out.loc[m]
         why = [
-            f"abs. rank corr. {r[f'abs_rank_corr_{kind}']:.2f} > {max_rank_corr:g} under {kind} randomization"
+            f"abs. rank corr. {_above(r[f'abs_rank_corr_{kind}'], max_rank_corr)} > {max_rank_corr:g} under "
+            f"{kind} randomization"
             if np.isfinite(r[f"abs_rank_corr_{kind}"])
             else f"no abs. rank corr. under {kind} randomization (constant maps)"
             for kind, ok in (("full", full_ok[m]), ("data", data_ok[m]))
@@ -166,8 +176,8 @@ def recommend(
         ]
         if not r["faithful"]:
             why.append(
-                f"deletion AUC {r['deletion_auc']:.3f} = {r['deletion_ratio']:.2f} × random's "
-                f"({random_auc:.3f}) > {max_auc_ratio:g}"
+                f"deletion AUC {r['deletion_auc']:.3f} = {_above(r['deletion_ratio'], max_auc_ratio)} × "
+                f"random's ({random_auc:.3f}) > {max_auc_ratio:g}"
             )
         return "; ".join(why)
 

@@ -151,7 +151,8 @@ else:  # batch by batch into <out_dir>/<split>.npy (an interrupted run resumes)
         loader, path = tokds.embedding_loader(ds, s, codebook, batch_size), out_dir / f"{s}.npy"
         tis[s] = tislib.dataset_tis(model, loader, n_scored[s], method, reduction, path, **options)
 per_image = (time.perf_counter() - t0) / sum(n_scored.values())
-print(f"TIS method: {method}; scored {n_scored} images, {per_image * 1000:.2f} ms per image")
+scored = ", ".join(f"{n} {s}" for s, n in n_scored.items())
+print(f"TIS method: {method}; scored {scored} images, {per_image * 1000:.2f} ms per image")
 
 # %% [markdown]
 # Record where the scores are and how they were made.

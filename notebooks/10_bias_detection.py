@@ -345,7 +345,7 @@ print("by hand = library: Cliff's δ, q, sens, spec and the Rogan–Gladen share
 # * **inconclusive** otherwise.
 #
 # An **error-rate check** on the held-out images withholds the interval when the token rule errs differently
-# on images of one value (p < 0.05; notebook 16).
+# on images of one value (its `check_p` < 0.05; notebook 16).
 
 # %%
 pixels = {d: planted_bias.measured_attributes(digits.to_uint8(x), width_threshold) for d, x in images.items()}
@@ -355,7 +355,7 @@ deltas["verdict"] = [bias_stats.share_verdict(lo, hi, equivalence_margin) for lo
 metrics = report.headline_metrics(deltas, bias_types, biased_digit, control_digit)
 metrics |= {f"bias_{b}_pixel_rule_accuracy": round(a, 4) for b, a in rule_accuracy.items()}
 metrics["bias_generator_digit_agreement"] = round(digit_agreement, 4)
-columns = ["pixel truth", "share", "share_low", "share_high", "verdict", "delta"]
+columns = ["pixel truth", "share", "share_low", "share_high", "check_p", "verdict", "delta"]
 deltas.set_index(["bias", "neutral set"])[columns].round(3)
 
 # %% [markdown]

@@ -169,7 +169,7 @@ deltas.set_index(["bias", "neutral set"])[columns].round(3)
 # %%
 rest = ["q", "sens", "spec", "youden", "threshold", "informative_resamples", "tokens_a", "tokens_b"]
 rest += ["mean_count_a", "mean_count_b", "delta", "delta_low", "delta_high", "iem_accuracy"]
-deltas.set_index(["bias", "digit"])[rest].T.round(3)
+deltas.set_index(["bias", "digit"])[rest].T.round(3).map("{:g}".format)  # counts as counts, not 16.000
 
 # %% [markdown]
 # ## 2 · Why a share, and is its interval honest?
@@ -327,7 +327,8 @@ mitigation_table = {b: mitlib.summary(m) for b, m in measured.items()}
 truth = deltas.set_index(["bias", "digit"])["pixel truth"]
 for b, t in mitigation_table.items():  # the same pixel rule as notebook 10's truth, on the same images
     np.testing.assert_allclose(t.loc["before", "share"], truth[(b, biased_digit[b])], rtol=0, atol=1e-9)
-pd.concat(mitigation_table, names=["bias", "set"]).astype(float).T.round(3) if mitigation_table else None
+shown = pd.concat(mitigation_table, names=["bias", "set"]).T if mitigation_table else None
+shown.astype(float).round(3).map("{:g}".format) if shown is not None else None  # 1000 images, not 1000.000
 
 # %% [markdown]
 # What the edit does to the images (the first `n_show` of each set):

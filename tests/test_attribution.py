@@ -405,6 +405,12 @@ def test_recommend_needs_both_randomization_and_faithfulness():
     assert S.recommend(table, 0.5, default="good")[0] == "good"
     # the 0.8 bar is inclusive
     assert S.recommend(_table(m=[0.3, 0.3, 0.4]), 0.5, default="m")[0] == "m"
+    # just above a bar, a value shows the digits that put it above (not "0.30 > 0.3")
+    near = S.recommend(_table(m=[0.3004, 0.1, 0.40021]), 0.5, default="m")[1].loc["m", "failed"]
+    assert near == (
+        "abs. rank corr. 0.3004 > 0.3 under full randomization; "
+        "deletion AUC 0.400 = 0.8004 × random's (0.500) > 0.8"
+    )
 
 
 def test_recommend_none_when_nothing_passes():
