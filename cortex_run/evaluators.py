@@ -153,12 +153,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _ImageNetInput(nn.Module):
-    """Images in [-1, 1] at any size -> ``image_size`` (bilinear, antialiased) with ImageNet normalization."""
+class ImageNetInput(nn.Module):
+    """Images in [-1, 1] -> ImageNet-normalized, as torchvision's classifiers take them; resized to
+    ``image_size`` (bilinear, antialiased) unless it is None (a classifier at the images' own size)."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int | None):
         super().__init__()
-        self.size = (int(image_size), int(image_size))
+        self.size = None if image_size is None else (int(image_size), int(image_size))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -166,7 +167,7 @@ class _ImageNetInput(nn.Module):
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected images (N, 3, H, W) (or 1 channel) in [-1, 1], got {tuple(x.shape)}")
         x = (x.expand(-1, 3, -1, -1) + 1) / 2
-        if tuple(x.shape[2:]) != self.size:
+        if self.size is not None and tuple(x.shape[2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean) / self.std
 
@@ -194,7 +195,7 @@ def load_torchvision(arch: str, weights_path, image_size: int = 224) -> nn.Modul
         raise ValueError(f"unknown torchvision architecture {arch!r}: {e}") from None
     state = check_state_dict(model, raw, ignore_prefixes=(), what=f"{arch} weights {path}")
     model.load_state_dict(state)
-    return nn.Sequential(_ImageNetInput(image_size), model).eval()
+    return nn.Sequential(ImageNetInput(image_size), model).eval()
 
 
 def load_run_evaluators(

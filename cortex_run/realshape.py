@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import device as device_mod
 from . import digits
-from .evaluators import IMAGENET_MEAN, IMAGENET_STD
+from .evaluators import ImageNetInput
 
 
 def digit_images(n: int, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,18 +69,6 @@ def token_batches(tokens, labels, codebook, rows, batch_size: int, device, stamp
         stamps.append(time.perf_counter())
 
 
-class _ImageNetNormalize(nn.Module):
-    """Images in [-1, 1] -> ImageNet-normalized, as torchvision's classifiers take them."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x):
-        return ((x + 1) / 2 - self.mean) / self.std
-
-
 def random_judge(arch: str = "resnet50", n_classes: int = 1000, seed: int = 0) -> nn.Module:
     """An independent classifier of the real shape: a torchvision ``arch`` with random weights
     (``weights=None``, nothing downloaded), ``n_classes`` outputs, taking images in [-1, 1] at their own
@@ -89,7 +77,7 @@ def random_judge(arch: str = "resnet50", n_classes: int = 1000, seed: int = 0) -
 
     torch.manual_seed(seed)
     model = torchvision.models.get_model(arch, weights=None, num_classes=n_classes)
-    return nn.Sequential(_ImageNetNormalize(), model).eval()
+    return nn.Sequential(ImageNetInput(None), model).eval()
 
 
 @dataclass(frozen=True)
