@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlparse
@@ -90,15 +89,9 @@ def main(argv=None) -> int:
     totals = {"images": 0, "broken_images": 0, "broken_links": 0, "external_links": 0, "failed_requests": 0}
     shows = {"frozen_bars": 0, "widget_placeholders": 0, "open_solutions": 0}
     slowest = 0.0
-    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        browser = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=args.chromium,
-            args=CHROMIUM_FLAGS,
-            headless=True,
-            viewport={"width": 1400, "height": 1000},
-        )
-        page = browser.new_page()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         failed = []
         page.on("requestfailed", lambda r: failed.append(r.url))
         while todo:
