@@ -39,14 +39,17 @@ HEADING = re.compile(r"^## (.+)$", re.M)
 # MathJax 3 as sphinx-mathjax-offline ships it: the one script the pages load (TeX in, SVG out) and the
 # parts it loads on demand
 MATHJAX = ("tex-svg.js", "input", "output", "ui", "a11y")
-# cells folded on the page (MyST-NB's hide-input, with these buttons): the exercises' solutions and checks
-# (a check recomputes the answer), the code above a notebook's first section, the code that writes its summary
+# cells folded on the page (MyST-NB's hide-input), by tag or by section: the exercises' solutions and the
+# code that checks an answer (it recomputes the answer), the code above a notebook's first section, the code
+# that writes its summary. Neighbouring cells of one kind share a fold (a solution keeps its own).
 FOLDS = {
     "solution": "solution",
-    "exercise-check": "check",
-    "set-up": "set-up code (imports, parameters, loading)",
+    "exercise-check": "answer check",
+    "exercises": "answer check",
+    "set-up": "set-up code",
     "summary": "code",
 }
+UNANSWERED = "not answered yet"  # what a check prints when the run left the answer blank
 
 
 def latest_run(runs: Path = REPO_ROOT / "runs") -> Path:
@@ -125,9 +128,15 @@ def readable(outputs: list, state: dict) -> list:
     return shown
 
 
-def fold(cell, what: str) -> None:
-    """Fold a code cell behind a "Show <what>" button: its input (and the output of a solution or check)."""
-    whole = what in ("solution", "check") and cell.outputs  # the answer, or "not answered yet"
+def fold(cell, kind: str) -> None:
+    """Fold a code cell behind a "Show ..." button: its input, and the output of a solution or check."""
+    what = FOLDS[kind]
+    code = [line for line in cell.source.splitlines() if line.strip() and not line.startswith("#")]
+    if kind == "set-up" and all(line.startswith(("import ", "from ")) for line in code):
+        what = "imports"
+    elif kind == "set-up" and "parameters" in cell.metadata.get("tags", []):
+        what = "parameters"
+    whole = kind not in ("set-up", "summary") and cell.outputs
     cell.metadata.tags = [*cell.metadata.get("tags", []), "hide-cell" if whole else "hide-input"]
     cell.metadata["mystnb"] = {"code_prompt_show": f"Show {what}", "code_prompt_hide": f"Hide {what}"}
 
@@ -136,21 +145,27 @@ def for_the_page(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of an executed notebook made ready to read as a page (see the module's docstring)."""
     nb = nbformat.from_dict(nb)
     state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    cells = []
+    cells, kinds = [], []
     for section, cell in sections(nb.cells):
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags:
             continue
+        kind = None
         if cell.cell_type == "code":
+            kind = next((t for t in tags if t in FOLDS), section if section in FOLDS else None)
+            kind = "exercise-check" if kind == "exercises" else kind  # a check's helpers fold with it
             cell.outputs = readable(cell.outputs, state)
-            if section == "set-up" and cells and cells[-1].cell_type == "code":
-                cells[-1].source += "\n\n" + cell.source  # the set-up code in one fold
+            if FOLDS.get(kind) == "answer check":
+                cell.outputs = [o for o in cell.outputs if UNANSWERED not in o.get("text", "")]
+            if kind not in (None, "solution") and kinds and kinds[-1] == kind:
+                cells[-1].source += "\n\n" + cell.source  # one fold for neighbouring cells of one kind
                 cells[-1].outputs += cell.outputs
                 continue
-            kind = next((t for t in tags if t in FOLDS), section)
-            if kind in FOLDS:
-                fold(cell, FOLDS[kind])
         cells.append(cell)
+        kinds.append(kind)
+    for cell, kind in zip(cells, kinds, strict=True):
+        if kind is not None:
+            fold(cell, kind)
     nb.cells = cells
     return nb
 
@@ -175,18 +190,30 @@ def readme_parts(readme: str) -> dict[str, str]:
     }
 
 
+def title(nb: nbformat.NotebookNode) -> str:
+    """A notebook's title: the first ``# `` heading of its first Markdown cell."""
+    first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
+    return next((line[2:].strip() for line in first.splitlines() if line.startswith("# ")), "untitled")
+
+
 def landing(run: Path, first: list[str], deeper: list[str]) -> str:
     """``book/index.md`` with the README's parts, the run it shows and the two tables of contents."""
     metrics = read_json(run / "metrics.json", {})
     preset = (yaml.safe_load((run / "parameters.yaml").read_text()) or {}).get("preset", "?")
-    about = f"That run: `runs/{run.name}` (preset {preset}, device {metrics.get('device', '?')}"
+    about = (
+        f"That run: the run directory `runs/{run.name}` (preset {preset}, device {metrics.get('device', '?')}"
+    )
     seconds = metrics.get("pipeline_seconds")
     about += f", {seconds:.0f} s" if isinstance(seconds, int | float) else ""
     about += time.strftime(", %d %B %Y).", time.localtime((run / "metrics.json").stat().st_mtime))
-    missing = [p.stem for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
-    missing = [nb.replace("_", " ", 1) for nb in missing if nb not in first + deeper]
+    missing = [
+        p
+        for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        if p.stem not in first + deeper
+    ]
     if missing:
-        about += f" Not in this run (other presets, see the README): {', '.join(missing)}."
+        titles = "; ".join(title(nbformat.read(p, as_version=4)) for p in missing)
+        about += f" Not in this run (they need other presets; the repository's README says how): {titles}."
 
     def toc(caption, names):  # the sidebar's group (hidden here) and the page's own list of the notebooks
         listed = "\n".join(f"* {{doc}}`{name}`" for name in names)

@@ -447,8 +447,8 @@ fig.tight_layout()
 # ## Step through an optimization
 #
 # Pick a run and a snapshot: the decoded grid at that step and the IEM's target logit along the way. In a
-# live notebook the sliders redraw the one figure in place; a papermill run (no widget front end) shows
-# that figure as first drawn: the last snapshot of the first run.
+# live notebook the sliders redraw the one figure in place; a saved copy of the page (a run's notebook, the
+# book) shows that figure as first drawn: the last snapshot of the first run.
 
 
 # %%

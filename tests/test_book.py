@@ -69,7 +69,14 @@ def executed_notebook(title: str, solution_output: bool = False) -> nbformat.Not
             "## Exercises\n\nAnswer in `answer_1`.", metadata={"tags": ["exercise"]}
         ),
         solution,
-        nbformat.v4.new_code_cell("check_1(answer_1)", metadata={"tags": ["exercise-check"]}),
+        nbformat.v4.new_code_cell("def check_1(answer):\n    assert answer == 42"),
+        nbformat.v4.new_code_cell(
+            "exercise(1, check_1)",
+            metadata={"tags": ["exercise-check"]},
+            outputs=[
+                nbformat.v4.new_output("stream", name="stdout", text=f"exercise 1: {book.UNANSWERED}\n")
+            ],
+        ),
     ]
     return nb
 
@@ -125,7 +132,7 @@ def test_a_page_folds_its_set_up_solutions_and_checks_and_names_its_sliders():
         "display(sliders)",
         "display(Markdown(f'* {n} images'))",
         "if solutions:",
-        "check_1(answer_1)",
+        "def check_1(answer):",  # with the exercise(...) call after it, one fold
     ]
     set_up = code["import numpy as np"]
     assert "check_parameters" in set_up.source and "run_dir = 'x'" not in set_up.source
@@ -135,7 +142,9 @@ def test_a_page_folds_its_set_up_solutions_and_checks_and_names_its_sliders():
     }
     assert folds["import numpy as np"][0].startswith("Show set-up code")
     assert folds["display(Markdown(f'* {n} images'))"][0] == "Show code"
-    assert folds["check_1(answer_1)"][0] == "Show check"
+    assert folds["def check_1(answer):"][0] == "Show answer check"
+    assert "exercise(1, check_1)" in code["def check_1(answer):"].source
+    assert code["def check_1(answer):"].outputs == []  # "not answered yet" means nothing on a page
     assert folds["if solutions:"] == (
         "Show solution",
         ["solution", "hide-cell"],
