@@ -194,9 +194,9 @@ def evaluators_for_run(
             path = save_weights(model.state_dict(), Path(run_dir) / "checkpoints" / path.name, card)
             note_trained(run_dir, f"the {arch} evaluator")
         else:
-            model = evaluators.load_evaluator(path, arch)
-        judges[arch] = model.to(device)
-        acc = round(evaluators.accuracy(judges[arch], test_images, test["labels"]), 4)
+            model = evaluators.load_evaluator(path, arch).to(device)
+            acc = evaluators.accuracy(model, test_images, test["labels"])
+        judges[arch], acc = model, round(acc, 4)
         record_metrics(run_dir, **{f"evaluator_{arch}_test_accuracy": acc})
         entry = {"arch": arch, "checkpoint": str(path), "test_accuracy": acc, "floor": evaluator["floor"]}
         register(run_dir, f"evaluator_{arch}", **entry)
